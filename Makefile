@@ -1,0 +1,42 @@
+# Entry points: `make test` (ASan+UBSan build + every test) and `make demo`.
+SHELL := /bin/bash
+DEPS := libuv1-dev libssl-dev libwslay-dev libjansson-dev libsqlite3-dev libpq-dev \
+        libinih-dev libargon2-dev libcmocka-dev pkg-config cmake make gcc clang \
+        libclang-rt-14-dev curl openssl python3 ca-certificates
+JOBS ?= $(shell nproc)
+
+.PHONY: test demo deps build-test build-release fuzz clean format
+
+deps:
+	@./scripts/install-deps.sh $(DEPS)
+
+build-test: deps
+	cmake -S . -B build/test -DCMAKE_BUILD_TYPE=Debug -DPHY_SANITIZE=ON >/dev/null
+	cmake --build build/test -j $(JOBS)
+
+test: build-test
+	cd build/test && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  ctest --output-on-failure -j 2
+
+build-release: deps
+	cmake -S . -B build/release -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	cmake --build build/release -j $(JOBS)
+
+demo: build-release
+	./scripts/demo.sh
+
+fuzz: deps
+	CC=clang cmake -S . -B build/fuzz -DPHY_FUZZ=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null
+	cmake --build build/fuzz -j $(JOBS)
+	@set -e; for f in build/fuzz/fuzz_*; do \
+	  n=$$(basename $$f); mkdir -p build/fuzz/corpus-$$n; \
+	  echo "== $$n (60 s)"; \
+	  $$f -max_total_time=60 -print_final_stats=1 build/fuzz/corpus-$$n tests/fuzz/corpus/$$n; \
+	done
+
+format:
+	clang-format -i $$(git ls-files '*.c' '*.h')
+
+clean:
+	rm -rf build

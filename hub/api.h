@@ -1,0 +1,42 @@
+/* The hub's HTTP API: routing and handlers. Runs on a thread-pool worker, never on
+ * the event loop: handlers call the store directly. */
+#ifndef PHY_HUB_API_H
+#define PHY_HUB_API_H
+
+#include <stddef.h>
+
+#include "hub.h"
+
+#define API_MAX_EXTRA_HEADERS 512
+
+/* A request as the server hands it over; every string is NUL-terminated and owned
+ * by the caller for the duration of api_handle. Absent headers are NULL. */
+struct api_request {
+    const char *method;
+    const char *path;    /* without the query */
+    const char *query;   /* after '?', or NULL */
+    const char *authorization;
+    const char *content_type;
+    const char *if_match;
+    const char *body;    /* NUL-terminated copy of the body (may contain NULs) */
+    size_t body_len;
+    const char *request_id;
+};
+
+struct api_response {
+    int status;
+    char *body;          /* malloc'd JSON text (NUL-terminated), owned by the response */
+    size_t body_len;
+    char extra_headers[API_MAX_EXTRA_HEADERS]; /* CRLF-terminated header lines */
+    char log[256];       /* key=value facts for the access line (never secrets) */
+};
+
+/* Routes and handles one request. Always fills res (status and body). */
+void api_handle(struct hub *h, const struct api_request *req, struct api_response *res);
+
+/* Fills res with {"error": code, "message": msg} and status. */
+void api_error(struct api_response *res, int status, const char *code, const char *msg);
+
+void api_response_free(struct api_response *res);
+
+#endif

@@ -1,0 +1,339 @@
+/* phyhub: the regional hub daemon (provisioning, console API) and its admin commands. */
+#include <argon2.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+#include <uv.h>
+
+#include "hub.h"
+#include "phy/config.h"
+#include "phy/crypto.h"
+#include "phy/err.h"
+#include "phy/log.h"
+#include "server.h"
+
+#define PASSWORD_MAX 1024
+#define PASSWORD_MIN 8
+
+static struct hub g_hub; /* the daemon's one hub; main owns it */
+static struct server *g_server;
+static uv_signal_t g_sigint, g_sigterm;
+static uv_timer_t g_sweep_timer;
+static int g_sweep_running;
+static uv_work_t g_sweep_work;
+
+static void config_defaults(struct hub_config *c)
+{
+    memset(c, 0, sizeof(*c));
+    c->code_ttl_s = 300;
+    c->poll_interval_s = 5;
+    c->max_poll_interval_s = 60;
+    c->issuance_grace_s = 60;
+    c->registration_idle_s = 600;
+    c->header_timeout_s = 10;
+    c->keepalive_s = 30;
+    c->max_body = 16384;
+    c->max_connections = 10000;
+    c->sweep_interval_s = 30;
+    c->claim_user_limit = 10;
+    c->claim_tenant_limit = 100;
+    c->claim_window_s = 900;
+}
+
+static void print_help(const struct phy_opt *opts)
+{
+    printf("usage: phyhub [options]            run the hub\n"
+           "       phyhub admin --db PATH tenant-add NAME --region R\n"
+           "       phyhub admin --db PATH user-add TENANT USER   (password on stdin)\n"
+           "       phyhub admin --db PATH token-add TENANT USER  (prints an API token)\n\n"
+           "options (each also a key in the --config INI file):\n");
+    phy_config_print_help(opts, stdout);
+}
+
+static void on_sweep_work(uv_work_t *w)
+{
+    (void)w;
+    struct store_prov_params p;
+    hub_prov_params(&g_hub, hub_now_ms(), &p);
+    if (g_hub.store_ops->sweep(g_hub.store, &p, g_hub.cfg.claim_window_s * 1000) < 0)
+        phy_log(PHY_LOG_WARN, "sweep_failed", "store=%s", g_hub.store_ops->name);
+}
+
+static void on_sweep_done(uv_work_t *w, int status)
+{
+    (void)w;
+    (void)status;
+    g_sweep_running = 0;
+}
+
+static void on_sweep_timer(uv_timer_t *t)
+{
+    (void)t;
+    if (g_sweep_running)
+        return;
+    g_sweep_running = 1;
+    uv_queue_work(uv_default_loop(), &g_sweep_work, on_sweep_work, on_sweep_done);
+}
+
+static void on_signal(uv_signal_t *s, int signum)
+{
+    (void)s;
+    phy_log(PHY_LOG_INFO, "stopping", "signal=%d", signum);
+    server_stop(g_server);
+    g_server = NULL;
+    uv_close((uv_handle_t *)&g_sigint, NULL);
+    uv_close((uv_handle_t *)&g_sigterm, NULL);
+    uv_close((uv_handle_t *)&g_sweep_timer, NULL);
+}
+
+static int open_store(struct hub *h)
+{
+    char err[256] = "";
+    h->store_ops = &store_sqlite_ops;
+    if (!h->cfg.db) {
+        fprintf(stderr, "phyhub: --db is required\n");
+        return -1;
+    }
+    if (h->store_ops->open(h->cfg.db, &h->store, err, sizeof(err)) < 0) {
+        fprintf(stderr, "phyhub: cannot open store %s: %s\n", h->cfg.db, err);
+        return -1;
+    }
+    return 0;
+}
+
+/* Reads the password from stdin: one line, without its newline. */
+static int read_password(char *out, size_t cap)
+{
+    if (!fgets(out, (int)cap, stdin)) {
+        fprintf(stderr, "phyhub: expected the password on stdin\n");
+        return -1;
+    }
+    size_t n = strlen(out);
+    if (n > 0 && out[n - 1] == '\n')
+        out[--n] = '\0';
+    else if (!feof(stdin)) {
+        fprintf(stderr, "phyhub: password longer than %d bytes\n", PASSWORD_MAX - 2);
+        return -1;
+    }
+    if (n > 0 && out[n - 1] == '\r')
+        out[--n] = '\0';
+    if (n < PASSWORD_MIN) {
+        fprintf(stderr, "phyhub: password shorter than %d characters\n", PASSWORD_MIN);
+        return -1;
+    }
+    return 0;
+}
+
+static int admin_outcome(int outcome, const char *what)
+{
+    switch (outcome) {
+    case STORE_OK:
+        return 0;
+    case STORE_EXISTS:
+        fprintf(stderr, "phyhub: %s already exists\n", what);
+        return 1;
+    case STORE_NOT_FOUND:
+        fprintf(stderr, "phyhub: no such tenant or user for %s\n", what);
+        return 1;
+    default:
+        fprintf(stderr, "phyhub: %s failed (outcome %d)\n", what, outcome);
+        return 1;
+    }
+}
+
+static int admin_main(int argc, char **argv)
+{
+    char *db = NULL, *region = NULL;
+    int help = 0;
+    const struct phy_opt opts[] = {
+        {"db", PHY_OPT_STR, &db, 0, 0, "SQLite store file (required)"},
+        {"region", PHY_OPT_STR, &region, 0, 0, "tenant's region for tenant-add (eu, au, uae, ...)"},
+        {0},
+    };
+    char *pos[4];
+    size_t npos = 0;
+    char err[256];
+    int rc = 2, outcome = 0;
+    if (phy_config_parse(opts, argc, argv, 2, pos, 4, &npos, &help, err, sizeof(err)) < 0) {
+        fprintf(stderr, "phyhub admin: %s\n", err);
+        goto out;
+    }
+    if (help || npos == 0) {
+        print_help(opts);
+        rc = help ? 0 : 2;
+        goto out;
+    }
+    g_hub.cfg.db = db;
+    if (open_store(&g_hub) < 0) {
+        rc = 1;
+        goto out;
+    }
+    const struct store_ops *ops = g_hub.store_ops;
+    if (strcmp(pos[0], "tenant-add") == 0 && npos == 2) {
+        if (!region) {
+            fprintf(stderr, "phyhub admin: tenant-add needs --region\n");
+            goto out_close;
+        }
+        rc = ops->tenant_add(g_hub.store, pos[1], region, &outcome) < 0
+                 ? 1
+                 : admin_outcome(outcome, "tenant");
+        if (rc == 0)
+            printf("tenant %s added in region %s\n", pos[1], region);
+    } else if (strcmp(pos[0], "user-add") == 0 && npos == 3) {
+        char pw[PASSWORD_MAX], encoded[256];
+        unsigned char salt[16];
+        rc = 1;
+        if (read_password(pw, sizeof(pw)) == 0 && phy_random_bytes(salt, sizeof(salt)) == 0 &&
+            argon2id_hash_encoded(3, 65536, 1, pw, strlen(pw), salt, sizeof(salt), 32, encoded,
+                                  sizeof(encoded)) == ARGON2_OK) {
+            rc = ops->user_add(g_hub.store, pos[1], pos[2], encoded, &outcome) < 0
+                     ? 1
+                     : admin_outcome(outcome, "user");
+            if (rc == 0)
+                printf("user %s added to tenant %s\n", pos[2], pos[1]);
+        }
+        OPENSSL_cleanse(pw, sizeof(pw));
+    } else if (strcmp(pos[0], "token-add") == 0 && npos == 3) {
+        char token[PHY_TOKEN_LEN + 1], hash[PHY_HASH_HEX_LEN + 1];
+        rc = 1;
+        if (phy_token_new(token) == 0 && phy_sha256_hex(token, PHY_TOKEN_LEN, hash) == 0 &&
+            ops->token_add(g_hub.store, pos[1], pos[2], hash, hub_now_ms(), &outcome) == 0) {
+            rc = admin_outcome(outcome, "token");
+            if (rc == 0)
+                printf("%s\n", token); /* shown once; only its hash is stored */
+        }
+        OPENSSL_cleanse(token, sizeof(token));
+    } else {
+        fprintf(stderr, "phyhub admin: unknown command or wrong arguments (see --help)\n");
+    }
+out_close:
+    ops->close(g_hub.store);
+out:
+    phy_config_free(opts);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    phy_log_init("phyhub", PHY_LOG_INFO);
+    signal(SIGPIPE, SIG_IGN);
+    if (argc > 1 && strcmp(argv[1], "admin") == 0)
+        return admin_main(argc, argv);
+
+    struct hub_config *c = &g_hub.cfg;
+    config_defaults(c);
+    int help = 0, debug = 0;
+    const struct phy_opt opts[] = {
+        {"region", PHY_OPT_STR, &c->region, 0, 0, "this hub's region (default eu)"},
+        {"listen", PHY_OPT_STR, &c->listen, 0, 0, "ADDR:PORT to serve HTTPS on (default 0.0.0.0:443)"},
+        {"db", PHY_OPT_STR, &c->db, 0, 0, "SQLite store file (required)"},
+        {"key-file", PHY_OPT_STR, &c->key_file, 0, 0,
+         "AES-256 key for pending issuances, created 0600 at first start (default <db>.key)"},
+        {"tls-cert", PHY_OPT_STR, &c->tls_cert, 0, 0, "PEM certificate chain (required)"},
+        {"tls-key", PHY_OPT_STR, &c->tls_key, 0, 0, "PEM private key (required)"},
+        {"provisioning", PHY_OPT_BOOL, &c->provisioning, 0, 0, "serve the provisioning API (eu)"},
+        {"public-endpoint", PHY_OPT_STR, &c->public_endpoint, 0, 0,
+         "HOST:PORT devices are sent to (default portal-<region>.phystack.com:443)"},
+        {"code-ttl", PHY_OPT_INT, &c->code_ttl_s, 1, 86400, "provisioning code lifetime, s (300)"},
+        {"poll-interval", PHY_OPT_INT, &c->poll_interval_s, 1, 3600, "device poll interval, s (5)"},
+        {"max-poll-interval", PHY_OPT_INT, &c->max_poll_interval_s, 1, 3600,
+         "cap of the interval after slow_down, s (60)"},
+        {"issuance-grace", PHY_OPT_INT, &c->issuance_grace_s, 1, 86400,
+         "window in which a delivered issuance is resent to the same poll token, s (60)"},
+        {"registration-idle", PHY_OPT_INT, &c->registration_idle_s, 1, 604800,
+         "a registration lapses after this long without a request, s (600)"},
+        {"header-timeout", PHY_OPT_INT, &c->header_timeout_s, 1, 600,
+         "TLS handshake + request must arrive within, s (10)"},
+        {"keepalive", PHY_OPT_INT, &c->keepalive_s, 1, 3600, "idle keep-alive connection timeout, s (30)"},
+        {"max-body", PHY_OPT_INT, &c->max_body, 256, 1048576, "request body limit, bytes (16384)"},
+        {"max-connections", PHY_OPT_INT, &c->max_connections, 1, 1000000, "concurrent connections (10000)"},
+        {"sweep-interval", PHY_OPT_INT, &c->sweep_interval_s, 1, 3600,
+         "housekeeping period: lapsed registrations, purged issuances, s (30)"},
+        {"claim-user-limit", PHY_OPT_INT, &c->claim_user_limit, 1, 100000,
+         "failed claims per user per window before 429 (10)"},
+        {"claim-tenant-limit", PHY_OPT_INT, &c->claim_tenant_limit, 1, 1000000,
+         "failed claims per tenant per window before 429 (100)"},
+        {"claim-window", PHY_OPT_INT, &c->claim_window_s, 1, 86400, "failed-claim window, s (900)"},
+        {"debug", PHY_OPT_BOOL, &debug, 0, 0, "log debug events"},
+        {0},
+    };
+    char err[256];
+    char *pos[1];
+    size_t npos = 0;
+    int rc = 1;
+    char keypath[4096], endpoint[300];
+    if (phy_config_parse(opts, argc, argv, 1, pos, 1, &npos, &help, err, sizeof(err)) < 0) {
+        fprintf(stderr, "phyhub: %s (see --help)\n", err);
+        rc = 2;
+        goto out;
+    }
+    if (help) {
+        print_help(opts);
+        rc = 0;
+        goto out;
+    }
+    if (npos > 0) {
+        fprintf(stderr, "phyhub: unexpected argument '%s' (see --help)\n", pos[0]);
+        rc = 2;
+        goto out;
+    }
+    if (debug)
+        phy_log_init("phyhub", PHY_LOG_DEBUG);
+    if (!c->tls_cert || !c->tls_key) {
+        fprintf(stderr, "phyhub: --tls-cert and --tls-key are required (the hub only speaks TLS)\n");
+        rc = 2;
+        goto out;
+    }
+    if (!c->region && !(c->region = strdup("eu")))
+        goto out;
+    if (!c->listen && !(c->listen = strdup("0.0.0.0:443")))
+        goto out;
+    if (!c->public_endpoint) {
+        snprintf(endpoint, sizeof(endpoint), "portal-%s.phystack.com:443", c->region);
+        if (!(c->public_endpoint = strdup(endpoint)))
+            goto out;
+    }
+    if (open_store(&g_hub) < 0)
+        goto out;
+    if (c->key_file)
+        snprintf(keypath, sizeof(keypath), "%s", c->key_file);
+    else
+        snprintf(keypath, sizeof(keypath), "%s.key", c->db);
+    if (phy_key_load_or_create(keypath, g_hub.issuance_key, err, sizeof(err)) < 0) {
+        fprintf(stderr, "phyhub: issuance key: %s\n", err);
+        goto out_store;
+    }
+
+    uv_loop_t *loop = uv_default_loop();
+    if (server_start(&g_hub, loop, &g_server, err, sizeof(err)) < 0) {
+        fprintf(stderr, "phyhub: %s\n", err);
+        goto out_store;
+    }
+    uv_signal_init(loop, &g_sigint);
+    uv_signal_init(loop, &g_sigterm);
+    uv_signal_start(&g_sigint, on_signal, SIGINT);
+    uv_signal_start(&g_sigterm, on_signal, SIGTERM);
+    uv_timer_init(loop, &g_sweep_timer);
+    uv_timer_start(&g_sweep_timer, on_sweep_timer, (uint64_t)c->sweep_interval_s * 1000,
+                   (uint64_t)c->sweep_interval_s * 1000);
+    phy_log(PHY_LOG_INFO, "started",
+            "region=%s listen=%s provisioning=%s endpoint=%s store=%s code_ttl=%ld "
+            "poll_interval=%ld grace=%ld registration_idle=%ld",
+            c->region, c->listen, c->provisioning ? "on" : "off", c->public_endpoint,
+            g_hub.store_ops->name, c->code_ttl_s, c->poll_interval_s, c->issuance_grace_s,
+            c->registration_idle_s);
+    uv_run(loop, UV_RUN_DEFAULT);
+    uv_loop_close(loop);
+    phy_log(PHY_LOG_INFO, "stopped", "region=%s", c->region);
+    rc = 0;
+out_store:
+    OPENSSL_cleanse(g_hub.issuance_key, sizeof(g_hub.issuance_key));
+    g_hub.store_ops->close(g_hub.store);
+out:
+    phy_config_free(opts);
+    return rc;
+}

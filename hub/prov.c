@@ -1,0 +1,230 @@
+/* Provisioning API (PROTOCOL.md section 2): register, code, poll. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+
+#include "handlers.h"
+#include "phy/crypto.h"
+#include "phy/err.h"
+#include "phy/log.h"
+
+#define CODE_ATTEMPTS 16
+
+static int poll_token_valid(const char *t)
+{
+    size_t n = strlen(t);
+    if (n != PHY_TOKEN_LEN)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = t[i];
+        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '_'))
+            return 0;
+    }
+    return 1;
+}
+
+static int check_serial(const char *serial, struct api_response *res)
+{
+    if (!phy_serial_valid(serial, strlen(serial))) {
+        api_error(res, 400, "bad_request",
+                  "serial must be 1-64 characters of A-Z a-z 0-9 . _ -");
+        return -1;
+    }
+    return 0;
+}
+
+/* Hashes a well-formed poll token; -1 with a 401 in res otherwise. */
+static int poll_token_hash(const char *token, char hash[PHY_HASH_HEX_LEN + 1],
+                           struct api_response *res)
+{
+    if (!poll_token_valid(token) || phy_sha256_hex(token, strlen(token), hash) < 0) {
+        api_error(res, 401, "invalid_poll_token", "unknown or expired poll token");
+        return -1;
+    }
+    return 0;
+}
+
+static void store_failed(struct api_response *res)
+{
+    api_error(res, 503, "store_unavailable", "the store failed; retry later");
+}
+
+/* Maps the outcomes every provisioning call shares; returns 1 when it answered. */
+static int common_outcome(int outcome, struct api_response *res)
+{
+    switch (outcome) {
+    case STORE_PROVISIONED:
+        api_error(res, 410, "already_provisioned", "this device has already been provisioned");
+        return 1;
+    case STORE_BAD_TOKEN:
+        api_error(res, 401, "invalid_poll_token", "unknown or expired poll token");
+        return 1;
+    case STORE_EXPIRED_CODE:
+        api_error(res, 404, "expired_code", "the code has expired or was replaced");
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+void handle_register(struct hub *h, const struct api_request *req, struct api_response *res)
+{
+    static const char *const fields[] = {"serial", NULL};
+    json_t *body;
+    const char *serial;
+    if (api_parse_body(req, res, &body) < 0)
+        return;
+    if (api_check_fields(body, fields, res) < 0 ||
+        api_get_string(body, "serial", 1, &serial, res) < 0 || check_serial(serial, res) < 0)
+        goto out;
+
+    char token[PHY_TOKEN_LEN + 1], hash[PHY_HASH_HEX_LEN + 1];
+    if (phy_token_new(token) < 0 || phy_sha256_hex(token, PHY_TOKEN_LEN, hash) < 0) {
+        api_error(res, 500, "internal", "random source failed");
+        goto out;
+    }
+    struct store_prov_params p;
+    hub_prov_params(h, hub_now_ms(), &p);
+    int outcome;
+    if (h->store_ops->reg_create(h->store, &p, serial, hash, &outcome) < 0) {
+        store_failed(res);
+        goto out;
+    }
+    snprintf(res->log, sizeof(res->log), "serial=%s", serial);
+    if (common_outcome(outcome, res))
+        goto out;
+    if (outcome == STORE_TOO_MANY) {
+        api_error(res, 429, "too_many_registrations",
+                  "this serial has too many live registrations; retry later");
+        goto out;
+    }
+    api_json(res, 201, json_pack("{s:s, s:i}", "poll_token", token, "interval", p.interval_s));
+    OPENSSL_cleanse(token, sizeof(token));
+out:
+    json_decref(body);
+}
+
+void handle_code(struct hub *h, const struct api_request *req, struct api_response *res)
+{
+    static const char *const fields[] = {"serial", "poll_token", NULL};
+    json_t *body;
+    const char *serial, *token;
+    char hash[PHY_HASH_HEX_LEN + 1];
+    if (api_parse_body(req, res, &body) < 0)
+        return;
+    if (api_check_fields(body, fields, res) < 0 ||
+        api_get_string(body, "serial", 1, &serial, res) < 0 ||
+        api_get_string(body, "poll_token", 1, &token, res) < 0 ||
+        check_serial(serial, res) < 0 || poll_token_hash(token, hash, res) < 0)
+        goto out;
+    snprintf(res->log, sizeof(res->log), "serial=%s", serial);
+
+    struct store_prov_params p;
+    hub_prov_params(h, hub_now_ms(), &p);
+    for (int attempt = 0; attempt < CODE_ATTEMPTS; attempt++) {
+        char code[PHY_CODE_LEN + 1];
+        int outcome;
+        if (phy_code_new(code) < 0) {
+            api_error(res, 500, "internal", "random source failed");
+            goto out;
+        }
+        if (h->store_ops->reg_set_code(h->store, &p, serial, hash, code, &outcome) < 0) {
+            store_failed(res);
+            goto out;
+        }
+        if (common_outcome(outcome, res))
+            goto out;
+        if (outcome == STORE_CODE_TAKEN)
+            continue; /* collision with a live code: draw again */
+        api_json(res, 201,
+                 json_pack("{s:s, s:I}", "code", code, "expires_in", (json_int_t)h->cfg.code_ttl_s));
+        goto out;
+    }
+    api_error(res, 503, "code_space_exhausted", "could not allocate a unique code; retry");
+out:
+    json_decref(body);
+}
+
+void handle_poll(struct hub *h, const struct api_request *req, struct api_response *res)
+{
+    static const char *const fields[] = {"serial", "code", "poll_token", NULL};
+    json_t *body;
+    const char *serial, *code_in, *token;
+    char hash[PHY_HASH_HEX_LEN + 1], code[PHY_CODE_LEN + 1];
+    struct store_poll_result r;
+    memset(&r, 0, sizeof(r));
+    if (api_parse_body(req, res, &body) < 0)
+        return;
+    if (api_check_fields(body, fields, res) < 0 ||
+        api_get_string(body, "serial", 0, &serial, res) < 0 ||
+        api_get_string(body, "code", 0, &code_in, res) < 0 ||
+        api_get_string(body, "poll_token", 1, &token, res) < 0)
+        goto out;
+    if ((serial == NULL) == (code_in == NULL)) {
+        api_error(res, 400, "bad_request", "give exactly one of 'serial' or 'code'");
+        goto out;
+    }
+    if (serial && check_serial(serial, res) < 0)
+        goto out;
+    if (code_in && phy_code_normalize(code_in, strlen(code_in), code) < 0) {
+        api_error(res, 400, "bad_request", "code must be 6 characters of " PHY_CODE_ALPHABET);
+        goto out;
+    }
+    if (poll_token_hash(token, hash, res) < 0)
+        goto out;
+
+    struct store_prov_params p;
+    hub_prov_params(h, hub_now_ms(), &p);
+    int outcome;
+    if (h->store_ops->poll(h->store, &p, serial, code_in ? code : NULL, hash, &r, &outcome) < 0) {
+        store_failed(res);
+        goto out;
+    }
+    if (serial)
+        snprintf(res->log, sizeof(res->log), "serial=%s", serial);
+    if (common_outcome(outcome, res))
+        goto out;
+    switch (outcome) {
+    case STORE_SLOW_DOWN:
+        api_json(res, 429, json_pack("{s:s, s:s, s:i}", "error", "slow_down", "message",
+                                     "polling faster than the interval", "interval",
+                                     r.interval_s));
+        break;
+    case STORE_PENDING:
+        api_json(res, 202, json_pack("{s:s, s:i}", "status", "authorization_pending", "interval",
+                                     r.interval_s));
+        break;
+    case STORE_DELIVER: {
+        /* The sealed body is the exact 200 answer, so a retry gets the same bytes. */
+        size_t cap = r.sealed_len;
+        char *plain = malloc(cap + 1);
+        int n = plain ? phy_aead_open(h->issuance_key, r.device_id, strlen(r.device_id),
+                                      r.sealed, r.sealed_len, (unsigned char *)plain, cap)
+                      : PHY_ENOMEM;
+        if (n < 0) {
+            free(plain);
+            phy_log(PHY_LOG_ERROR, "issuance_unreadable", "device_id=%s", r.device_id);
+            api_error(res, 500, "internal", "pending issuance cannot be decrypted");
+            break;
+        }
+        plain[n] = '\0';
+        free(res->body);
+        res->body = plain;
+        res->body_len = (size_t)n;
+        res->status = 200;
+        snprintf(res->log, sizeof(res->log), "device_id=%s outcome=delivered", r.device_id);
+        break;
+    }
+    default:
+        api_error(res, 500, "internal", "unexpected store outcome");
+    }
+out:
+    if (r.sealed) {
+        OPENSSL_cleanse(r.sealed, r.sealed_len);
+        free(r.sealed);
+    }
+    json_decref(body);
+}

@@ -1,0 +1,681 @@
+/* The hub's HTTPS server: non-blocking sockets watched by libuv, OpenSSL directly on
+ * the socket (no buffers held by an idle connection), HTTP/1.1 keep-alive, and every
+ * request handled on the libuv thread pool so the loop never waits on the store. */
+#include "server.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
+#include "api.h"
+#include "phy/err.h"
+#include "phy/http.h"
+#include "phy/log.h"
+
+#define SERVER_MAX_HEAD 8192
+#define SERVER_READ_CHUNK 16384
+#define SERVER_ACCEPT_BATCH 128
+
+enum conn_state { CONN_HANDSHAKE, CONN_READ, CONN_WORKING, CONN_WRITING };
+
+struct conn {
+    uv_poll_t poll;
+    uv_timer_t timer;
+    struct server *srv;
+    struct conn *prev, *next;
+    SSL *ssl;
+    int fd;
+    enum conn_state state;
+    int open_handles;
+    int close_after_work;
+    int keep_alive;
+    int polling; /* events currently watched */
+    char *in;    /* request bytes; NULL while idle */
+    size_t in_len, in_cap;
+    char *out;   /* response bytes being written; NULL while idle */
+    size_t out_len, out_off;
+    uint64_t req_start_ms;
+    char peer[64];
+};
+
+struct work {
+    uv_work_t req;
+    struct conn *conn;
+    struct api_request areq;
+    struct api_response ares;
+    char *blob; /* owns every string of areq */
+    char rid[24];
+};
+
+struct server {
+    struct hub *hub;
+    uv_loop_t *loop;
+    SSL_CTX *ctx;
+    uv_poll_t listen_poll;
+    uv_timer_t pause_timer;
+    int listen_fd;
+    int stopping;
+    int listener_closed;
+    size_t nconns;
+    struct conn *conns;
+    uint64_t rid_prefix;
+    uint64_t rid_seq;
+};
+
+static void conn_drive(struct conn *c);
+static void conn_close(struct conn *c);
+
+static void on_conn_poll(uv_poll_t *h, int status, int events);
+static void on_conn_timer(uv_timer_t *t);
+
+static void conn_want(struct conn *c, int events)
+{
+    if (events == c->polling)
+        return;
+    c->polling = events;
+    if (events == 0)
+        uv_poll_stop(&c->poll);
+    else
+        uv_poll_start(&c->poll, events, on_conn_poll);
+}
+
+/* (Re)arms the connection's single deadline; 0 disarms it. */
+static void conn_deadline(struct conn *c, long seconds)
+{
+    uv_timer_stop(&c->timer);
+    if (seconds > 0)
+        uv_timer_start(&c->timer, on_conn_timer, (uint64_t)seconds * 1000, 0);
+}
+
+/* Frees the connection's buffers; the response may have carried credentials. */
+static void conn_free_out(struct conn *c)
+{
+    if (c->out)
+        OPENSSL_cleanse(c->out, c->out_len);
+    free(c->out);
+    c->out = NULL;
+    c->out_len = c->out_off = 0;
+}
+
+static void conn_free_buffers(struct conn *c)
+{
+    conn_free_out(c);
+    free(c->in);
+    c->in = NULL;
+    c->in_len = c->in_cap = 0;
+}
+
+/* Frees the server once it is stopped, its listener closed and no connection is left
+ * (a connection with work in flight stays listed until the work returns). */
+static void server_maybe_free(struct server *s)
+{
+    if (s->stopping && s->listener_closed && s->nconns == 0) {
+        SSL_CTX_free(s->ctx);
+        free(s);
+    }
+}
+
+static void on_conn_closed(uv_handle_t *h)
+{
+    struct conn *c = h->data;
+    if (--c->open_handles > 0)
+        return;
+    SSL_free(c->ssl);
+    close(c->fd);
+    conn_free_buffers(c);
+    free(c);
+}
+
+static void conn_close(struct conn *c)
+{
+    struct server *s = c->srv;
+    if (c->state == CONN_WORKING) {
+        c->close_after_work = 1; /* the work item still points at c */
+        return;
+    }
+    if (uv_is_closing((uv_handle_t *)&c->poll))
+        return;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        s->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    s->nconns--;
+    uv_close((uv_handle_t *)&c->poll, on_conn_closed);
+    uv_close((uv_handle_t *)&c->timer, on_conn_closed);
+    server_maybe_free(s);
+}
+
+/* Queues a complete response (head + body) and starts writing it. */
+static void conn_respond(struct conn *c, int status, const char *extra, const char *body,
+                         size_t body_len, int keep_alive)
+{
+    char head[1024];
+    int n = phy_http_write_response_head(head, sizeof(head), status,
+                                         body ? "application/json" : NULL, body_len,
+                                         keep_alive, extra);
+    if (n < 0) {
+        conn_close(c);
+        return;
+    }
+    conn_free_out(c);
+    c->out = malloc((size_t)n + body_len);
+    if (!c->out) {
+        conn_close(c);
+        return;
+    }
+    memcpy(c->out, head, (size_t)n);
+    if (body_len)
+        memcpy(c->out + n, body, body_len);
+    c->out_len = (size_t)n + body_len;
+    c->out_off = 0;
+    c->keep_alive = keep_alive;
+    c->state = CONN_WRITING;
+    conn_deadline(c, c->srv->hub->cfg.header_timeout_s);
+    conn_drive(c);
+}
+
+/* Answers a request the server refuses before any handler sees it, then closes. */
+static void conn_refuse(struct conn *c, int status, const char *code, const char *msg)
+{
+    char body[256];
+    int n = snprintf(body, sizeof(body), "{\"error\":\"%s\",\"message\":\"%s\"}", code, msg);
+    phy_log(PHY_LOG_INFO, "http_refused", "peer=%s status=%d error=%s", c->peer, status, code);
+    conn_respond(c, status, NULL, body, (size_t)n, 0);
+}
+
+static void on_work(uv_work_t *req)
+{
+    struct work *w = req->data;
+    api_handle(w->conn->srv->hub, &w->areq, &w->ares);
+}
+
+static void on_work_done(uv_work_t *req, int status)
+{
+    struct work *w = req->data;
+    struct conn *c = w->conn;
+    (void)status;
+    c->state = CONN_READ;
+    if (c->close_after_work || c->srv->stopping) {
+        conn_close(c);
+    } else {
+        uint64_t dur = uv_now(c->srv->loop) - c->req_start_ms;
+        phy_log(PHY_LOG_INFO, "http", "rid=%s peer=%s method=%s path=%s status=%d ms=%llu%s%s",
+                w->rid, c->peer, w->areq.method, w->areq.path, w->ares.status,
+                (unsigned long long)dur, w->ares.log[0] ? " " : "", w->ares.log);
+        conn_respond(c, w->ares.status, w->ares.extra_headers, w->ares.body, w->ares.body_len,
+                     c->keep_alive);
+    }
+    api_response_free(&w->ares);
+    free(w->blob);
+    free(w);
+}
+
+/* Copies the fields handlers need into one allocation owned by the work item. */
+static int work_fill(struct work *w, const char *buf, const struct phy_http_request *rq,
+                     size_t head_len, size_t body_len)
+{
+    static const char *const names[] = {"Authorization", "Content-Type", "If-Match"};
+    const struct phy_str *hv[3];
+    size_t need = rq->method.len + rq->target.len + body_len + 8;
+    for (size_t i = 0; i < 3; i++) {
+        hv[i] = phy_http_find_header(rq->headers, rq->num_headers, names[i]);
+        if (hv[i])
+            need += hv[i]->len + 1;
+    }
+    char *p = malloc(need);
+    if (!p)
+        return PHY_ENOMEM;
+    w->blob = p;
+#define COPY_STR(dst, src, n)                                                                      \
+    do {                                                                                           \
+        memcpy(p, (src), (n));                                                                     \
+        p[(n)] = '\0';                                                                             \
+        (dst) = p;                                                                                 \
+        p += (n) + 1;                                                                              \
+    } while (0)
+    COPY_STR(w->areq.method, rq->method.p, rq->method.len);
+    const char *q = memchr(rq->target.p, '?', rq->target.len);
+    size_t plen = q ? (size_t)(q - rq->target.p) : rq->target.len;
+    COPY_STR(w->areq.path, rq->target.p, plen);
+    if (q)
+        COPY_STR(w->areq.query, q + 1, rq->target.len - plen - 1);
+    const char **dst[3] = {&w->areq.authorization, &w->areq.content_type, &w->areq.if_match};
+    for (size_t i = 0; i < 3; i++)
+        if (hv[i])
+            COPY_STR(*dst[i], hv[i]->p, hv[i]->len);
+    COPY_STR(w->areq.body, buf + head_len, body_len);
+#undef COPY_STR
+    w->areq.body_len = body_len;
+    return 0;
+}
+
+/* Looks for one complete request in c->in; dispatches it to the pool when found.
+ * Returns 1 when the connection moved on (dispatched, refused), 0 to keep reading. */
+static int conn_try_request(struct conn *c)
+{
+    struct server *s = c->srv;
+    struct phy_http_request rq;
+    if (c->in_len == 0)
+        return 0;
+    int r = phy_http_parse_request(c->in, c->in_len, SERVER_MAX_HEAD, &rq);
+    if (r == PHY_EAGAIN)
+        return 0;
+    if (r == PHY_ETOOBIG) {
+        conn_refuse(c, 431, "headers_too_large", "request head over 8192 bytes or 64 headers");
+        return 1;
+    }
+    if (r < 0) {
+        conn_refuse(c, 400, "bad_request", "malformed HTTP request");
+        return 1;
+    }
+    size_t head_len = (size_t)r;
+    if (rq.chunked) {
+        conn_refuse(c, 411, "length_required", "chunked request bodies are not accepted");
+        return 1;
+    }
+    if (rq.content_length > s->hub->cfg.max_body) {
+        conn_refuse(c, 413, "payload_too_large", "request body over the limit");
+        return 1;
+    }
+    size_t body_len = rq.content_length > 0 ? (size_t)rq.content_length : 0;
+    if (c->in_len < head_len + body_len)
+        return 0;
+
+    struct work *w = calloc(1, sizeof(*w));
+    if (!w || work_fill(w, c->in, &rq, head_len, body_len) < 0) {
+        free(w);
+        conn_refuse(c, 500, "internal", "out of memory");
+        return 1;
+    }
+    snprintf(w->rid, sizeof(w->rid), "%08llx%06llx", (unsigned long long)s->rid_prefix,
+             (unsigned long long)(++s->rid_seq & 0xffffff));
+    w->areq.request_id = w->rid;
+    w->conn = c;
+    w->req.data = w;
+    c->keep_alive = rq.keep_alive;
+    c->req_start_ms = uv_now(s->loop);
+
+    /* Keep pipelined bytes, drop the buffer when nothing is left. */
+    size_t used = head_len + body_len;
+    memmove(c->in, c->in + used, c->in_len - used);
+    c->in_len -= used;
+    if (c->in_len == 0) {
+        free(c->in);
+        c->in = NULL;
+        c->in_cap = 0;
+    }
+    c->state = CONN_WORKING;
+    conn_want(c, 0);
+    conn_deadline(c, 0);
+    uv_queue_work(s->loop, &w->req, on_work, on_work_done);
+    return 1;
+}
+
+static int conn_append(struct conn *c, const char *buf, size_t n)
+{
+    size_t limit = SERVER_MAX_HEAD + (size_t)c->srv->hub->cfg.max_body;
+    if (c->in_len + n > limit)
+        return PHY_ETOOBIG;
+    if (c->in_len + n > c->in_cap) {
+        size_t cap = c->in_cap ? c->in_cap : 4096;
+        while (cap < c->in_len + n)
+            cap *= 2;
+        if (cap > limit)
+            cap = limit;
+        char *p = realloc(c->in, cap);
+        if (!p)
+            return PHY_ENOMEM;
+        c->in = p;
+        c->in_cap = cap;
+    }
+    memcpy(c->in + c->in_len, buf, n);
+    c->in_len += n;
+    return 0;
+}
+
+/* Maps an SSL_get_error result to poll events; returns -1 when the connection is done. */
+static int ssl_want(SSL *ssl, int ret)
+{
+    switch (SSL_get_error(ssl, ret)) {
+    case SSL_ERROR_WANT_READ:
+        return UV_READABLE;
+    case SSL_ERROR_WANT_WRITE:
+        return UV_WRITABLE;
+    default:
+        ERR_clear_error();
+        return -1;
+    }
+}
+
+static void conn_drive(struct conn *c)
+{
+    char buf[SERVER_READ_CHUNK];
+    for (;;) {
+        switch (c->state) {
+        case CONN_HANDSHAKE: {
+            ERR_clear_error();
+            int r = SSL_accept(c->ssl);
+            if (r == 1) {
+                c->state = CONN_READ;
+                continue;
+            }
+            int ev = ssl_want(c->ssl, r);
+            if (ev < 0) {
+                phy_log(PHY_LOG_DEBUG, "tls_failed", "peer=%s", c->peer);
+                conn_close(c);
+            } else {
+                conn_want(c, ev);
+            }
+            return;
+        }
+        case CONN_READ: {
+            if (conn_try_request(c))
+                return;
+            ERR_clear_error();
+            int n = SSL_read(c->ssl, buf, sizeof(buf));
+            if (n > 0) {
+                if (c->in_len == 0)
+                    conn_deadline(c, c->srv->hub->cfg.header_timeout_s);
+                int r = conn_append(c, buf, (size_t)n);
+                if (r == PHY_ETOOBIG) {
+                    conn_refuse(c, 413, "payload_too_large", "request over the size limit");
+                    return;
+                }
+                if (r < 0) {
+                    conn_close(c);
+                    return;
+                }
+                continue;
+            }
+            int ev = ssl_want(c->ssl, n);
+            if (ev < 0)
+                conn_close(c);
+            else
+                conn_want(c, ev);
+            return;
+        }
+        case CONN_WORKING:
+            conn_want(c, 0);
+            return;
+        case CONN_WRITING: {
+            while (c->out_off < c->out_len) {
+                ERR_clear_error();
+                int n = SSL_write(c->ssl, c->out + c->out_off, (int)(c->out_len - c->out_off));
+                if (n > 0) {
+                    c->out_off += (size_t)n;
+                    continue;
+                }
+                int ev = ssl_want(c->ssl, n);
+                if (ev < 0)
+                    conn_close(c);
+                else
+                    conn_want(c, ev);
+                return;
+            }
+            conn_free_out(c);
+            if (!c->keep_alive || c->srv->stopping) {
+                ERR_clear_error();
+                SSL_shutdown(c->ssl);
+                conn_close(c);
+                return;
+            }
+            c->state = CONN_READ;
+            conn_deadline(c, c->in_len ? c->srv->hub->cfg.header_timeout_s
+                                       : c->srv->hub->cfg.keepalive_s);
+            continue;
+        }
+        }
+    }
+}
+
+static void on_conn_poll(uv_poll_t *h, int status, int events)
+{
+    struct conn *c = h->data;
+    (void)events;
+    if (status < 0) {
+        conn_close(c);
+        return;
+    }
+    conn_drive(c);
+}
+
+static void on_conn_timer(uv_timer_t *t)
+{
+    struct conn *c = t->data;
+    if (c->state == CONN_READ && c->in_len > 0) {
+        conn_refuse(c, 408, "request_timeout", "request not received in time");
+        return;
+    }
+    if (c->state != CONN_WORKING)
+        conn_close(c);
+}
+
+static void conn_accept(struct server *s, int fd, const struct sockaddr_storage *ss)
+{
+    struct conn *c = calloc(1, sizeof(*c));
+    if (!c) {
+        close(fd);
+        return;
+    }
+    c->fd = fd;
+    c->srv = s;
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    char ip[INET6_ADDRSTRLEN] = "?";
+    unsigned port = 0;
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+        inet_ntop(AF_INET, &a->sin_addr, ip, sizeof(ip));
+        port = ntohs(a->sin_port);
+    } else if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+        inet_ntop(AF_INET6, &a->sin6_addr, ip, sizeof(ip));
+        port = ntohs(a->sin6_port);
+    }
+    snprintf(c->peer, sizeof(c->peer), "%s:%u", ip, port);
+    c->ssl = SSL_new(s->ctx);
+    if (!c->ssl || SSL_set_fd(c->ssl, fd) != 1 ||
+        uv_poll_init_socket(s->loop, &c->poll, fd) != 0) {
+        SSL_free(c->ssl);
+        close(fd);
+        free(c);
+        return;
+    }
+    uv_timer_init(s->loop, &c->timer);
+    c->poll.data = c;
+    c->timer.data = c;
+    c->open_handles = 2;
+    c->state = CONN_HANDSHAKE;
+    c->next = s->conns;
+    if (s->conns)
+        s->conns->prev = c;
+    s->conns = c;
+    s->nconns++;
+    conn_deadline(c, s->hub->cfg.header_timeout_s);
+    conn_drive(c);
+}
+
+static void on_listen_poll(uv_poll_t *h, int status, int events);
+
+static void on_pause_done(uv_timer_t *t)
+{
+    struct server *s = t->data;
+    if (!s->stopping)
+        uv_poll_start(&s->listen_poll, UV_READABLE, on_listen_poll);
+}
+
+static void on_listen_poll(uv_poll_t *h, int status, int events)
+{
+    struct server *s = h->data;
+    (void)events;
+    if (status < 0)
+        return;
+    for (int i = 0; i < SERVER_ACCEPT_BATCH; i++) {
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof(ss);
+        int fd = accept4(s->listen_fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                /* Out of descriptors: pause accepting instead of spinning. */
+                phy_log(PHY_LOG_WARN, "accept_paused", "reason=\"%s\"", strerror(errno));
+                uv_poll_stop(&s->listen_poll);
+                uv_timer_start(&s->pause_timer, on_pause_done, 100, 0);
+            }
+            return;
+        }
+        if (s->nconns >= (size_t)s->hub->cfg.max_connections) {
+            close(fd);
+            continue;
+        }
+        conn_accept(s, fd, &ss);
+    }
+}
+
+static int listen_socket(const char *spec, int *out, char *err, size_t errcap)
+{
+    char host[64];
+    const char *colon = strrchr(spec, ':');
+    if (!colon || (size_t)(colon - spec) >= sizeof(host)) {
+        snprintf(err, errcap, "--listen: expected ADDR:PORT, got '%s'", spec);
+        return PHY_EINVAL;
+    }
+    memcpy(host, spec, (size_t)(colon - spec));
+    host[colon - spec] = '\0';
+    char *end;
+    long port = strtol(colon + 1, &end, 10);
+    if (*end || port < 0 || port > 65535 || end == colon + 1) {
+        snprintf(err, errcap, "--listen: bad port in '%s'", spec);
+        return PHY_EINVAL;
+    }
+    struct sockaddr_storage ss;
+    size_t hl = strlen(host);
+    if (hl >= 2 && host[0] == '[' && host[hl - 1] == ']') {
+        host[hl - 1] = '\0';
+        if (uv_ip6_addr(host + 1, (int)port, (struct sockaddr_in6 *)&ss) != 0) {
+            snprintf(err, errcap, "--listen: bad IPv6 address in '%s'", spec);
+            return PHY_EINVAL;
+        }
+    } else if (uv_ip4_addr(host, (int)port, (struct sockaddr_in *)&ss) != 0) {
+        snprintf(err, errcap, "--listen: bad IPv4 address in '%s'", spec);
+        return PHY_EINVAL;
+    }
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(err, errcap, "socket: %s", strerror(errno));
+        return PHY_EIO;
+    }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    socklen_t sl = ss.ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
+    if (bind(fd, (struct sockaddr *)&ss, sl) != 0 || listen(fd, 4096) != 0) {
+        snprintf(err, errcap, "cannot listen on %s: %s", spec, strerror(errno));
+        close(fd);
+        return PHY_EIO;
+    }
+    *out = fd;
+    return 0;
+}
+
+static SSL_CTX *tls_context(const struct hub_config *cfg, char *err, size_t errcap)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    if (!ctx) {
+        snprintf(err, errcap, "SSL_CTX_new failed");
+        return NULL;
+    }
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION |
+                                 SSL_OP_CIPHER_SERVER_PREFERENCE);
+    /* Idle connections hold no record buffers; the session cache would only cost memory
+     * (tickets still allow resumption). Partial writes let us resume from an offset. */
+    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
+                              SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+    if (SSL_CTX_use_certificate_chain_file(ctx, cfg->tls_cert) != 1) {
+        snprintf(err, errcap, "cannot load --tls-cert %s: %s", cfg->tls_cert,
+                 ERR_reason_error_string(ERR_get_error()));
+        goto fail;
+    }
+    if (SSL_CTX_use_PrivateKey_file(ctx, cfg->tls_key, SSL_FILETYPE_PEM) != 1 ||
+        SSL_CTX_check_private_key(ctx) != 1) {
+        snprintf(err, errcap, "cannot load --tls-key %s (or it does not match the certificate)",
+                 cfg->tls_key);
+        goto fail;
+    }
+    ERR_clear_error();
+    return ctx;
+fail:
+    ERR_clear_error();
+    SSL_CTX_free(ctx);
+    return NULL;
+}
+
+int server_start(struct hub *h, uv_loop_t *loop, struct server **out, char *err, size_t errcap)
+{
+    struct server *s = calloc(1, sizeof(*s));
+    if (!s)
+        return PHY_ENOMEM;
+    s->hub = h;
+    s->loop = loop;
+    s->listen_fd = -1;
+    if (phy_random_bytes(&s->rid_prefix, sizeof(s->rid_prefix)) < 0)
+        goto fail;
+    s->rid_prefix &= 0xffffffffu;
+    s->ctx = tls_context(&h->cfg, err, errcap);
+    if (!s->ctx)
+        goto fail;
+    if (listen_socket(h->cfg.listen, &s->listen_fd, err, errcap) < 0)
+        goto fail;
+    if (uv_poll_init_socket(loop, &s->listen_poll, s->listen_fd) != 0)
+        goto fail;
+    uv_timer_init(loop, &s->pause_timer);
+    s->listen_poll.data = s;
+    s->pause_timer.data = s;
+    uv_poll_start(&s->listen_poll, UV_READABLE, on_listen_poll);
+    *out = s;
+    return 0;
+fail:
+    if (s->listen_fd >= 0)
+        close(s->listen_fd);
+    SSL_CTX_free(s->ctx);
+    free(s);
+    return PHY_EIO;
+}
+
+static void on_listener_closed(uv_handle_t *h)
+{
+    struct server *s = h->data;
+    if (h == (uv_handle_t *)&s->listen_poll) {
+        close(s->listen_fd);
+        uv_close((uv_handle_t *)&s->pause_timer, on_listener_closed);
+        return;
+    }
+    s->listener_closed = 1;
+    server_maybe_free(s);
+}
+
+void server_stop(struct server *s)
+{
+    if (!s || s->stopping)
+        return;
+    s->stopping = 1;
+    struct conn *c = s->conns;
+    while (c) {
+        struct conn *next = c->next;
+        conn_close(c);
+        c = next;
+    }
+    uv_close((uv_handle_t *)&s->listen_poll, on_listener_closed);
+}

@@ -1,0 +1,19 @@
+/* The hub's HTTPS server: libuv loop, TLS on the socket, HTTP/1.1, work on the pool. */
+#ifndef PHY_HUB_SERVER_H
+#define PHY_HUB_SERVER_H
+
+#include <uv.h>
+
+#include "hub.h"
+
+struct server;
+
+/* Creates the TLS context, binds cfg->listen and starts accepting on loop. The hub
+ * is borrowed and must outlive the server. Returns 0 or PHY_E* with a message. */
+int server_start(struct hub *h, uv_loop_t *loop, struct server **out, char *err, size_t errcap);
+
+/* Stops accepting, closes every connection once its in-flight work is done and
+ * frees the server when the loop has closed its handles. */
+void server_stop(struct server *s);
+
+#endif

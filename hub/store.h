@@ -1,0 +1,148 @@
+/* The hub's persistent store: a table of operations so that SQLite (default) and
+ * PostgreSQL back ends are interchangeable. Every operation is atomic (one
+ * transaction) and durable when it returns 0; callers run them off the event loop
+ * (libuv thread pool). Implementations must be safe to call from several threads. */
+#ifndef PHY_HUB_STORE_H
+#define PHY_HUB_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "phy/crypto.h"
+
+#define STORE_NAME_MAX 64
+
+struct store; /* opaque back-end state */
+
+/* Outcomes of provisioning operations (not errors: they map to HTTP answers). */
+enum store_outcome {
+    STORE_OK = 0,
+    STORE_PROVISIONED,    /* serial or code already spent: 410 already_provisioned */
+    STORE_TOO_MANY,       /* registration limit per serial reached: 429 */
+    STORE_BAD_TOKEN,      /* unknown/lapsed poll token, or token of another serial: 401 */
+    STORE_EXPIRED_CODE,   /* code unknown, expired or replaced: 404 expired_code */
+    STORE_UNKNOWN_SERIAL, /* no live registration: 404 unknown_serial */
+    STORE_SERIAL_IN_USE,  /* contested serial: 409 serial_in_use */
+    STORE_ALREADY_CLAIMED,/* 409 already_claimed */
+    STORE_PENDING,        /* poll: nothing yet (202) */
+    STORE_SLOW_DOWN,      /* poll: faster than the interval (429 slow_down) */
+    STORE_DELIVER,        /* poll: the issuance is here (200) */
+    STORE_CODE_TAKEN,     /* set_code: another live code has this value; retry */
+    STORE_EXISTS,         /* admin: name already taken */
+    STORE_NOT_FOUND,      /* admin/auth: no such tenant/user/token */
+};
+
+/* Time is milliseconds since the Unix epoch, supplied by the caller (testable). */
+struct store_prov_params {
+    int64_t now_ms;
+    int64_t registration_idle_ms; /* a registration lapses after this without activity */
+    int64_t code_ttl_ms;
+    int64_t grace_ms;             /* issuance redelivery window after first delivery */
+    int interval_s;               /* base poll interval */
+    int max_interval_s;           /* cap for slow_down growth */
+    int max_regs_per_serial;      /* 4 */
+};
+
+struct store_poll_result {
+    int interval_s;             /* the registration's current interval (PENDING/SLOW_DOWN) */
+    unsigned char *sealed;      /* DELIVER: the sealed issuance body, malloc'd, caller frees */
+    size_t sealed_len;
+    char device_id[PHY_DEVICE_ID_LEN + 1]; /* DELIVER */
+};
+
+/* One issuance created by a claim. The body is sealed (AES-256-GCM) by the caller. */
+struct store_claim {
+    int64_t tenant_id, user_id;
+    const char *serial;        /* exactly one of serial / code is non-NULL */
+    const char *code;          /* normalized */
+    const char *device_id;
+    const char *secret_hash;   /* hex SHA-256 of the device secret */
+    const char *name;          /* may be NULL */
+    const char *tags_json;     /* JSON object text, "{}" when none */
+    /* Sealing needs the serial resolved from a code before the body exists, so the
+     * store calls seal(ctx, serial, out_len) inside the transaction; it returns a
+     * malloc'd sealed body (or NULL on failure, which aborts the claim). */
+    unsigned char *(*seal)(void *ctx, const char *serial, size_t *out_len);
+    void *seal_ctx;
+};
+
+struct store_device {
+    char device_id[PHY_DEVICE_ID_LEN + 1];
+    char serial[PHY_SERIAL_MAX + 1];
+    char name[STORE_NAME_MAX * 2 + 1];
+    char state[24];       /* pending_delivery | provisioned | active | revoked */
+    char *tags_json;      /* malloc'd */
+    int64_t created_ms;
+};
+
+struct store_ops {
+    const char *name; /* "sqlite" */
+    /* Opens/creates the store at url (a file path for SQLite). Returns 0 or PHY_E*. */
+    int (*open)(const char *url, struct store **out, char *err, size_t errcap);
+    void (*close)(struct store *s); /* accepts NULL */
+
+    /* --- admin and auth --- */
+    int (*tenant_add)(struct store *s, const char *name, const char *region, int *outcome);
+    int (*user_add)(struct store *s, const char *tenant, const char *user,
+                    const char *pw_hash, int *outcome);
+    int (*token_add)(struct store *s, const char *tenant, const char *user,
+                     const char *token_hash, int64_t now_ms, int *outcome);
+    /* Resolves an API token hash; outcome STORE_OK with ids and tenant name/region,
+     * or STORE_NOT_FOUND. */
+    int (*token_auth)(struct store *s, const char *token_hash, int64_t *tenant_id,
+                      int64_t *user_id, char tenant[STORE_NAME_MAX + 1],
+                      char region[16], int *outcome);
+
+    /* --- provisioning (eu) --- */
+    /* register: PROVISIONED when the serial has an issuance; TOO_MANY when it has
+     * max_regs_per_serial live registrations; else stores (token_hash, serial). */
+    int (*reg_create)(struct store *s, const struct store_prov_params *p, const char *serial,
+                      const char *token_hash, int *outcome);
+    /* code: BAD_TOKEN unless a live registration (token_hash, serial) exists;
+     * PROVISIONED when the serial has an issuance; CODE_TAKEN when code is a live
+     * code of another registration or an issued code; else replaces the
+     * registration's code (expires now + code_ttl) and marks it active. */
+    int (*reg_set_code)(struct store *s, const struct store_prov_params *p, const char *serial,
+                        const char *token_hash, const char *code, int *outcome);
+    /* poll by serial or code (one NULL):
+     * 1. an issuance bound to token_hash: DELIVER (recording the first delivery
+     *    time and moving the device to "provisioned") when never delivered or
+     *    delivered less than grace_ms ago and not purged; else PROVISIONED.
+     * 2. an issuance for that serial/code bound to another token: PROVISIONED.
+     * 3. no live registration for token_hash, or its serial differs: BAD_TOKEN.
+     * 4. code given and not the registration's unexpired code: EXPIRED_CODE.
+     * 5. polled less than 0.8 * its interval ago: SLOW_DOWN (its interval grows by
+     *    the base interval up to max_interval_s).
+     * 6. else PENDING. Cases 4-6 record the poll time. */
+    int (*poll)(struct store *s, const struct store_prov_params *p, const char *serial,
+                const char *code, const char *token_hash, struct store_poll_result *r,
+                int *outcome);
+    /* claim by serial or code, atomically: EXPIRED_CODE / UNKNOWN_SERIAL /
+     * SERIAL_IN_USE (two or more live registrations) / ALREADY_CLAIMED (issuance
+     * exists for the serial or code); else creates the device row (state
+     * pending_delivery) and the issuance bound to the chosen registration, spends
+     * the serial (all its registrations' codes are cleared). *device gets the row. */
+    int (*claim)(struct store *s, const struct store_prov_params *p, const struct store_claim *c,
+                 struct store_device *device, int *outcome);
+    /* Failed-claim throttle: records one failure for (tenant, user) at now. */
+    int (*claim_failure_add)(struct store *s, int64_t tenant_id, int64_t user_id, int64_t now_ms);
+    /* Counts failures since since_ms for the user and for the whole tenant. */
+    int (*claim_failure_count)(struct store *s, int64_t tenant_id, int64_t user_id,
+                               int64_t since_ms, int *user_count, int *tenant_count);
+    /* Housekeeping: deletes lapsed registrations, purges sealed bodies whose grace
+     * ended, expired codes, throttle rows older than keep_failures_ms. */
+    int (*sweep)(struct store *s, const struct store_prov_params *p, int64_t keep_failures_ms);
+
+    /* --- devices (console) --- */
+    /* Lists a tenant's devices ordered by device_id, after cursor `after` (or NULL),
+     * at most limit; *out malloc'd array of *n (free each tags_json, then array). */
+    int (*devices_list)(struct store *s, int64_t tenant_id, const char *after, int limit,
+                        struct store_device **out, size_t *n);
+};
+
+extern const struct store_ops store_sqlite_ops;
+
+/* Frees the array returned by devices_list. */
+void store_devices_free(struct store_device *d, size_t n);
+
+#endif
