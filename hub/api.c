@@ -127,21 +127,22 @@ static const struct route routes[] = {
 void api_handle(struct hub *h, const struct api_request *req, struct api_response *res)
 {
     memset(res, 0, sizeof(*res));
-    int path_known = 0;
+    const char *allow = NULL;
     for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
         const struct route *r = &routes[i];
         if (strcmp(req->path, r->path) != 0)
             continue;
         if (r->provisioning && !h->cfg.provisioning)
             break;
-        path_known = 1;
+        allow = r->method;
         if (strcmp(req->method, r->method) == 0) {
             r->fn(h, req, res);
             return;
         }
     }
-    if (path_known) {
+    if (allow) {
         api_error(res, 405, "method_not_allowed", "method not allowed on this path");
+        snprintf(res->extra_headers, sizeof(res->extra_headers), "Allow: %s\r\n", allow);
         return;
     }
     api_error(res, 404, "not_found", "no such endpoint");
