@@ -1,0 +1,1195 @@
+/* SQLite back end of the hub store: one WAL-mode file, every operation one transaction. */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <sqlite3.h>
+
+#include "phy/err.h"
+#include "store.h"
+
+#define SCHEMA_VERSION 1
+#define REGION_MAX 15       /* token_auth's region[16] */
+#define PW_HASH_MAX 512     /* an encoded argon2id hash is ~100 chars */
+#define TAGS_JSON_MAX 65536 /* console tags are a small object */
+#define LIST_MAX 1000       /* devices_list never returns more rows than this */
+
+/* One connection (opened FULLMUTEX); mu makes each multi-statement operation one
+ * transaction that no other thread's statements can interleave with. */
+struct store {
+    sqlite3 *db;
+    pthread_mutex_t mu;
+};
+
+static const char SCHEMA_SQL[] =
+    "CREATE TABLE IF NOT EXISTS tenants("
+    "  id INTEGER PRIMARY KEY,"
+    "  name TEXT NOT NULL UNIQUE,"
+    "  region TEXT NOT NULL,"
+    "  created_ms INTEGER NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS users("
+    "  id INTEGER PRIMARY KEY,"
+    "  tenant_id INTEGER NOT NULL REFERENCES tenants(id),"
+    "  name TEXT NOT NULL,"
+    "  pw_hash TEXT NOT NULL,"
+    "  UNIQUE(tenant_id, name));"
+    "CREATE TABLE IF NOT EXISTS api_tokens("
+    "  token_hash TEXT PRIMARY KEY,"
+    "  tenant_id INTEGER NOT NULL REFERENCES tenants(id),"
+    "  user_id INTEGER NOT NULL REFERENCES users(id),"
+    "  created_ms INTEGER NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS registrations("
+    "  token_hash TEXT PRIMARY KEY,"
+    "  serial TEXT NOT NULL,"
+    "  code TEXT,"
+    "  code_expires_ms INTEGER NOT NULL DEFAULT 0,"
+    "  interval_s INTEGER NOT NULL,"
+    "  last_poll_ms INTEGER,"
+    "  last_active_ms INTEGER NOT NULL,"
+    "  created_ms INTEGER NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS registrations_serial ON registrations(serial);"
+    "CREATE INDEX IF NOT EXISTS registrations_code ON registrations(code);"
+    /* No foreign key on tenant_id: the eu provisioning store records claims made
+     * for tenants whose rows live in another region's store. */
+    "CREATE TABLE IF NOT EXISTS devices("
+    "  device_id TEXT PRIMARY KEY,"
+    "  tenant_id INTEGER NOT NULL,"
+    "  serial TEXT NOT NULL,"
+    "  name TEXT,"
+    "  tags_json TEXT NOT NULL DEFAULT '{}',"
+    "  secret_hash TEXT NOT NULL,"
+    "  state TEXT NOT NULL,"
+    "  created_ms INTEGER NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS devices_tenant ON devices(tenant_id, device_id);"
+    "CREATE TABLE IF NOT EXISTS issuances("
+    "  serial TEXT PRIMARY KEY,"
+    "  code TEXT,"
+    "  token_hash TEXT NOT NULL,"
+    "  device_id TEXT NOT NULL,"
+    "  sealed BLOB,"
+    "  created_ms INTEGER NOT NULL,"
+    "  delivered_ms INTEGER);"
+    "CREATE INDEX IF NOT EXISTS issuances_code ON issuances(code);"
+    "CREATE INDEX IF NOT EXISTS issuances_token ON issuances(token_hash);"
+    "CREATE TABLE IF NOT EXISTS claim_failures("
+    "  tenant_id INTEGER NOT NULL,"
+    "  user_id INTEGER NOT NULL,"
+    "  at_ms INTEGER NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS claim_failures_tenant ON claim_failures(tenant_id, at_ms);"
+    "CREATE INDEX IF NOT EXISTS claim_failures_user ON claim_failures(tenant_id, user_id, at_ms);";
+
+/* ---- input checks ---- */
+
+static int str_ok(const char *s, size_t max)
+{
+    return s && s[0] && strnlen(s, max + 1) <= max;
+}
+
+static int serial_ok(const char *s)
+{
+    if (!str_ok(s, PHY_SERIAL_MAX))
+        return 0;
+    for (; *s; s++) {
+        char ch = *s;
+        if (!((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
+              ch == '.' || ch == '_' || ch == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+static int hash_ok(const char *s)
+{
+    return str_ok(s, PHY_HASH_HEX_LEN);
+}
+
+/* Upper-cases a code and checks it against the alphabet; 0 or PHY_EINVAL. */
+static int code_normalize(const char *in, char out[PHY_CODE_LEN + 1])
+{
+    if (!in || strnlen(in, PHY_CODE_LEN + 1) != PHY_CODE_LEN)
+        return PHY_EINVAL;
+    for (size_t i = 0; i < PHY_CODE_LEN; i++) {
+        char ch = in[i];
+        if (ch >= 'a' && ch <= 'z')
+            ch = (char)(ch - 'a' + 'A');
+        if (!strchr(PHY_CODE_ALPHABET, ch) || ch == '\0')
+            return PHY_EINVAL;
+        out[i] = ch;
+    }
+    out[PHY_CODE_LEN] = '\0';
+    return 0;
+}
+
+static int params_ok(const struct store_prov_params *p)
+{
+    return p && p->now_ms >= 0 && p->registration_idle_ms > 0 && p->code_ttl_ms > 0 &&
+           p->grace_ms >= 0 && p->interval_s > 0 && p->max_regs_per_serial > 0;
+}
+
+/* Registrations active after this instant are live. */
+static int64_t live_after(const struct store_prov_params *p)
+{
+    return p->now_ms - p->registration_idle_ms;
+}
+
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+__attribute__((format(printf, 3, 4))) static void set_err(char *err, size_t errcap, const char *fmt,
+                                                          ...)
+{
+    va_list ap;
+    if (!err || errcap == 0)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(err, errcap, fmt, ap);
+    va_end(ap);
+}
+
+/* ---- statement helpers ----
+ * Bind formats: 't' text (const char *, NULL binds NULL), 'i' int64_t,
+ * 'b' blob (const void *, size_t). Bound pointers must outlive the statement. */
+
+static int bindv(sqlite3_stmt *st, const char *fmt, va_list ap)
+{
+    int idx = 1;
+    for (const char *f = fmt; *f; f++, idx++) {
+        int rc;
+        switch (*f) {
+        case 't': {
+            const char *v = va_arg(ap, const char *);
+            rc = v ? sqlite3_bind_text(st, idx, v, -1, SQLITE_STATIC) : sqlite3_bind_null(st, idx);
+            break;
+        }
+        case 'i':
+            rc = sqlite3_bind_int64(st, idx, (sqlite3_int64)va_arg(ap, int64_t));
+            break;
+        case 'b': {
+            const void *v = va_arg(ap, const void *);
+            size_t n = va_arg(ap, size_t);
+            if (n > INT_MAX)
+                return PHY_ETOOBIG;
+            rc = v ? sqlite3_bind_blob(st, idx, v, (int)n, SQLITE_STATIC)
+                   : sqlite3_bind_null(st, idx);
+            break;
+        }
+        default:
+            return PHY_EINVAL;
+        }
+        if (rc != SQLITE_OK)
+            return PHY_EIO;
+    }
+    return 0;
+}
+
+static int prepv(struct store *s, sqlite3_stmt **st, const char *sql, const char *fmt, va_list ap)
+{
+    int rc;
+    *st = NULL;
+    if (sqlite3_prepare_v2(s->db, sql, -1, st, NULL) != SQLITE_OK)
+        return PHY_EIO;
+    rc = bindv(*st, fmt, ap);
+    if (rc) {
+        sqlite3_finalize(*st);
+        *st = NULL;
+    }
+    return rc;
+}
+
+/* Prepares sql and binds its parameters; 0 or PHY_E*. */
+static int q_prep(struct store *s, sqlite3_stmt **st, const char *sql, const char *fmt, ...)
+{
+    va_list ap;
+    int rc;
+    va_start(ap, fmt);
+    rc = prepv(s, st, sql, fmt, ap);
+    va_end(ap);
+    return rc;
+}
+
+/* Maps a failed sqlite3_step: uniqueness violations are PHY_EEXIST, all else PHY_EIO. */
+static int step_err(struct store *s)
+{
+    int ext = sqlite3_extended_errcode(s->db);
+    if (ext == SQLITE_CONSTRAINT_UNIQUE || ext == SQLITE_CONSTRAINT_PRIMARYKEY)
+        return PHY_EEXIST;
+    return PHY_EIO;
+}
+
+/* Runs a statement that returns no rows; *changes (optional) gets the rows changed. */
+static int q_exec(struct store *s, int *changes, const char *sql, const char *fmt, ...)
+{
+    sqlite3_stmt *st;
+    va_list ap;
+    int rc;
+    va_start(ap, fmt);
+    rc = prepv(s, &st, sql, fmt, ap);
+    va_end(ap);
+    if (rc)
+        return rc;
+    rc = sqlite3_step(st);
+    rc = (rc == SQLITE_DONE || rc == SQLITE_ROW) ? 0 : step_err(s);
+    if (rc == 0 && changes)
+        *changes = sqlite3_changes(s->db);
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* Reads column 0 of the first row as an integer: 1 when there is a row, 0 when
+ * there is none, negative PHY_E* on failure. */
+static int q_int(struct store *s, int64_t *v, const char *sql, const char *fmt, ...)
+{
+    sqlite3_stmt *st;
+    va_list ap;
+    int rc;
+    va_start(ap, fmt);
+    rc = prepv(s, &st, sql, fmt, ap);
+    va_end(ap);
+    if (rc)
+        return rc;
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        if (v)
+            *v = sqlite3_column_int64(st, 0);
+        rc = 1;
+    } else {
+        rc = rc == SQLITE_DONE ? 0 : step_err(s);
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* Copies a text column (NULL reads as "") into dst[cap]; PHY_EIO when it does not fit. */
+static int col_copy(sqlite3_stmt *st, int col, char *dst, size_t cap)
+{
+    const unsigned char *v = sqlite3_column_text(st, col);
+    size_t n = v ? (size_t)sqlite3_column_bytes(st, col) : 0;
+    if (n >= cap)
+        return PHY_EIO;
+    if (n)
+        memcpy(dst, v, n);
+    dst[n] = '\0';
+    return 0;
+}
+
+static char *col_dup(sqlite3_stmt *st, int col)
+{
+    const unsigned char *v = sqlite3_column_text(st, col);
+    size_t n = v ? (size_t)sqlite3_column_bytes(st, col) : 0;
+    char *d = malloc(n + 1);
+    if (!d)
+        return NULL;
+    if (n)
+        memcpy(d, v, n);
+    d[n] = '\0';
+    return d;
+}
+
+static int exec_sql(struct store *s, const char *sql)
+{
+    return sqlite3_exec(s->db, sql, NULL, NULL, NULL) == SQLITE_OK ? 0 : PHY_EIO;
+}
+
+/* ---- transactions ---- */
+
+/* Locks the store and opens a transaction (IMMEDIATE when it will write). */
+static int tx_begin(struct store *s, int write)
+{
+    pthread_mutex_lock(&s->mu);
+    if (exec_sql(s, write ? "BEGIN IMMEDIATE" : "BEGIN") != 0) {
+        pthread_mutex_unlock(&s->mu);
+        return PHY_EIO;
+    }
+    return 0;
+}
+
+/* Commits when rc is 0, rolls back otherwise (or when the commit fails); unlocks. */
+static int tx_end(struct store *s, int rc)
+{
+    if (rc == 0 && exec_sql(s, "COMMIT") != 0)
+        rc = PHY_EIO;
+    if (rc != 0 && !sqlite3_get_autocommit(s->db))
+        exec_sql(s, "ROLLBACK");
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+/* ---- open / close ---- */
+
+static int pragma_text(struct store *s, const char *sql, char *out, size_t cap)
+{
+    sqlite3_stmt *st;
+    int rc;
+    if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK)
+        return PHY_EIO;
+    rc = sqlite3_step(st) == SQLITE_ROW ? col_copy(st, 0, out, cap) : PHY_EIO;
+    sqlite3_finalize(st);
+    return rc;
+}
+
+static int schema_init(struct store *s, char *err, size_t errcap)
+{
+    int64_t version = 0;
+    int rc;
+    if (exec_sql(s, "BEGIN IMMEDIATE") != 0)
+        goto fail_sql;
+    if (q_int(s, &version, "PRAGMA user_version", "") < 0)
+        goto fail_sql;
+    if (version > SCHEMA_VERSION) {
+        set_err(err, errcap, "store schema version %lld is newer than this build (%d)",
+                (long long)version, SCHEMA_VERSION);
+        rc = PHY_EUNSUPP;
+        goto fail;
+    }
+    if (version < SCHEMA_VERSION) {
+        if (exec_sql(s, SCHEMA_SQL) != 0 || exec_sql(s, "PRAGMA user_version = 1") != 0)
+            goto fail_sql;
+    }
+    if (exec_sql(s, "COMMIT") != 0)
+        goto fail_sql;
+    return 0;
+
+fail_sql:
+    set_err(err, errcap, "store schema: %s", sqlite3_errmsg(s->db));
+    rc = PHY_EIO;
+fail:
+    if (!sqlite3_get_autocommit(s->db))
+        exec_sql(s, "ROLLBACK");
+    return rc;
+}
+
+static void sq_close(struct store *s)
+{
+    if (!s)
+        return;
+    sqlite3_close(s->db);
+    pthread_mutex_destroy(&s->mu);
+    free(s);
+}
+
+static int sq_open(const char *url, struct store **out, char *err, size_t errcap)
+{
+    static const char *const pragmas[] = {
+        "PRAGMA busy_timeout = 5000", "PRAGMA foreign_keys = ON", "PRAGMA secure_delete = ON",
+        "PRAGMA synchronous = FULL", /* credentials are durable before they are sent */
+    };
+    char mode[16];
+    struct store *s;
+    int rc;
+
+    if (out)
+        *out = NULL;
+    if (!out || !url || !url[0] || strnlen(url, PATH_MAX) >= PATH_MAX) {
+        set_err(err, errcap, "invalid store path");
+        return PHY_EINVAL;
+    }
+    if (!sqlite3_threadsafe()) {
+        set_err(err, errcap, "SQLite is built without thread safety");
+        return PHY_EUNSUPP;
+    }
+    /* The file holds password hashes and sealed issuances: create it owner-only
+     * (SQLite gives its -wal and -shm files the same mode). */
+    if (url[0] != ':' && strncmp(url, "file:", 5) != 0) {
+        int fd = open(url, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        if (fd < 0) {
+            set_err(err, errcap, "open %s: %s", url, strerror(errno));
+            return PHY_EIO;
+        }
+        close(fd);
+    }
+    s = calloc(1, sizeof *s);
+    if (!s) {
+        set_err(err, errcap, "out of memory");
+        return PHY_ENOMEM;
+    }
+    if (pthread_mutex_init(&s->mu, NULL) != 0) {
+        free(s);
+        set_err(err, errcap, "mutex init failed");
+        return PHY_EIO;
+    }
+    rc = sqlite3_open_v2(url, &s->db,
+                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX, NULL);
+    if (rc != SQLITE_OK) {
+        set_err(err, errcap, "sqlite open %s: %s", url,
+                s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
+        rc = PHY_EIO;
+        goto fail;
+    }
+    sqlite3_extended_result_codes(s->db, 1);
+    for (size_t i = 0; i < sizeof pragmas / sizeof pragmas[0]; i++) {
+        if (exec_sql(s, pragmas[i]) != 0) {
+            set_err(err, errcap, "%s: %s", pragmas[i], sqlite3_errmsg(s->db));
+            rc = PHY_EIO;
+            goto fail;
+        }
+    }
+    if (pragma_text(s, "PRAGMA journal_mode = WAL", mode, sizeof mode) != 0) {
+        set_err(err, errcap, "journal_mode: %s", sqlite3_errmsg(s->db));
+        rc = PHY_EIO;
+        goto fail;
+    }
+    if (strcmp(mode, "wal") != 0 && strcmp(mode, "memory") != 0) {
+        set_err(err, errcap, "journal_mode WAL refused (got %s)", mode);
+        rc = PHY_EIO;
+        goto fail;
+    }
+    rc = schema_init(s, err, errcap);
+    if (rc)
+        goto fail;
+    *out = s;
+    return 0;
+
+fail:
+    sq_close(s);
+    return rc;
+}
+
+/* ---- admin and auth ---- */
+
+static int tenant_id_of(struct store *s, const char *tenant, int64_t *id)
+{
+    return q_int(s, id, "SELECT id FROM tenants WHERE name = ?", "t", tenant);
+}
+
+static int sq_tenant_add(struct store *s, const char *name, const char *region, int *outcome)
+{
+    int rc;
+    if (!s || !outcome || !str_ok(name, STORE_NAME_MAX) || !str_ok(region, REGION_MAX))
+        return PHY_EINVAL;
+    if ((rc = tx_begin(s, 1)))
+        return rc;
+    rc = q_exec(s, NULL, "INSERT INTO tenants(name, region, created_ms) VALUES (?, ?, ?)", "tti",
+                name, region, wall_ms());
+    *outcome = STORE_OK;
+    if (rc == PHY_EEXIST) {
+        *outcome = STORE_EXISTS;
+        rc = 0;
+    }
+    return tx_end(s, rc);
+}
+
+static int sq_user_add(struct store *s, const char *tenant, const char *user, const char *pw_hash,
+                       int *outcome)
+{
+    int64_t tid = 0;
+    int rc;
+    if (!s || !outcome || !str_ok(tenant, STORE_NAME_MAX) || !str_ok(user, STORE_NAME_MAX) ||
+        !str_ok(pw_hash, PW_HASH_MAX))
+        return PHY_EINVAL;
+    if ((rc = tx_begin(s, 1)))
+        return rc;
+    rc = tenant_id_of(s, tenant, &tid);
+    if (rc < 0)
+        goto out;
+    if (rc == 0) {
+        *outcome = STORE_NOT_FOUND;
+        goto out;
+    }
+    rc = q_exec(s, NULL, "INSERT INTO users(tenant_id, name, pw_hash) VALUES (?, ?, ?)", "itt", tid,
+                user, pw_hash);
+    *outcome = STORE_OK;
+    if (rc == PHY_EEXIST) {
+        *outcome = STORE_EXISTS;
+        rc = 0;
+    }
+out:
+    return tx_end(s, rc);
+}
+
+static int sq_token_add(struct store *s, const char *tenant, const char *user,
+                        const char *token_hash, int64_t now_ms, int *outcome)
+{
+    int64_t tid = 0, uid = 0;
+    int rc;
+    if (!s || !outcome || !str_ok(tenant, STORE_NAME_MAX) || !str_ok(user, STORE_NAME_MAX) ||
+        !hash_ok(token_hash))
+        return PHY_EINVAL;
+    if ((rc = tx_begin(s, 1)))
+        return rc;
+    rc = tenant_id_of(s, tenant, &tid);
+    if (rc < 0)
+        goto out;
+    if (rc == 1)
+        rc = q_int(s, &uid, "SELECT id FROM users WHERE tenant_id = ? AND name = ?", "it", tid,
+                   user);
+    if (rc < 0)
+        goto out;
+    if (rc == 0) {
+        *outcome = STORE_NOT_FOUND;
+        goto out;
+    }
+    rc = q_exec(s, NULL,
+                "INSERT INTO api_tokens(token_hash, tenant_id, user_id, created_ms) "
+                "VALUES (?, ?, ?, ?)",
+                "tiii", token_hash, tid, uid, now_ms);
+    *outcome = STORE_OK;
+    if (rc == PHY_EEXIST) {
+        *outcome = STORE_EXISTS;
+        rc = 0;
+    }
+out:
+    return tx_end(s, rc);
+}
+
+static int sq_token_auth(struct store *s, const char *token_hash, int64_t *tenant_id,
+                         int64_t *user_id, char tenant[STORE_NAME_MAX + 1], char region[16],
+                         int *outcome)
+{
+    sqlite3_stmt *st = NULL;
+    int rc;
+    if (!s || !outcome || !hash_ok(token_hash))
+        return PHY_EINVAL;
+    if ((rc = tx_begin(s, 0)))
+        return rc;
+    rc = q_prep(s, &st,
+                "SELECT t.id, u.id, t.name, t.region FROM api_tokens k"
+                " JOIN users u ON u.id = k.user_id AND u.tenant_id = k.tenant_id"
+                " JOIN tenants t ON t.id = k.tenant_id WHERE k.token_hash = ?",
+                "t", token_hash);
+    if (rc)
+        goto out;
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE) {
+        *outcome = STORE_NOT_FOUND;
+        rc = 0;
+        goto out;
+    }
+    if (rc != SQLITE_ROW) {
+        rc = PHY_EIO;
+        goto out;
+    }
+    rc = 0;
+    if (tenant_id)
+        *tenant_id = sqlite3_column_int64(st, 0);
+    if (user_id)
+        *user_id = sqlite3_column_int64(st, 1);
+    if (tenant && (rc = col_copy(st, 2, tenant, STORE_NAME_MAX + 1)))
+        goto out;
+    if (region && (rc = col_copy(st, 3, region, REGION_MAX + 1)))
+        goto out;
+    *outcome = STORE_OK;
+out:
+    sqlite3_finalize(st);
+    return tx_end(s, rc);
+}
+
+/* ---- provisioning ---- */
+
+static int issued_serial(struct store *s, const char *serial)
+{
+    return q_int(s, NULL, "SELECT 1 FROM issuances WHERE serial = ?", "t", serial);
+}
+
+static int issued_code(struct store *s, const char *code)
+{
+    return q_int(s, NULL, "SELECT 1 FROM issuances WHERE code = ?", "t", code);
+}
+
+static int sq_reg_create(struct store *s, const struct store_prov_params *p, const char *serial,
+                         const char *token_hash, int *outcome)
+{
+    int64_t live = 0;
+    int rc;
+    if (!s || !outcome || !params_ok(p) || !serial_ok(serial) || !hash_ok(token_hash))
+        return PHY_EINVAL;
+    if ((rc = tx_begin(s, 1)))
+        return rc;
+    rc = issued_serial(s, serial);
+    if (rc < 0)
+        goto out;
+    if (rc == 1) {
+        *outcome = STORE_PROVISIONED;
+        rc = 0;
+        goto out;
+    }
+    rc = q_int(s, &live,
+               "SELECT count(*) FROM registrations WHERE serial = ? AND last_active_ms > ?", "ti",
+               serial, live_after(p));
+    if (rc < 0)
+        goto out;
+    rc = 0;
+    if (live >= p->max_regs_per_serial) {
+        *outcome = STORE_TOO_MANY;
+        goto out;
+    }
+    rc = q_exec(s, NULL,
+                "INSERT INTO registrations(token_hash, serial, interval_s, last_active_ms, "
+                "created_ms) VALUES (?, ?, ?, ?, ?)",
+                "ttiii", token_hash, serial, (int64_t)p->interval_s, p->now_ms, p->now_ms);
+    if (rc == 0)
+        *outcome = STORE_OK;
+out:
+    return tx_end(s, rc);
+}
+
+static int sq_reg_set_code(struct store *s, const struct store_prov_params *p, const char *serial,
+                           const char *token_hash, const char *code, int *outcome)
+{
+    char ncode[PHY_CODE_LEN + 1];
+    int rc;
+    if (!s || !outcome || !params_ok(p) || !serial_ok(serial) || !hash_ok(token_hash) ||
+        code_normalize(code, ncode) != 0)
+        return PHY_EINVAL;
+    if ((rc = tx_begin(s, 1)))
+        return rc;
+    rc = q_int(s, NULL,
+               "SELECT 1 FROM registrations WHERE token_hash = ? AND serial = ? AND "
+               "last_active_ms > ?",
+               "tti", token_hash, serial, live_after(p));
+    if (rc < 0)
+        goto out;
+    if (rc == 0) {
+        *outcome = STORE_BAD_TOKEN;
+        goto out;
+    }
+    rc = issued_serial(s, serial);
+    if (rc < 0)
+        goto out;
+    if (rc == 1) {
+        *outcome = STORE_PROVISIONED;
+        rc = 0;
+        goto out;
+    }
+    /* An unexpired code of any other registration (even a lapsing one) or any
+     * issued code stays unique, so a code always names one registration. */
+    rc = q_int(s, NULL,
+               "SELECT 1 FROM registrations WHERE code = ?1 AND code_expires_ms > ?2 AND "
+               "token_hash <> ?3 UNION ALL SELECT 1 FROM issuances WHERE code = ?1",
+               "tit", ncode, p->now_ms, token_hash);
+    if (rc < 0)
+        goto out;
+    if (rc == 1) {
+        *outcome = STORE_CODE_TAKEN;
+        rc = 0;
+        goto out;
+    }
+    rc = q_exec(s, NULL,
+                "UPDATE registrations SET code = ?, code_expires_ms = ?, last_active_ms = ? "
+                "WHERE token_hash = ?",
+                "tiit", ncode, p->now_ms + p->code_ttl_ms, p->now_ms, token_hash);
+    if (rc == 0)
+        *outcome = STORE_OK;
+out:
+    return tx_end(s, rc);
+}
+
+/* Rule 1 of poll. Returns 1 when the token has an issuance (outcome set), 0 when
+ * it has none, negative on failure. */
+static int poll_issuance(struct store *s, const struct store_prov_params *p, const char *token_hash,
+                         struct store_poll_result *r, int *outcome)
+{
+    sqlite3_stmt *st = NULL;
+    char device_id[PHY_DEVICE_ID_LEN + 1];
+    int first, rc;
+    rc = q_prep(s, &st,
+                "SELECT i.device_id, i.sealed, i.delivered_ms, d.state FROM issuances i"
+                " LEFT JOIN devices d ON d.device_id = i.device_id"
+                " WHERE i.token_hash = ? LIMIT 1",
+                "t", token_hash);
+    if (rc)
+        return rc;
+    rc = sqlite3_step(st);
+    if (rc != SQLITE_ROW) {
+        rc = rc == SQLITE_DONE ? 0 : PHY_EIO;
+        goto out;
+    }
+    const char *state = (const char *)sqlite3_column_text(st, 3);
+    const void *blob = sqlite3_column_blob(st, 1);
+    int blob_len = sqlite3_column_bytes(st, 1);
+    first = sqlite3_column_type(st, 2) == SQLITE_NULL;
+    /* Redelivery only inside the grace window and before the device's first hub
+     * session (which moves it past "provisioned"). */
+    if (!blob || blob_len <= 0 ||
+        (!first && p->now_ms - sqlite3_column_int64(st, 2) >= p->grace_ms) || !state ||
+        (strcmp(state, "pending_delivery") != 0 && strcmp(state, "provisioned") != 0)) {
+        *outcome = STORE_PROVISIONED;
+        rc = 1;
+        goto out;
+    }
+    if ((rc = col_copy(st, 0, device_id, sizeof device_id)))
+        goto out;
+    r->sealed = malloc((size_t)blob_len);
+    if (!r->sealed) {
+        rc = PHY_ENOMEM;
+        goto out;
+    }
+    memcpy(r->sealed, blob, (size_t)blob_len);
+    r->sealed_len = (size_t)blob_len;
+    memcpy(r->device_id, device_id, sizeof device_id);
+    sqlite3_finalize(st);
+    st = NULL;
+    if (first) {
+        rc = q_exec(s, NULL,
+                    "UPDATE issuances SET delivered_ms = ? WHERE token_hash = ? AND "
+                    "delivered_ms IS NULL",
+                    "it", p->now_ms, token_hash);
+        if (rc == 0)
+            rc = q_exec(s, NULL,
+                        "UPDATE devices SET state = 'provisioned' WHERE device_id = ? AND "
+                        "state = 'pending_delivery'",
+                        "t", device_id);
+        if (rc)
+            goto out;
+    }
+    *outcome = STORE_DELIVER;
+    rc = 1;
+out:
+    sqlite3_finalize(st);
+    return rc;
+}
+
+struct reg_row {
+    char serial[PHY_SERIAL_MAX + 1];
+    char code[PHY_CODE_LEN + 1]; /* "" when none */
+    int64_t code_expires_ms;
+    int64_t interval_s;
+    int has_polled;
+    int64_t last_poll_ms;
+};
+
+/* Loads the live registration of token_hash: 1 found, 0 none, negative on failure. */
+static int reg_load(struct store *s, const struct store_prov_params *p, const char *token_hash,
+                    struct reg_row *g)
+{
+    sqlite3_stmt *st;
+    int rc = q_prep(s, &st,
+                    "SELECT serial, code, code_expires_ms, interval_s, last_poll_ms"
+                    " FROM registrations WHERE token_hash = ? AND last_active_ms > ?",
+                    "ti", token_hash, live_after(p));
+    if (rc)
+        return rc;
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        rc = col_copy(st, 0, g->serial, sizeof g->serial);
+        if (rc == 0)
+            rc = col_copy(st, 1, g->code, sizeof g->code);
+        g->code_expires_ms = sqlite3_column_int64(st, 2);
+        g->interval_s = sqlite3_column_int64(st, 3);
+        g->has_polled = sqlite3_column_type(st, 4) != SQLITE_NULL;
+        g->last_poll_ms = sqlite3_column_int64(st, 4);
+        if (rc == 0)
+            rc = 1;
+    } else {
+        rc = rc == SQLITE_DONE ? 0 : PHY_EIO;
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+static int sq_poll(struct store *s, const struct store_prov_params *p, const char *serial,
+                   const char *code, const char *token_hash, struct store_poll_result *r,
+                   int *outcome)
+{
+    char ncode[PHY_CODE_LEN + 1];
+    struct reg_row g = {0};
+    int64_t interval;
+    int rc;
+    if (r)
+        memset(r, 0, sizeof *r);
+    if (!s || !r || !outcome || !params_ok(p) || !hash_ok(token_hash) || !serial == !code)
+        return PHY_EINVAL;
+    if (serial && !serial_ok(serial))
+        return PHY_EINVAL;
+    if (code && code_normalize(code, ncode) != 0)
+        return PHY_EINVAL;
+    if ((rc = tx_begin(s, 1)))
+        return rc;
+
+    /* 1. an issuance bound to this token */
+    rc = poll_issuance(s, p, token_hash, r, outcome);
+    if (rc != 0)
+        goto out;
+    /* 2. the serial/code was spent by a claim bound to another token */
+    rc = serial ? issued_serial(s, serial) : issued_code(s, ncode);
+    if (rc < 0)
+        goto out;
+    if (rc == 1) {
+        *outcome = STORE_PROVISIONED;
+        goto out;
+    }
+    /* 3. a live registration of this token, for this serial */
+    rc = reg_load(s, p, token_hash, &g);
+    if (rc < 0)
+        goto out;
+    if (rc == 0 || (serial && strcmp(g.serial, serial) != 0)) {
+        *outcome = STORE_BAD_TOKEN;
+        goto out;
+    }
+    if (code) {
+        /* A code poll whose registration's serial was claimed by another token. */
+        rc = issued_serial(s, g.serial);
+        if (rc < 0)
+            goto out;
+        if (rc == 1) {
+            *outcome = STORE_PROVISIONED;
+            goto out;
+        }
+    }
+    interval = g.interval_s;
+    if (code && (strcmp(g.code, ncode) != 0 || g.code_expires_ms <= p->now_ms)) {
+        /* 4. */
+        *outcome = STORE_EXPIRED_CODE;
+    } else if (g.has_polled && (p->now_ms - g.last_poll_ms) * 5 < interval * 4000) {
+        /* 5. polled less than 0.8 * interval ago */
+        /* A cap configured below the base interval means no growth. */
+        int64_t cap = p->max_interval_s > p->interval_s ? p->max_interval_s : p->interval_s;
+        interval += p->interval_s;
+        if (interval > cap)
+            interval = cap;
+        *outcome = STORE_SLOW_DOWN;
+    } else {
+        *outcome = STORE_PENDING;
+    }
+    rc = q_exec(s, NULL,
+                "UPDATE registrations SET interval_s = ?, last_poll_ms = ?, last_active_ms = ? "
+                "WHERE token_hash = ?",
+                "iiit", interval, p->now_ms, p->now_ms, token_hash);
+    r->interval_s = (int)interval;
+out:
+    if (rc > 0)
+        rc = 0;
+    rc = tx_end(s, rc);
+    if (rc) {
+        free(r->sealed);
+        memset(r, 0, sizeof *r);
+    }
+    return rc;
+}
+
+/* The registration a claim resolves to. */
+struct claim_target {
+    char serial[PHY_SERIAL_MAX + 1];
+    char token_hash[PHY_HASH_HEX_LEN + 1];
+    char code[PHY_CODE_LEN + 1]; /* "" when none */
+};
+
+/* Resolves a claim by code. 1 resolved, 0 refused (outcome set), negative on failure. */
+static int claim_by_code(struct store *s, const struct store_prov_params *p, const char *code,
+                         struct claim_target *t, int *outcome)
+{
+    sqlite3_stmt *st;
+    int rc = q_prep(s, &st,
+                    "SELECT token_hash, serial FROM registrations"
+                    " WHERE code = ? AND code_expires_ms > ? AND last_active_ms > ?"
+                    " ORDER BY code_expires_ms DESC LIMIT 1",
+                    "tii", code, p->now_ms, live_after(p));
+    if (rc)
+        return rc;
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        rc = col_copy(st, 0, t->token_hash, sizeof t->token_hash);
+        if (rc == 0)
+            rc = col_copy(st, 1, t->serial, sizeof t->serial);
+        if (rc == 0)
+            rc = 1;
+    } else {
+        rc = rc == SQLITE_DONE ? 0 : PHY_EIO;
+    }
+    sqlite3_finalize(st);
+    if (rc == 0) {
+        rc = issued_code(s, code);
+        if (rc >= 0)
+            *outcome = rc == 1 ? STORE_ALREADY_CLAIMED : STORE_EXPIRED_CODE;
+        return rc < 0 ? rc : 0;
+    }
+    if (rc < 0)
+        return rc;
+    memcpy(t->code, code, PHY_CODE_LEN + 1);
+    rc = issued_serial(s, t->serial);
+    if (rc == 1) {
+        *outcome = STORE_ALREADY_CLAIMED;
+        return 0;
+    }
+    return rc < 0 ? rc : 1;
+}
+
+/* Resolves a claim by serial. 1 resolved, 0 refused (outcome set), negative on failure. */
+static int claim_by_serial(struct store *s, const struct store_prov_params *p, const char *serial,
+                           struct claim_target *t, int *outcome)
+{
+    sqlite3_stmt *st;
+    int rows = 0, rc;
+    rc = issued_serial(s, serial);
+    if (rc < 0)
+        return rc;
+    if (rc == 1) {
+        *outcome = STORE_ALREADY_CLAIMED;
+        return 0;
+    }
+    rc = q_prep(s, &st,
+                "SELECT token_hash, code FROM registrations"
+                " WHERE serial = ? AND last_active_ms > ? LIMIT 2",
+                "ti", serial, live_after(p));
+    if (rc)
+        return rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (rows++ == 0) {
+            if ((rc = col_copy(st, 0, t->token_hash, sizeof t->token_hash)) ||
+                (rc = col_copy(st, 1, t->code, sizeof t->code)))
+                break;
+        }
+    }
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE)
+        return rc < 0 ? rc : PHY_EIO;
+    if (rows != 1) {
+        *outcome = rows == 0 ? STORE_UNKNOWN_SERIAL : STORE_SERIAL_IN_USE;
+        return 0;
+    }
+    memcpy(t->serial, serial, strlen(serial) + 1);
+    return 1;
+}
+
+static int sq_claim(struct store *s, const struct store_prov_params *p, const struct store_claim *c,
+                    struct store_device *device, int *outcome)
+{
+    char ncode[PHY_CODE_LEN + 1];
+    struct claim_target t;
+    unsigned char *sealed = NULL;
+    size_t sealed_len = 0;
+    const char *tags;
+    int rc;
+
+    if (device)
+        memset(device, 0, sizeof *device);
+    if (!s || !c || !device || !outcome || !params_ok(p) || !c->seal || !c->serial == !c->code ||
+        !str_ok(c->device_id, PHY_DEVICE_ID_LEN) || !hash_ok(c->secret_hash) ||
+        (c->name && strnlen(c->name, STORE_NAME_MAX * 2 + 1) > STORE_NAME_MAX * 2))
+        return PHY_EINVAL;
+    if (c->serial && !serial_ok(c->serial))
+        return PHY_EINVAL;
+    if (c->code && code_normalize(c->code, ncode) != 0)
+        return PHY_EINVAL;
+    tags = c->tags_json ? c->tags_json : "{}";
+    if (strnlen(tags, TAGS_JSON_MAX + 1) > TAGS_JSON_MAX)
+        return PHY_ETOOBIG;
+    memset(&t, 0, sizeof t);
+    if ((rc = tx_begin(s, 1)))
+        return rc;
+
+    rc = c->code ? claim_by_code(s, p, ncode, &t, outcome)
+                 : claim_by_serial(s, p, c->serial, &t, outcome);
+    if (rc <= 0)
+        goto out;
+    sealed = c->seal(c->seal_ctx, t.serial, &sealed_len);
+    if (!sealed || sealed_len == 0) {
+        rc = PHY_ECRYPTO;
+        goto out;
+    }
+    rc = q_exec(s, NULL,
+                "INSERT INTO devices(device_id, tenant_id, serial, name, tags_json, secret_hash,"
+                " state, created_ms) VALUES (?, ?, ?, ?, ?, ?, 'pending_delivery', ?)",
+                "titttti", c->device_id, c->tenant_id, t.serial, c->name, tags, c->secret_hash,
+                p->now_ms);
+    if (rc)
+        goto out;
+    rc = q_exec(s, NULL,
+                "INSERT INTO issuances(serial, code, token_hash, device_id, sealed, created_ms)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                "ttttbi", t.serial, t.code[0] ? t.code : NULL, t.token_hash, c->device_id,
+                (const void *)sealed, sealed_len, p->now_ms);
+    if (rc)
+        goto out;
+    rc = q_exec(s, NULL,
+                "UPDATE registrations SET code = NULL, code_expires_ms = 0 WHERE serial = ?", "t",
+                t.serial);
+    if (rc)
+        goto out;
+    device->tags_json = strdup(tags);
+    if (!device->tags_json) {
+        rc = PHY_ENOMEM;
+        goto out;
+    }
+    memcpy(device->device_id, c->device_id, strlen(c->device_id) + 1);
+    memcpy(device->serial, t.serial, strlen(t.serial) + 1);
+    if (c->name)
+        memcpy(device->name, c->name, strlen(c->name) + 1);
+    memcpy(device->state, "pending_delivery", sizeof "pending_delivery");
+    device->created_ms = p->now_ms;
+    *outcome = STORE_OK;
+out:
+    free(sealed);
+    if (rc > 0)
+        rc = 0;
+    rc = tx_end(s, rc);
+    if (rc) {
+        free(device->tags_json);
+        memset(device, 0, sizeof *device);
+    }
+    return rc;
+}
+
+static int sq_claim_failure_add(struct store *s, int64_t tenant_id, int64_t user_id, int64_t now_ms)
+{
+    int rc;
+    if (!s)
+        return PHY_EINVAL;
+    if ((rc = tx_begin(s, 1)))
+        return rc;
+    rc = q_exec(s, NULL, "INSERT INTO claim_failures(tenant_id, user_id, at_ms) VALUES (?, ?, ?)",
+                "iii", tenant_id, user_id, now_ms);
+    return tx_end(s, rc);
+}
+
+static int sq_claim_failure_count(struct store *s, int64_t tenant_id, int64_t user_id,
+                                  int64_t since_ms, int *user_count, int *tenant_count)
+{
+    int64_t u = 0, t = 0;
+    int rc;
+    if (!s || !user_count || !tenant_count)
+        return PHY_EINVAL;
+    if ((rc = tx_begin(s, 0)))
+        return rc;
+    rc = q_int(s, &u,
+               "SELECT count(*) FROM claim_failures WHERE tenant_id = ? AND user_id = ? AND "
+               "at_ms >= ?",
+               "iii", tenant_id, user_id, since_ms);
+    if (rc >= 0)
+        rc = q_int(s, &t, "SELECT count(*) FROM claim_failures WHERE tenant_id = ? AND at_ms >= ?",
+                   "ii", tenant_id, since_ms);
+    if (rc > 0)
+        rc = 0;
+    rc = tx_end(s, rc);
+    if (rc == 0) {
+        *user_count = u > INT_MAX ? INT_MAX : (int)u;
+        *tenant_count = t > INT_MAX ? INT_MAX : (int)t;
+    }
+    return rc;
+}
+
+static int sq_sweep(struct store *s, const struct store_prov_params *p, int64_t keep_failures_ms)
+{
+    int purged = 0, rc;
+    if (!s || !params_ok(p) || keep_failures_ms < 0)
+        return PHY_EINVAL;
+    if ((rc = tx_begin(s, 1)))
+        return rc;
+    rc = q_exec(s, NULL, "DELETE FROM registrations WHERE last_active_ms <= ?", "i", live_after(p));
+    if (rc)
+        goto out;
+    /* Sealed bodies whose grace ended, or whose device is past delivery (its first
+     * hub session, revoked, deleted): poll would never hand them out again. */
+    rc = q_exec(s, &purged,
+                "UPDATE issuances SET sealed = NULL WHERE sealed IS NOT NULL AND"
+                " ((delivered_ms IS NOT NULL AND delivered_ms <= ?) OR NOT EXISTS"
+                " (SELECT 1 FROM devices d WHERE d.device_id = issuances.device_id AND"
+                "  d.state IN ('pending_delivery', 'provisioned')))",
+                "i", p->now_ms - p->grace_ms);
+    if (rc)
+        goto out;
+    rc = q_exec(s, NULL,
+                "UPDATE registrations SET code = NULL, code_expires_ms = 0"
+                " WHERE code IS NOT NULL AND code_expires_ms <= ?",
+                "i", p->now_ms);
+    if (rc)
+        goto out;
+    rc = q_exec(s, NULL, "DELETE FROM claim_failures WHERE at_ms < ?", "i",
+                p->now_ms - keep_failures_ms);
+out:
+    rc = tx_end(s, rc);
+    if (rc == 0 && purged > 0) {
+        /* secure_delete zeroes the purged bodies in the database pages; checkpointing
+         * and truncating the WAL drops the older page images that still hold them.
+         * Best effort: the purge itself is already committed. */
+        pthread_mutex_lock(&s->mu);
+        exec_sql(s, "PRAGMA wal_checkpoint(TRUNCATE)");
+        pthread_mutex_unlock(&s->mu);
+    }
+    return rc;
+}
+
+/* ---- devices ---- */
+
+static int sq_devices_list(struct store *s, int64_t tenant_id, const char *after, int limit,
+                           struct store_device **out, size_t *n)
+{
+    struct store_device *v = NULL;
+    sqlite3_stmt *st = NULL;
+    size_t count = 0, cap = 0;
+    int rc;
+
+    if (out)
+        *out = NULL;
+    if (n)
+        *n = 0;
+    if (!s || !out || !n || limit <= 0 ||
+        (after && strnlen(after, PHY_DEVICE_ID_LEN + 1) > PHY_DEVICE_ID_LEN))
+        return PHY_EINVAL;
+    if (limit > LIST_MAX)
+        limit = LIST_MAX;
+    if ((rc = tx_begin(s, 0)))
+        return rc;
+    rc = q_prep(s, &st,
+                "SELECT device_id, serial, name, state, tags_json, created_ms FROM devices"
+                " WHERE tenant_id = ? AND device_id > ? ORDER BY device_id LIMIT ?",
+                "iti", tenant_id, after ? after : "", (int64_t)limit);
+    if (rc)
+        goto out;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        struct store_device *d;
+        if (count == cap) {
+            size_t ncap = cap ? cap * 2 : 16;
+            struct store_device *nv = realloc(v, ncap * sizeof *nv);
+            if (!nv) {
+                rc = PHY_ENOMEM;
+                goto out;
+            }
+            v = nv;
+            cap = ncap;
+        }
+        d = &v[count];
+        memset(d, 0, sizeof *d);
+        count++;
+        if ((rc = col_copy(st, 0, d->device_id, sizeof d->device_id)) ||
+            (rc = col_copy(st, 1, d->serial, sizeof d->serial)) ||
+            (rc = col_copy(st, 2, d->name, sizeof d->name)) ||
+            (rc = col_copy(st, 3, d->state, sizeof d->state)))
+            goto out;
+        d->created_ms = sqlite3_column_int64(st, 5);
+        d->tags_json = col_dup(st, 4);
+        if (!d->tags_json) {
+            rc = PHY_ENOMEM;
+            goto out;
+        }
+    }
+    rc = rc == SQLITE_DONE ? 0 : PHY_EIO;
+out:
+    sqlite3_finalize(st);
+    rc = tx_end(s, rc);
+    if (rc) {
+        store_devices_free(v, count);
+        return rc;
+    }
+    *out = v;
+    *n = count;
+    return 0;
+}
+
+const struct store_ops store_sqlite_ops = {
+    .name = "sqlite",
+    .open = sq_open,
+    .close = sq_close,
+    .tenant_add = sq_tenant_add,
+    .user_add = sq_user_add,
+    .token_add = sq_token_add,
+    .token_auth = sq_token_auth,
+    .reg_create = sq_reg_create,
+    .reg_set_code = sq_reg_set_code,
+    .poll = sq_poll,
+    .claim = sq_claim,
+    .claim_failure_add = sq_claim_failure_add,
+    .claim_failure_count = sq_claim_failure_count,
+    .sweep = sq_sweep,
+    .devices_list = sq_devices_list,
+};

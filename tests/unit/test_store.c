@@ -1,0 +1,802 @@
+/* Unit tests of the SQLite store: provisioning state machine, claims, admin, listing. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "phy/err.h"
+#include "store.h"
+
+#define T0 1700000000000LL
+#define IDLE_MS 600000
+#define TTL_MS 300000
+#define GRACE_MS 60000
+
+struct sealer {
+    int fail;
+    int calls;
+    char last_serial[PHY_SERIAL_MAX + 1];
+    pthread_mutex_t mu;
+};
+
+struct fx {
+    char dir[64];
+    char path[128];
+    struct store *s;
+    struct store_prov_params p;
+    struct sealer seal;
+};
+
+static const struct store_ops *ops = &store_sqlite_ops;
+
+/* The sealed body the test sealer produces: binary, includes NUL and 0xff bytes. */
+static size_t expected_sealed(const char *serial, unsigned char *buf, size_t cap)
+{
+    size_t n = strlen(serial);
+    assert_true(n + 4 <= cap);
+    buf[0] = 0x00;
+    buf[1] = 0xff;
+    memcpy(buf + 2, serial, n);
+    buf[n + 2] = 0x00;
+    buf[n + 3] = 0x7f;
+    return n + 4;
+}
+
+static unsigned char *test_seal(void *ctx, const char *serial, size_t *out_len)
+{
+    struct sealer *sl = ctx;
+    unsigned char tmp[PHY_SERIAL_MAX + 8];
+    unsigned char *body;
+    pthread_mutex_lock(&sl->mu);
+    sl->calls++;
+    snprintf(sl->last_serial, sizeof sl->last_serial, "%s", serial);
+    if (sl->fail) {
+        pthread_mutex_unlock(&sl->mu);
+        return NULL;
+    }
+    pthread_mutex_unlock(&sl->mu);
+    *out_len = expected_sealed(serial, tmp, sizeof tmp);
+    body = malloc(*out_len);
+    assert_non_null(body);
+    memcpy(body, tmp, *out_len);
+    return body;
+}
+
+/* A 64-hex-char stand-in for the SHA-256 of a poll/API token. */
+struct hash {
+    char h[PHY_HASH_HEX_LEN + 1];
+};
+
+static struct hash H(unsigned i) {
+    struct hash x;
+    snprintf(x.h, sizeof x.h, "%064x", i);
+    return x;
+}
+
+static void
+fx_open(struct fx *f)
+{
+    char err[256] = "";
+    int rc = ops->open(f->path, &f->s, err, sizeof err);
+    if (rc != 0)
+        fail_msg("open: %d %s", rc, err);
+}
+
+static int setup(void **state)
+{
+    struct fx *f = calloc(1, sizeof *f);
+    assert_non_null(f);
+    /* mkdtemp's template: the prefix, then six 'X' it replaces. */
+    int len = snprintf(f->dir, sizeof f->dir, "/tmp/phy_test_store_");
+    memset(f->dir + len, 'X', 6);
+    f->dir[len + 6] = '\0';
+    assert_non_null(mkdtemp(f->dir));
+    snprintf(f->path, sizeof f->path, "%s/store.db", f->dir);
+    pthread_mutex_init(&f->seal.mu, NULL);
+    f->p.now_ms = T0;
+    f->p.registration_idle_ms = IDLE_MS;
+    f->p.code_ttl_ms = TTL_MS;
+    f->p.grace_ms = GRACE_MS;
+    f->p.interval_s = 5;
+    f->p.max_interval_s = 20;
+    f->p.max_regs_per_serial = 4;
+    fx_open(f);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fx *f = *state;
+    char p[160];
+    ops->close(f->s);
+    unlink(f->path);
+    snprintf(p, sizeof p, "%s-wal", f->path);
+    unlink(p);
+    snprintf(p, sizeof p, "%s-shm", f->path);
+    unlink(p);
+    rmdir(f->dir);
+    pthread_mutex_destroy(&f->seal.mu);
+    free(f);
+    return 0;
+}
+
+/* ---- small wrappers that assert success and return the outcome ---- */
+
+static int reg(struct fx *f, const char *serial, unsigned tok)
+{
+    int out = -1;
+    struct hash h = H(tok);
+    assert_int_equal(ops->reg_create(f->s, &f->p, serial, h.h, &out), 0);
+    return out;
+}
+
+static int set_code(struct fx *f, const char *serial, unsigned tok, const char *code)
+{
+    int out = -1;
+    struct hash h = H(tok);
+    assert_int_equal(ops->reg_set_code(f->s, &f->p, serial, h.h, code, &out), 0);
+    return out;
+}
+
+/* Polls and frees any body; *interval (optional) gets the reported interval. */
+static int poll_s(struct fx *f, const char *serial, const char *code, unsigned tok, int *interval)
+{
+    struct store_poll_result r;
+    int out = -1;
+    struct hash h = H(tok);
+    assert_int_equal(ops->poll(f->s, &f->p, serial, code, h.h, &r, &out), 0);
+    if (interval)
+        *interval = r.interval_s;
+    if (out != STORE_DELIVER)
+        assert_null(r.sealed);
+    free(r.sealed);
+    return out;
+}
+
+/* Polls expecting DELIVER with the exact body for serial and device_id. */
+static void expect_deliver(struct fx *f, const char *serial, const char *code, unsigned tok,
+                           const char *body_serial, const char *device_id)
+{
+    unsigned char want[PHY_SERIAL_MAX + 8];
+    size_t wn = expected_sealed(body_serial, want, sizeof want);
+    struct store_poll_result r;
+    int out = -1;
+    struct hash h = H(tok);
+    assert_int_equal(ops->poll(f->s, &f->p, serial, code, h.h, &r, &out), 0);
+    assert_int_equal(out, STORE_DELIVER);
+    assert_non_null(r.sealed);
+    assert_int_equal(r.sealed_len, wn);
+    assert_memory_equal(r.sealed, want, wn);
+    assert_string_equal(r.device_id, device_id);
+    free(r.sealed);
+}
+
+static void dev_id(unsigned i, char out[PHY_DEVICE_ID_LEN + 1])
+{
+    snprintf(out, PHY_DEVICE_ID_LEN + 1, "dev_%026u", i);
+}
+
+static int claim_full(struct fx *f, int64_t tenant, const char *serial, const char *code,
+                      const char *device_id, const char *name, const char *tags, int *rc_out,
+                      struct store_device *dev)
+{
+    struct store_claim c = {
+        .tenant_id = tenant,
+        .user_id = 1,
+        .serial = serial,
+        .code = code,
+        .device_id = device_id,
+        .name = name,
+        .tags_json = tags,
+        .seal = test_seal,
+        .seal_ctx = &f->seal,
+    };
+    struct hash sh = H(0xabcdefu);
+    int out = -1;
+    c.secret_hash = sh.h; /* set after: sh must outlive the call */
+    *rc_out = ops->claim(f->s, &f->p, &c, dev, &out);
+    return out;
+}
+
+static int claim(struct fx *f, const char *serial, const char *code, const char *device_id)
+{
+    struct store_device d;
+    int rc, out = claim_full(f, 1, serial, code, device_id, NULL, NULL, &rc, &d);
+    assert_int_equal(rc, 0);
+    free(d.tags_json);
+    return out;
+}
+
+/* Reads one integer from the database file directly (a second connection). */
+static int64_t raw_int(struct fx *f, const char *sql)
+{
+    sqlite3 *db;
+    sqlite3_stmt *st;
+    int64_t v = -1;
+    assert_int_equal(sqlite3_open_v2(f->path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
+    if (sqlite3_step(st) == SQLITE_ROW)
+        v = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return v;
+}
+
+static void device_state(struct fx *f, int64_t tenant, const char *device_id, const char *want)
+{
+    struct store_device *d = NULL;
+    size_t n = 0;
+    int found = 0;
+    assert_int_equal(ops->devices_list(f->s, tenant, NULL, 100, &d, &n), 0);
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(d[i].device_id, device_id) == 0) {
+            assert_string_equal(d[i].state, want);
+            found = 1;
+        }
+    }
+    store_devices_free(d, n);
+    assert_true(found);
+}
+
+/* ---- tests ---- */
+
+static void test_provisioning_flow(void **state)
+{
+    struct fx *f = *state;
+    char id[PHY_DEVICE_ID_LEN + 1];
+    struct store_device dev;
+    int iv = 0, rc;
+
+    dev_id(1, id);
+    assert_int_equal(reg(f, "SN-1", 1), STORE_OK);
+    assert_int_equal(set_code(f, "SN-1", 1, "k7m2qx"), STORE_OK);
+
+    assert_int_equal(poll_s(f, "SN-1", NULL, 1, &iv), STORE_PENDING);
+    assert_int_equal(iv, 5);
+    /* Too fast: the interval grows by the base interval up to the cap. */
+    f->p.now_ms += 1000;
+    assert_int_equal(poll_s(f, "SN-1", NULL, 1, &iv), STORE_SLOW_DOWN);
+    assert_int_equal(iv, 10);
+    f->p.now_ms += 7999; /* 0.8 * 10 s = 8 s */
+    assert_int_equal(poll_s(f, "SN-1", NULL, 1, &iv), STORE_SLOW_DOWN);
+    assert_int_equal(iv, 15);
+    f->p.now_ms += 1000;
+    assert_int_equal(poll_s(f, "SN-1", NULL, 1, &iv), STORE_SLOW_DOWN);
+    assert_int_equal(iv, 20);
+    f->p.now_ms += 1000;
+    assert_int_equal(poll_s(f, "SN-1", NULL, 1, &iv), STORE_SLOW_DOWN);
+    assert_int_equal(iv, 20);
+    f->p.now_ms += 16000; /* exactly 0.8 * 20 s: allowed */
+    assert_int_equal(poll_s(f, "SN-1", NULL, 1, &iv), STORE_PENDING);
+    assert_int_equal(iv, 20);
+    /* By code too, same rules. */
+    f->p.now_ms += 20000;
+    assert_int_equal(poll_s(f, NULL, "K7M2QX", 1, &iv), STORE_PENDING);
+
+    /* Wrong token, or the right token with another serial. */
+    assert_int_equal(poll_s(f, "SN-1", NULL, 9, NULL), STORE_BAD_TOKEN);
+    assert_int_equal(reg(f, "SN-OTHER", 2), STORE_OK);
+    assert_int_equal(poll_s(f, "SN-OTHER", NULL, 1, NULL), STORE_BAD_TOKEN);
+    assert_int_equal(poll_s(f, "SN-1", NULL, 2, NULL), STORE_BAD_TOKEN);
+
+    /* Claim by serial. */
+    f->p.now_ms += 1000;
+    assert_int_equal(claim_full(f, 1, "SN-1", NULL, id, "lobby", "{\"floor\":\"1\"}", &rc, &dev),
+                     STORE_OK);
+    assert_int_equal(rc, 0);
+    assert_string_equal(dev.device_id, id);
+    assert_string_equal(dev.serial, "SN-1");
+    assert_string_equal(dev.name, "lobby");
+    assert_string_equal(dev.state, "pending_delivery");
+    assert_string_equal(dev.tags_json, "{\"floor\":\"1\"}");
+    assert_int_equal(dev.created_ms, f->p.now_ms);
+    free(dev.tags_json);
+    assert_int_equal(f->seal.calls, 1);
+    assert_string_equal(f->seal.last_serial, "SN-1");
+    device_state(f, 1, id, "pending_delivery");
+
+    /* First delivery, then a retry inside the grace window gets the same bytes. */
+    f->p.now_ms += 20000;
+    int64_t delivered = f->p.now_ms;
+    expect_deliver(f, "SN-1", NULL, 1, "SN-1", id);
+    device_state(f, 1, id, "provisioned");
+    f->p.now_ms += 1000; /* no slow_down for a delivery */
+    expect_deliver(f, NULL, "K7M2QX", 1, "SN-1", id);
+    f->p.now_ms = delivered + GRACE_MS - 1;
+    expect_deliver(f, "SN-1", NULL, 1, "SN-1", id);
+    assert_int_equal(raw_int(f, "SELECT delivered_ms FROM issuances"), delivered);
+
+    /* The grace window ends; the sweep purges the body. */
+    f->p.now_ms = delivered + GRACE_MS;
+    assert_int_equal(poll_s(f, "SN-1", NULL, 1, NULL), STORE_PROVISIONED);
+    assert_int_equal(raw_int(f, "SELECT sealed IS NOT NULL FROM issuances"), 1);
+    assert_int_equal(ops->sweep(f->s, &f->p, 0), 0);
+    assert_int_equal(raw_int(f, "SELECT sealed IS NULL FROM issuances"), 1);
+    assert_int_equal(poll_s(f, "SN-1", NULL, 1, NULL), STORE_PROVISIONED);
+    assert_int_equal(poll_s(f, NULL, "K7M2QX", 1, NULL), STORE_PROVISIONED);
+
+    /* Another token, a new registration, a new code: all spent. */
+    assert_int_equal(poll_s(f, "SN-1", NULL, 3, NULL), STORE_PROVISIONED);
+    assert_int_equal(poll_s(f, NULL, "K7M2QX", 3, NULL), STORE_PROVISIONED);
+    assert_int_equal(reg(f, "SN-1", 4), STORE_PROVISIONED);
+    assert_int_equal(set_code(f, "SN-1", 1, "PQRSTU"), STORE_PROVISIONED);
+    assert_int_equal(claim(f, "SN-1", NULL, "dev_00000000000000000000000099"),
+                     STORE_ALREADY_CLAIMED);
+    assert_int_equal(f->seal.calls, 1);
+}
+
+static void test_claim_by_code(void **state)
+{
+    struct fx *f = *state;
+    char id[PHY_DEVICE_ID_LEN + 1];
+    dev_id(2, id);
+
+    assert_int_equal(reg(f, "SN2", 1), STORE_OK);
+    assert_int_equal(set_code(f, "SN2", 1, "ABCDEF"), STORE_OK);
+    assert_int_equal(poll_s(f, NULL, "abcdef", 1, NULL), STORE_PENDING);
+    f->p.now_ms += 10000;
+    assert_int_equal(claim(f, NULL, "abcdef", id), STORE_OK);
+    assert_string_equal(f->seal.last_serial, "SN2");
+    /* The claimed code is spent: the registration's code was cleared. */
+    assert_int_equal(raw_int(f, "SELECT count(*) FROM registrations WHERE code IS NOT NULL"), 0);
+    assert_int_equal(raw_int(f, "SELECT code = 'ABCDEF' FROM issuances"), 1);
+
+    f->p.now_ms += 10000;
+    expect_deliver(f, NULL, "ABCDEF", 1, "SN2", id);
+    expect_deliver(f, "SN2", NULL, 1, "SN2", id);
+    assert_int_equal(claim(f, NULL, "ABCDEF", "dev_00000000000000000000000098"),
+                     STORE_ALREADY_CLAIMED);
+    assert_int_equal(claim(f, "SN2", NULL, "dev_00000000000000000000000098"),
+                     STORE_ALREADY_CLAIMED);
+    /* An issued code can never be handed out again. */
+    assert_int_equal(reg(f, "SN3", 2), STORE_OK);
+    assert_int_equal(set_code(f, "SN3", 2, "ABCDEF"), STORE_CODE_TAKEN);
+    assert_int_equal(f->seal.calls, 1);
+}
+
+static void test_expired_code(void **state)
+{
+    struct fx *f = *state;
+    assert_int_equal(reg(f, "SN4", 1), STORE_OK);
+    assert_int_equal(set_code(f, "SN4", 1, "HJKMNP"), STORE_OK);
+    f->p.now_ms += TTL_MS - 1;
+    assert_int_equal(poll_s(f, NULL, "HJKMNP", 1, NULL), STORE_PENDING);
+    f->p.now_ms += 1;
+    assert_int_equal(poll_s(f, NULL, "HJKMNP", 1, NULL), STORE_EXPIRED_CODE);
+    assert_int_equal(claim(f, NULL, "HJKMNP", "dev_00000000000000000000000001"),
+                     STORE_EXPIRED_CODE);
+    assert_int_equal(claim(f, NULL, "ZZZZZZ", "dev_00000000000000000000000001"),
+                     STORE_EXPIRED_CODE);
+    assert_int_equal(f->seal.calls, 0);
+    /* The registration itself is still live and claimable by serial. */
+    f->p.now_ms += 10000;
+    assert_int_equal(poll_s(f, "SN4", NULL, 1, NULL), STORE_PENDING);
+    assert_int_equal(ops->sweep(f->s, &f->p, 0), 0);
+    assert_int_equal(raw_int(f, "SELECT count(*) FROM registrations WHERE code IS NULL"), 1);
+    assert_int_equal(claim(f, "SN4", NULL, "dev_00000000000000000000000001"), STORE_OK);
+}
+
+static void test_code_replaced(void **state)
+{
+    struct fx *f = *state;
+    char id[PHY_DEVICE_ID_LEN + 1];
+    dev_id(5, id);
+    assert_int_equal(reg(f, "SN5", 1), STORE_OK);
+    assert_int_equal(set_code(f, "SN5", 1, "AAAAAA"), STORE_OK);
+    f->p.now_ms += 1000;
+    assert_int_equal(set_code(f, "SN5", 1, "BBBBBB"), STORE_OK);
+    assert_int_equal(claim(f, NULL, "AAAAAA", id), STORE_EXPIRED_CODE);
+    assert_int_equal(poll_s(f, NULL, "AAAAAA", 1, NULL), STORE_EXPIRED_CODE);
+    f->p.now_ms += 10000;
+    assert_int_equal(poll_s(f, NULL, "BBBBBB", 1, NULL), STORE_PENDING);
+    assert_int_equal(claim(f, NULL, "BBBBBB", id), STORE_OK);
+    f->p.now_ms += 10000;
+    expect_deliver(f, NULL, "BBBBBB", 1, "SN5", id);
+    /* The replaced code is free again, the claimed one is not. */
+    assert_int_equal(reg(f, "SN6", 2), STORE_OK);
+    assert_int_equal(set_code(f, "SN6", 2, "AAAAAA"), STORE_OK);
+    assert_int_equal(set_code(f, "SN6", 2, "BBBBBB"), STORE_CODE_TAKEN);
+}
+
+static void test_contested_serial(void **state)
+{
+    struct fx *f = *state;
+    char id[PHY_DEVICE_ID_LEN + 1];
+    dev_id(7, id);
+    assert_int_equal(reg(f, "SN7", 1), STORE_OK); /* e.g. an impostor, first */
+    assert_int_equal(reg(f, "SN7", 2), STORE_OK); /* the real device */
+    assert_int_equal(set_code(f, "SN7", 1, "CCCCCC"), STORE_OK);
+    assert_int_equal(set_code(f, "SN7", 2, "DDDDDD"), STORE_OK);
+    assert_int_equal(claim(f, "SN7", NULL, id), STORE_SERIAL_IN_USE);
+    assert_int_equal(f->seal.calls, 0);
+    assert_int_equal(claim(f, NULL, "DDDDDD", id), STORE_OK);
+
+    f->p.now_ms += 10000;
+    assert_int_equal(poll_s(f, "SN7", NULL, 1, NULL), STORE_PROVISIONED);
+    assert_int_equal(poll_s(f, NULL, "CCCCCC", 1, NULL), STORE_PROVISIONED);
+    assert_int_equal(poll_s(f, NULL, "DDDDDD", 1, NULL), STORE_PROVISIONED);
+    expect_deliver(f, "SN7", NULL, 2, "SN7", id);
+    expect_deliver(f, NULL, "DDDDDD", 2, "SN7", id);
+    /* The other registration's code was cleared with the claim. */
+    assert_int_equal(claim(f, NULL, "CCCCCC", "dev_00000000000000000000000070"),
+                     STORE_EXPIRED_CODE);
+    assert_int_equal(poll_s(f, "SN7", NULL, 1, NULL), STORE_PROVISIONED);
+}
+
+static void test_registration_limit(void **state)
+{
+    struct fx *f = *state;
+    for (unsigned i = 1; i <= 4; i++)
+        assert_int_equal(reg(f, "SN8", i), STORE_OK);
+    assert_int_equal(reg(f, "SN8", 5), STORE_TOO_MANY);
+    assert_int_equal(reg(f, "SN8-b", 6), STORE_OK); /* per serial */
+
+    /* Token 1 stays active by polling; the others lapse. */
+    f->p.now_ms += IDLE_MS / 2;
+    assert_int_equal(poll_s(f, "SN8", NULL, 1, NULL), STORE_PENDING);
+    f->p.now_ms = T0 + IDLE_MS - 1;
+    assert_int_equal(reg(f, "SN8", 5), STORE_TOO_MANY);
+    f->p.now_ms = T0 + IDLE_MS;
+    assert_int_equal(poll_s(f, "SN8", NULL, 2, NULL), STORE_BAD_TOKEN);
+    assert_int_equal(set_code(f, "SN8", 3, "EEEEEE"), STORE_BAD_TOKEN);
+    for (unsigned i = 15; i <= 17; i++)
+        assert_int_equal(reg(f, "SN8", i), STORE_OK);
+    assert_int_equal(reg(f, "SN8", 18), STORE_TOO_MANY);
+    assert_int_equal(poll_s(f, "SN8", NULL, 1, NULL), STORE_PENDING);
+
+    /* The sweep deletes the lapsed registrations only. */
+    assert_int_equal(ops->sweep(f->s, &f->p, 0), 0);
+    assert_int_equal(raw_int(f, "SELECT count(*) FROM registrations WHERE serial = 'SN8'"), 4);
+    assert_int_equal(raw_int(f, "SELECT count(*) FROM registrations"), 4);
+}
+
+static void test_code_taken(void **state)
+{
+    struct fx *f = *state;
+    assert_int_equal(reg(f, "SN9", 1), STORE_OK);
+    assert_int_equal(reg(f, "SN10", 2), STORE_OK);
+    assert_int_equal(set_code(f, "SN9", 1, "FGHJKM"), STORE_OK);
+    assert_int_equal(set_code(f, "SN10", 2, "fghjkm"), STORE_CODE_TAKEN);
+    assert_int_equal(set_code(f, "SN9", 1, "FGHJKM"), STORE_OK); /* own code: refresh */
+    assert_int_equal(set_code(f, "SN10", 2, "NPQRST"), STORE_OK);
+    /* Wrong serial or unknown token. */
+    assert_int_equal(set_code(f, "SN10", 1, "UVWXYZ"), STORE_BAD_TOKEN);
+    assert_int_equal(set_code(f, "SN9", 42, "UVWXYZ"), STORE_BAD_TOKEN);
+    /* Once expired the value is free. */
+    f->p.now_ms += TTL_MS;
+    assert_int_equal(set_code(f, "SN10", 2, "FGHJKM"), STORE_OK);
+    assert_int_equal(claim(f, NULL, "FGHJKM", "dev_00000000000000000000000010"), STORE_OK);
+    assert_string_equal(f->seal.last_serial, "SN10");
+    /* Malformed codes are invalid input, not outcomes. */
+    int out;
+    struct hash h = H(1);
+    assert_int_equal(ops->reg_set_code(f->s, &f->p, "SN9", h.h, "ABCDE0", &out), PHY_EINVAL);
+    assert_int_equal(ops->reg_set_code(f->s, &f->p, "SN9", h.h, "ABCDEFG", &out), PHY_EINVAL);
+}
+
+static void test_claim_twice(void **state)
+{
+    struct fx *f = *state;
+    assert_int_equal(reg(f, "SN11", 1), STORE_OK);
+    assert_int_equal(claim(f, "SN11", NULL, "dev_00000000000000000000000011"), STORE_OK);
+    assert_int_equal(claim(f, "SN11", NULL, "dev_00000000000000000000000012"),
+                     STORE_ALREADY_CLAIMED);
+    assert_int_equal(claim(f, "SN-NOBODY", NULL, "dev_00000000000000000000000012"),
+                     STORE_UNKNOWN_SERIAL);
+    assert_int_equal(raw_int(f, "SELECT count(*) FROM devices"), 1);
+    assert_int_equal(f->seal.calls, 1);
+    /* An issuance without a code (claimed by serial before any code). */
+    assert_int_equal(raw_int(f, "SELECT code IS NULL FROM issuances"), 1);
+}
+
+static void test_seal_failure_rolls_back(void **state)
+{
+    struct fx *f = *state;
+    struct store_device dev;
+    char id[PHY_DEVICE_ID_LEN + 1];
+    int rc;
+    dev_id(12, id);
+    assert_int_equal(reg(f, "SN12", 1), STORE_OK);
+    assert_int_equal(set_code(f, "SN12", 1, "GGGGGG"), STORE_OK);
+    f->seal.fail = 1;
+    claim_full(f, 1, NULL, "GGGGGG", id, "x", "{}", &rc, &dev);
+    assert_int_equal(rc, PHY_ECRYPTO);
+    assert_null(dev.tags_json);
+    claim_full(f, 1, "SN12", NULL, id, "x", "{}", &rc, &dev);
+    assert_int_equal(rc, PHY_ECRYPTO);
+    assert_int_equal(f->seal.calls, 2);
+    assert_int_equal(raw_int(f, "SELECT count(*) FROM devices"), 0);
+    assert_int_equal(raw_int(f, "SELECT count(*) FROM issuances"), 0);
+    assert_int_equal(raw_int(f, "SELECT code = 'GGGGGG' FROM registrations"), 1);
+    assert_int_equal(poll_s(f, "SN12", NULL, 1, NULL), STORE_PENDING);
+
+    f->seal.fail = 0;
+    assert_int_equal(claim(f, NULL, "GGGGGG", id), STORE_OK);
+    f->p.now_ms += 10000;
+    expect_deliver(f, "SN12", NULL, 1, "SN12", id);
+}
+
+static void test_durable_across_restart(void **state)
+{
+    struct fx *f = *state;
+    struct stat st;
+    char id[PHY_DEVICE_ID_LEN + 1];
+    dev_id(13, id);
+    assert_int_equal(reg(f, "SN13", 1), STORE_OK);
+    assert_int_equal(claim(f, "SN13", NULL, id), STORE_OK);
+    ops->close(f->s);
+    f->s = NULL;
+
+    assert_int_equal(stat(f->path, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    assert_int_equal(raw_int(f, "PRAGMA user_version"), 1);
+    assert_int_equal(raw_int(f, "SELECT count(*) FROM issuances WHERE sealed IS NOT NULL"), 1);
+
+    fx_open(f);
+    f->p.now_ms += 10000;
+    expect_deliver(f, "SN13", NULL, 1, "SN13", id);
+    ops->close(f->s);
+    fx_open(f);
+    f->p.now_ms += 1000;
+    expect_deliver(f, "SN13", NULL, 1, "SN13", id); /* delivery time survived too */
+    f->p.now_ms += GRACE_MS;
+    assert_int_equal(poll_s(f, "SN13", NULL, 1, NULL), STORE_PROVISIONED);
+}
+
+static void test_claim_failures(void **state)
+{
+    struct fx *f = *state;
+    int u = -1, t = -1;
+    assert_int_equal(ops->claim_failure_add(f->s, 1, 10, 1000), 0);
+    assert_int_equal(ops->claim_failure_add(f->s, 1, 10, 2000), 0);
+    assert_int_equal(ops->claim_failure_add(f->s, 1, 10, 3000), 0);
+    assert_int_equal(ops->claim_failure_add(f->s, 1, 11, 2500), 0);
+    assert_int_equal(ops->claim_failure_add(f->s, 2, 10, 2000), 0);
+
+    assert_int_equal(ops->claim_failure_count(f->s, 1, 10, 0, &u, &t), 0);
+    assert_int_equal(u, 3);
+    assert_int_equal(t, 4);
+    assert_int_equal(ops->claim_failure_count(f->s, 1, 10, 2000, &u, &t), 0);
+    assert_int_equal(u, 2);
+    assert_int_equal(t, 3);
+    assert_int_equal(ops->claim_failure_count(f->s, 1, 11, 2600, &u, &t), 0);
+    assert_int_equal(u, 0);
+    assert_int_equal(t, 1);
+    assert_int_equal(ops->claim_failure_count(f->s, 3, 10, 0, &u, &t), 0);
+    assert_int_equal(u, 0);
+    assert_int_equal(t, 0);
+
+    /* The sweep keeps the last keep_failures_ms. */
+    f->p.now_ms = 5000;
+    assert_int_equal(ops->sweep(f->s, &f->p, 2500), 0);
+    assert_int_equal(ops->claim_failure_count(f->s, 1, 10, 0, &u, &t), 0);
+    assert_int_equal(u, 1);
+    assert_int_equal(t, 2);
+    assert_int_equal(ops->claim_failure_count(f->s, 2, 10, 0, &u, &t), 0);
+    assert_int_equal(u, 0);
+    assert_int_equal(t, 0);
+}
+
+static void test_admin_and_auth(void **state)
+{
+    struct fx *f = *state;
+    struct hash h1 = H(101), h2 = H(102), h3 = H(103);
+    char tenant[STORE_NAME_MAX + 1], region[16];
+    int64_t tid = 0, uid = 0;
+    int out;
+
+    assert_int_equal(ops->tenant_add(f->s, "acme", "au", &out), 0);
+    assert_int_equal(out, STORE_OK);
+    assert_int_equal(ops->tenant_add(f->s, "acme", "eu", &out), 0);
+    assert_int_equal(out, STORE_EXISTS);
+    assert_int_equal(ops->tenant_add(f->s, "globex", "uae", &out), 0);
+    assert_int_equal(out, STORE_OK);
+
+    assert_int_equal(ops->user_add(f->s, "acme", "alice", "$argon2id$x", &out), 0);
+    assert_int_equal(out, STORE_OK);
+    assert_int_equal(ops->user_add(f->s, "acme", "alice", "$argon2id$y", &out), 0);
+    assert_int_equal(out, STORE_EXISTS);
+    assert_int_equal(ops->user_add(f->s, "nobody", "alice", "$argon2id$x", &out), 0);
+    assert_int_equal(out, STORE_NOT_FOUND);
+    assert_int_equal(ops->user_add(f->s, "globex", "alice", "$argon2id$z", &out), 0);
+    assert_int_equal(out, STORE_OK);
+
+    assert_int_equal(ops->token_add(f->s, "acme", "alice", h1.h, T0, &out), 0);
+    assert_int_equal(out, STORE_OK);
+    assert_int_equal(ops->token_add(f->s, "globex", "alice", h1.h, T0, &out), 0);
+    assert_int_equal(out, STORE_EXISTS);
+    assert_int_equal(ops->token_add(f->s, "acme", "bob", h2.h, T0, &out), 0);
+    assert_int_equal(out, STORE_NOT_FOUND);
+    assert_int_equal(ops->token_add(f->s, "nobody", "alice", h2.h, T0, &out), 0);
+    assert_int_equal(out, STORE_NOT_FOUND);
+    assert_int_equal(ops->token_add(f->s, "globex", "alice", h2.h, T0, &out), 0);
+    assert_int_equal(out, STORE_OK);
+
+    assert_int_equal(ops->token_auth(f->s, h1.h, &tid, &uid, tenant, region, &out), 0);
+    assert_int_equal(out, STORE_OK);
+    assert_string_equal(tenant, "acme");
+    assert_string_equal(region, "au");
+    int64_t acme = tid, alice_acme = uid;
+    assert_int_equal(ops->token_auth(f->s, h2.h, &tid, &uid, tenant, region, &out), 0);
+    assert_int_equal(out, STORE_OK);
+    assert_string_equal(tenant, "globex");
+    assert_string_equal(region, "uae");
+    assert_true(tid != acme);
+    assert_true(uid != alice_acme);
+    assert_int_equal(ops->token_auth(f->s, h3.h, &tid, &uid, tenant, region, &out), 0);
+    assert_int_equal(out, STORE_NOT_FOUND);
+
+    /* Bounds. */
+    char long_name[STORE_NAME_MAX + 2];
+    memset(long_name, 'n', sizeof long_name - 1);
+    long_name[sizeof long_name - 1] = '\0';
+    assert_int_equal(ops->tenant_add(f->s, long_name, "eu", &out), PHY_EINVAL);
+    assert_int_equal(ops->tenant_add(f->s, NULL, "eu", &out), PHY_EINVAL);
+    assert_int_equal(ops->tenant_add(f->s, "t", "a-region-too-long", &out), PHY_EINVAL);
+    assert_int_equal(ops->user_add(f->s, "acme", "", "h", &out), PHY_EINVAL);
+}
+
+static void test_devices_list(void **state)
+{
+    struct fx *f = *state;
+    static const unsigned order[] = {4, 2, 5, 1, 3};
+    struct store_device *d = NULL, dev;
+    char id[PHY_DEVICE_ID_LEN + 1], serial[16];
+    size_t n = 0;
+    int rc;
+
+    for (size_t i = 0; i < 5; i++) {
+        snprintf(serial, sizeof serial, "L%u", order[i]);
+        dev_id(order[i], id);
+        assert_int_equal(reg(f, serial, 100 + order[i]), STORE_OK);
+        assert_int_equal(claim_full(f, 7, serial, NULL, id, order[i] == 3 ? NULL : serial,
+                                    order[i] == 2 ? "{\"k\":\"v\"}" : NULL, &rc, &dev),
+                         STORE_OK);
+        assert_int_equal(rc, 0);
+        free(dev.tags_json);
+    }
+    assert_int_equal(reg(f, "L9", 109), STORE_OK);
+    dev_id(9, id);
+    assert_int_equal(claim_full(f, 8, "L9", NULL, id, NULL, NULL, &rc, &dev), STORE_OK);
+    free(dev.tags_json);
+
+    assert_int_equal(ops->devices_list(f->s, 7, NULL, 2, &d, &n), 0);
+    assert_int_equal(n, 2);
+    dev_id(1, id);
+    assert_string_equal(d[0].device_id, id);
+    assert_string_equal(d[0].serial, "L1");
+    assert_string_equal(d[0].name, "L1");
+    assert_string_equal(d[0].state, "pending_delivery");
+    assert_string_equal(d[0].tags_json, "{}");
+    assert_int_equal(d[0].created_ms, T0);
+    dev_id(2, id);
+    assert_string_equal(d[1].device_id, id);
+    assert_string_equal(d[1].tags_json, "{\"k\":\"v\"}");
+    store_devices_free(d, n);
+
+    assert_int_equal(ops->devices_list(f->s, 7, id, 2, &d, &n), 0);
+    assert_int_equal(n, 2);
+    dev_id(3, id);
+    assert_string_equal(d[0].device_id, id);
+    assert_string_equal(d[0].name, "");
+    dev_id(4, id);
+    assert_string_equal(d[1].device_id, id);
+    store_devices_free(d, n);
+
+    assert_int_equal(ops->devices_list(f->s, 7, id, 2, &d, &n), 0);
+    assert_int_equal(n, 1);
+    dev_id(5, id);
+    assert_string_equal(d[0].device_id, id);
+    store_devices_free(d, n);
+
+    assert_int_equal(ops->devices_list(f->s, 7, id, 2, &d, &n), 0);
+    assert_int_equal(n, 0);
+    store_devices_free(d, n);
+
+    /* Tenant scoping. */
+    assert_int_equal(ops->devices_list(f->s, 8, NULL, 100, &d, &n), 0);
+    assert_int_equal(n, 1);
+    assert_string_equal(d[0].serial, "L9");
+    store_devices_free(d, n);
+    assert_int_equal(ops->devices_list(f->s, 7, NULL, 0, &d, &n), PHY_EINVAL);
+    store_devices_free(NULL, 0);
+}
+
+struct racer {
+    struct fx *f;
+    unsigned i;
+    int rc, outcome;
+};
+
+static void *race_claim(void *arg)
+{
+    struct racer *r = arg;
+    char id[PHY_DEVICE_ID_LEN + 1];
+    struct store_device dev;
+    dev_id(1000 + r->i, id);
+    r->outcome = claim_full(r->f, 1, "SN-RACE", NULL, id, NULL, NULL, &r->rc, &dev);
+    free(dev.tags_json);
+    return NULL;
+}
+
+static void test_concurrent_claims(void **state)
+{
+    struct fx *f = *state;
+    struct racer r[8];
+    pthread_t th[8];
+    int ok = 0, already = 0;
+    assert_int_equal(reg(f, "SN-RACE", 1), STORE_OK);
+    for (unsigned i = 0; i < 8; i++) {
+        r[i] = (struct racer){.f = f, .i = i, .rc = -1, .outcome = -1};
+        assert_int_equal(pthread_create(&th[i], NULL, race_claim, &r[i]), 0);
+    }
+    for (unsigned i = 0; i < 8; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(r[i].rc, 0);
+        ok += r[i].outcome == STORE_OK;
+        already += r[i].outcome == STORE_ALREADY_CLAIMED;
+    }
+    assert_int_equal(ok, 1);
+    assert_int_equal(already, 7);
+    assert_int_equal(raw_int(f, "SELECT count(*) FROM devices"), 1);
+}
+
+static void test_invalid_inputs(void **state)
+{
+    struct fx *f = *state;
+    struct store_poll_result r;
+    struct hash h = H(1);
+    int out;
+    assert_int_equal(ops->poll(f->s, &f->p, "SN", "ABCDEF", h.h, &r, &out), PHY_EINVAL);
+    assert_int_equal(ops->poll(f->s, &f->p, NULL, NULL, h.h, &r, &out), PHY_EINVAL);
+    assert_int_equal(ops->poll(f->s, &f->p, "S N", NULL, h.h, &r, &out), PHY_EINVAL);
+    assert_int_equal(ops->poll(f->s, &f->p, NULL, "ABC0EF", h.h, &r, &out), PHY_EINVAL);
+    assert_int_equal(ops->reg_create(f->s, &f->p, "", h.h, &out), PHY_EINVAL);
+    char long_serial[PHY_SERIAL_MAX + 2];
+    memset(long_serial, 'a', sizeof long_serial - 1);
+    long_serial[sizeof long_serial - 1] = '\0';
+    assert_int_equal(ops->reg_create(f->s, &f->p, long_serial, h.h, &out), PHY_EINVAL);
+    long_serial[PHY_SERIAL_MAX] = '\0';
+    assert_int_equal(ops->reg_create(f->s, &f->p, long_serial, h.h, &out), 0);
+    assert_int_equal(out, STORE_OK);
+
+    char err[256] = "";
+    struct store *s2 = NULL;
+    assert_int_not_equal(ops->open("/nonexistent-dir/x/store.db", &s2, err, sizeof err), 0);
+    assert_null(s2);
+    assert_true(err[0] != '\0');
+    ops->close(NULL);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_provisioning_flow, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_claim_by_code, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_expired_code, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_code_replaced, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_contested_serial, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_registration_limit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_code_taken, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_claim_twice, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_seal_failure_rolls_back, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_durable_across_restart, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_claim_failures, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_admin_and_auth, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_devices_list, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_concurrent_claims, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_invalid_inputs, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
