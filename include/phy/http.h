@@ -46,7 +46,7 @@ struct phy_http_response {
 
 /* Parses a request head from buf[0..len). Returns the number of bytes of the head
  * (through the final CRLFCRLF, > 0) when complete; PHY_EAGAIN when more bytes are
- * needed and len <= max_head; PHY_ETOOBIG when the head is longer than max_head or has
+ * needed and len < max_head; PHY_ETOOBIG when the head is longer than max_head or has
  * more than PHY_HTTP_MAX_HEADERS headers; PHY_EINVAL for any syntax error (bad
  * method token, bare LF, control bytes, obs-fold, invalid or duplicate
  * Content-Length, Content-Length together with Transfer-Encoding, bad version).
@@ -72,9 +72,10 @@ const char *phy_http_reason(int status);
 
 /* Writes "HTTP/1.1 <status> <reason>\r\n" + extra_headers (each line already CRLF
  * terminated, may be NULL) + Content-Type (if content_type non-NULL and body_len or
- * content_type given) + Content-Length + Connection: close when !keep_alive + CRLF
- * into out (capacity cap). Returns the head length (body not copied), or PHY_ETOOBIG
- * if it does not fit. */
+ * content_type given) + Content-Length (not for 1xx/204, RFC 9110 8.6) + Connection:
+ * close when !keep_alive + CRLF into out (capacity cap). Returns the head length (body
+ * not copied), PHY_ETOOBIG if it does not fit, PHY_EINVAL for a status outside
+ * 100..599, CR/LF in content_type, or extra_headers not ending in CRLF. */
 int phy_http_write_response_head(char *out, size_t cap, int status,
                                  const char *content_type, size_t body_len,
                                  int keep_alive, const char *extra_headers);

@@ -1,0 +1,16 @@
+/* Exponential backoff with full jitter for the agent's retries (I/O-free). */
+#ifndef PHY_AGENT_BACKOFF_H
+#define PHY_AGENT_BACKOFF_H
+
+#include <stdint.h>
+
+/* Upper bound of the wait before retry number attempt (0-based):
+ * min(cap_ms, base_ms * 2^attempt), without overflow. */
+uint64_t agent_backoff_ceiling_ms(uint64_t base_ms, uint64_t cap_ms, unsigned attempt);
+
+/* Full-jitter wait: rnd (uniform 64-bit random) mapped onto
+ * [0, agent_backoff_ceiling_ms(base_ms, cap_ms, attempt)]. */
+uint64_t agent_backoff_delay_ms(uint64_t base_ms, uint64_t cap_ms, unsigned attempt,
+                                uint64_t rnd);
+
+#endif

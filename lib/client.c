@@ -1,0 +1,1097 @@
+/* Blocking HTTPS/1.1 client with poll(2) timeouts and an optional CONNECT tunnel. */
+#include "phy/client.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <netdb.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+
+#include "phy/base64.h"
+#include "phy/err.h"
+#include "phy/http.h"
+
+#define CLIENT_DEFAULT_TIMEOUT_MS 10000
+#define CLIENT_MAX_HOST 253
+#define CLIENT_MAX_PATH 4096
+#define CLIENT_MAX_EXTRA_HEADERS 8192
+#define CLIENT_MAX_LINE 1024     /* chunk-size line or trailer line */
+#define CLIENT_MAX_TRAILERS 64
+#define CLIENT_MAX_IDENT 80
+#define CLIENT_RBUF 16384
+
+/* One connection: the socket, the TLS session once established, and a read-ahead
+ * buffer shared by the proxy phase (plain) and the TLS phase. */
+struct conn {
+    int fd;
+    SSL *ssl;
+    int timeout_ms;
+    int unclean_eof; /* peer closed without close_notify */
+    char *err;
+    size_t errcap;
+    size_t pos, len;
+    char buf[CLIENT_RBUF];
+};
+
+static void errf(struct conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void errf(struct conn *c, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (c->err == NULL || c->errcap == 0)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(c->err, c->errcap, fmt, ap);
+    va_end(ap);
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Waits until fd is ready for events or timeout_ms passes; EINTR does not extend the
+ * wait. 0, PHY_ETIMEDOUT or PHY_EIO. */
+static int wait_fd(int fd, short events, int timeout_ms)
+{
+    int64_t deadline = now_ms() + timeout_ms;
+
+    for (;;) {
+        struct pollfd p = {.fd = fd, .events = events};
+        int64_t left = deadline - now_ms();
+        int r;
+
+        if (left < 0)
+            left = 0;
+        r = poll(&p, 1, (int)left);
+        if (r > 0)
+            return 0; /* readiness or error: the next call reports which */
+        if (r == 0)
+            return PHY_ETIMEDOUT;
+        if (errno != EINTR)
+            return PHY_EIO;
+    }
+}
+
+static int valid_host_chars(const char *s, size_t n, int v6)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        int ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+                 (ch >= '0' && ch <= '9') || ch == '.' || ch == '-' || ch == '_' ||
+                 (v6 && ch == ':');
+        if (!ok)
+            return 0;
+    }
+    return 1;
+}
+
+static int parse_port(const char *s, size_t n, unsigned *port)
+{
+    unsigned long v = 0;
+
+    if (n == 0 || n > 5)
+        return PHY_EINVAL;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return PHY_EINVAL;
+        v = v * 10 + (unsigned long)(s[i] - '0');
+    }
+    if (v == 0 || v > 65535)
+        return PHY_EINVAL;
+    *port = (unsigned)v;
+    return 0;
+}
+
+/* Splits host[:port] / [v6][:port]. 0 or PHY_EINVAL. */
+int phy_client_parse_hostport(const char *s, char *host, size_t hcap, unsigned *port,
+                              unsigned def_port)
+{
+    const char *h, *rest;
+    size_t hn;
+    int v6 = 0;
+
+    if (s == NULL || host == NULL || hcap == 0 || port == NULL)
+        return PHY_EINVAL;
+    if (s[0] == '[') {
+        const char *close = strchr(s, ']');
+        if (close == NULL)
+            return PHY_EINVAL;
+        h = s + 1;
+        hn = (size_t)(close - h);
+        rest = close + 1;
+        v6 = 1;
+    } else {
+        const char *colon = strchr(s, ':');
+        h = s;
+        hn = colon != NULL ? (size_t)(colon - s) : strlen(s);
+        rest = s + hn;
+    }
+    if (hn == 0 || hn > CLIENT_MAX_HOST || hn >= hcap || !valid_host_chars(h, hn, v6))
+        return PHY_EINVAL;
+    if (v6 && memchr(h, ':', hn) == NULL)
+        return PHY_EINVAL;
+    if (*rest == ':') {
+        if (parse_port(rest + 1, strlen(rest + 1), port) != 0)
+            return PHY_EINVAL;
+    } else if (*rest == '\0') {
+        if (def_port == 0 || def_port > 65535)
+            return PHY_EINVAL;
+        *port = def_port;
+    } else {
+        return PHY_EINVAL;
+    }
+    memcpy(host, h, hn);
+    host[hn] = '\0';
+    return 0;
+}
+
+/* Opens a TCP connection to host:port with a per-address connect timeout. Returns the
+ * non-blocking fd or a negative PHY_E*. */
+static int tcp_connect(struct conn *c, const char *host, unsigned port)
+{
+    struct addrinfo hints, *list = NULL, *ai;
+    char portstr[8];
+    int fd = -1, rc, last_errno = 0, timed_out = 0;
+
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICSERV;
+    snprintf(portstr, sizeof portstr, "%u", port);
+    rc = getaddrinfo(host, portstr, &hints, &list);
+    if (rc != 0) {
+        errf(c, "cannot resolve %s: %s", host, gai_strerror(rc));
+        return PHY_ENOTFOUND;
+    }
+    for (ai = list; ai != NULL; ai = ai->ai_next) {
+        int soerr = 0;
+        socklen_t sl = sizeof soerr;
+
+        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                    ai->ai_protocol);
+        if (fd < 0) {
+            last_errno = errno;
+            continue;
+        }
+        if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
+            break;
+        if (errno != EINPROGRESS) {
+            last_errno = errno;
+            goto next;
+        }
+        rc = wait_fd(fd, POLLOUT, c->timeout_ms);
+        if (rc == PHY_ETIMEDOUT) {
+            timed_out = 1;
+            goto next;
+        }
+        if (rc != 0) {
+            last_errno = errno;
+            goto next;
+        }
+        if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) != 0) {
+            last_errno = errno;
+            goto next;
+        }
+        if (soerr == 0)
+            break;
+        last_errno = soerr;
+    next:
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(list);
+    if (fd >= 0)
+        return fd;
+    if (timed_out && last_errno == 0) {
+        errf(c, "timeout connecting to %s:%u", host, port);
+        return PHY_ETIMEDOUT;
+    }
+    errf(c, "connect to %s:%u: %s", host, port, strerror(last_errno ? last_errno : EIO));
+    return PHY_EIO;
+}
+
+/* Plain (pre-TLS) send of all n bytes. 0 or negative. */
+static int raw_write_all(struct conn *c, const char *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = send(c->fd, p, n, MSG_NOSIGNAL);
+        if (w > 0) {
+            p += w;
+            n -= (size_t)w;
+            continue;
+        }
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            int rc = wait_fd(c->fd, POLLOUT, c->timeout_ms);
+            if (rc == PHY_ETIMEDOUT) {
+                errf(c, "timeout writing");
+                return rc;
+            }
+            if (rc != 0) {
+                errf(c, "poll: %s", strerror(errno));
+                return rc;
+            }
+            continue;
+        }
+        errf(c, "send: %s", strerror(w < 0 ? errno : EIO));
+        return PHY_EIO;
+    }
+    return 0;
+}
+
+/* Plain (pre-TLS) read into out. Returns bytes read, 0 at EOF, or negative. */
+static int raw_read(struct conn *c, char *out, size_t cap)
+{
+    for (;;) {
+        ssize_t r = recv(c->fd, out, cap, 0);
+        if (r >= 0)
+            return (int)r;
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            int rc = wait_fd(c->fd, POLLIN, c->timeout_ms);
+            if (rc == PHY_ETIMEDOUT) {
+                errf(c, "timeout reading");
+                return rc;
+            }
+            if (rc != 0) {
+                errf(c, "poll: %s", strerror(errno));
+                return rc;
+            }
+            continue;
+        }
+        errf(c, "recv: %s", strerror(errno));
+        return PHY_EIO;
+    }
+}
+
+/* Custom socket BIO so that writes use MSG_NOSIGNAL: a peer reset must not raise
+ * SIGPIPE in the caller's process. The BIO data is the struct conn. */
+static int sock_bio_write(BIO *b, const char *data, int n)
+{
+    struct conn *c = BIO_get_data(b);
+    ssize_t w;
+
+    BIO_clear_retry_flags(b);
+    w = send(c->fd, data, (size_t)n, MSG_NOSIGNAL);
+    if (w < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+            BIO_set_retry_write(b);
+        return -1;
+    }
+    return (int)w;
+}
+
+static int sock_bio_read(BIO *b, char *out, int n)
+{
+    struct conn *c = BIO_get_data(b);
+    ssize_t r;
+
+    BIO_clear_retry_flags(b);
+    r = recv(c->fd, out, (size_t)n, 0);
+    if (r < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+            BIO_set_retry_read(b);
+        return -1;
+    }
+    return (int)r;
+}
+
+static long sock_bio_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+    (void)b;
+    (void)num;
+    (void)ptr;
+    return cmd == BIO_CTRL_FLUSH ? 1 : 0;
+}
+
+static int sock_bio_create(BIO *b)
+{
+    BIO_set_init(b, 1);
+    return 1;
+}
+
+static int is_ip_literal(const char *host)
+{
+    unsigned char a[16];
+
+    return inet_pton(AF_INET, host, a) == 1 || inet_pton(AF_INET6, host, a) == 1;
+}
+
+/* Waits for what the last SSL call asked for. 0 to retry, or negative. */
+static int ssl_wait(struct conn *c, int ret, const char *what)
+{
+    int e = SSL_get_error(c->ssl, ret);
+    int rc;
+
+    if (e == SSL_ERROR_WANT_READ)
+        rc = wait_fd(c->fd, POLLIN, c->timeout_ms);
+    else if (e == SSL_ERROR_WANT_WRITE)
+        rc = wait_fd(c->fd, POLLOUT, c->timeout_ms);
+    else
+        return PHY_EIO;
+    if (rc == PHY_ETIMEDOUT)
+        errf(c, "timeout %s", what);
+    else if (rc != 0)
+        errf(c, "poll: %s", strerror(errno));
+    return rc;
+}
+
+static void ssl_errstr(char *out, size_t cap)
+{
+    unsigned long e = ERR_peek_last_error();
+
+    if (e == 0) {
+        snprintf(out, cap, "%s", errno != 0 ? strerror(errno) : "connection closed");
+        return;
+    }
+    ERR_error_string_n(e, out, cap);
+}
+
+/* TLS over c->fd: TLS 1.2+, peer verification against ca_file (or system paths),
+ * SNI and host-name check for host. 0 or negative. */
+static int tls_connect(struct conn *c, SSL_CTX **ctxp, BIO_METHOD **methp, const char *host,
+                       const char *ca_file)
+{
+    SSL_CTX *ctx;
+    BIO_METHOD *meth;
+    BIO *bio;
+    char why[256];
+    int is_ip;
+
+    ctx = SSL_CTX_new(TLS_client_method());
+    *ctxp = ctx;
+    if (ctx == NULL) {
+        errf(c, "TLS context allocation failed");
+        return PHY_ENOMEM;
+    }
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    if (ca_file != NULL) {
+        if (access(ca_file, R_OK) != 0) {
+            errf(c, "cannot read CA file %s: %s", ca_file, strerror(errno));
+            return PHY_ECRYPTO;
+        }
+        if (SSL_CTX_load_verify_locations(ctx, ca_file, NULL) != 1) {
+            ssl_errstr(why, sizeof why);
+            errf(c, "cannot load CA file %s: %s", ca_file, why);
+            return PHY_ECRYPTO;
+        }
+    } else if (SSL_CTX_set_default_verify_paths(ctx) != 1) {
+        errf(c, "cannot load the system CA store");
+        return PHY_ECRYPTO;
+    }
+    meth = BIO_meth_new(BIO_TYPE_SOURCE_SINK | 0x70, "phy_client_socket");
+    *methp = meth;
+    if (meth == NULL || BIO_meth_set_write(meth, sock_bio_write) != 1 ||
+        BIO_meth_set_read(meth, sock_bio_read) != 1 ||
+        BIO_meth_set_ctrl(meth, sock_bio_ctrl) != 1 ||
+        BIO_meth_set_create(meth, sock_bio_create) != 1) {
+        errf(c, "TLS BIO allocation failed");
+        return PHY_ENOMEM;
+    }
+    c->ssl = SSL_new(ctx);
+    if (c->ssl == NULL) {
+        errf(c, "TLS session allocation failed");
+        return PHY_ENOMEM;
+    }
+    bio = BIO_new(meth);
+    if (bio == NULL) {
+        errf(c, "TLS BIO allocation failed");
+        return PHY_ENOMEM;
+    }
+    BIO_set_data(bio, c);
+    SSL_set_bio(c->ssl, bio, bio);
+
+    /* SNI carries DNS names only; SSL_set1_host checks an IP literal as an IP. */
+    is_ip = is_ip_literal(host);
+    if (!is_ip && SSL_set_tlsext_host_name(c->ssl, host) != 1) {
+        errf(c, "cannot set TLS server name");
+        return PHY_ECRYPTO;
+    }
+    if (SSL_set1_host(c->ssl, host) != 1) {
+        errf(c, "cannot set TLS host-name check");
+        return PHY_ECRYPTO;
+    }
+    for (;;) {
+        int r = SSL_connect(c->ssl);
+        int e, rc;
+
+        if (r == 1)
+            return 0;
+        e = SSL_get_error(c->ssl, r);
+        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+            rc = ssl_wait(c, r, "in TLS handshake");
+            if (rc != 0)
+                return rc;
+            continue;
+        }
+        if (SSL_get_verify_result(c->ssl) != X509_V_OK) {
+            errf(c, "certificate verify failed: %s",
+                 X509_verify_cert_error_string(SSL_get_verify_result(c->ssl)));
+            return PHY_ECRYPTO;
+        }
+        ssl_errstr(why, sizeof why);
+        errf(c, "TLS handshake failed: %s", why);
+        return PHY_ECRYPTO;
+    }
+}
+
+/* TLS read into out. Returns bytes read, 0 at EOF (c->unclean_eof set when the peer
+ * closed without close_notify), or negative. */
+static int tls_read(struct conn *c, char *out, size_t cap)
+{
+    int n = cap > (size_t)INT_MAX ? INT_MAX : (int)cap;
+    char why[256];
+
+    for (;;) {
+        int r, e;
+
+        ERR_clear_error();
+        errno = 0;
+        r = SSL_read(c->ssl, out, n);
+        if (r > 0)
+            return r;
+        e = SSL_get_error(c->ssl, r);
+        if (e == SSL_ERROR_ZERO_RETURN)
+            return 0;
+        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+            int rc = ssl_wait(c, r, "reading");
+            if (rc != 0)
+                return rc;
+            continue;
+        }
+        if ((e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0 && errno == 0) ||
+            (e == SSL_ERROR_SSL &&
+             ERR_GET_REASON(ERR_peek_error()) == SSL_R_UNEXPECTED_EOF_WHILE_READING)) {
+            c->unclean_eof = 1;
+            return 0;
+        }
+        ssl_errstr(why, sizeof why);
+        errf(c, "TLS read failed: %s", why);
+        return PHY_EIO;
+    }
+}
+
+static int conn_read_some(struct conn *c, char *out, size_t cap)
+{
+    return c->ssl != NULL ? tls_read(c, out, cap) : raw_read(c, out, cap);
+}
+
+/* TLS write of all n bytes. 0 or negative. */
+static int tls_write_all(struct conn *c, const char *p, size_t n)
+{
+    char why[256];
+
+    while (n > 0) {
+        int chunk = n > (size_t)INT_MAX ? INT_MAX : (int)n;
+        int w, e;
+
+        ERR_clear_error();
+        w = SSL_write(c->ssl, p, chunk);
+        if (w > 0) {
+            p += w;
+            n -= (size_t)w;
+            continue;
+        }
+        e = SSL_get_error(c->ssl, w);
+        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+            int rc = ssl_wait(c, w, "writing");
+            if (rc != 0)
+                return rc;
+            continue;
+        }
+        ssl_errstr(why, sizeof why);
+        errf(c, "TLS write failed: %s", why);
+        return PHY_EIO;
+    }
+    return 0;
+}
+
+/* Makes sure at least one unread byte is buffered. Returns the number of buffered
+ * bytes, 0 at EOF, or negative. */
+static int fill(struct conn *c)
+{
+    int r;
+
+    if (c->pos < c->len)
+        return (int)(c->len - c->pos);
+    c->pos = 0;
+    c->len = 0;
+    r = conn_read_some(c, c->buf, sizeof c->buf);
+    if (r > 0)
+        c->len = (size_t)r;
+    return r;
+}
+
+/* Reads one response head (at most max bytes) from the connection into *res, whose
+ * strings point into c->buf until the next read. 0 or negative. */
+static int read_head(struct conn *c, size_t max, struct phy_http_response *res,
+                     const char *who)
+{
+    for (;;) {
+        size_t avail = c->len - c->pos;
+        int r;
+
+        if (avail > 0) {
+            size_t n = avail < max ? avail : max;
+            r = phy_http_parse_response(c->buf + c->pos, n, max, res);
+            if (r > 0) {
+                c->pos += (size_t)r;
+                return 0;
+            }
+            if (r == PHY_ETOOBIG || (r == PHY_EAGAIN && n >= max)) {
+                errf(c, "%s response head over %zu bytes", who, max);
+                return PHY_ETOOBIG;
+            }
+            if (r != PHY_EAGAIN) {
+                errf(c, "malformed %s response head", who);
+                return PHY_EPROTO;
+            }
+            if (c->pos > 0)
+                memmove(c->buf, c->buf + c->pos, avail);
+        }
+        c->pos = 0;
+        c->len = avail;
+        r = conn_read_some(c, c->buf + c->len, sizeof c->buf - c->len);
+        if (r < 0)
+            return r;
+        if (r == 0) {
+            errf(c, "%s closed the connection before answering", who);
+            return PHY_EPROTO;
+        }
+        c->len += (size_t)r;
+    }
+}
+
+static int valid_ident(const char *s)
+{
+    size_t n = strlen(s);
+
+    if (n == 0 || n > CLIENT_MAX_IDENT)
+        return 0;
+    return valid_host_chars(s, n, 0);
+}
+
+/* Sends CONNECT host:port through the proxy on c->fd and requires a 200. */
+static int proxy_connect(struct conn *c, const struct phy_client_opts *o)
+{
+    char cred[CLIENT_MAX_IDENT + 2];
+    char b64[((CLIENT_MAX_IDENT + 2) / 3 + 1) * 4 + 1];
+    char req[CLIENT_MAX_HOST * 2 + sizeof b64 + 160];
+    const char *lb = strchr(o->host, ':') != NULL ? "[" : "";
+    const char *rb = *lb != '\0' ? "]" : "";
+    struct phy_http_response res;
+    int n, rc;
+
+    n = snprintf(cred, sizeof cred, "%s:", o->proxy_ident);
+    if (n < 0 || (size_t)n >= sizeof cred)
+        return PHY_EINVAL;
+    if (phy_base64_encode((const unsigned char *)cred, (size_t)n, b64, sizeof b64, 0) < 0) {
+        errf(c, "proxy identifier too long");
+        return PHY_EINVAL;
+    }
+    n = snprintf(req, sizeof req,
+                 "CONNECT %s%s%s:%u HTTP/1.1\r\nHost: %s%s%s:%u\r\n"
+                 "Proxy-Authorization: Basic %s\r\n\r\n",
+                 lb, o->host, rb, o->port, lb, o->host, rb, o->port, b64);
+    if (n < 0 || (size_t)n >= sizeof req)
+        return PHY_EINVAL;
+    rc = raw_write_all(c, req, (size_t)n);
+    if (rc != 0)
+        return rc;
+    rc = read_head(c, PHY_HTTP_DEFAULT_MAX_HEAD, &res, "proxy");
+    if (rc != 0)
+        return rc;
+    if (res.status != 200) {
+        errf(c, "proxy answered %d", res.status);
+        return PHY_EPROTO;
+    }
+    if (c->pos != c->len) {
+        errf(c, "proxy sent unexpected bytes after its 200 answer");
+        return PHY_EPROTO;
+    }
+    c->pos = 0;
+    c->len = 0;
+    return 0;
+}
+
+struct body {
+    char *p;
+    size_t len, cap;
+};
+
+static int body_append(struct conn *c, struct body *b, const char *src, size_t n)
+{
+    size_t need;
+
+    if (n > PHY_CLIENT_MAX_BODY - b->len) {
+        errf(c, "response body over %u bytes", PHY_CLIENT_MAX_BODY);
+        return PHY_ETOOBIG;
+    }
+    need = b->len + n + 1;
+    if (need > b->cap) {
+        size_t ncap = b->cap != 0 ? b->cap : 4096;
+        char *np;
+
+        while (ncap < need)
+            ncap *= 2;
+        if (ncap > (size_t)PHY_CLIENT_MAX_BODY + 1)
+            ncap = (size_t)PHY_CLIENT_MAX_BODY + 1;
+        np = realloc(b->p, ncap);
+        if (np == NULL) {
+            errf(c, "out of memory");
+            return PHY_ENOMEM;
+        }
+        b->p = np;
+        b->cap = ncap;
+    }
+    if (n > 0)
+        memcpy(b->p + b->len, src, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+    return 0;
+}
+
+/* Appends exactly n body bytes from the connection. */
+static int read_exact(struct conn *c, struct body *b, size_t n)
+{
+    while (n > 0) {
+        int avail = fill(c);
+        size_t take;
+        int rc;
+
+        if (avail < 0)
+            return avail;
+        if (avail == 0) {
+            errf(c, "connection closed before the end of the body");
+            return PHY_EPROTO;
+        }
+        take = (size_t)avail < n ? (size_t)avail : n;
+        rc = body_append(c, b, c->buf + c->pos, take);
+        if (rc != 0)
+            return rc;
+        c->pos += take;
+        n -= take;
+    }
+    return 0;
+}
+
+/* Reads one CRLF-terminated line (without the CRLF) into line[cap]. Bare CR or LF,
+ * control bytes and over-long lines are errors. */
+static int read_line(struct conn *c, char *line, size_t cap)
+{
+    size_t n = 0;
+    int saw_cr = 0;
+
+    for (;;) {
+        int avail = fill(c);
+        unsigned char ch;
+
+        if (avail < 0)
+            return avail;
+        if (avail == 0) {
+            errf(c, "connection closed inside chunked framing");
+            return PHY_EPROTO;
+        }
+        ch = (unsigned char)c->buf[c->pos++];
+        if (saw_cr) {
+            if (ch != '\n')
+                goto bad;
+            line[n] = '\0';
+            return 0;
+        }
+        if (ch == '\r') {
+            saw_cr = 1;
+            continue;
+        }
+        if ((ch < 0x20 && ch != '\t') || ch == 0x7f)
+            goto bad;
+        if (n + 1 >= cap)
+            goto bad;
+        line[n++] = (char)ch;
+    }
+bad:
+    errf(c, "malformed chunked framing");
+    return PHY_EPROTO;
+}
+
+static int hexval(char ch)
+{
+    if (ch >= '0' && ch <= '9')
+        return ch - '0';
+    if (ch >= 'a' && ch <= 'f')
+        return ch - 'a' + 10;
+    if (ch >= 'A' && ch <= 'F')
+        return ch - 'A' + 10;
+    return -1;
+}
+
+/* Decodes a chunked body: 1-8 hex digits per size, optional ";ext", CRLF after each
+ * chunk, trailers ignored but bounded. */
+static int read_chunked(struct conn *c, struct body *b)
+{
+    char line[CLIENT_MAX_LINE];
+    int rc;
+
+    for (;;) {
+        size_t size = 0, i = 0;
+
+        rc = read_line(c, line, sizeof line);
+        if (rc != 0)
+            return rc;
+        while (hexval(line[i]) >= 0) {
+            if (i == 8) {
+                errf(c, "chunk size too large");
+                return PHY_ETOOBIG;
+            }
+            size = size * 16 + (size_t)hexval(line[i]);
+            i++;
+        }
+        if (i == 0 || (line[i] != '\0' && line[i] != ';')) {
+            errf(c, "malformed chunk size");
+            return PHY_EPROTO;
+        }
+        if (size == 0)
+            break;
+        if (size > PHY_CLIENT_MAX_BODY - b->len) {
+            errf(c, "response body over %u bytes", PHY_CLIENT_MAX_BODY);
+            return PHY_ETOOBIG;
+        }
+        rc = read_exact(c, b, size);
+        if (rc != 0)
+            return rc;
+        rc = read_line(c, line, sizeof line);
+        if (rc != 0)
+            return rc;
+        if (line[0] != '\0') {
+            errf(c, "missing CRLF after chunk data");
+            return PHY_EPROTO;
+        }
+    }
+    for (int t = 0; t <= CLIENT_MAX_TRAILERS; t++) {
+        rc = read_line(c, line, sizeof line);
+        if (rc != 0)
+            return rc;
+        if (line[0] == '\0')
+            return 0;
+    }
+    errf(c, "too many trailer lines");
+    return PHY_ETOOBIG;
+}
+
+/* Reads until the peer closes, at most PHY_CLIENT_MAX_BODY bytes. */
+static int read_until_close(struct conn *c, struct body *b)
+{
+    for (;;) {
+        int avail = fill(c);
+        int rc;
+
+        if (avail <= 0)
+            return avail;
+        rc = body_append(c, b, c->buf + c->pos, (size_t)avail);
+        if (rc != 0)
+            return rc;
+        c->pos += (size_t)avail;
+    }
+}
+
+static int valid_method(const char *m)
+{
+    size_t n = strlen(m);
+
+    if (n == 0 || n > 16)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (m[i] < 'A' || m[i] > 'Z')
+            return 0;
+    return 1;
+}
+
+static int valid_path(const char *p)
+{
+    size_t n = strlen(p);
+
+    if (n == 0 || n > CLIENT_MAX_PATH || p[0] != '/')
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)p[i] <= 0x20 || (unsigned char)p[i] >= 0x7f)
+            return 0;
+    return 1;
+}
+
+/* Field value: no control bytes but HTAB (so no CR/LF header injection). */
+static int valid_value(const char *v, size_t max)
+{
+    size_t n = strlen(v);
+
+    if (n > max)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)v[i];
+        if ((ch < 0x20 && ch != '\t') || ch == 0x7f)
+            return 0;
+    }
+    return 1;
+}
+
+/* Extra header block: non-empty "Name: value\r\n" lines only. */
+static int valid_headers(const char *h)
+{
+    size_t n = strlen(h), start = 0;
+
+    if (n > CLIENT_MAX_EXTRA_HEADERS)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)h[i];
+        if (ch == '\r') {
+            if (i + 1 >= n || h[i + 1] != '\n' || i == start || memchr(h + start, ':', i - start) == NULL)
+                return 0;
+            i++;
+            start = i + 1;
+            continue;
+        }
+        if ((ch < 0x20 && ch != '\t') || ch == 0x7f)
+            return 0;
+    }
+    return start == n;
+}
+
+static int needs_length(const char *method)
+{
+    return strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0 ||
+           strcmp(method, "PATCH") == 0;
+}
+
+/* Builds the request head into a malloc'd string. */
+static int build_head(struct conn *c, const struct phy_client_opts *o, const char *method,
+                      const char *path, const char *headers, const char *content_type,
+                      const char *body, size_t body_len, char **out, size_t *outlen)
+{
+    const char *lb = strchr(o->host, ':') != NULL ? "[" : "";
+    const char *rb = *lb != '\0' ? "]" : "";
+    char portpart[8] = "";
+    char lenpart[64] = "";
+    char *head;
+    size_t cap;
+    int n;
+
+    if (o->port != 443)
+        snprintf(portpart, sizeof portpart, ":%u", o->port);
+    if (body != NULL || needs_length(method))
+        snprintf(lenpart, sizeof lenpart, "Content-Length: %zu\r\n", body != NULL ? body_len : 0);
+    cap = strlen(method) + strlen(path) + strlen(o->host) + strlen(headers) +
+          (content_type != NULL ? strlen(content_type) : 0) + 256;
+    head = malloc(cap);
+    if (head == NULL) {
+        errf(c, "out of memory");
+        return PHY_ENOMEM;
+    }
+    n = snprintf(head, cap,
+                 "%s %s HTTP/1.1\r\nHost: %s%s%s%s\r\nUser-Agent: phy/0.1\r\n"
+                 "Connection: close\r\n%s%s%s%s%s\r\n",
+                 method, path, lb, o->host, rb, portpart, headers,
+                 body != NULL && content_type != NULL ? "Content-Type: " : "",
+                 body != NULL && content_type != NULL ? content_type : "",
+                 body != NULL && content_type != NULL ? "\r\n" : "", lenpart);
+    if (n < 0 || (size_t)n >= cap) {
+        free(head);
+        errf(c, "request head too large");
+        return PHY_ETOOBIG;
+    }
+    *out = head;
+    *outlen = (size_t)n;
+    return 0;
+}
+
+static int check_args(struct conn *c, const struct phy_client_opts *o, const char *method,
+                      const char *path, const char *headers, const char *content_type)
+{
+    size_t hn;
+
+    if (o == NULL || o->host == NULL || method == NULL || path == NULL) {
+        errf(c, "missing request argument");
+        return PHY_EINVAL;
+    }
+    hn = strlen(o->host);
+    if (hn == 0 || hn > CLIENT_MAX_HOST || !valid_host_chars(o->host, hn, 1) ||
+        o->port == 0 || o->port > 65535) {
+        errf(c, "invalid host or port");
+        return PHY_EINVAL;
+    }
+    if (!valid_method(method) || !valid_path(path)) {
+        errf(c, "invalid method or path");
+        return PHY_EINVAL;
+    }
+    if ((headers != NULL && !valid_headers(headers)) ||
+        (content_type != NULL && !valid_value(content_type, 256))) {
+        errf(c, "invalid request header");
+        return PHY_EINVAL;
+    }
+    if (o->proxy_host != NULL) {
+        size_t pn = strlen(o->proxy_host);
+        if (pn == 0 || pn > CLIENT_MAX_HOST || !valid_host_chars(o->proxy_host, pn, 1) ||
+            o->proxy_port == 0 || o->proxy_port > 65535 || o->proxy_ident == NULL ||
+            !valid_ident(o->proxy_ident)) {
+            errf(c, "invalid proxy host, port or identifier");
+            return PHY_EINVAL;
+        }
+    }
+    return 0;
+}
+
+static int no_body_status(int status)
+{
+    return (status >= 100 && status < 200) || status == 204 || status == 304;
+}
+
+/* One request on a fresh connection; see client.h. */
+int phy_client_request(const struct phy_client_opts *o, const char *method, const char *path,
+                       const char *headers, const char *content_type, const char *body,
+                       size_t body_len, struct phy_client_response *res, char *err,
+                       size_t errcap)
+{
+    struct conn *c;
+    SSL_CTX *ctx = NULL;
+    BIO_METHOD *meth = NULL;
+    struct body b = {0};
+    struct phy_http_response head;
+    char *reqhead = NULL;
+    size_t reqlen = 0;
+    int rc;
+
+    if (err != NULL && errcap > 0)
+        err[0] = '\0';
+    if (res == NULL)
+        return PHY_EINVAL;
+    memset(res, 0, sizeof *res);
+    c = calloc(1, sizeof *c);
+    if (c == NULL)
+        return PHY_ENOMEM;
+    c->fd = -1;
+    c->err = err;
+    c->errcap = errcap;
+    c->timeout_ms = o != NULL && o->timeout_ms > 0 ? o->timeout_ms : CLIENT_DEFAULT_TIMEOUT_MS;
+    ERR_clear_error();
+
+    rc = check_args(c, o, method, path, headers, content_type);
+    if (rc != 0)
+        goto out;
+    if (o->proxy_host != NULL) {
+        rc = tcp_connect(c, o->proxy_host, o->proxy_port);
+        if (rc < 0)
+            goto out;
+        c->fd = rc;
+        rc = proxy_connect(c, o);
+    } else {
+        char chost[CLIENT_MAX_HOST + 1];
+        unsigned cport = o->port;
+
+        if (o->connect_addr != NULL) {
+            if (phy_client_parse_hostport(o->connect_addr, chost, sizeof chost, &cport,
+                                          o->port) != 0) {
+                errf(c, "invalid connect address");
+                rc = PHY_EINVAL;
+                goto out;
+            }
+        } else {
+            memcpy(chost, o->host, strlen(o->host) + 1);
+        }
+        rc = tcp_connect(c, chost, cport);
+        if (rc >= 0) {
+            c->fd = rc;
+            rc = 0;
+        }
+    }
+    if (rc != 0)
+        goto out;
+    rc = tls_connect(c, &ctx, &meth, o->host, o->ca_file);
+    if (rc != 0)
+        goto out;
+    rc = build_head(c, o, method, path, headers != NULL ? headers : "", content_type, body,
+                    body_len, &reqhead, &reqlen);
+    if (rc != 0)
+        goto out;
+    rc = tls_write_all(c, reqhead, reqlen);
+    if (rc == 0 && body != NULL && body_len > 0)
+        rc = tls_write_all(c, body, body_len);
+    if (rc != 0)
+        goto out;
+    do {
+        rc = read_head(c, PHY_HTTP_DEFAULT_MAX_HEAD, &head, "server");
+        if (rc != 0)
+            goto out;
+    } while (head.status >= 100 && head.status < 200 && head.status != 101);
+
+    rc = body_append(c, &b, "", 0); /* the body is never NULL on success */
+    if (rc != 0)
+        goto out;
+    if (strcmp(method, "HEAD") == 0 || no_body_status(head.status)) {
+        rc = 0;
+    } else if (head.chunked) {
+        rc = read_chunked(c, &b);
+    } else if (head.content_length >= 0) {
+        if ((uint64_t)head.content_length > PHY_CLIENT_MAX_BODY) {
+            errf(c, "response body over %u bytes", PHY_CLIENT_MAX_BODY);
+            rc = PHY_ETOOBIG;
+        } else {
+            rc = read_exact(c, &b, (size_t)head.content_length);
+        }
+    } else {
+        rc = read_until_close(c, &b);
+    }
+    if (rc != 0)
+        goto out;
+    res->status = head.status;
+    res->body = b.p;
+    res->body_len = b.len;
+    b.p = NULL;
+
+out:
+    if (c->ssl != NULL) {
+        if (rc == 0 && !c->unclean_eof)
+            SSL_shutdown(c->ssl); /* best effort close_notify; never waits */
+        SSL_free(c->ssl);
+    }
+    BIO_meth_free(meth);
+    SSL_CTX_free(ctx);
+    if (c->fd >= 0)
+        close(c->fd);
+    free(reqhead);
+    free(b.p);
+    ERR_clear_error();
+    OPENSSL_cleanse(c->buf, sizeof c->buf);
+    free(c);
+    return rc;
+}
+
+/* Frees the body; NULL-safe. */
+void phy_client_response_free(struct phy_client_response *res)
+{
+    if (res == NULL)
+        return;
+    free(res->body);
+    memset(res, 0, sizeof *res);
+}

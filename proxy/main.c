@@ -1,0 +1,212 @@
+/* phyproxy entry point: flags and INI config, signals, and the event loop. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "phy/config.h"
+#include "phy/err.h"
+#include "phy/log.h"
+#include "policy.h"
+#include "proxy.h"
+
+#define DEFAULT_LISTEN "0.0.0.0:443"
+#define DEFAULT_ALLOW "portal-*.phystack.com:443"
+
+/* Values as parsed; defaults are set before parsing (strings stay NULL). */
+struct options {
+    char *listen;
+    char *log_level;
+    struct phy_strlist routes;
+    struct phy_strlist allows;
+    long max_tunnels_per_device;
+    long idle_timeout;
+    long connect_timeout;
+    long header_timeout;
+    long max_connections;
+    int dns_fallback;
+};
+
+static void usage(FILE *f, const struct phy_opt *opts)
+{
+    fprintf(f, "usage: phyproxy [--config FILE] [options]\n"
+               "HTTP CONNECT proxy for PhyStack devices (see docs/proxy.md).\n\n");
+    phy_config_print_help(opts, f);
+}
+
+static int parse_level(const char *s, enum phy_log_level *out)
+{
+    static const struct {
+        const char *name;
+        enum phy_log_level lvl;
+    } levels[] = {{"debug", PHY_LOG_DEBUG},
+                  {"info", PHY_LOG_INFO},
+                  {"warn", PHY_LOG_WARN},
+                  {"error", PHY_LOG_ERROR}};
+    size_t i;
+
+    for (i = 0; i < sizeof(levels) / sizeof(levels[0]); i++) {
+        if (strcmp(s, levels[i].name) == 0) {
+            *out = levels[i].lvl;
+            return 0;
+        }
+    }
+    return PHY_EINVAL;
+}
+
+/* Turns parsed options into cfg (policy filled into *policy). 0 or PHY_E* with err. */
+static int build_config(const struct options *o, struct proxy_policy *policy,
+                        struct proxy_config *cfg, char *err, size_t errcap)
+{
+    const char *listen = o->listen != NULL ? o->listen : DEFAULT_LISTEN;
+    size_t i;
+    int rc;
+
+    memset(cfg, 0, sizeof(*cfg));
+    if (proxy_addr_parse_hostport(listen, &cfg->listen) != 0) {
+        snprintf(err, errcap, "--listen: expected ADDR:PORT with an IP address, got '%.80s'",
+                 listen);
+        return PHY_EINVAL;
+    }
+    for (i = 0; i < o->routes.n; i++) {
+        rc = proxy_policy_add_route(policy, o->routes.items[i], err, errcap);
+        if (rc != 0)
+            return rc;
+    }
+    for (i = 0; i < o->allows.n; i++) {
+        rc = proxy_policy_add_allow(policy, o->allows.items[i], err, errcap);
+        if (rc != 0)
+            return rc;
+    }
+    if (o->allows.n == 0) {
+        rc = proxy_policy_add_allow(policy, DEFAULT_ALLOW, err, errcap);
+        if (rc != 0)
+            return rc;
+    }
+    cfg->policy = policy;
+    cfg->max_tunnels_per_device = (unsigned)o->max_tunnels_per_device;
+    cfg->max_connections = (unsigned)o->max_connections;
+    cfg->idle_timeout_ms = (uint64_t)o->idle_timeout * 1000u;
+    cfg->connect_timeout_ms = (uint64_t)o->connect_timeout * 1000u;
+    cfg->header_timeout_ms = (uint64_t)o->header_timeout * 1000u;
+    cfg->dns_fallback = o->dns_fallback;
+    return 0;
+}
+
+static void close_signal(uv_handle_t *h, void *arg)
+{
+    (void)arg;
+    if (h->type == UV_SIGNAL && !uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+/* SIGINT/SIGTERM: stop accepting, close every connection and the signal handles;
+ * uv_run then returns once the last handle has closed. */
+static void on_stop_signal(uv_signal_t *sig, int signum)
+{
+    struct proxy *px = sig->data;
+
+    phy_log(PHY_LOG_INFO, "stop", "signal=%s", signum == SIGINT ? "SIGINT" : "SIGTERM");
+    proxy_shutdown(px);
+    uv_walk(sig->loop, close_signal, NULL);
+}
+
+int main(int argc, char **argv)
+{
+    struct options o = {
+        .max_tunnels_per_device = 8,
+        .idle_timeout = 300,
+        .connect_timeout = 10,
+        .header_timeout = 10,
+        .max_connections = 10000,
+    };
+    const struct phy_opt opts[] = {
+        {"listen", PHY_OPT_STR, &o.listen, 0, 0,
+         "ADDR:PORT to listen on, IPv4 or [IPv6] (default 0.0.0.0:443)"},
+        {"route", PHY_OPT_LIST, &o.routes, 0, 0,
+         "HOST=ADDR:PORT upstream for HOST (exact name or '*' pattern; repeatable)"},
+        {"allow", PHY_OPT_LIST, &o.allows, 0, 0,
+         "HOST_PATTERN:PORT allowed target, PORT may be * (repeatable; default "
+         DEFAULT_ALLOW ")"},
+        {"max-tunnels-per-device", PHY_OPT_INT, &o.max_tunnels_per_device, 1, 100000,
+         "live tunnels per device identifier, then 429 (default 8)"},
+        {"idle-timeout", PHY_OPT_INT, &o.idle_timeout, 1, 86400,
+         "seconds without bytes either way before a tunnel is closed (default 300)"},
+        {"connect-timeout", PHY_OPT_INT, &o.connect_timeout, 1, 600,
+         "seconds to resolve and connect upstream, then 504 (default 10)"},
+        {"header-timeout", PHY_OPT_INT, &o.header_timeout, 1, 600,
+         "seconds for a client to send its CONNECT head, then 408 (default 10)"},
+        {"dns-fallback", PHY_OPT_BOOL, &o.dns_fallback, 0, 0,
+         "resolve allowed hosts without a route through DNS (default off: 502)"},
+        {"max-connections", PHY_OPT_INT, &o.max_connections, 1, 1000000,
+         "simultaneous client connections, then 503 (default 10000)"},
+        {"log-level", PHY_OPT_STR, &o.log_level, 0, 0,
+         "debug, info, warn or error (default info)"},
+        {NULL, PHY_OPT_STR, NULL, 0, 0, NULL},
+    };
+    struct proxy_policy policy;
+    struct proxy_config cfg;
+    struct proxy *px = NULL;
+    uv_loop_t loop;
+    uv_signal_t sigint, sigterm;
+    enum phy_log_level level = PHY_LOG_INFO;
+    char err[256];
+    int want_help = 0, rc, status = 1;
+
+    memset(&policy, 0, sizeof(policy));
+    phy_log_init("phyproxy", PHY_LOG_INFO);
+    rc = phy_config_parse(opts, argc, argv, 1, NULL, 0, NULL, &want_help, err, sizeof(err));
+    if (rc != 0) {
+        fprintf(stderr, "phyproxy: %s\n", err);
+        goto out_free_opts;
+    }
+    if (want_help) {
+        usage(stdout, opts);
+        status = 0;
+        goto out_free_opts;
+    }
+    if (o.log_level != NULL && parse_level(o.log_level, &level) != 0) {
+        fprintf(stderr, "phyproxy: --log-level: expected debug, info, warn or error\n");
+        goto out_free_opts;
+    }
+    phy_log_init("phyproxy", level);
+    rc = build_config(&o, &policy, &cfg, err, sizeof(err));
+    if (rc != 0) {
+        fprintf(stderr, "phyproxy: %s\n", rc == PHY_ENOMEM ? "out of memory" : err);
+        goto out_free_policy;
+    }
+
+    signal(SIGPIPE, SIG_IGN);
+    if (uv_loop_init(&loop) != 0) {
+        fprintf(stderr, "phyproxy: cannot create the event loop\n");
+        goto out_free_policy;
+    }
+    rc = proxy_start(&loop, &cfg, &px, err, sizeof(err));
+    if (rc != 0) {
+        phy_log(PHY_LOG_ERROR, "start_failed", "error=%s", phy_strerror(rc));
+        fprintf(stderr, "phyproxy: %s\n", err);
+        uv_run(&loop, UV_RUN_DEFAULT); /* lets the listener's close complete */
+        goto out_close_loop;
+    }
+    uv_signal_init(&loop, &sigint);
+    uv_signal_init(&loop, &sigterm);
+    sigint.data = px;
+    sigterm.data = px;
+    uv_signal_start(&sigint, on_stop_signal, SIGINT);
+    uv_signal_start(&sigterm, on_stop_signal, SIGTERM);
+
+    uv_run(&loop, UV_RUN_DEFAULT);
+    phy_log(PHY_LOG_INFO, "exit", "status=0");
+    status = 0;
+
+out_close_loop:
+    proxy_destroy(px);
+    if (uv_loop_close(&loop) != 0)
+        status = 1;
+out_free_policy:
+    proxy_policy_free(&policy);
+out_free_opts:
+    phy_config_free(opts);
+    return status;
+}

@@ -1,0 +1,1056 @@
+/* phyproxy server: CONNECT tunnels on a libuv loop with limits, routing and access log. */
+#include "proxy.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "phy/connect.h"
+#include "phy/err.h"
+#include "phy/http.h"
+#include "phy/log.h"
+
+#define RELAY_BUF_SIZE (64 * 1024)
+#define BACKPRESSURE_HIGH (256 * 1024) /* stop reading a side above this queue */
+#define BACKPRESSURE_LOW (64 * 1024)   /* resume once the peer's queue is below */
+#define POOL_MAX 32                    /* relay buffers kept for reuse */
+#define HEAD_MAX PHY_HTTP_DEFAULT_MAX_HEAD
+#define HEAD_CAP (HEAD_MAX + 1) /* one byte more than a head may have: ETOOBIG */
+#define LINGER_MS 1000          /* after an error answer, drain the client this long */
+#define LINGER_MAX_BYTES (256 * 1024)
+#define LISTEN_BACKLOG 1024
+#define LOG_TARGET_MAX 96
+
+static const char established[] = "HTTP/1.1 200 Connection established\r\n\r\n";
+
+enum tunnel_state {
+    T_HEAD,       /* reading the CONNECT head */
+    T_CONNECTING, /* resolving or connecting upstream */
+    T_RELAY,      /* 200 sent, bytes flow both ways */
+    T_REFUSING,   /* error answer sent or queued, draining the client */
+    T_CLOSING,    /* handles closing; freed by the last close callback */
+};
+
+enum outcome {
+    O_NONE,
+    O_OK,
+    O_IDLE,
+    O_CLIENT_ERROR,
+    O_UPSTREAM_ERROR,
+    O_SHUTDOWN,
+    O_NO_REQUEST,
+    O_CLIENT_CLOSED,
+    O_400,
+    O_403,
+    O_405,
+    O_407,
+    O_408,
+    O_429,
+    O_431,
+    O_500,
+    O_502_NO_ROUTE,
+    O_502_DNS,
+    O_502_UPSTREAM,
+    O_503,
+    O_504,
+};
+
+/* Log name of each outcome and, for refusals, the answer sent. */
+static const struct {
+    const char *name;
+    int status;
+    const char *error;
+    const char *message;
+} outcomes[] = {
+    [O_NONE] = {"-", 0, NULL, NULL},
+    [O_OK] = {"ok", 0, NULL, NULL},
+    [O_IDLE] = {"idle_timeout", 0, NULL, NULL},
+    [O_CLIENT_ERROR] = {"client_error", 0, NULL, NULL},
+    [O_UPSTREAM_ERROR] = {"upstream_error", 0, NULL, NULL},
+    [O_SHUTDOWN] = {"shutdown", 0, NULL, NULL},
+    [O_NO_REQUEST] = {"no_request", 0, NULL, NULL},
+    [O_CLIENT_CLOSED] = {"client_closed", 0, NULL, NULL},
+    [O_400] = {"bad_request_400", 400, "bad_request", "malformed CONNECT request"},
+    [O_403] = {"refused_403", 403, "forbidden", "target host or port is not allowed"},
+    [O_405] = {"bad_method_405", 405, "method_not_allowed", "only CONNECT is supported"},
+    [O_407] = {"no_auth_407", 407, "proxy_auth_required",
+               "Proxy-Authorization: Basic with a device identifier is required"},
+    [O_408] = {"header_timeout_408", 408, "request_timeout",
+               "request head not received in time"},
+    [O_429] = {"too_many_tunnels_429", 429, "too_many_tunnels",
+               "too many open tunnels for this identifier"},
+    [O_431] = {"head_too_big_431", 431, "request_header_fields_too_large",
+               "request head is too large"},
+    [O_500] = {"internal_500", 500, "internal_error", "out of resources"},
+    [O_502_NO_ROUTE] = {"no_route_502", 502, "no_route", "no route to the target host"},
+    [O_502_DNS] = {"dns_failed_502", 502, "dns_failed", "target host could not be resolved"},
+    [O_502_UPSTREAM] = {"upstream_unreachable_502", 502, "upstream_unreachable",
+                        "upstream refused or unreachable"},
+    [O_503] = {"over_capacity_503", 503, "over_capacity", "too many connections"},
+    [O_504] = {"connect_timeout_504", 504, "upstream_timeout",
+               "upstream connect timed out"},
+};
+
+struct tunnel;
+
+/* One relay buffer; it is also the write request that carries it. */
+struct block {
+    uv_write_t req;
+    struct tunnel *t;
+    struct block *next_free;
+    char data[RELAY_BUF_SIZE];
+};
+
+/* A DNS lookup on the thread pool; detached (t = NULL) when its tunnel dies first. */
+struct resolve {
+    uv_getaddrinfo_t req;
+    struct tunnel *t;
+};
+
+struct proxy {
+    uv_loop_t *loop;
+    uv_tcp_t listener;
+    struct proxy_config cfg;
+    struct tunnel *tunnels; /* every live connection, doubly linked */
+    size_t nconns;
+    struct block *pool;
+    size_t npool;
+    int listening;
+    int shutting_down;
+};
+
+struct tunnel {
+    struct tunnel *prev, *next;
+    struct proxy *px;
+    uv_tcp_t client;
+    uv_tcp_t upstream;
+    uv_timer_t timer; /* header, connect, idle or linger deadline by state */
+    uv_connect_t connect_req;
+    uv_shutdown_t client_shut;
+    uv_shutdown_t up_shut;
+    struct resolve *resolve;
+    struct addrinfo *ai_list; /* DNS answers still to try, owned */
+    struct addrinfo *ai_next;
+    char *head;   /* HEAD_CAP bytes while the head is read, then leftover bytes */
+    char *target; /* "host:port" once validated, a quoted raw target, or NULL */
+    struct proxy_ident *slot;
+    uint64_t bytes_up, bytes_down, linger_bytes;
+    uint64_t start_ms, end_ms, last_active_ms;
+    union proxy_addr peer;
+    union proxy_addr up_addr;
+    uint16_t head_len;
+    uint16_t port;
+    uint8_t state;
+    uint8_t outcome;
+    uint8_t pending_closes;
+    unsigned up_init : 1;
+    unsigned client_eof : 1;
+    unsigned up_eof : 1;
+    unsigned client_shut_done : 1;
+    unsigned up_shut_done : 1;
+    unsigned client_paused : 1;
+    unsigned up_paused : 1;
+    unsigned refuse_written : 1;
+    unsigned aborting : 1; /* one side failed: flushing the other, then close */
+    char ident[PHY_CONNECT_MAX_IDENT + 1];
+};
+
+static void tunnel_close(struct tunnel *t, enum outcome o);
+static void refuse(struct tunnel *t, enum outcome o);
+static void on_timer(uv_timer_t *timer);
+static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+static void on_upstream_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
+/* ---- relay buffers ---- */
+
+static struct block *block_get(struct proxy *px)
+{
+    struct block *b = px->pool;
+
+    if (b != NULL) {
+        px->pool = b->next_free;
+        px->npool--;
+        return b;
+    }
+    return malloc(sizeof(*b));
+}
+
+static void block_put(struct proxy *px, struct block *b)
+{
+    if (b == NULL)
+        return;
+    if (px->npool < POOL_MAX) {
+        b->next_free = px->pool;
+        px->pool = b;
+        px->npool++;
+        return;
+    }
+    free(b);
+}
+
+static struct block *block_of(const uv_buf_t *buf)
+{
+    return (struct block *)(void *)(buf->base - offsetof(struct block, data));
+}
+
+/* ---- logging ---- */
+
+static void tunnel_log(struct tunnel *t)
+{
+    char peer[64], up[64];
+    uint64_t end = t->end_ms != 0 ? t->end_ms : uv_now(t->px->loop);
+    enum phy_log_level lvl = t->outcome == O_NO_REQUEST ? PHY_LOG_DEBUG : PHY_LOG_INFO;
+
+    proxy_addr_format(&t->peer, peer, sizeof(peer));
+    proxy_addr_format(&t->up_addr, up, sizeof(up));
+    phy_log(lvl, "tunnel",
+            "ident=%s target=%s upstream=%s bytes_up=%llu bytes_down=%llu "
+            "duration_ms=%llu outcome=%s peer=%s",
+            t->ident[0] != '\0' ? t->ident : "-", t->target != NULL ? t->target : "-", up,
+            (unsigned long long)t->bytes_up, (unsigned long long)t->bytes_down,
+            (unsigned long long)(end - t->start_ms), outcomes[t->outcome].name, peer);
+}
+
+/* ---- teardown ---- */
+
+static void tunnel_free(struct tunnel *t)
+{
+    struct proxy *px = t->px;
+
+    if (t->prev != NULL)
+        t->prev->next = t->next;
+    else
+        px->tunnels = t->next;
+    if (t->next != NULL)
+        t->next->prev = t->prev;
+    px->nconns--;
+    uv_freeaddrinfo(t->ai_list);
+    free(t->head);
+    free(t->target);
+    free(t);
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    struct tunnel *t = h->data;
+
+    t->pending_closes--;
+    if (t->pending_closes == 0 && t->state == T_CLOSING)
+        tunnel_free(t);
+}
+
+static void close_handle(struct tunnel *t, uv_handle_t *h)
+{
+    if (uv_is_closing(h))
+        return;
+    t->pending_closes++;
+    uv_close(h, on_handle_closed);
+}
+
+static void detach_resolve(struct tunnel *t)
+{
+    if (t->resolve == NULL)
+        return;
+    t->resolve->t = NULL;
+    uv_cancel((uv_req_t *)&t->resolve->req); /* best effort; the callback frees it */
+    t->resolve = NULL;
+}
+
+static void release_slot(struct tunnel *t)
+{
+    if (t->slot == NULL)
+        return;
+    proxy_ident_release(t->px->cfg.policy, t->slot);
+    t->slot = NULL;
+}
+
+/* Ends the connection: logs its one access-log line and closes every handle. A
+ * refusal keeps the outcome it was refused with. */
+static void tunnel_close(struct tunnel *t, enum outcome o)
+{
+    if (t->state == T_CLOSING)
+        return;
+    if (t->state != T_REFUSING || t->outcome == O_NONE)
+        t->outcome = (uint8_t)o;
+    t->state = T_CLOSING;
+    tunnel_log(t);
+    release_slot(t);
+    detach_resolve(t);
+    free(t->head);
+    t->head = NULL;
+    close_handle(t, (uv_handle_t *)&t->timer);
+    close_handle(t, (uv_handle_t *)&t->client);
+    if (t->up_init)
+        close_handle(t, (uv_handle_t *)&t->upstream);
+    if (t->pending_closes == 0)
+        tunnel_free(t);
+}
+
+/* ---- reading ---- */
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    struct tunnel *t = h->data;
+    struct block *b;
+
+    (void)suggested;
+    if (t->state == T_HEAD && h == (uv_handle_t *)&t->client) {
+        *buf = uv_buf_init(t->head + t->head_len, (unsigned)(HEAD_CAP - t->head_len));
+        return;
+    }
+    b = block_get(t->px);
+    if (b == NULL) {
+        *buf = uv_buf_init(NULL, 0); /* read callback gets UV_ENOBUFS */
+        return;
+    }
+    *buf = uv_buf_init(b->data, RELAY_BUF_SIZE);
+}
+
+static void release_buf(struct tunnel *t, const uv_buf_t *buf)
+{
+    if (buf->base != NULL)
+        block_put(t->px, block_of(buf));
+}
+
+/* ---- refusals ---- */
+
+static void on_refuse_shutdown(uv_shutdown_t *req, int status)
+{
+    (void)req;
+    (void)status; /* the linger timer or the client's EOF ends the connection */
+}
+
+static void on_refuse_written(uv_write_t *req, int status)
+{
+    struct block *b = req->data;
+    struct tunnel *t = b->t;
+
+    block_put(t->px, b);
+    if (t->state != T_REFUSING)
+        return;
+    t->refuse_written = 1;
+    if (status < 0 || t->client_eof) {
+        tunnel_close(t, O_NONE);
+        return;
+    }
+    t->client_shut.data = t;
+    if (uv_shutdown(&t->client_shut, (uv_stream_t *)&t->client, on_refuse_shutdown) < 0)
+        tunnel_close(t, O_NONE);
+}
+
+static void linger_read(struct tunnel *t, ssize_t nread, const uv_buf_t *buf)
+{
+    release_buf(t, buf);
+    if (nread > 0) {
+        t->linger_bytes += (uint64_t)nread;
+        if (t->linger_bytes <= LINGER_MAX_BYTES)
+            return;
+    } else if (nread == 0) {
+        return;
+    }
+    /* EOF, error or too much: stop; close now unless the answer is still queued. */
+    uv_read_stop((uv_stream_t *)&t->client);
+    t->client_eof = 1;
+    if (t->refuse_written || nread != UV_EOF)
+        tunnel_close(t, O_NONE);
+}
+
+/* Sends the outcome's error answer (JSON body, Connection: close), then half-closes
+ * and drains the client for a short linger so that it reads the answer instead of
+ * a reset. The caller must not touch the head buffer afterwards. */
+static void refuse(struct tunnel *t, enum outcome o)
+{
+    char body[256];
+    int blen, hlen, r;
+    const char *extra = NULL;
+    struct block *b;
+    uv_buf_t out;
+
+    if (t->state == T_CLOSING || t->state == T_REFUSING)
+        return;
+    t->state = T_REFUSING;
+    t->outcome = (uint8_t)o;
+    t->end_ms = uv_now(t->px->loop);
+    release_slot(t);
+    detach_resolve(t);
+    free(t->head);
+    t->head = NULL;
+    t->head_len = 0;
+    if (t->up_init)
+        close_handle(t, (uv_handle_t *)&t->upstream);
+
+    b = block_get(t->px);
+    if (b == NULL)
+        goto out_close;
+    blen = snprintf(body, sizeof(body), "{\"error\": \"%s\", \"message\": \"%s\"}\n",
+                    outcomes[o].error, outcomes[o].message);
+    if (blen < 0 || (size_t)blen >= sizeof(body))
+        goto out_put;
+    if (o == O_407)
+        extra = "Proxy-Authenticate: Basic realm=\"phystack\"\r\n";
+    hlen = phy_http_write_response_head(b->data, RELAY_BUF_SIZE, outcomes[o].status,
+                                        "application/json", (size_t)blen, 0, extra);
+    if (hlen < 0 || (size_t)hlen + (size_t)blen > RELAY_BUF_SIZE)
+        goto out_put;
+    memcpy(b->data + hlen, body, (size_t)blen);
+    b->t = t;
+    b->req.data = b;
+    out = uv_buf_init(b->data, (unsigned)(hlen + blen));
+    if (uv_write(&b->req, (uv_stream_t *)&t->client, &out, 1, on_refuse_written) < 0)
+        goto out_put;
+
+    uv_timer_stop(&t->timer);
+    uv_timer_start(&t->timer, on_timer, LINGER_MS, 0);
+    r = uv_read_start((uv_stream_t *)&t->client, on_alloc, on_client_read);
+    if (r < 0 && r != UV_EALREADY)
+        tunnel_close(t, O_NONE);
+    return;
+
+out_put:
+    block_put(t->px, b);
+out_close:
+    tunnel_close(t, O_NONE);
+}
+
+/* ---- relay ---- */
+
+static void relay_resume(struct tunnel *t, uv_stream_t *dst)
+{
+    int from_client = dst == (uv_stream_t *)&t->upstream;
+    uv_stream_t *src = from_client ? (uv_stream_t *)&t->client : (uv_stream_t *)&t->upstream;
+
+    if (t->aborting || uv_stream_get_write_queue_size(dst) > BACKPRESSURE_LOW)
+        return;
+    if (from_client && t->client_paused && !t->client_eof) {
+        t->client_paused = 0;
+        if (uv_read_start(src, on_alloc, on_client_read) < 0)
+            tunnel_close(t, O_CLIENT_ERROR);
+    } else if (!from_client && t->up_paused && !t->up_eof) {
+        t->up_paused = 0;
+        if (uv_read_start(src, on_alloc, on_upstream_read) < 0)
+            tunnel_close(t, O_UPSTREAM_ERROR);
+    }
+}
+
+static void on_relay_written(uv_write_t *req, int status)
+{
+    struct block *b = req->data;
+    struct tunnel *t = b->t;
+    uv_stream_t *dst = req->handle;
+
+    block_put(t->px, b);
+    if (t->state != T_RELAY)
+        return;
+    if (status < 0) {
+        tunnel_close(t, dst == (uv_stream_t *)&t->client ? O_CLIENT_ERROR : O_UPSTREAM_ERROR);
+        return;
+    }
+    relay_resume(t, dst);
+}
+
+/* Queues len bytes of block b on dst; takes b. 0 or -1 (tunnel closed). */
+static int relay_send(struct tunnel *t, uv_stream_t *dst, struct block *b, size_t len)
+{
+    uv_buf_t out = uv_buf_init(b->data, (unsigned)len);
+
+    b->t = t;
+    b->req.data = b;
+    if (uv_write(&b->req, dst, &out, 1, on_relay_written) < 0) {
+        block_put(t->px, b);
+        tunnel_close(t, dst == (uv_stream_t *)&t->client ? O_CLIENT_ERROR : O_UPSTREAM_ERROR);
+        return -1;
+    }
+    return 0;
+}
+
+static void on_relay_shutdown(uv_shutdown_t *req, int status)
+{
+    struct tunnel *t = req->data;
+
+    if (t->state != T_RELAY)
+        return;
+    if (t->aborting) {
+        tunnel_close(t, (enum outcome)t->outcome);
+        return;
+    }
+    if (status < 0) {
+        tunnel_close(t, req == &t->up_shut ? O_UPSTREAM_ERROR : O_CLIENT_ERROR);
+        return;
+    }
+    if (req == &t->up_shut)
+        t->up_shut_done = 1;
+    else
+        t->client_shut_done = 1;
+    if (t->up_shut_done && t->client_shut_done)
+        tunnel_close(t, O_OK);
+}
+
+/* A read on one side failed (typically a reset): nothing more can flow towards that
+ * side, but what it sent before is still queued for dst. Flush that with a shutdown
+ * of dst and close the tunnel when the shutdown completes (or at once if nothing is
+ * queued); the idle timer bounds the wait. */
+static void relay_abort(struct tunnel *t, enum outcome o, uv_stream_t *dst,
+                        uv_shutdown_t *shut)
+{
+    t->outcome = (uint8_t)o;
+    uv_read_stop((uv_stream_t *)&t->client);
+    uv_read_stop((uv_stream_t *)&t->upstream);
+    if (uv_stream_get_write_queue_size(dst) == 0 || t->aborting) {
+        tunnel_close(t, o);
+        return;
+    }
+    t->aborting = 1;
+    shut->data = t;
+    if (uv_shutdown(shut, dst, on_relay_shutdown) < 0)
+        tunnel_close(t, o);
+}
+
+static void relay_read(struct tunnel *t, uv_stream_t *src, ssize_t nread, const uv_buf_t *buf)
+{
+    int from_client = src == (uv_stream_t *)&t->client;
+    uv_stream_t *dst = from_client ? (uv_stream_t *)&t->upstream : (uv_stream_t *)&t->client;
+    uv_shutdown_t *shut = from_client ? &t->up_shut : &t->client_shut;
+
+    if (nread > 0) {
+        if (from_client)
+            t->bytes_up += (uint64_t)nread;
+        else
+            t->bytes_down += (uint64_t)nread;
+        t->last_active_ms = uv_now(t->px->loop);
+        if (relay_send(t, dst, block_of(buf), (size_t)nread) < 0)
+            return;
+        if (uv_stream_get_write_queue_size(dst) > BACKPRESSURE_HIGH) {
+            uv_read_stop(src);
+            if (from_client)
+                t->client_paused = 1;
+            else
+                t->up_paused = 1;
+        }
+        return;
+    }
+    release_buf(t, buf);
+    if (nread == 0)
+        return;
+    if (nread != UV_EOF) {
+        relay_abort(t, from_client ? O_CLIENT_ERROR : O_UPSTREAM_ERROR, dst, shut);
+        return;
+    }
+    uv_read_stop(src);
+    if (from_client)
+        t->client_eof = 1;
+    else
+        t->up_eof = 1;
+    shut->data = t;
+    if (uv_shutdown(shut, dst, on_relay_shutdown) < 0)
+        tunnel_close(t, from_client ? O_UPSTREAM_ERROR : O_CLIENT_ERROR);
+}
+
+static void on_upstream_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    struct tunnel *t = s->data;
+
+    if (t->state == T_RELAY)
+        relay_read(t, s, nread, buf);
+    else
+        release_buf(t, buf);
+}
+
+static void start_relay(struct tunnel *t)
+{
+    struct block *b;
+    size_t left = t->head_len;
+
+    uv_timer_stop(&t->timer);
+    t->state = T_RELAY;
+    t->last_active_ms = uv_now(t->px->loop);
+    uv_tcp_nodelay(&t->client, 1);
+    uv_tcp_nodelay(&t->upstream, 1);
+
+    b = block_get(t->px);
+    if (b == NULL) {
+        tunnel_close(t, O_CLIENT_ERROR);
+        return;
+    }
+    memcpy(b->data, established, sizeof(established) - 1);
+    if (relay_send(t, (uv_stream_t *)&t->client, b, sizeof(established) - 1) < 0)
+        return;
+
+    /* Bytes that came in the same read as the head open the tunnelled stream. */
+    if (left > 0) {
+        b = block_get(t->px);
+        if (b == NULL) {
+            tunnel_close(t, O_CLIENT_ERROR);
+            return;
+        }
+        memcpy(b->data, t->head, left);
+        t->bytes_up += left;
+        if (relay_send(t, (uv_stream_t *)&t->upstream, b, left) < 0)
+            return;
+    }
+    free(t->head);
+    t->head = NULL;
+    t->head_len = 0;
+
+    if (uv_read_start((uv_stream_t *)&t->client, on_alloc, on_client_read) < 0) {
+        tunnel_close(t, O_CLIENT_ERROR);
+        return;
+    }
+    if (uv_read_start((uv_stream_t *)&t->upstream, on_alloc, on_upstream_read) < 0) {
+        tunnel_close(t, O_UPSTREAM_ERROR);
+        return;
+    }
+    uv_timer_start(&t->timer, on_timer, t->px->cfg.idle_timeout_ms, 0);
+}
+
+/* ---- upstream ---- */
+
+static void start_connect(struct tunnel *t, const union proxy_addr *addr);
+
+/* Next usable DNS answer into *addr; 1 when there is one. */
+static int next_answer(struct tunnel *t, union proxy_addr *addr)
+{
+    while (t->ai_next != NULL) {
+        const struct addrinfo *ai = t->ai_next;
+
+        t->ai_next = ai->ai_next;
+        memset(addr, 0, sizeof(*addr));
+        if (ai->ai_family == AF_INET && ai->ai_addrlen >= sizeof(addr->in4)) {
+            memcpy(&addr->in4, ai->ai_addr, sizeof(addr->in4));
+            return 1;
+        }
+        if (ai->ai_family == AF_INET6 && ai->ai_addrlen >= sizeof(addr->in6)) {
+            memcpy(&addr->in6, ai->ai_addr, sizeof(addr->in6));
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* The failed upstream handle is closed: try the next DNS answer on a fresh one. */
+static void on_retry_closed(uv_handle_t *h)
+{
+    struct tunnel *t = h->data;
+    union proxy_addr addr;
+
+    t->pending_closes--;
+    t->up_init = 0;
+    if (t->state == T_CONNECTING) {
+        if (next_answer(t, &addr))
+            start_connect(t, &addr);
+        else
+            refuse(t, O_502_UPSTREAM);
+        return;
+    }
+    if (t->pending_closes == 0 && t->state == T_CLOSING)
+        tunnel_free(t);
+}
+
+static void on_connected(uv_connect_t *req, int status)
+{
+    struct tunnel *t = req->data;
+
+    if (t->state != T_CONNECTING)
+        return; /* refused or closing: the upstream handle is being closed */
+    if (status < 0) {
+        if (t->ai_next != NULL) {
+            t->pending_closes++;
+            uv_close((uv_handle_t *)&t->upstream, on_retry_closed);
+            return;
+        }
+        refuse(t, O_502_UPSTREAM);
+        return;
+    }
+    uv_freeaddrinfo(t->ai_list);
+    t->ai_list = t->ai_next = NULL;
+    start_relay(t);
+}
+
+static void start_connect(struct tunnel *t, const union proxy_addr *addr)
+{
+    t->up_addr = *addr;
+    if (uv_tcp_init(t->px->loop, &t->upstream) < 0) {
+        refuse(t, O_500);
+        return;
+    }
+    t->up_init = 1;
+    t->upstream.data = t;
+    t->connect_req.data = t;
+    if (uv_tcp_connect(&t->connect_req, &t->upstream, &addr->sa, on_connected) < 0)
+        refuse(t, O_502_UPSTREAM);
+}
+
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    struct resolve *r = req->data;
+    struct tunnel *t = r->t;
+    union proxy_addr addr;
+
+    free(r);
+    if (t == NULL || t->state != T_CONNECTING) {
+        uv_freeaddrinfo(res);
+        if (t != NULL)
+            t->resolve = NULL;
+        return;
+    }
+    t->resolve = NULL;
+    t->ai_list = t->ai_next = status == 0 ? res : NULL;
+    if (status != 0)
+        uv_freeaddrinfo(res);
+    if (!next_answer(t, &addr)) {
+        refuse(t, O_502_DNS);
+        return;
+    }
+    start_connect(t, &addr);
+}
+
+static void start_resolve(struct tunnel *t, const char *host)
+{
+    struct addrinfo hints;
+    char service[8];
+    struct resolve *r = calloc(1, sizeof(*r));
+
+    if (r == NULL) {
+        refuse(t, O_500);
+        return;
+    }
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICSERV;
+    snprintf(service, sizeof(service), "%u", (unsigned)t->port);
+    r->t = t;
+    r->req.data = r;
+    t->resolve = r;
+    if (uv_getaddrinfo(t->px->loop, &r->req, on_resolved, host, service, &hints) < 0) {
+        t->resolve = NULL;
+        free(r);
+        refuse(t, O_502_DNS);
+    }
+}
+
+/* ---- the CONNECT head ---- */
+
+/* Keeps a bounded, quoted copy of an invalid request's target for the log. */
+static void keep_raw_target(struct tunnel *t, const struct phy_http_request *req)
+{
+    char raw[LOG_TARGET_MAX];
+    char quoted[LOG_TARGET_MAX * 4 + 3];
+    size_t n = req->target.len < sizeof(raw) - 1 ? req->target.len : sizeof(raw) - 1;
+
+    if (req->target.p == NULL || n == 0)
+        return;
+    memcpy(raw, req->target.p, n);
+    raw[n] = '\0';
+    phy_log_quote(raw, quoted, sizeof(quoted));
+    t->target = strdup(quoted);
+}
+
+static enum outcome status_outcome(int status)
+{
+    switch (status) {
+    case 405:
+        return O_405;
+    case 407:
+        return O_407;
+    default:
+        return O_400;
+    }
+}
+
+/* Validates a complete head and routes it. Returns with the tunnel refused,
+ * connecting, or resolving. */
+static void accept_head(struct tunnel *t, const struct phy_http_request *req, size_t used)
+{
+    struct proxy *px = t->px;
+    struct phy_connect_req creq;
+    const struct proxy_route *route;
+    char target[PHY_CONNECT_MAX_HOST + 8];
+    int status, err = 0;
+
+    memset(&creq, 0, sizeof(creq));
+    status = phy_connect_check(req, &creq);
+    if (status != 0) {
+        keep_raw_target(t, req);
+        refuse(t, status_outcome(status));
+        return;
+    }
+    memcpy(t->ident, creq.ident, sizeof(t->ident));
+    t->ident[sizeof(t->ident) - 1] = '\0';
+    t->port = (uint16_t)creq.port;
+    snprintf(target, sizeof(target), "%s:%u", creq.host, creq.port);
+    t->target = strdup(target);
+    if (t->target == NULL) {
+        refuse(t, O_500);
+        return;
+    }
+    if (!proxy_policy_allowed(px->cfg.policy, creq.host, creq.port)) {
+        refuse(t, O_403);
+        return;
+    }
+    t->slot = proxy_ident_acquire(px->cfg.policy, t->ident, px->cfg.max_tunnels_per_device,
+                                  &err);
+    if (t->slot == NULL) {
+        refuse(t, err == PHY_ETOOBIG ? O_429 : O_500);
+        return;
+    }
+
+    /* Keep what followed the head: it is the start of the tunnelled stream. */
+    memmove(t->head, t->head + used, t->head_len - used);
+    t->head_len = (uint16_t)(t->head_len - used);
+    uv_read_stop((uv_stream_t *)&t->client);
+    t->state = T_CONNECTING;
+    uv_timer_stop(&t->timer);
+    uv_timer_start(&t->timer, on_timer, px->cfg.connect_timeout_ms, 0);
+
+    route = proxy_policy_route(px->cfg.policy, creq.host);
+    if (route != NULL)
+        start_connect(t, &route->addr);
+    else if (px->cfg.dns_fallback)
+        start_resolve(t, creq.host);
+    else
+        refuse(t, O_502_NO_ROUTE);
+}
+
+static void head_read(struct tunnel *t, ssize_t nread)
+{
+    struct phy_http_request req;
+    int rc;
+
+    if (nread == 0)
+        return;
+    if (nread < 0) {
+        tunnel_close(t, t->head_len == 0 ? O_NO_REQUEST : O_CLIENT_CLOSED);
+        return;
+    }
+    t->head_len = (uint16_t)(t->head_len + (size_t)nread);
+    memset(&req, 0, sizeof(req));
+    rc = phy_http_parse_request(t->head, t->head_len, HEAD_MAX, &req);
+    if (rc == PHY_EAGAIN) {
+        if (t->head_len >= HEAD_CAP)
+            refuse(t, O_431);
+        return;
+    }
+    if (rc == PHY_ETOOBIG) {
+        refuse(t, O_431);
+        return;
+    }
+    if (rc <= 0 || (size_t)rc > t->head_len) {
+        refuse(t, O_400);
+        return;
+    }
+    accept_head(t, &req, (size_t)rc);
+}
+
+static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    struct tunnel *t = s->data;
+
+    switch (t->state) {
+    case T_HEAD:
+        head_read(t, nread); /* buf is the head buffer itself */
+        break;
+    case T_RELAY:
+        relay_read(t, s, nread, buf);
+        break;
+    case T_REFUSING:
+        linger_read(t, nread, buf);
+        break;
+    default:
+        release_buf(t, buf);
+        break;
+    }
+}
+
+/* ---- timers ---- */
+
+static void on_timer(uv_timer_t *timer)
+{
+    struct tunnel *t = timer->data;
+    uint64_t now, idle;
+
+    switch (t->state) {
+    case T_HEAD:
+        refuse(t, O_408);
+        break;
+    case T_CONNECTING:
+        refuse(t, O_504);
+        break;
+    case T_RELAY:
+        /* Activity only stamps last_active_ms; re-arm for the remainder. */
+        now = uv_now(t->px->loop);
+        idle = t->px->cfg.idle_timeout_ms;
+        if (now - t->last_active_ms >= idle)
+            tunnel_close(t, O_IDLE);
+        else
+            uv_timer_start(&t->timer, on_timer, idle - (now - t->last_active_ms), 0);
+        break;
+    case T_REFUSING:
+        tunnel_close(t, O_NONE);
+        break;
+    default:
+        break;
+    }
+}
+
+/* ---- accepting ---- */
+
+static void on_connection(uv_stream_t *server, int status)
+{
+    struct proxy *px = server->data;
+    struct tunnel *t;
+    int namelen = (int)sizeof(union proxy_addr);
+
+    if (status < 0) {
+        phy_log(PHY_LOG_WARN, "accept_failed", "error=%s", uv_err_name(status));
+        return;
+    }
+    t = calloc(1, sizeof(*t));
+    if (t == NULL) {
+        phy_log(PHY_LOG_ERROR, "accept_failed", "error=ENOMEM");
+        return;
+    }
+    t->px = px;
+    t->start_ms = uv_now(px->loop);
+    t->state = T_HEAD;
+    t->next = px->tunnels;
+    if (px->tunnels != NULL)
+        px->tunnels->prev = t;
+    px->tunnels = t;
+    px->nconns++;
+    uv_tcp_init(px->loop, &t->client);
+    uv_timer_init(px->loop, &t->timer);
+    t->client.data = t;
+    t->timer.data = t;
+    if (uv_accept(server, (uv_stream_t *)&t->client) < 0) {
+        tunnel_close(t, O_NO_REQUEST);
+        return;
+    }
+    uv_tcp_getpeername(&t->client, &t->peer.sa, &namelen);
+    if (px->nconns > px->cfg.max_connections) {
+        refuse(t, O_503);
+        return;
+    }
+    t->head = malloc(HEAD_CAP);
+    if (t->head == NULL) {
+        refuse(t, O_500);
+        return;
+    }
+    if (uv_read_start((uv_stream_t *)&t->client, on_alloc, on_client_read) < 0) {
+        tunnel_close(t, O_CLIENT_ERROR);
+        return;
+    }
+    uv_timer_start(&t->timer, on_timer, px->cfg.header_timeout_ms, 0);
+}
+
+/* ---- life cycle ---- */
+
+static void log_start(const struct proxy *px)
+{
+    const struct proxy_policy *p = px->cfg.policy;
+    char listen[64], routes[768], allows[512], addr[64];
+    size_t i, off = 0;
+
+    routes[0] = '\0';
+    for (i = 0; i < p->nroutes && off < sizeof(routes); i++) {
+        int n = snprintf(routes + off, sizeof(routes) - off, "%s%s=%s", i ? "," : "",
+                         p->routes[i].host,
+                         proxy_addr_format(&p->routes[i].addr, addr, sizeof(addr)));
+        if (n < 0)
+            break;
+        off += (size_t)n;
+    }
+    allows[0] = '\0';
+    for (i = 0, off = 0; i < p->nallows && off < sizeof(allows); i++) {
+        int n;
+        if (p->allows[i].port == 0)
+            n = snprintf(allows + off, sizeof(allows) - off, "%s%s:*", i ? "," : "",
+                         p->allows[i].pattern);
+        else
+            n = snprintf(allows + off, sizeof(allows) - off, "%s%s:%u", i ? "," : "",
+                         p->allows[i].pattern, p->allows[i].port);
+        if (n < 0)
+            break;
+        off += (size_t)n;
+    }
+    phy_log(PHY_LOG_INFO, "start",
+            "listen=%s routes=%s allow=%s dns_fallback=%d max_tunnels_per_device=%u "
+            "max_connections=%u idle_timeout_ms=%llu connect_timeout_ms=%llu "
+            "header_timeout_ms=%llu",
+            proxy_addr_format(&px->cfg.listen, listen, sizeof(listen)),
+            routes[0] != '\0' ? routes : "-", allows[0] != '\0' ? allows : "-",
+            px->cfg.dns_fallback, px->cfg.max_tunnels_per_device, px->cfg.max_connections,
+            (unsigned long long)px->cfg.idle_timeout_ms,
+            (unsigned long long)px->cfg.connect_timeout_ms,
+            (unsigned long long)px->cfg.header_timeout_ms);
+}
+
+int proxy_start(uv_loop_t *loop, const struct proxy_config *cfg, struct proxy **out,
+                char *err, size_t errcap)
+{
+    struct proxy *px;
+    char addr[64];
+    int r;
+
+    *out = NULL;
+    px = calloc(1, sizeof(*px));
+    if (px == NULL) {
+        snprintf(err, errcap, "out of memory");
+        return PHY_ENOMEM;
+    }
+    px->loop = loop;
+    px->cfg = *cfg;
+    r = uv_tcp_init(loop, &px->listener);
+    if (r < 0) {
+        snprintf(err, errcap, "tcp init: %s", uv_strerror(r));
+        free(px);
+        return PHY_EIO;
+    }
+    px->listener.data = px;
+    px->listening = 1;
+    r = uv_tcp_bind(&px->listener, &cfg->listen.sa, 0);
+    if (r == 0)
+        r = uv_listen((uv_stream_t *)&px->listener, LISTEN_BACKLOG, on_connection);
+    if (r < 0) {
+        snprintf(err, errcap, "listen on %s: %s",
+                 proxy_addr_format(&cfg->listen, addr, sizeof(addr)), uv_strerror(r));
+        proxy_shutdown(px);
+        *out = px; /* the caller runs the loop so the handle closes, then destroys */
+        return PHY_EIO;
+    }
+    log_start(px);
+    *out = px;
+    return 0;
+}
+
+void proxy_shutdown(struct proxy *px)
+{
+    struct tunnel *t, *next;
+
+    if (px == NULL || px->shutting_down)
+        return;
+    px->shutting_down = 1;
+    if (px->listening) {
+        uv_close((uv_handle_t *)&px->listener, NULL);
+        px->listening = 0;
+    }
+    for (t = px->tunnels; t != NULL; t = next) {
+        next = t->next;
+        if (t->state == T_REFUSING)
+            tunnel_close(t, O_NONE);
+        else
+            tunnel_close(t, O_SHUTDOWN);
+    }
+}
+
+void proxy_destroy(struct proxy *px)
+{
+    struct block *b;
+
+    if (px == NULL)
+        return;
+    while ((b = px->pool) != NULL) {
+        px->pool = b->next_free;
+        free(b);
+    }
+    free(px);
+}

@@ -1,0 +1,37 @@
+/* phyproxy server: CONNECT tunnels on a libuv loop with limits, routing and access log. */
+#ifndef PHY_PROXY_PROXY_H
+#define PHY_PROXY_PROXY_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "policy.h"
+
+struct proxy_config {
+    union proxy_addr listen;
+    struct proxy_policy *policy; /* borrowed; must outlive the proxy */
+    unsigned max_tunnels_per_device;
+    unsigned max_connections;
+    uint64_t idle_timeout_ms;
+    uint64_t connect_timeout_ms;
+    uint64_t header_timeout_ms;
+    int dns_fallback; /* resolve allowed hosts without a route through DNS */
+};
+
+struct proxy; /* opaque */
+
+/* Binds and listens on cfg->listen (cfg is copied, its policy borrowed) and logs the
+ * start-up line. Returns 0 with *out set, or a negative PHY_E* code with a one-line
+ * message in err. Free with proxy_destroy after the loop has stopped. */
+int proxy_start(uv_loop_t *loop, const struct proxy_config *cfg, struct proxy **out,
+                char *err, size_t errcap);
+
+/* Stops listening and closes every connection (each logged with outcome=shutdown).
+ * The loop then runs out of handles by itself. Safe to call twice. */
+void proxy_shutdown(struct proxy *px);
+
+/* Frees px once uv_run has returned after proxy_shutdown. Accepts NULL. */
+void proxy_destroy(struct proxy *px);
+
+#endif

@@ -1,0 +1,553 @@
+"""Provisioning end to end: phyhub (eu, provisioning) + phyproxy + phyagent + phyctl on
+loopback, with short TTLs, and independent clients (Python's http.client through the
+proxy's CONNECT tunnel, curl, raw TLS sockets)."""
+
+import base64
+import glob
+import hashlib
+import http.client
+import json
+import os
+import random
+import re
+import socket
+import sqlite3
+import ssl
+import stat
+import subprocess
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import phytest  # noqa: E402
+from phytest import Daemon, binary, wait_until  # noqa: E402
+
+HOST = "portal-eu.phystack.com"
+ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
+CODE_RE = re.compile(r"^[ABCDEFGHJKMNPQRSTUVWXYZ23456789]{6}$")
+
+S = {}            # shared state of this file's run
+SECRETS = set()   # every secret, token and poll token seen: must never reach a log
+
+
+def hub_args(port):
+    return [binary("phyhub"), "--region", "eu", "--listen", "127.0.0.1:%d" % port,
+            "--db", S["db"], "--tls-cert", S["pki"]["cert"], "--tls-key", S["pki"]["key"],
+            "--provisioning", "--public-endpoint", HOST + ":443", "--code-ttl", "3",
+            "--poll-interval", "1", "--issuance-grace", "3", "--registration-idle", "30",
+            "--sweep-interval", "1", "--header-timeout", "2"]
+
+
+def start_hub():
+    n = S.get("hub_runs", 0) + 1
+    S["hub_runs"] = n
+    hub = Daemon(hub_args(S["hub_port"]), "phyhub-%d" % n, S["dir"])
+    hub.wait_port(S["hub_port"])
+    S["hub"] = hub
+    S.setdefault("logs", []).append(hub)
+    return hub
+
+
+def admin(*args, stdin=None):
+    res = subprocess.run([binary("phyhub"), "admin", "--db", S["db"]] + list(args),
+                         input=stdin, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    return res.stdout.strip()
+
+
+def setup():
+    S["dir"] = phytest.tmpdir("provisioning")
+    S["pki"] = phytest.make_ca(S["dir"], [HOST, "localhost"])
+    S["db"] = os.path.join(S["dir"], "eu.db")
+    S["hub_port"] = phytest.free_port()
+    S["proxy_port"] = phytest.free_port()
+    admin("tenant-add", "acme", "--region", "eu")
+    admin("user-add", "acme", "alice", stdin="correct horse battery\n")
+    admin("user-add", "acme", "mallory", stdin="correct horse battery\n")
+    S["token"] = admin("token-add", "acme", "alice")
+    S["mallory_token"] = admin("token-add", "acme", "mallory")
+    SECRETS.update([S["token"], S["mallory_token"]])
+    start_hub()
+    proxy = Daemon([binary("phyproxy"), "--listen", "127.0.0.1:%d" % S["proxy_port"],
+                    "--route", "%s=127.0.0.1:%d" % (HOST, S["hub_port"]),
+                    "--allow", "portal-*.phystack.com:443", "--idle-timeout", "30",
+                    "--header-timeout", "2"], "phyproxy", S["dir"])
+    proxy.wait_port(S["proxy_port"])
+    S["proxy"] = proxy
+    S["logs"].append(proxy)
+
+
+def teardown():
+    for d in S.get("logs", []):
+        d.kill()
+
+
+# ---- clients ----
+
+def tls_context():
+    ctx = ssl.create_default_context(cafile=S["pki"]["ca"])
+    return ctx
+
+
+def request(method, path, body=None, ident="sn_TEST", token=None, raw=None,
+            content_type="application/json"):
+    """One HTTPS request to the hub through phyproxy (CONNECT with the identifier).
+    Returns (status, parsed JSON or None, raw body bytes)."""
+    conn = http.client.HTTPSConnection("127.0.0.1", S["proxy_port"], timeout=10,
+                                       context=tls_context())
+    auth = base64.b64encode((ident + ":").encode()).decode()
+    conn.set_tunnel(HOST, 443, headers={"Proxy-Authorization": "Basic " + auth})
+    headers = {}
+    data = raw
+    if body is not None:
+        data = json.dumps(body).encode()
+    if data is not None and content_type:
+        headers["Content-Type"] = content_type
+    if token:
+        headers["Authorization"] = "Bearer " + token
+    try:
+        conn.request(method, path, body=data, headers=headers)
+        resp = conn.getresponse()
+        payload = resp.read()
+    finally:
+        conn.close()
+    try:
+        parsed = json.loads(payload) if payload else None
+    except ValueError:
+        parsed = None
+    return resp.status, parsed, payload
+
+
+def register(serial):
+    st, js, _ = request("POST", "/v1/provisioning/register", {"serial": serial},
+                        ident="sn_" + serial)
+    assert st == 201, (st, js)
+    assert re.fullmatch(r"[A-Za-z0-9_-]{43}", js["poll_token"]), js
+    SECRETS.add(js["poll_token"])
+    return js["poll_token"]
+
+
+def new_code(serial, token):
+    st, js, _ = request("POST", "/v1/provisioning/code",
+                        {"serial": serial, "poll_token": token}, ident="sn_" + serial)
+    assert st == 201, (st, js)
+    assert CODE_RE.match(js["code"]), js
+    assert js["expires_in"] == 3
+    return js["code"]
+
+
+def poll(serial, token, code=None):
+    body = {"code": code} if code else {"serial": serial}
+    body["poll_token"] = token
+    st, js, raw = request("POST", "/v1/provisioning/poll", body, ident="sn_" + serial)
+    if st == 200:
+        SECRETS.add(js["device_secret"])
+    return st, js, raw
+
+
+def poll_until(serial, token, code=None, timeout=15):
+    """Polls at the interval the hub asks for until something other than 202."""
+    deadline = time.monotonic() + timeout
+    while True:
+        st, js, raw = poll(serial, token, code)
+        if st not in (202, 429):
+            return st, js, raw
+        assert time.monotonic() < deadline, "still pending after %s s" % timeout
+        time.sleep(js.get("interval", 1))
+
+
+def claim(token=None, **body):
+    return request("POST", "/api/v1/devices/claim", body, token=token or S["token"])
+
+
+def phyctl(*args, token=None):
+    env = dict(os.environ, PHY_TOKEN=token or S["token"])
+    res = subprocess.run([binary("phyctl"), "--url", "https://127.0.0.1:%d" % S["hub_port"],
+                          "--ca", S["pki"]["ca"]] + list(args), env=env,
+                         capture_output=True, text=True, timeout=60)
+    return res.returncode, res.stdout, res.stderr
+
+
+def start_agent(serial):
+    state = os.path.join(S["dir"], "agent-" + serial)
+    os.makedirs(state, exist_ok=True)
+    agent = Daemon([binary("phyagent"), "--serial", serial, "--state-dir", state,
+                    "--proxy", "127.0.0.1:%d" % S["proxy_port"], "--ca", S["pki"]["ca"],
+                    "--provisioning-endpoint", HOST + ":443", "--code-rotation", "2",
+                    "--backoff-base-ms", "100", "--backoff-max", "1"],
+                   "phyagent-" + serial, S["dir"])
+    S["logs"].append(agent)
+    return agent, state
+
+
+def read_state_code(state):
+    try:
+        with open(os.path.join(state, "provisioning-code")) as f:
+            code = f.read().strip()
+        return code if CODE_RE.match(code) else None
+    except FileNotFoundError:
+        return None
+
+
+def check_credentials(state, serial):
+    path = os.path.join(state, "credentials.json")
+    st = os.stat(path)
+    assert stat.S_IMODE(st.st_mode) == 0o600, oct(st.st_mode)
+    with open(path) as f:
+        creds = json.load(f)
+    assert re.fullmatch(r"dev_[a-z2-7]{26}", creds["device_id"]), creds
+    assert re.fullmatch(r"[A-Za-z0-9_-]{43}", creds["device_secret"])
+    assert creds["tenant"] == "acme" and creds["region"] == "eu"
+    assert creds["endpoint"] == HOST + ":443"
+    SECRETS.add(creds["device_secret"])
+    # The hub keeps only the SHA-256 of the secret.
+    db = sqlite3.connect(S["db"])
+    try:
+        row = db.execute("SELECT secret_hash, serial FROM devices WHERE device_id = ?",
+                         (creds["device_id"],)).fetchone()
+    finally:
+        db.close()
+    assert row is not None
+    assert row[0] == hashlib.sha256(creds["device_secret"].encode()).hexdigest()
+    assert row[1] == serial
+    return creds
+
+
+# ---- tests ----
+
+def test_agent_claimed_by_serial_through_proxy():
+    agent, state = start_agent("KIOSK-A1")
+    wait_until(lambda: read_state_code(state), 15, "the agent's provisioning code")
+    assert os.path.exists(os.path.join(state, "registration.json"))
+    rc, out, err = phyctl("claim", "--serial", "KIOSK-A1", "--name", "front window")
+    assert rc == 0, err
+    assert re.search(r"dev_[a-z2-7]{26}", out), out
+    wait_until(lambda: not agent.alive(), 20, "agent to exit after provisioning")
+    assert agent.stop() == 0, agent.tail()
+    creds = check_credentials(state, "KIOSK-A1")
+    agent.wait_log(r"event=provisioned .*device_id=" + creds["device_id"], 1)
+    # Spent: a new registration of that serial is refused.
+    st, js, _ = request("POST", "/v1/provisioning/register", {"serial": "KIOSK-A1"})
+    assert st == 410 and js["error"] == "already_provisioned", (st, js)
+    # The console lists it as provisioned.
+    rc, out, err = phyctl("--json", "devices", "list")
+    assert rc == 0, err
+    devs = {d["device_id"]: d for d in json.loads(out)}
+    assert devs[creds["device_id"]]["state"] == "provisioned"
+    assert devs[creds["device_id"]]["name"] == "front window"
+
+
+def test_agent_claimed_by_code_through_proxy():
+    agent, state = start_agent("KIOSK-B2")
+    code = wait_until(lambda: read_state_code(state), 15, "the agent's provisioning code")
+    # phyctl accepts the code in lower case too.
+    rc, out, err = phyctl("claim", "--code", code.lower())
+    if rc != 0 and "expired_code" in err:  # rotated between read and claim: take the new one
+        code = wait_until(lambda: read_state_code(state) != code and read_state_code(state),
+                          10, "next code")
+        rc, out, err = phyctl("claim", "--code", code)
+    assert rc == 0, err
+    wait_until(lambda: not agent.alive(), 20, "agent to exit after provisioning")
+    assert agent.stop() == 0, agent.tail()
+    check_credentials(state, "KIOSK-B2")
+    st, js, _ = request("POST", "/v1/provisioning/register", {"serial": "KIOSK-B2"})
+    assert st == 410, (st, js)
+
+
+def test_credentials_exactly_once_and_grace_window():
+    token = register("SN-ONCE")
+    st, js, _ = poll("SN-ONCE", token)
+    assert st == 202 and js == {"status": "authorization_pending", "interval": 1}, js
+    st, dev, _ = claim(serial="SN-ONCE", tags={"site": "berlin"})
+    assert st == 201 and dev["state"] == "pending_delivery", dev
+    assert dev["tags"] == {"site": "berlin"}
+    st, js, raw1 = poll_until("SN-ONCE", token)
+    assert st == 200, js
+    assert set(js) == {"status", "device_id", "device_secret", "tenant", "region", "endpoint"}
+    assert js["device_id"] == dev["device_id"] and js["status"] == "provisioned"
+    # A retry within the grace window gets byte-identical credentials.
+    st, _, raw2 = poll("SN-ONCE", token)
+    assert st == 200 and raw2 == raw1
+    # A second claim of the spent serial is refused.
+    st, js, _ = claim(serial="SN-ONCE")
+    assert st == 409 and js["error"] == "already_claimed", js
+    # After the grace window the same token gets nothing, and the sealed body is gone.
+    def after_grace():
+        s, j, _ = poll("SN-ONCE", token)
+        return s == 410 and j["error"] == "already_provisioned"
+    wait_until(after_grace, 10, "410 after the grace window")
+
+    def purged():
+        db = sqlite3.connect(S["db"])
+        try:
+            return db.execute("SELECT sealed IS NULL FROM issuances WHERE serial = ?",
+                              ("SN-ONCE",)).fetchone()[0] == 1
+        finally:
+            db.close()
+    wait_until(purged, 10, "sealed issuance purged by the sweeper")
+
+
+def test_contested_serial_code_goes_to_its_registration_only():
+    squatter = register("SN-CONTESTED")
+    real = register("SN-CONTESTED")
+    assert squatter != real
+    real_code = new_code("SN-CONTESTED", real)
+    new_code("SN-CONTESTED", squatter)
+    st, js, _ = claim(serial="SN-CONTESTED")
+    assert st == 409 and js["error"] == "serial_in_use", js
+    st, dev, _ = claim(code=real_code)
+    assert st == 201, dev
+    st, js, _ = poll_until("SN-CONTESTED", real)
+    assert st == 200 and js["device_id"] == dev["device_id"]
+    st, js, raw = poll("SN-CONTESTED", squatter)
+    assert st == 410 and b"device_secret" not in raw, raw
+    st, js, _ = poll("SN-CONTESTED", squatter, code=real_code)
+    assert st == 410, js
+    # At most 4 live registrations per serial.
+    for _ in range(4):
+        register("SN-CROWDED")
+    st, js, _ = request("POST", "/v1/provisioning/register", {"serial": "SN-CROWDED"})
+    assert st == 429, (st, js)
+
+
+def test_codes_expire_rotate_and_are_unique():
+    token = register("SN-CODES")
+    old = new_code("SN-CODES", token)
+    new = new_code("SN-CODES", token)
+    assert old != new
+    st, js, _ = claim(code=old)
+    assert st == 404 and js["error"] == "expired_code", js
+    # Wait past the TTL (3 s) for the new code to expire.
+    def expired():
+        st, js, _ = poll("SN-CODES", token, code=new)
+        return st == 404 and js["error"] == "expired_code"
+    wait_until(expired, 10, "code TTL")
+    st, js, _ = claim(token=S["mallory_token"], code=new)
+    assert st == 404 and js["error"] == "expired_code", js
+    # Many live codes: all valid symbols, all distinct.
+    codes = []
+    for i in range(12):
+        t = register("SN-U%d" % i)
+        codes.append(new_code("SN-U%d" % i, t))
+    assert len(set(codes)) == len(codes)
+    assert all(c not in "0O1IL" for c in "".join(codes))
+
+
+def test_poll_faster_than_interval_is_slowed_down():
+    token = register("SN-FAST")
+    st, js, _ = poll("SN-FAST", token)
+    assert st == 202
+    st, js, _ = poll("SN-FAST", token)
+    assert st == 429 and js["error"] == "slow_down" and js["interval"] == 2, js
+    time.sleep(0.1)
+    st, js, _ = poll("SN-FAST", token)
+    assert st == 429 and js["interval"] == 3, js
+    # Bad and foreign tokens.
+    st, js, _ = poll("SN-FAST", "A" * 43)
+    assert st == 401 and js["error"] == "invalid_poll_token", js
+    other = register("SN-OTHER")
+    st, js, _ = poll("SN-FAST", other)
+    assert st == 401, js
+
+
+def test_hub_sigkill_between_claim_and_poll():
+    token = register("SN-CRASH")
+    st, dev, _ = claim(serial="SN-CRASH")
+    assert st == 201
+    S["hub"].kill()
+    start_hub()
+    st, js, raw1 = poll_until("SN-CRASH", token)
+    assert st == 200 and js["device_id"] == dev["device_id"], js
+    assert js["device_secret"] and raw1 == poll("SN-CRASH", token)[2]
+
+
+def test_hub_sigkill_at_random_moments_never_two_credentials():
+    """Claims while the hub is killed at random moments; every credential a device
+    ever receives for one serial is the same, and it matches the stored hash."""
+    rng = random.Random(7)
+    for i in range(5):
+        serial = "SN-KILL%d" % i
+        token = register(serial)
+        result = {}
+
+        def do_claim():
+            try:
+                result["claim"] = claim(serial=serial)
+            except (OSError, http.client.HTTPException) as e:
+                result["claim"] = e
+        t = threading.Thread(target=do_claim)
+        t.start()
+        time.sleep(rng.uniform(0, 0.03))
+        S["hub"].kill()
+        t.join(15)
+        start_hub()
+        c = result.get("claim")
+        if not (isinstance(c, tuple) and c[0] == 201):
+            # The claim may or may not have committed: retry until it is decided.
+            st, js, _ = claim(serial=serial)
+            assert st in (201, 409), (st, js)
+        bodies = set()
+        st, js, raw = poll_until(serial, token)
+        assert st == 200, js
+        bodies.add(raw)
+        S["hub"].kill()
+        start_hub()
+        st, js2, raw2 = poll(serial, token)
+        assert st in (200, 410), js2
+        if st == 200:
+            bodies.add(raw2)
+        assert len(bodies) == 1, "two different credentials for one device"
+        db = sqlite3.connect(S["db"])
+        try:
+            rows = db.execute("SELECT secret_hash FROM devices WHERE serial = ?",
+                              (serial,)).fetchall()
+        finally:
+            db.close()
+        assert len(rows) == 1
+        assert rows[0][0] == hashlib.sha256(js["device_secret"].encode()).hexdigest()
+
+
+def test_curl_through_proxy():
+    base = ["curl", "-sS", "--max-time", "10", "--cacert", S["pki"]["ca"]]
+    proxy = "http://sn_TEST:@127.0.0.1:%d" % S["proxy_port"]
+    res = subprocess.run(base + ["-x", proxy, "-H", "Content-Type: application/json",
+                                 "-d", '{"serial":"SN-CURL"}', "-w", "\n%{http_code}",
+                                 "https://%s/v1/provisioning/register" % HOST],
+                         capture_output=True, text=True, timeout=30)
+    body, code = res.stdout.rsplit("\n", 1)
+    assert code == "201", (res.stdout, res.stderr)
+    SECRETS.add(json.loads(body)["poll_token"])
+    # Without the identifier: 407 from the proxy.
+    res = subprocess.run(base + ["-x", "http://127.0.0.1:%d" % S["proxy_port"], "-o",
+                                 "/dev/null", "-w", "%{http_connect}",
+                                 "https://%s/healthz" % HOST],
+                         capture_output=True, text=True, timeout=30)
+    assert res.stdout.strip() == "407", (res.stdout, res.stderr)
+    # A host off the allow-list: 403.
+    res = subprocess.run(base + ["-x", proxy, "-o", "/dev/null", "-w", "%{http_connect}",
+                                 "https://example.com/"],
+                         capture_output=True, text=True, timeout=30)
+    assert res.stdout.strip() == "403", (res.stdout, res.stderr)
+
+
+def tls_raw(data, read=True):
+    """Sends raw bytes over a TLS connection straight to the hub; returns the reply."""
+    ctx = tls_context()
+    with socket.create_connection(("127.0.0.1", S["hub_port"]), timeout=10) as s:
+        with ctx.wrap_socket(s, server_hostname=HOST) as t:
+            t.sendall(data)
+            return phytest.recv_all(t) if read else b""
+
+
+def status_of(reply):
+    m = re.match(rb"HTTP/1\.1 (\d{3}) ", reply)
+    return int(m.group(1)) if m else None
+
+
+def test_bad_input_then_still_serving():
+    def post(path, body, ctype="application/json"):
+        data = body if isinstance(body, bytes) else body.encode()
+        return status_of(tls_raw(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\n"
+                                 b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+                                 % (path.encode(), ctype.encode(), len(data), data)))
+    reg = "/v1/provisioning/register"
+    assert status_of(tls_raw(b"GARBAGE\r\n\r\n")) == 400
+    assert status_of(tls_raw(b"GET / HTTP/1.1\nHost: x\n\n")) == 400
+    assert status_of(tls_raw(b"GET / HTTP/1.1\r\nX: " + b"a" * 9000 + b"\r\n\r\n")) == 431
+    assert post(reg, "x" * 20000) == 413
+    assert post(reg, "{bad json") == 400
+    assert post(reg, "[1,2]") == 400
+    assert post(reg, '{"serial": 5}') == 400
+    assert post(reg, '{"serial": "SN1", "extra": 1}') == 400
+    assert post(reg, '{"serial": "bad/serial"}') == 400
+    assert post(reg, '{"serial": "' + "A" * 65 + '"}') == 400
+    assert post(reg, '{"serial": "SN1", "serial": "SN2"}') == 400
+    assert post(reg, '{"serial": "SN1"}', ctype="text/plain") == 415
+    assert post("/v1/provisioning/poll", '{"poll_token": "x"}') == 400
+    assert post("/v1/provisioning/poll", '{"serial": "S", "code": "ABCDEF", "poll_token": "x"}') == 400
+    assert post("/api/v1/devices/claim", '{"serial": "S"}') == 401
+    assert status_of(tls_raw(b"DELETE /v1/provisioning/register HTTP/1.1\r\nHost: x\r\n"
+                             b"Connection: close\r\n\r\n")) == 405
+    assert status_of(tls_raw(b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")) == 404
+    assert status_of(tls_raw(b"POST /v1/provisioning/register HTTP/1.1\r\nHost: x\r\n"
+                             b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")) == 411
+    for ident_claim in ({"code": "0OOOOO"}, {"code": 123}, {"serial": "A", "code": "ABCDEF"},
+                        {"serial": "A", "name": "x" * 65}, {"serial": "A", "tags": {"k": 1}},
+                        {"serial": "A", "bogus": True}):
+        st, js, _ = claim(**ident_claim)
+        assert st == 400, (ident_claim, st, js)
+    # Slowloris: half a head, then silence: 408 within the header timeout.
+    ctx = tls_context()
+    with socket.create_connection(("127.0.0.1", S["hub_port"]), timeout=10) as s:
+        with ctx.wrap_socket(s, server_hostname=HOST) as t:
+            t.sendall(b"POST /v1/provisioning/register HTTP/1.1\r\nHost: x\r\n")
+            t0 = time.monotonic()
+            reply = phytest.recv_all(t)
+            assert status_of(reply) == 408 and time.monotonic() - t0 < 5, reply
+    # Non-TLS bytes to the TLS port: the connection is closed.
+    with phytest.connect(S["hub_port"]) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert phytest.recv_all(s)[:4] != b"HTTP"
+    # A silent TCP client (no TLS hello) is dropped after the header timeout.
+    with phytest.connect(S["hub_port"]) as s:
+        t0 = time.monotonic()
+        assert phytest.recv_all(s) == b"" and time.monotonic() - t0 < 5
+    # Garbage to the proxy.
+    with phytest.connect(S["proxy_port"]) as s:
+        s.sendall(os.urandom(300) + b"\r\n\r\n")
+        st, _, _ = phytest.recv_http_head(s)
+        assert st in (None, 400)
+    # Keep-alive: two requests on one connection.
+    reply = tls_raw(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+                    b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert reply.count(b"HTTP/1.1 200 OK") == 2, reply
+    # And the system still provisions a device.
+    token = register("SN-AFTER-BAD")
+    st, dev, _ = claim(serial="SN-AFTER-BAD")
+    assert st == 201
+    st, js, _ = poll_until("SN-AFTER-BAD", token)
+    assert st == 200 and js["device_id"] == dev["device_id"]
+
+
+def test_wrong_codes_are_throttled_per_user():
+    # mallory has one failure from the expiry test; fill up to the limit of 10.
+    def failures():
+        db = sqlite3.connect(S["db"])
+        try:
+            return db.execute("SELECT COUNT(*) FROM claim_failures cf JOIN users u "
+                              "ON u.id = cf.user_id WHERE u.name = 'mallory'").fetchone()[0]
+        finally:
+            db.close()
+    while failures() < 10:
+        st, js, _ = claim(token=S["mallory_token"], code="".join(random.choice(ALPHABET)
+                                                                   for _ in range(6)))
+        assert st == 404, (st, js)
+    token = register("SN-THROTTLE")
+    st, js, _ = claim(token=S["mallory_token"], serial="SN-THROTTLE")
+    assert st == 429 and js["error"] == "too_many_attempts", js
+    # Another user of the tenant is not affected (tenant limit is 100).
+    st, js, _ = claim(serial="SN-THROTTLE")
+    assert st == 201, js
+    assert poll_until("SN-THROTTLE", token)[0] == 200
+
+
+def test_no_secret_in_any_log():
+    assert len(SECRETS) > 10
+    texts = []
+    for d in S["logs"]:
+        texts.append(d.log())
+    blob = "\n".join(texts)
+    leaked = [s[:6] + "..." for s in SECRETS if s in blob]
+    assert not leaked, "secrets in logs: %s" % leaked
+    # The database holds no device secret in clear text either (hashes only).
+    data = b""
+    for path in glob.glob(S["db"] + "*"):
+        with open(path, "rb") as f:
+            data += f.read()
+    for s in SECRETS:
+        assert s.encode() not in data, "a secret is stored in clear in " + S["db"]
+
+
+if __name__ == "__main__":
+    phytest.main()
