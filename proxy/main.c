@@ -127,8 +127,7 @@ int main(int argc, char **argv)
         {"route", PHY_OPT_LIST, &o.routes, 0, 0,
          "HOST=ADDR:PORT upstream for HOST (exact name or '*' pattern; repeatable)"},
         {"allow", PHY_OPT_LIST, &o.allows, 0, 0,
-         "HOST_PATTERN:PORT allowed target, PORT may be * (repeatable; default "
-         DEFAULT_ALLOW ")"},
+         "HOST_PATTERN:PORT allowed target, PORT may be * (repeatable; default " DEFAULT_ALLOW ")"},
         {"max-tunnels-per-device", PHY_OPT_INT, &o.max_tunnels_per_device, 1, 100000,
          "live tunnels per device identifier, then 429 (default 8)"},
         {"idle-timeout", PHY_OPT_INT, &o.idle_timeout, 1, 86400,
@@ -141,8 +140,7 @@ int main(int argc, char **argv)
          "resolve allowed hosts without a route through DNS (default off: 502)"},
         {"max-connections", PHY_OPT_INT, &o.max_connections, 1, 1000000,
          "simultaneous client connections, then 503 (default 10000)"},
-        {"log-level", PHY_OPT_STR, &o.log_level, 0, 0,
-         "debug, info, warn or error (default info)"},
+        {"log-level", PHY_OPT_STR, &o.log_level, 0, 0, "debug, info, warn or error (default info)"},
         {NULL, PHY_OPT_STR, NULL, 0, 0, NULL},
     };
     struct proxy_policy policy;

@@ -107,8 +107,7 @@ char *proxy_addr_format(const union proxy_addr *a, char *out, size_t cap)
     return out;
 }
 
-int proxy_policy_add_route(struct proxy_policy *p, const char *spec, char *err,
-                           size_t errcap)
+int proxy_policy_add_route(struct proxy_policy *p, const char *spec, char *err, size_t errcap)
 {
     char host[PHY_CONNECT_MAX_HOST + 1];
     char addr[ADDR_TEXT_MAX];
@@ -139,8 +138,7 @@ int proxy_policy_add_route(struct proxy_policy *p, const char *spec, char *err,
     return 0;
 }
 
-int proxy_policy_add_allow(struct proxy_policy *p, const char *spec, char *err,
-                           size_t errcap)
+int proxy_policy_add_allow(struct proxy_policy *p, const char *spec, char *err, size_t errcap)
 {
     char pattern[PHY_CONNECT_MAX_HOST + 1];
     unsigned port = 0;
@@ -160,8 +158,7 @@ int proxy_policy_add_allow(struct proxy_policy *p, const char *spec, char *err,
     return 0;
 }
 
-const struct proxy_route *proxy_policy_route(const struct proxy_policy *p,
-                                             const char *host)
+const struct proxy_route *proxy_policy_route(const struct proxy_policy *p, const char *host)
 {
     size_t i;
 
@@ -200,8 +197,8 @@ static size_t ident_bucket(const char *ident)
     return h % PROXY_IDENT_BUCKETS;
 }
 
-struct proxy_ident *proxy_ident_acquire(struct proxy_policy *p, const char *ident,
-                                        unsigned limit, int *err)
+struct proxy_ident *proxy_ident_acquire(struct proxy_policy *p, const char *ident, unsigned limit,
+                                        int *err)
 {
     size_t b = ident_bucket(ident);
     size_t len = strlen(ident);

@@ -49,18 +49,15 @@ struct proxy_policy {
 /* Adds a route from "HOST=ADDR:PORT" (ADDR IPv4 or [IPv6]). A later route for the
  * same host replaces the earlier one. Returns 0, PHY_EINVAL (message in err) or
  * PHY_ENOMEM. */
-int proxy_policy_add_route(struct proxy_policy *p, const char *spec, char *err,
-                           size_t errcap);
+int proxy_policy_add_route(struct proxy_policy *p, const char *spec, char *err, size_t errcap);
 
 /* Adds an allow-list entry from "PATTERN:PORT" (PORT may be "*"). Returns 0,
  * PHY_EINVAL (message in err) or PHY_ENOMEM. */
-int proxy_policy_add_allow(struct proxy_policy *p, const char *spec, char *err,
-                           size_t errcap);
+int proxy_policy_add_allow(struct proxy_policy *p, const char *spec, char *err, size_t errcap);
 
 /* The route for host or NULL. Borrowed from p. An exact (case-insensitive) name
  * wins; otherwise the first route whose '*' pattern matches (phy_host_match). */
-const struct proxy_route *proxy_policy_route(const struct proxy_policy *p,
-                                             const char *host);
+const struct proxy_route *proxy_policy_route(const struct proxy_policy *p, const char *host);
 
 /* 1 when host:port matches an allow-list entry. */
 int proxy_policy_allowed(const struct proxy_policy *p, const char *host, unsigned port);
@@ -68,8 +65,8 @@ int proxy_policy_allowed(const struct proxy_policy *p, const char *host, unsigne
 /* Takes one tunnel slot for ident when it holds fewer than limit. Returns the
  * entry (borrowed, valid until the matching release), or NULL with *err set to
  * PHY_ETOOBIG (limit reached) or PHY_ENOMEM. */
-struct proxy_ident *proxy_ident_acquire(struct proxy_policy *p, const char *ident,
-                                        unsigned limit, int *err);
+struct proxy_ident *proxy_ident_acquire(struct proxy_policy *p, const char *ident, unsigned limit,
+                                        int *err);
 
 /* Returns the slot taken by proxy_ident_acquire; the entry may be freed. */
 void proxy_ident_release(struct proxy_policy *p, struct proxy_ident *e);

@@ -75,8 +75,7 @@ static const struct {
     [O_405] = {"bad_method_405", 405, "method_not_allowed", "only CONNECT is supported"},
     [O_407] = {"no_auth_407", 407, "proxy_auth_required",
                "Proxy-Authorization: Basic with a device identifier is required"},
-    [O_408] = {"header_timeout_408", 408, "request_timeout",
-               "request head not received in time"},
+    [O_408] = {"header_timeout_408", 408, "request_timeout", "request head not received in time"},
     [O_429] = {"too_many_tunnels_429", 429, "too_many_tunnels",
                "too many open tunnels for this identifier"},
     [O_431] = {"head_too_big_431", 431, "request_header_fields_too_large",
@@ -87,8 +86,7 @@ static const struct {
     [O_502_UPSTREAM] = {"upstream_unreachable_502", 502, "upstream_unreachable",
                         "upstream refused or unreachable"},
     [O_503] = {"over_capacity_503", 503, "over_capacity", "too many connections"},
-    [O_504] = {"connect_timeout_504", 504, "upstream_timeout",
-               "upstream connect timed out"},
+    [O_504] = {"connect_timeout_504", 504, "upstream_timeout", "upstream connect timed out"},
 };
 
 struct tunnel;
@@ -445,6 +443,7 @@ static void on_relay_written(uv_write_t *req, int status)
         tunnel_close(t, dst == (uv_stream_t *)&t->client ? O_CLIENT_ERROR : O_UPSTREAM_ERROR);
         return;
     }
+    t->last_active_ms = uv_now(t->px->loop); /* a slow reader is still progress */
     relay_resume(t, dst);
 }
 
@@ -489,8 +488,7 @@ static void on_relay_shutdown(uv_shutdown_t *req, int status)
  * side, but what it sent before is still queued for dst. Flush that with a shutdown
  * of dst and close the tunnel when the shutdown completes (or at once if nothing is
  * queued); the idle timer bounds the wait. */
-static void relay_abort(struct tunnel *t, enum outcome o, uv_stream_t *dst,
-                        uv_shutdown_t *shut)
+static void relay_abort(struct tunnel *t, enum outcome o, uv_stream_t *dst, uv_shutdown_t *shut)
 {
     t->outcome = (uint8_t)o;
     uv_read_stop((uv_stream_t *)&t->client);
@@ -787,8 +785,7 @@ static void accept_head(struct tunnel *t, const struct phy_http_request *req, si
         refuse(t, O_403);
         return;
     }
-    t->slot = proxy_ident_acquire(px->cfg.policy, t->ident, px->cfg.max_tunnels_per_device,
-                                  &err);
+    t->slot = proxy_ident_acquire(px->cfg.policy, t->ident, px->cfg.max_tunnels_per_device, &err);
     if (t->slot == NULL) {
         refuse(t, err == PHY_ETOOBIG ? O_429 : O_500);
         return;
@@ -952,9 +949,9 @@ static void log_start(const struct proxy *px)
 
     routes[0] = '\0';
     for (i = 0; i < p->nroutes && off < sizeof(routes); i++) {
-        int n = snprintf(routes + off, sizeof(routes) - off, "%s%s=%s", i ? "," : "",
-                         p->routes[i].host,
-                         proxy_addr_format(&p->routes[i].addr, addr, sizeof(addr)));
+        int n =
+            snprintf(routes + off, sizeof(routes) - off, "%s%s=%s", i ? "," : "", p->routes[i].host,
+                     proxy_addr_format(&p->routes[i].addr, addr, sizeof(addr)));
         if (n < 0)
             break;
         off += (size_t)n;
@@ -984,8 +981,8 @@ static void log_start(const struct proxy *px)
             (unsigned long long)px->cfg.header_timeout_ms);
 }
 
-int proxy_start(uv_loop_t *loop, const struct proxy_config *cfg, struct proxy **out,
-                char *err, size_t errcap)
+int proxy_start(uv_loop_t *loop, const struct proxy_config *cfg, struct proxy **out, char *err,
+                size_t errcap)
 {
     struct proxy *px;
     char addr[64];

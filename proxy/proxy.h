@@ -24,8 +24,8 @@ struct proxy; /* opaque */
 /* Binds and listens on cfg->listen (cfg is copied, its policy borrowed) and logs the
  * start-up line. Returns 0 with *out set, or a negative PHY_E* code with a one-line
  * message in err. Free with proxy_destroy after the loop has stopped. */
-int proxy_start(uv_loop_t *loop, const struct proxy_config *cfg, struct proxy **out,
-                char *err, size_t errcap);
+int proxy_start(uv_loop_t *loop, const struct proxy_config *cfg, struct proxy **out, char *err,
+                size_t errcap);
 
 /* Stops listening and closes every connection (each logged with outcome=shutdown).
  * The loop then runs out of handles by itself. Safe to call twice. */

@@ -1,0 +1,83 @@
+/* Unit tests for agent/backoff.c: ceilings, full-jitter range, overflow safety. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include "../../agent/backoff.h"
+
+static void test_ceiling_doubles_then_caps(void **state)
+{
+    (void)state;
+    assert_int_equal(agent_backoff_ceiling_ms(1000, 300000, 0), 1000);
+    assert_int_equal(agent_backoff_ceiling_ms(1000, 300000, 1), 2000);
+    assert_int_equal(agent_backoff_ceiling_ms(1000, 300000, 8), 256000);
+    assert_int_equal(agent_backoff_ceiling_ms(1000, 300000, 9), 300000);
+    assert_int_equal(agent_backoff_ceiling_ms(1000, 300000, 40), 300000);
+}
+
+static void test_ceiling_never_overflows(void **state)
+{
+    (void)state;
+    for (unsigned a = 0; a < 200; a++) {
+        uint64_t c = agent_backoff_ceiling_ms(3, 86400000, a);
+        assert_true(c >= 3 && c <= 86400000);
+    }
+    assert_int_equal(agent_backoff_ceiling_ms(UINT64_MAX / 2, UINT64_MAX, 5), UINT64_MAX);
+    assert_int_equal(agent_backoff_ceiling_ms(1, UINT64_MAX, 63), UINT64_MAX);
+    assert_int_equal(agent_backoff_ceiling_ms(1, UINT64_MAX, 62), (uint64_t)1 << 62);
+}
+
+static void test_base_above_cap(void **state)
+{
+    (void)state;
+    assert_int_equal(agent_backoff_ceiling_ms(5000, 1000, 0), 1000);
+    assert_int_equal(agent_backoff_ceiling_ms(1000, 1000, 3), 1000);
+}
+
+static void test_delay_within_zero_and_ceiling(void **state)
+{
+    static const uint64_t rnds[] = {0, 1, 999, 1000, 1001, 123456789, UINT64_MAX - 1,
+                                    UINT64_MAX};
+
+    (void)state;
+    for (unsigned a = 0; a < 12; a++) {
+        uint64_t ceiling = agent_backoff_ceiling_ms(1000, 300000, a);
+        for (size_t i = 0; i < sizeof rnds / sizeof rnds[0]; i++)
+            assert_true(agent_backoff_delay_ms(1000, 300000, a, rnds[i]) <= ceiling);
+    }
+    /* both ends of the range are reachable */
+    assert_int_equal(agent_backoff_delay_ms(1000, 300000, 0, 0), 0);
+    assert_int_equal(agent_backoff_delay_ms(1000, 300000, 0, 1000), 1000);
+    assert_int_equal(agent_backoff_delay_ms(1000, 300000, 0, 1001), 0);
+    assert_int_equal(agent_backoff_delay_ms(1, UINT64_MAX, 63, 77), 77);
+}
+
+static void test_delay_spreads(void **state)
+{
+    /* A crude uniformity check with a fixed LCG: every tenth of the range is hit. */
+    uint64_t x = 42;
+    int bucket[10] = {0};
+
+    (void)state;
+    for (int i = 0; i < 10000; i++) {
+        x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+        bucket[agent_backoff_delay_ms(1000, 300000, 3, x) * 10 / 8001]++;
+    }
+    for (int b = 0; b < 10; b++)
+        assert_true(bucket[b] > 700 && bucket[b] < 1300);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_ceiling_doubles_then_caps),
+        cmocka_unit_test(test_ceiling_never_overflows),
+        cmocka_unit_test(test_base_above_cap),
+        cmocka_unit_test(test_delay_within_zero_and_ceiling),
+        cmocka_unit_test(test_delay_spreads),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
