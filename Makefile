@@ -21,7 +21,7 @@ test: build-test
 
 build-release: deps
 	cmake -S . -B build/release -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-	cmake --build build/release -j $(JOBS)
+	cmake --build build/release -j $(JOBS) --target phyhub phyproxy phyagent phyctl
 
 demo: build-release
 	./scripts/demo.sh

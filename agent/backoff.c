@@ -12,8 +12,7 @@ uint64_t agent_backoff_ceiling_ms(uint64_t base_ms, uint64_t cap_ms, unsigned at
 }
 
 /* Uniform in [0, ceiling]; the modulo bias of a 64-bit draw is negligible here. */
-uint64_t agent_backoff_delay_ms(uint64_t base_ms, uint64_t cap_ms, unsigned attempt,
-                                uint64_t rnd)
+uint64_t agent_backoff_delay_ms(uint64_t base_ms, uint64_t cap_ms, unsigned attempt, uint64_t rnd)
 {
     uint64_t ceiling = agent_backoff_ceiling_ms(base_ms, cap_ms, attempt);
 

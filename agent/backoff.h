@@ -10,7 +10,6 @@ uint64_t agent_backoff_ceiling_ms(uint64_t base_ms, uint64_t cap_ms, unsigned at
 
 /* Full-jitter wait: rnd (uniform 64-bit random) mapped onto
  * [0, agent_backoff_ceiling_ms(base_ms, cap_ms, attempt)]. */
-uint64_t agent_backoff_delay_ms(uint64_t base_ms, uint64_t cap_ms, unsigned attempt,
-                                uint64_t rnd);
+uint64_t agent_backoff_delay_ms(uint64_t base_ms, uint64_t cap_ms, unsigned attempt, uint64_t rnd);
 
 #endif

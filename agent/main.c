@@ -58,11 +58,11 @@ struct agent {
 
     int have_reg;
     char poll_token[AGENT_POLL_TOKEN_MAX + 1];
-    int interval;           /* seconds between polls, as the server says */
-    unsigned attempt;       /* consecutive failures, for the backoff */
-    int64_t code_due_ms;    /* monotonic time of the next code request, 0 = now */
-    unsigned code_attempt;  /* consecutive code failures */
-    int code_spent;         /* code answered 410: poll only until re-registration */
+    int interval;          /* seconds between polls, as the server says */
+    unsigned attempt;      /* consecutive failures, for the backoff */
+    int64_t code_due_ms;   /* monotonic time of the next code request, 0 = now */
+    unsigned code_attempt; /* consecutive code failures */
+    int code_spent;        /* code answered 410: poll only until re-registration */
 };
 
 static void on_signal(int sig)
@@ -111,12 +111,12 @@ static uint64_t random_u64(void)
 /* Full-jitter wait after a failure; returns 1 when stopping. */
 static int backoff(struct agent *a, const char *reason)
 {
-    uint64_t ms = agent_backoff_delay_ms((uint64_t)a->o.backoff_base_ms,
-                                         (uint64_t)a->o.backoff_max * 1000, a->attempt,
-                                         random_u64());
+    uint64_t ms =
+        agent_backoff_delay_ms((uint64_t)a->o.backoff_base_ms, (uint64_t)a->o.backoff_max * 1000,
+                               a->attempt, random_u64());
 
-    phy_log(PHY_LOG_INFO, "backoff", "reason=%s attempt=%u delay_ms=%llu", reason,
-            a->attempt + 1, (unsigned long long)ms);
+    phy_log(PHY_LOG_INFO, "backoff", "reason=%s attempt=%u delay_ms=%llu", reason, a->attempt + 1,
+            (unsigned long long)ms);
     if (a->attempt < AGENT_MAX_ATTEMPT)
         a->attempt++;
     return sleep_ms(ms);
@@ -128,8 +128,7 @@ static int backoff_max(struct agent *a, const char *reason)
     uint64_t cap = (uint64_t)a->o.backoff_max * 1000;
     uint64_t ms = cap / 2 + random_u64() % (cap / 2 + 1);
 
-    phy_log(PHY_LOG_INFO, "backoff", "reason=%s delay_ms=%llu", reason,
-            (unsigned long long)ms);
+    phy_log(PHY_LOG_INFO, "backoff", "reason=%s delay_ms=%llu", reason, (unsigned long long)ms);
     return sleep_ms(ms);
 }
 
@@ -143,8 +142,8 @@ static int post(struct agent *a, const char *path, char *body, struct phy_client
         phy_log(PHY_LOG_ERROR, "request_failed", "path=%s err=out_of_memory", path);
         return PHY_ENOMEM;
     }
-    rc = phy_client_request(&a->copts, "POST", path, NULL, "application/json", body,
-                            strlen(body), res, err, sizeof err);
+    rc = phy_client_request(&a->copts, "POST", path, NULL, "application/json", body, strlen(body),
+                            res, err, sizeof err);
     OPENSSL_cleanse(body, strlen(body)); /* it carries the poll token */
     free(body);
     if (rc != 0) {
@@ -198,8 +197,8 @@ static void load_registration(struct agent *a)
 {
     char *text = NULL;
     size_t n = 0;
-    int rc = agent_state_read(a->o.state_dir, AGENT_STATE_REGISTRATION, AGENT_STATE_MAX_FILE,
-                              &text, &n);
+    int rc =
+        agent_state_read(a->o.state_dir, AGENT_STATE_REGISTRATION, AGENT_STATE_MAX_FILE, &text, &n);
 
     if (rc == PHY_ENOTFOUND)
         return;
@@ -208,8 +207,7 @@ static void load_registration(struct agent *a)
         phy_log(PHY_LOG_INFO, "registration_loaded", "serial=%s", a->o.serial);
     } else {
         phy_log(PHY_LOG_WARN, "registration_ignored",
-                "file=%s reason=\"unreadable or for another serial\"",
-                AGENT_STATE_REGISTRATION);
+                "file=%s reason=\"unreadable or for another serial\"", AGENT_STATE_REGISTRATION);
     }
     if (text != NULL) {
         OPENSSL_cleanse(text, n);
@@ -253,8 +251,7 @@ static int do_register(struct agent *a)
     }
     if (rc != 0) {
         OPENSSL_cleanse(&r, sizeof r);
-        phy_log(PHY_LOG_ERROR, "state_error", "op=write file=%s err=%s",
-                AGENT_STATE_REGISTRATION,
+        phy_log(PHY_LOG_ERROR, "state_error", "op=write file=%s err=%s", AGENT_STATE_REGISTRATION,
                 phy_log_quote(rc == PHY_ENOMEM ? "out of memory" : err, q, sizeof q));
         return backoff(a, "state_write");
     }
@@ -319,10 +316,9 @@ static int maybe_rotate_code(struct agent *a)
     return 0;
 
 retry_later:
-    a->code_due_ms = mono_ms() + (int64_t)agent_backoff_delay_ms(
-                                     (uint64_t)a->o.backoff_base_ms,
-                                     (uint64_t)a->o.backoff_max * 1000, a->code_attempt,
-                                     random_u64());
+    a->code_due_ms = mono_ms() + (int64_t)agent_backoff_delay_ms((uint64_t)a->o.backoff_base_ms,
+                                                                 (uint64_t)a->o.backoff_max * 1000,
+                                                                 a->code_attempt, random_u64());
     if (a->code_attempt < AGENT_MAX_ATTEMPT)
         a->code_attempt++;
     return 0;
@@ -340,13 +336,13 @@ static int store_credentials(struct agent *a, const struct agent_creds *c)
                 AGENT_STATE_CREDENTIALS);
         return PHY_ENOMEM;
     }
-    rc = agent_state_write(a->o.state_dir, AGENT_STATE_CREDENTIALS, json, strlen(json), 0600,
-                           err, sizeof err);
+    rc = agent_state_write(a->o.state_dir, AGENT_STATE_CREDENTIALS, json, strlen(json), 0600, err,
+                           sizeof err);
     OPENSSL_cleanse(json, strlen(json));
     free(json);
     if (rc != 0)
-        phy_log(PHY_LOG_ERROR, "state_error", "op=write file=%s err=%s",
-                AGENT_STATE_CREDENTIALS, phy_log_quote(err, q, sizeof q));
+        phy_log(PHY_LOG_ERROR, "state_error", "op=write file=%s err=%s", AGENT_STATE_CREDENTIALS,
+                phy_log_quote(err, q, sizeof q));
     return rc;
 }
 
@@ -369,6 +365,7 @@ static int do_poll(struct agent *a)
         phy_log(PHY_LOG_DEBUG, "pending", "interval=%d", a->interval);
         return sleep_ms((uint64_t)a->interval * 1000);
     case AGENT_PROV_SLOW_DOWN:
+        a->attempt = 0; /* reachable and answering: not a failure */
         if (r.interval > 0)
             a->interval = r.interval;
         else if (a->interval < AGENT_INTERVAL_MAX / 2)
@@ -408,8 +405,8 @@ static int already_provisioned(struct agent *a)
     struct agent_creds c;
     char *text = NULL;
     size_t n = 0;
-    int rc = agent_state_read(a->o.state_dir, AGENT_STATE_CREDENTIALS, AGENT_STATE_MAX_FILE,
-                              &text, &n);
+    int rc =
+        agent_state_read(a->o.state_dir, AGENT_STATE_CREDENTIALS, AGENT_STATE_MAX_FILE, &text, &n);
     int ok = 0;
 
     if (rc == PHY_ENOTFOUND)
@@ -455,15 +452,14 @@ static int configure(struct agent *a)
         fprintf(stderr, "phyagent: give exactly one of --proxy and --connect-addr\n");
         return -1;
     }
-    if (phy_client_parse_hostport(a->o.endpoint != NULL ? a->o.endpoint
-                                                        : AGENT_DEFAULT_ENDPOINT,
+    if (phy_client_parse_hostport(a->o.endpoint != NULL ? a->o.endpoint : AGENT_DEFAULT_ENDPOINT,
                                   a->host, sizeof a->host, &a->port, 443) != 0) {
         fprintf(stderr, "phyagent: --provisioning-endpoint: expected HOST[:PORT]\n");
         return -1;
     }
     if (a->o.proxy != NULL &&
-        phy_client_parse_hostport(a->o.proxy, a->proxy_host, sizeof a->proxy_host,
-                                  &a->proxy_port, 0) != 0) {
+        phy_client_parse_hostport(a->o.proxy, a->proxy_host, sizeof a->proxy_host, &a->proxy_port,
+                                  0) != 0) {
         fprintf(stderr, "phyagent: --proxy: expected HOST:PORT\n");
         return -1;
     }

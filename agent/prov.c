@@ -51,8 +51,7 @@ static int is_text(unsigned char ch)
 
 /* Copies string member key of o into out[cap] when it is a string of 1..cap-1 bytes
  * accepted by ok. 0 or PHY_EINVAL. */
-static int get_str(json_t *o, const char *key, char *out, size_t cap,
-                   int (*ok)(unsigned char))
+static int get_str(json_t *o, const char *key, char *out, size_t cap, int (*ok)(unsigned char))
 {
     json_t *v = json_object_get(o, key);
     const char *s;
@@ -158,8 +157,7 @@ static void classify_error(int status, struct agent_prov_result *r)
 }
 
 /* register: 201 {poll_token, interval}. */
-void agent_prov_parse_register(int status, const char *body, size_t n,
-                               struct agent_prov_result *r)
+void agent_prov_parse_register(int status, const char *body, size_t n, struct agent_prov_result *r)
 {
     json_t *o = begin(status, body, n, r);
 
@@ -206,8 +204,7 @@ static int creds_from(json_t *o, struct agent_creds *c)
         !charset_ok(c->device_id + 4, strlen(c->device_id + 4), is_alnum) ||
         c->device_id[4] == '\0')
         return PHY_EINVAL;
-    if (get_str(o, "device_secret", c->device_secret, sizeof c->device_secret, is_visible) !=
-            0 ||
+    if (get_str(o, "device_secret", c->device_secret, sizeof c->device_secret, is_visible) != 0 ||
         get_str(o, "tenant", c->tenant, sizeof c->tenant, is_text) != 0 ||
         get_str(o, "region", c->region, sizeof c->region, is_region) != 0 ||
         get_str(o, "endpoint", c->endpoint, sizeof c->endpoint, is_visible) != 0)
@@ -227,8 +224,9 @@ void agent_prov_parse_poll(int status, const char *body, size_t n, const char *s
         json_t *st = o != NULL ? json_object_get(o, "status") : NULL;
         size_t sl = serial != NULL ? strlen(serial) : 0;
 
-        if (o != NULL && (st == NULL || (json_is_string(st) &&
-                                         strcmp(json_string_value(st), "provisioned") == 0)) &&
+        if (o != NULL &&
+            (st == NULL ||
+             (json_is_string(st) && strcmp(json_string_value(st), "provisioned") == 0)) &&
             sl > 0 && sl < sizeof r->creds.serial && creds_from(o, &r->creds) == 0) {
             memcpy(r->creds.serial, serial, sl + 1);
             r->outcome = AGENT_PROV_PROVISIONED;
@@ -267,10 +265,9 @@ int agent_prov_creds_parse(const char *text, size_t n, struct agent_creds *c)
 /* creds -> credentials.json with exactly the issued fields plus serial. */
 char *agent_prov_creds_json(const struct agent_creds *c)
 {
-    return dump_and_free(json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "device_id",
-                                   c->device_id, "device_secret", c->device_secret, "tenant",
-                                   c->tenant, "region", c->region, "endpoint", c->endpoint,
-                                   "serial", c->serial));
+    return dump_and_free(json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "device_id", c->device_id,
+                                   "device_secret", c->device_secret, "tenant", c->tenant, "region",
+                                   c->region, "endpoint", c->endpoint, "serial", c->serial));
 }
 
 /* registration.json -> token, for this serial only. */
@@ -280,8 +277,7 @@ int agent_prov_registration_parse(const char *text, size_t n, const char *serial
     char s[PHY_SERIAL_MAX + 1];
     int rc = PHY_EINVAL;
 
-    if (o != NULL && get_str(o, "serial", s, sizeof s, is_visible) == 0 &&
-        strcmp(s, serial) == 0 &&
+    if (o != NULL && get_str(o, "serial", s, sizeof s, is_visible) == 0 && strcmp(s, serial) == 0 &&
         get_str(o, "poll_token", token, AGENT_POLL_TOKEN_MAX + 1, is_b64url) == 0)
         rc = 0;
     json_decref(o);
@@ -293,6 +289,5 @@ int agent_prov_registration_parse(const char *text, size_t n, const char *serial
 /* {serial, poll_token} -> registration.json. */
 char *agent_prov_registration_json(const char *serial, const char *poll_token)
 {
-    return dump_and_free(
-        json_pack("{s:s, s:s}", "serial", serial, "poll_token", poll_token));
+    return dump_and_free(json_pack("{s:s, s:s}", "serial", serial, "poll_token", poll_token));
 }

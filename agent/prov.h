@@ -8,20 +8,20 @@
 
 #define AGENT_POLL_TOKEN_MAX 128
 #define AGENT_ERROR_MAX 64
-#define AGENT_INTERVAL_MAX 3600  /* seconds; larger server values are clamped */
-#define AGENT_FIELD_MAX 255      /* tenant, region, endpoint, device_secret */
+#define AGENT_INTERVAL_MAX 3600 /* seconds; larger server values are clamped */
+#define AGENT_FIELD_MAX 255     /* tenant, region, endpoint, device_secret */
 
 /* What the agent should do after one provisioning answer. */
 enum agent_prov_outcome {
-    AGENT_PROV_OK,                   /* register 201 / code 201 */
-    AGENT_PROV_PENDING,              /* poll 202: wait interval */
-    AGENT_PROV_SLOW_DOWN,            /* poll 429 slow_down: wait the new interval */
-    AGENT_PROV_PROVISIONED,          /* poll 200: credentials filled */
-    AGENT_PROV_INVALID_TOKEN,        /* 401 invalid_poll_token: re-register */
-    AGENT_PROV_UNKNOWN_SERIAL,       /* 404 unknown_serial: registration gone, re-register */
-    AGENT_PROV_ALREADY_PROVISIONED,  /* 410 already_provisioned */
-    AGENT_PROV_RATE_LIMITED,         /* other 429 (too many registrations): back off */
-    AGENT_PROV_RETRY,                /* 5xx, malformed answer, unexpected status: back off */
+    AGENT_PROV_OK,                  /* register 201 / code 201 */
+    AGENT_PROV_PENDING,             /* poll 202: wait interval */
+    AGENT_PROV_SLOW_DOWN,           /* poll 429 slow_down: wait the new interval */
+    AGENT_PROV_PROVISIONED,         /* poll 200: credentials filled */
+    AGENT_PROV_INVALID_TOKEN,       /* 401 invalid_poll_token: re-register */
+    AGENT_PROV_UNKNOWN_SERIAL,      /* 404 unknown_serial: registration gone, re-register */
+    AGENT_PROV_ALREADY_PROVISIONED, /* 410 already_provisioned */
+    AGENT_PROV_RATE_LIMITED,        /* other 429 (too many registrations): back off */
+    AGENT_PROV_RETRY,               /* 5xx, malformed answer, unexpected status: back off */
 };
 
 /* The device's credentials, as issued and as stored in credentials.json. */
@@ -37,13 +37,13 @@ struct agent_creds {
 /* One classified answer. Only the fields of the outcome are meaningful. */
 struct agent_prov_result {
     enum agent_prov_outcome outcome;
-    int status;                                   /* HTTP status */
-    int interval;                                 /* seconds, 0 when not given */
-    char poll_token[AGENT_POLL_TOKEN_MAX + 1];    /* register */
-    char code[PHY_CODE_LEN + 1];                  /* code */
-    int expires_in;                               /* code, seconds, 0 when not given */
-    char error[AGENT_ERROR_MAX + 1];              /* "error" member of an error body */
-    struct agent_creds creds;                     /* poll 200 */
+    int status;                                /* HTTP status */
+    int interval;                              /* seconds, 0 when not given */
+    char poll_token[AGENT_POLL_TOKEN_MAX + 1]; /* register */
+    char code[PHY_CODE_LEN + 1];               /* code */
+    int expires_in;                            /* code, seconds, 0 when not given */
+    char error[AGENT_ERROR_MAX + 1];           /* "error" member of an error body */
+    struct agent_creds creds;                  /* poll 200 */
 };
 
 /* Request bodies as malloc'd NUL-terminated JSON (caller frees; the poll token is in
@@ -53,8 +53,7 @@ char *agent_prov_token_body(const char *serial, const char *poll_token);
 
 /* Classify answers to register, code and poll. body may be NULL for no body.
  * Always fills r->outcome; never fails. */
-void agent_prov_parse_register(int status, const char *body, size_t n,
-                               struct agent_prov_result *r);
+void agent_prov_parse_register(int status, const char *body, size_t n, struct agent_prov_result *r);
 void agent_prov_parse_code(int status, const char *body, size_t n, struct agent_prov_result *r);
 void agent_prov_parse_poll(int status, const char *body, size_t n, const char *serial,
                            struct agent_prov_result *r);

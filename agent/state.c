@@ -115,8 +115,8 @@ out:
 }
 
 /* Temp file + fsync + rename + fsync(dir). */
-int agent_state_write(const char *dir, const char *name, const void *data, size_t n,
-                      unsigned mode, char *err, size_t errcap)
+int agent_state_write(const char *dir, const char *name, const void *data, size_t n, unsigned mode,
+                      char *err, size_t errcap)
 {
     char tmp[PATH_MAX], path[PATH_MAX];
     const char *p = data;

@@ -24,8 +24,8 @@ int agent_state_read(const char *dir, const char *name, size_t max, char **out, 
 /* Durably replaces dir/name with data: write dir/.name.tmp (mode), fsync, rename,
  * fsync dir. A reader sees the old or the new file, never a partial one. 0 or
  * negative with a message in err. */
-int agent_state_write(const char *dir, const char *name, const void *data, size_t n,
-                      unsigned mode, char *err, size_t errcap);
+int agent_state_write(const char *dir, const char *name, const void *data, size_t n, unsigned mode,
+                      char *err, size_t errcap);
 
 /* Removes dir/name (absent is fine) and fsyncs dir. 0 or PHY_EIO. */
 int agent_state_remove(const char *dir, const char *name);

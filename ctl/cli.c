@@ -75,8 +75,7 @@ int ctl_urlencode(const char *s, char *out, size_t cap)
     for (size_t i = 0; s[i] != '\0'; i++) {
         unsigned char ch = (unsigned char)s[i];
         int plain = (ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') ||
-                    (ch >= '0' && ch <= '9') || ch == '-' || ch == '.' || ch == '_' ||
-                    ch == '~';
+                    (ch >= '0' && ch <= '9') || ch == '-' || ch == '.' || ch == '_' || ch == '~';
         size_t need = plain ? 1 : 3;
 
         if (j + need >= cap)
@@ -174,7 +173,8 @@ void ctl_print_devices(const json_t *devices, FILE *f)
 
     for (int c = 0; c < CTL_COLUMNS; c++)
         width[c] = strlen(head[c]);
-    json_array_foreach(devices, i, dev) {
+    json_array_foreach(devices, i, dev)
+    {
         for (int c = 0; c < CTL_COLUMNS; c++) {
             size_t w = strlen(ctl_member(dev, keys[c], cell, sizeof cell));
             if (w > width[c])
@@ -183,7 +183,8 @@ void ctl_print_devices(const json_t *devices, FILE *f)
     }
     for (int c = 0; c < CTL_COLUMNS; c++)
         print_cell(f, head[c], width[c], c + 1 == CTL_COLUMNS);
-    json_array_foreach(devices, i, dev) {
+    json_array_foreach(devices, i, dev)
+    {
         for (int c = 0; c < CTL_COLUMNS; c++)
             print_cell(f, ctl_member(dev, keys[c], cell, sizeof cell), width[c],
                        c + 1 == CTL_COLUMNS);

@@ -83,6 +83,7 @@ static int cmd_claim(struct ctl *c, int argc, char **argv, int first)
         {"serial", PHY_OPT_STR, &serial, 0, 0, "serial number printed on the device"},
         {"code", PHY_OPT_STR, &code, 0, 0, "6-character code shown on the device"},
         {"name", PHY_OPT_STR, &name, 0, 0, "display name for the device (optional)"},
+        {"json", PHY_OPT_BOOL, &c->json, 0, 0, "print the device as JSON"},
         {NULL, PHY_OPT_STR, NULL, 0, 0, NULL},
     };
     struct phy_client_response res = {0};
@@ -124,10 +125,8 @@ static int cmd_claim(struct ctl *c, int argc, char **argv, int first)
         rc = EXIT_USAGE;
         goto out;
     }
-    req = serial != NULL ? json_pack("{s:s}", "serial", serial)
-                         : json_pack("{s:s}", "code", norm);
-    if (req != NULL && name != NULL &&
-        json_object_set_new(req, "name", json_string(name)) != 0) {
+    req = serial != NULL ? json_pack("{s:s}", "serial", serial) : json_pack("{s:s}", "code", norm);
+    if (req != NULL && name != NULL && json_object_set_new(req, "name", json_string(name)) != 0) {
         json_decref(req);
         req = NULL;
     }
@@ -205,8 +204,7 @@ static int fetch_devices(struct ctl *c, long limit, json_t *all)
         }
         json_array_extend(all, devs);
         next = json_object_get(o, "next");
-        if (!json_is_string(next) || json_string_length(next) == 0 ||
-            json_array_size(devs) == 0) {
+        if (!json_is_string(next) || json_string_length(next) == 0 || json_array_size(devs) == 0) {
             json_decref(o);
             return EXIT_OK;
         }
@@ -229,6 +227,7 @@ static int cmd_devices(struct ctl *c, int argc, char **argv, int first)
     const struct phy_opt opts[] = {
         {"limit", PHY_OPT_INT, &limit, 1, CTL_LIST_MAX,
          "devices per request (default 100); all pages are fetched"},
+        {"json", PHY_OPT_BOOL, &c->json, 0, 0, "print the devices as a JSON array"},
         {NULL, PHY_OPT_STR, NULL, 0, 0, NULL},
     };
     char *pos[CTL_POS_MAX];
@@ -237,8 +236,7 @@ static int cmd_devices(struct ctl *c, int argc, char **argv, int first)
     json_t *all = NULL;
     int help = 0, rc;
 
-    rc = phy_config_parse(opts, argc, argv, first, pos, CTL_POS_MAX, &npos, &help, err,
-                          sizeof err);
+    rc = phy_config_parse(opts, argc, argv, first, pos, CTL_POS_MAX, &npos, &help, err, sizeof err);
     if (rc != 0) {
         fprintf(stderr, "phyctl devices: %s\n", err);
         rc = EXIT_USAGE;

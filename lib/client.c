@@ -31,10 +31,12 @@
 #define CLIENT_MAX_HOST 253
 #define CLIENT_MAX_PATH 4096
 #define CLIENT_MAX_EXTRA_HEADERS 8192
-#define CLIENT_MAX_LINE 1024     /* chunk-size line or trailer line */
+#define CLIENT_MAX_LINE 1024 /* chunk-size line or trailer line */
 #define CLIENT_MAX_TRAILERS 64
 #define CLIENT_MAX_IDENT 80
 #define CLIENT_RBUF 16384
+#define CLIENT_DRAIN_MS 1000
+#define CLIENT_DRAIN_MAX 65536
 
 /* One connection: the socket, the TLS session once established, and a read-ahead
  * buffer shared by the proxy phase (plain) and the TLS phase. */
@@ -42,7 +44,7 @@ struct conn {
     int fd;
     SSL *ssl;
     int timeout_ms;
-    int unclean_eof; /* peer closed without close_notify */
+    int eof; /* peer closed, with or without close_notify */
     char *err;
     size_t errcap;
     size_t pos, len;
@@ -97,9 +99,8 @@ static int valid_host_chars(const char *s, size_t n, int v6)
 {
     for (size_t i = 0; i < n; i++) {
         unsigned char ch = (unsigned char)s[i];
-        int ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
-                 (ch >= '0' && ch <= '9') || ch == '.' || ch == '-' || ch == '_' ||
-                 (v6 && ch == ':');
+        int ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+                 ch == '.' || ch == '-' || ch == '_' || (v6 && ch == ':');
         if (!ok)
             return 0;
     }
@@ -188,8 +189,7 @@ static int tcp_connect(struct conn *c, const char *host, unsigned port)
         int soerr = 0;
         socklen_t sl = sizeof soerr;
 
-        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
-                    ai->ai_protocol);
+        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
         if (fd < 0) {
             last_errno = errno;
             continue;
@@ -459,8 +459,9 @@ static int tls_connect(struct conn *c, SSL_CTX **ctxp, BIO_METHOD **methp, const
     }
 }
 
-/* TLS read into out. Returns bytes read, 0 at EOF (c->unclean_eof set when the peer
- * closed without close_notify), or negative. */
+/* TLS read into out. Returns bytes read, 0 at EOF, or negative. A close without
+ * close_notify counts as EOF: bodies are framed by Content-Length or chunking, which
+ * detect truncation; only a body read until close cannot tell. */
 static int tls_read(struct conn *c, char *out, size_t cap)
 {
     int n = cap > (size_t)INT_MAX ? INT_MAX : (int)cap;
@@ -486,7 +487,6 @@ static int tls_read(struct conn *c, char *out, size_t cap)
         if ((e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0 && errno == 0) ||
             (e == SSL_ERROR_SSL &&
              ERR_GET_REASON(ERR_peek_error()) == SSL_R_UNEXPECTED_EOF_WHILE_READING)) {
-            c->unclean_eof = 1;
             return 0;
         }
         ssl_errstr(why, sizeof why);
@@ -543,13 +543,38 @@ static int fill(struct conn *c)
     r = conn_read_some(c, c->buf, sizeof c->buf);
     if (r > 0)
         c->len = (size_t)r;
+    else if (r == 0)
+        c->eof = 1;
     return r;
+}
+
+/* After a complete response: waits briefly for the server's close (we asked for
+ * Connection: close) so that our close sends a FIN, not a reset over unread bytes that
+ * a proxy in between would log as an error. Silent; bounded in time and bytes. */
+static void drain(struct conn *c)
+{
+    char *err = c->err;
+    int timeout = c->timeout_ms;
+    size_t total = 0;
+
+    c->err = NULL;
+    c->timeout_ms = timeout < CLIENT_DRAIN_MS ? timeout : CLIENT_DRAIN_MS;
+    while (!c->eof && total < CLIENT_DRAIN_MAX) {
+        int r;
+
+        c->pos = c->len;
+        r = fill(c);
+        if (r <= 0)
+            break;
+        total += (size_t)r;
+    }
+    c->err = err;
+    c->timeout_ms = timeout;
 }
 
 /* Reads one response head (at most max bytes) from the connection into *res, whose
  * strings point into c->buf until the next read. 0 or negative. */
-static int read_head(struct conn *c, size_t max, struct phy_http_response *res,
-                     const char *who)
+static int read_head(struct conn *c, size_t max, struct phy_http_response *res, const char *who)
 {
     for (;;) {
         size_t avail = c->len - c->pos;
@@ -867,7 +892,8 @@ static int valid_headers(const char *h)
     for (size_t i = 0; i < n; i++) {
         unsigned char ch = (unsigned char)h[i];
         if (ch == '\r') {
-            if (i + 1 >= n || h[i + 1] != '\n' || i == start || memchr(h + start, ':', i - start) == NULL)
+            if (i + 1 >= n || h[i + 1] != '\n' || i == start ||
+                memchr(h + start, ':', i - start) == NULL)
                 return 0;
             i++;
             start = i + 1;
@@ -936,8 +962,8 @@ static int check_args(struct conn *c, const struct phy_client_opts *o, const cha
         return PHY_EINVAL;
     }
     hn = strlen(o->host);
-    if (hn == 0 || hn > CLIENT_MAX_HOST || !valid_host_chars(o->host, hn, 1) ||
-        o->port == 0 || o->port > 65535) {
+    if (hn == 0 || hn > CLIENT_MAX_HOST || !valid_host_chars(o->host, hn, 1) || o->port == 0 ||
+        o->port > 65535) {
         errf(c, "invalid host or port");
         return PHY_EINVAL;
     }
@@ -970,8 +996,7 @@ static int no_body_status(int status)
 /* One request on a fresh connection; see client.h. */
 int phy_client_request(const struct phy_client_opts *o, const char *method, const char *path,
                        const char *headers, const char *content_type, const char *body,
-                       size_t body_len, struct phy_client_response *res, char *err,
-                       size_t errcap)
+                       size_t body_len, struct phy_client_response *res, char *err, size_t errcap)
 {
     struct conn *c;
     SSL_CTX *ctx = NULL;
@@ -1010,8 +1035,8 @@ int phy_client_request(const struct phy_client_opts *o, const char *method, cons
         unsigned cport = o->port;
 
         if (o->connect_addr != NULL) {
-            if (phy_client_parse_hostport(o->connect_addr, chost, sizeof chost, &cport,
-                                          o->port) != 0) {
+            if (phy_client_parse_hostport(o->connect_addr, chost, sizeof chost, &cport, o->port) !=
+                0) {
                 errf(c, "invalid connect address");
                 rc = PHY_EINVAL;
                 goto out;
@@ -1064,6 +1089,7 @@ int phy_client_request(const struct phy_client_opts *o, const char *method, cons
     }
     if (rc != 0)
         goto out;
+    drain(c);
     res->status = head.status;
     res->body = b.p;
     res->body_len = b.len;
@@ -1071,7 +1097,7 @@ int phy_client_request(const struct phy_client_opts *o, const char *method, cons
 
 out:
     if (c->ssl != NULL) {
-        if (rc == 0 && !c->unclean_eof)
+        if (rc == 0 && !c->eof)
             SSL_shutdown(c->ssl); /* best effort close_notify; never waits */
         SSL_free(c->ssl);
     }

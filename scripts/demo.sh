@@ -28,8 +28,10 @@ if [ ! -f "$DIR/pki/hub.pem" ]; then
   chmod 600 "$DIR/pki/"*.key
 fi
 
-# --- demo tenant, user and API token (created once; the token is kept 0600)
+# --- a fresh store each run: demo tenant, user and API token (kept 0600)
 DB="$DIR/hub-eu.db"
+rm -rf "$DB" "$DB"-* "$DB.key" "$DIR/api-token" "$DIR/console-password" "$DIR/agent"
+mkdir -p "$DIR/agent"
 if [ ! -f "$DIR/api-token" ]; then
   "$BIN/phyhub" admin --db "$DB" tenant-add "$TENANT" --region eu >/dev/null
   PASSWORD=$(openssl rand -base64 12)
@@ -45,6 +47,7 @@ cleanup() {
   echo "stopping demo"
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  exit 0
 }
 trap cleanup INT TERM EXIT
 
@@ -70,7 +73,6 @@ wait_port 127.0.0.1 "$HUB_PORT"
 pids+=($!)
 wait_port 127.0.0.1 "$PROXY_PORT"
 
-rm -f "$DIR/agent/credentials.json"
 "$BIN/phyagent" --serial "$SERIAL" --state-dir "$DIR/agent" --proxy "127.0.0.1:$PROXY_PORT" \
   --ca "$DIR/pki/ca.pem" --provisioning-endpoint portal-eu.phystack.com:443 \
   2> "$DIR/logs/phyagent.log" &

@@ -17,18 +17,27 @@ static char lower(char c)
     return (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c;
 }
 
-/* Slow reference glob: '*' is one or more characters other than '.'. */
+/* Reference glob by dynamic programming over (pattern, host) suffixes: '*' is one or
+ * more characters other than '.'. Both strings are shorter than 64 bytes. */
 static int ref_match(const char *p, const char *h)
 {
-    if (*p == '\0')
-        return *h == '\0';
-    if (*p == '*') {
-        for (size_t k = 1; h[k - 1] != '\0' && h[k - 1] != '.'; k++)
-            if (ref_match(p + 1, h + k))
-                return 1;
-        return 0;
+    size_t pn = strlen(p), hn = strlen(h);
+    unsigned char m[65][65]; /* m[i][j]: p[i..] matches h[j..] */
+    memset(m, 0, sizeof(m));
+    m[pn][hn] = 1;
+    for (size_t i = pn; i-- > 0;) {
+        for (size_t j = hn + 1; j-- > 0;) {
+            if (p[i] == '*') {
+                int v = 0;
+                for (size_t k = j; k < hn && h[k] != '.' && !v; k++)
+                    v = m[i + 1][k + 1];
+                m[i][j] = (unsigned char)v;
+            } else {
+                m[i][j] = (unsigned char)(j < hn && lower(p[i]) == lower(h[j]) && m[i + 1][j + 1]);
+            }
+        }
     }
-    return *h != '\0' && lower(*p) == lower(*h) && ref_match(p + 1, h + 1);
+    return m[0][0];
 }
 
 static void run_check(const char *raw, size_t n)
@@ -96,14 +105,10 @@ static void fuzz_strings(const char *s)
     if (nl != NULL) {
         size_t pl = (size_t)(nl - s);
         if (pl < sizeof(pat) && strlen(nl + 1) < 64) {
-            size_t stars = 0;
             memcpy(pat, s, pl);
             pat[pl] = '\0';
-            for (size_t i = 0; i < pl; i++)
-                stars += pat[i] == '*';
             int got = phy_host_match(pat, nl + 1);
-            if (stars <= 6 && pl < 64 && pat[0] != '\0' && nl[1] != '\0' &&
-                got != ref_match(pat, nl + 1))
+            if (pl < 64 && pat[0] != '\0' && nl[1] != '\0' && got != ref_match(pat, nl + 1))
                 abort();
         }
     }

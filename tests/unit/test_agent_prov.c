@@ -16,9 +16,9 @@
 #include "phy/err.h"
 
 #define TOKEN "h4477iFbDR2VrEMc9s_VjpkuT-BVfHGmlO8EvpGsF28"
-#define ISSUED                                                                              \
-    "{\"status\":\"provisioned\",\"device_id\":\"dev_efto45jw5z6eemwasft7hmb5la\","         \
-    "\"device_secret\":\"K9jcWT16pj9fdIIRje9f-ADpOntW3ATOpsdVzUUh9VQ\",\"tenant\":\"acme\"," \
+#define ISSUED                                                                                     \
+    "{\"status\":\"provisioned\",\"device_id\":\"dev_efto45jw5z6eemwasft7hmb5la\","                \
+    "\"device_secret\":\"K9jcWT16pj9fdIIRje9f-ADpOntW3ATOpsdVzUUh9VQ\",\"tenant\":\"acme\","       \
     "\"region\":\"au\",\"endpoint\":\"portal-au.phystack.com:443\"}"
 
 static void reg(int status, const char *body, struct agent_prov_result *r)
@@ -199,13 +199,11 @@ static void test_registration_json(void **state)
     assert_non_null(json);
     assert_int_equal(agent_prov_registration_parse(json, strlen(json), "SN1", token), 0);
     assert_string_equal(token, TOKEN);
-    assert_int_equal(agent_prov_registration_parse(json, strlen(json), "SN2", token),
-                     PHY_EINVAL);
+    assert_int_equal(agent_prov_registration_parse(json, strlen(json), "SN2", token), PHY_EINVAL);
     assert_string_equal(token, "");
     free(json);
     json = agent_prov_registration_json("SN1", "no spaces allowed");
-    assert_int_equal(agent_prov_registration_parse(json, strlen(json), "SN1", token),
-                     PHY_EINVAL);
+    assert_int_equal(agent_prov_registration_parse(json, strlen(json), "SN1", token), PHY_EINVAL);
     free(json);
     assert_true(agent_prov_token_valid(TOKEN));
     assert_false(agent_prov_token_valid(""));

@@ -39,8 +39,7 @@ static void test_base_above_cap(void **state)
 
 static void test_delay_within_zero_and_ceiling(void **state)
 {
-    static const uint64_t rnds[] = {0, 1, 999, 1000, 1001, 123456789, UINT64_MAX - 1,
-                                    UINT64_MAX};
+    static const uint64_t rnds[] = {0, 1, 999, 1000, 1001, 123456789, UINT64_MAX - 1, UINT64_MAX};
 
     (void)state;
     for (unsigned a = 0; a < 12; a++) {

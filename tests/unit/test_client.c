@@ -63,8 +63,7 @@ static void make_identity(void)
     X509_gmtime_adj(X509_getm_notAfter(cert), 3600);
     X509_set_pubkey(cert, key);
     name = X509_get_subject_name(cert);
-    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)HOST, -1, -1,
-                               0);
+    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)HOST, -1, -1, 0);
     X509_set_issuer_name(cert, name);
     X509V3_set_ctx_nodb(&v3);
     X509V3_set_ctx(&v3, cert, cert, NULL, NULL, 0);
@@ -210,15 +209,17 @@ static void finish(struct script *s)
 static struct phy_client_opts direct(const struct script *s)
 {
     struct phy_client_opts o = {
-        .host = HOST, .port = s->port, .connect_addr = "127.0.0.1", .ca_file = ca_path,
+        .host = HOST,
+        .port = s->port,
+        .connect_addr = "127.0.0.1",
+        .ca_file = ca_path,
         .timeout_ms = 2000,
     };
     return o;
 }
 
 /* Runs one GET against a server answering reply; returns the client's rc. */
-static int get_with(struct script *s, struct phy_client_response *res, char *err,
-                    size_t errcap)
+static int get_with(struct script *s, struct phy_client_response *res, char *err, size_t errcap)
 {
     struct phy_client_opts o;
     int rc;
@@ -250,8 +251,7 @@ static void test_content_length_and_request_shape(void **state)
     assert_string_equal(res.body, "hello");
     phy_client_response_free(&res);
     assert_null(res.body);
-    snprintf(expect, sizeof expect, "POST /v1/x?a=1 HTTP/1.1\r\nHost: " HOST ":%u\r\n",
-             s.port);
+    snprintf(expect, sizeof expect, "POST /v1/x?a=1 HTTP/1.1\r\nHost: " HOST ":%u\r\n", s.port);
     assert_true(strncmp(s.req, expect, strlen(expect)) == 0);
     assert_non_null(strstr(s.req, "\r\nUser-Agent: phy/0.1\r\n"));
     assert_non_null(strstr(s.req, "\r\nConnection: close\r\n"));
@@ -368,8 +368,11 @@ static void test_proxy_tunnel(void **state)
     struct script s = {.proxy_reply = "HTTP/1.1 200 Connection established\r\n\r\n",
                        .reply = "HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\n\r\n{}"};
     struct phy_client_response res;
-    struct phy_client_opts o = {.host = HOST, .port = 443, .proxy_host = "127.0.0.1",
-                                .proxy_ident = "sn_SN1", .ca_file = ca_path,
+    struct phy_client_opts o = {.host = HOST,
+                                .port = 443,
+                                .proxy_host = "127.0.0.1",
+                                .proxy_ident = "sn_SN1",
+                                .ca_file = ca_path,
                                 .timeout_ms = 2000};
     char err[256];
     int rc;
@@ -377,8 +380,8 @@ static void test_proxy_tunnel(void **state)
     (void)state;
     start(&s);
     o.proxy_port = s.port;
-    rc = phy_client_request(&o, "POST", "/v1/provisioning/poll", NULL, "application/json",
-                            "{}", 2, &res, err, sizeof err);
+    rc = phy_client_request(&o, "POST", "/v1/provisioning/poll", NULL, "application/json", "{}", 2,
+                            &res, err, sizeof err);
     finish(&s);
     assert_int_equal(rc, 0);
     assert_int_equal(res.status, 202);
@@ -387,16 +390,18 @@ static void test_proxy_tunnel(void **state)
     assert_string_equal(s.proxy_req, "CONNECT " HOST ":443 HTTP/1.1\r\nHost: " HOST
                                      ":443\r\nProxy-Authorization: Basic c25fU04xOg==\r\n\r\n");
     assert_true(strncmp(s.req, "POST /v1/provisioning/poll HTTP/1.1\r\nHost: " HOST "\r\n",
-                        strlen("POST /v1/provisioning/poll HTTP/1.1\r\nHost: " HOST "\r\n")) ==
-                0);
+                        strlen("POST /v1/provisioning/poll HTTP/1.1\r\nHost: " HOST "\r\n")) == 0);
 }
 
 static void test_proxy_refusal(void **state)
 {
     struct script s = {.proxy_reply = "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n"};
     struct phy_client_response res;
-    struct phy_client_opts o = {.host = HOST, .port = 443, .proxy_host = "127.0.0.1",
-                                .proxy_ident = "sn_SN1", .ca_file = ca_path,
+    struct phy_client_opts o = {.host = HOST,
+                                .port = 443,
+                                .proxy_host = "127.0.0.1",
+                                .proxy_ident = "sn_SN1",
+                                .ca_file = ca_path,
                                 .timeout_ms = 2000};
     char err[256];
     int rc;
@@ -499,29 +504,28 @@ static void test_invalid_arguments(void **state)
     char err[256];
 
     (void)state;
-    assert_int_equal(phy_client_request(&o, "GET", "/a b", NULL, NULL, NULL, 0, &res, err,
-                                        sizeof err),
-                     PHY_EINVAL);
-    assert_int_equal(phy_client_request(&o, "GET", "/", "X: a\r\nY", NULL, NULL, 0, &res, err,
-                                        sizeof err),
-                     PHY_EINVAL);
-    assert_int_equal(phy_client_request(&o, "GET", "/", "X: a\nY: b\r\n", NULL, NULL, 0, &res,
-                                        err, sizeof err),
-                     PHY_EINVAL);
-    assert_int_equal(phy_client_request(&o, "GET", "/", "\r\n", NULL, NULL, 0, &res, err,
-                                        sizeof err),
-                     PHY_EINVAL);
-    assert_int_equal(phy_client_request(&o, "G\rT", "/", NULL, NULL, NULL, 0, &res, err,
-                                        sizeof err),
-                     PHY_EINVAL);
-    assert_int_equal(phy_client_request(&o, "POST", "/", NULL, "a\r\nb", "x", 1, &res, err,
-                                        sizeof err),
-                     PHY_EINVAL);
+    assert_int_equal(
+        phy_client_request(&o, "GET", "/a b", NULL, NULL, NULL, 0, &res, err, sizeof err),
+        PHY_EINVAL);
+    assert_int_equal(
+        phy_client_request(&o, "GET", "/", "X: a\r\nY", NULL, NULL, 0, &res, err, sizeof err),
+        PHY_EINVAL);
+    assert_int_equal(
+        phy_client_request(&o, "GET", "/", "X: a\nY: b\r\n", NULL, NULL, 0, &res, err, sizeof err),
+        PHY_EINVAL);
+    assert_int_equal(
+        phy_client_request(&o, "GET", "/", "\r\n", NULL, NULL, 0, &res, err, sizeof err),
+        PHY_EINVAL);
+    assert_int_equal(
+        phy_client_request(&o, "G\rT", "/", NULL, NULL, NULL, 0, &res, err, sizeof err),
+        PHY_EINVAL);
+    assert_int_equal(
+        phy_client_request(&o, "POST", "/", NULL, "a\r\nb", "x", 1, &res, err, sizeof err),
+        PHY_EINVAL);
     o.proxy_host = "127.0.0.1";
     o.proxy_port = 1;
     o.proxy_ident = "sn_bad ident";
-    assert_int_equal(phy_client_request(&o, "GET", "/", NULL, NULL, NULL, 0, &res, err,
-                                        sizeof err),
+    assert_int_equal(phy_client_request(&o, "GET", "/", NULL, NULL, NULL, 0, &res, err, sizeof err),
                      PHY_EINVAL);
 }
 

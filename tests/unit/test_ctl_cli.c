@@ -123,8 +123,8 @@ static void test_error_and_claim_lines(void **state)
     ctl_format_error(500, NULL, 0, line, sizeof line);
     assert_string_equal(line, "error: http_500: Internal Server Error");
 
-    dev = json_pack("{s:s, s:s, s:s, s:s}", "device_id", "dev_x", "serial", "SN1", "name",
-                    "Lobby", "state", "pending_delivery");
+    dev = json_pack("{s:s, s:s, s:s, s:s}", "device_id", "dev_x", "serial", "SN1", "name", "Lobby",
+                    "state", "pending_delivery");
     ctl_format_claimed(dev, line, sizeof line);
     assert_string_equal(line, "claimed dev_x (serial SN1, name Lobby, state pending_delivery)");
     json_object_set_new(dev, "name", json_null());
@@ -135,11 +135,11 @@ static void test_error_and_claim_lines(void **state)
 
 static void test_table(void **state)
 {
-    json_t *devs = json_pack("[{s:s, s:s, s:s, s:s, s:s}, {s:s, s:s, s:n, s:s, s:s}]",
-                             "device_id", "dev_a", "serial", "SERIAL-LONG", "name", "N",
-                             "state", "active", "created_at", "2026-01-01T00:00:00Z",
-                             "device_id", "dev_bb", "serial", "S2", "name", "state",
-                             "provisioned", "created_at", "2026-01-02T00:00:00Z");
+    json_t *devs =
+        json_pack("[{s:s, s:s, s:s, s:s, s:s}, {s:s, s:s, s:n, s:s, s:s}]", "device_id", "dev_a",
+                  "serial", "SERIAL-LONG", "name", "N", "state", "active", "created_at",
+                  "2026-01-01T00:00:00Z", "device_id", "dev_bb", "serial", "S2", "name", "state",
+                  "provisioned", "created_at", "2026-01-02T00:00:00Z");
     char *buf = NULL;
     size_t len = 0;
     FILE *f = open_memstream(&buf, &len);
@@ -149,10 +149,9 @@ static void test_table(void **state)
     assert_non_null(f);
     ctl_print_devices(devs, f);
     fclose(f);
-    assert_string_equal(buf,
-                        "DEVICE ID  SERIAL       NAME  STATE        CREATED\n"
-                        "dev_a      SERIAL-LONG  N     active       2026-01-01T00:00:00Z\n"
-                        "dev_bb     S2           -     provisioned  2026-01-02T00:00:00Z\n");
+    assert_string_equal(buf, "DEVICE ID  SERIAL       NAME  STATE        CREATED\n"
+                             "dev_a      SERIAL-LONG  N     active       2026-01-01T00:00:00Z\n"
+                             "dev_bb     S2           -     provisioned  2026-01-02T00:00:00Z\n");
     free(buf);
     json_decref(devs);
 }
