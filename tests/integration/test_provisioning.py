@@ -532,6 +532,65 @@ def test_wrong_codes_are_throttled_per_user():
     assert poll_until("SN-THROTTLE", token)[0] == 200
 
 
+def registration_count(serial):
+    db = sqlite3.connect(S["db"])
+    try:
+        return db.execute("SELECT COUNT(*) FROM registrations WHERE serial = ?",
+                          (serial,)).fetchone()[0]
+    finally:
+        db.close()
+
+
+def test_agent_resumes_after_sigkill_and_rotates_codes():
+    agent, state = start_agent("KIOSK-C3")
+    first = wait_until(lambda: read_state_code(state), 15, "first code")
+    with open(os.path.join(state, "registration.json")) as f:
+        reg = json.load(f)
+    assert stat.S_IMODE(os.stat(os.path.join(state, "registration.json")).st_mode) == 0o600
+    SECRETS.add(reg["poll_token"])
+    # --code-rotation 2: a fresh code replaces the first one.
+    wait_until(lambda: read_state_code(state) not in (None, first), 10, "code rotation")
+    # An honest agent never polls faster than its interval (a restart may: it obeys).
+    wait_until(lambda: len(S["hub"].log_lines(r"poll status=202 .*serial=KIOSK-C3")) >= 3, 10,
+               "three polls")
+    assert not S["hub"].log_lines(r"status=429 .*serial=KIOSK-C3"), "agent got slow_down"
+    agent.kill()
+    # Restarted, it resumes its registration from disk instead of registering again.
+    agent2, _ = start_agent("KIOSK-C3")
+    agent2.wait_log(r"event=registration_loaded serial=KIOSK-C3", 10)
+    assert registration_count("KIOSK-C3") == 1
+    with open(os.path.join(state, "registration.json")) as f:
+        assert json.load(f)["poll_token"] == reg["poll_token"]
+    rc, out, err = phyctl("claim", "--serial", "KIOSK-C3")
+    assert rc == 0, err
+    wait_until(lambda: not agent2.alive(), 20, "agent to exit after provisioning")
+    assert agent2.stop() == 0, agent2.tail()
+    check_credentials(state, "KIOSK-C3")
+    # Restarted with credentials on disk: nothing to do.
+    agent3, _ = start_agent("KIOSK-C3")
+    wait_until(lambda: not agent3.alive(), 10, "provisioned agent to exit")
+    assert agent3.stop() == 0
+    agent3.wait_log(r"event=already_provisioned", 1)
+
+
+def test_agent_rides_out_hub_outage_and_kill_between_claim_and_poll():
+    S["hub"].stop()
+    agent, state = start_agent("KIOSK-D4")
+    # Hub down: the proxy answers 502 and the agent backs off (jittered, capped at 1 s).
+    agent.wait_log(r"event=backoff", 10)
+    assert agent.alive()
+    start_hub()
+    wait_until(lambda: read_state_code(state), 15, "code after the hub came back")
+    rc, out, err = phyctl("claim", "--serial", "KIOSK-D4")
+    assert rc == 0, err
+    # SIGKILL right after the claim was acknowledged, before the agent's next poll.
+    S["hub"].kill()
+    start_hub()
+    wait_until(lambda: not agent.alive(), 20, "agent to get its credentials after restart")
+    assert agent.stop() == 0, agent.tail()
+    check_credentials(state, "KIOSK-D4")
+
+
 def test_no_secret_in_any_log():
     assert len(SECRETS) > 10
     texts = []
