@@ -30,7 +30,7 @@ struct hub_config {
 
 struct hub {
     struct hub_config cfg;
-    const struct store_ops *store_ops;
+    const struct phy_store_ops *store_ops;
     struct store *store;
     unsigned char issuance_key[PHY_AEAD_KEY_LEN];
 };

@@ -172,7 +172,7 @@ static int admin_main(int argc, char **argv)
         rc = 1;
         goto out;
     }
-    const struct store_ops *ops = g_hub.store_ops;
+    const struct phy_store_ops *ops = g_hub.store_ops;
     if (strcmp(pos[0], "tenant-add") == 0 && npos == 2) {
         if (!region) {
             fprintf(stderr, "phyhub admin: tenant-add needs --region\n");

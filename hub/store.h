@@ -75,7 +75,7 @@ struct store_device {
     int64_t created_ms;
 };
 
-struct store_ops {
+struct phy_store_ops {
     const char *name; /* "sqlite" */
     /* Opens/creates the store at url (a file path for SQLite). Returns 0 or PHY_E*. */
     int (*open)(const char *url, struct store **out, char *err, size_t errcap);
@@ -140,7 +140,7 @@ struct store_ops {
                         struct store_device **out, size_t *n);
 };
 
-extern const struct store_ops store_sqlite_ops;
+extern const struct phy_store_ops store_sqlite_ops;
 
 /* Frees the array returned by devices_list. */
 void store_devices_free(struct store_device *d, size_t n);

@@ -1176,7 +1176,7 @@ out:
     return 0;
 }
 
-const struct store_ops store_sqlite_ops = {
+const struct phy_store_ops store_sqlite_ops = {
     .name = "sqlite",
     .open = sq_open,
     .close = sq_close,

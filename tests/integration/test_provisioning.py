@@ -36,7 +36,7 @@ def hub_args(port):
             "--db", S["db"], "--tls-cert", S["pki"]["cert"], "--tls-key", S["pki"]["key"],
             "--provisioning", "--public-endpoint", HOST + ":443", "--code-ttl", "3",
             "--poll-interval", "1", "--issuance-grace", "3", "--registration-idle", "30",
-            "--sweep-interval", "1", "--header-timeout", "2"]
+            "--sweep-interval", "1", "--header-timeout", "2", "--claim-tenant-limit", "15"]
 
 
 def start_hub():
@@ -67,7 +67,11 @@ def setup():
     admin("user-add", "acme", "mallory", stdin="correct horse battery\n")
     S["token"] = admin("token-add", "acme", "alice")
     S["mallory_token"] = admin("token-add", "acme", "mallory")
-    SECRETS.update([S["token"], S["mallory_token"]])
+    admin("tenant-add", "globex", "--region", "eu")
+    for u in ("g1", "g2"):
+        admin("user-add", "globex", u, stdin="correct horse battery\n")
+        S[u] = admin("token-add", "globex", u)
+    SECRETS.update([S["token"], S["mallory_token"], S["g1"], S["g2"]])
     start_hub()
     proxy = Daemon([binary("phyproxy"), "--listen", "127.0.0.1:%d" % S["proxy_port"],
                     "--route", "%s=127.0.0.1:%d" % (HOST, S["hub_port"]),
@@ -510,27 +514,29 @@ def test_bad_input_then_still_serving():
     assert st == 200 and js["device_id"] == dev["device_id"]
 
 
-def test_wrong_codes_are_throttled_per_user():
-    # mallory has one failure from the expiry test; fill up to the limit of 10.
-    def failures():
-        db = sqlite3.connect(S["db"])
-        try:
-            return db.execute("SELECT COUNT(*) FROM claim_failures cf JOIN users u "
-                              "ON u.id = cf.user_id WHERE u.name = 'mallory'").fetchone()[0]
-        finally:
-            db.close()
-    while failures() < 10:
-        st, js, _ = claim(token=S["mallory_token"], code="".join(random.choice(ALPHABET)
-                                                                   for _ in range(6)))
-        assert st == 404, (st, js)
+def test_wrong_codes_are_throttled_per_user_and_per_tenant():
+    def wrong_code():
+        return "".join(random.choice(ALPHABET) for _ in range(6))
     token = register("SN-THROTTLE")
-    st, js, _ = claim(token=S["mallory_token"], serial="SN-THROTTLE")
+    # Tenant globex: user g1 fails 10 times (the per-user limit), then is refused.
+    for _ in range(10):
+        st, js, _ = claim(token=S["g1"], code=wrong_code())
+        assert st == 404 and js["error"] == "expired_code", (st, js)
+    st, js, _ = claim(token=S["g1"], serial="SN-THROTTLE")
     assert st == 429 and js["error"] == "too_many_attempts", js
-    # Another user of the tenant is not affected (tenant limit is 100).
+    # g2 is not limited by g1's failures...
+    for _ in range(4):
+        st, js, _ = claim(token=S["g2"], code=wrong_code())
+        assert st == 404, (st, js)
+    # ...until the tenant's total reaches --claim-tenant-limit (15 in this test).
+    st, js, _ = claim(token=S["g2"], code=wrong_code())
+    assert st == 404, (st, js)
+    st, js, _ = claim(token=S["g2"], serial="SN-THROTTLE")
+    assert st == 429 and js["error"] == "too_many_attempts", js
+    # Another tenant is unaffected.
     st, js, _ = claim(serial="SN-THROTTLE")
     assert st == 201, js
     assert poll_until("SN-THROTTLE", token)[0] == 200
-
 
 def registration_count(serial):
     db = sqlite3.connect(S["db"])

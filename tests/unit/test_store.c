@@ -37,7 +37,7 @@ struct fx {
     struct sealer seal;
 };
 
-static const struct store_ops *ops = &store_sqlite_ops;
+static const struct phy_store_ops *ops = &store_sqlite_ops;
 
 /* The sealed body the test sealer produces: binary, includes NUL and 0xff bytes. */
 static size_t expected_sealed(const char *serial, unsigned char *buf, size_t cap)
