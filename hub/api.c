@@ -52,8 +52,8 @@ int api_parse_body(const struct api_request *req, struct api_response *res, json
     json_t *o = json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES, &jerr);
     if (!o) {
         char msg[256];
-        snprintf(msg, sizeof(msg), "invalid JSON at line %d column %d: %s", jerr.line,
-                 jerr.column, jerr.text);
+        snprintf(msg, sizeof(msg), "invalid JSON at line %d column %d: %s", jerr.line, jerr.column,
+                 jerr.text);
         api_error(res, 400, "bad_request", msg);
         return -1;
     }

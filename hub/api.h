@@ -13,22 +13,22 @@
  * by the caller for the duration of api_handle. Absent headers are NULL. */
 struct api_request {
     const char *method;
-    const char *path;    /* without the query */
-    const char *query;   /* after '?', or NULL */
+    const char *path;  /* without the query */
+    const char *query; /* after '?', or NULL */
     const char *authorization;
     const char *content_type;
     const char *if_match;
-    const char *body;    /* NUL-terminated copy of the body (may contain NULs) */
+    const char *body; /* NUL-terminated copy of the body (may contain NULs) */
     size_t body_len;
     const char *request_id;
 };
 
 struct api_response {
     int status;
-    char *body;          /* malloc'd JSON text (NUL-terminated), owned by the response */
+    char *body; /* malloc'd JSON text (NUL-terminated), owned by the response */
     size_t body_len;
     char extra_headers[API_MAX_EXTRA_HEADERS]; /* CRLF-terminated header lines */
-    char log[256];       /* key=value facts for the access line (never secrets) */
+    char log[256]; /* key=value facts for the access line (never secrets) */
 };
 
 /* Routes and handles one request. Always fills res (status and body). */

@@ -92,13 +92,13 @@ static int has_control(const char *s)
 }
 
 /* Validates optional name and tags; on success *tags_json is malloc'd text. */
-static int claim_extras(json_t *body, const char **name, char **tags_json,
-                        struct api_response *res)
+static int claim_extras(json_t *body, const char **name, char **tags_json, struct api_response *res)
 {
     if (api_get_string(body, "name", 0, name, res) < 0)
         return -1;
     if (*name && (strlen(*name) > NAME_MAX_BYTES || has_control(*name))) {
-        api_error(res, 400, "bad_request", "name must be at most 64 bytes without control characters");
+        api_error(res, 400, "bad_request",
+                  "name must be at most 64 bytes without control characters");
         return -1;
     }
     json_t *tags = json_object_get(body, "tags");
@@ -116,8 +116,9 @@ static int claim_extras(json_t *body, const char **name, char **tags_json,
     {
         if (!valid_tag_key(k) || !json_is_string(v) ||
             strlen(json_string_value(v)) > TAG_VALUE_MAX || has_control(json_string_value(v))) {
-            api_error(res, 400, "bad_request",
-                      "tag keys are 1-64 of A-Z a-z 0-9 . _ -, values strings of at most 128 bytes");
+            api_error(
+                res, 400, "bad_request",
+                "tag keys are 1-64 of A-Z a-z 0-9 . _ -, values strings of at most 128 bytes");
             return -1;
         }
     }
@@ -138,8 +139,8 @@ static unsigned char *seal_issuance(void *ctx, const char *serial, size_t *out_l
     struct seal_ctx *s = ctx;
     (void)serial;
     json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "status", "provisioned", "device_id",
-                          s->device_id, "device_secret", s->secret, "tenant", s->tenant,
-                          "region", s->h->cfg.region, "endpoint", s->h->cfg.public_endpoint);
+                          s->device_id, "device_secret", s->secret, "tenant", s->tenant, "region",
+                          s->h->cfg.region, "endpoint", s->h->cfg.public_endpoint);
     char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
     if (!text)

@@ -229,7 +229,8 @@ int main(int argc, char **argv)
     int help = 0, debug = 0;
     const struct phy_opt opts[] = {
         {"region", PHY_OPT_STR, &c->region, 0, 0, "this hub's region (default eu)"},
-        {"listen", PHY_OPT_STR, &c->listen, 0, 0, "ADDR:PORT to serve HTTPS on (default 0.0.0.0:443)"},
+        {"listen", PHY_OPT_STR, &c->listen, 0, 0,
+         "ADDR:PORT to serve HTTPS on (default 0.0.0.0:443)"},
         {"db", PHY_OPT_STR, &c->db, 0, 0, "SQLite store file (required)"},
         {"key-file", PHY_OPT_STR, &c->key_file, 0, 0,
          "AES-256 key for pending issuances, created 0600 at first start (default <db>.key)"},
@@ -248,9 +249,11 @@ int main(int argc, char **argv)
          "a registration lapses after this long without a request, s (600)"},
         {"header-timeout", PHY_OPT_INT, &c->header_timeout_s, 1, 600,
          "TLS handshake + request must arrive within, s (10)"},
-        {"keepalive", PHY_OPT_INT, &c->keepalive_s, 1, 3600, "idle keep-alive connection timeout, s (30)"},
+        {"keepalive", PHY_OPT_INT, &c->keepalive_s, 1, 3600,
+         "idle keep-alive connection timeout, s (30)"},
         {"max-body", PHY_OPT_INT, &c->max_body, 256, 1048576, "request body limit, bytes (16384)"},
-        {"max-connections", PHY_OPT_INT, &c->max_connections, 1, 1000000, "concurrent connections (10000)"},
+        {"max-connections", PHY_OPT_INT, &c->max_connections, 1, 1000000,
+         "concurrent connections (10000)"},
         {"sweep-interval", PHY_OPT_INT, &c->sweep_interval_s, 1, 3600,
          "housekeeping period: lapsed registrations, purged issuances, s (30)"},
         {"claim-user-limit", PHY_OPT_INT, &c->claim_user_limit, 1, 100000,
@@ -284,7 +287,8 @@ int main(int argc, char **argv)
     if (debug)
         phy_log_init("phyhub", PHY_LOG_DEBUG);
     if (!c->tls_cert || !c->tls_key) {
-        fprintf(stderr, "phyhub: --tls-cert and --tls-key are required (the hub only speaks TLS)\n");
+        fprintf(stderr,
+                "phyhub: --tls-cert and --tls-key are required (the hub only speaks TLS)\n");
         rc = 2;
         goto out;
     }

@@ -29,8 +29,7 @@ static int poll_token_valid(const char *t)
 static int check_serial(const char *serial, struct api_response *res)
 {
     if (!phy_serial_valid(serial, strlen(serial))) {
-        api_error(res, 400, "bad_request",
-                  "serial must be 1-64 characters of A-Z a-z 0-9 . _ -");
+        api_error(res, 400, "bad_request", "serial must be 1-64 characters of A-Z a-z 0-9 . _ -");
         return -1;
     }
     return 0;
@@ -117,8 +116,8 @@ void handle_code(struct hub *h, const struct api_request *req, struct api_respon
         return;
     if (api_check_fields(body, fields, res) < 0 ||
         api_get_string(body, "serial", 1, &serial, res) < 0 ||
-        api_get_string(body, "poll_token", 1, &token, res) < 0 ||
-        check_serial(serial, res) < 0 || poll_token_hash(token, hash, res) < 0)
+        api_get_string(body, "poll_token", 1, &token, res) < 0 || check_serial(serial, res) < 0 ||
+        poll_token_hash(token, hash, res) < 0)
         goto out;
     snprintf(res->log, sizeof(res->log), "serial=%s", serial);
 
@@ -139,8 +138,9 @@ void handle_code(struct hub *h, const struct api_request *req, struct api_respon
             goto out;
         if (outcome == STORE_CODE_TAKEN)
             continue; /* collision with a live code: draw again */
-        api_json(res, 201,
-                 json_pack("{s:s, s:I}", "code", code, "expires_in", (json_int_t)h->cfg.code_ttl_s));
+        api_json(
+            res, 201,
+            json_pack("{s:s, s:I}", "code", code, "expires_in", (json_int_t)h->cfg.code_ttl_s));
         goto out;
     }
     api_error(res, 503, "code_space_exhausted", "could not allocate a unique code; retry");
@@ -189,20 +189,21 @@ void handle_poll(struct hub *h, const struct api_request *req, struct api_respon
         goto out;
     switch (outcome) {
     case STORE_SLOW_DOWN:
-        api_json(res, 429, json_pack("{s:s, s:s, s:i}", "error", "slow_down", "message",
-                                     "polling faster than the interval", "interval",
-                                     r.interval_s));
+        api_json(res, 429,
+                 json_pack("{s:s, s:s, s:i}", "error", "slow_down", "message",
+                           "polling faster than the interval", "interval", r.interval_s));
         break;
     case STORE_PENDING:
-        api_json(res, 202, json_pack("{s:s, s:i}", "status", "authorization_pending", "interval",
-                                     r.interval_s));
+        api_json(
+            res, 202,
+            json_pack("{s:s, s:i}", "status", "authorization_pending", "interval", r.interval_s));
         break;
     case STORE_DELIVER: {
         /* The sealed body is the exact 200 answer, so a retry gets the same bytes. */
         size_t cap = r.sealed_len;
         char *plain = malloc(cap + 1);
-        int n = plain ? phy_aead_open(h->issuance_key, r.device_id, strlen(r.device_id),
-                                      r.sealed, r.sealed_len, (unsigned char *)plain, cap)
+        int n = plain ? phy_aead_open(h->issuance_key, r.device_id, strlen(r.device_id), r.sealed,
+                                      r.sealed_len, (unsigned char *)plain, cap)
                       : PHY_ENOMEM;
         if (n < 0) {
             free(plain);

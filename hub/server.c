@@ -42,7 +42,7 @@ struct conn {
     int polling; /* events currently watched */
     char *in;    /* request bytes; NULL while idle */
     size_t in_len, in_cap;
-    char *out;   /* response bytes being written; NULL while idle */
+    char *out; /* response bytes being written; NULL while idle */
     size_t out_len, out_off;
     uint64_t req_start_ms;
     char peer[64];
@@ -162,9 +162,8 @@ static void conn_respond(struct conn *c, int status, const char *extra, const ch
                          size_t body_len, int keep_alive)
 {
     char head[1024];
-    int n = phy_http_write_response_head(head, sizeof(head), status,
-                                         body ? "application/json" : NULL, body_len,
-                                         keep_alive, extra);
+    int n = phy_http_write_response_head(
+        head, sizeof(head), status, body ? "application/json" : NULL, body_len, keep_alive, extra);
     if (n < 0) {
         conn_close(c);
         return;
@@ -486,8 +485,7 @@ static void conn_accept(struct server *s, int fd, const struct sockaddr_storage 
     }
     snprintf(c->peer, sizeof(c->peer), "%s:%u", ip, port);
     c->ssl = SSL_new(s->ctx);
-    if (!c->ssl || SSL_set_fd(c->ssl, fd) != 1 ||
-        uv_poll_init_socket(s->loop, &c->poll, fd) != 0) {
+    if (!c->ssl || SSL_set_fd(c->ssl, fd) != 1 || uv_poll_init_socket(s->loop, &c->poll, fd) != 0) {
         SSL_free(c->ssl);
         close(fd);
         free(c);
@@ -578,7 +576,8 @@ static int listen_socket(const char *spec, int *out, char *err, size_t errcap)
     }
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    socklen_t sl = ss.ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
+    socklen_t sl =
+        ss.ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
     if (bind(fd, (struct sockaddr *)&ss, sl) != 0 || listen(fd, 4096) != 0) {
         snprintf(err, errcap, "cannot listen on %s: %s", spec, strerror(errno));
         close(fd);

@@ -17,19 +17,19 @@ struct store; /* opaque back-end state */
 /* Outcomes of provisioning operations (not errors: they map to HTTP answers). */
 enum store_outcome {
     STORE_OK = 0,
-    STORE_PROVISIONED,    /* serial or code already spent: 410 already_provisioned */
-    STORE_TOO_MANY,       /* registration limit per serial reached: 429 */
-    STORE_BAD_TOKEN,      /* unknown/lapsed poll token, or token of another serial: 401 */
-    STORE_EXPIRED_CODE,   /* code unknown, expired or replaced: 404 expired_code */
-    STORE_UNKNOWN_SERIAL, /* no live registration: 404 unknown_serial */
-    STORE_SERIAL_IN_USE,  /* contested serial: 409 serial_in_use */
-    STORE_ALREADY_CLAIMED,/* 409 already_claimed */
-    STORE_PENDING,        /* poll: nothing yet (202) */
-    STORE_SLOW_DOWN,      /* poll: faster than the interval (429 slow_down) */
-    STORE_DELIVER,        /* poll: the issuance is here (200) */
-    STORE_CODE_TAKEN,     /* set_code: another live code has this value; retry */
-    STORE_EXISTS,         /* admin: name already taken */
-    STORE_NOT_FOUND,      /* admin/auth: no such tenant/user/token */
+    STORE_PROVISIONED,     /* serial or code already spent: 410 already_provisioned */
+    STORE_TOO_MANY,        /* registration limit per serial reached: 429 */
+    STORE_BAD_TOKEN,       /* unknown/lapsed poll token, or token of another serial: 401 */
+    STORE_EXPIRED_CODE,    /* code unknown, expired or replaced: 404 expired_code */
+    STORE_UNKNOWN_SERIAL,  /* no live registration: 404 unknown_serial */
+    STORE_SERIAL_IN_USE,   /* contested serial: 409 serial_in_use */
+    STORE_ALREADY_CLAIMED, /* 409 already_claimed */
+    STORE_PENDING,         /* poll: nothing yet (202) */
+    STORE_SLOW_DOWN,       /* poll: faster than the interval (429 slow_down) */
+    STORE_DELIVER,         /* poll: the issuance is here (200) */
+    STORE_CODE_TAKEN,      /* set_code: another live code has this value; retry */
+    STORE_EXISTS,          /* admin: name already taken */
+    STORE_NOT_FOUND,       /* admin/auth: no such tenant/user/token */
 };
 
 /* Time is milliseconds since the Unix epoch, supplied by the caller (testable). */
@@ -37,15 +37,15 @@ struct store_prov_params {
     int64_t now_ms;
     int64_t registration_idle_ms; /* a registration lapses after this without activity */
     int64_t code_ttl_ms;
-    int64_t grace_ms;             /* issuance redelivery window after first delivery */
-    int interval_s;               /* base poll interval */
-    int max_interval_s;           /* cap for slow_down growth */
-    int max_regs_per_serial;      /* 4 */
+    int64_t grace_ms;        /* issuance redelivery window after first delivery */
+    int interval_s;          /* base poll interval */
+    int max_interval_s;      /* cap for slow_down growth */
+    int max_regs_per_serial; /* 4 */
 };
 
 struct store_poll_result {
-    int interval_s;             /* the registration's current interval (PENDING/SLOW_DOWN) */
-    unsigned char *sealed;      /* DELIVER: the sealed issuance body, malloc'd, caller frees */
+    int interval_s;        /* the registration's current interval (PENDING/SLOW_DOWN) */
+    unsigned char *sealed; /* DELIVER: the sealed issuance body, malloc'd, caller frees */
     size_t sealed_len;
     char device_id[PHY_DEVICE_ID_LEN + 1]; /* DELIVER */
 };
@@ -53,12 +53,12 @@ struct store_poll_result {
 /* One issuance created by a claim. The body is sealed (AES-256-GCM) by the caller. */
 struct store_claim {
     int64_t tenant_id, user_id;
-    const char *serial;        /* exactly one of serial / code is non-NULL */
-    const char *code;          /* normalized */
+    const char *serial; /* exactly one of serial / code is non-NULL */
+    const char *code;   /* normalized */
     const char *device_id;
-    const char *secret_hash;   /* hex SHA-256 of the device secret */
-    const char *name;          /* may be NULL */
-    const char *tags_json;     /* JSON object text, "{}" when none */
+    const char *secret_hash; /* hex SHA-256 of the device secret */
+    const char *name;        /* may be NULL */
+    const char *tags_json;   /* JSON object text, "{}" when none */
     /* Sealing needs the serial resolved from a code before the body exists, so the
      * store calls seal(ctx, serial, out_len) inside the transaction; it returns a
      * malloc'd sealed body (or NULL on failure, which aborts the claim). */
@@ -70,8 +70,8 @@ struct store_device {
     char device_id[PHY_DEVICE_ID_LEN + 1];
     char serial[PHY_SERIAL_MAX + 1];
     char name[STORE_NAME_MAX * 2 + 1];
-    char state[24];       /* pending_delivery | provisioned | active | revoked */
-    char *tags_json;      /* malloc'd */
+    char state[24];  /* pending_delivery | provisioned | active | revoked */
+    char *tags_json; /* malloc'd */
     int64_t created_ms;
 };
 
@@ -83,15 +83,14 @@ struct phy_store_ops {
 
     /* --- admin and auth --- */
     int (*tenant_add)(struct store *s, const char *name, const char *region, int *outcome);
-    int (*user_add)(struct store *s, const char *tenant, const char *user,
-                    const char *pw_hash, int *outcome);
-    int (*token_add)(struct store *s, const char *tenant, const char *user,
-                     const char *token_hash, int64_t now_ms, int *outcome);
+    int (*user_add)(struct store *s, const char *tenant, const char *user, const char *pw_hash,
+                    int *outcome);
+    int (*token_add)(struct store *s, const char *tenant, const char *user, const char *token_hash,
+                     int64_t now_ms, int *outcome);
     /* Resolves an API token hash; outcome STORE_OK with ids and tenant name/region,
      * or STORE_NOT_FOUND. */
-    int (*token_auth)(struct store *s, const char *token_hash, int64_t *tenant_id,
-                      int64_t *user_id, char tenant[STORE_NAME_MAX + 1],
-                      char region[16], int *outcome);
+    int (*token_auth)(struct store *s, const char *token_hash, int64_t *tenant_id, int64_t *user_id,
+                      char tenant[STORE_NAME_MAX + 1], char region[16], int *outcome);
 
     /* --- provisioning (eu) --- */
     /* register: PROVISIONED when the serial has an issuance; TOO_MANY when it has

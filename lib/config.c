@@ -36,8 +36,8 @@ static size_t opt_count(const struct phy_opt *opts)
     return n;
 }
 
-static const struct phy_opt *opt_find(const struct phy_opt *opts, const char *name,
-                                      size_t name_len, size_t *idx)
+static const struct phy_opt *opt_find(const struct phy_opt *opts, const char *name, size_t name_len,
+                                      size_t *idx)
 {
     for (size_t i = 0; opts != NULL && opts[i].name != NULL; i++) {
         if (strlen(opts[i].name) == name_len && memcmp(opts[i].name, name, name_len) == 0) {
@@ -85,8 +85,8 @@ static int parse_bool(const char *s, int *out)
 
 /* Stores value into opt's destination. On a bad value writes "<what>: expected ..."
  * into msg (the caller prefixes "--" or FILE:LINE). 0 or negative. */
-static int opt_apply(struct cfg_parse *cp, size_t idx, const char *value,
-                     enum cfg_source src, char *msg, size_t msgcap)
+static int opt_apply(struct cfg_parse *cp, size_t idx, const char *value, enum cfg_source src,
+                     char *msg, size_t msgcap)
 {
     const struct phy_opt *o = &cp->opts[idx];
 
@@ -105,8 +105,7 @@ static int opt_apply(struct cfg_parse *cp, size_t idx, const char *value,
     case PHY_OPT_INT: {
         long v;
         if (parse_long(value, o->min, o->max, &v) != 0) {
-            snprintf(msg, msgcap, "%s: expected an integer in %ld..%ld", o->name, o->min,
-                     o->max);
+            snprintf(msg, msgcap, "%s: expected an integer in %ld..%ld", o->name, o->min, o->max);
             return PHY_EINVAL;
         }
         *(long *)o->dest = v;
@@ -174,8 +173,7 @@ static int load_file(struct cfg_parse *cp, const char *file)
     if (line == 0)
         return 0;
     if (line == -1)
-        snprintf(cp->err, cp->errcap, "cannot open config file %s: %s", file,
-                 strerror(errno));
+        snprintf(cp->err, cp->errcap, "cannot open config file %s: %s", file, strerror(errno));
     else if (line < 0)
         snprintf(cp->err, cp->errcap, "%s: out of memory", file);
     else if (cp->failed)
@@ -186,8 +184,8 @@ static int load_file(struct cfg_parse *cp, const char *file)
 }
 
 /* Finds "--config FILE" / "--config=FILE" and "--help"/"-h" before "--". */
-static int prescan(int argc, char **argv, int first, const char **file, int *help,
-                   char *err, size_t errcap)
+static int prescan(int argc, char **argv, int first, const char **file, int *help, char *err,
+                   size_t errcap)
 {
     for (int i = first; i < argc; i++) {
         const char *a = argv[i];
@@ -286,9 +284,8 @@ static int parse_args(struct cfg_parse *cp, int argc, char **argv, int first, ch
 /* Parses the INI file named by --config (if any), then argv over it. 0 or negative
  * with a one-line message in err. Destinations may be partly filled on failure:
  * phy_config_free releases them either way. */
-int phy_config_parse(const struct phy_opt *opts, int argc, char **argv, int first,
-                     char **pos, size_t npos_cap, size_t *npos, int *want_help,
-                     char *err, size_t errcap)
+int phy_config_parse(const struct phy_opt *opts, int argc, char **argv, int first, char **pos,
+                     size_t npos_cap, size_t *npos, int *want_help, char *err, size_t errcap)
 {
     struct cfg_parse cp;
     const char *file = NULL;
@@ -339,10 +336,14 @@ out_free:
 static const char *opt_meta(enum phy_opt_type t)
 {
     switch (t) {
-    case PHY_OPT_STR: return " VALUE";
-    case PHY_OPT_INT: return " N";
-    case PHY_OPT_BOOL: return "";
-    case PHY_OPT_LIST: return " VALUE";
+    case PHY_OPT_STR:
+        return " VALUE";
+    case PHY_OPT_INT:
+        return " N";
+    case PHY_OPT_BOOL:
+        return "";
+    case PHY_OPT_LIST:
+        return " VALUE";
     }
     return "";
 }

@@ -131,8 +131,8 @@ int phy_serial_valid(const char *s, size_t n)
         return 0;
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
-        int ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
-                 (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-';
+        int ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+                 c == '.' || c == '_' || c == '-';
         if (!ok)
             return 0;
     }
@@ -148,8 +148,7 @@ int phy_sha256_hex(const void *data, size_t n, char out[PHY_HASH_HEX_LEN + 1])
 
     if (data == NULL)
         data = "";
-    if (EVP_Digest(data, n, md, &mdlen, EVP_sha256(), NULL) != 1 ||
-        mdlen * 2 != PHY_HASH_HEX_LEN) {
+    if (EVP_Digest(data, n, md, &mdlen, EVP_sha256(), NULL) != 1 || mdlen * 2 != PHY_HASH_HEX_LEN) {
         out[0] = '\0';
         return PHY_ECRYPTO;
     }
@@ -170,8 +169,8 @@ int phy_ct_equal(const void *a, const void *b, size_t n)
 }
 
 /* nonce || AES-256-GCM(in) || tag, with aad authenticated. Length or negative. */
-int phy_aead_seal(const unsigned char key[PHY_AEAD_KEY_LEN], const void *aad,
-                  size_t aad_len, const void *in, size_t n, unsigned char *out, size_t cap)
+int phy_aead_seal(const unsigned char key[PHY_AEAD_KEY_LEN], const void *aad, size_t aad_len,
+                  const void *in, size_t n, unsigned char *out, size_t cap)
 {
     EVP_CIPHER_CTX *ctx = NULL;
     unsigned char *ct;
@@ -213,9 +212,8 @@ out_free:
 
 /* Verifies and decrypts nonce || ct || tag. Plaintext length, PHY_ECRYPTO when the
  * tag (or the aad) does not match, or another negative code. */
-int phy_aead_open(const unsigned char key[PHY_AEAD_KEY_LEN], const void *aad,
-                  size_t aad_len, const unsigned char *in, size_t n, unsigned char *out,
-                  size_t cap)
+int phy_aead_open(const unsigned char key[PHY_AEAD_KEY_LEN], const void *aad, size_t aad_len,
+                  const unsigned char *in, size_t n, unsigned char *out, size_t cap)
 {
     EVP_CIPHER_CTX *ctx = NULL;
     unsigned char tag[AEAD_TAG_LEN];
@@ -316,8 +314,8 @@ static int write_full(int fd, const unsigned char *buf, size_t n)
 }
 
 /* Checks an opened key file (regular, private, 32 bytes) and reads it into key. */
-static int key_load_fd(int fd, const char *path, unsigned char key[PHY_AEAD_KEY_LEN],
-                       char *errbuf, size_t errcap)
+static int key_load_fd(int fd, const char *path, unsigned char key[PHY_AEAD_KEY_LEN], char *errbuf,
+                       size_t errcap)
 {
     struct stat st;
 
@@ -331,8 +329,8 @@ static int key_load_fd(int fd, const char *path, unsigned char key[PHY_AEAD_KEY_
     }
     if ((st.st_mode & 077) != 0) {
         snprintf(errbuf, errcap,
-                 "key file %s is readable by group or others (mode %04o); chmod 600 it",
-                 path, (unsigned)(st.st_mode & 07777));
+                 "key file %s is readable by group or others (mode %04o); chmod 600 it", path,
+                 (unsigned)(st.st_mode & 07777));
         return PHY_EINVAL;
     }
     if (st.st_size != PHY_AEAD_KEY_LEN) {
@@ -392,8 +390,8 @@ out_unlink:
 }
 
 /* Loads or creates the 32-byte key at path; message in errbuf on failure. */
-int phy_key_load_or_create(const char *path, unsigned char key[PHY_AEAD_KEY_LEN],
-                           char *errbuf, size_t errcap)
+int phy_key_load_or_create(const char *path, unsigned char key[PHY_AEAD_KEY_LEN], char *errbuf,
+                           size_t errcap)
 {
     char dummy[1];
     int fd, rc, attempt;

@@ -5,18 +5,31 @@
 const char *phy_strerror(int err)
 {
     switch (err) {
-    case PHY_OK: return "OK";
-    case PHY_EAGAIN: return "EAGAIN";
-    case PHY_EINVAL: return "EINVAL";
-    case PHY_ENOMEM: return "ENOMEM";
-    case PHY_ETOOBIG: return "ETOOBIG";
-    case PHY_EIO: return "EIO";
-    case PHY_ENOTFOUND: return "ENOTFOUND";
-    case PHY_EPROTO: return "EPROTO";
-    case PHY_ETIMEDOUT: return "ETIMEDOUT";
-    case PHY_EUNSUPP: return "EUNSUPP";
-    case PHY_EEXIST: return "EEXIST";
-    case PHY_ECRYPTO: return "ECRYPTO";
-    default: return "EUNKNOWN";
+    case PHY_OK:
+        return "OK";
+    case PHY_EAGAIN:
+        return "EAGAIN";
+    case PHY_EINVAL:
+        return "EINVAL";
+    case PHY_ENOMEM:
+        return "ENOMEM";
+    case PHY_ETOOBIG:
+        return "ETOOBIG";
+    case PHY_EIO:
+        return "EIO";
+    case PHY_ENOTFOUND:
+        return "ENOTFOUND";
+    case PHY_EPROTO:
+        return "EPROTO";
+    case PHY_ETIMEDOUT:
+        return "ETIMEDOUT";
+    case PHY_EUNSUPP:
+        return "EUNSUPP";
+    case PHY_EEXIST:
+        return "EEXIST";
+    case PHY_ECRYPTO:
+        return "ECRYPTO";
+    default:
+        return "EUNKNOWN";
     }
 }

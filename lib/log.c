@@ -18,10 +18,14 @@ static enum phy_log_level log_min = PHY_LOG_INFO;
 static const char *level_name(enum phy_log_level lvl)
 {
     switch (lvl) {
-    case PHY_LOG_DEBUG: return "debug";
-    case PHY_LOG_INFO: return "info";
-    case PHY_LOG_WARN: return "warn";
-    case PHY_LOG_ERROR: return "error";
+    case PHY_LOG_DEBUG:
+        return "debug";
+    case PHY_LOG_INFO:
+        return "info";
+    case PHY_LOG_WARN:
+        return "warn";
+    case PHY_LOG_ERROR:
+        return "error";
     }
     return "error";
 }

@@ -8,12 +8,12 @@
 #define PHY_CLIENT_MAX_BODY (1u << 20)
 
 struct phy_client_opts {
-    const char *host;        /* TLS server name and Host header, e.g. portal-eu.phystack.com */
-    unsigned port;           /* e.g. 443 */
-    const char *connect_addr;/* where to connect when no proxy: IP literal or name, with an
-                              * optional ":PORT" ("[v6]:PORT"); port defaults to port;
-                              * NULL = host */
-    const char *proxy_host;  /* NULL for a direct connection */
+    const char *host;         /* TLS server name and Host header, e.g. portal-eu.phystack.com */
+    unsigned port;            /* e.g. 443 */
+    const char *connect_addr; /* where to connect when no proxy: IP literal or name, with an
+                               * optional ":PORT" ("[v6]:PORT"); port defaults to port;
+                               * NULL = host */
+    const char *proxy_host;   /* NULL for a direct connection */
     unsigned proxy_port;
     const char *proxy_ident; /* Basic username for Proxy-Authorization (sn_… or dev_…) */
     const char *ca_file;     /* PEM bundle to verify the server against; NULL = system */
@@ -21,8 +21,8 @@ struct phy_client_opts {
 };
 
 struct phy_client_response {
-    int status;     /* HTTP status, e.g. 202 */
-    char *body;     /* NUL-terminated, malloc'd; free with phy_client_response_free */
+    int status; /* HTTP status, e.g. 202 */
+    char *body; /* NUL-terminated, malloc'd; free with phy_client_response_free */
     size_t body_len;
 };
 
@@ -34,8 +34,7 @@ struct phy_client_response {
  * ("proxy answered 403", "certificate verify failed: …", "timeout reading"). */
 int phy_client_request(const struct phy_client_opts *o, const char *method, const char *path,
                        const char *headers, const char *content_type, const char *body,
-                       size_t body_len, struct phy_client_response *res, char *err,
-                       size_t errcap);
+                       size_t body_len, struct phy_client_response *res, char *err, size_t errcap);
 
 /* Frees res->body (NULL-safe) and zeroes res. */
 void phy_client_response_free(struct phy_client_response *res);

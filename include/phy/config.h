@@ -5,10 +5,10 @@
 #include <stddef.h>
 
 enum phy_opt_type {
-    PHY_OPT_STR,   /* char **: strdup'd value (freed by phy_config_free); starts NULL */
-    PHY_OPT_INT,   /* long *: decimal, range [min, max] */
-    PHY_OPT_BOOL,  /* int *: flag without value sets 1; INI accepts true/false/1/0/yes/no */
-    PHY_OPT_LIST,  /* struct phy_strlist *: repeatable, each use appends */
+    PHY_OPT_STR,  /* char **: strdup'd value (freed by phy_config_free); starts NULL */
+    PHY_OPT_INT,  /* long *: decimal, range [min, max] */
+    PHY_OPT_BOOL, /* int *: flag without value sets 1; INI accepts true/false/1/0/yes/no */
+    PHY_OPT_LIST, /* struct phy_strlist *: repeatable, each use appends */
 };
 
 struct phy_strlist {
@@ -18,11 +18,11 @@ struct phy_strlist {
 
 /* An option table is an array ended by an entry whose name is NULL. */
 struct phy_opt {
-    const char *name;  /* long flag without "--" and INI key, e.g. "code-ttl" */
+    const char *name; /* long flag without "--" and INI key, e.g. "code-ttl" */
     enum phy_opt_type type;
     void *dest;
-    long min, max;     /* PHY_OPT_INT only */
-    const char *help;  /* one line for --help; the default is part of the text */
+    long min, max;    /* PHY_OPT_INT only */
+    const char *help; /* one line for --help; the default is part of the text */
 };
 
 /* Parses argv[first..argc): "--name value", "--name=value", "--flag". A "--config
@@ -34,9 +34,8 @@ struct phy_opt {
  * returns 0 at once (nothing else parsed). Call phy_config_free even on failure.
  * Returns 0, or PHY_EINVAL with a one-line message in err (e.g. "unknown option
  * --foo", "--code-ttl: expected an integer in 1..86400"). */
-int phy_config_parse(const struct phy_opt *opts, int argc, char **argv, int first,
-                     char **pos, size_t npos_cap, size_t *npos, int *want_help,
-                     char *err, size_t errcap);
+int phy_config_parse(const struct phy_opt *opts, int argc, char **argv, int first, char **pos,
+                     size_t npos_cap, size_t *npos, int *want_help, char *err, size_t errcap);
 
 /* Prints "  --name VALUE   help" lines for every option to f (a FILE *). */
 void phy_config_print_help(const struct phy_opt *opts, void *f);

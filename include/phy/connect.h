@@ -37,7 +37,7 @@ int phy_connect_parse_allow(const char *spec, char *pattern, size_t cap, unsigne
 
 /* Parses "HOST=ADDR:PORT" (ADDR IPv4, or [IPv6]) into its parts. Returns 0 or
  * PHY_EINVAL. */
-int phy_connect_parse_route(const char *spec, char *host, size_t hcap, char *addr,
-                            size_t acap, unsigned *port);
+int phy_connect_parse_route(const char *spec, char *host, size_t hcap, char *addr, size_t acap,
+                            unsigned *port);
 
 #endif

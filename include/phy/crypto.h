@@ -6,12 +6,12 @@
 
 #define PHY_CODE_LEN 6
 #define PHY_CODE_ALPHABET "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
-#define PHY_TOKEN_LEN 43       /* 32 random bytes in base64url */
-#define PHY_HASH_HEX_LEN 64    /* SHA-256 in lowercase hex */
+#define PHY_TOKEN_LEN 43    /* 32 random bytes in base64url */
+#define PHY_HASH_HEX_LEN 64 /* SHA-256 in lowercase hex */
 #define PHY_SERIAL_MAX 64
-#define PHY_DEVICE_ID_LEN 30   /* "dev_" + 26 base32 chars (128 bits) */
+#define PHY_DEVICE_ID_LEN 30 /* "dev_" + 26 base32 chars (128 bits) */
 #define PHY_AEAD_KEY_LEN 32
-#define PHY_AEAD_OVERHEAD 28   /* 12-byte nonce + 16-byte tag */
+#define PHY_AEAD_OVERHEAD 28 /* 12-byte nonce + 16-byte tag */
 
 /* Fills buf with n cryptographically secure random bytes. 0 or PHY_ECRYPTO. */
 int phy_random_bytes(void *buf, size_t n);
@@ -42,16 +42,15 @@ int phy_ct_equal(const void *a, const void *b, size_t n);
  * n + PHY_AEAD_OVERHEAD), binding aad; returns the length written or negative.
  * Open reverses it and returns the plaintext length, PHY_ECRYPTO when the tag
  * does not verify. */
-int phy_aead_seal(const unsigned char key[PHY_AEAD_KEY_LEN], const void *aad,
-                  size_t aad_len, const void *in, size_t n, unsigned char *out, size_t cap);
-int phy_aead_open(const unsigned char key[PHY_AEAD_KEY_LEN], const void *aad,
-                  size_t aad_len, const unsigned char *in, size_t n, unsigned char *out,
-                  size_t cap);
+int phy_aead_seal(const unsigned char key[PHY_AEAD_KEY_LEN], const void *aad, size_t aad_len,
+                  const void *in, size_t n, unsigned char *out, size_t cap);
+int phy_aead_open(const unsigned char key[PHY_AEAD_KEY_LEN], const void *aad, size_t aad_len,
+                  const unsigned char *in, size_t n, unsigned char *out, size_t cap);
 
 /* Loads a 32-byte key from path, or creates it (mode 0600, O_EXCL, fsync) when it
  * does not exist. Refuses a key file readable by group/other or of the wrong size.
  * errbuf gets a message on failure. */
-int phy_key_load_or_create(const char *path, unsigned char key[PHY_AEAD_KEY_LEN],
-                           char *errbuf, size_t errcap);
+int phy_key_load_or_create(const char *path, unsigned char key[PHY_AEAD_KEY_LEN], char *errbuf,
+                           size_t errcap);
 
 #endif

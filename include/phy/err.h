@@ -4,15 +4,15 @@
 
 enum phy_err {
     PHY_OK = 0,
-    PHY_EAGAIN = -1,   /* need more bytes: not a failure */
-    PHY_EINVAL = -2,   /* malformed input */
+    PHY_EAGAIN = -1, /* need more bytes: not a failure */
+    PHY_EINVAL = -2, /* malformed input */
     PHY_ENOMEM = -3,
-    PHY_ETOOBIG = -4,  /* input over a limit */
-    PHY_EIO = -5,      /* system or library I/O failure */
+    PHY_ETOOBIG = -4, /* input over a limit */
+    PHY_EIO = -5,     /* system or library I/O failure */
     PHY_ENOTFOUND = -6,
-    PHY_EPROTO = -7,   /* protocol violation by the peer */
+    PHY_EPROTO = -7, /* protocol violation by the peer */
     PHY_ETIMEDOUT = -8,
-    PHY_EUNSUPP = -9,  /* valid but unsupported (e.g. chunked request body) */
+    PHY_EUNSUPP = -9, /* valid but unsupported (e.g. chunked request body) */
     PHY_EEXIST = -10,
     PHY_ECRYPTO = -11,
 };

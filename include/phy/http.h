@@ -76,8 +76,7 @@ const char *phy_http_reason(int status);
  * close when !keep_alive + CRLF into out (capacity cap). Returns the head length (body
  * not copied), PHY_ETOOBIG if it does not fit, PHY_EINVAL for a status outside
  * 100..599, CR/LF in content_type, or extra_headers not ending in CRLF. */
-int phy_http_write_response_head(char *out, size_t cap, int status,
-                                 const char *content_type, size_t body_len,
-                                 int keep_alive, const char *extra_headers);
+int phy_http_write_response_head(char *out, size_t cap, int status, const char *content_type,
+                                 size_t body_len, int keep_alive, const char *extra_headers);
 
 #endif

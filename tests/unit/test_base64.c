@@ -35,12 +35,10 @@ static void test_rfc_encode(void **state)
         size_t n = strlen(v->plain);
         assert_int_equal(phy_base64_encoded_len(n, 0), strlen(v->std));
         assert_int_equal(phy_base64_encoded_len(n, 1), strlen(v->url));
-        assert_int_equal(phy_base64_encode((const unsigned char *)v->plain, n, out,
-                                           sizeof out, 0),
+        assert_int_equal(phy_base64_encode((const unsigned char *)v->plain, n, out, sizeof out, 0),
                          (int)strlen(v->std));
         assert_string_equal(out, v->std);
-        assert_int_equal(phy_base64_encode((const unsigned char *)v->plain, n, out,
-                                           sizeof out, 1),
+        assert_int_equal(phy_base64_encode((const unsigned char *)v->plain, n, out, sizeof out, 1),
                          (int)strlen(v->url));
         assert_string_equal(out, v->url);
     }
@@ -53,11 +51,9 @@ static void test_rfc_decode(void **state)
         const struct vec *v = &rfc_vectors[i];
         unsigned char out[32];
         size_t n = strlen(v->plain);
-        assert_int_equal(phy_base64_decode(v->std, strlen(v->std), out, sizeof out, 0),
-                         (int)n);
+        assert_int_equal(phy_base64_decode(v->std, strlen(v->std), out, sizeof out, 0), (int)n);
         assert_memory_equal(out, v->plain, n);
-        assert_int_equal(phy_base64_decode(v->url, strlen(v->url), out, sizeof out, 1),
-                         (int)n);
+        assert_int_equal(phy_base64_decode(v->url, strlen(v->url), out, sizeof out, 1), (int)n);
         assert_memory_equal(out, v->plain, n);
     }
 }
@@ -92,8 +88,7 @@ static void test_round_trip_all_lengths(void **state)
         for (size_t n = 0; n <= sizeof in; n++) {
             int e = phy_base64_encode(in, n, enc, sizeof enc, url);
             assert_int_equal(e, (int)phy_base64_encoded_len(n, url));
-            assert_int_equal(phy_base64_decode(enc, (size_t)e, back, sizeof back, url),
-                             (int)n);
+            assert_int_equal(phy_base64_decode(enc, (size_t)e, back, sizeof back, url), (int)n);
             assert_memory_equal(back, in, n);
         }
     }
@@ -104,11 +99,9 @@ static void test_encode_too_small(void **state)
     char out[5];
     (void)state;
     /* "Zm9v" needs 4 + NUL */
-    assert_int_equal(phy_base64_encode((const unsigned char *)"foo", 3, out, 4, 0),
-                     PHY_ETOOBIG);
+    assert_int_equal(phy_base64_encode((const unsigned char *)"foo", 3, out, 4, 0), PHY_ETOOBIG);
     assert_int_equal(phy_base64_encode((const unsigned char *)"foo", 3, out, 5, 0), 4);
-    assert_int_equal(phy_base64_encode((const unsigned char *)"", 0, out, 0, 0),
-                     PHY_ETOOBIG);
+    assert_int_equal(phy_base64_encode((const unsigned char *)"", 0, out, 0, 0), PHY_ETOOBIG);
 }
 
 static void test_decode_too_small(void **state)
@@ -174,12 +167,9 @@ static void test_rejections(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_rfc_encode),
-        cmocka_unit_test(test_rfc_decode),
-        cmocka_unit_test(test_url_alphabet),
-        cmocka_unit_test(test_round_trip_all_lengths),
-        cmocka_unit_test(test_encode_too_small),
-        cmocka_unit_test(test_decode_too_small),
+        cmocka_unit_test(test_rfc_encode),       cmocka_unit_test(test_rfc_decode),
+        cmocka_unit_test(test_url_alphabet),     cmocka_unit_test(test_round_trip_all_lengths),
+        cmocka_unit_test(test_encode_too_small), cmocka_unit_test(test_decode_too_small),
         cmocka_unit_test(test_rejections),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

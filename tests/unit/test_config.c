@@ -34,14 +34,15 @@ static int setup(void **state)
     if (c == NULL)
         return -1;
     c->code_ttl = 300;
-    c->opts[0] = (struct phy_opt){"listen", PHY_OPT_STR, &c->listen, 0, 0,
-                                  "address:port to listen on (default 127.0.0.1:8443)"};
-    c->opts[1] = (struct phy_opt){"code-ttl", PHY_OPT_INT, &c->code_ttl, 1, 86400,
-                                  "seconds a code stays valid (default 300)"};
-    c->opts[2] = (struct phy_opt){"verbose", PHY_OPT_BOOL, &c->verbose, 0, 0,
-                                  "log debug events"};
-    c->opts[3] = (struct phy_opt){"allow", PHY_OPT_LIST, &c->allow, 0, 0,
-                                  "allowed host (repeatable)"};
+    c->opts[0] = (struct phy_opt){"listen",   PHY_OPT_STR,
+                                  &c->listen, 0,
+                                  0,          "address:port to listen on (default 127.0.0.1:8443)"};
+    c->opts[1] =
+        (struct phy_opt){"code-ttl", PHY_OPT_INT, &c->code_ttl,
+                         1,          86400,       "seconds a code stays valid (default 300)"};
+    c->opts[2] = (struct phy_opt){"verbose", PHY_OPT_BOOL, &c->verbose, 0, 0, "log debug events"};
+    c->opts[3] =
+        (struct phy_opt){"allow", PHY_OPT_LIST, &c->allow, 0, 0, "allowed host (repeatable)"};
     c->opts[4] = (struct phy_opt){NULL, PHY_OPT_STR, NULL, 0, 0, NULL};
     memcpy(c->dir, "/tmp/phy_config_XXXXXX", sizeof "/tmp/phy_config_XXXXXX");
     if (mkdtemp(c->dir) == NULL) {
@@ -85,8 +86,8 @@ static int parse(struct cfg *c, char **argv)
 static void test_every_type(void **state)
 {
     struct cfg *c = *state;
-    char *argv[] = {"phyhub", "--listen", "0.0.0.0:443", "--code-ttl", "60", "--verbose",
-                    "--allow", "a.example", "--allow", "b.example", NULL};
+    char *argv[] = {"phyhub",  "--listen",  "0.0.0.0:443", "--code-ttl", "60", "--verbose",
+                    "--allow", "a.example", "--allow",     "b.example",  NULL};
     assert_int_equal(parse(c, argv), 0);
     assert_string_equal(c->listen, "0.0.0.0:443");
     assert_int_equal(c->code_ttl, 60);
@@ -101,8 +102,9 @@ static void test_every_type(void **state)
 static void test_equals_form(void **state)
 {
     struct cfg *c = *state;
-    char *argv[] = {"phyhub", "--listen=[::1]:8443", "--code-ttl=-0", "--allow=x=y",
-                    "--verbose=yes", "--listen=a=b", NULL};
+    char *argv[] = {"phyhub",      "--listen=[::1]:8443", "--code-ttl=-0",
+                    "--allow=x=y", "--verbose=yes",       "--listen=a=b",
+                    NULL};
     c->opts[1].min = 0;
     assert_int_equal(parse(c, argv), 0);
     assert_string_equal(c->listen, "a=b"); /* last wins, value may hold '=' */
@@ -196,8 +198,7 @@ static void test_cli_overrides_file(void **state)
 static void test_list_replacement(void **state)
 {
     struct cfg *c = *state;
-    char *argv_cli[] = {"phyhub", "--config", c->file, "--allow", "c1", "--allow", "c2",
-                        NULL};
+    char *argv_cli[] = {"phyhub", "--config", c->file, "--allow", "c1", "--allow", "c2", NULL};
     char *argv_none[] = {"phyhub", "--config", c->file, NULL};
     write_ini(c, "allow = f1\nallow = f2\nallow = f3\n");
     assert_int_equal(parse(c, argv_cli), 0);

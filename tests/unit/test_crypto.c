@@ -39,8 +39,8 @@ static void test_token(void **state)
     assert_string_not_equal(t1, t2);
     for (size_t i = 0; i < PHY_TOKEN_LEN; i++) {
         char c = t1[i];
-        int ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
-                 (c >= '0' && c <= '9') || c == '-' || c == '_';
+        int ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+                 c == '-' || c == '_';
         assert_true(ok);
     }
     assert_int_equal(phy_base64_decode(t1, PHY_TOKEN_LEN, raw, sizeof raw, 1), 32);
@@ -125,8 +125,14 @@ static void test_code_normalize(void **state)
     assert_int_equal(phy_code_normalize("", 0, out), PHY_EINVAL);
     assert_int_equal(phy_code_normalize("ABC 23", 6, out), PHY_EINVAL);
     assert_int_equal(phy_code_normalize("ABC-23", 6, out), PHY_EINVAL);
-    assert_int_equal(phy_code_normalize("ABC\0" "23", 6, out), PHY_EINVAL);
-    assert_int_equal(phy_code_normalize("ABC\xc3\xa9" "2", 6, out), PHY_EINVAL);
+    assert_int_equal(phy_code_normalize("ABC\0"
+                                        "23",
+                                        6, out),
+                     PHY_EINVAL);
+    assert_int_equal(phy_code_normalize("ABC\xc3\xa9"
+                                        "2",
+                                        6, out),
+                     PHY_EINVAL);
 }
 
 static void test_serial_valid(void **state)
@@ -143,7 +149,9 @@ static void test_serial_valid(void **state)
     assert_false(phy_serial_valid("SN/1", 4));
     assert_false(phy_serial_valid("SN 1", 4));
     assert_false(phy_serial_valid("SN:1", 4));
-    assert_false(phy_serial_valid("SN\0" "1", 4));
+    assert_false(phy_serial_valid("SN\0"
+                                  "1",
+                                  4));
     assert_false(phy_serial_valid("..\\x", 4));
 }
 
@@ -152,11 +160,9 @@ static void test_sha256(void **state)
     char hex[PHY_HASH_HEX_LEN + 1];
     (void)state;
     assert_int_equal(phy_sha256_hex("abc", 3, hex), 0);
-    assert_string_equal(hex,
-                        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    assert_string_equal(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     assert_int_equal(phy_sha256_hex("", 0, hex), 0);
-    assert_string_equal(hex,
-                        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    assert_string_equal(hex, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
 }
 
 static void test_ct_equal(void **state)
@@ -168,9 +174,9 @@ static void test_ct_equal(void **state)
     assert_true(phy_ct_equal("a", "b", 0));
 }
 
-static const unsigned char test_key[PHY_AEAD_KEY_LEN] = {
-    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16,
-    17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32};
+static const unsigned char test_key[PHY_AEAD_KEY_LEN] = {1,  2,  3,  4,  5,  6,  7,  8,  9,  10, 11,
+                                                         12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22,
+                                                         23, 24, 25, 26, 27, 28, 29, 30, 31, 32};
 
 static void test_aead_round_trip(void **state)
 {
@@ -188,9 +194,9 @@ static void test_aead_round_trip(void **state)
     assert_memory_not_equal(sealed, sealed2, (size_t)len);
     /* ciphertext is not the plaintext */
     assert_null(memmem(sealed, (size_t)len, msg, n));
-    assert_int_equal(phy_aead_open(test_key, aad, sizeof aad - 1, sealed, (size_t)len, plain,
-                                   sizeof plain),
-                     (int)n);
+    assert_int_equal(
+        phy_aead_open(test_key, aad, sizeof aad - 1, sealed, (size_t)len, plain, sizeof plain),
+        (int)n);
     assert_memory_equal(plain, msg, n);
     /* empty plaintext and empty aad */
     len = phy_aead_seal(test_key, NULL, 0, "", 0, sealed, sizeof sealed);
@@ -203,16 +209,13 @@ static void test_aead_limits(void **state)
     unsigned char sealed[64], plain[64];
     int len;
     (void)state;
-    assert_int_equal(phy_aead_seal(test_key, NULL, 0, "hello", 5, sealed, 5 + 27),
-                     PHY_ETOOBIG);
+    assert_int_equal(phy_aead_seal(test_key, NULL, 0, "hello", 5, sealed, 5 + 27), PHY_ETOOBIG);
     len = phy_aead_seal(test_key, NULL, 0, "hello", 5, sealed, 5 + 28);
     assert_int_equal(len, 33);
-    assert_int_equal(phy_aead_open(test_key, NULL, 0, sealed, (size_t)len, plain, 4),
-                     PHY_ETOOBIG);
+    assert_int_equal(phy_aead_open(test_key, NULL, 0, sealed, (size_t)len, plain, 4), PHY_ETOOBIG);
     assert_int_equal(phy_aead_open(test_key, NULL, 0, sealed, 27, plain, sizeof plain),
                      PHY_ECRYPTO);
-    assert_int_equal(phy_aead_open(test_key, NULL, 0, sealed, (size_t)len - 1, plain,
-                                   sizeof plain),
+    assert_int_equal(phy_aead_open(test_key, NULL, 0, sealed, (size_t)len - 1, plain, sizeof plain),
                      PHY_ECRYPTO);
 }
 
@@ -231,30 +234,29 @@ static void test_aead_tamper(void **state)
     for (size_t i = 0; i < sizeof positions / sizeof positions[0]; i++) {
         sealed[positions[i]] ^= 0x01;
         memset(plain, 0xAA, sizeof plain);
-        assert_int_equal(phy_aead_open(test_key, aad, sizeof aad - 1, sealed, (size_t)len,
-                                       plain, sizeof plain),
-                         PHY_ECRYPTO);
+        assert_int_equal(
+            phy_aead_open(test_key, aad, sizeof aad - 1, sealed, (size_t)len, plain, sizeof plain),
+            PHY_ECRYPTO);
         sealed[positions[i]] ^= 0x01;
     }
     /* aad changed, aad missing */
     aad[0] ^= 0x20;
-    assert_int_equal(phy_aead_open(test_key, aad, sizeof aad - 1, sealed, (size_t)len, plain,
-                                   sizeof plain),
-                     PHY_ECRYPTO);
+    assert_int_equal(
+        phy_aead_open(test_key, aad, sizeof aad - 1, sealed, (size_t)len, plain, sizeof plain),
+        PHY_ECRYPTO);
     aad[0] ^= 0x20;
-    assert_int_equal(phy_aead_open(test_key, NULL, 0, sealed, (size_t)len, plain,
-                                   sizeof plain),
+    assert_int_equal(phy_aead_open(test_key, NULL, 0, sealed, (size_t)len, plain, sizeof plain),
                      PHY_ECRYPTO);
     /* other key */
     memcpy(key2, test_key, sizeof key2);
     key2[31] ^= 0x80;
-    assert_int_equal(phy_aead_open(key2, aad, sizeof aad - 1, sealed, (size_t)len, plain,
-                                   sizeof plain),
-                     PHY_ECRYPTO);
+    assert_int_equal(
+        phy_aead_open(key2, aad, sizeof aad - 1, sealed, (size_t)len, plain, sizeof plain),
+        PHY_ECRYPTO);
     /* untouched still opens */
-    assert_int_equal(phy_aead_open(test_key, aad, sizeof aad - 1, sealed, (size_t)len, plain,
-                                   sizeof plain),
-                     (int)n);
+    assert_int_equal(
+        phy_aead_open(test_key, aad, sizeof aad - 1, sealed, (size_t)len, plain, sizeof plain),
+        (int)n);
     assert_memory_equal(plain, msg, n);
 }
 
@@ -391,11 +393,9 @@ int main(void)
         cmocka_unit_test(test_aead_round_trip),
         cmocka_unit_test(test_aead_limits),
         cmocka_unit_test(test_aead_tamper),
-        cmocka_unit_test_setup_teardown(test_key_create_and_load, tmpdir_setup,
-                                        tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_key_create_and_load, tmpdir_setup, tmpdir_teardown),
         cmocka_unit_test_setup_teardown(test_key_refuse_0644, tmpdir_setup, tmpdir_teardown),
-        cmocka_unit_test_setup_teardown(test_key_refuse_wrong_size, tmpdir_setup,
-                                        tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_key_refuse_wrong_size, tmpdir_setup, tmpdir_teardown),
         cmocka_unit_test_setup_teardown(test_key_refuse_symlink_and_dir, tmpdir_setup,
                                         tmpdir_teardown),
     };

@@ -144,8 +144,7 @@ static void test_log_format(void **state)
     char year[8];
 
     phy_log_init("phytest", PHY_LOG_INFO);
-    phy_log(PHY_LOG_INFO, "started", "port=%d name=%s", 8443,
-            phy_log_quote("a b", q, sizeof q));
+    phy_log(PHY_LOG_INFO, "started", "port=%d name=%s", 8443, phy_log_quote("a b", q, sizeof q));
     assert_true(drain(c, buf, sizeof buf) > 0);
     assert_matches(buf, "^ts=[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\\.[0-9]{3}Z "
                         "level=info prog=phytest event=started port=8443 name=\"a b\"\n$");

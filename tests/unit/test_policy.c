@@ -17,9 +17,8 @@ static void test_routes_exact_wins_over_pattern(void **state)
     struct proxy_policy p;
     char err[128], buf[64];
     memset(&p, 0, sizeof(p));
-    assert_int_equal(proxy_policy_add_route(&p, "portal-*.phystack.com=127.0.0.1:9000", err,
-                                            sizeof(err)),
-                     0);
+    assert_int_equal(
+        proxy_policy_add_route(&p, "portal-*.phystack.com=127.0.0.1:9000", err, sizeof(err)), 0);
     assert_int_equal(
         proxy_policy_add_route(&p, "Portal-EU.phystack.com=127.0.0.2:9001", err, sizeof(err)), 0);
     const struct proxy_route *r = proxy_policy_route(&p, "portal-eu.phystack.com");
@@ -42,9 +41,12 @@ static void test_routes_rejected(void **state)
 {
     (void)state;
     static const char *const bad[] = {
-        "portal-eu.phystack.com",           "portal-eu.phystack.com=127.0.0.1",
-        "=127.0.0.1:1",                     "portal-eu.phystack.com=127.0.0.1:0",
-        "portal-eu.phystack.com=1.2.3:443", "portal-eu.phystack.com=127.0.0.1:65536",
+        "portal-eu.phystack.com",
+        "portal-eu.phystack.com=127.0.0.1",
+        "=127.0.0.1:1",
+        "portal-eu.phystack.com=127.0.0.1:0",
+        "portal-eu.phystack.com=1.2.3:443",
+        "portal-eu.phystack.com=127.0.0.1:65536",
         "portal-eu.phystack.com=::1:443",
     };
     struct proxy_policy p;
