@@ -1,4 +1,4 @@
-/* Exponential backoff with full jitter: sleep = random(0, min(cap, base * 2^attempt)). */
+/* Agent retry waits (I/O-free): full jitter (provisioning), decorrelated jitter (hub). */
 #include "backoff.h"
 
 /* min(cap, base * 2^attempt) computed without shifting past 64 bits. */
@@ -19,4 +19,20 @@ uint64_t agent_backoff_delay_ms(uint64_t base_ms, uint64_t cap_ms, unsigned atte
     if (ceiling == UINT64_MAX)
         return rnd;
     return rnd % (ceiling + 1);
+}
+
+/* min(cap, base + rnd mod (3 * prev - base + 1)), saturating instead of overflowing. */
+uint64_t agent_backoff_decorrelated_ms(uint64_t base_ms, uint64_t cap_ms, uint64_t prev_ms,
+                                       uint64_t rnd)
+{
+    uint64_t hi, span, r;
+
+    if (base_ms >= cap_ms)
+        return cap_ms;
+    if (prev_ms < base_ms)
+        prev_ms = base_ms;
+    hi = prev_ms > UINT64_MAX / 3 ? UINT64_MAX : prev_ms * 3;
+    span = hi - base_ms;
+    r = base_ms + (span == UINT64_MAX ? rnd : rnd % (span + 1));
+    return r < cap_ms ? r : cap_ms;
 }

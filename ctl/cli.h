@@ -40,7 +40,35 @@ void ctl_format_error(int status, const char *body, size_t n, char *out, size_t 
 void ctl_format_claimed(const json_t *dev, char *out, size_t cap);
 
 /* Prints devices (a JSON array of device objects) as an aligned table with the
- * header DEVICE ID, SERIAL, NAME, STATE, CREATED. */
+ * header DEVICE ID, SERIAL, NAME, STATE, PRESENCE, LAST SEEN, CREATED. */
 void ctl_print_devices(const json_t *devices, FILE *f);
+
+/* 1 when s is a device ID: "dev_" + 26 characters of [a-z2-7]. */
+int ctl_device_id_valid(const char *s);
+
+/* Applies one `twin set` argument "key=value" to patch (a JSON object). The key is
+ * split on '.' into nested objects (a.b.c; every part non-empty); the value is JSON
+ * when it parses as JSON (numbers, true, false, null, objects, arrays, "quoted
+ * strings"), else the plain string. null deletes the key (merge patch). A key given
+ * twice, or below a key whose value is not an object, is an error. Returns 0, or
+ * PHY_EINVAL with a one-line reason in err. */
+int ctl_kv_apply(json_t *patch, const char *arg, char *err, size_t errcap);
+
+/* Applies one `tags set` argument "key=value" to tags: the value is always a string;
+ * the key is not split. 0 or PHY_EINVAL with a reason in err. */
+int ctl_tag_apply(json_t *tags, const char *arg, char *err, size_t errcap);
+
+/* Prints one device as aligned "key  value" lines (tags as k=v pairs, last_status as
+ * compact JSON), then, when the object has a "twin", the desired and reported
+ * sections as indented JSON with their versions. Control bytes become '?'. */
+void ctl_print_device(const json_t *dev, FILE *f);
+
+/* One console event as "<time> <type> <device_id> <summary>": time is the event's
+ * "time" (or "at") member, else now_text; the summary is every other member but
+ * type, time, at, device_id and tenant as compact JSON ("" when none). data is the
+ * event's JSON text; a data that is not a JSON object is shown cleaned as the
+ * summary with device "-". Control bytes become '?'. */
+void ctl_format_event(const char *type, const char *data, const char *now_text, char *out,
+                      size_t cap);
 
 #endif

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <openssl/crypto.h>
 
@@ -19,6 +20,27 @@ void api_response_free(struct api_response *res)
     free(res->body);
     res->body = NULL;
     res->body_len = 0;
+    free(res->effects);
+    res->effects = NULL;
+    res->neffects = 0;
+    free(res->push_patch);
+    res->push_patch = NULL;
+}
+
+int api_add_effect(struct api_response *res, const struct api_effect *e)
+{
+    /* Grow by doubling: a fleet-wide patch may add one per device. */
+    size_t n = res->neffects;
+    if ((n & (n - 1)) == 0) {
+        size_t cap = n ? n * 2 : 4;
+        struct api_effect *p = realloc(res->effects, cap * sizeof(*p));
+        if (!p)
+            return PHY_ENOMEM;
+        res->effects = p;
+    }
+    res->effects[n] = *e;
+    res->neffects = n + 1;
+    return 0;
 }
 
 void api_error(struct api_response *res, int status, const char *code, const char *msg)
@@ -41,11 +63,31 @@ void api_json(struct api_response *res, int status, json_t *o)
     res->body_len = res->body ? strlen(res->body) : 0;
 }
 
-int api_parse_body(const struct api_request *req, struct api_response *res, json_t **out)
+/* Media type of a Content-Type value equals type (case-insensitive), followed by the
+ * end, optional whitespace or parameters. */
+static int media_type_is(const char *ct, const char *type)
 {
-    if (!req->content_type || strncmp(req->content_type, "application/json", 16) != 0 ||
-        (req->content_type[16] != '\0' && req->content_type[16] != ';')) {
-        api_error(res, 415, "unsupported_media_type", "Content-Type must be application/json");
+    size_t n = strlen(type);
+    if (strncasecmp(ct, type, n) != 0)
+        return 0;
+    ct += n;
+    while (*ct == ' ' || *ct == '\t')
+        ct++;
+    return *ct == '\0' || *ct == ';';
+}
+
+int api_parse_body_as(const struct api_request *req, struct api_response *res,
+                      const char *const *types, json_t **out)
+{
+    int ok = 0;
+    for (size_t i = 0; req->content_type && types[i]; i++)
+        if (media_type_is(req->content_type, types[i]))
+            ok = 1;
+    if (!ok) {
+        char msg[160];
+        snprintf(msg, sizeof(msg), "Content-Type must be %s%s%s", types[0],
+                 types[1] ? " or " : "", types[1] ? types[1] : "");
+        api_error(res, 415, "unsupported_media_type", msg);
         return -1;
     }
     json_error_t jerr;
@@ -64,6 +106,12 @@ int api_parse_body(const struct api_request *req, struct api_response *res, json
     }
     *out = o;
     return 0;
+}
+
+int api_parse_body(const struct api_request *req, struct api_response *res, json_t **out)
+{
+    static const char *const json_only[] = {"application/json", NULL};
+    return api_parse_body_as(req, res, json_only, out);
 }
 
 int api_check_fields(json_t *o, const char *const *allowed, struct api_response *res)
@@ -108,39 +156,260 @@ int api_get_string(json_t *o, const char *key, int required, const char **out,
     return 0;
 }
 
-struct route {
-    const char *method;
-    const char *path; /* exact path */
-    int provisioning; /* only when --provisioning */
-    void (*fn)(struct hub *, const struct api_request *, struct api_response *);
+/* ---- request-line helpers (no I/O; unit-tested in tests/unit/test_route.c) ---- */
+
+int api_device_id_valid(const char *s, size_t n)
+{
+    if (n != PHY_DEVICE_ID_LEN || strncmp(s, "dev_", 4) != 0)
+        return 0;
+    for (size_t i = 4; i < n; i++)
+        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '2' && s[i] <= '7')))
+            return 0;
+    return 1;
+}
+
+/* Patterns are literal except for whole segments "{id}" (a device ID). */
+int api_path_match(const char *pattern, const char *path, char id[PHY_DEVICE_ID_LEN + 1])
+{
+    while (*pattern && *path) {
+        if (strncmp(pattern, "{id}", 4) == 0) {
+            size_t n = strcspn(path, "/");
+            if (!api_device_id_valid(path, n))
+                return 0;
+            memcpy(id, path, n);
+            id[n] = '\0';
+            pattern += 4;
+            path += n;
+            continue;
+        }
+        if (*pattern != *path)
+            return 0;
+        pattern++;
+        path++;
+    }
+    return *pattern == '\0' && *path == '\0';
+}
+
+static int hexdigit(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* Strict: only %XX escapes ('+' stays '+'), no %00, no raw space or control bytes. */
+int api_pct_decode(const char *s, size_t n, char *out, size_t cap)
+{
+    size_t j = 0;
+    if (cap == 0)
+        return PHY_ETOOBIG;
+    for (size_t i = 0; i < n; i++) {
+        int c = (unsigned char)s[i];
+        if (c == '%') {
+            if (n - i < 3 || hexdigit(s[i + 1]) < 0 || hexdigit(s[i + 2]) < 0)
+                return PHY_EINVAL;
+            c = hexdigit(s[i + 1]) * 16 + hexdigit(s[i + 2]);
+            if (c == 0)
+                return PHY_EINVAL;
+            i += 2;
+        } else if (c <= 0x20 || c >= 0x7f) {
+            return PHY_EINVAL;
+        }
+        if (j + 1 >= cap)
+            return PHY_ETOOBIG;
+        out[j++] = (char)c;
+    }
+    out[j] = '\0';
+    return (int)j;
+}
+
+int api_utf8_valid(const char *s, size_t n)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    size_t i = 0;
+    while (i < n) {
+        unsigned c = p[i];
+        size_t len;
+        unsigned cp, min;
+        if (c < 0x80) {
+            i++;
+            continue;
+        } else if ((c & 0xe0) == 0xc0) {
+            len = 2, cp = c & 0x1f, min = 0x80;
+        } else if ((c & 0xf0) == 0xe0) {
+            len = 3, cp = c & 0x0f, min = 0x800;
+        } else if ((c & 0xf8) == 0xf0) {
+            len = 4, cp = c & 0x07, min = 0x10000;
+        } else {
+            return 0;
+        }
+        if (n - i < len)
+            return 0;
+        for (size_t k = 1; k < len; k++) {
+            if ((p[i + k] & 0xc0) != 0x80)
+                return 0;
+            cp = (cp << 6) | (p[i + k] & 0x3f);
+        }
+        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+            return 0;
+        i += len;
+    }
+    return 1;
+}
+
+/* Walks "a=1&b=2" calling fn for each name/raw value; stops at fn's non-zero. Empty
+ * segments ("a=1&&b=2", a trailing '&') are skipped; a segment without '=' is
+ * PHY_EINVAL. */
+static int query_walk(const char *q, int (*fn)(void *, const char *, size_t, const char *, size_t),
+                      void *ctx)
+{
+    while (q && *q) {
+        const char *amp = strchr(q, '&');
+        size_t len = amp ? (size_t)(amp - q) : strlen(q);
+        if (len > 0) {
+            const char *eq = memchr(q, '=', len);
+            if (!eq)
+                return PHY_EINVAL;
+            int r = fn(ctx, q, (size_t)(eq - q), eq + 1, len - (size_t)(eq - q) - 1);
+            if (r != 0)
+                return r;
+        }
+        q = amp ? amp + 1 : NULL;
+    }
+    return 0;
+}
+
+struct query_find {
+    const char *name;
+    char *out;
+    size_t cap;
+    int found;
 };
 
-static const struct route routes[] = {
-    {"POST", "/v1/provisioning/register", 1, handle_register},
-    {"POST", "/v1/provisioning/code", 1, handle_code},
-    {"POST", "/v1/provisioning/poll", 1, handle_poll},
-    {"POST", "/api/v1/devices/claim", 0, handle_claim},
-    {"GET", "/api/v1/devices", 0, handle_devices_list},
-    {"GET", "/healthz", 0, handle_healthz},
+static int query_find_cb(void *ctx, const char *name, size_t nl, const char *val, size_t vl)
+{
+    struct query_find *f = ctx;
+    if (strlen(f->name) != nl || memcmp(name, f->name, nl) != 0)
+        return 0;
+    if (f->found)
+        return PHY_EINVAL; /* given twice */
+    f->found = 1;
+    int r = api_pct_decode(val, vl, f->out, f->cap);
+    return r < 0 ? r : 0;
+}
+
+int api_query_param(const char *query, const char *name, char *out, size_t cap)
+{
+    struct query_find f = {name, out, cap, 0};
+    int r = query_walk(query, query_find_cb, &f);
+    if (r < 0)
+        return r;
+    return f.found;
+}
+
+static int query_check_cb(void *ctx, const char *name, size_t nl, const char *val, size_t vl)
+{
+    const char *const *allowed = ctx;
+    (void)val;
+    (void)vl;
+    for (size_t i = 0; allowed[i]; i++)
+        if (strlen(allowed[i]) == nl && memcmp(name, allowed[i], nl) == 0)
+            return 0;
+    return PHY_EINVAL;
+}
+
+int api_query_check(const char *query, const char *const *allowed)
+{
+    return query_walk(query, query_check_cb, (void *)allowed);
+}
+
+int api_if_match(const char *v, int64_t *out)
+{
+    *out = -1;
+    if (!v)
+        return 0;
+    while (*v == ' ' || *v == '\t')
+        v++;
+    size_t n = strlen(v);
+    while (n > 0 && (v[n - 1] == ' ' || v[n - 1] == '\t'))
+        n--;
+    if (n == 1 && v[0] == '*')
+        return 0; /* any current version */
+    if (n >= 2 && v[0] == '"' && v[n - 1] == '"') {
+        v++;
+        n -= 2;
+    }
+    if (n == 0 || n > 18)
+        return PHY_EINVAL;
+    int64_t x = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (v[i] < '0' || v[i] > '9')
+            return PHY_EINVAL;
+        x = x * 10 + (v[i] - '0');
+    }
+    *out = x;
+    return 0;
+}
+
+/* ---- routing ---- */
+
+typedef void (*api_fn)(struct hub *, const struct api_request *, struct api_response *);
+typedef void (*api_id_fn)(struct hub *, const struct api_request *, const char *,
+                          struct api_response *);
+
+struct route {
+    const char *method;
+    const char *pattern; /* exact path, or with a "{id}" segment */
+    int provisioning;    /* only when --provisioning */
+    api_fn fn;           /* exact paths */
+    api_id_fn fn_id;     /* paths with {id}: gets the device ID */
 };
+
+#define DEV "/api/v1/devices/{id}"
+static const struct route routes[] = {
+    {"POST", "/v1/provisioning/register", 1, handle_register, NULL},
+    {"POST", "/v1/provisioning/code", 1, handle_code, NULL},
+    {"POST", "/v1/provisioning/poll", 1, handle_poll, NULL},
+    {"POST", "/api/v1/devices/claim", 0, handle_claim, NULL},
+    {"GET", "/api/v1/devices", 0, handle_devices_list, NULL},
+    {"PATCH", "/api/v1/twins/desired", 0, handle_fleet_patch, NULL},
+    {"GET", DEV, 0, NULL, handle_device_get},
+    {"DELETE", DEV, 0, NULL, handle_device_delete},
+    {"PATCH", DEV "/twin/desired", 0, NULL, handle_desired_patch},
+    {"PUT", DEV "/tags", 0, NULL, handle_tags_put},
+    {"POST", DEV "/revoke", 0, NULL, handle_device_revoke},
+    {"POST", DEV "/reset", 0, NULL, handle_device_reset},
+    {"GET", "/healthz", 0, handle_healthz, NULL},
+    {"GET", "/metrics", 0, handle_metrics, NULL},
+};
+#undef DEV
 
 void api_handle(struct hub *h, const struct api_request *req, struct api_response *res)
 {
+    char allow[64] = "";
+    size_t alen = 0;
     memset(res, 0, sizeof(*res));
-    const char *allow = NULL;
     for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
         const struct route *r = &routes[i];
-        if (strcmp(req->path, r->path) != 0)
+        char id[PHY_DEVICE_ID_LEN + 1] = "";
+        if ((r->provisioning && !h->cfg.provisioning) || !api_path_match(r->pattern, req->path, id))
             continue;
-        if (r->provisioning && !h->cfg.provisioning)
-            break;
-        allow = r->method;
         if (strcmp(req->method, r->method) == 0) {
-            r->fn(h, req, res);
+            if (r->fn)
+                r->fn(h, req, res);
+            else
+                r->fn_id(h, req, id, res);
             return;
         }
+        int n = snprintf(allow + alen, sizeof(allow) - alen, "%s%s", alen ? ", " : "", r->method);
+        if (n > 0 && (size_t)n < sizeof(allow) - alen)
+            alen += (size_t)n;
     }
-    if (allow) {
+    if (alen) {
         api_error(res, 405, "method_not_allowed", "method not allowed on this path");
         snprintf(res->extra_headers, sizeof(res->extra_headers), "Allow: %s\r\n", allow);
         return;

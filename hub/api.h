@@ -5,7 +5,10 @@
 
 #include <stddef.h>
 
+#include <stdint.h>
+
 #include "hub.h"
+#include "phy/crypto.h"
 
 #define API_MAX_EXTRA_HEADERS 512
 
@@ -23,13 +26,34 @@ struct api_request {
     const char *request_id;
 };
 
+/* What a handler asks the event loop to do once its answer is sent: the loop owns
+ * the live device sessions and the event stream, handlers (on worker threads)
+ * never touch them. */
+enum api_effect_kind {
+    API_EFFECT_PUSH_DESIRED,  /* send {"type":"desired.patch","version","patch":push_patch} */
+    API_EFFECT_CLOSE_SESSION, /* close the device's live session with close_code */
+};
+
+struct api_effect {
+    enum api_effect_kind kind;
+    char device_id[PHY_DEVICE_ID_LEN + 1];
+    int64_t version;  /* PUSH_DESIRED */
+    int close_code;   /* CLOSE_SESSION: 4001 revoked, 4002 deleted */
+};
+
 struct api_response {
     int status;
     char *body; /* malloc'd JSON text (NUL-terminated), owned by the response */
     size_t body_len;
     char extra_headers[API_MAX_EXTRA_HEADERS]; /* CRLF-terminated header lines */
-    char log[256]; /* key=value facts for the access line (never secrets) */
+    char log[256]; /* key=value facts for the access line (never secrets) */    struct api_effect *effects; /* malloc'd array or NULL */
+    size_t neffects;
+    char *push_patch; /* compact JSON of the desired patch every PUSH_DESIRED sends */
+    const char *content_type; /* static; NULL means application/json */
 };
+
+/* Appends one effect to res; 0 or PHY_ENOMEM. */
+int api_add_effect(struct api_response *res, const struct api_effect *e);
 
 /* Routes and handles one request. Always fills res (status and body). */
 void api_handle(struct hub *h, const struct api_request *req, struct api_response *res);

@@ -1,4 +1,5 @@
-/* Console API (PROTOCOL.md section 4): API-token auth, claims, device listing. */
+/* Console API (PROTOCOL.md section 4): API-token auth, claims, device listing, twins,
+ * tags, revoke/reset/delete. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +11,7 @@
 #include "phy/crypto.h"
 #include "phy/err.h"
 #include "phy/log.h"
+#include "phy/twin.h"
 
 #define NAME_MAX_BYTES 64
 #define TAGS_MAX 32
@@ -56,17 +58,37 @@ static void rfc3339(int64_t ms, char out[32])
     strftime(out, 32, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
+/* RFC 3339 text of a time in ms, or null when 0 (never). New reference. */
+static json_t *time_json(int64_t ms)
+{
+    char t[32];
+    if (ms <= 0)
+        return json_null();
+    rfc3339(ms, t);
+    return json_string(t);
+}
+
+/* Parses stored JSON object text; NULL text or unparsable is null (never fails). */
+static json_t *stored_json(const char *text, int object_default)
+{
+    json_t *v = text ? json_loads(text, JSON_DECODE_ANY, NULL) : NULL;
+    if (!v)
+        v = object_default ? json_object() : json_null();
+    return v;
+}
+
 json_t *api_device_json(const struct store_device *d)
 {
     char created[32];
     rfc3339(d->created_ms, created);
-    json_t *tags = json_loads(d->tags_json ? d->tags_json : "{}", 0, NULL);
-    if (!tags)
-        tags = json_object();
-    return json_pack("{s:s, s:s, s:s?, s:o, s:s, s:s, s:n, s:n, s:s}", "device_id", d->device_id,
-                     "serial", d->serial, "name", d->name[0] ? d->name : NULL, "tags", tags,
-                     "state", d->state, "presence", "offline", "last_seen", "last_status",
-                     "created_at", created);
+    return json_pack("{s:s, s:s, s:s?, s:o, s:s, s:s, s:o, s:o, s:o, s:o, s:o, s:s}", "device_id",
+                     d->device_id, "serial", d->serial, "name", d->name[0] ? d->name : NULL,
+                     "tags", stored_json(d->tags_json, 1), "state", d->state, "presence",
+                     d->online ? "online" : "offline", "last_seen", time_json(d->last_seen_ms),
+                     "connected_at", time_json(d->connected_ms), "disconnected_at",
+                     time_json(d->disconnected_ms), "last_status",
+                     stored_json(d->last_status_json, 0), "last_status_at",
+                     time_json(d->last_status_ms), "created_at", created);
 }
 
 static int valid_tag_key(const char *k)
@@ -91,6 +113,8 @@ static int has_control(const char *s)
     return 0;
 }
 
+static int tags_validate(json_t *tags, char **tags_json, struct api_response *res);
+
 /* Validates optional name and tags; on success *tags_json is malloc'd text. */
 static int claim_extras(json_t *body, const char **name, char **tags_json, struct api_response *res)
 {
@@ -106,6 +130,14 @@ static int claim_extras(json_t *body, const char **name, char **tags_json, struc
         *tags_json = strdup("{}");
         return *tags_json ? 0 : -1;
     }
+    return tags_validate(tags, tags_json, res);
+}
+
+/* Checks a tags object (at most 32 string values, keys [A-Za-z0-9._-]{1,64}, values
+ * at most 128 bytes without control characters); *tags_json gets its compact,
+ * key-sorted text (malloc'd). -1 with a 400 (or 500) in res otherwise. */
+static int tags_validate(json_t *tags, char **tags_json, struct api_response *res)
+{
     if (!json_is_object(tags) || json_object_size(tags) > TAGS_MAX) {
         api_error(res, 400, "bad_request", "tags must be an object of at most 32 entries");
         return -1;
@@ -123,7 +155,11 @@ static int claim_extras(json_t *body, const char **name, char **tags_json, struc
         }
     }
     *tags_json = json_dumps(tags, JSON_COMPACT | JSON_SORT_KEYS);
-    return *tags_json ? 0 : -1;
+    if (!*tags_json) {
+        api_error(res, 500, "internal", "out of memory");
+        return -1;
+    }
+    return 0;
 }
 
 struct seal_ctx {
@@ -269,69 +305,454 @@ void handle_claim(struct hub *h, const struct api_request *req, struct api_respo
         api_error(res, 500, "internal", "unexpected store outcome");
     }
 out:
-    free(dev.tags_json);
+    store_device_clear(&dev);
     free(tags_json);
     json_decref(body);
 }
 
-/* Reads "name=value" from a query string into out (cap); 1 when present. */
-static int query_param(const char *q, const char *name, char *out, size_t cap)
+static void store_failed(struct api_response *res)
 {
-    size_t nl = strlen(name);
-    while (q && *q) {
-        const char *amp = strchr(q, '&');
-        size_t len = amp ? (size_t)(amp - q) : strlen(q);
-        if (len > nl && strncmp(q, name, nl) == 0 && q[nl] == '=') {
-            size_t vl = len - nl - 1;
-            if (vl >= cap)
-                return -1;
-            memcpy(out, q + nl + 1, vl);
-            out[vl] = '\0';
-            return 1;
-        }
-        q = amp ? amp + 1 : NULL;
-    }
+    api_error(res, 503, "store_unavailable", "the store failed; retry later");
+}
+
+static void no_device(struct api_response *res)
+{
+    api_error(res, 404, "not_found", "no such device");
+}
+
+/* "K:V" (decoded) -> key and value; the key is a tag key, the value a tag value. */
+static int parse_tag_filter(char *kv, const char **key, const char **value)
+{
+    char *colon = strchr(kv, ':');
+    if (!colon)
+        return -1;
+    *colon = '\0';
+    *key = kv;
+    *value = colon + 1;
+    if (!valid_tag_key(kv) || strlen(*value) > TAG_VALUE_MAX || has_control(*value) ||
+        !api_utf8_valid(*value, strlen(*value)))
+        return -1;
     return 0;
+}
+
+/* Reads ?tag=K:V into buf; 1 when present, 0 absent, -1 with a 400 in res. */
+static int tag_param(const struct api_request *req, char *buf, size_t cap, const char **key,
+                     const char **value, struct api_response *res)
+{
+    int r = api_query_param(req->query, "tag", buf, cap);
+    if (r == 0)
+        return 0;
+    if (r < 0 || parse_tag_filter(buf, key, value) < 0) {
+        api_error(res, 400, "bad_request",
+                  "tag must be K:V with K 1-64 of A-Z a-z 0-9 . _ - and V at most 128 bytes "
+                  "(percent-encoded)");
+        return -1;
+    }
+    return 1;
 }
 
 void handle_devices_list(struct hub *h, const struct api_request *req, struct api_response *res)
 {
+    static const char *const params[] = {"presence", "tag", "limit", "after", NULL};
     struct api_caller caller;
-    char limit_s[8], after[PHY_DEVICE_ID_LEN + 1];
+    char limit_s[8], after[PHY_DEVICE_ID_LEN + 1], presence[16];
+    char tag[TAG_KEY_MAX + TAG_VALUE_MAX + 2];
+    struct store_device_filter f = {-1, NULL, NULL};
     long limit = LIST_DEFAULT;
+    int r;
+
     if (api_auth(h, req, res, &caller) < 0)
         return;
-    int r = query_param(req->query, "limit", limit_s, sizeof(limit_s));
-    if (r < 0) {
-        api_error(res, 400, "bad_request", "limit must be 1-500");
+    if (api_query_check(req->query, params) < 0) {
+        api_error(res, 400, "bad_request",
+                  "malformed query or unknown parameter (known: presence, tag, limit, after)");
         return;
     }
+    r = api_query_param(req->query, "limit", limit_s, sizeof(limit_s));
     if (r == 1) {
         char *end;
         limit = strtol(limit_s, &end, 10);
-        if (*end || end == limit_s || limit < 1 || limit > LIST_MAX) {
-            api_error(res, 400, "bad_request", "limit must be 1-500");
-            return;
-        }
+        if (*end || end == limit_s || limit_s[0] < '0' || limit_s[0] > '9')
+            r = -1;
     }
-    r = query_param(req->query, "after", after, sizeof(after));
-    if (r < 0) {
+    if (r < 0 || limit < 1 || limit > LIST_MAX) {
+        api_error(res, 400, "bad_request", "limit must be 1-500");
+        return;
+    }
+    r = api_query_param(req->query, "after", after, sizeof(after));
+    if (r < 0 || (r == 1 && !api_device_id_valid(after, strlen(after)))) {
         api_error(res, 400, "bad_request", "after must be a device ID");
         return;
     }
-    struct store_device *devs = NULL;
-    size_t n = 0;
-    if (h->store_ops->devices_list(h->store, caller.tenant_id, r == 1 ? after : NULL, (int)limit,
-                                   &devs, &n) < 0) {
-        api_error(res, 503, "store_unavailable", "the store failed; retry later");
+    int has_after = r == 1;
+    r = api_query_param(req->query, "presence", presence, sizeof(presence));
+    if (r == 1 && strcmp(presence, "online") == 0)
+        f.presence = 1;
+    else if (r == 1 && strcmp(presence, "offline") == 0)
+        f.presence = 0;
+    else if (r != 0) {
+        api_error(res, 400, "bad_request", "presence must be online or offline");
         return;
     }
+    if (tag_param(req, tag, sizeof(tag), &f.tag_key, &f.tag_value, res) < 0)
+        return;
+
+    struct store_device *devs = NULL;
+    size_t n = 0;
+    if (h->store_ops->devices_list(h->store, caller.tenant_id, &f, has_after ? after : NULL,
+                                   (int)limit, &devs, &n) < 0) {
+        store_failed(res);
+        return;
+    }
+    snprintf(res->log, sizeof(res->log), "tenant=%s count=%zu", caller.tenant, n);
     json_t *arr = json_array();
-    for (size_t i = 0; i < n; i++)
-        json_array_append_new(arr, api_device_json(&devs[i]));
-    json_t *next = n == (size_t)limit ? json_string(devs[n - 1].device_id) : json_null();
-    api_json(res, 200, json_pack("{s:o, s:o}", "devices", arr, "next", next));
+    for (size_t i = 0; arr && i < n; i++)
+        if (json_array_append_new(arr, api_device_json(&devs[i])) < 0) {
+            json_decref(arr);
+            arr = NULL;
+        }
+    json_t *next = n > 0 && n == (size_t)limit ? json_string(devs[n - 1].device_id) : json_null();
+    api_json(res, 200, arr ? json_pack("{s:o, s:o}", "devices", arr, "next", next) : NULL);
     store_devices_free(devs, n);
+}
+
+/* The device (with the tenant check) or an answer in res: 1 found, 0 answered. */
+static int load_device(struct hub *h, const struct api_caller *caller, const char *id,
+                       struct store_device *d, struct store_twin *t, struct api_response *res)
+{
+    int outcome;
+    if (h->store_ops->device_get(h->store, caller->tenant_id, id, d, t, &outcome) < 0) {
+        store_failed(res);
+        return 0;
+    }
+    if (outcome != STORE_OK) {
+        no_device(res);
+        return 0;
+    }
+    return 1;
+}
+
+static void device_log(struct api_response *res, const struct api_caller *caller, const char *id,
+                       const char *what)
+{
+    snprintf(res->log, sizeof(res->log), "tenant=%s device_id=%s%s%s", caller->tenant, id,
+             what[0] ? " " : "", what);
+}
+
+/* Answers 200 with the device as it is now (after a change). */
+static void answer_device(struct hub *h, const struct api_caller *caller, const char *id,
+                          struct api_response *res)
+{
+    struct store_device d;
+    memset(&d, 0, sizeof(d));
+    if (load_device(h, caller, id, &d, NULL, res))
+        api_json(res, 200, api_device_json(&d));
+    store_device_clear(&d);
+}
+
+void handle_device_get(struct hub *h, const struct api_request *req, const char *id,
+                       struct api_response *res)
+{
+    struct api_caller caller;
+    struct store_device d;
+    struct store_twin t;
+    memset(&d, 0, sizeof(d));
+    memset(&t, 0, sizeof(t));
+    if (api_auth(h, req, res, &caller) < 0)
+        return;
+    device_log(res, &caller, id, "");
+    if (load_device(h, &caller, id, &d, &t, res)) {
+        json_t *o = api_device_json(&d);
+        json_t *twin = json_pack(
+            "{s:o, s:I, s:o, s:I, s:o}", "desired", stored_json(t.desired, 1), "desired_version",
+            (json_int_t)t.desired_version, "reported", stored_json(t.reported, 1),
+            "reported_version", (json_int_t)t.reported_version, "tags", stored_json(t.tags, 1));
+        if (o && twin && json_object_set_new(o, "twin", twin) == 0) {
+            api_json(res, 200, o);
+        } else {
+            json_decref(o);
+            json_decref(twin);
+            api_json(res, 500, NULL);
+        }
+    }
+    store_device_clear(&d);
+    store_twin_free(&t);
+}
+
+/* Queues the desired.patch push of one device; a failure only loses the push (the
+ * device catches up from its next twin.get), so it is logged, not answered. */
+static void push_effect(struct api_response *res, const char *id, int64_t version)
+{
+    struct api_effect e;
+    memset(&e, 0, sizeof(e));
+    e.kind = API_EFFECT_PUSH_DESIRED;
+    snprintf(e.device_id, sizeof(e.device_id), "%s", id);
+    e.version = version;
+    if (api_add_effect(res, &e) < 0)
+        phy_log(PHY_LOG_ERROR, "push_lost", "device_id=%s version=%lld reason=oom", id,
+                (long long)version);
+}
+
+static void close_effect(struct api_response *res, const char *id, int code)
+{
+    struct api_effect e;
+    memset(&e, 0, sizeof(e));
+    e.kind = API_EFFECT_CLOSE_SESSION;
+    snprintf(e.device_id, sizeof(e.device_id), "%s", id);
+    e.close_code = code;
+    if (api_add_effect(res, &e) < 0)
+        phy_log(PHY_LOG_ERROR, "close_lost", "device_id=%s code=%d reason=oom", id, code);
+}
+
+static const char *const patch_types[] = {"application/merge-patch+json", "application/json",
+                                          NULL};
+
+void handle_desired_patch(struct hub *h, const struct api_request *req, const char *id,
+                          struct api_response *res)
+{
+    struct api_caller caller;
+    json_t *patch = NULL;
+    char *text = NULL;
+    int64_t if_match, version = -1;
+    int changed = 0, outcome;
+    char msg[160];
+
+    if (api_auth(h, req, res, &caller) < 0)
+        return;
+    device_log(res, &caller, id, "");
+    if (api_parse_body_as(req, res, patch_types, &patch) < 0)
+        return;
+    if (api_if_match(req->if_match, &if_match) < 0) {
+        api_error(res, 400, "bad_request",
+                  "If-Match must be a desired version, \"n\" (weak tags are not supported)");
+        goto out;
+    }
+    text = json_dumps(patch, JSON_COMPACT);
+    if (!text) {
+        api_json(res, 500, NULL);
+        goto out;
+    }
+    if (h->store_ops->desired_patch(h->store, caller.tenant_id, id, text, if_match, &version,
+                                    &changed, &outcome) < 0) {
+        store_failed(res);
+        goto out;
+    }
+    snprintf(msg, sizeof(msg), "outcome=%d version=%lld changed=%d", outcome, (long long)version,
+             changed);
+    device_log(res, &caller, id, msg);
+    switch (outcome) {
+    case STORE_OK:
+        api_json(res, 200, json_pack("{s:I}", "version", (json_int_t)version));
+        snprintf(res->extra_headers, sizeof(res->extra_headers), "ETag: \"%lld\"\r\n",
+                 (long long)version);
+        if (changed) {
+            res->push_patch = text;
+            text = NULL;
+            push_effect(res, id, version);
+        }
+        break;
+    case STORE_PRECONDITION:
+        snprintf(msg, sizeof(msg), "the desired version is not %lld; get the device and retry",
+                 (long long)if_match);
+        if (version >= 0) {
+            api_json(res, 412,
+                     json_pack("{s:s, s:s, s:I}", "error", "precondition_failed", "message", msg,
+                               "version", (json_int_t)version));
+            snprintf(res->extra_headers, sizeof(res->extra_headers), "ETag: \"%lld\"\r\n",
+                     (long long)version);
+        } else {
+            api_error(res, 412, "precondition_failed", msg);
+        }
+        break;
+    case STORE_TOO_BIG:
+        snprintf(msg, sizeof(msg),
+                 "the desired section would exceed %d bytes or nesting depth %d",
+                 PHY_TWIN_MAX_BYTES, PHY_TWIN_MAX_DEPTH);
+        api_error(res, 413, "twin_too_large", msg);
+        break;
+    case STORE_NOT_FOUND:
+        no_device(res);
+        break;
+    default:
+        api_error(res, 500, "internal", "unexpected store outcome");
+    }
+out:
+    free(text);
+    json_decref(patch);
+}
+
+void handle_fleet_patch(struct hub *h, const struct api_request *req, struct api_response *res)
+{
+    static const char *const params[] = {"tag", NULL};
+    struct api_caller caller;
+    char tag[TAG_KEY_MAX + TAG_VALUE_MAX + 2];
+    const char *key = NULL, *value = NULL;
+    json_t *patch = NULL;
+    char *text = NULL;
+    struct store_push *pushes = NULL;
+    size_t matched = 0, n = 0;
+    int outcome;
+    char msg[160];
+
+    if (api_auth(h, req, res, &caller) < 0)
+        return;
+    if (api_query_check(req->query, params) < 0) {
+        api_error(res, 400, "bad_request", "malformed query or unknown parameter (known: tag)");
+        return;
+    }
+    int r = tag_param(req, tag, sizeof(tag), &key, &value, res);
+    if (r < 0)
+        return;
+    if (r == 0) {
+        api_error(res, 400, "bad_request", "a fleet-wide patch needs ?tag=K:V");
+        return;
+    }
+    if (req->if_match) {
+        api_error(res, 400, "bad_request", "If-Match applies to one device's patch only");
+        return;
+    }
+    if (api_parse_body_as(req, res, patch_types, &patch) < 0)
+        return;
+    text = json_dumps(patch, JSON_COMPACT);
+    if (!text) {
+        api_json(res, 500, NULL);
+        goto out;
+    }
+    if (h->store_ops->desired_patch_tag(h->store, caller.tenant_id, key, value, text, &matched,
+                                        &pushes, &n, &outcome) < 0) {
+        store_failed(res);
+        goto out;
+    }
+    snprintf(res->log, sizeof(res->log), "tenant=%s tag=%s outcome=%d matched=%zu changed=%zu",
+             caller.tenant, key, outcome, matched, n);
+    switch (outcome) {
+    case STORE_OK:
+        api_json(res, 200, json_pack("{s:I}", "matched", (json_int_t)matched));
+        if (n > 0) {
+            res->push_patch = text;
+            text = NULL;
+        }
+        for (size_t i = 0; i < n; i++)
+            push_effect(res, pushes[i].device_id, pushes[i].version);
+        break;
+    case STORE_TOO_BIG:
+        snprintf(msg, sizeof(msg),
+                 "a matching device's desired section would exceed %d bytes or nesting depth "
+                 "%d; nothing was changed",
+                 PHY_TWIN_MAX_BYTES, PHY_TWIN_MAX_DEPTH);
+        api_error(res, 413, "twin_too_large", msg);
+        break;
+    default:
+        api_error(res, 500, "internal", "unexpected store outcome");
+    }
+out:
+    free(pushes);
+    free(text);
+    json_decref(patch);
+}
+
+void handle_tags_put(struct hub *h, const struct api_request *req, const char *id,
+                     struct api_response *res)
+{
+    struct api_caller caller;
+    json_t *body = NULL;
+    char *tags_json = NULL;
+    int outcome;
+
+    if (api_auth(h, req, res, &caller) < 0)
+        return;
+    device_log(res, &caller, id, "");
+    if (api_parse_body(req, res, &body) < 0 || tags_validate(body, &tags_json, res) < 0)
+        goto out;
+    if (h->store_ops->tags_put(h->store, caller.tenant_id, id, tags_json, &outcome) < 0) {
+        store_failed(res);
+        goto out;
+    }
+    if (outcome != STORE_OK) {
+        no_device(res);
+        goto out;
+    }
+    device_log(res, &caller, id, "tags=set");
+    answer_device(h, &caller, id, res);
+out:
+    free(tags_json);
+    json_decref(body);
+}
+
+void handle_device_revoke(struct hub *h, const struct api_request *req, const char *id,
+                          struct api_response *res)
+{
+    struct api_caller caller;
+    int outcome;
+
+    if (api_auth(h, req, res, &caller) < 0)
+        return;
+    device_log(res, &caller, id, "");
+    if (h->store_ops->device_revoke(h->store, caller.tenant_id, id, hub_now_ms(), &outcome) < 0) {
+        store_failed(res);
+        return;
+    }
+    if (outcome != STORE_OK) {
+        no_device(res);
+        return;
+    }
+    device_log(res, &caller, id, "revoked=1");
+    close_effect(res, id, 4001);
+    answer_device(h, &caller, id, res);
+}
+
+void handle_device_reset(struct hub *h, const struct api_request *req, const char *id,
+                         struct api_response *res)
+{
+    struct api_caller caller;
+    struct store_device d;
+    int outcome;
+
+    memset(&d, 0, sizeof(d));
+    if (api_auth(h, req, res, &caller) < 0)
+        return;
+    device_log(res, &caller, id, "");
+    if (!load_device(h, &caller, id, &d, NULL, res))
+        goto out;
+    if (h->store_ops->device_reset(h->store, caller.tenant_id, id, hub_now_ms(), &outcome) < 0) {
+        store_failed(res);
+        goto out;
+    }
+    if (outcome != STORE_OK) {
+        no_device(res);
+        goto out;
+    }
+    char what[96];
+    snprintf(what, sizeof(what), "serial=%s reset=1", d.serial);
+    device_log(res, &caller, id, what);
+    close_effect(res, id, 4001);
+    api_json(res, 200,
+             json_pack("{s:s, s:s, s:s, s:b}", "device_id", id, "serial", d.serial, "state",
+                       "revoked", "rearmed", 1));
+out:
+    store_device_clear(&d);
+}
+
+void handle_device_delete(struct hub *h, const struct api_request *req, const char *id,
+                          struct api_response *res)
+{
+    struct api_caller caller;
+    int outcome;
+
+    if (api_auth(h, req, res, &caller) < 0)
+        return;
+    device_log(res, &caller, id, "");
+    if (h->store_ops->device_delete(h->store, caller.tenant_id, id, &outcome) < 0) {
+        store_failed(res);
+        return;
+    }
+    if (outcome != STORE_OK) {
+        no_device(res);
+        return;
+    }
+    device_log(res, &caller, id, "deleted=1");
+    close_effect(res, id, 4002);
+    res->status = 204; /* no body: the server writes no Content-Length either */
 }
 
 void handle_healthz(struct hub *h, const struct api_request *req, struct api_response *res)

@@ -13,6 +13,12 @@ void api_json(struct api_response *res, int status, json_t *o);
  * keys. Returns 0 with *out (caller decrefs), or -1 with res filled (415/400). */
 int api_parse_body(const struct api_request *req, struct api_response *res, json_t **out);
 
+/* As api_parse_body with the media types in the NULL-terminated list types (matched
+ * case-insensitively, parameters such as charset ignored), e.g. {"application/json",
+ * "application/merge-patch+json", NULL}. */
+int api_parse_body_as(const struct api_request *req, struct api_response *res,
+                      const char *const *types, json_t **out);
+
 /* -1 with a 400 in res when o has a key not in the NULL-terminated allowed list. */
 int api_check_fields(json_t *o, const char *const *allowed, struct api_response *res);
 
@@ -31,14 +37,62 @@ struct api_caller {
 int api_auth(struct hub *h, const struct api_request *req, struct api_response *res,
              struct api_caller *caller);
 
-/* Device record as the console API shows it. New reference. */
+/* Device record as the console API shows it (presence, last_seen, connected_at,
+ * disconnected_at, last_status, last_status_at; times RFC 3339 or null). New
+ * reference, NULL on allocation failure. */
 json_t *api_device_json(const struct store_device *d);
+
+/* --- request-line helpers (api.c; no I/O) --- */
+
+/* 1 when s[0..n) is a device ID: "dev_" + 26 of [a-z2-7]. */
+int api_device_id_valid(const char *s, size_t n);
+
+/* 1 when path matches pattern; a "{id}" segment of the pattern matches a device ID,
+ * copied into id. Everything else must match exactly (no trailing slash). */
+int api_path_match(const char *pattern, const char *path, char id[PHY_DEVICE_ID_LEN + 1]);
+
+/* Decodes a query value s[0..n): "%XX" escapes only ('+' is a plain '+'); an invalid
+ * escape, %00, or a raw space/control/non-ASCII byte is PHY_EINVAL; PHY_ETOOBIG when
+ * the result (plus NUL) does not fit out[cap]. Returns the decoded length. */
+int api_pct_decode(const char *s, size_t n, char *out, size_t cap);
+
+/* 1 when s[0..n) is well-formed UTF-8 (no overlongs, surrogates or > U+10FFFF). */
+int api_utf8_valid(const char *s, size_t n);
+
+/* Finds name=value in a query string ("a=1&b=2", may be NULL) and decodes the value
+ * into out[cap]. 1 found, 0 absent, PHY_EINVAL (malformed query, bad escape, name
+ * given twice) or PHY_ETOOBIG. */
+int api_query_param(const char *query, const char *name, char *out, size_t cap);
+
+/* 0 when every parameter of the query is named in allowed (NULL-terminated), else
+ * PHY_EINVAL. */
+int api_query_check(const char *query, const char *const *allowed);
+
+/* Parses an If-Match value: NULL or "*" -> *out = -1 (unconditional); "<n>" or n
+ * (decimal, at most 18 digits) -> n. Weak tags (W/), lists and anything else are
+ * PHY_EINVAL. */
+int api_if_match(const char *v, int64_t *out);
 
 void handle_register(struct hub *h, const struct api_request *req, struct api_response *res);
 void handle_code(struct hub *h, const struct api_request *req, struct api_response *res);
 void handle_poll(struct hub *h, const struct api_request *req, struct api_response *res);
 void handle_claim(struct hub *h, const struct api_request *req, struct api_response *res);
 void handle_devices_list(struct hub *h, const struct api_request *req, struct api_response *res);
+void handle_fleet_patch(struct hub *h, const struct api_request *req, struct api_response *res);
+/* Handlers of /api/v1/devices/{id}...: id is a well-formed device ID. */
+void handle_device_get(struct hub *h, const struct api_request *req, const char *id,
+                       struct api_response *res);
+void handle_device_delete(struct hub *h, const struct api_request *req, const char *id,
+                          struct api_response *res);
+void handle_desired_patch(struct hub *h, const struct api_request *req, const char *id,
+                          struct api_response *res);
+void handle_tags_put(struct hub *h, const struct api_request *req, const char *id,
+                     struct api_response *res);
+void handle_device_revoke(struct hub *h, const struct api_request *req, const char *id,
+                          struct api_response *res);
+void handle_device_reset(struct hub *h, const struct api_request *req, const char *id,
+                         struct api_response *res);
+void handle_metrics(struct hub *h, const struct api_request *req, struct api_response *res);
 void handle_healthz(struct hub *h, const struct api_request *req, struct api_response *res);
 
 #endif

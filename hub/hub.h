@@ -2,6 +2,7 @@
 #ifndef PHY_HUB_HUB_H
 #define PHY_HUB_HUB_H
 
+#include <stdatomic.h>
 #include <stdint.h>
 
 #include "phy/crypto.h"
@@ -26,13 +27,38 @@ struct hub_config {
     long max_connections;
     long sweep_interval_s;
     long claim_user_limit, claim_tenant_limit, claim_window_s;
+    long ping_interval_s;   /* device sessions: ping period */
+    long ping_timeout_s;    /* no frame for this long closes the session */
+    long device_msg_rate;   /* messages per second per device (and burst) */
 };
+
+/* Counters shown by GET /metrics; updated from the loop and from workers. */
+struct hub_metrics {
+    _Atomic uint64_t sessions;      /* gauge */
+    _Atomic uint64_t ws_msgs_in, ws_msgs_out;
+    _Atomic uint64_t auth_failures; /* device hub and console */
+    _Atomic uint64_t requests;
+    _Atomic uint64_t store_ops, store_us; /* count and total microseconds */
+    _Atomic uint64_t prov_registered, prov_codes, prov_delivered, prov_claimed;
+    _Atomic uint64_t prov_claim_failed, prov_slow_down;
+};
+
+static inline void hub_metric_add(_Atomic uint64_t *m, uint64_t n)
+{
+    atomic_fetch_add_explicit(m, n, memory_order_relaxed);
+}
+
+static inline void hub_metric_set(_Atomic uint64_t *m, uint64_t v)
+{
+    atomic_store_explicit(m, v, memory_order_relaxed);
+}
 
 struct hub {
     struct hub_config cfg;
     const struct phy_store_ops *store_ops;
     struct store *store;
     unsigned char issuance_key[PHY_AEAD_KEY_LEN];
+    struct hub_metrics metrics;
 };
 
 /* Milliseconds since the Unix epoch (wall clock). */

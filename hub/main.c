@@ -42,6 +42,9 @@ static void config_defaults(struct hub_config *c)
     c->claim_user_limit = 10;
     c->claim_tenant_limit = 100;
     c->claim_window_s = 900;
+    c->ping_interval_s = 30;
+    c->ping_timeout_s = 60;
+    c->device_msg_rate = 20;
 }
 
 static void print_help(const struct phy_opt *opts)
@@ -261,6 +264,12 @@ int main(int argc, char **argv)
         {"claim-tenant-limit", PHY_OPT_INT, &c->claim_tenant_limit, 1, 1000000,
          "failed claims per tenant per window before 429 (100)"},
         {"claim-window", PHY_OPT_INT, &c->claim_window_s, 1, 86400, "failed-claim window, s (900)"},
+        {"ping-interval", PHY_OPT_INT, &c->ping_interval_s, 1, 3600,
+         "device sessions: ping period, s (30)"},
+        {"ping-timeout", PHY_OPT_INT, &c->ping_timeout_s, 1, 7200,
+         "device sessions: close after this long without a frame or pong, s (60)"},
+        {"device-msg-rate", PHY_OPT_INT, &c->device_msg_rate, 1, 10000,
+         "messages per second per device before rate_limited (20)"},
         {"debug", PHY_OPT_BOOL, &debug, 0, 0, "log debug events"},
         {0},
     };
@@ -312,6 +321,11 @@ int main(int argc, char **argv)
         goto out_store;
     }
 
+    /* No session survives a restart: whatever the store says is online is not. */
+    if (g_hub.store_ops->presence_reset(g_hub.store, hub_now_ms()) < 0) {
+        fprintf(stderr, "phyhub: cannot reset presence in the store\n");
+        goto out_store;
+    }
     uv_loop_t *loop = uv_default_loop();
     if (server_start(&g_hub, loop, &g_server, err, sizeof(err)) < 0) {
         fprintf(stderr, "phyhub: %s\n", err);

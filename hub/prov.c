@@ -101,6 +101,7 @@ void handle_register(struct hub *h, const struct api_request *req, struct api_re
         goto out;
     }
     api_json(res, 201, json_pack("{s:s, s:i}", "poll_token", token, "interval", p.interval_s));
+    hub_metric_add(&h->metrics.prov_registered, 1);
     OPENSSL_cleanse(token, sizeof(token));
 out:
     json_decref(body);
@@ -141,6 +142,7 @@ void handle_code(struct hub *h, const struct api_request *req, struct api_respon
         api_json(
             res, 201,
             json_pack("{s:s, s:I}", "code", code, "expires_in", (json_int_t)h->cfg.code_ttl_s));
+        hub_metric_add(&h->metrics.prov_codes, 1);
         goto out;
     }
     api_error(res, 503, "code_space_exhausted", "could not allocate a unique code; retry");
@@ -189,6 +191,7 @@ void handle_poll(struct hub *h, const struct api_request *req, struct api_respon
         goto out;
     switch (outcome) {
     case STORE_SLOW_DOWN:
+        hub_metric_add(&h->metrics.prov_slow_down, 1);
         api_json(res, 429,
                  json_pack("{s:s, s:s, s:i}", "error", "slow_down", "message",
                            "polling faster than the interval", "interval", r.interval_s));
@@ -216,6 +219,7 @@ void handle_poll(struct hub *h, const struct api_request *req, struct api_respon
         res->body = plain;
         res->body_len = (size_t)n;
         res->status = 200;
+        hub_metric_add(&h->metrics.prov_delivered, 1);
         snprintf(res->log, sizeof(res->log), "device_id=%s outcome=delivered", r.device_id);
         break;
     }

@@ -2,6 +2,7 @@
  * the socket (no buffers held by an idle connection), HTTP/1.1 keep-alive, and every
  * request handled on the libuv thread pool so the loop never waits on the store. */
 #include "server.h"
+#include "conn.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -18,67 +19,32 @@
 #include <openssl/ssl.h>
 
 #include "api.h"
+#include "handlers.h"
 #include "phy/err.h"
 #include "phy/http.h"
 #include "phy/log.h"
 
-#define SERVER_MAX_HEAD 8192
-#define SERVER_READ_CHUNK 16384
-#define SERVER_ACCEPT_BATCH 128
-
-enum conn_state { CONN_HANDSHAKE, CONN_READ, CONN_WORKING, CONN_WRITING };
-
-struct conn {
-    uv_poll_t poll;
-    uv_timer_t timer;
-    struct server *srv;
-    struct conn *prev, *next;
-    SSL *ssl;
-    int fd;
-    enum conn_state state;
-    int open_handles;
-    int close_after_work;
-    int keep_alive;
-    int polling; /* events currently watched */
-    char *in;    /* request bytes; NULL while idle */
-    size_t in_len, in_cap;
-    char *out; /* response bytes being written; NULL while idle */
-    size_t out_len, out_off;
-    uint64_t req_start_ms;
-    char peer[64];
-};
+enum work_kind { WORK_API, WORK_UPGRADE, WORK_EVENTS };
 
 struct work {
     uv_work_t req;
     struct conn *conn;
+    enum work_kind kind;
     struct api_request areq;
     struct api_response ares;
     char *blob; /* owns every string of areq */
     char rid[24];
-};
-
-struct server {
-    struct hub *hub;
-    uv_loop_t *loop;
-    SSL_CTX *ctx;
-    uv_poll_t listen_poll;
-    uv_timer_t pause_timer;
-    int listen_fd;
-    int stopping;
-    int listener_closed;
-    size_t nconns;
-    struct conn *conns;
-    uint64_t rid_prefix;
-    uint64_t rid_seq;
+    char ws_accept[32];                      /* WORK_UPGRADE */
+    char device_id[PHY_DEVICE_ID_LEN + 1];   /* WORK_UPGRADE: authenticated device */
+    int64_t tenant_id;                       /* WORK_UPGRADE, WORK_EVENTS */
 };
 
 static void conn_drive(struct conn *c);
-static void conn_close(struct conn *c);
 
 static void on_conn_poll(uv_poll_t *h, int status, int events);
 static void on_conn_timer(uv_timer_t *t);
 
-static void conn_want(struct conn *c, int events)
+void conn_want(struct conn *c, int events)
 {
     if (events == c->polling)
         return;
@@ -92,9 +58,14 @@ static void conn_want(struct conn *c, int events)
 /* (Re)arms the connection's single deadline; 0 disarms it. */
 static void conn_deadline(struct conn *c, long seconds)
 {
+    conn_deadline_ms(c, seconds > 0 ? (uint64_t)seconds * 1000 : 0);
+}
+
+void conn_deadline_ms(struct conn *c, uint64_t ms)
+{
     uv_timer_stop(&c->timer);
-    if (seconds > 0)
-        uv_timer_start(&c->timer, on_conn_timer, (uint64_t)seconds * 1000, 0);
+    if (ms > 0)
+        uv_timer_start(&c->timer, on_conn_timer, ms, 0);
 }
 
 /* Frees the connection's buffers; the response may have carried credentials. */
@@ -120,6 +91,7 @@ static void conn_free_buffers(struct conn *c)
 static void server_maybe_free(struct server *s)
 {
     if (s->stopping && s->listener_closed && s->nconns == 0) {
+        sessions_free(s);
         SSL_CTX_free(s->ctx);
         free(s);
     }
@@ -136,7 +108,7 @@ static void on_conn_closed(uv_handle_t *h)
     free(c);
 }
 
-static void conn_close(struct conn *c)
+void conn_close(struct conn *c)
 {
     struct server *s = c->srv;
     if (c->state == CONN_WORKING) {
@@ -145,6 +117,10 @@ static void conn_close(struct conn *c)
     }
     if (uv_is_closing((uv_handle_t *)&c->poll))
         return;
+    if (c->sess && session_detach(c))
+        return; /* session work in flight: it closes the conn when it returns */
+    if (c->state == CONN_SSE)
+        events_detach(c);
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -158,12 +134,13 @@ static void conn_close(struct conn *c)
 }
 
 /* Queues a complete response (head + body) and starts writing it. */
-static void conn_respond(struct conn *c, int status, const char *extra, const char *body,
-                         size_t body_len, int keep_alive)
+static void conn_respond_typed(struct conn *c, int status, const char *extra, const char *ctype,
+                               const char *body, size_t body_len, int keep_alive)
 {
     char head[1024];
-    int n = phy_http_write_response_head(
-        head, sizeof(head), status, body ? "application/json" : NULL, body_len, keep_alive, extra);
+    int n = phy_http_write_response_head(head, sizeof(head), status,
+                                         body ? (ctype ? ctype : "application/json") : NULL,
+                                         body_len, keep_alive, extra);
     if (n < 0) {
         conn_close(c);
         return;
@@ -185,6 +162,69 @@ static void conn_respond(struct conn *c, int status, const char *extra, const ch
     conn_drive(c);
 }
 
+int conn_out_append(struct conn *c, const char *data, size_t n, size_t max_pending)
+{
+    size_t pending = c->out_len - c->out_off;
+    if (pending + n > max_pending)
+        return PHY_ETOOBIG;
+    char *p = malloc(pending + n);
+    if (!p)
+        return PHY_ENOMEM;
+    if (pending)
+        memcpy(p, c->out + c->out_off, pending);
+    memcpy(p + pending, data, n);
+    conn_free_out(c);
+    c->out = p;
+    c->out_len = pending + n;
+    c->out_off = 0;
+    return 0;
+}
+
+int conn_flush(struct conn *c)
+{
+    while (c->out && c->out_off < c->out_len) {
+        ERR_clear_error();
+        int n = SSL_write(c->ssl, c->out + c->out_off, (int)(c->out_len - c->out_off));
+        if (n > 0) {
+            c->out_off += (size_t)n;
+            continue;
+        }
+        int ev = conn_ssl_want(c->ssl, n);
+        if (ev < 0) {
+            conn_close(c);
+            return -1;
+        }
+        conn_want(c, ev | UV_READABLE);
+        return 0;
+    }
+    conn_free_out(c);
+    return 0;
+}
+
+/* Writes bytes that are a complete head on their own (event streams). */
+static void conn_respond_raw(struct conn *c, const char *data, size_t n)
+{
+    conn_free_out(c);
+    c->out = malloc(n);
+    if (!c->out) {
+        conn_close(c);
+        return;
+    }
+    memcpy(c->out, data, n);
+    c->out_len = n;
+    c->out_off = 0;
+    c->keep_alive = 1;
+    c->state = CONN_WRITING;
+    conn_deadline(c, c->srv->hub->cfg.header_timeout_s);
+    conn_drive(c);
+}
+
+static void conn_respond(struct conn *c, int status, const char *extra, const char *body,
+                         size_t body_len, int keep_alive)
+{
+    conn_respond_typed(c, status, extra, NULL, body, body_len, keep_alive);
+}
+
 /* Answers a request the server refuses before any handler sees it, then closes. */
 static void conn_refuse(struct conn *c, int status, const char *code, const char *msg)
 {
@@ -197,7 +237,28 @@ static void conn_refuse(struct conn *c, int status, const char *code, const char
 static void on_work(uv_work_t *req)
 {
     struct work *w = req->data;
-    api_handle(w->conn->srv->hub, &w->areq, &w->ares);
+    struct hub *h = w->conn->srv->hub;
+    switch (w->kind) {
+    case WORK_API: {
+        uint64_t t0 = uv_hrtime();
+        api_handle(h, &w->areq, &w->ares);
+        hub_metric_add(&h->metrics.store_ops, 1);
+        hub_metric_add(&h->metrics.store_us, (uv_hrtime() - t0) / 1000);
+        break;
+    }
+    case WORK_UPGRADE:
+        session_authorize(h, &w->areq, &w->ares, w->device_id, &w->tenant_id);
+        break;
+    case WORK_EVENTS: {
+        struct api_caller caller;
+        memset(&w->ares, 0, sizeof(w->ares));
+        if (api_auth(h, &w->areq, &w->ares, &caller) == 0) {
+            w->tenant_id = caller.tenant_id;
+            w->ares.status = 200;
+        }
+        break;
+    }
+    }
 }
 
 static void on_work_done(uv_work_t *req, int status)
@@ -209,12 +270,38 @@ static void on_work_done(uv_work_t *req, int status)
     if (c->close_after_work || c->srv->stopping) {
         conn_close(c);
     } else {
-        uint64_t dur = uv_now(c->srv->loop) - c->req_start_ms;
+        struct server *s = c->srv;
+        uint64_t dur = uv_now(s->loop) - c->req_start_ms;
         phy_log(PHY_LOG_INFO, "http", "rid=%s peer=%s method=%s path=%s status=%d ms=%llu%s%s",
                 w->rid, c->peer, w->areq.method, w->areq.path, w->ares.status,
                 (unsigned long long)dur, w->ares.log[0] ? " " : "", w->ares.log);
-        conn_respond(c, w->ares.status, w->ares.extra_headers, w->ares.body, w->ares.body_len,
-                     c->keep_alive);
+        if (w->kind == WORK_UPGRADE && w->ares.status == 101) {
+            char extra[256];
+            snprintf(extra, sizeof(extra),
+                     "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n"
+                     "Sec-WebSocket-Protocol: phyhub.v1\r\n",
+                     w->ws_accept);
+            c->sess = session_new(w->device_id, w->tenant_id);
+            if (c->sess) {
+                c->next_mode = CONN_NEXT_WS;
+                conn_respond(c, 101, extra, NULL, 0, 1);
+            } else {
+                session_abandon(s, w->device_id);
+                conn_refuse(c, 503, "over_capacity", "out of memory");
+            }
+        } else if (w->kind == WORK_EVENTS && w->ares.status == 200) {
+            static const char head[] = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                                       "Cache-Control: no-store\r\nConnection: close\r\n\r\n"
+                                       ": phyhub events\n\n";
+            c->next_mode = CONN_NEXT_SSE;
+            c->tenant_id = w->tenant_id;
+            conn_respond_raw(c, head, sizeof(head) - 1);
+        } else {
+            conn_respond_typed(c, w->ares.status, w->ares.extra_headers, w->ares.content_type,
+                               w->ares.body, w->ares.body_len, c->keep_alive);
+            for (size_t i = 0; i < w->ares.neffects; i++)
+                session_effect(s, &w->ares.effects[i], w->ares.push_patch);
+        }
     }
     api_response_free(&w->ares);
     free(w->blob);
@@ -298,9 +385,30 @@ static int conn_try_request(struct conn *c)
         conn_refuse(c, 500, "internal", "out of memory");
         return 1;
     }
+    w->kind = WORK_API;
+    if (phy_str_eq(rq.target, "/v1/hub") || phy_str_eq(rq.target, "/api/v1/events")) {
+        if (!phy_str_eq(rq.method, "GET")) {
+            free(w->blob);
+            free(w);
+            conn_refuse(c, 405, "method_not_allowed", "use GET");
+            return 1;
+        }
+        w->kind = rq.target.p[1] == 'v' ? WORK_UPGRADE : WORK_EVENTS;
+    }
+    if (w->kind == WORK_UPGRADE) {
+        const char *msg = NULL;
+        int st = session_check_upgrade(&rq, w->ws_accept, &msg);
+        if (st != 0) {
+            free(w->blob);
+            free(w);
+            conn_refuse(c, st, st == 426 ? "upgrade_required" : "bad_request", msg);
+            return 1;
+        }
+    }
     snprintf(w->rid, sizeof(w->rid), "%08llx%06llx", (unsigned long long)s->rid_prefix,
              (unsigned long long)(++s->rid_seq & 0xffffff));
     w->areq.request_id = w->rid;
+    hub_metric_add(&s->hub->metrics.requests, 1);
     w->conn = c;
     w->req.data = w;
     c->keep_alive = rq.keep_alive;
@@ -345,7 +453,7 @@ static int conn_append(struct conn *c, const char *buf, size_t n)
 }
 
 /* Maps an SSL_get_error result to poll events; returns -1 when the connection is done. */
-static int ssl_want(SSL *ssl, int ret)
+int conn_ssl_want(SSL *ssl, int ret)
 {
     switch (SSL_get_error(ssl, ret)) {
     case SSL_ERROR_WANT_READ:
@@ -370,7 +478,7 @@ static void conn_drive(struct conn *c)
                 c->state = CONN_READ;
                 continue;
             }
-            int ev = ssl_want(c->ssl, r);
+            int ev = conn_ssl_want(c->ssl, r);
             if (ev < 0) {
                 phy_log(PHY_LOG_DEBUG, "tls_failed", "peer=%s", c->peer);
                 conn_close(c);
@@ -398,7 +506,7 @@ static void conn_drive(struct conn *c)
                 }
                 continue;
             }
-            int ev = ssl_want(c->ssl, n);
+            int ev = conn_ssl_want(c->ssl, n);
             if (ev < 0)
                 conn_close(c);
             else
@@ -408,6 +516,12 @@ static void conn_drive(struct conn *c)
         case CONN_WORKING:
             conn_want(c, 0);
             return;
+        case CONN_WS:
+            session_drive(c);
+            return;
+        case CONN_SSE:
+            events_drive(c);
+            return;
         case CONN_WRITING: {
             while (c->out_off < c->out_len) {
                 ERR_clear_error();
@@ -416,7 +530,7 @@ static void conn_drive(struct conn *c)
                     c->out_off += (size_t)n;
                     continue;
                 }
-                int ev = ssl_want(c->ssl, n);
+                int ev = conn_ssl_want(c->ssl, n);
                 if (ev < 0)
                     conn_close(c);
                 else
@@ -424,6 +538,17 @@ static void conn_drive(struct conn *c)
                 return;
             }
             conn_free_out(c);
+            if (c->next_mode != CONN_NEXT_HTTP && !c->srv->stopping) {
+                conn_deadline(c, 0);
+                if (c->next_mode == CONN_NEXT_WS) {
+                    c->state = CONN_WS;
+                    session_begin(c);
+                } else {
+                    c->state = CONN_SSE;
+                    events_begin(c);
+                }
+                return;
+            }
             if (!c->keep_alive || c->srv->stopping) {
                 ERR_clear_error();
                 SSL_shutdown(c->ssl);
@@ -453,6 +578,14 @@ static void on_conn_poll(uv_poll_t *h, int status, int events)
 static void on_conn_timer(uv_timer_t *t)
 {
     struct conn *c = t->data;
+    if (c->state == CONN_WS) {
+        session_timer(c);
+        return;
+    }
+    if (c->state == CONN_SSE) {
+        events_timer(c);
+        return;
+    }
     if (c->state == CONN_READ && c->in_len > 0) {
         conn_refuse(c, 408, "request_timeout", "request not received in time");
         return;
@@ -642,9 +775,15 @@ int server_start(struct hub *h, uv_loop_t *loop, struct server **out, char *err,
     uv_timer_init(loop, &s->pause_timer);
     s->listen_poll.data = s;
     s->pause_timer.data = s;
+    if (sessions_new(s) < 0)
+        goto fail_poll;
     uv_poll_start(&s->listen_poll, UV_READABLE, on_listen_poll);
     *out = s;
     return 0;
+fail_poll:
+    uv_close((uv_handle_t *)&s->listen_poll, NULL);
+    uv_close((uv_handle_t *)&s->pause_timer, NULL);
+    uv_run(loop, UV_RUN_NOWAIT);
 fail:
     if (s->listen_fd >= 0)
         close(s->listen_fd);
@@ -670,6 +809,7 @@ void server_stop(struct server *s)
     if (!s || s->stopping)
         return;
     s->stopping = 1;
+    sessions_shutdown(s);
     struct conn *c = s->conns;
     while (c) {
         struct conn *next = c->next;

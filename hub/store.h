@@ -29,7 +29,10 @@ enum store_outcome {
     STORE_DELIVER,         /* poll: the issuance is here (200) */
     STORE_CODE_TAKEN,      /* set_code: another live code has this value; retry */
     STORE_EXISTS,          /* admin: name already taken */
-    STORE_NOT_FOUND,       /* admin/auth: no such tenant/user/token */
+    STORE_NOT_FOUND,       /* admin/auth: no such tenant/user/token; device hub: no device */
+    STORE_REVOKED,         /* device_auth: the device was revoked */
+    STORE_PRECONDITION,    /* desired_patch: If-Match version differs (412) */
+    STORE_TOO_BIG,         /* twin patch result over the size or depth limit */
 };
 
 /* Time is milliseconds since the Unix epoch, supplied by the caller (testable). */
@@ -73,6 +76,32 @@ struct store_device {
     char state[24];  /* pending_delivery | provisioned | active | revoked */
     char *tags_json; /* malloc'd */
     int64_t created_ms;
+    /* presence (0 when never): */
+    int online;
+    int64_t last_seen_ms, connected_ms, disconnected_ms;
+    char *last_status_json; /* malloc'd or NULL: the last status report */
+    int64_t last_status_ms;
+};
+
+/* A device's twin; every string malloc'd (free with store_twin_free). */
+struct store_twin {
+    char *desired;  /* JSON object text */
+    int64_t desired_version;
+    char *reported; /* JSON object text */
+    int64_t reported_version;
+    char *tags;     /* JSON object text (console-only tags) */
+};
+
+/* One device changed by a fleet-wide desired patch. */
+struct store_push {
+    char device_id[PHY_DEVICE_ID_LEN + 1];
+    int64_t version;
+};
+
+/* Device list filter: presence -1 any, 0 offline, 1 online; tag_key NULL = any. */
+struct store_device_filter {
+    int presence;
+    const char *tag_key, *tag_value;
 };
 
 struct phy_store_ops {
@@ -133,15 +162,74 @@ struct phy_store_ops {
     int (*sweep)(struct store *s, const struct store_prov_params *p, int64_t keep_failures_ms);
 
     /* --- devices (console) --- */
-    /* Lists a tenant's devices ordered by device_id, after cursor `after` (or NULL),
-     * at most limit; *out malloc'd array of *n (free each tags_json, then array). */
-    int (*devices_list)(struct store *s, int64_t tenant_id, const char *after, int limit,
-                        struct store_device **out, size_t *n);
+    /* Lists a tenant's devices matching f (NULL: all) ordered by device_id, after
+     * cursor `after` (or NULL), at most limit; *out malloc'd array of *n (free with
+     * store_devices_free). A tag filter matches string values. */
+    int (*devices_list)(struct store *s, int64_t tenant_id, const struct store_device_filter *f,
+                        const char *after, int limit, struct store_device **out, size_t *n);
+    /* One device of the tenant with its twin (t may be NULL): OK or NOT_FOUND. */
+    int (*device_get)(struct store *s, int64_t tenant_id, const char *device_id,
+                      struct store_device *d, struct store_twin *t, int *outcome);
+    /* Replaces the console-only tags (JSON object text): OK or NOT_FOUND. */
+    int (*tags_put)(struct store *s, int64_t tenant_id, const char *device_id,
+                    const char *tags_json, int *outcome);
+    /* Merges patch_json (an object) into the desired section with phy_twin_merge.
+     * if_match < 0: unconditional; else PRECONDITION unless it equals the current
+     * desired version. When the document changed, the version rises by exactly 1
+     * and *changed = 1; *version gets the (new) version. OK / NOT_FOUND /
+     * PRECONDITION / TOO_BIG. Revoked devices are NOT_FOUND. */
+    int (*desired_patch)(struct store *s, int64_t tenant_id, const char *device_id,
+                         const char *patch_json, int64_t if_match, int64_t *version,
+                         int *changed, int *outcome);
+    /* Applies one patch to every non-revoked device of the tenant whose tag
+     * tag_key equals tag_value, in one transaction; *matched counts them; every
+     * device whose desired changed is returned in *out (malloc'd, *n entries). */
+    int (*desired_patch_tag)(struct store *s, int64_t tenant_id, const char *tag_key,
+                             const char *tag_value, const char *patch_json, size_t *matched,
+                             struct store_push **out, size_t *n, int *outcome);
+    /* Revokes: state revoked, secret hash erased, pending issuance purged. Reset also
+     * re-arms the serial for one new claim (its issuance and registrations are
+     * deleted; the revoked device row stays for history). Delete removes the device,
+     * its twin and its issuance. OK or NOT_FOUND. */
+    int (*device_revoke)(struct store *s, int64_t tenant_id, const char *device_id,
+                         int64_t now_ms, int *outcome);
+    int (*device_reset)(struct store *s, int64_t tenant_id, const char *device_id,
+                        int64_t now_ms, int *outcome);
+    int (*device_delete)(struct store *s, int64_t tenant_id, const char *device_id,
+                         int *outcome);
+
+    /* --- device hub (device side) --- */
+    /* Checks a device's credentials: OK (tenant_id set) when the device exists, is
+     * not revoked and secret_hash equals the stored hash (compared with
+     * CRYPTO_memcmp); REVOKED; else NOT_FOUND. */
+    int (*device_auth)(struct store *s, const char *device_id, const char *secret_hash,
+                       int64_t *tenant_id, int *outcome);
+    /* A session started: online, connected_ms = last_seen = now, state -> active,
+     * and the sealed issuance is purged (redelivery ends at the first session). */
+    int (*session_open)(struct store *s, const char *device_id, int64_t now_ms);
+    /* A session ended: offline, disconnected_ms = now, last_seen = last_seen_ms. */
+    int (*session_close)(struct store *s, const char *device_id, int64_t now_ms,
+                         int64_t last_seen_ms);
+    /* At start-up: every device still marked online is set offline (no session
+     * survives a restart). */
+    int (*presence_reset)(struct store *s, int64_t now_ms);
+    /* The twin of a device (any tenant: the caller authenticated the device). */
+    int (*twin_get)(struct store *s, const char *device_id, struct store_twin *t, int *outcome);
+    /* Merges a reported patch; *version and *changed as for desired_patch. OK /
+     * NOT_FOUND / TOO_BIG. Also updates last_seen. */
+    int (*reported_patch)(struct store *s, const char *device_id, const char *patch_json,
+                          int64_t now_ms, int64_t *version, int *changed, int *outcome);
+    /* Stores the last status report (JSON object text) and last_seen = now. */
+    int (*status_put)(struct store *s, const char *device_id, const char *status_json,
+                      int64_t now_ms);
 };
 
 extern const struct phy_store_ops store_sqlite_ops;
 
 /* Frees the array returned by devices_list. */
 void store_devices_free(struct store_device *d, size_t n);
+/* Frees the strings of one device / one twin (not the structs). Accept zeroed ones. */
+void store_device_clear(struct store_device *d);
+void store_twin_free(struct store_twin *t);
 
 #endif

@@ -10,16 +10,23 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <jansson.h>
+#include <openssl/crypto.h>
 #include <sqlite3.h>
 
 #include "phy/err.h"
+#include "phy/twin.h"
 #include "store.h"
 
-#define SCHEMA_VERSION 1
+#define SCHEMA_VERSION 2
 #define REGION_MAX 15       /* token_auth's region[16] */
 #define PW_HASH_MAX 512     /* an encoded argon2id hash is ~100 chars */
 #define TAGS_JSON_MAX 65536 /* console tags are a small object */
 #define LIST_MAX 1000       /* devices_list never returns more rows than this */
+#define TAG_KEY_MAX 64
+#define TAG_VALUE_MAX 256
+#define PATCH_JSON_MAX (8 * PHY_TWIN_MAX_BYTES) /* patch text; the result is checked too */
+#define STATUS_JSON_MAX 65536                   /* a status report fits in one frame */
 
 /* One connection (opened FULLMUTEX); mu makes each multi-statement operation one
  * transaction that no other thread's statements can interleave with. */
@@ -28,6 +35,8 @@ struct store {
     pthread_mutex_t mu;
 };
 
+/* A fresh store is created at SCHEMA_VERSION directly; older ones are migrated
+ * step by step (MIGRATE_SQL[v] takes version v to v + 1). */
 static const char SCHEMA_SQL[] =
     "CREATE TABLE IF NOT EXISTS tenants("
     "  id INTEGER PRIMARY KEY,"
@@ -57,7 +66,8 @@ static const char SCHEMA_SQL[] =
     "CREATE INDEX IF NOT EXISTS registrations_serial ON registrations(serial);"
     "CREATE INDEX IF NOT EXISTS registrations_code ON registrations(code);"
     /* No foreign key on tenant_id: the eu provisioning store records claims made
-     * for tenants whose rows live in another region's store. */
+     * for tenants whose rows live in another region's store. secret_hash is ''
+     * once the device is revoked (the column predates revocation: NOT NULL). */
     "CREATE TABLE IF NOT EXISTS devices("
     "  device_id TEXT PRIMARY KEY,"
     "  tenant_id INTEGER NOT NULL,"
@@ -66,8 +76,22 @@ static const char SCHEMA_SQL[] =
     "  tags_json TEXT NOT NULL DEFAULT '{}',"
     "  secret_hash TEXT NOT NULL,"
     "  state TEXT NOT NULL,"
-    "  created_ms INTEGER NOT NULL);"
+    "  created_ms INTEGER NOT NULL,"
+    "  online INTEGER NOT NULL DEFAULT 0,"
+    "  last_seen_ms INTEGER NOT NULL DEFAULT 0,"
+    "  connected_ms INTEGER NOT NULL DEFAULT 0,"
+    "  disconnected_ms INTEGER NOT NULL DEFAULT 0,"
+    "  last_status_json TEXT,"
+    "  last_status_ms INTEGER NOT NULL DEFAULT 0);"
     "CREATE INDEX IF NOT EXISTS devices_tenant ON devices(tenant_id, device_id);"
+    "CREATE INDEX IF NOT EXISTS devices_tenant_online ON devices(tenant_id, online, device_id);"
+    /* A device without a twins row has the empty twin at versions 0. */
+    "CREATE TABLE IF NOT EXISTS twins("
+    "  device_id TEXT PRIMARY KEY REFERENCES devices(device_id) ON DELETE CASCADE,"
+    "  desired TEXT NOT NULL DEFAULT '{}',"
+    "  desired_version INTEGER NOT NULL DEFAULT 0,"
+    "  reported TEXT NOT NULL DEFAULT '{}',"
+    "  reported_version INTEGER NOT NULL DEFAULT 0);"
     "CREATE TABLE IF NOT EXISTS issuances("
     "  serial TEXT PRIMARY KEY,"
     "  code TEXT,"
@@ -84,6 +108,27 @@ static const char SCHEMA_SQL[] =
     "  at_ms INTEGER NOT NULL);"
     "CREATE INDEX IF NOT EXISTS claim_failures_tenant ON claim_failures(tenant_id, at_ms);"
     "CREATE INDEX IF NOT EXISTS claim_failures_user ON claim_failures(tenant_id, user_id, at_ms);";
+
+/* Version 1 -> 2: presence, last status and twins. The result matches SCHEMA_SQL. */
+static const char MIGRATE_1_2_SQL[] =
+    "ALTER TABLE devices ADD COLUMN online INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE devices ADD COLUMN last_seen_ms INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE devices ADD COLUMN connected_ms INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE devices ADD COLUMN disconnected_ms INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE devices ADD COLUMN last_status_json TEXT;"
+    "ALTER TABLE devices ADD COLUMN last_status_ms INTEGER NOT NULL DEFAULT 0;"
+    "CREATE INDEX devices_tenant_online ON devices(tenant_id, online, device_id);"
+    "CREATE TABLE twins("
+    "  device_id TEXT PRIMARY KEY REFERENCES devices(device_id) ON DELETE CASCADE,"
+    "  desired TEXT NOT NULL DEFAULT '{}',"
+    "  desired_version INTEGER NOT NULL DEFAULT 0,"
+    "  reported TEXT NOT NULL DEFAULT '{}',"
+    "  reported_version INTEGER NOT NULL DEFAULT 0);";
+
+static const char *const MIGRATE_SQL[SCHEMA_VERSION] = {
+    NULL, /* 0: a fresh store gets SCHEMA_SQL */
+    MIGRATE_1_2_SQL,
+};
 
 /* ---- input checks ---- */
 
@@ -325,6 +370,16 @@ static int tx_end(struct store *s, int rc)
     return rc;
 }
 
+/* Best effort after sealed bodies were purged: secure_delete zeroed them in the
+ * database pages; checkpointing and truncating the WAL drops the older page images
+ * that still hold them. The purge itself is already committed. */
+static void wal_scrub(struct store *s)
+{
+    pthread_mutex_lock(&s->mu);
+    exec_sql(s, "PRAGMA wal_checkpoint(TRUNCATE)");
+    pthread_mutex_unlock(&s->mu);
+}
+
 /* ---- open / close ---- */
 
 static int pragma_text(struct store *s, const char *sql, char *out, size_t cap)
@@ -346,14 +401,25 @@ static int schema_init(struct store *s, char *err, size_t errcap)
         goto fail_sql;
     if (q_int(s, &version, "PRAGMA user_version", "") < 0)
         goto fail_sql;
-    if (version > SCHEMA_VERSION) {
-        set_err(err, errcap, "store schema version %lld is newer than this build (%d)",
+    if (version < 0 || version > SCHEMA_VERSION) {
+        set_err(err, errcap, "store schema version %lld is not known to this build (%d)",
                 (long long)version, SCHEMA_VERSION);
         rc = PHY_EUNSUPP;
         goto fail;
     }
+    if (version == 0) {
+        if (exec_sql(s, SCHEMA_SQL) != 0)
+            goto fail_sql;
+    } else {
+        for (int64_t v = version; v < SCHEMA_VERSION; v++) {
+            if (exec_sql(s, MIGRATE_SQL[v]) != 0)
+                goto fail_sql;
+        }
+    }
     if (version < SCHEMA_VERSION) {
-        if (exec_sql(s, SCHEMA_SQL) != 0 || exec_sql(s, "PRAGMA user_version = 1") != 0)
+        char sql[48];
+        snprintf(sql, sizeof sql, "PRAGMA user_version = %d", SCHEMA_VERSION);
+        if (exec_sql(s, sql) != 0)
             goto fail_sql;
     }
     if (exec_sql(s, "COMMIT") != 0)
@@ -1098,26 +1164,131 @@ static int sq_sweep(struct store *s, const struct store_prov_params *p, int64_t 
                 p->now_ms - keep_failures_ms);
 out:
     rc = tx_end(s, rc);
-    if (rc == 0 && purged > 0) {
-        /* secure_delete zeroes the purged bodies in the database pages; checkpointing
-         * and truncating the WAL drops the older page images that still hold them.
-         * Best effort: the purge itself is already committed. */
-        pthread_mutex_lock(&s->mu);
-        exec_sql(s, "PRAGMA wal_checkpoint(TRUNCATE)");
-        pthread_mutex_unlock(&s->mu);
-    }
+    if (rc == 0 && purged > 0)
+        wal_scrub(s);
     return rc;
 }
 
 /* ---- devices ---- */
 
-static int sq_devices_list(struct store *s, int64_t tenant_id, const char *after, int limit,
-                           struct store_device **out, size_t *n)
+/* Columns of a device row (alias d), read by dev_read from column 0. */
+#define DEV_COLS                                                                                   \
+    "d.device_id, d.serial, d.name, d.state, d.tags_json, d.created_ms, d.online,"                \
+    " d.last_seen_ms, d.connected_ms, d.disconnected_ms, d.last_status_json, d.last_status_ms"
+#define DEV_NCOLS 12
+#define DEV_TAGS_COL 4
+/* The twin of d: a device without a twins row has the empty twin at versions 0. */
+#define TWIN_COLS                                                                                  \
+    "COALESCE(t.desired, '{}'), COALESCE(t.desired_version, 0),"                                  \
+    " COALESCE(t.reported, '{}'), COALESCE(t.reported_version, 0)"
+#define TWIN_FROM " FROM devices d LEFT JOIN twins t ON t.device_id = d.device_id"
+/* d's tag K equals V, K and V being SQL parameters. K is quoted into the JSON path
+ * (tag_key_ok admits no quote); CASE keeps json_extract away from invalid text. */
+#define TAG_MATCH(k, v)                                                                            \
+    "CASE WHEN json_valid(d.tags_json) THEN json_extract(d.tags_json, '$.\"' || " k " || '\"')"   \
+    " END = " v
+
+/* Returns 1 when k is a tag key as the console accepts them: [A-Za-z0-9._-]{1,64}. */
+static int tag_key_ok(const char *k)
 {
+    if (!str_ok(k, TAG_KEY_MAX))
+        return 0;
+    for (; *k; k++) {
+        char ch = *k;
+        if (!((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
+              ch == '.' || ch == '_' || ch == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+static int device_id_ok(const char *s)
+{
+    return str_ok(s, PHY_DEVICE_ID_LEN);
+}
+
+/* Parses text as a JSON object of at most max bytes: 0 (*out, optional, gets the
+ * reference), PHY_ETOOBIG or PHY_EINVAL. */
+static int json_object_parse(const char *text, size_t max, json_t **out)
+{
+    json_error_t jerr;
+    json_t *v;
+    size_t n;
+    if (out)
+        *out = NULL;
+    if (!text)
+        return PHY_EINVAL;
+    n = strnlen(text, max + 1);
+    if (n > max)
+        return PHY_ETOOBIG;
+    v = json_loadb(text, n, JSON_REJECT_DUPLICATES, &jerr);
+    if (!v || !json_is_object(v)) {
+        json_decref(v);
+        return PHY_EINVAL;
+    }
+    if (out)
+        *out = v;
+    else
+        json_decref(v);
+    return 0;
+}
+
+/* Reads DEV_COLS from column 0 into a zeroed *d (its strings are freed by the
+ * caller with store_device_clear on failure too). */
+static int dev_read(sqlite3_stmt *st, struct store_device *d)
+{
+    int rc;
+    if ((rc = col_copy(st, 0, d->device_id, sizeof d->device_id)) ||
+        (rc = col_copy(st, 1, d->serial, sizeof d->serial)) ||
+        (rc = col_copy(st, 2, d->name, sizeof d->name)) ||
+        (rc = col_copy(st, 3, d->state, sizeof d->state)))
+        return rc;
+    d->created_ms = sqlite3_column_int64(st, 5);
+    d->online = sqlite3_column_int64(st, 6) != 0;
+    d->last_seen_ms = sqlite3_column_int64(st, 7);
+    d->connected_ms = sqlite3_column_int64(st, 8);
+    d->disconnected_ms = sqlite3_column_int64(st, 9);
+    d->last_status_ms = sqlite3_column_int64(st, 11);
+    d->tags_json = col_dup(st, DEV_TAGS_COL);
+    if (!d->tags_json)
+        return PHY_ENOMEM;
+    if (sqlite3_column_type(st, 10) != SQLITE_NULL) {
+        d->last_status_json = col_dup(st, 10);
+        if (!d->last_status_json)
+            return PHY_ENOMEM;
+    }
+    return 0;
+}
+
+/* Reads TWIN_COLS from column col and the tags from tags_col into a zeroed *t. */
+static int twin_read(sqlite3_stmt *st, int col, int tags_col, struct store_twin *t)
+{
+    t->desired = col_dup(st, col);
+    t->desired_version = sqlite3_column_int64(st, col + 1);
+    t->reported = col_dup(st, col + 2);
+    t->reported_version = sqlite3_column_int64(st, col + 3);
+    t->tags = col_dup(st, tags_col);
+    return t->desired && t->reported && t->tags ? 0 : PHY_ENOMEM;
+}
+
+static int sq_devices_list(struct store *s, int64_t tenant_id, const struct store_device_filter *f,
+                           const char *after, int limit, struct store_device **out, size_t *n)
+{
+    /* Two statements so that a presence filter uses devices_tenant_online. */
+    static const char any_sql[] = "SELECT " DEV_COLS " FROM devices d"
+                                  " WHERE d.tenant_id = ?1 AND d.device_id > ?2"
+                                  " AND (?3 IS NULL OR " TAG_MATCH("?3", "?4") ")"
+                                  " ORDER BY d.device_id LIMIT ?5";
+    static const char presence_sql[] = "SELECT " DEV_COLS " FROM devices d"
+                                       " WHERE d.tenant_id = ?1 AND d.device_id > ?2"
+                                       " AND (?3 IS NULL OR " TAG_MATCH("?3", "?4") ")"
+                                       " AND d.online = ?6"
+                                       " ORDER BY d.device_id LIMIT ?5";
     struct store_device *v = NULL;
     sqlite3_stmt *st = NULL;
+    const char *key = NULL, *value = NULL;
     size_t count = 0, cap = 0;
-    int rc;
+    int presence = -1, rc;
 
     if (out)
         *out = NULL;
@@ -1126,18 +1297,30 @@ static int sq_devices_list(struct store *s, int64_t tenant_id, const char *after
     if (!s || !out || !n || limit <= 0 ||
         (after && strnlen(after, PHY_DEVICE_ID_LEN + 1) > PHY_DEVICE_ID_LEN))
         return PHY_EINVAL;
+    if (f) {
+        presence = f->presence;
+        key = f->tag_key;
+        value = f->tag_value;
+        if (presence < -1 || presence > 1)
+            return PHY_EINVAL;
+        if (key && (!tag_key_ok(key) || !value || strnlen(value, TAG_VALUE_MAX + 1) > TAG_VALUE_MAX))
+            return PHY_EINVAL;
+        if (!key)
+            value = NULL;
+    }
     if (limit > LIST_MAX)
         limit = LIST_MAX;
     if ((rc = tx_begin(s, 0)))
         return rc;
-    rc = q_prep(s, &st,
-                "SELECT device_id, serial, name, state, tags_json, created_ms FROM devices"
-                " WHERE tenant_id = ? AND device_id > ? ORDER BY device_id LIMIT ?",
-                "iti", tenant_id, after ? after : "", (int64_t)limit);
+    if (presence < 0)
+        rc = q_prep(s, &st, any_sql, "ittti", tenant_id, after ? after : "", key, value,
+                    (int64_t)limit);
+    else
+        rc = q_prep(s, &st, presence_sql, "itttii", tenant_id, after ? after : "", key, value,
+                    (int64_t)limit, (int64_t)presence);
     if (rc)
         goto out;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        struct store_device *d;
         if (count == cap) {
             size_t ncap = cap ? cap * 2 : 16;
             struct store_device *nv = realloc(v, ncap * sizeof *nv);
@@ -1148,20 +1331,10 @@ static int sq_devices_list(struct store *s, int64_t tenant_id, const char *after
             v = nv;
             cap = ncap;
         }
-        d = &v[count];
-        memset(d, 0, sizeof *d);
+        memset(&v[count], 0, sizeof v[count]);
         count++;
-        if ((rc = col_copy(st, 0, d->device_id, sizeof d->device_id)) ||
-            (rc = col_copy(st, 1, d->serial, sizeof d->serial)) ||
-            (rc = col_copy(st, 2, d->name, sizeof d->name)) ||
-            (rc = col_copy(st, 3, d->state, sizeof d->state)))
+        if ((rc = dev_read(st, &v[count - 1])))
             goto out;
-        d->created_ms = sqlite3_column_int64(st, 5);
-        d->tags_json = col_dup(st, 4);
-        if (!d->tags_json) {
-            rc = PHY_ENOMEM;
-            goto out;
-        }
     }
     rc = rc == SQLITE_DONE ? 0 : PHY_EIO;
 out:
@@ -1174,6 +1347,680 @@ out:
     *out = v;
     *n = count;
     return 0;
+}
+
+static int sq_device_get(struct store *s, int64_t tenant_id, const char *device_id,
+                         struct store_device *d, struct store_twin *t, int *outcome)
+{
+    sqlite3_stmt *st = NULL;
+    int rc;
+    if (d)
+        memset(d, 0, sizeof *d);
+    if (t)
+        memset(t, 0, sizeof *t);
+    if (!s || !d || !outcome || !device_id_ok(device_id))
+        return PHY_EINVAL;
+    if ((rc = tx_begin(s, 0)))
+        return rc;
+    rc = q_prep(s, &st,
+                "SELECT " DEV_COLS ", " TWIN_COLS TWIN_FROM
+                " WHERE d.device_id = ? AND d.tenant_id = ?",
+                "ti", device_id, tenant_id);
+    if (rc)
+        goto out;
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE) {
+        *outcome = STORE_NOT_FOUND;
+        rc = 0;
+        goto out;
+    }
+    if (rc != SQLITE_ROW) {
+        rc = PHY_EIO;
+        goto out;
+    }
+    rc = dev_read(st, d);
+    if (rc == 0 && t)
+        rc = twin_read(st, DEV_NCOLS, DEV_TAGS_COL, t);
+    if (rc == 0)
+        *outcome = STORE_OK;
+out:
+    sqlite3_finalize(st);
+    rc = tx_end(s, rc);
+    if (rc) {
+        store_device_clear(d);
+        memset(d, 0, sizeof *d);
+        store_twin_free(t);
+    }
+    return rc;
+}
+
+static int sq_tags_put(struct store *s, int64_t tenant_id, const char *device_id,
+                       const char *tags_json, int *outcome)
+{
+    int changes = 0, rc;
+    if (!s || !outcome || !device_id_ok(device_id))
+        return PHY_EINVAL;
+    if ((rc = json_object_parse(tags_json, TAGS_JSON_MAX, NULL)))
+        return rc;
+    if ((rc = tx_begin(s, 1)))
+        return rc;
+    rc = q_exec(s, &changes, "UPDATE devices SET tags_json = ? WHERE device_id = ? AND tenant_id = ?",
+                "tti", tags_json, device_id, tenant_id);
+    if (rc == 0)
+        *outcome = changes > 0 ? STORE_OK : STORE_NOT_FOUND;
+    return tx_end(s, rc);
+}
+
+/* ---- twins ---- */
+
+enum twin_section { SECTION_DESIRED, SECTION_REPORTED };
+
+static const char *const SECTION_GET_SQL[] = {
+    [SECTION_DESIRED] = "SELECT desired, desired_version FROM twins WHERE device_id = ?",
+    [SECTION_REPORTED] = "SELECT reported, reported_version FROM twins WHERE device_id = ?",
+};
+
+static const char *const SECTION_PUT_SQL[] = {
+    [SECTION_DESIRED] = "INSERT INTO twins(device_id, desired, desired_version) VALUES (?, ?, ?)"
+                        " ON CONFLICT(device_id) DO UPDATE SET desired = excluded.desired,"
+                        " desired_version = excluded.desired_version",
+    [SECTION_REPORTED] = "INSERT INTO twins(device_id, reported, reported_version) VALUES (?, ?, ?)"
+                         " ON CONFLICT(device_id) DO UPDATE SET reported = excluded.reported,"
+                         " reported_version = excluded.reported_version",
+};
+
+/* The statements that read and write one section, prepared once per operation so
+ * that a fleet-wide patch does not prepare them again for every device. */
+struct section_q {
+    sqlite3_stmt *get, *put;
+};
+
+static void section_q_free(struct section_q *q)
+{
+    sqlite3_finalize(q->get);
+    sqlite3_finalize(q->put);
+    q->get = q->put = NULL;
+}
+
+static int section_q_prep(struct store *s, struct section_q *q, enum twin_section sec)
+{
+    q->get = q->put = NULL;
+    if (sqlite3_prepare_v2(s->db, SECTION_GET_SQL[sec], -1, &q->get, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(s->db, SECTION_PUT_SQL[sec], -1, &q->put, NULL) != SQLITE_OK) {
+        section_q_free(q);
+        return PHY_EIO;
+    }
+    return 0;
+}
+
+/* The last merge of a fleet-wide patch, reused for the next device whose section
+ * has the same text: devices of a fleet usually share their configuration, and
+ * stored sections are canonical (phy_twin_dump), so equal text is an equal document. */
+struct merge_memo {
+    char *in;  /* section text before the patch */
+    char *out; /* after; NULL when unchanged or too big */
+    int changed, too_big;
+};
+
+static void merge_memo_clear(struct merge_memo *m)
+{
+    free(m->in);
+    free(m->out);
+    memset(m, 0, sizeof *m);
+}
+
+/* Merges patch into the section text: *out (malloc'd, only when *changed) or
+ * *too_big. A stored section that does not parse as an object is PHY_EIO. */
+static int merge_text(const char *text, const json_t *patch, char **out, int *changed,
+                      int *too_big)
+{
+    json_error_t jerr;
+    json_t *doc = json_loads(text, 0, &jerr);
+    int rc;
+    *out = NULL;
+    *changed = 0;
+    *too_big = 0;
+    if (!doc || !json_is_object(doc)) {
+        json_decref(doc);
+        return PHY_EIO;
+    }
+    rc = phy_twin_merge(&doc, patch, PHY_TWIN_MAX_BYTES, changed);
+    if (rc == PHY_ETOOBIG) {
+        *too_big = 1;
+        *changed = 0;
+        rc = 0;
+    } else if (rc == 0 && *changed) {
+        *out = phy_twin_dump(doc);
+        if (!*out)
+            rc = PHY_ENOMEM;
+    }
+    json_decref(doc);
+    return rc;
+}
+
+/* Applies patch to one device's section inside the caller's transaction (the
+ * device is known to exist). if_match as for desired_patch; memo may be NULL.
+ * Sets *version (the current or new version), *changed and *outcome (OK,
+ * PRECONDITION or TOO_BIG, the section unchanged in the last two). */
+static int section_apply(struct store *s, struct section_q *q, const char *device_id,
+                         const json_t *patch, int64_t if_match, struct merge_memo *memo,
+                         int64_t *version, int *changed, int *outcome)
+{
+    char *text = NULL, *merged = NULL;
+    const char *result;
+    int64_t ver = 0;
+    int ch = 0, big = 0, rc;
+
+    *changed = 0;
+    if (sqlite3_bind_text(q->get, 1, device_id, -1, SQLITE_STATIC) != SQLITE_OK)
+        return PHY_EIO;
+    rc = sqlite3_step(q->get);
+    if (rc == SQLITE_ROW) {
+        text = col_dup(q->get, 0);
+        ver = sqlite3_column_int64(q->get, 1);
+    } else if (rc == SQLITE_DONE) {
+        text = strdup("{}");
+    } else {
+        rc = PHY_EIO;
+        goto out;
+    }
+    sqlite3_reset(q->get);
+    if (!text) {
+        rc = PHY_ENOMEM;
+        goto out;
+    }
+    if (ver < 0 || ver == INT64_MAX) {
+        rc = PHY_EIO;
+        goto out;
+    }
+    *version = ver;
+    rc = 0;
+    if (if_match >= 0 && if_match != ver) {
+        *outcome = STORE_PRECONDITION;
+        goto out;
+    }
+    if (memo && memo->in && strcmp(memo->in, text) == 0) {
+        ch = memo->changed;
+        big = memo->too_big;
+        result = memo->out;
+    } else {
+        if ((rc = merge_text(text, patch, &merged, &ch, &big)))
+            goto out;
+        result = merged;
+        if (memo) {
+            merge_memo_clear(memo);
+            memo->in = text;
+            memo->out = merged;
+            memo->changed = ch;
+            memo->too_big = big;
+            text = merged = NULL;
+        }
+    }
+    if (big) {
+        *outcome = STORE_TOO_BIG;
+        goto out;
+    }
+    if (ch) {
+        if (sqlite3_bind_text(q->put, 1, device_id, -1, SQLITE_STATIC) != SQLITE_OK ||
+            sqlite3_bind_text(q->put, 2, result, -1, SQLITE_STATIC) != SQLITE_OK ||
+            sqlite3_bind_int64(q->put, 3, ver + 1) != SQLITE_OK) {
+            rc = PHY_EIO;
+            goto out;
+        }
+        rc = sqlite3_step(q->put) == SQLITE_DONE ? 0 : step_err(s);
+        if (rc)
+            goto out;
+        *version = ver + 1;
+        *changed = 1;
+    }
+    *outcome = STORE_OK;
+out:
+    sqlite3_reset(q->get);
+    sqlite3_clear_bindings(q->get);
+    sqlite3_reset(q->put);
+    sqlite3_clear_bindings(q->put);
+    free(text);
+    free(merged);
+    return rc;
+}
+
+static int sq_desired_patch(struct store *s, int64_t tenant_id, const char *device_id,
+                            const char *patch_json, int64_t if_match, int64_t *version,
+                            int *changed, int *outcome)
+{
+    struct section_q q = {0};
+    json_t *patch = NULL;
+    int rc;
+    if (version)
+        *version = 0;
+    if (changed)
+        *changed = 0;
+    if (!s || !version || !changed || !outcome || !device_id_ok(device_id))
+        return PHY_EINVAL;
+    rc = json_object_parse(patch_json, PATCH_JSON_MAX, &patch);
+    if (rc == PHY_ETOOBIG) {
+        *outcome = STORE_TOO_BIG;
+        return 0;
+    }
+    if (rc)
+        return rc;
+    if ((rc = tx_begin(s, 1)))
+        goto out_patch;
+    rc = q_int(s, NULL,
+               "SELECT 1 FROM devices WHERE device_id = ? AND tenant_id = ? AND state <> 'revoked'",
+               "ti", device_id, tenant_id);
+    if (rc < 0)
+        goto out;
+    if (rc == 0) {
+        *outcome = STORE_NOT_FOUND;
+        goto out;
+    }
+    rc = section_q_prep(s, &q, SECTION_DESIRED);
+    if (rc == 0)
+        rc = section_apply(s, &q, device_id, patch, if_match, NULL, version, changed, outcome);
+out:
+    section_q_free(&q);
+    rc = tx_end(s, rc);
+    if (rc) {
+        *version = 0;
+        *changed = 0;
+    }
+out_patch:
+    json_decref(patch);
+    return rc;
+}
+
+/* Internal: roll the transaction back although the operation has an answer. */
+#define TX_ABORT 1
+
+static int sq_desired_patch_tag(struct store *s, int64_t tenant_id, const char *tag_key,
+                                const char *tag_value, const char *patch_json, size_t *matched,
+                                struct store_push **out, size_t *n, int *outcome)
+{
+    struct section_q q = {0};
+    struct merge_memo memo = {0};
+    struct store_push *v = NULL;
+    sqlite3_stmt *st = NULL;
+    json_t *patch = NULL;
+    size_t count = 0, cap = 0, pushed = 0;
+    int rc;
+
+    if (matched)
+        *matched = 0;
+    if (out)
+        *out = NULL;
+    if (n)
+        *n = 0;
+    if (!s || !matched || !out || !n || !outcome || !tag_key_ok(tag_key) || !tag_value ||
+        strnlen(tag_value, TAG_VALUE_MAX + 1) > TAG_VALUE_MAX)
+        return PHY_EINVAL;
+    rc = json_object_parse(patch_json, PATCH_JSON_MAX, &patch);
+    if (rc == PHY_ETOOBIG) {
+        *outcome = STORE_TOO_BIG;
+        return 0;
+    }
+    if (rc)
+        return rc;
+    if ((rc = tx_begin(s, 1)))
+        goto out_patch;
+    /* The matching devices first: the twins are written while no read is open. */
+    rc = q_prep(s, &st,
+                "SELECT d.device_id FROM devices d WHERE d.tenant_id = ?1 AND"
+                " d.state <> 'revoked' AND " TAG_MATCH("?2", "?3") " ORDER BY d.device_id",
+                "itt", tenant_id, tag_key, tag_value);
+    if (rc)
+        goto out;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (count == cap) {
+            size_t ncap = cap ? cap * 2 : 64;
+            struct store_push *nv = realloc(v, ncap * sizeof *nv);
+            if (!nv) {
+                rc = PHY_ENOMEM;
+                goto out;
+            }
+            v = nv;
+            cap = ncap;
+        }
+        memset(&v[count], 0, sizeof v[count]);
+        if ((rc = col_copy(st, 0, v[count].device_id, sizeof v[count].device_id)))
+            goto out;
+        count++;
+    }
+    if (rc != SQLITE_DONE) {
+        rc = PHY_EIO;
+        goto out;
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    if ((rc = section_q_prep(s, &q, SECTION_DESIRED)))
+        goto out;
+    /* Each device gets its own version; one too big aborts the whole patch. */
+    for (size_t i = 0; i < count; i++) {
+        int64_t ver = 0;
+        int ch = 0, res = STORE_OK;
+        rc = section_apply(s, &q, v[i].device_id, patch, -1, &memo, &ver, &ch, &res);
+        if (rc)
+            goto out;
+        if (res == STORE_TOO_BIG) {
+            *outcome = STORE_TOO_BIG;
+            rc = TX_ABORT;
+            goto out;
+        }
+        if (ch) {
+            v[pushed] = v[i];
+            v[pushed].version = ver;
+            pushed++;
+        }
+    }
+    *outcome = STORE_OK;
+out:
+    sqlite3_finalize(st);
+    section_q_free(&q);
+    merge_memo_clear(&memo);
+    rc = tx_end(s, rc);
+    if (rc == TX_ABORT) {
+        rc = 0;
+        pushed = 0;
+    }
+    if (rc == 0) {
+        *matched = count;
+        if (pushed > 0) {
+            *out = v;
+            *n = pushed;
+            v = NULL;
+        }
+    }
+    free(v);
+out_patch:
+    json_decref(patch);
+    return rc;
+}
+
+/* ---- revoke, reset, delete ---- */
+
+enum device_action { DEVICE_REVOKE, DEVICE_RESET, DEVICE_DELETE };
+
+static int device_change(struct store *s, int64_t tenant_id, const char *device_id, int64_t now_ms,
+                         enum device_action act, int *outcome)
+{
+    char serial[PHY_SERIAL_MAX + 1];
+    sqlite3_stmt *st = NULL;
+    int purged = 0, rc;
+    if (!s || !outcome || !device_id_ok(device_id))
+        return PHY_EINVAL;
+    if ((rc = tx_begin(s, 1)))
+        return rc;
+    rc = q_prep(s, &st, "SELECT serial FROM devices WHERE device_id = ? AND tenant_id = ?", "ti",
+                device_id, tenant_id);
+    if (rc)
+        goto out;
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE) {
+        *outcome = STORE_NOT_FOUND;
+        rc = 0;
+        goto out;
+    }
+    rc = rc == SQLITE_ROW ? col_copy(st, 0, serial, sizeof serial) : PHY_EIO;
+    sqlite3_finalize(st);
+    st = NULL;
+    if (rc)
+        goto out;
+    /* Issuances are matched by serial and device: after a reset the serial's new
+     * issuance belongs to another device and must not be touched. */
+    if (act == DEVICE_DELETE) {
+        if ((rc = q_exec(s, NULL, "DELETE FROM twins WHERE device_id = ?", "t", device_id)) ||
+            (rc = q_exec(s, &purged, "DELETE FROM issuances WHERE serial = ? AND device_id = ?",
+                         "tt", serial, device_id)) ||
+            (rc = q_exec(s, NULL, "DELETE FROM devices WHERE device_id = ?", "t", device_id)))
+            goto out;
+    } else {
+        rc = q_exec(s, NULL,
+                    "UPDATE devices SET state = 'revoked', secret_hash = '',"
+                    " disconnected_ms = CASE WHEN online <> 0 THEN ? ELSE disconnected_ms END,"
+                    " online = 0 WHERE device_id = ?",
+                    "it", now_ms, device_id);
+        if (rc)
+            goto out;
+        if (act == DEVICE_RESET) {
+            /* Re-arm the serial only while this device still holds it; its
+             * registrations go too, or they would count against the new one. */
+            rc = q_exec(s, &purged, "DELETE FROM issuances WHERE serial = ? AND device_id = ?",
+                        "tt", serial, device_id);
+            if (rc == 0 && purged > 0)
+                rc = q_exec(s, NULL, "DELETE FROM registrations WHERE serial = ?", "t", serial);
+        } else {
+            rc = q_exec(s, &purged,
+                        "UPDATE issuances SET sealed = NULL WHERE serial = ? AND device_id = ?"
+                        " AND sealed IS NOT NULL",
+                        "tt", serial, device_id);
+        }
+        if (rc)
+            goto out;
+    }
+    *outcome = STORE_OK;
+out:
+    sqlite3_finalize(st);
+    rc = tx_end(s, rc);
+    if (rc == 0 && purged > 0)
+        wal_scrub(s);
+    return rc;
+}
+
+static int sq_device_revoke(struct store *s, int64_t tenant_id, const char *device_id,
+                            int64_t now_ms, int *outcome)
+{
+    return device_change(s, tenant_id, device_id, now_ms, DEVICE_REVOKE, outcome);
+}
+
+static int sq_device_reset(struct store *s, int64_t tenant_id, const char *device_id,
+                           int64_t now_ms, int *outcome)
+{
+    return device_change(s, tenant_id, device_id, now_ms, DEVICE_RESET, outcome);
+}
+
+static int sq_device_delete(struct store *s, int64_t tenant_id, const char *device_id,
+                            int *outcome)
+{
+    return device_change(s, tenant_id, device_id, 0, DEVICE_DELETE, outcome);
+}
+
+/* ---- device hub ---- */
+
+static int sq_device_auth(struct store *s, const char *device_id, const char *secret_hash,
+                          int64_t *tenant_id, int *outcome)
+{
+    char stored[PHY_HASH_HEX_LEN + 1], state[24];
+    sqlite3_stmt *st = NULL;
+    int64_t tid;
+    int rc;
+    if (!s || !outcome || !device_id_ok(device_id) || !secret_hash ||
+        strnlen(secret_hash, PHY_HASH_HEX_LEN + 1) != PHY_HASH_HEX_LEN)
+        return PHY_EINVAL;
+    if ((rc = tx_begin(s, 0)))
+        return rc;
+    rc = q_prep(s, &st, "SELECT tenant_id, secret_hash, state FROM devices WHERE device_id = ?",
+                "t", device_id);
+    if (rc)
+        goto out;
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE) {
+        *outcome = STORE_NOT_FOUND;
+        rc = 0;
+        goto out;
+    }
+    if (rc != SQLITE_ROW) {
+        rc = PHY_EIO;
+        goto out;
+    }
+    tid = sqlite3_column_int64(st, 0);
+    if ((rc = col_copy(st, 1, stored, sizeof stored)) ||
+        (rc = col_copy(st, 2, state, sizeof state)))
+        goto out;
+    if (strcmp(state, "revoked") == 0)
+        *outcome = STORE_REVOKED;
+    else if (strlen(stored) != PHY_HASH_HEX_LEN ||
+             CRYPTO_memcmp(stored, secret_hash, PHY_HASH_HEX_LEN) != 0)
+        *outcome = STORE_NOT_FOUND;
+    else {
+        *outcome = STORE_OK;
+        if (tenant_id)
+            *tenant_id = tid;
+    }
+out:
+    sqlite3_finalize(st);
+    return tx_end(s, rc);
+}
+
+static int sq_session_open(struct store *s, const char *device_id, int64_t now_ms)
+{
+    int changes = 0, purged = 0, rc;
+    if (!s || !device_id_ok(device_id))
+        return PHY_EINVAL;
+    if ((rc = tx_begin(s, 1)))
+        return rc;
+    rc = q_exec(s, &changes,
+                "UPDATE devices SET online = 1, connected_ms = ?1,"
+                " last_seen_ms = MAX(last_seen_ms, ?1),"
+                " state = CASE WHEN state IN ('pending_delivery', 'provisioned') THEN 'active'"
+                " ELSE state END WHERE device_id = ?2 AND state <> 'revoked'",
+                "it", now_ms, device_id);
+    if (rc == 0 && changes == 0)
+        rc = PHY_ENOTFOUND; /* deleted or revoked since it authenticated */
+    if (rc == 0)
+        rc = q_exec(s, &purged,
+                    "UPDATE issuances SET sealed = NULL WHERE sealed IS NOT NULL AND device_id = ?1"
+                    " AND serial = (SELECT serial FROM devices WHERE device_id = ?1)",
+                    "t", device_id);
+    rc = tx_end(s, rc);
+    if (rc == 0 && purged > 0)
+        wal_scrub(s);
+    return rc;
+}
+
+static int sq_session_close(struct store *s, const char *device_id, int64_t now_ms,
+                            int64_t last_seen_ms)
+{
+    int rc;
+    if (!s || !device_id_ok(device_id))
+        return PHY_EINVAL;
+    if ((rc = tx_begin(s, 1)))
+        return rc;
+    /* A device deleted meanwhile has nothing to mark: not an error. */
+    rc = q_exec(s, NULL,
+                "UPDATE devices SET online = 0, disconnected_ms = ?,"
+                " last_seen_ms = MAX(last_seen_ms, ?) WHERE device_id = ?",
+                "iit", now_ms, last_seen_ms, device_id);
+    return tx_end(s, rc);
+}
+
+static int sq_presence_reset(struct store *s, int64_t now_ms)
+{
+    int rc;
+    if (!s)
+        return PHY_EINVAL;
+    if ((rc = tx_begin(s, 1)))
+        return rc;
+    rc = q_exec(s, NULL, "UPDATE devices SET online = 0, disconnected_ms = ? WHERE online <> 0", "i",
+                now_ms);
+    return tx_end(s, rc);
+}
+
+static int sq_twin_get(struct store *s, const char *device_id, struct store_twin *t, int *outcome)
+{
+    sqlite3_stmt *st = NULL;
+    int rc;
+    if (t)
+        memset(t, 0, sizeof *t);
+    if (!s || !t || !outcome || !device_id_ok(device_id))
+        return PHY_EINVAL;
+    if ((rc = tx_begin(s, 0)))
+        return rc;
+    rc = q_prep(s, &st,
+                "SELECT d.tags_json, " TWIN_COLS TWIN_FROM
+                " WHERE d.device_id = ? AND d.state <> 'revoked'",
+                "t", device_id);
+    if (rc)
+        goto out;
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE) {
+        *outcome = STORE_NOT_FOUND;
+        rc = 0;
+        goto out;
+    }
+    rc = rc == SQLITE_ROW ? twin_read(st, 1, 0, t) : PHY_EIO;
+    if (rc == 0)
+        *outcome = STORE_OK;
+out:
+    sqlite3_finalize(st);
+    rc = tx_end(s, rc);
+    if (rc)
+        store_twin_free(t);
+    return rc;
+}
+
+static int sq_reported_patch(struct store *s, const char *device_id, const char *patch_json,
+                             int64_t now_ms, int64_t *version, int *changed, int *outcome)
+{
+    struct section_q q = {0};
+    json_t *patch = NULL;
+    int changes = 0, rc;
+    if (version)
+        *version = 0;
+    if (changed)
+        *changed = 0;
+    if (!s || !version || !changed || !outcome || !device_id_ok(device_id))
+        return PHY_EINVAL;
+    rc = json_object_parse(patch_json, PATCH_JSON_MAX, &patch);
+    if (rc == PHY_ETOOBIG) {
+        *outcome = STORE_TOO_BIG;
+        return 0;
+    }
+    if (rc)
+        return rc;
+    if ((rc = tx_begin(s, 1)))
+        goto out_patch;
+    rc = q_exec(s, &changes,
+                "UPDATE devices SET last_seen_ms = MAX(last_seen_ms, ?) WHERE device_id = ? AND"
+                " state <> 'revoked'",
+                "it", now_ms, device_id);
+    if (rc)
+        goto out;
+    if (changes == 0) {
+        *outcome = STORE_NOT_FOUND;
+        goto out;
+    }
+    rc = section_q_prep(s, &q, SECTION_REPORTED);
+    if (rc == 0)
+        rc = section_apply(s, &q, device_id, patch, -1, NULL, version, changed, outcome);
+out:
+    section_q_free(&q);
+    rc = tx_end(s, rc);
+    if (rc) {
+        *version = 0;
+        *changed = 0;
+    }
+out_patch:
+    json_decref(patch);
+    return rc;
+}
+
+static int sq_status_put(struct store *s, const char *device_id, const char *status_json,
+                         int64_t now_ms)
+{
+    int changes = 0, rc;
+    if (!s || !device_id_ok(device_id))
+        return PHY_EINVAL;
+    if ((rc = json_object_parse(status_json, STATUS_JSON_MAX, NULL)))
+        return rc;
+    if ((rc = tx_begin(s, 1)))
+        return rc;
+    rc = q_exec(s, &changes,
+                "UPDATE devices SET last_status_json = ?1, last_status_ms = ?2,"
+                " last_seen_ms = MAX(last_seen_ms, ?2) WHERE device_id = ?3 AND state <> 'revoked'",
+                "tit", status_json, now_ms, device_id);
+    if (rc == 0 && changes == 0)
+        rc = PHY_ENOTFOUND;
+    return tx_end(s, rc);
 }
 
 const struct phy_store_ops store_sqlite_ops = {
@@ -1192,4 +2039,18 @@ const struct phy_store_ops store_sqlite_ops = {
     .claim_failure_count = sq_claim_failure_count,
     .sweep = sq_sweep,
     .devices_list = sq_devices_list,
+    .device_get = sq_device_get,
+    .tags_put = sq_tags_put,
+    .desired_patch = sq_desired_patch,
+    .desired_patch_tag = sq_desired_patch_tag,
+    .device_revoke = sq_device_revoke,
+    .device_reset = sq_device_reset,
+    .device_delete = sq_device_delete,
+    .device_auth = sq_device_auth,
+    .session_open = sq_session_open,
+    .session_close = sq_session_close,
+    .presence_reset = sq_presence_reset,
+    .twin_get = sq_twin_get,
+    .reported_patch = sq_reported_patch,
+    .status_put = sq_status_put,
 };

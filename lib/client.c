@@ -45,6 +45,7 @@ struct conn {
     SSL *ssl;
     int timeout_ms;
     int eof; /* peer closed, with or without close_notify */
+    time_t cert_time_floor; /* certificates are checked at max(now, this) when > 0 */
     char *err;
     size_t errcap;
     size_t pos, len;
@@ -435,6 +436,8 @@ static int tls_connect(struct conn *c, SSL_CTX **ctxp, BIO_METHOD **methp, const
         errf(c, "cannot set TLS host-name check");
         return PHY_ECRYPTO;
     }
+    if (c->cert_time_floor > 0 && time(NULL) < c->cert_time_floor)
+        X509_VERIFY_PARAM_set_time(SSL_get0_param(c->ssl), c->cert_time_floor);
     for (;;) {
         int r = SSL_connect(c->ssl);
         int e, rc;
@@ -1019,6 +1022,7 @@ int phy_client_request(const struct phy_client_opts *o, const char *method, cons
     c->err = err;
     c->errcap = errcap;
     c->timeout_ms = o != NULL && o->timeout_ms > 0 ? o->timeout_ms : CLIENT_DEFAULT_TIMEOUT_MS;
+    c->cert_time_floor = o != NULL ? (time_t)o->cert_time_floor : 0;
     ERR_clear_error();
 
     rc = check_args(c, o, method, path, headers, content_type);
@@ -1120,4 +1124,231 @@ void phy_client_response_free(struct phy_client_response *res)
         return;
     free(res->body);
     memset(res, 0, sizeof *res);
+}
+
+/* ---- Long-lived connections (phy_client_open): WebSocket sessions, benchmarks ---- */
+
+struct phy_client_conn {
+    struct conn *c;
+    SSL_CTX *ctx;
+    BIO_METHOD *meth;
+    struct phy_http_response res; /* strings point into c->buf, which is never refilled */
+    int have_res;
+    int failed; /* a fatal TLS error: no close_notify */
+};
+
+/* TCP (+ CONNECT through the proxy when set) + TLS with verification for o. 0 or
+ * negative with a reason in c->err. */
+static int conn_establish(struct conn *c, const struct phy_client_opts *o, SSL_CTX **ctx,
+                          BIO_METHOD **meth)
+{
+    int rc;
+
+    if (o->proxy_host != NULL) {
+        rc = tcp_connect(c, o->proxy_host, o->proxy_port);
+        if (rc < 0)
+            return rc;
+        c->fd = rc;
+        rc = proxy_connect(c, o);
+    } else {
+        char chost[CLIENT_MAX_HOST + 1];
+        unsigned cport = o->port;
+
+        if (o->connect_addr != NULL) {
+            if (phy_client_parse_hostport(o->connect_addr, chost, sizeof chost, &cport, o->port) !=
+                0) {
+                errf(c, "invalid connect address");
+                return PHY_EINVAL;
+            }
+        } else {
+            memcpy(chost, o->host, strlen(o->host) + 1);
+        }
+        rc = tcp_connect(c, chost, cport);
+        if (rc >= 0) {
+            c->fd = rc;
+            rc = 0;
+        }
+    }
+    if (rc != 0)
+        return rc;
+    return tls_connect(c, ctx, meth, o->host, o->ca_file);
+}
+
+/* Opens a long-lived connection; see client.h. */
+int phy_client_open(const struct phy_client_opts *o, const char *head, size_t head_len,
+                    struct phy_client_conn **out, char *err, size_t errcap)
+{
+    struct phy_client_conn *k;
+    struct conn *c;
+    int rc;
+
+    if (err != NULL && errcap > 0)
+        err[0] = '\0';
+    if (out == NULL)
+        return PHY_EINVAL;
+    *out = NULL;
+    k = calloc(1, sizeof *k);
+    c = calloc(1, sizeof *c);
+    if (k == NULL || c == NULL) {
+        free(k);
+        free(c);
+        return PHY_ENOMEM;
+    }
+    k->c = c;
+    c->fd = -1;
+    c->err = err;
+    c->errcap = errcap;
+    c->timeout_ms = o != NULL && o->timeout_ms > 0 ? o->timeout_ms : CLIENT_DEFAULT_TIMEOUT_MS;
+    c->cert_time_floor = o != NULL ? (time_t)o->cert_time_floor : 0;
+    ERR_clear_error();
+
+    /* Host, port and proxy settings are checked as for a plain GET. */
+    rc = check_args(c, o, "GET", "/", NULL, NULL);
+    if (rc != 0)
+        goto fail;
+    if (head != NULL && (head_len == 0 || head_len > PHY_HTTP_DEFAULT_MAX_HEAD)) {
+        errf(c, "invalid request head");
+        rc = PHY_EINVAL;
+        goto fail;
+    }
+    rc = conn_establish(c, o, &k->ctx, &k->meth);
+    if (rc != 0)
+        goto fail;
+    /* wslay-style senders retry a blocked write from another buffer with the same bytes. */
+    SSL_set_mode(c->ssl, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_ENABLE_PARTIAL_WRITE);
+    if (head != NULL) {
+        rc = tls_write_all(c, head, head_len);
+        if (rc != 0)
+            goto fail;
+        rc = read_head(c, PHY_HTTP_DEFAULT_MAX_HEAD, &k->res, "server");
+        if (rc != 0)
+            goto fail;
+        k->have_res = 1;
+    }
+    c->err = NULL;
+    c->errcap = 0;
+    ERR_clear_error();
+    *out = k;
+    return 0;
+
+fail:
+    c->err = NULL;
+    c->errcap = 0;
+    k->failed = 1;
+    phy_client_conn_close(k);
+    ERR_clear_error();
+    return rc;
+}
+
+/* The response head read by phy_client_open, or NULL. */
+const struct phy_http_response *phy_client_conn_response(const struct phy_client_conn *k)
+{
+    return k != NULL && k->have_res ? &k->res : NULL;
+}
+
+/* The connection's non-blocking socket. */
+int phy_client_conn_fd(const struct phy_client_conn *k)
+{
+    return k != NULL ? k->c->fd : -1;
+}
+
+/* Non-blocking read; bytes buffered behind the response head come first. */
+int phy_client_conn_read(struct phy_client_conn *k, void *buf, size_t cap, int *want_write)
+{
+    struct conn *c = k->c;
+    int n = cap > (size_t)INT_MAX ? INT_MAX : (int)cap;
+    int r, e;
+
+    if (want_write != NULL)
+        *want_write = 0;
+    if (cap == 0)
+        return PHY_EINVAL;
+    if (c->pos < c->len) {
+        size_t take = c->len - c->pos < (size_t)n ? c->len - c->pos : (size_t)n;
+
+        memcpy(buf, c->buf + c->pos, take);
+        c->pos += take;
+        return (int)take;
+    }
+    if (c->eof)
+        return 0;
+    ERR_clear_error();
+    errno = 0;
+    r = SSL_read(c->ssl, buf, n);
+    if (r > 0)
+        return r;
+    e = SSL_get_error(c->ssl, r);
+    if (e == SSL_ERROR_WANT_READ)
+        return PHY_EAGAIN;
+    if (e == SSL_ERROR_WANT_WRITE) {
+        if (want_write != NULL)
+            *want_write = 1;
+        return PHY_EAGAIN;
+    }
+    if (e == SSL_ERROR_ZERO_RETURN ||
+        (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0 && errno == 0) ||
+        (e == SSL_ERROR_SSL &&
+         ERR_GET_REASON(ERR_peek_error()) == SSL_R_UNEXPECTED_EOF_WHILE_READING)) {
+        c->eof = 1;
+        if (e != SSL_ERROR_ZERO_RETURN)
+            k->failed = 1;
+        ERR_clear_error();
+        return 0;
+    }
+    k->failed = 1;
+    ERR_clear_error();
+    return PHY_EIO;
+}
+
+/* Non-blocking write of up to n bytes. */
+int phy_client_conn_write(struct phy_client_conn *k, const void *buf, size_t n, int *want_read)
+{
+    struct conn *c = k->c;
+    int len = n > (size_t)INT_MAX ? INT_MAX : (int)n;
+    int w, e;
+
+    if (want_read != NULL)
+        *want_read = 0;
+    if (n == 0)
+        return PHY_EINVAL;
+    ERR_clear_error();
+    w = SSL_write(c->ssl, buf, len);
+    if (w > 0)
+        return w;
+    e = SSL_get_error(c->ssl, w);
+    if (e == SSL_ERROR_WANT_WRITE)
+        return PHY_EAGAIN;
+    if (e == SSL_ERROR_WANT_READ) {
+        if (want_read != NULL)
+            *want_read = 1;
+        return PHY_EAGAIN;
+    }
+    k->failed = 1;
+    ERR_clear_error();
+    return PHY_EIO;
+}
+
+/* Best-effort close_notify, then frees everything; NULL-safe. */
+void phy_client_conn_close(struct phy_client_conn *k)
+{
+    struct conn *c;
+
+    if (k == NULL)
+        return;
+    c = k->c;
+    if (c != NULL) {
+        if (c->ssl != NULL) {
+            if (!k->failed && !c->eof)
+                SSL_shutdown(c->ssl); /* never waits: the socket is non-blocking */
+            SSL_free(c->ssl);
+        }
+        if (c->fd >= 0)
+            close(c->fd);
+        OPENSSL_cleanse(c->buf, sizeof c->buf);
+        free(c);
+    }
+    BIO_meth_free(k->meth);
+    SSL_CTX_free(k->ctx);
+    ERR_clear_error();
+    free(k);
 }

@@ -18,6 +18,9 @@ struct phy_client_opts {
     const char *proxy_ident; /* Basic username for Proxy-Authorization (sn_… or dev_…) */
     const char *ca_file;     /* PEM bundle to verify the server against; NULL = system */
     int timeout_ms;          /* per connect / per read / per write, e.g. 10000 */
+    long long cert_time_floor; /* 0: certificates are checked at the system time; else at
+                                * max(system time, this Unix time), e.g. the build time,
+                                * so that a device whose clock is behind still connects */
 };
 
 struct phy_client_response {
@@ -44,5 +47,46 @@ void phy_client_response_free(struct phy_client_response *res);
  * Returns 0 or PHY_EINVAL (empty host, bad port, too long, control bytes). */
 int phy_client_parse_hostport(const char *s, char *host, size_t hcap, unsigned *port,
                               unsigned def_port);
+
+/* ---- Long-lived connections (WebSocket sessions, load clients) ---- */
+
+struct phy_http_response;
+
+/* An established TLS connection from phy_client_open (opaque). */
+struct phy_client_conn;
+
+/* Opens a connection like phy_client_request (TCP, CONNECT through the proxy when
+ * set, TLS 1.2+ with certificate and host-name verification, all bounded by
+ * o->timeout_ms) and keeps it. When head is not NULL, head[0..head_len) must be a
+ * complete request head the caller built (e.g. a WebSocket upgrade, at most
+ * PHY_HTTP_DEFAULT_MAX_HEAD bytes): it is sent and one response head is read (any
+ * status; see phy_client_conn_response). Bytes the server sent after that head stay
+ * buffered and are returned first by phy_client_conn_read. On success *out is the
+ * connection (free with phy_client_conn_close) and its socket is non-blocking from
+ * then on. Returns 0, or a negative PHY_E* with a one-line reason in err. */
+int phy_client_open(const struct phy_client_opts *o, const char *head, size_t head_len,
+                    struct phy_client_conn **out, char *err, size_t errcap);
+
+/* The response head read by phy_client_open, or NULL when no head was sent. Borrowed:
+ * its strings live until phy_client_conn_close. */
+const struct phy_http_response *phy_client_conn_response(const struct phy_client_conn *c);
+
+/* The connection's socket, for poll(2). Owned by the connection. */
+int phy_client_conn_fd(const struct phy_client_conn *c);
+
+/* Non-blocking TLS read of up to cap bytes into buf. Returns the byte count (> 0),
+ * 0 when the peer closed (with or without close_notify), PHY_EAGAIN when nothing is
+ * available yet (*want_write = 1 when TLS first needs the socket writable, else wait
+ * for readable), or PHY_EIO. */
+int phy_client_conn_read(struct phy_client_conn *c, void *buf, size_t cap, int *want_write);
+
+/* Non-blocking TLS write of up to n bytes. Returns the byte count written (> 0),
+ * PHY_EAGAIN (retry with the same bytes when the socket is writable, or readable when
+ * *want_read = 1; the buffer may move), or PHY_EIO. */
+int phy_client_conn_write(struct phy_client_conn *c, const void *buf, size_t n, int *want_read);
+
+/* Sends close_notify when the connection is healthy (never waits), closes the socket
+ * and frees everything. NULL-safe. */
+void phy_client_conn_close(struct phy_client_conn *c);
 
 #endif

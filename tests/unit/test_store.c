@@ -238,7 +238,7 @@ static void device_state(struct fx *f, int64_t tenant, const char *device_id, co
     struct store_device *d = NULL;
     size_t n = 0;
     int found = 0;
-    assert_int_equal(ops->devices_list(f->s, tenant, NULL, 100, &d, &n), 0);
+    assert_int_equal(ops->devices_list(f->s, tenant, NULL, NULL, 100, &d, &n), 0);
     for (size_t i = 0; i < n; i++) {
         if (strcmp(d[i].device_id, device_id) == 0) {
             assert_string_equal(d[i].state, want);
@@ -540,7 +540,7 @@ static void test_durable_across_restart(void **state)
 
     assert_int_equal(stat(f->path, &st), 0);
     assert_int_equal(st.st_mode & 0777, 0600);
-    assert_int_equal(raw_int(f, "PRAGMA user_version"), 1);
+    assert_int_equal(raw_int(f, "PRAGMA user_version"), 2);
     assert_int_equal(raw_int(f, "SELECT count(*) FROM issuances WHERE sealed IS NOT NULL"), 1);
 
     fx_open(f);
@@ -671,7 +671,7 @@ static void test_devices_list(void **state)
     assert_int_equal(claim_full(f, 8, "L9", NULL, id, NULL, NULL, &rc, &dev), STORE_OK);
     free(dev.tags_json);
 
-    assert_int_equal(ops->devices_list(f->s, 7, NULL, 2, &d, &n), 0);
+    assert_int_equal(ops->devices_list(f->s, 7, NULL, NULL, 2, &d, &n), 0);
     assert_int_equal(n, 2);
     dev_id(1, id);
     assert_string_equal(d[0].device_id, id);
@@ -685,7 +685,7 @@ static void test_devices_list(void **state)
     assert_string_equal(d[1].tags_json, "{\"k\":\"v\"}");
     store_devices_free(d, n);
 
-    assert_int_equal(ops->devices_list(f->s, 7, id, 2, &d, &n), 0);
+    assert_int_equal(ops->devices_list(f->s, 7, NULL, id, 2, &d, &n), 0);
     assert_int_equal(n, 2);
     dev_id(3, id);
     assert_string_equal(d[0].device_id, id);
@@ -694,22 +694,22 @@ static void test_devices_list(void **state)
     assert_string_equal(d[1].device_id, id);
     store_devices_free(d, n);
 
-    assert_int_equal(ops->devices_list(f->s, 7, id, 2, &d, &n), 0);
+    assert_int_equal(ops->devices_list(f->s, 7, NULL, id, 2, &d, &n), 0);
     assert_int_equal(n, 1);
     dev_id(5, id);
     assert_string_equal(d[0].device_id, id);
     store_devices_free(d, n);
 
-    assert_int_equal(ops->devices_list(f->s, 7, id, 2, &d, &n), 0);
+    assert_int_equal(ops->devices_list(f->s, 7, NULL, id, 2, &d, &n), 0);
     assert_int_equal(n, 0);
     store_devices_free(d, n);
 
     /* Tenant scoping. */
-    assert_int_equal(ops->devices_list(f->s, 8, NULL, 100, &d, &n), 0);
+    assert_int_equal(ops->devices_list(f->s, 8, NULL, NULL, 100, &d, &n), 0);
     assert_int_equal(n, 1);
     assert_string_equal(d[0].serial, "L9");
     store_devices_free(d, n);
-    assert_int_equal(ops->devices_list(f->s, 7, NULL, 0, &d, &n), PHY_EINVAL);
+    assert_int_equal(ops->devices_list(f->s, 7, NULL, NULL, 0, &d, &n), PHY_EINVAL);
     store_devices_free(NULL, 0);
 }
 

@@ -1,0 +1,127 @@
+/* Internals shared by the hub's server, device sessions (WSS) and event streams (SSE):
+ * one struct conn per accepted socket, all on the event loop thread. */
+#ifndef PHY_HUB_CONN_H
+#define PHY_HUB_CONN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <openssl/ssl.h>
+#include <uv.h>
+
+#include "api.h"
+#include "phy/http.h"
+#include "hub.h"
+
+#define SERVER_MAX_HEAD 8192
+#define SERVER_READ_CHUNK 16384
+#define SERVER_ACCEPT_BATCH 128
+
+enum conn_state {
+    CONN_HANDSHAKE, /* TLS handshake */
+    CONN_READ,      /* reading an HTTP request */
+    CONN_WORKING,   /* a request is on the thread pool */
+    CONN_WRITING,   /* writing an HTTP response */
+    CONN_WS,        /* a device session (WebSocket), see session.c */
+    CONN_SSE,       /* a console event stream, see events.c */
+};
+
+/* What the connection turns into once the current response is written. */
+enum conn_next { CONN_NEXT_HTTP, CONN_NEXT_WS, CONN_NEXT_SSE };
+
+struct session;
+
+struct conn {
+    uv_poll_t poll;
+    uv_timer_t timer;
+    struct server *srv;
+    struct conn *prev, *next;
+    SSL *ssl;
+    int fd;
+    enum conn_state state;
+    enum conn_next next_mode;
+    int open_handles;
+    int close_after_work;
+    int keep_alive;
+    int polling; /* events currently watched */
+    char *in;    /* request bytes; NULL while idle */
+    size_t in_len, in_cap;
+    char *out; /* response bytes being written; NULL while idle */
+    size_t out_len, out_off;
+    uint64_t req_start_ms;
+    struct session *sess;    /* CONN_WS */
+    int64_t tenant_id;       /* CONN_SSE: whose events */
+    struct conn *sub_next;   /* CONN_SSE: next subscriber */
+    char peer[64];
+};
+
+struct sessions; /* registry of live device sessions, session.c */
+
+struct server {
+    struct hub *hub;
+    uv_loop_t *loop;
+    SSL_CTX *ctx;
+    uv_poll_t listen_poll;
+    uv_timer_t pause_timer;
+    int listen_fd;
+    int stopping;
+    int listener_closed;
+    size_t nconns;
+    struct conn *conns;
+    struct sessions *sessions;
+    struct conn *subscribers; /* CONN_SSE connections */
+    uint64_t rid_prefix;
+    uint64_t rid_seq;
+};
+
+/* server.c */
+void conn_close(struct conn *c);
+void conn_want(struct conn *c, int events);
+void conn_deadline_ms(struct conn *c, uint64_t ms);
+/* Maps an SSL_get_error result to poll events; -1 when the connection is done. */
+int conn_ssl_want(SSL *ssl, int ret);
+/* Appends bytes to the pending output of a CONN_SSE connection and writes what
+ * the socket takes now. Returns 0 or PHY_ETOOBIG when over max_pending. */
+int conn_out_append(struct conn *c, const char *data, size_t n, size_t max_pending);
+/* Writes pending output (c->out from c->out_off); 0 when all written or the socket
+ * is full (poll armed), -1 when the connection failed (already closing). */
+int conn_flush(struct conn *c);
+
+/* session.c: device sessions over WebSocket. */
+int sessions_new(struct server *s);
+void sessions_free(struct server *s);
+/* A session for an authorized device, not yet started (NULL when out of memory). */
+struct session *session_new(const char *device_id, int64_t tenant_id);
+/* Starts c->sess once its 101 answer is written: registers it (an older session of
+ * the same device is closed with 4000), starts WebSocket framing and pings. */
+void session_begin(struct conn *c);
+/* Records in the store that an authorized session never started (offline). */
+void session_abandon(struct server *s, const char *device_id);
+void session_drive(struct conn *c);
+void session_timer(struct conn *c);
+/* Called by conn_close: 1 when the conn must wait for work in flight. */
+int session_detach(struct conn *c);
+/* Runs a handler's effect (push a desired patch, close a session). */
+void session_effect(struct server *s, const struct api_effect *e, const char *push_patch);
+/* Closes every session with 1001 (hub shutting down). */
+void sessions_shutdown(struct server *s);
+size_t sessions_count(const struct server *s);
+/* Validates a WebSocket upgrade request for /v1/hub; on success writes the
+ * Sec-WebSocket-Accept value (29 bytes + NUL) into accept. Otherwise returns the
+ * HTTP status to answer (400 or 426) with a message. */
+int session_check_upgrade(const struct phy_http_request *rq, char accept[32], const char **msg);
+/* Worker side of the upgrade: authenticates the device (Basic credentials) and
+ * opens the session in the store. Fills res: 101 (+ device_id/tenant in out
+ * params) or 401/503. */
+void session_authorize(struct hub *h, const struct api_request *req, struct api_response *res,
+                       char device_id[PHY_DEVICE_ID_LEN + 1], int64_t *tenant_id);
+
+/* events.c: console event streams (Server-Sent Events). */
+void events_begin(struct conn *c); /* c->tenant_id set */
+void events_drive(struct conn *c);
+void events_timer(struct conn *c);
+void events_detach(struct conn *c);
+/* Sends one event to every stream of the tenant: "event: <type>\ndata: <json>\n\n". */
+void events_publish(struct server *s, int64_t tenant_id, const char *type, const char *json);
+
+#endif

@@ -1,0 +1,93 @@
+/* Console event streams: GET /api/v1/events as Server-Sent Events, one stream per
+ * connection, fed on the event loop by device sessions (online, offline, reported,
+ * status). A stream that cannot keep up is dropped, never buffered without bound. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/err.h>
+
+#include "conn.h"
+#include "phy/err.h"
+#include "phy/log.h"
+
+#define EVENTS_MAX_PENDING (1u << 20) /* bytes queued for one slow stream */
+#define EVENTS_KEEPALIVE_MS 15000     /* comment line so proxies keep the stream */
+
+void events_begin(struct conn *c)
+{
+    struct server *s = c->srv;
+    c->sub_next = s->subscribers;
+    s->subscribers = c;
+    conn_deadline_ms(c, EVENTS_KEEPALIVE_MS);
+    phy_log(PHY_LOG_INFO, "events_open", "peer=%s", c->peer);
+    events_drive(c);
+}
+
+void events_detach(struct conn *c)
+{
+    struct conn **pp = &c->srv->subscribers;
+    for (; *pp; pp = &(*pp)->sub_next) {
+        if (*pp == c) {
+            *pp = c->sub_next;
+            break;
+        }
+    }
+    c->sub_next = NULL;
+}
+
+void events_drive(struct conn *c)
+{
+    char buf[512];
+    /* Nothing is expected from the client; reading notices EOF and drains input. */
+    for (;;) {
+        ERR_clear_error();
+        int n = SSL_read(c->ssl, buf, sizeof(buf));
+        if (n > 0)
+            continue;
+        if (conn_ssl_want(c->ssl, n) < 0) {
+            conn_close(c);
+            return;
+        }
+        break;
+    }
+    if (conn_flush(c) < 0)
+        return;
+    conn_want(c, UV_READABLE | (c->out ? UV_WRITABLE : 0));
+}
+
+void events_timer(struct conn *c)
+{
+    static const char ping[] = ": keepalive\n\n";
+    if (conn_out_append(c, ping, sizeof(ping) - 1, EVENTS_MAX_PENDING) < 0) {
+        conn_close(c);
+        return;
+    }
+    conn_deadline_ms(c, EVENTS_KEEPALIVE_MS);
+    events_drive(c);
+}
+
+void events_publish(struct server *s, int64_t tenant_id, const char *type, const char *json)
+{
+    if (!s->subscribers)
+        return;
+    size_t n = strlen(type) + strlen(json) + 20;
+    char *msg = malloc(n);
+    if (!msg)
+        return;
+    int len = snprintf(msg, n, "event: %s\ndata: %s\n\n", type, json);
+    struct conn *c = s->subscribers;
+    while (c) {
+        struct conn *next = c->sub_next;
+        if (c->tenant_id == tenant_id) {
+            if (conn_out_append(c, msg, (size_t)len, EVENTS_MAX_PENDING) < 0) {
+                phy_log(PHY_LOG_WARN, "events_dropped", "peer=%s reason=slow_consumer", c->peer);
+                conn_close(c);
+            } else {
+                events_drive(c);
+            }
+        }
+        c = next;
+    }
+    free(msg);
+}

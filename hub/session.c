@@ -1,0 +1,860 @@
+/* Device sessions: the WebSocket (wslay) life of a connected device on the event
+ * loop — registry by device ID, message handling in order through the store on the
+ * thread pool, desired pushes, pings, rate limits, presence and replacement. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <wslay/wslay.h>
+
+#include "conn.h"
+#include "dispatch.h"
+#include "handlers.h"
+#include "phy/base64.h"
+#include "phy/crypto.h"
+#include "phy/err.h"
+#include "phy/log.h"
+
+#define WS_MAX_MSG 65536
+#define SESSION_QUEUE_MAX 64 /* messages waiting for the store, per session */
+#define CLOSE_GRACE_MS 1000  /* how long a closing peer gets to answer our close */
+#define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+struct pending_msg {
+    struct pending_msg *next;
+    struct dispatch_action action;
+};
+
+struct session {
+    struct conn *conn;
+    struct session *hnext; /* registry chain */
+    wslay_event_context_ptr ws;
+    struct pending_msg *q_head, *q_tail;
+    size_t q_len;
+    int64_t tenant_id;
+    int64_t desired_sent;   /* highest desired version sent to the device */
+    int64_t last_seen_wall; /* wall clock ms of the last frame received */
+    uint64_t last_rx;       /* loop ms of the last bytes received */
+    uint64_t last_ping;     /* loop ms of the last ping sent */
+    uint64_t tokens_at;     /* loop ms of the last token refill */
+    double tokens;          /* rate-limit bucket */
+    unsigned violations;    /* messages refused in a row */
+    uint16_t close_code;    /* close to send once the queued messages are out */
+    const char *close_reason;
+    unsigned begun : 1, registered : 1, replaced : 1, inflight : 1, detach_pending : 1,
+        closing : 1, read_wants_write : 1;
+    char device_id[PHY_DEVICE_ID_LEN + 1];
+};
+
+struct sessions {
+    struct session **buckets;
+    size_t nbuckets; /* power of two */
+    size_t count;
+};
+
+/* A store job for one session message. */
+struct sess_work {
+    uv_work_t req;
+    struct session *ss;
+    struct hub *hub;
+    struct dispatch_action action;
+    char *reply;           /* frame to send, or NULL */
+    int64_t twin_version;  /* TWIN_GET: desired version in the reply */
+    char *event_type;      /* static string or NULL: event to publish */
+    char *event_json;      /* malloc'd */
+};
+
+/* A fire-and-forget presence write (session ended). */
+struct presence_job {
+    uv_work_t req;
+    struct hub *hub;
+    int64_t now_ms, last_seen_ms;
+    char device_id[PHY_DEVICE_ID_LEN + 1];
+};
+
+/* ---------- registry ---------- */
+
+static size_t id_hash(const char *id)
+{
+    size_t h = 1469598103934665603ull; /* FNV-1a */
+    for (; *id; id++)
+        h = (h ^ (unsigned char)*id) * 1099511628211ull;
+    return h;
+}
+
+int sessions_new(struct server *s)
+{
+    struct sessions *r = calloc(1, sizeof(*r));
+    if (!r)
+        return PHY_ENOMEM;
+    r->nbuckets = 1024;
+    r->buckets = calloc(r->nbuckets, sizeof(*r->buckets));
+    if (!r->buckets) {
+        free(r);
+        return PHY_ENOMEM;
+    }
+    s->sessions = r;
+    return 0;
+}
+
+void sessions_free(struct server *s)
+{
+    if (!s->sessions)
+        return;
+    free(s->sessions->buckets);
+    free(s->sessions);
+    s->sessions = NULL;
+}
+
+size_t sessions_count(const struct server *s)
+{
+    return s->sessions ? s->sessions->count : 0;
+}
+
+static struct session *registry_find(struct sessions *r, const char *id)
+{
+    for (struct session *ss = r->buckets[id_hash(id) & (r->nbuckets - 1)]; ss; ss = ss->hnext)
+        if (strcmp(ss->device_id, id) == 0)
+            return ss;
+    return NULL;
+}
+
+static void registry_grow(struct sessions *r)
+{
+    size_t n = r->nbuckets * 2;
+    struct session **b = calloc(n, sizeof(*b));
+    if (!b)
+        return; /* keep the longer chains */
+    for (size_t i = 0; i < r->nbuckets; i++) {
+        struct session *ss = r->buckets[i];
+        while (ss) {
+            struct session *next = ss->hnext;
+            size_t k = id_hash(ss->device_id) & (n - 1);
+            ss->hnext = b[k];
+            b[k] = ss;
+            ss = next;
+        }
+    }
+    free(r->buckets);
+    r->buckets = b;
+    r->nbuckets = n;
+}
+
+static void registry_add(struct sessions *r, struct session *ss)
+{
+    if (r->count >= r->nbuckets)
+        registry_grow(r);
+    size_t k = id_hash(ss->device_id) & (r->nbuckets - 1);
+    ss->hnext = r->buckets[k];
+    r->buckets[k] = ss;
+    r->count++;
+    ss->registered = 1;
+}
+
+static void registry_remove(struct sessions *r, struct session *ss)
+{
+    if (!ss->registered)
+        return;
+    struct session **pp = &r->buckets[id_hash(ss->device_id) & (r->nbuckets - 1)];
+    for (; *pp; pp = &(*pp)->hnext) {
+        if (*pp == ss) {
+            *pp = ss->hnext;
+            r->count--;
+            break;
+        }
+    }
+    ss->registered = 0;
+}
+
+/* ---------- upgrade (loop side checks, worker side auth) ---------- */
+
+static int token_list_has(const struct phy_str *v, const char *token)
+{
+    size_t tl = strlen(token), i = 0;
+    while (i < v->len) {
+        while (i < v->len && (v->p[i] == ' ' || v->p[i] == '\t' || v->p[i] == ','))
+            i++;
+        size_t start = i;
+        while (i < v->len && v->p[i] != ',' && v->p[i] != ' ' && v->p[i] != '\t')
+            i++;
+        if (i - start == tl && strncasecmp(v->p + start, token, tl) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+int session_check_upgrade(const struct phy_http_request *rq, char accept[32], const char **msg)
+{
+    const struct phy_http_header *h = rq->headers;
+    size_t n = rq->num_headers;
+    const struct phy_str *up = phy_http_find_header(h, n, "Upgrade");
+    const struct phy_str *ver = phy_http_find_header(h, n, "Sec-WebSocket-Version");
+    const struct phy_str *key = phy_http_find_header(h, n, "Sec-WebSocket-Key");
+    const struct phy_str *proto = phy_http_find_header(h, n, "Sec-WebSocket-Protocol");
+    unsigned char raw[32], digest[20];
+    char buf[64];
+
+    if (!rq->upgrade || !up || !token_list_has(up, "websocket")) {
+        *msg = "this endpoint needs a WebSocket upgrade";
+        return 426;
+    }
+    if (!ver || !phy_str_eq(*ver, "13")) {
+        *msg = "Sec-WebSocket-Version must be 13";
+        return 426;
+    }
+    if (!key || key->len != 24 || phy_base64_decode(key->p, key->len, raw, sizeof(raw), 0) != 16) {
+        *msg = "Sec-WebSocket-Key must be 16 bytes in base64";
+        return 400;
+    }
+    if (!proto || !token_list_has(proto, "phyhub.v1")) {
+        *msg = "Sec-WebSocket-Protocol must offer phyhub.v1";
+        return 400;
+    }
+    memcpy(buf, key->p, 24);
+    memcpy(buf + 24, WS_GUID, 36);
+    if (EVP_Digest(buf, 60, digest, NULL, EVP_sha1(), NULL) != 1 ||
+        phy_base64_encode(digest, sizeof(digest), accept, 32, 0) != 28) {
+        *msg = "internal error";
+        return 400;
+    }
+    return 0;
+}
+
+static void auth_refused(struct api_response *res, const char *message)
+{
+    api_error(res, 401, "unauthorized", message);
+    snprintf(res->extra_headers, sizeof(res->extra_headers),
+             "WWW-Authenticate: Basic realm=\"phystack\"\r\n");
+}
+
+void session_authorize(struct hub *h, const struct api_request *req, struct api_response *res,
+                       char device_id[PHY_DEVICE_ID_LEN + 1], int64_t *tenant_id)
+{
+    static const char basic[] = "Basic ";
+    unsigned char decoded[128];
+    char hash[PHY_HASH_HEX_LEN + 1];
+    int outcome, n;
+    memset(res, 0, sizeof(*res));
+    const char *a = req->authorization;
+    if (!a || strncasecmp(a, basic, sizeof(basic) - 1) != 0 ||
+        (n = phy_base64_decode(a + sizeof(basic) - 1, strlen(a + sizeof(basic) - 1), decoded,
+                               sizeof(decoded) - 1, 0)) < 0) {
+        hub_metric_add(&h->metrics.auth_failures, 1);
+        auth_refused(res, "device credentials required (Basic device_id:device_secret)");
+        return;
+    }
+    decoded[n] = '\0';
+    char *colon = memchr(decoded, ':', (size_t)n);
+    size_t id_len = colon ? (size_t)(colon - (char *)decoded) : 0;
+    if (!colon || id_len != PHY_DEVICE_ID_LEN || strncmp((char *)decoded, "dev_", 4) != 0 ||
+        strlen(colon + 1) != PHY_TOKEN_LEN || memchr(decoded, '\0', (size_t)n)) {
+        hub_metric_add(&h->metrics.auth_failures, 1);
+        auth_refused(res, "unknown device or wrong secret");
+        goto out;
+    }
+    memcpy(device_id, decoded, PHY_DEVICE_ID_LEN);
+    device_id[PHY_DEVICE_ID_LEN] = '\0';
+    snprintf(res->log, sizeof(res->log), "device_id=%s", device_id);
+    if (phy_sha256_hex(colon + 1, PHY_TOKEN_LEN, hash) < 0 ||
+        h->store_ops->device_auth(h->store, device_id, hash, tenant_id, &outcome) < 0) {
+        api_error(res, 503, "store_unavailable", "the store failed; retry later");
+        goto out;
+    }
+    if (outcome != STORE_OK) {
+        hub_metric_add(&h->metrics.auth_failures, 1);
+        auth_refused(res, outcome == STORE_REVOKED ? "device revoked"
+                                                   : "unknown device or wrong secret");
+        goto out;
+    }
+    if (h->store_ops->session_open(h->store, device_id, hub_now_ms()) < 0) {
+        api_error(res, 503, "store_unavailable", "the store failed; retry later");
+        goto out;
+    }
+    res->status = 101;
+out:
+    OPENSSL_cleanse(decoded, sizeof(decoded));
+}
+
+/* ---------- presence writes ---------- */
+
+static void on_presence_work(uv_work_t *req)
+{
+    struct presence_job *j = req->data;
+    if (j->hub->store_ops->session_close(j->hub->store, j->device_id, j->now_ms,
+                                         j->last_seen_ms) < 0)
+        phy_log(PHY_LOG_WARN, "presence_write_failed", "device_id=%s", j->device_id);
+}
+
+static void on_presence_done(uv_work_t *req, int status)
+{
+    (void)status;
+    free(req->data);
+}
+
+static void presence_offline(struct server *s, const char *device_id, int64_t last_seen)
+{
+    struct presence_job *j = calloc(1, sizeof(*j));
+    if (!j)
+        return;
+    j->req.data = j;
+    j->hub = s->hub;
+    j->now_ms = hub_now_ms();
+    j->last_seen_ms = last_seen;
+    snprintf(j->device_id, sizeof(j->device_id), "%s", device_id);
+    uv_queue_work(s->loop, &j->req, on_presence_work, on_presence_done);
+}
+
+void session_abandon(struct server *s, const char *device_id)
+{
+    presence_offline(s, device_id, hub_now_ms());
+}
+
+/* ---------- wslay glue ---------- */
+
+static ssize_t ws_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags,
+                       void *user)
+{
+    struct session *ss = user;
+    struct conn *c = ss->conn;
+    (void)flags;
+    if (c->in_len > 0) { /* bytes that came with the upgrade request */
+        size_t n = c->in_len < len ? c->in_len : len;
+        memcpy(buf, c->in, n);
+        memmove(c->in, c->in + n, c->in_len - n);
+        c->in_len -= n;
+        if (c->in_len == 0) {
+            free(c->in);
+            c->in = NULL;
+            c->in_cap = 0;
+        }
+        return (ssize_t)n;
+    }
+    ERR_clear_error();
+    int n = SSL_read(c->ssl, buf, (int)(len > INT32_MAX ? INT32_MAX : len));
+    if (n > 0) {
+        ss->last_rx = uv_now(c->srv->loop);
+        return n;
+    }
+    int ev = conn_ssl_want(c->ssl, n);
+    if (ev < 0) {
+        wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
+        return -1;
+    }
+    if (ev == UV_WRITABLE)
+        ss->read_wants_write = 1;
+    wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
+    return -1;
+}
+
+static ssize_t ws_send(wslay_event_context_ptr ctx, const uint8_t *data, size_t len, int flags,
+                       void *user)
+{
+    struct session *ss = user;
+    (void)flags;
+    ERR_clear_error();
+    int n = SSL_write(ss->conn->ssl, data, (int)(len > INT32_MAX ? INT32_MAX : len));
+    if (n > 0)
+        return n;
+    int ev = conn_ssl_want(ss->conn->ssl, n);
+    wslay_event_set_error(ctx, ev < 0 ? WSLAY_ERR_CALLBACK_FAILURE : WSLAY_ERR_WOULDBLOCK);
+    return -1;
+}
+
+/* Queues one text frame (copied by wslay). */
+static void session_send(struct session *ss, const char *text)
+{
+    struct wslay_event_msg m = {WSLAY_TEXT_FRAME, (const uint8_t *)text, strlen(text)};
+    if (ss->closing || !ss->ws)
+        return;
+    if (wslay_event_queue_msg(ss->ws, &m) == 0)
+        hub_metric_add(&ss->conn->srv->hub->metrics.ws_msgs_out, 1);
+}
+
+/* wslay sends control frames before queued data, so a close waits until the data
+ * queued before it (e.g. the error that explains it) has been written. */
+static void session_flush_close(struct session *ss)
+{
+    if (!ss->close_code || wslay_event_get_queued_msg_count(ss->ws) > 0)
+        return;
+    wslay_event_queue_close(ss->ws, ss->close_code, (const uint8_t *)ss->close_reason,
+                            strlen(ss->close_reason));
+    ss->close_code = 0;
+}
+
+static void session_close_with(struct session *ss, uint16_t code, const char *reason)
+{
+    if (ss->closing || !ss->ws)
+        return;
+    ss->closing = 1;
+    ss->close_code = code;
+    ss->close_reason = reason; /* static strings only */
+    session_flush_close(ss);
+    conn_deadline_ms(ss->conn, CLOSE_GRACE_MS);
+}
+
+static void send_error(struct session *ss, const char *id, const char *error, const char *msg)
+{
+    char *t = dispatch_error_msg(id, error, msg);
+    if (t)
+        session_send(ss, t);
+    free(t);
+}
+
+/* Strict UTF-8 (RFC 3629: no overlongs, surrogates or code points over U+10FFFF). */
+static int utf8_valid(const uint8_t *s, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        uint8_t c = s[i];
+        size_t len;
+        uint32_t cp;
+        if (c < 0x80) {
+            i++;
+            continue;
+        } else if ((c & 0xe0) == 0xc0) {
+            len = 2;
+            cp = c & 0x1f;
+        } else if ((c & 0xf0) == 0xe0) {
+            len = 3;
+            cp = c & 0x0f;
+        } else if ((c & 0xf8) == 0xf0) {
+            len = 4;
+            cp = c & 0x07;
+        } else {
+            return 0;
+        }
+        if (i + len > n)
+            return 0;
+        for (size_t k = 1; k < len; k++) {
+            if ((s[i + k] & 0xc0) != 0x80)
+                return 0;
+            cp = (cp << 6) | (s[i + k] & 0x3f);
+        }
+        if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
+            cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+            return 0;
+        i += len;
+    }
+    return 1;
+}
+
+/* ---------- message handling (store work in order, one at a time) ---------- */
+
+static void session_kick(struct session *ss);
+
+static char *twin_reply(const char *id, const char *device_id, const struct store_twin *t)
+{
+    json_t *d = json_loads(t->desired ? t->desired : "{}", 0, NULL);
+    json_t *r = json_loads(t->reported ? t->reported : "{}", 0, NULL);
+    json_t *tags = json_loads(t->tags ? t->tags : "{}", 0, NULL);
+    json_t *o = json_pack("{s:s, s:{s:s, s:o, s:I, s:o, s:I, s:o}}", "type", "twin", "twin",
+                          "device_id", device_id, "desired", d ? d : json_object(),
+                          "desired_version", (json_int_t)t->desired_version, "reported",
+                          r ? r : json_object(), "reported_version",
+                          (json_int_t)t->reported_version, "tags", tags ? tags : json_object());
+    if (!o)
+        return NULL;
+    if (id)
+        json_object_set_new(o, "id", json_string(id));
+    char *text = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    return text;
+}
+
+static void on_sess_work(uv_work_t *req)
+{
+    struct sess_work *w = req->data;
+    struct hub *h = w->hub;
+    const struct phy_store_ops *ops = h->store_ops;
+    const char *id = w->action.has_id ? w->action.id : NULL;
+    const char *dev = w->ss->device_id;
+    int outcome = STORE_OK;
+    uint64_t t0 = uv_hrtime();
+
+    switch (w->action.kind) {
+    case DISPATCH_TWIN_GET: {
+        struct store_twin t;
+        memset(&t, 0, sizeof(t));
+        if (ops->twin_get(h->store, dev, &t, &outcome) < 0 || outcome != STORE_OK) {
+            w->reply = dispatch_error_msg(id, "unavailable", "twin not available; retry");
+        } else {
+            w->reply = twin_reply(id, dev, &t);
+            w->twin_version = t.desired_version;
+        }
+        store_twin_free(&t);
+        break;
+    }
+    case DISPATCH_REPORTED_PATCH: {
+        char *patch = json_dumps(w->action.body, JSON_COMPACT);
+        int64_t version = 0;
+        int changed = 0;
+        if (!patch || ops->reported_patch(h->store, dev, patch, hub_now_ms(), &version, &changed,
+                                          &outcome) < 0) {
+            w->reply = dispatch_error_msg(id, "unavailable", "report not stored; retry");
+        } else if (outcome == STORE_TOO_BIG) {
+            w->reply = dispatch_error_msg(id, "too_large",
+                                          "reported section would exceed 32 KiB or depth 10");
+        } else if (outcome != STORE_OK) {
+            w->reply = dispatch_error_msg(id, "unavailable", "device not found");
+        } else {
+            w->reply = dispatch_ack_msg(id, (long long)version);
+            if (changed) {
+                json_t *e = json_pack("{s:s, s:I, s:O}", "device_id", dev, "version",
+                                      (json_int_t)version, "patch", w->action.body);
+                w->event_type = "reported";
+                w->event_json = e ? json_dumps(e, JSON_COMPACT) : NULL;
+                json_decref(e);
+            }
+        }
+        free(patch);
+        break;
+    }
+    case DISPATCH_STATUS: {
+        char *status = json_dumps(w->action.body, JSON_COMPACT);
+        if (!status || ops->status_put(h->store, dev, status, hub_now_ms()) < 0) {
+            w->reply = dispatch_error_msg(id, "unavailable", "status not stored; retry");
+        } else {
+            json_t *e = json_pack("{s:s, s:O}", "device_id", dev, "status", w->action.body);
+            w->event_type = "status";
+            w->event_json = e ? json_dumps(e, JSON_COMPACT) : NULL;
+            json_decref(e);
+        }
+        free(status);
+        break;
+    }
+    case DISPATCH_ERROR:
+        break;
+    }
+    hub_metric_add(&h->metrics.store_ops, 1);
+    hub_metric_add(&h->metrics.store_us, (uv_hrtime() - t0) / 1000);
+}
+
+static void on_sess_work_done(uv_work_t *req, int status)
+{
+    struct sess_work *w = req->data;
+    struct session *ss = w->ss;
+    (void)status;
+    ss->inflight = 0;
+    if (ss->detach_pending) {
+        conn_close(ss->conn); /* finishes the detach now that no work is in flight */
+    } else {
+        if (w->reply)
+            session_send(ss, w->reply);
+        if (w->action.kind == DISPATCH_TWIN_GET && w->twin_version > ss->desired_sent)
+            ss->desired_sent = w->twin_version;
+        if (w->event_type && w->event_json)
+            events_publish(ss->conn->srv, ss->tenant_id, w->event_type, w->event_json);
+        session_kick(ss);
+        session_drive(ss->conn);
+    }
+    dispatch_action_clear(&w->action);
+    free(w->reply);
+    free(w->event_json);
+    free(w);
+}
+
+static void session_kick(struct session *ss)
+{
+    if (ss->inflight || !ss->q_head || ss->detach_pending)
+        return;
+    struct pending_msg *m = ss->q_head;
+    ss->q_head = m->next;
+    if (!ss->q_head)
+        ss->q_tail = NULL;
+    ss->q_len--;
+    struct sess_work *w = calloc(1, sizeof(*w));
+    if (!w) {
+        dispatch_action_clear(&m->action);
+        free(m);
+        return;
+    }
+    w->req.data = w;
+    w->ss = ss;
+    w->hub = ss->conn->srv->hub;
+    w->action = m->action;
+    free(m);
+    ss->inflight = 1;
+    uv_queue_work(ss->conn->srv->loop, &w->req, on_sess_work, on_sess_work_done);
+}
+
+/* Token bucket of cfg.device_msg_rate messages per second (burst of the same size). */
+static int rate_allow(struct session *ss)
+{
+    const struct hub_config *cfg = &ss->conn->srv->hub->cfg;
+    uint64_t now = uv_now(ss->conn->srv->loop);
+    double rate = (double)cfg->device_msg_rate;
+    ss->tokens += (double)(now - ss->tokens_at) * rate / 1000.0;
+    if (ss->tokens > rate)
+        ss->tokens = rate;
+    ss->tokens_at = now;
+    if (ss->tokens < 1.0)
+        return 0;
+    ss->tokens -= 1.0;
+    return 1;
+}
+
+static void session_on_text(struct session *ss, const uint8_t *msg, size_t len)
+{
+    struct hub *h = ss->conn->srv->hub;
+    hub_metric_add(&h->metrics.ws_msgs_in, 1);
+    if (!utf8_valid(msg, len)) {
+        session_close_with(ss, 1007, "invalid UTF-8");
+        return;
+    }
+    if (!rate_allow(ss)) {
+        if (++ss->violations > (unsigned)h->cfg.device_msg_rate) {
+            phy_log(PHY_LOG_WARN, "session_rate_limited", "device_id=%s", ss->device_id);
+            session_close_with(ss, 1008, "message rate limit exceeded");
+        } else {
+            send_error(ss, NULL, "rate_limited", "over the message rate limit; slow down");
+        }
+        return;
+    }
+    ss->violations = 0;
+    struct dispatch_action a;
+    dispatch_parse((const char *)msg, len, &a);
+    if (a.kind == DISPATCH_ERROR) {
+        send_error(ss, a.has_id ? a.id : NULL, a.error, a.message);
+        dispatch_action_clear(&a);
+        return;
+    }
+    if (ss->q_len >= SESSION_QUEUE_MAX) {
+        send_error(ss, a.has_id ? a.id : NULL, "rate_limited", "too many messages in flight");
+        dispatch_action_clear(&a);
+        return;
+    }
+    struct pending_msg *m = calloc(1, sizeof(*m));
+    if (!m) {
+        dispatch_action_clear(&a);
+        return;
+    }
+    m->action = a;
+    if (ss->q_tail)
+        ss->q_tail->next = m;
+    else
+        ss->q_head = m;
+    ss->q_tail = m;
+    ss->q_len++;
+    session_kick(ss);
+}
+
+static void ws_on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *arg,
+                      void *user)
+{
+    struct session *ss = user;
+    (void)ctx;
+    ss->last_seen_wall = hub_now_ms();
+    switch (arg->opcode) {
+    case WSLAY_TEXT_FRAME:
+        if (!ss->closing)
+            session_on_text(ss, arg->msg, arg->msg_length);
+        break;
+    case WSLAY_BINARY_FRAME:
+        session_close_with(ss, 1003, "binary frames are not accepted");
+        break;
+    case WSLAY_CONNECTION_CLOSE:
+        ss->closing = 1; /* wslay answers the close; we close once it is sent */
+        conn_deadline_ms(ss->conn, CLOSE_GRACE_MS);
+        break;
+    default: /* ping (answered by wslay), pong: liveness only */
+        break;
+    }
+}
+
+/* ---------- life cycle ---------- */
+
+struct session *session_new(const char *device_id, int64_t tenant_id)
+{
+    struct session *ss = calloc(1, sizeof(*ss));
+    if (!ss)
+        return NULL;
+    snprintf(ss->device_id, sizeof(ss->device_id), "%s", device_id);
+    ss->tenant_id = tenant_id;
+    return ss;
+}
+
+static void session_arm_timer(struct session *ss)
+{
+    const struct hub_config *cfg = &ss->conn->srv->hub->cfg;
+    uint64_t now = uv_now(ss->conn->srv->loop);
+    uint64_t next_ping = ss->last_ping + (uint64_t)cfg->ping_interval_s * 1000;
+    uint64_t dead = ss->last_rx + (uint64_t)cfg->ping_timeout_s * 1000;
+    uint64_t at = next_ping < dead ? next_ping : dead;
+    conn_deadline_ms(ss->conn, at > now + 10 ? at - now : 10);
+}
+
+void session_begin(struct conn *c)
+{
+    static const struct wslay_event_callbacks cb = {ws_recv, ws_send, NULL, NULL, NULL, NULL,
+                                                    ws_on_msg};
+    struct session *ss = c->sess;
+    struct server *s = c->srv;
+    ss->conn = c;
+    if (wslay_event_context_server_init(&ss->ws, &cb, ss) != 0) {
+        ss->ws = NULL;
+        conn_close(c);
+        return;
+    }
+    wslay_event_config_set_max_recv_msg_length(ss->ws, WS_MAX_MSG);
+    struct session *old = registry_find(s->sessions, ss->device_id);
+    if (old) {
+        registry_remove(s->sessions, old);
+        old->replaced = 1;
+        phy_log(PHY_LOG_INFO, "session_replaced", "device_id=%s peer=%s", ss->device_id,
+                old->conn->peer);
+        session_close_with(old, 4000, "replaced by a newer session");
+        session_drive(old->conn);
+    }
+    registry_add(s->sessions, ss);
+    ss->begun = 1;
+    uint64_t now = uv_now(s->loop);
+    ss->last_rx = ss->last_ping = ss->tokens_at = now;
+    ss->tokens = (double)s->hub->cfg.device_msg_rate;
+    ss->last_seen_wall = hub_now_ms();
+    hub_metric_set(&s->hub->metrics.sessions, s->sessions->count);
+    phy_log(PHY_LOG_INFO, "session_open", "device_id=%s peer=%s", ss->device_id, c->peer);
+    char ev[96];
+    snprintf(ev, sizeof(ev), "{\"device_id\":\"%s\"}", ss->device_id);
+    events_publish(s, ss->tenant_id, "online", ev);
+    session_arm_timer(ss);
+    session_drive(c);
+}
+
+void session_drive(struct conn *c)
+{
+    struct session *ss = c->sess;
+    if (!ss || !ss->ws)
+        return;
+    ss->read_wants_write = 0;
+    if (wslay_event_want_read(ss->ws) && wslay_event_recv(ss->ws) != 0) {
+        conn_close(c);
+        return;
+    }
+    if (!c->sess) /* closed from a callback */
+        return;
+    if (wslay_event_want_write(ss->ws) && wslay_event_send(ss->ws) != 0) {
+        conn_close(c);
+        return;
+    }
+    if (ss->close_code) {
+        session_flush_close(ss);
+        if (wslay_event_want_write(ss->ws) && wslay_event_send(ss->ws) != 0) {
+            conn_close(c);
+            return;
+        }
+    }
+    int r = wslay_event_want_read(ss->ws), w = wslay_event_want_write(ss->ws);
+    if (!r && !w) { /* close handshake done */
+        conn_close(c);
+        return;
+    }
+    conn_want(c, (r ? UV_READABLE : 0) | (w || ss->read_wants_write ? UV_WRITABLE : 0));
+}
+
+void session_timer(struct conn *c)
+{
+    struct session *ss = c->sess;
+    if (!ss)
+        return;
+    const struct hub_config *cfg = &c->srv->hub->cfg;
+    uint64_t now = uv_now(c->srv->loop);
+    if (ss->closing) {
+        conn_close(c);
+        return;
+    }
+    if (now - ss->last_rx >= (uint64_t)cfg->ping_timeout_s * 1000) {
+        phy_log(PHY_LOG_INFO, "session_timeout", "device_id=%s idle_ms=%llu", ss->device_id,
+                (unsigned long long)(now - ss->last_rx));
+        conn_close(c);
+        return;
+    }
+    if (now - ss->last_ping >= (uint64_t)cfg->ping_interval_s * 1000) {
+        struct wslay_event_msg m = {WSLAY_PING, NULL, 0};
+        wslay_event_queue_msg(ss->ws, &m);
+        ss->last_ping = now;
+    }
+    session_arm_timer(ss);
+    session_drive(c);
+}
+
+int session_detach(struct conn *c)
+{
+    struct session *ss = c->sess;
+    struct server *s = c->srv;
+    if (ss->inflight) {
+        ss->detach_pending = 1; /* the work's completion closes the conn again */
+        conn_want(c, 0);
+        conn_deadline_ms(c, 0);
+        return 1;
+    }
+    if (ss->registered)
+        registry_remove(s->sessions, ss);
+    if (!ss->replaced) {
+        presence_offline(s, ss->device_id, ss->last_seen_wall ? ss->last_seen_wall : hub_now_ms());
+        char ev[96];
+        snprintf(ev, sizeof(ev), "{\"device_id\":\"%s\"}", ss->device_id);
+        events_publish(s, ss->tenant_id, "offline", ev);
+    }
+    if (ss->begun)
+        phy_log(PHY_LOG_INFO, "session_close", "device_id=%s replaced=%d", ss->device_id,
+                ss->replaced);
+    while (ss->q_head) {
+        struct pending_msg *m = ss->q_head;
+        ss->q_head = m->next;
+        dispatch_action_clear(&m->action);
+        free(m);
+    }
+    if (ss->ws)
+        wslay_event_context_free(ss->ws);
+    free(ss);
+    c->sess = NULL;
+    hub_metric_set(&s->hub->metrics.sessions, s->sessions ? s->sessions->count : 0);
+    return 0;
+}
+
+void session_effect(struct server *s, const struct api_effect *e, const char *push_patch)
+{
+    struct session *ss = registry_find(s->sessions, e->device_id);
+    if (!ss || !ss->begun || ss->closing)
+        return;
+    if (e->kind == API_EFFECT_CLOSE_SESSION) {
+        phy_log(PHY_LOG_INFO, "session_closing", "device_id=%s code=%d", e->device_id,
+                e->close_code);
+        session_close_with(ss, (uint16_t)e->close_code,
+                           e->close_code == 4001 ? "revoked" : "deleted");
+        session_drive(ss->conn);
+        return;
+    }
+    if (!push_patch || e->version <= ss->desired_sent)
+        return;
+    size_t n = strlen(push_patch) + 80;
+    char *t = malloc(n);
+    if (!t)
+        return;
+    snprintf(t, n, "{\"type\":\"desired.patch\",\"version\":%lld,\"patch\":%s}",
+             (long long)e->version, push_patch);
+    session_send(ss, t);
+    free(t);
+    ss->desired_sent = e->version;
+    session_drive(ss->conn);
+}
+
+void sessions_shutdown(struct server *s)
+{
+    struct sessions *r = s->sessions;
+    if (!r)
+        return;
+    for (size_t i = 0; i < r->nbuckets; i++) {
+        for (struct session *ss = r->buckets[i]; ss; ss = ss->hnext) {
+            if (ss->closing || !ss->ws)
+                continue;
+            ss->closing = 1;
+            wslay_event_queue_close(ss->ws, 1001, (const uint8_t *)"hub shutting down", 17);
+            wslay_event_send(ss->ws); /* best effort: the socket closes right after */
+        }
+    }
+}
