@@ -132,8 +132,7 @@ int dispatch_parse(const char *data, size_t len, struct dispatch_action *out)
     json_t *root = json_loadb(data, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
     if (root == NULL) {
         /* jansson's text may quote the input: give the position only */
-        set_error(out, "bad_message", "invalid JSON at line %d column %d", jerr.line,
-                  jerr.column);
+        set_error(out, "bad_message", "invalid JSON at line %d column %d", jerr.line, jerr.column);
         return 0;
     }
     if (!json_is_object(root)) {
@@ -213,8 +212,8 @@ char *dispatch_error_msg(const char *id, const char *error, const char *message)
 {
     if (error == NULL)
         return NULL;
-    return dump_owned(json_pack("{s:s, s:s*, s:s, s:s}", "type", "error", "id", id, "error",
-                                error, "message", message != NULL ? message : ""));
+    return dump_owned(json_pack("{s:s, s:s*, s:s, s:s}", "type", "error", "id", id, "error", error,
+                                "message", message != NULL ? message : ""));
 }
 
 char *dispatch_ack_msg(const char *id, long long version)

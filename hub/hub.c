@@ -19,4 +19,6 @@ void hub_prov_params(const struct hub *h, int64_t now_ms, struct store_prov_para
     p->interval_s = (int)h->cfg.poll_interval_s;
     p->max_interval_s = (int)h->cfg.max_poll_interval_s;
     p->max_regs_per_serial = 4;
+    p->deliver_check = NULL;
+    p->deliver_ctx = NULL;
 }

@@ -150,6 +150,35 @@ out:
     json_decref(body);
 }
 
+/* Opens a sealed issuance while the store's poll transaction is open, so that a
+ * body that cannot be opened is never recorded as delivered. */
+struct deliver_ctx {
+    struct hub *hub;
+    char *plain; /* the exact 200 body, malloc'd */
+    size_t plain_len;
+};
+
+static int deliver_open(void *ctx, const char *device_id, const unsigned char *sealed,
+                        size_t len)
+{
+    struct deliver_ctx *d = ctx;
+    char *plain = malloc(len + 1);
+    if (!plain)
+        return -1;
+    int n = phy_aead_open(d->hub->issuance_key, device_id, strlen(device_id), sealed, len,
+                          (unsigned char *)plain, len);
+    if (n < 0) {
+        free(plain);
+        phy_log(PHY_LOG_ERROR, "issuance_unreadable",
+                "device_id=%s reason=\"wrong key file for this store?\"", device_id);
+        return -1;
+    }
+    plain[n] = '\0';
+    d->plain = plain;
+    d->plain_len = (size_t)n;
+    return 0;
+}
+
 void handle_poll(struct hub *h, const struct api_request *req, struct api_response *res)
 {
     static const char *const fields[] = {"serial", "code", "poll_token", NULL};
@@ -157,6 +186,7 @@ void handle_poll(struct hub *h, const struct api_request *req, struct api_respon
     const char *serial, *code_in, *token;
     char hash[PHY_HASH_HEX_LEN + 1], code[PHY_CODE_LEN + 1];
     struct store_poll_result r;
+    struct deliver_ctx dc = {h, NULL, 0};
     memset(&r, 0, sizeof(r));
     if (api_parse_body(req, res, &body) < 0)
         return;
@@ -180,8 +210,15 @@ void handle_poll(struct hub *h, const struct api_request *req, struct api_respon
 
     struct store_prov_params p;
     hub_prov_params(h, hub_now_ms(), &p);
+    p.deliver_check = deliver_open;
+    p.deliver_ctx = &dc;
     int outcome;
-    if (h->store_ops->poll(h->store, &p, serial, code_in ? code : NULL, hash, &r, &outcome) < 0) {
+    int rc = h->store_ops->poll(h->store, &p, serial, code_in ? code : NULL, hash, &r, &outcome);
+    if (rc == PHY_ECRYPTO) {
+        api_error(res, 500, "internal", "pending issuance cannot be decrypted");
+        goto out;
+    }
+    if (rc < 0) {
         store_failed(res);
         goto out;
     }
@@ -197,36 +234,31 @@ void handle_poll(struct hub *h, const struct api_request *req, struct api_respon
                            "polling faster than the interval", "interval", r.interval_s));
         break;
     case STORE_PENDING:
-        api_json(
-            res, 202,
-            json_pack("{s:s, s:i}", "status", "authorization_pending", "interval", r.interval_s));
+        api_json(res, 202, json_pack("{s:s, s:i}", "status", "authorization_pending", "interval",
+                                     r.interval_s));
         break;
-    case STORE_DELIVER: {
+    case STORE_DELIVER:
         /* The sealed body is the exact 200 answer, so a retry gets the same bytes. */
-        size_t cap = r.sealed_len;
-        char *plain = malloc(cap + 1);
-        int n = plain ? phy_aead_open(h->issuance_key, r.device_id, strlen(r.device_id), r.sealed,
-                                      r.sealed_len, (unsigned char *)plain, cap)
-                      : PHY_ENOMEM;
-        if (n < 0) {
-            free(plain);
-            phy_log(PHY_LOG_ERROR, "issuance_unreadable", "device_id=%s", r.device_id);
+        if (!dc.plain) {
             api_error(res, 500, "internal", "pending issuance cannot be decrypted");
             break;
         }
-        plain[n] = '\0';
         free(res->body);
-        res->body = plain;
-        res->body_len = (size_t)n;
+        res->body = dc.plain;
+        res->body_len = dc.plain_len;
+        dc.plain = NULL;
         res->status = 200;
         hub_metric_add(&h->metrics.prov_delivered, 1);
         snprintf(res->log, sizeof(res->log), "device_id=%s outcome=delivered", r.device_id);
         break;
-    }
     default:
         api_error(res, 500, "internal", "unexpected store outcome");
     }
 out:
+    if (dc.plain) {
+        OPENSSL_cleanse(dc.plain, dc.plain_len);
+        free(dc.plain);
+    }
     if (r.sealed) {
         OPENSSL_cleanse(r.sealed, r.sealed_len);
         free(r.sealed);

@@ -44,6 +44,12 @@ struct store_prov_params {
     int interval_s;          /* base poll interval */
     int max_interval_s;      /* cap for slow_down growth */
     int max_regs_per_serial; /* 4 */
+    /* poll only, may be NULL: called inside the transaction with a DELIVER's sealed
+     * body before the delivery is recorded; non-zero aborts the poll with
+     * PHY_ECRYPTO and nothing is recorded. */
+    int (*deliver_check)(void *ctx, const char *device_id, const unsigned char *sealed,
+                         size_t len);
+    void *deliver_ctx;
 };
 
 struct store_poll_result {

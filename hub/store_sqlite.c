@@ -709,6 +709,17 @@ static int sq_reg_set_code(struct store *s, const struct store_prov_params *p, c
         return PHY_EINVAL;
     if ((rc = tx_begin(s, 1)))
         return rc;
+    /* A registration that was claimed stays answerable even after it lapsed: the
+     * device must go on to poll (and get its credentials), not re-register. */
+    rc = q_int(s, NULL, "SELECT 1 FROM issuances WHERE token_hash = ? AND serial = ?", "tt",
+               token_hash, serial);
+    if (rc < 0)
+        goto out;
+    if (rc == 1) {
+        *outcome = STORE_PROVISIONED;
+        rc = 0;
+        goto out;
+    }
     rc = q_int(s, NULL,
                "SELECT 1 FROM registrations WHERE token_hash = ? AND serial = ? AND "
                "last_active_ms > ?",
@@ -795,6 +806,16 @@ static int poll_issuance(struct store *s, const struct store_prov_params *p, con
     memcpy(r->device_id, device_id, sizeof device_id);
     sqlite3_finalize(st);
     st = NULL;
+    /* Nothing is recorded for a body the caller cannot open (e.g. a wrong key file):
+     * the grace clock must not start for credentials that were never sent. */
+    if (p->deliver_check &&
+        p->deliver_check(p->deliver_ctx, device_id, r->sealed, r->sealed_len) != 0) {
+        free(r->sealed);
+        r->sealed = NULL;
+        r->sealed_len = 0;
+        rc = PHY_ECRYPTO;
+        goto out;
+    }
     if (first) {
         rc = q_exec(s, NULL,
                     "UPDATE issuances SET delivered_ms = ? WHERE token_hash = ? AND "
@@ -1173,20 +1194,24 @@ out:
 
 /* Columns of a device row (alias d), read by dev_read from column 0. */
 #define DEV_COLS                                                                                   \
-    "d.device_id, d.serial, d.name, d.state, d.tags_json, d.created_ms, d.online,"                \
+    "d.device_id, d.serial, d.name, d.state, d.tags_json, d.created_ms, d.online,"                 \
     " d.last_seen_ms, d.connected_ms, d.disconnected_ms, d.last_status_json, d.last_status_ms"
 #define DEV_NCOLS 12
 #define DEV_TAGS_COL 4
 /* The twin of d: a device without a twins row has the empty twin at versions 0. */
 #define TWIN_COLS                                                                                  \
-    "COALESCE(t.desired, '{}'), COALESCE(t.desired_version, 0),"                                  \
+    "COALESCE(t.desired, '{}'), COALESCE(t.desired_version, 0),"                                   \
     " COALESCE(t.reported, '{}'), COALESCE(t.reported_version, 0)"
 #define TWIN_FROM " FROM devices d LEFT JOIN twins t ON t.device_id = d.device_id"
 /* d's tag K equals V, K and V being SQL parameters. K is quoted into the JSON path
  * (tag_key_ok admits no quote); CASE keeps json_extract away from invalid text. */
 #define TAG_MATCH(k, v)                                                                            \
-    "CASE WHEN json_valid(d.tags_json) THEN json_extract(d.tags_json, '$.\"' || " k " || '\"')"   \
+    "CASE WHEN json_valid(d.tags_json) THEN json_extract(d.tags_json, '$.\"' || " k " || '\"')"    \
     " END = " v
+
+/* devices_list: tenant ?1, cursor ?2, tag key ?3 (NULL: any) and value ?4. */
+#define LIST_WHERE                                                                                 \
+    " WHERE d.tenant_id = ?1 AND d.device_id > ?2 AND (?3 IS NULL OR " TAG_MATCH("?3", "?4") ")"
 
 /* Returns 1 when k is a tag key as the console accepts them: [A-Za-z0-9._-]{1,64}. */
 static int tag_key_ok(const char *k)
@@ -1275,15 +1300,10 @@ static int sq_devices_list(struct store *s, int64_t tenant_id, const struct stor
                            const char *after, int limit, struct store_device **out, size_t *n)
 {
     /* Two statements so that a presence filter uses devices_tenant_online. */
-    static const char any_sql[] = "SELECT " DEV_COLS " FROM devices d"
-                                  " WHERE d.tenant_id = ?1 AND d.device_id > ?2"
-                                  " AND (?3 IS NULL OR " TAG_MATCH("?3", "?4") ")"
-                                  " ORDER BY d.device_id LIMIT ?5";
-    static const char presence_sql[] = "SELECT " DEV_COLS " FROM devices d"
-                                       " WHERE d.tenant_id = ?1 AND d.device_id > ?2"
-                                       " AND (?3 IS NULL OR " TAG_MATCH("?3", "?4") ")"
-                                       " AND d.online = ?6"
-                                       " ORDER BY d.device_id LIMIT ?5";
+    static const char any_sql[] =
+        "SELECT " DEV_COLS " FROM devices d" LIST_WHERE " ORDER BY d.device_id LIMIT ?5";
+    static const char presence_sql[] = "SELECT " DEV_COLS " FROM devices d" LIST_WHERE
+                                       " AND d.online = ?6 ORDER BY d.device_id LIMIT ?5";
     struct store_device *v = NULL;
     sqlite3_stmt *st = NULL;
     const char *key = NULL, *value = NULL;
@@ -1303,7 +1323,8 @@ static int sq_devices_list(struct store *s, int64_t tenant_id, const struct stor
         value = f->tag_value;
         if (presence < -1 || presence > 1)
             return PHY_EINVAL;
-        if (key && (!tag_key_ok(key) || !value || strnlen(value, TAG_VALUE_MAX + 1) > TAG_VALUE_MAX))
+        if (key &&
+            (!tag_key_ok(key) || !value || strnlen(value, TAG_VALUE_MAX + 1) > TAG_VALUE_MAX))
             return PHY_EINVAL;
         if (!key)
             value = NULL;
@@ -1404,8 +1425,9 @@ static int sq_tags_put(struct store *s, int64_t tenant_id, const char *device_id
         return rc;
     if ((rc = tx_begin(s, 1)))
         return rc;
-    rc = q_exec(s, &changes, "UPDATE devices SET tags_json = ? WHERE device_id = ? AND tenant_id = ?",
-                "tti", tags_json, device_id, tenant_id);
+    rc = q_exec(s, &changes,
+                "UPDATE devices SET tags_json = ? WHERE device_id = ? AND tenant_id = ?", "tti",
+                tags_json, device_id, tenant_id);
     if (rc == 0)
         *outcome = changes > 0 ? STORE_OK : STORE_NOT_FOUND;
     return tx_end(s, rc);
@@ -1471,8 +1493,7 @@ static void merge_memo_clear(struct merge_memo *m)
 
 /* Merges patch into the section text: *out (malloc'd, only when *changed) or
  * *too_big. A stored section that does not parse as an object is PHY_EIO. */
-static int merge_text(const char *text, const json_t *patch, char **out, int *changed,
-                      int *too_big)
+static int merge_text(const char *text, const json_t *patch, char **out, int *changed, int *too_big)
 {
     json_error_t jerr;
     json_t *doc = json_loads(text, 0, &jerr);
@@ -1818,8 +1839,7 @@ static int sq_device_reset(struct store *s, int64_t tenant_id, const char *devic
     return device_change(s, tenant_id, device_id, now_ms, DEVICE_RESET, outcome);
 }
 
-static int sq_device_delete(struct store *s, int64_t tenant_id, const char *device_id,
-                            int *outcome)
+static int sq_device_delete(struct store *s, int64_t tenant_id, const char *device_id, int *outcome)
 {
     return device_change(s, tenant_id, device_id, 0, DEVICE_DELETE, outcome);
 }
@@ -1920,8 +1940,8 @@ static int sq_presence_reset(struct store *s, int64_t now_ms)
         return PHY_EINVAL;
     if ((rc = tx_begin(s, 1)))
         return rc;
-    rc = q_exec(s, NULL, "UPDATE devices SET online = 0, disconnected_ms = ? WHERE online <> 0", "i",
-                now_ms);
+    rc = q_exec(s, NULL, "UPDATE devices SET online = 0, disconnected_ms = ? WHERE online <> 0",
+                "i", now_ms);
     return tx_end(s, rc);
 }
 

@@ -345,24 +345,32 @@ static int key_load_fd(int fd, const char *path, unsigned char key[PHY_AEAD_KEY_
     return 0;
 }
 
-/* Creates path with O_EXCL and mode 0600 holding 32 fresh random bytes, durably.
- * PHY_EEXIST when another process created it first. */
+/* Creates path holding 32 fresh random bytes, mode 0600, durably and atomically: the
+ * key is written and fsynced under a temporary name and then link()ed into place, so
+ * a crash at any moment leaves either no key file or a complete one (never an empty
+ * one). PHY_EEXIST when another process created it first. */
 static int key_create(const char *path, unsigned char key[PHY_AEAD_KEY_LEN], char *errbuf,
                       size_t errcap)
 {
-    int fd, rc;
+    char tmp[4096];
+    unsigned char nonce[8];
+    int fd = -1, rc;
 
-    fd = open(path, O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (phy_random_bytes(nonce, sizeof(nonce)) != 0 ||
+        phy_random_bytes(key, PHY_AEAD_KEY_LEN) != 0) {
+        snprintf(errbuf, errcap, "key file %s: no randomness", path);
+        return PHY_ECRYPTO;
+    }
+    if ((size_t)snprintf(tmp, sizeof(tmp), "%s.tmp-%02x%02x%02x%02x%02x%02x%02x%02x", path,
+                         nonce[0], nonce[1], nonce[2], nonce[3], nonce[4], nonce[5], nonce[6],
+                         nonce[7]) >= sizeof(tmp)) {
+        snprintf(errbuf, errcap, "key file path too long");
+        return PHY_EINVAL;
+    }
+    fd = open(tmp, O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0) {
-        if (errno == EEXIST)
-            return PHY_EEXIST;
         snprintf(errbuf, errcap, "key file %s: create: %s", path, strerror(errno));
         return PHY_EIO;
-    }
-    rc = phy_random_bytes(key, PHY_AEAD_KEY_LEN);
-    if (rc != 0) {
-        snprintf(errbuf, errcap, "key file %s: no randomness", path);
-        goto out_unlink;
     }
     if (write_full(fd, key, PHY_AEAD_KEY_LEN) != 0 || fsync(fd) != 0) {
         snprintf(errbuf, errcap, "key file %s: write: %s", path, strerror(errno));
@@ -376,16 +384,23 @@ static int key_create(const char *path, unsigned char key[PHY_AEAD_KEY_LEN], cha
         goto out_unlink;
     }
     fd = -1;
+    if (link(tmp, path) != 0) {
+        rc = errno == EEXIST ? PHY_EEXIST : PHY_EIO;
+        if (rc == PHY_EIO)
+            snprintf(errbuf, errcap, "key file %s: link: %s", path, strerror(errno));
+        goto out_unlink;
+    }
+    unlink(tmp);
     if (fsync_parent_dir(path) != 0) {
         snprintf(errbuf, errcap, "key file %s: cannot fsync its directory", path);
-        rc = PHY_EIO;
-        goto out_unlink;
+        return PHY_EIO;
     }
     return 0;
 out_unlink:
     if (fd >= 0)
         close(fd);
-    unlink(path);
+    unlink(tmp);
+    OPENSSL_cleanse(key, PHY_AEAD_KEY_LEN);
     return rc;
 }
 

@@ -77,8 +77,8 @@ static void test_reported_patch(void **state)
 {
     (void)state;
     struct dispatch_action a;
-    parse_str("{\"type\":\"reported.patch\",\"id\":\"r1\",\"patch\":{\"b\":null,\"a\":{\"c\":[1]}}}",
-              &a);
+    parse_str(
+        "{\"type\":\"reported.patch\",\"id\":\"r1\",\"patch\":{\"b\":null,\"a\":{\"c\":[1]}}}", &a);
     assert_int_equal(a.kind, DISPATCH_REPORTED_PATCH);
     assert_string_equal(a.id, "r1");
     assert_body(&a, "{\"a\":{\"c\":[1]},\"b\":null}");
@@ -230,8 +230,7 @@ static void test_patch_not_object(void **state)
                  "patch must be an object", NULL);
     expect_error("{\"type\":\"reported.patch\",\"patch\":\"{}\"}", "bad_message",
                  "patch must be an object", NULL);
-    expect_error("{\"type\":\"reported.patch\",\"id\":\"p\"}", "bad_message", "missing patch",
-                 "p");
+    expect_error("{\"type\":\"reported.patch\",\"id\":\"p\"}", "bad_message", "missing patch", "p");
     expect_error("{\"type\":\"status\",\"status\":1}", "bad_message", "status must be an object",
                  NULL);
     expect_error("{\"type\":\"status\",\"id\":\"s\"}", "bad_message", "missing status", "s");
@@ -349,8 +348,8 @@ static void test_patch_depth(void **state)
     expect_error(s, "too_deep", "patch nests deeper than 10 levels", "d");
     free(s);
     /* arrays count as levels */
-    expect_error("{\"type\":\"reported.patch\",\"patch\":{\"a\":[[[[[[[[[[1]]]]]]]]]]}}", "too_deep",
-                 NULL, NULL);
+    expect_error("{\"type\":\"reported.patch\",\"patch\":{\"a\":[[[[[[[[[[1]]]]]]]]]]}}",
+                 "too_deep", NULL, NULL);
     parse_str("{\"type\":\"reported.patch\",\"patch\":{\"a\":[[[[[[[[[1]]]]]]]]]}}", &a);
     assert_int_equal(a.kind, DISPATCH_REPORTED_PATCH);
     dispatch_action_clear(&a);

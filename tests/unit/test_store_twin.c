@@ -1,4 +1,5 @@
-/* Unit tests of the SQLite store's device side: twins, presence, auth, revoke/reset/delete, migration. */
+/* Unit tests of the SQLite store's device side: twins, presence, auth, revoke/reset/delete,
+ * migration. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -92,8 +93,7 @@ struct hash {
     char h[PHY_HASH_HEX_LEN + 1];
 };
 
-static struct hash H(unsigned i)
-{
+static struct hash H(unsigned i) {
     struct hash x;
     snprintf(x.h, sizeof x.h, "%064x", i);
     return x;
@@ -103,14 +103,14 @@ struct id {
     char s[PHY_DEVICE_ID_LEN + 1];
 };
 
-static struct id ID(unsigned i)
-{
+static struct id ID(unsigned i) {
     struct id x;
     snprintf(x.s, sizeof x.s, "dev_%026u", i);
     return x;
 }
 
-static unsigned char *test_seal(void *ctx, const char *serial, size_t *out_len)
+static unsigned char *
+test_seal(void *ctx, const char *serial, size_t *out_len)
 {
     size_t n = strlen(serial);
     unsigned char *b = malloc(n + 1);
@@ -287,8 +287,8 @@ static int get_outcome(struct fx *f, int64_t tenant, unsigned i)
     return out;
 }
 
-static void expect_twin(struct fx *f, int64_t tenant, unsigned i, const char *desired,
-                        int64_t dv, const char *reported, int64_t rv)
+static void expect_twin(struct fx *f, int64_t tenant, unsigned i, const char *desired, int64_t dv,
+                        const char *reported, int64_t rv)
 {
     struct store_device d;
     struct store_twin t;
@@ -329,8 +329,8 @@ static int del(struct fx *f, int64_t tenant, unsigned i)
 
 /* Lists with a filter, all pages of `page` rows; returns the ids as "n,n,..." of
  * device numbers (the last 4 digits of each id). */
-static void list_ids(struct fx *f, int64_t tenant, const struct store_device_filter *flt,
-                     int page, char *buf, size_t cap)
+static void list_ids(struct fx *f, int64_t tenant, const struct store_device_filter *flt, int page,
+                     char *buf, size_t cap)
 {
     char after[PHY_DEVICE_ID_LEN + 1] = "";
     size_t len = 0;
@@ -397,8 +397,8 @@ static void test_desired_versions(void **state)
     assert_int_equal(rpatch(f, 1, "{\"config_status\":{\"ok\":false,\"code\":2}}", &v, &ch),
                      STORE_OK);
     assert_int_equal(v, 2);
-    expect_twin(f, 1, 1, "{\"b\":{\"c\":[1,2]}}", 3, "{\"config_status\":{\"code\":2,\"ok\":false}}",
-                2);
+    expect_twin(f, 1, 1, "{\"b\":{\"c\":[1,2]}}", 3,
+                "{\"config_status\":{\"code\":2,\"ok\":false}}", 2);
 
     struct store_twin t;
     struct id id = ID(1);
@@ -427,8 +427,8 @@ static void test_desired_versions(void **state)
                      PHY_EINVAL);
     assert_int_equal(ops->reported_patch(f->s, id.s, "3", T0, &vv, &cc, &out), PHY_EINVAL);
     assert_int_equal(ops->desired_patch(f->s, 1, "", "{}", -1, &vv, &cc, &out), PHY_EINVAL);
-    expect_twin(f, 1, 1, "{\"b\":{\"c\":[1,2]}}", 3, "{\"config_status\":{\"code\":2,\"ok\":false}}",
-                2);
+    expect_twin(f, 1, 1, "{\"b\":{\"c\":[1,2]}}", 3,
+                "{\"config_status\":{\"code\":2,\"ok\":false}}", 2);
     assert_int_equal(rpatch(f, 99, "{}", NULL, NULL), STORE_NOT_FOUND);
 }
 
@@ -496,7 +496,8 @@ static void test_too_big(void **state)
     assert_int_equal(rpatch(f, 1, p, &v, &ch), STORE_TOO_BIG);
     free(p);
     /* Too deep: 11 levels. */
-    const char *deep = "{\"a\":{\"b\":{\"c\":{\"d\":{\"e\":{\"f\":{\"g\":{\"h\":{\"i\":{\"j\":{}}}}}}}}}}}";
+    const char *deep =
+        "{\"a\":{\"b\":{\"c\":{\"d\":{\"e\":{\"f\":{\"g\":{\"h\":{\"i\":{\"j\":{}}}}}}}}}}}";
     assert_int_equal(dpatch(f, 1, 1, deep, -1, &v, &ch), STORE_TOO_BIG);
     assert_int_equal(rpatch(f, 1, deep, &v, &ch), STORE_TOO_BIG);
 
@@ -618,17 +619,17 @@ static void test_patch_by_tag(void **state)
     free(pushes);
 
     /* A key with a dot is one key, not a path. */
-    assert_int_equal(ops->desired_patch_tag(f->s, 1, "rack.id", "7", "{\"r\":1}", &matched,
-                                            &pushes, &n, &out),
-                     0);
+    assert_int_equal(
+        ops->desired_patch_tag(f->s, 1, "rack.id", "7", "{\"r\":1}", &matched, &pushes, &n, &out),
+        0);
     assert_int_equal(matched, 1);
     assert_int_equal(n, 1);
     id = ID(6);
     assert_string_equal(pushes[0].device_id, id.s);
     free(pushes);
-    assert_int_equal(ops->desired_patch_tag(f->s, 1, "site", "zzz", "{\"r\":1}", &matched, &pushes,
-                                            &n, &out),
-                     0);
+    assert_int_equal(
+        ops->desired_patch_tag(f->s, 1, "site", "zzz", "{\"r\":1}", &matched, &pushes, &n, &out),
+        0);
     assert_int_equal(matched, 0);
     assert_int_equal(n, 0);
 
@@ -637,8 +638,8 @@ static void test_patch_by_tag(void **state)
     assert_int_equal(dpatch(f, 1, 2, p, -1, NULL, NULL), STORE_OK);
     free(p);
     p = big_patch("quarter", PHY_TWIN_MAX_BYTES / 3);
-    assert_int_equal(
-        ops->desired_patch_tag(f->s, 1, "site", "a", p, &matched, &pushes, &n, &out), 0);
+    assert_int_equal(ops->desired_patch_tag(f->s, 1, "site", "a", p, &matched, &pushes, &n, &out),
+                     0);
     assert_int_equal(out, STORE_TOO_BIG);
     assert_int_equal(n, 0);
     assert_null(pushes);
@@ -646,12 +647,12 @@ static void test_patch_by_tag(void **state)
     expect_twin(f, 1, 1, "{\"cfg\":{\"level\":3}}", 3, "{}", 0);
 
     /* Invalid keys and values. */
-    assert_int_equal(ops->desired_patch_tag(f->s, 1, "si te", "a", "{}", &matched, &pushes, &n,
-                                            &out),
-                     PHY_EINVAL);
-    assert_int_equal(ops->desired_patch_tag(f->s, 1, "a\"b", "a", "{}", &matched, &pushes, &n,
-                                            &out),
-                     PHY_EINVAL);
+    assert_int_equal(
+        ops->desired_patch_tag(f->s, 1, "si te", "a", "{}", &matched, &pushes, &n, &out),
+        PHY_EINVAL);
+    assert_int_equal(
+        ops->desired_patch_tag(f->s, 1, "a\"b", "a", "{}", &matched, &pushes, &n, &out),
+        PHY_EINVAL);
     assert_int_equal(ops->desired_patch_tag(f->s, 1, "", "a", "{}", &matched, &pushes, &n, &out),
                      PHY_EINVAL);
     assert_int_equal(

@@ -31,8 +31,8 @@ static void assert_json(const json_t *v, const char *want)
 
 /* Merges patch text into doc text; checks rc, the result (or the untouched doc on
  * failure), the changed flag and that the patch itself did not change. */
-static void check_merge(const char *doc_text, const char *patch_text, int want_rc,
-                        const char *want, int want_changed)
+static void check_merge(const char *doc_text, const char *patch_text, int want_rc, const char *want,
+                        int want_changed)
 {
     json_t *doc = parse(doc_text);
     json_t *patch = parse(patch_text);
