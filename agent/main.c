@@ -1,5 +1,6 @@
-/* phyagent: provisions a device by serial number through phyproxy and stores its credentials. */
+/* phyagent: provisions a device by serial number, then keeps it connected to its regional hub. */
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -17,7 +18,13 @@
 #include "phy/err.h"
 #include "phy/log.h"
 #include "prov.h"
+#include "session.h"
 #include "state.h"
+#include "sysinfo.h"
+
+#ifndef PHY_BUILD_EPOCH
+#define PHY_BUILD_EPOCH 0
+#endif
 
 #define AGENT_DEFAULT_ENDPOINT "portal-eu.phystack.com:443"
 #define AGENT_DEFAULT_INTERVAL 5
@@ -28,10 +35,12 @@
 #define PATH_CODE "/v1/provisioning/code"
 #define PATH_POLL "/v1/provisioning/poll"
 
-enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2 };
+enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2, EXIT_REVOKED = 3 };
 
-/* Set by SIGINT/SIGTERM; every wait checks it. */
+/* Set by SIGINT/SIGTERM; every wait checks it. The write end of the self-pipe wakes
+ * the connected phase's poll(2). */
 static volatile sig_atomic_t stop_requested;
+static int sig_pipe[2] = {-1, -1};
 
 struct agent_opts {
     char *serial;
@@ -45,6 +54,14 @@ struct agent_opts {
     long backoff_base_ms;
     long timeout;
     int verbose;
+    char *on_config;
+    long hook_timeout;
+    long status_interval;
+    long dead_after;
+    long reconnect_min;
+    long reconnect_max;
+    int reprovision_on_revoke;
+    int provision_only;
 };
 
 struct agent {
@@ -67,8 +84,14 @@ struct agent {
 
 static void on_signal(int sig)
 {
+    int saved = errno;
+
     (void)sig;
     stop_requested = 1;
+    if (sig_pipe[1] >= 0 && write(sig_pipe[1], "x", 1) < 0) {
+        /* full pipe: a wake-up is pending anyway */
+    }
+    errno = saved;
 }
 
 static int64_t mono_ms(void)
@@ -399,10 +422,9 @@ static int do_poll(struct agent *a)
     }
 }
 
-/* 1 when credentials.json exists and is valid (logged), 0 otherwise. */
-static int already_provisioned(struct agent *a)
+/* 1 when credentials.json exists and is valid (then in *c, logged), 0 otherwise. */
+static int load_credentials(struct agent *a, struct agent_creds *c)
 {
-    struct agent_creds c;
     char *text = NULL;
     size_t n = 0;
     int rc =
@@ -411,15 +433,15 @@ static int already_provisioned(struct agent *a)
 
     if (rc == PHY_ENOTFOUND)
         return 0;
-    if (rc == 0 && agent_prov_creds_parse(text, n, &c) == 0) {
-        phy_log(PHY_LOG_INFO, "already_provisioned", "device_id=%s serial=%s", c.device_id,
-                c.serial);
+    if (rc == 0 && agent_prov_creds_parse(text, n, c) == 0) {
+        phy_log(PHY_LOG_INFO, "already_provisioned", "device_id=%s serial=%s", c->device_id,
+                c->serial);
         ok = 1;
     } else {
+        OPENSSL_cleanse(c, sizeof *c);
         phy_log(PHY_LOG_WARN, "credentials_invalid",
                 "file=%s msg=\"unreadable; provisioning again\"", AGENT_STATE_CREDENTIALS);
     }
-    OPENSSL_cleanse(&c, sizeof c);
     if (text != NULL) {
         OPENSSL_cleanse(text, n);
         free(text);
@@ -433,7 +455,11 @@ static void usage(FILE *f, const struct phy_opt *opts)
                "--connect-addr ADDR:PORT) [options]\n\n"
                "Provisions this device: registers its serial number with the provisioning\n"
                "service, shows a fresh code (log and DIR/provisioning-code), polls until a\n"
-               "console user claims it, then stores DIR/credentials.json and exits 0.\n\n");
+               "console user claims it and stores DIR/credentials.json. Then (unless\n"
+               "--provision-only) keeps a WebSocket session to the regional hub: applies the\n"
+               "desired configuration to DIR/config.json and the --on-config hook, reports\n"
+               "status. Exit status: 0 stopped or provisioned with --provision-only, 1 state\n"
+               "or internal error, 2 usage, 3 device revoked or deleted.\n\n");
     phy_config_print_help(opts, f);
 }
 
@@ -471,6 +497,14 @@ static int configure(struct agent *a)
             return -1;
         }
     }
+    if (a->o.reconnect_min > a->o.reconnect_max) {
+        fprintf(stderr, "phyagent: --reconnect-min must not exceed --reconnect-max\n");
+        return -1;
+    }
+    if (a->o.on_config != NULL && a->o.on_config[0] == '\0') {
+        free(a->o.on_config); /* an empty INI value means no hook */
+        a->o.on_config = NULL;
+    }
     snprintf(a->ident, sizeof a->ident, "sn_%s", a->o.serial);
     a->copts.host = a->host;
     a->copts.port = a->port;
@@ -480,24 +514,16 @@ static int configure(struct agent *a)
     a->copts.proxy_ident = a->ident;
     a->copts.ca_file = a->o.ca;
     a->copts.timeout_ms = (int)a->o.timeout * 1000;
+    a->copts.cert_time_floor = (long long)PHY_BUILD_EPOCH;
     return 0;
 }
 
-static int run(struct agent *a)
+/* The provisioning phase: returns 0 once credentials.json was written, 1 when a
+ * stop was requested first. */
+static int provision(struct agent *a)
 {
-    char err[256];
-    int lock_fd = agent_state_open(a->o.state_dir, err, sizeof err);
-    int rc = EXIT_OK;
-
-    if (lock_fd < 0) {
-        char q[300];
-        phy_log(PHY_LOG_ERROR, "state_error", "err=%s", phy_log_quote(err, q, sizeof q));
-        return EXIT_FAIL;
-    }
-    phy_log(PHY_LOG_INFO, "start", "serial=%s ident=%s endpoint=%s:%u via=%s", a->o.serial,
-            a->ident, a->host, a->port, a->o.proxy != NULL ? "proxy" : "direct");
-    if (already_provisioned(a))
-        goto out;
+    a->interval = AGENT_DEFAULT_INTERVAL;
+    a->attempt = 0;
     load_registration(a); /* a fresh code is asked for right away either way */
     while (!stop_requested) {
         if (!a->have_reg) {
@@ -512,9 +538,91 @@ static int run(struct agent *a)
         if (do_poll(a) != 0)
             break;
     }
-    if (stop_requested)
-        phy_log(PHY_LOG_INFO, "stop", "reason=signal");
-out:
+    return stop_requested ? 1 : 0;
+}
+
+/* The connected phase with the stored credentials. */
+static enum agent_session_outcome connected(struct agent *a, const struct agent_creds *c)
+{
+    struct agent_session_cfg cfg;
+
+    memset(&cfg, 0, sizeof cfg);
+    cfg.state_dir = a->o.state_dir;
+    cfg.creds = c;
+    cfg.proxy_host = a->copts.proxy_host;
+    cfg.proxy_port = a->proxy_port;
+    cfg.connect_addr = a->o.connect_addr;
+    cfg.ca_file = a->o.ca;
+    cfg.timeout_ms = (int)a->o.timeout * 1000;
+    cfg.cert_time_floor = (long long)PHY_BUILD_EPOCH;
+    cfg.on_config = a->o.on_config;
+    cfg.hook_timeout_s = a->o.hook_timeout;
+    cfg.status_interval_s = a->o.status_interval;
+    cfg.dead_after_s = a->o.dead_after;
+    cfg.reconnect_min_s = a->o.reconnect_min;
+    cfg.reconnect_max_s = a->o.reconnect_max;
+    cfg.sig_fd = sig_pipe[0];
+    cfg.stop_flag = &stop_requested;
+    return agent_session_run(&cfg);
+}
+
+static int run(struct agent *a)
+{
+    char err[256];
+    int lock_fd = agent_state_open(a->o.state_dir, err, sizeof err);
+    int rc = EXIT_OK;
+
+    if (lock_fd < 0) {
+        char q[300];
+        phy_log(PHY_LOG_ERROR, "state_error", "err=%s", phy_log_quote(err, q, sizeof q));
+        return EXIT_FAIL;
+    }
+    phy_log(PHY_LOG_INFO, "start", "serial=%s ident=%s endpoint=%s:%u via=%s version=%s",
+            a->o.serial, a->ident, a->host, a->port, a->o.proxy != NULL ? "proxy" : "direct",
+            AGENT_VERSION);
+    for (;;) {
+        struct agent_creds c;
+        enum agent_session_outcome out;
+
+        if (!load_credentials(a, &c)) {
+            if (provision(a) != 0) {
+                phy_log(PHY_LOG_INFO, "stop", "reason=signal");
+                break;
+            }
+            if (a->o.provision_only)
+                break;
+            if (!load_credentials(a, &c)) {
+                phy_log(PHY_LOG_ERROR, "state_error",
+                        "file=%s msg=\"cannot read back the stored credentials\"",
+                        AGENT_STATE_CREDENTIALS);
+                rc = EXIT_FAIL;
+                break;
+            }
+        } else if (a->o.provision_only) {
+            OPENSSL_cleanse(&c, sizeof c);
+            break;
+        }
+        out = connected(a, &c);
+        OPENSSL_cleanse(&c, sizeof c);
+        if (out == AGENT_SESSION_STOPPED)
+            break;
+        if (out == AGENT_SESSION_FAILED) {
+            rc = EXIT_FAIL;
+            break;
+        }
+        if (!a->o.reprovision_on_revoke) {
+            phy_log(PHY_LOG_ERROR, "exit", "code=%d reason=revoked", EXIT_REVOKED);
+            rc = EXIT_REVOKED;
+            break;
+        }
+        if (agent_state_remove(a->o.state_dir, AGENT_STATE_CREDENTIALS) != 0) {
+            phy_log(PHY_LOG_ERROR, "state_error", "op=remove file=%s", AGENT_STATE_CREDENTIALS);
+            rc = EXIT_FAIL;
+            break;
+        }
+        phy_log(PHY_LOG_WARN, "reprovision",
+                "serial=%s msg=\"credentials deleted; provisioning again\"", a->o.serial);
+    }
     OPENSSL_cleanse(a->poll_token, sizeof a->poll_token);
     close(lock_fd);
     return rc;
@@ -532,6 +640,11 @@ int main(int argc, char **argv)
     a.o.backoff_max = 300;
     a.o.backoff_base_ms = 1000;
     a.o.timeout = 10;
+    a.o.hook_timeout = 60;
+    a.o.status_interval = 60;
+    a.o.dead_after = 90;
+    a.o.reconnect_min = 1;
+    a.o.reconnect_max = 300;
     a.interval = AGENT_DEFAULT_INTERVAL;
 
     const struct phy_opt opts[] = {
@@ -553,6 +666,22 @@ int main(int argc, char **argv)
         {"timeout", PHY_OPT_INT, &a.o.timeout, 1, 600,
          "network timeout per connect/read/write in seconds (default 10)"},
         {"verbose", PHY_OPT_BOOL, &a.o.verbose, 0, 0, "log debug events too"},
+        {"on-config", PHY_OPT_STR, &a.o.on_config, 0, 0,
+         "command run by /bin/sh -c after config.json changed (config on stdin)"},
+        {"hook-timeout", PHY_OPT_INT, &a.o.hook_timeout, 1, 86400,
+         "seconds before the --on-config hook is killed (default 60)"},
+        {"status-interval", PHY_OPT_INT, &a.o.status_interval, 1, 86400,
+         "seconds between status reports to the hub (default 60)"},
+        {"dead-after", PHY_OPT_INT, &a.o.dead_after, 1, 86400,
+         "reconnect when nothing came from the hub for this many seconds (default 90)"},
+        {"reconnect-min", PHY_OPT_INT, &a.o.reconnect_min, 1, 86400,
+         "smallest reconnect delay in seconds (default 1)"},
+        {"reconnect-max", PHY_OPT_INT, &a.o.reconnect_max, 1, 86400,
+         "largest reconnect delay in seconds (default 300)"},
+        {"reprovision-on-revoke", PHY_OPT_BOOL, &a.o.reprovision_on_revoke, 0, 0,
+         "when revoked, delete the credentials and provision again instead of exiting 3"},
+        {"provision-only", PHY_OPT_BOOL, &a.o.provision_only, 0, 0,
+         "exit 0 once provisioned (or at once when credentials exist)"},
         {NULL, PHY_OPT_STR, NULL, 0, 0, NULL},
     };
 
@@ -574,6 +703,11 @@ int main(int argc, char **argv)
     }
     phy_log_init("phyagent", a.o.verbose ? PHY_LOG_DEBUG : PHY_LOG_INFO);
 
+    if (pipe2(sig_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
+        fprintf(stderr, "phyagent: pipe: %s\n", strerror(errno));
+        phy_config_free(opts);
+        return EXIT_FAIL;
+    }
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_signal;
     sigemptyset(&sa.sa_mask);

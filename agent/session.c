@@ -517,6 +517,35 @@ static int ws_io(struct life *l, short revents)
     return 0;
 }
 
+/* After the close handshake the server closes the TCP connection first (RFC 6455
+ * section 7.1.1): waiting for its EOF, bounded by ms, keeps our close from arriving
+ * after its own and turning into a reset. */
+static void await_eof(struct life *l, int64_t ms)
+{
+    int64_t deadline = mono_ms() + ms;
+    char buf[512];
+
+    for (;;) {
+        int ww = 0;
+        int r = phy_client_conn_read(l->conn, buf, sizeof buf, &ww);
+        int64_t left;
+        struct pollfd p;
+
+        if (r > 0)
+            continue;
+        if (r != PHY_EAGAIN)
+            return; /* EOF or error */
+        left = deadline - mono_ms();
+        if (left <= 0)
+            return;
+        p.fd = phy_client_conn_fd(l->conn);
+        p.events = ww ? POLLOUT : POLLIN;
+        p.revents = 0;
+        if (poll(&p, 1, (int)left) < 0 && errno != EINTR)
+            return;
+    }
+}
+
 /* Starts the clean close on a stop signal: close 1000, hook asked to terminate. */
 static void begin_stop(struct life *l)
 {
@@ -561,6 +590,11 @@ static enum end session_loop(struct life *l)
         short ev = 0;
 
         if (!wslay_event_want_read(l->ws) && !wslay_event_want_write(l->ws)) {
+            int64_t budget = AGENT_CLOSE_EOF_WAIT_MS;
+
+            if (l->stop_deadline_ms != 0 && l->stop_deadline_ms - mono_ms() < budget)
+                budget = l->stop_deadline_ms - mono_ms();
+            await_eof(l, budget);
             reason = "closed";
             break;
         }
@@ -636,8 +670,11 @@ out:
             break;
         }
     }
-    phy_log(PHY_LOG_INFO, "session_end", "reason=%s close_code=%d duration_s=%lld",
-            l->close_code != 0 && strcmp(reason, "closed") == 0 ? "hub_closed" : reason,
+    if (l->stop)
+        reason = "stop";
+    else if (l->close_code != 0 && strcmp(reason, "closed") == 0)
+        reason = "hub_closed";
+    phy_log(PHY_LOG_INFO, "session_end", "reason=%s close_code=%d duration_s=%lld", reason,
             l->close_code, (long long)((mono_ms() - l->session_start_ms) / 1000));
     session_close(l);
     return end;

@@ -11,6 +11,7 @@
 #define AGENT_CONFIG_MAX (256 * 1024) /* config.json read back for comparison */
 #define AGENT_WS_MAX_MSG (256 * 1024) /* largest hub message accepted */
 #define AGENT_STOP_CLOSE_WAIT_MS 2000 /* after our close 1000 on SIGTERM */
+#define AGENT_CLOSE_EOF_WAIT_MS 1000  /* for the hub's TCP close after the close handshake */
 #define AGENT_STABLE_SESSION_S 60     /* a session this long resets the reconnect backoff */
 
 /* Everything the connected life needs; all borrowed for the duration of the call. */

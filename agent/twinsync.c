@@ -60,7 +60,7 @@ static long long take_id(struct agent_sync *s, long long *id)
 /* Serializes and releases msg (NULL-safe). */
 static char *dump(json_t *msg)
 {
-    char *text = msg != NULL ? json_dumps(msg, JSON_COMPACT) : NULL;
+    char *text = msg != NULL ? json_dumps(msg, JSON_COMPACT | JSON_REAL_PRECISION(10)) : NULL;
 
     json_decref(msg);
     return text;
@@ -110,6 +110,28 @@ static long long get_count(const json_t *o, const char *key)
 
     return json_is_integer(v) && json_integer_value(v) >= 0 ? (long long)json_integer_value(v)
                                                             : -1;
+}
+
+/* A message id: an integer, or the decimal text of one (the hub echoes ids as
+ * strings). 0 when absent or anything else. */
+static long long get_id(const json_t *v)
+{
+    const char *s;
+    long long n = 0;
+
+    if (json_is_integer(v))
+        return (long long)json_integer_value(v);
+    if (!json_is_string(v))
+        return 0;
+    s = json_string_value(v);
+    if (s[0] == '\0' || json_string_length(v) > 18)
+        return 0;
+    for (; *s != '\0'; s++) {
+        if (*s < '0' || *s > '9')
+            return 0;
+        n = n * 10 + (*s - '0');
+    }
+    return n;
 }
 
 static void copy_str(char *dst, size_t cap, const json_t *v)
@@ -211,7 +233,7 @@ void agent_sync_handle(struct agent_sync *s, const char *text, size_t n,
     }
     copy_str(ev->type, sizeof ev->type, type);
     id = json_object_get(msg, "id");
-    ev->id = json_is_integer(id) ? (long long)json_integer_value(id) : 0;
+    ev->id = get_id(id);
 
     if (strcmp(ev->type, "twin") == 0) {
         on_twin(s, msg, ev);

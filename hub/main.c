@@ -52,7 +52,9 @@ static void print_help(const struct phy_opt *opts)
     printf("usage: phyhub [options]            run the hub\n"
            "       phyhub admin --db PATH tenant-add NAME --region R\n"
            "       phyhub admin --db PATH user-add TENANT USER   (password on stdin)\n"
-           "       phyhub admin --db PATH token-add TENANT USER  (prints an API token)\n\n"
+           "       phyhub admin --db PATH token-add TENANT USER  (prints an API token)\n"
+           "       phyhub admin --db PATH device-add-bulk N --tenant T [--tag K:V]\n"
+           "                    (load tests: N provisioned devices, credentials as JSON lines)\n\n"
            "options (each also a key in the --config INI file):\n");
     phy_config_print_help(opts, stdout);
 }
@@ -148,12 +150,78 @@ static int admin_outcome(int outcome, const char *what)
     }
 }
 
+#define BULK_MAX 1000000
+
+/* Creates N provisioned devices for load tests and prints their credentials as
+ * JSON lines on stdout (the only place the secrets ever appear). */
+static int admin_device_add_bulk(const struct phy_store_ops *ops, const char *count,
+                                 const char *tenant, const char *tag)
+{
+    char *end, tags[160], prefix[17];
+    unsigned char rnd[8];
+    long n = strtol(count, &end, 10);
+    int rc = 1, outcome = 0;
+    if (*end || end == count || n < 1 || n > BULK_MAX) {
+        fprintf(stderr, "phyhub admin: device-add-bulk N: N must be 1..%d\n", BULK_MAX);
+        return 2;
+    }
+    if (!tenant) {
+        fprintf(stderr, "phyhub admin: device-add-bulk needs --tenant\n");
+        return 2;
+    }
+    const char *colon = tag ? strchr(tag, ':') : NULL;
+    if (tag && (!colon || colon == tag || strlen(colon + 1) == 0 || strlen(tag) > 100 ||
+                strpbrk(tag, "\"\\") != NULL)) {
+        fprintf(stderr, "phyhub admin: --tag must be K:V\n");
+        return 2;
+    }
+    if (tag)
+        snprintf(tags, sizeof(tags), "{\"%.*s\":\"%s\"}", (int)(colon - tag), tag, colon + 1);
+    else
+        snprintf(tags, sizeof(tags), "{\"fleet\":\"bulk\"}");
+    struct bulk {
+        char id[PHY_DEVICE_ID_LEN + 1], secret[PHY_TOKEN_LEN + 1], hash[PHY_HASH_HEX_LEN + 1];
+        char serial[40];
+    } *b = calloc((size_t)n, sizeof(*b));
+    struct store_new_device *d = calloc((size_t)n, sizeof(*d));
+    if (!b || !d || phy_random_bytes(rnd, sizeof(rnd)) < 0)
+        goto out;
+    snprintf(prefix, sizeof(prefix), "%02x%02x%02x%02x%02x%02x%02x%02x", rnd[0], rnd[1], rnd[2],
+             rnd[3], rnd[4], rnd[5], rnd[6], rnd[7]);
+    for (long i = 0; i < n; i++) {
+        if (phy_device_id_new(b[i].id) < 0 || phy_token_new(b[i].secret) < 0 ||
+            phy_sha256_hex(b[i].secret, PHY_TOKEN_LEN, b[i].hash) < 0)
+            goto out;
+        snprintf(b[i].serial, sizeof(b[i].serial), "BULK-%s-%ld", prefix, i);
+        d[i] = (struct store_new_device){b[i].id, b[i].serial, b[i].hash, tags};
+    }
+    if (ops->devices_add_bulk(g_hub.store, tenant, d, (size_t)n, hub_now_ms(), &outcome) < 0) {
+        fprintf(stderr, "phyhub admin: device-add-bulk failed in the store\n");
+        goto out;
+    }
+    if (admin_outcome(outcome, "device-add-bulk") != 0)
+        goto out;
+    for (long i = 0; i < n; i++)
+        printf("{\"device_id\":\"%s\",\"device_secret\":\"%s\",\"serial\":\"%s\","
+               "\"tenant\":\"%s\"}\n",
+               b[i].id, b[i].secret, b[i].serial, tenant);
+    rc = fflush(stdout) == 0 ? 0 : 1;
+out:
+    if (b)
+        OPENSSL_cleanse(b, (size_t)n * sizeof(*b));
+    free(b);
+    free(d);
+    return rc;
+}
+
 static int admin_main(int argc, char **argv)
 {
-    char *db = NULL, *region = NULL;
+    char *db = NULL, *region = NULL, *tenant = NULL, *tag = NULL;
     int help = 0;
     const struct phy_opt opts[] = {
         {"db", PHY_OPT_STR, &db, 0, 0, "SQLite store file (required)"},
+        {"tenant", PHY_OPT_STR, &tenant, 0, 0, "tenant for device-add-bulk"},
+        {"tag", PHY_OPT_STR, &tag, 0, 0, "K:V tag for device-add-bulk (default fleet:bulk)"},
         {"region", PHY_OPT_STR, &region, 0, 0, "tenant's region for tenant-add (eu, au, uae, ...)"},
         {0},
     };
@@ -210,6 +278,8 @@ static int admin_main(int argc, char **argv)
                 printf("%s\n", token); /* shown once; only its hash is stored */
         }
         OPENSSL_cleanse(token, sizeof(token));
+    } else if (strcmp(pos[0], "device-add-bulk") == 0 && npos == 2) {
+        rc = admin_device_add_bulk(ops, pos[1], tenant, tag);
     } else {
         fprintf(stderr, "phyhub admin: unknown command or wrong arguments (see --help)\n");
     }

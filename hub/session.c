@@ -270,7 +270,12 @@ void session_authorize(struct hub *h, const struct api_request *req, struct api_
                                                    : "unknown device or wrong secret");
         goto out;
     }
-    if (h->store_ops->session_open(h->store, device_id, hub_now_ms()) < 0) {
+    int rc = h->store_ops->session_open(h->store, device_id, hub_now_ms());
+    if (rc == PHY_ENOTFOUND) { /* revoked or deleted since the check above */
+        auth_refused(res, "device revoked");
+        goto out;
+    }
+    if (rc < 0) {
         api_error(res, 503, "store_unavailable", "the store failed; retry later");
         goto out;
     }

@@ -104,6 +104,11 @@ struct store_push {
     int64_t version;
 };
 
+/* A device created directly by an operator (bulk load for tests and benchmarks). */
+struct store_new_device {
+    const char *device_id, *serial, *secret_hash, *tags_json;
+};
+
 /* Device list filter: presence -1 any, 0 offline, 1 online; tag_key NULL = any. */
 struct store_device_filter {
     int presence;
@@ -163,6 +168,21 @@ struct phy_store_ops {
     /* Counts failures since since_ms for the user and for the whole tenant. */
     int (*claim_failure_count)(struct store *s, int64_t tenant_id, int64_t user_id,
                                int64_t since_ms, int *user_count, int *tenant_count);
+    /* Race-free throttle for one claim: in one transaction counts the failures since
+     * since_ms for the user and the tenant and, when both are under their limits,
+     * records a provisional failure (an attempt in flight counts as failed until it
+     * is forgiven, so concurrent guesses cannot overshoot) and sets *allowed = 1
+     * and *attempt_id. */
+    int (*claim_attempt_begin)(struct store *s, int64_t tenant_id, int64_t user_id,
+                               int64_t now_ms, int64_t since_ms, int user_limit,
+                               int tenant_limit, int *allowed, int64_t *attempt_id);
+    /* Creates already-provisioned devices of a tenant in one transaction (all or none:
+     * EXISTS when an ID or serial clashes, NOT_FOUND for an unknown tenant). */
+    int (*devices_add_bulk)(struct store *s, const char *tenant,
+                            const struct store_new_device *devs, size_t n, int64_t now_ms,
+                            int *outcome);
+    /* Removes the provisional failure of an attempt that did not fail. */
+    int (*claim_attempt_forgive)(struct store *s, int64_t attempt_id);
     /* Housekeeping: deletes lapsed registrations, purges sealed bodies whose grace
      * ended, expired codes, throttle rows older than keep_failures_ms. */
     int (*sweep)(struct store *s, const struct store_prov_params *p, int64_t keep_failures_ms);

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -467,10 +468,17 @@ static int sq_open(const char *url, struct store **out, char *err, size_t errcap
     /* The file holds password hashes and sealed issuances: create it owner-only
      * (SQLite gives its -wal and -shm files the same mode). */
     if (url[0] != ':' && strncmp(url, "file:", 5) != 0) {
+        struct stat stt;
         int fd = open(url, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
         if (fd < 0) {
             set_err(err, errcap, "open %s: %s", url, strerror(errno));
             return PHY_EIO;
+        }
+        if (fstat(fd, &stt) != 0 || (stt.st_mode & 077) != 0) {
+            set_err(err, errcap, "store %s is readable by group or others (mode %04o); chmod 600 it",
+                    url, (unsigned)(stt.st_mode & 07777));
+            close(fd);
+            return PHY_EINVAL;
         }
         close(fd);
     }
@@ -1153,6 +1161,102 @@ static int sq_claim_failure_count(struct store *s, int64_t tenant_id, int64_t us
         *tenant_count = t > INT_MAX ? INT_MAX : (int)t;
     }
     return rc;
+}
+
+static int sq_devices_add_bulk(struct store *s, const char *tenant,
+                               const struct store_new_device *devs, size_t n, int64_t now_ms,
+                               int *outcome)
+{
+    sqlite3_stmt *st = NULL;
+    int64_t tid = 0;
+    int rc;
+    if (!s || !outcome || !str_ok(tenant, STORE_NAME_MAX) || (n && !devs))
+        return PHY_EINVAL;
+    for (size_t i = 0; i < n; i++)
+        if (!serial_ok(devs[i].serial) || !hash_ok(devs[i].secret_hash) ||
+            strncmp(devs[i].device_id, "dev_", 4) != 0)
+            return PHY_EINVAL;
+    if ((rc = tx_begin(s, 1)))
+        return rc;
+    rc = tenant_id_of(s, tenant, &tid);
+    if (rc < 0)
+        goto out;
+    if (rc == 0) {
+        *outcome = STORE_NOT_FOUND;
+        rc = 0;
+        goto out;
+    }
+    *outcome = STORE_OK;
+    rc = q_prep(s, &st,
+                "INSERT INTO devices(device_id, tenant_id, serial, name, tags_json, secret_hash,"
+                " state, created_ms) VALUES (?1, ?2, ?3, NULL, ?4, ?5, 'provisioned', ?6)",
+                "");
+    if (rc)
+        goto out;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        sqlite3_reset(st);
+        sqlite3_bind_text(st, 1, devs[i].device_id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, tid);
+        sqlite3_bind_text(st, 3, devs[i].serial, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 4, devs[i].tags_json ? devs[i].tags_json : "{}", -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 5, devs[i].secret_hash, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 6, now_ms);
+        int step = sqlite3_step(st);
+        if (step != SQLITE_DONE)
+            rc = step_err(s);
+    }
+    if (rc == PHY_EEXIST) {
+        *outcome = STORE_EXISTS;
+        rc = PHY_EEXIST; /* roll the whole batch back */
+    }
+out:
+    sqlite3_finalize(st);
+    rc = tx_end(s, rc);
+    return rc == PHY_EEXIST ? 0 : rc;
+}
+
+static int sq_claim_attempt_begin(struct store *s, int64_t tenant_id, int64_t user_id,
+                                  int64_t now_ms, int64_t since_ms, int user_limit,
+                                  int tenant_limit, int *allowed, int64_t *attempt_id)
+{
+    int64_t u = 0, t = 0;
+    int rc;
+    if (!s || !allowed || !attempt_id)
+        return PHY_EINVAL;
+    *allowed = 0;
+    if ((rc = tx_begin(s, 1)))
+        return rc;
+    rc = q_int(s, &u,
+               "SELECT count(*) FROM claim_failures WHERE tenant_id = ? AND user_id = ? AND "
+               "at_ms >= ?",
+               "iii", tenant_id, user_id, since_ms);
+    if (rc >= 0)
+        rc = q_int(s, &t, "SELECT count(*) FROM claim_failures WHERE tenant_id = ? AND at_ms >= ?",
+                   "ii", tenant_id, since_ms);
+    if (rc < 0)
+        goto out;
+    rc = 0;
+    if (u >= user_limit || t >= tenant_limit)
+        goto out;
+    rc = q_exec(s, NULL, "INSERT INTO claim_failures(tenant_id, user_id, at_ms) VALUES (?, ?, ?)",
+                "iii", tenant_id, user_id, now_ms);
+    if (rc == 0) {
+        *attempt_id = sqlite3_last_insert_rowid(s->db);
+        *allowed = 1;
+    }
+out:
+    return tx_end(s, rc);
+}
+
+static int sq_claim_attempt_forgive(struct store *s, int64_t attempt_id)
+{
+    int rc;
+    if (!s)
+        return PHY_EINVAL;
+    if ((rc = tx_begin(s, 1)))
+        return rc;
+    rc = q_exec(s, NULL, "DELETE FROM claim_failures WHERE rowid = ?", "i", attempt_id);
+    return tx_end(s, rc);
 }
 
 static int sq_sweep(struct store *s, const struct store_prov_params *p, int64_t keep_failures_ms)
@@ -2057,6 +2161,9 @@ const struct phy_store_ops store_sqlite_ops = {
     .claim = sq_claim,
     .claim_failure_add = sq_claim_failure_add,
     .claim_failure_count = sq_claim_failure_count,
+    .claim_attempt_begin = sq_claim_attempt_begin,
+    .devices_add_bulk = sq_devices_add_bulk,
+    .claim_attempt_forgive = sq_claim_attempt_forgive,
     .sweep = sq_sweep,
     .devices_list = sq_devices_list,
     .device_get = sq_device_get,

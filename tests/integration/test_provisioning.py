@@ -179,7 +179,7 @@ def start_agent(serial):
     agent = Daemon([binary("phyagent"), "--serial", serial, "--state-dir", state,
                     "--proxy", "127.0.0.1:%d" % S["proxy_port"], "--ca", S["pki"]["ca"],
                     "--provisioning-endpoint", HOST + ":443", "--code-rotation", "2",
-                    "--backoff-base-ms", "100", "--backoff-max", "1"],
+                    "--backoff-base-ms", "100", "--backoff-max", "1", "--provision-only"],
                    "phyagent-" + serial, S["dir"])
     S["logs"].append(agent)
     return agent, state

@@ -235,7 +235,7 @@ static void test_tags_kv_and_ids(void **state)
     json_decref(t);
 
     assert_true(ctl_device_id_valid("dev_abcdefghijklmnopqrstuvwxyz"));
-    assert_true(ctl_device_id_valid("dev_234567abcdefghijklmnopqr"));
+    assert_true(ctl_device_id_valid("dev_234567abcdefghijklmnopqrst"));
     assert_false(ctl_device_id_valid("dev_abcdefghijklmnopqrstuvwxy"));
     assert_false(ctl_device_id_valid("dev_abcdefghijklmnopqrstuvwxyz2"));
     assert_false(ctl_device_id_valid("dev_ABCDEFGHIJKLMNOPQRSTUVWXYZ"));
@@ -278,7 +278,7 @@ static void test_print_device(void **state)
                              "last_status      {\"uptime\":5}\n"
                              "desired (version 3):\n"
                              "  {\n"
-                             "    \"a\": \"x\\u001b\",\n"
+                             "    \"a\": \"x\\u001B\",\n"
                              "    \"b\": {\n"
                              "      \"c\": 1\n"
                              "    }\n"
@@ -306,7 +306,7 @@ static void test_format_event(void **state)
     assert_string_equal(line, "2026-02-02T00:00:00Z reported dev_y {\"version\":4,\"patch\":{\"a\":1}}");
     ctl_format_event("odd\x1b", "not json\x07", now, line, sizeof line);
     assert_string_equal(line, "2026-02-02T00:00:00Z odd? - not json?");
-    ctl_format_event("offline", "{\"at\":\"2026-01-01T00:00:09Z\",\"device_id\":\"d\x1b\"}", now,
+    ctl_format_event("offline", "{\"at\":\"2026-01-01T00:00:09Z\",\"device_id\":\"d\\u001b\"}", now,
                      line, sizeof line);
     assert_string_equal(line, "2026-01-01T00:00:09Z offline d?");
 }

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "phy/err.h"
@@ -1169,6 +1170,7 @@ static void test_migration_v1(void **state)
     raw_exec(f->path, V1_SCHEMA_SQL);
     raw_exec(f->path, sql);
     assert_int_equal(raw_int(f, "PRAGMA user_version"), 1);
+    assert_int_equal(chmod(f->path, 0600), 0); /* the store refuses group/other access */
 
     fx_open(f);
     assert_int_equal(raw_int(f, "PRAGMA user_version"), 2);

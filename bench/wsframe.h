@@ -1,0 +1,42 @@
+/* Minimal WebSocket client framing for the load client (RFC 6455): masked frames out,
+ * unmasked frames in, no I/O. */
+#ifndef PHY_BENCH_WSFRAME_H
+#define PHY_BENCH_WSFRAME_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum wsf_opcode {
+    WSF_CONT = 0x0,
+    WSF_TEXT = 0x1,
+    WSF_BINARY = 0x2,
+    WSF_CLOSE = 0x8,
+    WSF_PING = 0x9,
+    WSF_PONG = 0xa,
+};
+
+#define WSF_MAX_HEADER 14      /* 2 + 8 (length) + 4 (mask) */
+#define WSF_MAX_CONTROL 125    /* control frame payload limit */
+
+/* One parsed frame. payload borrows from the buffer given to wsf_parse. */
+struct wsf_frame {
+    int fin;
+    int opcode;
+    const uint8_t *payload;
+    size_t len;
+};
+
+/* Parses one server-to-client frame at buf[0..n). Returns the frame's total size
+ * (header + payload, > 0) with *f filled; PHY_EAGAIN when buf holds only part of it;
+ * PHY_EPROTO when the frame is not valid from a server (masked, reserved bits set,
+ * unknown opcode, control frame fragmented or over 125 bytes) or its payload is over
+ * max_payload (at most 1 MiB). */
+int wsf_parse(const uint8_t *buf, size_t n, size_t max_payload, struct wsf_frame *f);
+
+/* Writes one final (FIN) client frame with the given mask into out (capacity cap).
+ * Returns the frame size, or PHY_ETOOBIG when cap < len + WSF_MAX_HEADER or
+ * len > 1 MiB. */
+int wsf_encode(int opcode, const uint8_t *payload, size_t len, const uint8_t mask[4],
+               uint8_t *out, size_t cap);
+
+#endif

@@ -1,0 +1,453 @@
+"""phyagent's connected life end to end: phyhub (eu, provisioning + device hub) +
+phyproxy + phyagent + phyctl on loopback. Provisioning through the proxy, the WSS
+session (twin, status, desired pushes into config.json and the --on-config hook,
+reported config_status), restart catch-up, hub restart, replacement (4000), dead-hub
+detection, SIGTERM, revocation (exit 3) and --reprovision-on-revoke. A small raw
+WebSocket client written here (Python standard library) plays the second session."""
+
+import base64
+import hashlib
+import json
+import os
+import re
+import signal
+import socket
+import ssl
+import stat
+import struct
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import phytest  # noqa: E402
+from phytest import Daemon, binary, wait_until  # noqa: E402
+
+HOST = "portal-eu.phystack.com"
+S = {}
+SECRETS = set()
+
+HOOK = r"""#!/bin/sh
+input=$(cat)
+printf '%s\n' "$input" > "$(dirname "$0")/hook-input-$PHY_DEVICE_ID.json"
+echo "applied version $PHY_CONFIG_VERSION"
+case "$input" in *slow*) sleep 30;; esac
+case "$input" in *fail*) echo "boom" >&2; exit 7;; esac
+exit 0
+"""
+
+
+def admin(*args, stdin=None):
+    res = subprocess.run([binary("phyhub"), "admin", "--db", S["db"]] + list(args),
+                         input=stdin, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    return res.stdout.strip()
+
+
+def start_hub():
+    n = S.get("hub_runs", 0) + 1
+    S["hub_runs"] = n
+    hub = Daemon([binary("phyhub"), "--region", "eu", "--listen", "127.0.0.1:%d" % S["hub_port"],
+                  "--db", S["db"], "--tls-cert", S["pki"]["cert"], "--tls-key", S["pki"]["key"],
+                  "--provisioning", "--public-endpoint", HOST + ":443", "--poll-interval", "1",
+                  "--ping-interval", "1", "--ping-timeout", "4", "--header-timeout", "5"],
+                 "phyhub-%d" % n, S["dir"])
+    hub.wait_port(S["hub_port"])
+    S["hub"] = hub
+    S["logs"].append(hub)
+    return hub
+
+
+def setup():
+    S["dir"] = phytest.tmpdir("agent-wss")
+    S["logs"] = []
+    S["pki"] = phytest.make_ca(S["dir"], [HOST, "localhost"])
+    S["db"] = os.path.join(S["dir"], "eu.db")
+    S["hub_port"] = phytest.free_port()
+    S["proxy_port"] = phytest.free_port()
+    admin("tenant-add", "acme", "--region", "eu")
+    admin("user-add", "acme", "alice", stdin="correct horse battery\n")
+    S["token"] = admin("token-add", "acme", "alice")
+    SECRETS.add(S["token"])
+    S["hook"] = os.path.join(S["dir"], "hook.sh")
+    with open(S["hook"], "w") as f:
+        f.write(HOOK)
+    os.chmod(S["hook"], 0o755)
+    start_hub()
+    proxy = Daemon([binary("phyproxy"), "--listen", "127.0.0.1:%d" % S["proxy_port"],
+                    "--route", "%s=127.0.0.1:%d" % (HOST, S["hub_port"]),
+                    "--allow", "portal-*.phystack.com:443", "--idle-timeout", "30"],
+                   "phyproxy", S["dir"])
+    proxy.wait_port(S["proxy_port"])
+    S["proxy"] = proxy
+    S["logs"].append(proxy)
+
+
+def teardown():
+    for d in S.get("logs", []):
+        d.kill()
+
+
+def phyctl(*args):
+    env = dict(os.environ, PHY_TOKEN=S["token"])
+    res = subprocess.run([binary("phyctl"), "--url", "https://127.0.0.1:%d" % S["hub_port"],
+                          "--ca", S["pki"]["ca"], "--json"] + list(args), env=env,
+                         capture_output=True, text=True, timeout=60)
+    return res.returncode, res.stdout, res.stderr
+
+
+def device(dev_id):
+    rc, out, err = phyctl("devices", "get", dev_id)
+    assert rc == 0, err
+    return json.loads(out)
+
+
+def start_agent(serial, *extra, name=None):
+    state = os.path.join(S["dir"], "agent-" + serial)
+    os.makedirs(state, exist_ok=True)
+    n = S.setdefault("agent_runs", {}).get(serial, 0) + 1
+    S["agent_runs"][serial] = n
+    agent = Daemon([binary("phyagent"), "--serial", serial, "--state-dir", state,
+                    "--proxy", "127.0.0.1:%d" % S["proxy_port"], "--ca", S["pki"]["ca"],
+                    "--provisioning-endpoint", HOST + ":443", "--code-rotation", "5",
+                    "--backoff-base-ms", "100", "--backoff-max", "1",
+                    "--on-config", S["hook"], "--hook-timeout", "2",
+                    "--status-interval", "1", "--dead-after", "3",
+                    "--reconnect-min", "1", "--reconnect-max", "2"] + list(extra),
+                   name or "phyagent-%s-%d" % (serial, n), S["dir"])
+    S["logs"].append(agent)
+    return agent, state
+
+
+def read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def credentials(state):
+    creds = read_json(os.path.join(state, "credentials.json"))
+    if creds:
+        SECRETS.add(creds["device_secret"])
+    return creds
+
+
+def provision(serial, *extra):
+    """Starts an agent, claims it by serial, waits for its credentials."""
+    agent, state = start_agent(serial, *extra)
+    wait_until(lambda: os.path.exists(os.path.join(state, "provisioning-code")), 15,
+               "provisioning code of " + serial)
+    rc, out, err = phyctl("claim", "--serial", serial)
+    assert rc == 0, err
+    creds = wait_until(lambda: credentials(state), 20, "credentials of " + serial)
+    return agent, state, creds
+
+
+def config_status(dev_id):
+    return device(dev_id)["twin"]["reported"].get("config_status")
+
+
+def wait_applied(dev_id, version, timeout=15):
+    def check():
+        cs = config_status(dev_id)
+        return cs if cs and cs["version"] == version else None
+    return wait_until(check, timeout, "config_status version %d" % version)
+
+
+def twin_set(dev_id, *pairs):
+    rc, out, err = phyctl("twin", "set", dev_id, *pairs)
+    assert rc == 0, err
+    return json.loads(out)["version"]
+
+
+# ---- a raw WebSocket client through the proxy ----
+
+def ws_connect(creds):
+    """Upgrades to /v1/hub through phyproxy with the device's credentials. Returns
+    (status, tls socket or None)."""
+    raw = socket.create_connection(("127.0.0.1", S["proxy_port"]), timeout=10)
+    ident = base64.b64encode((creds["device_id"] + ":").encode()).decode()
+    raw.sendall(("CONNECT %s:443 HTTP/1.1\r\nHost: %s:443\r\nProxy-Authorization: Basic %s"
+                 "\r\n\r\n" % (HOST, HOST, ident)).encode())
+    status, _, _ = phytest.recv_http_head(raw)
+    assert status == 200, status
+    ctx = ssl.create_default_context(cafile=S["pki"]["ca"])
+    t = ctx.wrap_socket(raw, server_hostname=HOST)
+    key = base64.b64encode(os.urandom(16)).decode()
+    auth = base64.b64encode(("%s:%s" % (creds["device_id"], creds["device_secret"])).encode())
+    t.sendall(("GET /v1/hub HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade"
+               "\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n"
+               "Sec-WebSocket-Protocol: phyhub.v1\r\nAuthorization: Basic %s\r\n\r\n"
+               % (HOST, key, auth.decode())).encode())
+    status, headers, rest = phytest.recv_http_head(t)
+    if status != 101:
+        t.close()
+        return status, None
+    accept = base64.b64encode(hashlib.sha1(
+        (key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
+    assert headers.get("sec-websocket-accept") == accept, headers
+    assert rest == b"", rest
+    return status, t
+
+
+def ws_send(t, opcode, payload):
+    mask = os.urandom(4)
+    n = len(payload)
+    head = bytes([0x80 | opcode])
+    if n < 126:
+        head += bytes([0x80 | n])
+    elif n < 65536:
+        head += bytes([0x80 | 126]) + struct.pack("!H", n)
+    else:
+        head += bytes([0x80 | 127]) + struct.pack("!Q", n)
+    t.sendall(head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+
+
+def ws_recv_exact(t, n):
+    data = b""
+    while len(data) < n:
+        chunk = t.recv(n - len(data))
+        if not chunk:
+            raise EOFError("connection closed")
+        data += chunk
+    return data
+
+
+def ws_recv(t):
+    """One frame: (opcode, payload). Answers pings."""
+    while True:
+        b0, b1 = ws_recv_exact(t, 2)
+        n = b1 & 0x7F
+        if n == 126:
+            n = struct.unpack("!H", ws_recv_exact(t, 2))[0]
+        elif n == 127:
+            n = struct.unpack("!Q", ws_recv_exact(t, 8))[0]
+        payload = ws_recv_exact(t, n)
+        if b0 & 0x0F == 0x9:
+            ws_send(t, 0xA, payload)
+            continue
+        return b0 & 0x0F, payload
+
+
+# ---- tests ----
+
+def test_provision_then_connect_and_report():
+    agent, state, creds = provision("WSS-A1")
+    S["a"] = {"agent": agent, "state": state, "creds": creds}
+    dev = creds["device_id"]
+    agent.wait_log(r"event=connected device_id=" + dev, 15)
+    # The initial twin (desired {} version 0) is applied and reported.
+    cs = wait_applied(dev, 0)
+    assert cs["exit_code"] == 0 and cs["output"] == "applied version 0\n", cs
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", cs["applied_at"]), cs
+    assert read_json(os.path.join(state, "config.json")) == {}
+
+    def status():
+        d = device(dev)
+        return d if d["presence"] == "online" and d.get("last_status") else None
+    d = wait_until(status, 10, "status report")
+    st = d["last_status"]
+    for key in ("uptime_s", "agent_version", "load", "mem_total_kb", "mem_available_kb",
+                "disk_total_kb", "disk_free_kb", "addresses"):
+        assert key in st, (key, st)
+    assert len(st["load"]) == 3 and st["mem_total_kb"] > 0, st
+    assert "127.0.0.1" not in st["addresses"], st
+    # Status every --status-interval (1 s): it keeps coming.
+    first = d["last_status_at"]
+    wait_until(lambda: device(dev)["last_status_at"] != first, 10, "a later status")
+
+
+def test_desired_change_reaches_config_and_hook():
+    a = S["a"]
+    dev = a["creds"]["device_id"]
+    v = twin_set(dev, "color=blue", "volume=3")
+    cs = wait_applied(dev, v)
+    assert cs["exit_code"] == 0 and cs["output"] == "applied version %d\n" % v, cs
+    assert read_json(os.path.join(a["state"], "config.json")) == {"color": "blue", "volume": 3}
+    # The hook got the same config on stdin.
+    assert read_json(os.path.join(S["dir"], "hook-input-%s.json" % dev)) == {
+        "color": "blue", "volume": 3}
+    st = os.stat(os.path.join(a["state"], "config.json"))
+    assert stat.S_IMODE(st.st_mode) == 0o644
+    # A failing hook: its exit code and stderr are reported.
+    v = twin_set(dev, "mode=fail")
+    cs = wait_applied(dev, v)
+    assert cs["exit_code"] == 7 and cs["output"].endswith("boom\n"), cs
+    # A hook over --hook-timeout is killed; the next change still gets through.
+    v = twin_set(dev, "mode=slow")
+    cs = wait_applied(dev, v)
+    assert cs["exit_code"] == 137 and cs.get("timed_out") is True, cs
+    v = twin_set(dev, "mode=fast")
+    cs = wait_applied(dev, v)
+    assert cs["exit_code"] == 0, cs
+    assert read_json(os.path.join(a["state"], "config.json"))["mode"] == "fast"
+    # Several changes in a row: the last one wins, in order.
+    for i in range(5):
+        v = twin_set(dev, "n=%d" % i)
+    wait_applied(dev, v)
+    assert read_json(os.path.join(a["state"], "config.json"))["n"] == 4
+
+
+def test_sigterm_closes_cleanly():
+    a = S["a"]
+    assert a["agent"].stop() == 0, a["agent"].tail()
+    a["agent"].wait_log(r"event=session_end reason=stop close_code=1000", 1)
+    dev = a["creds"]["device_id"]
+    # The session went through the proxy with the device ID as the identifier (the
+    # proxy logs a tunnel when it ends).
+    S["proxy"].wait_log(r"event=tunnel ident=%s .*outcome=ok" % dev, 5)
+    wait_until(lambda: device(dev)["presence"] == "offline", 5, "offline after SIGTERM")
+
+
+def test_change_while_stopped_is_applied_on_restart():
+    a = S["a"]
+    dev = a["creds"]["device_id"]
+    v = twin_set(dev, "color=green", "volume=null")
+    agent, _ = start_agent("WSS-A1")
+    a["agent"] = agent
+    agent.wait_log(r"event=already_provisioned", 10)
+    cs = wait_applied(dev, v)
+    assert cs["exit_code"] == 0, cs
+    cfg = read_json(os.path.join(a["state"], "config.json"))
+    assert cfg["color"] == "green" and "volume" not in cfg, cfg
+    # Unchanged config on the next restart: the hook does not run again.
+    assert agent.stop() == 0
+    agent, _ = start_agent("WSS-A1")
+    a["agent"] = agent
+    agent.wait_log(r"event=twin desired_version=%d" % v, 10)
+    time.sleep(0.5)
+    assert not agent.log_lines(r"event=hook_started"), agent.tail()
+
+
+def test_hub_restart_reconnects():
+    a = S["a"]
+    dev = a["creds"]["device_id"]
+    S["hub"].kill()
+    a["agent"].wait_log(r"event=session_end", 10)
+    a["agent"].wait_log(r"event=reconnect_backoff", 10)
+    start_hub()
+    wait_until(lambda: len(a["agent"].log_lines(r"event=connected ")) >= 2, 15,
+               "reconnect after the hub restart")
+    v = twin_set(dev, "after=restart")
+    wait_applied(dev, v)
+    assert read_json(os.path.join(a["state"], "config.json"))["after"] == "restart"
+
+
+def test_dead_hub_detected():
+    a = S["a"]
+    hub = S["hub"]
+    os.kill(hub.pid, signal.SIGSTOP)
+    try:
+        a["agent"].wait_log(r"event=hub_dead", 10)
+    finally:
+        os.kill(hub.pid, signal.SIGCONT)
+    wait_until(lambda: len(a["agent"].log_lines(r"event=connected ")) >= 3, 20,
+               "reconnect after the hub woke up")
+
+
+def test_replaced_session_reconnects():
+    a = S["a"]
+    creds = a["creds"]
+    before = len(a["agent"].log_lines(r"event=connected "))
+    status, t = ws_connect(creds)
+    assert status == 101
+    try:
+        a["agent"].wait_log(r"event=replaced close_code=4000", 10)
+        ws_send(t, 0x1, b'{"type":"twin.get","id":"x1"}')
+        # The agent comes back after its backoff and replaces us in turn.
+        deadline = time.monotonic() + 15
+        code = None
+        while time.monotonic() < deadline:
+            op, payload = ws_recv(t)
+            if op == 0x8:
+                code = struct.unpack("!H", payload[:2])[0]
+                break
+        assert code == 4000, code
+    finally:
+        t.close()
+    wait_until(lambda: len(a["agent"].log_lines(r"event=connected ")) > before, 10,
+               "agent reconnected")
+    assert a["agent"].alive()
+
+
+def test_revoke_exits_3():
+    a = S["a"]
+    dev = a["creds"]["device_id"]
+    rc, out, err = phyctl("revoke", dev)
+    assert rc == 0, err
+    wait_until(lambda: not a["agent"].alive(), 10, "agent exit after revoke")
+    assert a["agent"].stop() == 3, a["agent"].tail()
+    a["agent"].wait_log(r"level=error .*event=revoked .*close_code=4001", 1)
+    # Started again, it is refused at the upgrade (401) and exits 3 too.
+    agent, _ = start_agent("WSS-A1")
+    wait_until(lambda: not agent.alive(), 15, "agent exit on 401")
+    assert agent.stop() == 3, agent.tail()
+    agent.wait_log(r"level=error .*event=revoked .*status=401", 1)
+    assert os.path.exists(os.path.join(a["state"], "credentials.json"))
+    assert os.path.exists(os.path.join(a["state"], "config.json"))
+    status, _ = ws_connect(a["creds"])
+    assert status == 401
+
+
+def test_reprovision_on_revoke():
+    agent, state, creds = provision("WSS-B2", "--reprovision-on-revoke")
+    dev = creds["device_id"]
+    wait_applied(dev, 0)
+    twin_set(dev, "keep=me")
+    wait_until(lambda: (read_json(os.path.join(state, "config.json")) or {}).get("keep"), 10,
+               "config before the reset")
+    rc, out, err = phyctl("reset", dev)
+    assert rc == 0, err
+    agent.wait_log(r"event=reprovision", 10)
+    wait_until(lambda: not os.path.exists(os.path.join(state, "credentials.json")), 5,
+               "credentials deleted")
+    assert read_json(os.path.join(state, "config.json")) == {"keep": "me"}
+    wait_until(lambda: os.path.exists(os.path.join(state, "provisioning-code")), 15,
+               "a new provisioning code")
+    rc, out, err = phyctl("claim", "--serial", "WSS-B2")
+    assert rc == 0, err
+    new = wait_until(lambda: credentials(state), 20, "new credentials")
+    assert new["device_id"] != dev
+    agent.wait_log(r"event=connected device_id=" + new["device_id"], 15)
+    # The new device's empty desired config replaces the old one.
+    wait_applied(new["device_id"], 0)
+    assert read_json(os.path.join(state, "config.json")) == {}
+    assert agent.stop() == 0
+
+
+def test_provision_only_keeps_the_old_behaviour():
+    agent, state = start_agent("WSS-C3", "--provision-only")
+    wait_until(lambda: os.path.exists(os.path.join(state, "provisioning-code")), 15, "code")
+    rc, out, err = phyctl("claim", "--serial", "WSS-C3")
+    assert rc == 0, err
+    wait_until(lambda: not agent.alive(), 20, "exit after provisioning")
+    assert agent.stop() == 0, agent.tail()
+    creds = credentials(state)
+    assert creds and not agent.log_lines(r"event=connected")
+    agent, _ = start_agent("WSS-C3", "--provision-only")
+    wait_until(lambda: not agent.alive(), 10, "exit when already provisioned")
+    assert agent.stop() == 0
+    agent.wait_log(r"event=already_provisioned", 1)
+
+
+def test_usage_errors():
+    res = subprocess.run([binary("phyagent"), "--serial", "X", "--state-dir", S["dir"],
+                          "--proxy", "127.0.0.1:1", "--reconnect-min", "10",
+                          "--reconnect-max", "5"], capture_output=True, text=True, timeout=10)
+    assert res.returncode == 2, res
+    res = subprocess.run([binary("phyagent"), "--help"], capture_output=True, text=True,
+                         timeout=10)
+    assert res.returncode == 0 and "--on-config" in res.stdout and "--dead-after" in res.stdout
+
+
+def test_no_secret_in_any_log():
+    assert len(SECRETS) >= 3
+    blob = "\n".join(d.log() for d in S["logs"])
+    leaked = [s[:6] + "..." for s in SECRETS if s in blob]
+    assert not leaked, "secrets in logs: %s" % leaked
+
+
+if __name__ == "__main__":
+    phytest.main()
