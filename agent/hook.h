@@ -16,9 +16,9 @@
 
 /* What a finished hook (or a failure to apply) reports. */
 struct agent_hook_result {
-    int exit_code;   /* exit status; 128 + signal when killed; -1 when it never ran */
-    int timed_out;   /* killed at the deadline */
-    int truncated;   /* output was longer than AGENT_HOOK_OUTPUT_MAX bytes */
+    int exit_code; /* exit status; 128 + signal when killed; -1 when it never ran */
+    int timed_out; /* killed at the deadline */
+    int truncated; /* output was longer than AGENT_HOOK_OUTPUT_MAX bytes */
     size_t output_len;
     char output[AGENT_HOOK_OUTPUT_MAX + 1]; /* valid UTF-8, NUL-terminated */
 };

@@ -62,6 +62,7 @@ struct agent_opts {
     long reconnect_max;
     int reprovision_on_revoke;
     int provision_only;
+    long cert_time_floor;
 };
 
 struct agent {
@@ -514,7 +515,7 @@ static int configure(struct agent *a)
     a->copts.proxy_ident = a->ident;
     a->copts.ca_file = a->o.ca;
     a->copts.timeout_ms = (int)a->o.timeout * 1000;
-    a->copts.cert_time_floor = (long long)PHY_BUILD_EPOCH;
+    a->copts.cert_time_floor = a->o.cert_time_floor;
     return 0;
 }
 
@@ -554,7 +555,7 @@ static enum agent_session_outcome connected(struct agent *a, const struct agent_
     cfg.connect_addr = a->o.connect_addr;
     cfg.ca_file = a->o.ca;
     cfg.timeout_ms = (int)a->o.timeout * 1000;
-    cfg.cert_time_floor = (long long)PHY_BUILD_EPOCH;
+    cfg.cert_time_floor = a->o.cert_time_floor;
     cfg.on_config = a->o.on_config;
     cfg.hook_timeout_s = a->o.hook_timeout;
     cfg.status_interval_s = a->o.status_interval;
@@ -645,6 +646,7 @@ int main(int argc, char **argv)
     a.o.dead_after = 90;
     a.o.reconnect_min = 1;
     a.o.reconnect_max = 300;
+    a.o.cert_time_floor = (long)PHY_BUILD_EPOCH;
     a.interval = AGENT_DEFAULT_INTERVAL;
 
     const struct phy_opt opts[] = {
@@ -682,6 +684,9 @@ int main(int argc, char **argv)
          "when revoked, delete the credentials and provision again instead of exiting 3"},
         {"provision-only", PHY_OPT_BOOL, &a.o.provision_only, 0, 0,
          "exit 0 once provisioned (or at once when credentials exist)"},
+        {"cert-time-floor", PHY_OPT_INT, &a.o.cert_time_floor, 0, 253402300799L,
+         "Unix time below which the clock is not trusted for certificate checks "
+         "(default: the build time)"},
         {NULL, PHY_OPT_STR, NULL, 0, 0, NULL},
     };
 

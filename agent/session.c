@@ -62,8 +62,8 @@ struct life {
     long long applied_version; /* last version applied here (hook finished), -1 */
     char *config_text;         /* content of config.json as last read or written */
     size_t config_len;
-    json_t *report;            /* config_status patch not yet acknowledged */
-    long long report_id;       /* id it was last sent with, 0 when not sent this session */
+    json_t *report;      /* config_status patch not yet acknowledged */
+    long long report_id; /* id it was last sent with, 0 when not sent this session */
     uint64_t prev_backoff_ms;
     int stop;
     int64_t stop_deadline_ms; /* when stopping inside a session */
@@ -203,7 +203,7 @@ static void apply_desired(struct life *l)
     size_t len;
     int changed;
 
-    if (l->sync.desired == NULL)
+    if (l->sync.desired == NULL || l->stop)
         return;
     if (agent_hook_running(&l->hook)) {
         l->apply_pending = 1;
@@ -349,8 +349,7 @@ static void on_text(struct life *l, const uint8_t *msg, size_t len)
 
 /* ---- wslay over the TLS connection ---- */
 
-static ssize_t ws_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags,
-                       void *user)
+static ssize_t ws_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags, void *user)
 {
     struct life *l = user;
     int ww = 0;
@@ -416,8 +415,8 @@ static void ws_on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_m
     }
 }
 
-/* Connects, upgrades and sets up wslay. Returns 0, END_REVOKED-style outcomes via
- * *revoked, or negative (logged) to retry later. */
+/* Connects, upgrades and sets up wslay. Returns 0, or negative (logged) with
+ * *revoked = 1 when the hub answered 401 and 0 when a later attempt may work. */
 static int session_open(struct life *l, int *revoked)
 {
     static const struct wslay_event_callbacks cbs = {
@@ -436,8 +435,7 @@ static int session_open(struct life *l, int *revoked)
         phy_log(PHY_LOG_ERROR, "connect_failed", "err=\"no randomness\"");
         return PHY_ECRYPTO;
     }
-    n = agent_ws_request(req, sizeof req, l->host, l->port, key, cr->device_id,
-                         cr->device_secret);
+    n = agent_ws_request(req, sizeof req, l->host, l->port, key, cr->device_id, cr->device_secret);
     if (n < 0) {
         phy_log(PHY_LOG_ERROR, "connect_failed", "err=\"cannot build the upgrade request\"");
         return n;
@@ -730,8 +728,8 @@ static int life_init(struct life *l, const struct agent_session_cfg *cfg)
     snprintf(l->env_file, sizeof l->env_file, "PHY_CONFIG_FILE=%s/%s", cfg->state_dir,
              AGENT_STATE_CONFIG);
     snprintf(l->env_device, sizeof l->env_device, "PHY_DEVICE_ID=%s", cfg->creds->device_id);
-    rc = agent_state_read(cfg->state_dir, AGENT_STATE_CONFIG, AGENT_CONFIG_MAX, &l->config_text,
-                          &n);
+    rc =
+        agent_state_read(cfg->state_dir, AGENT_STATE_CONFIG, AGENT_CONFIG_MAX, &l->config_text, &n);
     if (rc == 0)
         l->config_len = n;
     else if (rc != PHY_ENOTFOUND)

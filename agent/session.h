@@ -22,15 +22,15 @@ struct agent_session_cfg {
     unsigned proxy_port;
     const char *connect_addr;
     const char *ca_file;
-    int timeout_ms;              /* connect, TLS handshake, upgrade answer */
-    long long cert_time_floor;   /* see phy_client_opts */
-    const char *on_config;       /* hook command for /bin/sh -c, or NULL */
+    int timeout_ms;            /* connect, TLS handshake, upgrade answer */
+    long long cert_time_floor; /* see phy_client_opts */
+    const char *on_config;     /* hook command for /bin/sh -c, or NULL */
     long hook_timeout_s;
     long status_interval_s;
     long dead_after_s;
     long reconnect_min_s, reconnect_max_s;
-    int sig_fd;                          /* readable when a stop signal arrived */
-    volatile sig_atomic_t *stop_flag;    /* set by the signal handler */
+    int sig_fd;                       /* readable when a stop signal arrived */
+    volatile sig_atomic_t *stop_flag; /* set by the signal handler */
 };
 
 enum agent_session_outcome {

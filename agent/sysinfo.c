@@ -175,8 +175,8 @@ json_t *agent_sysinfo_json(const struct agent_sysinfo *si)
     rc |= set_int(o, "agent_uptime_s", si->agent_uptime_s);
     rc |= json_object_set_new(o, "agent_version", json_string(AGENT_VERSION));
     if (si->load[0] >= 0) {
-        json_t *load = json_pack("[fff]", round2(si->load[0]), round2(si->load[1]),
-                                 round2(si->load[2]));
+        json_t *load =
+            json_pack("[fff]", round2(si->load[0]), round2(si->load[1]), round2(si->load[2]));
         rc |= json_object_set_new(o, "load", load);
     }
     rc |= set_int(o, "mem_total_kb", si->mem_total_kb);
@@ -234,8 +234,7 @@ static void collect_addrs(struct agent_sysinfo *si)
             const struct sockaddr_in *s4 = (const struct sockaddr_in *)(const void *)i->ifa_addr;
             a = &s4->sin_addr;
         } else if (i->ifa_addr->sa_family == AF_INET6) {
-            const struct sockaddr_in6 *s6 =
-                (const struct sockaddr_in6 *)(const void *)i->ifa_addr;
+            const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)(const void *)i->ifa_addr;
             if (IN6_IS_ADDR_LINKLOCAL(&s6->sin6_addr) || IN6_IS_ADDR_LOOPBACK(&s6->sin6_addr))
                 continue;
             a = &s6->sin6_addr;
@@ -266,8 +265,7 @@ void agent_sysinfo_collect(struct agent_sysinfo *si, const char *state_dir, long
             agent_sysinfo_parse_loadavg(buf, (size_t)n, si->load);
         n = read_proc("/proc/meminfo", buf, PROC_READ_MAX);
         if (n > 0)
-            agent_sysinfo_parse_meminfo(buf, (size_t)n, &si->mem_total_kb,
-                                        &si->mem_available_kb);
+            agent_sysinfo_parse_meminfo(buf, (size_t)n, &si->mem_total_kb, &si->mem_available_kb);
         free(buf);
     }
     if (statvfs(state_dir, &vfs) == 0 && vfs.f_frsize > 0) {

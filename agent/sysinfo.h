@@ -13,9 +13,9 @@
 /* One status sample. Integer fields are -1 and doubles negative when unknown; unknown
  * values are left out of the JSON. */
 struct agent_sysinfo {
-    double uptime_s;         /* system uptime (/proc/uptime) */
+    double uptime_s;          /* system uptime (/proc/uptime) */
     long long agent_uptime_s; /* since the agent started */
-    double load[3];          /* 1, 5, 15 minutes; load[0] < 0 when unknown */
+    double load[3];           /* 1, 5, 15 minutes; load[0] < 0 when unknown */
     long long mem_total_kb, mem_available_kb;
     long long disk_total_kb, disk_free_kb; /* file system of the state directory */
     char addrs[AGENT_SYSINFO_MAX_ADDRS][AGENT_SYSINFO_ADDR_LEN];

@@ -41,8 +41,7 @@ enum agent_patch_decision agent_sync_patch_decision(long long current, long long
     return AGENT_PATCH_REFETCH;
 }
 
-int agent_sync_need_apply(int content_changed, long long applied_version,
-                          long long desired_version)
+int agent_sync_need_apply(int content_changed, long long applied_version, long long desired_version)
 {
     return content_changed || applied_version != desired_version;
 }
@@ -78,8 +77,8 @@ char *agent_sync_reported_patch(struct agent_sync *s, const json_t *patch, long 
 {
     long long v = take_id(s, id);
 
-    return dump(json_pack("{s:s, s:I, s:O}", "type", "reported.patch", "id", (json_int_t)v,
-                          "patch", patch));
+    return dump(json_pack("{s:s, s:I, s:O}", "type", "reported.patch", "id", (json_int_t)v, "patch",
+                          patch));
 }
 
 char *agent_sync_status(struct agent_sync *s, const json_t *status, long long *id)
@@ -108,8 +107,7 @@ static long long get_count(const json_t *o, const char *key)
 {
     const json_t *v = json_object_get(o, key);
 
-    return json_is_integer(v) && json_integer_value(v) >= 0 ? (long long)json_integer_value(v)
-                                                            : -1;
+    return json_is_integer(v) && json_integer_value(v) >= 0 ? (long long)json_integer_value(v) : -1;
 }
 
 /* A message id: an integer, or the decimal text of one (the hub echoes ids as
@@ -163,9 +161,8 @@ static void on_twin(struct agent_sync *s, const json_t *msg, struct agent_sync_e
     json_decref(s->desired);
     s->desired = copy;
     s->desired_version = version;
-    s->reported_cfg_version =
-        get_count(json_object_get(json_is_object(reported) ? reported : NULL, "config_status"),
-                  "version");
+    s->reported_cfg_version = get_count(
+        json_object_get(json_is_object(reported) ? reported : NULL, "config_status"), "version");
     s->twin_get_id = 0;
     ev->action = AGENT_SYNC_TWIN;
     ev->version = version;

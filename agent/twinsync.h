@@ -34,13 +34,13 @@ enum agent_sync_action {
 
 struct agent_sync_event {
     enum agent_sync_action action;
-    int refetch;        /* AGENT_SYNC_TWIN: a newer push was seen meanwhile: twin.get again */
-    int for_twin_get;   /* AGENT_SYNC_ERROR: the failed request was the twin.get in flight */
+    int refetch;      /* AGENT_SYNC_TWIN: a newer push was seen meanwhile: twin.get again */
+    int for_twin_get; /* AGENT_SYNC_ERROR: the failed request was the twin.get in flight */
     long long id;
     long long version;
-    char type[32];                          /* the message's type, for logs */
-    char error[64];                         /* AGENT_SYNC_ERROR */
-    char message[AGENT_SYNC_TEXT_MAX + 1];  /* AGENT_SYNC_ERROR / AGENT_SYNC_INVALID */
+    char type[32];                         /* the message's type, for logs */
+    char error[64];                        /* AGENT_SYNC_ERROR */
+    char message[AGENT_SYNC_TEXT_MAX + 1]; /* AGENT_SYNC_ERROR / AGENT_SYNC_INVALID */
 };
 
 /* What a desired.patch with version incoming means when the local copy is at current. */

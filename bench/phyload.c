@@ -142,6 +142,7 @@ struct load {
     double *push_ms;
     int push_done;
     int push_efd; /* eventfd the push thread signals when its PATCH is answered */
+    double push_hub_cpu_s, push_client_cpu_s; /* CPU time spent during the push phase */
 };
 
 /* ---------- small helpers ---------- */
@@ -1355,13 +1356,13 @@ static void report(struct load *L, double t_connect_ms, const struct proc_sample
         if (o && L->o.twin_get)
             json_object_set_new(o, "twins", json_integer((json_int_t)L->twins));
         if (o && pushed) {
-            json_t *p = json_pack("{s:i, s:s, s:f, s:I, s:I, s:f, s:f, s:f}", "status",
-                                  j->rc == 0 ? j->status : -1, "answer",
-                                  j->rc == 0 ? j->resp : j->err, "patch_ms",
-                                  j->t_done - L->push_t0, "expected",
-                                  (json_int_t)L->push_expected, "received",
-                                  (json_int_t)L->push_received, "p50_ms", pp50, "p99_ms", pp99,
-                                  "last_ms", pmax);
+            json_t *p = json_pack(
+                "{s:i, s:s, s:f, s:I, s:I, s:f, s:f, s:f, s:f, s:f}", "status",
+                j->rc == 0 ? j->status : -1, "answer", j->rc == 0 ? j->resp : j->err,
+                "patch_ms", j->t_done - L->push_t0, "expected", (json_int_t)L->push_expected,
+                "received", (json_int_t)L->push_received, "p50_ms", pp50, "p99_ms", pp99,
+                "last_ms", pmax, "hub_cpu_s", L->push_hub_cpu_s, "client_cpu_s",
+                L->push_client_cpu_s);
             json_object_set_new(o, "push", p);
         }
         char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
@@ -1405,6 +1406,8 @@ static void report(struct load *L, double t_connect_ms, const struct proc_sample
         printf("push received    %zu / %zu devices   p50 %.1f ms   p99 %.1f ms   last device "
                "%.1f ms\n",
                L->push_received, L->push_expected, pp50, pp99, pmax);
+        printf("push cpu         hub %.3f s   phyload %.3f s\n", L->push_hub_cpu_s,
+               L->push_client_cpu_s);
     }
 }
 
@@ -1452,8 +1455,14 @@ int main(int argc, char **argv)
     run_for(&L, L.o.idle_s);
     proc_sample(L.o.hub_pid, &after);
     if (L.o.push_url && L.open > 0) {
+        struct proc_sample p0, p1;
+        double c0 = cpu_self_s();
+        proc_sample(L.o.hub_pid, &p0);
         if (push_phase(&L, &job) < 0)
             goto out;
+        proc_sample(L.o.hub_pid, &p1);
+        L.push_client_cpu_s = cpu_self_s() - c0;
+        L.push_hub_cpu_s = p0.cpu_s >= 0 && p1.cpu_s >= 0 ? p1.cpu_s - p0.cpu_s : -1;
         pushed = 1;
     }
     report(&L, t_end - t_start, &before, &connected, &after, client_cpu, &job, pushed);

@@ -364,8 +364,8 @@ static void tags_text(const json_t *tags, char *out, size_t cap)
 static void section(FILE *f, const json_t *twin, const char *name, const char *vkey)
 {
     const json_t *ver = json_object_get(twin, vkey);
-    char *text = json_dumps(json_object_get(twin, name),
-                            JSON_INDENT(2) | JSON_SORT_KEYS | JSON_ENCODE_ANY);
+    char *text =
+        json_dumps(json_object_get(twin, name), JSON_INDENT(2) | JSON_SORT_KEYS | JSON_ENCODE_ANY);
 
     if (json_is_integer(ver))
         fprintf(f, "%s (version %lld):\n", name, (long long)json_integer_value(ver));
@@ -388,9 +388,10 @@ static void section(FILE *f, const json_t *twin, const char *name, const char *v
 
 void ctl_print_device(const json_t *dev, FILE *f)
 {
-    static const char *const keys[] = {"device_id", "serial",       "name",          "state",
-                                       "presence",  "created_at",   "last_seen",     "connected_at",
-                                       "disconnected_at", "last_status_at", NULL};
+    static const char *const keys[] = {
+        "device_id",       "serial",         "name",      "state",
+        "presence",        "created_at",     "last_seen", "connected_at",
+        "disconnected_at", "last_status_at", NULL};
     char cell[CTL_CELL_MAX], tags[1024];
     const json_t *twin = json_object_get(dev, "twin");
     char *st;

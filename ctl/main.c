@@ -11,11 +11,11 @@
 
 #include "cli.h"
 #include "phy/client.h"
-#include "sse.h"
-#include "stream.h"
 #include "phy/config.h"
 #include "phy/crypto.h"
 #include "phy/err.h"
+#include "sse.h"
+#include "stream.h"
 
 #define CTL_TOKEN_MAX 512
 #define CTL_NAME_MAX 256
@@ -46,25 +46,24 @@ struct ctl {
 
 static void usage_main(FILE *f, const struct phy_opt *opts)
 {
-    fprintf(f,
-            "usage: phyctl --url https://HOST[:PORT] [options] <command> [command options]\n"
-            "\n"
-            "commands:\n"
-            "  claim (--serial SN | --code CODE) [--name NAME]   claim a device\n"
-            "  devices list [--limit N] [--presence online|offline] [--tag K:V]\n"
-            "                                                     list the tenant's devices\n"
-            "  devices get ID                                     a device with its twin\n"
-            "  twin set ID key=value... [--if-match N]            change desired settings\n"
-            "  twin patch ID FILE [--if-match N]                  apply a JSON merge patch\n"
-            "  tags set ID key=value...                           replace the console tags\n"
-            "  revoke ID                                          revoke the credentials\n"
-            "  reset ID                                           revoke and re-arm the serial\n"
-            "  delete ID                                          delete the device\n"
-            "  events                                             follow the event stream\n"
-            "\n"
-            "The API token comes from --token, the config file or the PHY_TOKEN environment\n"
-            "variable (preferred: it keeps the token out of the process list).\n"
-            "Exit status: 0 success, 1 error, 2 usage error.\n\noptions:\n");
+    fprintf(f, "usage: phyctl --url https://HOST[:PORT] [options] <command> [command options]\n"
+               "\n"
+               "commands:\n"
+               "  claim (--serial SN | --code CODE) [--name NAME]   claim a device\n"
+               "  devices list [--limit N] [--presence online|offline] [--tag K:V]\n"
+               "                                                     list the tenant's devices\n"
+               "  devices get ID                                     a device with its twin\n"
+               "  twin set ID key=value... [--if-match N]            change desired settings\n"
+               "  twin patch ID FILE [--if-match N]                  apply a JSON merge patch\n"
+               "  tags set ID key=value...                           replace the console tags\n"
+               "  revoke ID                                          revoke the credentials\n"
+               "  reset ID                                           revoke and re-arm the serial\n"
+               "  delete ID                                          delete the device\n"
+               "  events                                             follow the event stream\n"
+               "\n"
+               "The API token comes from --token, the config file or the PHY_TOKEN environment\n"
+               "variable (preferred: it keeps the token out of the process list).\n"
+               "Exit status: 0 success, 1 error, 2 usage error.\n\noptions:\n");
     phy_config_print_help(opts, f);
 }
 
@@ -77,9 +76,8 @@ static int api_ex(struct ctl *c, const char *method, const char *path, const cha
     int rc;
 
     snprintf(headers, sizeof headers, "%s%s", c->auth, extra != NULL ? extra : "");
-    rc = phy_client_request(&c->copts, method, path, headers,
-                            body != NULL ? content_type : NULL, body,
-                            body != NULL ? strlen(body) : 0, res, err, sizeof err);
+    rc = phy_client_request(&c->copts, method, path, headers, body != NULL ? content_type : NULL,
+                            body, body != NULL ? strlen(body) : 0, res, err, sizeof err);
     OPENSSL_cleanse(headers, sizeof headers);
 
     if (rc != 0) {
@@ -257,8 +255,7 @@ static int list_path(char *path, size_t cap, long limit, const char *presence, c
         return EXIT_FAIL;
     n = snprintf(path, cap, "/api/v1/devices?limit=%ld%s%s%s%s%s%s", limit,
                  presence != NULL ? "&presence=" : "", presence != NULL ? presence : "",
-                 tag != NULL ? "&tag=" : "", enc_tag, cursor[0] != '\0' ? "&after=" : "",
-                 enc_cur);
+                 tag != NULL ? "&tag=" : "", enc_tag, cursor[0] != '\0' ? "&after=" : "", enc_cur);
     return n < 0 || (size_t)n >= cap ? EXIT_FAIL : 0;
 }
 
@@ -367,7 +364,8 @@ static int cmd_devices(struct ctl *c, int argc, char **argv, int first)
         goto out;
     }
     if (npos != 1 || strcmp(pos[0], "list") != 0) {
-        fprintf(stderr, "phyctl devices: expected 'list' or 'get ID' (see phyctl devices --help)\n");
+        fprintf(stderr,
+                "phyctl devices: expected 'list' or 'get ID' (see phyctl devices --help)\n");
         rc = EXIT_USAGE;
         goto out;
     }
@@ -459,7 +457,8 @@ static int send_desired(struct ctl *c, const char *id, const json_t *patch, long
             fprintf(stderr, "error: the server's answer has no version\n");
         rc = EXIT_FAIL;
     } else {
-        printf("desired version %lld\n", (long long)json_integer_value(json_object_get(o, "version")));
+        printf("desired version %lld\n",
+               (long long)json_integer_value(json_object_get(o, "version")));
         rc = EXIT_OK;
     }
     json_decref(o);
@@ -487,14 +486,15 @@ static int cmd_twin(struct ctl *c, int argc, char **argv, int first)
         phy_config_free(opts);
         return EXIT_FAIL;
     }
-    rc = parse_sub("twin",
-                   "twin set ID key=value... [--if-match N]\n"
-                   "       phyctl [global options] twin patch ID FILE [--if-match N]\n\n"
-                   "Changes a device's desired settings. `set`: dotted keys make nested objects\n"
-                   "(a.b=1), values are JSON when they parse (5, true, null, {...}, \"text\") else\n"
-                   "text, key=null deletes. `patch`: FILE ('-' = stdin) holds a JSON merge patch\n"
-                   "(RFC 7386) object.",
-                   opts, argc, argv, first, pos, (size_t)argc, &npos);
+    rc =
+        parse_sub("twin",
+                  "twin set ID key=value... [--if-match N]\n"
+                  "       phyctl [global options] twin patch ID FILE [--if-match N]\n\n"
+                  "Changes a device's desired settings. `set`: dotted keys make nested objects\n"
+                  "(a.b=1), values are JSON when they parse (5, true, null, {...}, \"text\") else\n"
+                  "text, key=null deletes. `patch`: FILE ('-' = stdin) holds a JSON merge patch\n"
+                  "(RFC 7386) object.",
+                  opts, argc, argv, first, pos, (size_t)argc, &npos);
     if (rc >= 0)
         goto out;
     rc = EXIT_USAGE;
@@ -538,9 +538,8 @@ static int cmd_twin(struct ctl *c, int argc, char **argv, int first)
             goto out;
         }
     } else {
-        fprintf(stderr,
-                "phyctl twin: expected 'set ID key=value...' or 'patch ID FILE' "
-                "(see phyctl twin --help)\n");
+        fprintf(stderr, "phyctl twin: expected 'set ID key=value...' or 'patch ID FILE' "
+                        "(see phyctl twin --help)\n");
         goto out;
     }
     rc = send_desired(c, pos[1], patch, if_match);
@@ -667,8 +666,8 @@ static int cmd_lifecycle(struct ctl *c, const char *cmd, int argc, char **argv, 
         if (strcmp(cmd, "revoke") == 0)
             snprintf(line, sizeof line, "revoked %s (serial %s)", pos[0], serial);
         else
-            snprintf(line, sizeof line, "reset %s: revoked; serial %s can be claimed again",
-                     pos[0], serial);
+            snprintf(line, sizeof line, "reset %s: revoked; serial %s can be claimed again", pos[0],
+                     serial);
         printf("%s\n", line);
         rc = EXIT_OK;
     }
@@ -780,8 +779,8 @@ static int cmd_events(struct ctl *c, int argc, char **argv, int first)
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
-    rc = ctl_stream_get(&c->copts, "/api/v1/events", c->auth, on_stream_data, &e, &g_stop, &r,
-                        err, sizeof err);
+    rc = ctl_stream_get(&c->copts, "/api/v1/events", c->auth, on_stream_data, &e, &g_stop, &r, err,
+                        sizeof err);
     if (rc != 0) {
         fprintf(stderr, "error: %s\n", err[0] != '\0' ? err : phy_strerror(rc));
         rc = EXIT_FAIL;

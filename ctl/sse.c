@@ -6,13 +6,13 @@
 #include "phy/err.h"
 
 enum {
-    DC_SIZE,      /* hex digits of the size */
-    DC_EXT,       /* ";ext" up to CR */
-    DC_SIZE_LF,   /* LF after the size line */
-    DC_DATA,      /* chunk bytes */
-    DC_DATA_CR,   /* CR after the data */
-    DC_DATA_LF,   /* LF after the data */
-    DC_TRAILER,   /* start of a trailer line (or the final CRLF) */
+    DC_SIZE,    /* hex digits of the size */
+    DC_EXT,     /* ";ext" up to CR */
+    DC_SIZE_LF, /* LF after the size line */
+    DC_DATA,    /* chunk bytes */
+    DC_DATA_CR, /* CR after the data */
+    DC_DATA_LF, /* LF after the data */
+    DC_TRAILER, /* start of a trailer line (or the final CRLF) */
     DC_TRAILER_IN /* inside a trailer line */,
     DC_TRAILER_LF,
     DC_FINAL_LF,

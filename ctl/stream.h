@@ -13,11 +13,11 @@
 typedef int (*ctl_stream_fn)(void *ctx, const char *p, size_t n);
 
 struct ctl_stream_result {
-    int status;     /* the HTTP status (0 when none was received) */
-    char *body;     /* status other than 200: the start of the body, NUL-terminated,
-                       malloc'd (free it); NULL otherwise */
+    int status; /* the HTTP status (0 when none was received) */
+    char *body; /* status other than 200: the start of the body, NUL-terminated,
+                   malloc'd (free it); NULL otherwise */
     size_t body_len;
-    int stopped;    /* 1 when *stop or the callback ended the stream */
+    int stopped; /* 1 when *stop or the callback ended the stream */
 };
 
 /* GET path on a fresh connection (TLS, CONNECT through the proxy when set; opts as

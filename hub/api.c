@@ -85,8 +85,8 @@ int api_parse_body_as(const struct api_request *req, struct api_response *res,
             ok = 1;
     if (!ok) {
         char msg[160];
-        snprintf(msg, sizeof(msg), "Content-Type must be %s%s%s", types[0],
-                 types[1] ? " or " : "", types[1] ? types[1] : "");
+        snprintf(msg, sizeof(msg), "Content-Type must be %s%s%s", types[0], types[1] ? " or " : "",
+                 types[1] ? types[1] : "");
         api_error(res, 415, "unsupported_media_type", msg);
         return -1;
     }

@@ -82,8 +82,8 @@ json_t *api_device_json(const struct store_device *d)
     char created[32];
     rfc3339(d->created_ms, created);
     return json_pack("{s:s, s:s, s:s?, s:o, s:s, s:s, s:o, s:o, s:o, s:o, s:o, s:s}", "device_id",
-                     d->device_id, "serial", d->serial, "name", d->name[0] ? d->name : NULL,
-                     "tags", stored_json(d->tags_json, 1), "state", d->state, "presence",
+                     d->device_id, "serial", d->serial, "name", d->name[0] ? d->name : NULL, "tags",
+                     stored_json(d->tags_json, 1), "state", d->state, "presence",
                      d->online ? "online" : "offline", "last_seen", time_json(d->last_seen_ms),
                      "connected_at", time_json(d->connected_ms), "disconnected_at",
                      time_json(d->disconnected_ms), "last_status",
@@ -196,16 +196,21 @@ static unsigned char *seal_issuance(void *ctx, const char *serial, size_t *out_l
     return out;
 }
 
-static int claim_throttled(struct hub *h, const struct api_caller *c, struct api_response *res)
+/* Starts one throttled claim attempt: counts as a failure until forgiven, so that
+ * concurrent guesses cannot overshoot the limits. 1 when res was answered (429/503). */
+static int claim_attempt(struct hub *h, const struct api_caller *c, int64_t *attempt_id,
+                         struct api_response *res)
 {
-    int user_n = 0, tenant_n = 0;
-    int64_t since = hub_now_ms() - h->cfg.claim_window_s * 1000;
-    if (h->store_ops->claim_failure_count(h->store, c->tenant_id, c->user_id, since, &user_n,
-                                          &tenant_n) < 0) {
+    int64_t now = hub_now_ms();
+    int allowed = 0;
+    if (h->store_ops->claim_attempt_begin(
+            h->store, c->tenant_id, c->user_id, now, now - h->cfg.claim_window_s * 1000,
+            (int)h->cfg.claim_user_limit, (int)h->cfg.claim_tenant_limit, &allowed,
+            attempt_id) < 0) {
         api_error(res, 503, "store_unavailable", "the store failed; retry later");
         return 1;
     }
-    if (user_n >= h->cfg.claim_user_limit || tenant_n >= h->cfg.claim_tenant_limit) {
+    if (!allowed) {
         api_error(res, 429, "too_many_attempts",
                   "too many failed claims; wait before trying again");
         snprintf(res->extra_headers, sizeof(res->extra_headers), "Retry-After: %ld\r\n",
@@ -226,8 +231,17 @@ void handle_claim(struct hub *h, const struct api_request *req, struct api_respo
     struct store_device dev;
     memset(&dev, 0, sizeof(dev));
 
-    if (api_auth(h, req, res, &caller) < 0 || claim_throttled(h, &caller, res))
+    if (api_auth(h, req, res, &caller) < 0)
         return;
+    /* One region per hub for now: a tenant of another region cannot be served here
+     * (its data must stay in its region; the inter-region API comes with regions). */
+    if (strcmp(caller.region, h->cfg.region) != 0) {
+        char msg[160];
+        snprintf(msg, sizeof(msg), "tenant %s lives in region %s; this hub serves %s",
+                 caller.tenant, caller.region, h->cfg.region);
+        api_error(res, 409, "wrong_region", msg);
+        return;
+    }
     if (api_parse_body(req, res, &body) < 0)
         return;
     if (api_check_fields(body, fields, res) < 0 ||
@@ -268,11 +282,19 @@ void handle_claim(struct hub *h, const struct api_request *req, struct api_respo
         .seal = seal_issuance,
         .seal_ctx = &sc,
     };
+    /* Throttled after validation: a malformed request cannot match and is not counted. */
+    int64_t attempt_id = 0;
+    if (claim_attempt(h, &caller, &attempt_id, res)) {
+        OPENSSL_cleanse(secret, sizeof(secret));
+        goto out;
+    }
     struct store_prov_params p;
     hub_prov_params(h, hub_now_ms(), &p);
-    int outcome;
+    int outcome = STORE_OK;
     int rc = h->store_ops->claim(h->store, &p, &c, &dev, &outcome);
     OPENSSL_cleanse(secret, sizeof(secret));
+    if (rc < 0 || (outcome != STORE_EXPIRED_CODE && outcome != STORE_UNKNOWN_SERIAL))
+        h->store_ops->claim_attempt_forgive(h->store, attempt_id); /* not a failed guess */
     if (rc < 0) {
         api_error(res, 503, "store_unavailable", "the claim could not be stored; retry");
         goto out;
@@ -287,7 +309,6 @@ void handle_claim(struct hub *h, const struct api_request *req, struct api_respo
         break;
     case STORE_EXPIRED_CODE:
     case STORE_UNKNOWN_SERIAL:
-        h->store_ops->claim_failure_add(h->store, caller.tenant_id, caller.user_id, hub_now_ms());
         if (outcome == STORE_EXPIRED_CODE)
             api_error(res, 404, "expired_code", "no device shows this code (expired or mistyped)");
         else
@@ -463,10 +484,10 @@ void handle_device_get(struct hub *h, const struct api_request *req, const char 
     device_log(res, &caller, id, "");
     if (load_device(h, &caller, id, &d, &t, res)) {
         json_t *o = api_device_json(&d);
-        json_t *twin = json_pack(
-            "{s:o, s:I, s:o, s:I, s:o}", "desired", stored_json(t.desired, 1), "desired_version",
-            (json_int_t)t.desired_version, "reported", stored_json(t.reported, 1),
-            "reported_version", (json_int_t)t.reported_version, "tags", stored_json(t.tags, 1));
+        json_t *twin = json_pack("{s:o, s:I, s:o, s:I, s:o}", "desired", stored_json(t.desired, 1),
+                                 "desired_version", (json_int_t)t.desired_version, "reported",
+                                 stored_json(t.reported, 1), "reported_version",
+                                 (json_int_t)t.reported_version, "tags", stored_json(t.tags, 1));
         if (o && twin && json_object_set_new(o, "twin", twin) == 0) {
             api_json(res, 200, o);
         } else {
@@ -504,8 +525,7 @@ static void close_effect(struct api_response *res, const char *id, int code)
         phy_log(PHY_LOG_ERROR, "close_lost", "device_id=%s code=%d reason=oom", id, code);
 }
 
-static const char *const patch_types[] = {"application/merge-patch+json", "application/json",
-                                          NULL};
+static const char *const patch_types[] = {"application/merge-patch+json", "application/json", NULL};
 
 void handle_desired_patch(struct hub *h, const struct api_request *req, const char *id,
                           struct api_response *res)
@@ -565,8 +585,7 @@ void handle_desired_patch(struct hub *h, const struct api_request *req, const ch
         }
         break;
     case STORE_TOO_BIG:
-        snprintf(msg, sizeof(msg),
-                 "the desired section would exceed %d bytes or nesting depth %d",
+        snprintf(msg, sizeof(msg), "the desired section would exceed %d bytes or nesting depth %d",
                  PHY_TWIN_MAX_BYTES, PHY_TWIN_MAX_DEPTH);
         api_error(res, 413, "twin_too_large", msg);
         break;

@@ -44,7 +44,7 @@ struct conn {
     int fd;
     SSL *ssl;
     int timeout_ms;
-    int eof; /* peer closed, with or without close_notify */
+    int eof;                /* peer closed, with or without close_notify */
     time_t cert_time_floor; /* certificates are checked at max(now, this) when > 0 */
     char *err;
     size_t errcap;

@@ -15,9 +15,9 @@ struct phy_client_opts {
                                * NULL = host */
     const char *proxy_host;   /* NULL for a direct connection */
     unsigned proxy_port;
-    const char *proxy_ident; /* Basic username for Proxy-Authorization (sn_… or dev_…) */
-    const char *ca_file;     /* PEM bundle to verify the server against; NULL = system */
-    int timeout_ms;          /* per connect / per read / per write, e.g. 10000 */
+    const char *proxy_ident;   /* Basic username for Proxy-Authorization (sn_… or dev_…) */
+    const char *ca_file;       /* PEM bundle to verify the server against; NULL = system */
+    int timeout_ms;            /* per connect / per read / per write, e.g. 10000 */
     long long cert_time_floor; /* 0: certificates are checked at the system time; else at
                                 * max(system time, this Unix time), e.g. the build time,
                                 * so that a device whose clock is behind still connects */

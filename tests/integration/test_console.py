@@ -44,7 +44,10 @@ def setup():
     admin("tenant-add", "globex", "--region", "eu")
     admin("user-add", "globex", "gina", stdin="correct horse battery\n")
     S["other"] = admin("token-add", "globex", "gina")
-    SECRETS.update([S["token"], S["other"]])
+    admin("tenant-add", "initech", "--region", "eu")
+    admin("user-add", "initech", "ivan", stdin="correct horse battery\n")
+    S["guesser"] = admin("token-add", "initech", "ivan")
+    SECRETS.update([S["token"], S["other"], S["guesser"]])
     hub = Daemon([binary("phyhub"), "--region", "eu", "--listen", "127.0.0.1:%d" % S["port"],
                   "--db", S["db"], "--tls-cert", S["pki"]["cert"], "--tls-key", S["pki"]["key"],
                   "--provisioning", "--public-endpoint", HOST + ":443", "--poll-interval", "1",
@@ -537,6 +540,29 @@ def test_phyctl_events_follows_the_stream():
     bad = Follower(token="not-a-token")
     assert bad.proc.wait(10) == 1
     assert bad.proc.stderr.read().startswith("error: unauthorized: ")
+
+
+def test_concurrent_wrong_claims_cannot_overshoot_the_throttle():
+    """30 wrong codes at once from one user: exactly 10 (the per-user limit) are
+    looked up (404), every other one is 429; malformed codes are never counted."""
+    import threading
+    for _ in range(3):
+        st, js = api("POST", "/api/v1/devices/claim", {"code": "0OO1IL"}, token=S["guesser"])
+        assert st == 400, (st, js)
+    results = []
+
+    def guess(i):
+        code = "".join("ABCDEFGHJKMNPQRSTUVWXYZ23456789"[(i * 7 + k) % 31] for k in range(6))
+        st, js = api("POST", "/api/v1/devices/claim", {"code": code}, token=S["guesser"])
+        results.append((st, js.get("error")))
+    threads = [threading.Thread(target=guess, args=(i,)) for i in range(30)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(results) == 30
+    assert sorted(set(results)) == [(404, "expired_code"), (429, "too_many_attempts")], results
+    assert results.count((404, "expired_code")) == 10, results
 
 
 def test_no_secret_in_logs():

@@ -67,6 +67,10 @@ def setup():
     admin("user-add", "acme", "mallory", stdin="correct horse battery\n")
     S["token"] = admin("token-add", "acme", "alice")
     S["mallory_token"] = admin("token-add", "acme", "mallory")
+    admin("tenant-add", "initech", "--region", "au")
+    admin("user-add", "initech", "ian", stdin="correct horse battery\n")
+    S["au_token"] = admin("token-add", "initech", "ian")
+    SECRETS.add(S["au_token"])
     admin("tenant-add", "globex", "--region", "eu")
     for u in ("g1", "g2"):
         admin("user-add", "globex", u, stdin="correct horse battery\n")
@@ -488,6 +492,10 @@ def test_bad_input_then_still_serving():
                         {"serial": "A", "bogus": True}):
         st, js, _ = claim(**ident_claim)
         assert st == 400, (ident_claim, st, js)
+    # A tenant of another region cannot claim on this (eu) hub.
+    register("SN-AU")
+    st, js, _ = claim(token=S["au_token"], serial="SN-AU")
+    assert st == 409 and js["error"] == "wrong_region", (st, js)
     # Slowloris: half a head, then silence: 408 within the header timeout.
     ctx = tls_context()
     with socket.create_connection(("127.0.0.1", S["hub_port"]), timeout=10) as s:

@@ -54,8 +54,8 @@ static void test_decorrelated_bounds(void **state)
     /* Always within [base, cap], also when chained, and it reaches the cap. */
     int at_cap = 0;
     for (int i = 0; i < 2000; i++) {
-        uint64_t d = agent_backoff_decorrelated_ms(1000, 300000, prev, (uint64_t)rand() << 20 ^
-                                                                          (uint64_t)rand());
+        uint64_t d = agent_backoff_decorrelated_ms(1000, 300000, prev,
+                                                   (uint64_t)rand() << 20 ^ (uint64_t)rand());
         assert_true(d >= 1000 && d <= 300000);
         assert_true(d <= (prev < 1000 ? 1000 : prev) * 3);
         at_cap += d == 300000;
@@ -114,8 +114,8 @@ static void test_outgoing_messages(void **state)
 }
 
 #define TWIN(id, desired, version, reported)                                                       \
-    "{\"type\":\"twin\",\"id\":" id ",\"twin\":{\"device_id\":\"dev_x\",\"desired\":" desired    \
-    ",\"desired_version\":" version ",\"reported\":" reported ",\"reported_version\":4,"         \
+    "{\"type\":\"twin\",\"id\":" id ",\"twin\":{\"device_id\":\"dev_x\",\"desired\":" desired      \
+    ",\"desired_version\":" version ",\"reported\":" reported ",\"reported_version\":4,"           \
     "\"tags\":{}}}"
 
 static void test_twin_then_pushes(void **state)
@@ -132,8 +132,9 @@ static void test_twin_then_pushes(void **state)
     assert_int_equal(ev.action, AGENT_SYNC_NONE);
     assert_int_equal(s.desired_version, -1);
     /* The hub echoes integer ids as their decimal text. */
-    handle(&s, TWIN("\"1\"", "{\"a\":1,\"b\":{\"c\":2}}", "5",
-                    "{\"config_status\":{\"version\":4,\"exit_code\":0}}"),
+    handle(&s,
+           TWIN("\"1\"", "{\"a\":1,\"b\":{\"c\":2}}", "5",
+                "{\"config_status\":{\"version\":4,\"exit_code\":0}}"),
            &ev);
     assert_int_equal(ev.action, AGENT_SYNC_TWIN);
     assert_int_equal(ev.version, 5);
@@ -344,8 +345,7 @@ static void test_ws_check_answer(void **state)
                      AGENT_WS_REVOKED);
     assert_int_equal(answer("HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n", key),
                      AGENT_WS_REFUSED);
-    assert_int_equal(answer("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", key),
-                     AGENT_WS_REFUSED);
+    assert_int_equal(answer("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", key), AGENT_WS_REFUSED);
 }
 
 static void test_has_token(void **state)

@@ -46,9 +46,9 @@ static void test_meminfo(void **state)
     /* Only the given length counts: the text need not be NUL-terminated. */
     assert_int_equal(agent_sysinfo_parse_meminfo(MEMINFO, 20, &total, &avail), 0);
     assert_int_equal(total, 2468);
-    assert_int_equal(agent_sysinfo_parse_meminfo("MemTotal: 99999999999999999999 kB\n", 34, &total,
-                                                 &avail),
-                     PHY_EINVAL);
+    assert_int_equal(
+        agent_sysinfo_parse_meminfo("MemTotal: 99999999999999999999 kB\n", 34, &total, &avail),
+        PHY_EINVAL);
 }
 
 static void test_loadavg_uptime(void **state)
@@ -133,15 +133,22 @@ static void test_utf8_clean(void **state)
     assert_false(trunc);
     assert_memory_equal(out, "h\xC3\xA9llo \xE2\x82\xAC \xF0\x9F\x98\x80", 16);
     /* Invalid: lone continuation, overlong, surrogate, > U+10FFFF, 0xFF, cut sequence. */
-    n = agent_utf8_clean((const unsigned char *)"a\x80" "b\xC0\xAF" "c\xED\xA0\x80"
-                                                "d\xF4\x90\x80\x80" "e\xFF" "f\xE2\x82",
+    n = agent_utf8_clean((const unsigned char *)"a\x80"
+                                                "b\xC0\xAF"
+                                                "c\xED\xA0\x80"
+                                                "d\xF4\x90\x80\x80"
+                                                "e\xFF"
+                                                "f\xE2\x82",
                          19, out, sizeof out, &trunc);
     assert_false(trunc);
     json_t *s = json_stringn(out, n); /* jansson accepts only valid UTF-8 */
     assert_non_null(s);
     json_decref(s);
     assert_int_equal(out[0], 'a');
-    assert_memory_equal(out + 1, "\xEF\xBF\xBD" "b", 4);
+    assert_memory_equal(out + 1,
+                        "\xEF\xBF\xBD"
+                        "b",
+                        4);
     assert_memory_equal(out + n - 7, "f\xEF\xBF\xBD\xEF\xBF\xBD", 7);
     /* Truncation never splits a character: 5 bytes of room, "€€" needs 6. */
     n = agent_utf8_clean((const unsigned char *)"\xE2\x82\xAC\xE2\x82\xAC", 6, out, 6, &trunc);
@@ -183,8 +190,8 @@ static void test_config_status(void **state)
     r.timed_out = 1;
     r.exit_code = 137;
     p = agent_config_status_patch(8, &r, 0);
-    assert_true(json_is_true(json_object_get(json_object_get(p, "config_status"),
-                                             "output_truncated")));
+    assert_true(
+        json_is_true(json_object_get(json_object_get(p, "config_status"), "output_truncated")));
     assert_true(json_is_true(json_object_get(json_object_get(p, "config_status"), "timed_out")));
     json_decref(p);
 
@@ -211,9 +218,9 @@ static void run_hook(const char *cmd, const char *input, int timeout_ms,
     int64_t give_up = now_ms() + 10000;
 
     memset(&h, 0, sizeof h);
-    assert_int_equal(agent_hook_start(&h, cmd, input, strlen(input), env, timeout_ms, now_ms(),
-                                      err, sizeof err),
-                     0);
+    assert_int_equal(
+        agent_hook_start(&h, cmd, input, strlen(input), env, timeout_ms, now_ms(), err, sizeof err),
+        0);
     assert_true(agent_hook_running(&h));
     for (;;) {
         struct pollfd pfd[2];
@@ -232,8 +239,7 @@ static void test_hook_runs(void **state)
     (void)state;
     struct agent_hook_result r;
 
-    run_hook("echo out; cat; echo \"v=$PHY_CONFIG_VERSION\" >&2; exit 3", "{\"a\":1}\n", 5000,
-             &r);
+    run_hook("echo out; cat; echo \"v=$PHY_CONFIG_VERSION\" >&2; exit 3", "{\"a\":1}\n", 5000, &r);
     assert_int_equal(r.exit_code, 3);
     assert_false(r.timed_out);
     assert_false(r.truncated);
@@ -281,9 +287,8 @@ static void test_hook_abort(void **state)
     char err[128];
 
     memset(&h, 0, sizeof h);
-    assert_int_equal(agent_hook_start(&h, "sleep 30", "", 0, NULL, 60000, now_ms(), err,
-                                      sizeof err),
-                     0);
+    assert_int_equal(
+        agent_hook_start(&h, "sleep 30", "", 0, NULL, 60000, now_ms(), err, sizeof err), 0);
     assert_int_equal(agent_hook_start(&h, "true", "", 0, NULL, 1000, now_ms(), err, sizeof err),
                      PHY_EEXIST);
     agent_hook_abort(&h);
@@ -294,10 +299,10 @@ static void test_hook_abort(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_meminfo),        cmocka_unit_test(test_loadavg_uptime),
-        cmocka_unit_test(test_status_json),    cmocka_unit_test(test_collect),
-        cmocka_unit_test(test_utf8_clean),     cmocka_unit_test(test_config_status),
-        cmocka_unit_test(test_hook_runs),      cmocka_unit_test(test_hook_timeout),
+        cmocka_unit_test(test_meminfo),     cmocka_unit_test(test_loadavg_uptime),
+        cmocka_unit_test(test_status_json), cmocka_unit_test(test_collect),
+        cmocka_unit_test(test_utf8_clean),  cmocka_unit_test(test_config_status),
+        cmocka_unit_test(test_hook_runs),   cmocka_unit_test(test_hook_timeout),
         cmocka_unit_test(test_hook_abort),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

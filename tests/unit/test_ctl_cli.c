@@ -152,13 +152,13 @@ static void test_table(void **state)
     assert_non_null(f);
     ctl_print_devices(devs, f);
     fclose(f);
-    assert_string_equal(buf,
-                        "DEVICE ID  SERIAL       NAME  STATE        PRESENCE  LAST SEEN             "
-                        "CREATED\n"
-                        "dev_a      SERIAL-LONG  N     active       online    2026-01-03T00:00:00Z  "
-                        "2026-01-01T00:00:00Z\n"
-                        "dev_bb     S2           -     provisioned  offline   -                     "
-                        "2026-01-02T00:00:00Z\n");
+    assert_string_equal(
+        buf, "DEVICE ID  SERIAL       NAME  STATE        PRESENCE  LAST SEEN             "
+             "CREATED\n"
+             "dev_a      SERIAL-LONG  N     active       online    2026-01-03T00:00:00Z  "
+             "2026-01-01T00:00:00Z\n"
+             "dev_bb     S2           -     provisioned  offline   -                     "
+             "2026-01-02T00:00:00Z\n");
     free(buf);
     json_decref(devs);
 }
@@ -295,15 +295,16 @@ static void test_format_event(void **state)
     const char *now = "2026-02-02T00:00:00Z";
 
     (void)state;
-    ctl_format_event("online",
-                     "{\"type\":\"online\",\"device_id\":\"dev_x\",\"time\":\"2026-01-01T00:00:00Z\","
-                     "\"tenant\":\"acme\"}",
-                     now, line, sizeof line);
+    ctl_format_event(
+        "online",
+        "{\"type\":\"online\",\"device_id\":\"dev_x\",\"time\":\"2026-01-01T00:00:00Z\","
+        "\"tenant\":\"acme\"}",
+        now, line, sizeof line);
     assert_string_equal(line, "2026-01-01T00:00:00Z online dev_x");
-    ctl_format_event("reported",
-                     "{\"device_id\":\"dev_y\",\"version\":4,\"patch\":{\"a\":1}}", now, line,
-                     sizeof line);
-    assert_string_equal(line, "2026-02-02T00:00:00Z reported dev_y {\"version\":4,\"patch\":{\"a\":1}}");
+    ctl_format_event("reported", "{\"device_id\":\"dev_y\",\"version\":4,\"patch\":{\"a\":1}}", now,
+                     line, sizeof line);
+    assert_string_equal(line,
+                        "2026-02-02T00:00:00Z reported dev_y {\"version\":4,\"patch\":{\"a\":1}}");
     ctl_format_event("odd\x1b", "not json\x07", now, line, sizeof line);
     assert_string_equal(line, "2026-02-02T00:00:00Z odd? - not json?");
     ctl_format_event("offline", "{\"at\":\"2026-01-01T00:00:09Z\",\"device_id\":\"d\\u001b\"}", now,
@@ -342,8 +343,8 @@ static void test_dechunk(void **state)
     assert_int_equal(total, 11);
     assert_memory_equal(all, "hello world", 11);
     /* Malformed framing. */
-    static const char *const bad[] = {"x\r\n", "5\r\nhelloXX", "5\n", "\r\n", "123456789\r\n",
-                                      "1\r\na\r\r", NULL};
+    static const char *const bad[] = {"x\r\n",         "5\r\nhelloXX", "5\n", "\r\n",
+                                      "123456789\r\n", "1\r\na\r\r",   NULL};
     for (size_t i = 0; bad[i] != NULL; i++) {
         memset(&d, 0, sizeof d);
         assert_int_equal(ctl_dechunk_feed(&d, bad[i], strlen(bad[i]), out, &outn), PHY_EPROTO);

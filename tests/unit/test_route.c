@@ -33,9 +33,9 @@ static struct {
     int has_filter;
     char after[64];
     int limit;
-    int outcome;       /* forced outcome of the next device operation (-1: natural) */
-    int changed;       /* desired_patch: whether the document changes */
-    int fail;          /* every operation fails (store unavailable) */
+    int outcome; /* forced outcome of the next device operation (-1: natural) */
+    int changed; /* desired_patch: whether the document changes */
+    int fail;    /* every operation fails (store unavailable) */
 } F;
 
 static int owns(int64_t tenant, const char *id)
@@ -287,9 +287,11 @@ static void test_path_match(void **state)
     assert_false(api_path_match("/api/v1/devices/{id}", "/api/v1/devices/" ID "/", id));
     assert_false(api_path_match("/api/v1/devices/{id}", "/api/v1/devices/claim", id));
     assert_false(api_path_match("/api/v1/devices/{id}", "/api/v1/devices/", id));
-    assert_false(api_path_match("/api/v1/devices/{id}", "/api/v1/devices/dev_ABCDEFGHIJKLMNOPQRSTUVWXYZ", id));
+    assert_false(api_path_match("/api/v1/devices/{id}",
+                                "/api/v1/devices/dev_ABCDEFGHIJKLMNOPQRSTUVWXYZ", id));
     assert_false(api_path_match("/api/v1/devices/{id}", "/api/v1/devices/" ID "a", id));
-    assert_false(api_path_match("/api/v1/devices/{id}", "/api/v1/devices/dev_abcdefghijklmnopqrstuvwxy1", id));
+    assert_false(api_path_match("/api/v1/devices/{id}",
+                                "/api/v1/devices/dev_abcdefghijklmnopqrstuvwxy1", id));
     assert_false(api_path_match("/api/v1/devices/{id}/tags", "/api/v1/devices/" ID, id));
     assert_true(api_device_id_valid(ID, strlen(ID)));
     assert_false(api_device_id_valid(ID, strlen(ID) - 1));
@@ -329,8 +331,7 @@ static void test_pct_decode_and_query(void **state)
     assert_int_equal(api_query_param("a", "a", out, sizeof(out)), PHY_EINVAL);
     assert_int_equal(api_query_param("b&a=1", "a", out, sizeof(out)), PHY_EINVAL);
     assert_int_equal(api_query_param("a=%G1", "a", out, sizeof(out)), PHY_EINVAL);
-    assert_int_equal(api_query_param("a=01234567890123456789", "a", out, sizeof(out)),
-                     PHY_ETOOBIG);
+    assert_int_equal(api_query_param("a=01234567890123456789", "a", out, sizeof(out)), PHY_ETOOBIG);
 
     static const char *const allowed[] = {"tag", "limit", NULL};
     assert_int_equal(api_query_check(NULL, allowed), 0);
@@ -390,9 +391,8 @@ static void test_routes_404_405(void **state)
     assert_string_equal(res.extra_headers, "Allow: GET, DELETE\r\n");
     assert_string_equal(error_code(&res), "method_not_allowed");
     api_response_free(&res);
-    assert_int_equal(call(&res, "GET", "/api/v1/devices/" ID "/revoke", NULL, TOKEN, NULL, NULL,
-                          NULL),
-                     405);
+    assert_int_equal(
+        call(&res, "GET", "/api/v1/devices/" ID "/revoke", NULL, TOKEN, NULL, NULL, NULL), 405);
     assert_string_equal(res.extra_headers, "Allow: POST\r\n");
     api_response_free(&res);
     assert_int_equal(call(&res, "DELETE", "/api/v1/devices", NULL, TOKEN, NULL, NULL, NULL), 405);
@@ -402,15 +402,14 @@ static void test_routes_404_405(void **state)
                      405);
     assert_string_equal(res.extra_headers, "Allow: PATCH\r\n");
     api_response_free(&res);
-    assert_int_equal(call(&res, "GET", "/api/v1/devices/" ID "/tags", NULL, TOKEN, NULL, NULL,
-                          NULL),
-                     405);
+    assert_int_equal(
+        call(&res, "GET", "/api/v1/devices/" ID "/tags", NULL, TOKEN, NULL, NULL, NULL), 405);
     assert_string_equal(res.extra_headers, "Allow: PUT\r\n");
     api_response_free(&res);
     /* provisioning routes are absent without --provisioning */
-    assert_int_equal(call(&res, "POST", "/v1/provisioning/register", NULL, NULL, "application/json",
-                          "{}", NULL),
-                     404);
+    assert_int_equal(
+        call(&res, "POST", "/v1/provisioning/register", NULL, NULL, "application/json", "{}", NULL),
+        404);
     api_response_free(&res);
     /* every console route needs the token */
     static const char *const m[][2] = {
@@ -424,19 +423,18 @@ static void test_routes_404_405(void **state)
         {"PATCH", "/api/v1/twins/desired"},
     };
     for (size_t i = 0; i < sizeof(m) / sizeof(m[0]); i++) {
-        assert_int_equal(call(&res, m[i][0], m[i][1], "tag=a:b", NULL, "application/json", "{}",
-                              NULL),
-                         401);
+        assert_int_equal(
+            call(&res, m[i][0], m[i][1], "tag=a:b", NULL, "application/json", "{}", NULL), 401);
         assert_non_null(strstr(res.extra_headers, "WWW-Authenticate: Bearer"));
         api_response_free(&res);
-        assert_int_equal(call(&res, m[i][0], m[i][1], "tag=a:b", "Bearer wrong",
-                              "application/json", "{}", NULL),
-                         401);
+        assert_int_equal(
+            call(&res, m[i][0], m[i][1], "tag=a:b", "Bearer wrong", "application/json", "{}", NULL),
+            401);
         api_response_free(&res);
         /* another tenant: 404 for the device routes; nothing reaches the device ops */
         F.op[0] = '\0';
-        int st = call(&res, m[i][0], m[i][1], "tag=a:b", "Bearer other", "application/json",
-                      "{}", NULL);
+        int st =
+            call(&res, m[i][0], m[i][1], "tag=a:b", "Bearer other", "application/json", "{}", NULL);
         if (strstr(m[i][1], "{") == NULL && strstr(m[i][1], ID) != NULL)
             assert_int_equal(st, 404);
         api_response_free(&res);
@@ -462,8 +460,8 @@ static void test_list_filters(void **state)
     assert_string_equal(json_string_value(json_object_get(d, "connected_at")),
                         "2026-01-01T00:00:01Z");
     assert_true(json_is_null(json_object_get(d, "disconnected_at")));
-    assert_int_equal(json_integer_value(json_object_get(json_object_get(d, "last_status"), "uptime")),
-                     5);
+    assert_int_equal(
+        json_integer_value(json_object_get(json_object_get(d, "last_status"), "uptime")), 5);
     assert_string_equal(json_string_value(json_object_get(d, "last_status_at")),
                         "2026-01-01T00:00:04Z");
     assert_true(json_is_null(json_object_get(o, "next")));
@@ -483,19 +481,33 @@ static void test_list_filters(void **state)
     assert_string_equal(json_string_value(json_object_get(o, "next")), ID);
     json_decref(o);
     api_response_free(&res);
-    assert_int_equal(call(&res, "GET", "/api/v1/devices", "presence=online&tag=k:", TOKEN, NULL,
-                          NULL, NULL),
-                     200);
+    assert_int_equal(
+        call(&res, "GET", "/api/v1/devices", "presence=online&tag=k:", TOKEN, NULL, NULL, NULL),
+        200);
     assert_int_equal(F.filter.presence, 1);
     assert_string_equal(F.tag_value, "");
     api_response_free(&res);
 
     static const char *const bad[] = {
-        "presence=away",  "presence=",      "presence=online&presence=offline",
-        "tag=site",       "tag=:v",         "tag=s%20x:v",     "tag=k:%ff",
-        "tag=k:%0a",      "tag=k:%zz",      "limit=0",         "limit=501",
-        "limit=-1",       "limit=+5",       "limit=5x",        "limit=",
-        "after=dev_x",    "after=" ID "&after=" ID, "bogus=1", "limit",
+        "presence=away",
+        "presence=",
+        "presence=online&presence=offline",
+        "tag=site",
+        "tag=:v",
+        "tag=s%20x:v",
+        "tag=k:%ff",
+        "tag=k:%0a",
+        "tag=k:%zz",
+        "limit=0",
+        "limit=501",
+        "limit=-1",
+        "limit=+5",
+        "limit=5x",
+        "limit=",
+        "after=dev_x",
+        "after=" ID "&after=" ID,
+        "bogus=1",
+        "limit",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         int st = call(&res, "GET", "/api/v1/devices", bad[i], TOKEN, NULL, NULL, NULL);
@@ -533,9 +545,8 @@ static void test_get_device(void **state)
     assert_int_equal(call(&res, "GET", "/api/v1/devices/" ID2, NULL, TOKEN, NULL, NULL, NULL), 404);
     assert_string_equal(error_code(&res), "not_found");
     api_response_free(&res);
-    assert_int_equal(call(&res, "GET", "/api/v1/devices/" ID, NULL, "Bearer other", NULL, NULL,
-                          NULL),
-                     404);
+    assert_int_equal(
+        call(&res, "GET", "/api/v1/devices/" ID, NULL, "Bearer other", NULL, NULL, NULL), 404);
     api_response_free(&res);
 }
 
@@ -587,22 +598,20 @@ static void test_desired_patch(void **state)
     assert_int_equal(res.neffects, 0);
     api_response_free(&res);
     /* bad input */
-    assert_int_equal(call(&res, "PATCH", p, NULL, TOKEN, "application/json", "{\"a\":1}", "W/\"3\""),
-                     400);
+    assert_int_equal(
+        call(&res, "PATCH", p, NULL, TOKEN, "application/json", "{\"a\":1}", "W/\"3\""), 400);
     api_response_free(&res);
     assert_int_equal(call(&res, "PATCH", p, NULL, TOKEN, "text/plain", "{\"a\":1}", NULL), 415);
     api_response_free(&res);
-    assert_int_equal(call(&res, "PATCH", p, NULL, TOKEN, "application/merge-patch+jsonx", "{}",
-                          NULL),
-                     415);
+    assert_int_equal(
+        call(&res, "PATCH", p, NULL, TOKEN, "application/merge-patch+jsonx", "{}", NULL), 415);
     api_response_free(&res);
     assert_int_equal(call(&res, "PATCH", p, NULL, TOKEN, NULL, "{}", NULL), 415);
     api_response_free(&res);
     assert_int_equal(call(&res, "PATCH", p, NULL, TOKEN, "application/json", "[1]", NULL), 400);
     api_response_free(&res);
-    assert_int_equal(call(&res, "PATCH", p, NULL, TOKEN, "application/json", "{\"a\":1,\"a\":2}",
-                          NULL),
-                     400);
+    assert_int_equal(
+        call(&res, "PATCH", p, NULL, TOKEN, "application/json", "{\"a\":1,\"a\":2}", NULL), 400);
     api_response_free(&res);
     /* store outcomes */
     F.outcome = STORE_TOO_BIG;
@@ -685,9 +694,8 @@ static void test_tags_revoke_reset_delete(void **state)
                      404);
     api_response_free(&res);
 
-    assert_int_equal(call(&res, "POST", "/api/v1/devices/" ID "/revoke", NULL, TOKEN, NULL, NULL,
-                          NULL),
-                     200);
+    assert_int_equal(
+        call(&res, "POST", "/api/v1/devices/" ID "/revoke", NULL, TOKEN, NULL, NULL, NULL), 200);
     assert_string_equal(F.op, "revoke");
     assert_int_equal(res.neffects, 1);
     assert_int_equal(res.effects[0].kind, API_EFFECT_CLOSE_SESSION);
@@ -695,9 +703,8 @@ static void test_tags_revoke_reset_delete(void **state)
     assert_string_equal(res.effects[0].device_id, ID);
     api_response_free(&res);
 
-    assert_int_equal(call(&res, "POST", "/api/v1/devices/" ID "/reset", NULL, TOKEN, NULL, NULL,
-                          NULL),
-                     200);
+    assert_int_equal(
+        call(&res, "POST", "/api/v1/devices/" ID "/reset", NULL, TOKEN, NULL, NULL, NULL), 200);
     o = body_json(&res);
     assert_string_equal(json_string_value(json_object_get(o, "serial")), "SN1");
     assert_string_equal(json_string_value(json_object_get(o, "state")), "revoked");
