@@ -2,15 +2,19 @@
 SHELL := /bin/bash
 DEPS := libuv1-dev libssl-dev libwslay-dev libjansson-dev libsqlite3-dev libpq-dev \
         libinih-dev libargon2-dev libcmocka-dev pkg-config cmake make gcc clang \
-        libclang-rt-14-dev curl openssl python3 ca-certificates
+        libclang-rt-14-dev curl openssl python3 ca-certificates nodejs npm
 JOBS ?= $(shell nproc)
 
-.PHONY: test demo deps build-test build-release fuzz clean format
+.PHONY: test demo deps node-deps build-test build-release fuzz clean format
 
 deps:
 	@./scripts/install-deps.sh $(DEPS)
 
-build-test: deps
+# Independent clients for the tests (Node's ws), pinned by package-lock.json.
+node-deps:
+	@[ -d tests/node/node_modules/ws ] || npm ci --prefix tests/node --no-audit --no-fund
+
+build-test: deps node-deps
 	cmake -S . -B build/test -DCMAKE_BUILD_TYPE=Debug -DPHY_SANITIZE=ON >/dev/null
 	cmake --build build/test -j $(JOBS)
 
