@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 DEPS := libuv1-dev libssl-dev libwslay-dev libjansson-dev libsqlite3-dev libpq-dev \
         libinih-dev libargon2-dev libcmocka-dev pkg-config cmake make gcc clang \
-        libclang-rt-14-dev curl openssl python3 ca-certificates nodejs npm
+        libclang-rt-14-dev curl openssl python3 ca-certificates
 JOBS ?= $(shell nproc)
 
 .PHONY: test demo deps node-deps build-test build-release fuzz clean format
@@ -12,6 +12,7 @@ deps:
 
 # Independent clients for the tests (Node's ws), pinned by package-lock.json.
 node-deps:
+	@command -v npm >/dev/null || ./scripts/install-deps.sh nodejs npm
 	@[ -d tests/node/node_modules/ws ] || npm ci --prefix tests/node --no-audit --no-fund
 
 build-test: deps node-deps

@@ -519,7 +519,7 @@ static void on_sess_work(uv_work_t *req)
         break;
     }
     case DISPATCH_STATUS: {
-        char *status = json_dumps(w->action.body, JSON_COMPACT);
+        char *status = json_dumps(w->action.body, JSON_COMPACT | JSON_REAL_PRECISION(12));
         if (!status || ops->status_put(h->store, dev, status, hub_now_ms()) < 0) {
             w->reply = dispatch_error_msg(id, "unavailable", "status not stored; retry");
         } else {

@@ -75,6 +75,8 @@ wait_port 127.0.0.1 "$PROXY_PORT"
 
 "$BIN/phyagent" --serial "$SERIAL" --state-dir "$DIR/agent" --proxy "127.0.0.1:$PROXY_PORT" \
   --ca "$DIR/pki/ca.pem" --provisioning-endpoint portal-eu.phystack.com:443 \
+  --on-config "cat > '$PWD/$DIR/agent/hook-input.json'; echo applied by the demo hook" \
+  --status-interval 15 \
   2> "$DIR/logs/phyagent.log" &
 agent=$!
 pids+=($agent)
@@ -96,15 +98,21 @@ Claim the device by its code (or use --serial $SERIAL):
 
   PHY_TOKEN=\$(cat $DIR/api-token) $BIN/phyctl --url https://127.0.0.1:$HUB_PORT --ca $DIR/pki/ca.pem claim --code $CODE --name "demo screen"
 
-Then list the fleet:
+Then watch it come online and configure it (phyctl reads the token from PHY_TOKEN):
 
-  PHY_TOKEN=\$(cat $DIR/api-token) $BIN/phyctl --url https://127.0.0.1:$HUB_PORT --ca $DIR/pki/ca.pem devices list
+  export PHY_TOKEN=\$(cat $DIR/api-token)
+  $BIN/phyctl --url https://127.0.0.1:$HUB_PORT --ca $DIR/pki/ca.pem devices list
+  $BIN/phyctl --url https://127.0.0.1:$HUB_PORT --ca $DIR/pki/ca.pem events
+  $BIN/phyctl --url https://127.0.0.1:$HUB_PORT --ca $DIR/pki/ca.pem twin set DEVICE_ID message=hello
+  cat $DIR/agent/config.json        # written by the agent; the hook's result is in the reported twin
 
 The code rotates every 5 minutes; the current one is always in $DIR/agent/provisioning-code.
 Press Ctrl-C to stop everything.
 EOF
 
-if wait "$agent"; then
-  echo "phyagent received its credentials: $DIR/agent/credentials.json (mode $(stat -c %a "$DIR/agent/credentials.json"))"
+# Tell when the agent got its credentials; it then stays connected to the hub.
+while kill -0 "$agent" 2>/dev/null && [ ! -f "$DIR/agent/credentials.json" ]; do sleep 0.5; done
+if [ -f "$DIR/agent/credentials.json" ]; then
+  echo "phyagent received its credentials ($DIR/agent/credentials.json, mode $(stat -c %a "$DIR/agent/credentials.json")) and is connecting to the hub over WSS"
 fi
 wait
