@@ -800,9 +800,11 @@ int session_detach(struct conn *c)
         registry_remove(s->sessions, ss);
     if (!ss->replaced) {
         presence_offline(s, ss->device_id, ss->last_seen_wall ? ss->last_seen_wall : hub_now_ms());
-        char ev[96];
-        snprintf(ev, sizeof(ev), "{\"device_id\":\"%s\"}", ss->device_id);
-        events_publish(s, ss->tenant_id, "offline", ev);
+        if (ss->begun) { /* an upgrade that failed before the session began was never online */
+            char ev[96];
+            snprintf(ev, sizeof(ev), "{\"device_id\":\"%s\"}", ss->device_id);
+            events_publish(s, ss->tenant_id, "offline", ev);
+        }
     }
     if (ss->begun)
         phy_log(PHY_LOG_INFO, "session_close", "device_id=%s replaced=%d", ss->device_id,

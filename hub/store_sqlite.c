@@ -138,9 +138,10 @@ static int str_ok(const char *s, size_t max)
     return s && s[0] && strnlen(s, max + 1) <= max;
 }
 
-static int serial_ok(const char *s)
+/* 1 when s is 1..max characters of [A-Za-z0-9._-] (serials and tag keys). */
+static int name_ok(const char *s, size_t max)
 {
-    if (!str_ok(s, PHY_SERIAL_MAX))
+    if (!str_ok(s, max))
         return 0;
     for (; *s; s++) {
         char ch = *s;
@@ -149,6 +150,11 @@ static int serial_ok(const char *s)
             return 0;
     }
     return 1;
+}
+
+static int serial_ok(const char *s)
+{
+    return name_ok(s, PHY_SERIAL_MAX);
 }
 
 static int hash_ok(const char *s)
@@ -1320,15 +1326,7 @@ out:
 /* Returns 1 when k is a tag key as the console accepts them: [A-Za-z0-9._-]{1,64}. */
 static int tag_key_ok(const char *k)
 {
-    if (!str_ok(k, TAG_KEY_MAX))
-        return 0;
-    for (; *k; k++) {
-        char ch = *k;
-        if (!((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
-              ch == '.' || ch == '_' || ch == '-'))
-            return 0;
-    }
-    return 1;
+    return name_ok(k, TAG_KEY_MAX);
 }
 
 static int device_id_ok(const char *s)

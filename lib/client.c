@@ -997,6 +997,43 @@ static int no_body_status(int status)
 }
 
 /* One request on a fresh connection; see client.h. */
+/* TCP (+ CONNECT through the proxy when set) + TLS with verification for o. 0 or
+ * negative with a reason in c->err. */
+static int conn_establish(struct conn *c, const struct phy_client_opts *o, SSL_CTX **ctx,
+                          BIO_METHOD **meth)
+{
+    int rc;
+
+    if (o->proxy_host != NULL) {
+        rc = tcp_connect(c, o->proxy_host, o->proxy_port);
+        if (rc < 0)
+            return rc;
+        c->fd = rc;
+        rc = proxy_connect(c, o);
+    } else {
+        char chost[CLIENT_MAX_HOST + 1];
+        unsigned cport = o->port;
+
+        if (o->connect_addr != NULL) {
+            if (phy_client_parse_hostport(o->connect_addr, chost, sizeof chost, &cport, o->port) !=
+                0) {
+                errf(c, "invalid connect address");
+                return PHY_EINVAL;
+            }
+        } else {
+            memcpy(chost, o->host, strlen(o->host) + 1);
+        }
+        rc = tcp_connect(c, chost, cport);
+        if (rc >= 0) {
+            c->fd = rc;
+            rc = 0;
+        }
+    }
+    if (rc != 0)
+        return rc;
+    return tls_connect(c, ctx, meth, o->host, o->ca_file);
+}
+
 int phy_client_request(const struct phy_client_opts *o, const char *method, const char *path,
                        const char *headers, const char *content_type, const char *body,
                        size_t body_len, struct phy_client_response *res, char *err, size_t errcap)
@@ -1028,35 +1065,7 @@ int phy_client_request(const struct phy_client_opts *o, const char *method, cons
     rc = check_args(c, o, method, path, headers, content_type);
     if (rc != 0)
         goto out;
-    if (o->proxy_host != NULL) {
-        rc = tcp_connect(c, o->proxy_host, o->proxy_port);
-        if (rc < 0)
-            goto out;
-        c->fd = rc;
-        rc = proxy_connect(c, o);
-    } else {
-        char chost[CLIENT_MAX_HOST + 1];
-        unsigned cport = o->port;
-
-        if (o->connect_addr != NULL) {
-            if (phy_client_parse_hostport(o->connect_addr, chost, sizeof chost, &cport, o->port) !=
-                0) {
-                errf(c, "invalid connect address");
-                rc = PHY_EINVAL;
-                goto out;
-            }
-        } else {
-            memcpy(chost, o->host, strlen(o->host) + 1);
-        }
-        rc = tcp_connect(c, chost, cport);
-        if (rc >= 0) {
-            c->fd = rc;
-            rc = 0;
-        }
-    }
-    if (rc != 0)
-        goto out;
-    rc = tls_connect(c, &ctx, &meth, o->host, o->ca_file);
+    rc = conn_establish(c, o, &ctx, &meth);
     if (rc != 0)
         goto out;
     rc = build_head(c, o, method, path, headers != NULL ? headers : "", content_type, body,
@@ -1136,43 +1145,6 @@ struct phy_client_conn {
     int have_res;
     int failed; /* a fatal TLS error: no close_notify */
 };
-
-/* TCP (+ CONNECT through the proxy when set) + TLS with verification for o. 0 or
- * negative with a reason in c->err. */
-static int conn_establish(struct conn *c, const struct phy_client_opts *o, SSL_CTX **ctx,
-                          BIO_METHOD **meth)
-{
-    int rc;
-
-    if (o->proxy_host != NULL) {
-        rc = tcp_connect(c, o->proxy_host, o->proxy_port);
-        if (rc < 0)
-            return rc;
-        c->fd = rc;
-        rc = proxy_connect(c, o);
-    } else {
-        char chost[CLIENT_MAX_HOST + 1];
-        unsigned cport = o->port;
-
-        if (o->connect_addr != NULL) {
-            if (phy_client_parse_hostport(o->connect_addr, chost, sizeof chost, &cport, o->port) !=
-                0) {
-                errf(c, "invalid connect address");
-                return PHY_EINVAL;
-            }
-        } else {
-            memcpy(chost, o->host, strlen(o->host) + 1);
-        }
-        rc = tcp_connect(c, chost, cport);
-        if (rc >= 0) {
-            c->fd = rc;
-            rc = 0;
-        }
-    }
-    if (rc != 0)
-        return rc;
-    return tls_connect(c, ctx, meth, o->host, o->ca_file);
-}
 
 /* Opens a long-lived connection; see client.h. */
 int phy_client_open(const struct phy_client_opts *o, const char *head, size_t head_len,
