@@ -1,44 +1,65 @@
 """A whole PhyStack on loopback for integration tests: phyhub (eu, provisioning on,
-short timers) + phyproxy + a tenant with an API token, and helpers to provision
-devices and call the APIs through the proxy like a device or with a token."""
+short timers) + phyproxy + a tenant with an API token, and helpers to add tenants and
+users, provision devices, call the APIs through the proxy like a device or with a
+token, run phyctl, start phyagents, read their state files and look for secrets in
+the logs."""
 
 import base64
 import http.client
 import json
 import os
+import re
+import sqlite3
 import ssl
 import subprocess
 import time
 
 import phytest
+import wsclient
 from phytest import Daemon, binary
 
 HOST = "portal-eu.phystack.com"
+# Hub timers short enough for a test run; pass timers= to keep some at their defaults.
+SHORT_TIMERS = ("--poll-interval", "1", "--issuance-grace", "3", "--sweep-interval", "1")
+PASSWORD = "correct horse battery\n"
+
+
+def read_json(path):
+    """The parsed JSON of a file; None while it is missing or not (yet) valid JSON."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (FileNotFoundError, ValueError):
+        return None
 
 
 class Stack:
-    def __init__(self, name, hub_flags=(), hub_env=None):
+    """Tenant "acme" with user "alice" (token in .token) is always there. With
+    start=False nothing runs yet: add tenants and users, then call start()."""
+
+    def __init__(self, name, hub_flags=(), hub_env=None, timers=SHORT_TIMERS, proxy=True,
+                 proxy_flags=(), start=True):
         self.dir = phytest.tmpdir(name)
         self.pki = phytest.make_ca(self.dir, [HOST, "localhost"])
         self.db = os.path.join(self.dir, "eu.db")
         self.hub_port = phytest.free_port()
-        self.proxy_port = phytest.free_port()
-        self.hub_flags = list(hub_flags)
+        self.proxy_port = phytest.free_port() if proxy else None
+        self.hub_flags = list(timers) + list(hub_flags)
         self.hub_env = hub_env
+        self.proxy_flags = list(proxy_flags)
         self.daemons = []
+        self.hub = None
+        self.proxy = None
         self.hub_runs = 0
+        self.agent_runs = {}
         self.secrets = set()
-        self.admin("tenant-add", "acme", "--region", "eu")
-        self.admin("user-add", "acme", "alice", stdin="correct horse battery\n")
-        self.token = self.admin("token-add", "acme", "alice")
-        self.secrets.add(self.token)
-        self.start_hub()
-        self.proxy = self.daemon([binary("phyproxy"), "--listen", "127.0.0.1:%d" % self.proxy_port,
-                                  "--route", "%s=127.0.0.1:%d" % (HOST, self.hub_port),
-                                  "--allow", "portal-*.phystack.com:443"], "phyproxy")
-        self.proxy.wait_port(self.proxy_port)
+        self.add_tenant("acme")
+        self.token = self.add_user("acme", "alice")
+        if start:
+            self.start()
 
     def daemon(self, argv, name, env=None):
+        """A Daemon whose log counts for logs() and is killed by stop()."""
         d = Daemon(argv, name, self.dir, env=env)
         self.daemons.append(d)
         return d
@@ -49,12 +70,36 @@ class Stack:
         assert res.returncode == 0, res.stderr
         return res.stdout.strip()
 
+    def add_tenant(self, tenant, region="eu"):
+        self.admin("tenant-add", tenant, "--region", region)
+
+    def add_user(self, tenant, user):
+        """Adds a user and returns a new API token for it (remembered as a secret)."""
+        self.admin("user-add", tenant, user, stdin=PASSWORD)
+        token = self.admin("token-add", tenant, user)
+        self.secrets.add(token)
+        return token
+
+    def start(self):
+        """Starts the hub and (unless proxy=False) the proxy; kills both on failure."""
+        try:
+            self.start_hub()
+            if self.proxy_port is not None:
+                self.proxy = self.daemon(
+                    [binary("phyproxy"), "--listen", "127.0.0.1:%d" % self.proxy_port,
+                     "--route", "%s=127.0.0.1:%d" % (HOST, self.hub_port),
+                     "--allow", "portal-*.phystack.com:443"] + self.proxy_flags, "phyproxy")
+                self.proxy.wait_port(self.proxy_port)
+        except Exception:
+            self.stop()
+            raise
+
     def start_hub(self):
+        """Starts a (new) hub on the same port and database, e.g. after hub.kill()."""
         self.hub_runs += 1
         argv = [binary("phyhub"), "--region", "eu", "--listen", "127.0.0.1:%d" % self.hub_port,
                 "--db", self.db, "--tls-cert", self.pki["cert"], "--tls-key", self.pki["key"],
-                "--provisioning", "--public-endpoint", HOST + ":443", "--poll-interval", "1",
-                "--issuance-grace", "3", "--sweep-interval", "1"] + self.hub_flags
+                "--provisioning", "--public-endpoint", HOST + ":443"] + self.hub_flags
         self.hub = self.daemon(argv, "phyhub-%d" % self.hub_runs, env=self.hub_env)
         self.hub.wait_port(self.hub_port)
         return self.hub
@@ -66,21 +111,45 @@ class Stack:
     def logs(self):
         return "\n".join(d.log() for d in self.daemons)
 
+    def leaked_secrets(self):
+        """Every remembered secret that appears in a log, shortened for the message."""
+        blob = self.logs()
+        return [s[:6] + "..." for s in self.secrets if s in blob]
+
+    def query(self, sql, args=()):
+        """All rows of one query on the hub's database."""
+        db = sqlite3.connect(self.db)
+        try:
+            return db.execute(sql, args).fetchall()
+        finally:
+            db.close()
+
     # ---- HTTP ----
 
-    def request(self, method, path, body=None, ident="sn_TEST", token=None, headers=None,
-                raw=None, content_type="application/json", via_proxy=True):
-        """One HTTPS request to the hub (through phyproxy by default). Returns
-        (status, parsed JSON or None, raw body, response headers)."""
-        ctx = ssl.create_default_context(cafile=self.pki["ca"])
-        if via_proxy:
+    def tls_context(self):
+        return ssl.create_default_context(cafile=self.pki["ca"])
+
+    def _via_proxy(self, via_proxy):
+        return self.proxy_port is not None if via_proxy is None else via_proxy
+
+    def connection(self, ident="sn_TEST", via_proxy=None):
+        """An HTTPSConnection to the hub: through phyproxy (CONNECT with `ident`) when
+        the stack has one, unless via_proxy says otherwise."""
+        if self._via_proxy(via_proxy):
             conn = http.client.HTTPSConnection("127.0.0.1", self.proxy_port, timeout=10,
-                                               context=ctx)
+                                               context=self.tls_context())
             auth = base64.b64encode((ident + ":").encode()).decode()
             conn.set_tunnel(HOST, 443, headers={"Proxy-Authorization": "Basic " + auth})
         else:  # the certificate also names 127.0.0.1
             conn = http.client.HTTPSConnection("127.0.0.1", self.hub_port, timeout=10,
-                                               context=ctx)
+                                               context=self.tls_context())
+        return conn
+
+    def request(self, method, path, body=None, ident="sn_TEST", token=None, headers=None,
+                raw=None, content_type="application/json", via_proxy=None):
+        """One HTTPS request to the hub (see connection()). Returns (status, parsed
+        JSON or None, raw body, response headers with lower-case names)."""
+        conn = self.connection(ident, via_proxy)
         h = dict(headers or {})
         data = raw
         if body is not None:
@@ -105,30 +174,102 @@ class Stack:
     def api(self, method, path, body=None, token=None, **kw):
         return self.request(method, path, body, token=token or self.token, **kw)
 
+    def ws_connect(self, creds, via_proxy=None, **kw):
+        """A device WebSocket upgrade with creds (device_id, device_secret): through
+        phyproxy when the stack has one. Returns wsclient's (status, headers, WS)."""
+        ident, secret = creds["device_id"], creds["device_secret"]
+        if self._via_proxy(via_proxy):
+            return wsclient.handshake("127.0.0.1", self.proxy_port, HOST, self.pki["ca"],
+                                      ident, secret, proxy=("127.0.0.1", self.proxy_port, ident),
+                                      **kw)
+        return wsclient.handshake("127.0.0.1", self.hub_port, HOST, self.pki["ca"], ident,
+                                  secret, **kw)
+
     # ---- provisioning ----
 
-    def provision(self, serial, name=None, tags=None):
-        """Register + claim by serial + poll: returns the credentials dict."""
+    def register(self, serial):
+        """Registers a serial as its device would; returns the poll token."""
         st, js, _, _ = self.request("POST", "/v1/provisioning/register", {"serial": serial},
                                     ident="sn_" + serial)
         assert st == 201, (st, js)
-        token = js["poll_token"]
-        self.secrets.add(token)
+        assert re.fullmatch(r"[A-Za-z0-9_-]{43}", js["poll_token"]), js
+        self.secrets.add(js["poll_token"])
+        return js["poll_token"]
+
+    def claim(self, token=None, **body):
+        """POST /api/v1/devices/claim with body (serial, code, name, tags...)."""
+        return self.api("POST", "/api/v1/devices/claim", body, token=token)
+
+    def poll(self, serial, token, code=None):
+        """One poll as the device would (by code when given, else by serial)."""
+        body = {"code": code} if code else {"serial": serial}
+        body["poll_token"] = token
+        res = self.request("POST", "/v1/provisioning/poll", body, ident="sn_" + serial)
+        if res[0] == 200:
+            self.secrets.add(res[1]["device_secret"])
+        return res
+
+    def poll_until(self, serial, token, code=None, timeout=15):
+        """Polls at the interval the hub asks for until something other than 202/429."""
+        deadline = time.monotonic() + timeout
+        while True:
+            res = self.poll(serial, token, code)
+            st, js = res[0], res[1]
+            if st not in (202, 429):
+                return res
+            assert time.monotonic() < deadline, "still pending after %s s" % timeout
+            time.sleep(js.get("interval", 1))
+
+    def provision(self, serial, name=None, tags=None):
+        """Register + claim by serial + poll: returns the credentials dict."""
+        token = self.register(serial)
         body = {"serial": serial}
         if name:
             body["name"] = name
-        if tags:
+        if tags is not None:
             body["tags"] = tags
-        st, dev, _, _ = self.api("POST", "/api/v1/devices/claim", body)
+        st, dev, _, _ = self.claim(**body)
         assert st == 201, (st, dev)
-        deadline = time.monotonic() + 15
-        while True:
-            st, js, _, _ = self.request("POST", "/v1/provisioning/poll",
-                                        {"serial": serial, "poll_token": token},
-                                        ident="sn_" + serial)
-            if st == 200:
-                break
-            assert st in (202, 429) and time.monotonic() < deadline, (st, js)
-            time.sleep(js.get("interval", 1))
-        self.secrets.add(js["device_secret"])
+        st, js, _, _ = self.poll_until(serial, token)
+        assert st == 200, (st, js)
+        assert js["device_id"] == dev["device_id"], (js, dev)
         return js
+
+    # ---- phyctl ----
+
+    def phyctl_command(self, *args, token=None):
+        """(argv, env) of phyctl against the hub with token (default: alice's)."""
+        env = dict(os.environ, PHY_TOKEN=token or self.token)
+        argv = [binary("phyctl"), "--url", "https://127.0.0.1:%d" % self.hub_port,
+                "--ca", self.pki["ca"]] + list(args)
+        return argv, env
+
+    def phyctl(self, *args, token=None, stdin=None):
+        """Runs phyctl to its end; returns (exit code, stdout, stderr)."""
+        argv, env = self.phyctl_command(*args, token=token)
+        res = subprocess.run(argv, env=env, input=stdin, capture_output=True, text=True,
+                             timeout=60)
+        return res.returncode, res.stdout, res.stderr
+
+    # ---- agents ----
+
+    def start_agent(self, serial, extra_flags=(), name=None):
+        """Starts a phyagent for serial through the proxy, with its state in
+        <dir>/agent-<serial> (kept across runs); returns (daemon, state_dir)."""
+        assert self.proxy_port is not None, "agents need the proxy"
+        state = os.path.join(self.dir, "agent-" + serial)
+        os.makedirs(state, exist_ok=True)
+        n = self.agent_runs.get(serial, 0) + 1
+        self.agent_runs[serial] = n
+        argv = [binary("phyagent"), "--serial", serial, "--state-dir", state,
+                "--proxy", "127.0.0.1:%d" % self.proxy_port, "--ca", self.pki["ca"],
+                "--provisioning-endpoint", HOST + ":443", "--backoff-base-ms", "100",
+                "--backoff-max", "1"] + list(extra_flags)
+        return self.daemon(argv, name or "phyagent-%s-%d" % (serial, n)), state
+
+    def credentials(self, state):
+        """The agent's credentials.json (its secret remembered), None while missing."""
+        creds = read_json(os.path.join(state, "credentials.json"))
+        if creds:
+            self.secrets.add(creds["device_secret"])
+        return creds

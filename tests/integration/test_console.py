@@ -4,128 +4,53 @@ console endpoint exercised through phyctl and http.client: list filters and page
 get, desired patches with If-Match, fleet-wide patches, tags, revoke / reset /
 delete, and tenant isolation."""
 
-import http.client
 import json
 import os
 import re
-import ssl
+import signal
 import subprocess
 import sys
-import time
+import threading
 import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import phytest  # noqa: E402
-from phytest import Daemon, binary, wait_until  # noqa: E402
+from phytest import wait_until  # noqa: E402
+from stack import Stack  # noqa: E402
 
-HOST = "portal-eu.phystack.com"
 ID_RE = re.compile(r"^dev_[a-z2-7]{26}$")
 
-S = {}            # shared state of this file's run
-SECRETS = set()   # tokens and device secrets: must never reach a log
+ST = None         # the Stack of this file's run (a hub without a proxy)
+S = {}            # tokens of the other tenants
 DEV = {}          # name -> {"device_id", "device_secret", "serial"}
 
 
-def admin(*args, stdin=None):
-    res = subprocess.run([binary("phyhub"), "admin", "--db", S["db"]] + list(args),
-                         input=stdin, capture_output=True, text=True, timeout=60)
-    assert res.returncode == 0, res.stderr
-    return res.stdout.strip()
-
-
 def setup():
-    S["dir"] = phytest.tmpdir("console")
-    S["pki"] = phytest.make_ca(S["dir"], [HOST, "localhost"])
-    S["db"] = os.path.join(S["dir"], "eu.db")
-    S["port"] = phytest.free_port()
-    admin("tenant-add", "acme", "--region", "eu")
-    admin("user-add", "acme", "alice", stdin="correct horse battery\n")
-    S["token"] = admin("token-add", "acme", "alice")
-    admin("tenant-add", "globex", "--region", "eu")
-    admin("user-add", "globex", "gina", stdin="correct horse battery\n")
-    S["other"] = admin("token-add", "globex", "gina")
-    admin("tenant-add", "initech", "--region", "eu")
-    admin("user-add", "initech", "ivan", stdin="correct horse battery\n")
-    S["guesser"] = admin("token-add", "initech", "ivan")
-    SECRETS.update([S["token"], S["other"], S["guesser"]])
-    hub = Daemon([binary("phyhub"), "--region", "eu", "--listen", "127.0.0.1:%d" % S["port"],
-                  "--db", S["db"], "--tls-cert", S["pki"]["cert"], "--tls-key", S["pki"]["key"],
-                  "--provisioning", "--public-endpoint", HOST + ":443", "--poll-interval", "1",
-                  "--header-timeout", "5"], "phyhub", S["dir"])
-    hub.wait_port(S["port"])
-    S["hub"] = hub
+    global ST
+    ST = Stack("console", hub_flags=["--header-timeout", "5"], timers=["--poll-interval", "1"],
+               proxy=False, start=False)
+    ST.add_tenant("globex")
+    S["other"] = ST.add_user("globex", "gina")
+    ST.add_tenant("initech")
+    S["guesser"] = ST.add_user("initech", "ivan")
+    ST.start()
 
 
 def teardown():
-    if "hub" in S:
-        S["hub"].kill()
+    if ST is not None:
+        ST.stop()
 
 
 # ---- clients ----
 
-def request(method, path, body=None, token=None, raw=None, content_type="application/json",
-            headers=None):
-    """One HTTPS request straight to the hub. Returns (status, parsed JSON or None,
-    raw body bytes, response headers dict with lower-case names)."""
-    ctx = ssl.create_default_context(cafile=S["pki"]["ca"])
-    conn = http.client.HTTPSConnection("127.0.0.1", S["port"], timeout=10, context=ctx)
-    h = dict(headers or {})
-    data = raw
-    if body is not None:
-        data = json.dumps(body).encode()
-    if data is not None and content_type:
-        h["Content-Type"] = content_type
-    if token:
-        h["Authorization"] = "Bearer " + token
-    try:
-        conn.request(method, path, body=data, headers=h)
-        resp = conn.getresponse()
-        payload = resp.read()
-        rh = {k.lower(): v for k, v in resp.getheaders()}
-    finally:
-        conn.close()
-    try:
-        parsed = json.loads(payload) if payload else None
-    except ValueError:
-        parsed = None
-    return resp.status, parsed, payload, rh
-
-
 def api(method, path, body=None, token=None, **kw):
-    st, js, _, _ = request(method, path, body, token=token or S["token"], **kw)
+    st, js, _, _ = ST.api(method, path, body, token=token, **kw)
     return st, js
-
-
-def phyctl(*args, token=None, stdin=None):
-    env = dict(os.environ, PHY_TOKEN=token or S["token"])
-    res = subprocess.run([binary("phyctl"), "--url", "https://127.0.0.1:%d" % S["port"],
-                          "--ca", S["pki"]["ca"]] + list(args), env=env, input=stdin,
-                         capture_output=True, text=True, timeout=60)
-    return res.returncode, res.stdout, res.stderr
 
 
 def provision(name, serial, tags=None):
     """register -> claim by serial -> poll until 200; remembers the credentials."""
-    st, js, _, _ = request("POST", "/v1/provisioning/register", {"serial": serial})
-    assert st == 201, (st, js)
-    poll_token = js["poll_token"]
-    SECRETS.add(poll_token)
-    body = {"serial": serial}
-    if tags is not None:
-        body["tags"] = tags
-    st, dev = api("POST", "/api/v1/devices/claim", body)
-    assert st == 201, (st, dev)
-    deadline = time.monotonic() + 15
-    while True:
-        st, js, _, _ = request("POST", "/v1/provisioning/poll",
-                               {"serial": serial, "poll_token": poll_token})
-        if st == 200:
-            break
-        assert st in (202, 429), (st, js)
-        assert time.monotonic() < deadline, "poll still pending"
-        time.sleep(js.get("interval", 1))
-    assert js["device_id"] == dev["device_id"]
-    SECRETS.add(js["device_secret"])
+    js = ST.provision(serial, tags=tags)
     DEV[name] = {"device_id": js["device_id"], "device_secret": js["device_secret"],
                  "serial": serial}
     return DEV[name]["device_id"]
@@ -186,17 +111,17 @@ def test_provision_and_list_filters():
         st, js = api("GET", "/api/v1/devices?" + q)
         assert st == 400 and js["error"] == "bad_request", (q, st, js)
     # phyctl list with filters
-    rc, out, err = phyctl("--json", "devices", "list", "--tag", "site:berlin:mitte")
+    rc, out, err = ST.phyctl("--json", "devices", "list", "--tag", "site:berlin:mitte")
     assert rc == 0, err
     assert [x["device_id"] for x in json.loads(out)] == [d]
-    rc, out, err = phyctl("devices", "list", "--presence", "offline", "--tag", "ring:1",
+    rc, out, err = ST.phyctl("devices", "list", "--presence", "offline", "--tag", "ring:1",
                           "--limit", "1")
     assert rc == 0, err
     lines = out.splitlines()
     assert lines[0].split() == ["DEVICE", "ID", "SERIAL", "NAME", "STATE", "PRESENCE", "LAST",
                                 "SEEN", "CREATED"], lines
     assert len(lines) == 3 and a in out and b in out and "offline" in out, out
-    rc, out, err = phyctl("devices", "list", "--presence", "sometimes")
+    rc, out, err = ST.phyctl("devices", "list", "--presence", "sometimes")
     assert rc == 2, (rc, err)
 
 
@@ -212,88 +137,87 @@ def test_get_device():
     twin = dev["twin"]
     assert twin["desired"] == {} and twin["reported"] == {}, twin
     assert twin["desired_version"] == 0 and twin["reported_version"] == 0, twin
-    rc, out, err = phyctl("devices", "get", DEV["a"]["device_id"])
+    rc, out, err = ST.phyctl("devices", "get", DEV["a"]["device_id"])
     assert rc == 0, err
     assert re.search(r"^device_id +%s$" % DEV["a"]["device_id"], out, re.M), out
     assert re.search(r"^presence +offline$", out, re.M), out
     assert re.search(r"^tags +ring=1 site=berlin$", out, re.M), out
     assert "desired (version 0):\n  {}\n" in out, out
-    rc, out, err = phyctl("--json", "devices", "get", DEV["a"]["device_id"])
+    rc, out, err = ST.phyctl("--json", "devices", "get", DEV["a"]["device_id"])
     assert rc == 0 and json.loads(out)["twin"]["desired_version"] == 0, (out, err)
     # unknown and malformed IDs
     st, js = api("GET", "/api/v1/devices/dev_" + "a" * 26)
     assert st == 404 and js["error"] == "not_found", js
     st, js = api("GET", "/api/v1/devices/dev_nope")
     assert st == 404, js
-    rc, out, err = phyctl("devices", "get", "dev_" + "a" * 26)
+    rc, out, err = ST.phyctl("devices", "get", "dev_" + "a" * 26)
     assert rc == 1 and err.startswith("error: not_found: "), (rc, err)
-    rc, out, err = phyctl("devices", "get", "nonsense")
+    rc, out, err = ST.phyctl("devices", "get", "nonsense")
     assert rc == 2, (rc, err)
     # wrong method on a device path: 405 with Allow
-    st, _, _, hdrs = request("POST", dev_path("a"), token=S["token"])
+    st, _, _, hdrs = ST.api("POST", dev_path("a"))
     assert st == 405 and hdrs.get("allow") == "GET, DELETE", (st, hdrs)
 
 
 def test_desired_patch_and_if_match():
     ident = DEV["a"]["device_id"]
-    rc, out, err = phyctl("twin", "set", ident, "mode=kiosk", "screen.brightness=80",
+    rc, out, err = ST.phyctl("twin", "set", ident, "mode=kiosk", "screen.brightness=80",
                           "screen.rotate=true", "debug=null", "label=\"42\"")
     assert rc == 0 and out == "desired version 1\n", (rc, out, err)
     tw = get("a")["twin"]
     assert tw["desired"] == {"mode": "kiosk", "screen": {"brightness": 80, "rotate": True},
                              "label": "42"}, tw
     assert tw["desired_version"] == 1
-    rc, out, err = phyctl("twin", "set", ident, "screen.rotate=null", "mode=null")
+    rc, out, err = ST.phyctl("twin", "set", ident, "screen.rotate=null", "mode=null")
     assert rc == 0 and out == "desired version 2\n", (rc, out, err)
     assert get("a")["twin"]["desired"] == {"screen": {"brightness": 80}, "label": "42"}
     # a patch that changes nothing keeps the version
-    rc, out, err = phyctl("twin", "set", ident, "label=\"42\"")
+    rc, out, err = ST.phyctl("twin", "set", ident, "label=\"42\"")
     assert rc == 0 and out == "desired version 2\n", (rc, out, err)
     # If-Match: stale -> 412, current -> applied
-    rc, out, err = phyctl("twin", "set", "--if-match", "1", ident, "x=1")
+    rc, out, err = ST.phyctl("twin", "set", "--if-match", "1", ident, "x=1")
     assert rc == 1 and err.startswith("error: precondition_failed: "), (rc, err)
-    rc, out, err = phyctl("twin", "set", ident, "x=1", "--if-match", "2")
+    rc, out, err = ST.phyctl("twin", "set", ident, "x=1", "--if-match", "2")
     assert rc == 0 and out == "desired version 3\n", (rc, out, err)
-    st, js, _, hdrs = request("PATCH", dev_path("a", "/twin/desired"), {"y": [1, 2]},
-                              token=S["token"], content_type="application/merge-patch+json",
-                              headers={"If-Match": '"3"'})
+    st, js, _, hdrs = ST.api("PATCH", dev_path("a", "/twin/desired"), {"y": [1, 2]},
+                             content_type="application/merge-patch+json",
+                             headers={"If-Match": '"3"'})
     assert st == 200 and js == {"version": 4} and hdrs.get("etag") == '"4"', (st, js, hdrs)
-    st, js, _, hdrs = request("PATCH", dev_path("a", "/twin/desired"), {"y": None},
-                              token=S["token"], headers={"If-Match": '"3"'})
+    st, js, _, hdrs = ST.api("PATCH", dev_path("a", "/twin/desired"), {"y": None},
+                             headers={"If-Match": '"3"'})
     assert st == 412 and js["error"] == "precondition_failed", (st, js)
-    st, js, _, _ = request("PATCH", dev_path("a", "/twin/desired"), {"y": None},
-                           token=S["token"], headers={"If-Match": "4"})
+    st, js, _, _ = ST.api("PATCH", dev_path("a", "/twin/desired"), {"y": None},
+                          headers={"If-Match": "4"})
     assert st == 200 and js == {"version": 5}, js
     # bad requests
     for hdr in ('W/"5"', '"5", "6"', "five", '""'):
-        st, js, _, _ = request("PATCH", dev_path("a", "/twin/desired"), {"z": 1},
-                               token=S["token"], headers={"If-Match": hdr})
+        st, js, _, _ = ST.api("PATCH", dev_path("a", "/twin/desired"), {"z": 1},
+                              headers={"If-Match": hdr})
         assert st == 400, (hdr, st, js)
-    st, js, _, _ = request("PATCH", dev_path("a", "/twin/desired"), raw=b'{"z":1}',
-                           token=S["token"], content_type="text/plain")
+    st, js, _, _ = ST.api("PATCH", dev_path("a", "/twin/desired"), raw=b'{"z":1}',
+                          content_type="text/plain")
     assert st == 415, (st, js)
     for raw in (b"[1]", b"1", b"{bad", b'{"a":1,"a":2}'):
-        st, js, _, _ = request("PATCH", dev_path("a", "/twin/desired"), raw=raw,
-                               token=S["token"])
+        st, js, _, _ = ST.api("PATCH", dev_path("a", "/twin/desired"), raw=raw)
         assert st == 400, (raw, st, js)
     assert get("a")["twin"]["desired_version"] == 5
     # twin patch FILE and stdin
-    path = os.path.join(S["dir"], "patch.json")
+    path = os.path.join(ST.dir, "patch.json")
     with open(path, "w") as f:
         json.dump({"screen": {"brightness": None, "mode": "night"}, "list": [1, {"k": "v"}]}, f)
-    rc, out, err = phyctl("twin", "patch", ident, path)
+    rc, out, err = ST.phyctl("twin", "patch", ident, path)
     assert rc == 0 and out == "desired version 6\n", (rc, out, err)
-    rc, out, err = phyctl("twin", "patch", ident, "-", stdin='{"list": null}')
+    rc, out, err = ST.phyctl("twin", "patch", ident, "-", stdin='{"list": null}')
     assert rc == 0 and out == "desired version 7\n", (rc, out, err)
     assert get("a")["twin"]["desired"] == {"screen": {"mode": "night"}, "label": "42",
                                            "x": 1}, get("a")["twin"]
-    rc, out, err = phyctl("twin", "patch", ident, "-", stdin="[1, 2]")
+    rc, out, err = ST.phyctl("twin", "patch", ident, "-", stdin="[1, 2]")
     assert rc == 1 and "JSON object" in err, (rc, err)
-    rc, out, err = phyctl("twin", "patch", ident, os.path.join(S["dir"], "missing.json"))
+    rc, out, err = ST.phyctl("twin", "patch", ident, os.path.join(ST.dir, "missing.json"))
     assert rc == 1, (rc, err)
-    rc, out, err = phyctl("twin", "set", ident, "a=1", "a.b=2")
+    rc, out, err = ST.phyctl("twin", "set", ident, "a=1", "a.b=2")
     assert rc == 2, (rc, err)
-    rc, out, err = phyctl("twin", "set", ident)
+    rc, out, err = ST.phyctl("twin", "set", ident)
     assert rc == 2, (rc, err)
     # limits: depth over 10 and size over 32 KiB are 413 twin_too_large
     deep = {}
@@ -337,13 +261,13 @@ def test_fleet_patch_by_tag():
         assert st == 400, (q, st, js)
     st, js = api("PATCH", "/api/v1/twins/desired?tag=ring:1", None, raw=b"[]")
     assert st == 400, js
-    st, _, _, hdrs = request("POST", "/api/v1/twins/desired?tag=ring:1", token=S["token"])
+    st, _, _, hdrs = ST.api("POST", "/api/v1/twins/desired?tag=ring:1")
     assert st == 405 and hdrs.get("allow") == "PATCH", (st, hdrs)
 
 
 def test_tags_put():
     ident = DEV["c"]["device_id"]
-    rc, out, err = phyctl("tags", "set", ident, "ring=2", "site=oslo")
+    rc, out, err = ST.phyctl("tags", "set", ident, "ring=2", "site=oslo")
     assert rc == 0, err
     assert re.search(r"^tags +ring=2 site=oslo$", out, re.M), out
     assert get("c")["tags"] == {"ring": "2", "site": "oslo"}
@@ -357,9 +281,9 @@ def test_tags_put():
         assert st == 400, (bad, st, js)
     st, js = api("PUT", dev_path("c", "/tags"), None, raw=b"[]")
     assert st == 400, js
-    rc, out, err = phyctl("--json", "tags", "set", ident)
+    rc, out, err = ST.phyctl("--json", "tags", "set", ident)
     assert rc == 0 and json.loads(out)["tags"] == {}, (out, err)
-    rc, out, err = phyctl("tags", "set", ident, "k=1", "k=2")
+    rc, out, err = ST.phyctl("tags", "set", ident, "k=1", "k=2")
     assert rc == 2, err
 
 
@@ -377,19 +301,19 @@ def test_other_tenant_gets_404_everywhere():
     for args in (("devices", "get", ident), ("twin", "set", ident, "evil=1"),
                  ("tags", "set", ident, "evil=1"), ("revoke", ident), ("reset", ident),
                  ("delete", ident)):
-        rc, out, err = phyctl(*args, token=other)
+        rc, out, err = ST.phyctl(*args, token=other)
         assert rc == 1 and err.startswith("error: not_found: "), (args, rc, err)
     after = get("a")
     assert after == before, (before, after)
     # and without a token: 401
-    st, js, _, hdrs = request("GET", dev_path("a"))
+    st, js, _, hdrs = ST.request("GET", dev_path("a"))
     assert st == 401 and hdrs.get("www-authenticate", "").startswith("Bearer"), (st, hdrs)
 
 
 def test_revoke_reset_delete():
     # revoke
     ident = DEV["b"]["device_id"]
-    rc, out, err = phyctl("revoke", ident)
+    rc, out, err = ST.phyctl("revoke", ident)
     assert rc == 0 and out == "revoked %s (serial CON-B)\n" % ident, (rc, out, err)
     assert get("b")["state"] == "revoked"
     st, js = api("PATCH", dev_path("b", "/twin/desired"), {"x": 1})
@@ -398,7 +322,7 @@ def test_revoke_reset_delete():
     st, js = api("PATCH", "/api/v1/twins/desired?tag=ring:1", {"fw": "2.1"})
     assert st == 200 and js == {"matched": 1}, js
     # the serial stays spent
-    st, js, _, _ = request("POST", "/v1/provisioning/register", {"serial": "CON-B"})
+    st, js, _, _ = ST.request("POST", "/v1/provisioning/register", {"serial": "CON-B"})
     assert st == 410, (st, js)
 
     # reset: revoked, and the serial can be claimed once more
@@ -412,29 +336,28 @@ def test_revoke_reset_delete():
     assert get("d2")["state"] == "provisioned"
     st, js = api("POST", "/api/v1/devices/claim", {"serial": "CON-D"})
     assert st in (404, 409), (st, js)
-    rc, out, err = phyctl("reset", new)
+    rc, out, err = ST.phyctl("reset", new)
     assert rc == 0 and "CON-D" in out, (rc, out, err)
     provision("d3", "CON-D")
 
     # delete: 204 without a body, then gone
-    st, js, raw, hdrs = request("DELETE", dev_path("c"), token=S["token"])
+    st, js, raw, hdrs = ST.api("DELETE", dev_path("c"))
     assert st == 204 and raw == b"" and "content-length" not in hdrs, (st, raw, hdrs)
     st, js = api("GET", dev_path("c"))
     assert st == 404, js
     st, js = api("DELETE", dev_path("c"))
     assert st == 404, js
     assert DEV["c"]["device_id"] not in list_ids()
-    rc, out, err = phyctl("delete", DEV["d3"]["device_id"])
+    rc, out, err = ST.phyctl("delete", DEV["d3"]["device_id"])
     assert rc == 0 and out == "deleted %s\n" % DEV["d3"]["device_id"], (rc, out, err)
-    rc, out, err = phyctl("delete", DEV["d3"]["device_id"])
+    rc, out, err = ST.phyctl("delete", DEV["d3"]["device_id"])
     assert rc == 1 and err.startswith("error: not_found"), (rc, err)
 
 
 def test_keepalive_after_204_and_errors():
     # A 204 and error answers keep the connection usable (framing is right).
-    ctx = ssl.create_default_context(cafile=S["pki"]["ca"])
-    conn = http.client.HTTPSConnection("127.0.0.1", S["port"], timeout=10, context=ctx)
-    h = {"Authorization": "Bearer " + S["token"]}
+    conn = ST.connection()
+    h = {"Authorization": "Bearer " + ST.token}
     try:
         ident = provision("e", "CON-E")
         for method, path, want in (("DELETE", "/api/v1/devices/" + ident, 204),
@@ -452,14 +375,8 @@ def test_keepalive_after_204_and_errors():
 def test_presence_and_revoke_with_a_live_session():
     """A device session (the test's own WebSocket client) shows as online in the
     list filter and in get; revoke closes it with 4001 and later upgrades get 401."""
-    import wsclient
     ident = provision("f", "CON-F", {"ring": "live"})
-    creds = DEV["f"]
-
-    def connect():
-        return wsclient.handshake("127.0.0.1", S["port"], HOST, S["pki"]["ca"],
-                                  device_id=ident, secret=creds["device_secret"])
-    st, _, ws = connect()
+    st, _, ws = ST.ws_connect(DEV["f"])
     assert st == 101, st
     try:
         wait_until(lambda: ident in list_ids("?presence=online"), 5, "device online")
@@ -468,7 +385,7 @@ def test_presence_and_revoke_with_a_live_session():
         dev = get("f")
         assert dev["presence"] == "online" and dev["connected_at"] and dev["last_seen"], dev
         assert dev["state"] == "active", dev
-        rc, out, err = phyctl("revoke", ident)
+        rc, out, err = ST.phyctl("revoke", ident)
         assert rc == 0, err
         assert ws.expect_close(5) == 4001
     finally:
@@ -476,7 +393,7 @@ def test_presence_and_revoke_with_a_live_session():
     wait_until(lambda: ident in list_ids("?presence=offline"), 5, "device offline")
     dev = get("f")
     assert dev["disconnected_at"] and dev["state"] == "revoked", dev
-    st, _, ws2 = connect()
+    st, _, ws2 = ST.ws_connect(DEV["f"])
     ws2.s.close()
     assert st == 401, st
 
@@ -485,12 +402,9 @@ class Follower:
     """`phyctl events` in the background; its stdout lines collected by a thread."""
 
     def __init__(self, *args, token=None):
-        import threading
-        env = dict(os.environ, PHY_TOKEN=token or S["token"])
-        self.proc = subprocess.Popen(
-            [binary("phyctl"), "--url", "https://127.0.0.1:%d" % S["port"], "--ca",
-             S["pki"]["ca"]] + list(args) + ["events"], env=env, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True)
+        argv, env = ST.phyctl_command(*args, "events", token=token)
+        self.proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
         self.lines = []
         self.t = threading.Thread(target=self._read, daemon=True)
         self.t.start()
@@ -512,18 +426,15 @@ class Follower:
 
 
 def test_phyctl_events_follows_the_stream():
-    import signal
-    import wsclient
     ident = provision("g", "CON-G")
-    opened = len(S["hub"].log_lines(r"events_open"))
+    opened = len(ST.hub.log_lines(r"events_open"))
     text = Follower()
     js = Follower("--json")
     other = Follower(token=S["other"])  # another tenant's stream
     try:
-        wait_until(lambda: len(S["hub"].log_lines(r"events_open")) >= opened + 3, 5,
+        wait_until(lambda: len(ST.hub.log_lines(r"events_open")) >= opened + 3, 5,
                    "three event streams open")
-        st, _, ws = wsclient.handshake("127.0.0.1", S["port"], HOST, S["pki"]["ca"],
-                                       device_id=ident, secret=DEV["g"]["device_secret"])
+        st, _, ws = ST.ws_connect(DEV["g"])
         assert st == 101, st
         text.wait_line(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ online %s$" % ident)
         line = js.wait_line(r'"online"')
@@ -545,7 +456,6 @@ def test_phyctl_events_follows_the_stream():
 def test_concurrent_wrong_claims_cannot_overshoot_the_throttle():
     """30 wrong codes at once from one user: exactly 10 (the per-user limit) are
     looked up (404), every other one is 429; malformed codes are never counted."""
-    import threading
     for _ in range(3):
         st, js = api("POST", "/api/v1/devices/claim", {"code": "0OO1IL"}, token=S["guesser"])
         assert st == 400, (st, js)
@@ -566,17 +476,17 @@ def test_concurrent_wrong_claims_cannot_overshoot_the_throttle():
 
 
 def test_no_secret_in_logs():
-    assert len(SECRETS) > 4
-    log = S["hub"].log()
-    leaked = [s[:6] + "..." for s in SECRETS if s in log]
+    assert len(ST.secrets) > 4
+    leaked = ST.leaked_secrets()
     assert not leaked, leaked
+    log = ST.hub.log()
     # the access lines carry the facts
     assert re.search(r"method=PATCH path=/api/v1/devices/dev_\w+/twin/desired status=200 .*"
                      r"tenant=acme device_id=dev_", log), log[-2000:]
 
 
 def test_hub_stops_cleanly():
-    assert S["hub"].stop() == 0, S["hub"].tail()
+    assert ST.hub.stop() == 0, ST.hub.tail()
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import phytest  # noqa: E402
-from phytest import binary, wait_until  # noqa: E402
-from stack import HOST, Stack  # noqa: E402
+from phytest import wait_until  # noqa: E402
+from stack import Stack, read_json  # noqa: E402
 
 T = {"agents": {}}
 SERIALS = ["FLEET-1", "FLEET-2", "FLEET-3"]
@@ -26,14 +26,8 @@ def teardown():
 
 
 def start_agent(serial):
-    st = T["st"]
-    state = os.path.join(st.dir, "agent-" + serial)
-    os.makedirs(state, exist_ok=True)
-    agent = st.daemon([binary("phyagent"), "--serial", serial, "--state-dir", state,
-                       "--proxy", "127.0.0.1:%d" % st.proxy_port, "--ca", st.pki["ca"],
-                       "--provisioning-endpoint", HOST + ":443", "--backoff-base-ms", "100",
-                       "--backoff-max", "1", "--reconnect-min", "1", "--reconnect-max", "2",
-                       "--status-interval", "5"], "agent-%s-%d" % (serial, time.monotonic_ns()))
+    agent, state = T["st"].start_agent(serial, ["--reconnect-min", "1", "--reconnect-max", "2",
+                                                "--status-interval", "5"])
     T["agents"][serial] = (agent, state)
     return agent, state
 
@@ -45,11 +39,7 @@ def devices():
 
 
 def config(serial):
-    try:
-        with open(os.path.join(T["agents"][serial][1], "config.json")) as f:
-            return json.load(f)
-    except (FileNotFoundError, ValueError):
-        return None
+    return read_json(os.path.join(T["agents"][serial][1], "config.json"))
 
 
 def test_fleet_provisions_and_comes_online():
@@ -112,8 +102,7 @@ def test_no_secret_in_logs():
         except FileNotFoundError:
             pass
     assert len(st.secrets) >= 4
-    blob = st.logs()
-    assert not [s for s in st.secrets if s in blob]
+    assert not st.leaked_secrets()
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ Real phyhub + phyproxy on loopback; frames from tests/integration/wsclient.py.""
 import json
 import os
 import re
-import socket
 import ssl
 import subprocess
 import sys
@@ -37,12 +36,7 @@ def teardown():
 
 
 def connect(creds, proxy=True, **kw):
-    st = T["st"]
-    p = ("127.0.0.1", st.proxy_port, creds["device_id"]) if proxy else None
-    host, port = ("127.0.0.1", st.proxy_port) if proxy else ("127.0.0.1", st.hub_port)
-    status, hdrs, ws = wsclient.handshake(host, port, HOST, st.pki["ca"], creds["device_id"],
-                                          creds["device_secret"], proxy=p, **kw)
-    return status, hdrs, ws
+    return T["st"].ws_connect(creds, via_proxy=proxy, **kw)
 
 
 def session(creds):
@@ -338,8 +332,7 @@ def test_hub_memory_does_not_grow_under_abuse():
 def test_no_secret_in_logs_and_clean_stop():
     st = T["st"]
     assert st.hub.stop() == 0, st.hub.tail()
-    blob = st.logs()
-    assert not [s for s in st.secrets if s in blob]
+    assert not st.leaked_secrets()
 
 
 if __name__ == "__main__":

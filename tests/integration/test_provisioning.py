@@ -2,7 +2,6 @@
 loopback, with short TTLs, and independent clients (Python's http.client through the
 proxy's CONNECT tunnel, curl, raw TLS sockets)."""
 
-import base64
 import glob
 import hashlib
 import http.client
@@ -11,8 +10,6 @@ import os
 import random
 import re
 import socket
-import sqlite3
-import ssl
 import stat
 import subprocess
 import sys
@@ -21,179 +18,56 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import phytest  # noqa: E402
-from phytest import Daemon, binary, wait_until  # noqa: E402
+from phytest import wait_until  # noqa: E402
+from stack import HOST, Stack, read_json  # noqa: E402
 
-HOST = "portal-eu.phystack.com"
 ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
 CODE_RE = re.compile(r"^[ABCDEFGHJKMNPQRSTUVWXYZ23456789]{6}$")
 
-S = {}            # shared state of this file's run
-SECRETS = set()   # every secret, token and poll token seen: must never reach a log
-
-
-def hub_args(port):
-    return [binary("phyhub"), "--region", "eu", "--listen", "127.0.0.1:%d" % port,
-            "--db", S["db"], "--tls-cert", S["pki"]["cert"], "--tls-key", S["pki"]["key"],
-            "--provisioning", "--public-endpoint", HOST + ":443", "--code-ttl", "3",
-            "--poll-interval", "1", "--issuance-grace", "3", "--registration-idle", "30",
-            "--sweep-interval", "1", "--header-timeout", "2", "--claim-tenant-limit", "15"]
-
-
-def start_hub():
-    n = S.get("hub_runs", 0) + 1
-    S["hub_runs"] = n
-    hub = Daemon(hub_args(S["hub_port"]), "phyhub-%d" % n, S["dir"])
-    hub.wait_port(S["hub_port"])
-    S["hub"] = hub
-    S.setdefault("logs", []).append(hub)
-    return hub
-
-
-def admin(*args, stdin=None):
-    res = subprocess.run([binary("phyhub"), "admin", "--db", S["db"]] + list(args),
-                         input=stdin, capture_output=True, text=True, timeout=60)
-    assert res.returncode == 0, res.stderr
-    return res.stdout.strip()
+ST = None         # the Stack of this file's run
+S = {}            # tokens of the extra users
 
 
 def setup():
-    S["dir"] = phytest.tmpdir("provisioning")
-    S["pki"] = phytest.make_ca(S["dir"], [HOST, "localhost"])
-    S["db"] = os.path.join(S["dir"], "eu.db")
-    S["hub_port"] = phytest.free_port()
-    S["proxy_port"] = phytest.free_port()
-    admin("tenant-add", "acme", "--region", "eu")
-    admin("user-add", "acme", "alice", stdin="correct horse battery\n")
-    admin("user-add", "acme", "mallory", stdin="correct horse battery\n")
-    S["token"] = admin("token-add", "acme", "alice")
-    S["mallory_token"] = admin("token-add", "acme", "mallory")
-    admin("tenant-add", "initech", "--region", "au")
-    admin("user-add", "initech", "ian", stdin="correct horse battery\n")
-    S["au_token"] = admin("token-add", "initech", "ian")
-    SECRETS.add(S["au_token"])
-    admin("tenant-add", "globex", "--region", "eu")
+    global ST
+    ST = Stack("provisioning", hub_flags=["--code-ttl", "3", "--registration-idle", "30",
+                                          "--header-timeout", "2", "--claim-tenant-limit", "15"],
+               proxy_flags=["--idle-timeout", "30", "--header-timeout", "2"], start=False)
+    S["mallory_token"] = ST.add_user("acme", "mallory")
+    ST.add_tenant("initech", "au")
+    S["au_token"] = ST.add_user("initech", "ian")
+    ST.add_tenant("globex")
     for u in ("g1", "g2"):
-        admin("user-add", "globex", u, stdin="correct horse battery\n")
-        S[u] = admin("token-add", "globex", u)
-    SECRETS.update([S["token"], S["mallory_token"], S["g1"], S["g2"]])
-    start_hub()
-    proxy = Daemon([binary("phyproxy"), "--listen", "127.0.0.1:%d" % S["proxy_port"],
-                    "--route", "%s=127.0.0.1:%d" % (HOST, S["hub_port"]),
-                    "--allow", "portal-*.phystack.com:443", "--idle-timeout", "30",
-                    "--header-timeout", "2"], "phyproxy", S["dir"])
-    proxy.wait_port(S["proxy_port"])
-    S["proxy"] = proxy
-    S["logs"].append(proxy)
+        S[u] = ST.add_user("globex", u)
+    ST.start()
 
 
 def teardown():
-    for d in S.get("logs", []):
-        d.kill()
+    if ST is not None:
+        ST.stop()
 
 
 # ---- clients ----
 
-def tls_context():
-    ctx = ssl.create_default_context(cafile=S["pki"]["ca"])
-    return ctx
-
-
-def request(method, path, body=None, ident="sn_TEST", token=None, raw=None,
-            content_type="application/json"):
-    """One HTTPS request to the hub through phyproxy (CONNECT with the identifier).
-    Returns (status, parsed JSON or None, raw body bytes)."""
-    conn = http.client.HTTPSConnection("127.0.0.1", S["proxy_port"], timeout=10,
-                                       context=tls_context())
-    auth = base64.b64encode((ident + ":").encode()).decode()
-    conn.set_tunnel(HOST, 443, headers={"Proxy-Authorization": "Basic " + auth})
-    headers = {}
-    data = raw
-    if body is not None:
-        data = json.dumps(body).encode()
-    if data is not None and content_type:
-        headers["Content-Type"] = content_type
-    if token:
-        headers["Authorization"] = "Bearer " + token
-    try:
-        conn.request(method, path, body=data, headers=headers)
-        resp = conn.getresponse()
-        payload = resp.read()
-    finally:
-        conn.close()
-    try:
-        parsed = json.loads(payload) if payload else None
-    except ValueError:
-        parsed = None
-    return resp.status, parsed, payload
-
-
-def register(serial):
-    st, js, _ = request("POST", "/v1/provisioning/register", {"serial": serial},
-                        ident="sn_" + serial)
-    assert st == 201, (st, js)
-    assert re.fullmatch(r"[A-Za-z0-9_-]{43}", js["poll_token"]), js
-    SECRETS.add(js["poll_token"])
-    return js["poll_token"]
-
-
 def new_code(serial, token):
-    st, js, _ = request("POST", "/v1/provisioning/code",
-                        {"serial": serial, "poll_token": token}, ident="sn_" + serial)
+    st, js, _, _ = ST.request("POST", "/v1/provisioning/code",
+                              {"serial": serial, "poll_token": token}, ident="sn_" + serial)
     assert st == 201, (st, js)
     assert CODE_RE.match(js["code"]), js
     assert js["expires_in"] == 3
     return js["code"]
 
 
-def poll(serial, token, code=None):
-    body = {"code": code} if code else {"serial": serial}
-    body["poll_token"] = token
-    st, js, raw = request("POST", "/v1/provisioning/poll", body, ident="sn_" + serial)
-    if st == 200:
-        SECRETS.add(js["device_secret"])
-    return st, js, raw
-
-
-def poll_until(serial, token, code=None, timeout=15):
-    """Polls at the interval the hub asks for until something other than 202."""
-    deadline = time.monotonic() + timeout
-    while True:
-        st, js, raw = poll(serial, token, code)
-        if st not in (202, 429):
-            return st, js, raw
-        assert time.monotonic() < deadline, "still pending after %s s" % timeout
-        time.sleep(js.get("interval", 1))
-
-
-def claim(token=None, **body):
-    return request("POST", "/api/v1/devices/claim", body, token=token or S["token"])
-
-
-def phyctl(*args, token=None):
-    env = dict(os.environ, PHY_TOKEN=token or S["token"])
-    res = subprocess.run([binary("phyctl"), "--url", "https://127.0.0.1:%d" % S["hub_port"],
-                          "--ca", S["pki"]["ca"]] + list(args), env=env,
-                         capture_output=True, text=True, timeout=60)
-    return res.returncode, res.stdout, res.stderr
-
-
 def start_agent(serial):
-    state = os.path.join(S["dir"], "agent-" + serial)
-    os.makedirs(state, exist_ok=True)
-    agent = Daemon([binary("phyagent"), "--serial", serial, "--state-dir", state,
-                    "--proxy", "127.0.0.1:%d" % S["proxy_port"], "--ca", S["pki"]["ca"],
-                    "--provisioning-endpoint", HOST + ":443", "--code-rotation", "2",
-                    "--backoff-base-ms", "100", "--backoff-max", "1", "--provision-only"],
-                   "phyagent-" + serial, S["dir"])
-    S["logs"].append(agent)
-    return agent, state
+    return ST.start_agent(serial, ["--code-rotation", "2", "--provision-only"])
 
 
 def read_state_code(state):
+    reg = read_json(os.path.join(state, "registration.json"))
     try:  # the agent's poll token must never reach a log either
-        with open(os.path.join(state, "registration.json")) as f:
-            SECRETS.add(json.load(f)["poll_token"])
-    except (FileNotFoundError, ValueError, KeyError):
+        if reg is not None:
+            ST.secrets.add(reg["poll_token"])
+    except KeyError:
         pass
     try:
         with open(os.path.join(state, "provisioning-code")) as f:
@@ -213,17 +87,13 @@ def check_credentials(state, serial):
     assert re.fullmatch(r"[A-Za-z0-9_-]{43}", creds["device_secret"])
     assert creds["tenant"] == "acme" and creds["region"] == "eu"
     assert creds["endpoint"] == HOST + ":443"
-    SECRETS.add(creds["device_secret"])
+    ST.secrets.add(creds["device_secret"])
     # The hub keeps only the SHA-256 of the secret.
-    db = sqlite3.connect(S["db"])
-    try:
-        row = db.execute("SELECT secret_hash, serial FROM devices WHERE device_id = ?",
-                         (creds["device_id"],)).fetchone()
-    finally:
-        db.close()
-    assert row is not None
-    assert row[0] == hashlib.sha256(creds["device_secret"].encode()).hexdigest()
-    assert row[1] == serial
+    rows = ST.query("SELECT secret_hash, serial FROM devices WHERE device_id = ?",
+                    (creds["device_id"],))
+    assert rows
+    assert rows[0][0] == hashlib.sha256(creds["device_secret"].encode()).hexdigest()
+    assert rows[0][1] == serial
     return creds
 
 
@@ -233,7 +103,7 @@ def test_agent_claimed_by_serial_through_proxy():
     agent, state = start_agent("KIOSK-A1")
     wait_until(lambda: read_state_code(state), 15, "the agent's provisioning code")
     assert os.path.exists(os.path.join(state, "registration.json"))
-    rc, out, err = phyctl("claim", "--serial", "KIOSK-A1", "--name", "front window")
+    rc, out, err = ST.phyctl("claim", "--serial", "KIOSK-A1", "--name", "front window")
     assert rc == 0, err
     assert re.search(r"dev_[a-z2-7]{26}", out), out
     wait_until(lambda: not agent.alive(), 20, "agent to exit after provisioning")
@@ -241,10 +111,10 @@ def test_agent_claimed_by_serial_through_proxy():
     creds = check_credentials(state, "KIOSK-A1")
     agent.wait_log(r"event=provisioned .*device_id=" + creds["device_id"], 1)
     # Spent: a new registration of that serial is refused.
-    st, js, _ = request("POST", "/v1/provisioning/register", {"serial": "KIOSK-A1"})
+    st, js, _, _ = ST.request("POST", "/v1/provisioning/register", {"serial": "KIOSK-A1"})
     assert st == 410 and js["error"] == "already_provisioned", (st, js)
     # The console lists it as provisioned.
-    rc, out, err = phyctl("--json", "devices", "list")
+    rc, out, err = ST.phyctl("--json", "devices", "list")
     assert rc == 0, err
     devs = {d["device_id"]: d for d in json.loads(out)}
     assert devs[creds["device_id"]]["state"] == "provisioned"
@@ -255,124 +125,120 @@ def test_agent_claimed_by_code_through_proxy():
     agent, state = start_agent("KIOSK-B2")
     code = wait_until(lambda: read_state_code(state), 15, "the agent's provisioning code")
     # phyctl accepts the code in lower case too.
-    rc, out, err = phyctl("claim", "--code", code.lower())
+    rc, out, err = ST.phyctl("claim", "--code", code.lower())
     if rc != 0 and "expired_code" in err:  # rotated between read and claim: take the new one
         code = wait_until(lambda: read_state_code(state) != code and read_state_code(state),
                           10, "next code")
-        rc, out, err = phyctl("claim", "--code", code)
+        rc, out, err = ST.phyctl("claim", "--code", code)
     assert rc == 0, err
     wait_until(lambda: not agent.alive(), 20, "agent to exit after provisioning")
     assert agent.stop() == 0, agent.tail()
     check_credentials(state, "KIOSK-B2")
-    st, js, _ = request("POST", "/v1/provisioning/register", {"serial": "KIOSK-B2"})
+    st, js, _, _ = ST.request("POST", "/v1/provisioning/register", {"serial": "KIOSK-B2"})
     assert st == 410, (st, js)
 
 
 def test_credentials_exactly_once_and_grace_window():
-    token = register("SN-ONCE")
-    st, js, _ = poll("SN-ONCE", token)
+    token = ST.register("SN-ONCE")
+    st, js, _, _ = ST.poll("SN-ONCE", token)
     assert st == 202 and js == {"status": "authorization_pending", "interval": 1}, js
-    st, dev, _ = claim(serial="SN-ONCE", tags={"site": "berlin"})
+    st, dev, _, _ = ST.claim(serial="SN-ONCE", tags={"site": "berlin"})
     assert st == 201 and dev["state"] == "pending_delivery", dev
     assert dev["tags"] == {"site": "berlin"}
-    st, js, raw1 = poll_until("SN-ONCE", token)
+    st, js, raw1, _ = ST.poll_until("SN-ONCE", token)
     assert st == 200, js
     assert set(js) == {"status", "device_id", "device_secret", "tenant", "region", "endpoint"}
     assert js["device_id"] == dev["device_id"] and js["status"] == "provisioned"
     # A retry within the grace window gets byte-identical credentials.
-    st, _, raw2 = poll("SN-ONCE", token)
+    st, _, raw2, _ = ST.poll("SN-ONCE", token)
     assert st == 200 and raw2 == raw1
     # A second claim of the spent serial is refused.
-    st, js, _ = claim(serial="SN-ONCE")
+    st, js, _, _ = ST.claim(serial="SN-ONCE")
     assert st == 409 and js["error"] == "already_claimed", js
     # After the grace window the same token gets nothing, and the sealed body is gone.
     def after_grace():
-        s, j, _ = poll("SN-ONCE", token)
+        s, j, _, _ = ST.poll("SN-ONCE", token)
         return s == 410 and j["error"] == "already_provisioned"
     wait_until(after_grace, 10, "410 after the grace window")
 
     def purged():
-        db = sqlite3.connect(S["db"])
-        try:
-            return db.execute("SELECT sealed IS NULL FROM issuances WHERE serial = ?",
-                              ("SN-ONCE",)).fetchone()[0] == 1
-        finally:
-            db.close()
+        return ST.query("SELECT sealed IS NULL FROM issuances WHERE serial = ?",
+                        ("SN-ONCE",))[0][0] == 1
     wait_until(purged, 10, "sealed issuance purged by the sweeper")
 
 
 def test_contested_serial_code_goes_to_its_registration_only():
-    squatter = register("SN-CONTESTED")
-    real = register("SN-CONTESTED")
+    squatter = ST.register("SN-CONTESTED")
+    real = ST.register("SN-CONTESTED")
     assert squatter != real
     real_code = new_code("SN-CONTESTED", real)
     new_code("SN-CONTESTED", squatter)
-    st, js, _ = claim(serial="SN-CONTESTED")
+    st, js, _, _ = ST.claim(serial="SN-CONTESTED")
     assert st == 409 and js["error"] == "serial_in_use", js
-    st, dev, _ = claim(code=real_code)
+    st, dev, _, _ = ST.claim(code=real_code)
     assert st == 201, dev
-    st, js, _ = poll_until("SN-CONTESTED", real)
+    st, js, _, _ = ST.poll_until("SN-CONTESTED", real)
     assert st == 200 and js["device_id"] == dev["device_id"]
-    st, js, raw = poll("SN-CONTESTED", squatter)
+    st, js, raw, _ = ST.poll("SN-CONTESTED", squatter)
     assert st == 410 and b"device_secret" not in raw, raw
-    st, js, _ = poll("SN-CONTESTED", squatter, code=real_code)
+    st, js, _, _ = ST.poll("SN-CONTESTED", squatter, code=real_code)
     assert st == 410, js
     # At most 4 live registrations per serial.
     for _ in range(4):
-        register("SN-CROWDED")
-    st, js, _ = request("POST", "/v1/provisioning/register", {"serial": "SN-CROWDED"})
+        ST.register("SN-CROWDED")
+    st, js, _, _ = ST.request("POST", "/v1/provisioning/register", {"serial": "SN-CROWDED"})
     assert st == 429, (st, js)
 
 
 def test_codes_expire_rotate_and_are_unique():
-    token = register("SN-CODES")
+    token = ST.register("SN-CODES")
     old = new_code("SN-CODES", token)
     new = new_code("SN-CODES", token)
     assert old != new
-    st, js, _ = claim(code=old)
+    st, js, _, _ = ST.claim(code=old)
     assert st == 404 and js["error"] == "expired_code", js
     # Wait past the TTL (3 s) for the new code to expire.
     def expired():
-        st, js, _ = poll("SN-CODES", token, code=new)
+        st, js, _, _ = ST.poll("SN-CODES", token, code=new)
         return st == 404 and js["error"] == "expired_code"
     wait_until(expired, 10, "code TTL")
-    st, js, _ = claim(token=S["mallory_token"], code=new)
+    st, js, _, _ = ST.claim(token=S["mallory_token"], code=new)
     assert st == 404 and js["error"] == "expired_code", js
     # Many live codes: all valid symbols, all distinct.
     codes = []
     for i in range(12):
-        t = register("SN-U%d" % i)
+        t = ST.register("SN-U%d" % i)
         codes.append(new_code("SN-U%d" % i, t))
     assert len(set(codes)) == len(codes)
     assert all(c not in "0O1IL" for c in "".join(codes))
 
 
 def test_poll_faster_than_interval_is_slowed_down():
-    token = register("SN-FAST")
-    st, js, _ = poll("SN-FAST", token)
+    token = ST.register("SN-FAST")
+    st, js, _, _ = ST.poll("SN-FAST", token)
     assert st == 202
-    st, js, _ = poll("SN-FAST", token)
+    st, js, _, _ = ST.poll("SN-FAST", token)
     assert st == 429 and js["error"] == "slow_down" and js["interval"] == 2, js
     time.sleep(0.1)
-    st, js, _ = poll("SN-FAST", token)
+    st, js, _, _ = ST.poll("SN-FAST", token)
     assert st == 429 and js["interval"] == 3, js
     # Bad and foreign tokens.
-    st, js, _ = poll("SN-FAST", "A" * 43)
+    st, js, _, _ = ST.poll("SN-FAST", "A" * 43)
     assert st == 401 and js["error"] == "invalid_poll_token", js
-    other = register("SN-OTHER")
-    st, js, _ = poll("SN-FAST", other)
+    other = ST.register("SN-OTHER")
+    st, js, _, _ = ST.poll("SN-FAST", other)
     assert st == 401, js
 
 
 def test_hub_sigkill_between_claim_and_poll():
-    token = register("SN-CRASH")
-    st, dev, _ = claim(serial="SN-CRASH")
+    token = ST.register("SN-CRASH")
+    st, dev, _, _ = ST.claim(serial="SN-CRASH")
     assert st == 201
-    S["hub"].kill()
-    start_hub()
-    st, js, raw1 = poll_until("SN-CRASH", token)
+    ST.hub.kill()
+    ST.start_hub()
+    st, js, raw1, _ = ST.poll_until("SN-CRASH", token)
     assert st == 200 and js["device_id"] == dev["device_id"], js
-    assert js["device_secret"] and raw1 == poll("SN-CRASH", token)[2]
+    assert js["device_secret"] and raw1 == ST.poll("SN-CRASH", token)[2]
 
 
 def test_hub_sigkill_at_random_moments_never_two_credentials():
@@ -382,59 +248,54 @@ def test_hub_sigkill_at_random_moments_never_two_credentials():
     in_flight_kills = 0
     for i in range(12):
         serial = "SN-KILL%d" % i
-        token = register(serial)
+        token = ST.register(serial)
         result = {}
 
         def do_claim():
             try:
-                result["claim"] = claim(serial=serial)
+                result["claim"] = ST.claim(serial=serial)
             except (OSError, http.client.HTTPException) as e:
                 result["claim"] = e
         t = threading.Thread(target=do_claim)
         t.start()
         time.sleep(rng.uniform(0, 0.012))  # a claim takes a few ms: often mid-request
-        S["hub"].kill()
+        ST.hub.kill()
         t.join(15)
-        start_hub()
+        ST.start_hub()
         c = result.get("claim")
         if not (isinstance(c, tuple) and c[0] == 201):
             in_flight_kills += 1
             # The claim may or may not have committed: retry until it is decided.
-            st, js, _ = claim(serial=serial)
+            st, js, _, _ = ST.claim(serial=serial)
             assert st in (201, 409), (st, js)
         bodies = set()
-        st, js, raw = poll_until(serial, token)
+        st, js, raw, _ = ST.poll_until(serial, token)
         assert st == 200, js
         bodies.add(raw)
-        S["hub"].kill()
-        start_hub()
-        st, js2, raw2 = poll(serial, token)
+        ST.hub.kill()
+        ST.start_hub()
+        st, js2, raw2, _ = ST.poll(serial, token)
         assert st in (200, 410), js2
         if st == 200:
             bodies.add(raw2)
         assert len(bodies) == 1, "two different credentials for one device"
-        db = sqlite3.connect(S["db"])
-        try:
-            rows = db.execute("SELECT secret_hash FROM devices WHERE serial = ?",
-                              (serial,)).fetchall()
-        finally:
-            db.close()
+        rows = ST.query("SELECT secret_hash FROM devices WHERE serial = ?", (serial,))
         assert len(rows) == 1
         assert rows[0][0] == hashlib.sha256(js["device_secret"].encode()).hexdigest()
 
 
 def test_curl_through_proxy():
-    base = ["curl", "-sS", "--max-time", "10", "--cacert", S["pki"]["ca"]]
-    proxy = "http://sn_TEST:@127.0.0.1:%d" % S["proxy_port"]
+    base = ["curl", "-sS", "--max-time", "10", "--cacert", ST.pki["ca"]]
+    proxy = "http://sn_TEST:@127.0.0.1:%d" % ST.proxy_port
     res = subprocess.run(base + ["-x", proxy, "-H", "Content-Type: application/json",
                                  "-d", '{"serial":"SN-CURL"}', "-w", "\n%{http_code}",
                                  "https://%s/v1/provisioning/register" % HOST],
                          capture_output=True, text=True, timeout=30)
     body, code = res.stdout.rsplit("\n", 1)
     assert code == "201", (res.stdout, res.stderr)
-    SECRETS.add(json.loads(body)["poll_token"])
+    ST.secrets.add(json.loads(body)["poll_token"])
     # Without the identifier: 407 from the proxy.
-    res = subprocess.run(base + ["-x", "http://127.0.0.1:%d" % S["proxy_port"], "-o",
+    res = subprocess.run(base + ["-x", "http://127.0.0.1:%d" % ST.proxy_port, "-o",
                                  "/dev/null", "-w", "%{http_connect}",
                                  "https://%s/healthz" % HOST],
                          capture_output=True, text=True, timeout=30)
@@ -448,8 +309,8 @@ def test_curl_through_proxy():
 
 def tls_raw(data, read=True):
     """Sends raw bytes over a TLS connection straight to the hub; returns the reply."""
-    ctx = tls_context()
-    with socket.create_connection(("127.0.0.1", S["hub_port"]), timeout=10) as s:
+    ctx = ST.tls_context()
+    with socket.create_connection(("127.0.0.1", ST.hub_port), timeout=10) as s:
         with ctx.wrap_socket(s, server_hostname=HOST) as t:
             t.sendall(data)
             return phytest.recv_all(t) if read else b""
@@ -490,30 +351,30 @@ def test_bad_input_then_still_serving():
     for ident_claim in ({"code": "0OOOOO"}, {"code": 123}, {"serial": "A", "code": "ABCDEF"},
                         {"serial": "A", "name": "x" * 65}, {"serial": "A", "tags": {"k": 1}},
                         {"serial": "A", "bogus": True}):
-        st, js, _ = claim(**ident_claim)
+        st, js, _, _ = ST.claim(**ident_claim)
         assert st == 400, (ident_claim, st, js)
     # A tenant of another region cannot claim on this (eu) hub.
-    register("SN-AU")
-    st, js, _ = claim(token=S["au_token"], serial="SN-AU")
+    ST.register("SN-AU")
+    st, js, _, _ = ST.claim(token=S["au_token"], serial="SN-AU")
     assert st == 409 and js["error"] == "wrong_region", (st, js)
     # Slowloris: half a head, then silence: 408 within the header timeout.
-    ctx = tls_context()
-    with socket.create_connection(("127.0.0.1", S["hub_port"]), timeout=10) as s:
+    ctx = ST.tls_context()
+    with socket.create_connection(("127.0.0.1", ST.hub_port), timeout=10) as s:
         with ctx.wrap_socket(s, server_hostname=HOST) as t:
             t.sendall(b"POST /v1/provisioning/register HTTP/1.1\r\nHost: x\r\n")
             t0 = time.monotonic()
             reply = phytest.recv_all(t)
             assert status_of(reply) == 408 and time.monotonic() - t0 < 5, reply
     # Non-TLS bytes to the TLS port: the connection is closed.
-    with phytest.connect(S["hub_port"]) as s:
+    with phytest.connect(ST.hub_port) as s:
         s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         assert phytest.recv_all(s)[:4] != b"HTTP"
     # A silent TCP client (no TLS hello) is dropped after the header timeout.
-    with phytest.connect(S["hub_port"]) as s:
+    with phytest.connect(ST.hub_port) as s:
         t0 = time.monotonic()
         assert phytest.recv_all(s) == b"" and time.monotonic() - t0 < 5
     # Garbage to the proxy.
-    with phytest.connect(S["proxy_port"]) as s:
+    with phytest.connect(ST.proxy_port) as s:
         s.sendall(os.urandom(300) + b"\r\n\r\n")
         st, _, _ = phytest.recv_http_head(s)
         assert st in (None, 400)
@@ -522,44 +383,40 @@ def test_bad_input_then_still_serving():
                     b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert reply.count(b"HTTP/1.1 200 OK") == 2, reply
     # And the system still provisions a device.
-    token = register("SN-AFTER-BAD")
-    st, dev, _ = claim(serial="SN-AFTER-BAD")
+    token = ST.register("SN-AFTER-BAD")
+    st, dev, _, _ = ST.claim(serial="SN-AFTER-BAD")
     assert st == 201
-    st, js, _ = poll_until("SN-AFTER-BAD", token)
+    st, js, _, _ = ST.poll_until("SN-AFTER-BAD", token)
     assert st == 200 and js["device_id"] == dev["device_id"]
 
 
 def test_wrong_codes_are_throttled_per_user_and_per_tenant():
     def wrong_code():
         return "".join(random.choice(ALPHABET) for _ in range(6))
-    token = register("SN-THROTTLE")
+    token = ST.register("SN-THROTTLE")
     # Tenant globex: user g1 fails 10 times (the per-user limit), then is refused.
     for _ in range(10):
-        st, js, _ = claim(token=S["g1"], code=wrong_code())
+        st, js, _, _ = ST.claim(token=S["g1"], code=wrong_code())
         assert st == 404 and js["error"] == "expired_code", (st, js)
-    st, js, _ = claim(token=S["g1"], serial="SN-THROTTLE")
+    st, js, _, _ = ST.claim(token=S["g1"], serial="SN-THROTTLE")
     assert st == 429 and js["error"] == "too_many_attempts", js
     # g2 is not limited by g1's failures...
     for _ in range(4):
-        st, js, _ = claim(token=S["g2"], code=wrong_code())
+        st, js, _, _ = ST.claim(token=S["g2"], code=wrong_code())
         assert st == 404, (st, js)
     # ...until the tenant's total reaches --claim-tenant-limit (15 in this test).
-    st, js, _ = claim(token=S["g2"], code=wrong_code())
+    st, js, _, _ = ST.claim(token=S["g2"], code=wrong_code())
     assert st == 404, (st, js)
-    st, js, _ = claim(token=S["g2"], serial="SN-THROTTLE")
+    st, js, _, _ = ST.claim(token=S["g2"], serial="SN-THROTTLE")
     assert st == 429 and js["error"] == "too_many_attempts", js
     # Another tenant is unaffected.
-    st, js, _ = claim(serial="SN-THROTTLE")
+    st, js, _, _ = ST.claim(serial="SN-THROTTLE")
     assert st == 201, js
-    assert poll_until("SN-THROTTLE", token)[0] == 200
+    assert ST.poll_until("SN-THROTTLE", token)[0] == 200
+
 
 def registration_count(serial):
-    db = sqlite3.connect(S["db"])
-    try:
-        return db.execute("SELECT COUNT(*) FROM registrations WHERE serial = ?",
-                          (serial,)).fetchone()[0]
-    finally:
-        db.close()
+    return ST.query("SELECT COUNT(*) FROM registrations WHERE serial = ?", (serial,))[0][0]
 
 
 def test_agent_resumes_after_sigkill_and_rotates_codes():
@@ -568,13 +425,13 @@ def test_agent_resumes_after_sigkill_and_rotates_codes():
     with open(os.path.join(state, "registration.json")) as f:
         reg = json.load(f)
     assert stat.S_IMODE(os.stat(os.path.join(state, "registration.json")).st_mode) == 0o600
-    SECRETS.add(reg["poll_token"])
+    ST.secrets.add(reg["poll_token"])
     # --code-rotation 2: a fresh code replaces the first one.
     wait_until(lambda: read_state_code(state) not in (None, first), 10, "code rotation")
     # An honest agent never polls faster than its interval (a restart may: it obeys).
-    wait_until(lambda: len(S["hub"].log_lines(r"poll status=202 .*serial=KIOSK-C3")) >= 3, 10,
+    wait_until(lambda: len(ST.hub.log_lines(r"poll status=202 .*serial=KIOSK-C3")) >= 3, 10,
                "three polls")
-    assert not S["hub"].log_lines(r"status=429 .*serial=KIOSK-C3"), "agent got slow_down"
+    assert not ST.hub.log_lines(r"status=429 .*serial=KIOSK-C3"), "agent got slow_down"
     agent.kill()
     # Restarted, it resumes its registration from disk instead of registering again.
     agent2, _ = start_agent("KIOSK-C3")
@@ -582,7 +439,7 @@ def test_agent_resumes_after_sigkill_and_rotates_codes():
     assert registration_count("KIOSK-C3") == 1
     with open(os.path.join(state, "registration.json")) as f:
         assert json.load(f)["poll_token"] == reg["poll_token"]
-    rc, out, err = phyctl("claim", "--serial", "KIOSK-C3")
+    rc, out, err = ST.phyctl("claim", "--serial", "KIOSK-C3")
     assert rc == 0, err
     wait_until(lambda: not agent2.alive(), 20, "agent to exit after provisioning")
     assert agent2.stop() == 0, agent2.tail()
@@ -595,44 +452,40 @@ def test_agent_resumes_after_sigkill_and_rotates_codes():
 
 
 def test_agent_rides_out_hub_outage_and_kill_between_claim_and_poll():
-    S["hub"].stop()
+    ST.hub.stop()
     agent, state = start_agent("KIOSK-D4")
     # Hub down: the proxy answers 502 and the agent backs off (jittered, capped at 1 s).
     agent.wait_log(r"event=backoff", 10)
     assert agent.alive()
-    start_hub()
+    ST.start_hub()
     wait_until(lambda: read_state_code(state), 15, "code after the hub came back")
-    rc, out, err = phyctl("claim", "--serial", "KIOSK-D4")
+    rc, out, err = ST.phyctl("claim", "--serial", "KIOSK-D4")
     assert rc == 0, err
     # SIGKILL right after the claim was acknowledged, before the agent's next poll.
-    S["hub"].kill()
-    start_hub()
+    ST.hub.kill()
+    ST.start_hub()
     wait_until(lambda: not agent.alive(), 20, "agent to get its credentials after restart")
     assert agent.stop() == 0, agent.tail()
     check_credentials(state, "KIOSK-D4")
 
 
 def test_no_secret_in_any_log():
-    assert len(SECRETS) > 10
-    texts = []
-    for d in S["logs"]:
-        texts.append(d.log())
-    blob = "\n".join(texts)
-    leaked = [s[:6] + "..." for s in SECRETS if s in blob]
+    assert len(ST.secrets) > 10
+    leaked = ST.leaked_secrets()
     assert not leaked, "secrets in logs: %s" % leaked
     # The database holds no device secret in clear text either (hashes only).
     data = b""
-    for path in glob.glob(S["db"] + "*"):
+    for path in glob.glob(ST.db + "*"):
         with open(path, "rb") as f:
             data += f.read()
-    for s in SECRETS:
-        assert s.encode() not in data, "a secret is stored in clear in " + S["db"]
+    for s in ST.secrets:
+        assert s.encode() not in data, "a secret is stored in clear in " + ST.db
 
 
 def test_hub_stops_cleanly_on_sigterm():
     # Under ASan a leak or error at exit turns into a non-zero exit status.
-    assert S["hub"].stop() == 0, S["hub"].tail()
-    S["hub"].wait_log(r"event=stopped", 1)
+    assert ST.hub.stop() == 0, ST.hub.tail()
+    ST.hub.wait_log(r"event=stopped", 1)
 
 
 if __name__ == "__main__":
