@@ -49,17 +49,17 @@ enum mode { MODE_WS, MODE_TLS_ONLY, MODE_TCP_ONLY };
 
 enum dev_state {
     DS_NEW,
-    DS_CONNECTING,      /* TCP connect in progress */
-    DS_TLS,             /* TLS handshake */
-    DS_UPGRADE_WRITE,   /* writing the upgrade request */
-    DS_UPGRADE_READ,    /* reading the 101 */
-    DS_OPEN,            /* idle session (or idle TLS/TCP connection in those modes) */
-    DS_DONE,            /* failed or closed */
+    DS_CONNECTING,    /* TCP connect in progress */
+    DS_TLS,           /* TLS handshake */
+    DS_UPGRADE_WRITE, /* writing the upgrade request */
+    DS_UPGRADE_READ,  /* reading the 101 */
+    DS_OPEN,          /* idle session (or idle TLS/TCP connection in those modes) */
+    DS_DONE,          /* failed or closed */
 };
 
 enum fail_kind { F_CONNECT, F_TLS, F_HTTP, F_TIMEOUT, F_CLOSED, F_PROTO, F_COUNT };
-static const char *const fail_names[F_COUNT] = {"connect", "tls", "http", "timeout", "closed",
-                                                "protocol"};
+static const char *const fail_names[F_COUNT] = {"connect", "tls",    "http",
+                                                "timeout", "closed", "protocol"};
 
 struct cred {
     char id[CRED_ID_MAX];
@@ -129,7 +129,6 @@ struct load {
     size_t src_rr;
     unsigned long fails[F_COUNT];
     char first_err[F_COUNT][160];
-    unsigned long http_status[6]; /* 1xx..5xx (index status/100) */
     unsigned long closed_by_hub, lost, twins, errors_rx, pings, other_patches;
     int last_close_code;
     double *hs_ms; /* handshake durations of opened devices */
@@ -264,33 +263,32 @@ static double pct(const double *v, size_t n, double p)
 
 static void usage(FILE *out)
 {
-    fprintf(out,
-            "usage: phyload --hub HOST:PORT --creds FILE [options]\n"
-            "Simulates many provisioned devices over WSS (GET /v1/hub) from one process.\n\n"
-            "  --hub HOST:PORT        address to connect to\n"
-            "  --sni NAME             TLS server name, Host header and verified name\n"
-            "                         (default portal-eu.phystack.com)\n"
-            "  --ca FILE              PEM bundle to verify the hub against (default: system)\n"
-            "  --creds FILE           JSON lines from `phyhub admin device-add-bulk`\n"
-            "  --devices N            use the first N credentials (default: all)\n"
-            "  --hub-only             connect already-provisioned devices (the only mode)\n"
-            "  --source-ips A-B|A,B   bind each connection to these IPv4 source addresses\n"
-            "                         round robin (e.g. 127.0.0.2-127.0.0.20)\n"
-            "  --concurrency C        connects + handshakes in flight (default 256)\n"
-            "  --connect-timeout S    per device, TCP + TLS + upgrade (default 30)\n"
-            "  --twin-get             each device sends twin.get once its session is open\n"
-            "  --hub-pid PID          read the hub's RSS and CPU time from /proc\n"
-            "  --idle S               settle time before the RSS is read (default 5)\n"
-            "  --push-url URL         https://HOST:PORT of the console API: after the idle\n"
-            "  --token T              time PATCH /api/v1/twins/desired?tag=K:V once and time\n"
-            "  --tag K:V              its arrival at every device (token also from env\n"
-            "                         PHYLOAD_TOKEN)\n"
-            "  --push-timeout S       how long to wait for the last device (default 30)\n"
-            "  --hold S               keep the connections open S more seconds at the end\n"
-            "  --tls-only             stop after the TLS handshake (no upgrade): memory\n"
-            "                         breakdown; needs a long --header-timeout on the hub\n"
-            "  --tcp-only             stop after the TCP connect (no TLS): memory breakdown\n"
-            "  --json                 print one JSON line with the results\n");
+    fprintf(out, "usage: phyload --hub HOST:PORT --creds FILE [options]\n"
+                 "Simulates many provisioned devices over WSS (GET /v1/hub) from one process.\n\n"
+                 "  --hub HOST:PORT        address to connect to\n"
+                 "  --sni NAME             TLS server name, Host header and verified name\n"
+                 "                         (default portal-eu.phystack.com)\n"
+                 "  --ca FILE              PEM bundle to verify the hub against (default: system)\n"
+                 "  --creds FILE           JSON lines from `phyhub admin device-add-bulk`\n"
+                 "  --devices N            use the first N credentials (default: all)\n"
+                 "  --hub-only             connect already-provisioned devices (the only mode)\n"
+                 "  --source-ips A-B|A,B   bind each connection to these IPv4 source addresses\n"
+                 "                         round robin (e.g. 127.0.0.2-127.0.0.20)\n"
+                 "  --concurrency C        connects + handshakes in flight (default 256)\n"
+                 "  --connect-timeout S    per device, TCP + TLS + upgrade (default 30)\n"
+                 "  --twin-get             each device sends twin.get once its session is open\n"
+                 "  --hub-pid PID          read the hub's RSS and CPU time from /proc\n"
+                 "  --idle S               settle time before the RSS is read (default 5)\n"
+                 "  --push-url URL         https://HOST:PORT of the console API: after the idle\n"
+                 "  --token T              time PATCH /api/v1/twins/desired?tag=K:V once and time\n"
+                 "  --tag K:V              its arrival at every device (token also from env\n"
+                 "                         PHYLOAD_TOKEN)\n"
+                 "  --push-timeout S       how long to wait for the last device (default 30)\n"
+                 "  --hold S               keep the connections open S more seconds at the end\n"
+                 "  --tls-only             stop after the TLS handshake (no upgrade): memory\n"
+                 "                         breakdown; needs a long --header-timeout on the hub\n"
+                 "  --tcp-only             stop after the TCP connect (no TLS): memory breakdown\n"
+                 "  --json                 print one JSON line with the results\n");
 }
 
 static int parse_ipv4(const char *s, struct in_addr *a)
@@ -435,7 +433,8 @@ static int parse_args(int argc, char **argv, struct opts *o)
         return -1;
     }
     if (o->push_url && o->mode != MODE_WS) {
-        fprintf(stderr, "phyload: --push-url needs WebSocket sessions (not --tls-only/--tcp-only)\n");
+        fprintf(stderr,
+                "phyload: --push-url needs WebSocket sessions (not --tls-only/--tcp-only)\n");
         return -1;
     }
     return 0;
@@ -529,8 +528,8 @@ static int setup(struct load *L)
     }
     struct in6_addr tmp6;
     struct in_addr tmp4;
-    L->sni_is_ip = inet_pton(AF_INET, L->o.sni, &tmp4) == 1 ||
-                   inet_pton(AF_INET6, L->o.sni, &tmp6) == 1;
+    L->sni_is_ip =
+        inet_pton(AF_INET, L->o.sni, &tmp4) == 1 || inet_pton(AF_INET6, L->o.sni, &tmp6) == 1;
     if (port == 443)
         snprintf(L->host_header, sizeof(L->host_header), "%s", L->o.sni);
     else
@@ -722,8 +721,7 @@ static long ws_frames(struct load *L, struct dev *d, const uint8_t *buf, size_t 
                 on_text(L, d, f.payload, f.len);
                 break;
             }
-            if ((f.opcode == WSF_TEXT) == (d->in_msg != 0) ||
-                d->msg_len + f.len > WS_MAX_PAYLOAD) {
+            if ((f.opcode == WSF_TEXT) == (d->in_msg != 0) || d->msg_len + f.len > WS_MAX_PAYLOAD) {
                 dev_fail(L, d, F_PROTO, "bad WebSocket fragmentation");
                 return -1;
             }
@@ -933,12 +931,11 @@ static int read_upgrade(struct load *L, struct dev *d)
         }
         if (res.status != 101) {
             char why[160];
-            if (res.status >= 100 && res.status < 600)
-                L->http_status[res.status / 100]++;
-            snprintf(why, sizeof(why), "HTTP %d: %.100s", res.status,
-                     (char *)d->rbuf + r < (char *)d->rbuf + d->rlen ? (char *)d->rbuf + r : "");
+            size_t body = d->rlen - (size_t)r;
+            snprintf(why, sizeof(why), "HTTP %d: %.*s", res.status, (int)(body > 100 ? 100 : body),
+                     (char *)d->rbuf + r);
             for (char *q = why; *q; q++)
-                if (*q == '\r' || *q == '\n')
+                if ((unsigned char)*q < 0x20 || (unsigned char)*q >= 0x7f)
                     *q = ' ';
             dev_fail(L, d, F_HTTP, why);
             return -1;
@@ -1032,8 +1029,7 @@ static void dev_io(struct load *L, struct dev *d, uint32_t events)
             d->ssl = SSL_new(L->ctx);
             if (!d->ssl || SSL_set_fd(d->ssl, d->fd) != 1 ||
                 (!L->sni_is_ip && SSL_set_tlsext_host_name(d->ssl, L->o.sni) != 1) ||
-                (L->sni_is_ip ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(d->ssl),
-                                                              L->o.sni) != 1
+                (L->sni_is_ip ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(d->ssl), L->o.sni) != 1
                               : SSL_set1_host(d->ssl, L->o.sni) != 1)) {
                 dev_fail(L, d, F_TLS, "SSL setup failed");
                 return;
@@ -1196,9 +1192,8 @@ static void *push_thread(void *arg)
 {
     struct push_job *j = arg;
     struct phy_client_response res = {0};
-    j->rc = phy_client_request(&j->co, "PATCH", j->path, j->headers,
-                               "application/merge-patch+json", j->body, strlen(j->body), &res,
-                               j->err, sizeof(j->err));
+    j->rc = phy_client_request(&j->co, "PATCH", j->path, j->headers, "application/merge-patch+json",
+                               j->body, strlen(j->body), &res, j->err, sizeof(j->err));
     j->t_done = now_ms();
     if (j->rc == 0) {
         j->status = res.status;
@@ -1318,11 +1313,9 @@ static void report(struct load *L, double t_connect_ms, const struct proc_sample
         failed += L->fails[k];
     qsort(L->hs_ms, L->nhs, sizeof(double), cmp_double);
     double rate = t_connect_ms > 0 ? (double)L->nhs * 1000.0 / t_connect_ms : 0;
-    double hub_cpu = (before->cpu_s >= 0 && connected->cpu_s >= 0)
-                         ? connected->cpu_s - before->cpu_s
-                         : -1;
-    long drss = before->rss_kib >= 0 && after->rss_kib >= 0 ? after->rss_kib - before->rss_kib
-                                                            : -1;
+    double hub_cpu =
+        (before->cpu_s >= 0 && connected->cpu_s >= 0) ? connected->cpu_s - before->cpu_s : -1;
+    long drss = before->rss_kib >= 0 && after->rss_kib >= 0 ? after->rss_kib - before->rss_kib : -1;
     double per = (drss >= 0 && L->open > 0) ? (double)drss / (double)L->open : -1;
     double slab_per = (L->open > 0 && before->slab_kib >= 0 && after->slab_kib >= 0)
                           ? (double)(after->slab_kib - before->slab_kib) / (double)L->open
@@ -1343,10 +1336,10 @@ static void report(struct load *L, double t_connect_ms, const struct proc_sample
             (json_int_t)L->nhs, "failed", (json_int_t)failed, "failures", "connect",
             (json_int_t)L->fails[F_CONNECT], "tls", (json_int_t)L->fails[F_TLS], "http",
             (json_int_t)L->fails[F_HTTP], "timeout", (json_int_t)L->fails[F_TIMEOUT], "closed",
-            (json_int_t)L->fails[F_CLOSED], "protocol", (json_int_t)L->fails[F_PROTO],
-            "connect_s", t_connect_ms / 1000.0, "sessions_per_s", rate, "handshake_p50_ms",
-            pct(L->hs_ms, L->nhs, 50), "handshake_p99_ms", pct(L->hs_ms, L->nhs, 99),
-            "hub_cpu_s", hub_cpu, "hub_cpu_us_per_session",
+            (json_int_t)L->fails[F_CLOSED], "protocol", (json_int_t)L->fails[F_PROTO], "connect_s",
+            t_connect_ms / 1000.0, "sessions_per_s", rate, "handshake_p50_ms",
+            pct(L->hs_ms, L->nhs, 50), "handshake_p99_ms", pct(L->hs_ms, L->nhs, 99), "hub_cpu_s",
+            hub_cpu, "hub_cpu_us_per_session",
             hub_cpu >= 0 && L->nhs ? hub_cpu * 1e6 / (double)L->nhs : -1.0, "client_cpu_s",
             client_cpu_s, "hub_rss_before_kib", (json_int_t)before->rss_kib,
             "hub_rss_connected_kib", (json_int_t)connected->rss_kib, "hub_rss_after_kib",
@@ -1358,11 +1351,10 @@ static void report(struct load *L, double t_connect_ms, const struct proc_sample
         if (o && pushed) {
             json_t *p = json_pack(
                 "{s:i, s:s, s:f, s:I, s:I, s:f, s:f, s:f, s:f, s:f}", "status",
-                j->rc == 0 ? j->status : -1, "answer", j->rc == 0 ? j->resp : j->err,
-                "patch_ms", j->t_done - L->push_t0, "expected", (json_int_t)L->push_expected,
-                "received", (json_int_t)L->push_received, "p50_ms", pp50, "p99_ms", pp99,
-                "last_ms", pmax, "hub_cpu_s", L->push_hub_cpu_s, "client_cpu_s",
-                L->push_client_cpu_s);
+                j->rc == 0 ? j->status : -1, "answer", j->rc == 0 ? j->resp : j->err, "patch_ms",
+                j->t_done - L->push_t0, "expected", (json_int_t)L->push_expected, "received",
+                (json_int_t)L->push_received, "p50_ms", pp50, "p99_ms", pp99, "last_ms", pmax,
+                "hub_cpu_s", L->push_hub_cpu_s, "client_cpu_s", L->push_client_cpu_s);
             json_object_set_new(o, "push", p);
         }
         char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;

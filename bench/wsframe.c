@@ -16,8 +16,8 @@ int wsf_parse(const uint8_t *buf, size_t n, size_t max_payload, struct wsf_frame
     int op = b0 & 0x0f;
     if ((b0 & 0x70) != 0 || (b1 & 0x80) != 0)
         return PHY_EPROTO; /* reserved bits (no extensions were negotiated), masked */
-    if (op != WSF_CONT && op != WSF_TEXT && op != WSF_BINARY && op != WSF_CLOSE &&
-        op != WSF_PING && op != WSF_PONG)
+    if (op != WSF_CONT && op != WSF_TEXT && op != WSF_BINARY && op != WSF_CLOSE && op != WSF_PING &&
+        op != WSF_PONG)
         return PHY_EPROTO;
     size_t hdr = 2;
     uint64_t len = b1 & 0x7f;
@@ -47,8 +47,8 @@ int wsf_parse(const uint8_t *buf, size_t n, size_t max_payload, struct wsf_frame
     return (int)(hdr + len);
 }
 
-int wsf_encode(int opcode, const uint8_t *payload, size_t len, const uint8_t mask[4],
-               uint8_t *out, size_t cap)
+int wsf_encode(int opcode, const uint8_t *payload, size_t len, const uint8_t mask[4], uint8_t *out,
+               size_t cap)
 {
     if (len > WSF_LIMIT || cap < len + WSF_MAX_HEADER)
         return PHY_ETOOBIG;

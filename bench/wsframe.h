@@ -15,8 +15,8 @@ enum wsf_opcode {
     WSF_PONG = 0xa,
 };
 
-#define WSF_MAX_HEADER 14      /* 2 + 8 (length) + 4 (mask) */
-#define WSF_MAX_CONTROL 125    /* control frame payload limit */
+#define WSF_MAX_HEADER 14   /* 2 + 8 (length) + 4 (mask) */
+#define WSF_MAX_CONTROL 125 /* control frame payload limit */
 
 /* One parsed frame. payload borrows from the buffer given to wsf_parse. */
 struct wsf_frame {
@@ -36,7 +36,7 @@ int wsf_parse(const uint8_t *buf, size_t n, size_t max_payload, struct wsf_frame
 /* Writes one final (FIN) client frame with the given mask into out (capacity cap).
  * Returns the frame size, or PHY_ETOOBIG when cap < len + WSF_MAX_HEADER or
  * len > 1 MiB. */
-int wsf_encode(int opcode, const uint8_t *payload, size_t len, const uint8_t mask[4],
-               uint8_t *out, size_t cap);
+int wsf_encode(int opcode, const uint8_t *payload, size_t len, const uint8_t mask[4], uint8_t *out,
+               size_t cap);
 
 #endif
