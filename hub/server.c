@@ -472,6 +472,13 @@ static void conn_drive(struct conn *c)
     for (;;) {
         switch (c->state) {
         case CONN_HANDSHAKE: {
+            if (!c->ssl) {
+                c->ssl = SSL_new(c->srv->ctx);
+                if (!c->ssl || SSL_set_fd(c->ssl, c->fd) != 1) {
+                    conn_close(c);
+                    return;
+                }
+            }
             ERR_clear_error();
             int r = SSL_accept(c->ssl);
             if (r == 1) {
@@ -617,9 +624,7 @@ static void conn_accept(struct server *s, int fd, const struct sockaddr_storage 
         port = ntohs(a->sin6_port);
     }
     snprintf(c->peer, sizeof(c->peer), "%s:%u", ip, port);
-    c->ssl = SSL_new(s->ctx);
-    if (!c->ssl || SSL_set_fd(c->ssl, fd) != 1 || uv_poll_init_socket(s->loop, &c->poll, fd) != 0) {
-        SSL_free(c->ssl);
+    if (uv_poll_init_socket(s->loop, &c->poll, fd) != 0) {
         close(fd);
         free(c);
         return;
@@ -635,7 +640,9 @@ static void conn_accept(struct server *s, int fd, const struct sockaddr_storage 
     s->conns = c;
     s->nconns++;
     conn_deadline(c, s->hub->cfg.header_timeout_s);
-    conn_drive(c);
+    /* No TLS state until the client has sent something: a connection that never
+     * speaks costs a few hundred bytes, not a handshake's buffers. */
+    conn_want(c, UV_READABLE);
 }
 
 static void on_listen_poll(uv_poll_t *h, int status, int events);

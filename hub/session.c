@@ -23,6 +23,8 @@
 #define SESSION_QUEUE_MAX 64 /* messages waiting for the store, per session */
 #define CLOSE_GRACE_MS 1000  /* how long a closing peer gets to answer our close */
 #define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+#define WBUF_MAX (256 * 1024) /* staged output per session before wslay is told to wait */
+#define TLS_RECORD_MAX 16384
 
 struct pending_msg {
     struct pending_msg *next;
@@ -43,6 +45,8 @@ struct session {
     uint64_t tokens_at;     /* loop ms of the last token refill */
     double tokens;          /* rate-limit bucket */
     unsigned violations;    /* messages refused in a row */
+    char *wbuf;             /* staged output (frame headers + payloads); NULL when drained */
+    size_t wlen, woff;
     uint16_t close_code;    /* close to send once the queued messages are out */
     const char *close_reason;
     unsigned begun : 1, registered : 1, replaced : 1, inflight : 1, detach_pending : 1,
@@ -355,18 +359,57 @@ static ssize_t ws_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, in
     return -1;
 }
 
+/* wslay hands over a frame header and its payload in separate calls; staging them
+ * lets one SSL_write (one TLS record, one syscall) carry a whole small message. */
 static ssize_t ws_send(wslay_event_context_ptr ctx, const uint8_t *data, size_t len, int flags,
                        void *user)
 {
     struct session *ss = user;
     (void)flags;
-    ERR_clear_error();
-    int n = SSL_write(ss->conn->ssl, data, (int)(len > INT32_MAX ? INT32_MAX : len));
-    if (n > 0)
-        return n;
-    int ev = conn_ssl_want(ss->conn->ssl, n);
-    wslay_event_set_error(ctx, ev < 0 ? WSLAY_ERR_CALLBACK_FAILURE : WSLAY_ERR_WOULDBLOCK);
-    return -1;
+    size_t pending = ss->wlen - ss->woff;
+    if (pending + len > WBUF_MAX) {
+        wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
+        return -1;
+    }
+    if (ss->woff > 0 && ss->woff == ss->wlen) {
+        ss->woff = ss->wlen = 0;
+    }
+    char *p = realloc(ss->wbuf, ss->wlen + len);
+    if (!p) {
+        wslay_event_set_error(ctx, WSLAY_ERR_NOMEM);
+        return -1;
+    }
+    memcpy(p + ss->wlen, data, len);
+    ss->wbuf = p;
+    ss->wlen += len;
+    return (ssize_t)len;
+}
+
+/* Writes staged output. 0 when drained or the socket is full (*want_write set),
+ * -1 when the connection failed. */
+static int session_flush_out(struct session *ss, int *want_write)
+{
+    *want_write = 0;
+    while (ss->woff < ss->wlen) {
+        size_t n = ss->wlen - ss->woff;
+        if (n > TLS_RECORD_MAX)
+            n = TLS_RECORD_MAX;
+        ERR_clear_error();
+        int w = SSL_write(ss->conn->ssl, ss->wbuf + ss->woff, (int)n);
+        if (w > 0) {
+            ss->woff += (size_t)w;
+            continue;
+        }
+        int ev = conn_ssl_want(ss->conn->ssl, w);
+        if (ev < 0)
+            return -1;
+        *want_write = 1; /* WANT_READ during a write cannot happen without renegotiation */
+        return 0;
+    }
+    free(ss->wbuf);
+    ss->wbuf = NULL;
+    ss->wlen = ss->woff = 0;
+    return 0;
 }
 
 /* Queues one text frame (copied by wslay). */
@@ -450,6 +493,7 @@ static int utf8_valid(const uint8_t *s, size_t n)
 /* ---------- message handling (store work in order, one at a time) ---------- */
 
 static void session_kick(struct session *ss);
+static void session_push(struct conn *c);
 
 static char *twin_reply(const char *id, const char *device_id, const struct store_twin *t)
 {
@@ -554,7 +598,7 @@ static void on_sess_work_done(uv_work_t *req, int status)
         if (w->event_type && w->event_json)
             events_publish(ss->conn->srv, ss->tenant_id, w->event_type, w->event_json);
         session_kick(ss);
-        session_drive(ss->conn);
+        session_push(ss->conn);
     }
     dispatch_action_clear(&w->action);
     free(w->reply);
@@ -729,35 +773,53 @@ void session_begin(struct conn *c)
     session_drive(c);
 }
 
-void session_drive(struct conn *c)
+/* Sends what wslay has queued and what is staged; arms the poll. With read=1 it
+ * first reads and handles what the device sent. */
+static void session_run(struct conn *c, int read)
 {
     struct session *ss = c->sess;
+    int blocked = 0;
     if (!ss || !ss->ws)
         return;
     ss->read_wants_write = 0;
-    if (wslay_event_want_read(ss->ws) && wslay_event_recv(ss->ws) != 0) {
+    if (read && wslay_event_want_read(ss->ws) && wslay_event_recv(ss->ws) != 0) {
         conn_close(c);
         return;
     }
     if (!c->sess) /* closed from a callback */
         return;
-    if (wslay_event_want_write(ss->ws) && wslay_event_send(ss->ws) != 0) {
-        conn_close(c);
-        return;
-    }
-    if (ss->close_code) {
-        session_flush_close(ss);
+    for (int round = 0; round < 64; round++) {
         if (wslay_event_want_write(ss->ws) && wslay_event_send(ss->ws) != 0) {
             conn_close(c);
             return;
         }
+        if (ss->close_code)
+            session_flush_close(ss);
+        if (session_flush_out(ss, &blocked) < 0) {
+            conn_close(c);
+            return;
+        }
+        if (blocked || !wslay_event_want_write(ss->ws))
+            break;
     }
-    int r = wslay_event_want_read(ss->ws), w = wslay_event_want_write(ss->ws);
+    int r = wslay_event_want_read(ss->ws);
+    int w = blocked || ss->wbuf || wslay_event_want_write(ss->ws);
     if (!r && !w) { /* close handshake done */
         conn_close(c);
         return;
     }
     conn_want(c, (r ? UV_READABLE : 0) | (w || ss->read_wants_write ? UV_WRITABLE : 0));
+}
+
+void session_drive(struct conn *c)
+{
+    session_run(c, 1);
+}
+
+/* After queuing something: write it now, without a read attempt. */
+static void session_push(struct conn *c)
+{
+    session_run(c, 0);
 }
 
 void session_timer(struct conn *c)
@@ -817,6 +879,7 @@ int session_detach(struct conn *c)
     }
     if (ss->ws)
         wslay_event_context_free(ss->ws);
+    free(ss->wbuf);
     free(ss);
     c->sess = NULL;
     hub_metric_set(&s->hub->metrics.sessions, s->sessions ? s->sessions->count : 0);
@@ -847,7 +910,7 @@ void session_effect(struct server *s, const struct api_effect *e, const char *pu
     session_send(ss, t);
     free(t);
     ss->desired_sent = e->version;
-    session_drive(ss->conn);
+    session_push(ss->conn);
 }
 
 void sessions_shutdown(struct server *s)
@@ -861,7 +924,9 @@ void sessions_shutdown(struct server *s)
                 continue;
             ss->closing = 1;
             wslay_event_queue_close(ss->ws, 1001, (const uint8_t *)"hub shutting down", 17);
+            int blocked;
             wslay_event_send(ss->ws); /* best effort: the socket closes right after */
+            session_flush_out(ss, &blocked);
         }
     }
 }
