@@ -45,12 +45,13 @@ struct session {
     uint64_t tokens_at;     /* loop ms of the last token refill */
     double tokens;          /* rate-limit bucket */
     unsigned violations;    /* messages refused in a row */
+    uint64_t frame_left;    /* bytes of the current frame not yet given to wslay */
     char *wbuf;             /* staged output (frame headers + payloads); NULL when drained */
     size_t wlen, woff;
     uint16_t close_code;    /* close to send once the queued messages are out */
     const char *close_reason;
     unsigned begun : 1, registered : 1, replaced : 1, inflight : 1, detach_pending : 1,
-        closing : 1, read_wants_write : 1;
+        closing : 1, read_wants_write : 1, msg_open : 1;
     char device_id[PHY_DEVICE_ID_LEN + 1];
 };
 
@@ -324,39 +325,93 @@ void session_abandon(struct server *s, const char *device_id)
 
 /* ---------- wslay glue ---------- */
 
+/* Length of the frame header at p (n bytes available), or 0 when incomplete. */
+static size_t frame_header_len(const uint8_t *p, size_t n)
+{
+    if (n < 2)
+        return 0;
+    size_t len7 = p[1] & 0x7f;
+    size_t hl = 2 + (len7 == 126 ? 2 : len7 == 127 ? 8 : 0) + ((p[1] & 0x80) ? 4 : 0);
+    return n >= hl ? hl : 0;
+}
+
+/* Feeds wslay from c->in (bytes read ahead) and the TLS socket, never past the end of
+ * the current frame: then, between frames, wslay holds no bytes of its own and an
+ * idle session's wslay context can be freed (see session_run). Only the header's
+ * length fields are read here; wslay does the framing. */
 static ssize_t ws_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags,
                        void *user)
 {
     struct session *ss = user;
     struct conn *c = ss->conn;
     (void)flags;
-    if (c->in_len > 0) { /* bytes that came with the upgrade request */
-        size_t n = c->in_len < len ? c->in_len : len;
-        memcpy(buf, c->in, n);
-        memmove(c->in, c->in + n, c->in_len - n);
-        c->in_len -= n;
-        if (c->in_len == 0) {
-            free(c->in);
-            c->in = NULL;
-            c->in_cap = 0;
+    for (;;) {
+        if (c->in_len > 0) {
+            const uint8_t *p = (const uint8_t *)c->in;
+            if (ss->frame_left == 0) {
+                size_t hl = frame_header_len(p, c->in_len);
+                if (hl > 0) {
+                    uint64_t payload = p[1] & 0x7f;
+                    if (payload == 126) {
+                        payload = ((uint64_t)p[2] << 8) | p[3];
+                    } else if (payload == 127) {
+                        payload = 0;
+                        for (int i = 2; i < 10; i++)
+                            payload = (payload << 8) | p[i];
+                    }
+                    /* an absurd length is wslay's to refuse (1009); cap the sum */
+                    ss->frame_left = hl + (payload > (UINT64_MAX >> 1) ? (UINT64_MAX >> 1) : payload);
+                    unsigned op = p[0] & 0x0f;
+                    if (op < 8) /* data or continuation: a message is open until FIN */
+                        ss->msg_open = !(p[0] & 0x80);
+                }
+            }
+            if (ss->frame_left > 0) {
+                size_t n = c->in_len < len ? c->in_len : len;
+                if (n > ss->frame_left)
+                    n = (size_t)ss->frame_left;
+                memcpy(buf, c->in, n);
+                memmove(c->in, c->in + n, c->in_len - n);
+                c->in_len -= n;
+                ss->frame_left -= n;
+                if (c->in_len == 0) {
+                    free(c->in);
+                    c->in = NULL;
+                    c->in_cap = 0;
+                }
+                return (ssize_t)n;
+            }
+            /* an incomplete header: read more below */
         }
-        return (ssize_t)n;
-    }
-    ERR_clear_error();
-    int n = SSL_read(c->ssl, buf, (int)(len > INT32_MAX ? INT32_MAX : len));
-    if (n > 0) {
-        ss->last_rx = uv_now(c->srv->loop);
-        return n;
-    }
-    int ev = conn_ssl_want(c->ssl, n);
-    if (ev < 0) {
-        wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
+        char tmp[SERVER_READ_CHUNK];
+        ERR_clear_error();
+        int n = SSL_read(c->ssl, tmp, sizeof(tmp));
+        if (n > 0) {
+            ss->last_rx = uv_now(c->srv->loop);
+            size_t need = c->in_len + (size_t)n;
+            if (need > c->in_cap) {
+                char *np = realloc(c->in, need);
+                if (!np) {
+                    wslay_event_set_error(ctx, WSLAY_ERR_NOMEM);
+                    return -1;
+                }
+                c->in = np;
+                c->in_cap = need;
+            }
+            memcpy(c->in + c->in_len, tmp, (size_t)n);
+            c->in_len += (size_t)n;
+            continue;
+        }
+        int ev = conn_ssl_want(c->ssl, n);
+        if (ev < 0) {
+            wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
+            return -1;
+        }
+        if (ev == UV_WRITABLE)
+            ss->read_wants_write = 1;
+        wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
         return -1;
     }
-    if (ev == UV_WRITABLE)
-        ss->read_wants_write = 1;
-    wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
-    return -1;
 }
 
 /* wslay hands over a frame header and its payload in separate calls; staging them
@@ -412,11 +467,45 @@ static int session_flush_out(struct session *ss, int *want_write)
     return 0;
 }
 
+static void ws_on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *arg,
+                      void *user);
+
+static const struct wslay_event_callbacks ws_callbacks = {ws_recv, ws_send, NULL, NULL, NULL,
+                                                          NULL, ws_on_msg};
+
+/* The wslay context exists only while a session has something in flight: it holds
+ * two 4 KiB buffers, more than half of what an idle session would otherwise cost.
+ * Returns 0 when ss->ws is ready. */
+static int session_ws(struct session *ss)
+{
+    if (ss->ws)
+        return 0;
+    if (wslay_event_context_server_init(&ss->ws, &ws_callbacks, ss) != 0) {
+        ss->ws = NULL;
+        return -1;
+    }
+    wslay_event_config_set_max_recv_msg_length(ss->ws, WS_MAX_MSG);
+    return 0;
+}
+
+/* Frees the wslay context of a session that is between frames and messages with
+ * nothing queued, staged or read ahead. */
+static void session_idle(struct session *ss)
+{
+    struct conn *c = ss->conn;
+    if (!ss->ws || ss->closing || ss->close_code || ss->frame_left || ss->msg_open ||
+        c->in_len || ss->wbuf || ss->read_wants_write || wslay_event_want_write(ss->ws) ||
+        wslay_event_get_queued_msg_count(ss->ws) > 0)
+        return;
+    wslay_event_context_free(ss->ws);
+    ss->ws = NULL;
+}
+
 /* Queues one text frame (copied by wslay). */
 static void session_send(struct session *ss, const char *text)
 {
     struct wslay_event_msg m = {WSLAY_TEXT_FRAME, (const uint8_t *)text, strlen(text)};
-    if (ss->closing || !ss->ws)
+    if (ss->closing || session_ws(ss) < 0)
         return;
     if (wslay_event_queue_msg(ss->ws, &m) == 0)
         hub_metric_add(&ss->conn->srv->hub->metrics.ws_msgs_out, 1);
@@ -426,7 +515,7 @@ static void session_send(struct session *ss, const char *text)
  * queued before it (e.g. the error that explains it) has been written. */
 static void session_flush_close(struct session *ss)
 {
-    if (!ss->close_code || wslay_event_get_queued_msg_count(ss->ws) > 0)
+    if (!ss->close_code || session_ws(ss) < 0 || wslay_event_get_queued_msg_count(ss->ws) > 0)
         return;
     wslay_event_queue_close(ss->ws, ss->close_code, (const uint8_t *)ss->close_reason,
                             strlen(ss->close_reason));
@@ -435,7 +524,7 @@ static void session_flush_close(struct session *ss)
 
 static void session_close_with(struct session *ss, uint16_t code, const char *reason)
 {
-    if (ss->closing || !ss->ws)
+    if (ss->closing)
         return;
     ss->closing = 1;
     ss->close_code = code;
@@ -738,17 +827,9 @@ static void session_arm_timer(struct session *ss)
 
 void session_begin(struct conn *c)
 {
-    static const struct wslay_event_callbacks cb = {ws_recv, ws_send, NULL, NULL, NULL, NULL,
-                                                    ws_on_msg};
     struct session *ss = c->sess;
     struct server *s = c->srv;
     ss->conn = c;
-    if (wslay_event_context_server_init(&ss->ws, &cb, ss) != 0) {
-        ss->ws = NULL;
-        conn_close(c);
-        return;
-    }
-    wslay_event_config_set_max_recv_msg_length(ss->ws, WS_MAX_MSG);
     struct session *old = registry_find(s->sessions, ss->device_id);
     if (old) {
         registry_remove(s->sessions, old);
@@ -779,16 +860,20 @@ static void session_run(struct conn *c, int read)
 {
     struct session *ss = c->sess;
     int blocked = 0;
-    if (!ss || !ss->ws)
+    if (!ss)
         return;
     ss->read_wants_write = 0;
+    if (read && session_ws(ss) < 0) {
+        conn_close(c);
+        return;
+    }
     if (read && wslay_event_want_read(ss->ws) && wslay_event_recv(ss->ws) != 0) {
         conn_close(c);
         return;
     }
     if (!c->sess) /* closed from a callback */
         return;
-    for (int round = 0; round < 64; round++) {
+    for (int round = 0; ss->ws && round < 64; round++) {
         if (wslay_event_want_write(ss->ws) && wslay_event_send(ss->ws) != 0) {
             conn_close(c);
             return;
@@ -802,12 +887,17 @@ static void session_run(struct conn *c, int read)
         if (blocked || !wslay_event_want_write(ss->ws))
             break;
     }
-    int r = wslay_event_want_read(ss->ws);
-    int w = blocked || ss->wbuf || wslay_event_want_write(ss->ws);
+    if (!ss->ws && ss->wbuf && session_flush_out(ss, &blocked) < 0) {
+        conn_close(c);
+        return;
+    }
+    int r = !ss->ws || wslay_event_want_read(ss->ws);
+    int w = blocked || ss->wbuf || (ss->ws && wslay_event_want_write(ss->ws));
     if (!r && !w) { /* close handshake done */
         conn_close(c);
         return;
     }
+    session_idle(ss);
     conn_want(c, (r ? UV_READABLE : 0) | (w || ss->read_wants_write ? UV_WRITABLE : 0));
 }
 
@@ -841,7 +931,8 @@ void session_timer(struct conn *c)
     }
     if (now - ss->last_ping >= (uint64_t)cfg->ping_interval_s * 1000) {
         struct wslay_event_msg m = {WSLAY_PING, NULL, 0};
-        wslay_event_queue_msg(ss->ws, &m);
+        if (session_ws(ss) == 0)
+            wslay_event_queue_msg(ss->ws, &m);
         ss->last_ping = now;
     }
     session_arm_timer(ss);
@@ -920,7 +1011,7 @@ void sessions_shutdown(struct server *s)
         return;
     for (size_t i = 0; i < r->nbuckets; i++) {
         for (struct session *ss = r->buckets[i]; ss; ss = ss->hnext) {
-            if (ss->closing || !ss->ws)
+            if (ss->closing || session_ws(ss) < 0)
                 continue;
             ss->closing = 1;
             wslay_event_queue_close(ss->ws, 1001, (const uint8_t *)"hub shutting down", 17);
