@@ -162,6 +162,26 @@ def test_new_session_replaces_old_with_4000():
     new.close()
 
 
+def test_split_and_fragmented_frames_across_idle_pauses():
+    """An idle session frees its framing state; a frame cut in the middle of its header
+    or a message split in fragments, with pauses (and pings) in between, must still
+    arrive whole."""
+    a = T["a"]
+    ws = session(a)
+    frame = wsclient.WS.frame_bytes(wsclient.OP_TEXT, b'{"type":"twin.get","id":"split"}')
+    ws.s.sendall(frame[:1])
+    time.sleep(0.3)
+    ws.s.sendall(frame[1:5])
+    time.sleep(0.3)
+    ws.s.sendall(frame[5:])
+    assert ws.recv_type("twin")["id"] == "split"
+    ws.send_frame(wsclient.OP_TEXT, b'{"type":"twin', fin=False)
+    time.sleep(1.2)  # a ping (interval 1 s) arrives while the message is open
+    ws.send_frame(wsclient.OP_CONT, b'.get","id":"frag"}', fin=True)
+    assert ws.recv_type("twin")["id"] == "frag"
+    ws.close()
+
+
 def test_bad_frames_get_documented_errors_and_closes():
     a, c = T["a"], T["c"]
     other = session(c)  # must be unaffected by all of this

@@ -86,7 +86,9 @@ class WS:
         self.auto_pong = True
         self.pings = 0
 
-    def send_frame(self, opcode, payload, fin=True):
+    @staticmethod
+    def frame_bytes(opcode, payload, fin=True):
+        """One masked client frame as bytes (to send whole or in pieces)."""
         header = bytes([(0x80 if fin else 0) | opcode])
         n = len(payload)
         if n < 126:
@@ -96,8 +98,10 @@ class WS:
         else:
             header += bytes([0x80 | 127]) + struct.pack("!Q", n)
         mask = os.urandom(4)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        self.s.sendall(header + mask + masked)
+        return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+    def send_frame(self, opcode, payload, fin=True):
+        self.s.sendall(self.frame_bytes(opcode, payload, fin))
 
     def send_json(self, obj):
         self.send_frame(OP_TEXT, json.dumps(obj).encode())
