@@ -992,14 +992,44 @@ void session_effect(struct server *s, const struct api_effect *e, const char *pu
     }
     if (!push_patch || e->version <= ss->desired_sent)
         return;
-    size_t n = strlen(push_patch) + 80;
-    char *t = malloc(n);
-    if (!t)
-        return;
-    snprintf(t, n, "{\"type\":\"desired.patch\",\"version\":%lld,\"patch\":%s}",
-             (long long)e->version, push_patch);
-    session_send(ss, t);
-    free(t);
+    size_t cap = strlen(push_patch) + 80;
+    if (!ss->ws && !ss->wbuf) {
+        /* The fleet-wide fan-out path: an idle session has no wslay context, and
+         * creating one per push costs more than the unmasked server frame header
+         * (RFC 6455 section 5.2) written here, straight into the staged output. */
+        char *f = malloc(cap + 10);
+        if (!f)
+            return;
+        int len = snprintf(f + 10, cap, "{\"type\":\"desired.patch\",\"version\":%lld,\"patch\":%s}",
+                           (long long)e->version, push_patch);
+        size_t n = (size_t)len, hl = n < 126 ? 2 : n < 65536 ? 4 : 10;
+        uint8_t *h = (uint8_t *)f + 10 - hl;
+        h[0] = 0x81; /* FIN + text */
+        if (hl == 2) {
+            h[1] = (uint8_t)n;
+        } else if (hl == 4) {
+            h[1] = 126;
+            h[2] = (uint8_t)(n >> 8);
+            h[3] = (uint8_t)n;
+        } else {
+            h[1] = 127;
+            for (int i = 0; i < 8; i++)
+                h[2 + i] = (uint8_t)((uint64_t)n >> (56 - 8 * i));
+        }
+        memmove(f, h, hl + n);
+        ss->wbuf = f;
+        ss->wlen = hl + n;
+        ss->woff = 0;
+        hub_metric_add(&s->hub->metrics.ws_msgs_out, 1);
+    } else {
+        char *t = malloc(cap);
+        if (!t)
+            return;
+        snprintf(t, cap, "{\"type\":\"desired.patch\",\"version\":%lld,\"patch\":%s}",
+                 (long long)e->version, push_patch);
+        session_send(ss, t);
+        free(t);
+    }
     ss->desired_sent = e->version;
     session_push(ss->conn);
 }
