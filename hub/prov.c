@@ -139,6 +139,12 @@ void handle_code(struct hub *h, const struct api_request *req, struct api_respon
             goto out;
         if (outcome == STORE_CODE_TAKEN)
             continue; /* collision with a live code: draw again */
+        if (outcome == STORE_SLOW_DOWN) {
+            api_json(res, 429,
+                     json_pack("{s:s, s:s, s:i}", "error", "slow_down", "message",
+                               "a new code at most once per second", "interval", 1));
+            goto out;
+        }
         api_json(
             res, 201,
             json_pack("{s:s, s:I}", "code", code, "expires_in", (json_int_t)h->cfg.code_ttl_s));

@@ -139,7 +139,8 @@ struct phy_store_ops {
                       const char *token_hash, int *outcome);
     /* code: BAD_TOKEN unless a live registration (token_hash, serial) exists;
      * PROVISIONED when the serial has an issuance; CODE_TAKEN when code is a live
-     * code of another registration or an issued code; else replaces the
+     * code of another registration or an issued code; SLOW_DOWN when its code was
+     * set less than a second ago; else replaces the
      * registration's code (expires now + code_ttl) and marks it active. */
     int (*reg_set_code)(struct store *s, const struct store_prov_params *p, const char *serial,
                         const char *token_hash, const char *code, int *outcome);

@@ -133,6 +133,8 @@ static const char *const MIGRATE_SQL[SCHEMA_VERSION] = {
 
 /* ---- input checks ---- */
 
+#define CODE_MIN_GAP_MS 1000 /* minimum time between two code requests of a registration */
+
 static int str_ok(const char *s, size_t max)
 {
     return s && s[0] && strnlen(s, max + 1) <= max;
@@ -734,14 +736,21 @@ static int sq_reg_set_code(struct store *s, const struct store_prov_params *p, c
         rc = 0;
         goto out;
     }
-    rc = q_int(s, NULL,
-               "SELECT 1 FROM registrations WHERE token_hash = ? AND serial = ? AND "
-               "last_active_ms > ?",
+    int64_t expires = 0;
+    rc = q_int(s, &expires,
+               "SELECT coalesce(code_expires_ms, 0) FROM registrations WHERE token_hash = ? AND "
+               "serial = ? AND last_active_ms > ?",
                "tti", token_hash, serial, live_after(p));
     if (rc < 0)
         goto out;
     if (rc == 0) {
         *outcome = STORE_BAD_TOKEN;
+        goto out;
+    }
+    /* Each code request is a durable write: at most one per CODE_MIN_GAP_MS. */
+    if (expires > 0 && expires - p->code_ttl_ms > p->now_ms - CODE_MIN_GAP_MS) {
+        *outcome = STORE_SLOW_DOWN;
+        rc = 0;
         goto out;
     }
     rc = issued_serial(s, serial);

@@ -50,8 +50,17 @@ def teardown():
 # ---- clients ----
 
 def new_code(serial, token):
-    st, js, _, _ = ST.request("POST", "/v1/provisioning/code",
-                              {"serial": serial, "poll_token": token}, ident="sn_" + serial)
+    """A fresh code; a request within a second of the previous one is told to slow
+    down, and waits as told, like an agent."""
+    def attempt():
+        st, js, _, _ = ST.request("POST", "/v1/provisioning/code",
+                                  {"serial": serial, "poll_token": token}, ident="sn_" + serial)
+        if st == 429:
+            assert js["error"] == "slow_down" and js["interval"] == 1, js
+            time.sleep(0.2)
+            return None
+        return st, js
+    st, js = wait_until(attempt, 5, "a new code")
     assert st == 201, (st, js)
     assert CODE_RE.match(js["code"]), js
     assert js["expires_in"] == 3
@@ -193,6 +202,9 @@ def test_contested_serial_code_goes_to_its_registration_only():
 def test_codes_expire_rotate_and_are_unique():
     token = ST.register("SN-CODES")
     old = new_code("SN-CODES", token)
+    st, js, _, _ = ST.request("POST", "/v1/provisioning/code",
+                              {"serial": "SN-CODES", "poll_token": token})
+    assert st == 429 and js["error"] == "slow_down", (st, js)  # one code per second
     new = new_code("SN-CODES", token)
     assert old != new
     st, js, _, _ = ST.claim(code=old)

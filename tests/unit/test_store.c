@@ -406,6 +406,9 @@ static void test_code_replaced(void **state)
     /* The replaced code is free again, the claimed one is not. */
     assert_int_equal(reg(f, "SN6", 2), STORE_OK);
     assert_int_equal(set_code(f, "SN6", 2, "AAAAAA"), STORE_OK);
+    /* A second code within a second is refused: each request is a durable write. */
+    assert_int_equal(set_code(f, "SN6", 2, "CCCCCC"), STORE_SLOW_DOWN);
+    f->p.now_ms += 1000;
     assert_int_equal(set_code(f, "SN6", 2, "BBBBBB"), STORE_CODE_TAKEN);
 }
 
@@ -468,6 +471,7 @@ static void test_code_taken(void **state)
     assert_int_equal(reg(f, "SN10", 2), STORE_OK);
     assert_int_equal(set_code(f, "SN9", 1, "FGHJKM"), STORE_OK);
     assert_int_equal(set_code(f, "SN10", 2, "fghjkm"), STORE_CODE_TAKEN);
+    f->p.now_ms += 1000;
     assert_int_equal(set_code(f, "SN9", 1, "FGHJKM"), STORE_OK); /* own code: refresh */
     assert_int_equal(set_code(f, "SN10", 2, "NPQRST"), STORE_OK);
     /* Wrong serial or unknown token. */
