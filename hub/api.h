@@ -37,8 +37,8 @@ enum api_effect_kind {
 struct api_effect {
     enum api_effect_kind kind;
     char device_id[PHY_DEVICE_ID_LEN + 1];
-    int64_t version;  /* PUSH_DESIRED */
-    int close_code;   /* CLOSE_SESSION: 4001 revoked, 4002 deleted */
+    int64_t version; /* PUSH_DESIRED */
+    int close_code;  /* CLOSE_SESSION: 4001 revoked, 4002 deleted */
 };
 
 struct api_response {
@@ -46,9 +46,10 @@ struct api_response {
     char *body; /* malloc'd JSON text (NUL-terminated), owned by the response */
     size_t body_len;
     char extra_headers[API_MAX_EXTRA_HEADERS]; /* CRLF-terminated header lines */
-    char log[256]; /* key=value facts for the access line (never secrets) */    struct api_effect *effects; /* malloc'd array or NULL */
+    char log[256];              /* key=value facts for the access line (never secrets) */
+    struct api_effect *effects; /* malloc'd array or NULL */
     size_t neffects;
-    char *push_patch; /* compact JSON of the desired patch every PUSH_DESIRED sends */
+    char *push_patch;         /* compact JSON of the desired patch every PUSH_DESIRED sends */
     const char *content_type; /* static; NULL means application/json */
 };
 

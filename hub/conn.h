@@ -10,8 +10,8 @@
 #include <uv.h>
 
 #include "api.h"
-#include "phy/http.h"
 #include "hub.h"
+#include "phy/http.h"
 
 #define SERVER_MAX_HEAD 8192
 #define SERVER_READ_CHUNK 16384
@@ -46,12 +46,12 @@ struct conn {
     int polling; /* events currently watched */
     char *in;    /* request bytes; NULL while idle */
     size_t in_len, in_cap;
-    char *out; /* response bytes being written; NULL while idle */
-    size_t out_len, out_off;
+    char *out;                        /* response bytes being written; NULL while idle */
+    size_t out_len, out_off, out_cap; /* out_cap: CONN_SSE's growable buffer */
     uint64_t req_start_ms;
-    struct session *sess;    /* CONN_WS */
-    int64_t tenant_id;       /* CONN_SSE: whose events */
-    struct conn *sub_next;   /* CONN_SSE: next subscriber */
+    struct session *sess;  /* CONN_WS */
+    int64_t tenant_id;     /* CONN_SSE: whose events */
+    struct conn *sub_next; /* CONN_SSE: next subscriber */
     char peer[64];
 };
 
@@ -76,6 +76,8 @@ struct server {
 
 /* server.c */
 void conn_close(struct conn *c);
+/* Frees the read buffer after clearing it (it may hold credentials). */
+void conn_free_in(struct conn *c);
 void conn_want(struct conn *c, int events);
 void conn_deadline_ms(struct conn *c, uint64_t ms);
 /* Maps an SSL_get_error result to poll events; -1 when the connection is done. */
@@ -91,12 +93,12 @@ int conn_flush(struct conn *c);
 int sessions_new(struct server *s);
 void sessions_free(struct server *s);
 /* A session for an authorized device, not yet started (NULL when out of memory). */
-struct session *session_new(const char *device_id, int64_t tenant_id);
+struct session *session_new(const char *device_id, int64_t tenant_id, int64_t gen);
 /* Starts c->sess once its 101 answer is written: registers it (an older session of
  * the same device is closed with 4000), starts WebSocket framing and pings. */
 void session_begin(struct conn *c);
 /* Records in the store that an authorized session never started (offline). */
-void session_abandon(struct server *s, const char *device_id);
+void session_abandon(struct server *s, const char *device_id, int64_t gen);
 void session_drive(struct conn *c);
 void session_timer(struct conn *c);
 /* Called by conn_close: 1 when the conn must wait for work in flight. */
@@ -114,7 +116,7 @@ int session_check_upgrade(const struct phy_http_request *rq, char accept[32], co
  * opens the session in the store. Fills res: 101 (+ device_id/tenant in out
  * params) or 401/503. */
 void session_authorize(struct hub *h, const struct api_request *req, struct api_response *res,
-                       char device_id[PHY_DEVICE_ID_LEN + 1], int64_t *tenant_id);
+                       char device_id[PHY_DEVICE_ID_LEN + 1], int64_t *tenant_id, int64_t *gen);
 
 /* events.c: console event streams (Server-Sent Events). */
 void events_begin(struct conn *c); /* c->tenant_id set */

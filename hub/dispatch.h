@@ -19,10 +19,10 @@ struct dispatch_action {
     enum dispatch_kind kind;
     char id[DISPATCH_ID_MAX + 1]; /* "" when the message had none */
     int has_id;
-    json_t *body;        /* REPORTED_PATCH: the patch object; STATUS: the status object;
-                            owned (json_decref with dispatch_action_clear) */
-    const char *error;   /* DISPATCH_ERROR: static code, e.g. "bad_message" */
-    char message[160];   /* DISPATCH_ERROR: human text */
+    json_t *body;      /* REPORTED_PATCH: the patch object; STATUS: the status object;
+                          owned (json_decref with dispatch_action_clear) */
+    const char *error; /* DISPATCH_ERROR: static code, e.g. "bad_message" */
+    char message[160]; /* DISPATCH_ERROR: human text */
 };
 
 /* Parses one text frame (data[0..len), UTF-8 already validated by the WebSocket

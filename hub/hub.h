@@ -27,14 +27,14 @@ struct hub_config {
     long max_connections;
     long sweep_interval_s;
     long claim_user_limit, claim_tenant_limit, claim_window_s;
-    long ping_interval_s;   /* device sessions: ping period */
-    long ping_timeout_s;    /* no frame for this long closes the session */
-    long device_msg_rate;   /* messages per second per device (and burst) */
+    long ping_interval_s; /* device sessions: ping period */
+    long ping_timeout_s;  /* no frame for this long closes the session */
+    long device_msg_rate; /* messages per second per device (and burst) */
 };
 
 /* Counters shown by GET /metrics; updated from the loop and from workers. */
 struct hub_metrics {
-    _Atomic uint64_t sessions;      /* gauge */
+    _Atomic uint64_t sessions; /* gauge */
     _Atomic uint64_t ws_msgs_in, ws_msgs_out;
     _Atomic uint64_t auth_failures; /* device hub and console */
     _Atomic uint64_t requests;

@@ -365,6 +365,12 @@ int main(int argc, char **argv)
     }
     if (debug)
         phy_log_init("phyhub", PHY_LOG_DEBUG);
+    if (c->ping_interval_s >= c->ping_timeout_s) {
+        fprintf(stderr, "phyhub: --ping-interval (%ld) must be shorter than --ping-timeout (%ld)\n",
+                c->ping_interval_s, c->ping_timeout_s);
+        rc = 2;
+        goto out;
+    }
     if (!c->tls_cert || !c->tls_key) {
         fprintf(stderr,
                 "phyhub: --tls-cert and --tls-key are required (the hub only speaks TLS)\n");

@@ -164,8 +164,7 @@ struct deliver_ctx {
     size_t plain_len;
 };
 
-static int deliver_open(void *ctx, const char *device_id, const unsigned char *sealed,
-                        size_t len)
+static int deliver_open(void *ctx, const char *device_id, const unsigned char *sealed, size_t len)
 {
     struct deliver_ctx *d = ctx;
     char *plain = malloc(len + 1);
@@ -240,8 +239,9 @@ void handle_poll(struct hub *h, const struct api_request *req, struct api_respon
                            "polling faster than the interval", "interval", r.interval_s));
         break;
     case STORE_PENDING:
-        api_json(res, 202, json_pack("{s:s, s:i}", "status", "authorization_pending", "interval",
-                                     r.interval_s));
+        api_json(
+            res, 202,
+            json_pack("{s:s, s:i}", "status", "authorization_pending", "interval", r.interval_s));
         break;
     case STORE_DELIVER:
         /* The sealed body is the exact 200 answer, so a retry gets the same bytes. */

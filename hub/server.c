@@ -33,10 +33,12 @@ struct work {
     struct api_request areq;
     struct api_response ares;
     char *blob; /* owns every string of areq */
+    size_t blob_len;
     char rid[24];
-    char ws_accept[32];                      /* WORK_UPGRADE */
-    char device_id[PHY_DEVICE_ID_LEN + 1];   /* WORK_UPGRADE: authenticated device */
-    int64_t tenant_id;                       /* WORK_UPGRADE, WORK_EVENTS */
+    char ws_accept[32];                    /* WORK_UPGRADE */
+    char device_id[PHY_DEVICE_ID_LEN + 1]; /* WORK_UPGRADE: authenticated device */
+    int64_t tenant_id;                     /* WORK_UPGRADE, WORK_EVENTS */
+    int64_t gen;                           /* WORK_UPGRADE: session generation */
 };
 
 static void conn_drive(struct conn *c);
@@ -75,15 +77,22 @@ static void conn_free_out(struct conn *c)
         OPENSSL_cleanse(c->out, c->out_len);
     free(c->out);
     c->out = NULL;
-    c->out_len = c->out_off = 0;
+    c->out_len = c->out_off = c->out_cap = 0;
+}
+
+void conn_free_in(struct conn *c)
+{
+    if (c->in) /* requests carry credentials (Authorization, bodies) */
+        OPENSSL_cleanse(c->in, c->in_cap);
+    free(c->in);
+    c->in = NULL;
+    c->in_len = c->in_cap = 0;
 }
 
 static void conn_free_buffers(struct conn *c)
 {
     conn_free_out(c);
-    free(c->in);
-    c->in = NULL;
-    c->in_len = c->in_cap = 0;
+    conn_free_in(c);
 }
 
 /* Frees the server once it is stopped, its listener closed and no connection is left
@@ -167,16 +176,23 @@ int conn_out_append(struct conn *c, const char *data, size_t n, size_t max_pendi
     size_t pending = c->out_len - c->out_off;
     if (pending + n > max_pending)
         return PHY_ETOOBIG;
-    char *p = malloc(pending + n);
-    if (!p)
-        return PHY_ENOMEM;
-    if (pending)
-        memcpy(p, c->out + c->out_off, pending);
-    memcpy(p + pending, data, n);
-    conn_free_out(c);
-    c->out = p;
-    c->out_len = pending + n;
-    c->out_off = 0;
+    if (c->out_off > 0 && c->out_off >= c->out_len / 2) { /* compact, amortized */
+        memmove(c->out, c->out + c->out_off, pending);
+        c->out_len = pending;
+        c->out_off = 0;
+    }
+    if (c->out_len + n > c->out_cap) {
+        size_t cap = c->out_cap ? c->out_cap : 4096;
+        while (cap < c->out_len + n)
+            cap *= 2;
+        char *p = realloc(c->out, cap);
+        if (!p)
+            return PHY_ENOMEM;
+        c->out = p;
+        c->out_cap = cap;
+    }
+    memcpy(c->out + c->out_len, data, n);
+    c->out_len += n;
     return 0;
 }
 
@@ -234,6 +250,14 @@ static void conn_refuse(struct conn *c, int status, const char *code, const char
     conn_respond(c, status, NULL, body, (size_t)n, 0);
 }
 
+static void work_free_blob(struct work *w)
+{
+    if (w->blob)
+        OPENSSL_cleanse(w->blob, w->blob_len);
+    free(w->blob);
+    w->blob = NULL;
+}
+
 static void on_work(uv_work_t *req)
 {
     struct work *w = req->data;
@@ -247,7 +271,7 @@ static void on_work(uv_work_t *req)
         break;
     }
     case WORK_UPGRADE:
-        session_authorize(h, &w->areq, &w->ares, w->device_id, &w->tenant_id);
+        session_authorize(h, &w->areq, &w->ares, w->device_id, &w->tenant_id, &w->gen);
         break;
     case WORK_EVENTS: {
         struct api_caller caller;
@@ -281,12 +305,12 @@ static void on_work_done(uv_work_t *req, int status)
                      "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n"
                      "Sec-WebSocket-Protocol: phyhub.v1\r\n",
                      w->ws_accept);
-            c->sess = session_new(w->device_id, w->tenant_id);
+            c->sess = session_new(w->device_id, w->tenant_id, w->gen);
             if (c->sess) {
                 c->next_mode = CONN_NEXT_WS;
                 conn_respond(c, 101, extra, NULL, 0, 1);
             } else {
-                session_abandon(s, w->device_id);
+                session_abandon(s, w->device_id, w->gen);
                 conn_refuse(c, 503, "over_capacity", "out of memory");
             }
         } else if (w->kind == WORK_EVENTS && w->ares.status == 200) {
@@ -304,7 +328,7 @@ static void on_work_done(uv_work_t *req, int status)
         }
     }
     api_response_free(&w->ares);
-    free(w->blob);
+    work_free_blob(w);
     free(w);
 }
 
@@ -324,6 +348,7 @@ static int work_fill(struct work *w, const char *buf, const struct phy_http_requ
     if (!p)
         return PHY_ENOMEM;
     w->blob = p;
+    w->blob_len = need;
 #define COPY_STR(dst, src, n)                                                                      \
     do {                                                                                           \
         memcpy(p, (src), (n));                                                                     \
@@ -388,7 +413,7 @@ static int conn_try_request(struct conn *c)
     w->kind = WORK_API;
     if (phy_str_eq(rq.target, "/v1/hub") || phy_str_eq(rq.target, "/api/v1/events")) {
         if (!phy_str_eq(rq.method, "GET")) {
-            free(w->blob);
+            work_free_blob(w);
             free(w);
             conn_refuse(c, 405, "method_not_allowed", "use GET");
             return 1;
@@ -399,7 +424,7 @@ static int conn_try_request(struct conn *c)
         const char *msg = NULL;
         int st = session_check_upgrade(&rq, w->ws_accept, &msg);
         if (st != 0) {
-            free(w->blob);
+            work_free_blob(w);
             free(w);
             conn_refuse(c, st, st == 426 ? "upgrade_required" : "bad_request", msg);
             return 1;
@@ -418,11 +443,8 @@ static int conn_try_request(struct conn *c)
     size_t used = head_len + body_len;
     memmove(c->in, c->in + used, c->in_len - used);
     c->in_len -= used;
-    if (c->in_len == 0) {
-        free(c->in);
-        c->in = NULL;
-        c->in_cap = 0;
-    }
+    if (c->in_len == 0)
+        conn_free_in(c);
     c->state = CONN_WORKING;
     conn_want(c, 0);
     conn_deadline(c, 0);

@@ -25,10 +25,13 @@
 #define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 #define WBUF_MAX (256 * 1024) /* staged output per session before wslay is told to wait */
 #define TLS_RECORD_MAX 16384
+#define BACKLOG_MAX (256 * 1024) /* unsent output past which a session stops reading */
 
 struct pending_msg {
     struct pending_msg *next;
     struct dispatch_action action;
+    int verify; /* internal twin read after the session began: no reply */
+    int tries;  /* TWIN_GET re-reads (see on_sess_work_done) */
 };
 
 struct session {
@@ -38,6 +41,7 @@ struct session {
     struct pending_msg *q_head, *q_tail;
     size_t q_len;
     int64_t tenant_id;
+    int64_t gen;            /* store session generation (presence writes) */
     int64_t desired_sent;   /* highest desired version sent to the device */
     int64_t last_seen_wall; /* wall clock ms of the last frame received */
     uint64_t last_rx;       /* loop ms of the last bytes received */
@@ -48,10 +52,10 @@ struct session {
     uint64_t frame_left;    /* bytes of the current frame not yet given to wslay */
     char *wbuf;             /* staged output (frame headers + payloads); NULL when drained */
     size_t wlen, woff;
-    uint16_t close_code;    /* close to send once the queued messages are out */
+    uint16_t close_code; /* close to send once the queued messages are out */
     const char *close_reason;
-    unsigned begun : 1, registered : 1, replaced : 1, inflight : 1, detach_pending : 1,
-        closing : 1, read_wants_write : 1, msg_open : 1;
+    unsigned begun : 1, registered : 1, replaced : 1, inflight : 1, detach_pending : 1, closing : 1,
+        read_wants_write : 1, msg_open : 1;
     char device_id[PHY_DEVICE_ID_LEN + 1];
 };
 
@@ -67,17 +71,19 @@ struct sess_work {
     struct session *ss;
     struct hub *hub;
     struct dispatch_action action;
-    char *reply;           /* frame to send, or NULL */
-    int64_t twin_version;  /* TWIN_GET: desired version in the reply */
-    char *event_type;      /* static string or NULL: event to publish */
-    char *event_json;      /* malloc'd */
+    int verify, tries;    /* from the pending message */
+    int gone;             /* the store no longer knows the device (revoked, deleted) */
+    char *reply;          /* frame to send, or NULL */
+    int64_t twin_version; /* TWIN_GET: desired version in the reply */
+    char *event_type;     /* static string or NULL: event to publish */
+    char *event_json;     /* malloc'd */
 };
 
 /* A fire-and-forget presence write (session ended). */
 struct presence_job {
     uv_work_t req;
     struct hub *hub;
-    int64_t now_ms, last_seen_ms;
+    int64_t now_ms, last_seen_ms, gen;
     char device_id[PHY_DEVICE_ID_LEN + 1];
 };
 
@@ -237,7 +243,7 @@ static void auth_refused(struct api_response *res, const char *message)
 }
 
 void session_authorize(struct hub *h, const struct api_request *req, struct api_response *res,
-                       char device_id[PHY_DEVICE_ID_LEN + 1], int64_t *tenant_id)
+                       char device_id[PHY_DEVICE_ID_LEN + 1], int64_t *tenant_id, int64_t *gen)
 {
     static const char basic[] = "Basic ";
     unsigned char decoded[128];
@@ -271,13 +277,16 @@ void session_authorize(struct hub *h, const struct api_request *req, struct api_
     }
     if (outcome != STORE_OK) {
         hub_metric_add(&h->metrics.auth_failures, 1);
-        auth_refused(res, outcome == STORE_REVOKED ? "device revoked"
-                                                   : "unknown device or wrong secret");
+        /* One answer for unknown, wrong and revoked: a revocation is not told to
+         * someone who does not hold the secret. */
+        auth_refused(res, "unknown device, wrong secret or revoked");
+        snprintf(res->log, sizeof(res->log), "device_id=%s reason=%s", device_id,
+                 outcome == STORE_REVOKED ? "revoked" : "unknown_or_wrong_secret");
         goto out;
     }
-    int rc = h->store_ops->session_open(h->store, device_id, hub_now_ms());
+    int rc = h->store_ops->session_open(h->store, device_id, hub_now_ms(), gen);
     if (rc == PHY_ENOTFOUND) { /* revoked or deleted since the check above */
-        auth_refused(res, "device revoked");
+        auth_refused(res, "unknown device, wrong secret or revoked");
         goto out;
     }
     if (rc < 0) {
@@ -294,7 +303,7 @@ out:
 static void on_presence_work(uv_work_t *req)
 {
     struct presence_job *j = req->data;
-    if (j->hub->store_ops->session_close(j->hub->store, j->device_id, j->now_ms,
+    if (j->hub->store_ops->session_close(j->hub->store, j->device_id, j->gen, j->now_ms,
                                          j->last_seen_ms) < 0)
         phy_log(PHY_LOG_WARN, "presence_write_failed", "device_id=%s", j->device_id);
 }
@@ -305,7 +314,8 @@ static void on_presence_done(uv_work_t *req, int status)
     free(req->data);
 }
 
-static void presence_offline(struct server *s, const char *device_id, int64_t last_seen)
+static void presence_offline(struct server *s, const char *device_id, int64_t gen,
+                             int64_t last_seen)
 {
     struct presence_job *j = calloc(1, sizeof(*j));
     if (!j)
@@ -314,13 +324,14 @@ static void presence_offline(struct server *s, const char *device_id, int64_t la
     j->hub = s->hub;
     j->now_ms = hub_now_ms();
     j->last_seen_ms = last_seen;
+    j->gen = gen;
     snprintf(j->device_id, sizeof(j->device_id), "%s", device_id);
     uv_queue_work(s->loop, &j->req, on_presence_work, on_presence_done);
 }
 
-void session_abandon(struct server *s, const char *device_id)
+void session_abandon(struct server *s, const char *device_id, int64_t gen)
 {
-    presence_offline(s, device_id, hub_now_ms());
+    presence_offline(s, device_id, gen, hub_now_ms());
 }
 
 /* ---------- wslay glue ---------- */
@@ -335,12 +346,20 @@ static size_t frame_header_len(const uint8_t *p, size_t n)
     return n >= hl ? hl : 0;
 }
 
+/* Output not yet written to the socket: wslay's queue plus the staged bytes. */
+static size_t session_backlog(const struct session *ss)
+{
+    size_t n = ss->wlen - ss->woff;
+    if (ss->ws)
+        n += wslay_event_get_queued_msg_length(ss->ws);
+    return n;
+}
+
 /* Feeds wslay from c->in (bytes read ahead) and the TLS socket, never past the end of
  * the current frame: then, between frames, wslay holds no bytes of its own and an
  * idle session's wslay context can be freed (see session_run). Only the header's
  * length fields are read here; wslay does the framing. */
-static ssize_t ws_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags,
-                       void *user)
+static ssize_t ws_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags, void *user)
 {
     struct session *ss = user;
     struct conn *c = ss->conn;
@@ -360,7 +379,8 @@ static ssize_t ws_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, in
                             payload = (payload << 8) | p[i];
                     }
                     /* an absurd length is wslay's to refuse (1009); cap the sum */
-                    ss->frame_left = hl + (payload > (UINT64_MAX >> 1) ? (UINT64_MAX >> 1) : payload);
+                    ss->frame_left =
+                        hl + (payload > (UINT64_MAX >> 1) ? (UINT64_MAX >> 1) : payload);
                     unsigned op = p[0] & 0x0f;
                     if (op < 8) /* data or continuation: a message is open until FIN */
                         ss->msg_open = !(p[0] & 0x80);
@@ -374,14 +394,17 @@ static ssize_t ws_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, in
                 memmove(c->in, c->in + n, c->in_len - n);
                 c->in_len -= n;
                 ss->frame_left -= n;
-                if (c->in_len == 0) {
-                    free(c->in);
-                    c->in = NULL;
-                    c->in_cap = 0;
-                }
+                if (c->in_len == 0)
+                    conn_free_in(c);
                 return (ssize_t)n;
             }
             /* an incomplete header: read more below */
+        }
+        if (session_backlog(ss) > BACKLOG_MAX) {
+            /* A peer that does not read its answers (pongs, replies) is not read
+             * either: its output stays bounded and the ping timeout ends it. */
+            wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
+            return -1;
         }
         char tmp[SERVER_READ_CHUNK];
         ERR_clear_error();
@@ -422,7 +445,7 @@ static ssize_t ws_send(wslay_event_context_ptr ctx, const uint8_t *data, size_t 
     struct session *ss = user;
     (void)flags;
     size_t pending = ss->wlen - ss->woff;
-    if (pending + len > WBUF_MAX) {
+    if (pending > 0 && pending + len > WBUF_MAX) {
         wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
         return -1;
     }
@@ -470,8 +493,8 @@ static int session_flush_out(struct session *ss, int *want_write)
 static void ws_on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *arg,
                       void *user);
 
-static const struct wslay_event_callbacks ws_callbacks = {ws_recv, ws_send, NULL, NULL, NULL,
-                                                          NULL, ws_on_msg};
+static const struct wslay_event_callbacks ws_callbacks = {ws_recv, ws_send, NULL,     NULL,
+                                                          NULL,    NULL,    ws_on_msg};
 
 /* The wslay context exists only while a session has something in flight: it holds
  * two 4 KiB buffers, more than half of what an idle session would otherwise cost.
@@ -493,8 +516,8 @@ static int session_ws(struct session *ss)
 static void session_idle(struct session *ss)
 {
     struct conn *c = ss->conn;
-    if (!ss->ws || ss->closing || ss->close_code || ss->frame_left || ss->msg_open ||
-        c->in_len || ss->wbuf || ss->read_wants_write || wslay_event_want_write(ss->ws) ||
+    if (!ss->ws || ss->closing || ss->close_code || ss->frame_left || ss->msg_open || c->in_len ||
+        ss->wbuf || ss->read_wants_write || wslay_event_want_write(ss->ws) ||
         wslay_event_get_queued_msg_count(ss->ws) > 0)
         return;
     wslay_event_context_free(ss->ws);
@@ -617,9 +640,12 @@ static void on_sess_work(uv_work_t *req)
     case DISPATCH_TWIN_GET: {
         struct store_twin t;
         memset(&t, 0, sizeof(t));
-        if (ops->twin_get(h->store, dev, &t, &outcome) < 0 || outcome != STORE_OK) {
+        int rc = ops->twin_get(h->store, dev, &t, &outcome);
+        if (rc == 0 && outcome == STORE_NOT_FOUND) {
+            w->gone = 1;
+        } else if (rc < 0 || outcome != STORE_OK) {
             w->reply = dispatch_error_msg(id, "unavailable", "twin not available; retry");
-        } else {
+        } else if (!w->verify) {
             w->reply = twin_reply(id, dev, &t);
             w->twin_version = t.desired_version;
         }
@@ -637,7 +663,7 @@ static void on_sess_work(uv_work_t *req)
             w->reply = dispatch_error_msg(id, "too_large",
                                           "reported section would exceed 32 KiB or depth 10");
         } else if (outcome != STORE_OK) {
-            w->reply = dispatch_error_msg(id, "unavailable", "device not found");
+            w->gone = 1;
         } else {
             w->reply = dispatch_ack_msg(id, (long long)version);
             if (changed) {
@@ -653,7 +679,10 @@ static void on_sess_work(uv_work_t *req)
     }
     case DISPATCH_STATUS: {
         char *status = json_dumps(w->action.body, JSON_COMPACT | JSON_REAL_PRECISION(12));
-        if (!status || ops->status_put(h->store, dev, status, hub_now_ms()) < 0) {
+        int rc = status ? ops->status_put(h->store, dev, status, hub_now_ms()) : PHY_ENOMEM;
+        if (rc == PHY_ENOTFOUND) {
+            w->gone = 1;
+        } else if (rc < 0) {
             w->reply = dispatch_error_msg(id, "unavailable", "status not stored; retry");
         } else {
             json_t *e = json_pack("{s:s, s:O}", "device_id", dev, "status", w->action.body);
@@ -679,6 +708,27 @@ static void on_sess_work_done(uv_work_t *req, int status)
     ss->inflight = 0;
     if (ss->detach_pending) {
         conn_close(ss->conn); /* finishes the detach now that no work is in flight */
+    } else if (w->gone) {
+        /* Revoked or deleted while this session was starting or running (a revoke
+         * that committed before the session was registered found nothing to close). */
+        session_close_with(ss, 4001, "revoked");
+        session_push(ss->conn);
+    } else if (w->action.kind == DISPATCH_TWIN_GET && !w->verify &&
+               w->twin_version < ss->desired_sent && w->tries < 3) {
+        /* A push newer than this read went out meanwhile: read again rather than
+         * hand the device an older document than it already has. */
+        struct pending_msg *m = calloc(1, sizeof(*m));
+        if (m) {
+            m->action = w->action;
+            memset(&w->action, 0, sizeof(w->action));
+            m->tries = w->tries + 1;
+            m->next = ss->q_head;
+            ss->q_head = m;
+            if (!ss->q_tail)
+                ss->q_tail = m;
+            ss->q_len++;
+        }
+        session_kick(ss);
     } else {
         if (w->reply)
             session_send(ss, w->reply);
@@ -697,7 +747,7 @@ static void on_sess_work_done(uv_work_t *req, int status)
 
 static void session_kick(struct session *ss)
 {
-    if (ss->inflight || !ss->q_head || ss->detach_pending)
+    if (ss->inflight || !ss->q_head || ss->detach_pending || ss->closing)
         return;
     struct pending_msg *m = ss->q_head;
     ss->q_head = m->next;
@@ -714,6 +764,8 @@ static void session_kick(struct session *ss)
     w->ss = ss;
     w->hub = ss->conn->srv->hub;
     w->action = m->action;
+    w->verify = m->verify;
+    w->tries = m->tries;
     free(m);
     ss->inflight = 1;
     uv_queue_work(ss->conn->srv->loop, &w->req, on_sess_work, on_sess_work_done);
@@ -805,13 +857,14 @@ static void ws_on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_m
 
 /* ---------- life cycle ---------- */
 
-struct session *session_new(const char *device_id, int64_t tenant_id)
+struct session *session_new(const char *device_id, int64_t tenant_id, int64_t gen)
 {
     struct session *ss = calloc(1, sizeof(*ss));
     if (!ss)
         return NULL;
     snprintf(ss->device_id, sizeof(ss->device_id), "%s", device_id);
     ss->tenant_id = tenant_id;
+    ss->gen = gen;
     return ss;
 }
 
@@ -850,6 +903,19 @@ void session_begin(struct conn *c)
     char ev[96];
     snprintf(ev, sizeof(ev), "{\"device_id\":\"%s\"}", ss->device_id);
     events_publish(s, ss->tenant_id, "online", ev);
+    /* Re-check the device now that the session is registered: a revoke committed
+     * between the upgrade's store check and this point could not close it. */
+    struct pending_msg *verify = calloc(1, sizeof(*verify));
+    if (verify) {
+        verify->action.kind = DISPATCH_TWIN_GET;
+        verify->verify = 1;
+        verify->next = ss->q_head;
+        ss->q_head = verify;
+        if (!ss->q_tail)
+            ss->q_tail = verify;
+        ss->q_len++;
+        session_kick(ss);
+    }
     session_arm_timer(ss);
     session_drive(c);
 }
@@ -891,7 +957,7 @@ static void session_run(struct conn *c, int read)
         conn_close(c);
         return;
     }
-    int r = !ss->ws || wslay_event_want_read(ss->ws);
+    int r = (!ss->ws || wslay_event_want_read(ss->ws)) && session_backlog(ss) <= BACKLOG_MAX;
     int w = blocked || ss->wbuf || (ss->ws && wslay_event_want_write(ss->ws));
     if (!r && !w) { /* close handshake done */
         conn_close(c);
@@ -951,8 +1017,15 @@ int session_detach(struct conn *c)
     }
     if (ss->registered)
         registry_remove(s->sessions, ss);
-    if (!ss->replaced) {
-        presence_offline(s, ss->device_id, ss->last_seen_wall ? ss->last_seen_wall : hub_now_ms());
+    struct session *live = ss->begun ? NULL : registry_find(s->sessions, ss->device_id);
+    if (live) {
+        /* An upgrade that failed before it began, while another session of the device
+         * is live: the store's generation is now ours, so the live one adopts it. */
+        if (ss->gen > live->gen)
+            live->gen = ss->gen;
+    } else if (!ss->replaced) {
+        presence_offline(s, ss->device_id, ss->gen,
+                         ss->last_seen_wall ? ss->last_seen_wall : hub_now_ms());
         if (ss->begun) { /* an upgrade that failed before the session began was never online */
             char ev[96];
             snprintf(ev, sizeof(ev), "{\"device_id\":\"%s\"}", ss->device_id);
@@ -993,6 +1066,11 @@ void session_effect(struct server *s, const struct api_effect *e, const char *pu
     if (!push_patch || e->version <= ss->desired_sent)
         return;
     size_t cap = strlen(push_patch) + 80;
+    /* Not pushed (the device sees a version gap with the next push, or reads the
+     * twin when it reconnects): a device that does not read, or a patch that would
+     * not fit in one message. */
+    if (session_backlog(ss) > BACKLOG_MAX || cap > WS_MAX_MSG)
+        return;
     if (!ss->ws && !ss->wbuf) {
         /* The fleet-wide fan-out path: an idle session has no wslay context, and
          * creating one per push costs more than the unmasked server frame header
@@ -1000,8 +1078,9 @@ void session_effect(struct server *s, const struct api_effect *e, const char *pu
         char *f = malloc(cap + 10);
         if (!f)
             return;
-        int len = snprintf(f + 10, cap, "{\"type\":\"desired.patch\",\"version\":%lld,\"patch\":%s}",
-                           (long long)e->version, push_patch);
+        int len =
+            snprintf(f + 10, cap, "{\"type\":\"desired.patch\",\"version\":%lld,\"patch\":%s}",
+                     (long long)e->version, push_patch);
         size_t n = (size_t)len, hl = n < 126 ? 2 : n < 65536 ? 4 : 10;
         uint8_t *h = (uint8_t *)f + 10 - hl;
         h[0] = 0x81; /* FIN + text */

@@ -47,8 +47,7 @@ struct store_prov_params {
     /* poll only, may be NULL: called inside the transaction with a DELIVER's sealed
      * body before the delivery is recorded; non-zero aborts the poll with
      * PHY_ECRYPTO and nothing is recorded. */
-    int (*deliver_check)(void *ctx, const char *device_id, const unsigned char *sealed,
-                         size_t len);
+    int (*deliver_check)(void *ctx, const char *device_id, const unsigned char *sealed, size_t len);
     void *deliver_ctx;
 };
 
@@ -91,11 +90,11 @@ struct store_device {
 
 /* A device's twin; every string malloc'd (free with store_twin_free). */
 struct store_twin {
-    char *desired;  /* JSON object text */
+    char *desired; /* JSON object text */
     int64_t desired_version;
     char *reported; /* JSON object text */
     int64_t reported_version;
-    char *tags;     /* JSON object text (console-only tags) */
+    char *tags; /* JSON object text (console-only tags) */
 };
 
 /* One device changed by a fleet-wide desired patch. */
@@ -174,9 +173,9 @@ struct phy_store_ops {
      * records a provisional failure (an attempt in flight counts as failed until it
      * is forgiven, so concurrent guesses cannot overshoot) and sets *allowed = 1
      * and *attempt_id. */
-    int (*claim_attempt_begin)(struct store *s, int64_t tenant_id, int64_t user_id,
-                               int64_t now_ms, int64_t since_ms, int user_limit,
-                               int tenant_limit, int *allowed, int64_t *attempt_id);
+    int (*claim_attempt_begin)(struct store *s, int64_t tenant_id, int64_t user_id, int64_t now_ms,
+                               int64_t since_ms, int user_limit, int tenant_limit, int *allowed,
+                               int64_t *attempt_id);
     /* Creates already-provisioned devices of a tenant in one transaction (all or none:
      * EXISTS when an ID or serial clashes, NOT_FOUND for an unknown tenant). */
     int (*devices_add_bulk)(struct store *s, const char *tenant,
@@ -206,8 +205,8 @@ struct phy_store_ops {
      * and *changed = 1; *version gets the (new) version. OK / NOT_FOUND /
      * PRECONDITION / TOO_BIG. Revoked devices are NOT_FOUND. */
     int (*desired_patch)(struct store *s, int64_t tenant_id, const char *device_id,
-                         const char *patch_json, int64_t if_match, int64_t *version,
-                         int *changed, int *outcome);
+                         const char *patch_json, int64_t if_match, int64_t *version, int *changed,
+                         int *outcome);
     /* Applies one patch to every non-revoked device of the tenant whose tag
      * tag_key equals tag_value, in one transaction; *matched counts them; every
      * device whose desired changed is returned in *out (malloc'd, *n entries). */
@@ -218,12 +217,11 @@ struct phy_store_ops {
      * re-arms the serial for one new claim (its issuance and registrations are
      * deleted; the revoked device row stays for history). Delete removes the device,
      * its twin and its issuance. OK or NOT_FOUND. */
-    int (*device_revoke)(struct store *s, int64_t tenant_id, const char *device_id,
-                         int64_t now_ms, int *outcome);
-    int (*device_reset)(struct store *s, int64_t tenant_id, const char *device_id,
-                        int64_t now_ms, int *outcome);
-    int (*device_delete)(struct store *s, int64_t tenant_id, const char *device_id,
+    int (*device_revoke)(struct store *s, int64_t tenant_id, const char *device_id, int64_t now_ms,
                          int *outcome);
+    int (*device_reset)(struct store *s, int64_t tenant_id, const char *device_id, int64_t now_ms,
+                        int *outcome);
+    int (*device_delete)(struct store *s, int64_t tenant_id, const char *device_id, int *outcome);
 
     /* --- device hub (device side) --- */
     /* Checks a device's credentials: OK (tenant_id set) when the device exists, is
@@ -233,9 +231,13 @@ struct phy_store_ops {
                        int64_t *tenant_id, int *outcome);
     /* A session started: online, connected_ms = last_seen = now, state -> active,
      * and the sealed issuance is purged (redelivery ends at the first session). */
-    int (*session_open)(struct store *s, const char *device_id, int64_t now_ms);
+    /* *gen (may be NULL) gets the session generation: it rises with every open, so
+     * that the close of an older session cannot mark a newer one offline. */
+    int (*session_open)(struct store *s, const char *device_id, int64_t now_ms, int64_t *gen);
     /* A session ended: offline, disconnected_ms = now, last_seen = last_seen_ms. */
-    int (*session_close)(struct store *s, const char *device_id, int64_t now_ms,
+    /* Applies only when gen is the device's current session generation (gen < 0:
+     * unconditionally). */
+    int (*session_close)(struct store *s, const char *device_id, int64_t gen, int64_t now_ms,
                          int64_t last_seen_ms);
     /* At start-up: every device still marked online is set offline (no session
      * survives a restart). */

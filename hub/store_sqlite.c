@@ -83,7 +83,8 @@ static const char SCHEMA_SQL[] =
     "  connected_ms INTEGER NOT NULL DEFAULT 0,"
     "  disconnected_ms INTEGER NOT NULL DEFAULT 0,"
     "  last_status_json TEXT,"
-    "  last_status_ms INTEGER NOT NULL DEFAULT 0);"
+    "  last_status_ms INTEGER NOT NULL DEFAULT 0,"
+    "  session_gen INTEGER NOT NULL DEFAULT 0);"
     "CREATE INDEX IF NOT EXISTS devices_tenant ON devices(tenant_id, device_id);"
     "CREATE INDEX IF NOT EXISTS devices_tenant_online ON devices(tenant_id, online, device_id);"
     /* A device without a twins row has the empty twin at versions 0. */
@@ -118,6 +119,7 @@ static const char MIGRATE_1_2_SQL[] =
     "ALTER TABLE devices ADD COLUMN disconnected_ms INTEGER NOT NULL DEFAULT 0;"
     "ALTER TABLE devices ADD COLUMN last_status_json TEXT;"
     "ALTER TABLE devices ADD COLUMN last_status_ms INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE devices ADD COLUMN session_gen INTEGER NOT NULL DEFAULT 0;"
     "CREATE INDEX devices_tenant_online ON devices(tenant_id, online, device_id);"
     "CREATE TABLE twins("
     "  device_id TEXT PRIMARY KEY REFERENCES devices(device_id) ON DELETE CASCADE,"
@@ -483,8 +485,9 @@ static int sq_open(const char *url, struct store **out, char *err, size_t errcap
             return PHY_EIO;
         }
         if (fstat(fd, &stt) != 0 || (stt.st_mode & 077) != 0) {
-            set_err(err, errcap, "store %s is readable by group or others (mode %04o); chmod 600 it",
-                    url, (unsigned)(stt.st_mode & 07777));
+            set_err(err, errcap,
+                    "store %s is readable by group or others (mode %04o); chmod 600 it", url,
+                    (unsigned)(stt.st_mode & 07777));
             close(fd);
             return PHY_EINVAL;
         }
@@ -2002,7 +2005,7 @@ out:
     return tx_end(s, rc);
 }
 
-static int sq_session_open(struct store *s, const char *device_id, int64_t now_ms)
+static int sq_session_open(struct store *s, const char *device_id, int64_t now_ms, int64_t *gen)
 {
     int changes = 0, purged = 0, rc;
     if (!s || !device_id_ok(device_id))
@@ -2010,13 +2013,17 @@ static int sq_session_open(struct store *s, const char *device_id, int64_t now_m
     if ((rc = tx_begin(s, 1)))
         return rc;
     rc = q_exec(s, &changes,
-                "UPDATE devices SET online = 1, connected_ms = ?1,"
+                "UPDATE devices SET online = 1, connected_ms = ?1, session_gen = session_gen + 1,"
                 " last_seen_ms = MAX(last_seen_ms, ?1),"
                 " state = CASE WHEN state IN ('pending_delivery', 'provisioned') THEN 'active'"
                 " ELSE state END WHERE device_id = ?2 AND state <> 'revoked'",
                 "it", now_ms, device_id);
     if (rc == 0 && changes == 0)
         rc = PHY_ENOTFOUND; /* deleted or revoked since it authenticated */
+    if (rc == 0 && gen) {
+        rc = q_int(s, gen, "SELECT session_gen FROM devices WHERE device_id = ?", "t", device_id);
+        rc = rc == 1 ? 0 : rc < 0 ? rc : PHY_EIO;
+    }
     if (rc == 0)
         rc = q_exec(s, &purged,
                     "UPDATE issuances SET sealed = NULL WHERE sealed IS NOT NULL AND device_id = ?1"
@@ -2028,7 +2035,7 @@ static int sq_session_open(struct store *s, const char *device_id, int64_t now_m
     return rc;
 }
 
-static int sq_session_close(struct store *s, const char *device_id, int64_t now_ms,
+static int sq_session_close(struct store *s, const char *device_id, int64_t gen, int64_t now_ms,
                             int64_t last_seen_ms)
 {
     int rc;
@@ -2036,11 +2043,13 @@ static int sq_session_close(struct store *s, const char *device_id, int64_t now_
         return PHY_EINVAL;
     if ((rc = tx_begin(s, 1)))
         return rc;
-    /* A device deleted meanwhile has nothing to mark: not an error. */
+    /* A device deleted meanwhile has nothing to mark: not an error. A close of an
+     * older session (a newer one has opened since) changes nothing. */
     rc = q_exec(s, NULL,
-                "UPDATE devices SET online = 0, disconnected_ms = ?,"
-                " last_seen_ms = MAX(last_seen_ms, ?) WHERE device_id = ?",
-                "iit", now_ms, last_seen_ms, device_id);
+                "UPDATE devices SET online = 0, disconnected_ms = ?1,"
+                " last_seen_ms = MAX(last_seen_ms, ?2) WHERE device_id = ?3 AND"
+                " (?4 < 0 OR session_gen = ?4)",
+                "iiti", now_ms, last_seen_ms, device_id, gen);
     return tx_end(s, rc);
 }
 

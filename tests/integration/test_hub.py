@@ -2,7 +2,10 @@
 replacement, revocation, pings, rate limits, bad frames, presence, events, metrics.
 Real phyhub + phyproxy on loopback; frames from tests/integration/wsclient.py."""
 
+import base64
+import struct
 import json
+import socket
 import os
 import re
 import ssl
@@ -329,6 +332,42 @@ def rss_kib(pid):
         return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
 
 
+def test_device_that_never_reads_stays_bounded():
+    """Pings (each answered with a pong) and requests from a device that never reads
+    its answers: the hub stops reading it, its memory stays bounded, the ping timeout
+    ends the session, and other devices are served meanwhile."""
+    st = T["st"]
+    d = st.provision("HUB-NOREAD")
+    status, _, ws = connect(d, proxy=False)
+    assert status == 101
+    ws.s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    before = rss_kib(st.hub.pid)
+    burst = wsclient.WS.frame_bytes(wsclient.OP_PING, b"x" * 125) * 500
+
+    def flood(seconds):
+        """Sends pings until the hub stops reading (our send blocks) or time is up;
+        returns True when it blocked."""
+        ws.s.settimeout(0.5)
+        t0 = time.monotonic()
+        try:
+            while time.monotonic() - t0 < seconds:
+                ws.s.sendall(burst)
+        except (socket.timeout, OSError):
+            return True
+        return False
+    assert flood(5), "the hub kept reading a device that never reads its pongs"
+    plateau = rss_kib(st.hub.pid)
+    flood(1)
+    grown = rss_kib(st.hub.pid) - plateau
+    assert grown < 2048, "hub still growing (%d KiB) after it stopped reading" % grown
+    assert plateau - before < 65536, plateau - before
+    other = session(T["c"])
+    other.send_json({"type": "twin.get", "id": "busy"})
+    assert other.recv_type("twin")["id"] == "busy"
+    other.close()
+    wait_until(lambda: device(d)["presence"] == "offline", 10, "the silent reader timed out")
+
+
 def test_hub_memory_does_not_grow_under_abuse():
     a = T["a"]
 
@@ -347,6 +386,15 @@ def test_hub_memory_does_not_grow_under_abuse():
         abuse_round()
     after = rss_kib(T["st"].hub.pid)
     assert after - before < 4096, "hub RSS grew by %d KiB over 60 abusive sessions" % (after - before)
+
+
+def test_ping_interval_must_be_shorter_than_timeout():
+    st = T["st"]
+    r = subprocess.run([phytest.binary("phyhub"), "--db", st.db, "--tls-cert", st.pki["cert"],
+                        "--tls-key", st.pki["key"], "--listen", "127.0.0.1:1",
+                        "--ping-interval", "5", "--ping-timeout", "2"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "--ping-interval" in r.stderr, (r.returncode, r.stderr)
 
 
 def test_no_secret_in_logs_and_clean_stop():

@@ -674,13 +674,13 @@ static void test_list_filters(void **state)
         mkdev(f, 1, i, i % 2 ? "{\"site\":\"odd\"}" : "{\"site\":\"even\",\"x\":\"y\"}");
     mkdev(f, 2, 8, "{\"site\":\"odd\"}");
     id = ID(2);
-    assert_int_equal(ops->session_open(f->s, id.s, T0 + 1), 0);
+    assert_int_equal(ops->session_open(f->s, id.s, T0 + 1, NULL), 0);
     id = ID(3);
-    assert_int_equal(ops->session_open(f->s, id.s, T0 + 2), 0);
+    assert_int_equal(ops->session_open(f->s, id.s, T0 + 2, NULL), 0);
     id = ID(5);
-    assert_int_equal(ops->session_open(f->s, id.s, T0 + 3), 0);
+    assert_int_equal(ops->session_open(f->s, id.s, T0 + 3, NULL), 0);
     id = ID(8);
-    assert_int_equal(ops->session_open(f->s, id.s, T0 + 3), 0);
+    assert_int_equal(ops->session_open(f->s, id.s, T0 + 3, NULL), 0);
 
     list_ids(f, 1, NULL, 3, ids, sizeof ids);
     assert_string_equal(ids, "1,2,3,4,5,6,7");
@@ -798,6 +798,30 @@ static void test_device_auth(void **state)
     assert_int_equal(ops->device_auth(f->s, "", h.h, NULL, &out), PHY_EINVAL);
 }
 
+/* The close of an older session never marks a newer, live one offline. */
+static void test_session_generations(void **state)
+{
+    struct fx *f = *state;
+    struct store_device d;
+    struct id id = ID(1);
+    int64_t g1 = 0, g2 = 0;
+
+    reg(f, "S1");
+    assert_int_equal(claim(f, 1, "S1", 1, NULL), STORE_OK);
+    assert_int_equal(ops->session_open(f->s, id.s, T0 + 1, &g1), 0);
+    assert_int_equal(ops->session_open(f->s, id.s, T0 + 2, &g2), 0);
+    assert_int_equal(g2, g1 + 1);
+    assert_int_equal(ops->session_close(f->s, id.s, g1, T0 + 3, T0 + 3), 0);
+    get(f, 1, 1, &d, NULL);
+    assert_int_equal(d.online, 1);
+    store_device_clear(&d);
+    assert_int_equal(ops->session_close(f->s, id.s, g2, T0 + 4, T0 + 4), 0);
+    get(f, 1, 1, &d, NULL);
+    assert_int_equal(d.online, 0);
+    assert_int_equal(d.disconnected_ms, T0 + 4);
+    store_device_clear(&d);
+}
+
 static void test_sessions(void **state)
 {
     struct fx *f = *state;
@@ -822,7 +846,7 @@ static void test_sessions(void **state)
     assert_int_equal(raw_int(f, "SELECT sealed IS NOT NULL FROM issuances"), 1);
 
     /* The first session: online, active, redelivery over. */
-    assert_int_equal(ops->session_open(f->s, id.s, T0 + 11000), 0);
+    assert_int_equal(ops->session_open(f->s, id.s, T0 + 11000, NULL), 0);
     get(f, 1, 1, &d, NULL);
     assert_string_equal(d.state, "active");
     assert_int_equal(d.online, 1);
@@ -836,7 +860,7 @@ static void test_sessions(void **state)
     assert_int_equal(out, STORE_PROVISIONED);
     assert_null(r.sealed);
 
-    assert_int_equal(ops->session_close(f->s, id.s, T0 + 20000, T0 + 19000), 0);
+    assert_int_equal(ops->session_close(f->s, id.s, -1, T0 + 20000, T0 + 19000), 0);
     get(f, 1, 1, &d, NULL);
     assert_int_equal(d.online, 0);
     assert_int_equal(d.disconnected_ms, T0 + 20000);
@@ -844,9 +868,9 @@ static void test_sessions(void **state)
     assert_int_equal(d.connected_ms, T0 + 11000);
     store_device_clear(&d);
     /* last_seen never goes back. */
-    assert_int_equal(ops->session_open(f->s, id.s, T0 + 30000), 0);
+    assert_int_equal(ops->session_open(f->s, id.s, T0 + 30000, NULL), 0);
     assert_int_equal(ops->status_put(f->s, id.s, "{}", T0 + 40000), 0);
-    assert_int_equal(ops->session_close(f->s, id.s, T0 + 41000, T0 + 35000), 0);
+    assert_int_equal(ops->session_close(f->s, id.s, -1, T0 + 41000, T0 + 35000), 0);
     get(f, 1, 1, &d, NULL);
     assert_int_equal(d.last_seen_ms, T0 + 40000);
     assert_string_equal(d.state, "active");
@@ -855,7 +879,7 @@ static void test_sessions(void **state)
     /* Straight from pending_delivery (delivery recorded elsewhere) to active. */
     mkdev(f, 1, 2, NULL);
     struct id id2 = ID(2);
-    assert_int_equal(ops->session_open(f->s, id2.s, T0 + 50000), 0);
+    assert_int_equal(ops->session_open(f->s, id2.s, T0 + 50000, NULL), 0);
     get(f, 1, 2, &d, NULL);
     assert_string_equal(d.state, "active");
     store_device_clear(&d);
@@ -863,17 +887,17 @@ static void test_sessions(void **state)
 
     /* Unknown or revoked: no session; closing is harmless. */
     struct id nobody = ID(77);
-    assert_int_equal(ops->session_open(f->s, nobody.s, T0), PHY_ENOTFOUND);
-    assert_int_equal(ops->session_close(f->s, nobody.s, T0, T0), 0);
-    assert_int_equal(ops->session_open(f->s, id2.s, T0 + 51000), 0);
+    assert_int_equal(ops->session_open(f->s, nobody.s, T0, NULL), PHY_ENOTFOUND);
+    assert_int_equal(ops->session_close(f->s, nobody.s, -1, T0, T0), 0);
+    assert_int_equal(ops->session_open(f->s, id2.s, T0 + 51000, NULL), 0);
     assert_int_equal(dev_op(f, ops->device_revoke, 1, 2), STORE_OK);
     get(f, 1, 2, &d, NULL);
     assert_int_equal(d.online, 0);
     assert_int_equal(d.disconnected_ms, f->p.now_ms);
     store_device_clear(&d);
-    assert_int_equal(ops->session_open(f->s, id2.s, T0 + 52000), PHY_ENOTFOUND);
-    assert_int_equal(ops->session_close(f->s, id2.s, T0 + 53000, T0 + 53000), 0);
-    assert_int_equal(ops->session_open(f->s, "", T0), PHY_EINVAL);
+    assert_int_equal(ops->session_open(f->s, id2.s, T0 + 52000, NULL), PHY_ENOTFOUND);
+    assert_int_equal(ops->session_close(f->s, id2.s, -1, T0 + 53000, T0 + 53000), 0);
+    assert_int_equal(ops->session_open(f->s, "", T0, NULL), PHY_EINVAL);
 }
 
 static void test_presence_reset(void **state)
@@ -884,12 +908,12 @@ static void test_presence_reset(void **state)
     for (unsigned i = 1; i <= 3; i++)
         mkdev(f, 1, i, NULL);
     id = ID(1);
-    assert_int_equal(ops->session_open(f->s, id.s, T0 + 1), 0);
+    assert_int_equal(ops->session_open(f->s, id.s, T0 + 1, NULL), 0);
     id = ID(2);
-    assert_int_equal(ops->session_open(f->s, id.s, T0 + 2), 0);
-    assert_int_equal(ops->session_close(f->s, id.s, T0 + 5, T0 + 4), 0);
+    assert_int_equal(ops->session_open(f->s, id.s, T0 + 2, NULL), 0);
+    assert_int_equal(ops->session_close(f->s, id.s, -1, T0 + 5, T0 + 4), 0);
     id = ID(3);
-    assert_int_equal(ops->session_open(f->s, id.s, T0 + 3), 0);
+    assert_int_equal(ops->session_open(f->s, id.s, T0 + 3, NULL), 0);
 
     assert_int_equal(ops->presence_reset(f->s, T0 + 100), 0);
     assert_int_equal(raw_int(f, "SELECT count(*) FROM devices WHERE online <> 0"), 0);
@@ -994,7 +1018,7 @@ static void test_reset(void **state)
     unsigned t1 = reg(f, "S1");
     assert_int_equal(claim(f, 1, "S1", 1, NULL), STORE_OK);
     struct id id1 = ID(1);
-    assert_int_equal(ops->session_open(f->s, id1.s, T0), 0);
+    assert_int_equal(ops->session_open(f->s, id1.s, T0, NULL), 0);
     assert_int_equal(dpatch(f, 1, 1, "{\"a\":1}", -1, NULL, NULL), STORE_OK);
     /* The claim cleared the registration's code but kept the row. */
     assert_int_equal(raw_int(f, "SELECT count(*) FROM registrations WHERE serial = 'S1'"), 1);
@@ -1058,7 +1082,7 @@ static void test_delete(void **state)
     assert_int_equal(dev_op(f, ops->device_revoke, 1, 1), STORE_NOT_FOUND);
     assert_int_equal(dpatch(f, 1, 1, "{}", -1, NULL, NULL), STORE_NOT_FOUND);
     struct id id = ID(1);
-    assert_int_equal(ops->session_open(f->s, id.s, T0), PHY_ENOTFOUND);
+    assert_int_equal(ops->session_open(f->s, id.s, T0, NULL), PHY_ENOTFOUND);
     /* The serial is free again; the other device is untouched. */
     struct hash h = H(500);
     assert_int_equal(ops->reg_create(f->s, &f->p, "S1", h.h, &out), 0);
@@ -1190,7 +1214,7 @@ static void test_migration_v1(void **state)
     assert_int_equal(auth(f, 1, 1001, NULL), STORE_OK);
     assert_int_equal(dpatch(f, 1, 1, "{\"a\":1}", 0, NULL, NULL), STORE_OK);
     struct id id = ID(1);
-    assert_int_equal(ops->session_open(f->s, id.s, T0), 0);
+    assert_int_equal(ops->session_open(f->s, id.s, T0, NULL), 0);
     struct store_device_filter flt = {.presence = 1, .tag_key = "site", .tag_value = "a"};
     char ids[32];
     list_ids(f, 1, &flt, 10, ids, sizeof ids);
@@ -1233,6 +1257,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_desired_versions, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_session_generations, setup, teardown),
         cmocka_unit_test_setup_teardown(test_if_match, setup, teardown),
         cmocka_unit_test_setup_teardown(test_too_big, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tenant_scoping, setup, teardown),
