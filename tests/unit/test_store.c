@@ -531,6 +531,68 @@ static void test_seal_failure_rolls_back(void **state)
     expect_deliver(f, "SN12", NULL, 1, "SN12", id);
 }
 
+static int failing_check(void *ctx, const char *device_id, const unsigned char *sealed, size_t len)
+{
+    (void)ctx;
+    (void)device_id;
+    (void)sealed;
+    (void)len;
+    return -1;
+}
+
+/* A claimed device that comes back after its registration lapsed still gets its
+ * credentials: the code request says PROVISIONED (not BAD_TOKEN) and the poll
+ * delivers. */
+static void test_lapsed_registration_still_delivers(void **state)
+{
+    struct fx *f = *state;
+    char id[PHY_DEVICE_ID_LEN + 1];
+    dev_id(31, id);
+    assert_int_equal(reg(f, "SN31", 31), STORE_OK);
+    assert_int_equal(claim(f, "SN31", NULL, id), STORE_OK);
+    f->p.now_ms += IDLE_MS + 1000;
+    assert_int_equal(ops->sweep(f->s, &f->p, 0), 0); /* the registration row is gone */
+    assert_int_equal(set_code(f, "SN31", 31, "HHHHHH"), STORE_PROVISIONED);
+    expect_deliver(f, "SN31", NULL, 31, "SN31", id);
+}
+
+/* A body the caller cannot open is not recorded as delivered. */
+static void test_unopenable_issuance_not_recorded(void **state)
+{
+    struct fx *f = *state;
+    struct store_poll_result r;
+    char id[PHY_DEVICE_ID_LEN + 1];
+    int out = -1;
+    struct hash h = H(32);
+    dev_id(32, id);
+    assert_int_equal(reg(f, "SN32", 32), STORE_OK);
+    assert_int_equal(claim(f, "SN32", NULL, id), STORE_OK);
+    f->p.now_ms += 10000;
+    f->p.deliver_check = failing_check;
+    assert_int_equal(ops->poll(f->s, &f->p, "SN32", NULL, h.h, &r, &out), PHY_ECRYPTO);
+    assert_null(r.sealed);
+    f->p.deliver_check = NULL;
+    assert_int_equal(raw_int(f, "SELECT delivered_ms IS NULL FROM issuances WHERE serial = 'SN32'"),
+                     1);
+    f->p.now_ms += GRACE_MS * 2; /* no grace clock started: still deliverable */
+    expect_deliver(f, "SN32", NULL, 32, "SN32", id);
+}
+
+/* The store holds hashes and sealed issuances: a file others can read is refused. */
+static void test_refuses_world_readable_file(void **state)
+{
+    struct fx *f = *state;
+    struct store *other = NULL;
+    char err[256] = "";
+    assert_int_equal(chmod(f->path, 0644), 0);
+    assert_int_equal(ops->open(f->path, &other, err, sizeof err), PHY_EINVAL);
+    assert_null(other);
+    assert_non_null(strstr(err, "chmod 600"));
+    assert_int_equal(chmod(f->path, 0600), 0);
+    assert_int_equal(ops->open(f->path, &other, err, sizeof err), 0);
+    ops->close(other);
+}
+
 static void test_durable_across_restart(void **state)
 {
     struct fx *f = *state;
@@ -795,6 +857,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_code_taken, setup, teardown),
         cmocka_unit_test_setup_teardown(test_claim_twice, setup, teardown),
         cmocka_unit_test_setup_teardown(test_seal_failure_rolls_back, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lapsed_registration_still_delivers, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unopenable_issuance_not_recorded, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_refuses_world_readable_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_durable_across_restart, setup, teardown),
         cmocka_unit_test_setup_teardown(test_claim_failures, setup, teardown),
         cmocka_unit_test_setup_teardown(test_admin_and_auth, setup, teardown),
