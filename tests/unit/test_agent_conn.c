@@ -12,6 +12,8 @@
 
 #include <cmocka.h>
 
+#include "testtls.h"
+
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -53,44 +55,9 @@ struct server {
 
 static void make_identity(struct identity *id, long not_before, long not_after)
 {
-    EVP_PKEY *key = EVP_EC_gen("P-256");
-    X509 *cert = X509_new();
-    X509_NAME *name;
-    X509V3_CTX v3;
-    X509_EXTENSION *ext;
-    FILE *f;
-    int fd;
-
-    assert_non_null(key);
-    X509_set_version(cert, 2);
-    ASN1_INTEGER_set(X509_get_serialNumber(cert), 1);
-    X509_gmtime_adj(X509_getm_notBefore(cert), not_before);
-    X509_gmtime_adj(X509_getm_notAfter(cert), not_after);
-    X509_set_pubkey(cert, key);
-    name = X509_get_subject_name(cert);
-    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)HOST, -1, -1, 0);
-    X509_set_issuer_name(cert, name);
-    X509V3_set_ctx_nodb(&v3);
-    X509V3_set_ctx(&v3, cert, cert, NULL, NULL, 0);
-    ext = X509V3_EXT_conf_nid(NULL, &v3, NID_subject_alt_name, "DNS:" HOST);
-    X509_add_ext(cert, ext, -1);
-    X509_EXTENSION_free(ext);
-    ext = X509V3_EXT_conf_nid(NULL, &v3, NID_basic_constraints, "critical,CA:TRUE");
-    X509_add_ext(cert, ext, -1);
-    X509_EXTENSION_free(ext);
-    assert_true(X509_sign(cert, key, EVP_sha256()) > 0);
-
-    snprintf(id->ca_path, sizeof id->ca_path, "/tmp/phy-test-agent-conn-XXXXXX");
-    fd = mkstemp(id->ca_path);
-    assert_true(fd >= 0);
-    f = fdopen(fd, "w");
-    PEM_write_X509(f, cert);
-    fclose(f);
-    id->ctx = SSL_CTX_new(TLS_server_method());
-    SSL_CTX_use_certificate(id->ctx, cert);
-    SSL_CTX_use_PrivateKey(id->ctx, key);
-    X509_free(cert);
-    EVP_PKEY_free(key);
+    id->ctx = test_tls_identity(HOST, "DNS:" HOST, not_before, not_after, id->ca_path,
+                                sizeof id->ca_path);
+    assert_non_null(id->ctx);
 }
 
 static int group_setup(void **state)

@@ -11,6 +11,8 @@
 
 #include <cmocka.h>
 
+#include "testutil.h"
+
 #include "../../agent/prov.h"
 #include "../../agent/state.h"
 #include "phy/err.h"
@@ -223,7 +225,7 @@ static void test_bodies(void **state)
 
 static void test_state_files(void **state)
 {
-    char dir[] = "/tmp/phy-test-agent-XXXXXX";
+    char dir[64];
     char err[256], *text = NULL;
     size_t n = 0;
     struct stat st;
@@ -231,6 +233,7 @@ static void test_state_files(void **state)
     int lock, lock2;
 
     (void)state;
+    assert_non_null(test_tmp_template(dir, sizeof dir, "phy-test-agent-"));
     assert_non_null(mkdtemp(dir));
     lock = agent_state_open(dir, err, sizeof err);
     assert_true(lock >= 0);

@@ -6,6 +6,8 @@
 
 #include <cmocka.h>
 
+#include "testutil.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,8 +46,7 @@ static int setup(void **state)
     c->opts[3] =
         (struct phy_opt){"allow", PHY_OPT_LIST, &c->allow, 0, 0, "allowed host (repeatable)"};
     c->opts[4] = (struct phy_opt){NULL, PHY_OPT_STR, NULL, 0, 0, NULL};
-    memcpy(c->dir, "/tmp/phy_config_XXXXXX", sizeof "/tmp/phy_config_XXXXXX");
-    if (mkdtemp(c->dir) == NULL) {
+    if (!test_tmp_template(c->dir, sizeof c->dir, "phy_config_") || mkdtemp(c->dir) == NULL) {
         free(c);
         return -1;
     }

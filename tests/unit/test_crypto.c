@@ -6,6 +6,8 @@
 
 #include <cmocka.h>
 
+#include "testutil.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -270,8 +272,7 @@ static int tmpdir_setup(void **state)
     struct tmpdir *t = calloc(1, sizeof *t);
     if (t == NULL)
         return -1;
-    memcpy(t->dir, "/tmp/phy_crypto_XXXXXX", sizeof "/tmp/phy_crypto_XXXXXX");
-    if (mkdtemp(t->dir) == NULL) {
+    if (!test_tmp_template(t->dir, sizeof t->dir, "phy_crypto_") || mkdtemp(t->dir) == NULL) {
         free(t);
         return -1;
     }

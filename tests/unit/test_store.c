@@ -6,6 +6,8 @@
 
 #include <cmocka.h>
 
+#include "testutil.h"
+
 #include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -96,10 +98,7 @@ static int setup(void **state)
 {
     struct fx *f = calloc(1, sizeof *f);
     assert_non_null(f);
-    /* mkdtemp's template: the prefix, then six 'X' it replaces. */
-    int len = snprintf(f->dir, sizeof f->dir, "/tmp/phy_test_store_");
-    memset(f->dir + len, 'X', 6);
-    f->dir[len + 6] = '\0';
+    assert_non_null(test_tmp_template(f->dir, sizeof f->dir, "phy_test_store_"));
     assert_non_null(mkdtemp(f->dir));
     snprintf(f->path, sizeof f->path, "%s/store.db", f->dir);
     pthread_mutex_init(&f->seal.mu, NULL);

@@ -7,6 +7,8 @@
 
 #include <cmocka.h>
 
+#include "testutil.h"
+
 #include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -135,9 +137,7 @@ static int setup_nostore(void **state)
 {
     struct fx *f = calloc(1, sizeof *f);
     assert_non_null(f);
-    int len = snprintf(f->dir, sizeof f->dir, "/tmp/phy_test_twin_");
-    memset(f->dir + len, 'X', 6);
-    f->dir[len + 6] = '\0';
+    assert_non_null(test_tmp_template(f->dir, sizeof f->dir, "phy_test_twin_"));
     assert_non_null(mkdtemp(f->dir));
     snprintf(f->path, sizeof f->path, "%s/store.db", f->dir);
     f->p.now_ms = T0;
