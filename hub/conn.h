@@ -76,6 +76,9 @@ struct server {
 
 /* server.c */
 void conn_close(struct conn *c);
+/* Appends n bytes to a growable buffer (capacity doubles, at most limit bytes):
+ * 0, PHY_ETOOBIG over the limit, PHY_ENOMEM. */
+int conn_buf_append(char **buf, size_t *len, size_t *cap, const void *data, size_t n, size_t limit);
 /* Frees the read buffer after clearing it (it may hold credentials). */
 void conn_free_in(struct conn *c);
 void conn_want(struct conn *c, int events);

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "phy/err.h"
 #include "phy/twin.h"
 
 #define DISPATCH_STATUS_MAX 8192 /* compact serialization of a status object */
@@ -84,25 +85,6 @@ static int only_known_fields(const json_t *root, const char *extra, struct dispa
     return 0;
 }
 
-struct size_count {
-    size_t total;
-    size_t max;
-    int over;
-};
-
-/* json_dump_callback sink that counts bytes and stops the dump past the limit. */
-static int count_bytes(const char *buffer, size_t size, void *data)
-{
-    struct size_count *c = data;
-    (void)buffer;
-    if (c->over || size > c->max - c->total) {
-        c->over = 1;
-        return -1;
-    }
-    c->total += size;
-    return 0;
-}
-
 /* Takes the object member `name` as the action's body; 0 or -1 (error already set). */
 static int take_body(const json_t *root, const char *name, struct dispatch_action *out)
 {
@@ -169,10 +151,8 @@ int dispatch_parse(const char *data, size_t len, struct dispatch_action *out)
     } else if (tlen == 6 && memcmp(t, "status", 6) == 0) {
         if (only_known_fields(root, "status", out) != 0 || take_body(root, "status", out) != 0)
             goto out_free;
-        struct size_count c = {0, DISPATCH_STATUS_MAX, 0};
-        int rc = json_dump_callback(out->body, count_bytes, &c, JSON_COMPACT);
-        /* jansson 2.14 ignores a failing callback on object keys: trust the flag */
-        if (c.over) {
+        int rc = phy_json_check_size(out->body, DISPATCH_STATUS_MAX);
+        if (rc == PHY_ETOOBIG) {
             set_error(out, "too_large", "status over %d bytes", DISPATCH_STATUS_MAX);
             goto out_free;
         }

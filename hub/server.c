@@ -181,19 +181,9 @@ int conn_out_append(struct conn *c, const char *data, size_t n, size_t max_pendi
         c->out_len = pending;
         c->out_off = 0;
     }
-    if (c->out_len + n > c->out_cap) {
-        size_t cap = c->out_cap ? c->out_cap : 4096;
-        while (cap < c->out_len + n)
-            cap *= 2;
-        char *p = realloc(c->out, cap);
-        if (!p)
-            return PHY_ENOMEM;
-        c->out = p;
-        c->out_cap = cap;
-    }
-    memcpy(c->out + c->out_len, data, n);
-    c->out_len += n;
-    return 0;
+    if (c->out && c->out_cap == 0)
+        c->out_cap = c->out_len; /* an exactly sized response buffer */
+    return conn_buf_append(&c->out, &c->out_len, &c->out_cap, data, n, SIZE_MAX);
 }
 
 int conn_flush(struct conn *c)
@@ -452,26 +442,31 @@ static int conn_try_request(struct conn *c)
     return 1;
 }
 
-static int conn_append(struct conn *c, const char *buf, size_t n)
+int conn_buf_append(char **buf, size_t *len, size_t *cap, const void *data, size_t n, size_t limit)
 {
-    size_t limit = SERVER_MAX_HEAD + (size_t)c->srv->hub->cfg.max_body;
-    if (c->in_len + n > limit)
+    if (*len + n > limit)
         return PHY_ETOOBIG;
-    if (c->in_len + n > c->in_cap) {
-        size_t cap = c->in_cap ? c->in_cap : 4096;
-        while (cap < c->in_len + n)
-            cap *= 2;
-        if (cap > limit)
-            cap = limit;
-        char *p = realloc(c->in, cap);
+    if (*len + n > *cap) {
+        size_t ncap = *cap ? *cap : 4096;
+        while (ncap < *len + n)
+            ncap *= 2;
+        if (ncap > limit)
+            ncap = limit;
+        char *p = realloc(*buf, ncap);
         if (!p)
             return PHY_ENOMEM;
-        c->in = p;
-        c->in_cap = cap;
+        *buf = p;
+        *cap = ncap;
     }
-    memcpy(c->in + c->in_len, buf, n);
-    c->in_len += n;
+    memcpy(*buf + *len, data, n);
+    *len += n;
     return 0;
+}
+
+static int conn_append(struct conn *c, const char *buf, size_t n)
+{
+    return conn_buf_append(&c->in, &c->in_len, &c->in_cap, buf, n,
+                           SERVER_MAX_HEAD + (size_t)c->srv->hub->cfg.max_body);
 }
 
 /* Maps an SSL_get_error result to poll events; returns -1 when the connection is done. */

@@ -411,18 +411,10 @@ static ssize_t ws_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, in
         int n = SSL_read(c->ssl, tmp, sizeof(tmp));
         if (n > 0) {
             ss->last_rx = uv_now(c->srv->loop);
-            size_t need = c->in_len + (size_t)n;
-            if (need > c->in_cap) {
-                char *np = realloc(c->in, need);
-                if (!np) {
-                    wslay_event_set_error(ctx, WSLAY_ERR_NOMEM);
-                    return -1;
-                }
-                c->in = np;
-                c->in_cap = need;
+            if (conn_buf_append(&c->in, &c->in_len, &c->in_cap, tmp, (size_t)n, SIZE_MAX) < 0) {
+                wslay_event_set_error(ctx, WSLAY_ERR_NOMEM);
+                return -1;
             }
-            memcpy(c->in + c->in_len, tmp, (size_t)n);
-            c->in_len += (size_t)n;
             continue;
         }
         int ev = conn_ssl_want(c->ssl, n);

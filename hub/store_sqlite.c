@@ -283,18 +283,24 @@ static int step_err(struct store *s)
     return PHY_EIO;
 }
 
+/* Prepares and binds sql, then takes one step: the sqlite3_step result (SQLITE_ROW,
+ * SQLITE_DONE, ...) with *st left to finalize, or a negative PHY_E* (no statement). */
+static int q_stepv(struct store *s, sqlite3_stmt **st, const char *sql, const char *fmt, va_list ap)
+{
+    int rc = prepv(s, st, sql, fmt, ap);
+    return rc ? rc : sqlite3_step(*st);
+}
+
 /* Runs a statement that returns no rows; *changes (optional) gets the rows changed. */
 static int q_exec(struct store *s, int *changes, const char *sql, const char *fmt, ...)
 {
     sqlite3_stmt *st;
     va_list ap;
-    int rc;
     va_start(ap, fmt);
-    rc = prepv(s, &st, sql, fmt, ap);
+    int rc = q_stepv(s, &st, sql, fmt, ap);
     va_end(ap);
-    if (rc)
+    if (rc < 0)
         return rc;
-    rc = sqlite3_step(st);
     rc = (rc == SQLITE_DONE || rc == SQLITE_ROW) ? 0 : step_err(s);
     if (rc == 0 && changes)
         *changes = sqlite3_changes(s->db);
@@ -308,13 +314,11 @@ static int q_int(struct store *s, int64_t *v, const char *sql, const char *fmt, 
 {
     sqlite3_stmt *st;
     va_list ap;
-    int rc;
     va_start(ap, fmt);
-    rc = prepv(s, &st, sql, fmt, ap);
+    int rc = q_stepv(s, &st, sql, fmt, ap);
     va_end(ap);
-    if (rc)
+    if (rc < 0)
         return rc;
-    rc = sqlite3_step(st);
     if (rc == SQLITE_ROW) {
         if (v)
             *v = sqlite3_column_int64(st, 0);

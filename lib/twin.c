@@ -60,7 +60,7 @@ static int count_bytes(const char *buffer, size_t size, void *data)
 
 /* 0 when the compact serialization of v is at most max bytes, PHY_ETOOBIG over it,
  * PHY_ENOMEM when the encoder fails for another reason. */
-static int check_size(const json_t *v, size_t max)
+int phy_json_check_size(const json_t *v, size_t max)
 {
     struct size_count c = {0, max, 0};
     int rc = json_dump_callback(v, count_bytes, &c, JSON_COMPACT);
@@ -125,7 +125,7 @@ int phy_twin_merge(json_t **doc, const json_t *patch, size_t max_bytes, int *cha
         rc = PHY_ETOOBIG;
         goto out_free;
     }
-    rc = check_size(result, max_bytes);
+    rc = phy_json_check_size(result, max_bytes);
     if (rc != 0)
         goto out_free;
 

@@ -26,6 +26,10 @@ int phy_twin_check_depth(const json_t *v, int max_depth);
  * *changed is set to 1 when the result differs from the input (json_equal). */
 int phy_twin_merge(json_t **doc, const json_t *patch, size_t max_bytes, int *changed);
 
+/* 0 when the compact serialization of v is at most max bytes (counted without
+ * building it), PHY_ETOOBIG over it, PHY_ENOMEM when the encoder fails otherwise. */
+int phy_json_check_size(const json_t *v, size_t max);
+
 /* Compact, key-sorted serialization (malloc'd, caller frees) or NULL. */
 char *phy_twin_dump(const json_t *doc);
 
