@@ -163,11 +163,6 @@ struct phy_store_ops {
      * the serial (all its registrations' codes are cleared). *device gets the row. */
     int (*claim)(struct store *s, const struct store_prov_params *p, const struct store_claim *c,
                  struct store_device *device, int *outcome);
-    /* Failed-claim throttle: records one failure for (tenant, user) at now. */
-    int (*claim_failure_add)(struct store *s, int64_t tenant_id, int64_t user_id, int64_t now_ms);
-    /* Counts failures since since_ms for the user and for the whole tenant. */
-    int (*claim_failure_count)(struct store *s, int64_t tenant_id, int64_t user_id,
-                               int64_t since_ms, int *user_count, int *tenant_count);
     /* Race-free throttle for one claim: in one transaction counts the failures since
      * since_ms for the user and the tenant and, when both are under their limits,
      * records a provisional failure (an attempt in flight counts as failed until it

@@ -1147,42 +1147,18 @@ out:
     return rc;
 }
 
-static int sq_claim_failure_add(struct store *s, int64_t tenant_id, int64_t user_id, int64_t now_ms)
+/* Failed claims since since_ms: *u for the user, *t for the whole tenant. */
+static int failure_counts(struct store *s, int64_t tenant_id, int64_t user_id, int64_t since_ms,
+                          int64_t *u, int64_t *t)
 {
-    int rc;
-    if (!s)
-        return PHY_EINVAL;
-    if ((rc = tx_begin(s, 1)))
-        return rc;
-    rc = q_exec(s, NULL, "INSERT INTO claim_failures(tenant_id, user_id, at_ms) VALUES (?, ?, ?)",
-                "iii", tenant_id, user_id, now_ms);
-    return tx_end(s, rc);
-}
-
-static int sq_claim_failure_count(struct store *s, int64_t tenant_id, int64_t user_id,
-                                  int64_t since_ms, int *user_count, int *tenant_count)
-{
-    int64_t u = 0, t = 0;
-    int rc;
-    if (!s || !user_count || !tenant_count)
-        return PHY_EINVAL;
-    if ((rc = tx_begin(s, 0)))
-        return rc;
-    rc = q_int(s, &u,
-               "SELECT count(*) FROM claim_failures WHERE tenant_id = ? AND user_id = ? AND "
-               "at_ms >= ?",
-               "iii", tenant_id, user_id, since_ms);
+    int rc = q_int(s, u,
+                   "SELECT count(*) FROM claim_failures WHERE tenant_id = ? AND user_id = ? AND "
+                   "at_ms >= ?",
+                   "iii", tenant_id, user_id, since_ms);
     if (rc >= 0)
-        rc = q_int(s, &t, "SELECT count(*) FROM claim_failures WHERE tenant_id = ? AND at_ms >= ?",
+        rc = q_int(s, t, "SELECT count(*) FROM claim_failures WHERE tenant_id = ? AND at_ms >= ?",
                    "ii", tenant_id, since_ms);
-    if (rc > 0)
-        rc = 0;
-    rc = tx_end(s, rc);
-    if (rc == 0) {
-        *user_count = u > INT_MAX ? INT_MAX : (int)u;
-        *tenant_count = t > INT_MAX ? INT_MAX : (int)t;
-    }
-    return rc;
+    return rc < 0 ? rc : 0;
 }
 
 static int sq_devices_add_bulk(struct store *s, const char *tenant,
@@ -1248,16 +1224,9 @@ static int sq_claim_attempt_begin(struct store *s, int64_t tenant_id, int64_t us
     *allowed = 0;
     if ((rc = tx_begin(s, 1)))
         return rc;
-    rc = q_int(s, &u,
-               "SELECT count(*) FROM claim_failures WHERE tenant_id = ? AND user_id = ? AND "
-               "at_ms >= ?",
-               "iii", tenant_id, user_id, since_ms);
-    if (rc >= 0)
-        rc = q_int(s, &t, "SELECT count(*) FROM claim_failures WHERE tenant_id = ? AND at_ms >= ?",
-                   "ii", tenant_id, since_ms);
+    rc = failure_counts(s, tenant_id, user_id, since_ms, &u, &t);
     if (rc < 0)
         goto out;
-    rc = 0;
     if (u >= user_limit || t >= tenant_limit)
         goto out;
     rc = q_exec(s, NULL, "INSERT INTO claim_failures(tenant_id, user_id, at_ms) VALUES (?, ?, ?)",
@@ -2179,8 +2148,6 @@ const struct phy_store_ops store_sqlite_ops = {
     .reg_set_code = sq_reg_set_code,
     .poll = sq_poll,
     .claim = sq_claim,
-    .claim_failure_add = sq_claim_failure_add,
-    .claim_failure_count = sq_claim_failure_count,
     .claim_attempt_begin = sq_claim_attempt_begin,
     .devices_add_bulk = sq_devices_add_bulk,
     .claim_attempt_forgive = sq_claim_attempt_forgive,

@@ -619,38 +619,57 @@ static void test_durable_across_restart(void **state)
     assert_int_equal(poll_s(f, "SN13", NULL, 1, NULL), STORE_PROVISIONED);
 }
 
+/* Records one failed claim at now (an attempt that is never forgiven). */
+static void fail_at(struct fx *f, int64_t tenant, int64_t user, int64_t now)
+{
+    int allowed = 0;
+    int64_t id = 0;
+    assert_int_equal(
+        ops->claim_attempt_begin(f->s, tenant, user, now, 0, 1000, 1000, &allowed, &id), 0);
+    assert_int_equal(allowed, 1);
+}
+
+static int attempt(struct fx *f, int64_t tenant, int64_t user, int64_t since, int ulim, int tlim)
+{
+    int allowed = -1;
+    int64_t id = 0;
+    assert_int_equal(
+        ops->claim_attempt_begin(f->s, tenant, user, 9999, since, ulim, tlim, &allowed, &id), 0);
+    if (allowed)
+        assert_int_equal(ops->claim_attempt_forgive(f->s, id), 0);
+    return allowed;
+}
+
+/* Asserts exactly u failures for the user and t for the tenant since `since`, through
+ * the limits: allowed under (u+1, t+1), refused at (u, t+1) and at (u+1, t). */
+static void expect_counts(struct fx *f, int64_t tenant, int64_t user, int64_t since, int u, int t)
+{
+    assert_int_equal(attempt(f, tenant, user, since, u + 1, t + 1), 1);
+    assert_int_equal(attempt(f, tenant, user, since, u, t + 1), 0);
+    assert_int_equal(attempt(f, tenant, user, since, u + 1, t), 0);
+}
+
 static void test_claim_failures(void **state)
 {
     struct fx *f = *state;
-    int u = -1, t = -1;
-    assert_int_equal(ops->claim_failure_add(f->s, 1, 10, 1000), 0);
-    assert_int_equal(ops->claim_failure_add(f->s, 1, 10, 2000), 0);
-    assert_int_equal(ops->claim_failure_add(f->s, 1, 10, 3000), 0);
-    assert_int_equal(ops->claim_failure_add(f->s, 1, 11, 2500), 0);
-    assert_int_equal(ops->claim_failure_add(f->s, 2, 10, 2000), 0);
+    fail_at(f, 1, 10, 1000);
+    fail_at(f, 1, 10, 2000);
+    fail_at(f, 1, 10, 3000);
+    fail_at(f, 1, 11, 2500);
+    fail_at(f, 2, 10, 2000);
 
-    assert_int_equal(ops->claim_failure_count(f->s, 1, 10, 0, &u, &t), 0);
-    assert_int_equal(u, 3);
-    assert_int_equal(t, 4);
-    assert_int_equal(ops->claim_failure_count(f->s, 1, 10, 2000, &u, &t), 0);
-    assert_int_equal(u, 2);
-    assert_int_equal(t, 3);
-    assert_int_equal(ops->claim_failure_count(f->s, 1, 11, 2600, &u, &t), 0);
-    assert_int_equal(u, 0);
-    assert_int_equal(t, 1);
-    assert_int_equal(ops->claim_failure_count(f->s, 3, 10, 0, &u, &t), 0);
-    assert_int_equal(u, 0);
-    assert_int_equal(t, 0);
+    expect_counts(f, 1, 10, 0, 3, 4);
+    expect_counts(f, 1, 10, 2000, 2, 3);
+    expect_counts(f, 1, 11, 2600, 0, 1);
+    expect_counts(f, 3, 10, 0, 0, 0);
+    /* Forgiven attempts leave nothing behind. */
+    assert_int_equal(raw_int(f, "SELECT count(*) FROM claim_failures"), 5);
 
     /* The sweep keeps the last keep_failures_ms. */
     f->p.now_ms = 5000;
     assert_int_equal(ops->sweep(f->s, &f->p, 2500), 0);
-    assert_int_equal(ops->claim_failure_count(f->s, 1, 10, 0, &u, &t), 0);
-    assert_int_equal(u, 1);
-    assert_int_equal(t, 2);
-    assert_int_equal(ops->claim_failure_count(f->s, 2, 10, 0, &u, &t), 0);
-    assert_int_equal(u, 0);
-    assert_int_equal(t, 0);
+    expect_counts(f, 1, 10, 0, 1, 2);
+    expect_counts(f, 2, 10, 0, 0, 0);
 }
 
 static void test_admin_and_auth(void **state)
