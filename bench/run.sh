@@ -108,7 +108,7 @@ make_store() { # n dir
 start_hub() { # dir port
     local dir=$1 port=$2
     # shellcheck disable=SC2086
-    env ${PHY_BENCH_HUB_ENV:-} "$HUB" --region eu --listen "127.0.0.1:$port" \
+    env ${PHY_BENCH_HUB_ENV:-} "$HUB" --region eu --provisioning --listen "127.0.0.1:$port" \
         --db "$dir/hub.db" --tls-cert "$TMP/hub.pem" --tls-key "$TMP/hub.key" \
         --max-connections 25000 --ping-interval 3600 --ping-timeout 7200 \
         ${PHY_BENCH_HUB_ARGS:-} 2>"$dir/hub.log" &

@@ -787,7 +787,7 @@ static int cmd_events(struct ctl *c, int argc, char **argv, int first)
         goto out;
     }
     if (r.status != 200) {
-        struct phy_client_response res = {r.status, r.body, r.body_len};
+        struct phy_client_response res = {.status = r.status, .body = r.body, .body_len = r.body_len};
         rc = print_api_error(&res);
         free(r.body);
         goto out;

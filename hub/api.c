@@ -10,6 +10,7 @@
 
 #include "handlers.h"
 #include "phy/err.h"
+#include "region.h"
 
 void api_response_free(struct api_response *res)
 {
@@ -383,6 +384,10 @@ static const struct route routes[] = {
     {"PUT", DEV "/tags", 0, NULL, handle_tags_put},
     {"POST", DEV "/revoke", 0, NULL, handle_device_revoke},
     {"POST", DEV "/reset", 0, NULL, handle_device_reset},
+    {"POST", "/internal/v1/issuances", 1, handle_internal_issue, NULL},
+    {"DELETE", "/internal/v1/issuances/{id}", 1, NULL, handle_internal_purge},
+    {"POST", "/internal/v1/issuances/{id}/cancel", 1, NULL, handle_internal_cancel},
+    {"POST", "/internal/v1/serials/rearm", 1, handle_internal_rearm, NULL},
     {"GET", "/healthz", 0, handle_healthz, NULL},
     {"GET", "/metrics", 0, handle_metrics, NULL},
 };

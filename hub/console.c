@@ -8,6 +8,7 @@
 #include <openssl/crypto.h>
 
 #include "handlers.h"
+#include "region.h"
 #include "phy/crypto.h"
 #include "phy/err.h"
 #include "phy/log.h"
@@ -162,40 +163,6 @@ static int tags_validate(json_t *tags, char **tags_json, struct api_response *re
     return 0;
 }
 
-struct seal_ctx {
-    struct hub *h;
-    const char *device_id;
-    const char *secret;
-    const char *tenant;
-};
-
-/* Builds and seals the exact 200 poll answer the device will receive. */
-static unsigned char *seal_issuance(void *ctx, const char *serial, size_t *out_len)
-{
-    struct seal_ctx *s = ctx;
-    (void)serial;
-    json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "status", "provisioned", "device_id",
-                          s->device_id, "device_secret", s->secret, "tenant", s->tenant, "region",
-                          s->h->cfg.region, "endpoint", s->h->cfg.public_endpoint);
-    char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
-    json_decref(o);
-    if (!text)
-        return NULL;
-    size_t n = strlen(text);
-    unsigned char *out = malloc(n + PHY_AEAD_OVERHEAD);
-    int r = out ? phy_aead_seal(s->h->issuance_key, s->device_id, strlen(s->device_id), text, n,
-                                out, n + PHY_AEAD_OVERHEAD)
-                : PHY_ENOMEM;
-    OPENSSL_cleanse(text, n);
-    free(text);
-    if (r < 0) {
-        free(out);
-        return NULL;
-    }
-    *out_len = (size_t)r;
-    return out;
-}
-
 /* Starts one throttled claim attempt: counts as a failure until forgiven, so that
  * concurrent guesses cannot overshoot the limits. 1 when res was answered (429/503). */
 static int claim_attempt(struct hub *h, const struct api_caller *c, int64_t *attempt_id,
@@ -233,8 +200,7 @@ void handle_claim(struct hub *h, const struct api_request *req, struct api_respo
 
     if (api_auth(h, req, res, &caller) < 0)
         return;
-    /* One region per hub for now: a tenant of another region cannot be served here
-     * (its data must stay in its region; the inter-region API comes with regions). */
+    /* A tenant of another region cannot be served here: its data stays in its region. */
     if (strcmp(caller.region, h->cfg.region) != 0) {
         char msg[160];
         snprintf(msg, sizeof(msg), "tenant %s lives in region %s; this hub serves %s",
@@ -269,7 +235,8 @@ void handle_claim(struct hub *h, const struct api_request *req, struct api_respo
         api_error(res, 500, "internal", "random source failed");
         goto out;
     }
-    struct seal_ctx sc = {h, device_id, secret, caller.tenant};
+    struct hub_seal_ctx sc = {h, device_id, secret, caller.tenant, h->cfg.region,
+                              h->cfg.public_endpoint};
     struct store_claim c = {
         .tenant_id = caller.tenant_id,
         .user_id = caller.user_id,
@@ -279,7 +246,7 @@ void handle_claim(struct hub *h, const struct api_request *req, struct api_respo
         .secret_hash = secret_hash,
         .name = name,
         .tags_json = tags_json,
-        .seal = seal_issuance,
+        .seal = hub_seal_issuance,
         .seal_ctx = &sc,
     };
     /* Throttled after validation: a malformed request cannot match and is not counted. */
@@ -291,10 +258,19 @@ void handle_claim(struct hub *h, const struct api_request *req, struct api_respo
     struct store_prov_params p;
     hub_prov_params(h, hub_now_ms(), &p);
     int outcome = STORE_OK;
-    int rc = h->store_ops->claim(h->store, &p, &c, &dev, &outcome);
+    int rc;
+    if (h->cfg.provisioning) {
+        rc = h->store_ops->claim(h->store, &p, &c, &dev, &outcome);
+    } else { /* the issuance lives in eu (docs/protocol.md section 3) */
+        struct region_claim rcl = {caller.tenant_id, caller.tenant, serial, c.code, device_id,
+                                   secret, secret_hash, name, tags_json};
+        rc = region_claim(h, &rcl, &dev, &outcome, res);
+    }
     OPENSSL_cleanse(secret, sizeof(secret));
-    if (rc < 0 || (outcome != STORE_EXPIRED_CODE && outcome != STORE_UNKNOWN_SERIAL))
+    if (rc != 0 || (outcome != STORE_EXPIRED_CODE && outcome != STORE_UNKNOWN_SERIAL))
         h->store_ops->claim_attempt_forgive(h->store, attempt_id); /* not a failed guess */
+    if (rc > 0)
+        goto out; /* answered by region_claim */
     if (rc < 0) {
         api_error(res, 503, "store_unavailable", "the claim could not be stored; retry");
         goto out;

@@ -5,6 +5,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
+#include "phy/config.h"
 #include "phy/crypto.h"
 #include "store.h"
 
@@ -30,6 +31,13 @@ struct hub_config {
     long ping_interval_s; /* device sessions: ping period */
     long ping_timeout_s;  /* no frame for this long closes the session */
     long device_msg_rate; /* messages per second per device (and burst) */
+    /* inter-region (docs/protocol.md section 3) */
+    char *provisioning_url;      /* regional hubs: "https://HOST:PORT" of eu */
+    char *inter_region_key_file; /* regional hubs: this region's key */
+    char *ca_file;               /* regional hubs: PEM verifying eu (NULL: system store) */
+    struct phy_strlist peers;    /* eu: "REGION=KEYFILE", one per regional hub */
+    long inter_region_timeout_s; /* per connect / read / write */
+    long inter_region_attempts;  /* tries of one call on transport failures and 5xx */
 };
 
 /* Counters shown by GET /metrics; updated from the loop and from workers. */
@@ -59,6 +67,10 @@ struct hub {
     struct store *store;
     unsigned char issuance_key[PHY_AEAD_KEY_LEN];
     struct hub_metrics metrics;
+    struct region_ctx *region; /* keys and eu's address (region.c) */
+    /* Called on the loop when a device session opened: regional hubs use it to send
+     * their outbox to eu soon (NULL: nothing to do). */
+    void (*outbox_kick)(struct hub *h);
 };
 
 /* Milliseconds since the Unix epoch (wall clock). */

@@ -10,6 +10,7 @@
 #include <uv.h>
 
 #include "hub.h"
+#include "region.h"
 #include "phy/config.h"
 #include "phy/crypto.h"
 #include "phy/err.h"
@@ -45,6 +46,8 @@ static void config_defaults(struct hub_config *c)
     c->ping_interval_s = 30;
     c->ping_timeout_s = 60;
     c->device_msg_rate = 20;
+    c->inter_region_timeout_s = 5;
+    c->inter_region_attempts = 3;
 }
 
 static void print_help(const struct phy_opt *opts)
@@ -54,7 +57,8 @@ static void print_help(const struct phy_opt *opts)
            "       phyhub admin --db PATH user-add TENANT USER   (password on stdin)\n"
            "       phyhub admin --db PATH token-add TENANT USER  (prints an API token)\n"
            "       phyhub admin --db PATH device-add-bulk N --tenant T [--tag K:V]\n"
-           "                    (load tests: N provisioned devices, credentials as JSON lines)\n\n"
+           "                    (load tests: N provisioned devices, credentials as JSON lines)\n"
+           "       phyhub admin key-new FILE   (a new inter-region key, mode 0600)\n\n"
            "options (each also a key in the --config INI file):\n");
     phy_config_print_help(opts, stdout);
 }
@@ -66,6 +70,7 @@ static void on_sweep_work(uv_work_t *w)
     hub_prov_params(&g_hub, hub_now_ms(), &p);
     if (g_hub.store_ops->sweep(g_hub.store, &p, g_hub.cfg.claim_window_s * 1000) < 0)
         phy_log(PHY_LOG_WARN, "sweep_failed", "store=%s", g_hub.store_ops->name);
+    region_outbox_drain(&g_hub);
 }
 
 static void on_sweep_done(uv_work_t *w, int status)
@@ -84,6 +89,54 @@ static void on_sweep_timer(uv_timer_t *t)
     uv_queue_work(uv_default_loop(), &g_sweep_work, on_sweep_work, on_sweep_done);
 }
 
+/* Outbox kicks (a device session opened): coalesced into one drain per
+ * OUTBOX_KICK_DELAY_MS, never two at once. */
+#define OUTBOX_KICK_DELAY_MS 100
+static uv_timer_t g_outbox_timer;
+static uv_work_t g_outbox_work;
+static int g_outbox_running, g_outbox_again, g_stopping;
+
+static void on_outbox_work(uv_work_t *w)
+{
+    (void)w;
+    region_outbox_drain(&g_hub);
+}
+
+static void on_outbox_timer(uv_timer_t *t);
+
+static void on_outbox_done(uv_work_t *w, int status)
+{
+    (void)w;
+    (void)status;
+    g_outbox_running = 0;
+    if (g_outbox_again && !g_stopping) {
+        g_outbox_again = 0;
+        uv_timer_start(&g_outbox_timer, on_outbox_timer, OUTBOX_KICK_DELAY_MS, 0);
+    }
+}
+
+static void on_outbox_timer(uv_timer_t *t)
+{
+    (void)t;
+    if (g_outbox_running) {
+        g_outbox_again = 1;
+        return;
+    }
+    g_outbox_running = 1;
+    uv_queue_work(uv_default_loop(), &g_outbox_work, on_outbox_work, on_outbox_done);
+}
+
+static void outbox_kick(struct hub *h)
+{
+    (void)h;
+    if (g_stopping)
+        return;
+    if (g_outbox_running)
+        g_outbox_again = 1;
+    else if (!uv_is_active((uv_handle_t *)&g_outbox_timer))
+        uv_timer_start(&g_outbox_timer, on_outbox_timer, OUTBOX_KICK_DELAY_MS, 0);
+}
+
 static void on_signal(uv_signal_t *s, int signum)
 {
     (void)s;
@@ -93,6 +146,8 @@ static void on_signal(uv_signal_t *s, int signum)
     uv_close((uv_handle_t *)&g_sigint, NULL);
     uv_close((uv_handle_t *)&g_sigterm, NULL);
     uv_close((uv_handle_t *)&g_sweep_timer, NULL);
+    g_stopping = 1;
+    uv_close((uv_handle_t *)&g_outbox_timer, NULL);
 }
 
 static int open_store(struct hub *h)
@@ -238,6 +293,18 @@ static int admin_main(int argc, char **argv)
         rc = help ? 0 : 2;
         goto out;
     }
+    if (strcmp(pos[0], "key-new") == 0) {
+        if (npos != 2) {
+            fprintf(stderr, "phyhub admin: key-new FILE\n");
+            goto out;
+        }
+        rc = region_key_new(pos[1], err, sizeof(err)) < 0 ? 1 : 0;
+        if (rc)
+            fprintf(stderr, "phyhub admin: %s\n", err);
+        else
+            printf("inter-region key written to %s\n", pos[1]);
+        goto out;
+    }
     g_hub.cfg.db = db;
     if (open_store(&g_hub) < 0) {
         rc = 1;
@@ -245,8 +312,8 @@ static int admin_main(int argc, char **argv)
     }
     const struct phy_store_ops *ops = g_hub.store_ops;
     if (strcmp(pos[0], "tenant-add") == 0 && npos == 2) {
-        if (!region) {
-            fprintf(stderr, "phyhub admin: tenant-add needs --region\n");
+        if (!region || !region_name_valid(region)) {
+            fprintf(stderr, "phyhub admin: tenant-add needs --region R (1-15 of a-z 0-9 -)\n");
             goto out_close;
         }
         rc = ops->tenant_add(g_hub.store, pos[1], region, &outcome) < 0
@@ -340,6 +407,18 @@ int main(int argc, char **argv)
          "device sessions: close after this long without a frame or pong, s (60)"},
         {"device-msg-rate", PHY_OPT_INT, &c->device_msg_rate, 1, 10000,
          "messages per second per device before rate_limited (20)"},
+        {"provisioning-url", PHY_OPT_STR, &c->provisioning_url, 0, 0,
+         "hubs without --provisioning: eu's inter-region API, https://HOST[:PORT]"},
+        {"inter-region-key-file", PHY_OPT_STR, &c->inter_region_key_file, 0, 0,
+         "hubs without --provisioning: this region's key for eu (mode 0600)"},
+        {"ca", PHY_OPT_STR, &c->ca_file, 0, 0,
+         "PEM bundle that verifies eu's certificate (default: the system store)"},
+        {"peer", PHY_OPT_LIST, &c->peers, 0, 0,
+         "eu only, repeatable: REGION=KEYFILE, the key a regional hub calls with"},
+        {"inter-region-timeout", PHY_OPT_INT, &c->inter_region_timeout_s, 1, 120,
+         "calls to eu: timeout per connect/read/write, s (5)"},
+        {"inter-region-attempts", PHY_OPT_INT, &c->inter_region_attempts, 1, 10,
+         "calls to eu: tries on transport failures and 5xx (3)"},
         {"debug", PHY_OPT_BOOL, &debug, 0, 0, "log debug events"},
         {0},
     };
@@ -386,6 +465,11 @@ int main(int argc, char **argv)
         if (!(c->public_endpoint = strdup(endpoint)))
             goto out;
     }
+    if (region_setup(&g_hub, err, sizeof(err)) < 0) {
+        fprintf(stderr, "phyhub: %s\n", err);
+        rc = 2;
+        goto out;
+    }
     if (open_store(&g_hub) < 0)
         goto out;
     if (c->key_file)
@@ -402,6 +486,11 @@ int main(int argc, char **argv)
         fprintf(stderr, "phyhub: cannot reset presence in the store\n");
         goto out_store;
     }
+    /* A regional hub's claims wait on eu from worker threads (bounded by
+     * --inter-region-timeout and -attempts): more workers keep device traffic moving
+     * while a few claims wait. Set before libuv starts its pool. */
+    if (!c->provisioning && !getenv("UV_THREADPOOL_SIZE"))
+        setenv("UV_THREADPOOL_SIZE", "16", 0);
     uv_loop_t *loop = uv_default_loop();
     if (server_start(&g_hub, loop, &g_server, err, sizeof(err)) < 0) {
         fprintf(stderr, "phyhub: %s\n", err);
@@ -411,13 +500,17 @@ int main(int argc, char **argv)
     uv_signal_init(loop, &g_sigterm);
     uv_signal_start(&g_sigint, on_signal, SIGINT);
     uv_signal_start(&g_sigterm, on_signal, SIGTERM);
+    uv_timer_init(loop, &g_outbox_timer);
+    if (!c->provisioning)
+        g_hub.outbox_kick = outbox_kick;
     uv_timer_init(loop, &g_sweep_timer);
     uv_timer_start(&g_sweep_timer, on_sweep_timer, (uint64_t)c->sweep_interval_s * 1000,
                    (uint64_t)c->sweep_interval_s * 1000);
     phy_log(PHY_LOG_INFO, "started",
-            "region=%s listen=%s provisioning=%s endpoint=%s store=%s code_ttl=%ld "
+            "region=%s listen=%s provisioning=%s eu=%s endpoint=%s store=%s code_ttl=%ld "
             "poll_interval=%ld grace=%ld registration_idle=%ld",
-            c->region, c->listen, c->provisioning ? "on" : "off", c->public_endpoint,
+            c->region, c->listen, c->provisioning ? "on" : "off",
+            c->provisioning_url ? c->provisioning_url : "-", c->public_endpoint,
             g_hub.store_ops->name, c->code_ttl_s, c->poll_interval_s, c->issuance_grace_s,
             c->registration_idle_s);
     uv_run(loop, UV_RUN_DEFAULT);
@@ -428,6 +521,7 @@ out_store:
     OPENSSL_cleanse(g_hub.issuance_key, sizeof(g_hub.issuance_key));
     g_hub.store_ops->close(g_hub.store);
 out:
+    region_cleanup(&g_hub);
     phy_config_free(opts);
     return rc;
 }

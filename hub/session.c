@@ -892,6 +892,8 @@ void session_begin(struct conn *c)
     ss->last_seen_wall = hub_now_ms();
     hub_metric_set(&s->hub->metrics.sessions, s->sessions->count);
     phy_log(PHY_LOG_INFO, "session_open", "device_id=%s peer=%s", ss->device_id, c->peer);
+    if (s->hub->outbox_kick) /* a first session must reach eu's outbox soon */
+        s->hub->outbox_kick(s->hub);
     char ev[96];
     snprintf(ev, sizeof(ev), "{\"device_id\":\"%s\"}", ss->device_id);
     events_publish(s, ss->tenant_id, "online", ev);

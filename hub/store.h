@@ -114,6 +114,49 @@ struct store_device_filter {
     const char *tag_key, *tag_value;
 };
 
+/* ---- inter-region (PROTOCOL.md section 3, docs/protocol.md section 3) ---- */
+
+/* eu: an issuance asked for by another region's hub. The sealed body holds
+ * everything tenant-owned (device ID, secret, tenant, region, endpoint); the row
+ * keeps the device ID in clear only until redelivery ends. */
+struct store_remote_issue {
+    const char *serial; /* exactly one of serial / code is non-NULL */
+    const char *code;   /* normalized */
+    const char *device_id;
+    const char *region; /* the calling region (from its key, never from the body) */
+    /* as in struct store_claim: called inside the transaction with the resolved serial */
+    unsigned char *(*seal)(void *ctx, const char *serial, size_t *out_len);
+    void *seal_ctx;
+};
+
+/* Regional hub (no provisioning): the first step of a claim. */
+struct store_claim_begin {
+    int64_t tenant_id;
+    const char *device_id;
+    const char *secret_hash; /* hex SHA-256 of the device secret */
+    const char *name;        /* may be NULL */
+    const char *tags_json;   /* "{}" when none */
+    const char *serial;      /* NULL for a claim by code (eu names it: claim_confirm) */
+    int64_t now_ms;
+    int64_t hold_ms; /* the row's OUTBOX_CANCEL entry falls due at now_ms + hold_ms */
+};
+
+/* What a regional hub still has to tell eu (kept in its store, retried by the
+ * sweeper, so a crash loses nothing). One entry per (device_id, kind). */
+enum store_outbox_kind {
+    OUTBOX_CANCEL = 1, /* a claim whose outcome is unknown: cancel it at eu, then
+                        * roll back (or forward, when eu already delivered it) */
+    OUTBOX_PURGE = 2,  /* end redelivery at eu: first session, revoke or delete */
+    OUTBOX_REARM = 3,  /* a reset: the serial may be registered and claimed again */
+};
+
+struct store_outbox_item {
+    char device_id[PHY_DEVICE_ID_LEN + 1];
+    int kind;                        /* enum store_outbox_kind */
+    char serial[PHY_SERIAL_MAX + 1]; /* "" when unknown (a claim by code) */
+    int attempts;                    /* failed calls so far */
+};
+
 struct phy_store_ops {
     const char *name; /* "sqlite" */
     /* Opens/creates the store at url (a file path for SQLite). Returns 0 or PHY_E*. */
@@ -182,6 +225,50 @@ struct phy_store_ops {
      * ended, expired codes, throttle rows older than keep_failures_ms. */
     int (*sweep)(struct store *s, const struct store_prov_params *p, int64_t keep_failures_ms);
 
+    /* --- inter-region, eu side (the hub with provisioning) --- */
+    /* Idempotent by device ID: when an issuance of ri->region already carries
+     * ri->device_id: OK again (serial_out set). Another region's: ALREADY_CLAIMED.
+     * Otherwise resolves exactly like claim (EXPIRED_CODE / UNKNOWN_SERIAL /
+     * SERIAL_IN_USE / ALREADY_CLAIMED), stores the sealed issuance bound to the
+     * chosen registration with its region and spends the serial (codes cleared). No
+     * device row is created. serial_out gets the serial. */
+    int (*issue_remote)(struct store *s, const struct store_prov_params *p,
+                        const struct store_remote_issue *ri, char serial_out[PHY_SERIAL_MAX + 1],
+                        int *outcome);
+    /* Ends redelivery of the issuance of region carrying device_id: sealed body and
+     * device ID erased, the serial stays spent. OK or NOT_FOUND. */
+    int (*issuance_purge_remote)(struct store *s, const char *region, const char *device_id,
+                                 int *outcome);
+    /* Withdraws a never-delivered issuance of region (its claim is rolled back): the
+     * row is deleted, so the serial can be claimed again; its registrations stay.
+     * PROVISIONED (serial_out set) when it was already delivered; NOT_FOUND. */
+    int (*issuance_cancel_remote)(struct store *s, const char *region, const char *device_id,
+                                  char serial_out[PHY_SERIAL_MAX + 1], int *outcome);
+    /* A reset in region: deletes the serial's issuance and registrations when that
+     * region spent it. OK; NOT_FOUND when the serial is not spent by that region. */
+    int (*serial_rearm_remote)(struct store *s, const char *region, const char *serial,
+                               int *outcome);
+
+    /* --- inter-region, regional side --- */
+    /* Creates the device row in state "claiming" (invisible to devices_list and
+     * device_get; device_auth accepts it) with remote = 1, plus its OUTBOX_CANCEL
+     * entry. OK or EXISTS (device ID taken). */
+    int (*claim_begin)(struct store *s, const struct store_claim_begin *c, int *outcome);
+    /* eu accepted: a "claiming" row becomes "pending_delivery" with serial (any
+     * other state is kept), the OUTBOX_CANCEL entry is removed, *device (may be
+     * NULL) gets the row. OK or NOT_FOUND (the row is gone). */
+    int (*claim_confirm)(struct store *s, const char *device_id, const char *serial,
+                         struct store_device *device, int *outcome);
+    /* eu refused or never saw the claim: deletes the row when it is still
+     * "claiming" and its OUTBOX_CANCEL entry. */
+    int (*claim_abort)(struct store *s, const char *device_id);
+    /* Outbox entries due at now_ms (next_ms <= now_ms), oldest first, at most max. */
+    int (*outbox_due)(struct store *s, int64_t now_ms, struct store_outbox_item *out, size_t max,
+                      size_t *n);
+    int (*outbox_done)(struct store *s, const char *device_id, int kind);
+    /* A failed call: attempts + 1, due again at next_ms. */
+    int (*outbox_retry)(struct store *s, const char *device_id, int kind, int64_t next_ms);
+
     /* --- devices (console) --- */
     /* Lists a tenant's devices matching f (NULL: all) ordered by device_id, after
      * cursor `after` (or NULL), at most limit; *out malloc'd array of *n (free with
@@ -211,7 +298,11 @@ struct phy_store_ops {
     /* Revokes: state revoked, secret hash erased, pending issuance purged. Reset also
      * re-arms the serial for one new claim (its issuance and registrations are
      * deleted; the revoked device row stays for history). Delete removes the device,
-     * its twin and its issuance. OK or NOT_FOUND. */
+     * its twin and its issuance. OK or NOT_FOUND.
+     * A device with remote = 1 (claimed through eu) also gets, in the same
+     * transaction: revoke/delete while claiming, pending_delivery or provisioned:
+     * an OUTBOX_PURGE entry (due now); reset: an OUTBOX_REARM entry with its serial
+     * (due now) in place of any PURGE entry. */
     int (*device_revoke)(struct store *s, int64_t tenant_id, const char *device_id, int64_t now_ms,
                          int *outcome);
     int (*device_reset)(struct store *s, int64_t tenant_id, const char *device_id, int64_t now_ms,
@@ -225,7 +316,9 @@ struct phy_store_ops {
     int (*device_auth)(struct store *s, const char *device_id, const char *secret_hash,
                        int64_t *tenant_id, int *outcome);
     /* A session started: online, connected_ms = last_seen = now, state -> active,
-     * and the sealed issuance is purged (redelivery ends at the first session). */
+     * and the sealed issuance is purged (redelivery ends at the first session).
+     * A remote = 1 device moving to active from claiming, pending_delivery or
+     * provisioned gets an OUTBOX_PURGE entry (due now) in the same transaction. */
     /* *gen (may be NULL) gets the session generation: it rises with every open, so
      * that the close of an older session cannot mark a newer one offline. */
     int (*session_open)(struct store *s, const char *device_id, int64_t now_ms, int64_t *gen);

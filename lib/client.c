@@ -1072,6 +1072,7 @@ int phy_client_request(const struct phy_client_opts *o, const char *method, cons
                     body_len, &reqhead, &reqlen);
     if (rc != 0)
         goto out;
+    res->sent = 1;
     rc = tls_write_all(c, reqhead, reqlen);
     if (rc == 0 && body != NULL && body_len > 0)
         rc = tls_write_all(c, body, body_len);

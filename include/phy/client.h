@@ -27,6 +27,8 @@ struct phy_client_response {
     int status; /* HTTP status, e.g. 202 */
     char *body; /* NUL-terminated, malloc'd; free with phy_client_response_free */
     size_t body_len;
+    int sent; /* 1 once request bytes were written: also set when the call fails, then the
+               * server may have acted on a request whose answer was lost */
 };
 
 /* Performs one request on a fresh connection: TCP (+ CONNECT through the proxy when

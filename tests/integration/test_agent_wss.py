@@ -354,7 +354,7 @@ def test_certificate_time_floor():
     port = phytest.free_port()
     hub = ST.daemon([binary("phyhub"), "--region", "eu", "--listen", "127.0.0.1:%d" % port,
                      "--db", os.path.join(ST.dir, "future", "hub.db"), "--tls-cert", cert,
-                     "--tls-key", key], "phyhub-future")
+                     "--tls-key", key, "--provisioning"], "phyhub-future")
     hub.wait_port(port)
     state = os.path.join(ST.dir, "agent-future")
     os.makedirs(state)

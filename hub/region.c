@@ -1,0 +1,764 @@
+/* Multi-region (docs/protocol.md section 3): keys, eu's internal API, and a regional
+ * hub's claims through eu plus its outbox. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <openssl/crypto.h>
+
+#include "handlers.h"
+#include "phy/client.h"
+#include "phy/crypto.h"
+#include "phy/err.h"
+#include "phy/log.h"
+#include "region.h"
+
+#define OUTBOX_BATCH 64
+#define OUTBOX_BACKOFF_MIN_MS 2000
+#define OUTBOX_BACKOFF_MAX_MS 300000
+#define RETRY_BASE_MS 200
+#define TENANT_MAX STORE_NAME_MAX
+#define ENDPOINT_MAX 255
+
+struct region_peer {
+    char name[REGION_NAME_MAX + 1];
+    char key[REGION_KEY_MAX + 1];
+};
+
+struct region_ctx {
+    /* regional hub: eu's address and this region's key */
+    char eu_host[256];
+    unsigned eu_port;
+    char key[REGION_KEY_MAX + 1];
+    /* eu: one key per regional hub */
+    struct region_peer *peers;
+    size_t npeers;
+};
+
+__attribute__((format(printf, 3, 4))) static void set_err(char *err, size_t cap,
+                                                          const char *fmt, ...)
+{
+    va_list ap;
+    if (!err || !cap)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(err, cap, fmt, ap);
+    va_end(ap);
+}
+
+int region_name_valid(const char *s)
+{
+    size_t n = s ? strlen(s) : 0;
+    if (n == 0 || n > REGION_NAME_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char ch = s[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+/* ---- key files ---- */
+
+int region_key_load(const char *path, char out[REGION_KEY_MAX + 1], char *err, size_t errcap)
+{
+    char buf[REGION_KEY_MAX + 3];
+    struct stat st;
+    int rc = PHY_EINVAL;
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        set_err(err, errcap, "key file %s: %s", path, strerror(errno));
+        return PHY_EIO;
+    }
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        set_err(err, errcap, "key file %s: %s", path, "not a regular file");
+        goto out;
+    }
+    if (st.st_mode & 077) {
+        set_err(err, errcap, "key file %s: %s", path,
+                "readable by group or others (chmod 600 it)");
+        goto out;
+    }
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    if (n < 0) {
+        set_err(err, errcap, "key file %s: %s", path, strerror(errno));
+        rc = PHY_EIO;
+        goto out;
+    }
+    while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
+        n--;
+    buf[n] = '\0';
+    if (n < REGION_KEY_MIN || n > REGION_KEY_MAX) {
+        set_err(err, errcap, "key file %s: %s", path,
+                "expected one line of 32 to 128 characters");
+        goto out;
+    }
+    for (ssize_t i = 0; i < n; i++) {
+        if (buf[i] <= ' ' || buf[i] > '~') {
+            set_err(err, errcap, "key file %s: %s", path,
+                    "the key must be printable ASCII without spaces");
+            goto out;
+        }
+    }
+    memcpy(out, buf, (size_t)n + 1);
+    rc = 0;
+out:
+    OPENSSL_cleanse(buf, sizeof buf);
+    close(fd);
+    return rc;
+}
+
+int region_key_new(const char *path, char *err, size_t errcap)
+{
+    char key[PHY_TOKEN_LEN + 2];
+    int rc = PHY_EIO;
+    if (phy_token_new(key) < 0) {
+        set_err(err, errcap, "%s", "random source failed");
+        return PHY_ECRYPTO;
+    }
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        set_err(err, errcap, "key file %s: %s", path, strerror(errno));
+        OPENSSL_cleanse(key, sizeof key);
+        return errno == EEXIST ? PHY_EEXIST : PHY_EIO;
+    }
+    size_t n = strlen(key);
+    key[n++] = '\n';
+    if (write(fd, key, n) == (ssize_t)n && fsync(fd) == 0)
+        rc = 0;
+    else
+        set_err(err, errcap, "key file %s: %s", path, strerror(errno));
+    close(fd);
+    if (rc != 0)
+        unlink(path);
+    OPENSSL_cleanse(key, sizeof key);
+    return rc;
+}
+
+/* ---- set-up ---- */
+
+static int parse_url(struct region_ctx *r, const char *url, char *err, size_t errcap)
+{
+    static const char scheme[] = "https://";
+    char hostport[300];
+    size_t n;
+    if (strncmp(url, scheme, sizeof scheme - 1) != 0) {
+        set_err(err, errcap, "--provisioning-url %s: %s", url, "expected https://HOST[:PORT]");
+        return PHY_EINVAL;
+    }
+    url += sizeof scheme - 1;
+    n = strlen(url);
+    if (n > 0 && url[n - 1] == '/')
+        n--;
+    if (n == 0 || n >= sizeof hostport || memchr(url, '/', n)) {
+        set_err(err, errcap, "--provisioning-url %s: %s", url, "expected https://HOST[:PORT]");
+        return PHY_EINVAL;
+    }
+    memcpy(hostport, url, n);
+    hostport[n] = '\0';
+    if (phy_client_parse_hostport(hostport, r->eu_host, sizeof r->eu_host, &r->eu_port, 443) != 0) {
+        set_err(err, errcap, "--provisioning-url %s: %s", url, "expected https://HOST[:PORT]");
+        return PHY_EINVAL;
+    }
+    return 0;
+}
+
+static int load_peers(struct hub *h, struct region_ctx *r, char *err, size_t errcap)
+{
+    const struct phy_strlist *l = &h->cfg.peers;
+    r->peers = calloc(l->n ? l->n : 1, sizeof *r->peers);
+    if (!r->peers)
+        return PHY_ENOMEM;
+    for (size_t i = 0; i < l->n; i++) {
+        const char *eq = strchr(l->items[i], '=');
+        struct region_peer *p = &r->peers[i];
+        size_t nl = eq ? (size_t)(eq - l->items[i]) : 0;
+        if (!eq || nl == 0 || nl > REGION_NAME_MAX || !eq[1]) {
+            set_err(err, errcap, "--peer %s: %s", l->items[i], "expected REGION=KEYFILE");
+            return PHY_EINVAL;
+        }
+        memcpy(p->name, l->items[i], nl);
+        p->name[nl] = '\0';
+        if (!region_name_valid(p->name) || strcmp(p->name, h->cfg.region) == 0) {
+            set_err(err, errcap, "--peer %s: %s", l->items[i],
+                    "the region must be 1-15 of a-z 0-9 - and not this hub's own");
+            return PHY_EINVAL;
+        }
+        int rc = region_key_load(eq + 1, p->key, err, errcap);
+        if (rc)
+            return rc;
+        for (size_t j = 0; j < i; j++) {
+            if (strcmp(r->peers[j].name, p->name) == 0 || strcmp(r->peers[j].key, p->key) == 0) {
+                set_err(err, errcap, "--peer %s: %s", p->name,
+                        "each region once, each with its own key");
+                return PHY_EINVAL;
+            }
+        }
+        r->npeers++;
+    }
+    return 0;
+}
+
+int region_setup(struct hub *h, char *err, size_t errcap)
+{
+    const struct hub_config *c = &h->cfg;
+    int rc;
+    if (!region_name_valid(c->region)) {
+        set_err(err, errcap, "--region %s: %s", c->region, "expected 1-15 of a-z 0-9 -");
+        return PHY_EINVAL;
+    }
+    struct region_ctx *r = calloc(1, sizeof *r);
+    if (!r)
+        return PHY_ENOMEM;
+    h->region = r;
+    if (c->provisioning) {
+        if (c->provisioning_url || c->inter_region_key_file) {
+            set_err(err, errcap, "%s", "--provisioning-url and --inter-region-key-file are for hubs without "
+                    "--provisioning (eu takes --peer REGION=KEYFILE)");
+            return PHY_EINVAL;
+        }
+        return load_peers(h, r, err, errcap);
+    }
+    if (c->peers.n) {
+        set_err(err, errcap, "%s", "--peer is for the hub with --provisioning (eu)");
+        return PHY_EINVAL;
+    }
+    if (!c->provisioning_url || !c->inter_region_key_file) {
+        set_err(err, errcap, "%s", "a hub without --provisioning needs --provisioning-url and "
+                "--inter-region-key-file (claims go through eu)");
+        return PHY_EINVAL;
+    }
+    if ((rc = parse_url(r, c->provisioning_url, err, errcap)))
+        return rc;
+    return region_key_load(c->inter_region_key_file, r->key, err, errcap);
+}
+
+void region_cleanup(struct hub *h)
+{
+    struct region_ctx *r = h->region;
+    if (!r)
+        return;
+    if (r->peers)
+        OPENSSL_cleanse(r->peers, r->npeers * sizeof *r->peers);
+    free(r->peers);
+    OPENSSL_cleanse(r, sizeof *r);
+    free(r);
+    h->region = NULL;
+}
+
+/* ---- sealing ---- */
+
+unsigned char *hub_seal_issuance(void *ctx, const char *serial, size_t *out_len)
+{
+    struct hub_seal_ctx *s = ctx;
+    (void)serial;
+    json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "status", "provisioned", "device_id",
+                          s->device_id, "device_secret", s->secret, "tenant", s->tenant, "region",
+                          s->region, "endpoint", s->endpoint);
+    char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    if (!text)
+        return NULL;
+    size_t n = strlen(text);
+    unsigned char *out = malloc(n + PHY_AEAD_OVERHEAD);
+    int r = out ? phy_aead_seal(s->h->issuance_key, s->device_id, strlen(s->device_id), text, n,
+                                out, n + PHY_AEAD_OVERHEAD)
+                : PHY_ENOMEM;
+    OPENSSL_cleanse(text, n);
+    free(text);
+    if (r < 0) {
+        free(out);
+        return NULL;
+    }
+    *out_len = (size_t)r;
+    return out;
+}
+
+/* ---- eu: the internal API ---- */
+
+/* Resolves the caller's region from its bearer key: every peer key is compared in
+ * constant time. -1 with 401 in res when missing or unknown. */
+static int peer_auth(struct hub *h, const struct api_request *req, struct api_response *res,
+                     const char **region)
+{
+    static const char bearer[] = "Bearer ";
+    const struct region_ctx *r = h->region;
+    const char *a = req->authorization;
+    const char *found = NULL;
+    const char *why = "missing";
+    if (a && strncmp(a, bearer, sizeof bearer - 1) == 0) {
+        const char *key = a + sizeof bearer - 1;
+        size_t n = strlen(key);
+        why = "unknown_key";
+        for (size_t i = 0; r && i < r->npeers; i++) {
+            if (n == strlen(r->peers[i].key) && phy_ct_equal(key, r->peers[i].key, n))
+                found = r->peers[i].name;
+        }
+    }
+    if (found) {
+        *region = found;
+        return 0;
+    }
+    hub_metric_add(&h->metrics.auth_failures, 1);
+    phy_log(PHY_LOG_WARN, "inter_region_auth_failed", "reason=%s path=%s", why, req->path);
+    api_error(res, 401, "unauthorized", "a valid inter-region key is required");
+    snprintf(res->extra_headers, sizeof res->extra_headers,
+             "WWW-Authenticate: Bearer realm=\"phystack-internal\"\r\n");
+    snprintf(res->log, sizeof res->log, "inter_region_auth=%s", why);
+    return -1;
+}
+
+static int name_ok(const char *s, size_t max)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > max)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char ch = s[i];
+        if (!((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
+              ch == '.' || ch == '_' || ch == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+static int secret_ok(const char *s)
+{
+    if (strlen(s) != PHY_TOKEN_LEN)
+        return 0;
+    for (size_t i = 0; i < PHY_TOKEN_LEN; i++) {
+        char ch = s[i];
+        if (!((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
+              ch == '-' || ch == '_'))
+            return 0;
+    }
+    return 1;
+}
+
+static void store_failed(struct api_response *res)
+{
+    api_error(res, 503, "store_unavailable", "the store failed; retry later");
+}
+
+void handle_internal_issue(struct hub *h, const struct api_request *req, struct api_response *res)
+{
+    static const char *const fields[] = {"serial",   "code",   "device_id", "device_secret",
+                                         "tenant",   "region", "endpoint",  NULL};
+    const char *caller, *serial, *code_in, *device_id, *secret, *tenant, *region, *endpoint;
+    char code[PHY_CODE_LEN + 1], host[256], serial_out[PHY_SERIAL_MAX + 1] = "";
+    unsigned port;
+    json_t *body = NULL;
+
+    if (peer_auth(h, req, res, &caller) < 0 || api_parse_body(req, res, &body) < 0)
+        return;
+    if (api_check_fields(body, fields, res) < 0 ||
+        api_get_string(body, "serial", 0, &serial, res) < 0 ||
+        api_get_string(body, "code", 0, &code_in, res) < 0 ||
+        api_get_string(body, "device_id", 1, &device_id, res) < 0 ||
+        api_get_string(body, "device_secret", 1, &secret, res) < 0 ||
+        api_get_string(body, "tenant", 1, &tenant, res) < 0 ||
+        api_get_string(body, "region", 1, &region, res) < 0 ||
+        api_get_string(body, "endpoint", 1, &endpoint, res) < 0)
+        goto out;
+    if ((serial == NULL) == (code_in == NULL)) {
+        api_error(res, 400, "bad_request", "give exactly one of 'serial' or 'code'");
+        goto out;
+    }
+    if (serial && !phy_serial_valid(serial, strlen(serial))) {
+        api_error(res, 400, "bad_request", "serial must be 1-64 characters of A-Z a-z 0-9 . _ -");
+        goto out;
+    }
+    if (code_in && phy_code_normalize(code_in, strlen(code_in), code) < 0) {
+        api_error(res, 400, "bad_request", "a code is 6 characters of " PHY_CODE_ALPHABET);
+        goto out;
+    }
+    if (!api_device_id_valid(device_id, strlen(device_id)) || !secret_ok(secret) ||
+        !name_ok(tenant, TENANT_MAX) || !region_name_valid(region) ||
+        strlen(endpoint) > ENDPOINT_MAX ||
+        phy_client_parse_hostport(endpoint, host, sizeof host, &port, 0) != 0) {
+        api_error(res, 400, "bad_request",
+                  "device_id, device_secret, tenant, region or endpoint is malformed");
+        goto out;
+    }
+    snprintf(res->log, sizeof res->log, "peer=%s by=%s", caller, serial ? "serial" : "code");
+    if (strcmp(region, caller) != 0) {
+        api_error(res, 403, "wrong_region", "this key cannot issue for that region");
+        goto out;
+    }
+    struct hub_seal_ctx sc = {h, device_id, secret, tenant, region, endpoint};
+    struct store_remote_issue ri = {
+        .serial = serial,
+        .code = code_in ? code : NULL,
+        .device_id = device_id,
+        .region = caller,
+        .seal = hub_seal_issuance,
+        .seal_ctx = &sc,
+    };
+    struct store_prov_params p;
+    hub_prov_params(h, hub_now_ms(), &p);
+    int outcome = STORE_OK;
+    if (h->store_ops->issue_remote(h->store, &p, &ri, serial_out, &outcome) < 0) {
+        store_failed(res);
+        goto out;
+    }
+    snprintf(res->log, sizeof res->log, "peer=%s by=%s serial=%s outcome=%d", caller,
+             serial ? "serial" : "code", serial_out[0] ? serial_out : "-", outcome);
+    switch (outcome) {
+    case STORE_OK:
+        hub_metric_add(&h->metrics.prov_claimed, 1);
+        api_json(res, 201,
+                 json_pack("{s:s, s:s}", "device_id", device_id, "serial", serial_out));
+        break;
+    case STORE_EXPIRED_CODE:
+        api_error(res, 404, "expired_code", "no device shows this code (expired or mistyped)");
+        break;
+    case STORE_UNKNOWN_SERIAL:
+        api_error(res, 404, "unknown_serial", "no device with this serial is waiting");
+        break;
+    case STORE_SERIAL_IN_USE:
+        api_error(res, 409, "serial_in_use",
+                  "more than one device registers this serial; enter the code shown on the "
+                  "device's screen instead");
+        break;
+    case STORE_ALREADY_CLAIMED:
+        api_error(res, 409, "already_claimed", "this device has already been claimed");
+        break;
+    default:
+        api_error(res, 500, "internal", "unexpected store outcome");
+    }
+out:
+    json_decref(body);
+}
+
+void handle_internal_purge(struct hub *h, const struct api_request *req, const char *id,
+                           struct api_response *res)
+{
+    const char *caller;
+    int outcome = STORE_OK;
+    if (peer_auth(h, req, res, &caller) < 0)
+        return;
+    snprintf(res->log, sizeof res->log, "peer=%s", caller);
+    if (h->store_ops->issuance_purge_remote(h->store, caller, id, &outcome) < 0) {
+        store_failed(res);
+        return;
+    }
+    if (outcome != STORE_OK) {
+        api_error(res, 404, "not_found", "no issuance of your region carries this device ID");
+        return;
+    }
+    res->status = 204;
+}
+
+void handle_internal_cancel(struct hub *h, const struct api_request *req, const char *id,
+                            struct api_response *res)
+{
+    const char *caller;
+    char serial[PHY_SERIAL_MAX + 1] = "";
+    int outcome = STORE_OK;
+    if (peer_auth(h, req, res, &caller) < 0)
+        return;
+    snprintf(res->log, sizeof res->log, "peer=%s", caller);
+    if (h->store_ops->issuance_cancel_remote(h->store, caller, id, serial, &outcome) < 0) {
+        store_failed(res);
+        return;
+    }
+    if (outcome == STORE_PROVISIONED) {
+        api_json(res, 409,
+                 json_pack("{s:s, s:s, s:s}", "error", "already_delivered", "message",
+                           "the device already fetched its credentials", "serial", serial));
+        return;
+    }
+    if (outcome != STORE_OK) {
+        api_error(res, 404, "not_found", "no issuance of your region carries this device ID");
+        return;
+    }
+    res->status = 204;
+}
+
+void handle_internal_rearm(struct hub *h, const struct api_request *req, struct api_response *res)
+{
+    static const char *const fields[] = {"serial", NULL};
+    const char *caller, *serial;
+    json_t *body = NULL;
+    int outcome = STORE_OK;
+    if (peer_auth(h, req, res, &caller) < 0 || api_parse_body(req, res, &body) < 0)
+        return;
+    if (api_check_fields(body, fields, res) < 0 ||
+        api_get_string(body, "serial", 1, &serial, res) < 0)
+        goto out;
+    if (!phy_serial_valid(serial, strlen(serial))) {
+        api_error(res, 400, "bad_request", "serial must be 1-64 characters of A-Z a-z 0-9 . _ -");
+        goto out;
+    }
+    snprintf(res->log, sizeof res->log, "peer=%s serial=%s", caller, serial);
+    if (h->store_ops->serial_rearm_remote(h->store, caller, serial, &outcome) < 0) {
+        store_failed(res);
+        goto out;
+    }
+    if (outcome != STORE_OK)
+        api_error(res, 404, "not_found", "your region did not spend this serial");
+    else
+        res->status = 204;
+out:
+    json_decref(body);
+}
+
+/* ---- regional hub: calls to eu ---- */
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
+/* One call to eu with retries on transport failures and 5xx (safe: every internal
+ * call is idempotent). Returns 0 with res (status and body) or a negative PHY_E*
+ * when no answer came; *sent = 1 when some request may have reached eu. */
+static int eu_call(struct hub *h, const char *method, const char *path, const char *body,
+                   struct phy_client_response *res, int *sent, char *err, size_t errcap)
+{
+    const struct region_ctx *r = h->region;
+    char auth[sizeof "Authorization: Bearer \r\n" + REGION_KEY_MAX];
+    struct phy_client_opts o = {
+        .host = r->eu_host,
+        .port = r->eu_port,
+        .ca_file = h->cfg.ca_file,
+        .timeout_ms = (int)(h->cfg.inter_region_timeout_s * 1000),
+    };
+    int rc = PHY_EIO;
+    long attempts = h->cfg.inter_region_attempts > 0 ? h->cfg.inter_region_attempts : 1;
+    *sent = 0;
+    snprintf(auth, sizeof auth, "Authorization: Bearer %s\r\n", r->key);
+    for (long i = 0; i < attempts; i++) {
+        if (i > 0)
+            sleep_ms(RETRY_BASE_MS << (i - 1 < 6 ? i - 1 : 6));
+        rc = phy_client_request(&o, method, path, auth, body ? "application/json" : NULL, body,
+                                body ? strlen(body) : 0, res, err, errcap);
+        if (res->sent)
+            *sent = 1;
+        if (rc == 0 && res->status < 500)
+            break;
+        if (rc == 0) {
+            snprintf(err, errcap, "eu answered %d", res->status);
+            if (i + 1 < attempts)
+                phy_client_response_free(res);
+        }
+        phy_log(PHY_LOG_WARN, "inter_region_call_failed", "method=%s path=%s attempt=%ld err=\"%s\"",
+                method, path, i + 1, err);
+    }
+    OPENSSL_cleanse(auth, sizeof auth);
+    return rc;
+}
+
+/* The "error" member of eu's JSON answer, copied into out ("" when absent). */
+static void answer_field(const struct phy_client_response *res, const char *key, char *out,
+                         size_t cap)
+{
+    json_t *o = res->body ? json_loads(res->body, JSON_REJECT_DUPLICATES, NULL) : NULL;
+    json_t *v = json_is_object(o) ? json_object_get(o, key) : NULL;
+    snprintf(out, cap, "%s", json_is_string(v) ? json_string_value(v) : "");
+    json_decref(o);
+}
+
+static void unavailable(struct hub *h, struct api_response *res, const char *why)
+{
+    char msg[200];
+    snprintf(msg, sizeof msg, "the provisioning region (eu) cannot be reached (%s); retry", why);
+    api_error(res, 503, "provisioning_unavailable", msg);
+    snprintf(res->extra_headers, sizeof res->extra_headers, "Retry-After: %ld\r\n",
+             h->cfg.inter_region_timeout_s);
+}
+
+int region_claim(struct hub *h, const struct region_claim *c, struct store_device *dev,
+                 int *outcome, struct api_response *res)
+{
+    struct phy_client_response ans = {0};
+    char err[200] = "", code[64] = "", serial[PHY_SERIAL_MAX + 1] = "";
+    int sent = 0, rc, result = 1;
+    int64_t now = hub_now_ms();
+    /* The cancel entry falls due only after every try of the call has ended. */
+    int64_t budget = (h->cfg.inter_region_timeout_s * 3000 + 1000) * h->cfg.inter_region_attempts;
+    struct store_claim_begin b = {
+        .tenant_id = c->tenant_id,
+        .device_id = c->device_id,
+        .secret_hash = c->secret_hash,
+        .name = c->name,
+        .tags_json = c->tags_json,
+        .serial = c->serial,
+        .now_ms = now,
+        .hold_ms = 2 * budget,
+    };
+    *outcome = STORE_OK;
+    if (h->store_ops->claim_begin(h->store, &b, outcome) < 0 || *outcome != STORE_OK) {
+        store_failed(res);
+        return 1;
+    }
+    json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", c->serial ? "serial" : "code",
+                          c->serial ? c->serial : c->code, "device_id", c->device_id,
+                          "device_secret", c->secret, "tenant", c->tenant, "region",
+                          h->cfg.region, "endpoint", h->cfg.public_endpoint);
+    char *body = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    if (!body) {
+        h->store_ops->claim_abort(h->store, c->device_id);
+        api_error(res, 500, "internal", "out of memory");
+        return 1;
+    }
+    rc = eu_call(h, "POST", "/internal/v1/issuances", body, &ans, &sent, err, sizeof err);
+    OPENSSL_cleanse(body, strlen(body));
+    free(body);
+
+    if (rc < 0 || ans.status >= 500) {
+        /* No answer. When nothing can have reached eu the claim is simply undone;
+         * otherwise the outbox cancels it at eu first (it stays hidden meanwhile). */
+        if (!sent)
+            h->store_ops->claim_abort(h->store, c->device_id);
+        phy_log(PHY_LOG_WARN, "claim_unavailable", "device_id=%s sent=%d err=\"%s\"",
+                c->device_id, sent, err);
+        unavailable(h, res, err);
+        goto out;
+    }
+    if (ans.status == 201) {
+        answer_field(&ans, "serial", serial, sizeof serial);
+        if (!phy_serial_valid(serial, strlen(serial)) ||
+            (c->serial && strcmp(serial, c->serial) != 0)) {
+            /* eu accepted but named no usable serial: leave it to the outbox. */
+            unavailable(h, res, "eu's answer is malformed");
+            goto out;
+        }
+        if (h->store_ops->claim_confirm(h->store, c->device_id, serial, dev, outcome) < 0) {
+            store_failed(res); /* the outbox completes or cancels it later */
+            goto out;
+        }
+        if (*outcome != STORE_OK) { /* rolled back meanwhile by the outbox */
+            unavailable(h, res, "the claim took too long");
+            goto out;
+        }
+        result = 0;
+        goto out;
+    }
+    /* eu refused: nothing was issued; undo the row and pass the refusal on. */
+    h->store_ops->claim_abort(h->store, c->device_id);
+    answer_field(&ans, "error", code, sizeof code);
+    if (ans.status == 404 && strcmp(code, "expired_code") == 0)
+        *outcome = STORE_EXPIRED_CODE;
+    else if (ans.status == 404 && strcmp(code, "unknown_serial") == 0)
+        *outcome = STORE_UNKNOWN_SERIAL;
+    else if (ans.status == 409 && strcmp(code, "serial_in_use") == 0)
+        *outcome = STORE_SERIAL_IN_USE;
+    else if (ans.status == 409 && strcmp(code, "already_claimed") == 0)
+        *outcome = STORE_ALREADY_CLAIMED;
+    else {
+        phy_log(PHY_LOG_ERROR, "claim_refused_by_eu", "status=%d error=%s", ans.status,
+                code[0] ? code : "-");
+        api_error(res, 502, "provisioning_refused",
+                  "the provisioning region refused this hub (check its inter-region key and "
+                  "region)");
+        goto out;
+    }
+    result = 0;
+out:
+    phy_client_response_free(&ans);
+    return result;
+}
+
+/* ---- regional hub: the outbox ---- */
+
+static int64_t backoff_ms(int attempts)
+{
+    int64_t ms = OUTBOX_BACKOFF_MIN_MS;
+    for (int i = 0; i < attempts && ms < OUTBOX_BACKOFF_MAX_MS; i++)
+        ms *= 2;
+    return ms < OUTBOX_BACKOFF_MAX_MS ? ms : OUTBOX_BACKOFF_MAX_MS;
+}
+
+/* Sends one entry. 1 done, 0 retry later, -1 eu did not answer (stop for now). */
+static int outbox_send(struct hub *h, const struct store_outbox_item *it)
+{
+    struct phy_client_response ans = {0};
+    char path[128], err[200] = "", serial[PHY_SERIAL_MAX + 1] = "";
+    char *body = NULL;
+    int sent, done = 0, outcome;
+    const char *method = "POST";
+    switch (it->kind) {
+    case OUTBOX_CANCEL:
+        snprintf(path, sizeof path, "/internal/v1/issuances/%s/cancel", it->device_id);
+        break;
+    case OUTBOX_PURGE:
+        method = "DELETE";
+        snprintf(path, sizeof path, "/internal/v1/issuances/%s", it->device_id);
+        break;
+    case OUTBOX_REARM: {
+        json_t *o = json_pack("{s:s}", "serial", it->serial);
+        body = o ? json_dumps(o, JSON_COMPACT) : NULL;
+        json_decref(o);
+        if (!body)
+            return 0;
+        snprintf(path, sizeof path, "/internal/v1/serials/rearm");
+        break;
+    }
+    default:
+        return 1; /* unknown kind: drop it */
+    }
+    if (eu_call(h, method, path, body, &ans, &sent, err, sizeof err) < 0 || ans.status >= 500) {
+        done = -1;
+        goto out;
+    }
+    switch (it->kind) {
+    case OUTBOX_CANCEL:
+        if (ans.status == 409) { /* delivered: the device is real, complete the claim */
+            answer_field(&ans, "serial", serial, sizeof serial);
+            done = phy_serial_valid(serial, strlen(serial)) &&
+                   h->store_ops->claim_confirm(h->store, it->device_id, serial, NULL, &outcome) == 0;
+        } else if (ans.status == 204 || ans.status == 404) {
+            done = h->store_ops->claim_abort(h->store, it->device_id) == 0;
+        }
+        break;
+    default: /* 404: eu has nothing (any more) to end */
+        done = ans.status == 204 || ans.status == 404;
+    }
+    if (!done && ans.status != 0)
+        snprintf(err, sizeof err, "eu answered %d", ans.status);
+out:
+    if (done > 0)
+        phy_log(PHY_LOG_INFO, "outbox_sent", "device_id=%s kind=%d status=%d", it->device_id,
+                it->kind, ans.status);
+    else
+        phy_log(PHY_LOG_WARN, "outbox_retry", "device_id=%s kind=%d attempts=%d err=\"%s\"",
+                it->device_id, it->kind, it->attempts + 1, err);
+    phy_client_response_free(&ans);
+    free(body);
+    return done;
+}
+
+void region_outbox_drain(struct hub *h)
+{
+    struct store_outbox_item items[OUTBOX_BATCH];
+    size_t n = 0;
+    if (h->cfg.provisioning || !h->region)
+        return;
+    if (h->store_ops->outbox_due(h->store, hub_now_ms(), items, OUTBOX_BATCH, &n) < 0) {
+        phy_log(PHY_LOG_WARN, "outbox_failed", "store=%s", h->store_ops->name);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        int r = outbox_send(h, &items[i]);
+        if (r > 0) {
+            h->store_ops->outbox_done(h->store, items[i].device_id, items[i].kind);
+            continue;
+        }
+        h->store_ops->outbox_retry(h->store, items[i].device_id, items[i].kind,
+                                   hub_now_ms() + backoff_ms(items[i].attempts));
+        if (r < 0) /* eu is unreachable: the rest waits for the next round */
+            break;
+    }
+}
