@@ -19,8 +19,8 @@
 #include "phy/twin.h"
 #include "store.h"
 
-#define SCHEMA_VERSION 2
-#define REGION_MAX 15       /* token_auth's region[16] */
+#define SCHEMA_VERSION 3
+#define REGION_MAX 15       /* token_auth's region[16], a peer region's name */
 #define PW_HASH_MAX 512     /* an encoded argon2id hash is ~100 chars */
 #define TAGS_JSON_MAX 65536 /* console tags are a small object */
 #define LIST_MAX 1000       /* devices_list never returns more rows than this */
@@ -35,6 +35,18 @@ struct store {
     sqlite3 *db;
     pthread_mutex_t mu;
 };
+
+/* A regional hub's calls to eu that are still owed (enum store_outbox_kind). */
+#define OUTBOX_SQL                                                                                 \
+    "CREATE TABLE IF NOT EXISTS outbox("                                                           \
+    "  device_id TEXT NOT NULL,"                                                                   \
+    "  kind INTEGER NOT NULL,"                                                                     \
+    "  serial TEXT NOT NULL DEFAULT '',"                                                           \
+    "  attempts INTEGER NOT NULL DEFAULT 0,"                                                       \
+    "  next_ms INTEGER NOT NULL,"                                                                  \
+    "  created_ms INTEGER NOT NULL,"                                                               \
+    "  PRIMARY KEY(device_id, kind));"                                                             \
+    "CREATE INDEX IF NOT EXISTS outbox_next ON outbox(next_ms);"
 
 /* A fresh store is created at SCHEMA_VERSION directly; older ones are migrated
  * step by step (MIGRATE_SQL[v] takes version v to v + 1). */
@@ -84,7 +96,8 @@ static const char SCHEMA_SQL[] =
     "  disconnected_ms INTEGER NOT NULL DEFAULT 0,"
     "  last_status_json TEXT,"
     "  last_status_ms INTEGER NOT NULL DEFAULT 0,"
-    "  session_gen INTEGER NOT NULL DEFAULT 0);"
+    "  session_gen INTEGER NOT NULL DEFAULT 0,"
+    "  remote INTEGER NOT NULL DEFAULT 0);" /* 1: claimed through eu (section 3) */
     "CREATE INDEX IF NOT EXISTS devices_tenant ON devices(tenant_id, device_id);"
     "CREATE INDEX IF NOT EXISTS devices_tenant_online ON devices(tenant_id, online, device_id);"
     /* A device without a twins row has the empty twin at versions 0. */
@@ -94,6 +107,8 @@ static const char SCHEMA_SQL[] =
     "  desired_version INTEGER NOT NULL DEFAULT 0,"
     "  reported TEXT NOT NULL DEFAULT '{}',"
     "  reported_version INTEGER NOT NULL DEFAULT 0);"
+    /* region: NULL for eu's own claims, else the peer region that asked for the
+     * issuance (whose device_id is '' once redelivery ended). */
     "CREATE TABLE IF NOT EXISTS issuances("
     "  serial TEXT PRIMARY KEY,"
     "  code TEXT,"
@@ -101,9 +116,11 @@ static const char SCHEMA_SQL[] =
     "  device_id TEXT NOT NULL,"
     "  sealed BLOB,"
     "  created_ms INTEGER NOT NULL,"
-    "  delivered_ms INTEGER);"
+    "  delivered_ms INTEGER,"
+    "  region TEXT);"
     "CREATE INDEX IF NOT EXISTS issuances_code ON issuances(code);"
     "CREATE INDEX IF NOT EXISTS issuances_token ON issuances(token_hash);"
+    "CREATE INDEX IF NOT EXISTS issuances_device ON issuances(device_id);" OUTBOX_SQL
     "CREATE TABLE IF NOT EXISTS claim_failures("
     "  tenant_id INTEGER NOT NULL,"
     "  user_id INTEGER NOT NULL,"
@@ -128,9 +145,16 @@ static const char MIGRATE_1_2_SQL[] =
     "  reported TEXT NOT NULL DEFAULT '{}',"
     "  reported_version INTEGER NOT NULL DEFAULT 0);";
 
+/* Version 2 -> 3: inter-region provisioning. The result matches SCHEMA_SQL. */
+static const char MIGRATE_2_3_SQL[] =
+    "ALTER TABLE devices ADD COLUMN remote INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE issuances ADD COLUMN region TEXT;"
+    "CREATE INDEX issuances_device ON issuances(device_id);" OUTBOX_SQL;
+
 static const char *const MIGRATE_SQL[SCHEMA_VERSION] = {
     NULL, /* 0: a fresh store gets SCHEMA_SQL */
     MIGRATE_1_2_SQL,
+    MIGRATE_2_3_SQL,
 };
 
 /* ---- input checks ---- */
@@ -164,6 +188,28 @@ static int serial_ok(const char *s)
 static int hash_ok(const char *s)
 {
     return str_ok(s, PHY_HASH_HEX_LEN);
+}
+
+/* 1 when s names a region: 1..REGION_MAX characters of [a-z0-9-]. */
+static int region_ok(const char *s)
+{
+    if (!str_ok(s, REGION_MAX))
+        return 0;
+    for (; *s; s++) {
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') || *s == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+static int device_id_ok(const char *s)
+{
+    return str_ok(s, PHY_DEVICE_ID_LEN);
+}
+
+static int outbox_kind_ok(int kind)
+{
+    return kind == OUTBOX_CANCEL || kind == OUTBOX_PURGE || kind == OUTBOX_REARM;
 }
 
 /* Upper-cases a code and checks it against the alphabet; 0 or PHY_EINVAL. */
@@ -393,6 +439,15 @@ static void wal_scrub(struct store *s)
     pthread_mutex_lock(&s->mu);
     exec_sql(s, "PRAGMA wal_checkpoint(TRUNCATE)");
     pthread_mutex_unlock(&s->mu);
+}
+
+/* tx_end, then wal_scrub when the committed transaction purged (rows > 0). */
+static int tx_end_scrub(struct store *s, int rc, int purged)
+{
+    rc = tx_end(s, rc);
+    if (rc == 0 && purged > 0)
+        wal_scrub(s);
+    return rc;
 }
 
 /* ---- open / close ---- */
@@ -798,9 +853,9 @@ static int poll_issuance(struct store *s, const struct store_prov_params *p, con
 {
     sqlite3_stmt *st = NULL;
     char device_id[PHY_DEVICE_ID_LEN + 1];
-    int first, rc;
+    int first, remote, rc;
     rc = q_prep(s, &st,
-                "SELECT i.device_id, i.sealed, i.delivered_ms, d.state FROM issuances i"
+                "SELECT i.device_id, i.sealed, i.delivered_ms, d.state, i.region FROM issuances i"
                 " LEFT JOIN devices d ON d.device_id = i.device_id"
                 " WHERE i.token_hash = ? LIMIT 1",
                 "t", token_hash);
@@ -815,11 +870,14 @@ static int poll_issuance(struct store *s, const struct store_prov_params *p, con
     const void *blob = sqlite3_column_blob(st, 1);
     int blob_len = sqlite3_column_bytes(st, 1);
     first = sqlite3_column_type(st, 2) == SQLITE_NULL;
+    remote = sqlite3_column_type(st, 4) != SQLITE_NULL;
     /* Redelivery only inside the grace window and before the device's first hub
-     * session (which moves it past "provisioned"). */
+     * session (which moves it past "provisioned"). A peer region's device has no
+     * row here: its region ends redelivery by purging the body. */
     if (!blob || blob_len <= 0 ||
-        (!first && p->now_ms - sqlite3_column_int64(st, 2) >= p->grace_ms) || !state ||
-        (strcmp(state, "pending_delivery") != 0 && strcmp(state, "provisioned") != 0)) {
+        (!first && p->now_ms - sqlite3_column_int64(st, 2) >= p->grace_ms) ||
+        (!remote && (!state || (strcmp(state, "pending_delivery") != 0 &&
+                                strcmp(state, "provisioned") != 0)))) {
         *outcome = STORE_PROVISIONED;
         rc = 1;
         goto out;
@@ -851,7 +909,7 @@ static int poll_issuance(struct store *s, const struct store_prov_params *p, con
                     "UPDATE issuances SET delivered_ms = ? WHERE token_hash = ? AND "
                     "delivered_ms IS NULL",
                     "it", p->now_ms, token_hash);
-        if (rc == 0)
+        if (rc == 0 && !remote)
             rc = q_exec(s, NULL,
                         "UPDATE devices SET state = 'provisioned' WHERE device_id = ? AND "
                         "state = 'pending_delivery'",
@@ -1068,59 +1126,117 @@ static int claim_by_serial(struct store *s, const struct store_prov_params *p, c
     return 1;
 }
 
+/* Checks what names a claim's serial (exactly one of serial / code) and that it has
+ * a sealer; ncode gets the normalized code. 0 or PHY_EINVAL. */
+static int claim_key_check(const char *serial, const char *code, int has_seal,
+                           char ncode[PHY_CODE_LEN + 1])
+{
+    if (!has_seal || !serial == !code)
+        return PHY_EINVAL;
+    if (serial && !serial_ok(serial))
+        return PHY_EINVAL;
+    if (code && code_normalize(code, ncode) != 0)
+        return PHY_EINVAL;
+    return 0;
+}
+
+/* Checks the fields of a device row to create; *tags gets the tags text ("{}" for
+ * NULL). 0, PHY_EINVAL or PHY_ETOOBIG. */
+static int new_device_check(const char *device_id, const char *secret_hash, const char *name,
+                            const char *tags_json, const char **tags)
+{
+    if (!device_id_ok(device_id) || !hash_ok(secret_hash) ||
+        (name && strnlen(name, STORE_NAME_MAX * 2 + 1) > STORE_NAME_MAX * 2))
+        return PHY_EINVAL;
+    *tags = tags_json ? tags_json : "{}";
+    return strnlen(*tags, TAGS_JSON_MAX + 1) > TAGS_JSON_MAX ? PHY_ETOOBIG : 0;
+}
+
+/* Inserts a device row; PHY_EEXIST when the device ID is taken. */
+static int device_insert(struct store *s, int64_t tenant_id, const char *device_id,
+                         const char *secret_hash, const char *name, const char *tags,
+                         const char *serial, const char *state, int64_t now_ms, int remote)
+{
+    return q_exec(s, NULL,
+                  "INSERT INTO devices(device_id, tenant_id, serial, name, tags_json, secret_hash,"
+                  " state, created_ms, remote) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                  "titttttii", device_id, tenant_id, serial, name, tags, secret_hash, state, now_ms,
+                  (int64_t)(remote != 0));
+}
+
+/* What a claim issues: eu's own (region NULL) or one asked for by a peer region. */
+struct issue_req {
+    const char *serial, *code; /* exactly one non-NULL; code normalized */
+    const char *device_id;
+    const char *region;
+    unsigned char *(*seal)(void *ctx, const char *serial, size_t *out_len);
+    void *seal_ctx;
+};
+
+/* Inside the caller's transaction: resolves the claim, seals the body, stores the
+ * issuance bound to the chosen registration and spends the serial (all its
+ * registrations' codes are cleared). 1 issued (t set), 0 refused (outcome set),
+ * negative PHY_E*. */
+static int issue(struct store *s, const struct store_prov_params *p, const struct issue_req *q,
+                 struct claim_target *t, int *outcome)
+{
+    unsigned char *sealed;
+    size_t sealed_len = 0;
+    int rc;
+
+    memset(t, 0, sizeof *t);
+    rc = q->code ? claim_by_code(s, p, q->code, t, outcome)
+                 : claim_by_serial(s, p, q->serial, t, outcome);
+    if (rc <= 0)
+        return rc;
+    sealed = q->seal(q->seal_ctx, t->serial, &sealed_len);
+    if (!sealed || sealed_len == 0) {
+        free(sealed);
+        return PHY_ECRYPTO;
+    }
+    rc = q_exec(s, NULL,
+                "INSERT INTO issuances(serial, code, token_hash, device_id, sealed, created_ms,"
+                " region) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "ttttbit", t->serial, t->code[0] ? t->code : NULL, t->token_hash, q->device_id,
+                (const void *)sealed, sealed_len, p->now_ms, q->region);
+    free(sealed);
+    if (rc == 0)
+        rc = q_exec(s, NULL,
+                    "UPDATE registrations SET code = NULL, code_expires_ms = 0 WHERE serial = ?",
+                    "t", t->serial);
+    return rc ? rc : 1;
+}
+
 static int sq_claim(struct store *s, const struct store_prov_params *p, const struct store_claim *c,
                     struct store_device *device, int *outcome)
 {
     char ncode[PHY_CODE_LEN + 1];
     struct claim_target t;
-    unsigned char *sealed = NULL;
-    size_t sealed_len = 0;
     const char *tags;
     int rc;
 
     if (device)
         memset(device, 0, sizeof *device);
-    if (!s || !c || !device || !outcome || !params_ok(p) || !c->seal || !c->serial == !c->code ||
-        !str_ok(c->device_id, PHY_DEVICE_ID_LEN) || !hash_ok(c->secret_hash) ||
-        (c->name && strnlen(c->name, STORE_NAME_MAX * 2 + 1) > STORE_NAME_MAX * 2))
+    if (!s || !c || !device || !outcome || !params_ok(p) ||
+        claim_key_check(c->serial, c->code, c->seal != NULL, ncode) != 0)
         return PHY_EINVAL;
-    if (c->serial && !serial_ok(c->serial))
-        return PHY_EINVAL;
-    if (c->code && code_normalize(c->code, ncode) != 0)
-        return PHY_EINVAL;
-    tags = c->tags_json ? c->tags_json : "{}";
-    if (strnlen(tags, TAGS_JSON_MAX + 1) > TAGS_JSON_MAX)
-        return PHY_ETOOBIG;
-    memset(&t, 0, sizeof t);
+    if ((rc = new_device_check(c->device_id, c->secret_hash, c->name, c->tags_json, &tags)))
+        return rc;
+    struct issue_req q = {
+        .serial = c->serial,
+        .code = c->code ? ncode : NULL,
+        .device_id = c->device_id,
+        .seal = c->seal,
+        .seal_ctx = c->seal_ctx,
+    };
     if ((rc = tx_begin(s, 1)))
         return rc;
 
-    rc = c->code ? claim_by_code(s, p, ncode, &t, outcome)
-                 : claim_by_serial(s, p, c->serial, &t, outcome);
+    rc = issue(s, p, &q, &t, outcome);
     if (rc <= 0)
         goto out;
-    sealed = c->seal(c->seal_ctx, t.serial, &sealed_len);
-    if (!sealed || sealed_len == 0) {
-        rc = PHY_ECRYPTO;
-        goto out;
-    }
-    rc = q_exec(s, NULL,
-                "INSERT INTO devices(device_id, tenant_id, serial, name, tags_json, secret_hash,"
-                " state, created_ms) VALUES (?, ?, ?, ?, ?, ?, 'pending_delivery', ?)",
-                "titttti", c->device_id, c->tenant_id, t.serial, c->name, tags, c->secret_hash,
-                p->now_ms);
-    if (rc)
-        goto out;
-    rc = q_exec(s, NULL,
-                "INSERT INTO issuances(serial, code, token_hash, device_id, sealed, created_ms)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                "ttttbi", t.serial, t.code[0] ? t.code : NULL, t.token_hash, c->device_id,
-                (const void *)sealed, sealed_len, p->now_ms);
-    if (rc)
-        goto out;
-    rc = q_exec(s, NULL,
-                "UPDATE registrations SET code = NULL, code_expires_ms = 0 WHERE serial = ?", "t",
-                t.serial);
+    rc = device_insert(s, c->tenant_id, c->device_id, c->secret_hash, c->name, tags, t.serial,
+                       "pending_delivery", p->now_ms, 0);
     if (rc)
         goto out;
     device->tags_json = strdup(tags);
@@ -1136,7 +1252,6 @@ static int sq_claim(struct store *s, const struct store_prov_params *p, const st
     device->created_ms = p->now_ms;
     *outcome = STORE_OK;
 out:
-    free(sealed);
     if (rc > 0)
         rc = 0;
     rc = tx_end(s, rc);
@@ -1145,6 +1260,150 @@ out:
         memset(device, 0, sizeof *device);
     }
     return rc;
+}
+
+/* ---- inter-region, eu side ---- */
+
+static int sq_issue_remote(struct store *s, const struct store_prov_params *p,
+                           const struct store_remote_issue *ri, char serial_out[PHY_SERIAL_MAX + 1],
+                           int *outcome)
+{
+    char ncode[PHY_CODE_LEN + 1];
+    struct claim_target t;
+    sqlite3_stmt *st = NULL;
+    int rc;
+
+    if (serial_out)
+        serial_out[0] = '\0';
+    if (!s || !ri || !serial_out || !outcome || !params_ok(p) || !device_id_ok(ri->device_id) ||
+        !region_ok(ri->region) || claim_key_check(ri->serial, ri->code, ri->seal != NULL, ncode))
+        return PHY_EINVAL;
+    struct issue_req q = {
+        .serial = ri->serial,
+        .code = ri->code ? ncode : NULL,
+        .device_id = ri->device_id,
+        .region = ri->region,
+        .seal = ri->seal,
+        .seal_ctx = ri->seal_ctx,
+    };
+    if ((rc = tx_begin(s, 1)))
+        return rc;
+    /* A retry (the answer to an earlier call was lost) finds its own issuance. */
+    rc = q_prep(s, &st, "SELECT serial, region FROM issuances WHERE device_id = ? LIMIT 1", "t",
+                ri->device_id);
+    if (rc)
+        goto out;
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        const char *region = (const char *)sqlite3_column_text(st, 1);
+        int own = region && strcmp(region, ri->region) == 0;
+        rc = own ? col_copy(st, 0, serial_out, PHY_SERIAL_MAX + 1) : 0;
+        if (rc == 0)
+            *outcome = own ? STORE_OK : STORE_ALREADY_CLAIMED;
+        goto out;
+    }
+    if (rc != SQLITE_DONE) {
+        rc = PHY_EIO;
+        goto out;
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    rc = issue(s, p, &q, &t, outcome);
+    if (rc == 1) {
+        memcpy(serial_out, t.serial, strlen(t.serial) + 1);
+        *outcome = STORE_OK;
+        rc = 0;
+    }
+out:
+    sqlite3_finalize(st);
+    rc = tx_end(s, rc);
+    if (rc)
+        serial_out[0] = '\0';
+    return rc;
+}
+
+static int sq_issuance_purge_remote(struct store *s, const char *region, const char *device_id,
+                                    int *outcome)
+{
+    int purged = 0, rc;
+    if (!s || !outcome || !region_ok(region) || !device_id_ok(device_id))
+        return PHY_EINVAL;
+    if ((rc = tx_begin(s, 1)))
+        return rc;
+    rc = q_exec(s, &purged,
+                "UPDATE issuances SET sealed = NULL, device_id = '' WHERE device_id = ? AND"
+                " region = ?",
+                "tt", device_id, region);
+    if (rc == 0)
+        *outcome = purged > 0 ? STORE_OK : STORE_NOT_FOUND;
+    return tx_end_scrub(s, rc, purged);
+}
+
+static int sq_issuance_cancel_remote(struct store *s, const char *region, const char *device_id,
+                                     char serial_out[PHY_SERIAL_MAX + 1], int *outcome)
+{
+    sqlite3_stmt *st = NULL;
+    int deleted = 0, delivered, rc;
+    if (serial_out)
+        serial_out[0] = '\0';
+    if (!s || !serial_out || !outcome || !region_ok(region) || !device_id_ok(device_id))
+        return PHY_EINVAL;
+    if ((rc = tx_begin(s, 1)))
+        return rc;
+    rc = q_prep(s, &st,
+                "SELECT serial, delivered_ms FROM issuances WHERE device_id = ? AND region = ?",
+                "tt", device_id, region);
+    if (rc)
+        goto out;
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE) {
+        *outcome = STORE_NOT_FOUND;
+        rc = 0;
+        goto out;
+    }
+    if (rc != SQLITE_ROW) {
+        rc = PHY_EIO;
+        goto out;
+    }
+    delivered = sqlite3_column_type(st, 1) != SQLITE_NULL;
+    rc = col_copy(st, 0, serial_out, PHY_SERIAL_MAX + 1);
+    sqlite3_finalize(st);
+    st = NULL;
+    if (rc)
+        goto out;
+    if (delivered) {
+        /* The device has its credentials: the region must keep (roll forward) it. */
+        *outcome = STORE_PROVISIONED;
+        goto out;
+    }
+    /* The codes stay cleared: the device asks for a new one. */
+    rc = q_exec(s, &deleted, "DELETE FROM issuances WHERE serial = ?", "t", serial_out);
+    if (rc == 0)
+        *outcome = STORE_OK;
+out:
+    sqlite3_finalize(st);
+    rc = tx_end_scrub(s, rc, deleted);
+    if (rc)
+        serial_out[0] = '\0';
+    return rc;
+}
+
+static int sq_serial_rearm_remote(struct store *s, const char *region, const char *serial,
+                                  int *outcome)
+{
+    int deleted = 0, rc;
+    if (!s || !outcome || !region_ok(region) || !serial_ok(serial))
+        return PHY_EINVAL;
+    if ((rc = tx_begin(s, 1)))
+        return rc;
+    rc = q_exec(s, &deleted, "DELETE FROM issuances WHERE serial = ? AND region = ?", "tt", serial,
+                region);
+    /* Its registrations go too, or they would count against the new one. */
+    if (rc == 0 && deleted > 0)
+        rc = q_exec(s, NULL, "DELETE FROM registrations WHERE serial = ?", "t", serial);
+    if (rc == 0)
+        *outcome = deleted > 0 ? STORE_OK : STORE_NOT_FOUND;
+    return tx_end_scrub(s, rc, deleted);
 }
 
 /* Failed claims since since_ms: *u for the user, *t for the whole tenant. */
@@ -1252,7 +1511,7 @@ static int sq_claim_attempt_forgive(struct store *s, int64_t attempt_id)
 
 static int sq_sweep(struct store *s, const struct store_prov_params *p, int64_t keep_failures_ms)
 {
-    int purged = 0, rc;
+    int purged = 0, remote_purged = 0, rc;
     if (!s || !params_ok(p) || keep_failures_ms < 0)
         return PHY_EINVAL;
     if ((rc = tx_begin(s, 1)))
@@ -1263,13 +1522,23 @@ static int sq_sweep(struct store *s, const struct store_prov_params *p, int64_t 
     /* Sealed bodies whose grace ended, or whose device is past delivery (its first
      * hub session, revoked, deleted): poll would never hand them out again. */
     rc = q_exec(s, &purged,
-                "UPDATE issuances SET sealed = NULL WHERE sealed IS NOT NULL AND"
-                " ((delivered_ms IS NOT NULL AND delivered_ms <= ?) OR NOT EXISTS"
+                "UPDATE issuances SET sealed = NULL WHERE sealed IS NOT NULL AND region IS NULL"
+                " AND ((delivered_ms IS NOT NULL AND delivered_ms <= ?) OR NOT EXISTS"
                 " (SELECT 1 FROM devices d WHERE d.device_id = issuances.device_id AND"
                 "  d.state IN ('pending_delivery', 'provisioned')))",
                 "i", p->now_ms - p->grace_ms);
     if (rc)
         goto out;
+    /* A peer region's issuance (never a device row here) loses its body and its
+     * device ID once grace after delivery ended: only the spent serial remains. */
+    rc = q_exec(s, &remote_purged,
+                "UPDATE issuances SET sealed = NULL, device_id = '' WHERE region IS NOT NULL AND"
+                " (sealed IS NOT NULL OR device_id <> '') AND delivered_ms IS NOT NULL AND"
+                " delivered_ms <= ?",
+                "i", p->now_ms - p->grace_ms);
+    if (rc)
+        goto out;
+    purged += remote_purged;
     rc = q_exec(s, NULL,
                 "UPDATE registrations SET code = NULL, code_expires_ms = 0"
                 " WHERE code IS NOT NULL AND code_expires_ms <= ?",
@@ -1279,10 +1548,7 @@ static int sq_sweep(struct store *s, const struct store_prov_params *p, int64_t 
     rc = q_exec(s, NULL, "DELETE FROM claim_failures WHERE at_ms < ?", "i",
                 p->now_ms - keep_failures_ms);
 out:
-    rc = tx_end(s, rc);
-    if (rc == 0 && purged > 0)
-        wal_scrub(s);
-    return rc;
+    return tx_end_scrub(s, rc, purged);
 }
 
 /* ---- devices ---- */
@@ -1304,19 +1570,18 @@ out:
     "CASE WHEN json_valid(d.tags_json) THEN json_extract(d.tags_json, '$.\"' || " k " || '\"')"    \
     " END = " v
 
+/* A device in the middle of a claim through eu is not shown until eu accepted it. */
+#define DEV_VISIBLE " d.state <> 'claiming'"
+
 /* devices_list: tenant ?1, cursor ?2, tag key ?3 (NULL: any) and value ?4. */
 #define LIST_WHERE                                                                                 \
-    " WHERE d.tenant_id = ?1 AND d.device_id > ?2 AND (?3 IS NULL OR " TAG_MATCH("?3", "?4") ")"
+    " WHERE d.tenant_id = ?1 AND d.device_id > ?2 AND" DEV_VISIBLE " AND"                          \
+    " (?3 IS NULL OR " TAG_MATCH("?3", "?4") ")"
 
 /* Returns 1 when k is a tag key as the console accepts them: [A-Za-z0-9._-]{1,64}. */
 static int tag_key_ok(const char *k)
 {
     return name_ok(k, TAG_KEY_MAX);
-}
-
-static int device_id_ok(const char *s)
-{
-    return str_ok(s, PHY_DEVICE_ID_LEN);
 }
 
 /* Parses text as a JSON object of at most max bytes: 0 (*out, optional, gets the
@@ -1472,7 +1737,7 @@ static int sq_device_get(struct store *s, int64_t tenant_id, const char *device_
         return rc;
     rc = q_prep(s, &st,
                 "SELECT " DEV_COLS ", " TWIN_COLS TWIN_FROM
-                " WHERE d.device_id = ? AND d.tenant_id = ?",
+                " WHERE d.device_id = ? AND d.tenant_id = ? AND" DEV_VISIBLE,
                 "ti", device_id, tenant_id);
     if (rc)
         goto out;
@@ -1848,18 +2113,55 @@ out_patch:
 
 enum device_action { DEVICE_REVOKE, DEVICE_RESET, DEVICE_DELETE };
 
+/* Queues a call to eu for a device, replacing an entry of the same kind. */
+static int outbox_put(struct store *s, const char *device_id, int kind, const char *serial,
+                      int64_t next_ms, int64_t now_ms)
+{
+    return q_exec(s, NULL,
+                  "INSERT OR REPLACE INTO outbox(device_id, kind, serial, attempts, next_ms,"
+                  " created_ms) VALUES (?, ?, ?, 0, ?, ?)",
+                  "titii", device_id, (int64_t)kind, serial, next_ms, now_ms);
+}
+
+/* Drops a device's entry of one kind (none: nothing to do). */
+static int outbox_drop(struct store *s, const char *device_id, int kind)
+{
+    return q_exec(s, NULL, "DELETE FROM outbox WHERE device_id = ? AND kind = ?", "ti", device_id,
+                  (int64_t)kind);
+}
+
+/* A device claimed through eu (remote = 1) tells eu what the action means for its
+ * issuance: a reset re-arms the serial there (and needs no purge any more); a
+ * revoke or delete before the first session ends redelivery. */
+static int device_change_remote(struct store *s, const char *device_id, const char *serial,
+                                const char *state, int64_t now_ms, enum device_action act)
+{
+    if (act == DEVICE_RESET) {
+        int rc = outbox_drop(s, device_id, OUTBOX_PURGE);
+        /* A claim by code that eu never confirmed has no serial to re-arm. */
+        if (rc == 0 && serial[0])
+            rc = outbox_put(s, device_id, OUTBOX_REARM, serial, now_ms, now_ms);
+        return rc;
+    }
+    if (strcmp(state, "claiming") == 0 || strcmp(state, "pending_delivery") == 0 ||
+        strcmp(state, "provisioned") == 0)
+        return outbox_put(s, device_id, OUTBOX_PURGE, serial, now_ms, now_ms);
+    return 0;
+}
+
 static int device_change(struct store *s, int64_t tenant_id, const char *device_id, int64_t now_ms,
                          enum device_action act, int *outcome)
 {
-    char serial[PHY_SERIAL_MAX + 1];
+    char serial[PHY_SERIAL_MAX + 1], state[24];
     sqlite3_stmt *st = NULL;
-    int purged = 0, rc;
+    int purged = 0, remote = 0, rc;
     if (!s || !outcome || !device_id_ok(device_id))
         return PHY_EINVAL;
     if ((rc = tx_begin(s, 1)))
         return rc;
-    rc = q_prep(s, &st, "SELECT serial FROM devices WHERE device_id = ? AND tenant_id = ?", "ti",
-                device_id, tenant_id);
+    rc = q_prep(s, &st,
+                "SELECT serial, state, remote FROM devices WHERE device_id = ? AND tenant_id = ?",
+                "ti", device_id, tenant_id);
     if (rc)
         goto out;
     rc = sqlite3_step(st);
@@ -1868,10 +2170,18 @@ static int device_change(struct store *s, int64_t tenant_id, const char *device_
         rc = 0;
         goto out;
     }
-    rc = rc == SQLITE_ROW ? col_copy(st, 0, serial, sizeof serial) : PHY_EIO;
+    if (rc == SQLITE_ROW) {
+        remote = sqlite3_column_int64(st, 2) != 0;
+        if ((rc = col_copy(st, 0, serial, sizeof serial)) == 0)
+            rc = col_copy(st, 1, state, sizeof state);
+    } else {
+        rc = PHY_EIO;
+    }
     sqlite3_finalize(st);
     st = NULL;
     if (rc)
+        goto out;
+    if (remote && (rc = device_change_remote(s, device_id, serial, state, now_ms, act)))
         goto out;
     /* Issuances are matched by serial and device: after a reset the serial's new
      * issuance belongs to another device and must not be touched. */
@@ -1908,10 +2218,7 @@ static int device_change(struct store *s, int64_t tenant_id, const char *device_
     *outcome = STORE_OK;
 out:
     sqlite3_finalize(st);
-    rc = tx_end(s, rc);
-    if (rc == 0 && purged > 0)
-        wal_scrub(s);
-    return rc;
+    return tx_end_scrub(s, rc, purged);
 }
 
 static int sq_device_revoke(struct store *s, int64_t tenant_id, const char *device_id,
@@ -1926,9 +2233,164 @@ static int sq_device_reset(struct store *s, int64_t tenant_id, const char *devic
     return device_change(s, tenant_id, device_id, now_ms, DEVICE_RESET, outcome);
 }
 
+/* device_delete has no clock: its outbox entry is due from time 0, i.e. at once. */
 static int sq_device_delete(struct store *s, int64_t tenant_id, const char *device_id, int *outcome)
 {
     return device_change(s, tenant_id, device_id, 0, DEVICE_DELETE, outcome);
+}
+
+/* ---- inter-region, regional side ---- */
+
+static int sq_claim_begin(struct store *s, const struct store_claim_begin *c, int *outcome)
+{
+    const char *tags;
+    int rc;
+    if (!s || !c || !outcome || c->now_ms < 0 || c->hold_ms < 0 ||
+        c->hold_ms > INT64_MAX - c->now_ms || (c->serial && !serial_ok(c->serial)))
+        return PHY_EINVAL;
+    if ((rc = new_device_check(c->device_id, c->secret_hash, c->name, c->tags_json, &tags)))
+        return rc;
+    if ((rc = tx_begin(s, 1)))
+        return rc;
+    rc = device_insert(s, c->tenant_id, c->device_id, c->secret_hash, c->name, tags,
+                       c->serial ? c->serial : "", "claiming", c->now_ms, 1);
+    if (rc == PHY_EEXIST) {
+        *outcome = STORE_EXISTS;
+        rc = 0;
+        goto out;
+    }
+    if (rc == 0)
+        rc = outbox_put(s, c->device_id, OUTBOX_CANCEL, c->serial ? c->serial : "",
+                        c->now_ms + c->hold_ms, c->now_ms);
+    if (rc == 0)
+        *outcome = STORE_OK;
+out:
+    return tx_end(s, rc);
+}
+
+static int sq_claim_confirm(struct store *s, const char *device_id, const char *serial,
+                            struct store_device *device, int *outcome)
+{
+    sqlite3_stmt *st = NULL;
+    int changes = 0, rc;
+    if (device)
+        memset(device, 0, sizeof *device);
+    if (!s || !outcome || !device_id_ok(device_id) || !serial_ok(serial))
+        return PHY_EINVAL;
+    if ((rc = tx_begin(s, 1)))
+        return rc;
+    /* A row that moved on meanwhile (its first session, a revoke) keeps its state;
+     * it learns the serial when a claim by code did not know it. */
+    rc = q_exec(s, &changes,
+                "UPDATE devices SET serial = CASE WHEN state = 'claiming' OR serial = '' THEN ?1"
+                " ELSE serial END, state = CASE WHEN state = 'claiming' THEN 'pending_delivery'"
+                " ELSE state END WHERE device_id = ?2",
+                "tt", serial, device_id);
+    if (rc)
+        goto out;
+    if (changes == 0) {
+        *outcome = STORE_NOT_FOUND;
+        goto out;
+    }
+    rc = outbox_drop(s, device_id, OUTBOX_CANCEL);
+    if (rc == 0 && device) {
+        rc = q_prep(s, &st, "SELECT " DEV_COLS " FROM devices d WHERE d.device_id = ?", "t",
+                    device_id);
+        if (rc == 0)
+            rc = sqlite3_step(st) == SQLITE_ROW ? dev_read(st, device) : PHY_EIO;
+    }
+    if (rc == 0)
+        *outcome = STORE_OK;
+out:
+    sqlite3_finalize(st);
+    rc = tx_end(s, rc);
+    if (rc && device) {
+        store_device_clear(device);
+        memset(device, 0, sizeof *device);
+    }
+    return rc;
+}
+
+static int sq_claim_abort(struct store *s, const char *device_id)
+{
+    int rc;
+    if (!s || !device_id_ok(device_id))
+        return PHY_EINVAL;
+    if ((rc = tx_begin(s, 1)))
+        return rc;
+    if ((rc = q_exec(s, NULL,
+                     "DELETE FROM twins WHERE device_id = ?1 AND EXISTS (SELECT 1 FROM devices"
+                     " WHERE device_id = ?1 AND state = 'claiming')",
+                     "t", device_id)) == 0 &&
+        (rc = q_exec(s, NULL, "DELETE FROM devices WHERE device_id = ? AND state = 'claiming'", "t",
+                     device_id)) == 0)
+        rc = outbox_drop(s, device_id, OUTBOX_CANCEL);
+    return tx_end(s, rc);
+}
+
+static int sq_outbox_due(struct store *s, int64_t now_ms, struct store_outbox_item *out, size_t max,
+                         size_t *n)
+{
+    sqlite3_stmt *st = NULL;
+    size_t count = 0;
+    int rc;
+    if (n)
+        *n = 0;
+    if (!s || !n || (max > 0 && !out))
+        return PHY_EINVAL;
+    if (max == 0)
+        return 0;
+    if ((rc = tx_begin(s, 0)))
+        return rc;
+    rc = q_prep(s, &st,
+                "SELECT device_id, kind, serial, attempts FROM outbox WHERE next_ms <= ?"
+                " ORDER BY next_ms, created_ms, rowid LIMIT ?",
+                "ii", now_ms, (int64_t)(max > (size_t)INT_MAX ? INT_MAX : max));
+    if (rc)
+        goto out;
+    while (count < max && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        struct store_outbox_item *it = &out[count];
+        memset(it, 0, sizeof *it);
+        if ((rc = col_copy(st, 0, it->device_id, sizeof it->device_id)) ||
+            (rc = col_copy(st, 2, it->serial, sizeof it->serial)))
+            goto out;
+        it->kind = sqlite3_column_int(st, 1);
+        it->attempts = sqlite3_column_int(st, 3);
+        count++;
+        rc = SQLITE_ROW;
+    }
+    rc = rc == SQLITE_DONE || rc == SQLITE_ROW ? 0 : PHY_EIO;
+out:
+    sqlite3_finalize(st);
+    rc = tx_end(s, rc);
+    if (rc == 0)
+        *n = count;
+    return rc;
+}
+
+static int sq_outbox_done(struct store *s, const char *device_id, int kind)
+{
+    int rc;
+    if (!s || !device_id_ok(device_id) || !outbox_kind_ok(kind))
+        return PHY_EINVAL;
+    if ((rc = tx_begin(s, 1)))
+        return rc;
+    rc = outbox_drop(s, device_id, kind);
+    return tx_end(s, rc);
+}
+
+static int sq_outbox_retry(struct store *s, const char *device_id, int kind, int64_t next_ms)
+{
+    int rc;
+    if (!s || !device_id_ok(device_id) || !outbox_kind_ok(kind))
+        return PHY_EINVAL;
+    if ((rc = tx_begin(s, 1)))
+        return rc;
+    rc = q_exec(s, NULL,
+                "UPDATE outbox SET attempts = attempts + 1, next_ms = ? WHERE device_id = ? AND"
+                " kind = ?",
+                "iti", next_ms, device_id, (int64_t)kind);
+    return tx_end(s, rc);
 }
 
 /* ---- device hub ---- */
@@ -1985,12 +2447,21 @@ static int sq_session_open(struct store *s, const char *device_id, int64_t now_m
         return PHY_EINVAL;
     if ((rc = tx_begin(s, 1)))
         return rc;
-    rc = q_exec(s, &changes,
-                "UPDATE devices SET online = 1, connected_ms = ?1, session_gen = session_gen + 1,"
-                " last_seen_ms = MAX(last_seen_ms, ?1),"
-                " state = CASE WHEN state IN ('pending_delivery', 'provisioned') THEN 'active'"
-                " ELSE state END WHERE device_id = ?2 AND state <> 'revoked'",
-                "it", now_ms, device_id);
+    /* Before the state moves on: a device claimed through eu that becomes active
+     * tells eu to end redelivery. Writes only on that first session. */
+    rc = q_exec(s, NULL,
+                "INSERT OR REPLACE INTO outbox(device_id, kind, serial, attempts, next_ms,"
+                " created_ms) SELECT device_id, ?2, serial, 0, ?3, ?3 FROM devices"
+                " WHERE device_id = ?1 AND remote = 1 AND"
+                " state IN ('claiming', 'pending_delivery', 'provisioned')",
+                "tii", device_id, (int64_t)OUTBOX_PURGE, now_ms);
+    if (rc == 0)
+        rc = q_exec(s, &changes,
+                    "UPDATE devices SET online = 1, connected_ms = ?1,"
+                    " session_gen = session_gen + 1, last_seen_ms = MAX(last_seen_ms, ?1),"
+                    " state = CASE WHEN state IN ('claiming', 'pending_delivery', 'provisioned')"
+                    " THEN 'active' ELSE state END WHERE device_id = ?2 AND state <> 'revoked'",
+                    "it", now_ms, device_id);
     if (rc == 0 && changes == 0)
         rc = PHY_ENOTFOUND; /* deleted or revoked since it authenticated */
     if (rc == 0 && gen) {
@@ -2002,10 +2473,7 @@ static int sq_session_open(struct store *s, const char *device_id, int64_t now_m
                     "UPDATE issuances SET sealed = NULL WHERE sealed IS NOT NULL AND device_id = ?1"
                     " AND serial = (SELECT serial FROM devices WHERE device_id = ?1)",
                     "t", device_id);
-    rc = tx_end(s, rc);
-    if (rc == 0 && purged > 0)
-        wal_scrub(s);
-    return rc;
+    return tx_end_scrub(s, rc, purged);
 }
 
 static int sq_session_close(struct store *s, const char *device_id, int64_t gen, int64_t now_ms,
@@ -2152,6 +2620,16 @@ const struct phy_store_ops store_sqlite_ops = {
     .devices_add_bulk = sq_devices_add_bulk,
     .claim_attempt_forgive = sq_claim_attempt_forgive,
     .sweep = sq_sweep,
+    .issue_remote = sq_issue_remote,
+    .issuance_purge_remote = sq_issuance_purge_remote,
+    .issuance_cancel_remote = sq_issuance_cancel_remote,
+    .serial_rearm_remote = sq_serial_rearm_remote,
+    .claim_begin = sq_claim_begin,
+    .claim_confirm = sq_claim_confirm,
+    .claim_abort = sq_claim_abort,
+    .outbox_due = sq_outbox_due,
+    .outbox_done = sq_outbox_done,
+    .outbox_retry = sq_outbox_retry,
     .devices_list = sq_devices_list,
     .device_get = sq_device_get,
     .tags_put = sq_tags_put,

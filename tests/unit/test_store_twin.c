@@ -1197,7 +1197,7 @@ static void test_migration_v1(void **state)
     assert_int_equal(chmod(f->path, 0600), 0); /* the store refuses group/other access */
 
     fx_open(f);
-    assert_int_equal(raw_int(f, "PRAGMA user_version"), 2);
+    assert_int_equal(raw_int(f, "PRAGMA user_version"), 3);
     get(f, 1, 1, &d, &t);
     assert_string_equal(d.serial, "S1");
     assert_string_equal(d.name, "lobby");
@@ -1236,7 +1236,8 @@ static void test_migration_v1(void **state)
     snprintf(fresh, sizeof fresh, "%s/fresh.db", f->dir);
     assert_int_equal(ops->open(fresh, &s2, err, sizeof err), 0);
     ops->close(s2);
-    static const char *const tables[] = {"devices", "twins", "issuances", "registrations"};
+    static const char *const tables[] = {"devices", "twins", "issuances", "registrations",
+                                         "outbox"};
     for (size_t i = 0; i < sizeof tables / sizeof tables[0]; i++) {
         table_shape(f->path, tables[i], a, sizeof a);
         table_shape(fresh, tables[i], b, sizeof b);
@@ -1248,7 +1249,7 @@ static void test_migration_v1(void **state)
                      1);
 
     /* A store from the future is refused. */
-    raw_exec(fresh, "PRAGMA user_version = 3");
+    raw_exec(fresh, "PRAGMA user_version = 4");
     assert_int_equal(ops->open(fresh, &s2, err, sizeof err), PHY_EUNSUPP);
     assert_null(s2);
 }

@@ -1,0 +1,1161 @@
+/* Unit tests of the SQLite store's inter-region operations: eu's remote issuances and a
+ * regional hub's hidden claims and outbox (docs/protocol.md section 3). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include "testutil.h"
+
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "phy/err.h"
+#include "store.h"
+
+#define T0 1700000000000LL
+#define IDLE_MS 600000
+#define TTL_MS 300000
+#define GRACE_MS 60000
+#define HOLD_MS 30000
+
+struct sealer {
+    int calls;
+    char last_serial[PHY_SERIAL_MAX + 1];
+    pthread_mutex_t mu;
+};
+
+struct fx {
+    char dir[64];
+    char path[128];
+    struct store *s;
+    struct store_prov_params p;
+    struct sealer seal;
+};
+
+static const struct phy_store_ops *ops = &store_sqlite_ops;
+
+/* ---- fixture ---- */
+
+/* The body the test sealer produces for a serial: "sealed:" + serial, plus a NUL byte. */
+static size_t body_of(const char *serial, unsigned char *buf, size_t cap)
+{
+    int n = snprintf((char *)buf, cap, "sealed:%s", serial);
+    assert_true(n > 0 && (size_t)n + 1 < cap);
+    return (size_t)n + 1;
+}
+
+static unsigned char *test_seal(void *ctx, const char *serial, size_t *out_len)
+{
+    struct sealer *sl = ctx;
+    unsigned char tmp[PHY_SERIAL_MAX + 16];
+    unsigned char *body;
+    pthread_mutex_lock(&sl->mu);
+    sl->calls++;
+    snprintf(sl->last_serial, sizeof sl->last_serial, "%s", serial);
+    pthread_mutex_unlock(&sl->mu);
+    *out_len = body_of(serial, tmp, sizeof tmp);
+    body = malloc(*out_len);
+    assert_non_null(body);
+    memcpy(body, tmp, *out_len);
+    return body;
+}
+
+/* A 64-hex-char stand-in for a SHA-256. */
+struct hash {
+    char h[PHY_HASH_HEX_LEN + 1];
+};
+
+static struct hash H(unsigned i) {
+    struct hash x;
+    snprintf(x.h, sizeof x.h, "%064x", i);
+    return x;
+}
+
+struct id {
+    char s[PHY_DEVICE_ID_LEN + 1];
+};
+
+static struct id ID(unsigned i) {
+    struct id x;
+    snprintf(x.s, sizeof x.s, "dev_%026u", i);
+    return x;
+}
+
+static void
+fx_open(struct fx *f)
+{
+    char err[256] = "";
+    int rc = ops->open(f->path, &f->s, err, sizeof err);
+    if (rc != 0)
+        fail_msg("open: %d %s", rc, err);
+}
+
+static int setup_nostore(void **state)
+{
+    struct fx *f = calloc(1, sizeof *f);
+    assert_non_null(f);
+    assert_non_null(test_tmp_template(f->dir, sizeof f->dir, "phy_test_region_"));
+    assert_non_null(mkdtemp(f->dir));
+    snprintf(f->path, sizeof f->path, "%s/store.db", f->dir);
+    pthread_mutex_init(&f->seal.mu, NULL);
+    f->p.now_ms = T0;
+    f->p.registration_idle_ms = IDLE_MS;
+    f->p.code_ttl_ms = TTL_MS;
+    f->p.grace_ms = GRACE_MS;
+    f->p.interval_s = 5;
+    f->p.max_interval_s = 20;
+    f->p.max_regs_per_serial = 4;
+    *state = f;
+    return 0;
+}
+
+static int setup(void **state)
+{
+    setup_nostore(state);
+    fx_open(*state);
+    return 0;
+}
+
+static void unlink_store(const char *path)
+{
+    char p[200];
+    unlink(path);
+    snprintf(p, sizeof p, "%s-wal", path);
+    unlink(p);
+    snprintf(p, sizeof p, "%s-shm", path);
+    unlink(p);
+}
+
+static int teardown(void **state)
+{
+    struct fx *f = *state;
+    char p[160];
+    ops->close(f->s);
+    unlink_store(f->path);
+    snprintf(p, sizeof p, "%s/fresh.db", f->dir);
+    unlink_store(p);
+    rmdir(f->dir);
+    pthread_mutex_destroy(&f->seal.mu);
+    free(f);
+    return 0;
+}
+
+/* ---- direct access to the file (a second connection) ---- */
+
+static int64_t raw_int(const char *path, const char *sql)
+{
+    sqlite3 *db;
+    sqlite3_stmt *st;
+    int64_t v = -1;
+    assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
+        fail_msg("%s: %s", sql, sqlite3_errmsg(db));
+    if (sqlite3_step(st) == SQLITE_ROW)
+        v = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return v;
+}
+
+/* Reads one text value into buf ("<none>" for no row, "<null>" for NULL). */
+static const char *raw_text(const char *path, const char *sql, char *buf, size_t cap)
+{
+    sqlite3 *db;
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
+        fail_msg("%s: %s", sql, sqlite3_errmsg(db));
+    if (sqlite3_step(st) != SQLITE_ROW)
+        snprintf(buf, cap, "<none>");
+    else if (sqlite3_column_type(st, 0) == SQLITE_NULL)
+        snprintf(buf, cap, "<null>");
+    else
+        snprintf(buf, cap, "%s", (const char *)sqlite3_column_text(st, 0));
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return buf;
+}
+
+static void raw_exec(const char *path, const char *sql)
+{
+    sqlite3 *db;
+    char *msg = NULL;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK)
+        fail_msg("%s: %s", sql, msg ? msg : "?");
+    sqlite3_close(db);
+}
+
+/* ---- eu side wrappers ---- */
+
+static int reg(struct fx *f, const char *serial, unsigned tok)
+{
+    int out = -1;
+    struct hash h = H(tok);
+    assert_int_equal(ops->reg_create(f->s, &f->p, serial, h.h, &out), 0);
+    return out;
+}
+
+static int set_code(struct fx *f, const char *serial, unsigned tok, const char *code)
+{
+    int out = -1;
+    struct hash h = H(tok);
+    assert_int_equal(ops->reg_set_code(f->s, &f->p, serial, h.h, code, &out), 0);
+    return out;
+}
+
+static int poll_s(struct fx *f, const char *serial, const char *code, unsigned tok)
+{
+    struct store_poll_result r;
+    int out = -1;
+    struct hash h = H(tok);
+    assert_int_equal(ops->poll(f->s, &f->p, serial, code, h.h, &r, &out), 0);
+    if (out != STORE_DELIVER)
+        assert_null(r.sealed);
+    free(r.sealed);
+    return out;
+}
+
+/* Polls expecting DELIVER of exactly the body sealed for serial, bound to device. */
+static void expect_deliver(struct fx *f, const char *serial, const char *code, unsigned tok,
+                           const char *body_serial, unsigned device)
+{
+    unsigned char want[PHY_SERIAL_MAX + 16];
+    size_t wn = body_of(body_serial, want, sizeof want);
+    struct store_poll_result r;
+    struct hash h = H(tok);
+    struct id id = ID(device);
+    int out = -1;
+    assert_int_equal(ops->poll(f->s, &f->p, serial, code, h.h, &r, &out), 0);
+    assert_int_equal(out, STORE_DELIVER);
+    assert_non_null(r.sealed);
+    assert_int_equal(r.sealed_len, wn);
+    assert_memory_equal(r.sealed, want, wn);
+    assert_string_equal(r.device_id, id.s);
+    free(r.sealed);
+}
+
+/* issue_remote; serial_out (optional) gets the serial. */
+static int issue(struct fx *f, const char *region, const char *serial, const char *code,
+                 unsigned device, char *serial_out)
+{
+    struct id id = ID(device);
+    struct store_remote_issue ri = {
+        .serial = serial,
+        .code = code,
+        .device_id = id.s,
+        .region = region,
+        .seal = test_seal,
+        .seal_ctx = &f->seal,
+    };
+    char got[PHY_SERIAL_MAX + 1];
+    int out = -1;
+    memset(got, 'x', sizeof got);
+    assert_int_equal(ops->issue_remote(f->s, &f->p, &ri, got, &out), 0);
+    if (out != STORE_OK)
+        assert_string_equal(got, "");
+    if (serial_out)
+        memcpy(serial_out, got, sizeof got);
+    return out;
+}
+
+/* eu's own claim (tenant 1), like the console's on eu. */
+static int claim(struct fx *f, const char *serial, const char *code, unsigned device)
+{
+    struct id id = ID(device);
+    struct hash sh = H(0x5ec);
+    struct store_claim c = {
+        .tenant_id = 1,
+        .user_id = 1,
+        .serial = serial,
+        .code = code,
+        .device_id = id.s,
+        .secret_hash = sh.h,
+        .tags_json = "{}",
+        .seal = test_seal,
+        .seal_ctx = &f->seal,
+    };
+    struct store_device d;
+    int out = -1;
+    assert_int_equal(ops->claim(f->s, &f->p, &c, &d, &out), 0);
+    store_device_clear(&d);
+    return out;
+}
+
+static int purge(struct fx *f, const char *region, unsigned device)
+{
+    struct id id = ID(device);
+    int out = -1;
+    assert_int_equal(ops->issuance_purge_remote(f->s, region, id.s, &out), 0);
+    return out;
+}
+
+static int cancel(struct fx *f, const char *region, unsigned device, char *serial_out)
+{
+    struct id id = ID(device);
+    char got[PHY_SERIAL_MAX + 1];
+    int out = -1;
+    assert_int_equal(ops->issuance_cancel_remote(f->s, region, id.s, got, &out), 0);
+    if (serial_out)
+        memcpy(serial_out, got, sizeof got);
+    return out;
+}
+
+static int rearm(struct fx *f, const char *region, const char *serial)
+{
+    int out = -1;
+    assert_int_equal(ops->serial_rearm_remote(f->s, region, serial, &out), 0);
+    return out;
+}
+
+/* ---- regional side wrappers ---- */
+
+#define SECRET 0xc0ffeeu
+
+/* claim_begin for tenant 1 at f->p.now_ms with HOLD_MS. */
+static int begin(struct fx *f, unsigned device, const char *serial, const char *name)
+{
+    struct id id = ID(device);
+    struct hash sh = H(SECRET);
+    struct store_claim_begin c = {
+        .tenant_id = 1,
+        .device_id = id.s,
+        .secret_hash = sh.h,
+        .name = name,
+        .tags_json = "{\"site\":\"x\"}",
+        .serial = serial,
+        .now_ms = f->p.now_ms,
+        .hold_ms = HOLD_MS,
+    };
+    int out = -1;
+    assert_int_equal(ops->claim_begin(f->s, &c, &out), 0);
+    return out;
+}
+
+/* claim_confirm; d (optional) gets the row (caller clears it). */
+static int confirm(struct fx *f, unsigned device, const char *serial, struct store_device *d)
+{
+    struct id id = ID(device);
+    int out = -1;
+    assert_int_equal(ops->claim_confirm(f->s, id.s, serial, d, &out), 0);
+    return out;
+}
+
+static void abort_claim(struct fx *f, unsigned device)
+{
+    struct id id = ID(device);
+    assert_int_equal(ops->claim_abort(f->s, id.s), 0);
+}
+
+static void session(struct fx *f, unsigned device)
+{
+    struct id id = ID(device);
+    assert_int_equal(ops->session_open(f->s, id.s, f->p.now_ms, NULL), 0);
+}
+
+static int get(struct fx *f, unsigned device, struct store_device *d)
+{
+    struct id id = ID(device);
+    int out = -1;
+    assert_int_equal(ops->device_get(f->s, 1, id.s, d, NULL, &out), 0);
+    return out;
+}
+
+static size_t list_count(struct fx *f)
+{
+    struct store_device *d = NULL;
+    size_t n = 0;
+    assert_int_equal(ops->devices_list(f->s, 1, NULL, NULL, 100, &d, &n), 0);
+    store_devices_free(d, n);
+    return n;
+}
+
+static int auth(struct fx *f, unsigned device, int64_t *tenant)
+{
+    struct id id = ID(device);
+    struct hash sh = H(SECRET);
+    int out = -1;
+    assert_int_equal(ops->device_auth(f->s, id.s, sh.h, tenant, &out), 0);
+    return out;
+}
+
+/* The due outbox as text "<device number>:<kind>:<serial>:<attempts>" joined by
+ * spaces, in the order outbox_due returns them. */
+static const char *due(struct fx *f, int64_t now_ms, size_t max, char *buf, size_t cap)
+{
+    struct store_outbox_item items[16];
+    size_t n = 99, len = 0;
+    assert_true(max <= 16);
+    assert_int_equal(ops->outbox_due(f->s, now_ms, items, max, &n), 0);
+    assert_true(n <= max);
+    buf[0] = '\0';
+    for (size_t i = 0; i < n; i++) {
+        unsigned num = 0;
+        assert_int_equal(sscanf(items[i].device_id, "dev_%u", &num), 1);
+        int w = snprintf(buf + len, cap - len, "%s%u:%d:%s:%d", i ? " " : "", num, items[i].kind,
+                         items[i].serial, items[i].attempts);
+        assert_true(w > 0 && (size_t)w < cap - len);
+        len += (size_t)w;
+    }
+    return buf;
+}
+
+static int64_t outbox_count(struct fx *f)
+{
+    return raw_int(f->path, "SELECT count(*) FROM outbox");
+}
+
+/* ---- eu side ---- */
+
+static void test_issue_by_serial_and_code(void **state)
+{
+    struct fx *f = *state;
+    struct id id1 = ID(1);
+    struct hash tok2 = H(2);
+    char serial[PHY_SERIAL_MAX + 1], buf[256], sql[256], want[256];
+
+    assert_int_equal(reg(f, "SN-A", 1), STORE_OK);
+    assert_int_equal(set_code(f, "SN-A", 1, "ABCDEF"), STORE_OK);
+    assert_int_equal(issue(f, "au", "SN-A", NULL, 1, serial), STORE_OK);
+    assert_string_equal(serial, "SN-A");
+    assert_int_equal(f->seal.calls, 1);
+    assert_string_equal(f->seal.last_serial, "SN-A");
+    snprintf(sql, sizeof sql,
+             "SELECT serial || '|' || region || '|' || device_id || '|' || length(sealed) || '|'"
+             " || created_ms || '|' || coalesce(code, '-') FROM issuances WHERE device_id = '%s'",
+             id1.s);
+    /* Issued by serial: the registration's code is recorded as spent, as for claim. */
+    snprintf(want, sizeof want, "SN-A|au|%s|12|%lld|ABCDEF", id1.s, (long long)T0);
+    assert_string_equal(raw_text(f->path, sql, buf, sizeof buf), want);
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM registrations WHERE code IS NOT NULL"),
+                     0);
+
+    /* By code: eu names the serial. */
+    f->p.now_ms += 1000;
+    assert_int_equal(reg(f, "SN-B", 2), STORE_OK);
+    assert_int_equal(reg(f, "SN-B", 3), STORE_OK); /* contested, but the code names one */
+    assert_int_equal(set_code(f, "SN-B", 2, "GHJKMN"), STORE_OK);
+    assert_int_equal(issue(f, "uae", NULL, "ghjkmn", 2, serial), STORE_OK);
+    assert_string_equal(serial, "SN-B");
+    assert_string_equal(f->seal.last_serial, "SN-B");
+    snprintf(want, sizeof want, "GHJKMN|uae|%s", tok2.h);
+    assert_string_equal(raw_text(f->path,
+                                 "SELECT code || '|' || region || '|' || token_hash FROM issuances"
+                                 " WHERE serial = 'SN-B'",
+                                 buf, sizeof buf),
+                        want);
+    /* No device row on eu, for either. */
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM devices"), 0);
+    /* The serials are spent. */
+    assert_int_equal(reg(f, "SN-A", 4), STORE_PROVISIONED);
+    assert_int_equal(poll_s(f, "SN-B", NULL, 3), STORE_PROVISIONED);
+    assert_int_equal(f->seal.calls, 2);
+}
+
+static void test_issue_refusals_and_replay(void **state)
+{
+    struct fx *f = *state;
+    char serial[PHY_SERIAL_MAX + 1];
+
+    assert_int_equal(reg(f, "SN-R", 1), STORE_OK);
+    assert_int_equal(set_code(f, "SN-R", 1, "ABCDEF"), STORE_OK);
+    assert_int_equal(issue(f, "au", NULL, "ABCDEF", 1, serial), STORE_OK);
+    assert_string_equal(serial, "SN-R");
+
+    /* A retry after a lost answer: same device, same region: OK again, nothing sealed,
+     * whatever the request names (the code is spent by now). */
+    f->p.now_ms += 5000;
+    assert_int_equal(issue(f, "au", NULL, "ABCDEF", 1, serial), STORE_OK);
+    assert_string_equal(serial, "SN-R");
+    assert_int_equal(issue(f, "au", "SN-OTHER", NULL, 1, serial), STORE_OK);
+    assert_string_equal(serial, "SN-R");
+    assert_int_equal(f->seal.calls, 1);
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM issuances"), 1);
+    /* The same device ID from another region is not its claim. */
+    assert_int_equal(issue(f, "uae", NULL, "ABCDEF", 1, NULL), STORE_ALREADY_CLAIMED);
+    /* Another device for the spent serial or code. */
+    assert_int_equal(issue(f, "au", "SN-R", NULL, 2, NULL), STORE_ALREADY_CLAIMED);
+    assert_int_equal(issue(f, "au", NULL, "ABCDEF", 2, NULL), STORE_ALREADY_CLAIMED);
+
+    /* The device ID of one of eu's own claims (region NULL). */
+    assert_int_equal(reg(f, "SN-L", 3), STORE_OK);
+    assert_int_equal(claim(f, "SN-L", NULL, 3), STORE_OK);
+    assert_int_equal(reg(f, "SN-M", 4), STORE_OK);
+    assert_int_equal(issue(f, "au", "SN-M", NULL, 3, NULL), STORE_ALREADY_CLAIMED);
+
+    /* Claim resolution as for claim. */
+    assert_int_equal(issue(f, "au", "SN-NOBODY", NULL, 5, NULL), STORE_UNKNOWN_SERIAL);
+    assert_int_equal(issue(f, "au", NULL, "ZZZZZZ", 5, NULL), STORE_EXPIRED_CODE);
+    assert_int_equal(reg(f, "SN-C", 6), STORE_OK);
+    assert_int_equal(reg(f, "SN-C", 7), STORE_OK);
+    assert_int_equal(issue(f, "au", "SN-C", NULL, 5, NULL), STORE_SERIAL_IN_USE);
+    assert_int_equal(set_code(f, "SN-C", 6, "PQRSTU"), STORE_OK);
+    f->p.now_ms += TTL_MS;
+    assert_int_equal(issue(f, "au", NULL, "PQRSTU", 5, NULL), STORE_EXPIRED_CODE);
+    assert_int_equal(f->seal.calls, 2); /* SN-R and eu's own SN-L */
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM issuances"), 2);
+    assert_int_equal(issue(f, "au", "SN-M", NULL, 5, serial), STORE_OK);
+    assert_string_equal(serial, "SN-M");
+}
+
+struct racer {
+    struct fx *f;
+    unsigned i;
+    int rc, outcome;
+};
+
+static void *race(void *arg)
+{
+    struct racer *r = arg;
+    struct id id = ID(100 + r->i);
+    struct hash sh = H(0x5ec);
+    char serial[PHY_SERIAL_MAX + 1];
+    if (r->i % 2) {
+        struct store_remote_issue ri = {
+            .serial = "SN-RACE",
+            .device_id = id.s,
+            .region = r->i % 4 == 1 ? "au" : "uae",
+            .seal = test_seal,
+            .seal_ctx = &r->f->seal,
+        };
+        r->rc = ops->issue_remote(r->f->s, &r->f->p, &ri, serial, &r->outcome);
+    } else {
+        struct store_claim c = {
+            .tenant_id = 1,
+            .serial = "SN-RACE",
+            .device_id = id.s,
+            .secret_hash = sh.h,
+            .seal = test_seal,
+            .seal_ctx = &r->f->seal,
+        };
+        struct store_device d;
+        r->rc = ops->claim(r->f->s, &r->f->p, &c, &d, &r->outcome);
+        store_device_clear(&d);
+    }
+    return NULL;
+}
+
+/* eu's own claim and remote issuances of one serial: exactly one wins. */
+static void test_local_and_remote_contend(void **state)
+{
+    struct fx *f = *state;
+    struct racer r[8];
+    pthread_t th[8];
+    int ok = 0, already = 0;
+
+    /* In sequence, both ways. */
+    assert_int_equal(reg(f, "SN-1", 1), STORE_OK);
+    assert_int_equal(claim(f, "SN-1", NULL, 1), STORE_OK);
+    assert_int_equal(issue(f, "au", "SN-1", NULL, 2, NULL), STORE_ALREADY_CLAIMED);
+    assert_int_equal(reg(f, "SN-2", 3), STORE_OK);
+    assert_int_equal(issue(f, "au", "SN-2", NULL, 3, NULL), STORE_OK);
+    assert_int_equal(claim(f, "SN-2", NULL, 4), STORE_ALREADY_CLAIMED);
+
+    /* Concurrently. */
+    assert_int_equal(reg(f, "SN-RACE", 9), STORE_OK);
+    for (unsigned i = 0; i < 8; i++) {
+        r[i] = (struct racer){.f = f, .i = i, .rc = -1, .outcome = -1};
+        assert_int_equal(pthread_create(&th[i], NULL, race, &r[i]), 0);
+    }
+    for (unsigned i = 0; i < 8; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(r[i].rc, 0);
+        ok += r[i].outcome == STORE_OK;
+        already += r[i].outcome == STORE_ALREADY_CLAIMED;
+    }
+    assert_int_equal(ok, 1);
+    assert_int_equal(already, 7);
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM issuances WHERE serial = 'SN-RACE'"),
+                     1);
+    /* A device row exactly when eu's own claim won. */
+    assert_int_equal(
+        raw_int(f->path, "SELECT count(*) FROM devices WHERE serial = 'SN-RACE'"),
+        raw_int(f->path, "SELECT region IS NULL FROM issuances WHERE serial = 'SN-RACE'"));
+}
+
+static void test_remote_poll_delivery(void **state)
+{
+    struct fx *f = *state;
+    assert_int_equal(reg(f, "SN-P", 1), STORE_OK);
+    assert_int_equal(set_code(f, "SN-P", 1, "ABCDEF"), STORE_OK);
+    assert_int_equal(poll_s(f, NULL, "ABCDEF", 1), STORE_PENDING);
+    assert_int_equal(issue(f, "au", NULL, "ABCDEF", 7, NULL), STORE_OK);
+
+    /* No device row, yet the body is delivered (a local issuance without its
+     * device row would be PROVISIONED). */
+    f->p.now_ms += 10000;
+    int64_t delivered = f->p.now_ms;
+    expect_deliver(f, "SN-P", NULL, 1, "SN-P", 7);
+    assert_int_equal(raw_int(f->path, "SELECT delivered_ms FROM issuances"), delivered);
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM devices"), 0);
+    /* Redelivery inside the grace window, by serial or code; the first time stays. */
+    f->p.now_ms += 1000;
+    expect_deliver(f, NULL, "ABCDEF", 1, "SN-P", 7);
+    f->p.now_ms = delivered + GRACE_MS - 1;
+    expect_deliver(f, "SN-P", NULL, 1, "SN-P", 7);
+    assert_int_equal(raw_int(f->path, "SELECT delivered_ms FROM issuances"), delivered);
+    /* Another token: never. */
+    assert_int_equal(poll_s(f, "SN-P", NULL, 2), STORE_PROVISIONED);
+    /* Grace over. */
+    f->p.now_ms = delivered + GRACE_MS;
+    assert_int_equal(poll_s(f, "SN-P", NULL, 1), STORE_PROVISIONED);
+    assert_int_equal(poll_s(f, NULL, "ABCDEF", 1), STORE_PROVISIONED);
+}
+
+static void test_remote_sweep(void **state)
+{
+    struct fx *f = *state;
+    struct hash tok1 = H(1);
+    char buf[128], want[128];
+    assert_int_equal(reg(f, "SN-S1", 1), STORE_OK);
+    assert_int_equal(reg(f, "SN-S2", 2), STORE_OK);
+    assert_int_equal(issue(f, "au", "SN-S1", NULL, 1, NULL), STORE_OK);
+    assert_int_equal(issue(f, "au", "SN-S2", NULL, 2, NULL), STORE_OK);
+    f->p.now_ms += 1000;
+    int64_t delivered = f->p.now_ms;
+    expect_deliver(f, "SN-S1", NULL, 1, "SN-S1", 1);
+
+    /* Inside grace nothing goes, though no device row exists for either. */
+    f->p.now_ms = delivered + GRACE_MS - 1;
+    assert_int_equal(ops->sweep(f->s, &f->p, 0), 0);
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM issuances WHERE sealed IS NOT NULL AND"
+                                      " device_id LIKE 'dev_%'"),
+                     2);
+    expect_deliver(f, "SN-S1", NULL, 1, "SN-S1", 1);
+
+    /* Grace over: the delivered one keeps only the mark that its serial is spent. */
+    f->p.now_ms = delivered + GRACE_MS;
+    assert_int_equal(ops->sweep(f->s, &f->p, 0), 0);
+    assert_string_equal(raw_text(f->path,
+                                 "SELECT quote(sealed) || '|' || device_id || '|' || region || '|'"
+                                 " || token_hash FROM issuances WHERE serial = 'SN-S1'",
+                                 buf, sizeof buf),
+                        (snprintf(want, sizeof want, "NULL||au|%s", tok1.h), want));
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM issuances WHERE device_id = "
+                                      "'dev_00000000000000000000000001'"),
+                     0);
+    assert_int_equal(poll_s(f, "SN-S1", NULL, 1), STORE_PROVISIONED);
+    assert_int_equal(purge(f, "au", 1), STORE_NOT_FOUND);
+    /* The never-delivered one stays deliverable; the serial stays spent. */
+    assert_int_equal(
+        raw_int(f->path, "SELECT length(sealed) FROM issuances WHERE serial = 'SN-S2'"), 13);
+    f->p.now_ms += 1000;
+    expect_deliver(f, "SN-S2", NULL, 2, "SN-S2", 2);
+    assert_int_equal(reg(f, "SN-S1", 3), STORE_PROVISIONED);
+}
+
+static void test_purge_remote(void **state)
+{
+    struct fx *f = *state;
+    char buf[64];
+    assert_int_equal(reg(f, "SN-U", 1), STORE_OK);
+    assert_int_equal(issue(f, "au", "SN-U", NULL, 1, NULL), STORE_OK);
+    assert_int_equal(reg(f, "SN-L", 2), STORE_OK);
+    assert_int_equal(claim(f, "SN-L", NULL, 2), STORE_OK);
+
+    assert_int_equal(purge(f, "uae", 1), STORE_NOT_FOUND); /* not that region's */
+    assert_int_equal(purge(f, "au", 2), STORE_NOT_FOUND);  /* eu's own */
+    assert_int_equal(purge(f, "au", 9), STORE_NOT_FOUND);
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM issuances WHERE sealed IS NULL"), 0);
+
+    assert_int_equal(purge(f, "au", 1), STORE_OK);
+    assert_string_equal(raw_text(f->path,
+                                 "SELECT quote(sealed) || '|' || device_id || '|' || region"
+                                 " FROM issuances WHERE serial = 'SN-U'",
+                                 buf, sizeof buf),
+                        "NULL||au");
+    assert_int_equal(purge(f, "au", 1), STORE_NOT_FOUND);
+    /* Never delivered, and now it never will be; the serial stays spent. */
+    assert_int_equal(poll_s(f, "SN-U", NULL, 1), STORE_PROVISIONED);
+    assert_int_equal(reg(f, "SN-U", 3), STORE_PROVISIONED);
+    /* eu's own issuance was not touched. */
+    expect_deliver(f, "SN-L", NULL, 2, "SN-L", 2);
+}
+
+static void test_cancel_remote(void **state)
+{
+    struct fx *f = *state;
+    char serial[PHY_SERIAL_MAX + 1];
+
+    assert_int_equal(reg(f, "SN-X", 1), STORE_OK);
+    assert_int_equal(set_code(f, "SN-X", 1, "ABCDEF"), STORE_OK);
+    assert_int_equal(issue(f, "au", NULL, "ABCDEF", 1, NULL), STORE_OK);
+    assert_int_equal(cancel(f, "uae", 1, serial), STORE_NOT_FOUND);
+    assert_string_equal(serial, "");
+    assert_int_equal(cancel(f, "au", 2, NULL), STORE_NOT_FOUND);
+
+    /* Never delivered: rolled back, the registration stays, its code does not. */
+    assert_int_equal(cancel(f, "au", 1, serial), STORE_OK);
+    assert_string_equal(serial, "SN-X");
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM issuances"), 0);
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM registrations WHERE serial = 'SN-X'"
+                                      " AND code IS NULL"),
+                     1);
+    assert_int_equal(cancel(f, "au", 1, NULL), STORE_NOT_FOUND);
+    f->p.now_ms += 10000;
+    assert_int_equal(poll_s(f, "SN-X", NULL, 1), STORE_PENDING);
+    assert_int_equal(poll_s(f, NULL, "ABCDEF", 1), STORE_EXPIRED_CODE);
+
+    /* The serial can be claimed again (here by the user's retry, a new device ID). */
+    assert_int_equal(issue(f, "au", "SN-X", NULL, 3, serial), STORE_OK);
+    assert_string_equal(serial, "SN-X");
+    f->p.now_ms += 10000;
+    expect_deliver(f, "SN-X", NULL, 1, "SN-X", 3);
+    /* Delivered: the region must keep its device. */
+    assert_int_equal(cancel(f, "au", 3, serial), STORE_PROVISIONED);
+    assert_string_equal(serial, "SN-X");
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM issuances"), 1);
+    expect_deliver(f, "SN-X", NULL, 1, "SN-X", 3);
+}
+
+static void test_rearm_remote(void **state)
+{
+    struct fx *f = *state;
+    assert_int_equal(reg(f, "SN-Z", 1), STORE_OK);
+    assert_int_equal(reg(f, "SN-Z", 2), STORE_OK);
+    assert_int_equal(set_code(f, "SN-Z", 1, "ABCDEF"), STORE_OK);
+    assert_int_equal(issue(f, "au", NULL, "ABCDEF", 1, NULL), STORE_OK);
+    assert_int_equal(reg(f, "SN-L", 3), STORE_OK);
+    assert_int_equal(claim(f, "SN-L", NULL, 3), STORE_OK);
+
+    assert_int_equal(rearm(f, "uae", "SN-Z"), STORE_NOT_FOUND);
+    assert_int_equal(rearm(f, "au", "SN-L"), STORE_NOT_FOUND); /* eu's own */
+    assert_int_equal(rearm(f, "au", "SN-NONE"), STORE_NOT_FOUND);
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM issuances"), 2);
+
+    assert_int_equal(rearm(f, "au", "SN-Z"), STORE_OK);
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM issuances WHERE serial = 'SN-Z'"), 0);
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM registrations WHERE serial = 'SN-Z'"),
+                     0);
+    assert_int_equal(rearm(f, "au", "SN-Z"), STORE_NOT_FOUND);
+    /* Registered and claimed afresh, by any region (or eu). */
+    assert_int_equal(poll_s(f, "SN-Z", NULL, 1), STORE_BAD_TOKEN);
+    assert_int_equal(reg(f, "SN-Z", 4), STORE_OK);
+    assert_int_equal(issue(f, "uae", "SN-Z", NULL, 5, NULL), STORE_OK);
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM issuances"), 2);
+}
+
+/* ---- regional side ---- */
+
+static void test_claim_begin_hidden(void **state)
+{
+    struct fx *f = *state;
+    struct store_device d;
+    struct id id1 = ID(1);
+    int64_t tenant = 0;
+    char buf[256];
+
+    assert_int_equal(begin(f, 1, NULL, "lobby"), STORE_OK);
+    assert_int_equal(begin(f, 1, "SN-9", NULL), STORE_EXISTS);
+    assert_int_equal(list_count(f), 0);
+    assert_int_equal(get(f, 1, &d), STORE_NOT_FOUND);
+    assert_null(d.tags_json);
+    assert_int_equal(auth(f, 1, &tenant), STORE_OK); /* its credentials are good already */
+    assert_int_equal(tenant, 1);
+    assert_string_equal(raw_text(f->path,
+                                 "SELECT state || '|' || serial || '|' || remote || '|' || name"
+                                 " || '|' || tags_json FROM devices",
+                                 buf, sizeof buf),
+                        "claiming||1|lobby|{\"site\":\"x\"}");
+    /* Its CANCEL entry falls due after the hold. */
+    assert_string_equal(due(f, T0 + HOLD_MS - 1, 16, buf, sizeof buf), "");
+    assert_string_equal(due(f, T0 + HOLD_MS, 16, buf, sizeof buf), "1:1::0");
+
+    /* eu accepted (it names the serial of a claim by code). */
+    f->p.now_ms += 1000;
+    assert_int_equal(confirm(f, 1, "SN-1", &d), STORE_OK);
+    assert_string_equal(d.device_id, id1.s);
+    assert_string_equal(d.state, "pending_delivery");
+    assert_string_equal(d.serial, "SN-1");
+    assert_string_equal(d.name, "lobby");
+    assert_string_equal(d.tags_json, "{\"site\":\"x\"}");
+    assert_int_equal(d.created_ms, T0);
+    store_device_clear(&d);
+    assert_int_equal(outbox_count(f), 0);
+    assert_int_equal(list_count(f), 1);
+    assert_int_equal(get(f, 1, &d), STORE_OK);
+    assert_string_equal(d.state, "pending_delivery");
+    store_device_clear(&d);
+    /* A confirm repeated changes nothing. */
+    assert_int_equal(confirm(f, 1, "SN-OTHER", NULL), STORE_OK);
+    assert_string_equal(raw_text(f->path, "SELECT serial || state FROM devices", buf, sizeof buf),
+                        "SN-1pending_delivery");
+    assert_int_equal(confirm(f, 2, "SN-2", &d), STORE_NOT_FOUND);
+    assert_null(d.tags_json);
+}
+
+static void test_claim_abort(void **state)
+{
+    struct fx *f = *state;
+    char buf[128];
+    assert_int_equal(begin(f, 1, "SN-1", NULL), STORE_OK);
+    f->p.now_ms += 10;
+    assert_int_equal(begin(f, 2, "SN-2", NULL), STORE_OK);
+    assert_string_equal(due(f, T0 + HOLD_MS + 10, 16, buf, sizeof buf), "1:1:SN-1:0 2:1:SN-2:0");
+    /* A claiming device that reported something already has a twin row. */
+    int64_t v = 0;
+    int changed = 0, out = -1;
+    struct id id1 = ID(1);
+    assert_int_equal(ops->reported_patch(f->s, id1.s, "{\"a\":1}", T0, &v, &changed, &out), 0);
+    assert_int_equal(out, STORE_OK);
+
+    abort_claim(f, 1);
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM devices"), 1);
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM twins"), 0);
+    assert_string_equal(due(f, INT64_MAX, 16, buf, sizeof buf), "2:1:SN-2:0");
+    assert_int_equal(auth(f, 1, NULL), STORE_NOT_FOUND);
+    assert_int_equal(confirm(f, 1, "SN-1", NULL), STORE_NOT_FOUND);
+    abort_claim(f, 1); /* nothing left: fine */
+
+    /* Once confirmed, an abort does not delete the device. */
+    assert_int_equal(confirm(f, 2, "SN-2", NULL), STORE_OK);
+    abort_claim(f, 2);
+    assert_int_equal(list_count(f), 1);
+    assert_int_equal(outbox_count(f), 0);
+}
+
+static void test_session_open_purge(void **state)
+{
+    struct fx *f = *state;
+    struct store_device d;
+    char buf[128];
+
+    assert_int_equal(begin(f, 1, "SN-1", NULL), STORE_OK);
+    assert_int_equal(confirm(f, 1, "SN-1", NULL), STORE_OK);
+    f->p.now_ms += 5000;
+    session(f, 1);
+    assert_int_equal(get(f, 1, &d), STORE_OK);
+    assert_string_equal(d.state, "active");
+    store_device_clear(&d);
+    /* Due now, with the serial. */
+    assert_string_equal(due(f, f->p.now_ms, 16, buf, sizeof buf), "1:2:SN-1:0");
+    assert_int_equal(raw_int(f->path, "SELECT created_ms FROM outbox"), f->p.now_ms);
+    assert_int_equal(ops->outbox_done(f->s, ID(1).s, OUTBOX_PURGE), 0);
+    /* Later sessions queue nothing. */
+    assert_int_equal(ops->session_close(f->s, ID(1).s, -1, f->p.now_ms, f->p.now_ms), 0);
+    f->p.now_ms += 5000;
+    session(f, 1);
+    assert_int_equal(outbox_count(f), 0);
+
+    /* A device that connects while still claiming (eu delivered, its answer was lost):
+     * active, purge queued without a serial, its CANCEL entry kept. */
+    assert_int_equal(begin(f, 2, NULL, NULL), STORE_OK);
+    session(f, 2);
+    assert_string_equal(due(f, f->p.now_ms, 16, buf, sizeof buf), "2:2::0");
+    assert_int_equal(get(f, 2, &d), STORE_OK);
+    assert_string_equal(d.state, "active");
+    store_device_clear(&d);
+    /* The late confirm (a roll forward) keeps the state and fills in the serial. */
+    assert_int_equal(confirm(f, 2, "SN-2", &d), STORE_OK);
+    assert_string_equal(d.state, "active");
+    assert_string_equal(d.serial, "SN-2");
+    store_device_clear(&d);
+    assert_string_equal(due(f, INT64_MAX, 16, buf, sizeof buf), "2:2::0");
+    assert_int_equal(confirm(f, 2, "SN-3", NULL), STORE_OK);
+    assert_string_equal(
+        raw_text(f->path, "SELECT serial FROM devices WHERE device_id LIKE '%2'", buf, sizeof buf),
+        "SN-2");
+
+    /* eu's own devices (remote = 0) never queue anything. */
+    assert_int_equal(reg(f, "SN-L", 1), STORE_OK);
+    assert_int_equal(claim(f, "SN-L", NULL, 3), STORE_OK);
+    session(f, 3);
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM outbox WHERE device_id LIKE '%3'"), 0);
+}
+
+static void test_revoke_delete_reset(void **state)
+{
+    struct fx *f = *state;
+    char buf[256];
+    int out = -1;
+
+    /* 1: pending, revoked. 2: active, revoked. 3: pending, deleted. 4: active, reset.
+     * 5: pending (a purge queued by a revoke), reset. */
+    for (unsigned i = 1; i <= 5; i++) {
+        char serial[16];
+        snprintf(serial, sizeof serial, "SN-%u", i);
+        assert_int_equal(begin(f, i, NULL, NULL), STORE_OK);
+        assert_int_equal(confirm(f, i, serial, NULL), STORE_OK);
+    }
+    session(f, 2);
+    session(f, 4);
+    assert_int_equal(ops->outbox_done(f->s, ID(2).s, OUTBOX_PURGE), 0);
+    assert_int_equal(ops->outbox_done(f->s, ID(4).s, OUTBOX_PURGE), 0);
+    assert_int_equal(outbox_count(f), 0);
+
+    f->p.now_ms = T0 + 1000;
+    assert_int_equal(ops->device_revoke(f->s, 1, ID(1).s, f->p.now_ms, &out), 0);
+    assert_int_equal(out, STORE_OK);
+    assert_int_equal(ops->device_revoke(f->s, 1, ID(2).s, f->p.now_ms, &out), 0);
+    assert_string_equal(due(f, f->p.now_ms, 16, buf, sizeof buf), "1:2:SN-1:0");
+    /* Revoking again queues nothing new. */
+    assert_int_equal(ops->outbox_done(f->s, ID(1).s, OUTBOX_PURGE), 0);
+    assert_int_equal(ops->device_revoke(f->s, 1, ID(1).s, f->p.now_ms, &out), 0);
+    assert_int_equal(outbox_count(f), 0);
+
+    /* device_delete has no clock: due at once. */
+    assert_int_equal(ops->device_delete(f->s, 1, ID(3).s, &out), 0);
+    assert_int_equal(out, STORE_OK);
+    assert_string_equal(due(f, 0, 16, buf, sizeof buf), "3:2:SN-3:0");
+    assert_int_equal(ops->outbox_done(f->s, ID(3).s, OUTBOX_PURGE), 0);
+
+    f->p.now_ms = T0 + 2000;
+    assert_int_equal(ops->device_reset(f->s, 1, ID(4).s, f->p.now_ms, &out), 0);
+    assert_int_equal(out, STORE_OK);
+    assert_string_equal(due(f, f->p.now_ms, 16, buf, sizeof buf), "4:3:SN-4:0");
+    assert_int_equal(ops->device_revoke(f->s, 1, ID(5).s, f->p.now_ms, &out), 0);
+    assert_int_equal(ops->device_reset(f->s, 1, ID(5).s, f->p.now_ms, &out), 0);
+    assert_string_equal(due(f, f->p.now_ms, 16, buf, sizeof buf), "4:3:SN-4:0 5:3:SN-5:0");
+    /* Unknown device: nothing. */
+    assert_int_equal(ops->device_revoke(f->s, 1, ID(9).s, f->p.now_ms, &out), 0);
+    assert_int_equal(out, STORE_NOT_FOUND);
+    assert_int_equal(outbox_count(f), 2);
+
+    /* eu's own device (remote = 0): nothing. */
+    assert_int_equal(reg(f, "SN-L", 1), STORE_OK);
+    assert_int_equal(claim(f, "SN-L", NULL, 6), STORE_OK);
+    assert_int_equal(ops->device_revoke(f->s, 1, ID(6).s, f->p.now_ms, &out), 0);
+    assert_int_equal(ops->device_reset(f->s, 1, ID(6).s, f->p.now_ms, &out), 0);
+    assert_int_equal(outbox_count(f), 2);
+}
+
+static void test_outbox_order_and_retry(void **state)
+{
+    struct fx *f = *state;
+    char buf[256];
+
+    /* Due times T0+HOLD+{20, 0, 0, 10}; 2 and 3 due together, 2 created first. */
+    f->p.now_ms = T0 + 20;
+    assert_int_equal(begin(f, 1, "SN-1", NULL), STORE_OK);
+    f->p.now_ms = T0 + 1;
+    assert_int_equal(begin(f, 3, "SN-3", NULL), STORE_OK);
+    assert_int_equal(raw_int(f->path, "SELECT next_ms FROM outbox WHERE serial = 'SN-3'"),
+                     T0 + 1 + HOLD_MS);
+    raw_exec(f->path, "UPDATE outbox SET next_ms = next_ms - 1, created_ms = created_ms + 1"
+                      " WHERE serial = 'SN-3'");
+    f->p.now_ms = T0;
+    assert_int_equal(begin(f, 2, "SN-2", NULL), STORE_OK);
+    f->p.now_ms = T0 + 10;
+    assert_int_equal(begin(f, 4, "SN-4", NULL), STORE_OK);
+
+    int64_t base = T0 + HOLD_MS;
+    assert_string_equal(due(f, base - 1, 16, buf, sizeof buf), "");
+    assert_string_equal(due(f, base, 16, buf, sizeof buf), "2:1:SN-2:0 3:1:SN-3:0");
+    assert_string_equal(due(f, INT64_MAX, 16, buf, sizeof buf),
+                        "2:1:SN-2:0 3:1:SN-3:0 4:1:SN-4:0 1:1:SN-1:0");
+    assert_string_equal(due(f, INT64_MAX, 3, buf, sizeof buf), "2:1:SN-2:0 3:1:SN-3:0 4:1:SN-4:0");
+    assert_string_equal(due(f, INT64_MAX, 1, buf, sizeof buf), "2:1:SN-2:0");
+    size_t n = 7;
+    assert_int_equal(ops->outbox_due(f->s, INT64_MAX, NULL, 0, &n), 0);
+    assert_int_equal(n, 0);
+
+    /* A failed call: attempts + 1, due again later; twice. */
+    assert_int_equal(ops->outbox_retry(f->s, ID(2).s, OUTBOX_CANCEL, base + 15), 0);
+    assert_string_equal(due(f, base + 10, 16, buf, sizeof buf), "3:1:SN-3:0 4:1:SN-4:0");
+    assert_int_equal(ops->outbox_retry(f->s, ID(2).s, OUTBOX_CANCEL, base + 30), 0);
+    assert_string_equal(due(f, base + 30, 16, buf, sizeof buf),
+                        "3:1:SN-3:0 4:1:SN-4:0 1:1:SN-1:0 2:1:SN-2:2");
+    /* Only that kind. */
+    assert_int_equal(ops->outbox_retry(f->s, ID(3).s, OUTBOX_PURGE, base + 99), 0);
+    assert_int_equal(ops->outbox_done(f->s, ID(3).s, OUTBOX_PURGE), 0);
+    assert_string_equal(due(f, base, 16, buf, sizeof buf), "3:1:SN-3:0");
+    assert_int_equal(ops->outbox_done(f->s, ID(3).s, OUTBOX_CANCEL), 0);
+    assert_int_equal(ops->outbox_done(f->s, ID(3).s, OUTBOX_CANCEL), 0);
+    assert_string_equal(due(f, INT64_MAX, 16, buf, sizeof buf), "4:1:SN-4:0 1:1:SN-1:0 2:1:SN-2:2");
+    /* The hidden rows are still there: only the outbox changed. */
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM devices WHERE state = 'claiming'"), 4);
+}
+
+/* ---- schema ---- */
+
+/* A table's columns as "name type notnull default pk|..." (a fresh and a migrated
+ * store must agree). */
+#define SHAPE_SQL(t)                                                                               \
+    "SELECT group_concat(name || ' ' || type || ' ' || \"notnull\" || ' ' ||"                      \
+    " coalesce(dflt_value, '-') || ' ' || pk, '|') FROM pragma_table_info('" t "')"
+#define INDEXES_SQL                                                                                \
+    "SELECT group_concat(x, '|') FROM (SELECT m.name || ':' || m.tbl_name || ':' ||"               \
+    " (SELECT group_concat(i.name) FROM pragma_index_info(m.name) i) AS x FROM sqlite_master m"    \
+    " WHERE m.type = 'index' ORDER BY m.name)"
+
+/* A version-2 store, made from a fresh one by taking version 3's additions away. */
+static void make_v2(const char *path)
+{
+    raw_exec(path, "DROP TABLE outbox;"
+                   "DROP INDEX issuances_device;"
+                   "ALTER TABLE issuances DROP COLUMN region;"
+                   "ALTER TABLE devices DROP COLUMN remote;"
+                   "PRAGMA user_version = 2;");
+}
+
+static void test_migration_v2(void **state)
+{
+    struct fx *f = *state;
+    struct store_device d;
+    struct hash sh = H(SECRET), tok = H(1);
+    char fresh[160], sql[1024], a[2048], b[2048];
+    struct store *s2 = NULL;
+    char err[256] = "";
+
+    fx_open(f);
+    ops->close(f->s);
+    f->s = NULL;
+    make_v2(f->path);
+    assert_int_equal(raw_int(f->path, "PRAGMA user_version"), 2);
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM pragma_table_info('devices')"
+                                      " WHERE name = 'remote'"),
+                     0);
+    snprintf(sql, sizeof sql,
+             "INSERT INTO devices(device_id, tenant_id, serial, secret_hash, state, created_ms)"
+             " VALUES ('dev_00000000000000000000000001', 1, 'S1', '%s', 'pending_delivery', 5);"
+             "INSERT INTO issuances VALUES ('S1', NULL, '%s', 'dev_00000000000000000000000001',"
+             " x'01', 5, NULL);",
+             sh.h, tok.h);
+    raw_exec(f->path, sql);
+
+    fx_open(f);
+    assert_int_equal(raw_int(f->path, "PRAGMA user_version"), 3);
+    /* Old rows are eu's own (remote 0, region NULL) and behave as before. */
+    assert_int_equal(raw_int(f->path, "SELECT remote FROM devices"), 0);
+    assert_int_equal(raw_int(f->path, "SELECT region IS NULL FROM issuances"), 1);
+    assert_int_equal(poll_s(f, "S1", NULL, 1), STORE_DELIVER);
+    assert_int_equal(get(f, 1, &d), STORE_OK);
+    assert_string_equal(d.state, "provisioned");
+    store_device_clear(&d);
+    assert_int_equal(auth(f, 1, NULL), STORE_OK);
+    /* The new tables work. */
+    assert_int_equal(begin(f, 2, "S2", NULL), STORE_OK);
+    assert_int_equal(outbox_count(f), 1);
+
+    /* Same shape as a fresh store: columns, indexes. */
+    snprintf(fresh, sizeof fresh, "%s/fresh.db", f->dir);
+    assert_int_equal(ops->open(fresh, &s2, err, sizeof err), 0);
+    ops->close(s2);
+    static const char *const shapes[] = {SHAPE_SQL("devices"), SHAPE_SQL("issuances"),
+                                         SHAPE_SQL("outbox"), INDEXES_SQL};
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+        raw_text(f->path, shapes[i], a, sizeof a);
+        raw_text(fresh, shapes[i], b, sizeof b);
+        assert_string_equal(a, b);
+        assert_true(strlen(a) > 20);
+    }
+    assert_non_null(strstr(a, "issuances_device:issuances:device_id"));
+    assert_non_null(strstr(a, "outbox_next:outbox:next_ms"));
+}
+
+static void test_invalid_inputs(void **state)
+{
+    struct fx *f = *state;
+    struct id id = ID(1);
+    struct hash sh = H(SECRET);
+    char serial[PHY_SERIAL_MAX + 1];
+    struct store_outbox_item item;
+    size_t n;
+    int out = -1;
+
+    struct store_remote_issue ri = {
+        .serial = "SN-1",
+        .device_id = id.s,
+        .region = "AU",
+        .seal = test_seal,
+        .seal_ctx = &f->seal,
+    };
+    assert_int_equal(ops->issue_remote(f->s, &f->p, &ri, serial, &out), PHY_EINVAL);
+    ri.region = "";
+    assert_int_equal(ops->issue_remote(f->s, &f->p, &ri, serial, &out), PHY_EINVAL);
+    ri.region = "a-region-16-chrs";
+    assert_int_equal(ops->issue_remote(f->s, &f->p, &ri, serial, &out), PHY_EINVAL);
+    ri.region = "a-region-15-chr"; /* the longest */
+    assert_int_equal(ops->issue_remote(f->s, &f->p, &ri, serial, &out), 0);
+    assert_int_equal(out, STORE_UNKNOWN_SERIAL);
+    ri.code = "ABCDEF";
+    assert_int_equal(ops->issue_remote(f->s, &f->p, &ri, serial, &out), PHY_EINVAL);
+    ri.code = NULL;
+    assert_int_equal(ops->issue_remote(f->s, &f->p, &ri, NULL, &out), PHY_EINVAL);
+    ri.seal = NULL;
+    assert_int_equal(ops->issue_remote(f->s, &f->p, &ri, serial, &out), PHY_EINVAL);
+    ri.seal = test_seal;
+    ri.device_id = NULL;
+    assert_int_equal(ops->issue_remote(f->s, &f->p, &ri, serial, &out), PHY_EINVAL);
+
+    assert_int_equal(ops->issuance_purge_remote(f->s, "a u", id.s, &out), PHY_EINVAL);
+    assert_int_equal(ops->issuance_purge_remote(f->s, "au", NULL, &out), PHY_EINVAL);
+    assert_int_equal(ops->issuance_cancel_remote(f->s, "au", id.s, NULL, &out), PHY_EINVAL);
+    assert_int_equal(ops->issuance_cancel_remote(f->s, NULL, id.s, serial, &out), PHY_EINVAL);
+    assert_int_equal(ops->serial_rearm_remote(f->s, "au", "S N", &out), PHY_EINVAL);
+    assert_int_equal(ops->serial_rearm_remote(f->s, "au", "SN", NULL), PHY_EINVAL);
+
+    struct store_claim_begin c = {
+        .tenant_id = 1,
+        .device_id = id.s,
+        .secret_hash = "",
+        .now_ms = T0,
+        .hold_ms = 1,
+    };
+    assert_int_equal(ops->claim_begin(f->s, &c, &out), PHY_EINVAL);
+    c.secret_hash = sh.h;
+    c.serial = "S N";
+    assert_int_equal(ops->claim_begin(f->s, &c, &out), PHY_EINVAL);
+    c.serial = NULL;
+    c.hold_ms = -1;
+    assert_int_equal(ops->claim_begin(f->s, &c, &out), PHY_EINVAL);
+    c.hold_ms = INT64_MAX;
+    assert_int_equal(ops->claim_begin(f->s, &c, &out), PHY_EINVAL);
+    c.hold_ms = 1;
+    char *big = malloc(70000);
+    assert_non_null(big);
+    memset(big, ' ', 69999);
+    big[0] = '{';
+    big[69998] = '}';
+    big[69999] = '\0';
+    c.tags_json = big;
+    assert_int_equal(ops->claim_begin(f->s, &c, &out), PHY_ETOOBIG);
+    free(big);
+    c.tags_json = NULL;
+    assert_int_equal(ops->claim_begin(f->s, &c, NULL), PHY_EINVAL);
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM devices"), 0);
+    assert_int_equal(ops->claim_begin(f->s, &c, &out), 0); /* tags default to {} */
+    assert_int_equal(out, STORE_OK);
+    assert_int_equal(raw_int(f->path, "SELECT tags_json = '{}' FROM devices"), 1);
+
+    assert_int_equal(ops->claim_confirm(f->s, id.s, NULL, NULL, &out), PHY_EINVAL);
+    assert_int_equal(ops->claim_confirm(f->s, id.s, "SN", NULL, NULL), PHY_EINVAL);
+    assert_int_equal(ops->claim_abort(f->s, ""), PHY_EINVAL);
+    assert_int_equal(ops->outbox_done(f->s, id.s, 0), PHY_EINVAL);
+    assert_int_equal(ops->outbox_done(f->s, id.s, 4), PHY_EINVAL);
+    assert_int_equal(ops->outbox_retry(f->s, id.s, 4, T0), PHY_EINVAL);
+    assert_int_equal(ops->outbox_retry(f->s, NULL, OUTBOX_CANCEL, T0), PHY_EINVAL);
+    assert_int_equal(ops->outbox_due(f->s, T0, NULL, 1, &n), PHY_EINVAL);
+    assert_int_equal(ops->outbox_due(f->s, T0, &item, 1, NULL), PHY_EINVAL);
+    assert_int_equal(outbox_count(f), 1);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_issue_by_serial_and_code, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_issue_refusals_and_replay, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_local_and_remote_contend, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_remote_poll_delivery, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_remote_sweep, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_purge_remote, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cancel_remote, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rearm_remote, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_claim_begin_hidden, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_claim_abort, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_session_open_purge, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_revoke_delete_reset, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_outbox_order_and_retry, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_migration_v2, setup_nostore, teardown),
+        cmocka_unit_test_setup_teardown(test_invalid_inputs, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
