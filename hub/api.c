@@ -356,6 +356,17 @@ int api_if_match(const char *v, int64_t *out)
     return 0;
 }
 
+const char *api_log_path(const char *path, char *buf, size_t cap)
+{
+    static const char prefix[] = "/internal/v1/issuances/";
+    if (strncmp(path, prefix, sizeof(prefix) - 1) != 0)
+        return path;
+    const char *rest = path + sizeof(prefix) - 1;
+    const char *slash = strchr(rest, '/');
+    snprintf(buf, cap, "%s{id}%s", prefix, slash ? slash : "");
+    return buf;
+}
+
 /* ---- routing ---- */
 
 typedef void (*api_fn)(struct hub *, const struct api_request *, struct api_response *);

@@ -64,4 +64,9 @@ void api_error(struct api_response *res, int status, const char *code, const cha
 
 void api_response_free(struct api_response *res);
 
+/* The path as the access log shows it: under /internal/ (another region's devices)
+ * a device ID segment becomes "{id}", so eu's logs name no foreign device. Returns
+ * path itself or buf. */
+const char *api_log_path(const char *path, char *buf, size_t cap);
+
 #endif

@@ -259,6 +259,8 @@ void handle_claim(struct hub *h, const struct api_request *req, struct api_respo
     hub_prov_params(h, hub_now_ms(), &p);
     int outcome = STORE_OK;
     int rc;
+    snprintf(res->log, sizeof(res->log), "tenant=%s by=%s", caller.tenant,
+             serial ? "serial" : "code");
     if (h->cfg.provisioning) {
         rc = h->store_ops->claim(h->store, &p, &c, &dev, &outcome);
     } else { /* the issuance lives in eu (docs/protocol.md section 3) */

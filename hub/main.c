@@ -1,11 +1,13 @@
 /* phyhub: the regional hub daemon (provisioning, console API) and its admin commands. */
 #include <argon2.h>
 #include <errno.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
 #include <openssl/crypto.h>
 #include <uv.h>
 
@@ -26,6 +28,16 @@ static uv_signal_t g_sigint, g_sigterm;
 static uv_timer_t g_sweep_timer;
 static int g_sweep_running;
 static uv_work_t g_sweep_work;
+
+/* jansson's free for the whole hub: request bodies and issuances carry device
+ * secrets, so every block jansson releases is wiped first. */
+static void json_free_wiped(void *p)
+{
+    if (p) {
+        OPENSSL_cleanse(p, malloc_usable_size(p));
+        free(p);
+    }
+}
 
 static void config_defaults(struct hub_config *c)
 {
@@ -361,6 +373,7 @@ int main(int argc, char **argv)
 {
     phy_log_init("phyhub", PHY_LOG_INFO);
     signal(SIGPIPE, SIG_IGN);
+    json_set_alloc_funcs(malloc, json_free_wiped);
     if (argc > 1 && strcmp(argv[1], "admin") == 0)
         return admin_main(argc, argv);
 

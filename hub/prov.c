@@ -255,7 +255,14 @@ void handle_poll(struct hub *h, const struct api_request *req, struct api_respon
         dc.plain = NULL;
         res->status = 200;
         hub_metric_add(&h->metrics.prov_delivered, 1);
-        snprintf(res->log, sizeof(res->log), "device_id=%s outcome=delivered", r.device_id);
+        /* Another region's device ID is not written down here either (residency);
+         * the sealed body is compact JSON from hub_seal_issuance. */
+        char own[48];
+        snprintf(own, sizeof(own), "\"region\":\"%s\"", h->cfg.region);
+        if (strstr(res->body, own))
+            snprintf(res->log, sizeof(res->log), "device_id=%s outcome=delivered", r.device_id);
+        else
+            snprintf(res->log, sizeof(res->log), "outcome=delivered_remote");
         break;
     default:
         api_error(res, 500, "internal", "unexpected store outcome");

@@ -10,6 +10,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <pthread.h>
+#include <stdatomic.h>
+
 #include <jansson.h>
 #include <openssl/crypto.h>
 
@@ -26,6 +29,7 @@
 #define RETRY_BASE_MS 200
 #define TENANT_MAX STORE_NAME_MAX
 #define ENDPOINT_MAX 255
+#define CLAIMS_IN_FLIGHT_MAX 4 /* claims waiting on eu at once (each holds a worker) */
 
 struct region_peer {
     char name[REGION_NAME_MAX + 1];
@@ -40,6 +44,11 @@ struct region_ctx {
     /* eu: one key per regional hub */
     struct region_peer *peers;
     size_t npeers;
+    /* regional hub: claims whose call to eu is running (the outbox leaves their
+     * cancel entries alone), and one outbox drain at a time */
+    pthread_mutex_t mu;
+    char in_flight[CLAIMS_IN_FLIGHT_MAX][PHY_DEVICE_ID_LEN + 1];
+    atomic_int draining;
 };
 
 __attribute__((format(printf, 3, 4))) static void set_err(char *err, size_t cap,
@@ -218,6 +227,10 @@ int region_setup(struct hub *h, char *err, size_t errcap)
     struct region_ctx *r = calloc(1, sizeof *r);
     if (!r)
         return PHY_ENOMEM;
+    if (pthread_mutex_init(&r->mu, NULL) != 0) {
+        free(r);
+        return PHY_EIO;
+    }
     h->region = r;
     if (c->provisioning) {
         if (c->provisioning_url || c->inter_region_key_file) {
@@ -249,6 +262,7 @@ void region_cleanup(struct hub *h)
     if (r->peers)
         OPENSSL_cleanse(r->peers, r->npeers * sizeof *r->peers);
     free(r->peers);
+    pthread_mutex_destroy(&r->mu);
     OPENSSL_cleanse(r, sizeof *r);
     free(r);
     h->region = NULL;
@@ -316,15 +330,16 @@ static int peer_auth(struct hub *h, const struct api_request *req, struct api_re
     return -1;
 }
 
-static int name_ok(const char *s, size_t max)
+/* A tenant name as tenant-add accepts it: 1..max bytes (UTF-8, checked by jansson)
+ * without control characters. */
+static int tenant_ok(const char *s, size_t max)
 {
     size_t n = strlen(s);
     if (n == 0 || n > max)
         return 0;
     for (size_t i = 0; i < n; i++) {
-        char ch = s[i];
-        if (!((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
-              ch == '.' || ch == '_' || ch == '-'))
+        unsigned char ch = (unsigned char)s[i];
+        if (ch < 0x20 || ch == 0x7f)
             return 0;
     }
     return 1;
@@ -350,8 +365,9 @@ static void store_failed(struct api_response *res)
 
 void handle_internal_issue(struct hub *h, const struct api_request *req, struct api_response *res)
 {
-    static const char *const fields[] = {"serial",   "code",   "device_id", "device_secret",
-                                         "tenant",   "region", "endpoint",  NULL};
+    static const char *const fields[] = {"serial", "code",     "device_id", "device_secret",
+                                         "tenant", "region",   "endpoint",  "not_after",
+                                         NULL};
     const char *caller, *serial, *code_in, *device_id, *secret, *tenant, *region, *endpoint;
     char code[PHY_CODE_LEN + 1], host[256], serial_out[PHY_SERIAL_MAX + 1] = "";
     unsigned port;
@@ -368,6 +384,11 @@ void handle_internal_issue(struct hub *h, const struct api_request *req, struct 
         api_get_string(body, "region", 1, &region, res) < 0 ||
         api_get_string(body, "endpoint", 1, &endpoint, res) < 0)
         goto out;
+    json_t *na = json_object_get(body, "not_after");
+    if (!json_is_integer(na) || json_integer_value(na) <= 0) {
+        api_error(res, 400, "bad_request", "not_after (milliseconds since the epoch) is required");
+        goto out;
+    }
     if ((serial == NULL) == (code_in == NULL)) {
         api_error(res, 400, "bad_request", "give exactly one of 'serial' or 'code'");
         goto out;
@@ -381,7 +402,7 @@ void handle_internal_issue(struct hub *h, const struct api_request *req, struct 
         goto out;
     }
     if (!api_device_id_valid(device_id, strlen(device_id)) || !secret_ok(secret) ||
-        !name_ok(tenant, TENANT_MAX) || !region_name_valid(region) ||
+        !tenant_ok(tenant, TENANT_MAX) || !region_name_valid(region) ||
         strlen(endpoint) > ENDPOINT_MAX ||
         phy_client_parse_hostport(endpoint, host, sizeof host, &port, 0) != 0) {
         api_error(res, 400, "bad_request",
@@ -404,6 +425,12 @@ void handle_internal_issue(struct hub *h, const struct api_request *req, struct 
     };
     struct store_prov_params p;
     hub_prov_params(h, hub_now_ms(), &p);
+    /* The caller has given up on this request by now (and may cancel soon): issuing
+     * it would leave credentials nobody keeps. */
+    if (p.now_ms > json_integer_value(na)) {
+        api_error(res, 410, "request_expired", "the claim's deadline has passed; nothing issued");
+        goto out;
+    }
     int outcome = STORE_OK;
     if (h->store_ops->issue_remote(h->store, &p, &ri, serial_out, &outcome) < 0) {
         store_failed(res);
@@ -520,11 +547,33 @@ static void sleep_ms(long ms)
         ;
 }
 
+/* The "key" string member of eu's JSON answer, copied into out ("" when absent). */
+static void answer_field(const struct phy_client_response *res, const char *key, char *out,
+                         size_t cap)
+{
+    json_t *o = res->body ? json_loads(res->body, JSON_REJECT_DUPLICATES, NULL) : NULL;
+    json_t *v = json_is_object(o) ? json_object_get(o, key) : NULL;
+    snprintf(out, cap, "%s", json_is_string(v) ? json_string_value(v) : "");
+    json_decref(o);
+}
+
+/* 1 when eu itself says its transaction did not happen (its store failed). */
+static int eu_rolled_back(const struct phy_client_response *res)
+{
+    char code[32];
+    if (res->status != 503)
+        return 0;
+    answer_field(res, "error", code, sizeof code);
+    return strcmp(code, "store_unavailable") == 0;
+}
+
 /* One call to eu with retries on transport failures and 5xx (safe: every internal
- * call is idempotent). Returns 0 with res (status and body) or a negative PHY_E*
- * when no answer came; *sent = 1 when some request may have reached eu. */
+ * call is idempotent), none started after deadline_ms (0: no deadline). Returns 0
+ * with res (status and body) or a negative PHY_E* when no answer came; *lost = 1
+ * when some request may have reached eu without its answer reaching us. */
 static int eu_call(struct hub *h, const char *method, const char *path, const char *body,
-                   struct phy_client_response *res, int *sent, char *err, size_t errcap)
+                   int64_t deadline_ms, struct phy_client_response *res, int *lost, char *err,
+                   size_t errcap)
 {
     const struct region_ctx *r = h->region;
     char auth[sizeof "Authorization: Bearer \r\n" + REGION_KEY_MAX];
@@ -536,15 +585,21 @@ static int eu_call(struct hub *h, const char *method, const char *path, const ch
     };
     int rc = PHY_EIO;
     long attempts = h->cfg.inter_region_attempts > 0 ? h->cfg.inter_region_attempts : 1;
-    *sent = 0;
+    *lost = 0;
     snprintf(auth, sizeof auth, "Authorization: Bearer %s\r\n", r->key);
     for (long i = 0; i < attempts; i++) {
-        if (i > 0)
-            sleep_ms(RETRY_BASE_MS << (i - 1 < 6 ? i - 1 : 6));
+        if (i > 0) {
+            long pause = RETRY_BASE_MS << (i - 1 < 6 ? i - 1 : 6);
+            if (deadline_ms && hub_now_ms() + pause >= deadline_ms)
+                break;
+            sleep_ms(pause);
+        }
         rc = phy_client_request(&o, method, path, auth, body ? "application/json" : NULL, body,
                                 body ? strlen(body) : 0, res, err, errcap);
-        if (res->sent)
-            *sent = 1;
+        if (rc < 0 && res->sent)
+            *lost = 1;
+        if (rc == 0 && res->status >= 500 && !eu_rolled_back(res))
+            *lost = 1; /* e.g. a gateway's 502/504: eu may have acted */
         if (rc == 0 && res->status < 500)
             break;
         if (rc == 0) {
@@ -559,34 +614,84 @@ static int eu_call(struct hub *h, const char *method, const char *path, const ch
     return rc;
 }
 
-/* The "error" member of eu's JSON answer, copied into out ("" when absent). */
-static void answer_field(const struct phy_client_response *res, const char *key, char *out,
-                         size_t cap)
-{
-    json_t *o = res->body ? json_loads(res->body, JSON_REJECT_DUPLICATES, NULL) : NULL;
-    json_t *v = json_is_object(o) ? json_object_get(o, key) : NULL;
-    snprintf(out, cap, "%s", json_is_string(v) ? json_string_value(v) : "");
-    json_decref(o);
-}
-
 static void unavailable(struct hub *h, struct api_response *res, const char *why)
 {
-    char msg[200];
-    snprintf(msg, sizeof msg, "the provisioning region (eu) cannot be reached (%s); retry", why);
-    api_error(res, 503, "provisioning_unavailable", msg);
+    api_error(res, 503, "provisioning_unavailable",
+              "the provisioning region cannot be reached right now; retry the claim");
     snprintf(res->extra_headers, sizeof res->extra_headers, "Retry-After: %ld\r\n",
              h->cfg.inter_region_timeout_s);
+    phy_log(PHY_LOG_WARN, "claim_unavailable", "why=\"%s\"", why);
+}
+
+/* Registers a claim whose call to eu is running; 0 when the cap is reached. */
+static int in_flight_add(struct region_ctx *r, const char *device_id)
+{
+    int ok = 0;
+    pthread_mutex_lock(&r->mu);
+    for (size_t i = 0; i < CLAIMS_IN_FLIGHT_MAX && !ok; i++) {
+        if (!r->in_flight[i][0]) {
+            memcpy(r->in_flight[i], device_id, PHY_DEVICE_ID_LEN + 1);
+            ok = 1;
+        }
+    }
+    pthread_mutex_unlock(&r->mu);
+    return ok;
+}
+
+static void in_flight_remove(struct region_ctx *r, const char *device_id)
+{
+    pthread_mutex_lock(&r->mu);
+    for (size_t i = 0; i < CLAIMS_IN_FLIGHT_MAX; i++) {
+        if (strcmp(r->in_flight[i], device_id) == 0)
+            r->in_flight[i][0] = '\0';
+    }
+    pthread_mutex_unlock(&r->mu);
+}
+
+static int in_flight_has(struct region_ctx *r, const char *device_id)
+{
+    int found = 0;
+    pthread_mutex_lock(&r->mu);
+    for (size_t i = 0; i < CLAIMS_IN_FLIGHT_MAX; i++)
+        found |= strcmp(r->in_flight[i], device_id) == 0;
+    pthread_mutex_unlock(&r->mu);
+    return found;
+}
+
+/* The body of the issue call. Built by hand into a buffer that is cleansed: every
+ * field was validated (no character needs escaping except in the tenant name,
+ * which jansson encodes), so no unwiped copy of the secret is left on the heap. */
+static char *issue_body(struct hub *h, const struct region_claim *c, int64_t not_after)
+{
+    json_t *t = json_string(c->tenant);
+    char *tenant = t ? json_dumps(t, JSON_ENCODE_ANY) : NULL;
+    json_decref(t);
+    if (!tenant)
+        return NULL;
+    size_t cap = 512 + strlen(tenant) + strlen(h->cfg.public_endpoint);
+    char *body = malloc(cap);
+    if (body)
+        snprintf(body, cap,
+                 "{\"%s\":\"%s\",\"device_id\":\"%s\",\"device_secret\":\"%s\",\"tenant\":%s,"
+                 "\"region\":\"%s\",\"endpoint\":\"%s\",\"not_after\":%lld}",
+                 c->serial ? "serial" : "code", c->serial ? c->serial : c->code, c->device_id,
+                 c->secret, tenant, h->cfg.region, h->cfg.public_endpoint, (long long)not_after);
+    free(tenant);
+    return body;
 }
 
 int region_claim(struct hub *h, const struct region_claim *c, struct store_device *dev,
                  int *outcome, struct api_response *res)
 {
+    struct region_ctx *r = h->region;
     struct phy_client_response ans = {0};
     char err[200] = "", code[64] = "", serial[PHY_SERIAL_MAX + 1] = "";
-    int sent = 0, rc, result = 1;
+    int lost = 0, rc, result = 1;
     int64_t now = hub_now_ms();
-    /* The cancel entry falls due only after every try of the call has ended. */
+    /* Every try of the call ends by the deadline (eu refuses the request after it);
+     * the cancel entry falls due only a whole budget later (clock skew margin). */
     int64_t budget = (h->cfg.inter_region_timeout_s * 3000 + 1000) * h->cfg.inter_region_attempts;
+    int64_t deadline = now + budget;
     struct store_claim_begin b = {
         .tenant_id = c->tenant_id,
         .device_id = c->device_id,
@@ -598,32 +703,34 @@ int region_claim(struct hub *h, const struct region_claim *c, struct store_devic
         .hold_ms = 2 * budget,
     };
     *outcome = STORE_OK;
+    if (!in_flight_add(r, c->device_id)) {
+        unavailable(h, res, "too many claims waiting for eu");
+        return 1;
+    }
     if (h->store_ops->claim_begin(h->store, &b, outcome) < 0 || *outcome != STORE_OK) {
+        in_flight_remove(r, c->device_id);
         store_failed(res);
         return 1;
     }
-    json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", c->serial ? "serial" : "code",
-                          c->serial ? c->serial : c->code, "device_id", c->device_id,
-                          "device_secret", c->secret, "tenant", c->tenant, "region",
-                          h->cfg.region, "endpoint", h->cfg.public_endpoint);
-    char *body = o ? json_dumps(o, JSON_COMPACT) : NULL;
-    json_decref(o);
+    char *body = issue_body(h, c, deadline);
     if (!body) {
         h->store_ops->claim_abort(h->store, c->device_id);
+        in_flight_remove(r, c->device_id);
         api_error(res, 500, "internal", "out of memory");
         return 1;
     }
-    rc = eu_call(h, "POST", "/internal/v1/issuances", body, &ans, &sent, err, sizeof err);
+    rc = eu_call(h, "POST", "/internal/v1/issuances", body, deadline, &ans, &lost, err,
+                 sizeof err);
     OPENSSL_cleanse(body, strlen(body));
     free(body);
 
     if (rc < 0 || ans.status >= 500) {
         /* No answer. When nothing can have reached eu the claim is simply undone;
          * otherwise the outbox cancels it at eu first (it stays hidden meanwhile). */
-        if (!sent)
+        if (!lost)
             h->store_ops->claim_abort(h->store, c->device_id);
-        phy_log(PHY_LOG_WARN, "claim_unavailable", "device_id=%s sent=%d err=\"%s\"",
-                c->device_id, sent, err);
+        phy_log(PHY_LOG_WARN, "claim_no_answer", "device_id=%s lost=%d err=\"%s\"",
+                c->device_id, lost, err);
         unavailable(h, res, err);
         goto out;
     }
@@ -632,15 +739,15 @@ int region_claim(struct hub *h, const struct region_claim *c, struct store_devic
         if (!phy_serial_valid(serial, strlen(serial)) ||
             (c->serial && strcmp(serial, c->serial) != 0)) {
             /* eu accepted but named no usable serial: leave it to the outbox. */
-            unavailable(h, res, "eu's answer is malformed");
+            unavailable(h, res, "eu's answer names no valid serial");
             goto out;
         }
         if (h->store_ops->claim_confirm(h->store, c->device_id, serial, dev, outcome) < 0) {
             store_failed(res); /* the outbox completes or cancels it later */
             goto out;
         }
-        if (*outcome != STORE_OK) { /* rolled back meanwhile by the outbox */
-            unavailable(h, res, "the claim took too long");
+        if (*outcome != STORE_OK) { /* the row is gone: cannot happen while in flight */
+            unavailable(h, res, "the claim's row disappeared");
             goto out;
         }
         result = 0;
@@ -657,7 +764,10 @@ int region_claim(struct hub *h, const struct region_claim *c, struct store_devic
         *outcome = STORE_SERIAL_IN_USE;
     else if (ans.status == 409 && strcmp(code, "already_claimed") == 0)
         *outcome = STORE_ALREADY_CLAIMED;
-    else {
+    else if (ans.status == 410 && strcmp(code, "request_expired") == 0) {
+        unavailable(h, res, "eu received the claim after its deadline");
+        goto out;
+    } else {
         phy_log(PHY_LOG_ERROR, "claim_refused_by_eu", "status=%d error=%s", ans.status,
                 code[0] ? code : "-");
         api_error(res, 502, "provisioning_refused",
@@ -667,6 +777,7 @@ int region_claim(struct hub *h, const struct region_claim *c, struct store_devic
     }
     result = 0;
 out:
+    in_flight_remove(r, c->device_id);
     phy_client_response_free(&ans);
     return result;
 }
@@ -687,7 +798,7 @@ static int outbox_send(struct hub *h, const struct store_outbox_item *it)
     struct phy_client_response ans = {0};
     char path[128], err[200] = "", serial[PHY_SERIAL_MAX + 1] = "";
     char *body = NULL;
-    int sent, done = 0, outcome;
+    int lost, done = 0, outcome;
     const char *method = "POST";
     switch (it->kind) {
     case OUTBOX_CANCEL:
@@ -709,7 +820,7 @@ static int outbox_send(struct hub *h, const struct store_outbox_item *it)
     default:
         return 1; /* unknown kind: drop it */
     }
-    if (eu_call(h, method, path, body, &ans, &sent, err, sizeof err) < 0 || ans.status >= 500) {
+    if (eu_call(h, method, path, body, 0, &ans, &lost, err, sizeof err) < 0 || ans.status >= 500) {
         done = -1;
         goto out;
     }
@@ -743,14 +854,22 @@ out:
 void region_outbox_drain(struct hub *h)
 {
     struct store_outbox_item items[OUTBOX_BATCH];
+    struct region_ctx *rc = h->region;
     size_t n = 0;
-    if (h->cfg.provisioning || !h->region)
+    if (h->cfg.provisioning || !rc)
+        return;
+    /* One drain at a time (the sweep and the session kick both call this): an entry
+     * must not be sent twice concurrently. */
+    if (atomic_exchange(&rc->draining, 1))
         return;
     if (h->store_ops->outbox_due(h->store, hub_now_ms(), items, OUTBOX_BATCH, &n) < 0) {
         phy_log(PHY_LOG_WARN, "outbox_failed", "store=%s", h->store_ops->name);
-        return;
+        n = 0;
     }
     for (size_t i = 0; i < n; i++) {
+        /* A claim still waiting on its own call to eu decides for itself. */
+        if (items[i].kind == OUTBOX_CANCEL && in_flight_has(rc, items[i].device_id))
+            continue;
         int r = outbox_send(h, &items[i]);
         if (r > 0) {
             h->store_ops->outbox_done(h->store, items[i].device_id, items[i].kind);
@@ -761,4 +880,5 @@ void region_outbox_drain(struct hub *h)
         if (r < 0) /* eu is unreachable: the rest waits for the next round */
             break;
     }
+    atomic_store(&rc->draining, 0);
 }

@@ -286,8 +286,10 @@ static void on_work_done(uv_work_t *req, int status)
     } else {
         struct server *s = c->srv;
         uint64_t dur = uv_now(s->loop) - c->req_start_ms;
+        char lpath[128];
         phy_log(PHY_LOG_INFO, "http", "rid=%s peer=%s method=%s path=%s status=%d ms=%llu%s%s",
-                w->rid, c->peer, w->areq.method, w->areq.path, w->ares.status,
+                w->rid, c->peer, w->areq.method,
+                api_log_path(w->areq.path, lpath, sizeof(lpath)), w->ares.status,
                 (unsigned long long)dur, w->ares.log[0] ? " " : "", w->ares.log);
         if (w->kind == WORK_UPGRADE && w->ares.status == 101) {
             char extra[256];

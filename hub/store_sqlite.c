@@ -108,7 +108,9 @@ static const char SCHEMA_SQL[] =
     "  reported TEXT NOT NULL DEFAULT '{}',"
     "  reported_version INTEGER NOT NULL DEFAULT 0);"
     /* region: NULL for eu's own claims, else the peer region that asked for the
-     * issuance (whose device_id is '' once redelivery ended). */
+     * issuance. Once redelivery of a peer region's issuance ended its device_id is ''
+     * and device_ref holds phy_ref(device ID) (SHA-256 hex): that region can still
+     * cancel, purge or replay by device ID, and the ID itself is not kept. */
     "CREATE TABLE IF NOT EXISTS issuances("
     "  serial TEXT PRIMARY KEY,"
     "  code TEXT,"
@@ -117,10 +119,12 @@ static const char SCHEMA_SQL[] =
     "  sealed BLOB,"
     "  created_ms INTEGER NOT NULL,"
     "  delivered_ms INTEGER,"
-    "  region TEXT);"
+    "  region TEXT,"
+    "  device_ref TEXT);"
     "CREATE INDEX IF NOT EXISTS issuances_code ON issuances(code);"
     "CREATE INDEX IF NOT EXISTS issuances_token ON issuances(token_hash);"
-    "CREATE INDEX IF NOT EXISTS issuances_device ON issuances(device_id);" OUTBOX_SQL
+    "CREATE INDEX IF NOT EXISTS issuances_device ON issuances(device_id);"
+    "CREATE INDEX IF NOT EXISTS issuances_ref ON issuances(device_ref);" OUTBOX_SQL
     "CREATE TABLE IF NOT EXISTS claim_failures("
     "  tenant_id INTEGER NOT NULL,"
     "  user_id INTEGER NOT NULL,"
@@ -149,7 +153,9 @@ static const char MIGRATE_1_2_SQL[] =
 static const char MIGRATE_2_3_SQL[] =
     "ALTER TABLE devices ADD COLUMN remote INTEGER NOT NULL DEFAULT 0;"
     "ALTER TABLE issuances ADD COLUMN region TEXT;"
-    "CREATE INDEX issuances_device ON issuances(device_id);" OUTBOX_SQL;
+    "ALTER TABLE issuances ADD COLUMN device_ref TEXT;"
+    "CREATE INDEX issuances_device ON issuances(device_id);"
+    "CREATE INDEX issuances_ref ON issuances(device_ref);" OUTBOX_SQL;
 
 static const char *const MIGRATE_SQL[SCHEMA_VERSION] = {
     NULL, /* 0: a fresh store gets SCHEMA_SQL */
@@ -514,6 +520,22 @@ static void sq_close(struct store *s)
     free(s);
 }
 
+/* SQL function phy_ref(text): the SHA-256 hex of its argument (NULL for NULL). */
+static void sql_phy_ref(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+{
+    char hex[PHY_HASH_HEX_LEN + 1];
+    const unsigned char *t = argc == 1 ? sqlite3_value_text(argv[0]) : NULL;
+    if (!t) {
+        sqlite3_result_null(ctx);
+        return;
+    }
+    if (phy_sha256_hex(t, (size_t)sqlite3_value_bytes(argv[0]), hex) < 0) {
+        sqlite3_result_error(ctx, "phy_ref: hashing failed", -1);
+        return;
+    }
+    sqlite3_result_text(ctx, hex, PHY_HASH_HEX_LEN, SQLITE_TRANSIENT);
+}
+
 static int sq_open(const char *url, struct store **out, char *err, size_t errcap)
 {
     static const char *const pragmas[] = {
@@ -571,6 +593,12 @@ static int sq_open(const char *url, struct store **out, char *err, size_t errcap
         goto fail;
     }
     sqlite3_extended_result_codes(s->db, 1);
+    if (sqlite3_create_function(s->db, "phy_ref", 1, SQLITE_UTF8 | SQLITE_DETERMINISTIC, NULL,
+                                sql_phy_ref, NULL, NULL) != SQLITE_OK) {
+        set_err(err, errcap, "sqlite function: %s", sqlite3_errmsg(s->db));
+        rc = PHY_EIO;
+        goto fail;
+    }
     for (size_t i = 0; i < sizeof pragmas / sizeof pragmas[0]; i++) {
         if (exec_sql(s, pragmas[i]) != 0) {
             set_err(err, errcap, "%s: %s", pragmas[i], sqlite3_errmsg(s->db));
@@ -1289,8 +1317,10 @@ static int sq_issue_remote(struct store *s, const struct store_prov_params *p,
     if ((rc = tx_begin(s, 1)))
         return rc;
     /* A retry (the answer to an earlier call was lost) finds its own issuance. */
-    rc = q_prep(s, &st, "SELECT serial, region FROM issuances WHERE device_id = ? LIMIT 1", "t",
-                ri->device_id);
+    rc = q_prep(s, &st,
+                "SELECT serial, region FROM issuances WHERE device_id = ?1 OR"
+                " device_ref = phy_ref(?1) LIMIT 1",
+                "t", ri->device_id);
     if (rc)
         goto out;
     rc = sqlite3_step(st);
@@ -1331,8 +1361,8 @@ static int sq_issuance_purge_remote(struct store *s, const char *region, const c
     if ((rc = tx_begin(s, 1)))
         return rc;
     rc = q_exec(s, &purged,
-                "UPDATE issuances SET sealed = NULL, device_id = '' WHERE device_id = ? AND"
-                " region = ?",
+                "UPDATE issuances SET sealed = NULL, device_ref = phy_ref(?1), device_id = ''"
+                " WHERE (device_id = ?1 OR device_ref = phy_ref(?1)) AND region = ?2",
                 "tt", device_id, region);
     if (rc == 0)
         *outcome = purged > 0 ? STORE_OK : STORE_NOT_FOUND;
@@ -1351,7 +1381,8 @@ static int sq_issuance_cancel_remote(struct store *s, const char *region, const 
     if ((rc = tx_begin(s, 1)))
         return rc;
     rc = q_prep(s, &st,
-                "SELECT serial, delivered_ms FROM issuances WHERE device_id = ? AND region = ?",
+                "SELECT serial, delivered_ms FROM issuances WHERE (device_id = ?1 OR"
+                " device_ref = phy_ref(?1)) AND region = ?2",
                 "tt", device_id, region);
     if (rc)
         goto out;
@@ -1532,9 +1563,10 @@ static int sq_sweep(struct store *s, const struct store_prov_params *p, int64_t 
     /* A peer region's issuance (never a device row here) loses its body and its
      * device ID once grace after delivery ended: only the spent serial remains. */
     rc = q_exec(s, &remote_purged,
-                "UPDATE issuances SET sealed = NULL, device_id = '' WHERE region IS NOT NULL AND"
-                " (sealed IS NOT NULL OR device_id <> '') AND delivered_ms IS NOT NULL AND"
-                " delivered_ms <= ?",
+                "UPDATE issuances SET sealed = NULL, device_id = '', device_ref ="
+                " CASE WHEN device_id <> '' THEN phy_ref(device_id) ELSE device_ref END"
+                " WHERE region IS NOT NULL AND (sealed IS NOT NULL OR device_id <> '') AND"
+                " delivered_ms IS NOT NULL AND delivered_ms <= ?",
                 "i", p->now_ms - p->grace_ms);
     if (rc)
         goto out;

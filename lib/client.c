@@ -1119,7 +1119,8 @@ out:
     SSL_CTX_free(ctx);
     if (c->fd >= 0)
         close(c->fd);
-    free(reqhead);
+    if (reqhead != NULL)
+        OPENSSL_clear_free(reqhead, reqlen); /* it may carry an Authorization header */
     free(b.p);
     ERR_clear_error();
     OPENSSL_cleanse(c->buf, sizeof c->buf);

@@ -643,7 +643,21 @@ static void test_remote_sweep(void **state)
                                       "'dev_00000000000000000000000001'"),
                      0);
     assert_int_equal(poll_s(f, "SN-S1", NULL, 1), STORE_PROVISIONED);
-    assert_int_equal(purge(f, "au", 1), STORE_NOT_FOUND);
+    /* Only the SHA-256 of the device ID stays: au can still end or cancel it. */
+    assert_string_equal(
+        raw_text(f->path, "SELECT device_ref FROM issuances WHERE serial = 'SN-S1'", buf,
+                 sizeof buf),
+        "0edaf3e9647ba9e3ede27706e7af347c8c017e186a9c4d8106f1145ad9832c5b");
+    {
+        char ser[PHY_SERIAL_MAX + 1];
+        /* a late cancel still learns it was delivered; a late replay still matches */
+        assert_int_equal(cancel(f, "au", 1, ser), STORE_PROVISIONED);
+        assert_string_equal(ser, "SN-S1");
+        assert_int_equal(issue(f, "au", "SN-S1", NULL, 1, NULL), STORE_OK);
+        assert_int_equal(issue(f, "uae", "SN-S1", NULL, 1, NULL), STORE_ALREADY_CLAIMED);
+    }
+    assert_int_equal(purge(f, "au", 1), STORE_OK);
+    assert_int_equal(purge(f, "uae", 1), STORE_NOT_FOUND);
     /* The never-delivered one stays deliverable; the serial stays spent. */
     assert_int_equal(
         raw_int(f->path, "SELECT length(sealed) FROM issuances WHERE serial = 'SN-S2'"), 13);
@@ -672,7 +686,8 @@ static void test_purge_remote(void **state)
                                  " FROM issuances WHERE serial = 'SN-U'",
                                  buf, sizeof buf),
                         "NULL||au");
-    assert_int_equal(purge(f, "au", 1), STORE_NOT_FOUND);
+    assert_int_equal(purge(f, "au", 1), STORE_OK); /* by its device_ref: idempotent */
+    assert_int_equal(purge(f, "uae", 1), STORE_NOT_FOUND);
     /* Never delivered, and now it never will be; the serial stays spent. */
     assert_int_equal(poll_s(f, "SN-U", NULL, 1), STORE_PROVISIONED);
     assert_int_equal(reg(f, "SN-U", 3), STORE_PROVISIONED);
@@ -991,6 +1006,8 @@ static void make_v2(const char *path)
 {
     raw_exec(path, "DROP TABLE outbox;"
                    "DROP INDEX issuances_device;"
+                   "DROP INDEX issuances_ref;"
+                   "ALTER TABLE issuances DROP COLUMN device_ref;"
                    "ALTER TABLE issuances DROP COLUMN region;"
                    "ALTER TABLE devices DROP COLUMN remote;"
                    "PRAGMA user_version = 2;");
