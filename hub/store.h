@@ -53,6 +53,7 @@ struct store_prov_params {
 
 struct store_poll_result {
     int interval_s;        /* the registration's current interval (PENDING/SLOW_DOWN) */
+    int64_t tenant_id;     /* DELIVER of eu's own device: its tenant (0 for another region's) */
     unsigned char *sealed; /* DELIVER: the sealed issuance body, malloc'd, caller frees */
     size_t sealed_len;
     char device_id[PHY_DEVICE_ID_LEN + 1]; /* DELIVER */
@@ -114,6 +115,37 @@ struct store_device_filter {
     const char *tag_key, *tag_value;
 };
 
+/* ---- console (docs/protocol.md section 4: sessions, audit, status history) ---- */
+
+#define STORE_CSRF_LEN 43 /* base64url of 32 random bytes */
+#define STORE_STATUS_HISTORY 20 /* status reports kept per device */
+
+/* A console login session, found by the SHA-256 of its cookie value. */
+struct store_session {
+    int64_t tenant_id, user_id;
+    char tenant[STORE_NAME_MAX + 1];
+    char user[STORE_NAME_MAX + 1];
+    char region[16];
+    char csrf[STORE_CSRF_LEN + 1]; /* the session's CSRF token (not a credential alone) */
+    int64_t created_ms, last_used_ms;
+};
+
+/* One audit record. */
+struct store_audit {
+    int64_t id; /* rises with time; the list cursor */
+    int64_t at_ms;
+    char actor[STORE_NAME_MAX + 1]; /* the user's name ("" when the user is gone) */
+    char action[32];                /* e.g. "device.claim" */
+    char device_id[PHY_DEVICE_ID_LEN + 1]; /* "" when none */
+    char *detail_json; /* malloc'd JSON object text or NULL */
+};
+
+/* One past status report. */
+struct store_status_report {
+    int64_t at_ms;
+    char *status_json; /* malloc'd */
+};
+
 /* ---- inter-region (PROTOCOL.md section 3, docs/protocol.md section 3) ---- */
 
 /* eu: an issuance asked for by another region's hub. The sealed body holds
@@ -173,6 +205,39 @@ struct phy_store_ops {
      * or STORE_NOT_FOUND. */
     int (*token_auth)(struct store *s, const char *token_hash, int64_t *tenant_id, int64_t *user_id,
                       char tenant[STORE_NAME_MAX + 1], char region[16], int *outcome);
+
+    /* --- console users and sessions --- */
+    /* A user for login: OK with ids, the stored argon2id encoding (pw_hash, at most
+     * 511 bytes) and the tenant's region; NOT_FOUND for an unknown tenant or user. */
+    int (*user_get)(struct store *s, const char *tenant, const char *user, int64_t *tenant_id,
+                    int64_t *user_id, char pw_hash[512], char region[16], int *outcome);
+    /* Login throttle, race-free like claim_attempt_begin: failures of (tenant, user)
+     * and of the tenant since since_ms; under both limits a provisional failure is
+     * recorded (*allowed = 1, *attempt_id) until forgiven (the login succeeded). The
+     * names need not exist (guesses at unknown users are throttled too). */
+    int (*login_attempt_begin)(struct store *s, const char *tenant, const char *user,
+                               int64_t now_ms, int64_t since_ms, int user_limit, int tenant_limit,
+                               int *allowed, int64_t *attempt_id);
+    int (*login_attempt_forgive)(struct store *s, int64_t attempt_id);
+    /* Stores a new session (id_hash: hex SHA-256 of the cookie value). */
+    int (*console_session_create)(struct store *s, const char *id_hash, int64_t tenant_id, int64_t user_id,
+                          const char *csrf, int64_t now_ms);
+    /* Resolves a session: OK with *out when it exists, was used within idle_ms and
+     * created within max_ms (last_used_ms is then set to now, written at most every
+     * few seconds); an expired one is deleted and is NOT_FOUND like an unknown one. */
+    int (*console_session_auth)(struct store *s, const char *id_hash, int64_t now_ms, int64_t idle_ms,
+                        int64_t max_ms, struct store_session *out, int *outcome);
+    /* Deletes a session (logout); no error when it does not exist. */
+    int (*console_session_delete)(struct store *s, const char *id_hash);
+
+    /* --- audit --- */
+    /* Appends a record for the tenant (device_id and detail_json may be NULL). */
+    int (*audit_add)(struct store *s, int64_t tenant_id, int64_t user_id, int64_t now_ms,
+                     const char *action, const char *device_id, const char *detail_json);
+    /* The tenant's records newest first, with id < before (before <= 0: from the
+     * newest), at most limit (1..500); *out malloc'd (free with store_audit_free). */
+    int (*audit_list)(struct store *s, int64_t tenant_id, int64_t before, int limit,
+                      struct store_audit **out, size_t *n);
 
     /* --- provisioning (eu) --- */
     /* register: PROVISIONED when the serial has an issuance; TOO_MANY when it has
@@ -336,9 +401,16 @@ struct phy_store_ops {
      * NOT_FOUND / TOO_BIG. Also updates last_seen. */
     int (*reported_patch)(struct store *s, const char *device_id, const char *patch_json,
                           int64_t now_ms, int64_t *version, int *changed, int *outcome);
-    /* Stores the last status report (JSON object text) and last_seen = now. */
+    /* Stores the last status report (JSON object text) and last_seen = now, and
+     * appends it to the device's history, which keeps the newest
+     * STORE_STATUS_HISTORY reports. */
     int (*status_put)(struct store *s, const char *device_id, const char *status_json,
                       int64_t now_ms);
+    /* A device's past status reports, newest first, at most limit: OK or NOT_FOUND
+     * (no such device of the tenant, or one in state claiming). *out malloc'd (free
+     * with store_status_reports_free). */
+    int (*status_history)(struct store *s, int64_t tenant_id, const char *device_id, int limit,
+                          struct store_status_report **out, size_t *n, int *outcome);
 };
 
 extern const struct phy_store_ops store_sqlite_ops;
@@ -348,5 +420,7 @@ void store_devices_free(struct store_device *d, size_t n);
 /* Frees the strings of one device / one twin (not the structs). Accept zeroed ones. */
 void store_device_clear(struct store_device *d);
 void store_twin_free(struct store_twin *t);
+void store_audit_free(struct store_audit *a, size_t n);
+void store_status_reports_free(struct store_status_report *r, size_t n);
 
 #endif

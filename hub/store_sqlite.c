@@ -19,15 +19,20 @@
 #include "phy/twin.h"
 #include "store.h"
 
-#define SCHEMA_VERSION 3
+#define SCHEMA_VERSION 4
 #define REGION_MAX 15       /* token_auth's region[16], a peer region's name */
-#define PW_HASH_MAX 512     /* an encoded argon2id hash is ~100 chars */
+#define PW_HASH_MAX 511     /* an encoded argon2id hash is ~100 chars (user_get: 512) */
 #define TAGS_JSON_MAX 65536 /* console tags are a small object */
 #define LIST_MAX 1000       /* devices_list never returns more rows than this */
 #define TAG_KEY_MAX 64
 #define TAG_VALUE_MAX 256
 #define PATCH_JSON_MAX (8 * PHY_TWIN_MAX_BYTES) /* patch text; the result is checked too */
 #define STATUS_JSON_MAX 65536                   /* a status report fits in one frame */
+#define AUDIT_ACTION_MAX 31                     /* struct store_audit's action[32] */
+#define AUDIT_DETAIL_MAX 65536
+#define AUDIT_LIST_MAX 500
+#define SESSION_TOUCH_MS 5000 /* console_session_auth writes last_used_ms at most this often */
+#define SESSION_SWEEP_IDLE_MS (7LL * 24 * 3600 * 1000) /* sweep drops sessions idle this long */
 
 /* One connection (opened FULLMUTEX); mu makes each multi-statement operation one
  * transaction that no other thread's statements can interleave with. */
@@ -47,6 +52,42 @@ struct store {
     "  created_ms INTEGER NOT NULL,"                                                               \
     "  PRIMARY KEY(device_id, kind));"                                                             \
     "CREATE INDEX IF NOT EXISTS outbox_next ON outbox(next_ms);"
+
+/* Console sessions, login throttle, audit log and status history (version 4). The
+ * session is found by the SHA-256 of its cookie value; login failures are keyed by
+ * names, since guesses at unknown tenants and users are throttled too. audit.id is
+ * the list cursor: AUTOINCREMENT never reuses one. status_history keeps the newest
+ * STORE_STATUS_HISTORY reports of a device, its index also orders them (rowid
+ * breaks ties between equal times). */
+#define CONSOLE_SQL                                                                                \
+    "CREATE TABLE IF NOT EXISTS console_sessions("                                                 \
+    "  id_hash TEXT PRIMARY KEY,"                                                                  \
+    "  tenant_id INTEGER NOT NULL,"                                                                \
+    "  user_id INTEGER NOT NULL,"                                                                  \
+    "  csrf TEXT NOT NULL,"                                                                        \
+    "  created_ms INTEGER NOT NULL,"                                                               \
+    "  last_used_ms INTEGER NOT NULL);"                                                            \
+    "CREATE TABLE IF NOT EXISTS login_failures("                                                   \
+    "  id INTEGER PRIMARY KEY,"                                                                    \
+    "  tenant TEXT NOT NULL,"                                                                      \
+    "  user TEXT NOT NULL,"                                                                        \
+    "  at_ms INTEGER NOT NULL);"                                                                   \
+    "CREATE INDEX IF NOT EXISTS login_failures_user ON login_failures(tenant, user, at_ms);"       \
+    "CREATE INDEX IF NOT EXISTS login_failures_tenant ON login_failures(tenant, at_ms);"           \
+    "CREATE TABLE IF NOT EXISTS audit("                                                            \
+    "  id INTEGER PRIMARY KEY AUTOINCREMENT,"                                                      \
+    "  tenant_id INTEGER NOT NULL,"                                                                \
+    "  user_id INTEGER NOT NULL,"                                                                  \
+    "  at_ms INTEGER NOT NULL,"                                                                    \
+    "  action TEXT NOT NULL,"                                                                      \
+    "  device_id TEXT,"                                                                            \
+    "  detail_json TEXT);"                                                                         \
+    "CREATE INDEX IF NOT EXISTS audit_tenant ON audit(tenant_id, id);"                             \
+    "CREATE TABLE IF NOT EXISTS status_history("                                                   \
+    "  device_id TEXT NOT NULL REFERENCES devices(device_id) ON DELETE CASCADE,"                   \
+    "  at_ms INTEGER NOT NULL,"                                                                    \
+    "  status_json TEXT NOT NULL);"                                                                \
+    "CREATE INDEX IF NOT EXISTS status_history_device ON status_history(device_id, at_ms);"
 
 /* A fresh store is created at SCHEMA_VERSION directly; older ones are migrated
  * step by step (MIGRATE_SQL[v] takes version v to v + 1). */
@@ -130,7 +171,8 @@ static const char SCHEMA_SQL[] =
     "  user_id INTEGER NOT NULL,"
     "  at_ms INTEGER NOT NULL);"
     "CREATE INDEX IF NOT EXISTS claim_failures_tenant ON claim_failures(tenant_id, at_ms);"
-    "CREATE INDEX IF NOT EXISTS claim_failures_user ON claim_failures(tenant_id, user_id, at_ms);";
+    "CREATE INDEX IF NOT EXISTS claim_failures_user"
+    " ON claim_failures(tenant_id, user_id, at_ms);" CONSOLE_SQL;
 
 /* Version 1 -> 2: presence, last status and twins. The result matches SCHEMA_SQL. */
 static const char MIGRATE_1_2_SQL[] =
@@ -157,10 +199,18 @@ static const char MIGRATE_2_3_SQL[] =
     "CREATE INDEX issuances_device ON issuances(device_id);"
     "CREATE INDEX issuances_ref ON issuances(device_ref);" OUTBOX_SQL;
 
+/* Version 3 -> 4: the web console. A device's last status report becomes the first
+ * entry of its history. The result matches SCHEMA_SQL. */
+static const char MIGRATE_3_4_SQL[] =
+    CONSOLE_SQL "INSERT INTO status_history(device_id, at_ms, status_json)"
+                " SELECT device_id, last_status_ms, last_status_json FROM devices"
+                " WHERE last_status_json IS NOT NULL;";
+
 static const char *const MIGRATE_SQL[SCHEMA_VERSION] = {
     NULL, /* 0: a fresh store gets SCHEMA_SQL */
     MIGRATE_1_2_SQL,
     MIGRATE_2_3_SQL,
+    MIGRATE_3_4_SQL,
 };
 
 /* ---- input checks ---- */
@@ -213,9 +263,79 @@ static int device_id_ok(const char *s)
     return str_ok(s, PHY_DEVICE_ID_LEN);
 }
 
+/* 1 when s is exactly len characters, each one in the set accepted by ok. */
+static int chars_ok(const char *s, size_t len, int (*ok)(char))
+{
+    if (!s || strnlen(s, len + 1) != len)
+        return 0;
+    for (; *s; s++)
+        if (!ok(*s))
+            return 0;
+    return 1;
+}
+
+static int lower_hex_char(char ch)
+{
+    return (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f');
+}
+
+static int base64url_char(char ch)
+{
+    return (ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
+           ch == '-' || ch == '_';
+}
+
+static int audit_action_char(char ch)
+{
+    return (ch >= 'a' && ch <= 'z') || ch == '.' || ch == '_';
+}
+
+/* A console session is found by the SHA-256 (lowercase hex) of its cookie value. */
+static int session_hash_ok(const char *s)
+{
+    return chars_ok(s, PHY_HASH_HEX_LEN, lower_hex_char);
+}
+
+static int csrf_ok(const char *s)
+{
+    return chars_ok(s, STORE_CSRF_LEN, base64url_char);
+}
+
+/* An audit action: 1..AUDIT_ACTION_MAX characters of [a-z._] ("device.claim"). */
+static int audit_action_ok(const char *s)
+{
+    return str_ok(s, AUDIT_ACTION_MAX) && chars_ok(s, strlen(s), audit_action_char);
+}
+
 static int outbox_kind_ok(int kind)
 {
     return kind == OUTBOX_CANCEL || kind == OUTBOX_PURGE || kind == OUTBOX_REARM;
+}
+
+/* Parses text as a JSON object of at most max bytes: 0 (*out, optional, gets the
+ * reference), PHY_ETOOBIG or PHY_EINVAL. */
+static int json_object_parse(const char *text, size_t max, json_t **out)
+{
+    json_error_t jerr;
+    json_t *v;
+    size_t n;
+    if (out)
+        *out = NULL;
+    if (!text)
+        return PHY_EINVAL;
+    n = strnlen(text, max + 1);
+    if (n > max)
+        return PHY_ETOOBIG;
+    v = json_loadb(text, n, JSON_REJECT_DUPLICATES, &jerr);
+    if (!v || !json_is_object(v)) {
+        json_decref(v);
+        return PHY_EINVAL;
+    }
+    if (out)
+        *out = v;
+    else
+        json_decref(v);
+    return 0;
 }
 
 /* Upper-cases a code and checks it against the alphabet; 0 or PHY_EINVAL. */
@@ -756,6 +876,228 @@ out:
     return tx_end(s, rc);
 }
 
+/* ---- console users and sessions ---- */
+
+static int sq_user_get(struct store *s, const char *tenant, const char *user, int64_t *tenant_id,
+                       int64_t *user_id, char pw_hash[512], char region[16], int *outcome)
+{
+    sqlite3_stmt *st = NULL;
+    int rc;
+    if (!s || !outcome || !pw_hash || !region || !str_ok(tenant, STORE_NAME_MAX) ||
+        !str_ok(user, STORE_NAME_MAX))
+        return PHY_EINVAL;
+    if ((rc = tx_begin(s, 0)))
+        return rc;
+    rc = q_prep(s, &st,
+                "SELECT t.id, u.id, u.pw_hash, t.region FROM users u"
+                " JOIN tenants t ON t.id = u.tenant_id WHERE t.name = ? AND u.name = ?",
+                "tt", tenant, user);
+    if (rc)
+        goto out;
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE) {
+        *outcome = STORE_NOT_FOUND;
+        rc = 0;
+        goto out;
+    }
+    if (rc != SQLITE_ROW) {
+        rc = PHY_EIO;
+        goto out;
+    }
+    if ((rc = col_copy(st, 2, pw_hash, PW_HASH_MAX + 1)) ||
+        (rc = col_copy(st, 3, region, REGION_MAX + 1)))
+        goto out;
+    if (tenant_id)
+        *tenant_id = sqlite3_column_int64(st, 0);
+    if (user_id)
+        *user_id = sqlite3_column_int64(st, 1);
+    *outcome = STORE_OK;
+out:
+    sqlite3_finalize(st);
+    return tx_end(s, rc);
+}
+
+/* The user must belong to the tenant (PHY_ENOTFOUND otherwise); a taken id_hash is
+ * PHY_EEXIST. */
+static int sq_console_session_create(struct store *s, const char *id_hash, int64_t tenant_id,
+                                     int64_t user_id, const char *csrf, int64_t now_ms)
+{
+    int changes = 0, rc;
+    if (!s || !session_hash_ok(id_hash) || !csrf_ok(csrf))
+        return PHY_EINVAL;
+    if ((rc = tx_begin(s, 1)))
+        return rc;
+    rc = q_exec(s, &changes,
+                "INSERT INTO console_sessions(id_hash, tenant_id, user_id, csrf, created_ms,"
+                " last_used_ms) SELECT ?1, tenant_id, id, ?2, ?3, ?3 FROM users"
+                " WHERE id = ?4 AND tenant_id = ?5",
+                "ttiii", id_hash, csrf, now_ms, user_id, tenant_id);
+    if (rc == 0 && changes == 0)
+        rc = PHY_ENOTFOUND;
+    return tx_end(s, rc);
+}
+
+/* Reads a session row (columns as selected by sq_console_session_auth) into *out. */
+static int session_read(sqlite3_stmt *st, struct store_session *out)
+{
+    int rc;
+    out->tenant_id = sqlite3_column_int64(st, 0);
+    out->user_id = sqlite3_column_int64(st, 1);
+    if ((rc = col_copy(st, 2, out->tenant, sizeof out->tenant)) ||
+        (rc = col_copy(st, 3, out->user, sizeof out->user)) ||
+        (rc = col_copy(st, 4, out->region, sizeof out->region)) ||
+        (rc = col_copy(st, 5, out->csrf, sizeof out->csrf)))
+        return rc;
+    out->created_ms = sqlite3_column_int64(st, 6);
+    out->last_used_ms = sqlite3_column_int64(st, 7);
+    return 0;
+}
+
+/* Idle time is measured from the last written use, which may lag the real last use
+ * by up to SESSION_TOUCH_MS: a request per second must not be a write per second. */
+static int sq_console_session_auth(struct store *s, const char *id_hash, int64_t now_ms,
+                                   int64_t idle_ms, int64_t max_ms, struct store_session *out,
+                                   int *outcome)
+{
+    sqlite3_stmt *st = NULL;
+    int rc;
+    if (out)
+        memset(out, 0, sizeof *out);
+    if (!s || !out || !outcome || !session_hash_ok(id_hash) || idle_ms <= 0 || max_ms <= 0)
+        return PHY_EINVAL;
+    if ((rc = tx_begin(s, 1)))
+        return rc;
+    rc = q_prep(s, &st,
+                "SELECT c.tenant_id, c.user_id, t.name, u.name, t.region, c.csrf, c.created_ms,"
+                " c.last_used_ms FROM console_sessions c"
+                " JOIN users u ON u.id = c.user_id AND u.tenant_id = c.tenant_id"
+                " JOIN tenants t ON t.id = c.tenant_id WHERE c.id_hash = ?",
+                "t", id_hash);
+    if (rc)
+        goto out;
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE) {
+        *outcome = STORE_NOT_FOUND;
+        rc = 0;
+        goto out;
+    }
+    rc = rc == SQLITE_ROW ? session_read(st, out) : PHY_EIO;
+    sqlite3_finalize(st);
+    st = NULL;
+    if (rc)
+        goto out;
+    if (now_ms - out->last_used_ms > idle_ms || now_ms - out->created_ms > max_ms) {
+        rc = q_exec(s, NULL, "DELETE FROM console_sessions WHERE id_hash = ?", "t", id_hash);
+        memset(out, 0, sizeof *out);
+        *outcome = STORE_NOT_FOUND;
+        goto out;
+    }
+    if (now_ms - out->last_used_ms >= SESSION_TOUCH_MS) {
+        rc = q_exec(s, NULL, "UPDATE console_sessions SET last_used_ms = ? WHERE id_hash = ?", "it",
+                    now_ms, id_hash);
+        if (rc)
+            goto out;
+        out->last_used_ms = now_ms;
+    }
+    *outcome = STORE_OK;
+out:
+    sqlite3_finalize(st);
+    rc = tx_end(s, rc);
+    if (rc)
+        memset(out, 0, sizeof *out);
+    return rc;
+}
+
+static int sq_console_session_delete(struct store *s, const char *id_hash)
+{
+    int rc;
+    if (!s || !session_hash_ok(id_hash))
+        return PHY_EINVAL;
+    if ((rc = tx_begin(s, 1)))
+        return rc;
+    rc = q_exec(s, NULL, "DELETE FROM console_sessions WHERE id_hash = ?", "t", id_hash);
+    return tx_end(s, rc);
+}
+
+/* ---- audit ---- */
+
+/* detail_json must be a JSON object of at most AUDIT_DETAIL_MAX bytes (PHY_ETOOBIG
+ * when longer): callers summarize large details (e.g. a big patch). */
+static int sq_audit_add(struct store *s, int64_t tenant_id, int64_t user_id, int64_t now_ms,
+                        const char *action, const char *device_id, const char *detail_json)
+{
+    int rc;
+    if (!s || !audit_action_ok(action) || (device_id && !device_id_ok(device_id)))
+        return PHY_EINVAL;
+    if (detail_json && (rc = json_object_parse(detail_json, AUDIT_DETAIL_MAX, NULL)))
+        return rc;
+    if ((rc = tx_begin(s, 1)))
+        return rc;
+    rc = q_exec(s, NULL,
+                "INSERT INTO audit(tenant_id, user_id, at_ms, action, device_id, detail_json)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                "iiittt", tenant_id, user_id, now_ms, action, device_id, detail_json);
+    return tx_end(s, rc);
+}
+
+static int audit_read(sqlite3_stmt *st, struct store_audit *a)
+{
+    int rc;
+    a->id = sqlite3_column_int64(st, 0);
+    a->at_ms = sqlite3_column_int64(st, 1);
+    if ((rc = col_copy(st, 2, a->actor, sizeof a->actor)) ||
+        (rc = col_copy(st, 3, a->action, sizeof a->action)) ||
+        (rc = col_copy(st, 4, a->device_id, sizeof a->device_id)))
+        return rc;
+    if (sqlite3_column_type(st, 5) != SQLITE_NULL && !(a->detail_json = col_dup(st, 5)))
+        return PHY_ENOMEM;
+    return 0;
+}
+
+static int sq_audit_list(struct store *s, int64_t tenant_id, int64_t before, int limit,
+                         struct store_audit **out, size_t *n)
+{
+    struct store_audit *v = NULL;
+    sqlite3_stmt *st = NULL;
+    size_t count = 0;
+    int rc;
+    if (out)
+        *out = NULL;
+    if (n)
+        *n = 0;
+    if (!s || !out || !n || limit < 1 || limit > AUDIT_LIST_MAX)
+        return PHY_EINVAL;
+    if ((rc = tx_begin(s, 0)))
+        return rc;
+    rc = q_prep(s, &st,
+                "SELECT a.id, a.at_ms, u.name, a.action, a.device_id, a.detail_json FROM audit a"
+                " LEFT JOIN users u ON u.id = a.user_id AND u.tenant_id = a.tenant_id"
+                " WHERE a.tenant_id = ? AND a.id < ? ORDER BY a.id DESC LIMIT ?",
+                "iii", tenant_id, before > 0 ? before : (int64_t)INT64_MAX, (int64_t)limit);
+    if (rc)
+        goto out;
+    /* At most limit rows: one allocation. */
+    v = calloc((size_t)limit, sizeof *v);
+    if (!v) {
+        rc = PHY_ENOMEM;
+        goto out;
+    }
+    while (count < (size_t)limit && (rc = sqlite3_step(st)) == SQLITE_ROW)
+        if ((rc = audit_read(st, &v[count++])))
+            goto out;
+    rc = count == (size_t)limit || rc == SQLITE_DONE ? 0 : PHY_EIO;
+out:
+    sqlite3_finalize(st);
+    rc = tx_end(s, rc);
+    if (rc) {
+        store_audit_free(v, count);
+        return rc;
+    }
+    *out = v;
+    *n = count;
+    return 0;
+}
+
 /* ---- provisioning ---- */
 
 static int issued_serial(struct store *s, const char *serial)
@@ -883,7 +1225,8 @@ static int poll_issuance(struct store *s, const struct store_prov_params *p, con
     char device_id[PHY_DEVICE_ID_LEN + 1];
     int first, remote, rc;
     rc = q_prep(s, &st,
-                "SELECT i.device_id, i.sealed, i.delivered_ms, d.state, i.region FROM issuances i"
+                "SELECT i.device_id, i.sealed, i.delivered_ms, d.state, i.region, d.tenant_id"
+                " FROM issuances i"
                 " LEFT JOIN devices d ON d.device_id = i.device_id"
                 " WHERE i.token_hash = ? LIMIT 1",
                 "t", token_hash);
@@ -920,6 +1263,8 @@ static int poll_issuance(struct store *s, const struct store_prov_params *p, con
     memcpy(r->sealed, blob, (size_t)blob_len);
     r->sealed_len = (size_t)blob_len;
     memcpy(r->device_id, device_id, sizeof device_id);
+    /* A peer region's tenant lives in that region's store: its ID means nothing here. */
+    r->tenant_id = remote ? 0 : sqlite3_column_int64(st, 5);
     sqlite3_finalize(st);
     st = NULL;
     /* Nothing is recorded for a body the caller cannot open (e.g. a wrong key file):
@@ -1437,20 +1782,6 @@ static int sq_serial_rearm_remote(struct store *s, const char *region, const cha
     return tx_end_scrub(s, rc, deleted);
 }
 
-/* Failed claims since since_ms: *u for the user, *t for the whole tenant. */
-static int failure_counts(struct store *s, int64_t tenant_id, int64_t user_id, int64_t since_ms,
-                          int64_t *u, int64_t *t)
-{
-    int rc = q_int(s, u,
-                   "SELECT count(*) FROM claim_failures WHERE tenant_id = ? AND user_id = ? AND "
-                   "at_ms >= ?",
-                   "iii", tenant_id, user_id, since_ms);
-    if (rc >= 0)
-        rc = q_int(s, t, "SELECT count(*) FROM claim_failures WHERE tenant_id = ? AND at_ms >= ?",
-                   "ii", tenant_id, since_ms);
-    return rc < 0 ? rc : 0;
-}
-
 static int sq_devices_add_bulk(struct store *s, const char *tenant,
                                const struct store_new_device *devs, size_t n, int64_t now_ms,
                                int *outcome)
@@ -1503,41 +1834,128 @@ out:
     return rc == PHY_EEXIST ? 0 : rc;
 }
 
-static int sq_claim_attempt_begin(struct store *s, int64_t tenant_id, int64_t user_id,
-                                  int64_t now_ms, int64_t since_ms, int user_limit,
-                                  int tenant_limit, int *allowed, int64_t *attempt_id)
+/* ---- failure throttles (claims, logins) ----
+ * A table of failures keyed by (tenant, user): ids for claims, names for logins
+ * (which also throttle guesses at names that do not exist). An attempt counts as a
+ * failure from its start until it is forgiven, so concurrent guesses cannot
+ * overshoot the limits. */
+
+struct throttle {
+    const char *count_sql;   /* ?1 tenant, ?2 user, ?3 since: pair count, tenant count */
+    const char *insert_sql;  /* ?1 tenant, ?2 user, ?3 now */
+    const char *forgive_sql; /* ?1 the attempt's row ID */
+};
+
+/* The key of an attempt: names when tenant is non-NULL, else the ids. */
+struct throttle_key {
+    int64_t tenant_id, user_id;
+    const char *tenant, *user;
+};
+
+static const struct throttle CLAIM_THROTTLE = {
+    .count_sql = "SELECT (SELECT count(*) FROM claim_failures WHERE tenant_id = ?1 AND"
+                 " user_id = ?2 AND at_ms >= ?3), (SELECT count(*) FROM claim_failures"
+                 " WHERE tenant_id = ?1 AND at_ms >= ?3)",
+    .insert_sql = "INSERT INTO claim_failures(tenant_id, user_id, at_ms) VALUES (?1, ?2, ?3)",
+    .forgive_sql = "DELETE FROM claim_failures WHERE rowid = ?1",
+};
+
+static const struct throttle LOGIN_THROTTLE = {
+    .count_sql = "SELECT (SELECT count(*) FROM login_failures WHERE tenant = ?1 AND"
+                 " user = ?2 AND at_ms >= ?3), (SELECT count(*) FROM login_failures"
+                 " WHERE tenant = ?1 AND at_ms >= ?3)",
+    .insert_sql = "INSERT INTO login_failures(tenant, user, at_ms) VALUES (?1, ?2, ?3)",
+    .forgive_sql = "DELETE FROM login_failures WHERE id = ?1",
+};
+
+/* Prepares one of a throttle's statements for key k and the instant t (?3). */
+static int throttle_prep(struct store *s, sqlite3_stmt **st, const char *sql,
+                         const struct throttle_key *k, int64_t t)
 {
-    int64_t u = 0, t = 0;
+    if (k->tenant)
+        return q_prep(s, st, sql, "tti", k->tenant, k->user, t);
+    return q_prep(s, st, sql, "iii", k->tenant_id, k->user_id, t);
+}
+
+static int throttle_begin(struct store *s, const struct throttle *th, const struct throttle_key *k,
+                          int64_t now_ms, int64_t since_ms, int user_limit, int tenant_limit,
+                          int *allowed, int64_t *attempt_id)
+{
+    sqlite3_stmt *st = NULL;
+    int64_t u, t;
     int rc;
-    if (!s || !allowed || !attempt_id)
-        return PHY_EINVAL;
     *allowed = 0;
     if ((rc = tx_begin(s, 1)))
         return rc;
-    rc = failure_counts(s, tenant_id, user_id, since_ms, &u, &t);
-    if (rc < 0)
+    if ((rc = throttle_prep(s, &st, th->count_sql, k, since_ms)))
         goto out;
+    if (sqlite3_step(st) != SQLITE_ROW) {
+        rc = PHY_EIO;
+        goto out;
+    }
+    u = sqlite3_column_int64(st, 0);
+    t = sqlite3_column_int64(st, 1);
+    sqlite3_finalize(st);
+    st = NULL;
     if (u >= user_limit || t >= tenant_limit)
         goto out;
-    rc = q_exec(s, NULL, "INSERT INTO claim_failures(tenant_id, user_id, at_ms) VALUES (?, ?, ?)",
-                "iii", tenant_id, user_id, now_ms);
-    if (rc == 0) {
-        *attempt_id = sqlite3_last_insert_rowid(s->db);
-        *allowed = 1;
+    if ((rc = throttle_prep(s, &st, th->insert_sql, k, now_ms)))
+        goto out;
+    if (sqlite3_step(st) != SQLITE_DONE) {
+        rc = step_err(s);
+        goto out;
     }
+    *attempt_id = sqlite3_last_insert_rowid(s->db);
+    *allowed = 1;
 out:
+    sqlite3_finalize(st);
     return tx_end(s, rc);
 }
 
-static int sq_claim_attempt_forgive(struct store *s, int64_t attempt_id)
+static int throttle_forgive(struct store *s, const struct throttle *th, int64_t attempt_id)
 {
     int rc;
     if (!s)
         return PHY_EINVAL;
     if ((rc = tx_begin(s, 1)))
         return rc;
-    rc = q_exec(s, NULL, "DELETE FROM claim_failures WHERE rowid = ?", "i", attempt_id);
+    rc = q_exec(s, NULL, th->forgive_sql, "i", attempt_id);
     return tx_end(s, rc);
+}
+
+static int sq_claim_attempt_begin(struct store *s, int64_t tenant_id, int64_t user_id,
+                                  int64_t now_ms, int64_t since_ms, int user_limit,
+                                  int tenant_limit, int *allowed, int64_t *attempt_id)
+{
+    struct throttle_key k = {.tenant_id = tenant_id, .user_id = user_id};
+    if (!s || !allowed || !attempt_id)
+        return PHY_EINVAL;
+    return throttle_begin(s, &CLAIM_THROTTLE, &k, now_ms, since_ms, user_limit, tenant_limit,
+                          allowed, attempt_id);
+}
+
+static int sq_claim_attempt_forgive(struct store *s, int64_t attempt_id)
+{
+    return throttle_forgive(s, &CLAIM_THROTTLE, attempt_id);
+}
+
+static int sq_login_attempt_begin(struct store *s, const char *tenant, const char *user,
+                                  int64_t now_ms, int64_t since_ms, int user_limit,
+                                  int tenant_limit, int *allowed, int64_t *attempt_id)
+{
+    struct throttle_key k = {.tenant = tenant, .user = user};
+    if (allowed)
+        *allowed = 0;
+    if (!s || !allowed || !attempt_id || !str_ok(tenant, STORE_NAME_MAX) ||
+        !str_ok(user, STORE_NAME_MAX))
+        return PHY_EINVAL;
+    return throttle_begin(s, &LOGIN_THROTTLE, &k, now_ms, since_ms, user_limit, tenant_limit,
+                          allowed, attempt_id);
+}
+
+static int sq_login_attempt_forgive(struct store *s, int64_t attempt_id)
+{
+    return throttle_forgive(s, &LOGIN_THROTTLE, attempt_id);
 }
 
 static int sq_sweep(struct store *s, const struct store_prov_params *p, int64_t keep_failures_ms)
@@ -1579,6 +1997,14 @@ static int sq_sweep(struct store *s, const struct store_prov_params *p, int64_t 
         goto out;
     rc = q_exec(s, NULL, "DELETE FROM claim_failures WHERE at_ms < ?", "i",
                 p->now_ms - keep_failures_ms);
+    if (rc == 0)
+        rc = q_exec(s, NULL, "DELETE FROM login_failures WHERE at_ms < ?", "i",
+                    p->now_ms - keep_failures_ms);
+    /* console_session_auth deletes an expired session it sees; these were never
+     * seen again (no session lives this long without a request). */
+    if (rc == 0)
+        rc = q_exec(s, NULL, "DELETE FROM console_sessions WHERE last_used_ms < ?", "i",
+                    p->now_ms - SESSION_SWEEP_IDLE_MS);
 out:
     return tx_end_scrub(s, rc, purged);
 }
@@ -1614,32 +2040,6 @@ out:
 static int tag_key_ok(const char *k)
 {
     return name_ok(k, TAG_KEY_MAX);
-}
-
-/* Parses text as a JSON object of at most max bytes: 0 (*out, optional, gets the
- * reference), PHY_ETOOBIG or PHY_EINVAL. */
-static int json_object_parse(const char *text, size_t max, json_t **out)
-{
-    json_error_t jerr;
-    json_t *v;
-    size_t n;
-    if (out)
-        *out = NULL;
-    if (!text)
-        return PHY_EINVAL;
-    n = strnlen(text, max + 1);
-    if (n > max)
-        return PHY_ETOOBIG;
-    v = json_loadb(text, n, JSON_REJECT_DUPLICATES, &jerr);
-    if (!v || !json_is_object(v)) {
-        json_decref(v);
-        return PHY_EINVAL;
-    }
-    if (out)
-        *out = v;
-    else
-        json_decref(v);
-    return 0;
 }
 
 /* Reads DEV_COLS from column 0 into a zeroed *d (its strings are freed by the
@@ -2633,7 +3033,94 @@ static int sq_status_put(struct store *s, const char *device_id, const char *sta
                 "tit", status_json, now_ms, device_id);
     if (rc == 0 && changes == 0)
         rc = PHY_ENOTFOUND;
+    if (rc == 0)
+        rc = q_exec(s, NULL,
+                    "INSERT INTO status_history(device_id, at_ms, status_json) VALUES (?, ?, ?)",
+                    "tit", device_id, now_ms, status_json);
+    /* Keeps the newest STORE_STATUS_HISTORY, a walk down the index of one device. */
+    if (rc == 0)
+        rc = q_exec(s, NULL,
+                    "DELETE FROM status_history WHERE rowid IN (SELECT rowid FROM status_history"
+                    " WHERE device_id = ?1 ORDER BY at_ms DESC, rowid DESC LIMIT -1 OFFSET ?2)",
+                    "ti", device_id, (int64_t)STORE_STATUS_HISTORY);
     return tx_end(s, rc);
+}
+
+static int sq_status_history(struct store *s, int64_t tenant_id, const char *device_id, int limit,
+                             struct store_status_report **out, size_t *n, int *outcome)
+{
+    struct store_status_report *v = NULL;
+    sqlite3_stmt *st = NULL;
+    size_t count = 0;
+    int rc;
+    if (out)
+        *out = NULL;
+    if (n)
+        *n = 0;
+    if (!s || !out || !n || !outcome || !device_id_ok(device_id) || limit < 1)
+        return PHY_EINVAL;
+    if (limit > STORE_STATUS_HISTORY)
+        limit = STORE_STATUS_HISTORY;
+    if ((rc = tx_begin(s, 0)))
+        return rc;
+    rc = q_int(s, NULL,
+               "SELECT 1 FROM devices d WHERE d.device_id = ? AND d.tenant_id = ? AND" DEV_VISIBLE,
+               "ti", device_id, tenant_id);
+    if (rc <= 0) {
+        if (rc == 0)
+            *outcome = STORE_NOT_FOUND;
+        goto out;
+    }
+    rc = q_prep(s, &st,
+                "SELECT at_ms, status_json FROM status_history WHERE device_id = ?"
+                " ORDER BY at_ms DESC, rowid DESC LIMIT ?",
+                "ti", device_id, (int64_t)limit);
+    if (rc)
+        goto out;
+    v = calloc((size_t)limit, sizeof *v);
+    if (!v) {
+        rc = PHY_ENOMEM;
+        goto out;
+    }
+    while (count < (size_t)limit && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        v[count].at_ms = sqlite3_column_int64(st, 0);
+        if (!(v[count++].status_json = col_dup(st, 1))) {
+            rc = PHY_ENOMEM;
+            goto out;
+        }
+    }
+    rc = count == (size_t)limit || rc == SQLITE_DONE ? 0 : PHY_EIO;
+    if (rc == 0)
+        *outcome = STORE_OK;
+out:
+    sqlite3_finalize(st);
+    rc = tx_end(s, rc);
+    if (rc) {
+        store_status_reports_free(v, count);
+        return rc;
+    }
+    *out = v;
+    *n = count;
+    return 0;
+}
+
+/* Part of the store API (store.h); the SQLite back end owns their only allocations. */
+void store_audit_free(struct store_audit *a, size_t n)
+{
+    if (!a)
+        return;
+    for (size_t i = 0; i < n; i++)
+        free(a[i].detail_json);
+    free(a);
+}
+
+void store_status_reports_free(struct store_status_report *r, size_t n)
+{
+    if (!r)
+        return;
+    for (size_t i = 0; i < n; i++)
+        free(r[i].status_json);
+    free(r);
 }
 
 const struct phy_store_ops store_sqlite_ops = {
@@ -2644,6 +3131,14 @@ const struct phy_store_ops store_sqlite_ops = {
     .user_add = sq_user_add,
     .token_add = sq_token_add,
     .token_auth = sq_token_auth,
+    .user_get = sq_user_get,
+    .login_attempt_begin = sq_login_attempt_begin,
+    .login_attempt_forgive = sq_login_attempt_forgive,
+    .console_session_create = sq_console_session_create,
+    .console_session_auth = sq_console_session_auth,
+    .console_session_delete = sq_console_session_delete,
+    .audit_add = sq_audit_add,
+    .audit_list = sq_audit_list,
     .reg_create = sq_reg_create,
     .reg_set_code = sq_reg_set_code,
     .poll = sq_poll,
@@ -2677,4 +3172,5 @@ const struct phy_store_ops store_sqlite_ops = {
     .twin_get = sq_twin_get,
     .reported_patch = sq_reported_patch,
     .status_put = sq_status_put,
+    .status_history = sq_status_history,
 };

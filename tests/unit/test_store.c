@@ -605,7 +605,7 @@ static void test_durable_across_restart(void **state)
 
     assert_int_equal(stat(f->path, &st), 0);
     assert_int_equal(st.st_mode & 0777, 0600);
-    assert_int_equal(raw_int(f, "PRAGMA user_version"), 3);
+    assert_int_equal(raw_int(f, "PRAGMA user_version"), 4);
     assert_int_equal(raw_int(f, "SELECT count(*) FROM issuances WHERE sealed IS NOT NULL"), 1);
 
     fx_open(f);

@@ -1197,7 +1197,7 @@ static void test_migration_v1(void **state)
     assert_int_equal(chmod(f->path, 0600), 0); /* the store refuses group/other access */
 
     fx_open(f);
-    assert_int_equal(raw_int(f, "PRAGMA user_version"), 3);
+    assert_int_equal(raw_int(f, "PRAGMA user_version"), 4);
     get(f, 1, 1, &d, &t);
     assert_string_equal(d.serial, "S1");
     assert_string_equal(d.name, "lobby");
@@ -1249,7 +1249,7 @@ static void test_migration_v1(void **state)
                      1);
 
     /* A store from the future is refused. */
-    raw_exec(fresh, "PRAGMA user_version = 4");
+    raw_exec(fresh, "PRAGMA user_version = 5");
     assert_int_equal(ops->open(fresh, &s2, err, sizeof err), PHY_EUNSUPP);
     assert_null(s2);
 }
