@@ -409,7 +409,7 @@ void handle_internal_issue(struct hub *h, const struct api_request *req, struct 
                   "device_id, device_secret, tenant, region or endpoint is malformed");
         goto out;
     }
-    snprintf(res->log, sizeof res->log, "peer=%s by=%s", caller, serial ? "serial" : "code");
+    snprintf(res->log, sizeof res->log, "caller=%s by=%s", caller, serial ? "serial" : "code");
     if (strcmp(region, caller) != 0) {
         api_error(res, 403, "wrong_region", "this key cannot issue for that region");
         goto out;
@@ -436,7 +436,7 @@ void handle_internal_issue(struct hub *h, const struct api_request *req, struct 
         store_failed(res);
         goto out;
     }
-    snprintf(res->log, sizeof res->log, "peer=%s by=%s serial=%s outcome=%d", caller,
+    snprintf(res->log, sizeof res->log, "caller=%s by=%s serial=%s outcome=%d", caller,
              serial ? "serial" : "code", serial_out[0] ? serial_out : "-", outcome);
     switch (outcome) {
     case STORE_OK:
@@ -472,7 +472,7 @@ void handle_internal_purge(struct hub *h, const struct api_request *req, const c
     int outcome = STORE_OK;
     if (peer_auth(h, req, res, &caller) < 0)
         return;
-    snprintf(res->log, sizeof res->log, "peer=%s", caller);
+    snprintf(res->log, sizeof res->log, "caller=%s", caller);
     if (h->store_ops->issuance_purge_remote(h->store, caller, id, &outcome) < 0) {
         store_failed(res);
         return;
@@ -492,7 +492,7 @@ void handle_internal_cancel(struct hub *h, const struct api_request *req, const 
     int outcome = STORE_OK;
     if (peer_auth(h, req, res, &caller) < 0)
         return;
-    snprintf(res->log, sizeof res->log, "peer=%s", caller);
+    snprintf(res->log, sizeof res->log, "caller=%s", caller);
     if (h->store_ops->issuance_cancel_remote(h->store, caller, id, serial, &outcome) < 0) {
         store_failed(res);
         return;
@@ -525,7 +525,7 @@ void handle_internal_rearm(struct hub *h, const struct api_request *req, struct 
         api_error(res, 400, "bad_request", "serial must be 1-64 characters of A-Z a-z 0-9 . _ -");
         goto out;
     }
-    snprintf(res->log, sizeof res->log, "peer=%s serial=%s", caller, serial);
+    snprintf(res->log, sizeof res->log, "caller=%s serial=%s", caller, serial);
     if (h->store_ops->serial_rearm_remote(h->store, caller, serial, &outcome) < 0) {
         store_failed(res);
         goto out;
@@ -792,6 +792,11 @@ static int64_t backoff_ms(int attempts)
     return ms < OUTBOX_BACKOFF_MAX_MS ? ms : OUTBOX_BACKOFF_MAX_MS;
 }
 
+static const char *kind_name(int kind)
+{
+    return kind == OUTBOX_CANCEL ? "cancel" : kind == OUTBOX_PURGE ? "purge" : "rearm";
+}
+
 /* Sends one entry. 1 done, 0 retry later, -1 eu did not answer (stop for now). */
 static int outbox_send(struct hub *h, const struct store_outbox_item *it)
 {
@@ -802,11 +807,13 @@ static int outbox_send(struct hub *h, const struct store_outbox_item *it)
     const char *method = "POST";
     switch (it->kind) {
     case OUTBOX_CANCEL:
-        snprintf(path, sizeof path, "/internal/v1/issuances/%s/cancel", it->device_id);
+        snprintf(path, sizeof path, "/internal/v1/issuances/%.*s/cancel", PHY_DEVICE_ID_LEN,
+                 it->device_id);
         break;
     case OUTBOX_PURGE:
         method = "DELETE";
-        snprintf(path, sizeof path, "/internal/v1/issuances/%s", it->device_id);
+        snprintf(path, sizeof path, "/internal/v1/issuances/%.*s", PHY_DEVICE_ID_LEN,
+                 it->device_id);
         break;
     case OUTBOX_REARM: {
         json_t *o = json_pack("{s:s}", "serial", it->serial);
@@ -841,11 +848,11 @@ static int outbox_send(struct hub *h, const struct store_outbox_item *it)
         snprintf(err, sizeof err, "eu answered %d", ans.status);
 out:
     if (done > 0)
-        phy_log(PHY_LOG_INFO, "outbox_sent", "device_id=%s kind=%d status=%d", it->device_id,
-                it->kind, ans.status);
+        phy_log(PHY_LOG_INFO, "outbox_sent", "device_id=%s kind=%s status=%d", it->device_id,
+                kind_name(it->kind), ans.status);
     else
-        phy_log(PHY_LOG_WARN, "outbox_retry", "device_id=%s kind=%d attempts=%d err=\"%s\"",
-                it->device_id, it->kind, it->attempts + 1, err);
+        phy_log(PHY_LOG_WARN, "outbox_retry", "device_id=%s kind=%s attempts=%d err=\"%s\"",
+                it->device_id, kind_name(it->kind), it->attempts + 1, err);
     phy_client_response_free(&ans);
     free(body);
     return done;
