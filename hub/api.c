@@ -1,4 +1,5 @@
-/* The hub's HTTP API: routes requests to the provisioning and console handlers. */
+/* The hub's HTTP API: routes requests to the provisioning and console handlers and,
+ * for any other GET, to the console's static files. */
 #include "api.h"
 
 #include <stdio.h>
@@ -10,6 +11,7 @@
 
 #include "handlers.h"
 #include "phy/err.h"
+#include "phy/log.h"
 #include "region.h"
 
 void api_response_free(struct api_response *res)
@@ -21,6 +23,10 @@ void api_response_free(struct api_response *res)
     free(res->body);
     res->body = NULL;
     res->body_len = 0;
+    /* Set-Cookie carries a session's cookie value */
+    OPENSSL_cleanse(res->extra_headers, sizeof(res->extra_headers));
+    for (size_t i = 0; i < res->neffects; i++)
+        free(res->effects[i].event_json);
     free(res->effects);
     res->effects = NULL;
     res->neffects = 0;
@@ -42,6 +48,24 @@ int api_add_effect(struct api_response *res, const struct api_effect *e)
     res->effects[n] = *e;
     res->neffects = n + 1;
     return 0;
+}
+
+void api_state_event(struct api_response *res, int64_t tenant_id, const char *device_id,
+                     const char *state)
+{
+    struct api_effect e;
+    memset(&e, 0, sizeof(e));
+    e.kind = API_EFFECT_EVENT;
+    snprintf(e.device_id, sizeof(e.device_id), "%s", device_id);
+    e.tenant_id = tenant_id;
+    e.event_type = "state";
+    json_t *o = json_pack("{s:s, s:s}", "device_id", device_id, "state", state);
+    e.event_json = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    if (!e.event_json || api_add_effect(res, &e) < 0) {
+        free(e.event_json);
+        phy_log(PHY_LOG_WARN, "event_lost", "device_id=%s state=%s reason=oom", device_id, state);
+    }
 }
 
 void api_error(struct api_response *res, int status, const char *code, const char *msg)
@@ -395,6 +419,11 @@ static const struct route routes[] = {
     {"PUT", DEV "/tags", 0, NULL, handle_tags_put},
     {"POST", DEV "/revoke", 0, NULL, handle_device_revoke},
     {"POST", DEV "/reset", 0, NULL, handle_device_reset},
+    {"GET", DEV "/status-history", 0, NULL, handle_status_history},
+    {"POST", "/api/v1/login", 0, handle_login, NULL},
+    {"POST", "/api/v1/logout", 0, handle_logout, NULL},
+    {"GET", "/api/v1/session", 0, handle_session, NULL},
+    {"GET", "/api/v1/audit", 0, handle_audit, NULL},
     {"POST", "/internal/v1/issuances", 1, handle_internal_issue, NULL},
     {"DELETE", "/internal/v1/issuances/{id}", 1, NULL, handle_internal_purge},
     {"POST", "/internal/v1/issuances/{id}/cancel", 1, NULL, handle_internal_cancel},
@@ -428,6 +457,10 @@ void api_handle(struct hub *h, const struct api_request *req, struct api_respons
     if (alen) {
         api_error(res, 405, "method_not_allowed", "method not allowed on this path");
         snprintf(res->extra_headers, sizeof(res->extra_headers), "Allow: %s\r\n", allow);
+        return;
+    }
+    if (strcmp(req->method, "GET") == 0) { /* the console's files */
+        handle_static(h, req, res);
         return;
     }
     api_error(res, 404, "not_found", "no such endpoint");

@@ -21,7 +21,9 @@ struct api_request {
     const char *authorization;
     const char *content_type;
     const char *if_match;
-    const char *body; /* NUL-terminated copy of the body (may contain NULs) */
+    const char *cookie;     /* the Cookie header (may carry a console session) */
+    const char *csrf_token; /* the X-CSRF-Token header */
+    const char *body;       /* NUL-terminated copy of the body (may contain NULs) */
     size_t body_len;
     const char *request_id;
 };
@@ -32,18 +34,23 @@ struct api_request {
 enum api_effect_kind {
     API_EFFECT_PUSH_DESIRED,  /* send {"type":"desired.patch","version","patch":push_patch} */
     API_EFFECT_CLOSE_SESSION, /* close the device's live session with close_code */
+    API_EFFECT_EVENT,         /* publish event_type/event_json to tenant_id's streams */
 };
 
 struct api_effect {
     enum api_effect_kind kind;
     char device_id[PHY_DEVICE_ID_LEN + 1];
-    int64_t version; /* PUSH_DESIRED */
-    int close_code;  /* CLOSE_SESSION: 4001 revoked, 4002 deleted */
+    int64_t version;        /* PUSH_DESIRED */
+    int close_code;         /* CLOSE_SESSION: 4001 revoked, 4002 deleted */
+    int64_t tenant_id;      /* EVENT */
+    const char *event_type; /* EVENT: a static string, e.g. "state" */
+    char *event_json;       /* EVENT: malloc'd JSON text, owned by the response */
 };
 
 struct api_response {
     int status;
-    char *body; /* malloc'd JSON text (NUL-terminated), owned by the response */
+    char *body; /* malloc'd body (JSON text, or a static file's bytes: use body_len),
+                 * NUL-terminated, owned by the response */
     size_t body_len;
     char extra_headers[API_MAX_EXTRA_HEADERS]; /* CRLF-terminated header lines */
     char log[256];              /* key=value facts for the access line (never secrets) */
@@ -53,8 +60,14 @@ struct api_response {
     const char *content_type; /* static; NULL means application/json */
 };
 
-/* Appends one effect to res; 0 or PHY_ENOMEM. */
+/* Appends one effect to res; 0 or PHY_ENOMEM. On success res owns e->event_json
+ * (on failure the caller still does). */
 int api_add_effect(struct api_response *res, const struct api_effect *e);
+
+/* Queues a "state" event {"device_id", "state"} for the tenant's event streams; a
+ * failure (out of memory) is logged and only loses the event. */
+void api_state_event(struct api_response *res, int64_t tenant_id, const char *device_id,
+                     const char *state);
 
 /* Routes and handles one request. Always fills res (status and body). */
 void api_handle(struct hub *h, const struct api_request *req, struct api_response *res);

@@ -1,5 +1,5 @@
-/* Console API (PROTOCOL.md section 4): API-token auth, claims, device listing, twins,
- * tags, revoke/reset/delete. */
+/* Console API (PROTOCOL.md section 4): API-token and session-cookie auth, claims,
+ * device listing, twins, tags, revoke/reset/delete, audit log, status history. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,15 +22,22 @@
 #define LIST_MAX 500
 #define BEARER "Bearer "
 
-int api_auth(struct hub *h, const struct api_request *req, struct api_response *res,
-             struct api_caller *caller)
+#define COOKIE_NAME "phy_session"
+#define COOKIE_MAX 4096
+
+static void unauthorized(struct api_response *res, const char *msg)
 {
-    const char *a = req->authorization;
-    if (!a || strncmp(a, BEARER, strlen(BEARER)) != 0 || strlen(a + strlen(BEARER)) == 0 ||
+    api_error(res, 401, "unauthorized", msg);
+    snprintf(res->extra_headers, sizeof(res->extra_headers),
+             "WWW-Authenticate: Bearer realm=\"phystack\"\r\n");
+}
+
+static int bearer_auth(struct hub *h, const char *a, struct api_response *res,
+                       struct api_caller *caller)
+{
+    if (strncmp(a, BEARER, strlen(BEARER)) != 0 || strlen(a + strlen(BEARER)) == 0 ||
         strlen(a + strlen(BEARER)) > 128) {
-        api_error(res, 401, "unauthorized", "missing or malformed Authorization: Bearer token");
-        snprintf(res->extra_headers, sizeof(res->extra_headers),
-                 "WWW-Authenticate: Bearer realm=\"phystack\"\r\n");
+        unauthorized(res, "missing or malformed Authorization: Bearer token");
         return -1;
     }
     const char *token = a + strlen(BEARER);
@@ -43,15 +50,157 @@ int api_auth(struct hub *h, const struct api_request *req, struct api_response *
         return -1;
     }
     if (outcome != STORE_OK) {
-        api_error(res, 401, "unauthorized", "unknown API token");
-        snprintf(res->extra_headers, sizeof(res->extra_headers),
-                 "WWW-Authenticate: Bearer realm=\"phystack\"\r\n");
+        unauthorized(res, "unknown API token");
         return -1;
     }
     return 0;
 }
 
-static void rfc3339(int64_t ms, char out[32])
+static int base64url_char(char c)
+{
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
+           c == '_';
+}
+
+/* RFC 6265 cookie-octet (no space, DQUOTE, comma, semicolon or backslash). */
+static int cookie_octet(unsigned char c)
+{
+    return c == 0x21 || (c >= 0x23 && c <= 0x2b) || (c >= 0x2d && c <= 0x3a) ||
+           (c >= 0x3c && c <= 0x5b) || (c >= 0x5d && c <= 0x7e);
+}
+
+/* RFC 7230 tchar. */
+static int token_char(unsigned char c)
+{
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+           (c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+}
+
+/* Finds the phy_session value in a Cookie header parsed strictly as RFC 6265
+ * "name=value" pairs separated by "; ". 1 with *value (borrowed, PHY_TOKEN_LEN
+ * base64url characters) when present exactly once and well-formed; 0 otherwise
+ * (absent, given twice, malformed header or value). */
+static int session_cookie(const char *hdr, const char **value)
+{
+    const char *p = hdr, *found = NULL;
+    size_t found_len = 0;
+    int count = 0;
+    if (!hdr || strlen(hdr) > COOKIE_MAX)
+        return 0;
+    for (;;) {
+        const char *name = p;
+        while (token_char((unsigned char)*p))
+            p++;
+        if (p == name || *p != '=')
+            return 0;
+        size_t name_len = (size_t)(p - name);
+        const char *v = ++p;
+        size_t vlen;
+        if (*p == '"') { /* DQUOTE *cookie-octet DQUOTE */
+            p++;
+            while (cookie_octet((unsigned char)*p))
+                p++;
+            if (*p != '"')
+                return 0;
+            p++;
+            vlen = (size_t)(p - v);
+        } else {
+            while (cookie_octet((unsigned char)*p))
+                p++;
+            vlen = (size_t)(p - v);
+        }
+        if (name_len == strlen(COOKIE_NAME) && memcmp(name, COOKIE_NAME, name_len) == 0) {
+            count++;
+            found = v;
+            found_len = vlen;
+        }
+        if (*p == '\0')
+            break;
+        if (p[0] != ';' || p[1] != ' ')
+            return 0;
+        p += 2;
+    }
+    if (count != 1 || found_len != PHY_TOKEN_LEN)
+        return 0;
+    for (size_t i = 0; i < found_len; i++)
+        if (!base64url_char(found[i]))
+            return 0;
+    *value = found;
+    return 1;
+}
+
+static int cookie_auth(struct hub *h, const struct api_request *req, struct api_response *res,
+                       struct api_caller *caller)
+{
+    const char *value;
+    if (!session_cookie(req->cookie, &value) || !h->store_ops->console_session_auth) {
+        unauthorized(res, "log in, or send Authorization: Bearer <API token>");
+        return -1;
+    }
+    struct store_session sess;
+    int outcome = STORE_NOT_FOUND;
+    memset(&sess, 0, sizeof(sess));
+    if (phy_sha256_hex(value, PHY_TOKEN_LEN, caller->session_hash) < 0 ||
+        h->store_ops->console_session_auth(h->store, caller->session_hash, hub_now_ms(),
+                                           h->cfg.session_idle_s * 1000,
+                                           h->cfg.session_max_s * 1000, &sess, &outcome) < 0) {
+        api_error(res, 503, "store_unavailable", "the store failed; retry later");
+        return -1;
+    }
+    if (outcome != STORE_OK) {
+        unauthorized(res, "the session has ended; log in again");
+        return -1;
+    }
+    caller->cookie = 1;
+    caller->tenant_id = sess.tenant_id;
+    caller->user_id = sess.user_id;
+    snprintf(caller->tenant, sizeof(caller->tenant), "%s", sess.tenant);
+    snprintf(caller->user, sizeof(caller->user), "%s", sess.user);
+    snprintf(caller->region, sizeof(caller->region), "%s", sess.region);
+    snprintf(caller->csrf, sizeof(caller->csrf), "%s", sess.csrf);
+    /* A browser sends the cookie with any request a page makes to this origin; only
+     * the console's own script can read the CSRF token and send it back. */
+    if (strcmp(req->method, "GET") != 0 && strcmp(req->method, "HEAD") != 0) {
+        const char *t = req->csrf_token;
+        size_t n = strlen(caller->csrf);
+        if (!t || n == 0 || strlen(t) != n || CRYPTO_memcmp(t, caller->csrf, n) != 0) {
+            api_error(res, 403, "csrf_failed",
+                      "missing or wrong X-CSRF-Token (the csrf_token of the session)");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int api_auth(struct hub *h, const struct api_request *req, struct api_response *res,
+             struct api_caller *caller)
+{
+    memset(caller, 0, sizeof(*caller));
+    if (req->authorization) /* Bearer wins when both are sent */
+        return bearer_auth(h, req->authorization, res, caller);
+    return cookie_auth(h, req, res, caller);
+}
+
+void api_audit(struct hub *h, int64_t tenant_id, int64_t user_id, const char *action,
+               const char *device_id, json_t *detail)
+{
+    if (!h->store_ops->audit_add) { /* a store without an audit log (unit tests' fakes) */
+        json_decref(detail);
+        return;
+    }
+    char *text = detail ? json_dumps(detail, JSON_COMPACT) : NULL;
+    int rc = PHY_ENOMEM;
+    if (text || !detail)
+        rc = h->store_ops->audit_add(h->store, tenant_id, user_id, hub_now_ms(), action, device_id,
+                                     text);
+    if (rc < 0)
+        phy_log(PHY_LOG_WARN, "audit_failed", "action=%s device_id=%s rc=%d", action,
+                device_id ? device_id : "-", rc);
+    free(text);
+    json_decref(detail);
+}
+
+void api_rfc3339(int64_t ms, char out[32])
 {
     time_t t = (time_t)(ms / 1000);
     struct tm tm;
@@ -65,7 +214,7 @@ static json_t *time_json(int64_t ms)
     char t[32];
     if (ms <= 0)
         return json_null();
-    rfc3339(ms, t);
+    api_rfc3339(ms, t);
     return json_string(t);
 }
 
@@ -81,7 +230,7 @@ static json_t *stored_json(const char *text, int object_default)
 json_t *api_device_json(const struct store_device *d)
 {
     char created[32];
-    rfc3339(d->created_ms, created);
+    api_rfc3339(d->created_ms, created);
     return json_pack("{s:s, s:s, s:s?, s:o, s:s, s:s, s:o, s:o, s:o, s:o, s:o, s:s}", "device_id",
                      d->device_id, "serial", d->serial, "name", d->name[0] ? d->name : NULL, "tags",
                      stored_json(d->tags_json, 1), "state", d->state, "presence",
@@ -284,6 +433,9 @@ void handle_claim(struct hub *h, const struct api_request *req, struct api_respo
         snprintf(res->log, sizeof(res->log), "tenant=%s by=%s device_id=%s serial=%s",
                  caller.tenant, serial ? "serial" : "code", dev.device_id, dev.serial);
         api_json(res, 201, api_device_json(&dev));
+        api_state_event(res, caller.tenant_id, dev.device_id, dev.state);
+        api_audit(h, caller.tenant_id, caller.user_id, "device.claim", dev.device_id,
+                  json_pack("{s:s, s:s}", "serial", dev.serial, "by", serial ? "serial" : "code"));
         break;
     case STORE_EXPIRED_CODE:
     case STORE_UNKNOWN_SERIAL:
@@ -503,6 +655,23 @@ static void close_effect(struct api_response *res, const char *id, int code)
         phy_log(PHY_LOG_ERROR, "close_lost", "device_id=%s code=%d reason=oom", id, code);
 }
 
+#define AUDIT_PATCH_MAX 8192 /* a bigger patch is recorded by its size only */
+
+/* Adds "patch" (the patch as received; compact text) to an audit detail, or, for a
+ * patch over AUDIT_PATCH_MAX bytes, "patch": null and "patch_bytes". Returns
+ * detail (NULL when it was NULL). */
+static json_t *audit_patch(json_t *detail, json_t *patch, const char *text)
+{
+    size_t n = strlen(text);
+    if (!detail)
+        return NULL;
+    if (n <= AUDIT_PATCH_MAX)
+        json_object_set(detail, "patch", patch);
+    else if (json_object_set_new(detail, "patch", json_null()) == 0)
+        json_object_set_new(detail, "patch_bytes", json_integer((json_int_t)n));
+    return detail;
+}
+
 static const char *const patch_types[] = {"application/merge-patch+json", "application/json", NULL};
 
 void handle_desired_patch(struct hub *h, const struct api_request *req, const char *id,
@@ -543,6 +712,8 @@ void handle_desired_patch(struct hub *h, const struct api_request *req, const ch
         api_json(res, 200, json_pack("{s:I}", "version", (json_int_t)version));
         snprintf(res->extra_headers, sizeof(res->extra_headers), "ETag: \"%lld\"\r\n",
                  (long long)version);
+        api_audit(h, caller.tenant_id, caller.user_id, "device.desired_patch", id,
+                  audit_patch(json_pack("{s:I}", "version", (json_int_t)version), patch, text));
         if (changed) {
             res->push_patch = text;
             text = NULL;
@@ -625,6 +796,14 @@ void handle_fleet_patch(struct hub *h, const struct api_request *req, struct api
     switch (outcome) {
     case STORE_OK:
         api_json(res, 200, json_pack("{s:I}", "matched", (json_int_t)matched));
+        {
+            char tagkv[TAG_KEY_MAX + TAG_VALUE_MAX + 2];
+            snprintf(tagkv, sizeof(tagkv), "%s:%s", key, value);
+            api_audit(
+                h, caller.tenant_id, caller.user_id, "fleet.desired_patch", NULL,
+                audit_patch(json_pack("{s:s, s:I}", "tag", tagkv, "matched", (json_int_t)matched),
+                            patch, text));
+        }
         if (n > 0) {
             res->push_patch = text;
             text = NULL;
@@ -670,6 +849,8 @@ void handle_tags_put(struct hub *h, const struct api_request *req, const char *i
         goto out;
     }
     device_log(res, &caller, id, "tags=set");
+    api_audit(h, caller.tenant_id, caller.user_id, "device.tags", id,
+              json_pack("{s:O}", "tags", body));
     answer_device(h, &caller, id, res);
 out:
     free(tags_json);
@@ -695,6 +876,8 @@ void handle_device_revoke(struct hub *h, const struct api_request *req, const ch
     }
     device_log(res, &caller, id, "revoked=1");
     close_effect(res, id, 4001);
+    api_state_event(res, caller.tenant_id, id, "revoked");
+    api_audit(h, caller.tenant_id, caller.user_id, "device.revoke", id, NULL);
     answer_device(h, &caller, id, res);
 }
 
@@ -723,6 +906,9 @@ void handle_device_reset(struct hub *h, const struct api_request *req, const cha
     snprintf(what, sizeof(what), "serial=%s reset=1", d.serial);
     device_log(res, &caller, id, what);
     close_effect(res, id, 4001);
+    api_state_event(res, caller.tenant_id, id, "revoked");
+    api_audit(h, caller.tenant_id, caller.user_id, "device.reset", id,
+              json_pack("{s:s}", "serial", d.serial));
     api_json(res, 200,
              json_pack("{s:s, s:s, s:s, s:b}", "device_id", id, "serial", d.serial, "state",
                        "revoked", "rearmed", 1));
@@ -749,7 +935,116 @@ void handle_device_delete(struct hub *h, const struct api_request *req, const ch
     }
     device_log(res, &caller, id, "deleted=1");
     close_effect(res, id, 4002);
+    api_state_event(res, caller.tenant_id, id, "deleted");
+    api_audit(h, caller.tenant_id, caller.user_id, "device.delete", id, NULL);
     res->status = 204; /* no body: the server writes no Content-Length either */
+}
+
+void handle_status_history(struct hub *h, const struct api_request *req, const char *id,
+                           struct api_response *res)
+{
+    struct api_caller caller;
+    struct store_status_report *r = NULL;
+    size_t n = 0;
+    int outcome = STORE_NOT_FOUND;
+
+    if (api_auth(h, req, res, &caller) < 0)
+        return;
+    device_log(res, &caller, id, "");
+    if (!h->store_ops->status_history ||
+        h->store_ops->status_history(h->store, caller.tenant_id, id, STORE_STATUS_HISTORY, &r, &n,
+                                     &outcome) < 0) {
+        store_failed(res);
+        return;
+    }
+    if (outcome != STORE_OK) {
+        no_device(res);
+        goto out;
+    }
+    json_t *arr = json_array();
+    for (size_t i = 0; arr && i < n; i++) {
+        json_t *e = json_pack("{s:o, s:o}", "at", time_json(r[i].at_ms), "status",
+                              stored_json(r[i].status_json, 1));
+        if (!e || json_array_append_new(arr, e) < 0) {
+            json_decref(arr);
+            arr = NULL;
+        }
+    }
+    api_json(res, 200, arr ? json_pack("{s:o}", "reports", arr) : NULL);
+out:
+    store_status_reports_free(r, n);
+}
+
+#define AUDIT_DEFAULT 50
+#define AUDIT_MAX 200
+
+/* A decimal query value of 1..18 digits without sign or leading '+'; -1 otherwise. */
+static int64_t query_int(const char *s)
+{
+    size_t n = strlen(s);
+    int64_t x = 0;
+    if (n == 0 || n > 18)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return -1;
+        x = x * 10 + (s[i] - '0');
+    }
+    return x;
+}
+
+void handle_audit(struct hub *h, const struct api_request *req, struct api_response *res)
+{
+    static const char *const params[] = {"limit", "before", NULL};
+    struct api_caller caller;
+    char buf[24];
+    int64_t limit = AUDIT_DEFAULT, before = 0;
+    struct store_audit *a = NULL;
+    size_t n = 0;
+
+    if (api_auth(h, req, res, &caller) < 0)
+        return;
+    snprintf(res->log, sizeof(res->log), "tenant=%s", caller.tenant);
+    if (api_query_check(req->query, params) < 0) {
+        api_error(res, 400, "bad_request",
+                  "malformed query or unknown parameter (known: limit, before)");
+        return;
+    }
+    int r = api_query_param(req->query, "limit", buf, sizeof(buf));
+    if (r == 1)
+        limit = query_int(buf);
+    if (r < 0 || limit < 1 || limit > AUDIT_MAX) {
+        api_error(res, 400, "bad_request", "limit must be 1-200");
+        return;
+    }
+    r = api_query_param(req->query, "before", buf, sizeof(buf));
+    if (r == 1)
+        before = query_int(buf);
+    if (r < 0 || (r == 1 && before < 1)) {
+        api_error(res, 400, "bad_request", "before must be an audit entry id");
+        return;
+    }
+    if (!h->store_ops->audit_list ||
+        h->store_ops->audit_list(h->store, caller.tenant_id, before, (int)limit, &a, &n) < 0) {
+        store_failed(res);
+        return;
+    }
+    snprintf(res->log, sizeof(res->log), "tenant=%s count=%zu", caller.tenant, n);
+    json_t *arr = json_array();
+    for (size_t i = 0; arr && i < n; i++) {
+        json_t *e = json_pack("{s:I, s:o, s:s, s:s, s:s?, s:o}", "id", (json_int_t)a[i].id, "at",
+                              time_json(a[i].at_ms), "actor", a[i].actor, "action", a[i].action,
+                              "device_id", a[i].device_id[0] ? a[i].device_id : NULL, "detail",
+                              stored_json(a[i].detail_json, 0));
+        if (!e || json_array_append_new(arr, e) < 0) {
+            json_decref(arr);
+            arr = NULL;
+        }
+    }
+    json_t *next =
+        n > 0 && n == (size_t)limit ? json_integer((json_int_t)a[n - 1].id) : json_null();
+    api_json(res, 200, arr ? json_pack("{s:o, s:o}", "entries", arr, "next", next) : NULL);
+    store_audit_free(a, n);
 }
 
 void handle_healthz(struct hub *h, const struct api_request *req, struct api_response *res)

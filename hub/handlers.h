@@ -27,15 +27,33 @@ int api_check_fields(json_t *o, const char *const *allowed, struct api_response 
 int api_get_string(json_t *o, const char *key, int required, const char **out,
                    struct api_response *res);
 
-/* Resolves "Authorization: Bearer <token>"; -1 with a 401 in res when absent or
- * unknown, or 500 when the store fails. */
+/* Who made a console request. */
 struct api_caller {
     int64_t tenant_id, user_id;
     char tenant[STORE_NAME_MAX + 1];
     char region[16];
+    char user[STORE_NAME_MAX + 1];           /* cookie sessions; "" for API tokens */
+    int cookie;                              /* 1: authenticated by a console session cookie */
+    char csrf[STORE_CSRF_LEN + 1];           /* cookie sessions: the session's CSRF token */
+    char session_hash[PHY_HASH_HEX_LEN + 1]; /* cookie sessions: SHA-256 hex of the cookie */
 };
+
+/* Authenticates a console request: "Authorization: Bearer <token>" when the header
+ * is there, else the phy_session cookie (idle and absolute expiry from the
+ * configuration); a cookie request whose method is not GET/HEAD must carry the
+ * session's X-CSRF-Token. 0 with *caller filled, or -1 with res answered: 401
+ * (missing, malformed, unknown or expired), 403 csrf_failed, 503 (store). */
 int api_auth(struct hub *h, const struct api_request *req, struct api_response *res,
              struct api_caller *caller);
+
+/* Records a successful change in the tenant's audit log: action (e.g.
+ * "device.claim"), device_id (may be NULL) and detail (an object, reference stolen,
+ * may be NULL). A failure is logged and does not fail the request. */
+void api_audit(struct hub *h, int64_t tenant_id, int64_t user_id, const char *action,
+               const char *device_id, json_t *detail);
+
+/* RFC 3339 UTC text (to the second) of a time in ms since the epoch. */
+void api_rfc3339(int64_t ms, char out[32]);
 
 /* Device record as the console API shows it (presence, last_seen, connected_at,
  * disconnected_at, last_status, last_status_at; times RFC 3339 or null). New
@@ -92,6 +110,17 @@ void handle_device_revoke(struct hub *h, const struct api_request *req, const ch
                           struct api_response *res);
 void handle_device_reset(struct hub *h, const struct api_request *req, const char *id,
                          struct api_response *res);
+void handle_status_history(struct hub *h, const struct api_request *req, const char *id,
+                           struct api_response *res);
+void handle_audit(struct hub *h, const struct api_request *req, struct api_response *res);
+/* login.c: console login sessions. */
+/* Makes h->login_dummy_hash (at start, before serving). 0 or PHY_E*. */
+int login_init(struct hub *h);
+void handle_login(struct hub *h, const struct api_request *req, struct api_response *res);
+void handle_logout(struct hub *h, const struct api_request *req, struct api_response *res);
+void handle_session(struct hub *h, const struct api_request *req, struct api_response *res);
+/* static.c: GET / and GET /<name> from --web-root (200 or 404). */
+void handle_static(struct hub *h, const struct api_request *req, struct api_response *res);
 void handle_metrics(struct hub *h, const struct api_request *req, struct api_response *res);
 void handle_healthz(struct hub *h, const struct api_request *req, struct api_response *res);
 

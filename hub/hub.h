@@ -38,6 +38,13 @@ struct hub_config {
     struct phy_strlist peers;    /* eu: "REGION=KEYFILE", one per regional hub */
     long inter_region_timeout_s; /* per connect / read / write */
     long inter_region_attempts;  /* tries of one call on transport failures and 5xx */
+    /* console (docs/protocol.md section 4) */
+    char *web_root;          /* static console files (default PHY_WEB_ROOT) */
+    long session_idle_s;     /* a login session ends after this long unused */
+    long session_max_s;      /* ... and this long after the login */
+    long login_user_limit;   /* failed logins per (tenant, user) per window */
+    long login_tenant_limit; /* failed logins per tenant per window */
+    long login_window_s;
 };
 
 /* Counters shown by GET /metrics; updated from the loop and from workers. */
@@ -71,6 +78,10 @@ struct hub {
     /* Called on the loop when a device session opened: regional hubs use it to send
      * their outbox to eu soon (NULL: nothing to do). */
     void (*outbox_kick)(struct hub *h);
+    /* An argon2id encoding of a random password, made at start: logins of unknown
+     * users are checked against it so that they cost what a real check costs. */
+    char login_dummy_hash[256];
+    _Atomic int login_checks; /* argon2id checks running now (login.c caps them) */
 };
 
 /* Milliseconds since the Unix epoch (wall clock). */

@@ -11,6 +11,7 @@
 #include <openssl/crypto.h>
 #include <uv.h>
 
+#include "handlers.h"
 #include "hub.h"
 #include "region.h"
 #include "phy/config.h"
@@ -21,6 +22,10 @@
 
 #define PASSWORD_MAX 1024
 #define PASSWORD_MIN 8
+
+#ifndef PHY_WEB_ROOT
+#define PHY_WEB_ROOT "web" /* CMake sets the source tree's web/ */
+#endif
 
 static struct hub g_hub; /* the daemon's one hub; main owns it */
 static struct server *g_server;
@@ -60,6 +65,11 @@ static void config_defaults(struct hub_config *c)
     c->device_msg_rate = 20;
     c->inter_region_timeout_s = 5;
     c->inter_region_attempts = 3;
+    c->session_idle_s = 1800;
+    c->session_max_s = 43200;
+    c->login_user_limit = 5;
+    c->login_tenant_limit = 50;
+    c->login_window_s = 900;
 }
 
 static void print_help(const struct phy_opt *opts)
@@ -80,7 +90,10 @@ static void on_sweep_work(uv_work_t *w)
     (void)w;
     struct store_prov_params p;
     hub_prov_params(&g_hub, hub_now_ms(), &p);
-    if (g_hub.store_ops->sweep(g_hub.store, &p, g_hub.cfg.claim_window_s * 1000) < 0)
+    /* Failed claims and failed logins: keep what either window still counts. */
+    long keep_s = g_hub.cfg.claim_window_s > g_hub.cfg.login_window_s ? g_hub.cfg.claim_window_s
+                                                                      : g_hub.cfg.login_window_s;
+    if (g_hub.store_ops->sweep(g_hub.store, &p, (int64_t)keep_s * 1000) < 0)
         phy_log(PHY_LOG_WARN, "sweep_failed", "store=%s", g_hub.store_ops->name);
     region_outbox_drain(&g_hub);
 }
@@ -432,6 +445,17 @@ int main(int argc, char **argv)
          "calls to eu: timeout per connect/read/write, s (5)"},
         {"inter-region-attempts", PHY_OPT_INT, &c->inter_region_attempts, 1, 10,
          "calls to eu: tries on transport failures and 5xx (3)"},
+        {"web-root", PHY_OPT_STR, &c->web_root, 0, 0,
+         "folder of the console's static files (default " PHY_WEB_ROOT ")"},
+        {"session-idle", PHY_OPT_INT, &c->session_idle_s, 1, 604800,
+         "console login sessions end after this long without a request, s (1800)"},
+        {"session-max", PHY_OPT_INT, &c->session_max_s, 1, 2592000,
+         "console login sessions end this long after the login, s (43200)"},
+        {"login-user-limit", PHY_OPT_INT, &c->login_user_limit, 1, 100000,
+         "failed logins per tenant and user per window before 429 (5)"},
+        {"login-tenant-limit", PHY_OPT_INT, &c->login_tenant_limit, 1, 1000000,
+         "failed logins per tenant per window before 429 (50)"},
+        {"login-window", PHY_OPT_INT, &c->login_window_s, 1, 86400, "failed-login window, s (900)"},
         {"debug", PHY_OPT_BOOL, &debug, 0, 0, "log debug events"},
         {0},
     };
@@ -473,6 +497,8 @@ int main(int argc, char **argv)
         goto out;
     if (!c->listen && !(c->listen = strdup("0.0.0.0:443")))
         goto out;
+    if (!c->web_root && !(c->web_root = strdup(PHY_WEB_ROOT)))
+        goto out;
     if (!c->public_endpoint) {
         snprintf(endpoint, sizeof(endpoint), "portal-%s.phystack.com:443", c->region);
         if (!(c->public_endpoint = strdup(endpoint)))
@@ -481,6 +507,10 @@ int main(int argc, char **argv)
     if (region_setup(&g_hub, err, sizeof(err)) < 0) {
         fprintf(stderr, "phyhub: %s\n", err);
         rc = 2;
+        goto out;
+    }
+    if (login_init(&g_hub) < 0) {
+        fprintf(stderr, "phyhub: cannot make the login dummy hash\n");
         goto out;
     }
     if (open_store(&g_hub) < 0)
@@ -519,13 +549,14 @@ int main(int argc, char **argv)
     uv_timer_init(loop, &g_sweep_timer);
     uv_timer_start(&g_sweep_timer, on_sweep_timer, (uint64_t)c->sweep_interval_s * 1000,
                    (uint64_t)c->sweep_interval_s * 1000);
+    char wr[512];
     phy_log(PHY_LOG_INFO, "started",
             "region=%s listen=%s provisioning=%s eu=%s endpoint=%s store=%s code_ttl=%ld "
-            "poll_interval=%ld grace=%ld registration_idle=%ld",
+            "poll_interval=%ld grace=%ld registration_idle=%ld web_root=%s",
             c->region, c->listen, c->provisioning ? "on" : "off",
             c->provisioning_url ? c->provisioning_url : "-", c->public_endpoint,
             g_hub.store_ops->name, c->code_ttl_s, c->poll_interval_s, c->issuance_grace_s,
-            c->registration_idle_s);
+            c->registration_idle_s, phy_log_quote(c->web_root, wr, sizeof(wr)));
     uv_run(loop, UV_RUN_DEFAULT);
     uv_loop_close(loop);
     phy_log(PHY_LOG_INFO, "stopped", "region=%s", c->region);

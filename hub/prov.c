@@ -263,6 +263,8 @@ void handle_poll(struct hub *h, const struct api_request *req, struct api_respon
             snprintf(res->log, sizeof(res->log), "device_id=%s outcome=delivered", r.device_id);
         else
             snprintf(res->log, sizeof(res->log), "outcome=delivered_remote");
+        if (r.tenant_id != 0) /* eu's own device: its tenant's console sees the pickup */
+            api_state_event(res, r.tenant_id, r.device_id, "provisioned");
         break;
     default:
         api_error(res, 500, "internal", "unexpected store outcome");

@@ -142,14 +142,30 @@ void conn_close(struct conn *c)
     server_maybe_free(s);
 }
 
+/* Sent with every answer of the hub (docs/protocol.md section 4): the console's
+ * pages may load only their own scripts, styles and images, and no page may frame
+ * them. */
+#define SECURITY_HEADERS                                                                           \
+    "Content-Security-Policy: default-src 'none'; script-src 'self'; style-src 'self'; "           \
+    "img-src 'self' data:; connect-src 'self'; font-src 'self'; base-uri 'none'; "                 \
+    "form-action 'self'; frame-ancestors 'none'\r\n"                                               \
+    "X-Content-Type-Options: nosniff\r\n"                                                          \
+    "Referrer-Policy: no-referrer\r\n"                                                             \
+    "X-Frame-Options: DENY\r\n"
+
 /* Queues a complete response (head + body) and starts writing it. */
 static void conn_respond_typed(struct conn *c, int status, const char *extra, const char *ctype,
                                const char *body, size_t body_len, int keep_alive)
 {
-    char head[1024];
-    int n = phy_http_write_response_head(head, sizeof(head), status,
+    char head[2048], headers[API_MAX_EXTRA_HEADERS + sizeof(SECURITY_HEADERS)];
+    int n = snprintf(headers, sizeof(headers), "%s%s", extra ? extra : "", SECURITY_HEADERS);
+    if (n > 0 && (size_t)n < sizeof(headers))
+        n = phy_http_write_response_head(head, sizeof(head), status,
                                          body ? (ctype ? ctype : "application/json") : NULL,
-                                         body_len, keep_alive, extra);
+                                         body_len, keep_alive, headers);
+    else
+        n = -1;
+    OPENSSL_cleanse(headers, sizeof(headers)); /* may hold a Set-Cookie */
     if (n < 0) {
         conn_close(c);
         return;
@@ -161,6 +177,7 @@ static void conn_respond_typed(struct conn *c, int status, const char *extra, co
         return;
     }
     memcpy(c->out, head, (size_t)n);
+    OPENSSL_cleanse(head, (size_t)n);
     if (body_len)
         memcpy(c->out + n, body, body_len);
     c->out_len = (size_t)n + body_len;
@@ -306,17 +323,23 @@ static void on_work_done(uv_work_t *req, int status)
                 conn_refuse(c, 503, "over_capacity", "out of memory");
             }
         } else if (w->kind == WORK_EVENTS && w->ares.status == 200) {
-            static const char head[] = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-                                       "Cache-Control: no-store\r\nConnection: close\r\n\r\n"
-                                       ": phyhub events\n\n";
+            static const char head[] =
+                "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                "Cache-Control: no-store\r\n" SECURITY_HEADERS "Connection: close\r\n\r\n"
+                ": phyhub events\n\n";
             c->next_mode = CONN_NEXT_SSE;
             c->tenant_id = w->tenant_id;
             conn_respond_raw(c, head, sizeof(head) - 1);
         } else {
             conn_respond_typed(c, w->ares.status, w->ares.extra_headers, w->ares.content_type,
                                w->ares.body, w->ares.body_len, c->keep_alive);
-            for (size_t i = 0; i < w->ares.neffects; i++)
-                session_effect(s, &w->ares.effects[i], w->ares.push_patch);
+            for (size_t i = 0; i < w->ares.neffects; i++) {
+                const struct api_effect *e = &w->ares.effects[i];
+                if (e->kind == API_EFFECT_EVENT)
+                    events_publish(s, e->tenant_id, e->event_type, e->event_json);
+                else
+                    session_effect(s, e, w->ares.push_patch);
+            }
         }
     }
     api_response_free(&w->ares);
@@ -328,10 +351,12 @@ static void on_work_done(uv_work_t *req, int status)
 static int work_fill(struct work *w, const char *buf, const struct phy_http_request *rq,
                      size_t head_len, size_t body_len)
 {
-    static const char *const names[] = {"Authorization", "Content-Type", "If-Match"};
-    const struct phy_str *hv[3];
+    static const char *const names[] = {"Authorization", "Content-Type", "If-Match", "Cookie",
+                                        "X-CSRF-Token"};
+    enum { NHDR = sizeof(names) / sizeof(names[0]) };
+    const struct phy_str *hv[NHDR];
     size_t need = rq->method.len + rq->target.len + body_len + 8;
-    for (size_t i = 0; i < 3; i++) {
+    for (size_t i = 0; i < NHDR; i++) {
         hv[i] = phy_http_find_header(rq->headers, rq->num_headers, names[i]);
         if (hv[i])
             need += hv[i]->len + 1;
@@ -354,8 +379,9 @@ static int work_fill(struct work *w, const char *buf, const struct phy_http_requ
     COPY_STR(w->areq.path, rq->target.p, plen);
     if (q)
         COPY_STR(w->areq.query, q + 1, rq->target.len - plen - 1);
-    const char **dst[3] = {&w->areq.authorization, &w->areq.content_type, &w->areq.if_match};
-    for (size_t i = 0; i < 3; i++)
+    const char **dst[NHDR] = {&w->areq.authorization, &w->areq.content_type, &w->areq.if_match,
+                              &w->areq.cookie, &w->areq.csrf_token};
+    for (size_t i = 0; i < NHDR; i++)
         if (hv[i])
             COPY_STR(*dst[i], hv[i]->p, hv[i]->len);
     COPY_STR(w->areq.body, buf + head_len, body_len);

@@ -1,6 +1,7 @@
 /* Unit tests for the hub's API routing and request-line helpers (hub/api.c) and the
  * console device handlers (hub/console.c) against a fake store: path parameters,
- * 404/405 with Allow, query decoding, If-Match, outcomes and effects. */
+ * 404/405 with Allow, query decoding, If-Match, outcomes and effects, cookie
+ * sessions with CSRF, audit records. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -227,6 +228,8 @@ static int setup(void **state)
     fake_ops.device_revoke = f_revoke;
     fake_ops.device_reset = f_reset;
     fake_ops.device_delete = f_delete;
+    fake_ops.console_session_auth = NULL;
+    fake_ops.audit_add = NULL;
     memset(&H, 0, sizeof(H));
     H.store_ops = &fake_ops;
     H.cfg.region = "eu";
@@ -697,10 +700,14 @@ static void test_tags_revoke_reset_delete(void **state)
     assert_int_equal(
         call(&res, "POST", "/api/v1/devices/" ID "/revoke", NULL, TOKEN, NULL, NULL, NULL), 200);
     assert_string_equal(F.op, "revoke");
-    assert_int_equal(res.neffects, 1);
+    assert_int_equal(res.neffects, 2);
     assert_int_equal(res.effects[0].kind, API_EFFECT_CLOSE_SESSION);
     assert_int_equal(res.effects[0].close_code, 4001);
     assert_string_equal(res.effects[0].device_id, ID);
+    assert_int_equal(res.effects[1].kind, API_EFFECT_EVENT);
+    assert_string_equal(res.effects[1].event_type, "state");
+    assert_string_equal(res.effects[1].event_json,
+                        "{\"device_id\":\"" ID "\",\"state\":\"revoked\"}");
     api_response_free(&res);
 
     assert_int_equal(
@@ -710,15 +717,18 @@ static void test_tags_revoke_reset_delete(void **state)
     assert_string_equal(json_string_value(json_object_get(o, "state")), "revoked");
     assert_true(json_is_true(json_object_get(o, "rearmed")));
     json_decref(o);
-    assert_int_equal(res.neffects, 1);
+    assert_int_equal(res.neffects, 2);
     assert_int_equal(res.effects[0].close_code, 4001);
+    assert_int_equal(res.effects[1].kind, API_EFFECT_EVENT);
     api_response_free(&res);
 
     assert_int_equal(call(&res, "DELETE", "/api/v1/devices/" ID, NULL, TOKEN, NULL, NULL, NULL),
                      204);
     assert_null(res.body);
-    assert_int_equal(res.neffects, 1);
+    assert_int_equal(res.neffects, 2);
     assert_int_equal(res.effects[0].close_code, 4002);
+    assert_string_equal(res.effects[1].event_json,
+                        "{\"device_id\":\"" ID "\",\"state\":\"deleted\"}");
     api_response_free(&res);
 
     static const char *const ops[][2] = {{"POST", "/revoke"}, {"POST", "/reset"}, {"DELETE", ""}};
@@ -738,6 +748,170 @@ static void test_tags_revoke_reset_delete(void **state)
     }
 }
 
+/* ---- console sessions: cookie auth, CSRF, audit records ---- */
+
+#define COOKIE_VALUE "c00kieC00kieC00kieC00kieC00kieC00kieC00kieX"
+#define CSRF_VALUE "csrfCSRFcsrfCSRFcsrfCSRFcsrfCSRFcsrfCSRFcsr"
+
+static struct {
+    char action[32], device_id[64], detail[256];
+    int n;
+} A;
+
+static int f_session_auth(struct store *s, const char *id_hash, int64_t now_ms, int64_t idle_ms,
+                          int64_t max_ms, struct store_session *out, int *outcome)
+{
+    char want[PHY_HASH_HEX_LEN + 1];
+    (void)s;
+    (void)now_ms;
+    assert_int_equal(idle_ms, 1800000);
+    assert_int_equal(max_ms, 43200000);
+    phy_sha256_hex(COOKIE_VALUE, strlen(COOKIE_VALUE), want);
+    memset(out, 0, sizeof(*out));
+    *outcome = STORE_NOT_FOUND;
+    if (strcmp(id_hash, want) == 0) {
+        out->tenant_id = 7;
+        out->user_id = 3;
+        snprintf(out->tenant, sizeof(out->tenant), "acme");
+        snprintf(out->user, sizeof(out->user), "alice");
+        snprintf(out->region, sizeof(out->region), "eu");
+        snprintf(out->csrf, sizeof(out->csrf), "%s", CSRF_VALUE);
+        *outcome = STORE_OK;
+    }
+    return 0;
+}
+
+static int f_audit_add(struct store *s, int64_t tenant_id, int64_t user_id, int64_t now_ms,
+                       const char *action, const char *device_id, const char *detail_json)
+{
+    (void)s;
+    (void)now_ms;
+    assert_int_equal(tenant_id, 7);
+    assert_true(user_id == 1 || user_id == 3);
+    snprintf(A.action, sizeof(A.action), "%s", action);
+    snprintf(A.device_id, sizeof(A.device_id), "%s", device_id ? device_id : "");
+    snprintf(A.detail, sizeof(A.detail), "%s", detail_json ? detail_json : "");
+    A.n++;
+    return 0;
+}
+
+static int call_cookie(struct api_response *res, const char *method, const char *path,
+                       const char *cookie, const char *csrf, const char *body)
+{
+    struct api_request req = {
+        .method = method,
+        .path = path,
+        .cookie = cookie,
+        .csrf_token = csrf,
+        .content_type = body ? "application/json" : NULL,
+        .body = body ? body : "",
+        .body_len = body ? strlen(body) : 0,
+        .request_id = "r1",
+    };
+    api_handle(&H, &req, res);
+    return res->status;
+}
+
+static void test_cookie_auth_and_csrf(void **state)
+{
+    struct api_response res;
+    (void)state;
+    H.cfg.session_idle_s = 1800;
+    H.cfg.session_max_s = 43200;
+    fake_ops.console_session_auth = f_session_auth;
+    fake_ops.audit_add = f_audit_add;
+    memset(&A, 0, sizeof(A));
+
+    assert_int_equal(
+        call_cookie(&res, "GET", "/api/v1/devices", "phy_session=" COOKIE_VALUE, NULL, NULL), 200);
+    api_response_free(&res);
+    assert_int_equal(call_cookie(&res, "GET", "/api/v1/devices",
+                                 "x=1; phy_session=" COOKIE_VALUE "; y=\"2\"", NULL, NULL),
+                     200);
+    api_response_free(&res);
+    static const char *const bad[] = {
+        "phy_session=" COOKIE_VALUE ";y=2",
+        "phy_session=" COOKIE_VALUE "; ",
+        "phy_session=" COOKIE_VALUE "x",
+        "phy_session=" COOKIE_VALUE "; phy_session=x",
+        "phy_session=\"" COOKIE_VALUE "\"",
+        "phy_session " COOKIE_VALUE,
+        "phy_session=c00kieC00kieC00kieC00kieC00kieC00kieC00kie=",
+        "",
+        "phy_session=" COOKIE_VALUE "; a b=1",
+        "phy_session=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        assert_int_equal(call_cookie(&res, "GET", "/api/v1/devices", bad[i], NULL, NULL), 401);
+        assert_string_equal(error_code(&res), "unauthorized");
+        api_response_free(&res);
+    }
+    /* CSRF on everything but GET/HEAD */
+    const char *path = "/api/v1/devices/" ID "/revoke";
+    static const char *const wrong[] = {NULL, "", "x", CSRF_VALUE "x",
+                                        "csrfCSRFcsrfCSRFcsrfCSRFcsrfCSRFcsrfCSRFcsX"};
+    for (size_t i = 0; i < sizeof(wrong) / sizeof(wrong[0]); i++) {
+        assert_int_equal(
+            call_cookie(&res, "POST", path, "phy_session=" COOKIE_VALUE, wrong[i], NULL), 403);
+        assert_string_equal(error_code(&res), "csrf_failed");
+        assert_int_equal(res.neffects, 0);
+        api_response_free(&res);
+    }
+    assert_int_equal(A.n, 0);
+    assert_int_equal(call_cookie(&res, "POST", path, "phy_session=" COOKIE_VALUE, CSRF_VALUE, NULL),
+                     200);
+    api_response_free(&res);
+    assert_int_equal(A.n, 1);
+    assert_string_equal(A.action, "device.revoke");
+    assert_string_equal(A.device_id, ID);
+    assert_string_equal(A.detail, "");
+
+    /* GET /api/v1/session: the cookie's user and CSRF token; a token caller has none */
+    assert_int_equal(
+        call_cookie(&res, "GET", "/api/v1/session", "phy_session=" COOKIE_VALUE, NULL, NULL), 200);
+    json_t *o = body_json(&res);
+    assert_string_equal(json_string_value(json_object_get(o, "user")), "alice");
+    assert_string_equal(json_string_value(json_object_get(o, "csrf_token")), CSRF_VALUE);
+    json_decref(o);
+    api_response_free(&res);
+    assert_int_equal(call(&res, "GET", "/api/v1/session", NULL, TOKEN, NULL, NULL, NULL), 200);
+    o = body_json(&res);
+    assert_true(json_is_null(json_object_get(o, "user")));
+    assert_null(json_object_get(o, "csrf_token"));
+    json_decref(o);
+    api_response_free(&res);
+
+    /* audit details of a desired patch and a tags change */
+    assert_int_equal(call(&res, "PATCH", "/api/v1/devices/" ID "/twin/desired", NULL, TOKEN,
+                          "application/json", "{\"b\":1,\"a\":[true]}", NULL),
+                     200);
+    api_response_free(&res);
+    assert_string_equal(A.action, "device.desired_patch");
+    o = json_loads(A.detail, 0, NULL);
+    assert_non_null(o);
+    assert_non_null(json_object_get(o, "version"));
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(o, "patch"), "b")), 1);
+    json_decref(o);
+    assert_int_equal(call(&res, "PUT", "/api/v1/devices/" ID "/tags", NULL, TOKEN,
+                          "application/json", "{\"site\":\"rome\"}", NULL),
+                     200);
+    api_response_free(&res);
+    assert_string_equal(A.action, "device.tags");
+    assert_string_equal(A.detail, "{\"tags\":{\"site\":\"rome\"}}");
+}
+
+static void test_static_without_web_root(void **state)
+{
+    struct api_response res;
+    (void)state;
+    static const char *const paths[] = {"/",      "/index.html", "/app.js", "/../x.js",
+                                        "/.x.js", "/a/b.js",     "/x.txt"};
+    for (size_t i = 0; i < sizeof(paths) / sizeof(paths[0]); i++) {
+        assert_int_equal(call(&res, "GET", paths[i], NULL, NULL, NULL, NULL, NULL), 404);
+        api_response_free(&res);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -750,6 +924,8 @@ int main(void)
         cmocka_unit_test_setup(test_desired_patch, setup),
         cmocka_unit_test_setup(test_fleet_patch, setup),
         cmocka_unit_test_setup(test_tags_revoke_reset_delete, setup),
+        cmocka_unit_test_setup(test_cookie_auth_and_csrf, setup),
+        cmocka_unit_test_setup(test_static_without_web_root, setup),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

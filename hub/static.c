@@ -1,0 +1,139 @@
+/* The console's static files (docs/protocol.md section 4): GET / and GET /<name>
+ * from --web-root, flat (no sub-folders), regular files only, at most 1 MiB. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "handlers.h"
+#include "phy/err.h"
+
+#define STATIC_MAX_BYTES (1u << 20)
+#define STATIC_NAME_MAX 128
+
+struct static_type {
+    const char *ext;
+    const char *type;
+};
+
+static const struct static_type types[] = {
+    {".html", "text/html; charset=utf-8"},
+    {".js", "text/javascript; charset=utf-8"},
+    {".css", "text/css; charset=utf-8"},
+    {".svg", "image/svg+xml"},
+    {".png", "image/png"},
+    {".ico", "image/x-icon"},
+    {".json", "application/json"},
+    {".webmanifest", "application/manifest+json"},
+};
+
+/* [A-Za-z0-9_-][A-Za-z0-9._-]*: no leading dot, no slash, hence no "..". */
+static int name_valid(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > STATIC_NAME_MAX || s[0] == '.')
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+static const char *content_type(const char *name)
+{
+    const char *dot = strrchr(name, '.');
+    for (size_t i = 0; dot && i < sizeof(types) / sizeof(types[0]); i++)
+        if (strcmp(dot, types[i].ext) == 0)
+            return types[i].type;
+    return NULL;
+}
+
+static void not_found(struct api_response *res)
+{
+    api_error(res, 404, "not_found", "no such endpoint");
+}
+
+/* Reads a regular file of at most STATIC_MAX_BYTES into a malloc'd buffer (one
+ * spare byte, NUL-terminated; the caller frees it). 0, PHY_ENOTFOUND (missing,
+ * unreadable, not a regular file, a symlink, too big) or PHY_EIO / PHY_ENOMEM. */
+static int read_file(const char *path, char **out, size_t *len)
+{
+    /* O_NONBLOCK: a FIFO planted in the web root must not hang a worker. */
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
+        return errno == EMFILE || errno == ENFILE || errno == ENOMEM ? PHY_EIO : PHY_ENOTFOUND;
+    struct stat st;
+    int rc = PHY_ENOTFOUND;
+    char *buf = NULL;
+    size_t cap, n = 0;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > STATIC_MAX_BYTES)
+        goto out;
+    cap = (size_t)st.st_size;
+    rc = PHY_ENOMEM;
+    buf = malloc(cap + 1);
+    if (!buf)
+        goto out;
+    while (n < cap) {
+        ssize_t r = read(fd, buf + n, cap - n);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            rc = PHY_EIO;
+            goto out;
+        }
+        if (r == 0)
+            break; /* the file shrank meanwhile: serve what is there */
+        n += (size_t)r;
+    }
+    buf[n] = '\0';
+    *out = buf;
+    *len = n;
+    buf = NULL;
+    rc = 0;
+out:
+    free(buf);
+    close(fd);
+    return rc;
+}
+
+void handle_static(struct hub *h, const struct api_request *req, struct api_response *res)
+{
+    const char *name = req->path[0] == '/' ? req->path + 1 : NULL;
+    char path[4096];
+    char *body = NULL;
+    size_t len = 0;
+
+    if (name && name[0] == '\0')
+        name = "index.html";
+    const char *type = name && name_valid(name) ? content_type(name) : NULL;
+    if (!type || !h->cfg.web_root) {
+        not_found(res);
+        return;
+    }
+    int n = snprintf(path, sizeof(path), "%s/%s", h->cfg.web_root, name);
+    if (n < 0 || (size_t)n >= sizeof(path)) {
+        not_found(res);
+        return;
+    }
+    int rc = read_file(path, &body, &len);
+    if (rc == PHY_ENOTFOUND) {
+        not_found(res);
+        return;
+    }
+    if (rc < 0) {
+        api_error(res, 500, "internal", "cannot read the file");
+        return;
+    }
+    free(res->body);
+    res->body = body;
+    res->body_len = len;
+    res->status = 200;
+    res->content_type = type;
+    snprintf(res->extra_headers, sizeof(res->extra_headers), "Cache-Control: no-cache\r\n");
+}

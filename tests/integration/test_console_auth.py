@@ -1,0 +1,506 @@
+"""Console login sessions end to end: phyhub on loopback, browsers played by
+http.client (and curl for the event stream). Login and its cookie, GET
+/api/v1/session, cookie auth with CSRF, login throttling, logout, idle and absolute
+session expiry, tenant isolation for cookie and token callers, the static console
+with its security headers, the audit log, status history, `state` events, and no
+password, cookie or CSRF token in any log."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import phytest  # noqa: E402
+from phytest import wait_until  # noqa: E402
+from stack import PASSWORD, Stack  # noqa: E402
+
+PW = PASSWORD.strip()
+COOKIE_RE = re.compile(r"^phy_session=([A-Za-z0-9_-]{43}); Path=/; HttpOnly; Secure; "
+                       r"SameSite=Strict; Max-Age=(\d+)$")
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'self'; "
+       "frame-ancestors 'none'")
+SECURITY = {"content-security-policy": CSP, "x-content-type-options": "nosniff",
+            "referrer-policy": "no-referrer", "x-frame-options": "DENY"}
+RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x00\x00\x00\x00"
+
+ST = None   # the main stack (no proxy)
+TOK = {}    # API tokens of the other users
+WEB = None  # this run's --web-root
+
+
+def make_web_root(base):
+    """A web root with every kind of file the static handler must serve or refuse."""
+    root = os.path.join(base, "web")
+    os.makedirs(root)
+    files = {"index.html": b"<!doctype html><title>PhyStack</title>\n",
+             "app.js": b"console.log('phy');\n",
+             "app.css": b"body{}\n",
+             "logo.png": PNG,
+             "site.webmanifest": b"{}\n",
+             "notes.txt": b"not served\n",
+             ".hidden.js": b"secret\n",
+             "big.js": b"/" * ((1 << 20) + 1),
+             "max.js": b"/" * (1 << 20)}
+    for name, data in files.items():
+        with open(os.path.join(root, name), "wb") as f:
+            f.write(data)
+    os.symlink("/etc/passwd", os.path.join(root, "link.js"))
+    os.mkdir(os.path.join(root, "dir.js"))
+    os.mkfifo(os.path.join(root, "fifo.js"))
+    return root
+
+
+def setup():
+    global ST, WEB
+    ST = Stack("console_auth", hub_flags=["--device-msg-rate", "1000"],
+               timers=["--poll-interval", "1"], proxy=False, start=False)
+    WEB = make_web_root(ST.dir)
+    ST.hub_flags += ["--web-root", WEB]
+    ST.secrets.add(PW)
+    ST.add_tenant("globex")
+    TOK["gina"] = ST.add_user("globex", "gina")
+    TOK["tom"] = ST.add_user("acme", "tom")
+    ST.add_tenant("audco")
+    TOK["aud"] = ST.add_user("audco", "aud")
+    ST.add_tenant("southco", region="au")
+    ST.add_user("southco", "sam")
+    ST.start()
+
+
+def teardown():
+    if ST is not None:
+        ST.stop()
+
+
+# ---- clients ----
+
+def req(method, path, body=None, cookie=None, csrf=None, token=None, headers=None, st=None,
+        **kw):
+    """One request; returns (status, json, raw, headers)."""
+    h = dict(headers or {})
+    if cookie is not None:
+        h["Cookie"] = cookie if "=" in cookie else "phy_session=" + cookie
+    if csrf is not None:
+        h["X-CSRF-Token"] = csrf
+    return (st or ST).request(method, path, body, token=token, headers=h, **kw)
+
+
+def login(tenant="acme", user="alice", password=PW, st=None):
+    return req("POST", "/api/v1/login", {"tenant": tenant, "user": user, "password": password},
+               st=st)
+
+
+def session(tenant="acme", user="alice", st=None):
+    """Logs in; returns (cookie value, csrf token), both remembered as secrets."""
+    s, js, _, hdrs = login(tenant, user, st=st)
+    assert s == 200, (s, js)
+    m = COOKIE_RE.match(hdrs.get("set-cookie", ""))
+    assert m, hdrs
+    (st or ST).secrets.update([m.group(1), js["csrf_token"]])
+    return m.group(1), js["csrf_token"]
+
+
+def register_claim(serial, token=None, cookie=None, csrf=None):
+    """Registers serial like its device, claims it; returns (claim answer, poll token)."""
+    poll_token = ST.register(serial)
+    s, js, _, _ = req("POST", "/api/v1/devices/claim", {"serial": serial}, token=token,
+                      cookie=cookie, csrf=csrf)
+    assert s == 201, (s, js)
+    return js, poll_token
+
+
+def assert_security_headers(hdrs, what):
+    for k, v in SECURITY.items():
+        assert hdrs.get(k) == v, (what, k, hdrs.get(k))
+
+
+# ---- tests ----
+
+def test_login_cookie_and_session():
+    s, js, _, hdrs = login()
+    assert s == 200, (s, js)
+    assert set(js) == {"tenant", "user", "region", "csrf_token"}, js
+    assert js["tenant"] == "acme" and js["user"] == "alice" and js["region"] == "eu", js
+    assert re.fullmatch(r"[A-Za-z0-9_-]{43}", js["csrf_token"]), js
+    m = COOKIE_RE.match(hdrs["set-cookie"])
+    assert m and m.group(2) == "43200", hdrs["set-cookie"]
+    cookie, csrf = m.group(1), js["csrf_token"]
+    ST.secrets.update([cookie, csrf])
+    assert "no-store" in hdrs.get("cache-control", ""), hdrs
+    assert_security_headers(hdrs, "login")
+    # the console's start: GET /api/v1/session
+    s, js, _, _ = req("GET", "/api/v1/session", cookie=cookie)
+    assert s == 200 and js == {"tenant": "acme", "user": "alice", "region": "eu",
+                               "csrf_token": csrf}, (s, js)
+    # a token caller has no session of its own: no CSRF token, no user name
+    s, js, _, _ = req("GET", "/api/v1/session", token=ST.token)
+    assert s == 200 and js == {"tenant": "acme", "user": None, "region": "eu"}, (s, js)
+    s, js, _, hdrs = req("GET", "/api/v1/session")
+    assert s == 401 and js["error"] == "unauthorized", (s, js)
+    assert "bearer" in hdrs.get("www-authenticate", "").lower(), hdrs
+    # the device list with the cookie, also among other cookies
+    s, js, _, _ = req("GET", "/api/v1/devices", cookie=cookie)
+    assert s == 200 and "devices" in js, (s, js)
+    s, js, _, _ = req("GET", "/api/v1/devices", cookie="a=b; phy_session=%s; c=\"d\"" % cookie)
+    assert s == 200, (s, js)
+    # a strictly parsed Cookie header: anything odd is no session
+    for bad in ("phy_session=%s;c=d" % cookie, "phy_session=%s; phy_session=%s" % (cookie, cookie),
+                "phy_session=%s" % cookie[:-1], "phy_session=%s=" % cookie,
+                "phy_session=\"%s\"" % cookie, "PHY_SESSION=" + cookie,
+                "phy_session=%s; " % cookie, "=x; phy_session=" + cookie):
+        s, js, _, _ = req("GET", "/api/v1/devices", headers={"Cookie": bad})
+        assert s == 401 and js["error"] == "unauthorized", (bad, s, js)
+    # unknown cookie value
+    s, js, _, _ = req("GET", "/api/v1/devices", cookie="A" * 43)
+    assert s == 401, (s, js)
+    # Bearer wins when both are sent
+    s, js, _, _ = req("GET", "/api/v1/devices", cookie="A" * 43, token=ST.token)
+    assert s == 200, (s, js)
+    s, js, _, _ = req("GET", "/api/v1/devices", cookie=cookie, token="B" * 43)
+    assert s == 401, (s, js)
+    # the access log names tenant and user, never the secrets
+    ST.hub.wait_log(r"path=/api/v1/login status=200 .*tenant=acme user=alice")
+
+
+def test_login_bad_requests():
+    for body in ({"tenant": "acme", "user": "alice"}, {"tenant": "acme", "password": PW},
+                 {"tenant": "acme", "user": "alice", "password": PW, "remember": True},
+                 {"tenant": "", "user": "alice", "password": PW},
+                 {"tenant": "acme", "user": "a" * 65, "password": PW},
+                 {"tenant": "acme", "user": "alice", "password": "x" * 1025},
+                 {"tenant": "acme", "user": "alice", "password": ""},
+                 {"tenant": "acme", "user": 7, "password": PW},
+                 {"tenant": "ac\u0000me", "user": "alice", "password": PW}):
+        s, js, _, _ = req("POST", "/api/v1/login", body)
+        assert s == 400 and js["error"] == "bad_request", (body, s, js)
+    s, js, _, _ = req("POST", "/api/v1/login", raw=b"tenant=acme&user=alice&password=x",
+                      content_type="application/x-www-form-urlencoded")
+    assert s == 415, (s, js)
+    s, js, _, hdrs = req("GET", "/api/v1/login")
+    assert s == 405 and hdrs.get("allow") == "POST", (s, hdrs)
+
+
+def test_invalid_logins_look_the_same_and_are_throttled():
+    bodies = []
+    for tenant, user, pw in (("acme", "tom", "wrong password"), ("acme", "nobody", PW),
+                             ("nowhere", "tom", PW)):
+        t0 = time.monotonic()
+        s, js, raw, hdrs = login(tenant, user, pw)
+        assert s == 401 and js["error"] == "invalid_login", (tenant, user, s, js)
+        assert "set-cookie" not in hdrs, hdrs
+        bodies.append(raw)
+        assert time.monotonic() - t0 < 10
+    assert bodies[0] == bodies[1] == bodies[2], bodies
+    # tom has one failure; four more reach the limit of 5 per (tenant, user)
+    for _ in range(4):
+        s, js, _, _ = login("acme", "tom", "still wrong")
+        assert s == 401, (s, js)
+    s, js, _, hdrs = login("acme", "tom", PW)
+    assert s == 429 and js["error"] == "too_many_attempts", (s, js)
+    assert hdrs.get("retry-after") == "900" and "set-cookie" not in hdrs, hdrs
+    # other users of the tenant are not locked out
+    session("acme", "alice")
+
+
+def test_login_for_another_region():
+    s, js, _, hdrs = login("southco", "sam")
+    assert s == 409 and js["error"] == "wrong_region", (s, js)
+    assert "region au" in js["message"] and "set-cookie" not in hdrs, js
+    s, js, _, _ = login("southco", "sam", "wrong password")
+    assert s == 401 and js["error"] == "invalid_login", (s, js)
+
+
+def test_csrf_on_cookie_requests():
+    cookie, csrf = session()
+    poll_token = ST.register("CSRF-1")
+    for hdr in (None, "", "x" * 43, csrf[:-1], csrf + "x"):
+        s, js, _, _ = req("POST", "/api/v1/devices/claim", {"serial": "CSRF-1"}, cookie=cookie,
+                          csrf=hdr)
+        assert s == 403 and js["error"] == "csrf_failed", (hdr, s, js)
+    s, dev, _, _ = req("POST", "/api/v1/devices/claim", {"serial": "CSRF-1"}, cookie=cookie,
+                       csrf=csrf)
+    assert s == 201 and dev["state"] == "pending_delivery", (s, dev)
+    path = "/api/v1/devices/%s/twin/desired" % dev["device_id"]
+    s, js, _, _ = req("PATCH", path, {"mode": "kiosk"}, cookie=cookie)
+    assert s == 403 and js["error"] == "csrf_failed", (s, js)
+    s, js, _, _ = req("PATCH", path, {"mode": "kiosk"}, cookie=cookie, csrf=csrf[::-1])
+    assert s == 403 and js["error"] == "csrf_failed", (s, js)
+    s, js, _, _ = req("PATCH", path, {"mode": "kiosk"}, cookie=cookie, csrf=csrf)
+    assert s == 200 and js == {"version": 1}, (s, js)
+    # a token of another session is no good either
+    _, csrf2 = session()
+    s, js, _, _ = req("PATCH", path, {"mode": "x"}, cookie=cookie, csrf=csrf2)
+    assert s == 403, (s, js)
+    # GET needs none; Bearer requests need none
+    s, js, _, _ = req("GET", "/api/v1/devices/" + dev["device_id"], cookie=cookie)
+    assert s == 200 and js["twin"]["desired"] == {"mode": "kiosk"}, (s, js)
+    s, js, _, _ = req("PATCH", path, {"mode": "night"}, token=ST.token)
+    assert s == 200 and js == {"version": 2}, (s, js)
+    s, js, _, _ = ST.poll_until("CSRF-1", poll_token)
+    assert s == 200, (s, js)
+
+
+def test_logout():
+    cookie, csrf = session()
+    s, js, _, _ = req("POST", "/api/v1/logout", cookie=cookie)
+    assert s == 403 and js["error"] == "csrf_failed", (s, js)
+    s, js, raw, hdrs = req("POST", "/api/v1/logout", cookie=cookie, csrf=csrf)
+    assert s == 204 and raw == b"", (s, raw)
+    assert hdrs.get("set-cookie") == ("phy_session=; Path=/; HttpOnly; Secure; SameSite=Strict; "
+                                      "Max-Age=0"), hdrs
+    assert_security_headers(hdrs, "logout")
+    for path in ("/api/v1/session", "/api/v1/devices"):
+        s, js, _, _ = req("GET", path, cookie=cookie)
+        assert s == 401 and js["error"] == "unauthorized", (path, s, js)
+    s, js, _, _ = req("POST", "/api/v1/logout", cookie=cookie, csrf=csrf)
+    assert s == 401, (s, js)
+    s, js, _, _ = req("POST", "/api/v1/logout")
+    assert s == 401, (s, js)
+
+
+def test_tenant_isolation_for_cookies_and_tokens():
+    creds = ST.provision("ISO-A")
+    ident = creds["device_id"]
+    gcookie, gcsrf = session("globex", "gina")
+    calls = (("GET", "", None), ("PATCH", "/twin/desired", {"x": 1}), ("POST", "/revoke", None),
+             ("GET", "/status-history", None), ("PUT", "/tags", {"a": "b"}),
+             ("POST", "/reset", None), ("DELETE", "", None))
+    for method, suffix, body in calls:
+        path = "/api/v1/devices/" + ident + suffix
+        for auth in ({"cookie": gcookie, "csrf": gcsrf}, {"token": TOK["gina"]}):
+            s, js, _, _ = req(method, path, body, **auth)
+            assert s == 404 and js["error"] == "not_found", (method, path, auth.keys(), s, js)
+    s, js, _, _ = req("GET", "/api/v1/devices", cookie=gcookie)
+    assert s == 200 and ident not in [d["device_id"] for d in js["devices"]], js
+    # still alice's, untouched
+    s, js, _, _ = ST.api("GET", "/api/v1/devices/" + ident)
+    assert s == 200 and js["state"] == "provisioned" and js["tags"] == {}, (s, js)
+
+
+def test_static_console_and_security_headers():
+    s, _, raw, hdrs = req("GET", "/")
+    assert s == 200 and raw.startswith(b"<!doctype html>"), (s, raw[:40])
+    assert hdrs["content-type"] == "text/html; charset=utf-8", hdrs
+    assert hdrs.get("cache-control") == "no-cache", hdrs
+    assert_security_headers(hdrs, "/")
+    for name, ctype in (("index.html", "text/html; charset=utf-8"),
+                        ("app.js", "text/javascript; charset=utf-8"),
+                        ("app.css", "text/css; charset=utf-8"), ("logo.png", "image/png"),
+                        ("site.webmanifest", "application/manifest+json"),
+                        ("max.js", "text/javascript; charset=utf-8")):
+        s, _, raw, hdrs = req("GET", "/" + name)
+        with open(os.path.join(WEB, name), "rb") as f:
+            want = f.read()
+        assert s == 200 and raw == want and hdrs["content-type"] == ctype, (name, s, hdrs)
+        assert int(hdrs["content-length"]) == len(want), (name, hdrs)
+        assert_security_headers(hdrs, name)
+    s, _, _, _ = req("GET", "/?utm=1")
+    assert s == 200
+    for path in ("/..%2f..%2fetc%2fpasswd", "/../etc/passwd", "/%2e%2e/etc/passwd",
+                 "//etc/passwd", "/.hidden.js", "/nonexistent.js", "/notes.txt", "/big.js",
+                 "/link.js", "/dir.js", "/fifo.js", "/index.html/", "/sub/app.js", "/app.js%00",
+                 "/api", "/v1/app.js", "/index", "/.", "/.."):
+        s, js, _, hdrs = req("GET", path)
+        assert s == 404 and js["error"] == "not_found", (path, s, js)
+        assert_security_headers(hdrs, path)
+    s, js, _, hdrs = req("POST", "/app.js")
+    assert s == 404, (s, js)
+    # every answer carries the headers: JSON, errors, refusals by the server itself
+    for method, path, kw in (("GET", "/healthz", {}), ("GET", "/api/v1/devices", {}),
+                             ("GET", "/api/v1/devices", {"token": ST.token}),
+                             ("POST", "/api/v1/events", {})):
+        s, _, _, hdrs = req(method, path, **kw)
+        assert_security_headers(hdrs, (method, path, s))
+
+
+def test_audit_log_and_cursor():
+    tok = TOK["aud"]
+    dev, _ = register_claim("AUD-1", token=tok)
+    ident = dev["device_id"]
+    path = "/api/v1/devices/" + ident
+    assert req("PATCH", path + "/twin/desired", {"mode": "kiosk"}, token=tok)[0] == 200
+    assert req("PUT", path + "/tags", {"site": "berlin"}, token=tok)[0] == 200
+    s, js, _, _ = req("PATCH", "/api/v1/twins/desired?tag=site:berlin", {"volume": 3}, token=tok)
+    assert s == 200 and js == {"matched": 1}, (s, js)
+    assert req("POST", path + "/revoke", token=tok)[0] == 200
+    cookie, csrf = session("audco", "aud")
+    s, js, _, _ = req("GET", "/api/v1/audit", cookie=cookie)
+    assert s == 200 and js["next"] is None, (s, js)
+    entries = js["entries"]
+    assert [e["action"] for e in entries] == ["user.login", "device.revoke",
+                                              "fleet.desired_patch", "device.tags",
+                                              "device.desired_patch", "device.claim"], entries
+    ids = [e["id"] for e in entries]
+    assert ids == sorted(ids, reverse=True) and len(set(ids)) == len(ids), ids
+    for e in entries:
+        assert set(e) == {"id", "at", "actor", "action", "device_id", "detail"}, e
+        assert e["actor"] == "aud" and RFC3339.match(e["at"]), e
+    by = {e["action"]: e for e in entries}
+    assert by["user.login"]["device_id"] is None and by["user.login"]["detail"] is None
+    assert by["device.claim"]["device_id"] == ident
+    assert by["device.claim"]["detail"] == {"serial": "AUD-1", "by": "serial"}, by
+    assert by["device.desired_patch"]["detail"] == {"version": 1, "patch": {"mode": "kiosk"}}
+    assert by["device.tags"]["detail"] == {"tags": {"site": "berlin"}}
+    assert by["fleet.desired_patch"]["detail"] == {"tag": "site:berlin", "matched": 1,
+                                                   "patch": {"volume": 3}}, by
+    assert by["fleet.desired_patch"]["device_id"] is None
+    assert by["device.revoke"]["device_id"] == ident
+    # pages of two
+    seen, before = [], None
+    while True:
+        q = "?limit=2" + ("&before=%d" % before if before else "")
+        s, js, _, _ = req("GET", "/api/v1/audit" + q, token=tok)
+        assert s == 200 and len(js["entries"]) <= 2, (s, js)
+        seen += [e["id"] for e in js["entries"]]
+        if js["next"] is None:
+            break
+        assert js["next"] == js["entries"][-1]["id"], js
+        before = js["next"]
+        assert len(seen) <= 10, seen
+    assert seen == ids, (seen, ids)
+    # logout is recorded too; another tenant sees none of it
+    assert req("POST", "/api/v1/logout", cookie=cookie, csrf=csrf)[0] == 204
+    s, js, _, _ = req("GET", "/api/v1/audit?limit=1", token=tok)
+    assert s == 200 and js["entries"][0]["action"] == "user.logout", js
+    assert js["next"] == js["entries"][0]["id"], js
+    s, js, _, _ = req("GET", "/api/v1/audit?limit=200", token=TOK["gina"])
+    assert s == 200 and all(e["actor"] != "aud" for e in js["entries"]), js
+    for q in ("limit=0", "limit=201", "limit=x", "limit=", "limit=-1", "limit=%2B1",
+              "before=x", "before=0", "before=", "before=-3", "bogus=1", "limit=1&limit=2",
+              "limit"):
+        s, js, _, _ = req("GET", "/api/v1/audit?" + q, token=tok)
+        assert s == 400 and js["error"] == "bad_request", (q, s, js)
+    s, js, _, _ = req("GET", "/api/v1/audit")
+    assert s == 401, (s, js)
+
+
+def test_status_history():
+    creds = ST.provision("HIST-1")
+    ident = creds["device_id"]
+    path = "/api/v1/devices/%s/status-history" % ident
+    s, js, _, _ = ST.api("GET", path)
+    assert s == 200 and js == {"reports": []}, (s, js)
+    status, hdrs, ws = ST.ws_connect(creds)
+    assert status == 101, (status, hdrs)
+    assert_security_headers(hdrs, "101")
+    try:
+        for i in range(25):
+            ws.send_json({"type": "status", "id": "s%d" % i, "status": {"seq": i, "temp": 40.5}})
+
+        def newest():
+            s, js, _, _ = ST.api("GET", path)
+            assert s == 200, (s, js)
+            return js if js["reports"] and js["reports"][0]["status"]["seq"] == 24 else None
+        js = wait_until(newest, 10, "the 25th status report in the history")
+    finally:
+        ws.close()
+    reports = js["reports"]
+    assert [r["status"]["seq"] for r in reports] == list(range(24, 4, -1)), reports
+    assert all(RFC3339.match(r["at"]) and set(r) == {"at", "status"} for r in reports), reports
+    assert reports[0]["status"] == {"seq": 24, "temp": 40.5}, reports[0]
+    cookie, _ = session()
+    s, js2, _, _ = req("GET", path, cookie=cookie)
+    assert s == 200 and js2 == js, (s, js2)
+    s, js, _, _ = ST.api("GET", "/api/v1/devices/dev_%s/status-history" % ("a" * 26))
+    assert s == 404 and js["error"] == "not_found", (s, js)
+    s, js, _, _ = ST.api("GET", "/api/v1/devices/dev_nope/status-history")
+    assert s == 404, (s, js)
+    s, js, _, hdrs = ST.api("POST", path)
+    assert s == 405 and hdrs.get("allow") == "GET", (s, hdrs)
+
+
+def test_state_events_on_the_stream():
+    cookie, csrf = session()
+    url = "https://127.0.0.1:%d/api/v1/events" % ST.hub_port
+    curl = subprocess.Popen(["curl", "-sN", "--cacert", ST.pki["ca"], "-H",
+                             "Cookie: phy_session=" + cookie, url],
+                            stdout=subprocess.PIPE, text=True)
+    lines = []
+    reader = threading.Thread(target=lambda: [lines.append(l.rstrip("\n")) for l in curl.stdout],
+                              daemon=True)
+    reader.start()
+    try:
+        wait_until(lambda: any("phyhub events" in l for l in lines), 10, "stream open")
+        dev, poll_token = register_claim("EV-1", cookie=cookie, csrf=csrf)
+        ident = dev["device_id"]
+        s, js, _, _ = ST.poll_until("EV-1", poll_token)
+        assert s == 200, (s, js)
+        assert req("POST", "/api/v1/devices/%s/revoke" % ident, cookie=cookie,
+                   csrf=csrf)[0] == 200
+        assert req("DELETE", "/api/v1/devices/" + ident, token=ST.token)[0] == 204
+        # another tenant's claim is not on acme's stream
+        register_claim("EV-GLOBEX", token=TOK["gina"])
+
+        def states():
+            out = []
+            for i, l in enumerate(lines[:-1]):
+                if l == "event: state" and lines[i + 1].startswith("data: "):
+                    out.append(json.loads(lines[i + 1][6:]))
+            return out
+        want = [{"device_id": ident, "state": st}
+                for st in ("pending_delivery", "provisioned", "revoked", "deleted")]
+        wait_until(lambda: [e for e in states() if e["device_id"] == ident] == want, 10,
+                   "state events of the claim, pickup, revoke and delete")
+        assert all(e["device_id"] == ident for e in states()), states()
+    finally:
+        curl.terminate()
+        curl.wait(5)
+
+
+def test_session_expiry_and_default_web_root():
+    """A second hub: sessions idle out after --session-idle, and (restarted with other
+    flags) end --session-max after login however busy; the default --web-root is the
+    source tree's web/."""
+    st = Stack("console_idle", hub_flags=["--session-idle", "2"], proxy=False)
+    try:
+        st.secrets.add(PW)
+        cookie, _ = session(st=st)
+        assert req("GET", "/api/v1/session", cookie=cookie, st=st)[0] == 200
+        # idle: no request for longer than --session-idle (the thing under test is time)
+        time.sleep(2.5)
+        s, js, _, _ = req("GET", "/api/v1/session", cookie=cookie, st=st)
+        assert s == 401 and js["error"] == "unauthorized", (s, js)
+
+        st.hub.kill()
+        st.hub_flags[-2:] = ["--session-idle", "60", "--session-max", "2"]
+        st.start_hub()
+        cookie, _ = session(st=st)
+        t0 = time.monotonic()
+        assert req("GET", "/api/v1/session", cookie=cookie, st=st)[0] == 200
+
+        def ended():
+            time.sleep(0.3)
+            return req("GET", "/api/v1/session", cookie=cookie, st=st)[0] == 401
+        wait_until(ended, 10, "the session to reach --session-max")
+        assert time.monotonic() - t0 > 1.5, time.monotonic() - t0
+
+        index = os.path.join(phytest.source_dir(), "web", "index.html")
+        s, _, raw, hdrs = req("GET", "/", st=st)
+        if os.path.exists(index):
+            with open(index, "rb") as f:
+                assert s == 200 and raw == f.read(), s
+            assert hdrs["content-type"] == "text/html; charset=utf-8", hdrs
+        else:
+            assert s == 404, s
+        assert st.leaked_secrets() == [], st.leaked_secrets()
+    finally:
+        st.stop()
+
+
+def test_no_secrets_in_logs():
+    assert len(ST.secrets) > 10
+    assert ST.leaked_secrets() == [], ST.leaked_secrets()
+    log = ST.hub.log()
+    assert "tenant=acme user=tom" in log, "login attempts are logged by name"
+    assert not re.search(r"phy_session=[A-Za-z0-9_-]{43}", log)
+    assert ST.hub.alive()
+
+
+if __name__ == "__main__":
+    phytest.main()
