@@ -8,10 +8,8 @@ of provisioning (register/code/poll through the proxy to portal-eu), claims in a
 region, eu's internal API with any key, phyagent, queries and whole-database scans of
 any region's SQLite store, and killing/restarting hubs."""
 
-import base64
 import hashlib
 import http.client
-import json
 import os
 import re
 import socket
@@ -23,11 +21,12 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import phytest
-from phytest import Daemon, binary, wait_until
+from phytest import binary, wait_until
+# SHORT_TIMERS are short enough for a test run (eu purges a delivered issuance 3 s after
+# delivery); read_json is for the tests too.
+from stack import (SHORT_TIMERS, Harness, https_connection, https_request, hub_admin, query_db,
+                   read_json)
 
-PASSWORD = "correct horse battery\n"
-# Timers short enough for a test run (eu purges a delivered issuance 3 s after delivery).
-SHORT_TIMERS = ("--poll-interval", "1", "--issuance-grace", "3", "--sweep-interval", "1")
 # Tenant and user of each region: distinctive names, so that a search of another
 # region's store for them cannot hit anything by chance.
 TENANTS = {
@@ -40,15 +39,6 @@ CODE_RE = re.compile(r"^[ABCDEFGHJKMNPQRSTUVWXYZ23456789]{6}$")
 
 def host(region):
     return "portal-%s.phystack.com" % region
-
-
-def read_json(path):
-    """The parsed JSON of a file; None while it is missing or not (yet) valid JSON."""
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (FileNotFoundError, ValueError):
-        return None
 
 
 def sha256_hex(text):
@@ -81,26 +71,21 @@ class Hub:
         return host(self.region)
 
 
-class Regions:
+class Regions(Harness):
     """eu + regional hubs + phyproxy. With start=False nothing runs yet: add hubs,
     tenants and users, then call start()."""
 
     def __init__(self, name, regions=("au", "uae"), timers=SHORT_TIMERS, hub_flags=(),
                  eu_flags=(), regional_flags=("--inter-region-timeout", "3"),
                  proxy_flags=("--idle-timeout", "60"), start=True):
-        self.dir = phytest.tmpdir(name)
-        all_regions = ["eu"] + list(regions)
-        self.pki = phytest.make_ca(self.dir, [host(r) for r in all_regions] + ["localhost"])
+        super().__init__(name, [host(r) for r in ["eu"] + list(regions)])
         self.timers = list(timers)
         self.hub_flags = list(hub_flags)
         self.regional_flags = list(regional_flags)
         self.proxy_flags = list(proxy_flags)
-        self.daemons = []
         self.hubs = {}
         self.proxy = None
         self.proxy_port = phytest.free_port()
-        self.agent_runs = {}
-        self.secrets = set()
         self.add_hub("eu", "eu", flags=list(eu_flags))
         for r in regions:
             self.add_hub(r, r)
@@ -110,11 +95,7 @@ class Regions:
     # ---- set-up ----
 
     def admin(self, db, *args, stdin=None, check=True):
-        res = subprocess.run([binary("phyhub"), "admin", "--db", db] + list(args),
-                             input=stdin, capture_output=True, text=True, timeout=60)
-        if check:
-            assert res.returncode == 0, res.stderr
-        return res.stdout.strip()
+        return hub_admin(db, *args, stdin=stdin, check=check)
 
     def key_new(self, name):
         """A fresh inter-region key file made by `phyhub admin key-new`."""
@@ -150,16 +131,7 @@ class Regions:
 
     def add_user(self, name, tenant, user):
         """A user in hub `name`'s store; returns a new API token (remembered as a secret)."""
-        db = self.hubs[name].db
-        self.admin(db, "user-add", tenant, user, stdin=PASSWORD)
-        token = self.admin(db, "token-add", tenant, user)
-        self.secrets.add(token)
-        return token
-
-    def daemon(self, argv, name):
-        d = Daemon(argv, name, self.dir)
-        self.daemons.append(d)
-        return d
+        return self.user_token(self.hubs[name].db, tenant, user)
 
     def hub_argv(self, name):
         hub = self.hubs[name]
@@ -208,60 +180,23 @@ class Regions:
             self.stop()
             raise
 
-    def stop(self):
-        for d in self.daemons:
-            d.kill()
-
-    def logs(self):
-        return "\n".join(d.log() for d in self.daemons)
-
-    def leaked_secrets(self):
-        blob = self.logs()
-        return [s[:6] + "..." for s in self.secrets if s in blob]
-
     # ---- HTTP ----
-
-    def tls_context(self):
-        return ssl.create_default_context(cafile=self.pki["ca"])
 
     def connection(self, name, via_proxy=False, ident="sn_TEST", timeout=15):
         """An HTTPSConnection to hub `name`: directly on 127.0.0.1 (its certificate names
         that address), or through phyproxy to portal-<region>.phystack.com:443."""
         hub = self.hubs[name]
         if via_proxy:
-            conn = http.client.HTTPSConnection("127.0.0.1", self.proxy_port, timeout=timeout,
-                                               context=self.tls_context())
-            auth = base64.b64encode((ident + ":").encode()).decode()
-            conn.set_tunnel(hub.host, 443, headers={"Proxy-Authorization": "Basic " + auth})
-            return conn
-        return http.client.HTTPSConnection("127.0.0.1", hub.port, timeout=timeout,
-                                           context=self.tls_context())
+            return https_connection(self.proxy_port, self.tls_context(), hub.host, ident,
+                                    timeout)
+        return https_connection(hub.port, self.tls_context(), timeout=timeout)
 
     def request(self, name, method, path, body=None, token=None, headers=None, raw=None,
                 content_type="application/json", via_proxy=False, ident="sn_TEST", timeout=15):
         """One HTTPS request. Returns (status, parsed JSON or None, raw body, response
         headers with lower-case names)."""
-        conn = self.connection(name, via_proxy, ident, timeout)
-        h = dict(headers or {})
-        data = raw
-        if body is not None:
-            data = json.dumps(body).encode()
-        if data is not None and content_type:
-            h["Content-Type"] = content_type
-        if token:
-            h["Authorization"] = "Bearer " + token
-        try:
-            conn.request(method, path, body=data, headers=h)
-            resp = conn.getresponse()
-            payload = resp.read()
-            rh = {k.lower(): v for k, v in resp.getheaders()}
-        finally:
-            conn.close()
-        try:
-            parsed = json.loads(payload) if payload else None
-        except ValueError:
-            parsed = None
-        return resp.status, parsed, payload, rh
+        return https_request(self.connection(name, via_proxy, ident, timeout), method, path,
+                             body, token, headers, raw, content_type)
 
     def api(self, name, method, path, body=None, token=None, **kw):
         """A console API call on hub `name` with its user's token (or `token`)."""
@@ -342,15 +277,7 @@ class Regions:
     def start_agent(self, serial, extra_flags=()):
         """phyagent for serial: provisions through the proxy at portal-eu, then connects
         (through the proxy) to the endpoint it was given. Returns (daemon, state dir)."""
-        state = os.path.join(self.dir, "agent-" + serial)
-        os.makedirs(state, exist_ok=True)
-        n = self.agent_runs.get(serial, 0) + 1
-        self.agent_runs[serial] = n
-        argv = [binary("phyagent"), "--serial", serial, "--state-dir", state,
-                "--proxy", "127.0.0.1:%d" % self.proxy_port, "--ca", self.pki["ca"],
-                "--provisioning-endpoint", host("eu") + ":443", "--backoff-base-ms", "100",
-                "--backoff-max", "1"] + list(extra_flags)
-        return self.daemon(argv, "phyagent-%s-%d" % (serial, n)), state
+        return self.agent(serial, host("eu") + ":443", extra_flags)
 
     def agent_code(self, state):
         """The code the agent shows (its provisioning-code file), None while missing."""
@@ -364,20 +291,10 @@ class Regions:
             return None
         return code if CODE_RE.match(code) else None
 
-    def credentials(self, state):
-        creds = read_json(os.path.join(state, "credentials.json"))
-        if creds:
-            self.secrets.add(creds["device_secret"])
-        return creds
-
     # ---- stores ----
 
     def query(self, name, sql, args=()):
-        db = sqlite3.connect(self.hubs[name].db, timeout=10)
-        try:
-            return db.execute(sql, args).fetchall()
-        finally:
-            db.close()
+        return query_db(self.hubs[name].db, sql, args, timeout=10)
 
     def scan_db(self, name, needles):
         """Searches every column of every table of hub `name`'s store for each needle

@@ -33,30 +33,72 @@ def read_json(path):
         return None
 
 
-class Stack:
-    """Tenant "acme" with user "alice" (token in .token) is always there. With
-    start=False nothing runs yet: add tenants and users, then call start()."""
+def hub_admin(db, *args, stdin=None, check=True):
+    """Runs `phyhub admin --db DB ARGS...` (asserting success when check); its stdout."""
+    res = subprocess.run([binary("phyhub"), "admin", "--db", db] + list(args),
+                         input=stdin, capture_output=True, text=True, timeout=60)
+    if check:
+        assert res.returncode == 0, res.stderr
+    return res.stdout.strip()
 
-    def __init__(self, name, hub_flags=(), hub_env=None, timers=SHORT_TIMERS, proxy=True,
-                 proxy_flags=(), start=True):
+
+def query_db(db, sql, args=(), timeout=5.0):
+    """All rows of one query on the SQLite database file db."""
+    conn = sqlite3.connect(db, timeout=timeout)
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
+
+
+def https_connection(port, context, tunnel_host=None, ident="sn_TEST", timeout=10):
+    """An HTTPSConnection to 127.0.0.1:port; with tunnel_host, port is phyproxy's and the
+    connection goes through it (CONNECT tunnel_host:443 as `ident`)."""
+    conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout, context=context)
+    if tunnel_host is not None:
+        auth = base64.b64encode((ident + ":").encode()).decode()
+        conn.set_tunnel(tunnel_host, 443, headers={"Proxy-Authorization": "Basic " + auth})
+    return conn
+
+
+def https_request(conn, method, path, body=None, token=None, headers=None, raw=None,
+                  content_type="application/json"):
+    """One request on conn (closed afterwards): body as JSON, else raw bytes; token as
+    Bearer. Returns (status, parsed JSON or None, raw body, response headers with
+    lower-case names)."""
+    h = dict(headers or {})
+    data = raw
+    if body is not None:
+        data = json.dumps(body).encode()
+    if data is not None and content_type:
+        h["Content-Type"] = content_type
+    if token:
+        h["Authorization"] = "Bearer " + token
+    try:
+        conn.request(method, path, body=data, headers=h)
+        resp = conn.getresponse()
+        payload = resp.read()
+        rh = {k.lower(): v for k, v in resp.getheaders()}
+    finally:
+        conn.close()
+    try:
+        parsed = json.loads(payload) if payload else None
+    except ValueError:
+        parsed = None
+    return resp.status, parsed, payload, rh
+
+
+class Harness:
+    """What Stack and regions.Regions share: a temporary directory with the test PKI for
+    `hostnames` (and localhost), daemons whose logs count for logs() and which stop()
+    kills, the secrets that must not appear in those logs, and phyagents."""
+
+    def __init__(self, name, hostnames):
         self.dir = phytest.tmpdir(name)
-        self.pki = phytest.make_ca(self.dir, [HOST, "localhost"])
-        self.db = os.path.join(self.dir, "eu.db")
-        self.hub_port = phytest.free_port()
-        self.proxy_port = phytest.free_port() if proxy else None
-        self.hub_flags = list(timers) + list(hub_flags)
-        self.hub_env = hub_env
-        self.proxy_flags = list(proxy_flags)
+        self.pki = phytest.make_ca(self.dir, list(hostnames) + ["localhost"])
         self.daemons = []
-        self.hub = None
-        self.proxy = None
-        self.hub_runs = 0
         self.agent_runs = {}
         self.secrets = set()
-        self.add_tenant("acme")
-        self.token = self.add_user("acme", "alice")
-        if start:
-            self.start()
 
     def daemon(self, argv, name, env=None):
         """A Daemon whose log counts for logs() and is killed by stop()."""
@@ -64,21 +106,81 @@ class Stack:
         self.daemons.append(d)
         return d
 
+    def stop(self):
+        for d in self.daemons:
+            d.kill()
+
+    def logs(self):
+        return "\n".join(d.log() for d in self.daemons)
+
+    def leaked_secrets(self):
+        """Every remembered secret that appears in a log, shortened for the message."""
+        blob = self.logs()
+        return [s[:6] + "..." for s in self.secrets if s in blob]
+
+    def user_token(self, db, tenant, user):
+        """Adds a user to the store db and returns a new API token for it (remembered as
+        a secret)."""
+        hub_admin(db, "user-add", tenant, user, stdin=PASSWORD)
+        token = hub_admin(db, "token-add", tenant, user)
+        self.secrets.add(token)
+        return token
+
+    def tls_context(self):
+        return ssl.create_default_context(cafile=self.pki["ca"])
+
+    def agent(self, serial, endpoint, extra_flags=(), name=None):
+        """Starts a phyagent for serial through the proxy (self.proxy_port), provisioning
+        at endpoint, with its state in <dir>/agent-<serial> (kept across runs); returns
+        (daemon, state_dir)."""
+        state = os.path.join(self.dir, "agent-" + serial)
+        os.makedirs(state, exist_ok=True)
+        n = self.agent_runs.get(serial, 0) + 1
+        self.agent_runs[serial] = n
+        argv = [binary("phyagent"), "--serial", serial, "--state-dir", state,
+                "--proxy", "127.0.0.1:%d" % self.proxy_port, "--ca", self.pki["ca"],
+                "--provisioning-endpoint", endpoint, "--backoff-base-ms", "100",
+                "--backoff-max", "1"] + list(extra_flags)
+        return self.daemon(argv, name or "phyagent-%s-%d" % (serial, n)), state
+
+    def credentials(self, state):
+        """The agent's credentials.json (its secret remembered), None while missing."""
+        creds = read_json(os.path.join(state, "credentials.json"))
+        if creds:
+            self.secrets.add(creds["device_secret"])
+        return creds
+
+
+class Stack(Harness):
+    """Tenant "acme" with user "alice" (token in .token) is always there. With
+    start=False nothing runs yet: add tenants and users, then call start()."""
+
+    def __init__(self, name, hub_flags=(), hub_env=None, timers=SHORT_TIMERS, proxy=True,
+                 proxy_flags=(), start=True):
+        super().__init__(name, [HOST])
+        self.db = os.path.join(self.dir, "eu.db")
+        self.hub_port = phytest.free_port()
+        self.proxy_port = phytest.free_port() if proxy else None
+        self.hub_flags = list(timers) + list(hub_flags)
+        self.hub_env = hub_env
+        self.proxy_flags = list(proxy_flags)
+        self.hub = None
+        self.proxy = None
+        self.hub_runs = 0
+        self.add_tenant("acme")
+        self.token = self.add_user("acme", "alice")
+        if start:
+            self.start()
+
     def admin(self, *args, stdin=None):
-        res = subprocess.run([binary("phyhub"), "admin", "--db", self.db] + list(args),
-                             input=stdin, capture_output=True, text=True, timeout=60)
-        assert res.returncode == 0, res.stderr
-        return res.stdout.strip()
+        return hub_admin(self.db, *args, stdin=stdin)
 
     def add_tenant(self, tenant, region="eu"):
         self.admin("tenant-add", tenant, "--region", region)
 
     def add_user(self, tenant, user):
         """Adds a user and returns a new API token for it (remembered as a secret)."""
-        self.admin("user-add", tenant, user, stdin=PASSWORD)
-        token = self.admin("token-add", tenant, user)
-        self.secrets.add(token)
-        return token
+        return self.user_token(self.db, tenant, user)
 
     def start(self):
         """Starts the hub and (unless proxy=False) the proxy; kills both on failure."""
@@ -104,30 +206,11 @@ class Stack:
         self.hub.wait_port(self.hub_port)
         return self.hub
 
-    def stop(self):
-        for d in self.daemons:
-            d.kill()
-
-    def logs(self):
-        return "\n".join(d.log() for d in self.daemons)
-
-    def leaked_secrets(self):
-        """Every remembered secret that appears in a log, shortened for the message."""
-        blob = self.logs()
-        return [s[:6] + "..." for s in self.secrets if s in blob]
-
     def query(self, sql, args=()):
         """All rows of one query on the hub's database."""
-        db = sqlite3.connect(self.db)
-        try:
-            return db.execute(sql, args).fetchall()
-        finally:
-            db.close()
+        return query_db(self.db, sql, args)
 
     # ---- HTTP ----
-
-    def tls_context(self):
-        return ssl.create_default_context(cafile=self.pki["ca"])
 
     def _via_proxy(self, via_proxy):
         return self.proxy_port is not None if via_proxy is None else via_proxy
@@ -136,40 +219,16 @@ class Stack:
         """An HTTPSConnection to the hub: through phyproxy (CONNECT with `ident`) when
         the stack has one, unless via_proxy says otherwise."""
         if self._via_proxy(via_proxy):
-            conn = http.client.HTTPSConnection("127.0.0.1", self.proxy_port, timeout=10,
-                                               context=self.tls_context())
-            auth = base64.b64encode((ident + ":").encode()).decode()
-            conn.set_tunnel(HOST, 443, headers={"Proxy-Authorization": "Basic " + auth})
-        else:  # the certificate also names 127.0.0.1
-            conn = http.client.HTTPSConnection("127.0.0.1", self.hub_port, timeout=10,
-                                               context=self.tls_context())
-        return conn
+            return https_connection(self.proxy_port, self.tls_context(), HOST, ident)
+        # the certificate also names 127.0.0.1
+        return https_connection(self.hub_port, self.tls_context())
 
     def request(self, method, path, body=None, ident="sn_TEST", token=None, headers=None,
                 raw=None, content_type="application/json", via_proxy=None):
         """One HTTPS request to the hub (see connection()). Returns (status, parsed
         JSON or None, raw body, response headers with lower-case names)."""
-        conn = self.connection(ident, via_proxy)
-        h = dict(headers or {})
-        data = raw
-        if body is not None:
-            data = json.dumps(body).encode()
-        if data is not None and content_type:
-            h["Content-Type"] = content_type
-        if token:
-            h["Authorization"] = "Bearer " + token
-        try:
-            conn.request(method, path, body=data, headers=h)
-            resp = conn.getresponse()
-            payload = resp.read()
-            rh = {k.lower(): v for k, v in resp.getheaders()}
-        finally:
-            conn.close()
-        try:
-            parsed = json.loads(payload) if payload else None
-        except ValueError:
-            parsed = None
-        return resp.status, parsed, payload, rh
+        return https_request(self.connection(ident, via_proxy), method, path, body, token,
+                             headers, raw, content_type)
 
     def api(self, method, path, body=None, token=None, **kw):
         return self.request(method, path, body, token=token or self.token, **kw)
@@ -257,19 +316,4 @@ class Stack:
         """Starts a phyagent for serial through the proxy, with its state in
         <dir>/agent-<serial> (kept across runs); returns (daemon, state_dir)."""
         assert self.proxy_port is not None, "agents need the proxy"
-        state = os.path.join(self.dir, "agent-" + serial)
-        os.makedirs(state, exist_ok=True)
-        n = self.agent_runs.get(serial, 0) + 1
-        self.agent_runs[serial] = n
-        argv = [binary("phyagent"), "--serial", serial, "--state-dir", state,
-                "--proxy", "127.0.0.1:%d" % self.proxy_port, "--ca", self.pki["ca"],
-                "--provisioning-endpoint", HOST + ":443", "--backoff-base-ms", "100",
-                "--backoff-max", "1"] + list(extra_flags)
-        return self.daemon(argv, name or "phyagent-%s-%d" % (serial, n)), state
-
-    def credentials(self, state):
-        """The agent's credentials.json (its secret remembered), None while missing."""
-        creds = read_json(os.path.join(state, "credentials.json"))
-        if creds:
-            self.secrets.add(creds["device_secret"])
-        return creds
+        return self.agent(serial, HOST + ":443", extra_flags, name)

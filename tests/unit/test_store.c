@@ -1,45 +1,7 @@
 /* Unit tests of the SQLite store: provisioning state machine, claims, admin, listing. */
-#include <setjmp.h>
-#include <stdarg.h>
-#include <stddef.h>
-#include <stdint.h>
+#include "teststore.h"
 
-#include <cmocka.h>
-
-#include "testutil.h"
-
-#include <pthread.h>
-#include <sqlite3.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <sys/stat.h>
-#include <unistd.h>
-
-#include "phy/err.h"
-#include "store.h"
-
-#define T0 1700000000000LL
-#define IDLE_MS 600000
-#define TTL_MS 300000
-#define GRACE_MS 60000
-
-struct sealer {
-    int fail;
-    int calls;
-    char last_serial[PHY_SERIAL_MAX + 1];
-    pthread_mutex_t mu;
-};
-
-struct fx {
-    char dir[64];
-    char path[128];
-    struct store *s;
-    struct store_prov_params p;
-    struct sealer seal;
-};
-
-static const struct phy_store_ops *ops = &store_sqlite_ops;
 
 /* The sealed body the test sealer produces: binary, includes NUL and 0xff bytes. */
 static size_t expected_sealed(const char *serial, unsigned char *buf, size_t cap)
@@ -54,137 +16,18 @@ static size_t expected_sealed(const char *serial, unsigned char *buf, size_t cap
     return n + 4;
 }
 
-static unsigned char *test_seal(void *ctx, const char *serial, size_t *out_len)
-{
-    struct sealer *sl = ctx;
-    unsigned char tmp[PHY_SERIAL_MAX + 8];
-    unsigned char *body;
-    pthread_mutex_lock(&sl->mu);
-    sl->calls++;
-    snprintf(sl->last_serial, sizeof sl->last_serial, "%s", serial);
-    if (sl->fail) {
-        pthread_mutex_unlock(&sl->mu);
-        return NULL;
-    }
-    pthread_mutex_unlock(&sl->mu);
-    *out_len = expected_sealed(serial, tmp, sizeof tmp);
-    body = malloc(*out_len);
-    assert_non_null(body);
-    memcpy(body, tmp, *out_len);
-    return body;
-}
-
-/* A 64-hex-char stand-in for the SHA-256 of a poll/API token. */
-struct hash {
-    char h[PHY_HASH_HEX_LEN + 1];
-};
-
-static struct hash H(unsigned i) {
-    struct hash x;
-    snprintf(x.h, sizeof x.h, "%064x", i);
-    return x;
-}
-
-static void
-fx_open(struct fx *f)
-{
-    char err[256] = "";
-    int rc = ops->open(f->path, &f->s, err, sizeof err);
-    if (rc != 0)
-        fail_msg("open: %d %s", rc, err);
-}
-
 static int setup(void **state)
 {
-    struct fx *f = calloc(1, sizeof *f);
-    assert_non_null(f);
-    assert_non_null(test_tmp_template(f->dir, sizeof f->dir, "phy_test_store_"));
-    assert_non_null(mkdtemp(f->dir));
-    snprintf(f->path, sizeof f->path, "%s/store.db", f->dir);
-    pthread_mutex_init(&f->seal.mu, NULL);
-    f->p.now_ms = T0;
-    f->p.registration_idle_ms = IDLE_MS;
-    f->p.code_ttl_ms = TTL_MS;
-    f->p.grace_ms = GRACE_MS;
-    f->p.interval_s = 5;
-    f->p.max_interval_s = 20;
-    f->p.max_regs_per_serial = 4;
-    fx_open(f);
-    *state = f;
+    fx_open(fx_new(state, "phy_test_store_", expected_sealed));
     return 0;
-}
-
-static int teardown(void **state)
-{
-    struct fx *f = *state;
-    char p[160];
-    ops->close(f->s);
-    unlink(f->path);
-    snprintf(p, sizeof p, "%s-wal", f->path);
-    unlink(p);
-    snprintf(p, sizeof p, "%s-shm", f->path);
-    unlink(p);
-    rmdir(f->dir);
-    pthread_mutex_destroy(&f->seal.mu);
-    free(f);
-    return 0;
-}
-
-/* ---- small wrappers that assert success and return the outcome ---- */
-
-static int reg(struct fx *f, const char *serial, unsigned tok)
-{
-    int out = -1;
-    struct hash h = H(tok);
-    assert_int_equal(ops->reg_create(f->s, &f->p, serial, h.h, &out), 0);
-    return out;
-}
-
-static int set_code(struct fx *f, const char *serial, unsigned tok, const char *code)
-{
-    int out = -1;
-    struct hash h = H(tok);
-    assert_int_equal(ops->reg_set_code(f->s, &f->p, serial, h.h, code, &out), 0);
-    return out;
-}
-
-/* Polls and frees any body; *interval (optional) gets the reported interval. */
-static int poll_s(struct fx *f, const char *serial, const char *code, unsigned tok, int *interval)
-{
-    struct store_poll_result r;
-    int out = -1;
-    struct hash h = H(tok);
-    assert_int_equal(ops->poll(f->s, &f->p, serial, code, h.h, &r, &out), 0);
-    if (interval)
-        *interval = r.interval_s;
-    if (out != STORE_DELIVER)
-        assert_null(r.sealed);
-    free(r.sealed);
-    return out;
-}
-
-/* Polls expecting DELIVER with the exact body for serial and device_id. */
-static void expect_deliver(struct fx *f, const char *serial, const char *code, unsigned tok,
-                           const char *body_serial, const char *device_id)
-{
-    unsigned char want[PHY_SERIAL_MAX + 8];
-    size_t wn = expected_sealed(body_serial, want, sizeof want);
-    struct store_poll_result r;
-    int out = -1;
-    struct hash h = H(tok);
-    assert_int_equal(ops->poll(f->s, &f->p, serial, code, h.h, &r, &out), 0);
-    assert_int_equal(out, STORE_DELIVER);
-    assert_non_null(r.sealed);
-    assert_int_equal(r.sealed_len, wn);
-    assert_memory_equal(r.sealed, want, wn);
-    assert_string_equal(r.device_id, device_id);
-    free(r.sealed);
 }
 
 static void dev_id(unsigned i, char out[PHY_DEVICE_ID_LEN + 1])
 {
-    snprintf(out, PHY_DEVICE_ID_LEN + 1, "dev_%026u", i);
+    memcpy(out, ID(i).s, PHY_DEVICE_ID_LEN + 1);
 }
+
+/* ---- small wrappers that assert success and return the outcome ---- */
 
 static int claim_full(struct fx *f, int64_t tenant, const char *serial, const char *code,
                       const char *device_id, const char *name, const char *tags, int *rc_out,
@@ -215,21 +58,6 @@ static int claim(struct fx *f, const char *serial, const char *code, const char 
     assert_int_equal(rc, 0);
     free(d.tags_json);
     return out;
-}
-
-/* Reads one integer from the database file directly (a second connection). */
-static int64_t raw_int(struct fx *f, const char *sql)
-{
-    sqlite3 *db;
-    sqlite3_stmt *st;
-    int64_t v = -1;
-    assert_int_equal(sqlite3_open_v2(f->path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
-    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
-    if (sqlite3_step(st) == SQLITE_ROW)
-        v = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    sqlite3_close(db);
-    return v;
 }
 
 static void device_state(struct fx *f, int64_t tenant, const char *device_id, const char *want)
@@ -314,14 +142,14 @@ static void test_provisioning_flow(void **state)
     expect_deliver(f, NULL, "K7M2QX", 1, "SN-1", id);
     f->p.now_ms = delivered + GRACE_MS - 1;
     expect_deliver(f, "SN-1", NULL, 1, "SN-1", id);
-    assert_int_equal(raw_int(f, "SELECT delivered_ms FROM issuances"), delivered);
+    assert_int_equal(raw_int(f->path, "SELECT delivered_ms FROM issuances"), delivered);
 
     /* The grace window ends; the sweep purges the body. */
     f->p.now_ms = delivered + GRACE_MS;
     assert_int_equal(poll_s(f, "SN-1", NULL, 1, NULL), STORE_PROVISIONED);
-    assert_int_equal(raw_int(f, "SELECT sealed IS NOT NULL FROM issuances"), 1);
+    assert_int_equal(raw_int(f->path, "SELECT sealed IS NOT NULL FROM issuances"), 1);
     assert_int_equal(ops->sweep(f->s, &f->p, 0), 0);
-    assert_int_equal(raw_int(f, "SELECT sealed IS NULL FROM issuances"), 1);
+    assert_int_equal(raw_int(f->path, "SELECT sealed IS NULL FROM issuances"), 1);
     assert_int_equal(poll_s(f, "SN-1", NULL, 1, NULL), STORE_PROVISIONED);
     assert_int_equal(poll_s(f, NULL, "K7M2QX", 1, NULL), STORE_PROVISIONED);
 
@@ -348,8 +176,9 @@ static void test_claim_by_code(void **state)
     assert_int_equal(claim(f, NULL, "abcdef", id), STORE_OK);
     assert_string_equal(f->seal.last_serial, "SN2");
     /* The claimed code is spent: the registration's code was cleared. */
-    assert_int_equal(raw_int(f, "SELECT count(*) FROM registrations WHERE code IS NOT NULL"), 0);
-    assert_int_equal(raw_int(f, "SELECT code = 'ABCDEF' FROM issuances"), 1);
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM registrations WHERE code IS NOT NULL"),
+                     0);
+    assert_int_equal(raw_int(f->path, "SELECT code = 'ABCDEF' FROM issuances"), 1);
 
     f->p.now_ms += 10000;
     expect_deliver(f, NULL, "ABCDEF", 1, "SN2", id);
@@ -382,7 +211,7 @@ static void test_expired_code(void **state)
     f->p.now_ms += 10000;
     assert_int_equal(poll_s(f, "SN4", NULL, 1, NULL), STORE_PENDING);
     assert_int_equal(ops->sweep(f->s, &f->p, 0), 0);
-    assert_int_equal(raw_int(f, "SELECT count(*) FROM registrations WHERE code IS NULL"), 1);
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM registrations WHERE code IS NULL"), 1);
     assert_int_equal(claim(f, "SN4", NULL, "dev_00000000000000000000000001"), STORE_OK);
 }
 
@@ -445,11 +274,11 @@ static void test_registration_limit(void **state)
     assert_int_equal(reg(f, "SN8-b", 6), STORE_OK); /* per serial */
 
     /* Token 1 stays active by polling; the others lapse. */
-    f->p.now_ms += IDLE_MS / 2;
+    f->p.now_ms += REG_IDLE_MS / 2;
     assert_int_equal(poll_s(f, "SN8", NULL, 1, NULL), STORE_PENDING);
-    f->p.now_ms = T0 + IDLE_MS - 1;
+    f->p.now_ms = T0 + REG_IDLE_MS - 1;
     assert_int_equal(reg(f, "SN8", 5), STORE_TOO_MANY);
-    f->p.now_ms = T0 + IDLE_MS;
+    f->p.now_ms = T0 + REG_IDLE_MS;
     assert_int_equal(poll_s(f, "SN8", NULL, 2, NULL), STORE_BAD_TOKEN);
     assert_int_equal(set_code(f, "SN8", 3, "EEEEEE"), STORE_BAD_TOKEN);
     for (unsigned i = 15; i <= 17; i++)
@@ -459,8 +288,9 @@ static void test_registration_limit(void **state)
 
     /* The sweep deletes the lapsed registrations only. */
     assert_int_equal(ops->sweep(f->s, &f->p, 0), 0);
-    assert_int_equal(raw_int(f, "SELECT count(*) FROM registrations WHERE serial = 'SN8'"), 4);
-    assert_int_equal(raw_int(f, "SELECT count(*) FROM registrations"), 4);
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM registrations WHERE serial = 'SN8'"),
+                     4);
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM registrations"), 4);
 }
 
 static void test_code_taken(void **state)
@@ -497,10 +327,10 @@ static void test_claim_twice(void **state)
                      STORE_ALREADY_CLAIMED);
     assert_int_equal(claim(f, "SN-NOBODY", NULL, "dev_00000000000000000000000012"),
                      STORE_UNKNOWN_SERIAL);
-    assert_int_equal(raw_int(f, "SELECT count(*) FROM devices"), 1);
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM devices"), 1);
     assert_int_equal(f->seal.calls, 1);
     /* An issuance without a code (claimed by serial before any code). */
-    assert_int_equal(raw_int(f, "SELECT code IS NULL FROM issuances"), 1);
+    assert_int_equal(raw_int(f->path, "SELECT code IS NULL FROM issuances"), 1);
 }
 
 static void test_seal_failure_rolls_back(void **state)
@@ -519,9 +349,9 @@ static void test_seal_failure_rolls_back(void **state)
     claim_full(f, 1, "SN12", NULL, id, "x", "{}", &rc, &dev);
     assert_int_equal(rc, PHY_ECRYPTO);
     assert_int_equal(f->seal.calls, 2);
-    assert_int_equal(raw_int(f, "SELECT count(*) FROM devices"), 0);
-    assert_int_equal(raw_int(f, "SELECT count(*) FROM issuances"), 0);
-    assert_int_equal(raw_int(f, "SELECT code = 'GGGGGG' FROM registrations"), 1);
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM devices"), 0);
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM issuances"), 0);
+    assert_int_equal(raw_int(f->path, "SELECT code = 'GGGGGG' FROM registrations"), 1);
     assert_int_equal(poll_s(f, "SN12", NULL, 1, NULL), STORE_PENDING);
 
     f->seal.fail = 0;
@@ -549,7 +379,7 @@ static void test_lapsed_registration_still_delivers(void **state)
     dev_id(31, id);
     assert_int_equal(reg(f, "SN31", 31), STORE_OK);
     assert_int_equal(claim(f, "SN31", NULL, id), STORE_OK);
-    f->p.now_ms += IDLE_MS + 1000;
+    f->p.now_ms += REG_IDLE_MS + 1000;
     assert_int_equal(ops->sweep(f->s, &f->p, 0), 0); /* the registration row is gone */
     assert_int_equal(set_code(f, "SN31", 31, "HHHHHH"), STORE_PROVISIONED);
     expect_deliver(f, "SN31", NULL, 31, "SN31", id);
@@ -571,8 +401,8 @@ static void test_unopenable_issuance_not_recorded(void **state)
     assert_int_equal(ops->poll(f->s, &f->p, "SN32", NULL, h.h, &r, &out), PHY_ECRYPTO);
     assert_null(r.sealed);
     f->p.deliver_check = NULL;
-    assert_int_equal(raw_int(f, "SELECT delivered_ms IS NULL FROM issuances WHERE serial = 'SN32'"),
-                     1);
+    assert_int_equal(
+        raw_int(f->path, "SELECT delivered_ms IS NULL FROM issuances WHERE serial = 'SN32'"), 1);
     f->p.now_ms += GRACE_MS * 2; /* no grace clock started: still deliverable */
     expect_deliver(f, "SN32", NULL, 32, "SN32", id);
 }
@@ -605,8 +435,9 @@ static void test_durable_across_restart(void **state)
 
     assert_int_equal(stat(f->path, &st), 0);
     assert_int_equal(st.st_mode & 0777, 0600);
-    assert_int_equal(raw_int(f, "PRAGMA user_version"), 4);
-    assert_int_equal(raw_int(f, "SELECT count(*) FROM issuances WHERE sealed IS NOT NULL"), 1);
+    assert_int_equal(raw_int(f->path, "PRAGMA user_version"), 4);
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM issuances WHERE sealed IS NOT NULL"),
+                     1);
 
     fx_open(f);
     f->p.now_ms += 10000;
@@ -663,7 +494,7 @@ static void test_claim_failures(void **state)
     expect_counts(f, 1, 11, 2600, 0, 1);
     expect_counts(f, 3, 10, 0, 0, 0);
     /* Forgiven attempts leave nothing behind. */
-    assert_int_equal(raw_int(f, "SELECT count(*) FROM claim_failures"), 5);
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM claim_failures"), 5);
 
     /* The sweep keeps the last keep_failures_ms. */
     f->p.now_ms = 5000;
@@ -797,15 +628,9 @@ static void test_devices_list(void **state)
     store_devices_free(NULL, 0);
 }
 
-struct racer {
-    struct fx *f;
-    unsigned i;
-    int rc, outcome;
-};
-
 static void *race_claim(void *arg)
 {
-    struct racer *r = arg;
+    struct claim_racer *r = arg;
     char id[PHY_DEVICE_ID_LEN + 1];
     struct store_device dev;
     dev_id(1000 + r->i, id);
@@ -817,23 +642,9 @@ static void *race_claim(void *arg)
 static void test_concurrent_claims(void **state)
 {
     struct fx *f = *state;
-    struct racer r[8];
-    pthread_t th[8];
-    int ok = 0, already = 0;
     assert_int_equal(reg(f, "SN-RACE", 1), STORE_OK);
-    for (unsigned i = 0; i < 8; i++) {
-        r[i] = (struct racer){.f = f, .i = i, .rc = -1, .outcome = -1};
-        assert_int_equal(pthread_create(&th[i], NULL, race_claim, &r[i]), 0);
-    }
-    for (unsigned i = 0; i < 8; i++) {
-        pthread_join(th[i], NULL);
-        assert_int_equal(r[i].rc, 0);
-        ok += r[i].outcome == STORE_OK;
-        already += r[i].outcome == STORE_ALREADY_CLAIMED;
-    }
-    assert_int_equal(ok, 1);
-    assert_int_equal(already, 7);
-    assert_int_equal(raw_int(f, "SELECT count(*) FROM devices"), 1);
+    race_claims(f, race_claim);
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM devices"), 1);
 }
 
 static void test_invalid_inputs(void **state)

@@ -1,54 +1,17 @@
 /* Unit tests of the SQLite store's console operations: users for login, the login
  * throttle, sessions, the audit log and status history (docs/protocol.md section 4). */
-#include <setjmp.h>
-#include <stdarg.h>
-#include <stddef.h>
-#include <stdint.h>
 
-#include <cmocka.h>
+/* struct fx's own fields here: tenant ids; acme's alice and bob, beta's eve. */
+#define TEST_STORE_FX_EXTRA                                                                        \
+    int64_t acme, beta;                                                                            \
+    int64_t alice, bob, eve;
+#include "teststore.h"
 
-#include "testutil.h"
-
-#include <pthread.h>
-#include <sqlite3.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
-#include "phy/err.h"
-#include "store.h"
-
-#define T0 1700000000000LL
 #define IDLE_MS (1800LL * 1000)
 #define MAX_MS (43200LL * 1000)
 #define WEEK_MS (7LL * 24 * 3600 * 1000)
 
-static const struct phy_store_ops *ops = &store_sqlite_ops;
-
-struct fx {
-    char dir[64];
-    char path[128];
-    char fresh[160];
-    struct store *s;
-    struct store_prov_params p;
-    int64_t acme, beta;      /* tenant ids */
-    int64_t alice, bob, eve; /* acme's alice and bob, beta's eve */
-};
-
 /* ---- values ---- */
-
-struct hash {
-    char h[PHY_HASH_HEX_LEN + 1];
-};
-
-/* A stand-in for the SHA-256 (lowercase hex) of a session cookie. */
-static struct hash H(unsigned i) {
-    struct hash x;
-    snprintf(x.h, sizeof x.h, "%064x", i);
-    return x;
-}
 
 struct csrf {
     char s[STORE_CSRF_LEN + 1];
@@ -61,74 +24,10 @@ static struct csrf CSRF(unsigned i) {
     return x;
 }
 
-struct id {
-    char s[PHY_DEVICE_ID_LEN + 1];
-};
-
-static struct id ID(unsigned i) {
-    struct id x;
-    snprintf(x.s, sizeof x.s, "dev_%026u", i);
-    return x;
-}
-
-/* ---- direct access to a store file (a second connection) ---- */
-
-static int64_t
-db_int(const char *path, const char *sql)
-{
-    sqlite3 *db;
-    sqlite3_stmt *st;
-    int64_t v = -1;
-    assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
-    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
-        fail_msg("%s: %s", sql, sqlite3_errmsg(db));
-    if (sqlite3_step(st) == SQLITE_ROW)
-        v = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    sqlite3_close(db);
-    return v;
-}
-
-/* One text value into buf ("<none>" without a row, "<null>" for NULL). */
-static const char *db_text(const char *path, const char *sql, char *buf, size_t cap)
-{
-    sqlite3 *db;
-    sqlite3_stmt *st;
-    assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
-    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
-        fail_msg("%s: %s", sql, sqlite3_errmsg(db));
-    if (sqlite3_step(st) != SQLITE_ROW)
-        snprintf(buf, cap, "<none>");
-    else if (sqlite3_column_type(st, 0) == SQLITE_NULL)
-        snprintf(buf, cap, "<null>");
-    else
-        snprintf(buf, cap, "%s", (const char *)sqlite3_column_text(st, 0));
-    sqlite3_finalize(st);
-    sqlite3_close(db);
-    return buf;
-}
-
-static void db_exec(const char *path, const char *sql)
-{
-    sqlite3 *db;
-    char *msg = NULL;
-    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-    if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK)
-        fail_msg("%s: %s", sql, msg ? msg : "?");
-    sqlite3_close(db);
-}
-
 /* ---- fixture ---- */
 
-static void store_open(struct fx *f)
-{
-    char err[256] = "";
-    int rc = ops->open(f->path, &f->s, err, sizeof err);
-    if (rc != 0)
-        fail_msg("open %s: %d %s", f->path, rc, err);
-}
-
-static int64_t user_id_of(struct fx *f, const char *tenant, const char *user, int64_t *tenant_id)
+static int64_t
+user_id_of(struct fx *f, const char *tenant, const char *user, int64_t *tenant_id)
 {
     char pw[512], region[16];
     int64_t uid = -1;
@@ -164,51 +63,15 @@ static void populate(struct fx *f)
 
 static int setup_empty(void **state)
 {
-    struct fx *f = calloc(1, sizeof *f);
-    assert_non_null(f);
-    assert_non_null(test_tmp_template(f->dir, sizeof f->dir, "phy_test_console_"));
-    assert_non_null(mkdtemp(f->dir));
-    snprintf(f->path, sizeof f->path, "%s/store.db", f->dir);
-    snprintf(f->fresh, sizeof f->fresh, "%s/fresh.db", f->dir);
-    f->p = (struct store_prov_params){
-        .now_ms = T0,
-        .registration_idle_ms = 600000,
-        .code_ttl_ms = 300000,
-        .grace_ms = 60000,
-        .interval_s = 5,
-        .max_interval_s = 20,
-        .max_regs_per_serial = 4,
-    };
-    *state = f;
+    fx_new(state, "phy_test_console_", NULL);
     return 0;
 }
 
 static int setup(void **state)
 {
     setup_empty(state);
-    store_open(*state);
+    fx_open(*state);
     populate(*state);
-    return 0;
-}
-
-static void remove_store(const char *path)
-{
-    static const char *const suffix[] = {"", "-wal", "-shm"};
-    char p[200];
-    for (size_t i = 0; i < sizeof suffix / sizeof suffix[0]; i++) {
-        snprintf(p, sizeof p, "%s%s", path, suffix[i]);
-        unlink(p);
-    }
-}
-
-static int teardown(void **state)
-{
-    struct fx *f = *state;
-    ops->close(f->s);
-    remove_store(f->path);
-    remove_store(f->fresh);
-    rmdir(f->dir);
-    free(f);
     return 0;
 }
 
@@ -278,7 +141,7 @@ static int64_t stored_last_used(struct fx *f, unsigned h)
     struct hash hh = H(h);
     snprintf(sql, sizeof sql, "SELECT last_used_ms FROM console_sessions WHERE id_hash = '%s'",
              hh.h);
-    return db_int(f->path, sql);
+    return raw_int(f->path, sql);
 }
 
 static void audit(struct fx *f, int64_t tenant, int64_t user, int64_t at, const char *action,
@@ -347,7 +210,7 @@ static int history_str(struct fx *f, int64_t tenant, unsigned dev, int limit, ch
 
 static int64_t history_rows(struct fx *f)
 {
-    return db_int(f->path, "SELECT count(*) FROM status_history");
+    return raw_int(f->path, "SELECT count(*) FROM status_history");
 }
 
 /* ---- users ---- */
@@ -362,9 +225,9 @@ static void test_user_get(void **state)
     assert_int_equal(ops->user_get(f->s, "beta", "alice", &tid, &uid, pw, region, &out), 0);
     assert_int_equal(out, STORE_OK);
     assert_int_equal(tid, f->beta);
-    assert_int_equal(uid, db_int(f->path, "SELECT u.id FROM users u JOIN tenants t ON"
-                                          " t.id = u.tenant_id WHERE t.name = 'beta' AND"
-                                          " u.name = 'alice'"));
+    assert_int_equal(uid, raw_int(f->path, "SELECT u.id FROM users u JOIN tenants t ON"
+                                           " t.id = u.tenant_id WHERE t.name = 'beta' AND"
+                                           " u.name = 'alice'"));
     assert_true(uid != f->alice);
     assert_string_equal(pw, "$argon2id$v=19$m=65536,t=3,p=1$beta-alice");
     assert_string_equal(region, "us-east");
@@ -423,7 +286,7 @@ static void test_login_throttle_limits(void **state)
         assert_int_equal(login_begin(f, "acme", "alice", t++, T0, NULL), 1);
     assert_int_equal(login_begin(f, "acme", "alice", t++, T0, NULL), 0);
     /* A refusal records nothing. */
-    assert_int_equal(db_int(f->path, "SELECT count(*) FROM login_failures"), 3);
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM login_failures"), 3);
     /* 5 per tenant: bob gets two, then nobody of acme, not even unknown names. */
     assert_int_equal(login_begin(f, "acme", "bob", t++, T0, NULL), 1);
     assert_int_equal(login_begin(f, "acme", "nobody", t++, T0, NULL), 1);
@@ -480,14 +343,14 @@ static void test_login_forgive_and_window(void **state)
     assert_true(a1 != a2 && a2 != a3);
     assert_int_equal(login_begin(f, "acme", "alice", T0 + 3, T0, NULL), 0);
     assert_int_equal(ops->login_attempt_forgive(f->s, a2), 0);
-    assert_int_equal(db_int(f->path, "SELECT count(*) FROM login_failures"), 2);
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM login_failures"), 2);
     int64_t a4 = 0;
     assert_int_equal(login_begin(f, "acme", "alice", T0 + 4, T0, &a4), 1);
     assert_int_equal(login_begin(f, "acme", "alice", T0 + 5, T0, NULL), 0);
     /* Forgiving twice or an unknown attempt is harmless; the others stay. */
     assert_int_equal(ops->login_attempt_forgive(f->s, a2), 0);
     assert_int_equal(ops->login_attempt_forgive(f->s, 999999), 0);
-    assert_int_equal(db_int(f->path, "SELECT count(*) FROM login_failures"), 3);
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM login_failures"), 3);
     /* Forgiving a claim attempt leaves login failures alone. */
     int allowed = 0;
     int64_t claim_id = 0, claim_kept = 0;
@@ -499,8 +362,8 @@ static void test_login_forgive_and_window(void **state)
                      0);
     assert_int_equal(allowed, 1);
     assert_int_equal(ops->claim_attempt_forgive(f->s, claim_id), 0);
-    assert_int_equal(db_int(f->path, "SELECT count(*) FROM login_failures"), 3);
-    assert_int_equal(db_int(f->path, "SELECT count(*) FROM claim_failures"), 1);
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM login_failures"), 3);
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM claim_failures"), 1);
 
     /* The window: failures before since_ms do not count. a1 is at T0, a3 at T0 + 2,
      * a4 at T0 + 4. */
@@ -512,11 +375,11 @@ static void test_login_forgive_and_window(void **state)
     /* sweep drops failures older than keep_failures_ms, login and claim alike. */
     f->p.now_ms = T0 + 100;
     assert_int_equal(ops->sweep(f->s, &f->p, 100 - 4), 0); /* keeps at_ms >= T0 + 4 */
-    assert_int_equal(db_int(f->path, "SELECT count(*) FROM login_failures"), 4);
-    assert_int_equal(db_int(f->path, "SELECT min(at_ms) - "
-                                     "1700000000000 FROM login_failures"),
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM login_failures"), 4);
+    assert_int_equal(raw_int(f->path, "SELECT min(at_ms) - "
+                                      "1700000000000 FROM login_failures"),
                      4);
-    assert_int_equal(db_int(f->path, "SELECT count(*) FROM claim_failures"), 0);
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM claim_failures"), 0);
     assert_int_equal(ops->login_attempt_forgive(NULL, a4), PHY_EINVAL);
 }
 
@@ -550,7 +413,7 @@ static void test_login_throttle_race(void **state)
         allowed += r[i].allowed;
     }
     assert_int_equal(allowed, 5);
-    assert_int_equal(db_int(f->path, "SELECT count(*) FROM login_failures"), 5);
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM login_failures"), 5);
 }
 
 /* ---- sessions ---- */
@@ -592,11 +455,11 @@ static void test_session_create_auth(void **state)
     assert_int_equal(ops->console_session_create(f->s, h3.h, f->beta + 100, f->eve, c1.s, T0),
                      PHY_ENOTFOUND);
     assert_int_equal(auth(f, 3, T0 + 1000, NULL), STORE_NOT_FOUND);
-    assert_int_equal(db_int(f->path, "SELECT count(*) FROM console_sessions"), 2);
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM console_sessions"), 2);
     /* The cookie is never stored, only its hash. */
     char buf[128];
     assert_string_equal(
-        db_text(f->path, "SELECT min(id_hash) FROM console_sessions", buf, sizeof buf), h1.h);
+        raw_text(f->path, "SELECT min(id_hash) FROM console_sessions", buf, sizeof buf), h1.h);
 
     /* Validation: the hash is 64 lowercase hex, the CSRF token 43 base64url. */
     struct hash bad = H(4);
@@ -631,7 +494,7 @@ static void test_session_create_auth(void **state)
                      PHY_EINVAL);
     assert_int_equal(ops->console_session_create(f->s, NULL, f->acme, f->alice, c1.s, T0),
                      PHY_EINVAL);
-    assert_int_equal(db_int(f->path, "SELECT count(*) FROM console_sessions"), 2);
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM console_sessions"), 2);
 
     int out = -1;
     assert_int_equal(ops->console_session_auth(f->s, bad.h, T0, IDLE_MS, MAX_MS, &s, &out),
@@ -679,7 +542,7 @@ static void test_session_idle_expiry(void **state)
     assert_int_equal(stored_last_used(f, 2), -1);
     assert_int_equal(auth(f, 2, T0 + 1, NULL), STORE_NOT_FOUND);
     assert_int_equal(auth(f, 1, T0 + 2 * IDLE_MS + 1, NULL), STORE_NOT_FOUND);
-    assert_int_equal(db_int(f->path, "SELECT count(*) FROM console_sessions"), 0);
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM console_sessions"), 0);
 }
 
 static void test_session_max_age(void **state)
@@ -695,11 +558,11 @@ static void test_session_max_age(void **state)
     assert_int_equal(auth(f, 1, T0 + MAX_MS + 1, NULL), STORE_NOT_FOUND);
     assert_int_equal(stored_last_used(f, 1), -1);
     /* The other one was never used again: it idled out long ago, and goes when seen. */
-    assert_int_equal(db_int(f->path, "SELECT count(*) FROM console_sessions"), 1);
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM console_sessions"), 1);
     assert_int_equal(auth(f, 2, T0 + MAX_MS + 1, NULL), STORE_NOT_FOUND);
     create_session(f, 3, f->acme, f->alice, T0 + MAX_MS);
     assert_int_equal(auth(f, 3, T0 + MAX_MS + 1, NULL), STORE_OK);
-    assert_int_equal(db_int(f->path, "SELECT count(*) FROM console_sessions"), 1);
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM console_sessions"), 1);
 }
 
 static void test_session_delete_and_sweep(void **state)
@@ -716,15 +579,15 @@ static void test_session_delete_and_sweep(void **state)
     assert_int_equal(ops->console_session_delete(f->s, h9.h), 0);
     assert_int_equal(ops->console_session_delete(f->s, "xyz"), PHY_EINVAL);
     assert_int_equal(ops->console_session_delete(f->s, NULL), PHY_EINVAL);
-    assert_int_equal(db_int(f->path, "SELECT count(*) FROM console_sessions"), 2);
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM console_sessions"), 2);
 
     /* sweep drops sessions unused for a week (auth never saw them expire). */
     f->p.now_ms = T0 + WEEK_MS;
     assert_int_equal(ops->sweep(f->s, &f->p, 0), 0);
-    assert_int_equal(db_int(f->path, "SELECT count(*) FROM console_sessions"), 2);
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM console_sessions"), 2);
     f->p.now_ms = T0 + WEEK_MS + 1;
     assert_int_equal(ops->sweep(f->s, &f->p, 0), 0);
-    assert_int_equal(db_int(f->path, "SELECT count(*) FROM console_sessions"), 1);
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM console_sessions"), 1);
     assert_int_equal(stored_last_used(f, 3), T0 + WEEK_MS);
 }
 
@@ -780,10 +643,10 @@ static void test_audit_list(void **state)
     /* A user who is gone leaves an empty actor; ids are not reused. */
     char sql[96];
     snprintf(sql, sizeof sql, "DELETE FROM users WHERE id = %lld", (long long)f->bob);
-    db_exec(f->path, sql);
+    raw_exec(f->path, sql);
     assert_int_equal(audit_str(f, f->acme, 4, 1, buf, sizeof buf), 1);
     assert_string_equal(buf, "3::device.claim:1:{\"serial\":\"SN-1\",\"by\":\"serial\"}");
-    db_exec(f->path, "DELETE FROM audit WHERE id = 5");
+    raw_exec(f->path, "DELETE FROM audit WHERE id = 5");
     audit(f, f->acme, f->alice, T0 + 5, "device.delete", d1.s, NULL);
     assert_int_equal(audit_str(f, f->acme, 0, 1, buf, sizeof buf), 1);
     assert_string_equal(buf, "6:alice:device.delete:1:-");
@@ -821,7 +684,7 @@ static void test_audit_many(void **state)
     assert_int_equal(a[499].at_ms, T0 + 20);
     store_audit_free(a, n);
     assert_int_equal(audit_str(f, f->acme, 21, 500, buf, sizeof buf), 20);
-    assert_int_equal(db_int(f->path, "SELECT count(*) FROM audit"), 520);
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM audit"), 520);
 }
 
 static void test_audit_validation(void **state)
@@ -871,9 +734,9 @@ static void test_audit_validation(void **state)
     assert_int_equal(ops->audit_add(f->s, f->acme, f->alice, T0 + 2, "device.tags", d1.s, big),
                      PHY_ETOOBIG);
     free(big);
-    assert_int_equal(db_int(f->path, "SELECT count(*) FROM audit"), 3);
-    assert_int_equal(db_int(f->path, "SELECT max(length(detail_json)) FROM audit"), 65536);
-    assert_string_equal(db_text(f->path, "SELECT action FROM audit WHERE id = 1", buf, sizeof buf),
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM audit"), 3);
+    assert_int_equal(raw_int(f->path, "SELECT max(length(detail_json)) FROM audit"), 65536);
+    assert_string_equal(raw_text(f->path, "SELECT action FROM audit WHERE id = 1", buf, sizeof buf),
                         "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa");
     assert_int_equal(ops->audit_add(NULL, f->acme, f->alice, T0, "user.login", NULL, NULL),
                      PHY_EINVAL);
@@ -1001,8 +864,8 @@ static void test_status_history_access(void **state)
     assert_int_equal(history_rows(f), 3);
     assert_int_equal(ops->claim_abort(f->s, id6.s), 0);
     assert_int_equal(history_rows(f), 2);
-    assert_int_equal(db_int(f->path, "SELECT count(*) FROM status_history WHERE device_id NOT IN"
-                                     " (SELECT device_id FROM devices)"),
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM status_history WHERE device_id NOT IN"
+                                      " (SELECT device_id FROM devices)"),
                      0);
 
     /* Arguments. */
@@ -1093,48 +956,32 @@ static void test_poll_tenant_id(void **state)
 
 /* ---- schema 3 -> 4 ---- */
 
-/* Columns, foreign keys, indexes and the CREATE text of the console tables: a migrated
- * store and a fresh one must agree. */
-#define COLS_SQL(t)                                                                                \
-    "SELECT group_concat(name || ' ' || type || ' ' || \"notnull\" || ' ' ||"                      \
-    " coalesce(dflt_value, '-') || ' ' || pk, '|') FROM pragma_table_info('" t "')"
-#define FKEYS_SQL(t)                                                                               \
-    "SELECT group_concat(\"table\" || ':' || \"from\" || ':' || \"to\" || ':' || on_delete, '|')"  \
-    " FROM pragma_foreign_key_list('" t "')"
-#define ALL_INDEXES_SQL                                                                            \
-    "SELECT group_concat(x, '|') FROM (SELECT m.name || ':' || m.tbl_name || ':' ||"               \
-    " (SELECT group_concat(i.name) FROM pragma_index_info(m.name) i) AS x FROM sqlite_master m"    \
-    " WHERE m.type = 'index' ORDER BY m.name)"
-#define TABLE_SQL(t) "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = '" t "'"
-
 static void test_migration_v3(void **state)
 {
     struct fx *f = *state;
-    char a[4096], b[4096], buf[256];
-    struct store *s2 = NULL;
-    char err[256] = "";
+    char a[4096], buf[256];
 
     /* A version-3 store: a fresh one without version 4's tables, with a device that
      * has a last status and one that has none. */
-    store_open(f);
+    fx_open(f);
     populate(f);
     add_devices(f, "acme", 1, 2);
     ops->close(f->s);
     f->s = NULL;
-    db_exec(f->path, "DROP TABLE console_sessions;"
-                     "DROP TABLE login_failures;"
-                     "DROP TABLE audit;"
-                     "DROP TABLE status_history;"
-                     "UPDATE devices SET last_status_json = '{\"n\":7}', last_status_ms = "
-                     "1700000000077 WHERE device_id = 'dev_00000000000000000000000001';"
-                     "PRAGMA user_version = 3;");
-    assert_int_equal(db_int(f->path, "SELECT count(*) FROM sqlite_master WHERE name IN"
-                                     " ('audit', 'status_history', 'console_sessions',"
-                                     " 'login_failures', 'audit_tenant')"),
+    raw_exec(f->path, "DROP TABLE console_sessions;"
+                      "DROP TABLE login_failures;"
+                      "DROP TABLE audit;"
+                      "DROP TABLE status_history;"
+                      "UPDATE devices SET last_status_json = '{\"n\":7}', last_status_ms = "
+                      "1700000000077 WHERE device_id = 'dev_00000000000000000000000001';"
+                      "PRAGMA user_version = 3;");
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM sqlite_master WHERE name IN"
+                                      " ('audit', 'status_history', 'console_sessions',"
+                                      " 'login_failures', 'audit_tenant')"),
                      0);
 
-    store_open(f);
-    assert_int_equal(db_int(f->path, "PRAGMA user_version"), 4);
+    fx_open(f);
+    assert_int_equal(raw_int(f->path, "PRAGMA user_version"), 4);
     /* The last status became the history's first entry. */
     assert_int_equal(history_str(f, f->acme, 1, 20, buf, sizeof buf), STORE_OK);
     assert_string_equal(buf, "77:7");
@@ -1153,29 +1000,24 @@ static void test_migration_v3(void **state)
 
     /* Reopening does not migrate again. */
     ops->close(f->s);
-    store_open(f);
+    fx_open(f);
     assert_int_equal(history_str(f, f->acme, 1, 20, buf, sizeof buf), STORE_OK);
     assert_string_equal(buf, "80:8 77:7");
 
     /* Same shape as a fresh store. */
-    assert_int_equal(ops->open(f->fresh, &s2, err, sizeof err), 0);
-    ops->close(s2);
-    assert_int_equal(db_int(f->fresh, "PRAGMA user_version"), 4);
+    make_fresh(f);
+    assert_int_equal(raw_int(f->fresh, "PRAGMA user_version"), 4);
     static const char *const shapes[] = {
         COLS_SQL("console_sessions"),  COLS_SQL("login_failures"),  COLS_SQL("audit"),
-        COLS_SQL("status_history"),    FKEYS_SQL("status_history"), ALL_INDEXES_SQL,
+        COLS_SQL("status_history"),    FKEYS_SQL("status_history"), INDEXES_SQL,
         TABLE_SQL("console_sessions"), TABLE_SQL("login_failures"), TABLE_SQL("audit"),
         TABLE_SQL("status_history"),
     };
-    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
-        db_text(f->path, shapes[i], a, sizeof a);
-        db_text(f->fresh, shapes[i], b, sizeof b);
-        assert_string_equal(a, b);
-        assert_true(strlen(a) > 20);
-    }
-    assert_string_equal(db_text(f->path, FKEYS_SQL("status_history"), a, sizeof a),
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
+        expect_same_shape(f, shapes[i]);
+    assert_string_equal(raw_text(f->path, FKEYS_SQL("status_history"), a, sizeof a),
                         "devices:device_id:device_id:CASCADE");
-    db_text(f->path, ALL_INDEXES_SQL, a, sizeof a);
+    raw_text(f->path, INDEXES_SQL, a, sizeof a);
     static const char *const indexes[] = {
         "audit_tenant:audit:tenant_id,id",
         "login_failures_tenant:login_failures:tenant,at_ms",
@@ -1188,9 +1030,7 @@ static void test_migration_v3(void **state)
             fail_msg("index %s missing in %s", indexes[i], a);
 
     /* A store from the future is refused. */
-    db_exec(f->fresh, "PRAGMA user_version = 5");
-    assert_int_equal(ops->open(f->fresh, &s2, err, sizeof err), PHY_EUNSUPP);
-    assert_null(s2);
+    expect_future_refused(f);
 }
 
 int main(void)
