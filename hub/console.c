@@ -437,12 +437,23 @@ void handle_claim(struct hub *h, const struct api_request *req, struct api_respo
         api_audit(h, caller.tenant_id, caller.user_id, "device.claim", dev.device_id,
                   json_pack("{s:s, s:s}", "serial", dev.serial, "by", serial ? "serial" : "code"));
         break;
+    default:
+        api_claim_refused(res, outcome);
+    }
+out:
+    store_device_clear(&dev);
+    free(tags_json);
+    json_decref(body);
+}
+
+void api_claim_refused(struct api_response *res, int outcome)
+{
+    switch (outcome) {
     case STORE_EXPIRED_CODE:
+        api_error(res, 404, "expired_code", "no device shows this code (expired or mistyped)");
+        break;
     case STORE_UNKNOWN_SERIAL:
-        if (outcome == STORE_EXPIRED_CODE)
-            api_error(res, 404, "expired_code", "no device shows this code (expired or mistyped)");
-        else
-            api_error(res, 404, "unknown_serial", "no device with this serial is waiting");
+        api_error(res, 404, "unknown_serial", "no device with this serial is waiting");
         break;
     case STORE_SERIAL_IN_USE:
         api_error(res, 409, "serial_in_use",
@@ -455,10 +466,6 @@ void handle_claim(struct hub *h, const struct api_request *req, struct api_respo
     default:
         api_error(res, 500, "internal", "unexpected store outcome");
     }
-out:
-    store_device_clear(&dev);
-    free(tags_json);
-    json_decref(body);
 }
 
 static void store_failed(struct api_response *res)

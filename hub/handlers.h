@@ -60,6 +60,10 @@ void api_rfc3339(int64_t ms, char out[32]);
  * reference, NULL on allocation failure. */
 json_t *api_device_json(const struct store_device *d);
 
+/* Answers a claim the store (or eu) refused: 404 expired_code / unknown_serial, 409
+ * serial_in_use / already_claimed; any other outcome is 500. */
+void api_claim_refused(struct api_response *res, int outcome);
+
 /* --- request-line helpers (api.c; no I/O) --- */
 
 /* 1 when s[0..n) is a device ID: "dev_" + 26 of [a-z2-7]. */

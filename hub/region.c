@@ -444,22 +444,8 @@ void handle_internal_issue(struct hub *h, const struct api_request *req, struct 
         api_json(res, 201,
                  json_pack("{s:s, s:s}", "device_id", device_id, "serial", serial_out));
         break;
-    case STORE_EXPIRED_CODE:
-        api_error(res, 404, "expired_code", "no device shows this code (expired or mistyped)");
-        break;
-    case STORE_UNKNOWN_SERIAL:
-        api_error(res, 404, "unknown_serial", "no device with this serial is waiting");
-        break;
-    case STORE_SERIAL_IN_USE:
-        api_error(res, 409, "serial_in_use",
-                  "more than one device registers this serial; enter the code shown on the "
-                  "device's screen instead");
-        break;
-    case STORE_ALREADY_CLAIMED:
-        api_error(res, 409, "already_claimed", "this device has already been claimed");
-        break;
     default:
-        api_error(res, 500, "internal", "unexpected store outcome");
+        api_claim_refused(res, outcome);
     }
 out:
     json_decref(body);
