@@ -905,12 +905,13 @@ void handle_device_reset(struct hub *h, const struct api_request *req, const cha
         store_failed(res);
         goto out;
     }
-    if (outcome != STORE_OK) {
+    if (outcome != STORE_OK && outcome != STORE_PROVISIONED) {
         no_device(res);
         goto out;
     }
+    int rearmed = outcome == STORE_OK;
     char what[96];
-    snprintf(what, sizeof(what), "serial=%s reset=1", d.serial);
+    snprintf(what, sizeof(what), "serial=%s reset=1 rearmed=%d", d.serial, rearmed);
     device_log(res, &caller, id, what);
     close_effect(res, id, 4001);
     api_state_event(res, caller.tenant_id, id, "revoked");
@@ -918,7 +919,7 @@ void handle_device_reset(struct hub *h, const struct api_request *req, const cha
               json_pack("{s:s}", "serial", d.serial));
     api_json(res, 200,
              json_pack("{s:s, s:s, s:s, s:b}", "device_id", id, "serial", d.serial, "state",
-                       "revoked", "rearmed", 1));
+                       "revoked", "rearmed", rearmed));
 out:
     store_device_clear(&d);
 }

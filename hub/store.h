@@ -370,6 +370,9 @@ struct phy_store_ops {
      * (due now) in place of any PURGE entry. */
     int (*device_revoke)(struct store *s, int64_t tenant_id, const char *device_id, int64_t now_ms,
                          int *outcome);
+    /* reset: OK when the serial was re-armed (or, for a remote device, the re-arm is
+     * queued for eu); PROVISIONED when the device was revoked but the serial could
+     * not be re-armed (a newer device holds it, or eu never named it). */
     int (*device_reset)(struct store *s, int64_t tenant_id, const char *device_id, int64_t now_ms,
                         int *outcome);
     int (*device_delete)(struct store *s, int64_t tenant_id, const char *device_id, int *outcome);

@@ -2588,7 +2588,7 @@ static int device_change(struct store *s, int64_t tenant_id, const char *device_
 {
     char serial[PHY_SERIAL_MAX + 1], state[24];
     sqlite3_stmt *st = NULL;
-    int purged = 0, remote = 0, rc;
+    int purged = 0, remote = 0, rearmed = 0, rc;
     if (!s || !outcome || !device_id_ok(device_id))
         return PHY_EINVAL;
     if ((rc = tx_begin(s, 1)))
@@ -2640,6 +2640,8 @@ static int device_change(struct store *s, int64_t tenant_id, const char *device_
                         "tt", serial, device_id);
             if (rc == 0 && purged > 0)
                 rc = q_exec(s, NULL, "DELETE FROM registrations WHERE serial = ?", "t", serial);
+            /* Remote: eu re-arms it when the outbox entry arrives (needs the serial). */
+            rearmed = remote ? serial[0] != '\0' : purged > 0;
         } else {
             rc = q_exec(s, &purged,
                         "UPDATE issuances SET sealed = NULL WHERE serial = ? AND device_id = ?"
@@ -2649,7 +2651,7 @@ static int device_change(struct store *s, int64_t tenant_id, const char *device_
         if (rc)
             goto out;
     }
-    *outcome = STORE_OK;
+    *outcome = act == DEVICE_RESET && !rearmed ? STORE_PROVISIONED : STORE_OK;
 out:
     sqlite3_finalize(st);
     return tx_end_scrub(s, rc, purged);

@@ -334,6 +334,10 @@ def test_revoke_reset_delete():
     new = provision("d2", "CON-D")
     assert new != old and ID_RE.match(new)
     assert get("d2")["state"] == "provisioned"
+    # resetting the old device again cannot re-arm the serial: d2 holds it now
+    st, js = api("POST", dev_path("d", "/reset"))
+    assert st == 200 and js["rearmed"] is False, (st, js)
+    assert get("d2")["state"] == "provisioned"
     st, js = api("POST", "/api/v1/devices/claim", {"serial": "CON-D"})
     assert st in (404, 409), (st, js)
     rc, out, err = ST.phyctl("reset", new)
