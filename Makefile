@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 DEPS := libuv1-dev libssl-dev libwslay-dev libjansson-dev libsqlite3-dev libpq-dev \
         libinih-dev libargon2-dev libcmocka-dev pkg-config cmake make gcc clang \
-        libclang-rt-14-dev curl openssl python3 ca-certificates
+        libclang-rt-14-dev curl openssl python3 ca-certificates chromium
 JOBS ?= $(shell nproc)
 
 .PHONY: test demo deps node-deps build-test build-release fuzz clean format
@@ -10,10 +10,14 @@ JOBS ?= $(shell nproc)
 deps:
 	@./scripts/install-deps.sh $(DEPS)
 
-# Independent clients for the tests (Node's ws), pinned by package-lock.json.
+# Independent clients for the tests (Node's ws; playwright-core driving Debian's
+# Chromium for the console), pinned by package-lock.json. playwright-core downloads
+# no browser.
 node-deps:
 	@command -v npm >/dev/null || ./scripts/install-deps.sh nodejs npm
 	@[ -d tests/node/node_modules/ws ] || npm ci --prefix tests/node --no-audit --no-fund
+	@[ -d tests/browser/node_modules/playwright-core ] || \
+	  npm ci --prefix tests/browser --no-audit --no-fund
 
 build-test: deps node-deps
 	cmake -S . -B build/test -DCMAKE_BUILD_TYPE=Debug -DPHY_SANITIZE=ON >/dev/null
