@@ -17,6 +17,8 @@ declare -A PORT=([eu]=${PHY_DEMO_EU_PORT:-${PHY_DEMO_HUB_PORT:-5443}}
                  [au]=${PHY_DEMO_AU_PORT:-5444} [uae]=${PHY_DEMO_UAE_PORT:-5445})
 declare -A TENANT=([eu]=acme [au]=koala [uae]=falcon)
 declare -A SERIAL=([eu]=DEMO-EU-1 [au]=DEMO-AU-1 [uae]=DEMO-UAE-1)
+# a second device per region that the demo leaves unclaimed: claim it in the console
+declare -A SERIAL2=([eu]=DEMO-EU-2 [au]=DEMO-AU-2 [uae]=DEMO-UAE-2)
 USER_NAME=admin
 
 [ -x "$BIN/phyhub" ] || { echo "no $BIN/phyhub: run 'make demo' (or set PHY_BIN)" >&2; exit 1; }
@@ -146,6 +148,16 @@ for r in "${REGIONS[@]}"; do
   agents+=($!)
 done
 
+# --- a second agent per region, left for the user to claim in the console
+for r in "${REGIONS[@]}"; do
+  state="$DIR/agents/$r-2"
+  mkdir -p "$state"
+  "$BIN/phyagent" --serial "${SERIAL2[$r]}" --state-dir "$state" --proxy "127.0.0.1:$PROXY_PORT" \
+    --ca "$CA" --provisioning-endpoint portal-eu.phystack.com:443 --status-interval 15 \
+    2> "$DIR/logs/phyagent-$r-2.log" &
+  agents+=($!)
+done
+
 ctl() { # region args... (the region's hub URL, the CA and its tenant's token)
   local r=$1; shift
   PHY_TOKEN=$(cat "$DIR/tokens/$r") "$BIN/phyctl" --url "https://127.0.0.1:${PORT[$r]}" --ca "$CA" "$@"
@@ -218,6 +230,18 @@ cat <<EOF
 Residency: for the au and uae devices eu keeps only the spent serial (no device ID,
 no sealed credentials, no tenant):
   sqlite3 -readonly -header $DIR/eu.db 'select serial, region, device_id, sealed is not null as sealed from issuances'
+
+The console of each region (the certificate is from the demo's own CA, $CA:
+import it into the browser, or accept the warning once per hub):
+EOF
+for r in "${REGIONS[@]}"; do
+  cat <<EOF
+  $r: https://127.0.0.1:${PORT[$r]}/  tenant ${TENANT[$r]}  user $USER_NAME  password $(cat "$DIR/tokens/$r.password")
+      "Add device" with the code that ${SERIAL2[$r]} shows: cat $DIR/agents/$r-2/provisioning-code
+EOF
+done
+cat <<EOF
+
 Press Ctrl-C to stop everything.
 EOF
 wait
