@@ -35,6 +35,7 @@ enum api_effect_kind {
     API_EFFECT_PUSH_DESIRED,  /* send {"type":"desired.patch","version","patch":push_patch} */
     API_EFFECT_CLOSE_SESSION, /* close the device's live session with close_code */
     API_EFFECT_EVENT,         /* publish event_type/event_json to tenant_id's streams */
+    API_EFFECT_END_STREAMS,   /* close the event streams of console session session_hash */
 };
 
 struct api_effect {
@@ -45,6 +46,7 @@ struct api_effect {
     int64_t tenant_id;      /* EVENT */
     const char *event_type; /* EVENT: a static string, e.g. "state" */
     char *event_json;       /* EVENT: malloc'd JSON text, owned by the response */
+    char session_hash[PHY_HASH_HEX_LEN + 1]; /* END_STREAMS */
 };
 
 struct api_response {

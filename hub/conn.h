@@ -51,8 +51,15 @@ struct conn {
     uint64_t req_start_ms;
     struct session *sess;  /* CONN_WS */
     int64_t tenant_id;     /* CONN_SSE: whose events */
+    struct sse_auth *sse_auth; /* CONN_SSE of a console session: NULL for API tokens */
     struct conn *sub_next; /* CONN_SSE: next subscriber */
     char peer[64];
+};
+
+/* The console session behind an event stream: the stream ends with it. */
+struct sse_auth {
+    char session_hash[PHY_HASH_HEX_LEN + 1];
+    int64_t deadline_ms; /* wall clock: idle or absolute end, as of the stream's start */
 };
 
 struct sessions; /* registry of live device sessions, session.c */
@@ -122,7 +129,9 @@ void session_authorize(struct hub *h, const struct api_request *req, struct api_
                        char device_id[PHY_DEVICE_ID_LEN + 1], int64_t *tenant_id, int64_t *gen);
 
 /* events.c: console event streams (Server-Sent Events). */
-void events_begin(struct conn *c); /* c->tenant_id set */
+void events_begin(struct conn *c); /* c->tenant_id (and c->sse_auth) set */
+/* Closes every event stream of the console session session_hash (logout). */
+void events_end_session(struct server *s, const char *session_hash);
 void events_drive(struct conn *c);
 void events_timer(struct conn *c);
 void events_detach(struct conn *c);

@@ -139,11 +139,15 @@ static int cookie_auth(struct hub *h, const struct api_request *req, struct api_
     }
     struct store_session sess;
     int outcome = STORE_NOT_FOUND;
+    int64_t now = hub_now_ms();
+    /* An open event stream is not a use: a console tab left open must still end. */
+    int touch = strcmp(req->path, "/api/v1/events") != 0;
     memset(&sess, 0, sizeof(sess));
     if (phy_sha256_hex(value, PHY_TOKEN_LEN, caller->session_hash) < 0 ||
-        h->store_ops->console_session_auth(h->store, caller->session_hash, hub_now_ms(),
+        h->store_ops->console_session_auth(h->store, caller->session_hash, now,
                                            h->cfg.session_idle_s * 1000,
-                                           h->cfg.session_max_s * 1000, &sess, &outcome) < 0) {
+                                           h->cfg.session_max_s * 1000, touch, &sess,
+                                           &outcome) < 0) {
         api_error(res, 503, "store_unavailable", "the store failed; retry later");
         return -1;
     }
@@ -152,6 +156,9 @@ static int cookie_auth(struct hub *h, const struct api_request *req, struct api_
         return -1;
     }
     caller->cookie = 1;
+    int64_t idle_end = (touch ? now : sess.last_used_ms) + h->cfg.session_idle_s * 1000;
+    int64_t max_end = sess.created_ms + h->cfg.session_max_s * 1000;
+    caller->session_deadline_ms = idle_end < max_end ? idle_end : max_end;
     caller->tenant_id = sess.tenant_id;
     caller->user_id = sess.user_id;
     snprintf(caller->tenant, sizeof(caller->tenant), "%s", sess.tenant);

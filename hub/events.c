@@ -14,12 +14,24 @@
 #define EVENTS_MAX_PENDING (1u << 20) /* bytes queued for one slow stream */
 #define EVENTS_KEEPALIVE_MS 15000     /* comment line so proxies keep the stream */
 
+/* The next timer: the keepalive, or the end of the console session if sooner. */
+static void events_arm(struct conn *c)
+{
+    uint64_t ms = EVENTS_KEEPALIVE_MS;
+    if (c->sse_auth) {
+        int64_t left = c->sse_auth->deadline_ms - hub_now_ms();
+        if (left < (int64_t)ms)
+            ms = left > 1 ? (uint64_t)left : 1;
+    }
+    conn_deadline_ms(c, ms);
+}
+
 void events_begin(struct conn *c)
 {
     struct server *s = c->srv;
     c->sub_next = s->subscribers;
     s->subscribers = c;
-    conn_deadline_ms(c, EVENTS_KEEPALIVE_MS);
+    events_arm(c);
     phy_log(PHY_LOG_INFO, "events_open", "peer=%s", c->peer);
     events_drive(c);
 }
@@ -59,12 +71,32 @@ void events_drive(struct conn *c)
 void events_timer(struct conn *c)
 {
     static const char ping[] = ": keepalive\n\n";
+    /* The console session may have been used elsewhere since (its end moved), but
+     * the stream does not know: it ends, and the browser reconnects if it still can. */
+    if (c->sse_auth && hub_now_ms() >= c->sse_auth->deadline_ms) {
+        phy_log(PHY_LOG_INFO, "events_close", "peer=%s reason=session_deadline", c->peer);
+        conn_close(c);
+        return;
+    }
     if (conn_out_append(c, ping, sizeof(ping) - 1, EVENTS_MAX_PENDING) < 0) {
         conn_close(c);
         return;
     }
-    conn_deadline_ms(c, EVENTS_KEEPALIVE_MS);
+    events_arm(c);
     events_drive(c);
+}
+
+void events_end_session(struct server *s, const char *session_hash)
+{
+    struct conn *c = s->subscribers;
+    while (c) {
+        struct conn *next = c->sub_next; /* conn_close unlinks c */
+        if (c->sse_auth && strcmp(c->sse_auth->session_hash, session_hash) == 0) {
+            phy_log(PHY_LOG_INFO, "events_close", "peer=%s reason=logout", c->peer);
+            conn_close(c);
+        }
+        c = next;
+    }
 }
 
 void events_publish(struct server *s, int64_t tenant_id, const char *type, const char *json)

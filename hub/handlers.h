@@ -36,6 +36,7 @@ struct api_caller {
     int cookie;                              /* 1: authenticated by a console session cookie */
     char csrf[STORE_CSRF_LEN + 1];           /* cookie sessions: the session's CSRF token */
     char session_hash[PHY_HASH_HEX_LEN + 1]; /* cookie sessions: SHA-256 hex of the cookie */
+    int64_t session_deadline_ms; /* cookie sessions: when it ends unless used again */
 };
 
 /* Authenticates a console request: "Authorization: Bearer <token>" when the header

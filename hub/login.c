@@ -203,6 +203,10 @@ void handle_logout(struct hub *h, const struct api_request *req, struct api_resp
         return;
     }
     api_audit(h, caller.tenant_id, caller.user_id, "user.logout", NULL, NULL);
+    struct api_effect e = {.kind = API_EFFECT_END_STREAMS};
+    memcpy(e.session_hash, caller.session_hash, sizeof(e.session_hash));
+    if (api_add_effect(res, &e) < 0)
+        phy_log(PHY_LOG_WARN, "logout_streams", "msg=\"open event streams end at their deadline\"");
     res->status = 204;
     snprintf(res->extra_headers, sizeof(res->extra_headers),
              "Set-Cookie: phy_session=; " COOKIE_ATTRS "; Max-Age=0\r\n");

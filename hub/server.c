@@ -39,6 +39,7 @@ struct work {
     char device_id[PHY_DEVICE_ID_LEN + 1]; /* WORK_UPGRADE: authenticated device */
     int64_t tenant_id;                     /* WORK_UPGRADE, WORK_EVENTS */
     int64_t gen;                           /* WORK_UPGRADE: session generation */
+    struct sse_auth *sse_auth;             /* WORK_EVENTS of a console session */
 };
 
 static void conn_drive(struct conn *c);
@@ -114,6 +115,7 @@ static void on_conn_closed(uv_handle_t *h)
     SSL_free(c->ssl);
     close(c->fd);
     conn_free_buffers(c);
+    free(c->sse_auth);
     free(c);
 }
 
@@ -286,6 +288,13 @@ static void on_work(uv_work_t *req)
         if (api_auth(h, &w->areq, &w->ares, &caller) == 0) {
             w->tenant_id = caller.tenant_id;
             w->ares.status = 200;
+            if (caller.cookie && (w->sse_auth = calloc(1, sizeof(*w->sse_auth)))) {
+                memcpy(w->sse_auth->session_hash, caller.session_hash,
+                       sizeof(w->sse_auth->session_hash));
+                w->sse_auth->deadline_ms = caller.session_deadline_ms;
+            } else if (caller.cookie) {
+                w->ares.status = 503; /* out of memory: no stream that outlives its session */
+            }
         }
         break;
     }
@@ -329,6 +338,8 @@ static void on_work_done(uv_work_t *req, int status)
                 ": phyhub events\n\n";
             c->next_mode = CONN_NEXT_SSE;
             c->tenant_id = w->tenant_id;
+            c->sse_auth = w->sse_auth;
+            w->sse_auth = NULL;
             conn_respond_raw(c, head, sizeof(head) - 1);
         } else {
             conn_respond_typed(c, w->ares.status, w->ares.extra_headers, w->ares.content_type,
@@ -337,6 +348,8 @@ static void on_work_done(uv_work_t *req, int status)
                 const struct api_effect *e = &w->ares.effects[i];
                 if (e->kind == API_EFFECT_EVENT)
                     events_publish(s, e->tenant_id, e->event_type, e->event_json);
+                else if (e->kind == API_EFFECT_END_STREAMS)
+                    events_end_session(s, e->session_hash);
                 else
                     session_effect(s, e, w->ares.push_patch);
             }
@@ -344,6 +357,7 @@ static void on_work_done(uv_work_t *req, int status)
     }
     api_response_free(&w->ares);
     work_free_blob(w);
+    free(w->sse_auth); /* NULL once the stream took it */
     free(w);
 }
 

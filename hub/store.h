@@ -223,10 +223,12 @@ struct phy_store_ops {
     int (*console_session_create)(struct store *s, const char *id_hash, int64_t tenant_id, int64_t user_id,
                           const char *csrf, int64_t now_ms);
     /* Resolves a session: OK with *out when it exists, was used within idle_ms and
-     * created within max_ms (last_used_ms is then set to now, written at most every
-     * few seconds); an expired one is deleted and is NOT_FOUND like an unknown one. */
-    int (*console_session_auth)(struct store *s, const char *id_hash, int64_t now_ms, int64_t idle_ms,
-                        int64_t max_ms, struct store_session *out, int *outcome);
+     * created within max_ms (with touch, last_used_ms is then set to now, written at
+     * most every few seconds; an event stream opening is not a use); an expired one
+     * is deleted and is NOT_FOUND like an unknown one. */
+    int (*console_session_auth)(struct store *s, const char *id_hash, int64_t now_ms,
+                                int64_t idle_ms, int64_t max_ms, int touch,
+                                struct store_session *out, int *outcome);
     /* Deletes a session (logout); no error when it does not exist. */
     int (*console_session_delete)(struct store *s, const char *id_hash);
 

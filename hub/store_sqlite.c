@@ -956,8 +956,8 @@ static int session_read(sqlite3_stmt *st, struct store_session *out)
 /* Idle time is measured from the last written use, which may lag the real last use
  * by up to SESSION_TOUCH_MS: a request per second must not be a write per second. */
 static int sq_console_session_auth(struct store *s, const char *id_hash, int64_t now_ms,
-                                   int64_t idle_ms, int64_t max_ms, struct store_session *out,
-                                   int *outcome)
+                                   int64_t idle_ms, int64_t max_ms, int touch,
+                                   struct store_session *out, int *outcome)
 {
     sqlite3_stmt *st = NULL;
     int rc;
@@ -993,8 +993,8 @@ static int sq_console_session_auth(struct store *s, const char *id_hash, int64_t
         goto out;
     }
     /* Short idle limits (tests) are refreshed at half their length at least. */
-    int64_t touch = idle_ms / 2 < SESSION_TOUCH_MS ? idle_ms / 2 : SESSION_TOUCH_MS;
-    if (now_ms - out->last_used_ms >= touch) {
+    int64_t touch_ms = idle_ms / 2 < SESSION_TOUCH_MS ? idle_ms / 2 : SESSION_TOUCH_MS;
+    if (touch && now_ms - out->last_used_ms >= touch_ms) {
         rc = q_exec(s, NULL, "UPDATE console_sessions SET last_used_ms = ? WHERE id_hash = ?", "it",
                     now_ms, id_hash);
         if (rc)

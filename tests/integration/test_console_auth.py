@@ -453,6 +453,54 @@ def test_state_events_on_the_stream():
         curl.wait(5)
 
 
+def open_stream(cookie, st):
+    """curl reading GET /api/v1/events with the session cookie: (process, lines)."""
+    url = "https://127.0.0.1:%d/api/v1/events" % st.hub_port
+    curl = subprocess.Popen(["curl", "-sN", "--cacert", st.pki["ca"], "-H",
+                             "Cookie: phy_session=" + cookie, url],
+                            stdout=subprocess.PIPE, text=True)
+    lines = []
+    threading.Thread(target=lambda: [lines.append(l.rstrip("\n")) for l in curl.stdout],
+                     daemon=True).start()
+    wait_until(lambda: any("phyhub events" in l for l in lines), 10, "stream open")
+    return curl, lines
+
+
+def test_event_streams_end_with_their_session():
+    """Logout closes the session's open event streams at once; an open stream neither
+    keeps its session alive nor outlives it (--session-idle)."""
+    cookie, csrf = session()
+    curl, _ = open_stream(cookie, ST)
+    other_cookie, _ = session()
+    other, _ = open_stream(other_cookie, ST)
+    try:
+        assert req("POST", "/api/v1/logout", cookie=cookie, csrf=csrf)[0] == 204
+        wait_until(lambda: curl.poll() is not None, 5, "the stream to end at logout")
+        assert other.poll() is None, "another session's stream ended too"
+    finally:
+        for p in (curl, other):
+            p.terminate()
+            p.wait(5)
+
+    st = Stack("console_sse", hub_flags=["--session-idle", "2"], proxy=False)
+    try:
+        st.secrets.add(PW)
+        cookie, _ = session(st=st)
+        t0 = time.monotonic()
+        curl, _ = open_stream(cookie, st)
+        try:
+            wait_until(lambda: curl.poll() is not None, 10, "the stream to end with its session")
+            assert time.monotonic() - t0 > 1.5, time.monotonic() - t0
+        finally:
+            curl.terminate()
+            curl.wait(5)
+        s, js, _, _ = req("GET", "/api/v1/session", cookie=cookie, st=st)
+        assert s == 401, "an open event stream kept the session alive: %s" % js
+        assert "reason=session_deadline" in st.hub.log()
+    finally:
+        st.stop()
+
+
 def test_session_expiry_and_default_web_root():
     """A second hub: sessions idle out after --session-idle, and (restarted with other
     flags) end --session-max after login however busy; the default --web-root is the

@@ -759,8 +759,9 @@ static struct {
 } A;
 
 static int f_session_auth(struct store *s, const char *id_hash, int64_t now_ms, int64_t idle_ms,
-                          int64_t max_ms, struct store_session *out, int *outcome)
+                          int64_t max_ms, int touch, struct store_session *out, int *outcome)
 {
+    (void)touch;
     char want[PHY_HASH_HEX_LEN + 1];
     (void)s;
     (void)now_ms;

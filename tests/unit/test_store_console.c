@@ -115,7 +115,7 @@ static int auth(struct fx *f, unsigned h, int64_t now, struct store_session *out
     struct store_session sess;
     struct hash hh = H(h);
     int outcome = -1;
-    assert_int_equal(ops->console_session_auth(f->s, hh.h, now, IDLE_MS, MAX_MS, &sess, &outcome),
+    assert_int_equal(ops->console_session_auth(f->s, hh.h, now, IDLE_MS, MAX_MS, 1, &sess, &outcome),
                      0);
     if (outcome != STORE_OK) {
         assert_int_equal(outcome, STORE_NOT_FOUND);
@@ -497,13 +497,13 @@ static void test_session_create_auth(void **state)
     assert_int_equal(raw_int(f->path, "SELECT count(*) FROM console_sessions"), 2);
 
     int out = -1;
-    assert_int_equal(ops->console_session_auth(f->s, bad.h, T0, IDLE_MS, MAX_MS, &s, &out),
+    assert_int_equal(ops->console_session_auth(f->s, bad.h, T0, IDLE_MS, MAX_MS, 1, &s, &out),
                      PHY_EINVAL);
-    assert_int_equal(ops->console_session_auth(f->s, h1.h, T0, 0, MAX_MS, &s, &out), PHY_EINVAL);
-    assert_int_equal(ops->console_session_auth(f->s, h1.h, T0, IDLE_MS, 0, &s, &out), PHY_EINVAL);
-    assert_int_equal(ops->console_session_auth(f->s, h1.h, T0, IDLE_MS, MAX_MS, NULL, &out),
+    assert_int_equal(ops->console_session_auth(f->s, h1.h, T0, 0, MAX_MS, 1, &s, &out), PHY_EINVAL);
+    assert_int_equal(ops->console_session_auth(f->s, h1.h, T0, IDLE_MS, 0, 1, &s, &out), PHY_EINVAL);
+    assert_int_equal(ops->console_session_auth(f->s, h1.h, T0, IDLE_MS, MAX_MS, 1, NULL, &out),
                      PHY_EINVAL);
-    assert_int_equal(ops->console_session_auth(f->s, h1.h, T0, IDLE_MS, MAX_MS, &s, NULL),
+    assert_int_equal(ops->console_session_auth(f->s, h1.h, T0, IDLE_MS, MAX_MS, 1, &s, NULL),
                      PHY_EINVAL);
 }
 
@@ -527,6 +527,18 @@ static void test_session_touch_throttled(void **state)
     assert_int_equal(auth(f, 1, T0 + 20000, &s), STORE_OK);
     assert_int_equal(stored_last_used(f, 1), T0 + 30000);
     assert_int_equal(s.created_ms, T0);
+    /* Without touch (an event stream opening) the session is checked, not used. */
+    struct hash hh = H(1);
+    int out = -1;
+    assert_int_equal(ops->console_session_auth(f->s, hh.h, T0 + 60000, IDLE_MS, MAX_MS, 0, &s,
+                                               &out),
+                     0);
+    assert_int_equal(out, STORE_OK);
+    assert_int_equal(stored_last_used(f, 1), T0 + 30000);
+    assert_int_equal(ops->console_session_auth(f->s, hh.h, T0 + 30000 + IDLE_MS + 1, IDLE_MS,
+                                               MAX_MS, 0, &s, &out),
+                     0);
+    assert_int_equal(out, STORE_NOT_FOUND);
 }
 
 static void test_session_idle_expiry(void **state)
