@@ -50,22 +50,28 @@ int api_add_effect(struct api_response *res, const struct api_effect *e)
     return 0;
 }
 
-void api_state_event(struct api_response *res, int64_t tenant_id, const char *device_id,
-                     const char *state)
+void api_event(struct api_response *res, int64_t tenant_id, const char *type,
+               const char *device_id, json_t *o)
 {
     struct api_effect e;
     memset(&e, 0, sizeof(e));
     e.kind = API_EFFECT_EVENT;
     snprintf(e.device_id, sizeof(e.device_id), "%s", device_id);
     e.tenant_id = tenant_id;
-    e.event_type = "state";
-    json_t *o = json_pack("{s:s, s:s}", "device_id", device_id, "state", state);
+    e.event_type = type;
     e.event_json = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
     if (!e.event_json || api_add_effect(res, &e) < 0) {
         free(e.event_json);
-        phy_log(PHY_LOG_WARN, "event_lost", "device_id=%s state=%s reason=oom", device_id, state);
+        phy_log(PHY_LOG_WARN, "event_lost", "device_id=%s type=%s reason=oom", device_id, type);
     }
+}
+
+void api_state_event(struct api_response *res, int64_t tenant_id, const char *device_id,
+                     const char *state)
+{
+    api_event(res, tenant_id, "state", device_id,
+              json_pack("{s:s, s:s}", "device_id", device_id, "state", state));
 }
 
 void api_error(struct api_response *res, int status, const char *code, const char *msg)

@@ -7,6 +7,8 @@
 
 #include <stdint.h>
 
+#include <jansson.h>
+
 #include "hub.h"
 #include "phy/crypto.h"
 
@@ -66,8 +68,13 @@ struct api_response {
  * (on failure the caller still does). */
 int api_add_effect(struct api_response *res, const struct api_effect *e);
 
-/* Queues a "state" event {"device_id", "state"} for the tenant's event streams; a
- * failure (out of memory) is logged and only loses the event. */
+/* Queues an event of type (a static string) about device_id with the JSON object o
+ * (reference stolen) for the tenant's event streams; a failure (out of memory) is
+ * logged and only loses the event. */
+void api_event(struct api_response *res, int64_t tenant_id, const char *type,
+               const char *device_id, json_t *o);
+
+/* api_event of type "state": {"device_id", "state"}. */
 void api_state_event(struct api_response *res, int64_t tenant_id, const char *device_id,
                      const char *state);
 

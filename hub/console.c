@@ -732,6 +732,8 @@ void handle_desired_patch(struct hub *h, const struct api_request *req, const ch
             res->push_patch = text;
             text = NULL;
             push_effect(res, id, version);
+            api_event(res, caller.tenant_id, "desired", id,
+                      json_pack("{s:s, s:I}", "device_id", id, "version", (json_int_t)version));
         }
         break;
     case STORE_PRECONDITION:
@@ -865,6 +867,8 @@ void handle_tags_put(struct hub *h, const struct api_request *req, const char *i
     device_log(res, &caller, id, "tags=set");
     api_audit(h, caller.tenant_id, caller.user_id, "device.tags", id,
               json_pack("{s:O}", "tags", body));
+    api_event(res, caller.tenant_id, "tags", id,
+              json_pack("{s:s, s:O}", "device_id", id, "tags", body));
     answer_device(h, &caller, id, res);
 out:
     free(tags_json);

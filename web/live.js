@@ -1,11 +1,11 @@
 // Live updates: one EventSource on GET /api/v1/events (the session cookie
 // authenticates it). Views subscribe with on(fn) and get {type, data} for the event
-// types online, offline, reported, status and state; after a reconnect they get
+// types online, offline, reported, status, state, desired and tags; after a reconnect they get
 // {type: 'resync'} because events may have been missed meanwhile.
 
 import { get } from './client.js';
 
-const TYPES = ['online', 'offline', 'reported', 'status', 'state'];
+const TYPES = ['online', 'offline', 'reported', 'status', 'state', 'desired', 'tags'];
 const listeners = new Set();
 let source = null;
 let hadError = false;

@@ -264,6 +264,12 @@ export function render(main, route, ctx) {
         }
         refetch(id, true);
         break;
+      case 'tags':
+        if (dev && ev.data.tags && typeof ev.data.tags === 'object') {
+          dev.tags = ev.data.tags;
+          updateRow(dev, true);
+        }
+        break;
       default:
         break;
     }

@@ -431,6 +431,20 @@ def test_state_events_on_the_stream():
         ident = dev["device_id"]
         s, js, _, _ = ST.poll_until("EV-1", poll_token)
         assert s == 200, (s, js)
+        # other tabs learn of desired and tag changes too
+        assert req("PATCH", "/api/v1/devices/%s/twin/desired" % ident, {"fw": "9"},
+                   cookie=cookie, csrf=csrf)[0] == 200
+        assert req("PATCH", "/api/v1/devices/%s/twin/desired" % ident, {"fw": "9"},
+                   cookie=cookie, csrf=csrf)[0] == 200  # no change: no event
+        assert req("PUT", "/api/v1/devices/%s/tags" % ident, {"site": "<b>x</b>"},
+                   cookie=cookie, csrf=csrf)[0] == 200
+
+        def typed(kind):
+            return [json.loads(lines[i + 1][6:]) for i, l in enumerate(lines[:-1])
+                    if l == "event: " + kind and lines[i + 1].startswith("data: ")]
+        wait_until(lambda: typed("desired") == [{"device_id": ident, "version": 1}]
+                   and typed("tags") == [{"device_id": ident, "tags": {"site": "<b>x</b>"}}],
+                   10, "desired and tags events")
         assert req("POST", "/api/v1/devices/%s/revoke" % ident, cookie=cookie,
                    csrf=csrf)[0] == 200
         assert req("DELETE", "/api/v1/devices/" + ident, token=ST.token)[0] == 204

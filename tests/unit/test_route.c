@@ -568,10 +568,12 @@ static void test_desired_patch(void **state)
     assert_int_equal(json_integer_value(json_object_get(o, "version")), 4);
     json_decref(o);
     assert_string_equal(res.extra_headers, "ETag: \"4\"\r\n");
-    assert_int_equal(res.neffects, 1);
+    assert_int_equal(res.neffects, 2);
     assert_int_equal(res.effects[0].kind, API_EFFECT_PUSH_DESIRED);
     assert_string_equal(res.effects[0].device_id, ID);
     assert_int_equal(res.effects[0].version, 4);
+    assert_int_equal(res.effects[1].kind, API_EFFECT_EVENT); /* "desired" for other tabs */
+    assert_string_equal(res.effects[1].event_type, "desired");
     assert_string_equal(res.push_patch, "{\"b\":1,\"a\":{\"x\":null}}");
     api_response_free(&res);
 
