@@ -25,6 +25,9 @@ struct api_request {
     const char *if_match;
     const char *cookie;     /* the Cookie header (may carry a console session) */
     const char *csrf_token; /* the X-CSRF-Token header */
+    int background;         /* "X-Phy-Background: 1": sent by the console without a user
+                             * action; not a use of the session (idle expiry) */
+    const char *peer_ip;    /* the client's address without the port ("" unknown) */
     const char *body;       /* NUL-terminated copy of the body (may contain NULs) */
     size_t body_len;
     const char *request_id;

@@ -132,6 +132,10 @@ void session_authorize(struct hub *h, const struct api_request *req, struct api_
 void events_begin(struct conn *c); /* c->tenant_id (and c->sse_auth) set */
 /* Closes every event stream of the console session session_hash (logout). */
 void events_end_session(struct server *s, const char *session_hash);
+/* Open event streams of a console session; at most EVENTS_PER_SESSION are served
+ * (each may buffer up to 1 MiB and holds a connection). */
+#define EVENTS_PER_SESSION 8
+size_t events_count_session(struct server *s, const char *session_hash);
 void events_drive(struct conn *c);
 void events_timer(struct conn *c);
 void events_detach(struct conn *c);

@@ -22,7 +22,7 @@
 #define LIST_MAX 500
 #define BEARER "Bearer "
 
-#define COOKIE_NAME "phy_session"
+#define COOKIE_NAME API_SESSION_COOKIE
 #define COOKIE_MAX 4096
 
 static void unauthorized(struct api_response *res, const char *msg)
@@ -62,69 +62,42 @@ static int base64url_char(char c)
            c == '_';
 }
 
-/* RFC 6265 cookie-octet (no space, DQUOTE, comma, semicolon or backslash). */
-static int cookie_octet(unsigned char c)
-{
-    return c == 0x21 || (c >= 0x23 && c <= 0x2b) || (c >= 0x2d && c <= 0x3a) ||
-           (c >= 0x3c && c <= 0x5b) || (c >= 0x5d && c <= 0x7e);
-}
-
-/* RFC 7230 tchar. */
-static int token_char(unsigned char c)
-{
-    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-           (c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL);
-}
-
-/* Finds the phy_session value in a Cookie header parsed strictly as RFC 6265
- * "name=value" pairs separated by "; ". 1 with *value (borrowed, PHY_TOKEN_LEN
- * base64url characters) when present exactly once and well-formed; 0 otherwise
- * (absent, given twice, malformed header or value). */
+/* Finds the session cookie in a Cookie header: pairs separated by ";" (spaces
+ * around them ignored, as browsers and RFC 6265 section 5.4 do). Other cookies of
+ * the site are not this hub's business: a pair that is not well-formed is skipped,
+ * only ours is checked. 1 with *value (borrowed, PHY_TOKEN_LEN base64url characters)
+ * when ours is present and well-formed (twice only with the same value); else 0.
+ * The __Host- prefix means no other host of the site can have set it. */
 static int session_cookie(const char *hdr, const char **value)
 {
     const char *p = hdr, *found = NULL;
-    size_t found_len = 0;
-    int count = 0;
+    size_t nlen = strlen(COOKIE_NAME);
     if (!hdr || strlen(hdr) > COOKIE_MAX)
         return 0;
-    for (;;) {
-        const char *name = p;
-        while (token_char((unsigned char)*p))
+    while (*p) {
+        while (*p == ' ' || *p == '\t' || *p == ';')
             p++;
-        if (p == name || *p != '=')
+        const char *pair = p;
+        while (*p && *p != ';')
+            p++;
+        size_t len = (size_t)(p - pair);
+        while (len > 0 && (pair[len - 1] == ' ' || pair[len - 1] == '\t'))
+            len--;
+        if (len <= nlen || memcmp(pair, COOKIE_NAME, nlen) != 0 || pair[nlen] != '=')
+            continue;
+        const char *v = pair + nlen + 1;
+        size_t vlen = len - nlen - 1;
+        if (vlen != PHY_TOKEN_LEN)
             return 0;
-        size_t name_len = (size_t)(p - name);
-        const char *v = ++p;
-        size_t vlen;
-        if (*p == '"') { /* DQUOTE *cookie-octet DQUOTE */
-            p++;
-            while (cookie_octet((unsigned char)*p))
-                p++;
-            if (*p != '"')
+        for (size_t i = 0; i < vlen; i++)
+            if (!base64url_char(v[i]))
                 return 0;
-            p++;
-            vlen = (size_t)(p - v);
-        } else {
-            while (cookie_octet((unsigned char)*p))
-                p++;
-            vlen = (size_t)(p - v);
-        }
-        if (name_len == strlen(COOKIE_NAME) && memcmp(name, COOKIE_NAME, name_len) == 0) {
-            count++;
-            found = v;
-            found_len = vlen;
-        }
-        if (*p == '\0')
-            break;
-        if (p[0] != ';' || p[1] != ' ')
-            return 0;
-        p += 2;
+        if (found && memcmp(found, v, PHY_TOKEN_LEN) != 0)
+            return 0; /* two different sessions: neither */
+        found = v;
     }
-    if (count != 1 || found_len != PHY_TOKEN_LEN)
+    if (!found)
         return 0;
-    for (size_t i = 0; i < found_len; i++)
-        if (!base64url_char(found[i]))
-            return 0;
     *value = found;
     return 1;
 }
@@ -140,8 +113,9 @@ static int cookie_auth(struct hub *h, const struct api_request *req, struct api_
     struct store_session sess;
     int outcome = STORE_NOT_FOUND;
     int64_t now = hub_now_ms();
-    /* An open event stream is not a use: a console tab left open must still end. */
-    int touch = strcmp(req->path, "/api/v1/events") != 0;
+    /* An open event stream, or a request the console made without a user action,
+     * is not a use: a console tab left open must still end. */
+    int touch = strcmp(req->path, "/api/v1/events") != 0 && !req->background;
     memset(&sess, 0, sizeof(sess));
     if (phy_sha256_hex(value, PHY_TOKEN_LEN, caller->session_hash) < 0 ||
         h->store_ops->console_session_auth(h->store, caller->session_hash, now,

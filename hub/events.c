@@ -86,6 +86,14 @@ void events_timer(struct conn *c)
     events_drive(c);
 }
 
+size_t events_count_session(struct server *s, const char *session_hash)
+{
+    size_t n = 0;
+    for (struct conn *c = s->subscribers; c; c = c->sub_next)
+        n += c->sse_auth && strcmp(c->sse_auth->session_hash, session_hash) == 0;
+    return n;
+}
+
 void events_end_session(struct server *s, const char *session_hash)
 {
     struct conn *c = s->subscribers;

@@ -28,6 +28,10 @@ int api_get_string(json_t *o, const char *key, int required, const char **out,
                    struct api_response *res);
 
 /* Who made a console request. */
+/* The console's session cookie (HttpOnly; Secure; SameSite=Strict; Path=/, no
+ * Domain: the __Host- prefix makes browsers enforce the last two). */
+#define API_SESSION_COOKIE "__Host-phy_session"
+
 struct api_caller {
     int64_t tenant_id, user_id;
     char tenant[STORE_NAME_MAX + 1];

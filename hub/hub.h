@@ -45,6 +45,7 @@ struct hub_config {
     long login_user_limit;   /* failed logins per (tenant, user) per window */
     long login_tenant_limit; /* failed logins per tenant per window */
     long login_window_s;
+    long login_peer_limit;   /* failed logins per client address per window */
 };
 
 /* Counters shown by GET /metrics; updated from the loop and from workers. */

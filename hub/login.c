@@ -2,6 +2,7 @@
  * phy_session cookie, logout, and GET /api/v1/session. */
 #include <argon2.h>
 #include <stdatomic.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,13 +57,26 @@ static int login_field(json_t *body, const char *key, size_t max, const char **o
     if (api_get_string(body, key, 1, out, res) < 0)
         return -1;
     *len = json_string_length(json_object_get(body, key));
-    if (*len == 0 || *len > max || strlen(*out) != *len) {
+    int control = 0;
+    for (size_t i = 0; i < *len && strcmp(key, "password") != 0; i++)
+        control |= (unsigned char)(*out)[i] < 0x20 || (*out)[i] == 0x7f;
+    if (*len == 0 || *len > max || strlen(*out) != *len || control) {
         char msg[96];
-        snprintf(msg, sizeof(msg), "'%s' must be 1-%zu bytes", key, max);
+        snprintf(msg, sizeof(msg), "'%s' must be 1-%zu bytes without control characters", key,
+                 max);
         api_error(res, 400, "bad_request", msg);
         return -1;
     }
     return 0;
+}
+
+/* The login throttle's key for a client address (a tenant name no login can send). */
+#define LOGIN_PEER_KEY "\001peer"
+
+static void forgive(struct hub *h, int64_t attempt_id, int64_t peer_attempt)
+{
+    h->store_ops->login_attempt_forgive(h->store, attempt_id);
+    h->store_ops->login_attempt_forgive(h->store, peer_attempt);
 }
 
 static void log_outcome(struct api_response *res, const char *outcome)
@@ -102,7 +116,7 @@ static void login_session(struct hub *h, int64_t tenant_id, int64_t user_id, con
                        "csrf_token", csrf));
     if (res->status == 200)
         snprintf(res->extra_headers, sizeof(res->extra_headers),
-                 "Set-Cookie: phy_session=%s; " COOKIE_ATTRS "; Max-Age=%ld\r\n"
+                 "Set-Cookie: " API_SESSION_COOKIE "=%s; " COOKIE_ATTRS "; Max-Age=%ld\r\n"
                  "Cache-Control: no-store\r\n",
                  cookie, h->cfg.session_max_s);
     api_audit(h, tenant_id, user_id, "user.login", NULL, NULL);
@@ -118,7 +132,7 @@ void handle_login(struct hub *h, const struct api_request *req, struct api_respo
     const char *tenant, *user, *password = NULL;
     size_t tlen, ulen, plen = 0;
     char pw_hash[512] = "", region[16] = "", lt[200], lu[200];
-    int64_t tenant_id = 0, user_id = 0, attempt_id = 0;
+    int64_t tenant_id = 0, user_id = 0, attempt_id = 0, peer_attempt = 0;
     int allowed = 0, outcome = STORE_NOT_FOUND;
 
     if (api_parse_body(req, res, &body) < 0)
@@ -131,8 +145,27 @@ void handle_login(struct hub *h, const struct api_request *req, struct api_respo
     snprintf(res->log, sizeof(res->log), "tenant=%s user=%s", log_name(tenant, lt, sizeof(lt)),
              log_name(user, lu, sizeof(lu)));
 
-    /* Throttled first, so that the limit holds even for the right password. */
+    /* Throttled first, so that the limit holds even for the right password: per
+     * client address (guesses at ever new names), then per user and per tenant. The
+     * address is kept under a tenant name no login can use (control characters are
+     * refused above). */
     int64_t now = hub_now_ms();
+    if (h->store_ops->login_attempt_begin(h->store, LOGIN_PEER_KEY,
+                                          req->peer_ip && req->peer_ip[0] ? req->peer_ip : "-",
+                                          now, now - h->cfg.login_window_s * 1000,
+                                          (int)h->cfg.login_peer_limit, INT_MAX, &allowed,
+                                          &peer_attempt) < 0) {
+        store_failed(res);
+        goto out;
+    }
+    if (!allowed) {
+        log_outcome(res, "throttled_peer");
+        api_error(res, 429, "too_many_attempts",
+                  "too many failed logins from this address; wait before trying again");
+        snprintf(res->extra_headers, sizeof(res->extra_headers), "Retry-After: %ld\r\n",
+                 h->cfg.login_window_s);
+        goto out;
+    }
     if (h->store_ops->login_attempt_begin(
             h->store, tenant, user, now, now - h->cfg.login_window_s * 1000,
             (int)h->cfg.login_user_limit, (int)h->cfg.login_tenant_limit, &allowed,
@@ -141,6 +174,7 @@ void handle_login(struct hub *h, const struct api_request *req, struct api_respo
         goto out;
     }
     if (!allowed) {
+        h->store_ops->login_attempt_forgive(h->store, peer_attempt); /* nothing was tried */
         log_outcome(res, "throttled");
         api_error(res, 429, "too_many_attempts",
                   "too many failed logins; wait before trying again");
@@ -150,13 +184,13 @@ void handle_login(struct hub *h, const struct api_request *req, struct api_respo
     }
     if (h->store_ops->user_get(h->store, tenant, user, &tenant_id, &user_id, pw_hash, region,
                                &outcome) < 0) {
-        h->store_ops->login_attempt_forgive(h->store, attempt_id); /* not a guess */
+        forgive(h, attempt_id, peer_attempt); /* not a guess */
         store_failed(res);
         goto out;
     }
     if (atomic_fetch_add(&h->login_checks, 1) >= LOGIN_MAX_CHECKS) {
         atomic_fetch_sub(&h->login_checks, 1);
-        h->store_ops->login_attempt_forgive(h->store, attempt_id); /* not a guess */
+        forgive(h, attempt_id, peer_attempt); /* not a guess */
         log_outcome(res, "busy");
         api_error(res, 503, "login_busy", "too many logins at once; retry in a second");
         snprintf(res->extra_headers, sizeof(res->extra_headers), "Retry-After: 1\r\n");
@@ -171,7 +205,7 @@ void handle_login(struct hub *h, const struct api_request *req, struct api_respo
         invalid_login(h, res);
         goto out;
     }
-    h->store_ops->login_attempt_forgive(h->store, attempt_id);
+    forgive(h, attempt_id, peer_attempt);
     if (strcmp(region, h->cfg.region) != 0) {
         char msg[200];
         snprintf(msg, sizeof(msg), "tenant %s lives in region %s; log in at that region's console",
@@ -209,7 +243,7 @@ void handle_logout(struct hub *h, const struct api_request *req, struct api_resp
         phy_log(PHY_LOG_WARN, "logout_streams", "msg=\"open event streams end at their deadline\"");
     res->status = 204;
     snprintf(res->extra_headers, sizeof(res->extra_headers),
-             "Set-Cookie: phy_session=; " COOKIE_ATTRS "; Max-Age=0\r\n");
+             "Set-Cookie: " API_SESSION_COOKIE "=; " COOKIE_ATTRS "; Max-Age=0\r\n");
 }
 
 void handle_session(struct hub *h, const struct api_request *req, struct api_response *res)

@@ -70,6 +70,7 @@ static void config_defaults(struct hub_config *c)
     c->login_user_limit = 5;
     c->login_tenant_limit = 50;
     c->login_window_s = 900;
+    c->login_peer_limit = 30;
 }
 
 static void print_help(const struct phy_opt *opts)
@@ -456,6 +457,8 @@ int main(int argc, char **argv)
         {"login-tenant-limit", PHY_OPT_INT, &c->login_tenant_limit, 1, 1000000,
          "failed logins per tenant per window before 429 (50)"},
         {"login-window", PHY_OPT_INT, &c->login_window_s, 1, 86400, "failed-login window, s (900)"},
+        {"login-peer-limit", PHY_OPT_INT, &c->login_peer_limit, 1, 1000000,
+         "failed logins per client address per window before 429 (30)"},
         {"debug", PHY_OPT_BOOL, &debug, 0, 0, "log debug events"},
         {0},
     };
@@ -529,10 +532,11 @@ int main(int argc, char **argv)
         fprintf(stderr, "phyhub: cannot reset presence in the store\n");
         goto out_store;
     }
-    /* A regional hub's claims wait on eu from worker threads (bounded by
-     * --inter-region-timeout and -attempts): more workers keep device traffic moving
-     * while a few claims wait. Set before libuv starts its pool. */
-    if (!c->provisioning && !getenv("UV_THREADPOOL_SIZE"))
+    /* Workers that may wait long: a regional hub's claims on eu (bounded by
+     * --inter-region-timeout and -attempts) and logins (argon2id, at most 4 at once).
+     * More workers than those keep device traffic moving meanwhile. Set before libuv
+     * starts its pool. */
+    if (!getenv("UV_THREADPOOL_SIZE"))
         setenv("UV_THREADPOOL_SIZE", "16", 0);
     uv_loop_t *loop = uv_default_loop();
     if (server_start(&g_hub, loop, &g_server, err, sizeof(err)) < 0) {

@@ -40,6 +40,7 @@ struct work {
     int64_t tenant_id;                     /* WORK_UPGRADE, WORK_EVENTS */
     int64_t gen;                           /* WORK_UPGRADE: session generation */
     struct sse_auth *sse_auth;             /* WORK_EVENTS of a console session */
+    char peer_ip[64];                      /* areq.peer_ip */
 };
 
 static void conn_drive(struct conn *c);
@@ -150,7 +151,9 @@ void conn_close(struct conn *c)
 #define SECURITY_HEADERS                                                                           \
     "Content-Security-Policy: default-src 'none'; script-src 'self'; style-src 'self'; "           \
     "img-src 'self' data:; connect-src 'self'; font-src 'self'; base-uri 'none'; "                 \
-    "form-action 'self'; frame-ancestors 'none'\r\n"                                               \
+    "form-action 'self'; frame-ancestors 'none'; require-trusted-types-for 'script'; "             \
+    "trusted-types 'none'\r\n"                                                                     \
+    "Strict-Transport-Security: max-age=31536000\r\n"                                              \
     "X-Content-Type-Options: nosniff\r\n"                                                          \
     "Referrer-Policy: no-referrer\r\n"                                                             \
     "X-Frame-Options: DENY\r\n"
@@ -159,8 +162,15 @@ void conn_close(struct conn *c)
 static void conn_respond_typed(struct conn *c, int status, const char *extra, const char *ctype,
                                const char *body, size_t body_len, int keep_alive)
 {
-    char head[2048], headers[API_MAX_EXTRA_HEADERS + sizeof(SECURITY_HEADERS)];
-    int n = snprintf(headers, sizeof(headers), "%s%s", extra ? extra : "", SECURITY_HEADERS);
+    char head[2048], headers[API_MAX_EXTRA_HEADERS + sizeof(SECURITY_HEADERS) + 32];
+    /* API answers (JSON) name devices, twins and tokens: never cached. Static files
+     * bring their own Cache-Control. */
+    const char *nocache =
+        (!ctype || strcmp(ctype, "application/json") == 0) && !(extra && strstr(extra, "Cache-Control:"))
+            ? "Cache-Control: no-store\r\n"
+            : "";
+    int n = snprintf(headers, sizeof(headers), "%s%s%s", extra ? extra : "", nocache,
+                     SECURITY_HEADERS);
     if (n > 0 && (size_t)n < sizeof(headers))
         n = phy_http_write_response_head(head, sizeof(head), status,
                                          body ? (ctype ? ctype : "application/json") : NULL,
@@ -331,6 +341,10 @@ static void on_work_done(uv_work_t *req, int status)
                 session_abandon(s, w->device_id, w->gen);
                 conn_refuse(c, 503, "over_capacity", "out of memory");
             }
+        } else if (w->kind == WORK_EVENTS && w->ares.status == 200 && w->sse_auth &&
+                   events_count_session(s, w->sse_auth->session_hash) >= EVENTS_PER_SESSION) {
+            conn_refuse(c, 429, "too_many_streams",
+                        "this console session already has its event streams open");
         } else if (w->kind == WORK_EVENTS && w->ares.status == 200) {
             static const char head[] =
                 "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
@@ -366,7 +380,7 @@ static int work_fill(struct work *w, const char *buf, const struct phy_http_requ
                      size_t head_len, size_t body_len)
 {
     static const char *const names[] = {"Authorization", "Content-Type", "If-Match", "Cookie",
-                                        "X-CSRF-Token"};
+                                        "X-CSRF-Token", "X-Phy-Background"};
     enum { NHDR = sizeof(names) / sizeof(names[0]) };
     const struct phy_str *hv[NHDR];
     size_t need = rq->method.len + rq->target.len + body_len + 8;
@@ -393,14 +407,25 @@ static int work_fill(struct work *w, const char *buf, const struct phy_http_requ
     COPY_STR(w->areq.path, rq->target.p, plen);
     if (q)
         COPY_STR(w->areq.query, q + 1, rq->target.len - plen - 1);
+    const char *background = NULL;
     const char **dst[NHDR] = {&w->areq.authorization, &w->areq.content_type, &w->areq.if_match,
-                              &w->areq.cookie, &w->areq.csrf_token};
+                              &w->areq.cookie, &w->areq.csrf_token, &background};
     for (size_t i = 0; i < NHDR; i++)
         if (hv[i])
             COPY_STR(*dst[i], hv[i]->p, hv[i]->len);
     COPY_STR(w->areq.body, buf + head_len, body_len);
 #undef COPY_STR
     w->areq.body_len = body_len;
+    w->areq.background = background && strcmp(background, "1") == 0;
+    /* "1.2.3.4:5678" or "[::1]:5678" -> the address alone (login throttle per client) */
+    const char *peer = w->conn->peer, *colon = strrchr(peer, ':');
+    size_t alen = colon ? (size_t)(colon - peer) : strlen(peer);
+    if (alen >= 2 && peer[0] == '[' && peer[alen - 1] == ']') {
+        peer++;
+        alen -= 2;
+    }
+    snprintf(w->peer_ip, sizeof(w->peer_ip), "%.*s", (int)alen, peer);
+    w->areq.peer_ip = w->peer_ip;
     return 0;
 }
 
@@ -437,6 +462,8 @@ static int conn_try_request(struct conn *c)
         return 0;
 
     struct work *w = calloc(1, sizeof(*w));
+    if (w)
+        w->conn = c; /* work_fill reads the peer */
     if (!w || work_fill(w, c->in, &rq, head_len, body_len) < 0) {
         free(w);
         conn_refuse(c, 500, "internal", "out of memory");

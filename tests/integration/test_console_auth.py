@@ -19,13 +19,15 @@ from phytest import wait_until  # noqa: E402
 from stack import PASSWORD, Stack  # noqa: E402
 
 PW = PASSWORD.strip()
-COOKIE_RE = re.compile(r"^phy_session=([A-Za-z0-9_-]{43}); Path=/; HttpOnly; Secure; "
+CK = "__Host-phy_session"
+COOKIE_RE = re.compile(r"^__Host-phy_session=([A-Za-z0-9_-]{43}); Path=/; HttpOnly; Secure; "
                        r"SameSite=Strict; Max-Age=(\d+)$")
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'self'; "
-       "frame-ancestors 'none'")
+       "frame-ancestors 'none'; require-trusted-types-for 'script'; trusted-types 'none'")
 SECURITY = {"content-security-policy": CSP, "x-content-type-options": "nosniff",
-            "referrer-policy": "no-referrer", "x-frame-options": "DENY"}
+            "referrer-policy": "no-referrer", "x-frame-options": "DENY",
+            "strict-transport-security": "max-age=31536000"}
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x00\x00\x00\x00"
 
@@ -85,7 +87,7 @@ def req(method, path, body=None, cookie=None, csrf=None, token=None, headers=Non
     """One request; returns (status, json, raw, headers)."""
     h = dict(headers or {})
     if cookie is not None:
-        h["Cookie"] = cookie if "=" in cookie else "phy_session=" + cookie
+        h["Cookie"] = cookie if "=" in cookie else CK + "=" + cookie
     if csrf is not None:
         h["X-CSRF-Token"] = csrf
     return (st or ST).request(method, path, body, token=token, headers=h, **kw)
@@ -147,13 +149,15 @@ def test_login_cookie_and_session():
     # the device list with the cookie, also among other cookies
     s, js, _, _ = req("GET", "/api/v1/devices", cookie=cookie)
     assert s == 200 and "devices" in js, (s, js)
-    s, js, _, _ = req("GET", "/api/v1/devices", cookie="a=b; phy_session=%s; c=\"d\"" % cookie)
-    assert s == 200, (s, js)
-    # a strictly parsed Cookie header: anything odd is no session
-    for bad in ("phy_session=%s;c=d" % cookie, "phy_session=%s; phy_session=%s" % (cookie, cookie),
-                "phy_session=%s" % cookie[:-1], "phy_session=%s=" % cookie,
-                "phy_session=\"%s\"" % cookie, "PHY_SESSION=" + cookie,
-                "phy_session=%s; " % cookie, "=x; phy_session=" + cookie):
+    # other cookies of the site, RFC 6265 or not, do not get in the way
+    for other in ("a=b; %s=%s; c=\"d\"", "prefs={\"a\":1, \"b\":2}; %s=%s",
+                  "%s=%s;c=d", "%s=%s; ", "=x; %s=%s", "a b;%s=%s"):
+        s, js, _, _ = req("GET", "/api/v1/devices", headers={"Cookie": other % (CK, cookie)})
+        assert s == 200, (other, s, js)
+    # ours must be exact: a malformed value, two different ones, the old name
+    for bad in ("%s=%s" % (CK, cookie[:-1]), "%s=%s=" % (CK, cookie),
+                "%s=\"%s\"" % (CK, cookie), "%s=%s; %s=%s" % (CK, cookie, CK, "A" * 43),
+                "phy_session=" + cookie, CK.upper() + "=" + cookie):
         s, js, _, _ = req("GET", "/api/v1/devices", headers={"Cookie": bad})
         assert s == 401 and js["error"] == "unauthorized", (bad, s, js)
     # unknown cookie value
@@ -252,7 +256,7 @@ def test_logout():
     assert s == 403 and js["error"] == "csrf_failed", (s, js)
     s, js, raw, hdrs = req("POST", "/api/v1/logout", cookie=cookie, csrf=csrf)
     assert s == 204 and raw == b"", (s, raw)
-    assert hdrs.get("set-cookie") == ("phy_session=; Path=/; HttpOnly; Secure; SameSite=Strict; "
+    assert hdrs.get("set-cookie") == (CK + "=; Path=/; HttpOnly; Secure; SameSite=Strict; "
                                       "Max-Age=0"), hdrs
     assert_security_headers(hdrs, "logout")
     for path in ("/api/v1/session", "/api/v1/devices"):
@@ -317,6 +321,8 @@ def test_static_console_and_security_headers():
                              ("POST", "/api/v1/events", {})):
         s, _, _, hdrs = req(method, path, **kw)
         assert_security_headers(hdrs, (method, path, s))
+        if path.startswith("/api/"):  # API answers are never cached
+            assert hdrs.get("cache-control") == "no-store", (method, path, hdrs)
 
 
 def test_audit_log_and_cursor():
@@ -419,7 +425,7 @@ def test_state_events_on_the_stream():
     cookie, csrf = session()
     url = "https://127.0.0.1:%d/api/v1/events" % ST.hub_port
     curl = subprocess.Popen(["curl", "-sN", "--cacert", ST.pki["ca"], "-H",
-                             "Cookie: phy_session=" + cookie, url],
+                             "Cookie: %s=%s" % (CK, cookie), url],
                             stdout=subprocess.PIPE, text=True)
     lines = []
     reader = threading.Thread(target=lambda: [lines.append(l.rstrip("\n")) for l in curl.stdout],
@@ -471,7 +477,7 @@ def open_stream(cookie, st):
     """curl reading GET /api/v1/events with the session cookie: (process, lines)."""
     url = "https://127.0.0.1:%d/api/v1/events" % st.hub_port
     curl = subprocess.Popen(["curl", "-sN", "--cacert", st.pki["ca"], "-H",
-                             "Cookie: phy_session=" + cookie, url],
+                             "Cookie: %s=%s" % (CK, cookie), url],
                             stdout=subprocess.PIPE, text=True)
     lines = []
     threading.Thread(target=lambda: [lines.append(l.rstrip("\n")) for l in curl.stdout],
@@ -496,9 +502,37 @@ def test_event_streams_end_with_their_session():
             p.terminate()
             p.wait(5)
 
-    st = Stack("console_sse", hub_flags=["--session-idle", "2"], proxy=False)
+    # at most 8 streams per session
+    cookie, _ = session()
+    streams = [open_stream(cookie, ST)[0] for _ in range(8)]
+    try:
+        s, js, _, _ = req("GET", "/api/v1/events", cookie=cookie)
+        assert s == 429 and js["error"] == "too_many_streams", (s, js)
+    finally:
+        for p in streams:
+            p.terminate()
+            p.wait(5)
+
+    st = Stack("console_sse", hub_flags=["--session-idle", "2", "--login-peer-limit", "3"],
+               proxy=False)
     try:
         st.secrets.add(PW)
+        # requests the console makes without a user action do not keep a session alive
+        cookie, _ = session(st=st)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 3:
+            s, _, _, _ = req("GET", "/api/v1/devices", cookie=cookie, st=st,
+                             headers={"X-Phy-Background": "1"})
+            if s == 401:
+                break
+            time.sleep(0.3)
+        assert s == 401, "background requests kept the session alive"
+        # ... while a user's own requests do
+        cookie, _ = session(st=st)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 3:
+            assert req("GET", "/api/v1/devices", cookie=cookie, st=st)[0] == 200
+            time.sleep(0.3)
         cookie, _ = session(st=st)
         t0 = time.monotonic()
         curl, _ = open_stream(cookie, st)
@@ -511,6 +545,24 @@ def test_event_streams_end_with_their_session():
         s, js, _, _ = req("GET", "/api/v1/session", cookie=cookie, st=st)
         assert s == 401, "an open event stream kept the session alive: %s" % js
         assert "reason=session_deadline" in st.hub.log()
+    finally:
+        st.stop()
+
+
+def test_login_throttle_per_client_address():
+    """Guesses at ever new names are throttled per client address (--login-peer-limit),
+    and then even the right password of another user waits."""
+    st = Stack("console_peer", hub_flags=["--login-peer-limit", "3"], proxy=False)
+    try:
+        st.secrets.add(PW)
+        for i in range(3):
+            s, js, _, _ = login("t%d" % i, "u%d" % i, "guess", st=st)
+            assert s == 401, (i, s, js)
+        s, js, _, hdrs = login("acme", "alice", st=st)
+        assert s == 429 and "address" in js["message"], (s, js)
+        assert hdrs.get("retry-after") == "900" and "set-cookie" not in hdrs, hdrs
+        s, js, _, _ = login("acme", "alice\u0001", st=st)
+        assert s == 400, "control characters in names are refused"
     finally:
         st.stop()
 
@@ -561,6 +613,7 @@ def test_no_secrets_in_logs():
     log = ST.hub.log()
     assert "tenant=acme user=tom" in log, "login attempts are logged by name"
     assert not re.search(r"phy_session=[A-Za-z0-9_-]{43}", log)
+    assert "\x01" not in log
     assert ST.hub.alive()
 
 

@@ -825,24 +825,33 @@ static void test_cookie_auth_and_csrf(void **state)
     fake_ops.audit_add = f_audit_add;
     memset(&A, 0, sizeof(A));
 
-    assert_int_equal(
-        call_cookie(&res, "GET", "/api/v1/devices", "phy_session=" COOKIE_VALUE, NULL, NULL), 200);
-    api_response_free(&res);
-    assert_int_equal(call_cookie(&res, "GET", "/api/v1/devices",
-                                 "x=1; phy_session=" COOKIE_VALUE "; y=\"2\"", NULL, NULL),
-                     200);
-    api_response_free(&res);
+#define CK "__Host-phy_session="
+    /* Other cookies of the site, well-formed or not, do not matter; ours must be. */
+    static const char *const good[] = {
+        CK COOKIE_VALUE,
+        "x=1; " CK COOKIE_VALUE "; y=\"2\"",
+        CK COOKIE_VALUE ";y=2",
+        CK COOKIE_VALUE "; ",
+        "prefs={\"a\":1, \"b\":2}; " CK COOKIE_VALUE,
+        "a b=1;" CK COOKIE_VALUE,
+        "=x; " CK COOKIE_VALUE,
+        CK COOKIE_VALUE "; " CK COOKIE_VALUE, /* the same twice */
+    };
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        assert_int_equal(call_cookie(&res, "GET", "/api/v1/devices", good[i], NULL, NULL), 200);
+        api_response_free(&res);
+    }
     static const char *const bad[] = {
-        "phy_session=" COOKIE_VALUE ";y=2",
-        "phy_session=" COOKIE_VALUE "; ",
-        "phy_session=" COOKIE_VALUE "x",
-        "phy_session=" COOKIE_VALUE "; phy_session=x",
-        "phy_session=\"" COOKIE_VALUE "\"",
-        "phy_session " COOKIE_VALUE,
-        "phy_session=c00kieC00kieC00kieC00kieC00kieC00kieC00kie=",
+        CK COOKIE_VALUE "x",
+        CK COOKIE_VALUE "; " CK "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", /* two sessions */
+        CK "\"" COOKIE_VALUE "\"",
+        "__Host-phy_session " COOKIE_VALUE,
+        CK "c00kieC00kieC00kieC00kieC00kieC00kieC00kie=",
         "",
-        "phy_session=" COOKIE_VALUE "; a b=1",
-        "phy_session=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        CK "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", /* unknown */
+        "phy_session=" COOKIE_VALUE,                      /* the old name */
+        "__HOST-PHY_SESSION=" COOKIE_VALUE,
+        "x" CK COOKIE_VALUE,
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         assert_int_equal(call_cookie(&res, "GET", "/api/v1/devices", bad[i], NULL, NULL), 401);
@@ -855,13 +864,13 @@ static void test_cookie_auth_and_csrf(void **state)
                                         "csrfCSRFcsrfCSRFcsrfCSRFcsrfCSRFcsrfCSRFcsX"};
     for (size_t i = 0; i < sizeof(wrong) / sizeof(wrong[0]); i++) {
         assert_int_equal(
-            call_cookie(&res, "POST", path, "phy_session=" COOKIE_VALUE, wrong[i], NULL), 403);
+            call_cookie(&res, "POST", path, CK COOKIE_VALUE, wrong[i], NULL), 403);
         assert_string_equal(error_code(&res), "csrf_failed");
         assert_int_equal(res.neffects, 0);
         api_response_free(&res);
     }
     assert_int_equal(A.n, 0);
-    assert_int_equal(call_cookie(&res, "POST", path, "phy_session=" COOKIE_VALUE, CSRF_VALUE, NULL),
+    assert_int_equal(call_cookie(&res, "POST", path, CK COOKIE_VALUE, CSRF_VALUE, NULL),
                      200);
     api_response_free(&res);
     assert_int_equal(A.n, 1);
@@ -871,7 +880,7 @@ static void test_cookie_auth_and_csrf(void **state)
 
     /* GET /api/v1/session: the cookie's user and CSRF token; a token caller has none */
     assert_int_equal(
-        call_cookie(&res, "GET", "/api/v1/session", "phy_session=" COOKIE_VALUE, NULL, NULL), 200);
+        call_cookie(&res, "GET", "/api/v1/session", CK COOKIE_VALUE, NULL, NULL), 200);
     json_t *o = body_json(&res);
     assert_string_equal(json_string_value(json_object_get(o, "user")), "alice");
     assert_string_equal(json_string_value(json_object_get(o, "csrf_token")), CSRF_VALUE);
