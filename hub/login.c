@@ -170,6 +170,7 @@ void handle_login(struct hub *h, const struct api_request *req, struct api_respo
             h->store, tenant, user, now, now - h->cfg.login_window_s * 1000,
             (int)h->cfg.login_user_limit, (int)h->cfg.login_tenant_limit, &allowed,
             &attempt_id) < 0) {
+        h->store_ops->login_attempt_forgive(h->store, peer_attempt); /* nothing was tried */
         store_failed(res);
         goto out;
     }
