@@ -1,9 +1,10 @@
 // PhyStack console: hash routing (#/login, #/devices, #/add, #/devices/<id>, #/audit),
-// session restore, the header, the confirmation dialog and the announcement region.
+// session restore, the header, the confirmation dialog, the announcement region and
+// the banner (logout failures, a login as someone else in another tab).
 // No framework, no build step; every file is served by the hub under its CSP.
 
-import { api, get, session, setSession, onExpired } from './client.js';
-import { refreshTimes } from './dom.js';
+import { api, get, getBackground, session, setSession, onExpired, genericError } from './client.js';
+import { h, replace, refreshTimes } from './dom.js';
 import * as live from './live.js';
 import * as loginView from './view-login.js';
 import * as devicesView from './view-devices.js';
@@ -16,6 +17,8 @@ const nav = document.getElementById('nav');
 const account = document.getElementById('account');
 const who = document.getElementById('who');
 const announcer = document.getElementById('announce');
+const banner = document.getElementById('banner');
+const logoutBtn = document.getElementById('logout');
 let cleanup = null;
 let announceTimer = null;
 let afterLogin = '#/devices';
@@ -46,6 +49,25 @@ function announce(text) {
   announceTimer = setTimeout(() => { announcer.textContent = ''; }, 6000);
 }
 
+// ---- banner: a message that stays until it is dismissed or no longer true ----
+function showBanner(kind, id, parts, actions = []) {
+  const dismiss = h('button', { type: 'button', class: 'btn' }, 'Dismiss');
+  dismiss.addEventListener('click', () => {
+    clearBanner();
+    main.focus();
+  });
+  banner.className = 'banner msg msg-' + kind;
+  banner.dataset.kind = id;
+  replace(banner, h('p', null, parts), h('div', { class: 'actions' }, actions, dismiss));
+  banner.hidden = false;
+}
+
+function clearBanner() {
+  banner.hidden = true;
+  banner.replaceChildren();
+  delete banner.dataset.kind;
+}
+
 // ---- confirmation dialog (a real <dialog>: focus is trapped, Escape cancels) ----
 const dialog = document.getElementById('confirm');
 const dialogTitle = document.getElementById('confirm-title');
@@ -74,19 +96,58 @@ dialog.addEventListener('close', () => {
 });
 
 // ---- routing ----
-function parseRoute() {
-  const hash = location.hash || '';
-  const parts = hash.replace(/^#\/?/, '').split('/').filter(Boolean).map(decodeURIComponent);
-  if (parts[0] === 'login') return { name: 'login' };
-  if (parts[0] === 'add') return { name: 'add' };
-  if (parts[0] === 'audit') return { name: 'audit' };
-  if (parts[0] === 'devices' && parts[1]) return { name: 'device', id: parts[1] };
-  if (parts[0] === 'devices') return { name: 'devices' };
-  return null;
+const DEVICE_ID = /^dev_[a-z2-7]{26}$/;
+
+/** decodeURIComponent, or null for a malformed escape such as %E0. */
+function decode(part) {
+  try {
+    return decodeURIComponent(part);
+  } catch (e) {
+    return null;
+  }
 }
 
-const views = { login: loginView, devices: devicesView, add: addView, device: deviceView, audit: auditView };
-const titles = { login: 'Log in', devices: 'Devices', add: 'Add device', device: 'Device', audit: 'Audit log' };
+/** The route of the URL's fragment: {name, ...}, or null for none (the devices). A
+ * fragment that names no page, a malformed one and an impossible device ID are
+ * {name: 'notfound', what: 'page' | 'device', text}. */
+function parseRoute() {
+  const raw = (location.hash || '').replace(/^#\/?/, '');
+  const rawParts = raw.split('/').filter(Boolean);
+  if (rawParts.length === 0) return null;
+  const parts = rawParts.map(decode);
+  const shown = parts.map((p, i) => (p === null ? rawParts[i] : p));
+  const page = parts[0];
+  if (rawParts.length === 1 && (page === 'login' || page === 'add' || page === 'audit' || page === 'devices')) {
+    return { name: page };
+  }
+  if (page === 'devices' && rawParts.length === 2) {
+    if (parts[1] !== null && DEVICE_ID.test(parts[1])) return { name: 'device', id: parts[1] };
+    return { name: 'notfound', what: 'device', text: shown[1] };
+  }
+  return { name: 'notfound', what: 'page', text: shown.join('/') };
+}
+
+/** What a malformed or unknown fragment gets: a clear message, no request. */
+const notFoundView = {
+  render(el, r) {
+    const text = r.text.length > 80 ? r.text.slice(0, 79) + '…' : r.text;
+    const device = r.what === 'device';
+    el.append(
+      h('div', { class: 'page-head' }, h('h1', null, device ? 'No such device' : 'No such page')),
+      h('div', { class: 'msg msg-error', id: 'notfound-msg', 'data-what': r.what },
+        device
+          ? h('p', null, 'There is no device ', h('code', null, text), ': a device ID is dev_ followed by ' +
+            '26 lowercase letters and digits, as in the devices list.')
+          : h('p', null, 'The console has no page ', h('code', null, '#/' + text), '.')),
+      h('p', null, h('a', { href: '#/devices' }, 'Go to the devices')));
+    return null;
+  },
+};
+
+const views = { login: loginView, devices: devicesView, add: addView, device: deviceView, audit: auditView,
+  notfound: notFoundView };
+const titles = { login: 'Log in', devices: 'Devices', add: 'Add device', device: 'Device', audit: 'Audit log',
+  notfound: 'Not found' };
 
 function go(hash) {
   if (location.hash === hash) route();
@@ -101,8 +162,9 @@ const ctx = {
   loggedIn(s) {
     setSession(s);
     hint(true);
+    clearBanner();
     showAccount();
-    live.start(document.getElementById('live-state'), expired);
+    startLive();
     const target = afterLogin;
     afterLogin = '#/devices';
     go(target);
@@ -122,13 +184,26 @@ function showAccount() {
   who.textContent = on ? s.user + ' @ ' + s.tenant + ' (' + s.region + ')' : '';
 }
 
+function startLive() {
+  live.start(document.getElementById('live-state'), expired, verifySession);
+}
+
+/** Ends the current page: its cleanup (stops its requests and subscriptions), the dialog. */
+function leaveView() {
+  if (cleanup) {
+    try { cleanup(); } catch (e) { setTimeout(() => { throw e; }); }
+    cleanup = null;
+  }
+  if (dialog.open) dialog.close('cancel');
+}
+
 function route() {
-  let r = parseRoute();
+  const r = parseRoute();
   if (!r) {
     location.replace('#/devices');
     return;
   }
-  if (!session() && r.name !== 'login') {
+  if (!session() && r.name !== 'login' && r.name !== 'notfound') {
     afterLogin = location.hash;
     location.replace('#/login');
     return;
@@ -137,11 +212,7 @@ function route() {
     location.replace('#/devices');
     return;
   }
-  if (cleanup) {
-    try { cleanup(); } catch (e) { setTimeout(() => { throw e; }); }
-    cleanup = null;
-  }
-  if (dialog.open) dialog.close('cancel');
+  leaveView();
   for (const a of nav.querySelectorAll('a[data-nav]')) {
     const cur = a.dataset.nav === r.name || (r.name === 'device' && a.dataset.nav === 'devices');
     if (cur) a.setAttribute('aria-current', 'page');
@@ -162,6 +233,7 @@ function expired() {
   setSession(null);
   hint(false);
   live.stop();
+  clearBanner();
   showAccount();
   loginNotice = 'Your session has ended (it expires after a while without activity). Please log in again.';
   if (parseRoute()?.name === 'login') {
@@ -173,16 +245,80 @@ function expired() {
 }
 onExpired(expired);
 
-document.getElementById('logout').addEventListener('click', async () => {
-  await api('POST', '/api/v1/logout', undefined, { noExpire: true });
-  setSession(null);
-  hint(false);
-  live.stop();
+/**
+ * After the event stream reconnected (live.js): is the browser's session still the one
+ * this tab shows? The cookie is shared by all tabs, so a logout and a login as someone
+ * else in another tab means this tab now talks to the hub as that user. 'ok' (same
+ * tenant and user: the CSRF token is refreshed, the views reload), 'handled' (session
+ * gone: the login page; another identity: back to its devices page with a notice), or
+ * 'retry' (the hub did not answer: live.js reconnects and asks again).
+ */
+async function verifySession() {
+  const was = session();
+  if (!was) return 'handled';
+  const ans = await getBackground('/api/v1/session', { noExpire: true });
+  if (session() !== was) return 'handled'; // logged out or switched meanwhile
+  if (ans.status === 401) {
+    expired();
+    return 'handled';
+  }
+  const s = ans.data;
+  if (!ans.ok || !s || typeof s.csrf_token !== 'string' || typeof s.tenant !== 'string' || typeof s.user !== 'string') {
+    return 'retry';
+  }
+  if (s.tenant !== was.tenant || s.user !== was.user || s.region !== was.region) {
+    switchIdentity(was, s);
+    return 'handled';
+  }
+  setSession(s); // a new login of the same user has a new CSRF token
+  showAccount();
+  return 'ok';
+}
+
+/** Another identity's session is in the cookie now: nothing of the old one may stay. */
+function switchIdentity(was, now) {
+  leaveView();
+  main.replaceChildren(h('p', { class: 'loading' }, 'Loading…'));
+  setSession(now);
+  hint(true);
   showAccount();
   afterLogin = '#/devices';
-  loginNotice = 'You are logged out.';
-  go('#/login');
-});
+  loginNotice = '';
+  showBanner('info', 'identity-changed', [
+    h('strong', null, 'You are now logged in as ' + now.user + ' of ' + now.tenant + '.'),
+    ' Someone logged in with this browser in another tab or window, so this tab left what it showed for ' +
+    was.user + ' of ' + was.tenant + ' and shows the devices of ' + now.tenant + '.']);
+  go('#/devices');
+}
+
+/** Logs out; only a 204 (or 401: the session had already ended) clears this tab. */
+let loggingOut = false;
+async function logout() {
+  if (loggingOut) return;
+  loggingOut = true;
+  logoutBtn.disabled = true;
+  const ans = await api('POST', '/api/v1/logout', undefined, { noExpire: true });
+  loggingOut = false;
+  logoutBtn.disabled = false;
+  if (ans.status === 204 || ans.status === 401) {
+    setSession(null);
+    hint(false);
+    live.stop();
+    clearBanner();
+    showAccount();
+    afterLogin = '#/devices';
+    loginNotice = 'You are logged out.';
+    go('#/login');
+    return;
+  }
+  if (!session()) return; // the session ended meanwhile: the login page is shown already
+  const retry = h('button', { type: 'button', class: 'btn btn-primary', id: 'logout-retry' }, 'Try logging out again');
+  retry.addEventListener('click', logout);
+  showBanner('error', 'logout-failed', [
+    h('strong', null, 'Logging out failed: you are still logged in.'), ' ', genericError(ans)], [retry]);
+  retry.focus();
+}
+logoutBtn.addEventListener('click', logout);
 
 document.getElementById('skip').addEventListener('click', (e) => {
   e.preventDefault();
@@ -193,13 +329,16 @@ window.addEventListener('hashchange', route);
 setInterval(() => refreshTimes(), 30000);
 
 // Restore a session (the cookie is HttpOnly: only the hub knows whether it is valid).
+// Opening or reloading the console is something the user did, so this GET is not a
+// background request: it counts as a use of the session (the page's first API call,
+// sent right after it, would count anyway).
 (async () => {
   const ans = hinted() ? await get('/api/v1/session', { noExpire: true }) : null;
   if (ans && ans.ok && ans.data && ans.data.csrf_token) {
     hint(true);
     setSession(ans.data);
     showAccount();
-    live.start(document.getElementById('live-state'), expired);
+    startLive();
   } else {
     hint(false);
   }

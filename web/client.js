@@ -1,6 +1,10 @@
 // The console API client: the session cookie (HttpOnly, set by the hub) authenticates,
 // and the CSRF token from login or GET /api/v1/session — kept in memory only — goes as
-// X-CSRF-Token on every request that is not GET/HEAD.
+// X-CSRF-Token on every request that is not GET/HEAD. Requests the console makes
+// without a user action (refreshes after live events, reloads after the event stream
+// reconnected, session checks) are sent with {background: true}: they carry
+// X-Phy-Background: 1, which tells the hub they are not a use of the session, so a
+// page that is merely open does not keep the session alive.
 
 const state = {
   session: null,        // {tenant, user, region, csrf_token}
@@ -45,12 +49,17 @@ export class Answer {
 }
 
 /**
- * One API call. opts: {headers, contentType, noExpire}. A network failure gives an
- * Answer with status 0. A 401 on anything but the session and login calls ends the
- * session (onExpired) unless noExpire is set.
+ * One API call. opts: {headers, contentType, noExpire, background}. A network failure
+ * gives an Answer with status 0. A 401 on anything but the session and login calls ends
+ * the session (onExpired) unless noExpire is set. background marks a request no user
+ * action asked for (X-Phy-Background: 1); only GET requests may be background.
  */
 export async function api(method, path, body, opts = {}) {
   const headers = Object.assign({ Accept: 'application/json' }, opts.headers || {});
+  if (opts.background) {
+    if (method !== 'GET') throw new Error('only GET requests may be background: ' + method + ' ' + path);
+    headers['X-Phy-Background'] = '1';
+  }
   const init = { method, headers, credentials: 'same-origin', cache: 'no-store' };
   if (body !== undefined) {
     headers['Content-Type'] = opts.contentType || 'application/json';
@@ -83,6 +92,9 @@ export async function api(method, path, body, opts = {}) {
 }
 
 export const get = (path, opts) => api('GET', path, undefined, opts);
+
+/** A GET no user action asked for (a refresh after an event, a resync, a check). */
+export const getBackground = (path, opts) => api('GET', path, undefined, Object.assign({}, opts, { background: true }));
 
 /** "5 minutes" for a Retry-After in seconds. */
 export function waitText(seconds) {

@@ -1,17 +1,27 @@
 // DOM helpers. Everything the console shows is built with createElement and
 // textContent: data from the hub (device names, tags, reported values) is never parsed
-// as HTML, so a name like <img onerror=...> is shown as the text it is.
+// as HTML, so a name like <img onerror=...> is shown as the text it is. Nothing here
+// touches an HTML or script sink (innerHTML, script src, event-handler attributes), so
+// the console runs under the hub's CSP with Trusted Types set to 'none'.
+
+const NO_TAGS = new Set(['script', 'iframe', 'frame', 'object', 'embed', 'base', 'meta', 'link', 'style']);
 
 /** h('a', {href: '#/x', class: 'c', onclick: fn}, 'text', child, ...) */
 export function h(tag, attrs, ...children) {
+  if (NO_TAGS.has(String(tag).toLowerCase())) throw new Error('not allowed: <' + tag + '>');
   const el = document.createElement(tag);
   if (attrs) {
     for (const [k, v] of Object.entries(attrs)) {
       if (v === undefined || v === null || v === false) continue;
+      const key = k.toLowerCase();
       if (k === 'class') el.className = v;
       else if (k === 'text') el.textContent = String(v);
-      else if (k.startsWith('on') && typeof v === 'function') el.addEventListener(k.slice(2), v);
-      else if (k === 'style' || k.startsWith('on')) throw new Error('not allowed: ' + k);
+      else if (key.startsWith('on') && typeof v === 'function') el.addEventListener(key.slice(2), v);
+      else if (key === 'style' || key.startsWith('on') || key === 'srcdoc' || key === 'formaction') {
+        throw new Error('not allowed: ' + k);
+      } else if ((key === 'href' || key === 'src' || key === 'action') && /^\s*(javascript|data|vbscript):/i.test(String(v))) {
+        throw new Error('not allowed: ' + k + '=' + String(v).slice(0, 20));
+      }
       else if (k === 'value') el.value = v;
       else if (k === 'checked' || k === 'disabled' || k === 'hidden' || k === 'required' ||
                k === 'selected' || k === 'open') el[k] = !!v;

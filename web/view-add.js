@@ -3,12 +3,27 @@
 // provisioned (credentials picked up) → online.
 
 import { h, replace } from './dom.js';
-import { api, get, session, genericError, waitText, devicePath } from './client.js';
+import { api, getBackground, session, genericError, waitText, devicePath } from './client.js';
 import { badge, statusOf, displayName } from './devicefmt.js';
 import * as live from './live.js';
 
 const CODE_RE = /^[ABCDEFGHJKMNPQRSTUVWXYZ23456789]{6}$/i;
 const SERIAL_RE = /^[A-Za-z0-9._-]{1,64}$/;
+const NAME_MAX_BYTES = 64; // the hub counts the name's UTF-8 bytes, not its characters
+const utf8 = new TextEncoder();
+
+/** Why the hub would refuse this (trimmed) device name, or '' when it is fine. */
+export function nameProblem(name) {
+  const bytes = utf8.encode(name).length;
+  if (bytes > NAME_MAX_BYTES) {
+    return 'The name is ' + bytes + ' bytes long, at most ' + NAME_MAX_BYTES + ' are allowed. Letters such as ' +
+      'ä or é take 2 bytes, many other characters 3 and emoji 4: shorten the name by ' + (bytes - NAME_MAX_BYTES) +
+      (bytes - NAME_MAX_BYTES === 1 ? ' byte.' : ' bytes.');
+  }
+  // eslint-disable-next-line no-control-regex
+  if (/[\u0000-\u001f\u007f]/.test(name)) return 'The name contains a control character (such as a tab): remove it.';
+  return '';
+}
 
 /** What the user typed: {kind: 'code'|'serial'|'invalid'|'empty', value, why}. */
 export function classify(raw, forceSerial) {
@@ -67,8 +82,9 @@ export function render(main, route, ctx) {
   const asSerial = h('input', { type: 'checkbox', id: 'claim-as-serial' });
   const asSerialBox = h('div', { class: 'field', hidden: true },
     h('label', { for: 'claim-as-serial' }, asSerial, ' It is a serial number, not a code'));
-  const name = h('input', { type: 'text', id: 'claim-name', autocomplete: 'off', maxlength: '64',
-    'aria-describedby': 'claim-name-hint' });
+  const name = h('input', { type: 'text', id: 'claim-name', autocomplete: 'off',
+    'aria-describedby': 'claim-name-msg claim-name-hint' });
+  const nameMsg = h('p', { class: 'hint field-error', id: 'claim-name-msg', 'aria-live': 'polite' });
   const preview = h('div', { class: 'preview', id: 'claim-preview', hidden: true, 'aria-live': 'polite' });
   const msg = h('div', { class: 'msg', role: 'alert', id: 'claim-msg' });
   const submit = h('button', { type: 'submit', class: 'btn btn-primary' }, 'Claim device');
@@ -79,8 +95,9 @@ export function render(main, route, ctx) {
       h('label', { for: 'claim-ident' }, 'Serial number or code'), ident, kind, identHint),
     asSerialBox,
     h('div', { class: 'field' },
-      h('label', { for: 'claim-name' }, 'Name (optional)'), name,
-      h('p', { class: 'hint', id: 'claim-name-hint' }, 'How the device is listed, e.g. "Lobby display". At most 64 characters.')),
+      h('label', { for: 'claim-name' }, 'Name (optional)'), name, nameMsg,
+      h('p', { class: 'hint', id: 'claim-name-hint' }, 'How the device is listed, e.g. "Lobby display". ' +
+        'At most 64 bytes: a plain letter or digit is 1 byte, ä or é 2, emoji 4.')),
     preview, msg,
     h('div', { class: 'actions' }, submit, h('a', { class: 'btn', href: '#/devices' }, 'Cancel')));
 
@@ -90,7 +107,16 @@ export function render(main, route, ctx) {
     return classify(ident.value, asSerial.checked);
   }
 
+  /** Shows (and returns) what is wrong with the name, '' when nothing. */
+  function checkName() {
+    const problem = nameProblem(name.value.trim());
+    nameMsg.textContent = problem;
+    name.setAttribute('aria-invalid', problem ? 'true' : 'false');
+    return problem;
+  }
+
   function describe() {
+    checkName();
     const c = current();
     const looksCode = CODE_RE.test(ident.value.trim().replace(/\s+/g, ''));
     asSerialBox.hidden = !(looksCode && SERIAL_RE.test(ident.value.trim()));
@@ -120,6 +146,7 @@ export function render(main, route, ctx) {
     e.preventDefault();
     msg.className = 'msg';
     msg.replaceChildren();
+    delete msg.dataset.error;
     const c = current();
     if (c.kind !== 'code' && c.kind !== 'serial') {
       msg.className = 'msg msg-error';
@@ -127,6 +154,14 @@ export function render(main, route, ctx) {
         : 'Not a valid serial number or code: ' + c.why;
       ident.setAttribute('aria-invalid', 'true');
       ident.focus();
+      return;
+    }
+    const problem = checkName();
+    if (problem) {
+      msg.className = 'msg msg-error';
+      msg.textContent = problem;
+      msg.dataset.error = 'name';
+      name.focus();
       return;
     }
     const body = { [c.kind]: c.value };
@@ -199,8 +234,9 @@ export function render(main, route, ctx) {
     ctx.announce('Device claimed: ' + displayName(dev) + ', waiting for the device.');
 
     let cur = dev;
+    // Follows the device by itself (after events, a reconnect): background requests.
     async function refresh() {
-      const ans = await get(devicePath(dev.device_id));
+      const ans = await getBackground(devicePath(dev.device_id));
       if (alive && ans.ok && ans.data) {
         cur = ans.data;
         show(cur);

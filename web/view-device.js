@@ -209,8 +209,9 @@ export function render(main, route, ctx) {
     content.hidden = false;
   }
 
-  async function loadDevice() {
-    const ans = await get(devicePath(id));
+  /** Loads the device; background when no user action asked for it (events, resync). */
+  async function loadDevice(background = false) {
+    const ans = await get(devicePath(id), { background });
     if (!alive) return;
     if (ans.status === 404) {
       content.hidden = true;
@@ -230,8 +231,8 @@ export function render(main, route, ctx) {
     showAll();
   }
 
-  async function loadHistory() {
-    const ans = await get(devicePath(id, '/status-history'));
+  async function loadHistory(background = false) {
+    const ans = await get(devicePath(id, '/status-history'), { background });
     if (!alive) return;
     if (!ans.ok || !ans.data || !Array.isArray(ans.data.reports)) {
       histEmpty.hidden = false;
@@ -248,13 +249,14 @@ export function render(main, route, ctx) {
       h('td', { 'data-label': 'Report' }, h('details', null, h('summary', null, 'JSON'), h('pre', null, pretty(r.status)))))));
   }
 
+  /** A reload after an event or a reconnect (debounced): a background request. */
   function soon(which) {
     if (which === 'dev') {
       if (devTimer) return;
-      devTimer = setTimeout(() => { devTimer = null; loadDevice(); }, 200);
+      devTimer = setTimeout(() => { devTimer = null; loadDevice(true); }, 200);
     } else {
       if (histTimer) return;
-      histTimer = setTimeout(() => { histTimer = null; loadHistory(); }, 1000);
+      histTimer = setTimeout(() => { histTimer = null; loadHistory(true); }, 1000);
     }
   }
 

@@ -1,9 +1,11 @@
 // #/devices: the tenant's devices, live. The list comes from GET /api/v1/devices
 // (presence and tag filters on the hub, pages by cursor); search filters the loaded
-// rows; events from live.js update single rows without reloading the page.
+// rows; events from live.js update single rows without reloading the page. Loads and
+// refetches that no user action asked for (after events, after a reconnect) are
+// background requests: they do not keep the session alive.
 
 import { h, replace, timeEl } from './dom.js';
-import { get, genericError, devicePath } from './client.js';
+import { get, getBackground, genericError, devicePath } from './client.js';
 import { badge, seenEl, statusOf, statusSummary, tagList, displayName } from './devicefmt.js';
 import * as live from './live.js';
 
@@ -156,12 +158,13 @@ export function render(main, route, ctx) {
     return '/api/v1/devices?' + p.toString().replace(/\+/g, '%20');
   }
 
-  async function load(append) {
+  /** Loads the list (or its next page); background for a reload no user asked for. */
+  async function load(append, background = false) {
     const seq = ++loadSeq;
     msg.className = 'msg';
     msg.textContent = '';
-    if (!append) count.textContent = 'Loading devices…';
-    const ans = await get(query(append ? next : null));
+    if (!append && !background) count.textContent = 'Loading devices…';
+    const ans = await get(query(append ? next : null), { background });
     if (!alive || seq !== loadSeq) return;
     if (!ans.ok || !ans.data || !Array.isArray(ans.data.devices)) {
       msg.className = 'msg msg-error';
@@ -186,7 +189,7 @@ export function render(main, route, ctx) {
     if (pending.has(id)) return;
     pending.set(id, setTimeout(async () => {
       pending.delete(id);
-      const ans = await get(devicePath(id));
+      const ans = await getBackground(devicePath(id));
       if (!alive) return;
       if (ans.status === 404) {
         devices.delete(id);
@@ -213,7 +216,7 @@ export function render(main, route, ctx) {
 
   const off = live.on((ev) => {
     if (ev.type === 'resync') {
-      load(false);
+      load(false, true);
       return;
     }
     const id = ev.data.device_id;

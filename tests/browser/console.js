@@ -4,26 +4,36 @@
 //   HUB_URL, TENANT, USER, PASSWORD, TENANT_B, USER_B, PASSWORD_B,
 //   AGENT_STATE (the agent's state folder), AGENT_SERIAL, XSS_SERIAL (registered, never
 //   picked up), DUP_SERIAL (registered twice), SHOT_DIR, CHROMIUM.
+// With MODE=idle it runs only the idle check instead: on a hub with a short
+// --session-idle (IDLE_SECONDS), a device page left open, refreshed in the background
+// by the device's status reports (IDLE_DEVICE, online), must still reach the login
+// page; only HUB_URL, TENANT, USER, PASSWORD, SHOT_DIR and CHROMIUM are needed then.
 // Any console error (other than the API's own expected 4xx answers), page error,
-// CSP violation or JavaScript dialog fails the run. Prints "OK <seconds>" at the end.
+// CSP violation (Trusted Types included) or JavaScript dialog fails the run. Every API
+// request is recorded with its X-Phy-Background header: refreshes the console makes
+// by itself must carry it, requests of user actions must not. Prints "OK <seconds>"
+// at the end.
 'use strict';
 
 const fs = require('fs');
 const path = require('path');
 const { chromium } = require('playwright-core');
 
+const MODE = process.env.MODE || 'full';
 const env = (k, d) => {
   const v = process.env[k] === undefined ? d : process.env[k];
   if (v === undefined) throw new Error('missing env ' + k);
   return v;
 };
+const full = (k) => env(k, MODE === 'full' ? undefined : '');
 const C = {
   url: env('HUB_URL'),
   tenant: env('TENANT'), user: env('USER'), password: env('PASSWORD'),
-  tenantB: env('TENANT_B'), userB: env('USER_B'), passwordB: env('PASSWORD_B'),
-  agentState: env('AGENT_STATE'), agentSerial: env('AGENT_SERIAL'),
-  xssSerial: env('XSS_SERIAL'), dupSerial: env('DUP_SERIAL'),
+  tenantB: full('TENANT_B'), userB: full('USER_B'), passwordB: full('PASSWORD_B'),
+  agentState: full('AGENT_STATE'), agentSerial: full('AGENT_SERIAL'),
+  xssSerial: full('XSS_SERIAL'), dupSerial: full('DUP_SERIAL'),
   shots: env('SHOT_DIR'), chromium: env('CHROMIUM', '/usr/bin/chromium'),
+  idleDevice: env('IDLE_DEVICE', ''), idleSeconds: Number(env('IDLE_SECONDS', '0')),
 };
 const XSS_NAME = '<img src=x onerror=alert(1)>';
 const XSS_TAG = '<script>alert(4)</script>';
@@ -31,6 +41,12 @@ const ALPHABET = 'ABCDEFGHJKMNPQRSTUVWXYZ23456789';
 const T0 = Date.now();
 const problems = [];
 const apiErrors = [];
+// Every API request of every page: {label, method, path, bg, at, status} (bg: the
+// value of X-Phy-Background or null; at: when it was sent; status: its answer's).
+const requests = [];
+const recorded = new WeakMap(); // playwright Request -> its entry in requests
+// While the test itself provokes a Trusted Types violation (to see they are enforced).
+let probing = false;
 // Chromium logs "Failed to load resource" for every 4xx answer. Only the negative
 // checks expect them; during the ordinary flow (first visit, login, claim, device
 // page, desired change, audit, phone) the console must stay free of errors.
@@ -62,8 +78,11 @@ function watch(page, label) {
     if (msg.type() !== 'error' && msg.type() !== 'warning') return;
     const text = msg.text();
     const where = (msg.location() && msg.location().url) || '';
+    if (probing && /TrustedHTML|Trusted Type/i.test(text)) return;
     const m = /Failed to load resource: the server responded with a status of (\d+)/.exec(text);
-    if (m && negative && /\/api\/v1\//.test(where) && Number(m[1]) >= 400 && Number(m[1]) < 500) {
+    // 5xx only where the test answers for the hub (page.route) on purpose.
+    const top = negative && /^simulated/.test(negative) ? 600 : 500;
+    if (m && negative && /\/api\/v1\//.test(where) && Number(m[1]) >= 400 && Number(m[1]) < top) {
       apiErrors.push(label + ' ' + negative + ' ' + m[1] + ' ' + where.replace(C.url, ''));
       return;
     }
@@ -82,6 +101,35 @@ function watch(page, label) {
     if (r.status() >= 400 && !r.url().includes('/api/v1/')) {
       problems.push(label + ' ' + r.status() + ' for ' + r.url());
     }
+  });
+  page.on('request', (r) => {
+    const u = r.url();
+    if (!u.startsWith(C.url + '/api/v1/')) return;
+    const bg = r.headers()['x-phy-background'];
+    const q = { label, method: r.method(), path: u.slice(C.url.length), bg: bg === undefined ? null : bg,
+      at: Date.now(), status: null };
+    recorded.set(r, q);
+    requests.push(q);
+  });
+  page.on('response', (r) => {
+    const q = recorded.get(r.request());
+    if (q) q.status = r.status();
+  });
+}
+
+/** The API requests of a tab since mark (an index into requests) whose path matches re. */
+function sent(label, mark, re) {
+  return requests.slice(mark).filter((q) => q.label === label && (!re || re.test(q.path)));
+}
+
+const show = (qs) => JSON.stringify(qs.map((q) => q.method + ' ' + q.path + (q.bg ? ' [bg]' : '')));
+
+/** Runs in every page before its scripts: a CSP violation (a Trusted Types one
+ * included) becomes a console error, which fails the run. */
+function cspWatch() {
+  document.addEventListener('securitypolicyviolation', (e) => {
+    if (window.__ttProbe) return;
+    console.error('CSP violation: ' + e.violatedDirective + ' ' + (e.blockedURI || '') + ' ' + (e.sample || ''));
   });
 }
 
@@ -219,15 +267,65 @@ async function main() {
   fs.mkdirSync(C.shots, { recursive: true });
   const browser = await chromium.launch({ executablePath: C.chromium, args: ['--no-sandbox'] });
   try {
-    await run(browser);
+    if (MODE === 'idle') await idle(browser);
+    else await run(browser);
   } finally {
     await browser.close();
   }
 }
 
+/** A page left open is refreshed in the background (the device reports its status
+ * every second) and still reaches the login page once --session-idle has passed since
+ * the user's last action: background requests do not keep the session alive. */
+async function idle(browser) {
+  const ctx = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1280, height: 860 } });
+  ctx.setDefaultTimeout(15000);
+  await ctx.addInitScript(cspWatch);
+  const page = await ctx.newPage();
+  watch(page, 'I');
+  await page.goto(C.url + '/');
+  await page.waitForSelector('#tenant');
+  await login(page, C.tenant, C.user, C.password);
+  // The last user action: opening the device page.
+  const mark = requests.length;
+  const t0 = Date.now();
+  await page.click('tr[data-device-id="' + C.idleDevice + '"] a');
+  await page.waitForSelector('#fact-status[data-status="online"]');
+  await page.waitForSelector('#status-history tbody tr');
+  await expect4xx('idle');
+  await page.waitForSelector('#tenant', { timeout: (C.idleSeconds + 15) * 1000 });
+  const ended = Date.now();
+  await page.waitForSelector('text=Your session has ended');
+  const took = (ended - t0) / 1000;
+  await expect4xx(null);
+  const bg = sent('I', mark).filter((q) => q.bg === '1');
+  const fg = sent('I', mark).filter((q) => q.bg === null && q.path !== '/api/v1/events');
+  const served = bg.filter((q) => q.status === 200);
+  log('idle: requests since the device page opened:', sent('I', mark).map((q) =>
+    ((q.at - t0) / 1000).toFixed(1) + 's ' + q.method + ' ' + q.path.replace(C.idleDevice, '{id}') + (q.bg ? ' [bg]' : '') + ' ' + q.status).join(', '));
+  log('idle: login page after', took.toFixed(1), 's;', bg.length, 'background requests meanwhile,',
+    served.length, 'answered 200, the last', served.length ? ((served[served.length - 1].at - t0) / 1000).toFixed(1) : '-', 's in');
+  check(served.length >= 2 && served.some((q) => /\/status-history$/.test(q.path)),
+    'the open page was refreshed in the background meanwhile: ' + show(bg));
+  // Had the last of them been a use, the session would have lasted until then + idle
+  // (the hub records a use at most every idle/2, so that one must be that late).
+  const last = served[served.length - 1].at;
+  check(last - t0 >= C.idleSeconds * 500, 'a background request answered 200 after half the idle time: ' + (last - t0) + ' ms');
+  check(ended < last + C.idleSeconds * 1000, 'the session ended before ' + (last + C.idleSeconds * 1000 - t0) +
+    ' ms (the last background request + --session-idle) but only at ' + (ended - t0) + ' ms');
+  check(fg.every((q) => q.path.includes(C.idleDevice + '')) && fg.length <= 2,
+    'only opening the page was a use: ' + show(fg));
+  check(took >= C.idleSeconds - 1, 'ended after --session-idle, not before: ' + took);
+  await shot(page, 'idle-expired');
+  step('an open page refreshed in the background still idles out');
+  noProblems('end');
+  await ctx.close();
+}
+
 async function run(browser) {
   const ctxA = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1280, height: 860 } });
   ctxA.setDefaultTimeout(15000);
+  await ctxA.addInitScript(cspWatch);
   const page = await ctxA.newPage();
   watch(page, 'A');
 
@@ -236,7 +334,25 @@ async function run(browser) {
   const csp = resp.headers()['content-security-policy'] || '';
   check(/default-src 'none'/.test(csp) && /script-src 'self'/.test(csp) && /style-src 'self'/.test(csp),
     'CSP on / is strict: ' + csp);
+  check(/require-trusted-types-for 'script'/.test(csp) && /trusted-types 'none'/.test(csp),
+    'CSP on / requires Trusted Types: ' + csp);
   await page.waitForSelector('#tenant');
+  // The browser enforces them: an HTML string in a DOM sink is refused (so the run
+  // below, free of violations, shows the console never uses one).
+  probing = true;
+  const tt = await page.evaluate(() => {
+    window.__ttProbe = true;
+    setTimeout(() => { window.__ttProbe = false; }, 300);
+    try {
+      document.createElement('div').innerHTML = '<b>markup</b>';
+      return 'assigned';
+    } catch (e) {
+      return e.name;
+    }
+  });
+  await new Promise((r) => setTimeout(r, 500));
+  probing = false;
+  check(tt === 'TypeError', 'Trusted Types refuse innerHTML: ' + tt);
   await a11y(page, 'login');
   await page.fill('#tenant', C.tenant);
   await page.fill('#user', C.user);
@@ -259,9 +375,17 @@ async function run(browser) {
   await page.keyboard.press('Enter');
   await page.waitForSelector('h1:text-is("Devices")');
   await page.waitForSelector('#live-state.on');
+  // The session cookie: __Host- (only this host may set it), HttpOnly, Secure, Strict.
+  const cookies = await ctxA.cookies(C.url);
+  const sc = cookies.find((c) => c.name === '__Host-phy_session');
+  check(sc && sc.httpOnly && sc.secure && sc.sameSite === 'Strict' && sc.path === '/' && /^[A-Za-z0-9_-]{43}$/.test(sc.value),
+    'session cookie __Host-phy_session: ' + JSON.stringify(cookies.map((c) => Object.assign({}, c, { value: c.value.length }))));
+  check(!cookies.some((c) => c.name === 'phy_session'), 'no cookie of the old name phy_session');
+  check(!(await page.evaluate(() => document.cookie)).includes('phy_session'), 'scripts cannot read the session cookie');
   step('logged in as', C.user);
 
   // ---- a second tab on the devices list: it must follow the claim live ----
+  const listMark = requests.length;
   const list = await ctxA.newPage();
   watch(list, 'A-list');
   await list.goto(C.url + '/#/devices');
@@ -288,6 +412,7 @@ async function run(browser) {
       if (s && window.__seen[window.__seen.length - 1] !== s) window.__seen.push(s);
     }).observe(document.getElementById('main'), { subtree: true, childList: true, attributes: true });
   });
+  const claimMark = requests.length;
   await page.click('form button[type=submit]');
   await page.waitForSelector('#claim-result:not([hidden])');
   const devId = (await page.textContent('#claim-result code.id')).trim();
@@ -301,6 +426,13 @@ async function run(browser) {
   check(seen[seen.length - 1] === 'online', 'ends online: ' + seen);
   await page.waitForSelector('#claim-result li.done:has-text("Online")');
   await shot(page, 'add-device-result');
+  // The claim is the user's; following the device afterwards is the page's own doing.
+  const claimed = sent('A', claimMark);
+  check(claimed[0] && claimed[0].method === 'POST' && claimed[0].path === '/api/v1/devices/claim' && claimed[0].bg === null,
+    'the claim is a use of the session: ' + show(claimed));
+  const follows = sent('A', claimMark, new RegExp('^/api/v1/devices/' + devId + '$'));
+  check(follows.length > 0 && follows.every((q) => q.method === 'GET' && q.bg === '1'),
+    'the add page follows the device with background requests: ' + show(follows));
 
   // The list in the other tab got the new row and saw it go online, without a reload.
   await list.waitForSelector('tr[data-device-id="' + devId + '"][data-status="online"]', { timeout: 20000 });
@@ -323,10 +455,18 @@ async function run(browser) {
   await list.waitForSelector('tr[data-status="provisioned"]:has-text("Warehouse gateway")');
   await a11y(list, 'devices');
   await shot(list, 'devices');
+  // Opening the page and changing a filter are uses of the session; fetching a row
+  // again after its events is not.
+  const lists = sent('A-list', listMark, /^\/api\/v1\/(session|devices\?)/);
+  check(lists.length >= 3 && lists.every((q) => q.bg === null), 'loads the user asked for are no background: ' + show(lists));
+  const rowFetches = sent('A-list', listMark, new RegExp('^/api/v1/devices/' + devId + '$'));
+  check(rowFetches.length > 0 && rowFetches.every((q) => q.bg === '1'),
+    'row refetches after events are background: ' + show(rowFetches));
   step('devices list: live row, search and status filter ok');
 
   // ---- device page: twin, desired editor, status history ----
   await page.bringToFront(); // a background tab's animation frames are throttled
+  const pageMark = requests.length;
   await page.click('#claim-result a:text-is("Open the device page")');
   await page.waitForSelector('#device-title:text-is("Lobby display")');
   await page.waitForSelector('#fact-status[data-status="online"]');
@@ -350,6 +490,17 @@ async function run(browser) {
   await a11y(page, 'device');
   await page.evaluate(() => window.scrollTo(0, 0));
   await shot(page, 'device');
+  // Opening the page and the patch are uses of the session; the reloads after the
+  // device's status and twin events are background requests.
+  const devPath = new RegExp('^/api/v1/devices/' + devId + '$');
+  const histPath = new RegExp('^/api/v1/devices/' + devId + '/status-history$');
+  await until(() => sent('A', pageMark, histPath).some((q) => q.bg === '1'), 'a status history reload after a status event');
+  await until(() => sent('A', pageMark, devPath).some((q) => q.bg === '1'), 'a device reload after a twin event');
+  const firstDev = sent('A', pageMark, devPath)[0];
+  const firstHist = sent('A', pageMark, histPath)[0];
+  check(firstDev.bg === null && firstHist.bg === null, 'opening the device page is a use: ' + show([firstDev, firstHist]));
+  const patches = sent('A', pageMark, /\/twin\/desired$/);
+  check(patches.length === 1 && patches[0].method === 'PATCH' && patches[0].bg === null, 'the patch is a use: ' + show(patches));
   step('desired version 1 applied by the agent; reported twin updated live');
 
   // A conflict: someone else changes the configuration after the editor was loaded.
@@ -472,7 +623,22 @@ async function run(browser) {
   await page.waitForSelector('#claim-msg[data-error="already_claimed"]');
   await page.fill('#claim-ident', 'bad serial!');
   await page.waitForSelector('#claim-kind:has-text("Not a valid")');
-  step('claim messages: unknown serial, serial in use, already claimed, invalid input');
+  // The name limit is 64 bytes of UTF-8 (the hub's), not 64 characters: 33 × "ä" is
+  // 33 characters but 66 bytes, refused before anything is sent; 32 × "ä" fits.
+  const nameMark = requests.length;
+  await page.fill('#claim-ident', C.dupSerial);
+  await page.fill('#claim-name', 'ä'.repeat(33));
+  await page.waitForSelector('#claim-name-msg:has-text("66 bytes")');
+  check((await page.getAttribute('#claim-name', 'aria-invalid')) === 'true', 'a 66-byte name is marked invalid');
+  await page.click('form button[type=submit]');
+  await page.waitForSelector('#claim-msg[data-error="name"]');
+  check((await page.textContent('#claim-msg')).includes('at most 64'), 'the message names the limit');
+  check(sent('A', nameMark, /\/claim$/).length === 0, 'nothing sent for a name over 64 bytes');
+  await page.fill('#claim-name', 'ä'.repeat(32));
+  check((await page.textContent('#claim-name-msg')) === '' && (await page.getAttribute('#claim-name', 'aria-invalid')) === 'false',
+    'a 64-byte name is fine');
+  await page.fill('#claim-name', '');
+  step('claim messages: unknown serial, serial in use, already claimed, invalid input, name over 64 bytes');
   await expect4xx(null);
 
   // ---- markup in a device name and a tag is text ----
@@ -576,6 +742,126 @@ async function run(browser) {
   }
   await phone.close();
 
+  // ---- malformed and unknown fragments: a clear message, no request, no error ----
+  let mark = requests.length;
+  for (const [hash, title, shown] of [
+    ['#/devices/%E0', 'No such device', '%E0'],                  // not UTF-8: decodeURIComponent throws
+    ['#/devices/<script>', 'No such device', '<script>'],
+    ['#/devices/<img src=x onerror=alert(5)>', 'No such device', '<img src=x onerror=alert(5)>'],
+    ['#/devices/DEV_AAAAAAAAAAAAAAAAAAAAAAAAAA', 'No such device', 'DEV_AAAA'],
+    ['#/devices/' + devId + '/extra', 'No such page', devId + '/extra'],
+    ['#/nowhere%', 'No such page', 'nowhere%'],
+  ]) {
+    await page.evaluate((h) => { location.hash = h; }, hash);
+    await page.waitForSelector('h1:text-is("' + title + '")');
+    check((await page.textContent('#notfound-msg')).includes(shown), hash + ' named as text: ' + await page.textContent('#notfound-msg'));
+    check((await page.locator('main img, main script').count()) === 0, hash + ': no injected element');
+  }
+  await a11y(page, 'no such device');
+  check(sent('A', mark).length === 0, 'malformed fragments cause no request: ' + show(sent('A', mark)));
+  // Straight from the address bar (a new document): the same message.
+  await page.goto(C.url + '/#/devices/%E0%A4');
+  await page.waitForSelector('h1:text-is("No such device")');
+  await page.click('main a:text-is("Go to the devices")');
+  await page.waitForSelector('tr[data-device-id="' + devId + '"]');
+  await page.waitForSelector('#live-state.on');
+  step('malformed fragments: "No such device/page", no request');
+
+  // ---- one browser, two tabs: a logout and a login in one reach the other ----
+  // The session cookie is shared: when tab 2 logs out and in again, tab 1's event
+  // stream ends (logout ends it) and reconnects with the new session. Tab 1 first checks
+  // the session (in the background): as another tenant it leaves the old tenant's page
+  // for the new one's devices with a notice; as the same user it takes the new CSRF
+  // token and reloads in the background.
+  const ctxC = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1280, height: 860 } });
+  ctxC.setDefaultTimeout(15000);
+  await ctxC.addInitScript(cspWatch);
+  const t1 = await ctxC.newPage();
+  watch(t1, 'C1');
+  await t1.goto(C.url + '/');
+  await t1.waitForSelector('#tenant');
+  await login(t1, C.tenant, C.user, C.password);
+  await t1.click('tr[data-device-id="' + devId + '"] a');
+  await t1.waitForSelector('#device-title:text-is("Lobby display")');
+  await t1.evaluate(() => { window.__noReload = 'same document'; });
+  const t2 = await ctxC.newPage();
+  watch(t2, 'C2');
+  await t2.goto(C.url + '/#/devices');
+  await t2.waitForSelector('tr[data-device-id="' + devId + '"]');
+  await t2.waitForSelector('#live-state.on');
+  const relogin = (tenant, user, password) => t2.evaluate(async ([tenant, user, password]) => {
+    const s = await fetch('/api/v1/session').then((r) => r.json());
+    const out = await fetch('/api/v1/logout', { method: 'POST', headers: { 'X-CSRF-Token': s.csrf_token } });
+    const inn = await fetch('/api/v1/login', { method: 'POST', headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ tenant, user, password }) });
+    return out.status + ' ' + inn.status;
+  }, [tenant, user, password]);
+
+  // Another tenant: tab 1 leaves A's device page for B's devices, with a notice.
+  await t1.bringToFront();
+  mark = requests.length;
+  check((await relogin(C.tenantB, C.userB, C.passwordB)) === '204 200', 'logout and login as B in tab 2');
+  await t1.waitForSelector('#banner[data-kind="identity-changed"]', { timeout: 20000 });
+  await t1.waitForSelector('h1:text-is("Devices")');
+  await t1.waitForSelector('text=No devices yet.');
+  check((await t1.textContent('#who')).startsWith(C.userB + ' @ ' + C.tenantB), 'tab 1 shows B: ' + await t1.textContent('#who'));
+  check((await t1.evaluate(() => location.hash)) === '#/devices', 'tab 1 is on the devices page');
+  const noticeText = await t1.textContent('#banner');
+  check(noticeText.includes(C.userB + ' of ' + C.tenantB) && noticeText.includes(C.user + ' of ' + C.tenant), 'the notice names both: ' + noticeText);
+  const mainText = await t1.textContent('main');
+  check(!mainText.includes('Lobby display') && !mainText.includes(devId), 'nothing of A is left in tab 1');
+  const switched = sent('C1', mark).filter((q) => q.path !== '/api/v1/events');
+  check(switched[0] && switched[0].path === '/api/v1/session' && switched[0].bg === '1', 'the session is checked first, in the background: ' + show(switched));
+  check(!switched.some((q) => q.path.includes(devId)), 'no request for A\'s device after the switch: ' + show(switched));
+  check((await t1.evaluate(() => window.__noReload)) === 'same document', 'tab 1 switched without a reload');
+  await t2.waitForSelector('#banner[data-kind="identity-changed"]', { timeout: 20000 });
+  await a11y(t1, 'devices after a login as someone else');
+  await shot(t1, 'identity-changed');
+  step('a login as another tenant in tab 2: tab 1 shows that tenant\'s devices with a notice');
+
+  // The same user again: tab 1 checks the session, takes the new CSRF token and
+  // reloads its list, all in the background.
+  mark = requests.length;
+  check((await relogin(C.tenantB, C.userB, C.passwordB)) === '204 200', 'logout and login as B again in tab 2');
+  await until(() => sent('C1', mark, /^\/api\/v1\/devices\?/).length > 0, 'tab 1 reloading its list after the reconnect', 20000);
+  const resynced = sent('C1', mark).filter((q) => q.path !== '/api/v1/events');
+  check(resynced[0].path === '/api/v1/session' && resynced.every((q) => q.method === 'GET' && q.bg === '1'),
+    'resync: session check, then reload, all background: ' + show(resynced));
+  check((await t1.textContent('#who')).startsWith(C.userB + ' @ ' + C.tenantB), 'still B');
+  step('a new login of the same user: tab 1 resyncs in the background');
+
+  // Logout fails (the hub answers 503): tab 1 says so, stays logged in, offers a retry.
+  await expect4xx('simulated logout failure');
+  await t1.route('**/api/v1/logout', (route) => route.fulfill({ status: 503, contentType: 'application/json',
+    body: JSON.stringify({ error: 'unavailable', message: 'storage unavailable' }) }));
+  mark = requests.length;
+  await t1.click('#logout');
+  await t1.waitForSelector('#banner[data-kind="logout-failed"]');
+  const failText = await t1.textContent('#banner');
+  check(/Logging out failed/.test(failText) && /still logged in/.test(failText) && /busy or its storage is unavailable/.test(failText),
+    'logout failure explained: ' + failText);
+  check((await t1.evaluate(() => document.activeElement.id)) === 'logout-retry', 'focus on the retry button');
+  check((await t1.textContent('#who')).startsWith(C.userB + ' @ ' + C.tenantB), 'still shown as logged in');
+  check((await t1.locator('#tenant').count()) === 0 && !(await t1.isHidden('#nav')), 'no login page after a failed logout');
+  await a11y(t1, 'logout failed');
+  await shot(t1, 'logout-failed');
+  await t1.unroute('**/api/v1/logout');
+  await expect4xx(null);
+  // The retry works, with the CSRF token of the newest login (taken at the resync).
+  await expect4xx('logout (two tabs)');
+  await t1.click('#logout-retry');
+  await t1.waitForSelector('text=You are logged out.');
+  check(await t1.isHidden('#banner'), 'the failure notice is gone');
+  const outs = sent('C1', mark, /^\/api\/v1\/logout$/);
+  check(outs.length === 2 && outs.every((q) => q.method === 'POST' && q.bg === null), 'two logouts, both uses: ' + show(outs));
+  check((await pageFetch(t1, 'GET', '/api/v1/session')).status === 401, 'session gone after the retried logout');
+  // Tab 2 follows by itself: its stream ended with the session and cannot reconnect.
+  await t2.waitForSelector('#tenant', { timeout: 20000 });
+  await t2.waitForSelector('text=Your session has ended');
+  await expect4xx(null);
+  await ctxC.close();
+  step('logout failure shown with a retry; the other tab follows a logout by itself');
+
   // ---- skip link and logout ----
   await page.focus('#skip');
   await page.keyboard.press('Enter');
@@ -594,6 +880,12 @@ async function run(browser) {
   step('logout ok');
 
   noProblems('end');
+  // Only GETs may be background, and each that is carries exactly "1".
+  const badBg = requests.filter((q) => q.bg !== null && (q.method !== 'GET' || q.bg !== '1'));
+  check(badBg.length === 0, 'background requests are GETs: ' + show(badBg));
+  check(!requests.some((q) => /\/(login|logout|events)$/.test(q.path) && q.bg !== null), 'login, logout and streams are never marked');
+  const nbg = requests.filter((q) => q.bg === '1').length;
+  log('API requests:', requests.length, 'of them background:', nbg);
   const byKind = {};
   for (const e of apiErrors) {
     const k = e.replace(/dev_[a-z2-7]{26}/g, '{id}').replace(/\?.*$/, '');
