@@ -345,18 +345,8 @@ void handle_claim(struct hub *h, const struct api_request *req, struct api_respo
         api_get_string(body, "code", 0, &code_in, res) < 0 ||
         claim_extras(body, &name, &tags_json, res) < 0)
         goto out;
-    if ((serial == NULL) == (code_in == NULL)) {
-        api_error(res, 400, "bad_request", "give exactly one of 'serial' or 'code'");
+    if (api_claim_key(serial, code_in, code, res) < 0)
         goto out;
-    }
-    if (serial && !phy_serial_valid(serial, strlen(serial))) {
-        api_error(res, 400, "bad_request", "serial must be 1-64 characters of A-Z a-z 0-9 . _ -");
-        goto out;
-    }
-    if (code_in && phy_code_normalize(code_in, strlen(code_in), code) < 0) {
-        api_error(res, 400, "bad_request", "a code is 6 characters of " PHY_CODE_ALPHABET);
-        goto out;
-    }
 
     char device_id[PHY_DEVICE_ID_LEN + 1], secret[PHY_TOKEN_LEN + 1];
     char secret_hash[PHY_HASH_HEX_LEN + 1];
@@ -425,6 +415,24 @@ out:
     store_device_clear(&dev);
     free(tags_json);
     json_decref(body);
+}
+
+int api_claim_key(const char *serial, const char *code_in, char code[PHY_CODE_LEN + 1],
+                  struct api_response *res)
+{
+    if ((serial == NULL) == (code_in == NULL)) {
+        api_error(res, 400, "bad_request", "give exactly one of 'serial' or 'code'");
+        return -1;
+    }
+    if (serial && !phy_serial_valid(serial, strlen(serial))) {
+        api_error(res, 400, "bad_request", "serial must be 1-64 characters of A-Z a-z 0-9 . _ -");
+        return -1;
+    }
+    if (code_in && phy_code_normalize(code_in, strlen(code_in), code) < 0) {
+        api_error(res, 400, "bad_request", "a code is 6 characters of " PHY_CODE_ALPHABET);
+        return -1;
+    }
+    return 0;
 }
 
 void api_claim_refused(struct api_response *res, int outcome)

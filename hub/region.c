@@ -389,18 +389,8 @@ void handle_internal_issue(struct hub *h, const struct api_request *req, struct 
         api_error(res, 400, "bad_request", "not_after (milliseconds since the epoch) is required");
         goto out;
     }
-    if ((serial == NULL) == (code_in == NULL)) {
-        api_error(res, 400, "bad_request", "give exactly one of 'serial' or 'code'");
+    if (api_claim_key(serial, code_in, code, res) < 0)
         goto out;
-    }
-    if (serial && !phy_serial_valid(serial, strlen(serial))) {
-        api_error(res, 400, "bad_request", "serial must be 1-64 characters of A-Z a-z 0-9 . _ -");
-        goto out;
-    }
-    if (code_in && phy_code_normalize(code_in, strlen(code_in), code) < 0) {
-        api_error(res, 400, "bad_request", "a code is 6 characters of " PHY_CODE_ALPHABET);
-        goto out;
-    }
     if (!api_device_id_valid(device_id, strlen(device_id)) || !secret_ok(secret) ||
         !tenant_ok(tenant, TENANT_MAX) || !region_name_valid(region) ||
         strlen(endpoint) > ENDPOINT_MAX ||
