@@ -64,6 +64,8 @@ struct sse_auth {
 
 struct sessions; /* registry of live device sessions, session.c */
 
+#define EVENTS_ENDED 64
+
 struct server {
     struct hub *hub;
     uv_loop_t *loop;
@@ -77,6 +79,10 @@ struct server {
     struct conn *conns;
     struct sessions *sessions;
     struct conn *subscribers; /* CONN_SSE connections */
+    /* Console sessions ended by logout lately: a stream authorized just before the
+     * logout but started after it is refused (ring of the last EVENTS_ENDED). */
+    char ended[EVENTS_ENDED][PHY_HASH_HEX_LEN + 1];
+    size_t ended_next;
     uint64_t rid_prefix;
     uint64_t rid_seq;
 };
@@ -135,6 +141,8 @@ void events_end_session(struct server *s, const char *session_hash);
 /* Open event streams of a console session; at most EVENTS_PER_SESSION are served
  * (each may buffer up to 1 MiB and holds a connection). */
 #define EVENTS_PER_SESSION 8
+/* 1 when session_hash was ended by a logout lately (see struct server.ended). */
+int events_session_ended(struct server *s, const char *session_hash);
 size_t events_count_session(struct server *s, const char *session_hash);
 void events_drive(struct conn *c);
 void events_timer(struct conn *c);

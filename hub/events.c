@@ -94,8 +94,18 @@ size_t events_count_session(struct server *s, const char *session_hash)
     return n;
 }
 
+int events_session_ended(struct server *s, const char *session_hash)
+{
+    for (size_t i = 0; i < EVENTS_ENDED; i++)
+        if (strcmp(s->ended[i], session_hash) == 0)
+            return 1;
+    return 0;
+}
+
 void events_end_session(struct server *s, const char *session_hash)
 {
+    snprintf(s->ended[s->ended_next], sizeof(s->ended[0]), "%s", session_hash);
+    s->ended_next = (s->ended_next + 1) % EVENTS_ENDED;
     struct conn *c = s->subscribers;
     while (c) {
         struct conn *next = c->sub_next; /* conn_close unlinks c */

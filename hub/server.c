@@ -342,6 +342,9 @@ static void on_work_done(uv_work_t *req, int status)
                 conn_refuse(c, 503, "over_capacity", "out of memory");
             }
         } else if (w->kind == WORK_EVENTS && w->ares.status == 200 && w->sse_auth &&
+                   events_session_ended(s, w->sse_auth->session_hash)) {
+            conn_refuse(c, 401, "unauthorized", "the session has ended; log in again");
+        } else if (w->kind == WORK_EVENTS && w->ares.status == 200 && w->sse_auth &&
                    events_count_session(s, w->sse_auth->session_hash) >= EVENTS_PER_SESSION) {
             conn_refuse(c, 429, "too_many_streams",
                         "this console session already has its event streams open");

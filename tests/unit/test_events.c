@@ -1,0 +1,64 @@
+/* Unit tests for hub/events.c's bookkeeping of ended console sessions (no I/O). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "conn.h"
+
+static void hash_of(unsigned i, char out[PHY_HASH_HEX_LEN + 1])
+{
+    snprintf(out, PHY_HASH_HEX_LEN + 1, "%064x", i);
+}
+
+static void test_logout_is_remembered(void **state)
+{
+    (void)state;
+    struct server *s = calloc(1, sizeof(*s));
+    char a[PHY_HASH_HEX_LEN + 1], b[PHY_HASH_HEX_LEN + 1];
+    assert_non_null(s);
+    hash_of(1, a);
+    hash_of(2, b);
+    assert_false(events_session_ended(s, a));
+    events_end_session(s, a); /* no stream open: only remembered */
+    assert_true(events_session_ended(s, a));
+    assert_false(events_session_ended(s, b));
+    assert_int_equal(events_count_session(s, a), 0);
+    free(s);
+}
+
+static void test_ring_keeps_the_latest(void **state)
+{
+    (void)state;
+    struct server *s = calloc(1, sizeof(*s));
+    char h[PHY_HASH_HEX_LEN + 1];
+    assert_non_null(s);
+    for (unsigned i = 1; i <= EVENTS_ENDED + 10; i++) {
+        hash_of(i, h);
+        events_end_session(s, h);
+    }
+    for (unsigned i = 1; i <= 10; i++) { /* pushed out */
+        hash_of(i, h);
+        assert_false(events_session_ended(s, h));
+    }
+    for (unsigned i = 11; i <= EVENTS_ENDED + 10; i++) {
+        hash_of(i, h);
+        assert_true(events_session_ended(s, h));
+    }
+    free(s);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_logout_is_remembered),
+        cmocka_unit_test(test_ring_keeps_the_latest),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
