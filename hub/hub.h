@@ -46,6 +46,7 @@ struct hub_config {
     long login_tenant_limit; /* failed logins per tenant per window */
     long login_window_s;
     long login_peer_limit;   /* failed logins per client address per window */
+    long audit_keep_days;    /* audit records older than this are deleted (0: kept) */
 };
 
 /* Counters shown by GET /metrics; updated from the loop and from workers. */

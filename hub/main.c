@@ -71,6 +71,7 @@ static void config_defaults(struct hub_config *c)
     c->login_tenant_limit = 50;
     c->login_window_s = 900;
     c->login_peer_limit = 30;
+    c->audit_keep_days = 365;
 }
 
 static void print_help(const struct phy_opt *opts)
@@ -96,6 +97,10 @@ static void on_sweep_work(uv_work_t *w)
                                                                       : g_hub.cfg.login_window_s;
     if (g_hub.store_ops->sweep(g_hub.store, &p, (int64_t)keep_s * 1000) < 0)
         phy_log(PHY_LOG_WARN, "sweep_failed", "store=%s", g_hub.store_ops->name);
+    if (g_hub.store_ops->console_sweep(g_hub.store, hub_now_ms(), g_hub.cfg.session_idle_s * 1000,
+                                       g_hub.cfg.session_max_s * 1000,
+                                       g_hub.cfg.audit_keep_days * 86400000LL) < 0)
+        phy_log(PHY_LOG_WARN, "sweep_failed", "store=%s what=console", g_hub.store_ops->name);
     region_outbox_drain(&g_hub);
 }
 
@@ -459,6 +464,8 @@ int main(int argc, char **argv)
         {"login-window", PHY_OPT_INT, &c->login_window_s, 1, 86400, "failed-login window, s (900)"},
         {"login-peer-limit", PHY_OPT_INT, &c->login_peer_limit, 1, 1000000,
          "failed logins per client address per window before 429 (30)"},
+        {"audit-keep-days", PHY_OPT_INT, &c->audit_keep_days, 0, 36500,
+         "audit records are deleted after this many days, 0 keeps them (365)"},
         {"debug", PHY_OPT_BOOL, &debug, 0, 0, "log debug events"},
         {0},
     };

@@ -229,6 +229,10 @@ struct phy_store_ops {
     int (*console_session_auth)(struct store *s, const char *id_hash, int64_t now_ms,
                                 int64_t idle_ms, int64_t max_ms, int touch,
                                 struct store_session *out, int *outcome);
+    /* Housekeeping of the console: deletes sessions idle for more than idle_ms or
+     * older than max_ms, and audit records older than audit_keep_ms (<= 0: keep). */
+    int (*console_sweep)(struct store *s, int64_t now_ms, int64_t idle_ms, int64_t max_ms,
+                         int64_t audit_keep_ms);
     /* Deletes a session (logout); no error when it does not exist. */
     int (*console_session_delete)(struct store *s, const char *id_hash);
 

@@ -32,7 +32,6 @@
 #define AUDIT_DETAIL_MAX 65536
 #define AUDIT_LIST_MAX 500
 #define SESSION_TOUCH_MS 5000 /* console_session_auth writes last_used_ms at most this often */
-#define SESSION_SWEEP_IDLE_MS (7LL * 24 * 3600 * 1000) /* sweep drops sessions idle this long */
 
 /* One connection (opened FULLMUTEX); mu makes each multi-statement operation one
  * transaction that no other thread's statements can interleave with. */
@@ -951,6 +950,23 @@ static int session_read(sqlite3_stmt *st, struct store_session *out)
     out->created_ms = sqlite3_column_int64(st, 6);
     out->last_used_ms = sqlite3_column_int64(st, 7);
     return 0;
+}
+
+/* console_session_auth deletes an expired session it sees; this removes the ones
+ * never seen again, and audit records past their keep time. */
+static int sq_console_sweep(struct store *s, int64_t now_ms, int64_t idle_ms, int64_t max_ms,
+                            int64_t audit_keep_ms)
+{
+    int rc;
+    if (!s || idle_ms <= 0 || max_ms <= 0)
+        return PHY_EINVAL;
+    if ((rc = tx_begin(s, 1)))
+        return rc;
+    rc = q_exec(s, NULL, "DELETE FROM console_sessions WHERE last_used_ms < ? OR created_ms < ?",
+                "ii", now_ms - idle_ms, now_ms - max_ms);
+    if (rc == 0 && audit_keep_ms > 0)
+        rc = q_exec(s, NULL, "DELETE FROM audit WHERE at_ms < ?", "i", now_ms - audit_keep_ms);
+    return tx_end(s, rc);
 }
 
 /* Idle time is measured from the last written use, which may lag the real last use
@@ -2002,11 +2018,6 @@ static int sq_sweep(struct store *s, const struct store_prov_params *p, int64_t 
     if (rc == 0)
         rc = q_exec(s, NULL, "DELETE FROM login_failures WHERE at_ms < ?", "i",
                     p->now_ms - keep_failures_ms);
-    /* console_session_auth deletes an expired session it sees; these were never
-     * seen again (no session lives this long without a request). */
-    if (rc == 0)
-        rc = q_exec(s, NULL, "DELETE FROM console_sessions WHERE last_used_ms < ?", "i",
-                    p->now_ms - SESSION_SWEEP_IDLE_MS);
 out:
     return tx_end_scrub(s, rc, purged);
 }
@@ -3140,6 +3151,7 @@ const struct phy_store_ops store_sqlite_ops = {
     .login_attempt_forgive = sq_login_attempt_forgive,
     .console_session_create = sq_console_session_create,
     .console_session_auth = sq_console_session_auth,
+    .console_sweep = sq_console_sweep,
     .console_session_delete = sq_console_session_delete,
     .audit_add = sq_audit_add,
     .audit_list = sq_audit_list,

@@ -593,14 +593,28 @@ static void test_session_delete_and_sweep(void **state)
     assert_int_equal(ops->console_session_delete(f->s, NULL), PHY_EINVAL);
     assert_int_equal(raw_int(f->path, "SELECT count(*) FROM console_sessions"), 2);
 
-    /* sweep drops sessions unused for a week (auth never saw them expire). */
-    f->p.now_ms = T0 + WEEK_MS;
+    /* console_sweep drops sessions past the configured idle or absolute limit that
+     * auth never saw expire; the provisioning sweep leaves them alone. */
     assert_int_equal(ops->sweep(f->s, &f->p, 0), 0);
+    assert_int_equal(ops->console_sweep(f->s, T0 + WEEK_MS, WEEK_MS, 2 * WEEK_MS, 0), 0);
     assert_int_equal(raw_int(f->path, "SELECT count(*) FROM console_sessions"), 2);
-    f->p.now_ms = T0 + WEEK_MS + 1;
-    assert_int_equal(ops->sweep(f->s, &f->p, 0), 0);
+    assert_int_equal(ops->console_sweep(f->s, T0 + WEEK_MS + 1, WEEK_MS, 2 * WEEK_MS, 0), 0);
     assert_int_equal(raw_int(f->path, "SELECT count(*) FROM console_sessions"), 1);
     assert_int_equal(stored_last_used(f, 3), T0 + WEEK_MS);
+    /* absolute age: created T0 + WEEK_MS, max 1 day */
+    assert_int_equal(ops->console_sweep(f->s, T0 + WEEK_MS + 86400000LL + 1, 10 * WEEK_MS,
+                                        86400000LL, 0),
+                     0);
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM console_sessions"), 0);
+    assert_int_equal(ops->console_sweep(f->s, T0, 0, 1, 0), PHY_EINVAL);
+
+    /* audit retention: records older than the keep time go; 0 keeps everything */
+    audit(f, f->acme, f->alice, T0, "user.login", NULL, NULL);
+    audit(f, f->acme, f->alice, T0 + 10, "user.logout", NULL, NULL);
+    assert_int_equal(ops->console_sweep(f->s, T0 + 1000, WEEK_MS, WEEK_MS, 0), 0);
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM audit"), 2);
+    assert_int_equal(ops->console_sweep(f->s, T0 + 1000, WEEK_MS, WEEK_MS, 995), 0);
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM audit"), 1);
 }
 
 /* ---- audit ---- */
