@@ -16,6 +16,7 @@ void hub_prov_params(const struct hub *h, int64_t now_ms, struct store_prov_para
     p->registration_idle_ms = (int64_t)h->cfg.registration_idle_s * 1000;
     p->code_ttl_ms = (int64_t)h->cfg.code_ttl_s * 1000;
     p->grace_ms = (int64_t)h->cfg.issuance_grace_s * 1000;
+    p->remote_max_age_ms = (int64_t)h->cfg.remote_issuance_max_age_s * 1000;
     p->interval_s = (int)h->cfg.poll_interval_s;
     p->max_interval_s = (int)h->cfg.max_poll_interval_s;
     p->max_regs_per_serial = 4;

@@ -21,6 +21,7 @@ struct hub_config {
     long poll_interval_s;
     long max_poll_interval_s;
     long issuance_grace_s;
+    long remote_issuance_max_age_s; /* eu: another region's undelivered issuance ends */
     long registration_idle_s;
     long header_timeout_s; /* TLS handshake + request head + body */
     long keepalive_s;      /* idle between requests on one connection */

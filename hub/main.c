@@ -51,6 +51,7 @@ static void config_defaults(struct hub_config *c)
     c->poll_interval_s = 5;
     c->max_poll_interval_s = 60;
     c->issuance_grace_s = 60;
+    c->remote_issuance_max_age_s = 30L * 86400;
     c->registration_idle_s = 600;
     c->header_timeout_s = 10;
     c->keepalive_s = 30;
@@ -415,6 +416,9 @@ int main(int argc, char **argv)
         {"poll-interval", PHY_OPT_INT, &c->poll_interval_s, 1, 3600, "device poll interval, s (5)"},
         {"max-poll-interval", PHY_OPT_INT, &c->max_poll_interval_s, 1, 3600,
          "cap of the interval after slow_down, s (60)"},
+        {"remote-issuance-max-age", PHY_OPT_INT, &c->remote_issuance_max_age_s, 0, 315360000,
+         "eu: another region's issuance nobody fetched is ended after this, s; 0 never "
+         "(2592000)"},
         {"issuance-grace", PHY_OPT_INT, &c->issuance_grace_s, 1, 86400,
          "window in which a delivered issuance is resent to the same poll token, s (60)"},
         {"registration-idle", PHY_OPT_INT, &c->registration_idle_s, 1, 604800,

@@ -41,6 +41,8 @@ struct store_prov_params {
     int64_t registration_idle_ms; /* a registration lapses after this without activity */
     int64_t code_ttl_ms;
     int64_t grace_ms;        /* issuance redelivery window after first delivery */
+    int64_t remote_max_age_ms; /* sweep: another region's never-delivered issuance is
+                                * ended after this (0: never) */
     int interval_s;          /* base poll interval */
     int max_interval_s;      /* cap for slow_down growth */
     int max_regs_per_serial; /* 4 */
@@ -352,6 +354,12 @@ struct phy_store_ops {
     /* Replaces the console-only tags (JSON object text): OK or NOT_FOUND. */
     int (*tags_put)(struct store *s, int64_t tenant_id, const char *device_id,
                     const char *tags_json, int *outcome);
+    /* Sets a device's name, or clears it (NULL or ""; stored as NULL): OK or
+     * NOT_FOUND (no such device of the tenant, or one in state claiming). Revoked
+     * devices may be renamed (the row stays for history). PHY_EINVAL for a name over
+     * STORE_NAME_MAX bytes or with control characters (0x00-0x1f, 0x7f). */
+    int (*device_rename)(struct store *s, int64_t tenant_id, const char *device_id,
+                         const char *name, int *outcome);
     /* Merges patch_json (an object) into the desired section with phy_twin_merge.
      * if_match < 0: unconditional; else PRECONDITION unless it equals the current
      * desired version. When the document changed, the version rises by exactly 1

@@ -1997,13 +1997,16 @@ static int sq_sweep(struct store *s, const struct store_prov_params *p, int64_t 
     if (rc)
         goto out;
     /* A peer region's issuance (never a device row here) loses its body and its
-     * device ID once grace after delivery ended: only the spent serial remains. */
+     * device ID once grace after delivery ended, or when it was never delivered
+     * within remote_max_age_ms: only the spent serial remains (its region can still
+     * re-arm it with a reset). */
     rc = q_exec(s, &remote_purged,
                 "UPDATE issuances SET sealed = NULL, device_id = '', device_ref ="
                 " CASE WHEN device_id <> '' THEN phy_ref(device_id) ELSE device_ref END"
                 " WHERE region IS NOT NULL AND (sealed IS NOT NULL OR device_id <> '') AND"
-                " delivered_ms IS NOT NULL AND delivered_ms <= ?",
-                "i", p->now_ms - p->grace_ms);
+                " ((delivered_ms IS NOT NULL AND delivered_ms <= ?1) OR"
+                "  (delivered_ms IS NULL AND ?2 > 0 AND created_ms <= ?3 - ?2))",
+                "iii", p->now_ms - p->grace_ms, p->remote_max_age_ms, p->now_ms);
     if (rc)
         goto out;
     purged += remote_purged;
@@ -2225,6 +2228,41 @@ static int sq_tags_put(struct store *s, int64_t tenant_id, const char *device_id
     rc = q_exec(s, &changes,
                 "UPDATE devices SET tags_json = ? WHERE device_id = ? AND tenant_id = ?", "tti",
                 tags_json, device_id, tenant_id);
+    if (rc == 0)
+        *outcome = changes > 0 ? STORE_OK : STORE_NOT_FOUND;
+    return tx_end(s, rc);
+}
+
+/* 1 when name is a device name the console accepts: at most STORE_NAME_MAX bytes
+ * without control characters (NULL and "" too: they clear the name). */
+static int device_name_ok(const char *name)
+{
+    if (!name)
+        return 1;
+    if (strnlen(name, STORE_NAME_MAX + 1) > STORE_NAME_MAX)
+        return 0;
+    for (const unsigned char *p = (const unsigned char *)name; *p; p++)
+        if (*p < 0x20 || *p == 0x7f)
+            return 0;
+    return 1;
+}
+
+static int sq_device_rename(struct store *s, int64_t tenant_id, const char *device_id,
+                            const char *name, int *outcome)
+{
+    int changes = 0, rc;
+    if (!s || !outcome || !device_id_ok(device_id) || !device_name_ok(name))
+        return PHY_EINVAL;
+    if (name && !name[0])
+        name = NULL;
+    if ((rc = tx_begin(s, 1)))
+        return rc;
+    /* A revoked device keeps its row for history and may be renamed; a device in
+     * the middle of a claim through eu is not there yet. */
+    rc = q_exec(s, &changes,
+                "UPDATE devices SET name = ? WHERE device_id = ? AND tenant_id = ? AND"
+                " state <> 'claiming'",
+                "tti", name, device_id, tenant_id);
     if (rc == 0)
         *outcome = changes > 0 ? STORE_OK : STORE_NOT_FOUND;
     return tx_end(s, rc);
@@ -3176,6 +3214,7 @@ const struct phy_store_ops store_sqlite_ops = {
     .devices_list = sq_devices_list,
     .device_get = sq_device_get,
     .tags_put = sq_tags_put,
+    .device_rename = sq_device_rename,
     .desired_patch = sq_desired_patch,
     .desired_patch_tag = sq_desired_patch_tag,
     .device_revoke = sq_device_revoke,

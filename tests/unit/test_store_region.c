@@ -376,6 +376,37 @@ static void test_remote_poll_delivery(void **state)
     assert_int_equal(poll_s(f, NULL, "ABCDEF", 1, NULL), STORE_PROVISIONED);
 }
 
+/* An issuance of another region that nobody fetches ends after remote_max_age_ms:
+ * no device ID or sealed body stays at eu; the serial stays spent (a reset in the
+ * region re-arms it). */
+static void test_remote_max_age(void **state)
+{
+    struct fx *f = *state;
+    assert_int_equal(reg(f, "SN-OLD", 1), STORE_OK);
+    assert_int_equal(issue(f, "au", "SN-OLD", NULL, 1, NULL), STORE_OK);
+    int64_t created = f->p.now_ms;
+    f->p.remote_max_age_ms = 0; /* 0: never */
+    f->p.now_ms = created + 10LL * 86400000;
+    assert_int_equal(ops->sweep(f->s, &f->p, 0), 0);
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM issuances WHERE sealed IS NOT NULL"),
+                     1);
+    f->p.remote_max_age_ms = 86400000;
+    f->p.now_ms = created + 86400000 - 1;
+    assert_int_equal(ops->sweep(f->s, &f->p, 0), 0);
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM issuances WHERE sealed IS NOT NULL"),
+                     1);
+    f->p.now_ms = created + 86400000;
+    assert_int_equal(ops->sweep(f->s, &f->p, 0), 0);
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM issuances WHERE sealed IS NOT NULL OR"
+                                      " device_id <> ''"),
+                     0);
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM issuances WHERE serial = 'SN-OLD'"),
+                     1);
+    assert_int_equal(reg(f, "SN-OLD", 2), STORE_PROVISIONED);
+    assert_int_equal(rearm(f, "au", "SN-OLD"), STORE_OK);
+    assert_int_equal(reg(f, "SN-OLD", 3), STORE_OK);
+}
+
 static void test_remote_sweep(void **state)
 {
     struct fx *f = *state;
@@ -915,6 +946,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_local_and_remote_contend, setup, teardown),
         cmocka_unit_test_setup_teardown(test_remote_poll_delivery, setup, teardown),
         cmocka_unit_test_setup_teardown(test_remote_sweep, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_remote_max_age, setup, teardown),
         cmocka_unit_test_setup_teardown(test_purge_remote, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cancel_remote, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rearm_remote, setup, teardown),
