@@ -152,6 +152,19 @@ void ctl_format_claimed(const json_t *dev, char *out, size_t cap)
         snprintf(out, cap, "claimed %s (serial %s, state %s)", id, serial, state);
 }
 
+void ctl_format_renamed(const json_t *dev, char *out, size_t cap)
+{
+    char id[64], serial[80], name[CTL_CELL_MAX];
+    const json_t *nm = json_is_object(dev) ? json_object_get(dev, "name") : NULL;
+
+    ctl_member(dev, "device_id", id, sizeof id);
+    if (json_is_string(nm) && json_string_length(nm) > 0)
+        snprintf(out, cap, "renamed %s to %s", id, ctl_member(dev, "name", name, sizeof name));
+    else
+        snprintf(out, cap, "removed the name of %s (listed by serial %s)", id,
+                 ctl_member(dev, "serial", serial, sizeof serial));
+}
+
 /* The last column is not padded, so lines carry no trailing blanks. */
 static void print_cell(FILE *f, const char *s, size_t width, int last)
 {

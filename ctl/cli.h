@@ -39,6 +39,10 @@ void ctl_format_error(int status, const char *body, size_t n, char *out, size_t 
  * left out when the device has none. */
 void ctl_format_claimed(const json_t *dev, char *out, size_t cap);
 
+/* "renamed dev_x to N" from the device a rename answered, or "removed the name of
+ * dev_x (listed by serial SN)" when it has none now. */
+void ctl_format_renamed(const json_t *dev, char *out, size_t cap);
+
 /* Prints devices (a JSON array of device objects) as an aligned table with the
  * header DEVICE ID, SERIAL, NAME, STATE, PRESENCE, LAST SEEN, CREATED. */
 void ctl_print_devices(const json_t *devices, FILE *f);

@@ -1,5 +1,5 @@
-/* phyctl: command-line client of the console API (claim, list and inspect devices, set
- * twins and tags, revoke/reset/delete, follow the event stream). */
+/* phyctl: command-line client of the console API (claim, list and inspect devices,
+ * rename them, set twins and tags, revoke/reset/delete, follow the event stream). */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -56,6 +56,7 @@ static void usage_main(FILE *f, const struct phy_opt *opts)
                "  twin set ID key=value... [--if-match N]            change desired settings\n"
                "  twin patch ID FILE [--if-match N]                  apply a JSON merge patch\n"
                "  tags set ID key=value...                           replace the console tags\n"
+               "  rename ID (NAME | --clear)                         set or remove the name\n"
                "  revoke ID                                          revoke the credentials\n"
                "  reset ID                                           revoke and re-arm the serial\n"
                "  delete ID                                          delete the device\n"
@@ -617,6 +618,71 @@ out:
     return rc;
 }
 
+/* rename ID NAME, or rename ID --clear: PATCH /api/v1/devices/ID {"name"}. The hub
+ * checks the name (at most 64 bytes, no control characters). */
+static int cmd_rename(struct ctl *c, int argc, char **argv, int first)
+{
+    int clear = 0;
+    const struct phy_opt opts[] = {
+        {"clear", PHY_OPT_BOOL, &clear, 0, 0, "remove the name (the device is listed by serial)"},
+        {"json", PHY_OPT_BOOL, &c->json, 0, 0, "print the device as JSON"},
+        {NULL, PHY_OPT_STR, NULL, 0, 0, NULL},
+    };
+    struct phy_client_response res = {0};
+    char *pos[CTL_POS_MAX], path[CTL_PATH_MAX], line[512], *body = NULL;
+    size_t npos = 0;
+    json_t *req = NULL, *dev = NULL;
+    int rc;
+
+    rc = parse_sub("rename",
+                   "rename ID NAME\n       phyctl [global options] rename ID --clear\n\n"
+                   "Sets the device's display name (at most 64 bytes, no control characters),\n"
+                   "or removes it with --clear (or an empty NAME). Revoked devices can be\n"
+                   "renamed too. A NAME that starts with '-' goes after '--'.",
+                   opts, argc, argv, first, pos, CTL_POS_MAX, &npos);
+    if (rc >= 0)
+        goto out;
+    if (npos != (clear ? 1u : 2u)) {
+        fprintf(stderr, "phyctl rename: expected 'ID NAME' or 'ID --clear' (see phyctl rename "
+                        "--help)\n");
+        rc = EXIT_USAGE;
+        goto out;
+    }
+    if ((rc = check_id("rename", pos[0])) != 0)
+        goto out;
+    if (clear || pos[1][0] == '\0')
+        req = json_pack("{s:n}", "name");
+    else
+        req = json_pack("{s:s}", "name", pos[1]); /* NULL when not UTF-8 */
+    body = req != NULL ? json_dumps(req, JSON_COMPACT) : NULL;
+    if (body == NULL) {
+        fprintf(stderr, "phyctl rename: the name must be UTF-8\n");
+        rc = EXIT_USAGE;
+        goto out;
+    }
+    snprintf(path, sizeof path, "/api/v1/devices/%s", pos[0]);
+    if (api_ex(c, "PATCH", path, NULL, "application/json", body, &res) != 0) {
+        rc = EXIT_FAIL;
+    } else if (res.status != 200) {
+        rc = print_api_error(&res);
+    } else if (c->json) {
+        rc = print_raw(&res);
+    } else if ((dev = answer_object(&res)) == NULL) {
+        rc = EXIT_FAIL;
+    } else {
+        ctl_format_renamed(dev, line, sizeof line);
+        printf("%s\n", line);
+        rc = EXIT_OK;
+    }
+out:
+    json_decref(dev);
+    json_decref(req);
+    free(body);
+    phy_client_response_free(&res);
+    phy_config_free(opts);
+    return rc;
+}
+
 /* revoke, reset and delete: one device ID, one request. */
 static int cmd_lifecycle(struct ctl *c, const char *cmd, int argc, char **argv, int first)
 {
@@ -875,8 +941,8 @@ int main(int argc, char **argv)
         rc = help ? EXIT_OK : EXIT_USAGE;
         goto out;
     }
-    static const char *const commands[] = {"claim", "devices", "twin",   "tags", "revoke",
-                                           "reset", "delete",  "events", NULL};
+    static const char *const commands[] = {"claim",  "devices", "twin",   "tags",  "rename",
+                                           "revoke", "reset",   "delete", "events", NULL};
     int known = 0;
     for (size_t i = 0; commands[i] != NULL; i++)
         if (strcmp(argv[cmd], commands[i]) == 0)
@@ -903,6 +969,8 @@ int main(int argc, char **argv)
         rc = cmd_twin(&c, argc, argv, cmd + 1);
     else if (strcmp(argv[cmd], "tags") == 0)
         rc = cmd_tags(&c, argc, argv, cmd + 1);
+    else if (strcmp(argv[cmd], "rename") == 0)
+        rc = cmd_rename(&c, argc, argv, cmd + 1);
     else if (strcmp(argv[cmd], "events") == 0)
         rc = cmd_events(&c, argc, argv, cmd + 1);
     else

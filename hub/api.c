@@ -421,6 +421,7 @@ static const struct route routes[] = {
     {"PATCH", "/api/v1/twins/desired", 0, handle_fleet_patch, NULL},
     {"GET", DEV, 0, NULL, handle_device_get},
     {"DELETE", DEV, 0, NULL, handle_device_delete},
+    {"PATCH", DEV, 0, NULL, handle_device_rename},
     {"PATCH", DEV "/twin/desired", 0, NULL, handle_desired_patch},
     {"PUT", DEV "/tags", 0, NULL, handle_tags_put},
     {"POST", DEV "/revoke", 0, NULL, handle_device_revoke},

@@ -246,16 +246,25 @@ static int has_control(const char *s)
 
 static int tags_validate(json_t *tags, char **tags_json, struct api_response *res);
 
+/* A device name (claim, rename): at most 64 bytes without control characters. 0,
+ * or -1 with a 400 in res. */
+static int name_check(const char *name, struct api_response *res)
+{
+    if (strlen(name) > NAME_MAX_BYTES || has_control(name)) {
+        api_error(res, 400, "bad_request",
+                  "name must be at most 64 bytes without control characters");
+        return -1;
+    }
+    return 0;
+}
+
 /* Validates optional name and tags; on success *tags_json is malloc'd text. */
 static int claim_extras(json_t *body, const char **name, char **tags_json, struct api_response *res)
 {
     if (api_get_string(body, "name", 0, name, res) < 0)
         return -1;
-    if (*name && (strlen(*name) > NAME_MAX_BYTES || has_control(*name))) {
-        api_error(res, 400, "bad_request",
-                  "name must be at most 64 bytes without control characters");
+    if (*name && name_check(*name, res) < 0)
         return -1;
-    }
     json_t *tags = json_object_get(body, "tags");
     if (!tags) {
         *tags_json = strdup("{}");
@@ -854,6 +863,63 @@ void handle_tags_put(struct hub *h, const struct api_request *req, const char *i
     answer_device(h, &caller, id, res);
 out:
     free(tags_json);
+    json_decref(body);
+}
+
+/* PATCH /api/v1/devices/{id} {"name": "..." | null}: "" or null clears the name.
+ * Revoked devices may be renamed (their rows stay for history). */
+void handle_device_rename(struct hub *h, const struct api_request *req, const char *id,
+                          struct api_response *res)
+{
+    static const char *const fields[] = {"name", NULL};
+    struct api_caller caller;
+    json_t *body = NULL, *v;
+    const char *name = NULL;
+    int outcome;
+
+    if (api_auth(h, req, res, &caller) < 0)
+        return;
+    device_log(res, &caller, id, "");
+    if (api_parse_body(req, res, &body) < 0)
+        return;
+    if (api_check_fields(body, fields, res) < 0)
+        goto out;
+    v = json_object_get(body, "name");
+    if (!v) {
+        api_error(res, 400, "bad_request", "missing field 'name' (a string, or null to clear)");
+        goto out;
+    }
+    if (!json_is_null(v)) {
+        if (!json_is_string(v)) {
+            api_error(res, 400, "bad_request", "field 'name' must be a string or null");
+            goto out;
+        }
+        name = json_string_value(v);
+        if (strlen(name) != json_string_length(v)) { /* "\u0000" inside */
+            api_error(res, 400, "bad_request", "name must not contain NUL characters");
+            goto out;
+        }
+        if (name_check(name, res) < 0)
+            goto out;
+        if (name[0] == '\0')
+            name = NULL; /* "" clears, like null */
+    }
+    if (!h->store_ops->device_rename ||
+        h->store_ops->device_rename(h->store, caller.tenant_id, id, name, &outcome) < 0) {
+        store_failed(res);
+        goto out;
+    }
+    if (outcome != STORE_OK) {
+        no_device(res);
+        goto out;
+    }
+    device_log(res, &caller, id, name ? "name=set" : "name=cleared");
+    api_audit(h, caller.tenant_id, caller.user_id, "device.rename", id,
+              json_pack("{s:s?}", "name", name));
+    api_event(res, caller.tenant_id, "name", id,
+              json_pack("{s:s, s:s?}", "device_id", id, "name", name));
+    answer_device(h, &caller, id, res);
+out:
     json_decref(body);
 }
 

@@ -120,6 +120,9 @@ void handle_desired_patch(struct hub *h, const struct api_request *req, const ch
                           struct api_response *res);
 void handle_tags_put(struct hub *h, const struct api_request *req, const char *id,
                      struct api_response *res);
+/* PATCH /api/v1/devices/{id} {"name": string | null}: renames the device. */
+void handle_device_rename(struct hub *h, const struct api_request *req, const char *id,
+                          struct api_response *res);
 void handle_device_revoke(struct hub *h, const struct api_request *req, const char *id,
                           struct api_response *res);
 void handle_device_reset(struct hub *h, const struct api_request *req, const char *id,

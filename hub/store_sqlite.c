@@ -2226,8 +2226,9 @@ static int sq_tags_put(struct store *s, int64_t tenant_id, const char *device_id
     if ((rc = tx_begin(s, 1)))
         return rc;
     rc = q_exec(s, &changes,
-                "UPDATE devices SET tags_json = ? WHERE device_id = ? AND tenant_id = ?", "tti",
-                tags_json, device_id, tenant_id);
+                "UPDATE devices SET tags_json = ? WHERE device_id = ? AND tenant_id = ? AND"
+                " state <> 'claiming'",
+                "tti", tags_json, device_id, tenant_id);
     if (rc == 0)
         *outcome = changes > 0 ? STORE_OK : STORE_NOT_FOUND;
     return tx_end(s, rc);

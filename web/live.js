@@ -1,7 +1,7 @@
 // Live updates: one EventSource on GET /api/v1/events (the session cookie
 // authenticates it). Views subscribe with on(fn) and get {type, data} for the event
-// types online, offline, reported, status, state, desired and tags; after a reconnect they get
-// {type: 'resync'} because events may have been missed meanwhile.
+// types online, offline, reported, status, state, desired, tags and name; after a
+// reconnect they get {type: 'resync'} because events may have been missed meanwhile.
 //
 // A reconnected stream is authenticated by whatever session cookie the browser holds
 // now, which may belong to another user or tenant (a logout and a new login in another
@@ -11,7 +11,7 @@
 // or 'retry' (could not tell: drop the stream and connect again later).
 import { getBackground } from './client.js';
 
-const TYPES = ['online', 'offline', 'reported', 'status', 'state', 'desired', 'tags'];
+const TYPES = ['online', 'offline', 'reported', 'status', 'state', 'desired', 'tags', 'name'];
 const listeners = new Set();
 let source = null;
 let hadError = false;

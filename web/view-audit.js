@@ -27,6 +27,9 @@ function describe(e) {
       return ['Changed the desired configuration of every device tagged ' + (d.tag || '?') +
         (d.matched !== undefined ? ' (' + d.matched + ' devices)' : ''), d.patch !== undefined ? 'patch ' + compact(d.patch) : ''];
     case 'device.tags': return ['Changed the tags', d.tags !== undefined ? compact(d.tags) : ''];
+    case 'device.rename':
+      return [typeof d.name === 'string' ? 'Renamed a device' : 'Cleared a device name',
+        typeof d.name === 'string' ? 'new name ' + d.name : ''];
     case 'device.revoke': return ['Revoked a device', ''];
     case 'device.reset': return ['Reset a device', ''];
     case 'device.delete': return ['Deleted a device', ''];

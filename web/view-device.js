@@ -1,11 +1,13 @@
-// #/devices/<id>: one device with its twin (desired and reported, with versions), an
-// editor for the desired configuration (JSON merge patch with If-Match), tags, the
-// last status reports, and revoke / reset / delete behind a confirmation dialog.
+// #/devices/<id>: one device with its twin (desired and reported, with versions), a
+// form to rename it (PATCH /api/v1/devices/<id>), an editor for the desired
+// configuration (JSON merge patch with If-Match), tags, the last status reports, and
+// revoke / reset / delete behind a confirmation dialog.
 
 import { h, replace, timeEl, pretty, parseTime, absolute } from './dom.js';
 import { api, get, genericError, devicePath } from './client.js';
 import { badge, seenEl, statusOf, statusSummary, tagList, displayName } from './devicefmt.js';
 import * as live from './live.js';
+import { nameProblem } from './view-add.js';
 
 const TAG_KEY = /^[A-Za-z0-9._-]{1,64}$/;
 
@@ -37,12 +39,26 @@ export function render(main, route, ctx) {
   let dev = null;          // the device with its twin
   let baseVersion = null;  // the desired version the editor edits against
   let tagsDirty = false;
+  let nameDirty = false;   // the rename field holds what the user typed, not dev.name
   let histTimer = null;
   let devTimer = null;
 
   const head = h('div', { class: 'page-head' });
   const pageMsg = h('div', { class: 'msg', role: 'alert' });
   const facts = h('dl', { class: 'facts' });
+  const renameInput = h('input', { type: 'text', id: 'rename-input', autocomplete: 'off',
+    'aria-describedby': 'rename-error rename-hint' });
+  const renameError = h('p', { class: 'hint field-error', id: 'rename-error', 'aria-live': 'polite' });
+  const renameMsg = h('div', { class: 'msg', id: 'rename-msg', role: 'alert' });
+  const renameBtn = h('button', { type: 'submit', class: 'btn', id: 'rename-save' }, 'Save name');
+  const renameForm = h('form', { class: 'rename', id: 'rename-form', novalidate: true, 'aria-labelledby': 'rename-title' },
+    h('h3', { id: 'rename-title' }, 'Rename'),
+    h('div', { class: 'field' },
+      h('label', { for: 'rename-input' }, 'Name'), renameInput, renameError,
+      h('p', { class: 'hint', id: 'rename-hint' }, 'How the device is listed. Leave it empty to remove the name: ' +
+        'the device is then listed by its serial number. At most 64 bytes: a plain letter or digit is 1 byte, ä or é 2, emoji 4.')),
+    renameMsg,
+    h('div', { class: 'actions' }, renameBtn));
   const desiredTitle = h('h3', { id: 'desired-title' });
   const reportedTitle = h('h3', { id: 'reported-title' });
   const desiredPre = h('pre', { id: 'twin-desired', tabindex: '0', 'aria-labelledby': 'desired-title' });
@@ -95,7 +111,7 @@ export function render(main, route, ctx) {
 
   const content = h('div', { class: 'device-grid', hidden: true },
     h('section', { class: 'panel', 'aria-labelledby': 'facts-title' },
-      h('h2', { id: 'facts-title' }, 'Device'), facts),
+      h('h2', { id: 'facts-title' }, 'Device'), facts, renameForm),
     h('section', { class: 'panel', 'aria-labelledby': 'twin-title' },
       h('h2', { id: 'twin-title' }, 'Twin'),
       sync,
@@ -140,6 +156,7 @@ export function render(main, route, ctx) {
       h('dt', null, 'Last status'), h('dd', null, dev.last_status
         ? [statusSummary(dev.last_status) || 'report', ' (', timeEl(dev.last_status_at), ')'] : 'none yet'),
       h('dt', null, 'Claimed'), h('dd', null, timeEl(dev.created_at)));
+    if (!nameDirty) renameInput.value = dev.name || '';
     const revoked = st.key === 'revoked';
     revokeBtn.disabled = revoked;
     applyBtn.disabled = revoked;
@@ -274,6 +291,16 @@ export function render(main, route, ctx) {
       replace(pageMsg, 'This device was deleted. ', h('a', { href: '#/devices' }, 'Back to the devices'), '.');
       return;
     }
+    if (ev.type === 'name') {
+      // Renamed (in this tab or another): the event carries the new name.
+      if (dev) {
+        dev.name = typeof ev.data.name === 'string' && ev.data.name ? ev.data.name : null;
+        ctx.setTitle(displayName(dev));
+        showHead();
+        showFacts();
+      }
+      return;
+    }
     if (ev.type === 'status') {
       if (dev) {
         dev.last_status = ev.data.status;
@@ -374,6 +401,55 @@ export function render(main, route, ctx) {
     editMsg.textContent = '';
     showBase();
     editor.focus();
+  });
+
+  // ---- name ----
+  /** Shows (and returns) what is wrong with the typed name, '' when nothing. */
+  function checkName() {
+    const problem = nameProblem(renameInput.value.trim());
+    renameError.textContent = problem;
+    renameInput.setAttribute('aria-invalid', problem ? 'true' : 'false');
+    return problem;
+  }
+  renameInput.addEventListener('input', () => {
+    nameDirty = true;
+    checkName();
+  });
+  renameForm.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    renameMsg.className = 'msg';
+    renameMsg.textContent = '';
+    delete renameMsg.dataset.error;
+    const problem = checkName();
+    if (problem) {
+      renameMsg.className = 'msg msg-error';
+      renameMsg.textContent = 'Not renamed: ' + problem;
+      renameMsg.dataset.error = 'name';
+      renameInput.focus();
+      return;
+    }
+    const name = renameInput.value.trim();
+    renameBtn.disabled = true;
+    const ans = await api('PATCH', devicePath(id), { name: name || null });
+    if (!alive) return;
+    renameBtn.disabled = false;
+    if (ans.ok && ans.data && ans.data.device_id === id) {
+      nameDirty = false;
+      dev = Object.assign(dev || {}, ans.data); // the answer has no twin: keep ours
+      renameMsg.className = 'msg msg-ok';
+      renameMsg.textContent = dev.name ? 'Renamed to ' + dev.name + '.'
+        : 'Name removed: the device is listed by its serial number.';
+      ctx.setTitle(displayName(dev));
+      showHead();
+      showFacts();
+      return;
+    }
+    renameMsg.className = 'msg msg-error';
+    renameMsg.dataset.error = ans.error || String(ans.status);
+    if (ans.status === 404) renameMsg.textContent = 'Not renamed: the device no longer exists (it was deleted).';
+    else if (ans.status === 400) renameMsg.textContent = 'Not renamed: ' + (ans.message || 'the hub refused the name.');
+    else renameMsg.textContent = 'Not renamed: ' + genericError(ans);
+    renameInput.focus();
   });
 
   // ---- tags ----

@@ -273,6 +273,13 @@ export function render(main, route, ctx) {
           updateRow(dev, true);
         }
         break;
+      case 'name':
+        // Renamed: the event carries the new name (null when it was removed).
+        if (dev) {
+          dev.name = typeof ev.data.name === 'string' && ev.data.name ? ev.data.name : null;
+          updateRow(dev, true);
+        }
+        break;
       default:
         break;
     }

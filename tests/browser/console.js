@@ -524,6 +524,56 @@ async function run(browser) {
   check(cfg3.color === 'red' && cfg3.volume === 4, 'config after the conflict ' + JSON.stringify(cfg3));
   step('conflict (412) explained, reload and re-apply ok');
 
+  // ---- rename on the device page: the list in the other tab follows live ----
+  const rowName = 'tr[data-device-id="' + devId + '"] td.name-cell a';
+  const renameMark = requests.length;
+  check((await page.inputValue('#rename-input')) === 'Lobby display', 'the rename field holds the name');
+  // Over 64 bytes of UTF-8 (33 × "ö" is 66): refused before anything is sent.
+  await page.fill('#rename-input', 'ö'.repeat(33));
+  await page.waitForSelector('#rename-error:has-text("66 bytes")');
+  check((await page.getAttribute('#rename-input', 'aria-invalid')) === 'true', 'a 66-byte name is marked invalid');
+  await page.click('#rename-save');
+  await page.waitForSelector('#rename-msg[data-error="name"]');
+  check((await page.textContent('#rename-msg')).includes('at most 64'), 'the message names the limit');
+  await a11y(page, 'device (rename refused)');
+  // A new name (trimmed, markup as text): the page and the other tab's row follow.
+  await page.fill('#rename-input', '  Front desk <img src=x onerror=alert(6)>  ');
+  check((await page.textContent('#rename-error')) === '' && (await page.getAttribute('#rename-input', 'aria-invalid')) === 'false',
+    'the new name is fine');
+  const newName = 'Front desk <img src=x onerror=alert(6)>';
+  await page.click('#rename-save');
+  await page.waitForSelector('#rename-msg.msg-ok:has-text("Renamed to")');
+  check((await page.textContent('#rename-msg')) === 'Renamed to ' + newName + '.', 'rename confirmed: ' + await page.textContent('#rename-msg'));
+  check((await page.textContent('#device-title')) === newName, 'the page title is the new name');
+  check((await page.textContent('#fact-name')) === newName, 'the Name fact is the new name');
+  check((await page.title()).startsWith(newName), 'the document title follows: ' + await page.title());
+  await list.waitForSelector(rowName + ':text-is("' + newName + '")');
+  check((await list.evaluate(() => window.__noReload)) === 'still the same page', 'the list tab was not reloaded for the rename');
+  for (const p of [page, list]) check((await p.locator('main img, main script').count()) === 0, 'the renamed device injects nothing');
+  const renames = sent('A', renameMark, devPath).filter((q) => q.method === 'PATCH');
+  check(renames.length === 1 && renames[0].bg === null && renames[0].status === 200, 'one rename sent, a use of the session: ' + show(renames));
+  // An empty name removes it: the serial stands in.
+  await page.fill('#rename-input', '');
+  await page.click('#rename-save');
+  await page.waitForSelector('#rename-msg:has-text("Name removed")');
+  await page.waitForSelector('#device-title:text-is("' + C.agentSerial + '")');
+  await list.waitForSelector(rowName + ':text-is("' + C.agentSerial + '")');
+  check((await list.textContent('tr[data-device-id="' + devId + '"] td.name-cell')).includes('no name'), 'the row says it has no name');
+  // Renamed elsewhere (here: by a request of the list tab): the device page follows the
+  // `name` event without reloading the device.
+  const liveMark = requests.length;
+  const elsewhere = await pageFetch(list, 'PATCH', '/api/v1/devices/' + devId, { csrf: true, body: { name: 'Lobby display' } });
+  check(elsewhere.status === 200 && elsewhere.data.name === 'Lobby display', 'rename from the other tab ' + JSON.stringify(elsewhere));
+  await page.waitForSelector('#device-title:text-is("Lobby display")');
+  check((await page.inputValue('#rename-input')) === 'Lobby display', 'the rename field follows the event');
+  await list.waitForSelector(rowName + ':text-is("Lobby display")');
+  // (GET /api/v1/session is pageFetch's own, for the CSRF token of its PATCH.)
+  const listAfter = sent('A-list', renameMark).filter((q) => q.method === 'GET' &&
+    q.path !== '/api/v1/events' && q.path !== '/api/v1/session');
+  check(listAfter.every((q) => q.bg === '1'), 'the list tab followed the renames without a load of its own: ' + show(listAfter));
+  check(sent('A', liveMark, devPath).every((q) => q.bg === '1'), 'the device page followed in the background: ' + show(sent('A', liveMark, devPath)));
+  step('rename: over 64 bytes refused, renamed, name removed, renamed elsewhere; the other tab followed live');
+
   // ---- CSRF: a state-changing request without (or with a wrong) X-CSRF-Token ----
   await expect4xx('csrf');
   for (const headers of [{}, { 'X-CSRF-Token': 'x'.repeat(43) }]) {
@@ -709,7 +759,7 @@ async function run(browser) {
   // ---- audit log ----
   await page.click('nav a:text-is("Audit log")');
   await page.waitForSelector('#audit-table tbody tr');
-  for (const a of ['user.login', 'device.claim', 'device.desired_patch', 'device.tags', 'device.delete', 'device.revoke', 'device.reset']) {
+  for (const a of ['user.login', 'device.claim', 'device.desired_patch', 'device.rename', 'device.tags', 'device.delete', 'device.revoke', 'device.reset']) {
     await page.waitForSelector('#audit-table tr[data-action="' + a + '"]');
   }
   const claimRow = await page.textContent('#audit-table tr[data-action="device.claim"]:has-text("' + devId + '")');
@@ -717,7 +767,8 @@ async function run(browser) {
   check((await page.textContent('#audit-table tr[data-action="device.revoke"]')).includes(devId), 'revoke row');
   await a11y(page, 'audit');
   await shot(page, 'audit', { clip: { x: 0, y: 0, width: 1280, height: 760 } });
-  step('audit log shows claim, change, tags, delete and revoke');
+  check((await page.textContent('#audit-table tr[data-action="device.rename"]')).includes('Lobby display'), 'the newest rename row names the name');
+  step('audit log shows claim, change, rename, tags, delete and revoke');
 
   // ---- phone width ----
   const phone = await ctxA.newPage();

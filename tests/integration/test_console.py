@@ -156,7 +156,7 @@ def test_get_device():
     assert rc == 2, (rc, err)
     # wrong method on a device path: 405 with Allow
     st, _, _, hdrs = ST.api("POST", dev_path("a"))
-    assert st == 405 and hdrs.get("allow") == "GET, DELETE", (st, hdrs)
+    assert st == 405 and hdrs.get("allow") == "GET, DELETE, PATCH", (st, hdrs)
 
 
 def test_desired_patch_and_if_match():

@@ -2,8 +2,9 @@
 http.client (and curl for the event stream). Login and its cookie, GET
 /api/v1/session, cookie auth with CSRF, login throttling, logout, idle and absolute
 session expiry, tenant isolation for cookie and token callers, the static console
-with its security headers, the audit log, status history, `state` events, and no
-password, cookie or CSRF token in any log."""
+with its security headers, the audit log, status history, `state` events, renaming
+a device (its audit entry and `name` events), and no password, cookie or CSRF token
+in any log."""
 
 import json
 import os
@@ -273,6 +274,7 @@ def test_tenant_isolation_for_cookies_and_tokens():
     ident = creds["device_id"]
     gcookie, gcsrf = session("globex", "gina")
     calls = (("GET", "", None), ("PATCH", "/twin/desired", {"x": 1}), ("POST", "/revoke", None),
+             ("PATCH", "", {"name": "mine now"}),
              ("GET", "/status-history", None), ("PUT", "/tags", {"a": "b"}),
              ("POST", "/reset", None), ("DELETE", "", None))
     for method, suffix, body in calls:
@@ -285,6 +287,7 @@ def test_tenant_isolation_for_cookies_and_tokens():
     # still alice's, untouched
     s, js, _, _ = ST.api("GET", "/api/v1/devices/" + ident)
     assert s == 200 and js["state"] == "provisioned" and js["tags"] == {}, (s, js)
+    assert js["name"] is None, js
 
 
 def test_static_console_and_security_headers():
@@ -484,6 +487,113 @@ def open_stream(cookie, st):
                      daemon=True).start()
     wait_until(lambda: any("phyhub events" in l for l in lines), 10, "stream open")
     return curl, lines
+
+
+def test_rename_device():
+    """PATCH /api/v1/devices/{id} {"name": string | null}: cookie (with CSRF) or Bearer,
+    the device as the answer, 400 for bad bodies, 404 across tenants, revoked devices
+    too, a `device.rename` audit entry and a `name` event on the tenant's streams."""
+    cookie, csrf = session()
+    curl, lines = open_stream(cookie, ST)
+    gcookie, gcsrf = session("globex", "gina")
+    gcurl, glines = open_stream(gcookie, ST)
+
+    def names(ls):
+        return [json.loads(ls[i + 1][6:]) for i, l in enumerate(ls[:-1])
+                if l == "event: name" and ls[i + 1].startswith("data: ")]
+    try:
+        creds = ST.provision("REN-1", name="Before")
+        ident = creds["device_id"]
+        path = "/api/v1/devices/" + ident
+        # a cookie caller needs the session's CSRF token
+        for hdr in (None, "", csrf[::-1]):
+            s, js, _, _ = req("PATCH", path, {"name": "x"}, cookie=cookie, csrf=hdr)
+            assert s == 403 and js["error"] == "csrf_failed", (hdr, s, js)
+        s, js, _, _ = req("PATCH", path, {"name": "Lobby <b>\u00e4</b>"}, cookie=cookie,
+                          csrf=csrf)
+        assert s == 200 and js["device_id"] == ident and js["name"] == "Lobby <b>\u00e4</b>", \
+            (s, js)
+        assert "twin" not in js and js["state"] == "provisioned", js
+        s, got, _, _ = ST.api("GET", path)
+        assert s == 200 and got.pop("twin") and got == js, (got, js)  # GET without the twin
+        # Bearer; null and "" clear the name; 64 bytes of UTF-8 fit
+        s, js, _, _ = req("PATCH", path, {"name": None}, token=ST.token)
+        assert s == 200 and js["name"] is None, (s, js)
+        s, js, _, _ = req("PATCH", path, {"name": "\u00e4" * 32}, token=ST.token)
+        assert s == 200 and js["name"] == "\u00e4" * 32, (s, js)
+        s, js, _, _ = req("PATCH", path, {"name": ""}, token=ST.token)
+        assert s == 200 and js["name"] is None, (s, js)
+        s, js, _, _ = req("PATCH", path, {"name": "Gate 7"}, token=ST.token,
+                          content_type="application/json; charset=utf-8")
+        assert s == 200 and js["name"] == "Gate 7", (s, js)
+        # bad bodies: 400 (415 for another media type), nothing changes
+        for body in ({"name": "a\u0001b"}, {"name": "tab\there"}, {"name": "del\u007f"},
+                     {"name": "x" * 65}, {"name": "\u00e4" * 33}, {"name": "ok", "tags": {}},
+                     {"label": "x"}, {}, {"name": 7}, {"name": True}, {"name": ["a"]},
+                     {"name": {}}, ["a"], "a"):
+            for auth in ({"token": ST.token}, {"cookie": cookie, "csrf": csrf}):
+                s, js, _, _ = req("PATCH", path, body, **auth)
+                assert s == 400 and js["error"] == "bad_request", (body, s, js)
+        s, js, _, _ = req("PATCH", path, raw=b'{"name": "a", "name": "b"}', token=ST.token)
+        assert s == 400, (s, js)
+        s, js, _, _ = req("PATCH", path, raw=b'{"name": "a"}', token=ST.token,
+                          content_type="text/plain")
+        assert s == 415 and js["error"] == "unsupported_media_type", (s, js)
+        # another tenant's device is not there, like an unknown one
+        for auth in ({"cookie": gcookie, "csrf": gcsrf}, {"token": TOK["gina"]}):
+            s, js, _, _ = req("PATCH", path, {"name": "mine now"}, **auth)
+            assert s == 404 and js["error"] == "not_found", (auth.keys(), s, js)
+        s, js, _, _ = req("PATCH", "/api/v1/devices/dev_" + "a" * 26, {"name": "x"},
+                          token=ST.token)
+        assert s == 404 and js["error"] == "not_found", (s, js)
+        s, js, _, _ = ST.api("GET", path)
+        assert s == 200 and js["name"] == "Gate 7", js
+        # a revoked device keeps its row for history and may still be renamed
+        assert req("POST", path + "/revoke", token=ST.token)[0] == 200
+        s, js, _, _ = req("PATCH", path, {"name": "Retired gate"}, cookie=cookie, csrf=csrf)
+        assert s == 200 and js["state"] == "revoked" and js["name"] == "Retired gate", (s, js)
+        # phyctl rename: a name, --clear, usage errors, the hub's refusal
+        rc, out, err = ST.phyctl("rename", ident, "Gate \u00e4 7")
+        assert rc == 0 and out.strip() == "renamed %s to Gate \u00e4 7" % ident, (rc, out, err)
+        rc, out, err = ST.phyctl("--json", "rename", ident, "--clear")
+        assert rc == 0 and json.loads(out)["name"] is None, (rc, out, err)
+        rc, out, err = ST.phyctl("rename", ident, "--", "--Retired gate")
+        assert rc == 0 and out.strip() == "renamed %s to --Retired gate" % ident, (rc, out, err)
+        rc, out, err = ST.phyctl("rename", ident, "")
+        assert rc == 0 and out.strip().startswith("removed the name of " + ident), (rc, out)
+        for args in ((ident,), (ident, "a", "b"), (ident, "a", "--clear"), ("nonsense", "a")):
+            rc, out, err = ST.phyctl("rename", *args)
+            assert rc == 2 and err.startswith("phyctl rename: "), (args, rc, err)
+        rc, out, err = ST.phyctl("rename", ident, "x" * 65)
+        assert rc == 1 and err.startswith("error: bad_request: name must be at most 64"), \
+            (rc, err)
+        rc, out, err = ST.phyctl("rename", ident, "Retired gate")
+        assert rc == 0, (rc, out, err)
+        # 405 names PATCH among the methods of the path
+        s, js, _, hdrs = req("PUT", path, {"name": "x"}, token=ST.token)
+        assert s == 405 and hdrs.get("allow") == "GET, DELETE, PATCH", (s, hdrs)
+
+        want = [{"name": "Lobby <b>\u00e4</b>"}, {"name": None}, {"name": "\u00e4" * 32},
+                {"name": None}, {"name": "Gate 7"}, {"name": "Retired gate"},
+                {"name": "Gate \u00e4 7"}, {"name": None}, {"name": "--Retired gate"},
+                {"name": None}, {"name": "Retired gate"}]
+        # the audit log: one device.rename per change, by alice (cookie or token)
+        s, js, _, _ = req("GET", "/api/v1/audit?limit=200", token=ST.token)
+        assert s == 200, (s, js)
+        ren = [e for e in js["entries"] if e["action"] == "device.rename"]
+        assert [e["detail"] for e in reversed(ren)] == want, ren
+        assert all(e["device_id"] == ident and e["actor"] == "alice" for e in ren), ren
+        # the stream: a `name` event per change, none for refused requests, none for
+        # another tenant
+        wait_until(lambda: names(lines) == [dict(w, device_id=ident) for w in want], 10,
+                   "the name events on acme's stream")
+        time.sleep(0.3)
+        assert names(lines) == [dict(w, device_id=ident) for w in want], names(lines)
+        assert names(glines) == [], names(glines)
+    finally:
+        for p in (curl, gcurl):
+            p.terminate()
+            p.wait(5)
 
 
 def test_event_streams_end_with_their_session():

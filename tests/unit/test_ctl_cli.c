@@ -132,6 +132,17 @@ static void test_error_and_claim_lines(void **state)
     json_object_set_new(dev, "name", json_null());
     ctl_format_claimed(dev, line, sizeof line);
     assert_string_equal(line, "claimed dev_x (serial SN1, state pending_delivery)");
+
+    /* a rename's answer: the new name, or the serial that stands in for none */
+    json_object_set_new(dev, "name", json_string("Gate \x1b[31m7"));
+    ctl_format_renamed(dev, line, sizeof line);
+    assert_string_equal(line, "renamed dev_x to Gate ?[31m7");
+    json_object_set_new(dev, "name", json_null());
+    ctl_format_renamed(dev, line, sizeof line);
+    assert_string_equal(line, "removed the name of dev_x (listed by serial SN1)");
+    json_object_set_new(dev, "name", json_string(""));
+    ctl_format_renamed(dev, line, sizeof line);
+    assert_string_equal(line, "removed the name of dev_x (listed by serial SN1)");
     json_decref(dev);
 }
 

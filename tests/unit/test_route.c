@@ -28,6 +28,7 @@ static struct {
     char device_id[64];
     char patch[256];
     char tags[256];
+    char name[160]; /* device_rename: the name given, "(null)" for none */
     char tag_key[80], tag_value[160];
     int64_t if_match;
     struct store_device_filter filter;
@@ -137,6 +138,17 @@ static int f_tags_put(struct store *s, int64_t tenant_id, const char *id, const 
     return 0;
 }
 
+static int f_device_rename(struct store *s, int64_t tenant_id, const char *id, const char *name,
+                           int *outcome)
+{
+    (void)s;
+    if (F.fail)
+        return PHY_EIO;
+    *outcome = natural(tenant_id, id, "rename");
+    snprintf(F.name, sizeof(F.name), "%s", name ? name : "(null)");
+    return 0;
+}
+
 static int f_desired_patch(struct store *s, int64_t tenant_id, const char *id, const char *patch,
                            int64_t if_match, int64_t *version, int *changed, int *outcome)
 {
@@ -223,6 +235,7 @@ static int setup(void **state)
     fake_ops.devices_list = f_devices_list;
     fake_ops.device_get = f_device_get;
     fake_ops.tags_put = f_tags_put;
+    fake_ops.device_rename = f_device_rename;
     fake_ops.desired_patch = f_desired_patch;
     fake_ops.desired_patch_tag = f_desired_patch_tag;
     fake_ops.device_revoke = f_revoke;
@@ -391,7 +404,7 @@ static void test_routes_404_405(void **state)
     api_response_free(&res);
     /* known paths, wrong method */
     assert_int_equal(call(&res, "POST", "/api/v1/devices/" ID, NULL, TOKEN, NULL, NULL, NULL), 405);
-    assert_string_equal(res.extra_headers, "Allow: GET, DELETE\r\n");
+    assert_string_equal(res.extra_headers, "Allow: GET, DELETE, PATCH\r\n");
     assert_string_equal(error_code(&res), "method_not_allowed");
     api_response_free(&res);
     assert_int_equal(
@@ -750,6 +763,143 @@ static void test_tags_revoke_reset_delete(void **state)
     }
 }
 
+static void test_device_rename(void **state)
+{
+    struct api_response res;
+    json_t *o;
+    const char *p = "/api/v1/devices/" ID;
+    (void)state;
+    assert_int_equal(call(&res, "PATCH", p, NULL, TOKEN, "application/json",
+                          "{\"name\":\"Lobby \\u00e4\"}", NULL),
+                     200);
+    assert_string_equal(F.op, "rename");
+    assert_string_equal(F.device_id, ID);
+    assert_string_equal(F.name, "Lobby \xc3\xa4");
+    o = body_json(&res); /* the device as it is now, without its twin */
+    assert_string_equal(json_string_value(json_object_get(o, "device_id")), ID);
+    assert_non_null(json_object_get(o, "presence"));
+    assert_null(json_object_get(o, "twin"));
+    json_decref(o);
+    assert_int_equal(res.neffects, 1); /* "name" for other tabs */
+    assert_int_equal(res.effects[0].kind, API_EFFECT_EVENT);
+    assert_int_equal(res.effects[0].tenant_id, 7);
+    assert_string_equal(res.effects[0].event_type, "name");
+    assert_string_equal(res.effects[0].device_id, ID);
+    assert_string_equal(res.effects[0].event_json,
+                        "{\"device_id\":\"" ID "\",\"name\":\"Lobby \xc3\xa4\"}");
+    api_response_free(&res);
+
+    /* null and "" clear it */
+    static const char *const clear[] = {"{\"name\":null}", "{\"name\":\"\"}"};
+    for (size_t i = 0; i < 2; i++) {
+        snprintf(F.name, sizeof(F.name), "untouched");
+        assert_int_equal(call(&res, "PATCH", p, NULL, TOKEN, "application/json; charset=utf-8",
+                              clear[i], NULL),
+                         200);
+        assert_string_equal(F.name, "(null)");
+        assert_int_equal(res.neffects, 1);
+        assert_string_equal(res.effects[0].event_json,
+                            "{\"device_id\":\"" ID "\",\"name\":null}");
+        api_response_free(&res);
+    }
+
+    /* 64 bytes fit (32 x U+00E4 is 32 characters but 64 bytes); 65 do not */
+    char body[512], name[200];
+    memset(name, 'n', 64);
+    name[64] = '\0';
+    snprintf(body, sizeof(body), "{\"name\":\"%s\"}", name);
+    assert_int_equal(call(&res, "PATCH", p, NULL, TOKEN, "application/json", body, NULL), 200);
+    assert_string_equal(F.name, name);
+    api_response_free(&res);
+    name[0] = '\0';
+    for (int i = 0; i < 32; i++)
+        strcat(name, "\xc3\xa4");
+    snprintf(body, sizeof(body), "{\"name\":\"%s\"}", name);
+    assert_int_equal(call(&res, "PATCH", p, NULL, TOKEN, "application/json", body, NULL), 200);
+    assert_string_equal(F.name, name);
+    api_response_free(&res);
+
+    char long65[80], long_u[80];
+    memset(long65, 'n', 65);
+    long65[65] = '\0';
+    snprintf(body, sizeof(body), "{\"name\":\"%s\"}", long65);
+    long_u[0] = '\0';
+    for (int i = 0; i < 33; i++)
+        strcat(long_u, "\xc3\xa4");
+    char body_u[200];
+    snprintf(body_u, sizeof(body_u), "{\"name\":\"%s\"}", long_u);
+    const char *const bad[] = {
+        body,                              /* 65 bytes */
+        body_u,                            /* 33 characters, 66 bytes */
+        "{\"name\":\"a\\u0007b\"}",         /* control characters */
+        "{\"name\":\"tab\\there\"}",
+        "{\"name\":\"del\\u007f\"}",
+        "{\"name\":\"line\\nbreak\"}",
+        "{\"name\":1}",                    /* not a string */
+        "{\"name\":true}",
+        "{\"name\":[\"a\"]}",
+        "{\"name\":{}}",
+        "{}",                              /* no name */
+        "{\"name\":\"a\",\"tags\":{}}",       /* unknown field */
+        "{\"label\":\"a\"}",
+        "{\"name\":\"a\",\"name\":\"b\"}",  /* duplicate key */
+        "[\"a\"]",
+        "\"a\"",
+        "{\"name\":",
+        "",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        F.op[0] = '\0';
+        assert_int_equal(call(&res, "PATCH", p, NULL, TOKEN, "application/json", bad[i], NULL),
+                         400);
+        assert_string_equal(error_code(&res), "bad_request");
+        assert_string_equal(F.op, ""); /* refused before the store */
+        assert_int_equal(res.neffects, 0);
+        api_response_free(&res);
+    }
+    assert_int_equal(
+        call(&res, "PATCH", p, NULL, TOKEN, "text/plain", "{\"name\":\"a\"}", NULL), 415);
+    api_response_free(&res);
+    assert_int_equal(call(&res, "PATCH", p, NULL, TOKEN, "application/merge-patch+json",
+                          "{\"name\":\"a\"}", NULL),
+                     415);
+    api_response_free(&res);
+
+    /* unknown device, another tenant's, gone in between: 404 and no event */
+    assert_int_equal(call(&res, "PATCH", "/api/v1/devices/" ID2, NULL, TOKEN, "application/json",
+                          "{\"name\":\"a\"}", NULL),
+                     404);
+    assert_string_equal(error_code(&res), "not_found");
+    assert_int_equal(res.neffects, 0);
+    api_response_free(&res);
+    assert_int_equal(call(&res, "PATCH", p, NULL, "Bearer other", "application/json",
+                          "{\"name\":\"a\"}", NULL),
+                     404);
+    assert_int_equal(res.neffects, 0);
+    api_response_free(&res);
+    F.outcome = STORE_NOT_FOUND;
+    assert_int_equal(
+        call(&res, "PATCH", p, NULL, TOKEN, "application/json", "{\"name\":\"a\"}", NULL), 404);
+    assert_int_equal(res.neffects, 0);
+    api_response_free(&res);
+    F.outcome = -1;
+    /* no token; the store failing */
+    assert_int_equal(
+        call(&res, "PATCH", p, NULL, NULL, "application/json", "{\"name\":\"a\"}", NULL), 401);
+    api_response_free(&res);
+    F.fail = 1;
+    assert_int_equal(
+        call(&res, "PATCH", p, NULL, TOKEN, "application/json", "{\"name\":\"a\"}", NULL), 503);
+    assert_int_equal(res.neffects, 0);
+    api_response_free(&res);
+    F.fail = 0;
+    /* a store without the operation */
+    fake_ops.device_rename = NULL;
+    assert_int_equal(
+        call(&res, "PATCH", p, NULL, TOKEN, "application/json", "{\"name\":\"a\"}", NULL), 503);
+    api_response_free(&res);
+}
+
 /* ---- console sessions: cookie auth, CSRF, audit records ---- */
 
 #define COOKIE_VALUE "c00kieC00kieC00kieC00kieC00kieC00kieC00kieX"
@@ -910,6 +1060,33 @@ static void test_cookie_auth_and_csrf(void **state)
     api_response_free(&res);
     assert_string_equal(A.action, "device.tags");
     assert_string_equal(A.detail, "{\"tags\":{\"site\":\"rome\"}}");
+
+    /* a rename: CSRF for cookie callers; audit detail {"name": new or null} */
+    const char *dev = "/api/v1/devices/" ID;
+    int n = A.n;
+    assert_int_equal(call_cookie(&res, "PATCH", dev, CK COOKIE_VALUE, NULL, "{\"name\":\"x\"}"),
+                     403);
+    assert_string_equal(error_code(&res), "csrf_failed");
+    api_response_free(&res);
+    assert_int_equal(A.n, n);
+    assert_int_equal(
+        call_cookie(&res, "PATCH", dev, CK COOKIE_VALUE, CSRF_VALUE, "{\"name\":\"Gate <2>\"}"),
+        200);
+    assert_int_equal(res.neffects, 1);
+    api_response_free(&res);
+    assert_int_equal(A.n, n + 1);
+    assert_string_equal(A.action, "device.rename");
+    assert_string_equal(A.device_id, ID);
+    assert_string_equal(A.detail, "{\"name\":\"Gate <2>\"}");
+    assert_int_equal(
+        call_cookie(&res, "PATCH", dev, CK COOKIE_VALUE, CSRF_VALUE, "{\"name\":null}"), 200);
+    api_response_free(&res);
+    assert_string_equal(A.detail, "{\"name\":null}");
+    /* a refused rename is not recorded */
+    assert_int_equal(
+        call_cookie(&res, "PATCH", dev, CK COOKIE_VALUE, CSRF_VALUE, "{\"name\":7}"), 400);
+    api_response_free(&res);
+    assert_int_equal(A.n, n + 2);
 }
 
 static void test_static_without_web_root(void **state)
@@ -936,6 +1113,7 @@ int main(void)
         cmocka_unit_test_setup(test_desired_patch, setup),
         cmocka_unit_test_setup(test_fleet_patch, setup),
         cmocka_unit_test_setup(test_tags_revoke_reset_delete, setup),
+        cmocka_unit_test_setup(test_device_rename, setup),
         cmocka_unit_test_setup(test_cookie_auth_and_csrf, setup),
         cmocka_unit_test_setup(test_static_without_web_root, setup),
     };

@@ -907,6 +907,143 @@ static void test_status_history_access(void **state)
     store_status_reports_free(NULL, 2);
 }
 
+/* ---- device_rename ---- */
+
+/* device_rename of ID(dev) by tenant; returns the outcome (asserts rc 0). */
+static int rename_dev(struct fx *f, int64_t tenant, unsigned dev, const char *name)
+{
+    struct id id = ID(dev);
+    int out = -1;
+    assert_int_equal(ops->device_rename(f->s, tenant, id.s, name, &out), 0);
+    return out;
+}
+
+/* ID(dev)'s name as stored ("<null>" when none, "<none>" without the row). */
+static const char *stored_name(struct fx *f, unsigned dev, char *buf, size_t cap)
+{
+    char sql[128];
+    struct id id = ID(dev);
+    snprintf(sql, sizeof sql, "SELECT name FROM devices WHERE device_id = '%s'", id.s);
+    return raw_text(f->path, sql, buf, cap);
+}
+
+static void test_device_rename(void **state)
+{
+    struct fx *f = *state;
+    struct store_device d;
+    struct store_device *list = NULL;
+    size_t n = 0;
+    char buf[256], name[128];
+    int out = -1;
+    add_devices(f, "acme", 1, 2);
+    add_devices(f, "beta", 3, 1);
+    assert_string_equal(stored_name(f, 1, buf, sizeof buf), "<null>");
+
+    /* Found: set, shown by device_get and devices_list. */
+    assert_int_equal(rename_dev(f, f->acme, 1, "Lobby display"), STORE_OK);
+    assert_string_equal(stored_name(f, 1, buf, sizeof buf), "Lobby display");
+    struct id id1 = ID(1);
+    assert_int_equal(ops->device_get(f->s, f->acme, id1.s, &d, NULL, &out), 0);
+    assert_int_equal(out, STORE_OK);
+    assert_string_equal(d.name, "Lobby display");
+    store_device_clear(&d);
+    assert_int_equal(ops->devices_list(f->s, f->acme, NULL, NULL, 10, &list, &n), 0);
+    assert_int_equal(n, 2);
+    assert_string_equal(list[0].name, "Lobby display");
+    assert_string_equal(list[1].name, "");
+    store_devices_free(list, n);
+    /* The same name again is still OK (the device is there). */
+    assert_int_equal(rename_dev(f, f->acme, 1, "Lobby display"), STORE_OK);
+
+    /* Not found: unknown, another tenant's (left as it was). */
+    assert_int_equal(rename_dev(f, f->acme, 9, "x"), STORE_NOT_FOUND);
+    assert_int_equal(rename_dev(f, f->acme, 3, "mine now"), STORE_NOT_FOUND);
+    assert_string_equal(stored_name(f, 3, buf, sizeof buf), "<null>");
+    assert_int_equal(rename_dev(f, f->beta, 1, "mine now"), STORE_NOT_FOUND);
+    assert_string_equal(stored_name(f, 1, buf, sizeof buf), "Lobby display");
+    assert_int_equal(rename_dev(f, f->beta, 3, "Gate"), STORE_OK);
+    assert_string_equal(stored_name(f, 3, buf, sizeof buf), "Gate");
+
+    /* NULL and "" clear it (stored as NULL). */
+    assert_int_equal(rename_dev(f, f->acme, 1, NULL), STORE_OK);
+    assert_string_equal(stored_name(f, 1, buf, sizeof buf), "<null>");
+    assert_int_equal(rename_dev(f, f->acme, 1, "again"), STORE_OK);
+    assert_int_equal(rename_dev(f, f->acme, 1, ""), STORE_OK);
+    assert_string_equal(stored_name(f, 1, buf, sizeof buf), "<null>");
+    assert_int_equal(ops->device_get(f->s, f->acme, id1.s, &d, NULL, &out), 0);
+    assert_string_equal(d.name, "");
+    store_device_clear(&d);
+
+    /* 64 bytes fit, multi-byte characters counted in bytes; 65 are PHY_EINVAL. */
+    memset(name, 'n', 64);
+    name[64] = '\0';
+    assert_int_equal(rename_dev(f, f->acme, 2, name), STORE_OK);
+    assert_string_equal(stored_name(f, 2, buf, sizeof buf), name);
+    name[0] = '\0';
+    for (int i = 0; i < 32; i++)
+        strcat(name, "\xc3\xa4");
+    assert_int_equal(rename_dev(f, f->acme, 2, name), STORE_OK);
+    assert_string_equal(stored_name(f, 2, buf, sizeof buf), name);
+    struct id id2 = ID(2);
+    static const char *const bad[] = {
+        "nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn", /* 65 */
+        "a\x01" "b", "tab\there", "new\nline", "del\x7f", "\x1f",
+    };
+    assert_int_equal(strlen(bad[0]), 65);
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        out = -1;
+        assert_int_equal(ops->device_rename(f->s, f->acme, id2.s, bad[i], &out), PHY_EINVAL);
+        assert_int_equal(out, -1);
+    }
+    strcat(name, "n"); /* 65 bytes */
+    assert_int_equal(ops->device_rename(f->s, f->acme, id2.s, name, &out), PHY_EINVAL);
+    name[64] = '\0';
+    assert_string_equal(stored_name(f, 2, buf, sizeof buf), name); /* unchanged */
+
+    /* A device in the middle of a claim through eu is hidden until eu accepted it. */
+    struct hash sh = H(0x5ec);
+    struct id id5 = ID(5);
+    struct store_claim_begin cb = {
+        .tenant_id = f->acme,
+        .device_id = id5.s,
+        .secret_hash = sh.h,
+        .name = "claimed as",
+        .tags_json = "{}",
+        .serial = "SN-5",
+        .now_ms = T0,
+        .hold_ms = 30000,
+    };
+    assert_int_equal(ops->claim_begin(f->s, &cb, &out), 0);
+    assert_int_equal(out, STORE_OK);
+    assert_int_equal(rename_dev(f, f->acme, 5, "too early"), STORE_NOT_FOUND);
+    assert_int_equal(rename_dev(f, f->acme, 5, NULL), STORE_NOT_FOUND);
+    assert_string_equal(stored_name(f, 5, buf, sizeof buf), "claimed as");
+    assert_int_equal(ops->claim_confirm(f->s, id5.s, "SN-5", NULL, &out), 0);
+    assert_int_equal(out, STORE_OK);
+    assert_int_equal(rename_dev(f, f->acme, 5, "confirmed"), STORE_OK);
+    assert_string_equal(stored_name(f, 5, buf, sizeof buf), "confirmed");
+
+    /* A revoked device may be renamed (its row stays for history); a deleted one is
+     * gone. */
+    assert_int_equal(ops->device_revoke(f->s, f->acme, id1.s, T0 + 10, &out), 0);
+    assert_int_equal(out, STORE_OK);
+    assert_int_equal(rename_dev(f, f->acme, 1, "old lobby"), STORE_OK);
+    assert_string_equal(stored_name(f, 1, buf, sizeof buf), "old lobby");
+    assert_int_equal(ops->device_delete(f->s, f->acme, id1.s, &out), 0);
+    assert_int_equal(out, STORE_OK);
+    assert_int_equal(rename_dev(f, f->acme, 1, "ghost"), STORE_NOT_FOUND);
+    assert_string_equal(stored_name(f, 1, buf, sizeof buf), "<none>");
+
+    /* Arguments. */
+    assert_int_equal(ops->device_rename(NULL, f->acme, id2.s, "x", &out), PHY_EINVAL);
+    assert_int_equal(ops->device_rename(f->s, f->acme, id2.s, "x", NULL), PHY_EINVAL);
+    assert_int_equal(ops->device_rename(f->s, f->acme, NULL, "x", &out), PHY_EINVAL);
+    assert_int_equal(ops->device_rename(f->s, f->acme, "", "x", &out), PHY_EINVAL);
+    assert_int_equal(
+        ops->device_rename(f->s, f->acme, "dev_0000000000000000000000000000000", "x", &out),
+        PHY_EINVAL);
+}
+
 /* ---- poll: the tenant of a delivered device ---- */
 
 static unsigned char *seal_serial(void *ctx, const char *serial, size_t *out_len)
@@ -1076,6 +1213,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_audit_validation, setup, teardown),
         cmocka_unit_test_setup_teardown(test_status_history_keeps_newest, setup, teardown),
         cmocka_unit_test_setup_teardown(test_status_history_access, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_device_rename, setup, teardown),
         cmocka_unit_test_setup_teardown(test_poll_tenant_id, setup, teardown),
         cmocka_unit_test_setup_teardown(test_migration_v3, setup_empty, teardown),
     };

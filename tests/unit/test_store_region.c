@@ -568,6 +568,11 @@ static void test_claim_begin_hidden(void **state)
     assert_int_equal(begin(f, 1, "SN-9", NULL), STORE_EXISTS);
     assert_int_equal(list_count(f), 0);
     assert_int_equal(get(f, 1, &d), STORE_NOT_FOUND);
+    {
+        int tout = -1;
+        assert_int_equal(ops->tags_put(f->s, 1, ID(1).s, "{\"a\":\"b\"}", &tout), 0);
+        assert_int_equal(tout, STORE_NOT_FOUND); /* hidden from tag changes too */
+    }
     assert_null(d.tags_json);
     assert_int_equal(auth(f, 1, &tenant), STORE_OK); /* its credentials are good already */
     assert_int_equal(tenant, 1);
