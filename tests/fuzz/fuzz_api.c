@@ -805,7 +805,8 @@ static struct phy_store_ops fake_ops = {
 
 static struct hub hub_eu, hub_us;
 static struct store store_eu = {&hub_eu}, store_us = {&hub_us};
-static char tmpdir[] = "/tmp/phy-fuzz-api-XXXXXX";
+/* mkdtemp template: the prefix and six X, filled in at start-up */
+static char tmpdir[] = "/tmp/phy-fuzz-api-______";
 static char web_root[sizeof(tmpdir) + 8], key_file[sizeof(tmpdir) + 8];
 static char peer_arg[sizeof(tmpdir) + 16];
 
@@ -835,6 +836,7 @@ static void cleanup(void)
 static void make_files(void)
 {
     char p[sizeof(web_root) + 32];
+    memset(tmpdir + sizeof(tmpdir) - 7, 'X', 6);
     need(mkdtemp(tmpdir) != NULL);
     snprintf(web_root, sizeof(web_root), "%s/web", tmpdir);
     snprintf(key_file, sizeof(key_file), "%s/key", tmpdir);

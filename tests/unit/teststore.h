@@ -108,7 +108,7 @@ struct fx {
 #endif
 };
 
-/* A new fixture in *state, no store open yet: directory /tmp/<prefix>XXXXXX, now T0,
+/* A new fixture in *state, no store open yet: directory /tmp/<prefix> + 6 random characters, now T0,
  * the default provisioning parameters, the sealer sealing to body (may be NULL). */
 static inline struct fx *fx_new(void **state, const char *prefix,
                                 size_t (*body)(const char *, unsigned char *, size_t))
