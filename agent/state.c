@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "phy/err.h"
+#include "phy/file.h"
 
 static int join(char *out, size_t cap, const char *dir, const char *prefix, const char *name,
                 const char *suffix)
@@ -21,18 +22,6 @@ static int join(char *out, size_t cap, const char *dir, const char *prefix, cons
     return n < 0 || (size_t)n >= cap ? PHY_ETOOBIG : 0;
 }
 
-static int fsync_dir(const char *dir)
-{
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    int rc = 0;
-
-    if (fd < 0)
-        return PHY_EIO;
-    if (fsync(fd) != 0)
-        rc = PHY_EIO;
-    close(fd);
-    return rc;
-}
 
 /* Creates/locks the state directory. */
 int agent_state_open(const char *dir, char *err, size_t errcap)
@@ -70,9 +59,6 @@ int agent_state_open(const char *dir, char *err, size_t errcap)
 int agent_state_read(const char *dir, const char *name, size_t max, char **out, size_t *n)
 {
     char path[PATH_MAX];
-    struct stat st;
-    char *buf = NULL;
-    size_t got = 0;
     int fd, rc;
 
     *out = NULL;
@@ -82,36 +68,9 @@ int agent_state_read(const char *dir, const char *name, size_t max, char **out, 
     fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0)
         return errno == ENOENT ? PHY_ENOTFOUND : PHY_EIO;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        rc = PHY_EIO;
-        goto out;
-    }
-    if ((size_t)st.st_size > max) {
-        rc = PHY_ETOOBIG;
-        goto out;
-    }
-    buf = malloc((size_t)st.st_size + 1);
-    if (buf == NULL) {
-        rc = PHY_ENOMEM;
-        goto out;
-    }
-    while (got < (size_t)st.st_size) {
-        ssize_t r = read(fd, buf + got, (size_t)st.st_size - got);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            break;
-        got += (size_t)r;
-    }
-    buf[got] = '\0';
-    *out = buf;
-    *n = got;
-    buf = NULL;
-    rc = 0;
-out:
-    free(buf);
+    rc = phy_read_regular(fd, max, out, n);
     close(fd);
-    return rc;
+    return rc == PHY_EINVAL ? PHY_EIO : rc; /* not a regular file */
 }
 
 /* Temp file + fsync + rename + fsync(dir). */
@@ -162,7 +121,7 @@ int agent_state_write(const char *dir, const char *name, const void *data, size_
         snprintf(err, errcap, "rename %s: %s", path, strerror(errno));
         goto fail;
     }
-    if (fsync_dir(dir) != 0) {
+    if (phy_fsync_dir(dir) != 0) {
         snprintf(err, errcap, "fsync %s: %s", dir, strerror(errno));
         return PHY_EIO;
     }
@@ -186,7 +145,7 @@ int agent_state_remove(const char *dir, const char *name)
             return 0;
         return PHY_EIO;
     }
-    return fsync_dir(dir);
+    return phy_fsync_dir(dir);
 }
 
 /* mtime of one state file. */

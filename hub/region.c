@@ -20,6 +20,7 @@
 #include "phy/client.h"
 #include "phy/crypto.h"
 #include "phy/err.h"
+#include "phy/file.h"
 #include "phy/log.h"
 #include "region.h"
 
@@ -141,7 +142,8 @@ int region_key_new(const char *path, char *err, size_t errcap)
     }
     size_t n = strlen(key);
     key[n++] = '\n';
-    if (write(fd, key, n) == (ssize_t)n && fsync(fd) == 0)
+    /* the file, then its new name in the directory, durable before success */
+    if (write(fd, key, n) == (ssize_t)n && fsync(fd) == 0 && phy_fsync_parent(path) == 0)
         rc = 0;
     else
         set_err(err, errcap, "key file %s: %s", path, strerror(errno));
@@ -322,7 +324,9 @@ static int peer_auth(struct hub *h, const struct api_request *req, struct api_re
         return 0;
     }
     hub_metric_add(&h->metrics.auth_failures, 1);
-    phy_log(PHY_LOG_WARN, "inter_region_auth_failed", "reason=%s path=%s", why, req->path);
+    char lpath[128];
+    phy_log(PHY_LOG_WARN, "inter_region_auth_failed", "reason=%s path=%s", why,
+            api_log_path(req->path, lpath, sizeof lpath));
     api_error(res, 401, "unauthorized", "a valid inter-region key is required");
     snprintf(res->extra_headers, sizeof res->extra_headers,
              "WWW-Authenticate: Bearer realm=\"phystack-internal\"\r\n");

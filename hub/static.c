@@ -10,6 +10,7 @@
 
 #include "handlers.h"
 #include "phy/err.h"
+#include "phy/file.h"
 
 #define STATIC_MAX_BYTES (1u << 20)
 #define STATIC_NAME_MAX 128
@@ -68,38 +69,9 @@ static int read_file(const char *path, char **out, size_t *len)
     int fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0)
         return errno == EMFILE || errno == ENFILE || errno == ENOMEM ? PHY_EIO : PHY_ENOTFOUND;
-    struct stat st;
-    int rc = PHY_ENOTFOUND;
-    char *buf = NULL;
-    size_t cap, n = 0;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > STATIC_MAX_BYTES)
-        goto out;
-    cap = (size_t)st.st_size;
-    rc = PHY_ENOMEM;
-    buf = malloc(cap + 1);
-    if (!buf)
-        goto out;
-    while (n < cap) {
-        ssize_t r = read(fd, buf + n, cap - n);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0) {
-            rc = PHY_EIO;
-            goto out;
-        }
-        if (r == 0)
-            break; /* the file shrank meanwhile: serve what is there */
-        n += (size_t)r;
-    }
-    buf[n] = '\0';
-    *out = buf;
-    *len = n;
-    buf = NULL;
-    rc = 0;
-out:
-    free(buf);
+    int rc = phy_read_regular(fd, STATIC_MAX_BYTES, out, len);
     close(fd);
-    return rc;
+    return rc == PHY_EINVAL || rc == PHY_ETOOBIG ? PHY_ENOTFOUND : rc;
 }
 
 void handle_static(struct hub *h, const struct api_request *req, struct api_response *res)

@@ -15,6 +15,7 @@
 
 #include "phy/base64.h"
 #include "phy/err.h"
+#include "phy/file.h"
 
 #define AEAD_NONCE_LEN 12
 #define AEAD_TAG_LEN 16
@@ -255,31 +256,6 @@ out_free:
     return rc;
 }
 
-/* fsyncs the directory that holds path so that a new entry is durable. */
-static int fsync_parent_dir(const char *path)
-{
-    char dir[PATH_MAX];
-    const char *slash = strrchr(path, '/');
-    size_t len;
-    int fd, rc = 0;
-
-    if (slash == NULL) {
-        memcpy(dir, ".", 2);
-    } else {
-        len = slash == path ? 1 : (size_t)(slash - path);
-        if (len >= sizeof dir)
-            return PHY_ETOOBIG;
-        memcpy(dir, path, len);
-        dir[len] = '\0';
-    }
-    fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        return PHY_EIO;
-    if (fsync(fd) != 0)
-        rc = PHY_EIO;
-    close(fd);
-    return rc;
-}
 
 /* Reads exactly n bytes (EINTR-safe); 0, or PHY_EIO on error or short file. */
 static int read_full(int fd, unsigned char *buf, size_t n)
@@ -391,7 +367,7 @@ static int key_create(const char *path, unsigned char key[PHY_AEAD_KEY_LEN], cha
         goto out_unlink;
     }
     unlink(tmp);
-    if (fsync_parent_dir(path) != 0) {
+    if (phy_fsync_parent(path) != 0) {
         snprintf(errbuf, errcap, "key file %s: cannot fsync its directory", path);
         return PHY_EIO;
     }
