@@ -2441,9 +2441,13 @@ out:
     return rc;
 }
 
-static int sq_desired_patch(struct store *s, int64_t tenant_id, const char *device_id,
-                            const char *patch_json, int64_t if_match, int64_t *version,
-                            int *changed, int *outcome)
+/* One device's section patch: checks and parses the patch, then in one write
+ * transaction runs check (1: the device may be patched, 0: NOT_FOUND, < 0: failure)
+ * and applies the merge with section_apply. */
+static int device_section_patch(struct store *s, const char *device_id, const char *patch_json,
+                                enum twin_section sec, int64_t if_match,
+                                int (*check)(struct store *s, const void *ctx),
+                                const void *ctx, int64_t *version, int *changed, int *outcome)
 {
     struct section_q q = {0};
     json_t *patch = NULL;
@@ -2463,16 +2467,14 @@ static int sq_desired_patch(struct store *s, int64_t tenant_id, const char *devi
         return rc;
     if ((rc = tx_begin(s, 1)))
         goto out_patch;
-    rc = q_int(s, NULL,
-               "SELECT 1 FROM devices WHERE device_id = ? AND tenant_id = ? AND state <> 'revoked'",
-               "ti", device_id, tenant_id);
+    rc = check(s, ctx);
     if (rc < 0)
         goto out;
     if (rc == 0) {
         *outcome = STORE_NOT_FOUND;
         goto out;
     }
-    rc = section_q_prep(s, &q, SECTION_DESIRED);
+    rc = section_q_prep(s, &q, sec);
     if (rc == 0)
         rc = section_apply(s, &q, device_id, patch, if_match, NULL, version, changed, outcome);
 out:
@@ -2485,6 +2487,41 @@ out:
 out_patch:
     json_decref(patch);
     return rc;
+}
+
+struct patch_target {
+    int64_t tenant_id, now_ms;
+    const char *device_id;
+};
+
+/* desired: the tenant's device, not revoked. */
+static int desired_check(struct store *s, const void *ctx)
+{
+    const struct patch_target *t = ctx;
+    return q_int(s, NULL,
+                 "SELECT 1 FROM devices WHERE device_id = ? AND tenant_id = ? AND state <> 'revoked'",
+                 "ti", t->device_id, t->tenant_id);
+}
+
+/* reported: the device is not revoked; its last_seen moves on. */
+static int reported_check(struct store *s, const void *ctx)
+{
+    const struct patch_target *t = ctx;
+    int changes = 0;
+    int rc = q_exec(s, &changes,
+                    "UPDATE devices SET last_seen_ms = MAX(last_seen_ms, ?) WHERE device_id = ? AND"
+                    " state <> 'revoked'",
+                    "it", t->now_ms, t->device_id);
+    return rc < 0 ? rc : changes > 0;
+}
+
+static int sq_desired_patch(struct store *s, int64_t tenant_id, const char *device_id,
+                            const char *patch_json, int64_t if_match, int64_t *version,
+                            int *changed, int *outcome)
+{
+    struct patch_target t = {tenant_id, 0, device_id};
+    return device_section_patch(s, device_id, patch_json, SECTION_DESIRED, if_match,
+                                desired_check, &t, version, changed, outcome);
 }
 
 /* Internal: roll the transaction back although the operation has an answer. */
@@ -3028,47 +3065,9 @@ out:
 static int sq_reported_patch(struct store *s, const char *device_id, const char *patch_json,
                              int64_t now_ms, int64_t *version, int *changed, int *outcome)
 {
-    struct section_q q = {0};
-    json_t *patch = NULL;
-    int changes = 0, rc;
-    if (version)
-        *version = 0;
-    if (changed)
-        *changed = 0;
-    if (!s || !version || !changed || !outcome || !device_id_ok(device_id))
-        return PHY_EINVAL;
-    rc = json_object_parse(patch_json, PATCH_JSON_MAX, &patch);
-    if (rc == PHY_ETOOBIG) {
-        *outcome = STORE_TOO_BIG;
-        return 0;
-    }
-    if (rc)
-        return rc;
-    if ((rc = tx_begin(s, 1)))
-        goto out_patch;
-    rc = q_exec(s, &changes,
-                "UPDATE devices SET last_seen_ms = MAX(last_seen_ms, ?) WHERE device_id = ? AND"
-                " state <> 'revoked'",
-                "it", now_ms, device_id);
-    if (rc)
-        goto out;
-    if (changes == 0) {
-        *outcome = STORE_NOT_FOUND;
-        goto out;
-    }
-    rc = section_q_prep(s, &q, SECTION_REPORTED);
-    if (rc == 0)
-        rc = section_apply(s, &q, device_id, patch, -1, NULL, version, changed, outcome);
-out:
-    section_q_free(&q);
-    rc = tx_end(s, rc);
-    if (rc) {
-        *version = 0;
-        *changed = 0;
-    }
-out_patch:
-    json_decref(patch);
-    return rc;
+    struct patch_target t = {0, now_ms, device_id};
+    return device_section_patch(s, device_id, patch_json, SECTION_REPORTED, -1, reported_check,
+                                &t, version, changed, outcome);
 }
 
 static int sq_status_put(struct store *s, const char *device_id, const char *status_json,
