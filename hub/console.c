@@ -923,6 +923,19 @@ out:
     json_decref(body);
 }
 
+/* What revoke, reset and delete share once the store did it: the access-log facts,
+ * the live session closed with close_code, the tenant's state event, the audit
+ * record (detail stolen, may be NULL). */
+static void device_ended(struct hub *h, const struct api_caller *caller, const char *id,
+                         const char *what, int close_code, const char *state, const char *action,
+                         json_t *detail, struct api_response *res)
+{
+    device_log(res, caller, id, what);
+    close_effect(res, id, close_code);
+    api_state_event(res, caller->tenant_id, id, state);
+    api_audit(h, caller->tenant_id, caller->user_id, action, id, detail);
+}
+
 void handle_device_revoke(struct hub *h, const struct api_request *req, const char *id,
                           struct api_response *res)
 {
@@ -940,10 +953,7 @@ void handle_device_revoke(struct hub *h, const struct api_request *req, const ch
         no_device(res);
         return;
     }
-    device_log(res, &caller, id, "revoked=1");
-    close_effect(res, id, 4001);
-    api_state_event(res, caller.tenant_id, id, "revoked");
-    api_audit(h, caller.tenant_id, caller.user_id, "device.revoke", id, NULL);
+    device_ended(h, &caller, id, "revoked=1", 4001, "revoked", "device.revoke", NULL, res);
     answer_device(h, &caller, id, res);
 }
 
@@ -971,11 +981,8 @@ void handle_device_reset(struct hub *h, const struct api_request *req, const cha
     int rearmed = outcome == STORE_OK;
     char what[96];
     snprintf(what, sizeof(what), "serial=%s reset=1 rearmed=%d", d.serial, rearmed);
-    device_log(res, &caller, id, what);
-    close_effect(res, id, 4001);
-    api_state_event(res, caller.tenant_id, id, "revoked");
-    api_audit(h, caller.tenant_id, caller.user_id, "device.reset", id,
-              json_pack("{s:s}", "serial", d.serial));
+    device_ended(h, &caller, id, what, 4001, "revoked", "device.reset",
+                 json_pack("{s:s}", "serial", d.serial), res);
     api_json(res, 200,
              json_pack("{s:s, s:s, s:s, s:b}", "device_id", id, "serial", d.serial, "state",
                        "revoked", "rearmed", rearmed));
@@ -1000,10 +1007,7 @@ void handle_device_delete(struct hub *h, const struct api_request *req, const ch
         no_device(res);
         return;
     }
-    device_log(res, &caller, id, "deleted=1");
-    close_effect(res, id, 4002);
-    api_state_event(res, caller.tenant_id, id, "deleted");
-    api_audit(h, caller.tenant_id, caller.user_id, "device.delete", id, NULL);
+    device_ended(h, &caller, id, "deleted=1", 4002, "deleted", "device.delete", NULL, res);
     res->status = 204; /* no body: the server writes no Content-Length either */
 }
 
