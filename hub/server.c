@@ -215,7 +215,10 @@ int conn_out_append(struct conn *c, const char *data, size_t n, size_t max_pendi
     return conn_buf_append(&c->out, &c->out_len, &c->out_cap, data, n, SIZE_MAX);
 }
 
-int conn_flush(struct conn *c)
+/* Writes what is pending in c->out through TLS. 1 when all is written, 0 when TLS
+ * must wait for the socket (*ev: the poll events it needs), -1 when the connection
+ * failed and was closed. */
+static int conn_write_out(struct conn *c, int *ev)
 {
     while (c->out && c->out_off < c->out_len) {
         ERR_clear_error();
@@ -224,11 +227,22 @@ int conn_flush(struct conn *c)
             c->out_off += (size_t)n;
             continue;
         }
-        int ev = conn_ssl_want(c->ssl, n);
-        if (ev < 0) {
+        *ev = conn_ssl_want(c->ssl, n);
+        if (*ev < 0) {
             conn_close(c);
             return -1;
         }
+        return 0;
+    }
+    return 1;
+}
+
+int conn_flush(struct conn *c)
+{
+    int ev = 0, r = conn_write_out(c, &ev);
+    if (r < 0)
+        return -1;
+    if (r == 0) {
         conn_want(c, ev | UV_READABLE);
         return 0;
     }
@@ -619,17 +633,9 @@ static void conn_drive(struct conn *c)
             events_drive(c);
             return;
         case CONN_WRITING: {
-            while (c->out_off < c->out_len) {
-                ERR_clear_error();
-                int n = SSL_write(c->ssl, c->out + c->out_off, (int)(c->out_len - c->out_off));
-                if (n > 0) {
-                    c->out_off += (size_t)n;
-                    continue;
-                }
-                int ev = conn_ssl_want(c->ssl, n);
-                if (ev < 0)
-                    conn_close(c);
-                else
+            int ev = 0, r = conn_write_out(c, &ev);
+            if (r <= 0) {
+                if (r == 0)
                     conn_want(c, ev);
                 return;
             }
