@@ -2,7 +2,8 @@
 SHELL := /bin/bash
 DEPS := libuv1-dev libssl-dev libwslay-dev libjansson-dev libsqlite3-dev libpq-dev \
         libinih-dev libargon2-dev libcmocka-dev pkg-config cmake make gcc clang \
-        libclang-rt-14-dev curl openssl python3 ca-certificates chromium
+        libclang-rt-14-dev curl openssl python3 ca-certificates chromium \
+        postgresql
 JOBS ?= $(shell nproc)
 
 .PHONY: test demo deps node-deps build-test build-release fuzz clean format

@@ -97,11 +97,11 @@ static void on_sweep_work(uv_work_t *w)
     long keep_s = g_hub.cfg.claim_window_s > g_hub.cfg.login_window_s ? g_hub.cfg.claim_window_s
                                                                       : g_hub.cfg.login_window_s;
     if (g_hub.store_ops->sweep(g_hub.store, &p, (int64_t)keep_s * 1000) < 0)
-        phy_log(PHY_LOG_WARN, "sweep_failed", "store=%s", g_hub.store_ops->name);
+        phy_log(PHY_LOG_WARN, "sweep_failed", "store=%s", store_engine_name(g_hub.store));
     if (g_hub.store_ops->console_sweep(g_hub.store, hub_now_ms(), g_hub.cfg.session_idle_s * 1000,
                                        g_hub.cfg.session_max_s * 1000,
                                        g_hub.cfg.audit_keep_days * 86400000LL) < 0)
-        phy_log(PHY_LOG_WARN, "sweep_failed", "store=%s what=console", g_hub.store_ops->name);
+        phy_log(PHY_LOG_WARN, "sweep_failed", "store=%s what=console", store_engine_name(g_hub.store));
     region_outbox_drain(&g_hub);
 }
 
@@ -185,7 +185,7 @@ static void on_signal(uv_signal_t *s, int signum)
 static int open_store(struct hub *h)
 {
     char err[256] = "";
-    h->store_ops = &store_sqlite_ops;
+    h->store_ops = &store_ops;
     if (!h->cfg.db) {
         fprintf(stderr, "phyhub: --db is required\n");
         return -1;
@@ -570,7 +570,7 @@ int main(int argc, char **argv)
             "poll_interval=%ld grace=%ld registration_idle=%ld web_root=%s",
             c->region, c->listen, c->provisioning ? "on" : "off",
             c->provisioning_url ? c->provisioning_url : "-", c->public_endpoint,
-            g_hub.store_ops->name, c->code_ttl_s, c->poll_interval_s, c->issuance_grace_s,
+            store_engine_name(g_hub.store), c->code_ttl_s, c->poll_interval_s, c->issuance_grace_s,
             c->registration_idle_s, phy_log_quote(c->web_root, wr, sizeof(wr)));
     uv_run(loop, UV_RUN_DEFAULT);
     uv_loop_close(loop);

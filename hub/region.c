@@ -850,7 +850,7 @@ void region_outbox_drain(struct hub *h)
     if (atomic_exchange(&rc->draining, 1))
         return;
     if (h->store_ops->outbox_due(h->store, hub_now_ms(), items, OUTBOX_BATCH, &n) < 0) {
-        phy_log(PHY_LOG_WARN, "outbox_failed", "store=%s", h->store_ops->name);
+        phy_log(PHY_LOG_WARN, "outbox_failed", "store=%s", store_engine_name(h->store));
         n = 0;
     }
     for (size_t i = 0; i < n; i++) {

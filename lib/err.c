@@ -29,6 +29,8 @@ const char *phy_strerror(int err)
         return "EEXIST";
     case PHY_ECRYPTO:
         return "ECRYPTO";
+    case PHY_EUNAVAIL:
+        return "EUNAVAIL";
     default:
         return "EUNKNOWN";
     }

@@ -15,6 +15,7 @@ enum phy_err {
     PHY_EUNSUPP = -9, /* valid but unsupported (e.g. chunked request body) */
     PHY_EEXIST = -10,
     PHY_ECRYPTO = -11,
+    PHY_EUNAVAIL = -12, /* a service (the store's database) cannot be reached now */
 };
 
 /* Short static name of an error code ("EINVAL"); never NULL. */

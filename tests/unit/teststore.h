@@ -31,7 +31,7 @@
 #define GRACE_MS 60000
 
 /* The store under test. */
-static const struct phy_store_ops *const ops = &store_sqlite_ops;
+static const struct phy_store_ops *const ops = &store_ops;
 
 /* ---- values ---- */
 

@@ -1,5 +1,5 @@
-/* The hub's persistent store: a table of operations so that SQLite (default) and
- * PostgreSQL back ends are interchangeable. Every operation is atomic (one
+/* The hub's persistent store: one table of operations (the core, core.c) over
+ * two engines, SQLite (default) and PostgreSQL (engine.h). Every operation is atomic (one
  * transaction) and durable when it returns 0; callers run them off the event loop
  * (libuv thread pool). Implementations must be safe to call from several threads. */
 #ifndef PHY_HUB_STORE_H
@@ -430,7 +430,19 @@ struct phy_store_ops {
                           struct store_status_report **out, size_t *n, int *outcome);
 };
 
-extern const struct phy_store_ops store_sqlite_ops;
+/* The store: the core's operations over the engine that the URL names
+ * (postgresql://... or postgres://...: PostgreSQL; anything else: a SQLite file). */
+extern const struct phy_store_ops store_ops;
+
+struct store_engine_opts;
+/* ops.open with engine options (NULL: defaults). */
+int store_open_opts(const char *url, const struct store_engine_opts *o, struct store **out,
+                    char *err, size_t errcap);
+/* "sqlite" or "postgresql". */
+const char *store_engine_name(const struct store *s);
+/* Tests and tools: the first column of the first row of one SQL statement, as text
+ * ("<none>" without a row, "<null>" for NULL). Never used by the hub. */
+int store_debug_query(struct store *s, const char *sql, char *out, size_t cap);
 
 /* Frees the array returned by devices_list. */
 void store_devices_free(struct store_device *d, size_t n);

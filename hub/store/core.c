@@ -1,4 +1,6 @@
-/* SQLite back end of the hub store: one WAL-mode file, every operation one transaction. */
+/* The store core: every operation of struct phy_store_ops, with its checks and
+ * rules, written once over the engine contract (engine.h). Engines (sqlite.c,
+ * pg.c) bring connections, transactions and schemas; SQL here is portable. */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -13,13 +15,12 @@
 
 #include <jansson.h>
 #include <openssl/crypto.h>
-#include <sqlite3.h>
 
 #include "phy/err.h"
 #include "phy/twin.h"
+#include "engine.h"
 #include "store.h"
 
-#define SCHEMA_VERSION 4
 #define REGION_MAX 15       /* token_auth's region[16], a peer region's name */
 #define PW_HASH_MAX 511     /* an encoded argon2id hash is ~100 chars (user_get: 512) */
 #define TAGS_JSON_MAX 65536 /* console tags are a small object */
@@ -33,184 +34,14 @@
 #define AUDIT_LIST_MAX 500
 #define SESSION_TOUCH_MS 5000 /* console_session_auth writes last_used_ms at most this often */
 
-/* One connection (opened FULLMUTEX); mu makes each multi-statement operation one
- * transaction that no other thread's statements can interleave with. */
+/* An open store: its engine and the engine's database. */
 struct store {
-    sqlite3 *db;
-    pthread_mutex_t mu;
+    const struct store_engine *e;
+    struct store_db *db;
 };
 
-/* A regional hub's calls to eu that are still owed (enum store_outbox_kind). */
-#define OUTBOX_SQL                                                                                 \
-    "CREATE TABLE IF NOT EXISTS outbox("                                                           \
-    "  device_id TEXT NOT NULL,"                                                                   \
-    "  kind INTEGER NOT NULL,"                                                                     \
-    "  serial TEXT NOT NULL DEFAULT '',"                                                           \
-    "  attempts INTEGER NOT NULL DEFAULT 0,"                                                       \
-    "  next_ms INTEGER NOT NULL,"                                                                  \
-    "  created_ms INTEGER NOT NULL,"                                                               \
-    "  PRIMARY KEY(device_id, kind));"                                                             \
-    "CREATE INDEX IF NOT EXISTS outbox_next ON outbox(next_ms);"
-
-/* Console sessions, login throttle, audit log and status history (version 4). The
- * session is found by the SHA-256 of its cookie value; login failures are keyed by
- * names, since guesses at unknown tenants and users are throttled too. audit.id is
- * the list cursor: AUTOINCREMENT never reuses one. status_history keeps the newest
- * STORE_STATUS_HISTORY reports of a device, its index also orders them (rowid
- * breaks ties between equal times). */
-#define CONSOLE_SQL                                                                                \
-    "CREATE TABLE IF NOT EXISTS console_sessions("                                                 \
-    "  id_hash TEXT PRIMARY KEY,"                                                                  \
-    "  tenant_id INTEGER NOT NULL,"                                                                \
-    "  user_id INTEGER NOT NULL,"                                                                  \
-    "  csrf TEXT NOT NULL,"                                                                        \
-    "  created_ms INTEGER NOT NULL,"                                                               \
-    "  last_used_ms INTEGER NOT NULL);"                                                            \
-    "CREATE TABLE IF NOT EXISTS login_failures("                                                   \
-    "  id INTEGER PRIMARY KEY,"                                                                    \
-    "  tenant TEXT NOT NULL,"                                                                      \
-    "  user TEXT NOT NULL,"                                                                        \
-    "  at_ms INTEGER NOT NULL);"                                                                   \
-    "CREATE INDEX IF NOT EXISTS login_failures_user ON login_failures(tenant, user, at_ms);"       \
-    "CREATE INDEX IF NOT EXISTS login_failures_tenant ON login_failures(tenant, at_ms);"           \
-    "CREATE TABLE IF NOT EXISTS audit("                                                            \
-    "  id INTEGER PRIMARY KEY AUTOINCREMENT,"                                                      \
-    "  tenant_id INTEGER NOT NULL,"                                                                \
-    "  user_id INTEGER NOT NULL,"                                                                  \
-    "  at_ms INTEGER NOT NULL,"                                                                    \
-    "  action TEXT NOT NULL,"                                                                      \
-    "  device_id TEXT,"                                                                            \
-    "  detail_json TEXT);"                                                                         \
-    "CREATE INDEX IF NOT EXISTS audit_tenant ON audit(tenant_id, id);"                             \
-    "CREATE TABLE IF NOT EXISTS status_history("                                                   \
-    "  device_id TEXT NOT NULL REFERENCES devices(device_id) ON DELETE CASCADE,"                   \
-    "  at_ms INTEGER NOT NULL,"                                                                    \
-    "  status_json TEXT NOT NULL);"                                                                \
-    "CREATE INDEX IF NOT EXISTS status_history_device ON status_history(device_id, at_ms);"
-
-/* A fresh store is created at SCHEMA_VERSION directly; older ones are migrated
- * step by step (MIGRATE_SQL[v] takes version v to v + 1). */
-static const char SCHEMA_SQL[] =
-    "CREATE TABLE IF NOT EXISTS tenants("
-    "  id INTEGER PRIMARY KEY,"
-    "  name TEXT NOT NULL UNIQUE,"
-    "  region TEXT NOT NULL,"
-    "  created_ms INTEGER NOT NULL);"
-    "CREATE TABLE IF NOT EXISTS users("
-    "  id INTEGER PRIMARY KEY,"
-    "  tenant_id INTEGER NOT NULL REFERENCES tenants(id),"
-    "  name TEXT NOT NULL,"
-    "  pw_hash TEXT NOT NULL,"
-    "  UNIQUE(tenant_id, name));"
-    "CREATE TABLE IF NOT EXISTS api_tokens("
-    "  token_hash TEXT PRIMARY KEY,"
-    "  tenant_id INTEGER NOT NULL REFERENCES tenants(id),"
-    "  user_id INTEGER NOT NULL REFERENCES users(id),"
-    "  created_ms INTEGER NOT NULL);"
-    "CREATE TABLE IF NOT EXISTS registrations("
-    "  token_hash TEXT PRIMARY KEY,"
-    "  serial TEXT NOT NULL,"
-    "  code TEXT,"
-    "  code_expires_ms INTEGER NOT NULL DEFAULT 0,"
-    "  interval_s INTEGER NOT NULL,"
-    "  last_poll_ms INTEGER,"
-    "  last_active_ms INTEGER NOT NULL,"
-    "  created_ms INTEGER NOT NULL);"
-    "CREATE INDEX IF NOT EXISTS registrations_serial ON registrations(serial);"
-    "CREATE INDEX IF NOT EXISTS registrations_code ON registrations(code);"
-    /* No foreign key on tenant_id: the eu provisioning store records claims made
-     * for tenants whose rows live in another region's store. secret_hash is ''
-     * once the device is revoked (the column predates revocation: NOT NULL). */
-    "CREATE TABLE IF NOT EXISTS devices("
-    "  device_id TEXT PRIMARY KEY,"
-    "  tenant_id INTEGER NOT NULL,"
-    "  serial TEXT NOT NULL,"
-    "  name TEXT,"
-    "  tags_json TEXT NOT NULL DEFAULT '{}',"
-    "  secret_hash TEXT NOT NULL,"
-    "  state TEXT NOT NULL,"
-    "  created_ms INTEGER NOT NULL,"
-    "  online INTEGER NOT NULL DEFAULT 0,"
-    "  last_seen_ms INTEGER NOT NULL DEFAULT 0,"
-    "  connected_ms INTEGER NOT NULL DEFAULT 0,"
-    "  disconnected_ms INTEGER NOT NULL DEFAULT 0,"
-    "  last_status_json TEXT,"
-    "  last_status_ms INTEGER NOT NULL DEFAULT 0,"
-    "  session_gen INTEGER NOT NULL DEFAULT 0,"
-    "  remote INTEGER NOT NULL DEFAULT 0);" /* 1: claimed through eu (section 3) */
-    "CREATE INDEX IF NOT EXISTS devices_tenant ON devices(tenant_id, device_id);"
-    "CREATE INDEX IF NOT EXISTS devices_tenant_online ON devices(tenant_id, online, device_id);"
-    /* A device without a twins row has the empty twin at versions 0. */
-    "CREATE TABLE IF NOT EXISTS twins("
-    "  device_id TEXT PRIMARY KEY REFERENCES devices(device_id) ON DELETE CASCADE,"
-    "  desired TEXT NOT NULL DEFAULT '{}',"
-    "  desired_version INTEGER NOT NULL DEFAULT 0,"
-    "  reported TEXT NOT NULL DEFAULT '{}',"
-    "  reported_version INTEGER NOT NULL DEFAULT 0);"
-    /* region: NULL for eu's own claims, else the peer region that asked for the
-     * issuance. Once redelivery of a peer region's issuance ended its device_id is ''
-     * and device_ref holds phy_ref(device ID) (SHA-256 hex): that region can still
-     * cancel, purge or replay by device ID, and the ID itself is not kept. */
-    "CREATE TABLE IF NOT EXISTS issuances("
-    "  serial TEXT PRIMARY KEY,"
-    "  code TEXT,"
-    "  token_hash TEXT NOT NULL,"
-    "  device_id TEXT NOT NULL,"
-    "  sealed BLOB,"
-    "  created_ms INTEGER NOT NULL,"
-    "  delivered_ms INTEGER,"
-    "  region TEXT,"
-    "  device_ref TEXT);"
-    "CREATE INDEX IF NOT EXISTS issuances_code ON issuances(code);"
-    "CREATE INDEX IF NOT EXISTS issuances_token ON issuances(token_hash);"
-    "CREATE INDEX IF NOT EXISTS issuances_device ON issuances(device_id);"
-    "CREATE INDEX IF NOT EXISTS issuances_ref ON issuances(device_ref);" OUTBOX_SQL
-    "CREATE TABLE IF NOT EXISTS claim_failures("
-    "  tenant_id INTEGER NOT NULL,"
-    "  user_id INTEGER NOT NULL,"
-    "  at_ms INTEGER NOT NULL);"
-    "CREATE INDEX IF NOT EXISTS claim_failures_tenant ON claim_failures(tenant_id, at_ms);"
-    "CREATE INDEX IF NOT EXISTS claim_failures_user"
-    " ON claim_failures(tenant_id, user_id, at_ms);" CONSOLE_SQL;
-
-/* Version 1 -> 2: presence, last status and twins. The result matches SCHEMA_SQL. */
-static const char MIGRATE_1_2_SQL[] =
-    "ALTER TABLE devices ADD COLUMN online INTEGER NOT NULL DEFAULT 0;"
-    "ALTER TABLE devices ADD COLUMN last_seen_ms INTEGER NOT NULL DEFAULT 0;"
-    "ALTER TABLE devices ADD COLUMN connected_ms INTEGER NOT NULL DEFAULT 0;"
-    "ALTER TABLE devices ADD COLUMN disconnected_ms INTEGER NOT NULL DEFAULT 0;"
-    "ALTER TABLE devices ADD COLUMN last_status_json TEXT;"
-    "ALTER TABLE devices ADD COLUMN last_status_ms INTEGER NOT NULL DEFAULT 0;"
-    "ALTER TABLE devices ADD COLUMN session_gen INTEGER NOT NULL DEFAULT 0;"
-    "CREATE INDEX devices_tenant_online ON devices(tenant_id, online, device_id);"
-    "CREATE TABLE twins("
-    "  device_id TEXT PRIMARY KEY REFERENCES devices(device_id) ON DELETE CASCADE,"
-    "  desired TEXT NOT NULL DEFAULT '{}',"
-    "  desired_version INTEGER NOT NULL DEFAULT 0,"
-    "  reported TEXT NOT NULL DEFAULT '{}',"
-    "  reported_version INTEGER NOT NULL DEFAULT 0);";
-
-/* Version 2 -> 3: inter-region provisioning. The result matches SCHEMA_SQL. */
-static const char MIGRATE_2_3_SQL[] =
-    "ALTER TABLE devices ADD COLUMN remote INTEGER NOT NULL DEFAULT 0;"
-    "ALTER TABLE issuances ADD COLUMN region TEXT;"
-    "ALTER TABLE issuances ADD COLUMN device_ref TEXT;"
-    "CREATE INDEX issuances_device ON issuances(device_id);"
-    "CREATE INDEX issuances_ref ON issuances(device_ref);" OUTBOX_SQL;
-
-/* Version 3 -> 4: the web console. A device's last status report becomes the first
- * entry of its history. The result matches SCHEMA_SQL. */
-static const char MIGRATE_3_4_SQL[] =
-    CONSOLE_SQL "INSERT INTO status_history(device_id, at_ms, status_json)"
-                " SELECT device_id, last_status_ms, last_status_json FROM devices"
-                " WHERE last_status_json IS NOT NULL;";
-
-static const char *const MIGRATE_SQL[SCHEMA_VERSION] = {
-    NULL, /* 0: a fresh store gets SCHEMA_SQL */
-    MIGRATE_1_2_SQL,
-    MIGRATE_2_3_SQL,
-    MIGRATE_3_4_SQL,
-};
+/* The transaction of the operation running on this thread (one at a time). */
+static _Thread_local struct db_tx *tx_cur;
 
 /* ---- input checks ---- */
 
@@ -366,6 +197,13 @@ static int64_t live_after(const struct store_prov_params *p)
     return p->now_ms - p->registration_idle_ms;
 }
 
+/* phy_ref(device ID): the SHA-256 hex that eu keeps of a peer region's device ID
+ * once redelivery ended (the ID itself is erased). */
+static int device_ref(const char *device_id, char out[PHY_HASH_HEX_LEN + 1])
+{
+    return phy_sha256_hex(device_id, strlen(device_id), out) < 0 ? PHY_ECRYPTO : 0;
+}
+
 static int64_t wall_ms(void)
 {
     struct timespec ts;
@@ -388,54 +226,50 @@ __attribute__((format(printf, 3, 4))) static void set_err(char *err, size_t errc
  * Bind formats: 't' text (const char *, NULL binds NULL), 'i' int64_t,
  * 'b' blob (const void *, size_t). Bound pointers must outlive the statement. */
 
-static int bindv(sqlite3_stmt *st, const char *fmt, va_list ap)
+#define ARGS_MAX 12
+
+static int argsv(struct db_arg *a, int *n, const char *fmt, va_list ap)
 {
-    int idx = 1;
-    for (const char *f = fmt; *f; f++, idx++) {
-        int rc;
+    int i = 0;
+    for (const char *f = fmt; *f; f++, i++) {
+        if (i == ARGS_MAX)
+            return PHY_EINVAL;
+        memset(&a[i], 0, sizeof a[i]);
+        a[i].type = *f;
         switch (*f) {
-        case 't': {
-            const char *v = va_arg(ap, const char *);
-            rc = v ? sqlite3_bind_text(st, idx, v, -1, SQLITE_STATIC) : sqlite3_bind_null(st, idx);
+        case 't':
+            a[i].text = va_arg(ap, const char *);
             break;
-        }
         case 'i':
-            rc = sqlite3_bind_int64(st, idx, (sqlite3_int64)va_arg(ap, int64_t));
+            a[i].i = va_arg(ap, int64_t);
             break;
-        case 'b': {
-            const void *v = va_arg(ap, const void *);
-            size_t n = va_arg(ap, size_t);
-            if (n > INT_MAX)
-                return PHY_ETOOBIG;
-            rc = v ? sqlite3_bind_blob(st, idx, v, (int)n, SQLITE_STATIC)
-                   : sqlite3_bind_null(st, idx);
+        case 'b':
+            a[i].blob = va_arg(ap, const void *);
+            a[i].len = va_arg(ap, size_t);
             break;
-        }
         default:
             return PHY_EINVAL;
         }
-        if (rc != SQLITE_OK)
-            return PHY_EIO;
     }
+    *n = i;
     return 0;
 }
 
-static int prepv(struct store *s, sqlite3_stmt **st, const char *sql, const char *fmt, va_list ap)
+static int prepv(struct store *s, struct db_stmt **st, const char *sql, const char *fmt,
+                 va_list ap)
 {
-    int rc;
+    struct db_arg a[ARGS_MAX];
+    int n = 0, rc;
     *st = NULL;
-    if (sqlite3_prepare_v2(s->db, sql, -1, st, NULL) != SQLITE_OK)
+    if (!tx_cur)
         return PHY_EIO;
-    rc = bindv(*st, fmt, ap);
-    if (rc) {
-        sqlite3_finalize(*st);
-        *st = NULL;
-    }
-    return rc;
+    if ((rc = argsv(a, &n, fmt, ap)))
+        return rc;
+    return s->e->query(tx_cur, sql, a, n, st);
 }
 
-/* Prepares sql and binds its parameters; 0 or PHY_E*. */
-static int q_prep(struct store *s, sqlite3_stmt **st, const char *sql, const char *fmt, ...)
+/* Runs sql with its parameters; *st to step through and finish. 0 or PHY_E*. */
+static int q_prep(struct store *s, struct db_stmt **st, const char *sql, const char *fmt, ...)
 {
     va_list ap;
     int rc;
@@ -445,67 +279,98 @@ static int q_prep(struct store *s, sqlite3_stmt **st, const char *sql, const cha
     return rc;
 }
 
-/* Maps a failed sqlite3_step: uniqueness violations are PHY_EEXIST, all else PHY_EIO. */
-static int step_err(struct store *s)
+/* The engine of the store that ran st (one per process in practice). */
+static _Thread_local const struct store_engine *eng_cur;
+
+static int db_step(struct db_stmt *st)
 {
-    int ext = sqlite3_extended_errcode(s->db);
-    if (ext == SQLITE_CONSTRAINT_UNIQUE || ext == SQLITE_CONSTRAINT_PRIMARYKEY)
-        return PHY_EEXIST;
-    return PHY_EIO;
+    return eng_cur->step(st);
 }
 
-/* Prepares and binds sql, then takes one step: the sqlite3_step result (SQLITE_ROW,
- * SQLITE_DONE, ...) with *st left to finalize, or a negative PHY_E* (no statement). */
-static int q_stepv(struct store *s, sqlite3_stmt **st, const char *sql, const char *fmt, va_list ap)
+static int db_null(struct db_stmt *st, int col)
+{
+    return eng_cur->col_null(st, col);
+}
+
+static int64_t db_int(struct db_stmt *st, int col)
+{
+    return eng_cur->col_int(st, col);
+}
+
+static const char *db_text(struct db_stmt *st, int col)
+{
+    return eng_cur->col_text(st, col, NULL);
+}
+
+static void db_finish(struct db_stmt *st)
+{
+    if (st)
+        eng_cur->finish(st);
+}
+
+/* Runs sql and takes one step: DB_ROW / DB_DONE with *st left to finish, or a
+ * negative PHY_E* (no statement). */
+static int q_stepv(struct store *s, struct db_stmt **st, const char *sql, const char *fmt,
+                   va_list ap)
 {
     int rc = prepv(s, st, sql, fmt, ap);
-    return rc ? rc : sqlite3_step(*st);
+    if (rc)
+        return rc;
+    rc = db_step(*st);
+    if (rc < 0) {
+        db_finish(*st);
+        *st = NULL;
+    }
+    return rc;
 }
 
 /* Runs a statement that returns no rows; *changes (optional) gets the rows changed. */
 static int q_exec(struct store *s, int *changes, const char *sql, const char *fmt, ...)
 {
-    sqlite3_stmt *st;
+    struct db_stmt *st;
     va_list ap;
     va_start(ap, fmt);
     int rc = q_stepv(s, &st, sql, fmt, ap);
     va_end(ap);
     if (rc < 0)
         return rc;
-    rc = (rc == SQLITE_DONE || rc == SQLITE_ROW) ? 0 : step_err(s);
-    if (rc == 0 && changes)
-        *changes = sqlite3_changes(s->db);
-    sqlite3_finalize(st);
-    return rc;
+    while (rc == DB_ROW)
+        rc = db_step(st);
+    if (rc == DB_DONE && changes)
+        *changes = (int)s->e->changes(st);
+    db_finish(st);
+    st = NULL;
+    return rc < 0 ? rc : 0;
 }
 
 /* Reads column 0 of the first row as an integer: 1 when there is a row, 0 when
  * there is none, negative PHY_E* on failure. */
 static int q_int(struct store *s, int64_t *v, const char *sql, const char *fmt, ...)
 {
-    sqlite3_stmt *st;
+    struct db_stmt *st;
     va_list ap;
     va_start(ap, fmt);
     int rc = q_stepv(s, &st, sql, fmt, ap);
     va_end(ap);
     if (rc < 0)
         return rc;
-    if (rc == SQLITE_ROW) {
+    if (rc == DB_ROW) {
         if (v)
-            *v = sqlite3_column_int64(st, 0);
+            *v = db_int(st, 0);
         rc = 1;
-    } else {
-        rc = rc == SQLITE_DONE ? 0 : step_err(s);
     }
-    sqlite3_finalize(st);
+    db_finish(st);
+    st = NULL;
     return rc;
 }
 
 /* Copies a text column (NULL reads as "") into dst[cap]; PHY_EIO when it does not fit. */
-static int col_copy(sqlite3_stmt *st, int col, char *dst, size_t cap)
+static int col_copy(struct db_stmt *st, int col, char *dst, size_t cap)
 {
-    const unsigned char *v = sqlite3_column_text(st, col);
-    size_t n = v ? (size_t)sqlite3_column_bytes(st, col) : 0;
+    size_t n = 0;
+    const char *v = eng_cur->col_text(st, col, &n);
+    if (!v)
+        n = 0;
     if (n >= cap)
         return PHY_EIO;
     if (n)
@@ -514,11 +379,14 @@ static int col_copy(sqlite3_stmt *st, int col, char *dst, size_t cap)
     return 0;
 }
 
-static char *col_dup(sqlite3_stmt *st, int col)
+static char *col_dup(struct db_stmt *st, int col)
 {
-    const unsigned char *v = sqlite3_column_text(st, col);
-    size_t n = v ? (size_t)sqlite3_column_bytes(st, col) : 0;
-    char *d = malloc(n + 1);
+    size_t n = 0;
+    const char *v = eng_cur->col_text(st, col, &n);
+    char *d;
+    if (!v)
+        n = 0;
+    d = malloc(n + 1);
     if (!d)
         return NULL;
     if (n)
@@ -527,223 +395,137 @@ static char *col_dup(sqlite3_stmt *st, int col)
     return d;
 }
 
-static int exec_sql(struct store *s, const char *sql)
-{
-    return sqlite3_exec(s->db, sql, NULL, NULL, NULL) == SQLITE_OK ? 0 : PHY_EIO;
-}
+/* ---- transactions ----
+ * An operation is one transaction: tx_begin ... tx_end. TX_BEGIN/TX_RETRY wrap
+ * them so that an engine's serialization failure (STORE_ERETRY) runs the whole
+ * operation again, up to TX_ATTEMPTS times with a short randomized pause. */
 
-/* ---- transactions ---- */
+#define TX_ATTEMPTS 20
 
-/* Locks the store and opens a transaction (IMMEDIATE when it will write). */
 static int tx_begin(struct store *s, int write)
 {
-    pthread_mutex_lock(&s->mu);
-    if (exec_sql(s, write ? "BEGIN IMMEDIATE" : "BEGIN") != 0) {
-        pthread_mutex_unlock(&s->mu);
-        return PHY_EIO;
-    }
-    return 0;
-}
-
-/* Commits when rc is 0, rolls back otherwise (or when the commit fails); unlocks. */
-static int tx_end(struct store *s, int rc)
-{
-    if (rc == 0 && exec_sql(s, "COMMIT") != 0)
-        rc = PHY_EIO;
-    if (rc != 0 && !sqlite3_get_autocommit(s->db))
-        exec_sql(s, "ROLLBACK");
-    pthread_mutex_unlock(&s->mu);
+    int rc;
+    if (tx_cur)
+        return PHY_EIO; /* operations do not nest */
+    eng_cur = s->e;
+    rc = s->e->begin(s->db, write, &tx_cur);
+    if (rc)
+        tx_cur = NULL;
     return rc;
 }
 
-/* Best effort after sealed bodies were purged: secure_delete zeroed them in the
- * database pages; checkpointing and truncating the WAL drops the older page images
- * that still hold them. The purge itself is already committed. */
-static void wal_scrub(struct store *s)
+/* Commits when rc is 0, rolls back otherwise (or when the commit fails). */
+static int tx_end(struct store *s, int rc)
 {
-    pthread_mutex_lock(&s->mu);
-    exec_sql(s, "PRAGMA wal_checkpoint(TRUNCATE)");
-    pthread_mutex_unlock(&s->mu);
+    int erc;
+    (void)s;
+    if (!tx_cur)
+        return rc ? rc : PHY_EIO;
+    erc = eng_cur->end(tx_cur, rc == 0);
+    tx_cur = NULL;
+    return rc ? rc : erc;
 }
 
-/* tx_end, then wal_scrub when the committed transaction purged (rows > 0). */
+/* 1 (after a pause) when an operation that ended with rc should run again. */
+static int tx_again(int rc, int *attempt)
+{
+    if (rc != STORE_ERETRY)
+        return 0;
+    if (++*attempt >= TX_ATTEMPTS)
+        return 0;
+    unsigned char r = 0;
+    phy_random_bytes(&r, 1);
+    struct timespec ts = {0, (long)(200 + (int)r * 8) * 1000L * (*attempt < 5 ? *attempt : 5)};
+    nanosleep(&ts, NULL);
+    return 1;
+}
+
+/* The retry loop of an operation: TX_BEGIN(s, write) where tx_begin was called,
+ * TX_RETRY(rc) after tx_end and the operation's own clean-up. */
+#define TX_BEGIN(s, write)                                                                         \
+    int tx_attempt_ = 0;                                                                           \
+    tx_again_:                                                                                     \
+    if ((rc = tx_begin((s), (write))))                                                             \
+        return rc == STORE_ERETRY ? PHY_EUNAVAIL : rc;
+#define TX_RETRY(rc)                                                                               \
+    do {                                                                                           \
+        if (tx_again((rc), &tx_attempt_))                                                          \
+            goto tx_again_;                                                                        \
+        if ((rc) == STORE_ERETRY)                                                                  \
+            (rc) = PHY_EUNAVAIL;                                                                   \
+    } while (0)
+
+/* tx_end, then the engine's after_purge when the committed transaction purged. */
 static int tx_end_scrub(struct store *s, int rc, int purged)
 {
     rc = tx_end(s, rc);
-    if (rc == 0 && purged > 0)
-        wal_scrub(s);
+    if (rc == 0 && purged > 0 && s->e->after_purge)
+        s->e->after_purge(s->db);
     return rc;
 }
 
 /* ---- open / close ---- */
 
-static int pragma_text(struct store *s, const char *sql, char *out, size_t cap)
+static const struct store_engine *const ENGINES[] = {&store_engine_pg, &store_engine_sqlite};
+
+static int core_open(const char *url, struct store **out, char *err, size_t errcap)
 {
-    sqlite3_stmt *st;
-    int rc;
-    if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK)
-        return PHY_EIO;
-    rc = sqlite3_step(st) == SQLITE_ROW ? col_copy(st, 0, out, cap) : PHY_EIO;
-    sqlite3_finalize(st);
-    return rc;
+    return store_open_opts(url, NULL, out, err, errcap);
 }
 
-static int schema_init(struct store *s, char *err, size_t errcap)
+int store_open_opts(const char *url, const struct store_engine_opts *o, struct store **out,
+                    char *err, size_t errcap)
 {
-    int64_t version = 0;
-    int rc;
-    if (exec_sql(s, "BEGIN IMMEDIATE") != 0)
-        goto fail_sql;
-    if (q_int(s, &version, "PRAGMA user_version", "") < 0)
-        goto fail_sql;
-    if (version < 0 || version > SCHEMA_VERSION) {
-        set_err(err, errcap, "store schema version %lld is not known to this build (%d)",
-                (long long)version, SCHEMA_VERSION);
-        rc = PHY_EUNSUPP;
-        goto fail;
-    }
-    if (version == 0) {
-        if (exec_sql(s, SCHEMA_SQL) != 0)
-            goto fail_sql;
-    } else {
-        for (int64_t v = version; v < SCHEMA_VERSION; v++) {
-            if (exec_sql(s, MIGRATE_SQL[v]) != 0)
-                goto fail_sql;
-        }
-    }
-    if (version < SCHEMA_VERSION) {
-        char sql[48];
-        snprintf(sql, sizeof sql, "PRAGMA user_version = %d", SCHEMA_VERSION);
-        if (exec_sql(s, sql) != 0)
-            goto fail_sql;
-    }
-    if (exec_sql(s, "COMMIT") != 0)
-        goto fail_sql;
-    return 0;
-
-fail_sql:
-    set_err(err, errcap, "store schema: %s", sqlite3_errmsg(s->db));
-    rc = PHY_EIO;
-fail:
-    if (!sqlite3_get_autocommit(s->db))
-        exec_sql(s, "ROLLBACK");
-    return rc;
-}
-
-static void sq_close(struct store *s)
-{
-    if (!s)
-        return;
-    sqlite3_close(s->db);
-    pthread_mutex_destroy(&s->mu);
-    free(s);
-}
-
-/* SQL function phy_ref(text): the SHA-256 hex of its argument (NULL for NULL). */
-static void sql_phy_ref(sqlite3_context *ctx, int argc, sqlite3_value **argv)
-{
-    char hex[PHY_HASH_HEX_LEN + 1];
-    const unsigned char *t = argc == 1 ? sqlite3_value_text(argv[0]) : NULL;
-    if (!t) {
-        sqlite3_result_null(ctx);
-        return;
-    }
-    if (phy_sha256_hex(t, (size_t)sqlite3_value_bytes(argv[0]), hex) < 0) {
-        sqlite3_result_error(ctx, "phy_ref: hashing failed", -1);
-        return;
-    }
-    sqlite3_result_text(ctx, hex, PHY_HASH_HEX_LEN, SQLITE_TRANSIENT);
-}
-
-static int sq_open(const char *url, struct store **out, char *err, size_t errcap)
-{
-    static const char *const pragmas[] = {
-        "PRAGMA busy_timeout = 5000", "PRAGMA foreign_keys = ON", "PRAGMA secure_delete = ON",
-        "PRAGMA synchronous = FULL", /* credentials are durable before they are sent */
-    };
-    char mode[16];
+    struct store_engine_opts def = {0};
+    const struct store_engine *e = NULL;
     struct store *s;
     int rc;
-
     if (out)
         *out = NULL;
-    if (!out || !url || !url[0] || strnlen(url, PATH_MAX) >= PATH_MAX) {
-        set_err(err, errcap, "invalid store path");
+    if (!out || !url || !url[0]) {
+        set_err(err, errcap, "invalid store URL or path");
         return PHY_EINVAL;
     }
-    if (!sqlite3_threadsafe()) {
-        set_err(err, errcap, "SQLite is built without thread safety");
-        return PHY_EUNSUPP;
-    }
-    /* The file holds password hashes and sealed issuances: create it owner-only
-     * (SQLite gives its -wal and -shm files the same mode). */
-    if (url[0] != ':' && strncmp(url, "file:", 5) != 0) {
-        struct stat stt;
-        int fd = open(url, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-        if (fd < 0) {
-            set_err(err, errcap, "open %s: %s", url, strerror(errno));
-            return PHY_EIO;
-        }
-        if (fstat(fd, &stt) != 0 || (stt.st_mode & 077) != 0) {
-            set_err(err, errcap,
-                    "store %s is readable by group or others (mode %04o); chmod 600 it", url,
-                    (unsigned)(stt.st_mode & 07777));
-            close(fd);
-            return PHY_EINVAL;
-        }
-        close(fd);
+    for (size_t i = 0; i < sizeof ENGINES / sizeof ENGINES[0] && !e; i++)
+        if (ENGINES[i]->accepts(url))
+            e = ENGINES[i];
+    if (!e) {
+        set_err(err, errcap, "no store engine for this URL");
+        return PHY_EINVAL;
     }
     s = calloc(1, sizeof *s);
     if (!s) {
         set_err(err, errcap, "out of memory");
         return PHY_ENOMEM;
     }
-    if (pthread_mutex_init(&s->mu, NULL) != 0) {
+    s->e = e;
+    rc = e->open(url, o ? o : &def, &s->db, err, errcap);
+    if (rc) {
         free(s);
-        set_err(err, errcap, "mutex init failed");
-        return PHY_EIO;
+        return rc;
     }
-    rc = sqlite3_open_v2(url, &s->db,
-                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX, NULL);
-    if (rc != SQLITE_OK) {
-        set_err(err, errcap, "sqlite open %s: %s", url,
-                s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
-        rc = PHY_EIO;
-        goto fail;
-    }
-    sqlite3_extended_result_codes(s->db, 1);
-    if (sqlite3_create_function(s->db, "phy_ref", 1, SQLITE_UTF8 | SQLITE_DETERMINISTIC, NULL,
-                                sql_phy_ref, NULL, NULL) != SQLITE_OK) {
-        set_err(err, errcap, "sqlite function: %s", sqlite3_errmsg(s->db));
-        rc = PHY_EIO;
-        goto fail;
-    }
-    for (size_t i = 0; i < sizeof pragmas / sizeof pragmas[0]; i++) {
-        if (exec_sql(s, pragmas[i]) != 0) {
-            set_err(err, errcap, "%s: %s", pragmas[i], sqlite3_errmsg(s->db));
-            rc = PHY_EIO;
-            goto fail;
-        }
-    }
-    if (pragma_text(s, "PRAGMA journal_mode = WAL", mode, sizeof mode) != 0) {
-        set_err(err, errcap, "journal_mode: %s", sqlite3_errmsg(s->db));
-        rc = PHY_EIO;
-        goto fail;
-    }
-    if (strcmp(mode, "wal") != 0 && strcmp(mode, "memory") != 0) {
-        set_err(err, errcap, "journal_mode WAL refused (got %s)", mode);
-        rc = PHY_EIO;
-        goto fail;
-    }
-    rc = schema_init(s, err, errcap);
-    if (rc)
-        goto fail;
     *out = s;
     return 0;
+}
 
-fail:
-    sq_close(s);
-    return rc;
+static void core_close(struct store *s)
+{
+    if (!s)
+        return;
+    s->e->close(s->db);
+    free(s);
+}
+
+const char *store_engine_name(const struct store *s)
+{
+    return s ? s->e->name : "";
+}
+
+int store_debug_query(struct store *s, const char *sql, char *out, size_t cap)
+{
+    if (!s || !sql || !out || cap == 0)
+        return PHY_EINVAL;
+    return s->e->debug_query(s->db, sql, out, cap);
 }
 
 /* ---- admin and auth ---- */
@@ -758,8 +540,7 @@ static int sq_tenant_add(struct store *s, const char *name, const char *region, 
     int rc;
     if (!s || !outcome || !str_ok(name, STORE_NAME_MAX) || !str_ok(region, REGION_MAX))
         return PHY_EINVAL;
-    if ((rc = tx_begin(s, 1)))
-        return rc;
+    TX_BEGIN(s, 1)
     rc = q_exec(s, NULL, "INSERT INTO tenants(name, region, created_ms) VALUES (?, ?, ?)", "tti",
                 name, region, wall_ms());
     *outcome = STORE_OK;
@@ -767,7 +548,9 @@ static int sq_tenant_add(struct store *s, const char *name, const char *region, 
         *outcome = STORE_EXISTS;
         rc = 0;
     }
-    return tx_end(s, rc);
+    rc = tx_end(s, rc);
+    TX_RETRY(rc);
+    return rc;
 }
 
 static int sq_user_add(struct store *s, const char *tenant, const char *user, const char *pw_hash,
@@ -778,8 +561,7 @@ static int sq_user_add(struct store *s, const char *tenant, const char *user, co
     if (!s || !outcome || !str_ok(tenant, STORE_NAME_MAX) || !str_ok(user, STORE_NAME_MAX) ||
         !str_ok(pw_hash, PW_HASH_MAX))
         return PHY_EINVAL;
-    if ((rc = tx_begin(s, 1)))
-        return rc;
+    TX_BEGIN(s, 1)
     rc = tenant_id_of(s, tenant, &tid);
     if (rc < 0)
         goto out;
@@ -795,7 +577,9 @@ static int sq_user_add(struct store *s, const char *tenant, const char *user, co
         rc = 0;
     }
 out:
-    return tx_end(s, rc);
+    rc = tx_end(s, rc);
+    TX_RETRY(rc);
+    return rc;
 }
 
 static int sq_token_add(struct store *s, const char *tenant, const char *user,
@@ -806,8 +590,7 @@ static int sq_token_add(struct store *s, const char *tenant, const char *user,
     if (!s || !outcome || !str_ok(tenant, STORE_NAME_MAX) || !str_ok(user, STORE_NAME_MAX) ||
         !hash_ok(token_hash))
         return PHY_EINVAL;
-    if ((rc = tx_begin(s, 1)))
-        return rc;
+    TX_BEGIN(s, 1)
     rc = tenant_id_of(s, tenant, &tid);
     if (rc < 0)
         goto out;
@@ -830,19 +613,20 @@ static int sq_token_add(struct store *s, const char *tenant, const char *user,
         rc = 0;
     }
 out:
-    return tx_end(s, rc);
+    rc = tx_end(s, rc);
+    TX_RETRY(rc);
+    return rc;
 }
 
 static int sq_token_auth(struct store *s, const char *token_hash, int64_t *tenant_id,
                          int64_t *user_id, char tenant[STORE_NAME_MAX + 1], char region[16],
                          int *outcome)
 {
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     int rc;
     if (!s || !outcome || !hash_ok(token_hash))
         return PHY_EINVAL;
-    if ((rc = tx_begin(s, 0)))
-        return rc;
+    TX_BEGIN(s, 0)
     rc = q_prep(s, &st,
                 "SELECT t.id, u.id, t.name, t.region FROM api_tokens k"
                 " JOIN users u ON u.id = k.user_id AND u.tenant_id = k.tenant_id"
@@ -850,29 +634,32 @@ static int sq_token_auth(struct store *s, const char *token_hash, int64_t *tenan
                 "t", token_hash);
     if (rc)
         goto out;
-    rc = sqlite3_step(st);
-    if (rc == SQLITE_DONE) {
+    rc = db_step(st);
+    if (rc == DB_DONE) {
         *outcome = STORE_NOT_FOUND;
         rc = 0;
         goto out;
     }
-    if (rc != SQLITE_ROW) {
-        rc = PHY_EIO;
+    if (rc != DB_ROW) {
+        rc = rc < 0 ? rc : PHY_EIO;
         goto out;
     }
     rc = 0;
     if (tenant_id)
-        *tenant_id = sqlite3_column_int64(st, 0);
+        *tenant_id = db_int(st, 0);
     if (user_id)
-        *user_id = sqlite3_column_int64(st, 1);
+        *user_id = db_int(st, 1);
     if (tenant && (rc = col_copy(st, 2, tenant, STORE_NAME_MAX + 1)))
         goto out;
     if (region && (rc = col_copy(st, 3, region, REGION_MAX + 1)))
         goto out;
     *outcome = STORE_OK;
 out:
-    sqlite3_finalize(st);
-    return tx_end(s, rc);
+    db_finish(st);
+    st = NULL;
+    rc = tx_end(s, rc);
+    TX_RETRY(rc);
+    return rc;
 }
 
 /* ---- console users and sessions ---- */
@@ -880,40 +667,42 @@ out:
 static int sq_user_get(struct store *s, const char *tenant, const char *user, int64_t *tenant_id,
                        int64_t *user_id, char pw_hash[512], char region[16], int *outcome)
 {
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     int rc;
     if (!s || !outcome || !pw_hash || !region || !str_ok(tenant, STORE_NAME_MAX) ||
         !str_ok(user, STORE_NAME_MAX))
         return PHY_EINVAL;
-    if ((rc = tx_begin(s, 0)))
-        return rc;
+    TX_BEGIN(s, 0)
     rc = q_prep(s, &st,
                 "SELECT t.id, u.id, u.pw_hash, t.region FROM users u"
                 " JOIN tenants t ON t.id = u.tenant_id WHERE t.name = ? AND u.name = ?",
                 "tt", tenant, user);
     if (rc)
         goto out;
-    rc = sqlite3_step(st);
-    if (rc == SQLITE_DONE) {
+    rc = db_step(st);
+    if (rc == DB_DONE) {
         *outcome = STORE_NOT_FOUND;
         rc = 0;
         goto out;
     }
-    if (rc != SQLITE_ROW) {
-        rc = PHY_EIO;
+    if (rc != DB_ROW) {
+        rc = rc < 0 ? rc : PHY_EIO;
         goto out;
     }
     if ((rc = col_copy(st, 2, pw_hash, PW_HASH_MAX + 1)) ||
         (rc = col_copy(st, 3, region, REGION_MAX + 1)))
         goto out;
     if (tenant_id)
-        *tenant_id = sqlite3_column_int64(st, 0);
+        *tenant_id = db_int(st, 0);
     if (user_id)
-        *user_id = sqlite3_column_int64(st, 1);
+        *user_id = db_int(st, 1);
     *outcome = STORE_OK;
 out:
-    sqlite3_finalize(st);
-    return tx_end(s, rc);
+    db_finish(st);
+    st = NULL;
+    rc = tx_end(s, rc);
+    TX_RETRY(rc);
+    return rc;
 }
 
 /* The user must belong to the tenant (PHY_ENOTFOUND otherwise); a taken id_hash is
@@ -924,8 +713,7 @@ static int sq_console_session_create(struct store *s, const char *id_hash, int64
     int changes = 0, rc;
     if (!s || !session_hash_ok(id_hash) || !csrf_ok(csrf))
         return PHY_EINVAL;
-    if ((rc = tx_begin(s, 1)))
-        return rc;
+    TX_BEGIN(s, 1)
     rc = q_exec(s, &changes,
                 "INSERT INTO console_sessions(id_hash, tenant_id, user_id, csrf, created_ms,"
                 " last_used_ms) SELECT ?1, tenant_id, id, ?2, ?3, ?3 FROM users"
@@ -933,22 +721,24 @@ static int sq_console_session_create(struct store *s, const char *id_hash, int64
                 "ttiii", id_hash, csrf, now_ms, user_id, tenant_id);
     if (rc == 0 && changes == 0)
         rc = PHY_ENOTFOUND;
-    return tx_end(s, rc);
+    rc = tx_end(s, rc);
+    TX_RETRY(rc);
+    return rc;
 }
 
 /* Reads a session row (columns as selected by sq_console_session_auth) into *out. */
-static int session_read(sqlite3_stmt *st, struct store_session *out)
+static int session_read(struct db_stmt *st, struct store_session *out)
 {
     int rc;
-    out->tenant_id = sqlite3_column_int64(st, 0);
-    out->user_id = sqlite3_column_int64(st, 1);
+    out->tenant_id = db_int(st, 0);
+    out->user_id = db_int(st, 1);
     if ((rc = col_copy(st, 2, out->tenant, sizeof out->tenant)) ||
         (rc = col_copy(st, 3, out->user, sizeof out->user)) ||
         (rc = col_copy(st, 4, out->region, sizeof out->region)) ||
         (rc = col_copy(st, 5, out->csrf, sizeof out->csrf)))
         return rc;
-    out->created_ms = sqlite3_column_int64(st, 6);
-    out->last_used_ms = sqlite3_column_int64(st, 7);
+    out->created_ms = db_int(st, 6);
+    out->last_used_ms = db_int(st, 7);
     return 0;
 }
 
@@ -960,13 +750,14 @@ static int sq_console_sweep(struct store *s, int64_t now_ms, int64_t idle_ms, in
     int rc;
     if (!s || idle_ms <= 0 || max_ms <= 0)
         return PHY_EINVAL;
-    if ((rc = tx_begin(s, 1)))
-        return rc;
+    TX_BEGIN(s, 1)
     rc = q_exec(s, NULL, "DELETE FROM console_sessions WHERE last_used_ms < ? OR created_ms < ?",
                 "ii", now_ms - idle_ms, now_ms - max_ms);
     if (rc == 0 && audit_keep_ms > 0)
         rc = q_exec(s, NULL, "DELETE FROM audit WHERE at_ms < ?", "i", now_ms - audit_keep_ms);
-    return tx_end(s, rc);
+    rc = tx_end(s, rc);
+    TX_RETRY(rc);
+    return rc;
 }
 
 /* Idle time is measured from the last written use, which may lag the real last use
@@ -975,14 +766,13 @@ static int sq_console_session_auth(struct store *s, const char *id_hash, int64_t
                                    int64_t idle_ms, int64_t max_ms, int touch,
                                    struct store_session *out, int *outcome)
 {
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     int rc;
     if (out)
         memset(out, 0, sizeof *out);
     if (!s || !out || !outcome || !session_hash_ok(id_hash) || idle_ms <= 0 || max_ms <= 0)
         return PHY_EINVAL;
-    if ((rc = tx_begin(s, 1)))
-        return rc;
+    TX_BEGIN(s, 1)
     rc = q_prep(s, &st,
                 "SELECT c.tenant_id, c.user_id, t.name, u.name, t.region, c.csrf, c.created_ms,"
                 " c.last_used_ms FROM console_sessions c"
@@ -991,14 +781,14 @@ static int sq_console_session_auth(struct store *s, const char *id_hash, int64_t
                 "t", id_hash);
     if (rc)
         goto out;
-    rc = sqlite3_step(st);
-    if (rc == SQLITE_DONE) {
+    rc = db_step(st);
+    if (rc == DB_DONE) {
         *outcome = STORE_NOT_FOUND;
         rc = 0;
         goto out;
     }
-    rc = rc == SQLITE_ROW ? session_read(st, out) : PHY_EIO;
-    sqlite3_finalize(st);
+    rc = rc == DB_ROW ? session_read(st, out) : PHY_EIO;
+    db_finish(st);
     st = NULL;
     if (rc)
         goto out;
@@ -1019,10 +809,12 @@ static int sq_console_session_auth(struct store *s, const char *id_hash, int64_t
     }
     *outcome = STORE_OK;
 out:
-    sqlite3_finalize(st);
+    db_finish(st);
+    st = NULL;
     rc = tx_end(s, rc);
     if (rc)
         memset(out, 0, sizeof *out);
+    TX_RETRY(rc);
     return rc;
 }
 
@@ -1031,10 +823,11 @@ static int sq_console_session_delete(struct store *s, const char *id_hash)
     int rc;
     if (!s || !session_hash_ok(id_hash))
         return PHY_EINVAL;
-    if ((rc = tx_begin(s, 1)))
-        return rc;
+    TX_BEGIN(s, 1)
     rc = q_exec(s, NULL, "DELETE FROM console_sessions WHERE id_hash = ?", "t", id_hash);
-    return tx_end(s, rc);
+    rc = tx_end(s, rc);
+    TX_RETRY(rc);
+    return rc;
 }
 
 /* ---- audit ---- */
@@ -1049,25 +842,26 @@ static int sq_audit_add(struct store *s, int64_t tenant_id, int64_t user_id, int
         return PHY_EINVAL;
     if (detail_json && (rc = json_object_parse(detail_json, AUDIT_DETAIL_MAX, NULL)))
         return rc;
-    if ((rc = tx_begin(s, 1)))
-        return rc;
+    TX_BEGIN(s, 1)
     rc = q_exec(s, NULL,
                 "INSERT INTO audit(tenant_id, user_id, at_ms, action, device_id, detail_json)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 "iiittt", tenant_id, user_id, now_ms, action, device_id, detail_json);
-    return tx_end(s, rc);
+    rc = tx_end(s, rc);
+    TX_RETRY(rc);
+    return rc;
 }
 
-static int audit_read(sqlite3_stmt *st, struct store_audit *a)
+static int audit_read(struct db_stmt *st, struct store_audit *a)
 {
     int rc;
-    a->id = sqlite3_column_int64(st, 0);
-    a->at_ms = sqlite3_column_int64(st, 1);
+    a->id = db_int(st, 0);
+    a->at_ms = db_int(st, 1);
     if ((rc = col_copy(st, 2, a->actor, sizeof a->actor)) ||
         (rc = col_copy(st, 3, a->action, sizeof a->action)) ||
         (rc = col_copy(st, 4, a->device_id, sizeof a->device_id)))
         return rc;
-    if (sqlite3_column_type(st, 5) != SQLITE_NULL && !(a->detail_json = col_dup(st, 5)))
+    if (!db_null(st, 5) && !(a->detail_json = col_dup(st, 5)))
         return PHY_ENOMEM;
     return 0;
 }
@@ -1076,7 +870,7 @@ static int sq_audit_list(struct store *s, int64_t tenant_id, int64_t before, int
                          struct store_audit **out, size_t *n)
 {
     struct store_audit *v = NULL;
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     size_t count = 0;
     int rc;
     if (out)
@@ -1085,8 +879,7 @@ static int sq_audit_list(struct store *s, int64_t tenant_id, int64_t before, int
         *n = 0;
     if (!s || !out || !n || limit < 1 || limit > AUDIT_LIST_MAX)
         return PHY_EINVAL;
-    if ((rc = tx_begin(s, 0)))
-        return rc;
+    TX_BEGIN(s, 0)
     rc = q_prep(s, &st,
                 "SELECT a.id, a.at_ms, u.name, a.action, a.device_id, a.detail_json FROM audit a"
                 " LEFT JOIN users u ON u.id = a.user_id AND u.tenant_id = a.tenant_id"
@@ -1100,15 +893,19 @@ static int sq_audit_list(struct store *s, int64_t tenant_id, int64_t before, int
         rc = PHY_ENOMEM;
         goto out;
     }
-    while (count < (size_t)limit && (rc = sqlite3_step(st)) == SQLITE_ROW)
+    while (count < (size_t)limit && (rc = db_step(st)) == DB_ROW)
         if ((rc = audit_read(st, &v[count++])))
             goto out;
-    rc = count == (size_t)limit || rc == SQLITE_DONE ? 0 : PHY_EIO;
+    rc = count == (size_t)limit || rc == DB_DONE ? 0 : rc < 0 ? rc : PHY_EIO;
 out:
-    sqlite3_finalize(st);
+    db_finish(st);
+    st = NULL;
     rc = tx_end(s, rc);
     if (rc) {
         store_audit_free(v, count);
+        v = NULL;
+        count = 0;
+        TX_RETRY(rc);
         return rc;
     }
     *out = v;
@@ -1135,8 +932,7 @@ static int sq_reg_create(struct store *s, const struct store_prov_params *p, con
     int rc;
     if (!s || !outcome || !params_ok(p) || !serial_ok(serial) || !hash_ok(token_hash))
         return PHY_EINVAL;
-    if ((rc = tx_begin(s, 1)))
-        return rc;
+    TX_BEGIN(s, 1)
     rc = issued_serial(s, serial);
     if (rc < 0)
         goto out;
@@ -1162,7 +958,9 @@ static int sq_reg_create(struct store *s, const struct store_prov_params *p, con
     if (rc == 0)
         *outcome = STORE_OK;
 out:
-    return tx_end(s, rc);
+    rc = tx_end(s, rc);
+    TX_RETRY(rc);
+    return rc;
 }
 
 static int sq_reg_set_code(struct store *s, const struct store_prov_params *p, const char *serial,
@@ -1173,8 +971,7 @@ static int sq_reg_set_code(struct store *s, const struct store_prov_params *p, c
     if (!s || !outcome || !params_ok(p) || !serial_ok(serial) || !hash_ok(token_hash) ||
         code_normalize(code, ncode) != 0)
         return PHY_EINVAL;
-    if ((rc = tx_begin(s, 1)))
-        return rc;
+    TX_BEGIN(s, 1)
     /* A registration that was claimed stays answerable even after it lapsed: the
      * device must go on to poll (and get its credentials), not re-register. */
     rc = q_int(s, NULL, "SELECT 1 FROM issuances WHERE token_hash = ? AND serial = ?", "tt",
@@ -1231,7 +1028,9 @@ static int sq_reg_set_code(struct store *s, const struct store_prov_params *p, c
     if (rc == 0)
         *outcome = STORE_OK;
 out:
-    return tx_end(s, rc);
+    rc = tx_end(s, rc);
+    TX_RETRY(rc);
+    return rc;
 }
 
 /* Rule 1 of poll. Returns 1 when the token has an issuance (outcome set), 0 when
@@ -1239,7 +1038,7 @@ out:
 static int poll_issuance(struct store *s, const struct store_prov_params *p, const char *token_hash,
                          struct store_poll_result *r, int *outcome)
 {
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     char device_id[PHY_DEVICE_ID_LEN + 1];
     int first, remote, rc;
     rc = q_prep(s, &st,
@@ -1250,21 +1049,21 @@ static int poll_issuance(struct store *s, const struct store_prov_params *p, con
                 "t", token_hash);
     if (rc)
         return rc;
-    rc = sqlite3_step(st);
-    if (rc != SQLITE_ROW) {
-        rc = rc == SQLITE_DONE ? 0 : PHY_EIO;
+    rc = db_step(st);
+    if (rc != DB_ROW) {
+        rc = rc == DB_DONE ? 0 : rc < 0 ? rc : PHY_EIO;
         goto out;
     }
-    const char *state = (const char *)sqlite3_column_text(st, 3);
-    const void *blob = sqlite3_column_blob(st, 1);
-    int blob_len = sqlite3_column_bytes(st, 1);
-    first = sqlite3_column_type(st, 2) == SQLITE_NULL;
-    remote = sqlite3_column_type(st, 4) != SQLITE_NULL;
+    const char *state = db_text(st, 3);
+    size_t blob_len = 0;
+    const void *blob = eng_cur->col_blob(st, 1, &blob_len);
+    first = db_null(st, 2);
+    remote = !db_null(st, 4);
     /* Redelivery only inside the grace window and before the device's first hub
      * session (which moves it past "provisioned"). A peer region's device has no
      * row here: its region ends redelivery by purging the body. */
-    if (!blob || blob_len <= 0 ||
-        (!first && p->now_ms - sqlite3_column_int64(st, 2) >= p->grace_ms) ||
+    if (!blob || blob_len == 0 ||
+        (!first && p->now_ms - db_int(st, 2) >= p->grace_ms) ||
         (!remote && (!state || (strcmp(state, "pending_delivery") != 0 &&
                                 strcmp(state, "provisioned") != 0)))) {
         *outcome = STORE_PROVISIONED;
@@ -1282,8 +1081,8 @@ static int poll_issuance(struct store *s, const struct store_prov_params *p, con
     r->sealed_len = (size_t)blob_len;
     memcpy(r->device_id, device_id, sizeof device_id);
     /* A peer region's tenant lives in that region's store: its ID means nothing here. */
-    r->tenant_id = remote ? 0 : sqlite3_column_int64(st, 5);
-    sqlite3_finalize(st);
+    r->tenant_id = remote ? 0 : db_int(st, 5);
+    db_finish(st);
     st = NULL;
     /* Nothing is recorded for a body the caller cannot open (e.g. a wrong key file):
      * the grace clock must not start for credentials that were never sent. */
@@ -1311,7 +1110,8 @@ static int poll_issuance(struct store *s, const struct store_prov_params *p, con
     *outcome = STORE_DELIVER;
     rc = 1;
 out:
-    sqlite3_finalize(st);
+    db_finish(st);
+    st = NULL;
     return rc;
 }
 
@@ -1328,28 +1128,29 @@ struct reg_row {
 static int reg_load(struct store *s, const struct store_prov_params *p, const char *token_hash,
                     struct reg_row *g)
 {
-    sqlite3_stmt *st;
+    struct db_stmt *st;
     int rc = q_prep(s, &st,
                     "SELECT serial, code, code_expires_ms, interval_s, last_poll_ms"
                     " FROM registrations WHERE token_hash = ? AND last_active_ms > ?",
                     "ti", token_hash, live_after(p));
     if (rc)
         return rc;
-    rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW) {
+    rc = db_step(st);
+    if (rc == DB_ROW) {
         rc = col_copy(st, 0, g->serial, sizeof g->serial);
         if (rc == 0)
             rc = col_copy(st, 1, g->code, sizeof g->code);
-        g->code_expires_ms = sqlite3_column_int64(st, 2);
-        g->interval_s = sqlite3_column_int64(st, 3);
-        g->has_polled = sqlite3_column_type(st, 4) != SQLITE_NULL;
-        g->last_poll_ms = sqlite3_column_int64(st, 4);
+        g->code_expires_ms = db_int(st, 2);
+        g->interval_s = db_int(st, 3);
+        g->has_polled = !db_null(st, 4);
+        g->last_poll_ms = db_int(st, 4);
         if (rc == 0)
             rc = 1;
     } else {
-        rc = rc == SQLITE_DONE ? 0 : PHY_EIO;
+        rc = rc == DB_DONE ? 0 : rc < 0 ? rc : PHY_EIO;
     }
-    sqlite3_finalize(st);
+    db_finish(st);
+    st = NULL;
     return rc;
 }
 
@@ -1369,8 +1170,7 @@ static int sq_poll(struct store *s, const struct store_prov_params *p, const cha
         return PHY_EINVAL;
     if (code && code_normalize(code, ncode) != 0)
         return PHY_EINVAL;
-    if ((rc = tx_begin(s, 1)))
-        return rc;
+    TX_BEGIN(s, 1)
 
     /* 1. an issuance bound to this token */
     rc = poll_issuance(s, p, token_hash, r, outcome);
@@ -1430,6 +1230,7 @@ out:
         free(r->sealed);
         memset(r, 0, sizeof *r);
     }
+    TX_RETRY(rc);
     return rc;
 }
 
@@ -1444,7 +1245,7 @@ struct claim_target {
 static int claim_by_code(struct store *s, const struct store_prov_params *p, const char *code,
                          struct claim_target *t, int *outcome)
 {
-    sqlite3_stmt *st;
+    struct db_stmt *st;
     int rc = q_prep(s, &st,
                     "SELECT token_hash, serial FROM registrations"
                     " WHERE code = ? AND code_expires_ms > ? AND last_active_ms > ?"
@@ -1452,17 +1253,18 @@ static int claim_by_code(struct store *s, const struct store_prov_params *p, con
                     "tii", code, p->now_ms, live_after(p));
     if (rc)
         return rc;
-    rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW) {
+    rc = db_step(st);
+    if (rc == DB_ROW) {
         rc = col_copy(st, 0, t->token_hash, sizeof t->token_hash);
         if (rc == 0)
             rc = col_copy(st, 1, t->serial, sizeof t->serial);
         if (rc == 0)
             rc = 1;
     } else {
-        rc = rc == SQLITE_DONE ? 0 : PHY_EIO;
+        rc = rc == DB_DONE ? 0 : rc < 0 ? rc : PHY_EIO;
     }
-    sqlite3_finalize(st);
+    db_finish(st);
+    st = NULL;
     if (rc == 0) {
         rc = issued_code(s, code);
         if (rc >= 0)
@@ -1484,7 +1286,7 @@ static int claim_by_code(struct store *s, const struct store_prov_params *p, con
 static int claim_by_serial(struct store *s, const struct store_prov_params *p, const char *serial,
                            struct claim_target *t, int *outcome)
 {
-    sqlite3_stmt *st;
+    struct db_stmt *st;
     int rows = 0, rc;
     rc = issued_serial(s, serial);
     if (rc < 0)
@@ -1499,15 +1301,16 @@ static int claim_by_serial(struct store *s, const struct store_prov_params *p, c
                 "ti", serial, live_after(p));
     if (rc)
         return rc;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    while ((rc = db_step(st)) == DB_ROW) {
         if (rows++ == 0) {
             if ((rc = col_copy(st, 0, t->token_hash, sizeof t->token_hash)) ||
                 (rc = col_copy(st, 1, t->code, sizeof t->code)))
                 break;
         }
     }
-    sqlite3_finalize(st);
-    if (rc != SQLITE_DONE)
+    db_finish(st);
+    st = NULL;
+    if (rc != DB_DONE)
         return rc < 0 ? rc : PHY_EIO;
     if (rows != 1) {
         *outcome = rows == 0 ? STORE_UNKNOWN_SERIAL : STORE_SERIAL_IN_USE;
@@ -1620,8 +1423,7 @@ static int sq_claim(struct store *s, const struct store_prov_params *p, const st
         .seal = c->seal,
         .seal_ctx = c->seal_ctx,
     };
-    if ((rc = tx_begin(s, 1)))
-        return rc;
+    TX_BEGIN(s, 1)
 
     rc = issue(s, p, &q, &t, outcome);
     if (rc <= 0)
@@ -1650,6 +1452,7 @@ out:
         free(device->tags_json);
         memset(device, 0, sizeof *device);
     }
+    TX_RETRY(rc);
     return rc;
 }
 
@@ -1661,7 +1464,7 @@ static int sq_issue_remote(struct store *s, const struct store_prov_params *p,
 {
     char ncode[PHY_CODE_LEN + 1];
     struct claim_target t;
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     int rc;
 
     if (serial_out)
@@ -1677,29 +1480,31 @@ static int sq_issue_remote(struct store *s, const struct store_prov_params *p,
         .seal = ri->seal,
         .seal_ctx = ri->seal_ctx,
     };
-    if ((rc = tx_begin(s, 1)))
+    char ref[PHY_HASH_HEX_LEN + 1];
+    if ((rc = device_ref(ri->device_id, ref)))
         return rc;
+    TX_BEGIN(s, 1)
     /* A retry (the answer to an earlier call was lost) finds its own issuance. */
     rc = q_prep(s, &st,
                 "SELECT serial, region FROM issuances WHERE device_id = ?1 OR"
-                " device_ref = phy_ref(?1) LIMIT 1",
-                "t", ri->device_id);
+                " device_ref = ?2 LIMIT 1",
+                "tt", ri->device_id, ref);
     if (rc)
         goto out;
-    rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW) {
-        const char *region = (const char *)sqlite3_column_text(st, 1);
+    rc = db_step(st);
+    if (rc == DB_ROW) {
+        const char *region = db_text(st, 1);
         int own = region && strcmp(region, ri->region) == 0;
         rc = own ? col_copy(st, 0, serial_out, PHY_SERIAL_MAX + 1) : 0;
         if (rc == 0)
             *outcome = own ? STORE_OK : STORE_ALREADY_CLAIMED;
         goto out;
     }
-    if (rc != SQLITE_DONE) {
-        rc = PHY_EIO;
+    if (rc != DB_DONE) {
+        rc = rc < 0 ? rc : PHY_EIO;
         goto out;
     }
-    sqlite3_finalize(st);
+    db_finish(st);
     st = NULL;
     rc = issue(s, p, &q, &t, outcome);
     if (rc == 1) {
@@ -1708,60 +1513,68 @@ static int sq_issue_remote(struct store *s, const struct store_prov_params *p,
         rc = 0;
     }
 out:
-    sqlite3_finalize(st);
+    db_finish(st);
+    st = NULL;
     rc = tx_end(s, rc);
     if (rc)
         serial_out[0] = '\0';
+    TX_RETRY(rc);
     return rc;
 }
 
 static int sq_issuance_purge_remote(struct store *s, const char *region, const char *device_id,
                                     int *outcome)
 {
+    char ref[PHY_HASH_HEX_LEN + 1];
     int purged = 0, rc;
     if (!s || !outcome || !region_ok(region) || !device_id_ok(device_id))
         return PHY_EINVAL;
-    if ((rc = tx_begin(s, 1)))
+    if ((rc = device_ref(device_id, ref)))
         return rc;
+    TX_BEGIN(s, 1)
     rc = q_exec(s, &purged,
-                "UPDATE issuances SET sealed = NULL, device_ref = phy_ref(?1), device_id = ''"
-                " WHERE (device_id = ?1 OR device_ref = phy_ref(?1)) AND region = ?2",
-                "tt", device_id, region);
+                "UPDATE issuances SET sealed = NULL, device_ref = ?3, device_id = ''"
+                " WHERE (device_id = ?1 OR device_ref = ?3) AND region = ?2",
+                "ttt", device_id, region, ref);
     if (rc == 0)
         *outcome = purged > 0 ? STORE_OK : STORE_NOT_FOUND;
-    return tx_end_scrub(s, rc, purged);
+    rc = tx_end_scrub(s, rc, purged);
+    TX_RETRY(rc);
+    return rc;
 }
 
 static int sq_issuance_cancel_remote(struct store *s, const char *region, const char *device_id,
                                      char serial_out[PHY_SERIAL_MAX + 1], int *outcome)
 {
-    sqlite3_stmt *st = NULL;
+    char ref[PHY_HASH_HEX_LEN + 1];
+    struct db_stmt *st = NULL;
     int deleted = 0, delivered, rc;
     if (serial_out)
         serial_out[0] = '\0';
     if (!s || !serial_out || !outcome || !region_ok(region) || !device_id_ok(device_id))
         return PHY_EINVAL;
-    if ((rc = tx_begin(s, 1)))
+    if ((rc = device_ref(device_id, ref)))
         return rc;
+    TX_BEGIN(s, 1)
     rc = q_prep(s, &st,
                 "SELECT serial, delivered_ms FROM issuances WHERE (device_id = ?1 OR"
-                " device_ref = phy_ref(?1)) AND region = ?2",
-                "tt", device_id, region);
+                " device_ref = ?3) AND region = ?2",
+                "ttt", device_id, region, ref);
     if (rc)
         goto out;
-    rc = sqlite3_step(st);
-    if (rc == SQLITE_DONE) {
+    rc = db_step(st);
+    if (rc == DB_DONE) {
         *outcome = STORE_NOT_FOUND;
         rc = 0;
         goto out;
     }
-    if (rc != SQLITE_ROW) {
-        rc = PHY_EIO;
+    if (rc != DB_ROW) {
+        rc = rc < 0 ? rc : PHY_EIO;
         goto out;
     }
-    delivered = sqlite3_column_type(st, 1) != SQLITE_NULL;
+    delivered = !db_null(st, 1);
     rc = col_copy(st, 0, serial_out, PHY_SERIAL_MAX + 1);
-    sqlite3_finalize(st);
+    db_finish(st);
     st = NULL;
     if (rc)
         goto out;
@@ -1775,10 +1588,12 @@ static int sq_issuance_cancel_remote(struct store *s, const char *region, const 
     if (rc == 0)
         *outcome = STORE_OK;
 out:
-    sqlite3_finalize(st);
+    db_finish(st);
+    st = NULL;
     rc = tx_end_scrub(s, rc, deleted);
     if (rc)
         serial_out[0] = '\0';
+    TX_RETRY(rc);
     return rc;
 }
 
@@ -1788,8 +1603,7 @@ static int sq_serial_rearm_remote(struct store *s, const char *region, const cha
     int deleted = 0, rc;
     if (!s || !outcome || !region_ok(region) || !serial_ok(serial))
         return PHY_EINVAL;
-    if ((rc = tx_begin(s, 1)))
-        return rc;
+    TX_BEGIN(s, 1)
     rc = q_exec(s, &deleted, "DELETE FROM issuances WHERE serial = ? AND region = ?", "tt", serial,
                 region);
     /* Its registrations go too, or they would count against the new one. */
@@ -1797,14 +1611,15 @@ static int sq_serial_rearm_remote(struct store *s, const char *region, const cha
         rc = q_exec(s, NULL, "DELETE FROM registrations WHERE serial = ?", "t", serial);
     if (rc == 0)
         *outcome = deleted > 0 ? STORE_OK : STORE_NOT_FOUND;
-    return tx_end_scrub(s, rc, deleted);
+    rc = tx_end_scrub(s, rc, deleted);
+    TX_RETRY(rc);
+    return rc;
 }
 
 static int sq_devices_add_bulk(struct store *s, const char *tenant,
                                const struct store_new_device *devs, size_t n, int64_t now_ms,
                                int *outcome)
 {
-    sqlite3_stmt *st = NULL;
     int64_t tid = 0;
     int rc;
     if (!s || !outcome || !str_ok(tenant, STORE_NAME_MAX) || (n && !devs))
@@ -1813,8 +1628,7 @@ static int sq_devices_add_bulk(struct store *s, const char *tenant,
         if (!serial_ok(devs[i].serial) || !hash_ok(devs[i].secret_hash) ||
             strncmp(devs[i].device_id, "dev_", 4) != 0)
             return PHY_EINVAL;
-    if ((rc = tx_begin(s, 1)))
-        return rc;
+    TX_BEGIN(s, 1)
     rc = tenant_id_of(s, tenant, &tid);
     if (rc < 0)
         goto out;
@@ -1824,31 +1638,21 @@ static int sq_devices_add_bulk(struct store *s, const char *tenant,
         goto out;
     }
     *outcome = STORE_OK;
-    rc = q_prep(s, &st,
-                "INSERT INTO devices(device_id, tenant_id, serial, name, tags_json, secret_hash,"
-                " state, created_ms) VALUES (?1, ?2, ?3, NULL, ?4, ?5, 'provisioned', ?6)",
-                "");
-    if (rc)
-        goto out;
-    for (size_t i = 0; i < n && rc == 0; i++) {
-        sqlite3_reset(st);
-        sqlite3_bind_text(st, 1, devs[i].device_id, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 2, tid);
-        sqlite3_bind_text(st, 3, devs[i].serial, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 4, devs[i].tags_json ? devs[i].tags_json : "{}", -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 5, devs[i].secret_hash, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 6, now_ms);
-        int step = sqlite3_step(st);
-        if (step != SQLITE_DONE)
-            rc = step_err(s);
-    }
+    rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++)
+        rc = q_exec(s, NULL,
+                    "INSERT INTO devices(device_id, tenant_id, serial, name, tags_json,"
+                    " secret_hash, state, created_ms) VALUES (?1, ?2, ?3, NULL, ?4, ?5,"
+                    " 'provisioned', ?6)",
+                    "tittti", devs[i].device_id, tid, devs[i].serial,
+                    devs[i].tags_json ? devs[i].tags_json : "{}", devs[i].secret_hash, now_ms);
     if (rc == PHY_EEXIST) {
         *outcome = STORE_EXISTS;
         rc = PHY_EEXIST; /* roll the whole batch back */
     }
 out:
-    sqlite3_finalize(st);
     rc = tx_end(s, rc);
+    TX_RETRY(rc);
     return rc == PHY_EEXIST ? 0 : rc;
 }
 
@@ -1874,20 +1678,22 @@ static const struct throttle CLAIM_THROTTLE = {
     .count_sql = "SELECT (SELECT count(*) FROM claim_failures WHERE tenant_id = ?1 AND"
                  " user_id = ?2 AND at_ms >= ?3), (SELECT count(*) FROM claim_failures"
                  " WHERE tenant_id = ?1 AND at_ms >= ?3)",
-    .insert_sql = "INSERT INTO claim_failures(tenant_id, user_id, at_ms) VALUES (?1, ?2, ?3)",
+    .insert_sql = "INSERT INTO claim_failures(tenant_id, user_id, at_ms) VALUES (?1, ?2, ?3)"
+                  " RETURNING rowid",
     .forgive_sql = "DELETE FROM claim_failures WHERE rowid = ?1",
 };
 
 static const struct throttle LOGIN_THROTTLE = {
     .count_sql = "SELECT (SELECT count(*) FROM login_failures WHERE tenant = ?1 AND"
-                 " user = ?2 AND at_ms >= ?3), (SELECT count(*) FROM login_failures"
+                 " \"user\" = ?2 AND at_ms >= ?3), (SELECT count(*) FROM login_failures"
                  " WHERE tenant = ?1 AND at_ms >= ?3)",
-    .insert_sql = "INSERT INTO login_failures(tenant, user, at_ms) VALUES (?1, ?2, ?3)",
+    .insert_sql = "INSERT INTO login_failures(tenant, \"user\", at_ms) VALUES (?1, ?2, ?3)"
+                  " RETURNING id",
     .forgive_sql = "DELETE FROM login_failures WHERE id = ?1",
 };
 
 /* Prepares one of a throttle's statements for key k and the instant t (?3). */
-static int throttle_prep(struct store *s, sqlite3_stmt **st, const char *sql,
+static int throttle_prep(struct store *s, struct db_stmt **st, const char *sql,
                          const struct throttle_key *k, int64_t t)
 {
     if (k->tenant)
@@ -1899,35 +1705,38 @@ static int throttle_begin(struct store *s, const struct throttle *th, const stru
                           int64_t now_ms, int64_t since_ms, int user_limit, int tenant_limit,
                           int *allowed, int64_t *attempt_id)
 {
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     int64_t u, t;
     int rc;
     *allowed = 0;
-    if ((rc = tx_begin(s, 1)))
-        return rc;
+    TX_BEGIN(s, 1)
     if ((rc = throttle_prep(s, &st, th->count_sql, k, since_ms)))
         goto out;
-    if (sqlite3_step(st) != SQLITE_ROW) {
+    if (db_step(st) != DB_ROW) {
         rc = PHY_EIO;
         goto out;
     }
-    u = sqlite3_column_int64(st, 0);
-    t = sqlite3_column_int64(st, 1);
-    sqlite3_finalize(st);
+    u = db_int(st, 0);
+    t = db_int(st, 1);
+    db_finish(st);
     st = NULL;
     if (u >= user_limit || t >= tenant_limit)
         goto out;
     if ((rc = throttle_prep(s, &st, th->insert_sql, k, now_ms)))
         goto out;
-    if (sqlite3_step(st) != SQLITE_DONE) {
-        rc = step_err(s);
+    if ((rc = db_step(st)) != DB_ROW) {
+        rc = rc < 0 ? rc : PHY_EIO;
         goto out;
     }
-    *attempt_id = sqlite3_last_insert_rowid(s->db);
+    *attempt_id = db_int(st, 0);
     *allowed = 1;
+    rc = 0;
 out:
-    sqlite3_finalize(st);
-    return tx_end(s, rc);
+    db_finish(st);
+    st = NULL;
+    rc = tx_end(s, rc);
+    TX_RETRY(rc);
+    return rc;
 }
 
 static int throttle_forgive(struct store *s, const struct throttle *th, int64_t attempt_id)
@@ -1935,10 +1744,11 @@ static int throttle_forgive(struct store *s, const struct throttle *th, int64_t 
     int rc;
     if (!s)
         return PHY_EINVAL;
-    if ((rc = tx_begin(s, 1)))
-        return rc;
+    TX_BEGIN(s, 1)
     rc = q_exec(s, NULL, th->forgive_sql, "i", attempt_id);
-    return tx_end(s, rc);
+    rc = tx_end(s, rc);
+    TX_RETRY(rc);
+    return rc;
 }
 
 static int sq_claim_attempt_begin(struct store *s, int64_t tenant_id, int64_t user_id,
@@ -1976,13 +1786,76 @@ static int sq_login_attempt_forgive(struct store *s, int64_t attempt_id)
     return throttle_forgive(s, &LOGIN_THROTTLE, attempt_id);
 }
 
+/* sweep: a peer region's issuance whose redelivery ended (?1: grace end, ?2: max
+ * age, ?3: now). */
+#define REMOTE_ENDED                                                                               \
+    " region IS NOT NULL AND ((delivered_ms IS NOT NULL AND delivered_ms <= ?1) OR"                \
+    " (delivered_ms IS NULL AND ?2 > 0 AND created_ms <= ?3 - ?2))"
+
+/* Inside sweep's transaction: every such issuance loses its body and its device ID
+ * (device_ref keeps phy_ref of it); *n counts them. */
+static int remote_ended_purge(struct store *s, const struct store_prov_params *p, int *n)
+{
+    struct ended {
+        char serial[PHY_SERIAL_MAX + 1];
+        char ref[PHY_HASH_HEX_LEN + 1];
+    } *v = NULL;
+    struct db_stmt *st = NULL;
+    size_t count = 0, cap = 0;
+    int changes = 0, rc;
+    int64_t grace_end = p->now_ms - p->grace_ms;
+    *n = 0;
+    rc = q_prep(s, &st, "SELECT serial, device_id FROM issuances WHERE device_id <> '' AND"
+                        REMOTE_ENDED,
+                "iii", grace_end, p->remote_max_age_ms, p->now_ms);
+    if (rc)
+        return rc;
+    while ((rc = db_step(st)) == DB_ROW) {
+        char id[PHY_DEVICE_ID_LEN + 1];
+        if (count == cap) {
+            size_t ncap = cap ? cap * 2 : 16;
+            struct ended *nv = realloc(v, ncap * sizeof *nv);
+            if (!nv) {
+                rc = PHY_ENOMEM;
+                goto out;
+            }
+            v = nv;
+            cap = ncap;
+        }
+        if ((rc = col_copy(st, 0, v[count].serial, sizeof v[count].serial)) ||
+            (rc = col_copy(st, 1, id, sizeof id)) || (rc = device_ref(id, v[count].ref)))
+            goto out;
+        count++;
+    }
+    if (rc != DB_DONE)
+        goto out;
+    db_finish(st);
+    st = NULL;
+    rc = 0;
+    for (size_t i = 0; i < count && rc == 0; i++)
+        rc = q_exec(s, NULL,
+                    "UPDATE issuances SET sealed = NULL, device_id = '', device_ref = ?2"
+                    " WHERE serial = ?1",
+                    "tt", v[i].serial, v[i].ref);
+    if (rc == 0)
+        rc = q_exec(s, &changes,
+                    "UPDATE issuances SET sealed = NULL WHERE sealed IS NOT NULL AND"
+                    " device_id = '' AND" REMOTE_ENDED,
+                    "iii", grace_end, p->remote_max_age_ms, p->now_ms);
+    if (rc == 0)
+        *n = (int)count + changes;
+out:
+    db_finish(st);
+    free(v);
+    return rc < 0 ? rc : 0;
+}
+
 static int sq_sweep(struct store *s, const struct store_prov_params *p, int64_t keep_failures_ms)
 {
     int purged = 0, remote_purged = 0, rc;
     if (!s || !params_ok(p) || keep_failures_ms < 0)
         return PHY_EINVAL;
-    if ((rc = tx_begin(s, 1)))
-        return rc;
+    TX_BEGIN(s, 1)
     rc = q_exec(s, NULL, "DELETE FROM registrations WHERE last_active_ms <= ?", "i", live_after(p));
     if (rc)
         goto out;
@@ -2000,13 +1873,7 @@ static int sq_sweep(struct store *s, const struct store_prov_params *p, int64_t 
      * device ID once grace after delivery ended, or when it was never delivered
      * within remote_max_age_ms: only the spent serial remains (its region can still
      * re-arm it with a reset). */
-    rc = q_exec(s, &remote_purged,
-                "UPDATE issuances SET sealed = NULL, device_id = '', device_ref ="
-                " CASE WHEN device_id <> '' THEN phy_ref(device_id) ELSE device_ref END"
-                " WHERE region IS NOT NULL AND (sealed IS NOT NULL OR device_id <> '') AND"
-                " ((delivered_ms IS NOT NULL AND delivered_ms <= ?1) OR"
-                "  (delivered_ms IS NULL AND ?2 > 0 AND created_ms <= ?3 - ?2))",
-                "iii", p->now_ms - p->grace_ms, p->remote_max_age_ms, p->now_ms);
+    rc = remote_ended_purge(s, p, &remote_purged);
     if (rc)
         goto out;
     purged += remote_purged;
@@ -2022,7 +1889,9 @@ static int sq_sweep(struct store *s, const struct store_prov_params *p, int64_t 
         rc = q_exec(s, NULL, "DELETE FROM login_failures WHERE at_ms < ?", "i",
                     p->now_ms - keep_failures_ms);
 out:
-    return tx_end_scrub(s, rc, purged);
+    rc = tx_end_scrub(s, rc, purged);
+    TX_RETRY(rc);
+    return rc;
 }
 
 /* ---- devices ---- */
@@ -2038,11 +1907,8 @@ out:
     "COALESCE(t.desired, '{}'), COALESCE(t.desired_version, 0),"                                   \
     " COALESCE(t.reported, '{}'), COALESCE(t.reported_version, 0)"
 #define TWIN_FROM " FROM devices d LEFT JOIN twins t ON t.device_id = d.device_id"
-/* d's tag K equals V, K and V being SQL parameters. K is quoted into the JSON path
- * (tag_key_ok admits no quote); CASE keeps json_extract away from invalid text. */
-#define TAG_MATCH(k, v)                                                                            \
-    "CASE WHEN json_valid(d.tags_json) THEN json_extract(d.tags_json, '$.\"' || " k " || '\"')"    \
-    " END = " v
+/* d's tag K equals V, K and V being SQL parameters (phy_tag: engine.h). */
+#define TAG_MATCH(k, v) "phy_tag(d.tags_json, " k ") = " v
 
 /* A device in the middle of a claim through eu is not shown until eu accepted it. */
 #define DEV_VISIBLE " d.state <> 'claiming'"
@@ -2060,7 +1926,7 @@ static int tag_key_ok(const char *k)
 
 /* Reads DEV_COLS from column 0 into a zeroed *d (its strings are freed by the
  * caller with store_device_clear on failure too). */
-static int dev_read(sqlite3_stmt *st, struct store_device *d)
+static int dev_read(struct db_stmt *st, struct store_device *d)
 {
     int rc;
     if ((rc = col_copy(st, 0, d->device_id, sizeof d->device_id)) ||
@@ -2068,16 +1934,16 @@ static int dev_read(sqlite3_stmt *st, struct store_device *d)
         (rc = col_copy(st, 2, d->name, sizeof d->name)) ||
         (rc = col_copy(st, 3, d->state, sizeof d->state)))
         return rc;
-    d->created_ms = sqlite3_column_int64(st, 5);
-    d->online = sqlite3_column_int64(st, 6) != 0;
-    d->last_seen_ms = sqlite3_column_int64(st, 7);
-    d->connected_ms = sqlite3_column_int64(st, 8);
-    d->disconnected_ms = sqlite3_column_int64(st, 9);
-    d->last_status_ms = sqlite3_column_int64(st, 11);
+    d->created_ms = db_int(st, 5);
+    d->online = db_int(st, 6) != 0;
+    d->last_seen_ms = db_int(st, 7);
+    d->connected_ms = db_int(st, 8);
+    d->disconnected_ms = db_int(st, 9);
+    d->last_status_ms = db_int(st, 11);
     d->tags_json = col_dup(st, DEV_TAGS_COL);
     if (!d->tags_json)
         return PHY_ENOMEM;
-    if (sqlite3_column_type(st, 10) != SQLITE_NULL) {
+    if (!db_null(st, 10)) {
         d->last_status_json = col_dup(st, 10);
         if (!d->last_status_json)
             return PHY_ENOMEM;
@@ -2086,12 +1952,12 @@ static int dev_read(sqlite3_stmt *st, struct store_device *d)
 }
 
 /* Reads TWIN_COLS from column col and the tags from tags_col into a zeroed *t. */
-static int twin_read(sqlite3_stmt *st, int col, int tags_col, struct store_twin *t)
+static int twin_read(struct db_stmt *st, int col, int tags_col, struct store_twin *t)
 {
     t->desired = col_dup(st, col);
-    t->desired_version = sqlite3_column_int64(st, col + 1);
+    t->desired_version = db_int(st, col + 1);
     t->reported = col_dup(st, col + 2);
-    t->reported_version = sqlite3_column_int64(st, col + 3);
+    t->reported_version = db_int(st, col + 3);
     t->tags = col_dup(st, tags_col);
     return t->desired && t->reported && t->tags ? 0 : PHY_ENOMEM;
 }
@@ -2105,7 +1971,7 @@ static int sq_devices_list(struct store *s, int64_t tenant_id, const struct stor
     static const char presence_sql[] = "SELECT " DEV_COLS " FROM devices d" LIST_WHERE
                                        " AND d.online = ?6 ORDER BY d.device_id LIMIT ?5";
     struct store_device *v = NULL;
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     const char *key = NULL, *value = NULL;
     size_t count = 0, cap = 0;
     int presence = -1, rc;
@@ -2131,8 +1997,7 @@ static int sq_devices_list(struct store *s, int64_t tenant_id, const struct stor
     }
     if (limit > LIST_MAX)
         limit = LIST_MAX;
-    if ((rc = tx_begin(s, 0)))
-        return rc;
+    TX_BEGIN(s, 0)
     if (presence < 0)
         rc = q_prep(s, &st, any_sql, "ittti", tenant_id, after ? after : "", key, value,
                     (int64_t)limit);
@@ -2141,7 +2006,7 @@ static int sq_devices_list(struct store *s, int64_t tenant_id, const struct stor
                     (int64_t)limit, (int64_t)presence);
     if (rc)
         goto out;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    while ((rc = db_step(st)) == DB_ROW) {
         if (count == cap) {
             size_t ncap = cap ? cap * 2 : 16;
             struct store_device *nv = realloc(v, ncap * sizeof *nv);
@@ -2157,12 +2022,16 @@ static int sq_devices_list(struct store *s, int64_t tenant_id, const struct stor
         if ((rc = dev_read(st, &v[count - 1])))
             goto out;
     }
-    rc = rc == SQLITE_DONE ? 0 : PHY_EIO;
+    rc = rc == DB_DONE ? 0 : rc < 0 ? rc : PHY_EIO;
 out:
-    sqlite3_finalize(st);
+    db_finish(st);
+    st = NULL;
     rc = tx_end(s, rc);
     if (rc) {
         store_devices_free(v, count);
+        v = NULL;
+        count = cap = 0;
+        TX_RETRY(rc);
         return rc;
     }
     *out = v;
@@ -2173,7 +2042,7 @@ out:
 static int sq_device_get(struct store *s, int64_t tenant_id, const char *device_id,
                          struct store_device *d, struct store_twin *t, int *outcome)
 {
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     int rc;
     if (d)
         memset(d, 0, sizeof *d);
@@ -2181,22 +2050,21 @@ static int sq_device_get(struct store *s, int64_t tenant_id, const char *device_
         memset(t, 0, sizeof *t);
     if (!s || !d || !outcome || !device_id_ok(device_id))
         return PHY_EINVAL;
-    if ((rc = tx_begin(s, 0)))
-        return rc;
+    TX_BEGIN(s, 0)
     rc = q_prep(s, &st,
                 "SELECT " DEV_COLS ", " TWIN_COLS TWIN_FROM
                 " WHERE d.device_id = ? AND d.tenant_id = ? AND" DEV_VISIBLE,
                 "ti", device_id, tenant_id);
     if (rc)
         goto out;
-    rc = sqlite3_step(st);
-    if (rc == SQLITE_DONE) {
+    rc = db_step(st);
+    if (rc == DB_DONE) {
         *outcome = STORE_NOT_FOUND;
         rc = 0;
         goto out;
     }
-    if (rc != SQLITE_ROW) {
-        rc = PHY_EIO;
+    if (rc != DB_ROW) {
+        rc = rc < 0 ? rc : PHY_EIO;
         goto out;
     }
     rc = dev_read(st, d);
@@ -2205,13 +2073,15 @@ static int sq_device_get(struct store *s, int64_t tenant_id, const char *device_
     if (rc == 0)
         *outcome = STORE_OK;
 out:
-    sqlite3_finalize(st);
+    db_finish(st);
+    st = NULL;
     rc = tx_end(s, rc);
     if (rc) {
         store_device_clear(d);
         memset(d, 0, sizeof *d);
         store_twin_free(t);
     }
+    TX_RETRY(rc);
     return rc;
 }
 
@@ -2223,15 +2093,16 @@ static int sq_tags_put(struct store *s, int64_t tenant_id, const char *device_id
         return PHY_EINVAL;
     if ((rc = json_object_parse(tags_json, TAGS_JSON_MAX, NULL)))
         return rc;
-    if ((rc = tx_begin(s, 1)))
-        return rc;
+    TX_BEGIN(s, 1)
     rc = q_exec(s, &changes,
                 "UPDATE devices SET tags_json = ? WHERE device_id = ? AND tenant_id = ? AND"
                 " state <> 'claiming'",
                 "tti", tags_json, device_id, tenant_id);
     if (rc == 0)
         *outcome = changes > 0 ? STORE_OK : STORE_NOT_FOUND;
-    return tx_end(s, rc);
+    rc = tx_end(s, rc);
+    TX_RETRY(rc);
+    return rc;
 }
 
 /* 1 when name is a device name the console accepts: at most STORE_NAME_MAX bytes
@@ -2256,8 +2127,7 @@ static int sq_device_rename(struct store *s, int64_t tenant_id, const char *devi
         return PHY_EINVAL;
     if (name && !name[0])
         name = NULL;
-    if ((rc = tx_begin(s, 1)))
-        return rc;
+    TX_BEGIN(s, 1)
     /* A revoked device keeps its row for history and may be renamed; a device in
      * the middle of a claim through eu is not there yet. */
     rc = q_exec(s, &changes,
@@ -2266,7 +2136,9 @@ static int sq_device_rename(struct store *s, int64_t tenant_id, const char *devi
                 "tti", name, device_id, tenant_id);
     if (rc == 0)
         *outcome = changes > 0 ? STORE_OK : STORE_NOT_FOUND;
-    return tx_end(s, rc);
+    rc = tx_end(s, rc);
+    TX_RETRY(rc);
+    return rc;
 }
 
 /* ---- twins ---- */
@@ -2287,29 +2159,11 @@ static const char *const SECTION_PUT_SQL[] = {
                          " reported_version = excluded.reported_version",
 };
 
-/* The statements that read and write one section, prepared once per operation so
- * that a fleet-wide patch does not prepare them again for every device. */
+/* The statements that read and write one section (engines keep them prepared, so
+ * a fleet-wide patch does not prepare them again for every device). */
 struct section_q {
-    sqlite3_stmt *get, *put;
+    enum twin_section sec;
 };
-
-static void section_q_free(struct section_q *q)
-{
-    sqlite3_finalize(q->get);
-    sqlite3_finalize(q->put);
-    q->get = q->put = NULL;
-}
-
-static int section_q_prep(struct store *s, struct section_q *q, enum twin_section sec)
-{
-    q->get = q->put = NULL;
-    if (sqlite3_prepare_v2(s->db, SECTION_GET_SQL[sec], -1, &q->get, NULL) != SQLITE_OK ||
-        sqlite3_prepare_v2(s->db, SECTION_PUT_SQL[sec], -1, &q->put, NULL) != SQLITE_OK) {
-        section_q_free(q);
-        return PHY_EIO;
-    }
-    return 0;
-}
 
 /* The last merge of a fleet-wide patch, reused for the next device whose section
  * has the same text: devices of a fleet usually share their configuration, and
@@ -2363,25 +2217,27 @@ static int section_apply(struct store *s, struct section_q *q, const char *devic
                          const json_t *patch, int64_t if_match, struct merge_memo *memo,
                          int64_t *version, int *changed, int *outcome)
 {
+    struct db_stmt *get = NULL;
     char *text = NULL, *merged = NULL;
     const char *result;
     int64_t ver = 0;
     int ch = 0, big = 0, rc;
 
     *changed = 0;
-    if (sqlite3_bind_text(q->get, 1, device_id, -1, SQLITE_STATIC) != SQLITE_OK)
-        return PHY_EIO;
-    rc = sqlite3_step(q->get);
-    if (rc == SQLITE_ROW) {
-        text = col_dup(q->get, 0);
-        ver = sqlite3_column_int64(q->get, 1);
-    } else if (rc == SQLITE_DONE) {
+    rc = q_prep(s, &get, SECTION_GET_SQL[q->sec], "t", device_id);
+    if (rc)
+        return rc;
+    rc = db_step(get);
+    if (rc == DB_ROW) {
+        text = col_dup(get, 0);
+        ver = db_int(get, 1);
+    } else if (rc == DB_DONE) {
         text = strdup("{}");
     } else {
-        rc = PHY_EIO;
         goto out;
     }
-    sqlite3_reset(q->get);
+    db_finish(get);
+    get = NULL;
     if (!text) {
         rc = PHY_ENOMEM;
         goto out;
@@ -2418,13 +2274,7 @@ static int section_apply(struct store *s, struct section_q *q, const char *devic
         goto out;
     }
     if (ch) {
-        if (sqlite3_bind_text(q->put, 1, device_id, -1, SQLITE_STATIC) != SQLITE_OK ||
-            sqlite3_bind_text(q->put, 2, result, -1, SQLITE_STATIC) != SQLITE_OK ||
-            sqlite3_bind_int64(q->put, 3, ver + 1) != SQLITE_OK) {
-            rc = PHY_EIO;
-            goto out;
-        }
-        rc = sqlite3_step(q->put) == SQLITE_DONE ? 0 : step_err(s);
+        rc = q_exec(s, NULL, SECTION_PUT_SQL[q->sec], "tti", device_id, result, ver + 1);
         if (rc)
             goto out;
         *version = ver + 1;
@@ -2432,10 +2282,7 @@ static int section_apply(struct store *s, struct section_q *q, const char *devic
     }
     *outcome = STORE_OK;
 out:
-    sqlite3_reset(q->get);
-    sqlite3_clear_bindings(q->get);
-    sqlite3_reset(q->put);
-    sqlite3_clear_bindings(q->put);
+    db_finish(get);
     free(text);
     free(merged);
     return rc;
@@ -2465,8 +2312,13 @@ static int device_section_patch(struct store *s, const char *device_id, const ch
     }
     if (rc)
         return rc;
-    if ((rc = tx_begin(s, 1)))
+    int tx_attempt_ = 0;
+tx_again_:
+    if ((rc = tx_begin(s, 1))) {
+        if (rc == STORE_ERETRY)
+            rc = PHY_EUNAVAIL;
         goto out_patch;
+    }
     rc = check(s, ctx);
     if (rc < 0)
         goto out;
@@ -2474,16 +2326,15 @@ static int device_section_patch(struct store *s, const char *device_id, const ch
         *outcome = STORE_NOT_FOUND;
         goto out;
     }
-    rc = section_q_prep(s, &q, sec);
-    if (rc == 0)
-        rc = section_apply(s, &q, device_id, patch, if_match, NULL, version, changed, outcome);
+    q.sec = sec;
+    rc = section_apply(s, &q, device_id, patch, if_match, NULL, version, changed, outcome);
 out:
-    section_q_free(&q);
     rc = tx_end(s, rc);
     if (rc) {
         *version = 0;
         *changed = 0;
     }
+    TX_RETRY(rc);
 out_patch:
     json_decref(patch);
     return rc;
@@ -2509,8 +2360,8 @@ static int reported_check(struct store *s, const void *ctx)
     const struct patch_target *t = ctx;
     int changes = 0;
     int rc = q_exec(s, &changes,
-                    "UPDATE devices SET last_seen_ms = MAX(last_seen_ms, ?) WHERE device_id = ? AND"
-                    " state <> 'revoked'",
+                    "UPDATE devices SET last_seen_ms = CASE WHEN last_seen_ms > ?1 THEN"
+                    " last_seen_ms ELSE ?1 END WHERE device_id = ?2 AND state <> 'revoked'",
                     "it", t->now_ms, t->device_id);
     return rc < 0 ? rc : changes > 0;
 }
@@ -2534,7 +2385,7 @@ static int sq_desired_patch_tag(struct store *s, int64_t tenant_id, const char *
     struct section_q q = {0};
     struct merge_memo memo = {0};
     struct store_push *v = NULL;
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     json_t *patch = NULL;
     size_t count = 0, cap = 0, pushed = 0;
     int rc;
@@ -2555,8 +2406,13 @@ static int sq_desired_patch_tag(struct store *s, int64_t tenant_id, const char *
     }
     if (rc)
         return rc;
-    if ((rc = tx_begin(s, 1)))
+    int tx_attempt_ = 0;
+tx_again_:
+    if ((rc = tx_begin(s, 1))) {
+        if (rc == STORE_ERETRY)
+            rc = PHY_EUNAVAIL;
         goto out_patch;
+    }
     /* The matching devices first: the twins are written while no read is open. */
     rc = q_prep(s, &st,
                 "SELECT d.device_id FROM devices d WHERE d.tenant_id = ?1 AND"
@@ -2564,7 +2420,7 @@ static int sq_desired_patch_tag(struct store *s, int64_t tenant_id, const char *
                 "itt", tenant_id, tag_key, tag_value);
     if (rc)
         goto out;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    while ((rc = db_step(st)) == DB_ROW) {
         if (count == cap) {
             size_t ncap = cap ? cap * 2 : 64;
             struct store_push *nv = realloc(v, ncap * sizeof *nv);
@@ -2580,14 +2436,13 @@ static int sq_desired_patch_tag(struct store *s, int64_t tenant_id, const char *
             goto out;
         count++;
     }
-    if (rc != SQLITE_DONE) {
-        rc = PHY_EIO;
+    if (rc != DB_DONE) {
+        rc = rc < 0 ? rc : PHY_EIO;
         goto out;
     }
-    sqlite3_finalize(st);
+    db_finish(st);
     st = NULL;
-    if ((rc = section_q_prep(s, &q, SECTION_DESIRED)))
-        goto out;
+    q.sec = SECTION_DESIRED;
     /* Each device gets its own version; one too big aborts the whole patch. */
     for (size_t i = 0; i < count; i++) {
         int64_t ver = 0;
@@ -2608,13 +2463,17 @@ static int sq_desired_patch_tag(struct store *s, int64_t tenant_id, const char *
     }
     *outcome = STORE_OK;
 out:
-    sqlite3_finalize(st);
-    section_q_free(&q);
+    db_finish(st);
+    st = NULL;
     merge_memo_clear(&memo);
     rc = tx_end(s, rc);
     if (rc == TX_ABORT) {
         rc = 0;
         pushed = 0;
+    }
+    if (rc) {
+        count = pushed = 0;
+        TX_RETRY(rc);
     }
     if (rc == 0) {
         *matched = count;
@@ -2634,13 +2493,18 @@ out_patch:
 
 enum device_action { DEVICE_REVOKE, DEVICE_RESET, DEVICE_DELETE };
 
+/* An outbox entry replaces the device's entry of the same kind. */
+#define OUTBOX_REPLACE                                                                             \
+    " ON CONFLICT(device_id, kind) DO UPDATE SET serial = excluded.serial, attempts = 0,"         \
+    " next_ms = excluded.next_ms, created_ms = excluded.created_ms"
+
 /* Queues a call to eu for a device, replacing an entry of the same kind. */
 static int outbox_put(struct store *s, const char *device_id, int kind, const char *serial,
                       int64_t next_ms, int64_t now_ms)
 {
     return q_exec(s, NULL,
-                  "INSERT OR REPLACE INTO outbox(device_id, kind, serial, attempts, next_ms,"
-                  " created_ms) VALUES (?, ?, ?, 0, ?, ?)",
+                  "INSERT INTO outbox(device_id, kind, serial, attempts, next_ms, created_ms)"
+                  " VALUES (?, ?, ?, 0, ?, ?)" OUTBOX_REPLACE,
                   "titii", device_id, (int64_t)kind, serial, next_ms, now_ms);
 }
 
@@ -2674,31 +2538,30 @@ static int device_change(struct store *s, int64_t tenant_id, const char *device_
                          enum device_action act, int *outcome)
 {
     char serial[PHY_SERIAL_MAX + 1], state[24];
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     int purged = 0, remote = 0, rearmed = 0, rc;
     if (!s || !outcome || !device_id_ok(device_id))
         return PHY_EINVAL;
-    if ((rc = tx_begin(s, 1)))
-        return rc;
+    TX_BEGIN(s, 1)
     rc = q_prep(s, &st,
                 "SELECT serial, state, remote FROM devices WHERE device_id = ? AND tenant_id = ?",
                 "ti", device_id, tenant_id);
     if (rc)
         goto out;
-    rc = sqlite3_step(st);
-    if (rc == SQLITE_DONE) {
+    rc = db_step(st);
+    if (rc == DB_DONE) {
         *outcome = STORE_NOT_FOUND;
         rc = 0;
         goto out;
     }
-    if (rc == SQLITE_ROW) {
-        remote = sqlite3_column_int64(st, 2) != 0;
+    if (rc == DB_ROW) {
+        remote = db_int(st, 2) != 0;
         if ((rc = col_copy(st, 0, serial, sizeof serial)) == 0)
             rc = col_copy(st, 1, state, sizeof state);
     } else {
         rc = PHY_EIO;
     }
-    sqlite3_finalize(st);
+    db_finish(st);
     st = NULL;
     if (rc)
         goto out;
@@ -2740,8 +2603,11 @@ static int device_change(struct store *s, int64_t tenant_id, const char *device_
     }
     *outcome = act == DEVICE_RESET && !rearmed ? STORE_PROVISIONED : STORE_OK;
 out:
-    sqlite3_finalize(st);
-    return tx_end_scrub(s, rc, purged);
+    db_finish(st);
+    st = NULL;
+    rc = tx_end_scrub(s, rc, purged);
+    TX_RETRY(rc);
+    return rc;
 }
 
 static int sq_device_revoke(struct store *s, int64_t tenant_id, const char *device_id,
@@ -2773,8 +2639,7 @@ static int sq_claim_begin(struct store *s, const struct store_claim_begin *c, in
         return PHY_EINVAL;
     if ((rc = new_device_check(c->device_id, c->secret_hash, c->name, c->tags_json, &tags)))
         return rc;
-    if ((rc = tx_begin(s, 1)))
-        return rc;
+    TX_BEGIN(s, 1)
     rc = device_insert(s, c->tenant_id, c->device_id, c->secret_hash, c->name, tags,
                        c->serial ? c->serial : "", "claiming", c->now_ms, 1);
     if (rc == PHY_EEXIST) {
@@ -2788,20 +2653,21 @@ static int sq_claim_begin(struct store *s, const struct store_claim_begin *c, in
     if (rc == 0)
         *outcome = STORE_OK;
 out:
-    return tx_end(s, rc);
+    rc = tx_end(s, rc);
+    TX_RETRY(rc);
+    return rc;
 }
 
 static int sq_claim_confirm(struct store *s, const char *device_id, const char *serial,
                             struct store_device *device, int *outcome)
 {
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     int changes = 0, rc;
     if (device)
         memset(device, 0, sizeof *device);
     if (!s || !outcome || !device_id_ok(device_id) || !serial_ok(serial))
         return PHY_EINVAL;
-    if ((rc = tx_begin(s, 1)))
-        return rc;
+    TX_BEGIN(s, 1)
     /* A row that moved on meanwhile (its first session, a revoke) keeps its state;
      * it learns the serial when a claim by code did not know it. */
     rc = q_exec(s, &changes,
@@ -2820,17 +2686,19 @@ static int sq_claim_confirm(struct store *s, const char *device_id, const char *
         rc = q_prep(s, &st, "SELECT " DEV_COLS " FROM devices d WHERE d.device_id = ?", "t",
                     device_id);
         if (rc == 0)
-            rc = sqlite3_step(st) == SQLITE_ROW ? dev_read(st, device) : PHY_EIO;
+            rc = db_step(st) == DB_ROW ? dev_read(st, device) : PHY_EIO;
     }
     if (rc == 0)
         *outcome = STORE_OK;
 out:
-    sqlite3_finalize(st);
+    db_finish(st);
+    st = NULL;
     rc = tx_end(s, rc);
     if (rc && device) {
         store_device_clear(device);
         memset(device, 0, sizeof *device);
     }
+    TX_RETRY(rc);
     return rc;
 }
 
@@ -2839,8 +2707,7 @@ static int sq_claim_abort(struct store *s, const char *device_id)
     int rc;
     if (!s || !device_id_ok(device_id))
         return PHY_EINVAL;
-    if ((rc = tx_begin(s, 1)))
-        return rc;
+    TX_BEGIN(s, 1)
     if ((rc = q_exec(s, NULL,
                      "DELETE FROM twins WHERE device_id = ?1 AND EXISTS (SELECT 1 FROM devices"
                      " WHERE device_id = ?1 AND state = 'claiming')",
@@ -2848,13 +2715,15 @@ static int sq_claim_abort(struct store *s, const char *device_id)
         (rc = q_exec(s, NULL, "DELETE FROM devices WHERE device_id = ? AND state = 'claiming'", "t",
                      device_id)) == 0)
         rc = outbox_drop(s, device_id, OUTBOX_CANCEL);
-    return tx_end(s, rc);
+    rc = tx_end(s, rc);
+    TX_RETRY(rc);
+    return rc;
 }
 
 static int sq_outbox_due(struct store *s, int64_t now_ms, struct store_outbox_item *out, size_t max,
                          size_t *n)
 {
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     size_t count = 0;
     int rc;
     if (n)
@@ -2863,31 +2732,33 @@ static int sq_outbox_due(struct store *s, int64_t now_ms, struct store_outbox_it
         return PHY_EINVAL;
     if (max == 0)
         return 0;
-    if ((rc = tx_begin(s, 0)))
-        return rc;
+    TX_BEGIN(s, 0)
     rc = q_prep(s, &st,
                 "SELECT device_id, kind, serial, attempts FROM outbox WHERE next_ms <= ?"
                 " ORDER BY next_ms, created_ms, rowid LIMIT ?",
                 "ii", now_ms, (int64_t)(max > (size_t)INT_MAX ? INT_MAX : max));
     if (rc)
         goto out;
-    while (count < max && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+    while (count < max && (rc = db_step(st)) == DB_ROW) {
         struct store_outbox_item *it = &out[count];
         memset(it, 0, sizeof *it);
         if ((rc = col_copy(st, 0, it->device_id, sizeof it->device_id)) ||
             (rc = col_copy(st, 2, it->serial, sizeof it->serial)))
             goto out;
-        it->kind = sqlite3_column_int(st, 1);
-        it->attempts = sqlite3_column_int(st, 3);
+        it->kind = (int)db_int(st, 1);
+        it->attempts = (int)db_int(st, 3);
         count++;
-        rc = SQLITE_ROW;
+        rc = DB_ROW;
     }
-    rc = rc == SQLITE_DONE || rc == SQLITE_ROW ? 0 : PHY_EIO;
+    rc = rc == DB_DONE || rc == DB_ROW ? 0 : PHY_EIO;
 out:
-    sqlite3_finalize(st);
+    db_finish(st);
+    st = NULL;
     rc = tx_end(s, rc);
     if (rc == 0)
         *n = count;
+    count = 0;
+    TX_RETRY(rc);
     return rc;
 }
 
@@ -2896,10 +2767,11 @@ static int sq_outbox_done(struct store *s, const char *device_id, int kind)
     int rc;
     if (!s || !device_id_ok(device_id) || !outbox_kind_ok(kind))
         return PHY_EINVAL;
-    if ((rc = tx_begin(s, 1)))
-        return rc;
+    TX_BEGIN(s, 1)
     rc = outbox_drop(s, device_id, kind);
-    return tx_end(s, rc);
+    rc = tx_end(s, rc);
+    TX_RETRY(rc);
+    return rc;
 }
 
 static int sq_outbox_retry(struct store *s, const char *device_id, int kind, int64_t next_ms)
@@ -2907,13 +2779,14 @@ static int sq_outbox_retry(struct store *s, const char *device_id, int kind, int
     int rc;
     if (!s || !device_id_ok(device_id) || !outbox_kind_ok(kind))
         return PHY_EINVAL;
-    if ((rc = tx_begin(s, 1)))
-        return rc;
+    TX_BEGIN(s, 1)
     rc = q_exec(s, NULL,
                 "UPDATE outbox SET attempts = attempts + 1, next_ms = ? WHERE device_id = ? AND"
                 " kind = ?",
                 "iti", next_ms, device_id, (int64_t)kind);
-    return tx_end(s, rc);
+    rc = tx_end(s, rc);
+    TX_RETRY(rc);
+    return rc;
 }
 
 /* ---- device hub ---- */
@@ -2922,29 +2795,28 @@ static int sq_device_auth(struct store *s, const char *device_id, const char *se
                           int64_t *tenant_id, int *outcome)
 {
     char stored[PHY_HASH_HEX_LEN + 1], state[24];
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     int64_t tid;
     int rc;
     if (!s || !outcome || !device_id_ok(device_id) || !secret_hash ||
         strnlen(secret_hash, PHY_HASH_HEX_LEN + 1) != PHY_HASH_HEX_LEN)
         return PHY_EINVAL;
-    if ((rc = tx_begin(s, 0)))
-        return rc;
+    TX_BEGIN(s, 0)
     rc = q_prep(s, &st, "SELECT tenant_id, secret_hash, state FROM devices WHERE device_id = ?",
                 "t", device_id);
     if (rc)
         goto out;
-    rc = sqlite3_step(st);
-    if (rc == SQLITE_DONE) {
+    rc = db_step(st);
+    if (rc == DB_DONE) {
         *outcome = STORE_NOT_FOUND;
         rc = 0;
         goto out;
     }
-    if (rc != SQLITE_ROW) {
-        rc = PHY_EIO;
+    if (rc != DB_ROW) {
+        rc = rc < 0 ? rc : PHY_EIO;
         goto out;
     }
-    tid = sqlite3_column_int64(st, 0);
+    tid = db_int(st, 0);
     if ((rc = col_copy(st, 1, stored, sizeof stored)) ||
         (rc = col_copy(st, 2, state, sizeof state)))
         goto out;
@@ -2959,8 +2831,11 @@ static int sq_device_auth(struct store *s, const char *device_id, const char *se
             *tenant_id = tid;
     }
 out:
-    sqlite3_finalize(st);
-    return tx_end(s, rc);
+    db_finish(st);
+    st = NULL;
+    rc = tx_end(s, rc);
+    TX_RETRY(rc);
+    return rc;
 }
 
 static int sq_session_open(struct store *s, const char *device_id, int64_t now_ms, int64_t *gen)
@@ -2968,20 +2843,20 @@ static int sq_session_open(struct store *s, const char *device_id, int64_t now_m
     int changes = 0, purged = 0, rc;
     if (!s || !device_id_ok(device_id))
         return PHY_EINVAL;
-    if ((rc = tx_begin(s, 1)))
-        return rc;
+    TX_BEGIN(s, 1)
     /* Before the state moves on: a device claimed through eu that becomes active
      * tells eu to end redelivery. Writes only on that first session. */
     rc = q_exec(s, NULL,
-                "INSERT OR REPLACE INTO outbox(device_id, kind, serial, attempts, next_ms,"
-                " created_ms) SELECT device_id, ?2, serial, 0, ?3, ?3 FROM devices"
+                "INSERT INTO outbox(device_id, kind, serial, attempts, next_ms, created_ms)"
+                " SELECT device_id, ?2, serial, 0, ?3, ?3 FROM devices"
                 " WHERE device_id = ?1 AND remote = 1 AND"
-                " state IN ('claiming', 'pending_delivery', 'provisioned')",
+                " state IN ('claiming', 'pending_delivery', 'provisioned')" OUTBOX_REPLACE,
                 "tii", device_id, (int64_t)OUTBOX_PURGE, now_ms);
     if (rc == 0)
         rc = q_exec(s, &changes,
                     "UPDATE devices SET online = 1, connected_ms = ?1,"
-                    " session_gen = session_gen + 1, last_seen_ms = MAX(last_seen_ms, ?1),"
+                    " session_gen = session_gen + 1,"
+                    " last_seen_ms = CASE WHEN last_seen_ms > ?1 THEN last_seen_ms ELSE ?1 END,"
                     " state = CASE WHEN state IN ('claiming', 'pending_delivery', 'provisioned')"
                     " THEN 'active' ELSE state END WHERE device_id = ?2 AND state <> 'revoked'",
                     "it", now_ms, device_id);
@@ -2996,7 +2871,9 @@ static int sq_session_open(struct store *s, const char *device_id, int64_t now_m
                     "UPDATE issuances SET sealed = NULL WHERE sealed IS NOT NULL AND device_id = ?1"
                     " AND serial = (SELECT serial FROM devices WHERE device_id = ?1)",
                     "t", device_id);
-    return tx_end_scrub(s, rc, purged);
+    rc = tx_end_scrub(s, rc, purged);
+    TX_RETRY(rc);
+    return rc;
 }
 
 static int sq_session_close(struct store *s, const char *device_id, int64_t gen, int64_t now_ms,
@@ -3005,16 +2882,18 @@ static int sq_session_close(struct store *s, const char *device_id, int64_t gen,
     int rc;
     if (!s || !device_id_ok(device_id))
         return PHY_EINVAL;
-    if ((rc = tx_begin(s, 1)))
-        return rc;
+    TX_BEGIN(s, 1)
     /* A device deleted meanwhile has nothing to mark: not an error. A close of an
      * older session (a newer one has opened since) changes nothing. */
     rc = q_exec(s, NULL,
                 "UPDATE devices SET online = 0, disconnected_ms = ?1,"
-                " last_seen_ms = MAX(last_seen_ms, ?2) WHERE device_id = ?3 AND"
+                " last_seen_ms = CASE WHEN last_seen_ms > ?2 THEN last_seen_ms ELSE ?2 END"
+                " WHERE device_id = ?3 AND"
                 " (?4 < 0 OR session_gen = ?4)",
                 "iiti", now_ms, last_seen_ms, device_id, gen);
-    return tx_end(s, rc);
+    rc = tx_end(s, rc);
+    TX_RETRY(rc);
+    return rc;
 }
 
 static int sq_presence_reset(struct store *s, int64_t now_ms)
@@ -3022,43 +2901,45 @@ static int sq_presence_reset(struct store *s, int64_t now_ms)
     int rc;
     if (!s)
         return PHY_EINVAL;
-    if ((rc = tx_begin(s, 1)))
-        return rc;
+    TX_BEGIN(s, 1)
     rc = q_exec(s, NULL, "UPDATE devices SET online = 0, disconnected_ms = ? WHERE online <> 0",
                 "i", now_ms);
-    return tx_end(s, rc);
+    rc = tx_end(s, rc);
+    TX_RETRY(rc);
+    return rc;
 }
 
 static int sq_twin_get(struct store *s, const char *device_id, struct store_twin *t, int *outcome)
 {
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     int rc;
     if (t)
         memset(t, 0, sizeof *t);
     if (!s || !t || !outcome || !device_id_ok(device_id))
         return PHY_EINVAL;
-    if ((rc = tx_begin(s, 0)))
-        return rc;
+    TX_BEGIN(s, 0)
     rc = q_prep(s, &st,
                 "SELECT d.tags_json, " TWIN_COLS TWIN_FROM
                 " WHERE d.device_id = ? AND d.state <> 'revoked'",
                 "t", device_id);
     if (rc)
         goto out;
-    rc = sqlite3_step(st);
-    if (rc == SQLITE_DONE) {
+    rc = db_step(st);
+    if (rc == DB_DONE) {
         *outcome = STORE_NOT_FOUND;
         rc = 0;
         goto out;
     }
-    rc = rc == SQLITE_ROW ? twin_read(st, 1, 0, t) : PHY_EIO;
+    rc = rc == DB_ROW ? twin_read(st, 1, 0, t) : PHY_EIO;
     if (rc == 0)
         *outcome = STORE_OK;
 out:
-    sqlite3_finalize(st);
+    db_finish(st);
+    st = NULL;
     rc = tx_end(s, rc);
     if (rc)
         store_twin_free(t);
+    TX_RETRY(rc);
     return rc;
 }
 
@@ -3078,11 +2959,11 @@ static int sq_status_put(struct store *s, const char *device_id, const char *sta
         return PHY_EINVAL;
     if ((rc = json_object_parse(status_json, STATUS_JSON_MAX, NULL)))
         return rc;
-    if ((rc = tx_begin(s, 1)))
-        return rc;
+    TX_BEGIN(s, 1)
     rc = q_exec(s, &changes,
                 "UPDATE devices SET last_status_json = ?1, last_status_ms = ?2,"
-                " last_seen_ms = MAX(last_seen_ms, ?2) WHERE device_id = ?3 AND state <> 'revoked'",
+                " last_seen_ms = CASE WHEN last_seen_ms > ?2 THEN last_seen_ms ELSE ?2 END"
+                " WHERE device_id = ?3 AND state <> 'revoked'",
                 "tit", status_json, now_ms, device_id);
     if (rc == 0 && changes == 0)
         rc = PHY_ENOTFOUND;
@@ -3093,17 +2974,20 @@ static int sq_status_put(struct store *s, const char *device_id, const char *sta
     /* Keeps the newest STORE_STATUS_HISTORY, a walk down the index of one device. */
     if (rc == 0)
         rc = q_exec(s, NULL,
-                    "DELETE FROM status_history WHERE rowid IN (SELECT rowid FROM status_history"
-                    " WHERE device_id = ?1 ORDER BY at_ms DESC, rowid DESC LIMIT -1 OFFSET ?2)",
+                    "DELETE FROM status_history WHERE device_id = ?1 AND rowid NOT IN"
+                    " (SELECT rowid FROM status_history WHERE device_id = ?1"
+                    " ORDER BY at_ms DESC, rowid DESC LIMIT ?2)",
                     "ti", device_id, (int64_t)STORE_STATUS_HISTORY);
-    return tx_end(s, rc);
+    rc = tx_end(s, rc);
+    TX_RETRY(rc);
+    return rc;
 }
 
 static int sq_status_history(struct store *s, int64_t tenant_id, const char *device_id, int limit,
                              struct store_status_report **out, size_t *n, int *outcome)
 {
     struct store_status_report *v = NULL;
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     size_t count = 0;
     int rc;
     if (out)
@@ -3114,8 +2998,7 @@ static int sq_status_history(struct store *s, int64_t tenant_id, const char *dev
         return PHY_EINVAL;
     if (limit > STORE_STATUS_HISTORY)
         limit = STORE_STATUS_HISTORY;
-    if ((rc = tx_begin(s, 0)))
-        return rc;
+    TX_BEGIN(s, 0)
     rc = q_int(s, NULL,
                "SELECT 1 FROM devices d WHERE d.device_id = ? AND d.tenant_id = ? AND" DEV_VISIBLE,
                "ti", device_id, tenant_id);
@@ -3135,21 +3018,25 @@ static int sq_status_history(struct store *s, int64_t tenant_id, const char *dev
         rc = PHY_ENOMEM;
         goto out;
     }
-    while (count < (size_t)limit && (rc = sqlite3_step(st)) == SQLITE_ROW) {
-        v[count].at_ms = sqlite3_column_int64(st, 0);
+    while (count < (size_t)limit && (rc = db_step(st)) == DB_ROW) {
+        v[count].at_ms = db_int(st, 0);
         if (!(v[count++].status_json = col_dup(st, 1))) {
             rc = PHY_ENOMEM;
             goto out;
         }
     }
-    rc = count == (size_t)limit || rc == SQLITE_DONE ? 0 : PHY_EIO;
+    rc = count == (size_t)limit || rc == DB_DONE ? 0 : rc < 0 ? rc : PHY_EIO;
     if (rc == 0)
         *outcome = STORE_OK;
 out:
-    sqlite3_finalize(st);
+    db_finish(st);
+    st = NULL;
     rc = tx_end(s, rc);
     if (rc) {
         store_status_reports_free(v, count);
+        v = NULL;
+        count = 0;
+        TX_RETRY(rc);
         return rc;
     }
     *out = v;
@@ -3157,7 +3044,7 @@ out:
     return 0;
 }
 
-/* Part of the store API (store.h); the SQLite back end owns their only allocations. */
+/* Part of the store API (store.h); the core owns their only allocations. */
 void store_audit_free(struct store_audit *a, size_t n)
 {
     if (!a)
@@ -3176,10 +3063,10 @@ void store_status_reports_free(struct store_status_report *r, size_t n)
     free(r);
 }
 
-const struct phy_store_ops store_sqlite_ops = {
-    .name = "sqlite",
-    .open = sq_open,
-    .close = sq_close,
+const struct phy_store_ops store_ops = {
+    .name = "core",
+    .open = core_open,
+    .close = core_close,
     .tenant_add = sq_tenant_add,
     .user_add = sq_user_add,
     .token_add = sq_token_add,

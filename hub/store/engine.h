@@ -1,0 +1,92 @@
+/* The contract between the store core (core.c: every rule, every operation of
+ * struct phy_store_ops) and a store engine (sqlite.c, pg.c: connections,
+ * transactions, statements, schema). Like SQLite's VFS under its core: the core
+ * never names a database library, an engine never decides an outcome.
+ *
+ * SQL that the core hands to an engine is written once for both engines: numbered
+ * parameters ?1..?N (or plain ?, numbered in order), standard SQL plus
+ * ON CONFLICT and RETURNING, and two functions every engine provides:
+ *   phy_tag(tags_json, key)  the string value of key in a JSON object text, or
+ *                            NULL (not an object, no such key, not a string).
+ * Integers are 64-bit; booleans are integers 0/1; blobs are raw bytes. Statement
+ * texts are static (engines cache prepared statements by their address), except
+ * through debug_query. */
+#ifndef PHY_HUB_STORE_ENGINE_H
+#define PHY_HUB_STORE_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* An engine's transaction could not be made serializable with the others (PostgreSQL
+ * SQLSTATE 40001/40P01): the core rolls back and runs the whole operation again. */
+#define STORE_ERETRY (-100)
+
+/* The schema version this build knows; both engines number their migrations alike. */
+#define STORE_SCHEMA_VERSION 4
+
+/* One bound parameter: 't' text (NULL text binds NULL), 'i' int64, 'b' blob. */
+struct db_arg {
+    char type;
+    const char *text;
+    int64_t i;
+    const void *blob;
+    size_t len;
+};
+
+/* Options an engine may use (zeroed: its defaults). */
+struct store_engine_opts {
+    int pool_size; /* PostgreSQL: connections (default 4) */
+};
+
+struct store_db;  /* an open database (a connection or a pool) */
+struct db_tx;     /* one transaction on one connection */
+struct db_stmt;   /* one executed statement and its rows */
+
+#define DB_DONE 0 /* step: no more rows */
+#define DB_ROW 1  /* step: a row is current */
+
+struct store_engine {
+    const char *name; /* "sqlite", "postgresql" */
+    /* 1 when url names a store of this engine. */
+    int (*accepts)(const char *url);
+    /* Opens, and creates or migrates the schema to the version this build knows
+     * (PHY_EUNSUPP for a newer one). err gets a message without secrets. */
+    int (*open)(const char *url, const struct store_engine_opts *o, struct store_db **out,
+                char *err, size_t errcap);
+    void (*close)(struct store_db *db);
+    /* Starts a transaction; write: it may write (SQLite: BEGIN IMMEDIATE;
+     * PostgreSQL: SERIALIZABLE READ WRITE). PHY_EUNAVAIL when the database
+     * cannot be reached. */
+    int (*begin)(struct store_db *db, int write, struct db_tx **tx);
+    /* Commits (commit = 1) or rolls back, and ends tx. Commit: 0, STORE_ERETRY or
+     * PHY_EIO/PHY_EUNAVAIL (then nothing was committed, or, for a lost connection,
+     * the outcome is unknown). */
+    int (*end)(struct db_tx *tx, int commit);
+    /* Executes sql with args: 0 and *st (to step through and finish), or
+     * PHY_EEXIST (a uniqueness violation), STORE_ERETRY, PHY_EUNAVAIL, PHY_EIO.
+     * A failed statement leaves tx usable only for end(tx, 0). */
+    int (*query)(struct db_tx *tx, const char *sql, const struct db_arg *args, int nargs,
+                 struct db_stmt **st);
+    /* DB_ROW, DB_DONE or a negative error as for query. */
+    int (*step)(struct db_stmt *st);
+    int (*col_null)(struct db_stmt *st, int col);
+    int64_t (*col_int)(struct db_stmt *st, int col);
+    /* Text or blob of a column (NULL for SQL NULL), valid until the next step or
+     * finish; *len gets its length. */
+    const char *(*col_text)(struct db_stmt *st, int col, size_t *len);
+    const void *(*col_blob)(struct db_stmt *st, int col, size_t *len);
+    /* Rows changed by an INSERT/UPDATE/DELETE (after its first step). */
+    int64_t (*changes)(struct db_stmt *st);
+    void (*finish)(struct db_stmt *st);
+    /* After a committed transaction that erased sealed bodies (may be NULL). */
+    void (*after_purge)(struct store_db *db);
+    /* Tests and tools: runs one statement (any text, not cached) outside any
+     * operation and copies the first column of the first row into out as text
+     * ("<none>" without a row, "<null>" for NULL). */
+    int (*debug_query)(struct store_db *db, const char *sql, char *out, size_t cap);
+};
+
+extern const struct store_engine store_engine_sqlite;
+extern const struct store_engine store_engine_pg;
+
+#endif
