@@ -401,6 +401,9 @@ static char *col_dup(struct db_stmt *st, int col)
  * operation again, up to TX_ATTEMPTS times with a short randomized pause. */
 
 #define TX_ATTEMPTS 20
+/* An operation's rc: roll the transaction back although the operation has an
+ * answer (TX_RETRY makes it 0). */
+#define TX_ABORT 1
 
 static int tx_begin(struct store *s, int write)
 {
@@ -453,6 +456,8 @@ static int tx_again(int rc, int *attempt)
             goto tx_again_;                                                                        \
         if ((rc) == STORE_ERETRY)                                                                  \
             (rc) = PHY_EUNAVAIL;                                                                   \
+        if ((rc) == TX_ABORT)                                                                      \
+            (rc) = 0;                                                                              \
     } while (0)
 
 /* tx_end, then the engine's after_purge when the committed transaction purged. */
@@ -544,9 +549,9 @@ static int sq_tenant_add(struct store *s, const char *name, const char *region, 
     rc = q_exec(s, NULL, "INSERT INTO tenants(name, region, created_ms) VALUES (?, ?, ?)", "tti",
                 name, region, wall_ms());
     *outcome = STORE_OK;
-    if (rc == PHY_EEXIST) {
+    if (rc == PHY_EEXIST) { /* the failed insert was all: roll back (PostgreSQL must) */
         *outcome = STORE_EXISTS;
-        rc = 0;
+        rc = TX_ABORT;
     }
     rc = tx_end(s, rc);
     TX_RETRY(rc);
@@ -572,9 +577,9 @@ static int sq_user_add(struct store *s, const char *tenant, const char *user, co
     rc = q_exec(s, NULL, "INSERT INTO users(tenant_id, name, pw_hash) VALUES (?, ?, ?)", "itt", tid,
                 user, pw_hash);
     *outcome = STORE_OK;
-    if (rc == PHY_EEXIST) {
+    if (rc == PHY_EEXIST) { /* the failed insert was all: roll back (PostgreSQL must) */
         *outcome = STORE_EXISTS;
-        rc = 0;
+        rc = TX_ABORT;
     }
 out:
     rc = tx_end(s, rc);
@@ -608,9 +613,9 @@ static int sq_token_add(struct store *s, const char *tenant, const char *user,
                 "VALUES (?, ?, ?, ?)",
                 "tiii", token_hash, tid, uid, now_ms);
     *outcome = STORE_OK;
-    if (rc == PHY_EEXIST) {
+    if (rc == PHY_EEXIST) { /* the failed insert was all: roll back (PostgreSQL must) */
         *outcome = STORE_EXISTS;
-        rc = 0;
+        rc = TX_ABORT;
     }
 out:
     rc = tx_end(s, rc);
@@ -1708,8 +1713,8 @@ static int throttle_begin(struct store *s, const struct throttle *th, const stru
     struct db_stmt *st = NULL;
     int64_t u, t;
     int rc;
-    *allowed = 0;
     TX_BEGIN(s, 1)
+    *allowed = 0; /* again on a retry */
     if ((rc = throttle_prep(s, &st, th->count_sql, k, since_ms)))
         goto out;
     if (db_step(st) != DB_ROW) {
@@ -2375,8 +2380,6 @@ static int sq_desired_patch(struct store *s, int64_t tenant_id, const char *devi
                                 desired_check, &t, version, changed, outcome);
 }
 
-/* Internal: roll the transaction back although the operation has an answer. */
-#define TX_ABORT 1
 
 static int sq_desired_patch_tag(struct store *s, int64_t tenant_id, const char *tag_key,
                                 const char *tag_value, const char *patch_json, size_t *matched,
@@ -2543,6 +2546,7 @@ static int device_change(struct store *s, int64_t tenant_id, const char *device_
     if (!s || !outcome || !device_id_ok(device_id))
         return PHY_EINVAL;
     TX_BEGIN(s, 1)
+    purged = remote = rearmed = 0; /* again on a retry */
     rc = q_prep(s, &st,
                 "SELECT serial, state, remote FROM devices WHERE device_id = ? AND tenant_id = ?",
                 "ti", device_id, tenant_id);
@@ -2642,9 +2646,9 @@ static int sq_claim_begin(struct store *s, const struct store_claim_begin *c, in
     TX_BEGIN(s, 1)
     rc = device_insert(s, c->tenant_id, c->device_id, c->secret_hash, c->name, tags,
                        c->serial ? c->serial : "", "claiming", c->now_ms, 1);
-    if (rc == PHY_EEXIST) {
+    if (rc == PHY_EEXIST) { /* the failed insert was all: roll back (PostgreSQL must) */
         *outcome = STORE_EXISTS;
-        rc = 0;
+        rc = TX_ABORT;
         goto out;
     }
     if (rc == 0)

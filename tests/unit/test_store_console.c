@@ -1121,6 +1121,7 @@ static void test_poll_tenant_id(void **state)
 
 static void test_migration_v3(void **state)
 {
+    SQLITE_ONLY();
     struct fx *f = *state;
     char a[4096], buf[256];
 

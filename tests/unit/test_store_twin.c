@@ -1036,6 +1036,7 @@ static void test_concurrent_patches(void **state)
 
 static void test_migration_v1(void **state)
 {
+    SQLITE_ONLY();
     struct fx *f = *state;
     struct hash sh = H(1001), tok = H(1), tok2 = H(2);
     struct store_device d;

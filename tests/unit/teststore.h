@@ -1,4 +1,4 @@
-/* Helpers shared by the SQLite store's unit tests (test_store*.c): the fixture, values,
+/* Helpers shared by the store's unit tests on both engines (test_store*.c): the fixture, values,
  * provisioning wrappers, direct SQL on a store file and the migration tests' schema
  * comparisons. A file may define TEST_STORE_FX_EXTRA (member declarations) before
  * including this header to give struct fx fields of its own. */
@@ -12,6 +12,7 @@
 
 #include <cmocka.h>
 
+#include <libpq-fe.h>
 #include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -32,6 +33,42 @@
 
 /* The store under test. */
 static const struct phy_store_ops *const ops = &store_ops;
+
+/* ---- the engine under test ----
+ * PHY_TEST_STORE=postgresql runs every test on PostgreSQL: PHY_TEST_PG_URL is the
+ * server's base URL (postgresql://user@host:port) and each test gets a database of
+ * its own. Otherwise each test gets a SQLite file. The assertions are the same. */
+
+static inline int store_is_pg(void)
+{
+    const char *e = getenv("PHY_TEST_STORE");
+    return e && strcmp(e, "postgresql") == 0;
+}
+
+/* A test that needs SQLite itself (its migrations from old files, file modes). */
+#define SQLITE_ONLY()                                                                              \
+    do {                                                                                           \
+        if (store_is_pg())                                                                         \
+            skip();                                                                                \
+    } while (0)
+
+/* Runs sql on the server's maintenance database (CREATE/DROP DATABASE). */
+static inline void pg_admin(const char *sql)
+{
+    const char *base = getenv("PHY_TEST_PG_URL");
+    char url[256];
+    if (!base)
+        fail_msg("PHY_TEST_STORE=postgresql needs PHY_TEST_PG_URL");
+    snprintf(url, sizeof url, "%s/postgres", base);
+    PGconn *c = PQconnectdb(url);
+    if (PQstatus(c) != CONNECTION_OK)
+        fail_msg("connect %s: %s", url, PQerrorMessage(c));
+    PGresult *r = PQexec(c, sql);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK)
+        fail_msg("%s: %s", sql, PQerrorMessage(c));
+    PQclear(r);
+    PQfinish(c);
+}
 
 /* ---- values ---- */
 
@@ -98,8 +135,9 @@ static inline unsigned char *test_seal(void *ctx, const char *serial, size_t *ou
  * the migration tests, the open store, the provisioning parameters and the sealer. */
 struct fx {
     char dir[64];
-    char path[128];
+    char path[256]; /* a SQLite file, or a PostgreSQL URL with the test's database */
     char fresh[160];
+    char pgdb[48]; /* the test's PostgreSQL database ("" on SQLite) */
     struct store *s;
     struct store_prov_params p;
     struct sealer seal;
@@ -118,6 +156,17 @@ static inline struct fx *fx_new(void **state, const char *prefix,
     assert_non_null(test_tmp_template(f->dir, sizeof f->dir, prefix));
     assert_non_null(mkdtemp(f->dir));
     snprintf(f->path, sizeof f->path, "%s/store.db", f->dir);
+    if (store_is_pg()) {
+        char sql[96];
+        const char *tail = strrchr(f->dir, '_');
+        snprintf(f->pgdb, sizeof f->pgdb, "t%s", tail ? tail : "_x");
+        for (char *c = f->pgdb; *c; c++)
+            if (*c >= 'A' && *c <= 'Z')
+                *c = (char)(*c - 'A' + 'a');
+        snprintf(sql, sizeof sql, "CREATE DATABASE \"%s\"", f->pgdb);
+        pg_admin(sql);
+        snprintf(f->path, sizeof f->path, "%s/%s", getenv("PHY_TEST_PG_URL"), f->pgdb);
+    }
     snprintf(f->fresh, sizeof f->fresh, "%s/fresh.db", f->dir);
     pthread_mutex_init(&f->seal.mu, NULL);
     f->seal.body = body;
@@ -160,7 +209,13 @@ static inline int teardown(void **state)
 {
     struct fx *f = *state;
     ops->close(f->s);
-    remove_store(f->path);
+    if (f->pgdb[0]) {
+        char sql[96];
+        snprintf(sql, sizeof sql, "DROP DATABASE \"%s\" WITH (FORCE)", f->pgdb);
+        pg_admin(sql);
+    } else {
+        remove_store(f->path);
+    }
     remove_store(f->fresh);
     rmdir(f->dir);
     pthread_mutex_destroy(&f->seal.mu);
@@ -253,9 +308,38 @@ static inline void race_claims(struct fx *f, void *(*fn)(void *))
 
 /* ---- direct access to a store file (a second connection) ---- */
 
+/* PostgreSQL: the first column of the first row of sql on url, as text into buf
+ * ("<none>" without a row, "<null>" for NULL; booleans as 1/0). */
+static inline const char *pg_text(const char *url, const char *sql, char *buf, size_t cap)
+{
+    PGconn *c = PQconnectdb(url);
+    if (PQstatus(c) != CONNECTION_OK)
+        fail_msg("connect: %s", PQerrorMessage(c));
+    PGresult *r = PQexec(c, sql);
+    int st = PQresultStatus(r);
+    if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK)
+        fail_msg("%s: %s", sql, PQerrorMessage(c));
+    if (st != PGRES_TUPLES_OK || PQntuples(r) == 0)
+        snprintf(buf, cap, "<none>");
+    else if (PQgetisnull(r, 0, 0))
+        snprintf(buf, cap, "<null>");
+    else if (PQftype(r, 0) == 16) /* bool */
+        snprintf(buf, cap, "%d", PQgetvalue(r, 0, 0)[0] == 't');
+    else
+        snprintf(buf, cap, "%s", PQgetvalue(r, 0, 0));
+    PQclear(r);
+    PQfinish(c);
+    return buf;
+}
+
 /* The first column of the first row of sql as an integer (-1 without a row). */
 static inline int64_t raw_int(const char *path, const char *sql)
 {
+    if (store_is_pg()) {
+        char buf[64];
+        pg_text(path, sql, buf, sizeof buf);
+        return buf[0] == '<' ? -1 : strtoll(buf, NULL, 10);
+    }
     sqlite3 *db;
     sqlite3_stmt *st;
     int64_t v = -1;
@@ -272,6 +356,8 @@ static inline int64_t raw_int(const char *path, const char *sql)
 /* One text value into buf ("<none>" without a row, "<null>" for NULL); returns buf. */
 static inline const char *raw_text(const char *path, const char *sql, char *buf, size_t cap)
 {
+    if (store_is_pg())
+        return pg_text(path, sql, buf, cap);
     sqlite3 *db;
     sqlite3_stmt *st;
     assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
@@ -291,6 +377,11 @@ static inline const char *raw_text(const char *path, const char *sql, char *buf,
 /* Runs sql (any number of statements, read-write). */
 static inline void raw_exec(const char *path, const char *sql)
 {
+    if (store_is_pg()) {
+        char buf[16];
+        pg_text(path, sql, buf, sizeof buf);
+        return;
+    }
     sqlite3 *db;
     char *msg = NULL;
     assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# A throwaway PostgreSQL cluster for the tests (Debian's postgresql package).
+#   pgtest.sh start DIR PORT   initdb into DIR/data, start on 127.0.0.1:PORT with its
+#                              socket in a temporary folder; writes DIR/url (the base URL)
+#   pgtest.sh stop DIR         stop it (immediate) and remove DIR
+# PostgreSQL refuses to run as root: as root the server runs as the package's
+# `postgres` user (runuser). Settings are for tests, not production: fsync stays on
+# (the store's durability is under test), synchronous_commit on.
+set -euo pipefail
+cmd=${1:?start|stop}
+dir=${2:?DIR}
+bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+[ -x "$bin/pg_ctl" ] || { echo "pgtest: PostgreSQL server not installed (apt-get install postgresql)" >&2; exit 1; }
+
+as_pg() {
+  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+case "$cmd" in
+start)
+  port=${3:?PORT}
+  if [ -f "$dir/data/postmaster.pid" ]; then
+    as_pg "$bin/pg_ctl" -D "$dir/data" -m immediate stop >/dev/null 2>&1 || true
+  fi
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  sock=$(mktemp -d /tmp/phypg.XXXXXX) # short: a socket path has at most 107 bytes
+  echo "$sock" >"$dir/sockdir"
+  if [ "$(id -u)" -eq 0 ]; then chown -R postgres: "$dir" "$sock"; fi
+  as_pg "$bin/initdb" -D "$dir/data" -U phy --auth=trust --locale=C.UTF-8 -E UTF8 >"$dir/initdb.log" 2>&1 \
+    || { cat "$dir/initdb.log" >&2; exit 1; }
+  cat >>"$dir/data/postgresql.conf" <<EOF
+listen_addresses = '127.0.0.1'
+port = $port
+unix_socket_directories = '$sock'
+max_connections = 400
+shared_buffers = 64MB
+synchronous_commit = on
+max_pred_locks_per_transaction = 256
+log_min_messages = warning
+EOF
+  as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null \
+    || { cat "$dir/server.log" >&2; exit 1; }
+  echo "postgresql://phy@127.0.0.1:$port" >"$dir/url"
+  echo "pgtest: PostgreSQL on 127.0.0.1:$port (data $dir/data)"
+  ;;
+stop)
+  if [ -f "$dir/data/postmaster.pid" ]; then
+    as_pg "$bin/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null 2>&1 || true
+  fi
+  [ -f "$dir/sockdir" ] && rm -rf "$(cat "$dir/sockdir")"
+  rm -rf "$dir"
+  ;;
+*)
+  echo "usage: pgtest.sh start DIR PORT | stop DIR" >&2
+  exit 2
+  ;;
+esac
