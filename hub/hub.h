@@ -12,7 +12,8 @@
 struct hub_config {
     char *region;   /* "eu" */
     char *listen;   /* "0.0.0.0:443" */
-    char *db;       /* SQLite file */
+    char *db;       /* a SQLite file, or postgresql://... */
+    long db_pool;   /* PostgreSQL connections (8) */
     char *key_file; /* AEAD key for pending issuances; default <db>.key */
     char *tls_cert, *tls_key;
     int provisioning;      /* serve the provisioning API (eu) */

@@ -11,6 +11,7 @@
 #include <openssl/crypto.h>
 #include <uv.h>
 
+#include "engine.h"
 #include "handlers.h"
 #include "hub.h"
 #include "region.h"
@@ -47,6 +48,7 @@ static void json_free_wiped(void *p)
 static void config_defaults(struct hub_config *c)
 {
     memset(c, 0, sizeof(*c));
+    c->db_pool = 8;
     c->code_ttl_s = 300;
     c->poll_interval_s = 5;
     c->max_poll_interval_s = 60;
@@ -190,8 +192,10 @@ static int open_store(struct hub *h)
         fprintf(stderr, "phyhub: --db is required\n");
         return -1;
     }
-    if (h->store_ops->open(h->cfg.db, &h->store, err, sizeof(err)) < 0) {
-        fprintf(stderr, "phyhub: cannot open store %s: %s\n", h->cfg.db, err);
+    struct store_engine_opts eo = {.pool_size = (int)h->cfg.db_pool};
+    if (store_open_opts(h->cfg.db, &eo, &h->store, err, sizeof(err)) < 0) {
+        /* err names a file store's path; a URL is not echoed (it may hold a password). */
+        fprintf(stderr, "phyhub: cannot open store: %s\n", err);
         return -1;
     }
     return 0;
@@ -306,7 +310,8 @@ static int admin_main(int argc, char **argv)
     char *db = NULL, *region = NULL, *tenant = NULL, *tag = NULL;
     int help = 0;
     const struct phy_opt opts[] = {
-        {"db", PHY_OPT_STR, &db, 0, 0, "SQLite store file (required)"},
+        {"db", PHY_OPT_STR, &db, 0, 0,
+         "store: a SQLite file, or postgresql://[user@]host[:port]/dbname (required)"},
         {"tenant", PHY_OPT_STR, &tenant, 0, 0, "tenant for device-add-bulk"},
         {"tag", PHY_OPT_STR, &tag, 0, 0, "K:V tag for device-add-bulk (default fleet:bulk)"},
         {"region", PHY_OPT_STR, &region, 0, 0, "tenant's region for tenant-add (eu, au, uae, ...)"},
@@ -404,9 +409,13 @@ int main(int argc, char **argv)
         {"region", PHY_OPT_STR, &c->region, 0, 0, "this hub's region (default eu)"},
         {"listen", PHY_OPT_STR, &c->listen, 0, 0,
          "ADDR:PORT to serve HTTPS on (default 0.0.0.0:443)"},
-        {"db", PHY_OPT_STR, &c->db, 0, 0, "SQLite store file (required)"},
+        {"db", PHY_OPT_STR, &c->db, 0, 0,
+         "store: a SQLite file, or postgresql://[user@]host[:port]/dbname; the password "
+         "comes from PGPASSFILE, ~/.pgpass or PGPASSWORD (required)"},
+        {"db-pool", PHY_OPT_INT, &c->db_pool, 1, 64, "PostgreSQL connections of this hub (8)"},
         {"key-file", PHY_OPT_STR, &c->key_file, 0, 0,
-         "AES-256 key for pending issuances, created 0600 at first start (default <db>.key)"},
+         "AES-256 key for pending issuances, created 0600 at first start (default <db>.key; "
+         "required with PostgreSQL)"},
         {"tls-cert", PHY_OPT_STR, &c->tls_cert, 0, 0, "PEM certificate chain (required)"},
         {"tls-key", PHY_OPT_STR, &c->tls_key, 0, 0, "PEM private key (required)"},
         {"provisioning", PHY_OPT_BOOL, &c->provisioning, 0, 0, "serve the provisioning API (eu)"},
@@ -529,10 +538,15 @@ int main(int argc, char **argv)
     }
     if (open_store(&g_hub) < 0)
         goto out;
-    if (c->key_file)
+    if (c->key_file) {
         snprintf(keypath, sizeof(keypath), "%s", c->key_file);
-    else
+    } else if (strcmp(store_engine_name(g_hub.store), "sqlite") != 0) {
+        fprintf(stderr, "phyhub: --key-file is required with a %s store\n",
+                store_engine_name(g_hub.store));
+        goto out_store;
+    } else {
         snprintf(keypath, sizeof(keypath), "%s.key", c->db);
+    }
     if (phy_key_load_or_create(keypath, g_hub.issuance_key, err, sizeof(err)) < 0) {
         fprintf(stderr, "phyhub: issuance key: %s\n", err);
         goto out_store;
