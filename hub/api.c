@@ -80,6 +80,14 @@ void api_error(struct api_response *res, int status, const char *code, const cha
     api_json(res, status, o);
 }
 
+/* The store could not answer (its database unreachable, a failed write): 503 with
+ * Retry-After, never a partial answer. */
+void api_store_failed(struct api_response *res)
+{
+    api_error(res, 503, "store_unavailable", "the store failed; retry later");
+    snprintf(res->extra_headers, sizeof res->extra_headers, "Retry-After: 1\r\n");
+}
+
 void api_json(struct api_response *res, int status, json_t *o)
 {
     free(res->body);

@@ -85,6 +85,8 @@ void api_state_event(struct api_response *res, int64_t tenant_id, const char *de
 void api_handle(struct hub *h, const struct api_request *req, struct api_response *res);
 
 /* Fills res with {"error": code, "message": msg} and status. */
+/* 503 store_unavailable with Retry-After: 1. */
+void api_store_failed(struct api_response *res);
 void api_error(struct api_response *res, int status, const char *code, const char *msg);
 
 void api_response_free(struct api_response *res);

@@ -46,7 +46,7 @@ static int bearer_auth(struct hub *h, const char *a, struct api_response *res,
     if (phy_sha256_hex(token, strlen(token), hash) < 0 ||
         h->store_ops->token_auth(h->store, hash, &caller->tenant_id, &caller->user_id,
                                  caller->tenant, caller->region, &outcome) < 0) {
-        api_error(res, 503, "store_unavailable", "the store failed; retry later");
+        api_store_failed(res);
         return -1;
     }
     if (outcome != STORE_OK) {
@@ -122,7 +122,7 @@ static int cookie_auth(struct hub *h, const struct api_request *req, struct api_
                                            h->cfg.session_idle_s * 1000,
                                            h->cfg.session_max_s * 1000, touch, &sess,
                                            &outcome) < 0) {
-        api_error(res, 503, "store_unavailable", "the store failed; retry later");
+        api_store_failed(res);
         return -1;
     }
     if (outcome != STORE_OK) {
@@ -313,7 +313,7 @@ static int claim_attempt(struct hub *h, const struct api_caller *c, int64_t *att
             h->store, c->tenant_id, c->user_id, now, now - h->cfg.claim_window_s * 1000,
             (int)h->cfg.claim_user_limit, (int)h->cfg.claim_tenant_limit, &allowed,
             attempt_id) < 0) {
-        api_error(res, 503, "store_unavailable", "the store failed; retry later");
+        api_store_failed(res);
         return 1;
     }
     if (!allowed) {
@@ -403,7 +403,7 @@ void handle_claim(struct hub *h, const struct api_request *req, struct api_respo
     if (rc > 0)
         goto out; /* answered by region_claim */
     if (rc < 0) {
-        api_error(res, 503, "store_unavailable", "the claim could not be stored; retry");
+        api_store_failed(res);
         goto out;
     }
     snprintf(res->log, sizeof(res->log), "tenant=%s by=%s outcome=%d", caller.tenant,
@@ -464,11 +464,6 @@ void api_claim_refused(struct api_response *res, int outcome)
     default:
         api_error(res, 500, "internal", "unexpected store outcome");
     }
-}
-
-static void store_failed(struct api_response *res)
-{
-    api_error(res, 503, "store_unavailable", "the store failed; retry later");
 }
 
 static void no_device(struct api_response *res)
@@ -557,7 +552,7 @@ void handle_devices_list(struct hub *h, const struct api_request *req, struct ap
     size_t n = 0;
     if (h->store_ops->devices_list(h->store, caller.tenant_id, &f, has_after ? after : NULL,
                                    (int)limit, &devs, &n) < 0) {
-        store_failed(res);
+        api_store_failed(res);
         return;
     }
     snprintf(res->log, sizeof(res->log), "tenant=%s count=%zu", caller.tenant, n);
@@ -578,7 +573,7 @@ static int load_device(struct hub *h, const struct api_caller *caller, const cha
 {
     int outcome;
     if (h->store_ops->device_get(h->store, caller->tenant_id, id, d, t, &outcome) < 0) {
-        store_failed(res);
+        api_store_failed(res);
         return 0;
     }
     if (outcome != STORE_OK) {
@@ -706,7 +701,7 @@ void handle_desired_patch(struct hub *h, const struct api_request *req, const ch
     }
     if (h->store_ops->desired_patch(h->store, caller.tenant_id, id, text, if_match, &version,
                                     &changed, &outcome) < 0) {
-        store_failed(res);
+        api_store_failed(res);
         goto out;
     }
     snprintf(msg, sizeof(msg), "outcome=%d version=%lld changed=%d", outcome, (long long)version,
@@ -795,7 +790,7 @@ void handle_fleet_patch(struct hub *h, const struct api_request *req, struct api
     }
     if (h->store_ops->desired_patch_tag(h->store, caller.tenant_id, key, value, text, &matched,
                                         &pushes, &n, &outcome) < 0) {
-        store_failed(res);
+        api_store_failed(res);
         goto out;
     }
     snprintf(res->log, sizeof(res->log), "tenant=%s tag=%s outcome=%d matched=%zu changed=%zu",
@@ -848,7 +843,7 @@ void handle_tags_put(struct hub *h, const struct api_request *req, const char *i
     if (api_parse_body(req, res, &body) < 0 || tags_validate(body, &tags_json, res) < 0)
         goto out;
     if (h->store_ops->tags_put(h->store, caller.tenant_id, id, tags_json, &outcome) < 0) {
-        store_failed(res);
+        api_store_failed(res);
         goto out;
     }
     if (outcome != STORE_OK) {
@@ -906,7 +901,7 @@ void handle_device_rename(struct hub *h, const struct api_request *req, const ch
     }
     if (!h->store_ops->device_rename ||
         h->store_ops->device_rename(h->store, caller.tenant_id, id, name, &outcome) < 0) {
-        store_failed(res);
+        api_store_failed(res);
         goto out;
     }
     if (outcome != STORE_OK) {
@@ -946,7 +941,7 @@ void handle_device_revoke(struct hub *h, const struct api_request *req, const ch
         return;
     device_log(res, &caller, id, "");
     if (h->store_ops->device_revoke(h->store, caller.tenant_id, id, hub_now_ms(), &outcome) < 0) {
-        store_failed(res);
+        api_store_failed(res);
         return;
     }
     if (outcome != STORE_OK) {
@@ -971,7 +966,7 @@ void handle_device_reset(struct hub *h, const struct api_request *req, const cha
     if (!load_device(h, &caller, id, &d, NULL, res))
         goto out;
     if (h->store_ops->device_reset(h->store, caller.tenant_id, id, hub_now_ms(), &outcome) < 0) {
-        store_failed(res);
+        api_store_failed(res);
         goto out;
     }
     if (outcome != STORE_OK && outcome != STORE_PROVISIONED) {
@@ -1000,7 +995,7 @@ void handle_device_delete(struct hub *h, const struct api_request *req, const ch
         return;
     device_log(res, &caller, id, "");
     if (h->store_ops->device_delete(h->store, caller.tenant_id, id, &outcome) < 0) {
-        store_failed(res);
+        api_store_failed(res);
         return;
     }
     if (outcome != STORE_OK) {
@@ -1025,7 +1020,7 @@ void handle_status_history(struct hub *h, const struct api_request *req, const c
     if (!h->store_ops->status_history ||
         h->store_ops->status_history(h->store, caller.tenant_id, id, STORE_STATUS_HISTORY, &r, &n,
                                      &outcome) < 0) {
-        store_failed(res);
+        api_store_failed(res);
         return;
     }
     if (outcome != STORE_OK) {
@@ -1097,7 +1092,7 @@ void handle_audit(struct hub *h, const struct api_request *req, struct api_respo
     }
     if (!h->store_ops->audit_list ||
         h->store_ops->audit_list(h->store, caller.tenant_id, before, (int)limit, &a, &n) < 0) {
-        store_failed(res);
+        api_store_failed(res);
         return;
     }
     snprintf(res->log, sizeof(res->log), "tenant=%s count=%zu", caller.tenant, n);

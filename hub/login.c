@@ -91,11 +91,6 @@ static void invalid_login(struct hub *h, struct api_response *res)
     api_error(res, 401, "invalid_login", "unknown tenant or user, or wrong password");
 }
 
-static void store_failed(struct api_response *res)
-{
-    api_error(res, 503, "store_unavailable", "the store failed; retry later");
-}
-
 /* Creates the session of a checked login and answers 200 with its cookie. */
 static void login_session(struct hub *h, int64_t tenant_id, int64_t user_id, const char *tenant,
                           const char *user, const char *region, struct api_response *res)
@@ -108,7 +103,7 @@ static void login_session(struct hub *h, int64_t tenant_id, int64_t user_id, con
     }
     if (h->store_ops->console_session_create(h->store, hash, tenant_id, user_id, csrf,
                                              hub_now_ms()) < 0) {
-        store_failed(res);
+        api_store_failed(res);
         goto out;
     }
     api_json(res, 200,
@@ -155,7 +150,7 @@ void handle_login(struct hub *h, const struct api_request *req, struct api_respo
                                           now, now - h->cfg.login_window_s * 1000,
                                           (int)h->cfg.login_peer_limit, INT_MAX, &allowed,
                                           &peer_attempt) < 0) {
-        store_failed(res);
+        api_store_failed(res);
         goto out;
     }
     if (!allowed) {
@@ -171,7 +166,7 @@ void handle_login(struct hub *h, const struct api_request *req, struct api_respo
             (int)h->cfg.login_user_limit, (int)h->cfg.login_tenant_limit, &allowed,
             &attempt_id) < 0) {
         h->store_ops->login_attempt_forgive(h->store, peer_attempt); /* nothing was tried */
-        store_failed(res);
+        api_store_failed(res);
         goto out;
     }
     if (!allowed) {
@@ -186,7 +181,7 @@ void handle_login(struct hub *h, const struct api_request *req, struct api_respo
     if (h->store_ops->user_get(h->store, tenant, user, &tenant_id, &user_id, pw_hash, region,
                                &outcome) < 0) {
         forgive(h, attempt_id, peer_attempt); /* not a guess */
-        store_failed(res);
+        api_store_failed(res);
         goto out;
     }
     if (atomic_fetch_add(&h->login_checks, 1) >= LOGIN_MAX_CHECKS) {
@@ -234,7 +229,7 @@ void handle_logout(struct hub *h, const struct api_request *req, struct api_resp
         return;
     }
     if (h->store_ops->console_session_delete(h->store, caller.session_hash) < 0) {
-        store_failed(res);
+        api_store_failed(res);
         return;
     }
     api_audit(h, caller.tenant_id, caller.user_id, "user.logout", NULL, NULL);

@@ -46,11 +46,6 @@ static int poll_token_hash(const char *token, char hash[PHY_HASH_HEX_LEN + 1],
     return 0;
 }
 
-static void store_failed(struct api_response *res)
-{
-    api_error(res, 503, "store_unavailable", "the store failed; retry later");
-}
-
 /* Maps the outcomes every provisioning call shares; returns 1 when it answered. */
 static int common_outcome(int outcome, struct api_response *res)
 {
@@ -89,7 +84,7 @@ void handle_register(struct hub *h, const struct api_request *req, struct api_re
     hub_prov_params(h, hub_now_ms(), &p);
     int outcome;
     if (h->store_ops->reg_create(h->store, &p, serial, hash, &outcome) < 0) {
-        store_failed(res);
+        api_store_failed(res);
         goto out;
     }
     snprintf(res->log, sizeof(res->log), "serial=%s", serial);
@@ -132,7 +127,7 @@ void handle_code(struct hub *h, const struct api_request *req, struct api_respon
             goto out;
         }
         if (h->store_ops->reg_set_code(h->store, &p, serial, hash, code, &outcome) < 0) {
-            store_failed(res);
+            api_store_failed(res);
             goto out;
         }
         if (common_outcome(outcome, res))
@@ -224,7 +219,7 @@ void handle_poll(struct hub *h, const struct api_request *req, struct api_respon
         goto out;
     }
     if (rc < 0) {
-        store_failed(res);
+        api_store_failed(res);
         goto out;
     }
     if (serial)
