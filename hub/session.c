@@ -272,7 +272,7 @@ void session_authorize(struct hub *h, const struct api_request *req, struct api_
     snprintf(res->log, sizeof(res->log), "device_id=%s", device_id);
     if (phy_sha256_hex(colon + 1, PHY_TOKEN_LEN, hash) < 0 ||
         h->store_ops->device_auth(h->store, device_id, hash, tenant_id, &outcome) < 0) {
-        api_error(res, 503, "store_unavailable", "the store failed; retry later");
+        api_store_failed(res);
         goto out;
     }
     if (outcome != STORE_OK) {
@@ -290,7 +290,7 @@ void session_authorize(struct hub *h, const struct api_request *req, struct api_
         goto out;
     }
     if (rc < 0) {
-        api_error(res, 503, "store_unavailable", "the store failed; retry later");
+        api_store_failed(res);
         goto out;
     }
     res->status = 101;

@@ -3,6 +3,8 @@
 #   pgtest.sh start DIR PORT   initdb into DIR/data, start on 127.0.0.1:PORT with its
 #                              socket in a temporary folder; writes DIR/url (the base URL)
 #   pgtest.sh stop DIR         stop it (immediate) and remove DIR
+#   pgtest.sh pause|resume DIR stop it (fast) / start it again, keeping its data
+#   pgtest.sh terminate DIR    pg_terminate_backend every hub connection (prints how many)
 # PostgreSQL refuses to run as root: as root the server runs as the package's
 # `postgres` user (runuser). Settings are for tests, not production: fsync stays on
 # (the store's durability is under test), synchronous_commit on.
@@ -51,8 +53,18 @@ stop)
   [ -f "$dir/sockdir" ] && rm -rf "$(cat "$dir/sockdir")"
   rm -rf "$dir"
   ;;
+pause) # a fast shutdown: clients are disconnected, the data stays
+  as_pg "$bin/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null
+  ;;
+resume)
+  as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null
+  ;;
+terminate) # ends the backends of the hubs (application_name phyhub)
+  psql -X -q -At "$(cat "$dir/url")/postgres" \
+    -c "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'phyhub'"
+  ;;
 *)
-  echo "usage: pgtest.sh start DIR PORT | stop DIR" >&2
+  echo "usage: pgtest.sh start DIR PORT | stop DIR | pause DIR | resume DIR | terminate DIR" >&2
   exit 2
   ;;
 esac

@@ -313,13 +313,18 @@ static void release(struct store_db *d, struct pg_conn *pc)
 
 static int pg_begin(struct store_db *d, int write, struct db_tx **out)
 {
+    const char *sql = write ? "BEGIN ISOLATION LEVEL SERIALIZABLE"
+                            : "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
     struct db_tx *tx;
     struct pg_conn *pc;
     int rc = acquire(d, &pc);
     if (rc)
         return rc;
-    rc = exec_simple(pc, write ? "BEGIN ISOLATION LEVEL SERIALIZABLE"
-                               : "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
+    rc = exec_simple(pc, sql);
+    /* A connection that died while idle (server restart, pg_terminate_backend) is
+     * found here: one new connection, and the operation goes on. */
+    if (rc == PHY_EUNAVAIL && !pc->c && (pc->c = pg_connect(d)))
+        rc = exec_simple(pc, sql);
     if (rc) {
         release(d, pc);
         return rc == PHY_EIO ? PHY_EUNAVAIL : rc;
