@@ -8,16 +8,13 @@
 #include <openssl/crypto.h>
 
 #include "handlers.h"
+#include "rules.h"
 #include "region.h"
 #include "phy/crypto.h"
 #include "phy/err.h"
 #include "phy/log.h"
 #include "phy/twin.h"
 
-#define NAME_MAX_BYTES 64
-#define TAGS_MAX 32
-#define TAG_KEY_MAX 64
-#define TAG_VALUE_MAX 128
 #define LIST_DEFAULT 100
 #define LIST_MAX 500
 #define BEARER "Bearer "
@@ -222,35 +219,13 @@ json_t *api_device_json(const struct store_device *d)
                      time_json(d->last_status_ms), "created_at", created);
 }
 
-static int valid_tag_key(const char *k)
-{
-    size_t n = strlen(k);
-    if (n == 0 || n > TAG_KEY_MAX)
-        return 0;
-    for (size_t i = 0; i < n; i++) {
-        char c = k[i];
-        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-              c == '.' || c == '_' || c == '-'))
-            return 0;
-    }
-    return 1;
-}
-
-static int has_control(const char *s)
-{
-    for (; *s; s++)
-        if ((unsigned char)*s < 0x20 || *s == 0x7f)
-            return 1;
-    return 0;
-}
-
 static int tags_validate(json_t *tags, char **tags_json, struct api_response *res);
 
 /* A device name (claim, rename): at most 64 bytes without control characters. 0,
  * or -1 with a 400 in res. */
 static int name_check(const char *name, struct api_response *res)
 {
-    if (strlen(name) > NAME_MAX_BYTES || has_control(name)) {
+    if (!store_name_ok(name)) {
         api_error(res, 400, "bad_request",
                   "name must be at most 64 bytes without control characters");
         return -1;
@@ -278,7 +253,7 @@ static int claim_extras(json_t *body, const char **name, char **tags_json, struc
  * key-sorted text (malloc'd). -1 with a 400 (or 500) in res otherwise. */
 static int tags_validate(json_t *tags, char **tags_json, struct api_response *res)
 {
-    if (!json_is_object(tags) || json_object_size(tags) > TAGS_MAX) {
+    if (!json_is_object(tags) || json_object_size(tags) > STORE_TAGS_MAX) {
         api_error(res, 400, "bad_request", "tags must be an object of at most 32 entries");
         return -1;
     }
@@ -286,8 +261,8 @@ static int tags_validate(json_t *tags, char **tags_json, struct api_response *re
     json_t *v;
     json_object_foreach(tags, k, v)
     {
-        if (!valid_tag_key(k) || !json_is_string(v) ||
-            strlen(json_string_value(v)) > TAG_VALUE_MAX || has_control(json_string_value(v))) {
+        if (!store_tag_key_ok(k) || !json_is_string(v) ||
+            !store_tag_value_ok(json_string_value(v))) {
             api_error(
                 res, 400, "bad_request",
                 "tag keys are 1-64 of A-Z a-z 0-9 . _ -, values strings of at most 128 bytes");
@@ -480,7 +455,7 @@ static int parse_tag_filter(char *kv, const char **key, const char **value)
     *colon = '\0';
     *key = kv;
     *value = colon + 1;
-    if (!valid_tag_key(kv) || strlen(*value) > TAG_VALUE_MAX || has_control(*value) ||
+    if (!store_tag_key_ok(kv) || !store_tag_value_ok(*value) ||
         !api_utf8_valid(*value, strlen(*value)))
         return -1;
     return 0;
@@ -507,7 +482,7 @@ void handle_devices_list(struct hub *h, const struct api_request *req, struct ap
     static const char *const params[] = {"presence", "tag", "limit", "after", NULL};
     struct api_caller caller;
     char limit_s[8], after[PHY_DEVICE_ID_LEN + 1], presence[16];
-    char tag[TAG_KEY_MAX + TAG_VALUE_MAX + 2];
+    char tag[STORE_TAG_KEY_MAX + STORE_TAG_VALUE_MAX + 2];
     struct store_device_filter f = {-1, NULL, NULL};
     long limit = LIST_DEFAULT;
     int r;
@@ -755,7 +730,7 @@ void handle_fleet_patch(struct hub *h, const struct api_request *req, struct api
 {
     static const char *const params[] = {"tag", NULL};
     struct api_caller caller;
-    char tag[TAG_KEY_MAX + TAG_VALUE_MAX + 2];
+    char tag[STORE_TAG_KEY_MAX + STORE_TAG_VALUE_MAX + 2];
     const char *key = NULL, *value = NULL;
     json_t *patch = NULL;
     char *text = NULL;
@@ -799,7 +774,7 @@ void handle_fleet_patch(struct hub *h, const struct api_request *req, struct api
     case STORE_OK:
         api_json(res, 200, json_pack("{s:I}", "matched", (json_int_t)matched));
         {
-            char tagkv[TAG_KEY_MAX + TAG_VALUE_MAX + 2];
+            char tagkv[STORE_TAG_KEY_MAX + STORE_TAG_VALUE_MAX + 2];
             snprintf(tagkv, sizeof(tagkv), "%s:%s", key, value);
             api_audit(
                 h, caller.tenant_id, caller.user_id, "fleet.desired_patch", NULL,

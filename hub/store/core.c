@@ -19,20 +19,8 @@
 #include "phy/err.h"
 #include "phy/twin.h"
 #include "engine.h"
+#include "rules.h"
 #include "store.h"
-
-#define REGION_MAX 15       /* token_auth's region[16], a peer region's name */
-#define PW_HASH_MAX 511     /* an encoded argon2id hash is ~100 chars (user_get: 512) */
-#define TAGS_JSON_MAX 65536 /* console tags are a small object */
-#define LIST_MAX 1000       /* devices_list never returns more rows than this */
-#define TAG_KEY_MAX 64
-#define TAG_VALUE_MAX 256
-#define PATCH_JSON_MAX (8 * PHY_TWIN_MAX_BYTES) /* patch text; the result is checked too */
-#define STATUS_JSON_MAX 65536                   /* a status report fits in one frame */
-#define AUDIT_ACTION_MAX 31                     /* struct store_audit's action[32] */
-#define AUDIT_DETAIL_MAX 65536
-#define AUDIT_LIST_MAX 500
-#define SESSION_TOUCH_MS 5000 /* console_session_auth writes last_used_ms at most this often */
 
 /* An open store: its engine and the engine's database. */
 struct store {
@@ -42,160 +30,6 @@ struct store {
 
 /* The transaction of the operation running on this thread (one at a time). */
 static _Thread_local struct db_tx *tx_cur;
-
-/* ---- input checks ---- */
-
-#define CODE_MIN_GAP_MS 1000 /* minimum time between two code requests of a registration */
-
-static int str_ok(const char *s, size_t max)
-{
-    return s && s[0] && strnlen(s, max + 1) <= max;
-}
-
-/* 1 when s is 1..max characters of [A-Za-z0-9._-] (serials and tag keys). */
-static int name_ok(const char *s, size_t max)
-{
-    if (!str_ok(s, max))
-        return 0;
-    for (; *s; s++) {
-        char ch = *s;
-        if (!((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
-              ch == '.' || ch == '_' || ch == '-'))
-            return 0;
-    }
-    return 1;
-}
-
-static int serial_ok(const char *s)
-{
-    return name_ok(s, PHY_SERIAL_MAX);
-}
-
-static int hash_ok(const char *s)
-{
-    return str_ok(s, PHY_HASH_HEX_LEN);
-}
-
-/* 1 when s names a region: 1..REGION_MAX characters of [a-z0-9-]. */
-static int region_ok(const char *s)
-{
-    if (!str_ok(s, REGION_MAX))
-        return 0;
-    for (; *s; s++) {
-        if (!((*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') || *s == '-'))
-            return 0;
-    }
-    return 1;
-}
-
-static int device_id_ok(const char *s)
-{
-    return str_ok(s, PHY_DEVICE_ID_LEN);
-}
-
-/* 1 when s is exactly len characters, each one in the set accepted by ok. */
-static int chars_ok(const char *s, size_t len, int (*ok)(char))
-{
-    if (!s || strnlen(s, len + 1) != len)
-        return 0;
-    for (; *s; s++)
-        if (!ok(*s))
-            return 0;
-    return 1;
-}
-
-static int lower_hex_char(char ch)
-{
-    return (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f');
-}
-
-static int base64url_char(char ch)
-{
-    return (ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
-           ch == '-' || ch == '_';
-}
-
-static int audit_action_char(char ch)
-{
-    return (ch >= 'a' && ch <= 'z') || ch == '.' || ch == '_';
-}
-
-/* A console session is found by the SHA-256 (lowercase hex) of its cookie value. */
-static int session_hash_ok(const char *s)
-{
-    return chars_ok(s, PHY_HASH_HEX_LEN, lower_hex_char);
-}
-
-static int csrf_ok(const char *s)
-{
-    return chars_ok(s, STORE_CSRF_LEN, base64url_char);
-}
-
-/* An audit action: 1..AUDIT_ACTION_MAX characters of [a-z._] ("device.claim"). */
-static int audit_action_ok(const char *s)
-{
-    return str_ok(s, AUDIT_ACTION_MAX) && chars_ok(s, strlen(s), audit_action_char);
-}
-
-static int outbox_kind_ok(int kind)
-{
-    return kind == OUTBOX_CANCEL || kind == OUTBOX_PURGE || kind == OUTBOX_REARM;
-}
-
-/* Parses text as a JSON object of at most max bytes: 0 (*out, optional, gets the
- * reference), PHY_ETOOBIG or PHY_EINVAL. */
-static int json_object_parse(const char *text, size_t max, json_t **out)
-{
-    json_error_t jerr;
-    json_t *v;
-    size_t n;
-    if (out)
-        *out = NULL;
-    if (!text)
-        return PHY_EINVAL;
-    n = strnlen(text, max + 1);
-    if (n > max)
-        return PHY_ETOOBIG;
-    v = json_loadb(text, n, JSON_REJECT_DUPLICATES, &jerr);
-    if (!v || !json_is_object(v)) {
-        json_decref(v);
-        return PHY_EINVAL;
-    }
-    if (out)
-        *out = v;
-    else
-        json_decref(v);
-    return 0;
-}
-
-/* Upper-cases a code and checks it against the alphabet; 0 or PHY_EINVAL. */
-static int code_normalize(const char *in, char out[PHY_CODE_LEN + 1])
-{
-    if (!in || strnlen(in, PHY_CODE_LEN + 1) != PHY_CODE_LEN)
-        return PHY_EINVAL;
-    for (size_t i = 0; i < PHY_CODE_LEN; i++) {
-        char ch = in[i];
-        if (ch >= 'a' && ch <= 'z')
-            ch = (char)(ch - 'a' + 'A');
-        if (!strchr(PHY_CODE_ALPHABET, ch) || ch == '\0')
-            return PHY_EINVAL;
-        out[i] = ch;
-    }
-    out[PHY_CODE_LEN] = '\0';
-    return 0;
-}
-
-static int params_ok(const struct store_prov_params *p)
-{
-    return p && p->now_ms >= 0 && p->registration_idle_ms > 0 && p->code_ttl_ms > 0 &&
-           p->grace_ms >= 0 && p->interval_s > 0 && p->max_regs_per_serial > 0;
-}
-
-/* Registrations active after this instant are live. */
-static int64_t live_after(const struct store_prov_params *p)
-{
-    return p->now_ms - p->registration_idle_ms;
-}
 
 /* phy_ref(device ID): the SHA-256 hex that eu keeps of a peer region's device ID
  * once redelivery ended (the ID itself is erased). */
@@ -543,7 +377,7 @@ static int tenant_id_of(struct store *s, const char *tenant, int64_t *id)
 static int sq_tenant_add(struct store *s, const char *name, const char *region, int *outcome)
 {
     int rc;
-    if (!s || !outcome || !str_ok(name, STORE_NAME_MAX) || !str_ok(region, REGION_MAX))
+    if (!s || !outcome || !store_str_ok(name, STORE_NAME_MAX) || !store_str_ok(region, STORE_REGION_MAX))
         return PHY_EINVAL;
     TX_BEGIN(s, 1)
     rc = q_exec(s, NULL, "INSERT INTO tenants(name, region, created_ms) VALUES (?, ?, ?)", "tti",
@@ -563,8 +397,8 @@ static int sq_user_add(struct store *s, const char *tenant, const char *user, co
 {
     int64_t tid = 0;
     int rc;
-    if (!s || !outcome || !str_ok(tenant, STORE_NAME_MAX) || !str_ok(user, STORE_NAME_MAX) ||
-        !str_ok(pw_hash, PW_HASH_MAX))
+    if (!s || !outcome || !store_str_ok(tenant, STORE_NAME_MAX) || !store_str_ok(user, STORE_NAME_MAX) ||
+        !store_str_ok(pw_hash, STORE_PW_HASH_MAX))
         return PHY_EINVAL;
     TX_BEGIN(s, 1)
     rc = tenant_id_of(s, tenant, &tid);
@@ -592,8 +426,8 @@ static int sq_token_add(struct store *s, const char *tenant, const char *user,
 {
     int64_t tid = 0, uid = 0;
     int rc;
-    if (!s || !outcome || !str_ok(tenant, STORE_NAME_MAX) || !str_ok(user, STORE_NAME_MAX) ||
-        !hash_ok(token_hash))
+    if (!s || !outcome || !store_str_ok(tenant, STORE_NAME_MAX) || !store_str_ok(user, STORE_NAME_MAX) ||
+        !store_hash_ok(token_hash))
         return PHY_EINVAL;
     TX_BEGIN(s, 1)
     rc = tenant_id_of(s, tenant, &tid);
@@ -629,7 +463,7 @@ static int sq_token_auth(struct store *s, const char *token_hash, int64_t *tenan
 {
     struct db_stmt *st = NULL;
     int rc;
-    if (!s || !outcome || !hash_ok(token_hash))
+    if (!s || !outcome || !store_hash_ok(token_hash))
         return PHY_EINVAL;
     TX_BEGIN(s, 0)
     rc = q_prep(s, &st,
@@ -656,7 +490,7 @@ static int sq_token_auth(struct store *s, const char *token_hash, int64_t *tenan
         *user_id = db_int(st, 1);
     if (tenant && (rc = col_copy(st, 2, tenant, STORE_NAME_MAX + 1)))
         goto out;
-    if (region && (rc = col_copy(st, 3, region, REGION_MAX + 1)))
+    if (region && (rc = col_copy(st, 3, region, STORE_REGION_MAX + 1)))
         goto out;
     *outcome = STORE_OK;
 out:
@@ -674,8 +508,8 @@ static int sq_user_get(struct store *s, const char *tenant, const char *user, in
 {
     struct db_stmt *st = NULL;
     int rc;
-    if (!s || !outcome || !pw_hash || !region || !str_ok(tenant, STORE_NAME_MAX) ||
-        !str_ok(user, STORE_NAME_MAX))
+    if (!s || !outcome || !pw_hash || !region || !store_str_ok(tenant, STORE_NAME_MAX) ||
+        !store_str_ok(user, STORE_NAME_MAX))
         return PHY_EINVAL;
     TX_BEGIN(s, 0)
     rc = q_prep(s, &st,
@@ -694,8 +528,8 @@ static int sq_user_get(struct store *s, const char *tenant, const char *user, in
         rc = rc < 0 ? rc : PHY_EIO;
         goto out;
     }
-    if ((rc = col_copy(st, 2, pw_hash, PW_HASH_MAX + 1)) ||
-        (rc = col_copy(st, 3, region, REGION_MAX + 1)))
+    if ((rc = col_copy(st, 2, pw_hash, STORE_PW_HASH_MAX + 1)) ||
+        (rc = col_copy(st, 3, region, STORE_REGION_MAX + 1)))
         goto out;
     if (tenant_id)
         *tenant_id = db_int(st, 0);
@@ -716,7 +550,7 @@ static int sq_console_session_create(struct store *s, const char *id_hash, int64
                                      int64_t user_id, const char *csrf, int64_t now_ms)
 {
     int changes = 0, rc;
-    if (!s || !session_hash_ok(id_hash) || !csrf_ok(csrf))
+    if (!s || !store_session_hash_ok(id_hash) || !store_csrf_ok(csrf))
         return PHY_EINVAL;
     TX_BEGIN(s, 1)
     rc = q_exec(s, &changes,
@@ -765,8 +599,6 @@ static int sq_console_sweep(struct store *s, int64_t now_ms, int64_t idle_ms, in
     return rc;
 }
 
-/* Idle time is measured from the last written use, which may lag the real last use
- * by up to SESSION_TOUCH_MS: a request per second must not be a write per second. */
 static int sq_console_session_auth(struct store *s, const char *id_hash, int64_t now_ms,
                                    int64_t idle_ms, int64_t max_ms, int touch,
                                    struct store_session *out, int *outcome)
@@ -775,7 +607,7 @@ static int sq_console_session_auth(struct store *s, const char *id_hash, int64_t
     int rc;
     if (out)
         memset(out, 0, sizeof *out);
-    if (!s || !out || !outcome || !session_hash_ok(id_hash) || idle_ms <= 0 || max_ms <= 0)
+    if (!s || !out || !outcome || !store_session_hash_ok(id_hash) || idle_ms <= 0 || max_ms <= 0)
         return PHY_EINVAL;
     TX_BEGIN(s, 1)
     rc = q_prep(s, &st,
@@ -797,15 +629,13 @@ static int sq_console_session_auth(struct store *s, const char *id_hash, int64_t
     st = NULL;
     if (rc)
         goto out;
-    if (now_ms - out->last_used_ms > idle_ms || now_ms - out->created_ms > max_ms) {
+    if (rule_session_expired(now_ms, out->created_ms, out->last_used_ms, idle_ms, max_ms)) {
         rc = q_exec(s, NULL, "DELETE FROM console_sessions WHERE id_hash = ?", "t", id_hash);
         memset(out, 0, sizeof *out);
         *outcome = STORE_NOT_FOUND;
         goto out;
     }
-    /* Short idle limits (tests) are refreshed at half their length at least. */
-    int64_t touch_ms = idle_ms / 2 < SESSION_TOUCH_MS ? idle_ms / 2 : SESSION_TOUCH_MS;
-    if (touch && now_ms - out->last_used_ms >= touch_ms) {
+    if (touch && rule_session_touch(now_ms, out->last_used_ms, idle_ms)) {
         rc = q_exec(s, NULL, "UPDATE console_sessions SET last_used_ms = ? WHERE id_hash = ?", "it",
                     now_ms, id_hash);
         if (rc)
@@ -826,7 +656,7 @@ out:
 static int sq_console_session_delete(struct store *s, const char *id_hash)
 {
     int rc;
-    if (!s || !session_hash_ok(id_hash))
+    if (!s || !store_session_hash_ok(id_hash))
         return PHY_EINVAL;
     TX_BEGIN(s, 1)
     rc = q_exec(s, NULL, "DELETE FROM console_sessions WHERE id_hash = ?", "t", id_hash);
@@ -837,15 +667,15 @@ static int sq_console_session_delete(struct store *s, const char *id_hash)
 
 /* ---- audit ---- */
 
-/* detail_json must be a JSON object of at most AUDIT_DETAIL_MAX bytes (PHY_ETOOBIG
+/* detail_json must be a JSON object of at most STORE_AUDIT_DETAIL_MAX bytes (PHY_ETOOBIG
  * when longer): callers summarize large details (e.g. a big patch). */
 static int sq_audit_add(struct store *s, int64_t tenant_id, int64_t user_id, int64_t now_ms,
                         const char *action, const char *device_id, const char *detail_json)
 {
     int rc;
-    if (!s || !audit_action_ok(action) || (device_id && !device_id_ok(device_id)))
+    if (!s || !store_audit_action_ok(action) || (device_id && !store_device_id_ok(device_id)))
         return PHY_EINVAL;
-    if (detail_json && (rc = json_object_parse(detail_json, AUDIT_DETAIL_MAX, NULL)))
+    if (detail_json && (rc = store_json_object_parse(detail_json, STORE_AUDIT_DETAIL_MAX, NULL)))
         return rc;
     TX_BEGIN(s, 1)
     rc = q_exec(s, NULL,
@@ -882,7 +712,7 @@ static int sq_audit_list(struct store *s, int64_t tenant_id, int64_t before, int
         *out = NULL;
     if (n)
         *n = 0;
-    if (!s || !out || !n || limit < 1 || limit > AUDIT_LIST_MAX)
+    if (!s || !out || !n || limit < 1 || limit > STORE_AUDIT_LIST_MAX)
         return PHY_EINVAL;
     TX_BEGIN(s, 0)
     rc = q_prep(s, &st,
@@ -935,7 +765,7 @@ static int sq_reg_create(struct store *s, const struct store_prov_params *p, con
 {
     int64_t live = 0;
     int rc;
-    if (!s || !outcome || !params_ok(p) || !serial_ok(serial) || !hash_ok(token_hash))
+    if (!s || !outcome || !store_params_ok(p) || !store_serial_ok(serial) || !store_hash_ok(token_hash))
         return PHY_EINVAL;
     TX_BEGIN(s, 1)
     rc = issued_serial(s, serial);
@@ -948,7 +778,7 @@ static int sq_reg_create(struct store *s, const struct store_prov_params *p, con
     }
     rc = q_int(s, &live,
                "SELECT count(*) FROM registrations WHERE serial = ? AND last_active_ms > ?", "ti",
-               serial, live_after(p));
+               serial, rule_live_after(p));
     if (rc < 0)
         goto out;
     rc = 0;
@@ -973,8 +803,8 @@ static int sq_reg_set_code(struct store *s, const struct store_prov_params *p, c
 {
     char ncode[PHY_CODE_LEN + 1];
     int rc;
-    if (!s || !outcome || !params_ok(p) || !serial_ok(serial) || !hash_ok(token_hash) ||
-        code_normalize(code, ncode) != 0)
+    if (!s || !outcome || !store_params_ok(p) || !store_serial_ok(serial) || !store_hash_ok(token_hash) ||
+        store_code_normalize(code, ncode) != 0)
         return PHY_EINVAL;
     TX_BEGIN(s, 1)
     /* A registration that was claimed stays answerable even after it lapsed: the
@@ -992,15 +822,14 @@ static int sq_reg_set_code(struct store *s, const struct store_prov_params *p, c
     rc = q_int(s, &expires,
                "SELECT coalesce(code_expires_ms, 0) FROM registrations WHERE token_hash = ? AND "
                "serial = ? AND last_active_ms > ?",
-               "tti", token_hash, serial, live_after(p));
+               "tti", token_hash, serial, rule_live_after(p));
     if (rc < 0)
         goto out;
     if (rc == 0) {
         *outcome = STORE_BAD_TOKEN;
         goto out;
     }
-    /* Each code request is a durable write: at most one per CODE_MIN_GAP_MS. */
-    if (expires > 0 && expires - p->code_ttl_ms > p->now_ms - CODE_MIN_GAP_MS) {
+    if (rule_code_too_soon(expires, p)) {
         *outcome = STORE_SLOW_DOWN;
         rc = 0;
         goto out;
@@ -1064,13 +893,14 @@ static int poll_issuance(struct store *s, const struct store_prov_params *p, con
     const void *blob = eng_cur->col_blob(st, 1, &blob_len);
     first = db_null(st, 2);
     remote = !db_null(st, 4);
-    /* Redelivery only inside the grace window and before the device's first hub
-     * session (which moves it past "provisioned"). A peer region's device has no
-     * row here: its region ends redelivery by purging the body. */
-    if (!blob || blob_len == 0 ||
-        (!first && p->now_ms - db_int(st, 2) >= p->grace_ms) ||
-        (!remote && (!state || (strcmp(state, "pending_delivery") != 0 &&
-                                strcmp(state, "provisioned") != 0)))) {
+    struct rule_issuance iss = {
+        .has_body = blob && blob_len > 0,
+        .delivered = !first,
+        .delivered_ms = first ? 0 : db_int(st, 2),
+        .remote = remote,
+        .state = state,
+    };
+    if (rule_issuance_poll(&iss, p) != STORE_DELIVER) {
         *outcome = STORE_PROVISIONED;
         rc = 1;
         goto out;
@@ -1106,8 +936,8 @@ static int poll_issuance(struct store *s, const struct store_prov_params *p, con
                     "it", p->now_ms, token_hash);
         if (rc == 0 && !remote)
             rc = q_exec(s, NULL,
-                        "UPDATE devices SET state = 'provisioned' WHERE device_id = ? AND "
-                        "state = 'pending_delivery'",
+                        "UPDATE devices SET state = " SQL_PROVISIONED " WHERE device_id = ? AND "
+                        "state = " SQL_PENDING,
                         "t", device_id);
         if (rc)
             goto out;
@@ -1137,7 +967,7 @@ static int reg_load(struct store *s, const struct store_prov_params *p, const ch
     int rc = q_prep(s, &st,
                     "SELECT serial, code, code_expires_ms, interval_s, last_poll_ms"
                     " FROM registrations WHERE token_hash = ? AND last_active_ms > ?",
-                    "ti", token_hash, live_after(p));
+                    "ti", token_hash, rule_live_after(p));
     if (rc)
         return rc;
     rc = db_step(st);
@@ -1169,11 +999,11 @@ static int sq_poll(struct store *s, const struct store_prov_params *p, const cha
     int rc;
     if (r)
         memset(r, 0, sizeof *r);
-    if (!s || !r || !outcome || !params_ok(p) || !hash_ok(token_hash) || !serial == !code)
+    if (!s || !r || !outcome || !store_params_ok(p) || !store_hash_ok(token_hash) || !serial == !code)
         return PHY_EINVAL;
-    if (serial && !serial_ok(serial))
+    if (serial && !store_serial_ok(serial))
         return PHY_EINVAL;
-    if (code && code_normalize(code, ncode) != 0)
+    if (code && store_code_normalize(code, ncode) != 0)
         return PHY_EINVAL;
     TX_BEGIN(s, 1)
 
@@ -1207,21 +1037,10 @@ static int sq_poll(struct store *s, const struct store_prov_params *p, const cha
             goto out;
         }
     }
-    interval = g.interval_s;
-    if (code && (strcmp(g.code, ncode) != 0 || g.code_expires_ms <= p->now_ms)) {
-        /* 4. */
-        *outcome = STORE_EXPIRED_CODE;
-    } else if (g.has_polled && (p->now_ms - g.last_poll_ms) * 5 < interval * 4000) {
-        /* 5. polled less than 0.8 * interval ago */
-        /* A cap configured below the base interval means no growth. */
-        int64_t cap = p->max_interval_s > p->interval_s ? p->max_interval_s : p->interval_s;
-        interval += p->interval_s;
-        if (interval > cap)
-            interval = cap;
-        *outcome = STORE_SLOW_DOWN;
-    } else {
-        *outcome = STORE_PENDING;
-    }
+    /* 4.-6. */
+    struct rule_registration rg = {g.code, g.code_expires_ms, g.interval_s, g.has_polled,
+                                   g.last_poll_ms};
+    *outcome = rule_poll(&rg, code ? ncode : NULL, p, &interval);
     rc = q_exec(s, NULL,
                 "UPDATE registrations SET interval_s = ?, last_poll_ms = ?, last_active_ms = ? "
                 "WHERE token_hash = ?",
@@ -1255,7 +1074,7 @@ static int claim_by_code(struct store *s, const struct store_prov_params *p, con
                     "SELECT token_hash, serial FROM registrations"
                     " WHERE code = ? AND code_expires_ms > ? AND last_active_ms > ?"
                     " ORDER BY code_expires_ms DESC LIMIT 1",
-                    "tii", code, p->now_ms, live_after(p));
+                    "tii", code, p->now_ms, rule_live_after(p));
     if (rc)
         return rc;
     rc = db_step(st);
@@ -1303,7 +1122,7 @@ static int claim_by_serial(struct store *s, const struct store_prov_params *p, c
     rc = q_prep(s, &st,
                 "SELECT token_hash, code FROM registrations"
                 " WHERE serial = ? AND last_active_ms > ? LIMIT 2",
-                "ti", serial, live_after(p));
+                "ti", serial, rule_live_after(p));
     if (rc)
         return rc;
     while ((rc = db_step(st)) == DB_ROW) {
@@ -1317,10 +1136,8 @@ static int claim_by_serial(struct store *s, const struct store_prov_params *p, c
     st = NULL;
     if (rc != DB_DONE)
         return rc < 0 ? rc : PHY_EIO;
-    if (rows != 1) {
-        *outcome = rows == 0 ? STORE_UNKNOWN_SERIAL : STORE_SERIAL_IN_USE;
+    if ((*outcome = rule_claim_by_serial(rows)) != STORE_OK)
         return 0;
-    }
     memcpy(t->serial, serial, strlen(serial) + 1);
     return 1;
 }
@@ -1332,9 +1149,9 @@ static int claim_key_check(const char *serial, const char *code, int has_seal,
 {
     if (!has_seal || !serial == !code)
         return PHY_EINVAL;
-    if (serial && !serial_ok(serial))
+    if (serial && !store_serial_ok(serial))
         return PHY_EINVAL;
-    if (code && code_normalize(code, ncode) != 0)
+    if (code && store_code_normalize(code, ncode) != 0)
         return PHY_EINVAL;
     return 0;
 }
@@ -1344,11 +1161,10 @@ static int claim_key_check(const char *serial, const char *code, int has_seal,
 static int new_device_check(const char *device_id, const char *secret_hash, const char *name,
                             const char *tags_json, const char **tags)
 {
-    if (!device_id_ok(device_id) || !hash_ok(secret_hash) ||
-        (name && strnlen(name, STORE_NAME_MAX * 2 + 1) > STORE_NAME_MAX * 2))
+    if (!store_device_id_ok(device_id) || !store_hash_ok(secret_hash) || !store_name_ok(name))
         return PHY_EINVAL;
     *tags = tags_json ? tags_json : "{}";
-    return strnlen(*tags, TAGS_JSON_MAX + 1) > TAGS_JSON_MAX ? PHY_ETOOBIG : 0;
+    return strnlen(*tags, STORE_TAGS_JSON_MAX + 1) > STORE_TAGS_JSON_MAX ? PHY_ETOOBIG : 0;
 }
 
 /* Inserts a device row; PHY_EEXIST when the device ID is taken. */
@@ -1416,7 +1232,7 @@ static int sq_claim(struct store *s, const struct store_prov_params *p, const st
 
     if (device)
         memset(device, 0, sizeof *device);
-    if (!s || !c || !device || !outcome || !params_ok(p) ||
+    if (!s || !c || !device || !outcome || !store_params_ok(p) ||
         claim_key_check(c->serial, c->code, c->seal != NULL, ncode) != 0)
         return PHY_EINVAL;
     if ((rc = new_device_check(c->device_id, c->secret_hash, c->name, c->tags_json, &tags)))
@@ -1434,7 +1250,7 @@ static int sq_claim(struct store *s, const struct store_prov_params *p, const st
     if (rc <= 0)
         goto out;
     rc = device_insert(s, c->tenant_id, c->device_id, c->secret_hash, c->name, tags, t.serial,
-                       "pending_delivery", p->now_ms, 0);
+                       STATE_PENDING, p->now_ms, 0);
     if (rc)
         goto out;
     device->tags_json = strdup(tags);
@@ -1446,7 +1262,7 @@ static int sq_claim(struct store *s, const struct store_prov_params *p, const st
     memcpy(device->serial, t.serial, strlen(t.serial) + 1);
     if (c->name)
         memcpy(device->name, c->name, strlen(c->name) + 1);
-    memcpy(device->state, "pending_delivery", sizeof "pending_delivery");
+    memcpy(device->state, STATE_PENDING, sizeof STATE_PENDING);
     device->created_ms = p->now_ms;
     *outcome = STORE_OK;
 out:
@@ -1474,8 +1290,8 @@ static int sq_issue_remote(struct store *s, const struct store_prov_params *p,
 
     if (serial_out)
         serial_out[0] = '\0';
-    if (!s || !ri || !serial_out || !outcome || !params_ok(p) || !device_id_ok(ri->device_id) ||
-        !region_ok(ri->region) || claim_key_check(ri->serial, ri->code, ri->seal != NULL, ncode))
+    if (!s || !ri || !serial_out || !outcome || !store_params_ok(p) || !store_device_id_ok(ri->device_id) ||
+        !store_region_ok(ri->region) || claim_key_check(ri->serial, ri->code, ri->seal != NULL, ncode))
         return PHY_EINVAL;
     struct issue_req q = {
         .serial = ri->serial,
@@ -1532,7 +1348,7 @@ static int sq_issuance_purge_remote(struct store *s, const char *region, const c
 {
     char ref[PHY_HASH_HEX_LEN + 1];
     int purged = 0, rc;
-    if (!s || !outcome || !region_ok(region) || !device_id_ok(device_id))
+    if (!s || !outcome || !store_region_ok(region) || !store_device_id_ok(device_id))
         return PHY_EINVAL;
     if ((rc = device_ref(device_id, ref)))
         return rc;
@@ -1556,7 +1372,7 @@ static int sq_issuance_cancel_remote(struct store *s, const char *region, const 
     int deleted = 0, delivered, rc;
     if (serial_out)
         serial_out[0] = '\0';
-    if (!s || !serial_out || !outcome || !region_ok(region) || !device_id_ok(device_id))
+    if (!s || !serial_out || !outcome || !store_region_ok(region) || !store_device_id_ok(device_id))
         return PHY_EINVAL;
     if ((rc = device_ref(device_id, ref)))
         return rc;
@@ -1606,7 +1422,7 @@ static int sq_serial_rearm_remote(struct store *s, const char *region, const cha
                                   int *outcome)
 {
     int deleted = 0, rc;
-    if (!s || !outcome || !region_ok(region) || !serial_ok(serial))
+    if (!s || !outcome || !store_region_ok(region) || !store_serial_ok(serial))
         return PHY_EINVAL;
     TX_BEGIN(s, 1)
     rc = q_exec(s, &deleted, "DELETE FROM issuances WHERE serial = ? AND region = ?", "tt", serial,
@@ -1627,10 +1443,10 @@ static int sq_devices_add_bulk(struct store *s, const char *tenant,
 {
     int64_t tid = 0;
     int rc;
-    if (!s || !outcome || !str_ok(tenant, STORE_NAME_MAX) || (n && !devs))
+    if (!s || !outcome || !store_str_ok(tenant, STORE_NAME_MAX) || (n && !devs))
         return PHY_EINVAL;
     for (size_t i = 0; i < n; i++)
-        if (!serial_ok(devs[i].serial) || !hash_ok(devs[i].secret_hash) ||
+        if (!store_serial_ok(devs[i].serial) || !store_hash_ok(devs[i].secret_hash) ||
             strncmp(devs[i].device_id, "dev_", 4) != 0)
             return PHY_EINVAL;
     TX_BEGIN(s, 1)
@@ -1648,7 +1464,7 @@ static int sq_devices_add_bulk(struct store *s, const char *tenant,
         rc = q_exec(s, NULL,
                     "INSERT INTO devices(device_id, tenant_id, serial, name, tags_json,"
                     " secret_hash, state, created_ms) VALUES (?1, ?2, ?3, NULL, ?4, ?5,"
-                    " 'provisioned', ?6)",
+                    " " SQL_PROVISIONED ", ?6)",
                     "tittti", devs[i].device_id, tid, devs[i].serial,
                     devs[i].tags_json ? devs[i].tags_json : "{}", devs[i].secret_hash, now_ms);
     if (rc == PHY_EEXIST) {
@@ -1725,7 +1541,7 @@ static int throttle_begin(struct store *s, const struct throttle *th, const stru
     t = db_int(st, 1);
     db_finish(st);
     st = NULL;
-    if (u >= user_limit || t >= tenant_limit)
+    if (!rule_throttle_allows(u, t, user_limit, tenant_limit))
         goto out;
     if ((rc = throttle_prep(s, &st, th->insert_sql, k, now_ms)))
         goto out;
@@ -1779,8 +1595,8 @@ static int sq_login_attempt_begin(struct store *s, const char *tenant, const cha
     struct throttle_key k = {.tenant = tenant, .user = user};
     if (allowed)
         *allowed = 0;
-    if (!s || !allowed || !attempt_id || !str_ok(tenant, STORE_NAME_MAX) ||
-        !str_ok(user, STORE_NAME_MAX))
+    if (!s || !allowed || !attempt_id || !store_str_ok(tenant, STORE_NAME_MAX) ||
+        !store_str_ok(user, STORE_NAME_MAX))
         return PHY_EINVAL;
     return throttle_begin(s, &LOGIN_THROTTLE, &k, now_ms, since_ms, user_limit, tenant_limit,
                           allowed, attempt_id);
@@ -1858,10 +1674,10 @@ out:
 static int sq_sweep(struct store *s, const struct store_prov_params *p, int64_t keep_failures_ms)
 {
     int purged = 0, remote_purged = 0, rc;
-    if (!s || !params_ok(p) || keep_failures_ms < 0)
+    if (!s || !store_params_ok(p) || keep_failures_ms < 0)
         return PHY_EINVAL;
     TX_BEGIN(s, 1)
-    rc = q_exec(s, NULL, "DELETE FROM registrations WHERE last_active_ms <= ?", "i", live_after(p));
+    rc = q_exec(s, NULL, "DELETE FROM registrations WHERE last_active_ms <= ?", "i", rule_live_after(p));
     if (rc)
         goto out;
     /* Sealed bodies whose grace ended, or whose device is past delivery (its first
@@ -1870,7 +1686,7 @@ static int sq_sweep(struct store *s, const struct store_prov_params *p, int64_t 
                 "UPDATE issuances SET sealed = NULL WHERE sealed IS NOT NULL AND region IS NULL"
                 " AND ((delivered_ms IS NOT NULL AND delivered_ms <= ?) OR NOT EXISTS"
                 " (SELECT 1 FROM devices d WHERE d.device_id = issuances.device_id AND"
-                "  d.state IN ('pending_delivery', 'provisioned')))",
+                "  d.state IN (" SQL_PENDING ", " SQL_PROVISIONED ")))",
                 "i", p->now_ms - p->grace_ms);
     if (rc)
         goto out;
@@ -1916,18 +1732,12 @@ out:
 #define TAG_MATCH(k, v) "phy_tag(d.tags_json, " k ") = " v
 
 /* A device in the middle of a claim through eu is not shown until eu accepted it. */
-#define DEV_VISIBLE " d.state <> 'claiming'"
+#define DEV_VISIBLE " d.state <> " SQL_CLAIMING
 
 /* devices_list: tenant ?1, cursor ?2, tag key ?3 (NULL: any) and value ?4. */
 #define LIST_WHERE                                                                                 \
     " WHERE d.tenant_id = ?1 AND d.device_id > ?2 AND" DEV_VISIBLE " AND"                          \
     " (?3 IS NULL OR " TAG_MATCH("?3", "?4") ")"
-
-/* Returns 1 when k is a tag key as the console accepts them: [A-Za-z0-9._-]{1,64}. */
-static int tag_key_ok(const char *k)
-{
-    return name_ok(k, TAG_KEY_MAX);
-}
 
 /* Reads DEV_COLS from column 0 into a zeroed *d (its strings are freed by the
  * caller with store_device_clear on failure too). */
@@ -1995,13 +1805,13 @@ static int sq_devices_list(struct store *s, int64_t tenant_id, const struct stor
         if (presence < -1 || presence > 1)
             return PHY_EINVAL;
         if (key &&
-            (!tag_key_ok(key) || !value || strnlen(value, TAG_VALUE_MAX + 1) > TAG_VALUE_MAX))
+            (!store_tag_key_ok(key) || !value || strnlen(value, STORE_TAG_VALUE_MAX + 1) > STORE_TAG_VALUE_MAX))
             return PHY_EINVAL;
         if (!key)
             value = NULL;
     }
-    if (limit > LIST_MAX)
-        limit = LIST_MAX;
+    if (limit > STORE_LIST_MAX)
+        limit = STORE_LIST_MAX;
     TX_BEGIN(s, 0)
     if (presence < 0)
         rc = q_prep(s, &st, any_sql, "ittti", tenant_id, after ? after : "", key, value,
@@ -2053,7 +1863,7 @@ static int sq_device_get(struct store *s, int64_t tenant_id, const char *device_
         memset(d, 0, sizeof *d);
     if (t)
         memset(t, 0, sizeof *t);
-    if (!s || !d || !outcome || !device_id_ok(device_id))
+    if (!s || !d || !outcome || !store_device_id_ok(device_id))
         return PHY_EINVAL;
     TX_BEGIN(s, 0)
     rc = q_prep(s, &st,
@@ -2094,14 +1904,14 @@ static int sq_tags_put(struct store *s, int64_t tenant_id, const char *device_id
                        const char *tags_json, int *outcome)
 {
     int changes = 0, rc;
-    if (!s || !outcome || !device_id_ok(device_id))
+    if (!s || !outcome || !store_device_id_ok(device_id))
         return PHY_EINVAL;
-    if ((rc = json_object_parse(tags_json, TAGS_JSON_MAX, NULL)))
+    if ((rc = store_json_object_parse(tags_json, STORE_TAGS_JSON_MAX, NULL)))
         return rc;
     TX_BEGIN(s, 1)
     rc = q_exec(s, &changes,
                 "UPDATE devices SET tags_json = ? WHERE device_id = ? AND tenant_id = ? AND"
-                " state <> 'claiming'",
+                " state <> " SQL_CLAIMING,
                 "tti", tags_json, device_id, tenant_id);
     if (rc == 0)
         *outcome = changes > 0 ? STORE_OK : STORE_NOT_FOUND;
@@ -2110,25 +1920,11 @@ static int sq_tags_put(struct store *s, int64_t tenant_id, const char *device_id
     return rc;
 }
 
-/* 1 when name is a device name the console accepts: at most STORE_NAME_MAX bytes
- * without control characters (NULL and "" too: they clear the name). */
-static int device_name_ok(const char *name)
-{
-    if (!name)
-        return 1;
-    if (strnlen(name, STORE_NAME_MAX + 1) > STORE_NAME_MAX)
-        return 0;
-    for (const unsigned char *p = (const unsigned char *)name; *p; p++)
-        if (*p < 0x20 || *p == 0x7f)
-            return 0;
-    return 1;
-}
-
 static int sq_device_rename(struct store *s, int64_t tenant_id, const char *device_id,
                             const char *name, int *outcome)
 {
     int changes = 0, rc;
-    if (!s || !outcome || !device_id_ok(device_id) || !device_name_ok(name))
+    if (!s || !outcome || !store_device_id_ok(device_id) || !store_name_ok(name))
         return PHY_EINVAL;
     if (name && !name[0])
         name = NULL;
@@ -2137,7 +1933,7 @@ static int sq_device_rename(struct store *s, int64_t tenant_id, const char *devi
      * the middle of a claim through eu is not there yet. */
     rc = q_exec(s, &changes,
                 "UPDATE devices SET name = ? WHERE device_id = ? AND tenant_id = ? AND"
-                " state <> 'claiming'",
+                " state <> " SQL_CLAIMING,
                 "tti", name, device_id, tenant_id);
     if (rc == 0)
         *outcome = changes > 0 ? STORE_OK : STORE_NOT_FOUND;
@@ -2184,34 +1980,6 @@ static void merge_memo_clear(struct merge_memo *m)
     free(m->in);
     free(m->out);
     memset(m, 0, sizeof *m);
-}
-
-/* Merges patch into the section text: *out (malloc'd, only when *changed) or
- * *too_big. A stored section that does not parse as an object is PHY_EIO. */
-static int merge_text(const char *text, const json_t *patch, char **out, int *changed, int *too_big)
-{
-    json_error_t jerr;
-    json_t *doc = json_loads(text, 0, &jerr);
-    int rc;
-    *out = NULL;
-    *changed = 0;
-    *too_big = 0;
-    if (!doc || !json_is_object(doc)) {
-        json_decref(doc);
-        return PHY_EIO;
-    }
-    rc = phy_twin_merge(&doc, patch, PHY_TWIN_MAX_BYTES, changed);
-    if (rc == PHY_ETOOBIG) {
-        *too_big = 1;
-        *changed = 0;
-        rc = 0;
-    } else if (rc == 0 && *changed) {
-        *out = phy_twin_dump(doc);
-        if (!*out)
-            rc = PHY_ENOMEM;
-    }
-    json_decref(doc);
-    return rc;
 }
 
 /* Applies patch to one device's section inside the caller's transaction (the
@@ -2262,7 +2030,7 @@ static int section_apply(struct store *s, struct section_q *q, const char *devic
         big = memo->too_big;
         result = memo->out;
     } else {
-        if ((rc = merge_text(text, patch, &merged, &ch, &big)))
+        if ((rc = rule_section_merge(text, patch, &merged, &ch, &big)))
             goto out;
         result = merged;
         if (memo) {
@@ -2308,9 +2076,9 @@ static int device_section_patch(struct store *s, const char *device_id, const ch
         *version = 0;
     if (changed)
         *changed = 0;
-    if (!s || !version || !changed || !outcome || !device_id_ok(device_id))
+    if (!s || !version || !changed || !outcome || !store_device_id_ok(device_id))
         return PHY_EINVAL;
-    rc = json_object_parse(patch_json, PATCH_JSON_MAX, &patch);
+    rc = store_json_object_parse(patch_json, STORE_PATCH_JSON_MAX, &patch);
     if (rc == PHY_ETOOBIG) {
         *outcome = STORE_TOO_BIG;
         return 0;
@@ -2355,7 +2123,7 @@ static int desired_check(struct store *s, const void *ctx)
 {
     const struct patch_target *t = ctx;
     return q_int(s, NULL,
-                 "SELECT 1 FROM devices WHERE device_id = ? AND tenant_id = ? AND state <> 'revoked'",
+                 "SELECT 1 FROM devices WHERE device_id = ? AND tenant_id = ? AND state <> " SQL_REVOKED,
                  "ti", t->device_id, t->tenant_id);
 }
 
@@ -2366,7 +2134,7 @@ static int reported_check(struct store *s, const void *ctx)
     int changes = 0;
     int rc = q_exec(s, &changes,
                     "UPDATE devices SET last_seen_ms = CASE WHEN last_seen_ms > ?1 THEN"
-                    " last_seen_ms ELSE ?1 END WHERE device_id = ?2 AND state <> 'revoked'",
+                    " last_seen_ms ELSE ?1 END WHERE device_id = ?2 AND state <> " SQL_REVOKED,
                     "it", t->now_ms, t->device_id);
     return rc < 0 ? rc : changes > 0;
 }
@@ -2399,10 +2167,10 @@ static int sq_desired_patch_tag(struct store *s, int64_t tenant_id, const char *
         *out = NULL;
     if (n)
         *n = 0;
-    if (!s || !matched || !out || !n || !outcome || !tag_key_ok(tag_key) || !tag_value ||
-        strnlen(tag_value, TAG_VALUE_MAX + 1) > TAG_VALUE_MAX)
+    if (!s || !matched || !out || !n || !outcome || !store_tag_key_ok(tag_key) || !tag_value ||
+        strnlen(tag_value, STORE_TAG_VALUE_MAX + 1) > STORE_TAG_VALUE_MAX)
         return PHY_EINVAL;
-    rc = json_object_parse(patch_json, PATCH_JSON_MAX, &patch);
+    rc = store_json_object_parse(patch_json, STORE_PATCH_JSON_MAX, &patch);
     if (rc == PHY_ETOOBIG) {
         *outcome = STORE_TOO_BIG;
         return 0;
@@ -2419,7 +2187,7 @@ tx_again_:
     /* The matching devices first: the twins are written while no read is open. */
     rc = q_prep(s, &st,
                 "SELECT d.device_id FROM devices d WHERE d.tenant_id = ?1 AND"
-                " d.state <> 'revoked' AND " TAG_MATCH("?2", "?3") " ORDER BY d.device_id",
+                " d.state <> " SQL_REVOKED " AND " TAG_MATCH("?2", "?3") " ORDER BY d.device_id",
                 "itt", tenant_id, tag_key, tag_value);
     if (rc)
         goto out;
@@ -2494,7 +2262,6 @@ out_patch:
 
 /* ---- revoke, reset, delete ---- */
 
-enum device_action { DEVICE_REVOKE, DEVICE_RESET, DEVICE_DELETE };
 
 /* An outbox entry replaces the device's entry of the same kind. */
 #define OUTBOX_REPLACE                                                                             \
@@ -2524,17 +2291,11 @@ static int outbox_drop(struct store *s, const char *device_id, int kind)
 static int device_change_remote(struct store *s, const char *device_id, const char *serial,
                                 const char *state, int64_t now_ms, enum device_action act)
 {
-    if (act == DEVICE_RESET) {
-        int rc = outbox_drop(s, device_id, OUTBOX_PURGE);
-        /* A claim by code that eu never confirmed has no serial to re-arm. */
-        if (rc == 0 && serial[0])
-            rc = outbox_put(s, device_id, OUTBOX_REARM, serial, now_ms, now_ms);
-        return rc;
-    }
-    if (strcmp(state, "claiming") == 0 || strcmp(state, "pending_delivery") == 0 ||
-        strcmp(state, "provisioned") == 0)
-        return outbox_put(s, device_id, OUTBOX_PURGE, serial, now_ms, now_ms);
-    return 0;
+    struct rule_remote_change c = rule_device_change_remote(act, state, serial);
+    int rc = c.drop_purge ? outbox_drop(s, device_id, OUTBOX_PURGE) : 0;
+    if (rc == 0 && c.put)
+        rc = outbox_put(s, device_id, c.put, serial, now_ms, now_ms);
+    return rc;
 }
 
 static int device_change(struct store *s, int64_t tenant_id, const char *device_id, int64_t now_ms,
@@ -2542,11 +2303,11 @@ static int device_change(struct store *s, int64_t tenant_id, const char *device_
 {
     char serial[PHY_SERIAL_MAX + 1], state[24];
     struct db_stmt *st = NULL;
-    int purged = 0, remote = 0, rearmed = 0, rc;
-    if (!s || !outcome || !device_id_ok(device_id))
+    int purged = 0, remote = 0, rc;
+    if (!s || !outcome || !store_device_id_ok(device_id))
         return PHY_EINVAL;
     TX_BEGIN(s, 1)
-    purged = remote = rearmed = 0; /* again on a retry */
+    purged = remote = 0; /* again on a retry */
     rc = q_prep(s, &st,
                 "SELECT serial, state, remote FROM devices WHERE device_id = ? AND tenant_id = ?",
                 "ti", device_id, tenant_id);
@@ -2581,7 +2342,7 @@ static int device_change(struct store *s, int64_t tenant_id, const char *device_
             goto out;
     } else {
         rc = q_exec(s, NULL,
-                    "UPDATE devices SET state = 'revoked', secret_hash = '',"
+                    "UPDATE devices SET state = " SQL_REVOKED ", secret_hash = '',"
                     " disconnected_ms = CASE WHEN online <> 0 THEN ? ELSE disconnected_ms END,"
                     " online = 0 WHERE device_id = ?",
                     "it", now_ms, device_id);
@@ -2594,8 +2355,6 @@ static int device_change(struct store *s, int64_t tenant_id, const char *device_
                         "tt", serial, device_id);
             if (rc == 0 && purged > 0)
                 rc = q_exec(s, NULL, "DELETE FROM registrations WHERE serial = ?", "t", serial);
-            /* Remote: eu re-arms it when the outbox entry arrives (needs the serial). */
-            rearmed = remote ? serial[0] != '\0' : purged > 0;
         } else {
             rc = q_exec(s, &purged,
                         "UPDATE issuances SET sealed = NULL WHERE serial = ? AND device_id = ?"
@@ -2605,7 +2364,7 @@ static int device_change(struct store *s, int64_t tenant_id, const char *device_
         if (rc)
             goto out;
     }
-    *outcome = act == DEVICE_RESET && !rearmed ? STORE_PROVISIONED : STORE_OK;
+    *outcome = act == DEVICE_RESET ? rule_reset_outcome(remote, serial, purged > 0) : STORE_OK;
 out:
     db_finish(st);
     st = NULL;
@@ -2639,13 +2398,13 @@ static int sq_claim_begin(struct store *s, const struct store_claim_begin *c, in
     const char *tags;
     int rc;
     if (!s || !c || !outcome || c->now_ms < 0 || c->hold_ms < 0 ||
-        c->hold_ms > INT64_MAX - c->now_ms || (c->serial && !serial_ok(c->serial)))
+        c->hold_ms > INT64_MAX - c->now_ms || (c->serial && !store_serial_ok(c->serial)))
         return PHY_EINVAL;
     if ((rc = new_device_check(c->device_id, c->secret_hash, c->name, c->tags_json, &tags)))
         return rc;
     TX_BEGIN(s, 1)
     rc = device_insert(s, c->tenant_id, c->device_id, c->secret_hash, c->name, tags,
-                       c->serial ? c->serial : "", "claiming", c->now_ms, 1);
+                       c->serial ? c->serial : "", STATE_CLAIMING, c->now_ms, 1);
     if (rc == PHY_EEXIST) { /* the failed insert was all: roll back (PostgreSQL must) */
         *outcome = STORE_EXISTS;
         rc = TX_ABORT;
@@ -2669,14 +2428,14 @@ static int sq_claim_confirm(struct store *s, const char *device_id, const char *
     int changes = 0, rc;
     if (device)
         memset(device, 0, sizeof *device);
-    if (!s || !outcome || !device_id_ok(device_id) || !serial_ok(serial))
+    if (!s || !outcome || !store_device_id_ok(device_id) || !store_serial_ok(serial))
         return PHY_EINVAL;
     TX_BEGIN(s, 1)
     /* A row that moved on meanwhile (its first session, a revoke) keeps its state;
      * it learns the serial when a claim by code did not know it. */
     rc = q_exec(s, &changes,
-                "UPDATE devices SET serial = CASE WHEN state = 'claiming' OR serial = '' THEN ?1"
-                " ELSE serial END, state = CASE WHEN state = 'claiming' THEN 'pending_delivery'"
+                "UPDATE devices SET serial = CASE WHEN state = " SQL_CLAIMING " OR serial = '' THEN ?1"
+                " ELSE serial END, state = CASE WHEN state = " SQL_CLAIMING " THEN " SQL_PENDING
                 " ELSE state END WHERE device_id = ?2",
                 "tt", serial, device_id);
     if (rc)
@@ -2709,14 +2468,14 @@ out:
 static int sq_claim_abort(struct store *s, const char *device_id)
 {
     int rc;
-    if (!s || !device_id_ok(device_id))
+    if (!s || !store_device_id_ok(device_id))
         return PHY_EINVAL;
     TX_BEGIN(s, 1)
     if ((rc = q_exec(s, NULL,
                      "DELETE FROM twins WHERE device_id = ?1 AND EXISTS (SELECT 1 FROM devices"
-                     " WHERE device_id = ?1 AND state = 'claiming')",
+                     " WHERE device_id = ?1 AND state = " SQL_CLAIMING ")",
                      "t", device_id)) == 0 &&
-        (rc = q_exec(s, NULL, "DELETE FROM devices WHERE device_id = ? AND state = 'claiming'", "t",
+        (rc = q_exec(s, NULL, "DELETE FROM devices WHERE device_id = ? AND state = " SQL_CLAIMING, "t",
                      device_id)) == 0)
         rc = outbox_drop(s, device_id, OUTBOX_CANCEL);
     rc = tx_end(s, rc);
@@ -2769,7 +2528,7 @@ out:
 static int sq_outbox_done(struct store *s, const char *device_id, int kind)
 {
     int rc;
-    if (!s || !device_id_ok(device_id) || !outbox_kind_ok(kind))
+    if (!s || !store_device_id_ok(device_id) || !store_outbox_kind_ok(kind))
         return PHY_EINVAL;
     TX_BEGIN(s, 1)
     rc = outbox_drop(s, device_id, kind);
@@ -2781,7 +2540,7 @@ static int sq_outbox_done(struct store *s, const char *device_id, int kind)
 static int sq_outbox_retry(struct store *s, const char *device_id, int kind, int64_t next_ms)
 {
     int rc;
-    if (!s || !device_id_ok(device_id) || !outbox_kind_ok(kind))
+    if (!s || !store_device_id_ok(device_id) || !store_outbox_kind_ok(kind))
         return PHY_EINVAL;
     TX_BEGIN(s, 1)
     rc = q_exec(s, NULL,
@@ -2802,7 +2561,7 @@ static int sq_device_auth(struct store *s, const char *device_id, const char *se
     struct db_stmt *st = NULL;
     int64_t tid;
     int rc;
-    if (!s || !outcome || !device_id_ok(device_id) || !secret_hash ||
+    if (!s || !outcome || !store_device_id_ok(device_id) || !secret_hash ||
         strnlen(secret_hash, PHY_HASH_HEX_LEN + 1) != PHY_HASH_HEX_LEN)
         return PHY_EINVAL;
     TX_BEGIN(s, 0)
@@ -2824,7 +2583,7 @@ static int sq_device_auth(struct store *s, const char *device_id, const char *se
     if ((rc = col_copy(st, 1, stored, sizeof stored)) ||
         (rc = col_copy(st, 2, state, sizeof state)))
         goto out;
-    if (strcmp(state, "revoked") == 0)
+    if (strcmp(state, STATE_REVOKED) == 0)
         *outcome = STORE_REVOKED;
     else if (strlen(stored) != PHY_HASH_HEX_LEN ||
              CRYPTO_memcmp(stored, secret_hash, PHY_HASH_HEX_LEN) != 0)
@@ -2845,7 +2604,7 @@ out:
 static int sq_session_open(struct store *s, const char *device_id, int64_t now_ms, int64_t *gen)
 {
     int changes = 0, purged = 0, rc;
-    if (!s || !device_id_ok(device_id))
+    if (!s || !store_device_id_ok(device_id))
         return PHY_EINVAL;
     TX_BEGIN(s, 1)
     /* Before the state moves on: a device claimed through eu that becomes active
@@ -2854,15 +2613,15 @@ static int sq_session_open(struct store *s, const char *device_id, int64_t now_m
                 "INSERT INTO outbox(device_id, kind, serial, attempts, next_ms, created_ms)"
                 " SELECT device_id, ?2, serial, 0, ?3, ?3 FROM devices"
                 " WHERE device_id = ?1 AND remote = 1 AND"
-                " state IN ('claiming', 'pending_delivery', 'provisioned')" OUTBOX_REPLACE,
+                " state IN " SQL_BEFORE_FIRST_SESSION OUTBOX_REPLACE,
                 "tii", device_id, (int64_t)OUTBOX_PURGE, now_ms);
     if (rc == 0)
         rc = q_exec(s, &changes,
                     "UPDATE devices SET online = 1, connected_ms = ?1,"
                     " session_gen = session_gen + 1,"
                     " last_seen_ms = CASE WHEN last_seen_ms > ?1 THEN last_seen_ms ELSE ?1 END,"
-                    " state = CASE WHEN state IN ('claiming', 'pending_delivery', 'provisioned')"
-                    " THEN 'active' ELSE state END WHERE device_id = ?2 AND state <> 'revoked'",
+                    " state = CASE WHEN state IN " SQL_BEFORE_FIRST_SESSION
+                    " THEN " SQL_ACTIVE " ELSE state END WHERE device_id = ?2 AND state <> " SQL_REVOKED,
                     "it", now_ms, device_id);
     if (rc == 0 && changes == 0)
         rc = PHY_ENOTFOUND; /* deleted or revoked since it authenticated */
@@ -2884,7 +2643,7 @@ static int sq_session_close(struct store *s, const char *device_id, int64_t gen,
                             int64_t last_seen_ms)
 {
     int rc;
-    if (!s || !device_id_ok(device_id))
+    if (!s || !store_device_id_ok(device_id))
         return PHY_EINVAL;
     TX_BEGIN(s, 1)
     /* A device deleted meanwhile has nothing to mark: not an error. A close of an
@@ -2919,12 +2678,12 @@ static int sq_twin_get(struct store *s, const char *device_id, struct store_twin
     int rc;
     if (t)
         memset(t, 0, sizeof *t);
-    if (!s || !t || !outcome || !device_id_ok(device_id))
+    if (!s || !t || !outcome || !store_device_id_ok(device_id))
         return PHY_EINVAL;
     TX_BEGIN(s, 0)
     rc = q_prep(s, &st,
                 "SELECT d.tags_json, " TWIN_COLS TWIN_FROM
-                " WHERE d.device_id = ? AND d.state <> 'revoked'",
+                " WHERE d.device_id = ? AND d.state <> " SQL_REVOKED,
                 "t", device_id);
     if (rc)
         goto out;
@@ -2959,15 +2718,15 @@ static int sq_status_put(struct store *s, const char *device_id, const char *sta
                          int64_t now_ms)
 {
     int changes = 0, rc;
-    if (!s || !device_id_ok(device_id))
+    if (!s || !store_device_id_ok(device_id))
         return PHY_EINVAL;
-    if ((rc = json_object_parse(status_json, STATUS_JSON_MAX, NULL)))
+    if ((rc = store_json_object_parse(status_json, STORE_STATUS_JSON_MAX, NULL)))
         return rc;
     TX_BEGIN(s, 1)
     rc = q_exec(s, &changes,
                 "UPDATE devices SET last_status_json = ?1, last_status_ms = ?2,"
                 " last_seen_ms = CASE WHEN last_seen_ms > ?2 THEN last_seen_ms ELSE ?2 END"
-                " WHERE device_id = ?3 AND state <> 'revoked'",
+                " WHERE device_id = ?3 AND state <> " SQL_REVOKED,
                 "tit", status_json, now_ms, device_id);
     if (rc == 0 && changes == 0)
         rc = PHY_ENOTFOUND;
@@ -2998,7 +2757,7 @@ static int sq_status_history(struct store *s, int64_t tenant_id, const char *dev
         *out = NULL;
     if (n)
         *n = 0;
-    if (!s || !out || !n || !outcome || !device_id_ok(device_id) || limit < 1)
+    if (!s || !out || !n || !outcome || !store_device_id_ok(device_id) || limit < 1)
         return PHY_EINVAL;
     if (limit > STORE_STATUS_HISTORY)
         limit = STORE_STATUS_HISTORY;

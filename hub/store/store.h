@@ -80,7 +80,7 @@ struct store_claim {
 struct store_device {
     char device_id[PHY_DEVICE_ID_LEN + 1];
     char serial[PHY_SERIAL_MAX + 1];
-    char name[STORE_NAME_MAX * 2 + 1];
+    char name[STORE_NAME_MAX + 1];
     char state[24];  /* pending_delivery | provisioned | active | revoked */
     char *tags_json; /* malloc'd */
     int64_t created_ms;
