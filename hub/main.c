@@ -84,6 +84,7 @@ static void print_help(const struct phy_opt *opts)
            "       phyhub admin --db PATH user-add TENANT USER   (password on stdin)\n"
            "       phyhub admin --db PATH token-add TENANT USER  (prints an API token)\n"
            "       phyhub admin --db PATH device-add-bulk N --tenant T [--tag K:V]\n"
+           "       phyhub admin migrate-store --from PATH --to postgresql://...  (empty target)\n"
            "                    (load tests: N provisioned devices, credentials as JSON lines)\n"
            "       phyhub admin key-new FILE   (a new inter-region key, mode 0600)\n\n"
            "options (each also a key in the --config INI file):\n");
@@ -305,13 +306,47 @@ out:
     return rc;
 }
 
+/* Copies the store at from into the empty store at to (both opened, and created or
+ * migrated to this build's schema). 0, 1 on failure, 2 on bad arguments. */
+static int admin_migrate_store(const char *from, const char *to)
+{
+    struct store *src = NULL, *dst = NULL;
+    char err[256] = "", report[512] = "";
+    int rc = 1;
+    if (!from || !to) {
+        fprintf(stderr, "phyhub admin: migrate-store needs --from PATH and --to URL\n");
+        return 2;
+    }
+    if (store_open_opts(from, NULL, &src, err, sizeof err) < 0) {
+        fprintf(stderr, "phyhub admin: cannot open the source store: %s\n", err);
+        return 1;
+    }
+    if (store_open_opts(to, NULL, &dst, err, sizeof err) < 0) {
+        fprintf(stderr, "phyhub admin: cannot open the target store: %s\n", err);
+        goto out;
+    }
+    if (store_copy(src, dst, report, sizeof report, err, sizeof err) < 0) {
+        fprintf(stderr, "phyhub admin: migrate-store: %s; the target is unchanged\n", err);
+        goto out;
+    }
+    printf("copied %s store into %s store: %s\n", store_engine_name(src),
+           store_engine_name(dst), report);
+    rc = 0;
+out:
+    store_ops.close(dst);
+    store_ops.close(src);
+    return rc;
+}
+
 static int admin_main(int argc, char **argv)
 {
-    char *db = NULL, *region = NULL, *tenant = NULL, *tag = NULL;
+    char *db = NULL, *region = NULL, *tenant = NULL, *tag = NULL, *from = NULL, *to = NULL;
     int help = 0;
     const struct phy_opt opts[] = {
         {"db", PHY_OPT_STR, &db, 0, 0,
          "store: a SQLite file, or postgresql://[user@]host[:port]/dbname (required)"},
+        {"from", PHY_OPT_STR, &from, 0, 0, "migrate-store: the store to copy (a SQLite file)"},
+        {"to", PHY_OPT_STR, &to, 0, 0, "migrate-store: the empty target (postgresql://...)"},
         {"tenant", PHY_OPT_STR, &tenant, 0, 0, "tenant for device-add-bulk"},
         {"tag", PHY_OPT_STR, &tag, 0, 0, "K:V tag for device-add-bulk (default fleet:bulk)"},
         {"region", PHY_OPT_STR, &region, 0, 0, "tenant's region for tenant-add (eu, au, uae, ...)"},
@@ -340,6 +375,12 @@ static int admin_main(int argc, char **argv)
             fprintf(stderr, "phyhub admin: %s\n", err);
         else
             printf("inter-region key written to %s\n", pos[1]);
+        goto out;
+    }
+    if (strcmp(pos[0], "migrate-store") == 0) {
+        rc = npos == 1 ? admin_migrate_store(from, to) : 2;
+        if (npos != 1)
+            fprintf(stderr, "phyhub admin: migrate-store --from PATH --to URL\n");
         goto out;
     }
     g_hub.cfg.db = db;

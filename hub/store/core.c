@@ -22,12 +22,6 @@
 #include "rules.h"
 #include "store.h"
 
-/* An open store: its engine and the engine's database. */
-struct store {
-    const struct store_engine *e;
-    struct store_db *db;
-};
-
 /* The transaction of the operation running on this thread (one at a time). */
 static _Thread_local struct db_tx *tx_cur;
 

@@ -24,7 +24,8 @@
 /* The schema version this build knows; both engines number their migrations alike. */
 #define STORE_SCHEMA_VERSION 4
 
-/* One bound parameter: 't' text (NULL text binds NULL), 'i' int64, 'b' blob. */
+/* One bound parameter: 't' text (NULL text binds NULL), 'i' int64, 'n' a NULL integer,
+ * 'b' blob (NULL blob binds NULL). */
 struct db_arg {
     char type;
     const char *text;
@@ -80,10 +81,20 @@ struct store_engine {
     void (*finish)(struct db_stmt *st);
     /* After a committed transaction that erased sealed bodies (may be NULL). */
     void (*after_purge)(struct store_db *db);
+    /* store_copy, inside the target's transaction after every row was copied: make
+     * the target's generated IDs continue after the copied ones (may be NULL). */
+    int (*after_copy)(struct db_tx *tx);
     /* Tests and tools: runs one statement (any text, not cached) outside any
      * operation and copies the first column of the first row into out as text
      * ("<none>" without a row, "<null>" for NULL). */
     int (*debug_query)(struct store_db *db, const char *sql, char *out, size_t cap);
+};
+
+/* An open store (store.h's opaque struct store): its engine and the engine's
+ * database. Only the core's files use it. */
+struct store {
+    const struct store_engine *e;
+    struct store_db *db;
 };
 
 extern const struct store_engine store_engine_sqlite;

@@ -427,7 +427,9 @@ static int prepared(struct pg_conn *pc, const char *sql, const struct db_arg *a,
         return PHY_EINVAL;
     }
     for (int i = 0; i < n; i++)
-        types[i] = a[i].type == 'i' ? OID_INT8 : a[i].type == 'b' ? OID_BYTEA : OID_TEXT;
+        types[i] = a[i].type == 'i' || a[i].type == 'n' ? OID_INT8
+                   : a[i].type == 'b'                    ? OID_BYTEA
+                                                         : OID_TEXT;
     snprintf(name, 24, "p%zu", pc->nprep);
     res = PQprepare(pc->c, name, text, n, types);
     if (!res || PQresultStatus(res) != PGRES_COMMAND_OK)
@@ -464,6 +466,9 @@ static int pg_query(struct db_tx *tx, const char *sql, const struct db_arg *a, i
         case 'i':
             snprintf(nums[i], sizeof nums[i], "%lld", (long long)a[i].i);
             vals[i] = nums[i];
+            break;
+        case 'n':
+            vals[i] = NULL;
             break;
         case 'b':
             vals[i] = a[i].blob;
@@ -556,6 +561,27 @@ static void pg_finish(struct db_stmt *st)
     PQfreemem(st->blob);
     PQclear(st->res);
     free(st);
+}
+
+/* The tables whose IDs PostgreSQL generates, and the column (engine.h: after_copy). */
+static const char *const SERIALS[][2] = {
+    {"tenants", "id"},        {"users", "id"},  {"login_failures", "id"}, {"audit", "id"},
+    {"claim_failures", "rowid"}, {"outbox", "rowid"}, {"status_history", "rowid"},
+};
+
+static int pg_after_copy(struct db_tx *tx)
+{
+    char sql[256];
+    for (size_t i = 0; i < sizeof SERIALS / sizeof SERIALS[0]; i++) {
+        snprintf(sql, sizeof sql,
+                 "SELECT setval(pg_get_serial_sequence('%s', '%s'), COALESCE(max(%s), 0) + 1,"
+                 " false) FROM %s",
+                 SERIALS[i][0], SERIALS[i][1], SERIALS[i][1], SERIALS[i][0]);
+        int rc = exec_simple(tx->pc, sql);
+        if (rc)
+            return rc;
+    }
+    return 0;
 }
 
 static int pg_debug_query(struct store_db *d, const char *sql, char *out, size_t cap)
@@ -746,5 +772,6 @@ const struct store_engine store_engine_pg = {
     .changes = pg_changes,
     .finish = pg_finish,
     .after_purge = NULL,
+    .after_copy = pg_after_copy,
     .debug_query = pg_debug_query,
 };

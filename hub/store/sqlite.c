@@ -308,6 +308,9 @@ static int bind(sqlite3_stmt *st, const struct db_arg *a, int n)
         case 'i':
             rc = sqlite3_bind_int64(st, i + 1, (sqlite3_int64)a[i].i);
             break;
+        case 'n':
+            rc = sqlite3_bind_null(st, i + 1);
+            break;
         case 'b':
             if (a[i].len > INT_MAX)
                 return PHY_ETOOBIG;

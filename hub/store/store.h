@@ -440,6 +440,10 @@ int store_open_opts(const char *url, const struct store_engine_opts *o, struct s
                     char *err, size_t errcap);
 /* "sqlite" or "postgresql". */
 const char *store_engine_name(const struct store *s);
+/* Copies every row of from into to, which must be empty (PHY_EEXIST otherwise), in
+ * one transaction of to; report gets "table=rows ..."; err a message. */
+int store_copy(struct store *from, struct store *to, char *report, size_t cap, char *err,
+               size_t errcap);
 /* Tests and tools: the first column of the first row of one SQL statement, as text
  * ("<none>" without a row, "<null>" for NULL). Never used by the hub. */
 int store_debug_query(struct store *s, const char *sql, char *out, size_t cap);
