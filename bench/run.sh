@@ -15,6 +15,9 @@
 #   PHY_BENCH_OUT     file to append the JSON result lines to
 #   PHY_BENCH_HUB_ENV extra environment for the hub, e.g. "MALLOC_ARENA_MAX=2"
 #   PHY_BENCH_HUB_ARGS extra hub flags
+#   PHY_BENCH_ENGINE  store engine: sqlite (default) or postgresql (a throwaway cluster
+#                     of Debian's postgresql, synchronous_commit = on, one database per
+#                     run; scripts/pgtest.sh)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -22,6 +25,7 @@ SIZES=${PHY_BENCH_SIZES:-"1000 10000 19000"}
 IDLE=${PHY_BENCH_IDLE:-5}
 CONC=${PHY_BENCH_CONC:-256}
 REPEAT=${PHY_BENCH_REPEAT:-1}
+ENGINE=${PHY_BENCH_ENGINE:-sqlite}
 SNI=portal-eu.phystack.com
 SOURCES=127.0.0.2-127.0.0.20
 
@@ -60,6 +64,7 @@ stop_hub() {
 }
 cleanup() {
     stop_hub
+    [[ -z "${PG_URL:-}" ]] || "$ROOT/scripts/pgtest.sh" stop "$TMP/pg" || true
     rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -93,15 +98,38 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
+PG_URL=""
+if [[ "$ENGINE" == postgresql ]]; then
+    chmod 755 "$TMP" # the server runs as the postgres user
+    "$ROOT/scripts/pgtest.sh" start "$TMP/pg" "$(free_port)" >&2
+    PG_URL=$(cat "$TMP/pg/url")
+elif [[ "$ENGINE" != sqlite ]]; then
+    log "PHY_BENCH_ENGINE must be sqlite or postgresql"
+    exit 2
+fi
+
+# The store of a run: a SQLite file in dir, or a new PostgreSQL database.
+store_url() { # dir
+    if [[ -n "$PG_URL" ]]; then
+        echo "$PG_URL/$(basename "$1" | tr -c 'a-z0-9\n' '_')"
+    else
+        echo "$1/hub.db"
+    fi
+}
+
 # A fresh store per run: tenant, user, API token and exactly N devices tagged
 # fleet:bench, so the fleet-wide change matches the connected devices only.
 make_store() { # n dir
-    local n=$1 dir=$2
+    local n=$1 dir=$2 db
     mkdir -p "$dir"
-    "$HUB" admin --db "$dir/hub.db" tenant-add bench --region eu >/dev/null
-    printf 'bench-password-1\n' | "$HUB" admin --db "$dir/hub.db" user-add bench ops >/dev/null
-    "$HUB" admin --db "$dir/hub.db" token-add bench ops >"$dir/token"
-    "$HUB" admin --db "$dir/hub.db" device-add-bulk "$n" --tenant bench --tag fleet:bench \
+    db=$(store_url "$dir")
+    if [[ -n "$PG_URL" ]]; then
+        psql -X -q "$PG_URL/postgres" -c "CREATE DATABASE \"${db##*/}\""
+    fi
+    "$HUB" admin --db "$db" tenant-add bench --region eu >/dev/null
+    printf 'bench-password-1\n' | "$HUB" admin --db "$db" user-add bench ops >/dev/null
+    "$HUB" admin --db "$db" token-add bench ops >"$dir/token"
+    "$HUB" admin --db "$db" device-add-bulk "$n" --tenant bench --tag fleet:bench \
         >"$dir/creds.jsonl"
 }
 
@@ -109,7 +137,8 @@ start_hub() { # dir port
     local dir=$1 port=$2
     # shellcheck disable=SC2086
     env ${PHY_BENCH_HUB_ENV:-} "$HUB" --region eu --provisioning --listen "127.0.0.1:$port" \
-        --db "$dir/hub.db" --tls-cert "$TMP/hub.pem" --tls-key "$TMP/hub.key" \
+        --db "$(store_url "$dir")" --key-file "$dir/issuance.key" \
+        --tls-cert "$TMP/hub.pem" --tls-key "$TMP/hub.key" \
         --max-connections 25000 --ping-interval 3600 --ping-timeout 7200 \
         ${PHY_BENCH_HUB_ARGS:-} 2>"$dir/hub.log" &
     HUB_PID=$!

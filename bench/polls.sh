@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# Provisioning poll benchmark: a fresh eu hub (release build, loopback only), N
+# registered serials, and wrk polling them round-robin on kept-alive TLS connections
+# for D seconds. Every poll is a store write transaction (rule 5/6 records the poll
+# time; most answers are 429 slow_down, which costs the same). Prints polls/s and the
+# hub's CPU per poll (and the PostgreSQL server's, on that engine). Not part of
+# `make test`; wrk is Debian's package (apt-get install wrk).
+#
+# Environment (all optional):
+#   PHY_BENCH_ENGINE   sqlite (default) or postgresql (throwaway cluster, scripts/pgtest.sh)
+#   PHY_BENCH_SERIALS  registered serials (default 200)
+#   PHY_BENCH_SECONDS  duration of one run (default 10)
+#   PHY_BENCH_CONNS    wrk connections (default 32)
+#   PHY_BENCH_REPEAT   runs (default 3)
+#   PHY_BENCH_BUILD    build directory (default build/bench-release)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+ENGINE=${PHY_BENCH_ENGINE:-sqlite}
+SERIALS=${PHY_BENCH_SERIALS:-200}
+SECONDS_RUN=${PHY_BENCH_SECONDS:-10}
+CONNS=${PHY_BENCH_CONNS:-32}
+REPEAT=${PHY_BENCH_REPEAT:-3}
+BUILD=${PHY_BENCH_BUILD:-$ROOT/build/bench-release}
+SNI=portal-eu.phystack.com
+
+log() { printf 'polls.sh: %s\n' "$*" >&2; }
+command -v wrk >/dev/null || { log "needs wrk (apt-get install wrk)"; exit 2; }
+
+cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DPHY_SANITIZE=OFF >/dev/null
+cmake --build "$BUILD" -j "$(nproc)" --target phyhub >/dev/null
+HUB=$BUILD/phyhub
+
+TMP=$(mktemp -d /tmp/phypolls.XXXXXX)
+chmod 755 "$TMP"
+HUB_PID=""
+PG_URL=""
+cleanup() {
+    [[ -z "$HUB_PID" ]] || { kill "$HUB_PID" 2>/dev/null; wait "$HUB_PID" 2>/dev/null || true; }
+    [[ -z "$PG_URL" ]] || "$ROOT/scripts/pgtest.sh" stop "$TMP/pg" || true
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+cpu_ticks() { # pid: utime + stime of all its threads
+    awk '{print $14 + $15}' "/proc/$1/stat"
+}
+pg_ticks() { # all postgres processes of the cluster
+    local t=0
+    for p in $(pgrep -f "postgres.*$TMP/pg" || true) $(pgrep -P "$(head -1 "$TMP/pg/data/postmaster.pid")" || true); do
+        [[ -r /proc/$p/stat ]] && t=$((t + $(cpu_ticks "$p")))
+    done
+    echo "$t"
+}
+
+(
+    cd "$TMP"
+    openssl ecparam -name prime256v1 -genkey -noout -out ca.key
+    openssl req -x509 -new -key ca.key -sha256 -days 2 -subj "/CN=polls CA" -out ca.pem
+    openssl ecparam -name prime256v1 -genkey -noout -out hub.key
+    openssl req -new -key hub.key -subj "/CN=$SNI" -out hub.csr
+    printf '%s\n' "subjectAltName=DNS:$SNI,IP:127.0.0.1" >ext.cnf
+    openssl x509 -req -in hub.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+        -sha256 -extfile ext.cnf -out hub.pem
+) >/dev/null 2>&1
+
+if [[ "$ENGINE" == postgresql ]]; then
+    "$ROOT/scripts/pgtest.sh" start "$TMP/pg" "$(free_port)" >&2
+    PG_URL=$(cat "$TMP/pg/url")
+fi
+
+HZ=$(getconf CLK_TCK)
+for r in $(seq 1 "$REPEAT"); do
+    if [[ -n "$PG_URL" ]]; then
+        db="$PG_URL/polls$r"
+        psql -X -q "$PG_URL/postgres" -c "CREATE DATABASE polls$r"
+    else
+        db="$TMP/polls$r.db"
+    fi
+    port=$(free_port)
+    "$HUB" --region eu --provisioning --listen "127.0.0.1:$port" --db "$db" \
+        --key-file "$TMP/issuance$r.key" --tls-cert "$TMP/hub.pem" --tls-key "$TMP/hub.key" \
+        --keepalive 120 2>"$TMP/hub$r.log" &
+    HUB_PID=$!
+    for _ in $(seq 1 100); do
+        curl -sf --max-time 1 --cacert "$TMP/ca.pem" --resolve "$SNI:$port:127.0.0.1" \
+            "https://$SNI:$port/healthz" >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    # N registrations (serial, poll token) as wrk's Lua table.
+    python3 - "$port" "$TMP/ca.pem" "$SERIALS" "$r" >"$TMP/polls.lua" <<'EOF'
+import http.client, json, ssl, sys
+port, ca, n, run = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+ctx = ssl.create_default_context(cafile=ca)
+conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx)
+bodies = []
+for i in range(n):
+    serial = "POLL-%s-%d" % (run, i)
+    conn.request("POST", "/v1/provisioning/register", json.dumps({"serial": serial}),
+                 {"Content-Type": "application/json", "Host": "portal-eu.phystack.com"})
+    r = conn.getresponse()
+    js = json.loads(r.read())
+    assert r.status == 201, (r.status, js)
+    bodies.append(json.dumps({"serial": serial, "poll_token": js["poll_token"]}))
+print("local bodies = {%s}" % ", ".join("[[%s]]" % b for b in bodies))
+print("""
+local i = 0
+request = function()
+  i = i + 1
+  return wrk.format("POST", "/v1/provisioning/poll",
+    {["Content-Type"] = "application/json", ["Host"] = "portal-eu.phystack.com"},
+    bodies[(i % #bodies) + 1])
+end
+""")
+EOF
+    h0=$(cpu_ticks "$HUB_PID")
+    p0=$([[ -n "$PG_URL" ]] && pg_ticks || echo 0)
+    out=$(wrk -t 1 -c "$CONNS" -d "${SECONDS_RUN}s" -s "$TMP/polls.lua" \
+        "https://127.0.0.1:$port" 2>"$TMP/wrk$r.err")
+    h1=$(cpu_ticks "$HUB_PID")
+    p1=$([[ -n "$PG_URL" ]] && pg_ticks || echo 0)
+    rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+    total=$(awk '/requests in/ {print $1}' <<<"$out")
+    python3 -c "
+import sys
+rps, total, hz = float('$rps'), int('$total'), int('$HZ')
+hub = ($h1 - $h0) / hz * 1e6 / max(total, 1)
+pg = ($p1 - $p0) / hz * 1e6 / max(total, 1)
+print('engine=$ENGINE run=$r polls_per_s=%.0f hub_us_per_poll=%.0f pg_us_per_poll=%.0f' % (rps, hub, pg))"
+    # Answers other than 202 pending / 429 slow_down (a 503 would mean the store failed).
+    awk '{for (i = 1; i <= NF; i++) if ($i ~ /^status=/) print $i}' "$TMP/hub$r.log" |
+        sort | uniq -c | grep -v -e 'status=202' -e 'status=429' -e 'status=201' >&2 || true
+    kill "$HUB_PID"
+    wait "$HUB_PID" 2>/dev/null || true
+    HUB_PID=""
+done
