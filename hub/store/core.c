@@ -861,25 +861,34 @@ out:
     return rc;
 }
 
-/* Rule 1 of poll. Returns 1 when the token has an issuance (outcome set), 0 when
- * it has none, negative on failure. */
+/* Rules 1 and 2 of poll in one read: the issuance bound to this token, else one that
+ * spent the polled serial or code for another token. Returns 1 when there is one
+ * (outcome set: DELIVER or PROVISIONED), 0 when there is none, negative on failure. */
 static int poll_issuance(struct store *s, const struct store_prov_params *p, const char *token_hash,
-                         struct store_poll_result *r, int *outcome)
+                         const char *serial, const char *code, struct store_poll_result *r,
+                         int *outcome)
 {
     struct db_stmt *st = NULL;
     char device_id[PHY_DEVICE_ID_LEN + 1];
     int first, remote, rc;
     rc = q_prep(s, &st,
-                "SELECT i.device_id, i.sealed, i.delivered_ms, d.state, i.region, d.tenant_id"
+                "SELECT i.device_id, i.sealed, i.delivered_ms, d.state, i.region, d.tenant_id,"
+                " CASE WHEN i.token_hash = ?1 THEN 1 ELSE 0 END AS own"
                 " FROM issuances i"
                 " LEFT JOIN devices d ON d.device_id = i.device_id"
-                " WHERE i.token_hash = ? LIMIT 1",
-                "t", token_hash);
+                " WHERE i.token_hash = ?1 OR i.serial = ?2 OR i.code = ?3"
+                " ORDER BY own DESC LIMIT 1",
+                "ttt", token_hash, serial, code);
     if (rc)
         return rc;
     rc = db_step(st);
     if (rc != DB_ROW) {
         rc = rc == DB_DONE ? 0 : rc < 0 ? rc : PHY_EIO;
+        goto out;
+    }
+    if (db_int(st, 6) == 0) { /* 2. spent by a claim bound to another token */
+        *outcome = STORE_PROVISIONED;
+        rc = 1;
         goto out;
     }
     const char *state = db_text(st, 3);
@@ -1001,18 +1010,10 @@ static int sq_poll(struct store *s, const struct store_prov_params *p, const cha
         return PHY_EINVAL;
     TX_BEGIN(s, 1)
 
-    /* 1. an issuance bound to this token */
-    rc = poll_issuance(s, p, token_hash, r, outcome);
+    /* 1. an issuance bound to this token; 2. the serial/code spent by another's */
+    rc = poll_issuance(s, p, token_hash, serial, code ? ncode : NULL, r, outcome);
     if (rc != 0)
         goto out;
-    /* 2. the serial/code was spent by a claim bound to another token */
-    rc = serial ? issued_serial(s, serial) : issued_code(s, ncode);
-    if (rc < 0)
-        goto out;
-    if (rc == 1) {
-        *outcome = STORE_PROVISIONED;
-        goto out;
-    }
     /* 3. a live registration of this token, for this serial */
     rc = reg_load(s, p, token_hash, &g);
     if (rc < 0)

@@ -46,6 +46,8 @@ struct pg_conn {
 struct db_tx {
     struct store_db *db;
     struct pg_conn *pc;
+    const char *begin_sql; /* sent with the first statement (one round trip for both) */
+    int begun;
 };
 
 struct db_stmt {
@@ -311,32 +313,25 @@ static void release(struct store_db *d, struct pg_conn *pc)
 
 /* ---- transactions and statements ---- */
 
+/* BEGIN waits for the transaction's first statement: both go in one pipeline (one
+ * round trip). A transaction without statements never reaches the server. */
 static int pg_begin(struct store_db *d, int write, struct db_tx **out)
 {
-    const char *sql = write ? "BEGIN ISOLATION LEVEL SERIALIZABLE"
-                            : "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
     struct db_tx *tx;
     struct pg_conn *pc;
     int rc = acquire(d, &pc);
     if (rc)
         return rc;
-    rc = exec_simple(pc, sql);
-    /* A connection that died while idle (server restart, pg_terminate_backend) is
-     * found here: one new connection, and the operation goes on. */
-    if (rc == PHY_EUNAVAIL && !pc->c && (pc->c = pg_connect(d)))
-        rc = exec_simple(pc, sql);
-    if (rc) {
-        release(d, pc);
-        return rc == PHY_EIO ? PHY_EUNAVAIL : rc;
-    }
     tx = malloc(sizeof *tx);
     if (!tx) {
-        exec_simple(pc, "ROLLBACK");
         release(d, pc);
         return PHY_ENOMEM;
     }
     tx->db = d;
     tx->pc = pc;
+    tx->begin_sql = write ? "BEGIN ISOLATION LEVEL SERIALIZABLE"
+                          : "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
+    tx->begun = 0;
     *out = tx;
     return 0;
 }
@@ -345,7 +340,9 @@ static int pg_end(struct db_tx *tx, int commit)
 {
     struct pg_conn *pc = tx->pc;
     int rc = 0;
-    if (pc->c) {
+    if (!tx->begun) {
+        /* nothing was sent */
+    } else if (pc->c) {
         if (commit) {
             PGresult *res = PQexec(pc->c, "COMMIT");
             /* A transaction that failed answers COMMIT with ROLLBACK. */
@@ -441,8 +438,44 @@ static int prepared(struct pg_conn *pc, const char *sql, const struct db_arg *a,
     return rc;
 }
 
-static int pg_query(struct db_tx *tx, const char *sql, const struct db_arg *a, int n,
-                    struct db_stmt **out)
+/* The result of the next statement in a pipeline (its trailing NULL consumed). */
+static PGresult *pipeline_result(PGconn *c)
+{
+    PGresult *res = PQgetResult(c), *extra;
+    while (res && (extra = PQgetResult(c)) != NULL)
+        PQclear(extra);
+    return res;
+}
+
+/* BEGIN and the first statement in one pipeline: the statement's result (an error
+ * result when BEGIN failed), or NULL when the connection failed. */
+static PGresult *begin_and_exec(struct pg_conn *pc, const char *begin_sql, const char *name,
+                                int n, const char *const *vals, const int *lens,
+                                const int *fmts)
+{
+    PGresult *begin, *res, *sync;
+    if (!PQenterPipelineMode(pc->c))
+        return NULL;
+    if (!PQsendQueryParams(pc->c, begin_sql, 0, NULL, NULL, NULL, NULL, 0) ||
+        !PQsendQueryPrepared(pc->c, name, n, vals, lens, fmts, 0) || !PQpipelineSync(pc->c)) {
+        PQexitPipelineMode(pc->c);
+        return NULL;
+    }
+    begin = pipeline_result(pc->c);
+    res = pipeline_result(pc->c);
+    sync = PQgetResult(pc->c); /* PGRES_PIPELINE_SYNC */
+    PQclear(sync);
+    PQexitPipelineMode(pc->c);
+    if (begin && PQresultStatus(begin) != PGRES_COMMAND_OK) {
+        PQclear(res);
+        return begin;
+    }
+    PQclear(begin);
+    return res;
+}
+
+static int query_once(struct db_tx *tx, const char *sql, const struct db_arg *a, int n,
+                      struct db_stmt **out)
 {
     struct pg_conn *pc = tx->pc;
     const char *vals[PG_ARGS_MAX];
@@ -479,7 +512,12 @@ static int pg_query(struct db_tx *tx, const char *sql, const struct db_arg *a, i
             vals[i] = a[i].text;
         }
     }
-    res = PQexecPrepared(pc->c, name, n, vals, lens, fmts, 0);
+    if (tx->begun) {
+        res = PQexecPrepared(pc->c, name, n, vals, lens, fmts, 0);
+    } else {
+        res = begin_and_exec(pc, tx->begin_sql, name, n, vals, lens, fmts);
+        tx->begun = 1;
+    }
     status = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
     if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK) {
         rc = result_err(pc, res);
@@ -497,6 +535,21 @@ static int pg_query(struct db_tx *tx, const char *sql, const struct db_arg *a, i
     st->changes = strtoll(PQcmdTuples(res), NULL, 10);
     *out = st;
     return 0;
+}
+
+static int pg_query(struct db_tx *tx, const char *sql, const struct db_arg *a, int n,
+                    struct db_stmt **out)
+{
+    int first = !tx->begun;
+    int rc = query_once(tx, sql, a, n, out);
+    /* A connection that died while idle (server restart, pg_terminate_backend) is
+     * found by the first statement: nothing of the transaction happened yet, so one
+     * new connection and the operation goes on. */
+    if (rc == PHY_EUNAVAIL && first && !tx->pc->c && (tx->pc->c = pg_connect(tx->db))) {
+        tx->begun = 0;
+        rc = query_once(tx, sql, a, n, out);
+    }
+    return rc;
 }
 
 static int pg_step(struct db_stmt *st)
