@@ -6,14 +6,14 @@ to each hub, and a tenant with a user and an API token in every region's own sto
 Helpers: HTTPS to any hub (direct, or through the proxy like a device), the device side
 of provisioning (register/code/poll through the proxy to portal-eu), claims in a given
 region, eu's internal API with any key, phyagent, queries and whole-database scans of
-any region's SQLite store, and killing/restarting hubs."""
+any region's store (SQLite, or PostgreSQL with PHY_TEST_STORE=postgresql), and
+killing/restarting hubs."""
 
 import hashlib
 import http.client
 import os
 import re
 import socket
-import sqlite3
 import ssl
 import subprocess
 import threading
@@ -25,7 +25,7 @@ from phytest import binary, wait_until
 # SHORT_TIMERS are short enough for a test run (eu purges a delivered issuance 3 s after
 # delivery); read_json is for the tests too.
 from stack import (SHORT_TIMERS, Harness, https_connection, https_request, hub_admin, query_db,
-                   read_json)
+                   read_json, store_tables)
 
 # Tenant and user of each region: distinctive names, so that a search of another
 # region's store for them cannot hit anything by chance.
@@ -56,10 +56,12 @@ def write_key(path, key, mode=0o600):
 
 class Hub:
     """One phyhub: its name (eu, au, uae, or e.g. au2 for a second au hub), region,
-    port, store, flags, tenant/user/token and the current Daemon."""
+    port, store (--db and the flags that go with it), flags, tenant/user/token and the
+    current Daemon."""
 
-    def __init__(self, name, region, port, db, flags, key_file=None):
+    def __init__(self, name, region, port, db, store_flags, flags, key_file=None):
         self.name, self.region, self.port, self.db = name, region, port, db
+        self.store_flags = store_flags
         self.flags = list(flags)
         self.key_file = key_file
         self.daemon = None
@@ -115,10 +117,10 @@ class Regions(Harness):
         """A hub with its own store and tenant (created before it starts). Regional hubs
         get a fresh key file unless key_file is given; eu learns the keys of the hubs
         named after their region (--peer REGION=KEYFILE)."""
-        db = os.path.join(self.dir, name + ".db")
+        db, store_flags = self.new_store(name)
         if region != "eu" and key_file is None:
             key_file = self.key_new(name)
-        hub = Hub(name, region, phytest.free_port(), db, flags, key_file)
+        hub = Hub(name, region, phytest.free_port(), db, store_flags, flags, key_file)
         self.hubs[name] = hub
         t, u = tenant or TENANTS.get(name) or TENANTS.get(region) or (name + "-co", name + "-user")
         self.add_tenant(name, t, region)
@@ -137,7 +139,8 @@ class Regions(Harness):
         hub = self.hubs[name]
         argv = [binary("phyhub"), "--region", hub.region, "--listen", "127.0.0.1:%d" % hub.port,
                 "--db", hub.db, "--tls-cert", self.pki["cert"], "--tls-key", self.pki["key"],
-                "--public-endpoint", hub.host + ":443"] + self.timers + self.hub_flags
+                "--public-endpoint", hub.host + ":443"]
+        argv += hub.store_flags + self.timers + self.hub_flags
         if hub.region == "eu":
             argv.append("--provisioning")
             for other in self.hubs.values():
@@ -300,24 +303,17 @@ class Regions(Harness):
         """Searches every column of every table of hub `name`'s store for each needle
         (as text in TEXT values, as bytes in BLOBs). Returns [(needle, table, column)]."""
         hits = []
-        db = sqlite3.connect(self.hubs[name].db, timeout=10)
-        try:
-            tables = [r[0] for r in db.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table'")]
-            assert tables, "no tables in %s" % name
-            for t in tables:
-                cur = db.execute('SELECT * FROM "%s"' % t.replace('"', '""'))
-                cols = [c[0] for c in cur.description]
-                for row in cur:
-                    for col, v in zip(cols, row):
-                        if v is None:
-                            continue
-                        hay = v if isinstance(v, bytes) else str(v).encode()
-                        for n in needles:
-                            if n.encode() in hay:
-                                hits.append((n[:12], t, col))
-        finally:
-            db.close()
+        tables = store_tables(self.hubs[name].db)
+        assert tables, "no tables in %s" % name
+        for t, cols, rows in tables:
+            for row in rows:
+                for col, v in zip(cols, row):
+                    if v is None:
+                        continue
+                    hay = v if isinstance(v, bytes) else str(v).encode()
+                    for n in needles:
+                        if n.encode() in hay:
+                            hits.append((n[:12], t, col))
         return hits
 
     def raw_hits(self, name, needles):

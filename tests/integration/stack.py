@@ -2,7 +2,11 @@
 short timers) + phyproxy + a tenant with an API token, and helpers to add tenants and
 users, provision devices, call the APIs through the proxy like a device or with a
 token, run phyctl, start phyagents, read their state files and look for secrets in
-the logs."""
+the logs.
+
+Stores are SQLite files, or with PHY_TEST_STORE=postgresql a fresh database per hub on
+the cluster at PHY_TEST_PG_URL (Harness.new_store); query_db and store_tables read
+either."""
 
 import base64
 import http.client
@@ -42,13 +46,75 @@ def hub_admin(db, *args, stdin=None, check=True):
     return res.stdout.strip()
 
 
+def is_postgresql(db):
+    """Whether a --db value names a PostgreSQL database (else it is a SQLite file)."""
+    return db.startswith(("postgresql://", "postgres://"))
+
+
+def psql(url, sql):
+    """Runs one SQL command with psql on the database at url; its stdout (raises with
+    psql's stderr on failure)."""
+    res = subprocess.run(["psql", "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", url, "-c", sql],
+                         capture_output=True, text=True, timeout=60)
+    if res.returncode != 0:
+        raise RuntimeError("psql: " + res.stderr)
+    return res.stdout
+
+
+def sql_literal(value):
+    """A Python value as an SQL literal (test-only substitute for a bound parameter)."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, int):
+        return str(value)
+    return "'" + str(value).replace("'", "''") + "'"
+
+
 def query_db(db, sql, args=(), timeout=5.0):
-    """All rows of one query on the SQLite database file db."""
-    conn = sqlite3.connect(db, timeout=timeout)
-    try:
-        return conn.execute(sql, args).fetchall()
-    finally:
-        conn.close()
+    """All rows of one SELECT on store db (a SQLite file, `timeout` its busy timeout, or
+    a PostgreSQL URL), as tuples. On PostgreSQL the ?s are replaced by args as literals
+    and the rows come as JSON, so that values keep their types as with sqlite3 (except
+    that booleans are True/False and BYTEA is its text form, \\x and hex)."""
+    if not is_postgresql(db):
+        conn = sqlite3.connect(db, timeout=timeout)
+        try:
+            return conn.execute(sql, args).fetchall()
+        finally:
+            conn.close()
+    parts = sql.split("?")
+    assert len(parts) == len(args) + 1, (sql, args)
+    sql = parts[0] + "".join(sql_literal(a) + p for a, p in zip(args, parts[1:]))
+    out = psql(db, "SELECT coalesce(json_agg(q), '[]') FROM (%s) AS q" % sql)
+    # each row is an object of its columns in order (names may repeat)
+    return json.loads(out, object_pairs_hook=lambda cols: tuple(v for _, v in cols))
+
+
+def store_tables(db):
+    """Every table of store db with all its rows: [(table, column names, rows)], BLOB
+    and BYTEA values as bytes."""
+    if not is_postgresql(db):
+        conn = sqlite3.connect(db, timeout=10)
+        try:
+            out = []
+            for (t,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'"):
+                cur = conn.execute('SELECT * FROM "%s"' % t.replace('"', '""'))
+                out.append((t, [c[0] for c in cur.description], cur.fetchall()))
+            return out
+        finally:
+            conn.close()
+    columns = {}
+    for t, col, typ in query_db(db, "SELECT table_name, column_name, data_type"
+                                    " FROM information_schema.columns"
+                                    " WHERE table_schema = 'public'"
+                                    " ORDER BY table_name, ordinal_position"):
+        columns.setdefault(t, []).append((col, typ))
+    out = []
+    for t, cols in columns.items():
+        rows = [tuple(bytes.fromhex(v[2:]) if typ == "bytea" and v is not None else v
+                      for v, (_, typ) in zip(row, cols))
+                for row in query_db(db, 'SELECT * FROM "%s"' % t.replace('"', '""'))]
+        out.append((t, [c for c, _ in cols], rows))
+    return out
 
 
 def https_connection(port, context, tunnel_host=None, ident="sn_TEST", timeout=10):
@@ -99,6 +165,7 @@ class Harness:
         self.daemons = []
         self.agent_runs = {}
         self.secrets = set()
+        self.databases = []  # PostgreSQL databases of new_store(), dropped by stop()
 
     def daemon(self, argv, name, env=None):
         """A Daemon whose log counts for logs() and is killed by stop()."""
@@ -106,9 +173,29 @@ class Harness:
         self.daemons.append(d)
         return d
 
+    def new_store(self, name):
+        """An empty store for hub `name`: (its --db value, the phyhub flags that go with
+        it). SQLite: <dir>/<name>.db, the issuance key beside it by default. With
+        PHY_TEST_STORE=postgresql: a fresh database on PHY_TEST_PG_URL (dropped by
+        stop()) and --key-file <dir>/<name>.key."""
+        if os.environ.get("PHY_TEST_STORE") != "postgresql":
+            return os.path.join(self.dir, name + ".db"), []
+        base = os.environ["PHY_TEST_PG_URL"]
+        dbname = "%s_%s" % (os.path.basename(self.dir), name)
+        dbname = re.sub(r"[^a-z0-9_]", "_", dbname.lower())
+        psql(base + "/postgres", 'CREATE DATABASE "%s"' % dbname)
+        self.databases.append(dbname)
+        return "%s/%s" % (base, dbname), ["--key-file", os.path.join(self.dir, name + ".key")]
+
     def stop(self):
         for d in self.daemons:
             d.kill()
+        while self.databases:
+            try:
+                psql(os.environ["PHY_TEST_PG_URL"] + "/postgres",
+                     'DROP DATABASE IF EXISTS "%s" WITH (FORCE)' % self.databases.pop())
+            except RuntimeError:
+                pass  # the cluster is thrown away at the end of the run anyway
 
     def logs(self):
         return "\n".join(d.log() for d in self.daemons)
@@ -158,7 +245,7 @@ class Stack(Harness):
     def __init__(self, name, hub_flags=(), hub_env=None, timers=SHORT_TIMERS, proxy=True,
                  proxy_flags=(), start=True):
         super().__init__(name, [HOST])
-        self.db = os.path.join(self.dir, "eu.db")
+        self.db, self.store_flags = self.new_store("eu")
         self.hub_port = phytest.free_port()
         self.proxy_port = phytest.free_port() if proxy else None
         self.hub_flags = list(timers) + list(hub_flags)
@@ -201,7 +288,8 @@ class Stack(Harness):
         self.hub_runs += 1
         argv = [binary("phyhub"), "--region", "eu", "--listen", "127.0.0.1:%d" % self.hub_port,
                 "--db", self.db, "--tls-cert", self.pki["cert"], "--tls-key", self.pki["key"],
-                "--provisioning", "--public-endpoint", HOST + ":443"] + self.hub_flags
+                "--provisioning", "--public-endpoint", HOST + ":443"]
+        argv += self.store_flags + self.hub_flags
         self.hub = self.daemon(argv, "phyhub-%d" % self.hub_runs, env=self.hub_env)
         self.hub.wait_port(self.hub_port)
         return self.hub

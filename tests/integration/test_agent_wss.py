@@ -352,9 +352,10 @@ def test_certificate_time_floor():
     start (what the build time does for a device whose clock is behind)."""
     cert, key, valid_from = future_hub_cert()
     port = phytest.free_port()
+    db, store_flags = ST.new_store("future-hub")
     hub = ST.daemon([binary("phyhub"), "--region", "eu", "--listen", "127.0.0.1:%d" % port,
-                     "--db", os.path.join(ST.dir, "future", "hub.db"), "--tls-cert", cert,
-                     "--tls-key", key, "--provisioning"], "phyhub-future")
+                     "--db", db, "--tls-cert", cert, "--tls-key", key, "--provisioning"] +
+                    store_flags, "phyhub-future")
     hub.wait_port(port)
     state = os.path.join(ST.dir, "agent-future")
     os.makedirs(state)
