@@ -24,6 +24,11 @@
 #define PG_STMT_CACHE 160      /* distinct statement texts of the core (about 110) */
 #define PG_ACQUIRE_MS 10000    /* a transaction waits this long for a free connection */
 #define PG_CONNECT_TIMEOUT "5" /* seconds, libpq's connect_timeout */
+/* No request waits for ever: a lock held elsewhere or a runaway statement ends the
+ * operation with 503 (like SQLite's busy timeout); an idle transaction left open by
+ * a lost hub is ended by the server. The URL's own options= replaces these. */
+#define PG_SESSION_OPTIONS                                                                         \
+    "-c lock_timeout=5000 -c statement_timeout=30000 -c idle_in_transaction_session_timeout=60000"
 #define PG_SCHEMA_LOCK 7416000127LL /* advisory lock key of schema migrations */
 #define PG_ARGS_MAX 16
 
@@ -58,8 +63,8 @@ struct db_stmt {
 };
 
 struct store_db {
-    const char *keys[4];
-    const char *vals[4];
+    const char *keys[5];
+    const char *vals[5];
     char *url;
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -247,6 +252,9 @@ static int result_err(struct pg_conn *pc, const PGresult *res)
         return STORE_ERETRY;
     if (strcmp(state, "23505") == 0)
         return PHY_EEXIST;
+    /* A lock or statement timeout (55P03, 57014): busy, try later. */
+    if (strcmp(state, "55P03") == 0 || strcmp(state, "57014") == 0)
+        return PHY_EUNAVAIL;
     /* 08: connection exception; 57P0x: the server is shutting down or starting. */
     if (strncmp(state, "08", 2) == 0 || strncmp(state, "57P", 3) == 0) {
         conn_drop(pc);
@@ -788,8 +796,10 @@ static int pg_open(const char *url, const struct store_engine_opts *o, struct st
     d->vals[0] = PG_CONNECT_TIMEOUT;
     d->keys[1] = "application_name";
     d->vals[1] = "phyhub";
-    d->keys[2] = "dbname";
-    d->vals[2] = d->url;
+    d->keys[2] = "options";
+    d->vals[2] = PG_SESSION_OPTIONS;
+    d->keys[3] = "dbname";
+    d->vals[3] = d->url;
     if (!d->pool) {
         pg_close(d);
         set_err(err, errcap, "out of memory");
