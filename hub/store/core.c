@@ -39,17 +39,6 @@ static int64_t wall_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-__attribute__((format(printf, 3, 4))) static void set_err(char *err, size_t errcap, const char *fmt,
-                                                          ...)
-{
-    va_list ap;
-    if (!err || errcap == 0)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, errcap, fmt, ap);
-    va_end(ap);
-}
-
 /* ---- statement helpers ----
  * Bind formats: 't' text (const char *, NULL binds NULL), 'i' int64_t,
  * 'b' blob (const void *, size_t). Bound pointers must outlive the statement. */
@@ -316,19 +305,19 @@ int store_open_opts(const char *url, const struct store_engine_opts *o, struct s
     if (out)
         *out = NULL;
     if (!out || !url || !url[0]) {
-        set_err(err, errcap, "invalid store URL or path");
+        store_errf(err, errcap, "invalid store URL or path");
         return PHY_EINVAL;
     }
     for (size_t i = 0; i < sizeof ENGINES / sizeof ENGINES[0] && !e; i++)
         if (ENGINES[i]->accepts(url))
             e = ENGINES[i];
     if (!e) {
-        set_err(err, errcap, "no store engine for this URL");
+        store_errf(err, errcap, "no store engine for this URL");
         return PHY_EINVAL;
     }
     s = calloc(1, sizeof *s);
     if (!s) {
-        set_err(err, errcap, "out of memory");
+        store_errf(err, errcap, "out of memory");
         return PHY_ENOMEM;
     }
     s->e = e;

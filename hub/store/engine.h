@@ -14,8 +14,22 @@
 #ifndef PHY_HUB_STORE_ENGINE_H
 #define PHY_HUB_STORE_ENGINE_H
 
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+
+/* Formats an error message into err[errcap] (err may be NULL). */
+__attribute__((format(printf, 3, 4))) static inline void store_errf(char *err, size_t errcap,
+                                                                    const char *fmt, ...)
+{
+    va_list ap;
+    if (!err || errcap == 0)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(err, errcap, fmt, ap);
+    va_end(ap);
+}
 
 /* An engine's transaction could not be made serializable with the others (PostgreSQL
  * SQLSTATE 40001/40P01): the core rolls back and runs the whole operation again. */

@@ -199,23 +199,12 @@ static const char PG_SCHEMA_SQL[] =
 /* MIGRATE_SQL[v] takes version v to v + 1 (the PostgreSQL engine starts at 4). */
 static const char *const PG_MIGRATE_SQL[STORE_SCHEMA_VERSION] = {NULL, NULL, NULL, NULL};
 
-__attribute__((format(printf, 3, 4))) static void set_err(char *err, size_t errcap, const char *fmt,
-                                                          ...)
-{
-    va_list ap;
-    if (!err || errcap == 0)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, errcap, fmt, ap);
-    va_end(ap);
-}
-
 /* libpq's message without its trailing newline, for err (names no password). */
 static void conn_err(char *err, size_t errcap, const char *what, PGconn *c)
 {
     const char *m = c ? PQerrorMessage(c) : "out of memory";
     size_t n = strcspn(m, "\n");
-    set_err(err, errcap, "%s: %.*s", what, (int)n, m);
+    store_errf(err, errcap, "%s: %.*s", what, (int)n, m);
 }
 
 /* ---- connections ---- */
@@ -705,7 +694,7 @@ static int schema_init(struct pg_conn *pc, char *err, size_t errcap)
     PQclear(res);
     res = NULL;
     if (version < 0 || version > STORE_SCHEMA_VERSION) {
-        set_err(err, errcap, "store schema version %lld is not known to this build (%d)", version,
+        store_errf(err, errcap, "store schema version %lld is not known to this build (%d)", version,
                 STORE_SCHEMA_VERSION);
         exec_simple(pc, "ROLLBACK");
         return PHY_EUNSUPP;
@@ -735,7 +724,7 @@ fail_sql:
         conn_err(err, errcap, "store schema", pc->c);
         exec_simple(pc, "ROLLBACK");
     } else {
-        set_err(err, errcap, "store schema: connection lost");
+        store_errf(err, errcap, "store schema: connection lost");
     }
     return PHY_EIO;
 }
@@ -765,7 +754,7 @@ static int pg_open(const char *url, const struct store_engine_opts *o, struct st
     /* Passwords come from PGPASSFILE, ~/.pgpass or PGPASSWORD, never from a flag. */
     opts = PQconninfoParse(url, &perr);
     if (!opts) {
-        set_err(err, errcap, "invalid PostgreSQL URL%s%.*s", perr ? ": " : "",
+        store_errf(err, errcap, "invalid PostgreSQL URL%s%.*s", perr ? ": " : "",
                 perr ? (int)strcspn(perr, "\n") : 0, perr ? perr : "");
         PQfreemem(perr);
         return PHY_EINVAL;
@@ -775,14 +764,14 @@ static int pg_open(const char *url, const struct store_engine_opts *o, struct st
             has_password = 1;
     PQconninfoFree(opts);
     if (has_password) {
-        set_err(err, errcap, "the store URL holds a password: put it in PGPASSFILE, ~/.pgpass or "
+        store_errf(err, errcap, "the store URL holds a password: put it in PGPASSFILE, ~/.pgpass or "
                              "PGPASSWORD instead");
         return PHY_EINVAL;
     }
     d = calloc(1, sizeof *d);
     if (!d || !(d->url = strdup(url))) {
         free(d);
-        set_err(err, errcap, "out of memory");
+        store_errf(err, errcap, "out of memory");
         return PHY_ENOMEM;
     }
     d->npool = o && o->pool_size > 0 ? o->pool_size : PG_POOL_DEFAULT;
@@ -802,7 +791,7 @@ static int pg_open(const char *url, const struct store_engine_opts *o, struct st
     d->vals[3] = d->url;
     if (!d->pool) {
         pg_close(d);
-        set_err(err, errcap, "out of memory");
+        store_errf(err, errcap, "out of memory");
         return PHY_ENOMEM;
     }
     d->pool[0].c = PQconnectdbParams(d->keys, d->vals, 1);

@@ -221,17 +221,6 @@ struct store_db {
     size_t ncache;
 };
 
-__attribute__((format(printf, 3, 4))) static void set_err(char *err, size_t errcap, const char *fmt,
-                                                          ...)
-{
-    va_list ap;
-    if (!err || errcap == 0)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, errcap, fmt, ap);
-    va_end(ap);
-}
-
 static int exec_sql(struct store_db *d, const char *sql)
 {
     return sqlite3_exec(d->db, sql, NULL, NULL, NULL) == SQLITE_OK ? 0 : PHY_EIO;
@@ -472,7 +461,7 @@ static int schema_init(struct store_db *d, char *err, size_t errcap)
         goto fail_sql;
     version = strtoll(text, NULL, 10);
     if (version < 0 || version > STORE_SCHEMA_VERSION) {
-        set_err(err, errcap, "store schema version %lld is not known to this build (%d)", version,
+        store_errf(err, errcap, "store schema version %lld is not known to this build (%d)", version,
                 STORE_SCHEMA_VERSION);
         rc = PHY_EUNSUPP;
         goto fail;
@@ -497,7 +486,7 @@ static int schema_init(struct store_db *d, char *err, size_t errcap)
     return 0;
 
 fail_sql:
-    set_err(err, errcap, "store schema: %s", sqlite3_errmsg(d->db));
+    store_errf(err, errcap, "store schema: %s", sqlite3_errmsg(d->db));
     rc = PHY_EIO;
 fail:
     if (!sqlite3_get_autocommit(d->db))
@@ -557,11 +546,11 @@ static int sq_open(const char *url, const struct store_engine_opts *o, struct st
     if (out)
         *out = NULL;
     if (!out || !url || !url[0] || strnlen(url, PATH_MAX) >= PATH_MAX) {
-        set_err(err, errcap, "invalid store path");
+        store_errf(err, errcap, "invalid store path");
         return PHY_EINVAL;
     }
     if (!sqlite3_threadsafe()) {
-        set_err(err, errcap, "SQLite is built without thread safety");
+        store_errf(err, errcap, "SQLite is built without thread safety");
         return PHY_EUNSUPP;
     }
     /* The file holds password hashes and sealed issuances: create it owner-only
@@ -570,11 +559,11 @@ static int sq_open(const char *url, const struct store_engine_opts *o, struct st
         struct stat stt;
         int fd = open(url, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
         if (fd < 0) {
-            set_err(err, errcap, "open %s: %s", url, strerror(errno));
+            store_errf(err, errcap, "open %s: %s", url, strerror(errno));
             return PHY_EIO;
         }
         if (fstat(fd, &stt) != 0 || (stt.st_mode & 077) != 0) {
-            set_err(err, errcap,
+            store_errf(err, errcap,
                     "store %s is readable by group or others (mode %04o); chmod 600 it", url,
                     (unsigned)(stt.st_mode & 07777));
             close(fd);
@@ -584,18 +573,18 @@ static int sq_open(const char *url, const struct store_engine_opts *o, struct st
     }
     d = calloc(1, sizeof *d);
     if (!d) {
-        set_err(err, errcap, "out of memory");
+        store_errf(err, errcap, "out of memory");
         return PHY_ENOMEM;
     }
     if (pthread_mutex_init(&d->mu, NULL) != 0) {
         free(d);
-        set_err(err, errcap, "mutex init failed");
+        store_errf(err, errcap, "mutex init failed");
         return PHY_EIO;
     }
     rc = sqlite3_open_v2(url, &d->db,
                          SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX, NULL);
     if (rc != SQLITE_OK) {
-        set_err(err, errcap, "sqlite open %s: %s", url,
+        store_errf(err, errcap, "sqlite open %s: %s", url,
                 d->db ? sqlite3_errmsg(d->db) : sqlite3_errstr(rc));
         rc = PHY_EIO;
         goto fail;
@@ -603,24 +592,24 @@ static int sq_open(const char *url, const struct store_engine_opts *o, struct st
     sqlite3_extended_result_codes(d->db, 1);
     if (sqlite3_create_function(d->db, "phy_tag", 2, SQLITE_UTF8 | SQLITE_DETERMINISTIC, NULL,
                                 sql_phy_tag, NULL, NULL) != SQLITE_OK) {
-        set_err(err, errcap, "sqlite function: %s", sqlite3_errmsg(d->db));
+        store_errf(err, errcap, "sqlite function: %s", sqlite3_errmsg(d->db));
         rc = PHY_EIO;
         goto fail;
     }
     for (size_t i = 0; i < sizeof pragmas / sizeof pragmas[0]; i++) {
         if (exec_sql(d, pragmas[i]) != 0) {
-            set_err(err, errcap, "%s: %s", pragmas[i], sqlite3_errmsg(d->db));
+            store_errf(err, errcap, "%s: %s", pragmas[i], sqlite3_errmsg(d->db));
             rc = PHY_EIO;
             goto fail;
         }
     }
     if (pragma_text(d, "PRAGMA journal_mode = WAL", mode, sizeof mode) != 0) {
-        set_err(err, errcap, "journal_mode: %s", sqlite3_errmsg(d->db));
+        store_errf(err, errcap, "journal_mode: %s", sqlite3_errmsg(d->db));
         rc = PHY_EIO;
         goto fail;
     }
     if (strcmp(mode, "wal") != 0 && strcmp(mode, "memory") != 0) {
-        set_err(err, errcap, "journal_mode WAL refused (got %s)", mode);
+        store_errf(err, errcap, "journal_mode WAL refused (got %s)", mode);
         rc = PHY_EIO;
         goto fail;
     }
