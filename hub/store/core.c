@@ -2133,17 +2133,123 @@ static int sq_desired_patch(struct store *s, int64_t tenant_id, const char *devi
 }
 
 
+/* A fleet patch handles the matching devices by the text of their desired section:
+ * devices of a fleet usually share their configuration, so the merge runs once per
+ * distinct text and one statement writes every device that has it (stored sections
+ * are canonical, phy_twin_dump, so equal text is an equal document). With more than
+ * FLEET_GROUPS_MAX distinct texts, each device is written on its own. */
+#define FLEET_GROUPS_MAX 64
+
+/* tenant ?T, tag key ?K, value ?V (numbers given by the statement). */
+#define FLEET_MATCH(t, k, v)                                                                       \
+    " d.tenant_id = " t " AND d.state <> " SQL_REVOKED " AND " TAG_MATCH(k, v)
+
+struct fleet_group {
+    char *in; /* the section text; NULL: the device has no twins row yet ("{}") */
+    char *out;
+    int changed, too_big;
+};
+
+static int fleet_group_of(struct fleet_group *g, size_t *ng, const char *text)
+{
+    for (size_t i = 0; i < *ng; i++)
+        if ((!text && !g[i].in) || (text && g[i].in && strcmp(g[i].in, text) == 0))
+            return (int)i;
+    if (*ng == FLEET_GROUPS_MAX)
+        return -1;
+    memset(&g[*ng], 0, sizeof g[*ng]);
+    if (text && !(g[*ng].in = strdup(text)))
+        return PHY_ENOMEM;
+    return (int)(*ng)++;
+}
+
+/* Appends the (device_id, version) rows of st to the pushes. */
+static int fleet_collect(struct db_stmt *st, struct store_push **v, size_t *n, size_t *cap)
+{
+    int rc;
+    while ((rc = db_step(st)) == DB_ROW) {
+        if (*n == *cap) {
+            size_t ncap = *cap ? *cap * 2 : 64;
+            struct store_push *nv = realloc(*v, ncap * sizeof *nv);
+            if (!nv)
+                return PHY_ENOMEM;
+            *v = nv;
+            *cap = ncap;
+        }
+        memset(&(*v)[*n], 0, sizeof **v);
+        if ((rc = col_copy(st, 0, (*v)[*n].device_id, sizeof (*v)[*n].device_id)))
+            return rc;
+        (*v)[*n].version = db_int(st, 1);
+        ++*n;
+    }
+    return rc == DB_DONE ? 0 : rc < 0 ? rc : PHY_EIO;
+}
+
+static int push_cmp(const void *a, const void *b)
+{
+    return strcmp(((const struct store_push *)a)->device_id,
+                  ((const struct store_push *)b)->device_id);
+}
+
+/* Inside the caller's transaction, with the groups of the count matching devices
+ * known: merges once per group and writes each changed group in one statement. */
+static int fleet_write_groups(struct store *s, struct fleet_group *g, size_t ng,
+                              const json_t *patch, int64_t tenant_id, const char *key,
+                              const char *value, struct store_push **v, size_t *pushed,
+                              size_t *cap, int *outcome)
+{
+    int rc;
+    for (size_t i = 0; i < ng; i++) {
+        if ((rc = rule_section_merge(g[i].in ? g[i].in : "{}", patch, &g[i].out, &g[i].changed,
+                                     &g[i].too_big)))
+            return rc;
+        if (g[i].too_big) { /* one too big aborts the whole patch */
+            *outcome = STORE_TOO_BIG;
+            return TX_ABORT;
+        }
+    }
+    for (size_t i = 0; i < ng; i++) {
+        struct db_stmt *st = NULL;
+        if (!g[i].changed)
+            continue;
+        if (g[i].in)
+            rc = q_prep(s, &st,
+                        "UPDATE twins SET desired = ?1, desired_version = desired_version + 1"
+                        " WHERE desired = ?2 AND device_id IN (SELECT d.device_id FROM devices d"
+                        " WHERE" FLEET_MATCH("?3", "?4", "?5") ")"
+                        " RETURNING device_id, desired_version",
+                        "ttitt", g[i].out, g[i].in, tenant_id, key, value);
+        else
+            rc = q_prep(s, &st,
+                        "INSERT INTO twins(device_id, desired, desired_version)"
+                        " SELECT d.device_id, ?1, 1 FROM devices d WHERE" FLEET_MATCH("?2", "?3",
+                                                                                       "?4")
+                        " AND NOT EXISTS (SELECT 1 FROM twins t WHERE t.device_id = d.device_id)"
+                        " RETURNING device_id, desired_version",
+                        "titt", g[i].out, tenant_id, key, value);
+        if (rc == 0)
+            rc = fleet_collect(st, v, pushed, cap);
+        db_finish(st);
+        if (rc)
+            return rc;
+    }
+    *outcome = STORE_OK;
+    return 0;
+}
+
 static int sq_desired_patch_tag(struct store *s, int64_t tenant_id, const char *tag_key,
                                 const char *tag_value, const char *patch_json, size_t *matched,
                                 struct store_push **out, size_t *n, int *outcome)
 {
-    struct section_q q = {0};
+    struct fleet_group groups[FLEET_GROUPS_MAX];
+    struct section_q q = {SECTION_DESIRED};
     struct merge_memo memo = {0};
     struct store_push *v = NULL;
     struct db_stmt *st = NULL;
     json_t *patch = NULL;
-    size_t count = 0, cap = 0, pushed = 0;
-    int rc;
+    size_t count = 0, cap = 0, pushed = 0, ng = 0, ids_cap = 0;
+    char (*ids)[PHY_DEVICE_ID_LEN + 1] = NULL;
+    int rc, grouped = 1;
 
     if (matched)
         *matched = 0;
@@ -2151,8 +2257,8 @@ static int sq_desired_patch_tag(struct store *s, int64_t tenant_id, const char *
         *out = NULL;
     if (n)
         *n = 0;
-    if (!s || !matched || !out || !n || !outcome || !store_tag_key_ok(tag_key) || !tag_value ||
-        strnlen(tag_value, STORE_TAG_VALUE_MAX + 1) > STORE_TAG_VALUE_MAX)
+    if (!s || !matched || !out || !n || !outcome || !store_tag_key_ok(tag_key) ||
+        !store_tag_value_ok(tag_value))
         return PHY_EINVAL;
     rc = store_json_object_parse(patch_json, STORE_PATCH_JSON_MAX, &patch);
     if (rc == PHY_ETOOBIG) {
@@ -2163,20 +2269,73 @@ static int sq_desired_patch_tag(struct store *s, int64_t tenant_id, const char *
         return rc;
     int tx_attempt_ = 0;
 tx_again_:
+    count = pushed = ng = 0;
+    grouped = 1;
     if ((rc = tx_begin(s, 1))) {
         if (rc == STORE_ERETRY)
             rc = PHY_EUNAVAIL;
         goto out_patch;
     }
-    /* The matching devices first: the twins are written while no read is open. */
+    /* The matching devices and their sections first: writes follow when no read is
+     * open. */
     rc = q_prep(s, &st,
-                "SELECT d.device_id FROM devices d WHERE d.tenant_id = ?1 AND"
-                " d.state <> " SQL_REVOKED " AND " TAG_MATCH("?2", "?3") " ORDER BY d.device_id",
+                "SELECT d.device_id, t.desired FROM devices d"
+                " LEFT JOIN twins t ON t.device_id = d.device_id"
+                " WHERE" FLEET_MATCH("?1", "?2", "?3") " ORDER BY d.device_id",
                 "itt", tenant_id, tag_key, tag_value);
     if (rc)
         goto out;
     while ((rc = db_step(st)) == DB_ROW) {
-        if (count == cap) {
+        if (count == ids_cap) {
+            size_t ncap = ids_cap ? ids_cap * 2 : 64;
+            void *nv = realloc(ids, ncap * sizeof *ids);
+            if (!nv) {
+                rc = PHY_ENOMEM;
+                goto out;
+            }
+            ids = nv;
+            ids_cap = ncap;
+        }
+        if ((rc = col_copy(st, 0, ids[count], sizeof ids[count])))
+            goto out;
+        count++;
+        if (grouped) {
+            int gi = fleet_group_of(groups, &ng, db_text(st, 1));
+            if (gi == PHY_ENOMEM) {
+                rc = gi;
+                goto out;
+            }
+            grouped = gi >= 0;
+        }
+    }
+    if (rc != DB_DONE) {
+        rc = rc < 0 ? rc : PHY_EIO;
+        goto out;
+    }
+    db_finish(st);
+    st = NULL;
+    if (grouped) {
+        rc = fleet_write_groups(s, groups, ng, patch, tenant_id, tag_key, tag_value, &v, &pushed,
+                                &cap, outcome);
+        if (rc == 0 && pushed > 1)
+            qsort(v, pushed, sizeof *v, push_cmp);
+        goto out;
+    }
+    /* Many distinct sections: each device gets its own merge and write. */
+    for (size_t i = 0; i < count; i++) {
+        int64_t ver = 0;
+        int ch = 0, res = STORE_OK;
+        rc = section_apply(s, &q, ids[i], patch, -1, &memo, &ver, &ch, &res);
+        if (rc)
+            goto out;
+        if (res == STORE_TOO_BIG) {
+            *outcome = STORE_TOO_BIG;
+            rc = TX_ABORT;
+            goto out;
+        }
+        if (!ch)
+            continue;
+        if (pushed == cap) {
             size_t ncap = cap ? cap * 2 : 64;
             struct store_push *nv = realloc(v, ncap * sizeof *nv);
             if (!nv) {
@@ -2186,41 +2345,21 @@ tx_again_:
             v = nv;
             cap = ncap;
         }
-        memset(&v[count], 0, sizeof v[count]);
-        if ((rc = col_copy(st, 0, v[count].device_id, sizeof v[count].device_id)))
-            goto out;
-        count++;
-    }
-    if (rc != DB_DONE) {
-        rc = rc < 0 ? rc : PHY_EIO;
-        goto out;
-    }
-    db_finish(st);
-    st = NULL;
-    q.sec = SECTION_DESIRED;
-    /* Each device gets its own version; one too big aborts the whole patch. */
-    for (size_t i = 0; i < count; i++) {
-        int64_t ver = 0;
-        int ch = 0, res = STORE_OK;
-        rc = section_apply(s, &q, v[i].device_id, patch, -1, &memo, &ver, &ch, &res);
-        if (rc)
-            goto out;
-        if (res == STORE_TOO_BIG) {
-            *outcome = STORE_TOO_BIG;
-            rc = TX_ABORT;
-            goto out;
-        }
-        if (ch) {
-            v[pushed] = v[i];
-            v[pushed].version = ver;
-            pushed++;
-        }
+        memset(&v[pushed], 0, sizeof v[pushed]);
+        memcpy(v[pushed].device_id, ids[i], sizeof ids[i]);
+        v[pushed].version = ver;
+        pushed++;
     }
     *outcome = STORE_OK;
 out:
     db_finish(st);
     st = NULL;
     merge_memo_clear(&memo);
+    for (size_t i = 0; i < ng; i++) {
+        free(groups[i].in);
+        free(groups[i].out);
+    }
+    ng = 0;
     rc = tx_end(s, rc);
     if (rc == TX_ABORT) {
         rc = 0;
@@ -2239,6 +2378,7 @@ out:
         }
     }
     free(v);
+    free(ids);
 out_patch:
     json_decref(patch);
     return rc;

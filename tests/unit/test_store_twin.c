@@ -451,6 +451,37 @@ static void test_tenant_scoping(void **state)
     assert_int_equal(auth(f, 1, 1001, NULL), STORE_OK);
 }
 
+/* More distinct desired sections than the fleet patch groups (64): every device is
+ * merged and written on its own, with the same outcome. */
+static void test_patch_by_tag_many_sections(void **state)
+{
+    struct fx *f = *state;
+    struct store_push *pushes = NULL;
+    size_t matched = 0, n = 0;
+    int out = -1;
+    char patch[64], want[96];
+    for (unsigned i = 1; i <= 70; i++) {
+        mkdev(f, 1, i, "{\"site\":\"m\"}");
+        snprintf(patch, sizeof patch, "{\"n\":%u}", i);
+        assert_int_equal(dpatch(f, 1, i, patch, -1, NULL, NULL), STORE_OK);
+    }
+    assert_int_equal(dpatch(f, 1, 70, "{\"all\":1}", -1, NULL, NULL), STORE_OK); /* v2 */
+    assert_int_equal(ops->desired_patch_tag(f->s, 1, "site", "m", "{\"all\":1}", &matched,
+                                            &pushes, &n, &out),
+                     0);
+    assert_int_equal(out, STORE_OK);
+    assert_int_equal(matched, 70);
+    assert_int_equal(n, 69); /* device 70 already had it */
+    for (unsigned i = 0; i < 69; i++) {
+        struct id id = ID(i + 1);
+        assert_string_equal(pushes[i].device_id, id.s);
+        assert_int_equal(pushes[i].version, 2);
+    }
+    free(pushes);
+    snprintf(want, sizeof want, "{\"all\":1,\"n\":%u}", 33);
+    expect_twin(f, 1, 33, want, 2, "{}", 0);
+}
+
 static void test_patch_by_tag(void **state)
 {
     struct fx *f = *state;
@@ -1116,6 +1147,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_too_big, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tenant_scoping, setup, teardown),
         cmocka_unit_test_setup_teardown(test_patch_by_tag, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_patch_by_tag_many_sections, setup, teardown),
         cmocka_unit_test_setup_teardown(test_list_filters, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tags_put, setup, teardown),
         cmocka_unit_test_setup_teardown(test_device_auth, setup, teardown),
