@@ -18,20 +18,42 @@ as_pg() {
   if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 
+# The cluster's folder: DIR itself, or (when the server's user cannot reach DIR, e.g.
+# a checkout under a private home folder) a temporary folder named in DIR/home.
+home() {
+  if [ -f "$dir/home" ]; then cat "$dir/home"; else echo "$dir"; fi
+}
+
+stop_server() {
+  local h
+  h=$(home)
+  if [ -f "$h/data/postmaster.pid" ]; then
+    as_pg "$bin/pg_ctl" -D "$h/data" -m immediate -w stop >/dev/null 2>&1 || true
+  fi
+  [ -f "$dir/sockdir" ] && rm -rf "$(cat "$dir/sockdir")"
+  [ "$h" != "$dir" ] && rm -rf "$h"
+  rm -rf "$dir"
+}
+
 case "$cmd" in
 start)
   port=${3:?PORT}
-  if [ -f "$dir/data/postmaster.pid" ]; then
-    as_pg "$bin/pg_ctl" -D "$dir/data" -m immediate stop >/dev/null 2>&1 || true
-  fi
-  rm -rf "$dir"
+  [ -d "$dir" ] && stop_server
   mkdir -p "$dir"
   sock=$(mktemp -d /tmp/phypg.XXXXXX) # short: a socket path has at most 107 bytes
   echo "$sock" >"$dir/sockdir"
-  if [ "$(id -u)" -eq 0 ]; then chown -R postgres: "$dir" "$sock"; fi
-  as_pg "$bin/initdb" -D "$dir/data" -U phy --auth=trust --locale=C.UTF-8 -E UTF8 >"$dir/initdb.log" 2>&1 \
+  h=$dir
+  if [ "$(id -u)" -eq 0 ]; then
+    chown postgres: "$dir" "$sock"
+    if ! runuser -u postgres -- test -w "$dir"; then
+      h=$(mktemp -d /tmp/phypgdata.XXXXXX)
+      chown postgres: "$h"
+      echo "$h" >"$dir/home"
+    fi
+  fi
+  as_pg "$bin/initdb" -D "$h/data" -U phy --auth=trust --locale=C.UTF-8 -E UTF8 >"$dir/initdb.log" 2>&1 \
     || { cat "$dir/initdb.log" >&2; exit 1; }
-  cat >>"$dir/data/postgresql.conf" <<EOF
+  cat >>"$h/data/postgresql.conf" <<EOF
 listen_addresses = '127.0.0.1'
 port = $port
 unix_socket_directories = '$sock'
@@ -41,23 +63,19 @@ synchronous_commit = on
 max_pred_locks_per_transaction = 256
 log_min_messages = warning
 EOF
-  as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null \
-    || { cat "$dir/server.log" >&2; exit 1; }
+  as_pg "$bin/pg_ctl" -D "$h/data" -l "$h/server.log" -w -t 60 start >/dev/null \
+    || { cat "$h/server.log" >&2; exit 1; }
   echo "postgresql://phy@127.0.0.1:$port" >"$dir/url"
-  echo "pgtest: PostgreSQL on 127.0.0.1:$port (data $dir/data)"
+  echo "pgtest: PostgreSQL on 127.0.0.1:$port (data $h/data)"
   ;;
 stop)
-  if [ -f "$dir/data/postmaster.pid" ]; then
-    as_pg "$bin/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null 2>&1 || true
-  fi
-  [ -f "$dir/sockdir" ] && rm -rf "$(cat "$dir/sockdir")"
-  rm -rf "$dir"
+  stop_server
   ;;
 pause) # a fast shutdown: clients are disconnected, the data stays
-  as_pg "$bin/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null
+  as_pg "$bin/pg_ctl" -D "$(home)/data" -m fast -w stop >/dev/null
   ;;
 resume)
-  as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null
+  as_pg "$bin/pg_ctl" -D "$(home)/data" -l "$(home)/server.log" -w -t 60 start >/dev/null
   ;;
 terminate) # ends the backends of the hubs (application_name phyhub)
   psql -X -q -At "$(cat "$dir/url")/postgres" \
