@@ -202,6 +202,23 @@ struct cached {
     int busy; /* a db_stmt is using it */
 };
 
+/* phy_tag's last (text, key) and answer: the devices of a fleet share their tags, so
+ * a fleet-wide statement parses them once. Used under the connection's mutex. */
+struct tag_memo {
+    char *text, *key;
+    size_t len;
+    char *val; /* NULL: no string value */
+    size_t vlen;
+};
+
+static void tag_memo_clear(struct tag_memo *m)
+{
+    free(m->text);
+    free(m->key);
+    free(m->val);
+    memset(m, 0, sizeof *m);
+}
+
 struct db_stmt {
     sqlite3_stmt *st;
     struct cached *cached; /* reset, not finalized, at finish */
@@ -218,6 +235,7 @@ struct store_db {
     pthread_mutex_t mu; /* one transaction at a time on the one connection */
     struct db_tx tx;
     struct cached cache[STMT_CACHE];
+    struct tag_memo *tag_memo; /* phy_tag's last answer */
     size_t ncache;
 };
 
@@ -501,6 +519,10 @@ static void sq_close(struct store_db *d)
     for (size_t i = 0; i < d->ncache; i++)
         sqlite3_finalize(d->cache[i].st);
     sqlite3_close(d->db);
+    if (d->tag_memo) {
+        tag_memo_clear(d->tag_memo);
+        free(d->tag_memo);
+    }
     pthread_mutex_destroy(&d->mu);
     free(d);
 }
@@ -508,21 +530,43 @@ static void sq_close(struct store_db *d)
 /* SQL function phy_tag(tags_json, key): the string value of key, else NULL. */
 static void sql_phy_tag(sqlite3_context *ctx, int argc, sqlite3_value **argv)
 {
+    struct tag_memo *m = sqlite3_user_data(ctx);
     const char *text = argc == 2 ? (const char *)sqlite3_value_text(argv[0]) : NULL;
     const char *key = argc == 2 ? (const char *)sqlite3_value_text(argv[1]) : NULL;
+    size_t len = text ? (size_t)sqlite3_value_bytes(argv[0]) : 0;
     json_t *doc, *v;
     if (!text || !key) {
         sqlite3_result_null(ctx);
         return;
     }
-    doc = json_loadb(text, (size_t)sqlite3_value_bytes(argv[0]), 0, NULL);
-    v = json_is_object(doc) ? json_object_get(doc, key) : NULL;
-    if (json_is_string(v))
-        sqlite3_result_text(ctx, json_string_value(v), (int)json_string_length(v),
-                            SQLITE_TRANSIENT);
+    if (!(m->text && m->len == len && memcmp(m->text, text, len) == 0 &&
+          strcmp(m->key, key) == 0)) {
+        tag_memo_clear(m);
+        doc = json_loadb(text, len, 0, NULL);
+        v = json_is_object(doc) ? json_object_get(doc, key) : NULL;
+        m->text = malloc(len + 1);
+        m->key = strdup(key);
+        int is_string = json_is_string(v);
+        if (is_string) {
+            m->vlen = json_string_length(v);
+            m->val = malloc(m->vlen + 1);
+            if (m->val)
+                memcpy(m->val, json_string_value(v), m->vlen + 1);
+        }
+        json_decref(doc);
+        if (!m->text || !m->key || (is_string && !m->val)) {
+            tag_memo_clear(m);
+            sqlite3_result_error_nomem(ctx);
+            return;
+        }
+        memcpy(m->text, text, len);
+        m->text[len] = '\0';
+        m->len = len;
+    }
+    if (m->val)
+        sqlite3_result_text(ctx, m->val, (int)m->vlen, SQLITE_TRANSIENT);
     else
         sqlite3_result_null(ctx);
-    json_decref(doc);
 }
 
 static int sq_accepts(const char *url)
@@ -590,8 +634,10 @@ static int sq_open(const char *url, const struct store_engine_opts *o, struct st
         goto fail;
     }
     sqlite3_extended_result_codes(d->db, 1);
-    if (sqlite3_create_function(d->db, "phy_tag", 2, SQLITE_UTF8 | SQLITE_DETERMINISTIC, NULL,
-                                sql_phy_tag, NULL, NULL) != SQLITE_OK) {
+    d->tag_memo = calloc(1, sizeof *d->tag_memo);
+    if (!d->tag_memo || sqlite3_create_function(d->db, "phy_tag", 2,
+                                                SQLITE_UTF8 | SQLITE_DETERMINISTIC, d->tag_memo,
+                                                sql_phy_tag, NULL, NULL) != SQLITE_OK) {
         store_errf(err, errcap, "sqlite function: %s", sqlite3_errmsg(d->db));
         rc = PHY_EIO;
         goto fail;
