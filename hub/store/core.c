@@ -1,17 +1,12 @@
 /* The store core: every operation of struct phy_store_ops, with its checks and
  * rules, written once over the engine contract (engine.h). Engines (sqlite.c,
  * pg.c) bring connections, transactions and schemas; SQL here is portable. */
-#include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
-#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
-#include <unistd.h>
 
 #include <jansson.h>
 #include <openssl/crypto.h>
@@ -22,8 +17,12 @@
 #include "rules.h"
 #include "store.h"
 
-/* The transaction of the operation running on this thread (one at a time). */
-static _Thread_local struct db_tx *tx_cur;
+/* The operation running on this thread (one at a time): its store's engine and its
+ * transaction. */
+static _Thread_local struct {
+    const struct store_engine *e;
+    struct db_tx *tx;
+} cur;
 
 /* phy_ref(device ID): the SHA-256 hex that eu keeps of a peer region's device ID
  * once redelivery ended (the ID itself is erased). */
@@ -78,11 +77,12 @@ static int prepv(struct store *s, struct db_stmt **st, const char *sql, const ch
     struct db_arg a[ARGS_MAX];
     int n = 0, rc;
     *st = NULL;
-    if (!tx_cur)
+    (void)s;
+    if (!cur.tx)
         return PHY_EIO;
     if ((rc = argsv(a, &n, fmt, ap)))
         return rc;
-    return s->e->query(tx_cur, sql, a, n, st);
+    return cur.e->query(cur.tx, sql, a, n, st);
 }
 
 /* Runs sql with its parameters; *st to step through and finish. 0 or PHY_E*. */
@@ -96,33 +96,30 @@ static int q_prep(struct store *s, struct db_stmt **st, const char *sql, const c
     return rc;
 }
 
-/* The engine of the store that ran st (one per process in practice). */
-static _Thread_local const struct store_engine *eng_cur;
-
 static int db_step(struct db_stmt *st)
 {
-    return eng_cur->step(st);
+    return cur.e->step(st);
 }
 
 static int db_null(struct db_stmt *st, int col)
 {
-    return eng_cur->col_null(st, col);
+    return cur.e->col_null(st, col);
 }
 
 static int64_t db_int(struct db_stmt *st, int col)
 {
-    return eng_cur->col_int(st, col);
+    return cur.e->col_int(st, col);
 }
 
 static const char *db_text(struct db_stmt *st, int col)
 {
-    return eng_cur->col_text(st, col, NULL);
+    return cur.e->col_text(st, col, NULL);
 }
 
 static void db_finish(struct db_stmt *st)
 {
     if (st)
-        eng_cur->finish(st);
+        cur.e->finish(st);
 }
 
 /* Runs sql and takes one step: DB_ROW / DB_DONE with *st left to finish, or a
@@ -185,7 +182,7 @@ static int q_int(struct store *s, int64_t *v, const char *sql, const char *fmt, 
 static int col_copy(struct db_stmt *st, int col, char *dst, size_t cap)
 {
     size_t n = 0;
-    const char *v = eng_cur->col_text(st, col, &n);
+    const char *v = cur.e->col_text(st, col, &n);
     if (!v)
         n = 0;
     if (n >= cap)
@@ -199,7 +196,7 @@ static int col_copy(struct db_stmt *st, int col, char *dst, size_t cap)
 static char *col_dup(struct db_stmt *st, int col)
 {
     size_t n = 0;
-    const char *v = eng_cur->col_text(st, col, &n);
+    const char *v = cur.e->col_text(st, col, &n);
     char *d;
     if (!v)
         n = 0;
@@ -225,12 +222,12 @@ static char *col_dup(struct db_stmt *st, int col)
 static int tx_begin(struct store *s, int write)
 {
     int rc;
-    if (tx_cur)
+    if (cur.tx)
         return PHY_EIO; /* operations do not nest */
-    eng_cur = s->e;
-    rc = s->e->begin(s->db, write, &tx_cur);
+    cur.e = s->e;
+    rc = s->e->begin(s->db, write, &cur.tx);
     if (rc)
-        tx_cur = NULL;
+        cur.tx = NULL;
     return rc;
 }
 
@@ -239,10 +236,10 @@ static int tx_end(struct store *s, int rc)
 {
     int erc;
     (void)s;
-    if (!tx_cur)
+    if (!cur.tx)
         return rc ? rc : PHY_EIO;
-    erc = eng_cur->end(tx_cur, rc == 0);
-    tx_cur = NULL;
+    erc = cur.e->end(cur.tx, rc == 0);
+    cur.tx = NULL;
     return rc ? rc : erc;
 }
 
@@ -260,13 +257,15 @@ static int tx_again(int rc, int *attempt)
     return 1;
 }
 
-/* The retry loop of an operation: TX_BEGIN(s, write) where tx_begin was called,
- * TX_RETRY(rc) after tx_end and the operation's own clean-up. */
-#define TX_BEGIN(s, write)                                                                         \
+/* The retry loop of an operation: TX_BEGIN(s, write) where tx_begin was called
+ * (TX_BEGIN_OR: with the statement to run when it fails), TX_RETRY(rc) after tx_end
+ * and the operation's own clean-up. */
+#define TX_BEGIN_OR(s, write, on_failure)                                                          \
     int tx_attempt_ = 0;                                                                           \
     tx_again_:                                                                                     \
     if ((rc = tx_begin((s), (write))))                                                             \
-        return rc == STORE_ERETRY ? PHY_EUNAVAIL : rc;
+        on_failure;
+#define TX_BEGIN(s, write) TX_BEGIN_OR(s, write, return rc)
 #define TX_RETRY(rc)                                                                               \
     do {                                                                                           \
         if (tx_again((rc), &tx_attempt_))                                                          \
@@ -288,6 +287,7 @@ static int tx_end_scrub(struct store *s, int rc, int purged)
 
 /* ---- open / close ---- */
 
+/* Asked in order; SQLite, the default, takes whatever is left (a file path). */
 static const struct store_engine *const ENGINES[] = {&store_engine_pg, &store_engine_sqlite};
 
 static int core_open(const char *url, struct store **out, char *err, size_t errcap)
@@ -882,7 +882,7 @@ static int poll_issuance(struct store *s, const struct store_prov_params *p, con
     }
     const char *state = db_text(st, 3);
     size_t blob_len = 0;
-    const void *blob = eng_cur->col_blob(st, 1, &blob_len);
+    const void *blob = cur.e->col_blob(st, 1, &blob_len);
     first = db_null(st, 2);
     remote = !db_null(st, 4);
     struct rule_issuance iss = {
@@ -2069,13 +2069,7 @@ static int device_section_patch(struct store *s, const char *device_id, const ch
     }
     if (rc)
         return rc;
-    int tx_attempt_ = 0;
-tx_again_:
-    if ((rc = tx_begin(s, 1))) {
-        if (rc == STORE_ERETRY)
-            rc = PHY_EUNAVAIL;
-        goto out_patch;
-    }
+    TX_BEGIN_OR(s, 1, goto out_patch)
     rc = check(s, ctx);
     if (rc < 0)
         goto out;
@@ -2267,15 +2261,9 @@ static int sq_desired_patch_tag(struct store *s, int64_t tenant_id, const char *
     }
     if (rc)
         return rc;
-    int tx_attempt_ = 0;
-tx_again_:
-    count = pushed = ng = 0;
+    TX_BEGIN_OR(s, 1, goto out_patch)
+    count = pushed = ng = 0; /* again on a retry */
     grouped = 1;
-    if ((rc = tx_begin(s, 1))) {
-        if (rc == STORE_ERETRY)
-            rc = PHY_EUNAVAIL;
-        goto out_patch;
-    }
     /* The matching devices and their sections first: writes follow when no read is
      * open. */
     rc = q_prep(s, &st,

@@ -569,10 +569,11 @@ static void sql_phy_tag(sqlite3_context *ctx, int argc, sqlite3_value **argv)
         sqlite3_result_null(ctx);
 }
 
+/* The embedded default: core.c asks the other engines first, so anything they did
+ * not take is a file path. */
 static int sq_accepts(const char *url)
 {
-    return url && url[0] && strncmp(url, "postgres://", 11) != 0 &&
-           strncmp(url, "postgresql://", 13) != 0;
+    return url && url[0];
 }
 
 static int sq_open(const char *url, const struct store_engine_opts *o, struct store_db **out,
