@@ -19,6 +19,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "store.h"
+
 /* Formats an error message into err[errcap] (err may be NULL). */
 __attribute__((format(printf, 3, 4))) static inline void store_errf(char *err, size_t errcap,
                                                                     const char *fmt, ...)
@@ -46,11 +48,6 @@ struct db_arg {
     int64_t i;
     const void *blob;
     size_t len;
-};
-
-/* Options an engine may use (zeroed: its defaults). */
-struct store_engine_opts {
-    int pool_size; /* PostgreSQL: connections (default 4) */
 };
 
 struct store_db;  /* an open database (a connection or a pool) */

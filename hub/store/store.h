@@ -434,7 +434,10 @@ struct phy_store_ops {
  * (postgresql://... or postgres://...: PostgreSQL; anything else: a SQLite file). */
 extern const struct phy_store_ops store_ops;
 
-struct store_engine_opts;
+/* Options an engine may use (zeroed: its defaults). */
+struct store_engine_opts {
+    int pool_size; /* PostgreSQL: connections (default 8) */
+};
 /* ops.open with engine options (NULL: defaults). */
 int store_open_opts(const char *url, const struct store_engine_opts *o, struct store **out,
                     char *err, size_t errcap);
