@@ -11,7 +11,6 @@
 #include <openssl/crypto.h>
 #include <uv.h>
 
-#include "engine.h"
 #include "handlers.h"
 #include "hub.h"
 #include "region.h"
@@ -225,8 +224,14 @@ static int read_password(char *out, size_t cap)
     return 0;
 }
 
-static int admin_outcome(int outcome, const char *what)
+/* The exit code of an admin store call that returned rc with outcome, with a message
+ * for every failure (the store's own, e.g. its database unreachable, too). */
+static int admin_outcome(int rc, int outcome, const char *what)
 {
+    if (rc < 0) {
+        fprintf(stderr, "phyhub: %s: the store failed (%s)\n", what, phy_strerror(rc));
+        return 1;
+    }
     switch (outcome) {
     case STORE_OK:
         return 0;
@@ -287,11 +292,9 @@ static int admin_device_add_bulk(const struct phy_store_ops *ops, const char *co
         snprintf(b[i].serial, sizeof(b[i].serial), "BULK-%s-%ld", prefix, i);
         d[i] = (struct store_new_device){b[i].id, b[i].serial, b[i].hash, tags};
     }
-    if (ops->devices_add_bulk(g_hub.store, tenant, d, (size_t)n, hub_now_ms(), &outcome) < 0) {
-        fprintf(stderr, "phyhub admin: device-add-bulk failed in the store\n");
-        goto out;
-    }
-    if (admin_outcome(outcome, "device-add-bulk") != 0)
+    if (admin_outcome(ops->devices_add_bulk(g_hub.store, tenant, d, (size_t)n, hub_now_ms(),
+                                            &outcome),
+                      outcome, "device-add-bulk") != 0)
         goto out;
     for (long i = 0; i < n; i++)
         printf("{\"device_id\":\"%s\",\"device_secret\":\"%s\",\"serial\":\"%s\","
@@ -394,9 +397,8 @@ static int admin_main(int argc, char **argv)
             fprintf(stderr, "phyhub admin: tenant-add needs --region R (1-15 of a-z 0-9 -)\n");
             goto out_close;
         }
-        rc = ops->tenant_add(g_hub.store, pos[1], region, &outcome) < 0
-                 ? 1
-                 : admin_outcome(outcome, "tenant");
+        rc = admin_outcome(ops->tenant_add(g_hub.store, pos[1], region, &outcome), outcome,
+                           "tenant");
         if (rc == 0)
             printf("tenant %s added in region %s\n", pos[1], region);
     } else if (strcmp(pos[0], "user-add") == 0 && npos == 3) {
@@ -406,9 +408,8 @@ static int admin_main(int argc, char **argv)
         if (read_password(pw, sizeof(pw)) == 0 && phy_random_bytes(salt, sizeof(salt)) == 0 &&
             argon2id_hash_encoded(3, 65536, 1, pw, strlen(pw), salt, sizeof(salt), 32, encoded,
                                   sizeof(encoded)) == ARGON2_OK) {
-            rc = ops->user_add(g_hub.store, pos[1], pos[2], encoded, &outcome) < 0
-                     ? 1
-                     : admin_outcome(outcome, "user");
+            rc = admin_outcome(ops->user_add(g_hub.store, pos[1], pos[2], encoded, &outcome),
+                               outcome, "user");
             if (rc == 0)
                 printf("user %s added to tenant %s\n", pos[2], pos[1]);
         }
@@ -416,9 +417,10 @@ static int admin_main(int argc, char **argv)
     } else if (strcmp(pos[0], "token-add") == 0 && npos == 3) {
         char token[PHY_TOKEN_LEN + 1], hash[PHY_HASH_HEX_LEN + 1];
         rc = 1;
-        if (phy_token_new(token) == 0 && phy_sha256_hex(token, PHY_TOKEN_LEN, hash) == 0 &&
-            ops->token_add(g_hub.store, pos[1], pos[2], hash, hub_now_ms(), &outcome) == 0) {
-            rc = admin_outcome(outcome, "token");
+        if (phy_token_new(token) == 0 && phy_sha256_hex(token, PHY_TOKEN_LEN, hash) == 0) {
+            rc = admin_outcome(
+                ops->token_add(g_hub.store, pos[1], pos[2], hash, hub_now_ms(), &outcome),
+                outcome, "token");
             if (rc == 0)
                 printf("%s\n", token); /* shown once; only its hash is stored */
         }
