@@ -249,10 +249,14 @@ static int result_err(struct pg_conn *pc, const PGresult *res)
         conn_drop(pc);
         return PHY_EUNAVAIL;
     }
-    /* The primary message names no value (details and hints are not logged). */
-    const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
-    phy_log(PHY_LOG_WARN, "store_error", "engine=postgresql sqlstate=%s message=\"%s\"", state,
-            msg ? msg : "");
+    /* Details and hints, which quote values, are never logged; nor is the message of a
+     * data exception (class 22: "invalid input syntax ...: <value>"). */
+    const char *msg = strncmp(state, "22", 2) != 0
+                          ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY)
+                          : "(data exception)";
+    char quoted[256];
+    phy_log(PHY_LOG_WARN, "store_error", "engine=postgresql sqlstate=%s message=%s", state,
+            phy_log_quote(msg, quoted, sizeof quoted));
     return PHY_EIO;
 }
 
@@ -264,6 +268,14 @@ static int exec_simple(struct pg_conn *pc, const char *sql)
     int rc = st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK ? 0 : result_err(pc, res);
     PQclear(res);
     return rc;
+}
+
+static void release(struct store_db *d, struct pg_conn *pc)
+{
+    pthread_mutex_lock(&d->mu);
+    pc->busy = 0;
+    pthread_cond_signal(&d->cv);
+    pthread_mutex_unlock(&d->mu);
 }
 
 /* A free connection of the pool (a live one first), connected; PHY_EUNAVAIL. */
@@ -290,22 +302,11 @@ static int acquire(struct store_db *d, struct pg_conn **out)
     if (pc->c && PQstatus(pc->c) != CONNECTION_OK)
         conn_drop(pc);
     if (!pc->c && !(pc->c = pg_connect(d))) {
-        pthread_mutex_lock(&d->mu);
-        pc->busy = 0;
-        pthread_cond_signal(&d->cv);
-        pthread_mutex_unlock(&d->mu);
+        release(d, pc);
         return PHY_EUNAVAIL;
     }
     *out = pc;
     return 0;
-}
-
-static void release(struct store_db *d, struct pg_conn *pc)
-{
-    pthread_mutex_lock(&d->mu);
-    pc->busy = 0;
-    pthread_cond_signal(&d->cv);
-    pthread_mutex_unlock(&d->mu);
 }
 
 /* ---- transactions and statements ---- */
