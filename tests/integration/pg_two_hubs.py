@@ -8,7 +8,6 @@ hubs give exactly 10 x 404 and 20 x 429 (docs/store.md: concurrency)."""
 import concurrent.futures as cf
 import itertools
 import os
-import subprocess
 import sys
 import time
 
@@ -25,29 +24,19 @@ T = {}
 CALLS = itertools.count()
 
 
-def psql(url, sql):
-    subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", url, "-c", sql], check=True,
-                   capture_output=True, timeout=60)
-
-
 def setup():
-    base = os.environ["PHY_TEST_PG_URL"]
     h = Harness("two-hubs", [HOST_A, HOST_B])
     T["h"] = h
-    T["dbname"] = "two_hubs_" + os.path.basename(h.dir).split("-")[-1].lower().replace("_", "")
-    psql(base + "/postgres", 'CREATE DATABASE "%s"' % T["dbname"])
-    db = "%s/%s" % (base, T["dbname"])
-    T["db"] = db
+    db, store_flags = h.new_store("eu")  # one database (and key file) for both hubs
     hub_admin(db, "tenant-add", "acme", "--region", "eu")
     T["token"] = h.user_token(db, "acme", "alice")
     hub_admin(db, "tenant-add", "guess", "--region", "eu")
     T["guess_token"] = h.user_token(db, "guess", "mallory")
-    key = os.path.join(h.dir, "issuance.key")
     T["ports"] = {}
-    for name, host in (("a", HOST_A), ("b", HOST_B)):
+    for name in ("a", "b"):
         port = phytest.free_port()
         d = h.daemon([binary("phyhub"), "--region", "eu", "--listen", "127.0.0.1:%d" % port,
-                      "--db", db, "--key-file", key, "--tls-cert", h.pki["cert"],
+                      "--db", db] + store_flags + ["--tls-cert", h.pki["cert"],
                       "--tls-key", h.pki["key"], "--provisioning", "--public-endpoint",
                       HOST_A + ":443"] + list(SHORT_TIMERS), "phyhub-" + name)
         d.wait_port(port)
@@ -62,13 +51,7 @@ def setup():
 
 def teardown():
     if "h" in T:
-        T["h"].stop()
-    if "dbname" in T:
-        try:
-            psql(os.environ["PHY_TEST_PG_URL"] + "/postgres",
-                 'DROP DATABASE IF EXISTS "%s" WITH (FORCE)' % T["dbname"])
-        except subprocess.CalledProcessError:
-            pass
+        T["h"].stop()  # also drops the database
 
 
 def device_request(host, method, path, body, serial):
