@@ -16,6 +16,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 ENGINE=${PHY_BENCH_ENGINE:-sqlite}
 SERIALS=${PHY_BENCH_SERIALS:-200}
 SECONDS_RUN=${PHY_BENCH_SECONDS:-10}
@@ -32,44 +34,31 @@ cmake --build "$BUILD" -j "$(nproc)" --target phyhub >/dev/null
 HUB=$BUILD/phyhub
 
 TMP=$(mktemp -d /tmp/phypolls.XXXXXX)
-chmod 755 "$TMP"
 HUB_PID=""
 PG_URL=""
 cleanup() {
     [[ -z "$HUB_PID" ]] || { kill "$HUB_PID" 2>/dev/null; wait "$HUB_PID" 2>/dev/null || true; }
-    [[ -z "$PG_URL" ]] || "$ROOT/scripts/pgtest.sh" stop "$TMP/pg" || true
+    [[ -z "$PG_URL" ]] || bench_pg_stop "$TMP"
     rm -rf "$TMP"
 }
 trap cleanup EXIT
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 cpu_ticks() { # pid: utime + stime of all its threads
     awk '{print $14 + $15}' "/proc/$1/stat"
 }
-pg_ticks() { # all postgres processes of the cluster
-    local t=0
-    for p in $(pgrep -f "postgres.*$TMP/pg" || true) $(pgrep -P "$(head -1 "$TMP/pg/data/postmaster.pid")" || true); do
+pg_ticks() { # the cluster's postmaster and its children (the backends)
+    local pm t=0
+    pm=$(head -1 "$TMP/pg/data/postmaster.pid")
+    for p in "$pm" $(pgrep -P "$pm" || true); do
         [[ -r /proc/$p/stat ]] && t=$((t + $(cpu_ticks "$p")))
     done
     echo "$t"
 }
 
-(
-    cd "$TMP"
-    openssl ecparam -name prime256v1 -genkey -noout -out ca.key
-    openssl req -x509 -new -key ca.key -sha256 -days 2 -subj "/CN=polls CA" -out ca.pem
-    openssl ecparam -name prime256v1 -genkey -noout -out hub.key
-    openssl req -new -key hub.key -subj "/CN=$SNI" -out hub.csr
-    printf '%s\n' "subjectAltName=DNS:$SNI,IP:127.0.0.1" >ext.cnf
-    openssl x509 -req -in hub.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
-        -sha256 -extfile ext.cnf -out hub.pem
-) >/dev/null 2>&1
+bench_pki "$TMP" "$SNI"
 
 if [[ "$ENGINE" == postgresql ]]; then
-    "$ROOT/scripts/pgtest.sh" start "$TMP/pg" "$(free_port)" >&2
-    PG_URL=$(cat "$TMP/pg/url")
+    PG_URL=$(bench_pg_start "$TMP")
 fi
 
 HZ=$(getconf CLK_TCK)

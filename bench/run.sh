@@ -21,6 +21,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 SIZES=${PHY_BENCH_SIZES:-"1000 10000 19000"}
 IDLE=${PHY_BENCH_IDLE:-5}
 CONC=${PHY_BENCH_CONC:-256}
@@ -64,7 +66,7 @@ stop_hub() {
 }
 cleanup() {
     stop_hub
-    [[ -z "${PG_URL:-}" ]] || "$ROOT/scripts/pgtest.sh" stop "$TMP/pg" || true
+    [[ -z "${PG_URL:-}" ]] || bench_pg_stop "$TMP"
     rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -80,29 +82,11 @@ for n in $SIZES; do
     fi
 done
 
-# CA + hub certificate: ECDSA P-256, SAN portal-eu.phystack.com and 127.0.0.1.
-(
-    cd "$TMP"
-    openssl ecparam -name prime256v1 -genkey -noout -out ca.key
-    openssl req -x509 -new -key ca.key -sha256 -days 2 -subj "/CN=phyload bench CA" \
-        -out ca.pem
-    openssl ecparam -name prime256v1 -genkey -noout -out hub.key
-    openssl req -new -key hub.key -subj "/CN=$SNI" -out hub.csr
-    printf '%s\n' "subjectAltName=DNS:$SNI,IP:127.0.0.1" "basicConstraints=CA:FALSE" \
-        "keyUsage=digitalSignature" "extendedKeyUsage=serverAuth" >ext.cnf
-    openssl x509 -req -in hub.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
-        -sha256 -extfile ext.cnf -out hub.pem
-) >/dev/null 2>&1
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
+bench_pki "$TMP" "$SNI"
 
 PG_URL=""
 if [[ "$ENGINE" == postgresql ]]; then
-    chmod 755 "$TMP" # the server runs as the postgres user
-    "$ROOT/scripts/pgtest.sh" start "$TMP/pg" "$(free_port)" >&2
-    PG_URL=$(cat "$TMP/pg/url")
+    PG_URL=$(bench_pg_start "$TMP")
 elif [[ "$ENGINE" != sqlite ]]; then
     log "PHY_BENCH_ENGINE must be sqlite or postgresql"
     exit 2
