@@ -1,7 +1,16 @@
-/* phyhub helpers shared by the server and handlers: clock and parameters. */
+/* phyhub helpers shared by the server and handlers: clock, parameters, and the
+ * sweep of the seal ratchet. */
 #include "hub.h"
 
+#include <stdio.h>
+#include <stdlib.h>
 #include <time.h>
+
+#include <openssl/crypto.h>
+
+#include "phy/err.h"
+#include "phy/log.h"
+#include "seal.h"
 
 int64_t hub_now_ms(void)
 {
@@ -22,4 +31,76 @@ void hub_prov_params(const struct hub *h, int64_t now_ms, struct store_prov_para
     p->max_regs_per_serial = 4;
     p->deliver_check = NULL;
     p->deliver_ctx = NULL;
+}
+
+/* ---- the seal ratchet's sweep ---- */
+
+#define RESEAL_PAGE 256
+
+/* Re-seals one page of live bodies; *last gets the page's last serial. */
+static int reseal_page(struct hub *h, int64_t now_ms, char last[PHY_SERIAL_MAX + 1], size_t *got,
+                       int *foreign)
+{
+    struct store_sealed *v = NULL;
+    size_t n = 0;
+    int rc = h->store_ops->sealed_list(h->store, last, RESEAL_PAGE, &v, &n);
+    *got = n;
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        size_t len = 0;
+        int replaced = 0;
+        unsigned char *next;
+        if (!seal_is_stale(h->seal, now_ms, v[i].sealed, v[i].sealed_len)) {
+            if (seal_is_foreign(h->seal, v[i].sealed, v[i].sealed_len))
+                (*foreign)++;
+            continue;
+        }
+        next = seal_reseal(h->seal, now_ms, v[i].device_id, v[i].sealed, v[i].sealed_len, &len);
+        if (!next) {
+            /* It cannot be opened now: moving the ratchet on would lose it for good. */
+            phy_log(PHY_LOG_ERROR, "reseal_failed", "device_id=%s reason=\"cannot open it\"",
+                    v[i].device_id);
+            rc = PHY_ECRYPTO;
+            break;
+        }
+        rc = h->store_ops->sealed_replace(h->store, v[i].serial, v[i].device_id, v[i].sealed,
+                                          v[i].sealed_len, next, len, &replaced);
+        OPENSSL_cleanse(next, len);
+        free(next);
+    }
+    if (n > 0)
+        snprintf(last, PHY_SERIAL_MAX + 1, "%s", v[n - 1].serial);
+    store_sealed_free(v, n);
+    return rc;
+}
+
+int hub_seal_sweep(struct hub *h, int64_t now_ms)
+{
+    char last[PHY_SERIAL_MAX + 1] = "", err[512];
+    size_t got;
+    int rc, foreign = 0;
+    if (seal_epoch_of(h->seal, now_ms) - SEAL_KEEP_EPOCHS <= seal_base(h->seal))
+        return 0; /* nothing to drop yet: no body can be stale for it */
+    do
+        rc = reseal_page(h, now_ms, last, &got, &foreign);
+    while (rc == 0 && got == RESEAL_PAGE);
+    if (foreign)
+        phy_log(PHY_LOG_ERROR, "seal_foreign",
+                "bodies=%d reason=\"sealed by another seal ratchet: every hub node on this store "
+                "needs a copy of the same ratchet file\"",
+                foreign);
+    if (rc < 0) {
+        phy_log(PHY_LOG_WARN, "seal_sweep_failed", "reason=\"%s\" action=\"the ratchet waits\"",
+                phy_strerror(rc));
+        return rc;
+    }
+    rc = seal_advance(h->seal, now_ms, err, sizeof err);
+    if (rc < 0) {
+        char q[600];
+        phy_log(PHY_LOG_ERROR, "seal_advance_failed", "error=%s",
+                phy_log_quote(err, q, sizeof q));
+        return rc;
+    }
+    if (rc > 0)
+        phy_log(PHY_LOG_INFO, "seal_advanced", "base_epoch=%lld", (long long)seal_base(h->seal));
+    return 0;
 }

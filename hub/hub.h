@@ -9,12 +9,16 @@
 #include "phy/crypto.h"
 #include "store.h"
 
+struct seal_ring;
+
 struct hub_config {
     char *region;   /* "eu" */
     char *listen;   /* "0.0.0.0:443" */
     char *db;       /* a SQLite file, or postgresql://... */
     long db_pool;   /* PostgreSQL connections (8) */
     char *key_file; /* AEAD key for pending issuances; default <db>.key */
+    char *seal_ratchet; /* the seal ratchet file (seal.h); default <key file>.ratchet */
+    long seal_epoch_s;  /* the ratchet's epoch: a purged body is shredded within 3 */
     char *tls_cert, *tls_key;
     int provisioning;      /* serve the provisioning API (eu) */
     char *public_endpoint; /* "portal-eu.phystack.com:443", given to devices */
@@ -77,6 +81,7 @@ struct hub {
     const struct phy_store_ops *store_ops;
     struct store *store;
     unsigned char issuance_key[PHY_AEAD_KEY_LEN];
+    struct seal_ring *seal; /* seals issuance bodies under issuance_key + ratchet */
     struct hub_metrics metrics;
     struct region_ctx *region; /* keys and eu's address (region.c) */
     /* Called on the loop when a device session opened: regional hubs use it to send
@@ -90,6 +95,11 @@ struct hub {
 
 /* Milliseconds since the Unix epoch (wall clock). */
 int64_t hub_now_ms(void);
+
+/* Re-seals every live issuance body sealed under an epoch the ratchet is about to
+ * drop, then advances the ratchet (seal.h). Run by the sweeper, on a worker. 0, or
+ * negative when a store call or the ratchet file failed (logged; the ratchet stays). */
+int hub_seal_sweep(struct hub *h, int64_t now_ms);
 
 /* Fills provisioning parameters from the configuration at now. */
 void hub_prov_params(const struct hub *h, int64_t now_ms, struct store_prov_params *p);

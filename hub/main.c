@@ -18,6 +18,7 @@
 #include "phy/crypto.h"
 #include "phy/err.h"
 #include "phy/log.h"
+#include "seal.h"
 #include "server.h"
 
 #define PASSWORD_MAX 1024
@@ -59,6 +60,7 @@ static void config_defaults(struct hub_config *c)
     c->max_body = 16384;
     c->max_connections = 10000;
     c->sweep_interval_s = 30;
+    c->seal_epoch_s = 900;
     c->claim_user_limit = 10;
     c->claim_tenant_limit = 100;
     c->claim_window_s = 900;
@@ -100,6 +102,7 @@ static void on_sweep_work(uv_work_t *w)
                                                                       : g_hub.cfg.login_window_s;
     if (g_hub.store_ops->sweep(g_hub.store, &p, (int64_t)keep_s * 1000) < 0)
         phy_log(PHY_LOG_WARN, "sweep_failed", "store=%s", store_engine_name(g_hub.store));
+    hub_seal_sweep(&g_hub, hub_now_ms());
     if (g_hub.store_ops->console_sweep(g_hub.store, hub_now_ms(), g_hub.cfg.session_idle_s * 1000,
                                        g_hub.cfg.session_max_s * 1000,
                                        g_hub.cfg.audit_keep_days * 86400000LL) < 0)
@@ -459,6 +462,12 @@ int main(int argc, char **argv)
         {"key-file", PHY_OPT_STR, &c->key_file, 0, 0,
          "AES-256 key for pending issuances, created 0600 at first start (default <db>.key; "
          "required with PostgreSQL)"},
+        {"seal-ratchet", PHY_OPT_STR, &c->seal_ratchet, 0, 0,
+         "seal ratchet file, created 0600 at first start; every hub node of one store needs a "
+         "copy of the same file (default <key file>.ratchet)"},
+        {"seal-epoch", PHY_OPT_INT, &c->seal_epoch_s, 1, 86400,
+         "seal key epoch, s: a purged issuance is unreadable everywhere (database, WAL, "
+         "backups) within 3 epochs (900)"},
         {"tls-cert", PHY_OPT_STR, &c->tls_cert, 0, 0, "PEM certificate chain (required)"},
         {"tls-key", PHY_OPT_STR, &c->tls_key, 0, 0, "PEM private key (required)"},
         {"provisioning", PHY_OPT_BOOL, &c->provisioning, 0, 0, "serve the provisioning API (eu)"},
@@ -529,7 +538,7 @@ int main(int argc, char **argv)
     char *pos[1];
     size_t npos = 0;
     int rc = 1;
-    char keypath[4096], endpoint[300];
+    char keypath[4096], ratchetpath[4200], endpoint[300];
     if (phy_config_parse(opts, argc, argv, 1, pos, 1, &npos, &help, err, sizeof(err)) < 0) {
         fprintf(stderr, "phyhub: %s (see --help)\n", err);
         rc = 2;
@@ -594,6 +603,18 @@ int main(int argc, char **argv)
         fprintf(stderr, "phyhub: issuance key: %s\n", err);
         goto out_store;
     }
+    if (c->seal_ratchet)
+        snprintf(ratchetpath, sizeof(ratchetpath), "%s", c->seal_ratchet);
+    else if ((size_t)snprintf(ratchetpath, sizeof(ratchetpath), "%s.ratchet", keypath) >=
+             sizeof(ratchetpath)) {
+        fprintf(stderr, "phyhub: key file path too long\n");
+        goto out_store;
+    }
+    if (seal_ring_open(&g_hub.seal, ratchetpath, g_hub.issuance_key, c->seal_epoch_s * 1000LL,
+                       hub_now_ms(), 1, err, sizeof(err)) < 0) {
+        fprintf(stderr, "phyhub: %s\n", err);
+        goto out_store;
+    }
 
     /* No session survives a restart: whatever the store says is online is not. */
     if (g_hub.store_ops->presence_reset(g_hub.store, hub_now_ms()) < 0) {
@@ -634,6 +655,8 @@ int main(int argc, char **argv)
     phy_log(PHY_LOG_INFO, "stopped", "region=%s", c->region);
     rc = 0;
 out_store:
+    seal_ring_close(g_hub.seal);
+    g_hub.seal = NULL;
     OPENSSL_cleanse(g_hub.issuance_key, sizeof(g_hub.issuance_key));
     g_hub.store_ops->close(g_hub.store);
 out:

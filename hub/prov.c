@@ -9,6 +9,7 @@
 #include "phy/crypto.h"
 #include "phy/err.h"
 #include "phy/log.h"
+#include "seal.h"
 
 #define CODE_ATTEMPTS 16
 
@@ -165,12 +166,13 @@ static int deliver_open(void *ctx, const char *device_id, const unsigned char *s
     char *plain = malloc(len + 1);
     if (!plain)
         return -1;
-    int n = phy_aead_open(d->hub->issuance_key, device_id, strlen(device_id), sealed, len,
-                          (unsigned char *)plain, len);
+    int n = seal_open(d->hub->seal, hub_now_ms(), device_id, sealed, len, (unsigned char *)plain,
+                      len);
     if (n < 0) {
         free(plain);
-        phy_log(PHY_LOG_ERROR, "issuance_unreadable",
-                "device_id=%s reason=\"wrong key file for this store?\"", device_id);
+        phy_log(PHY_LOG_ERROR, "issuance_unreadable", "device_id=%s reason=\"%s\"", device_id,
+                n == PHY_ENOTFOUND ? "its seal epoch's key is destroyed (a clock ahead?)"
+                                   : "wrong key file or seal ratchet for this store?");
         return -1;
     }
     plain[n] = '\0';

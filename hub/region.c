@@ -23,6 +23,7 @@
 #include "phy/file.h"
 #include "phy/log.h"
 #include "region.h"
+#include "seal.h"
 
 #define OUTBOX_BATCH 64
 #define OUTBOX_BACKOFF_MIN_MS 2000
@@ -284,17 +285,9 @@ unsigned char *hub_seal_issuance(void *ctx, const char *serial, size_t *out_len)
     if (!text)
         return NULL;
     size_t n = strlen(text);
-    unsigned char *out = malloc(n + PHY_AEAD_OVERHEAD);
-    int r = out ? phy_aead_seal(s->h->issuance_key, s->device_id, strlen(s->device_id), text, n,
-                                out, n + PHY_AEAD_OVERHEAD)
-                : PHY_ENOMEM;
+    unsigned char *out = seal_seal(s->h->seal, hub_now_ms(), s->device_id, text, n, out_len);
     OPENSSL_cleanse(text, n);
     free(text);
-    if (r < 0) {
-        free(out);
-        return NULL;
-    }
-    *out_len = (size_t)r;
     return out;
 }
 

@@ -29,8 +29,8 @@ int region_key_load(const char *path, char out[REGION_KEY_MAX + 1], char *err, s
 /* Writes a fresh random key to a new file (mode 0600, O_EXCL, fsync). */
 int region_key_new(const char *path, char *err, size_t errcap);
 
-/* Seals the exact 200 poll answer for a device (AES-256-GCM under the hub's
- * issuance key, AAD = the device ID). Used as the seal callback of the claim store
+/* Seals the exact 200 poll answer for a device (seal.h: AES-256-GCM under the
+ * current epoch's key, AAD = header and device ID). Used as the seal callback of the claim store
  * operations; ctx is a struct hub_seal_ctx. Malloc'd result or NULL. */
 struct hub_seal_ctx {
     struct hub *h;

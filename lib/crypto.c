@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -289,73 +290,90 @@ static int write_full(int fd, const unsigned char *buf, size_t n)
     return 0;
 }
 
-/* Checks an opened key file (regular, private, 32 bytes) and reads it into key. */
-static int key_load_fd(int fd, const char *path, unsigned char key[PHY_AEAD_KEY_LEN], char *errbuf,
-                       size_t errcap)
+/* Checks an opened secret file (regular, private, exactly n bytes) and reads it. */
+static int secret_load_fd(int fd, const char *what, const char *path, unsigned char *buf,
+                          size_t n, char *errbuf, size_t errcap)
 {
     struct stat st;
 
     if (fstat(fd, &st) != 0) {
-        snprintf(errbuf, errcap, "key file %s: fstat: %s", path, strerror(errno));
+        snprintf(errbuf, errcap, "%s %s: fstat: %s", what, path, strerror(errno));
         return PHY_EIO;
     }
     if (!S_ISREG(st.st_mode)) {
-        snprintf(errbuf, errcap, "key file %s is not a regular file", path);
+        snprintf(errbuf, errcap, "%s %s is not a regular file", what, path);
         return PHY_EINVAL;
     }
     if ((st.st_mode & 077) != 0) {
-        snprintf(errbuf, errcap,
-                 "key file %s is readable by group or others (mode %04o); chmod 600 it", path,
-                 (unsigned)(st.st_mode & 07777));
+        snprintf(errbuf, errcap, "%s %s is readable by group or others (mode %04o); chmod 600 it",
+                 what, path, (unsigned)(st.st_mode & 07777));
         return PHY_EINVAL;
     }
-    if (st.st_size != PHY_AEAD_KEY_LEN) {
-        snprintf(errbuf, errcap, "key file %s has %lld bytes, expected %d", path,
-                 (long long)st.st_size, PHY_AEAD_KEY_LEN);
+    if (st.st_size < 0 || (uint64_t)st.st_size != (uint64_t)n) {
+        snprintf(errbuf, errcap, "%s %s has %lld bytes, expected %zu", what, path,
+                 (long long)st.st_size, n);
         return PHY_EINVAL;
     }
-    if (read_full(fd, key, PHY_AEAD_KEY_LEN) != 0) {
-        snprintf(errbuf, errcap, "key file %s: short read", path);
+    if (read_full(fd, buf, n) != 0) {
+        snprintf(errbuf, errcap, "%s %s: short read", what, path);
         return PHY_EIO;
     }
     return 0;
 }
 
-/* Creates path holding 32 fresh random bytes, mode 0600, durably and atomically: the
- * key is written and fsynced under a temporary name and then link()ed into place, so
- * a crash at any moment leaves either no key file or a complete one (never an empty
- * one). PHY_EEXIST when another process created it first. */
-static int key_create(const char *path, unsigned char key[PHY_AEAD_KEY_LEN], char *errbuf,
-                      size_t errcap)
+int phy_secret_file_open(const char *what, const char *path, unsigned char *buf, size_t n,
+                         int writable, int *fd_out, char *errbuf, size_t errcap)
+{
+    int fd = open(path, (writable ? O_RDWR : O_RDONLY) | O_NOFOLLOW | O_CLOEXEC);
+    int rc;
+    if (fd < 0) {
+        if (errno == ENOENT)
+            return PHY_ENOTFOUND;
+        snprintf(errbuf, errcap, "%s %s: open: %s", what, path, strerror(errno));
+        return PHY_EIO;
+    }
+    rc = secret_load_fd(fd, what, path, buf, n, errbuf, errcap);
+    if (rc != 0 || !fd_out)
+        close(fd);
+    else
+        *fd_out = fd;
+    if (rc != 0)
+        OPENSSL_cleanse(buf, n);
+    return rc;
+}
+
+/* The temporary name is written and fsynced and then link()ed into place, so that a
+ * crash at any moment leaves either no file or a complete one (never an empty one). */
+int phy_secret_file_create(const char *what, const char *path, const unsigned char *buf, size_t n,
+                           char *errbuf, size_t errcap)
 {
     char tmp[4096];
     unsigned char nonce[8];
     int fd = -1, rc;
 
-    if (phy_random_bytes(nonce, sizeof(nonce)) != 0 ||
-        phy_random_bytes(key, PHY_AEAD_KEY_LEN) != 0) {
-        snprintf(errbuf, errcap, "key file %s: no randomness", path);
+    if (phy_random_bytes(nonce, sizeof(nonce)) != 0) {
+        snprintf(errbuf, errcap, "%s %s: no randomness", what, path);
         return PHY_ECRYPTO;
     }
     if ((size_t)snprintf(tmp, sizeof(tmp), "%s.tmp-%02x%02x%02x%02x%02x%02x%02x%02x", path,
                          nonce[0], nonce[1], nonce[2], nonce[3], nonce[4], nonce[5], nonce[6],
                          nonce[7]) >= sizeof(tmp)) {
-        snprintf(errbuf, errcap, "key file path too long");
+        snprintf(errbuf, errcap, "%s path too long", what);
         return PHY_EINVAL;
     }
     fd = open(tmp, O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0) {
-        snprintf(errbuf, errcap, "key file %s: create: %s", path, strerror(errno));
+        snprintf(errbuf, errcap, "%s %s: create: %s", what, path, strerror(errno));
         return PHY_EIO;
     }
-    if (write_full(fd, key, PHY_AEAD_KEY_LEN) != 0 || fsync(fd) != 0) {
-        snprintf(errbuf, errcap, "key file %s: write: %s", path, strerror(errno));
+    if (write_full(fd, buf, n) != 0 || fsync(fd) != 0) {
+        snprintf(errbuf, errcap, "%s %s: write: %s", what, path, strerror(errno));
         rc = PHY_EIO;
         goto out_unlink;
     }
     if (close(fd) != 0) {
         fd = -1;
-        snprintf(errbuf, errcap, "key file %s: close: %s", path, strerror(errno));
+        snprintf(errbuf, errcap, "%s %s: close: %s", what, path, strerror(errno));
         rc = PHY_EIO;
         goto out_unlink;
     }
@@ -363,12 +381,12 @@ static int key_create(const char *path, unsigned char key[PHY_AEAD_KEY_LEN], cha
     if (link(tmp, path) != 0) {
         rc = errno == EEXIST ? PHY_EEXIST : PHY_EIO;
         if (rc == PHY_EIO)
-            snprintf(errbuf, errcap, "key file %s: link: %s", path, strerror(errno));
+            snprintf(errbuf, errcap, "%s %s: link: %s", what, path, strerror(errno));
         goto out_unlink;
     }
     unlink(tmp);
     if (phy_fsync_parent(path) != 0) {
-        snprintf(errbuf, errcap, "key file %s: cannot fsync its directory", path);
+        snprintf(errbuf, errcap, "%s %s: cannot fsync its directory", what, path);
         return PHY_EIO;
     }
     return 0;
@@ -376,7 +394,6 @@ out_unlink:
     if (fd >= 0)
         close(fd);
     unlink(tmp);
-    OPENSSL_cleanse(key, PHY_AEAD_KEY_LEN);
     return rc;
 }
 
@@ -384,8 +401,9 @@ out_unlink:
 int phy_key_load_or_create(const char *path, unsigned char key[PHY_AEAD_KEY_LEN], char *errbuf,
                            size_t errcap)
 {
+    static const char what[] = "key file";
     char dummy[1];
-    int fd, rc, attempt;
+    int rc, attempt;
 
     if (errbuf == NULL || errcap == 0) {
         errbuf = dummy;
@@ -398,18 +416,15 @@ int phy_key_load_or_create(const char *path, unsigned char key[PHY_AEAD_KEY_LEN]
     }
     /* Two rounds: a concurrent creator may win the O_EXCL race; then load its key. */
     for (attempt = 0; attempt < 2; attempt++) {
-        fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-        if (fd >= 0) {
-            rc = key_load_fd(fd, path, key, errbuf, errcap);
-            close(fd);
+        rc = phy_secret_file_open(what, path, key, PHY_AEAD_KEY_LEN, 0, NULL, errbuf, errcap);
+        if (rc != PHY_ENOTFOUND)
+            goto out;
+        if (phy_random_bytes(key, PHY_AEAD_KEY_LEN) != 0) {
+            snprintf(errbuf, errcap, "key file %s: no randomness", path);
+            rc = PHY_ECRYPTO;
             goto out;
         }
-        if (errno != ENOENT) {
-            snprintf(errbuf, errcap, "key file %s: open: %s", path, strerror(errno));
-            rc = PHY_EIO;
-            goto out;
-        }
-        rc = key_create(path, key, errbuf, errcap);
+        rc = phy_secret_file_create(what, path, key, PHY_AEAD_KEY_LEN, errbuf, errcap);
         if (rc != PHY_EEXIST)
             goto out;
     }

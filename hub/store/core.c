@@ -2637,6 +2637,102 @@ out:
     return rc;
 }
 
+void store_sealed_free(struct store_sealed *v, size_t n)
+{
+    if (!v)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        if (v[i].sealed)
+            OPENSSL_cleanse(v[i].sealed, v[i].sealed_len);
+        free(v[i].sealed);
+    }
+    free(v);
+}
+
+#define SEALED_LIST_MAX 1000
+
+static int sq_sealed_list(struct store *s, const char *after, size_t max, struct store_sealed **out,
+                          size_t *n)
+{
+    struct db_stmt *st = NULL;
+    struct store_sealed *v = NULL;
+    size_t count = 0;
+    int rc;
+    if (!s || !after || !out || !n || max == 0 || max > SEALED_LIST_MAX ||
+        (after[0] && !store_serial_ok(after)))
+        return PHY_EINVAL;
+    *out = NULL;
+    *n = 0;
+    TX_BEGIN(s, 0)
+    v = calloc(max, sizeof *v);
+    if (!v) {
+        rc = PHY_ENOMEM;
+        goto out;
+    }
+    rc = q_prep(s, &st,
+                "SELECT serial, device_id, sealed FROM issuances WHERE sealed IS NOT NULL"
+                " AND serial > ? ORDER BY serial LIMIT ?",
+                "ti", after, (int64_t)max);
+    if (rc)
+        goto out;
+    while (count < max && (rc = db_step(st)) == DB_ROW) {
+        struct store_sealed *it = &v[count];
+        size_t len = 0;
+        const void *blob = cur.e->col_blob(st, 2, &len);
+        if ((rc = col_copy(st, 0, it->serial, sizeof it->serial)) ||
+            (rc = col_copy(st, 1, it->device_id, sizeof it->device_id)))
+            goto out;
+        if (!blob || len == 0)
+            continue;
+        if (!(it->sealed = malloc(len))) {
+            rc = PHY_ENOMEM;
+            goto out;
+        }
+        memcpy(it->sealed, blob, len);
+        it->sealed_len = len;
+        count++;
+        rc = DB_ROW;
+    }
+    rc = rc == DB_DONE || rc == DB_ROW ? 0 : rc < 0 ? rc : PHY_EIO;
+out:
+    db_finish(st);
+    st = NULL;
+    rc = tx_end(s, rc);
+    if (rc == 0) {
+        *out = v;
+        *n = count;
+    } else {
+        store_sealed_free(v, max);
+    }
+    v = NULL;
+    count = 0;
+    TX_RETRY(rc);
+    return rc;
+}
+
+static int sq_sealed_replace(struct store *s, const char *serial, const char *device_id,
+                             const unsigned char *old, size_t old_len, const unsigned char *next,
+                             size_t next_len, int *replaced)
+{
+    int rc, changes = 0;
+    if (!s || !store_serial_ok(serial) || !store_device_id_ok(device_id) || !old || !old_len ||
+        !next || !next_len || !replaced)
+        return PHY_EINVAL;
+    *replaced = 0;
+    TX_BEGIN(s, 1)
+    rc = q_exec(s, &changes,
+                "UPDATE issuances SET sealed = ?4 WHERE serial = ?1 AND device_id = ?2"
+                " AND sealed = ?3",
+                "ttbb", serial, device_id, (const void *)old, old_len, (const void *)next,
+                next_len);
+    /* The old body's bytes are gone from the live row: scrub them like a purge. */
+    rc = tx_end_scrub(s, rc, changes);
+    TX_RETRY(rc);
+    if (rc == 0)
+        *replaced = changes > 0;
+    return rc;
+}
+
 static int sq_outbox_done(struct store *s, const char *device_id, int kind)
 {
     int rc;
@@ -2963,6 +3059,8 @@ const struct phy_store_ops store_ops = {
     .devices_add_bulk = sq_devices_add_bulk,
     .claim_attempt_forgive = sq_claim_attempt_forgive,
     .sweep = sq_sweep,
+    .sealed_list = sq_sealed_list,
+    .sealed_replace = sq_sealed_replace,
     .issue_remote = sq_issue_remote,
     .issuance_purge_remote = sq_issuance_purge_remote,
     .issuance_cancel_remote = sq_issuance_cancel_remote,

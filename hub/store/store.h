@@ -191,6 +191,15 @@ struct store_outbox_item {
     int attempts;                    /* failed calls so far */
 };
 
+/* A live sealed issuance body (sealed_list), for the hub's re-sealing. */
+struct store_sealed {
+    char serial[PHY_SERIAL_MAX + 1];
+    char device_id[PHY_DEVICE_ID_LEN + 1];
+    unsigned char *sealed; /* malloc'd; store_sealed_free */
+    size_t sealed_len;
+};
+void store_sealed_free(struct store_sealed *v, size_t n);
+
 struct phy_store_ops {
     const char *name; /* "sqlite" */
     /* Opens/creates the store at url (a file path for SQLite). Returns 0 or PHY_E*. */
@@ -297,6 +306,16 @@ struct phy_store_ops {
     /* Housekeeping: deletes lapsed registrations, purges sealed bodies whose grace
      * ended, expired codes, throttle rows older than keep_failures_ms. */
     int (*sweep)(struct store *s, const struct store_prov_params *p, int64_t keep_failures_ms);
+    /* The live sealed bodies (not purged) with serial > after ("" from the start), in
+     * serial order, at most max: *out malloc'd (store_sealed_free), *n set. */
+    int (*sealed_list)(struct store *s, const char *after, size_t max, struct store_sealed **out,
+                       size_t *n);
+    /* Compare and set: the body of serial's issuance for device_id becomes next only
+     * when it still is old (a purge or another re-seal meanwhile wins). *replaced is
+     * 1 or 0. */
+    int (*sealed_replace)(struct store *s, const char *serial, const char *device_id,
+                          const unsigned char *old, size_t old_len, const unsigned char *next,
+                          size_t next_len, int *replaced);
 
     /* --- inter-region, eu side (the hub with provisioning) --- */
     /* Idempotent by device ID: when an issuance of ri->region already carries

@@ -53,4 +53,14 @@ int phy_aead_open(const unsigned char key[PHY_AEAD_KEY_LEN], const void *aad, si
 int phy_key_load_or_create(const char *path, unsigned char key[PHY_AEAD_KEY_LEN], char *errbuf,
                            size_t errcap);
 
+/* Secret files (keys, the seal ratchet): open reads exactly n bytes from a regular
+ * file of mode 0600 (refusing group/other access or another size; "what" names the
+ * file in errbuf); *fd_out (optional) keeps it open, read-write when writable.
+ * PHY_ENOTFOUND when missing. Create writes buf durably and atomically under a
+ * temporary name linked into place; PHY_EEXIST when the file exists. */
+int phy_secret_file_open(const char *what, const char *path, unsigned char *buf, size_t n,
+                         int writable, int *fd_out, char *errbuf, size_t errcap);
+int phy_secret_file_create(const char *what, const char *path, const unsigned char *buf, size_t n,
+                           char *errbuf, size_t errcap);
+
 #endif
