@@ -318,6 +318,69 @@ static void test_code_taken(void **state)
     assert_int_equal(ops->reg_set_code(f->s, &f->p, "SN9", h.h, "ABCDEFG", &out), PHY_EINVAL);
 }
 
+/* The re-sealing primitives: live bodies listed page by page in serial order, and a
+ * compare-and-set replace that loses to a purge or to another replace. */
+static void test_sealed_list_and_replace(void **state)
+{
+    struct fx *f = *state;
+    char id[PHY_DEVICE_ID_LEN + 1], serial[16];
+    unsigned char want[64], next[3] = {1, 2, 3};
+    struct store_sealed *v = NULL;
+    size_t n = 0, wn;
+    int replaced = -1;
+    for (unsigned i = 1; i <= 3; i++) {
+        snprintf(serial, sizeof serial, "SN-%u", i);
+        dev_id(i, id);
+        assert_int_equal(reg(f, serial, i), STORE_OK);
+        assert_int_equal(claim(f, serial, NULL, id), STORE_OK);
+    }
+    assert_int_equal(ops->sealed_list(f->s, "", 2, &v, &n), 0);
+    assert_int_equal(n, 2);
+    assert_string_equal(v[0].serial, "SN-1");
+    assert_string_equal(v[1].serial, "SN-2");
+    dev_id(1, id);
+    assert_string_equal(v[0].device_id, id);
+    wn = f->seal.body("SN-1", want, sizeof want);
+    assert_int_equal(v[0].sealed_len, wn);
+    assert_memory_equal(v[0].sealed, want, wn);
+    store_sealed_free(v, n);
+    assert_int_equal(ops->sealed_list(f->s, "SN-2", 2, &v, &n), 0);
+    assert_int_equal(n, 1);
+    assert_string_equal(v[0].serial, "SN-3");
+    store_sealed_free(v, n);
+    /* replace: only while the body is still the old one */
+    assert_int_equal(ops->sealed_replace(f->s, "SN-1", id, want, wn, next, sizeof next, &replaced),
+                     0);
+    assert_int_equal(replaced, 1);
+    assert_int_equal(ops->sealed_replace(f->s, "SN-1", id, want, wn, next, sizeof next, &replaced),
+                     0);
+    assert_int_equal(replaced, 0);
+    dev_id(2, id);
+    assert_int_equal(ops->sealed_replace(f->s, "SN-1", id, next, sizeof next, want, wn, &replaced),
+                     0);
+    assert_int_equal(replaced, 0); /* another device's issuance */
+    dev_id(1, id);
+    assert_int_equal(ops->sealed_list(f->s, "", 10, &v, &n), 0);
+    assert_int_equal(n, 3);
+    assert_int_equal(v[0].sealed_len, sizeof next);
+    assert_memory_equal(v[0].sealed, next, sizeof next);
+    store_sealed_free(v, n);
+    /* a purged body is not listed and cannot come back */
+    assert_int_equal(ops->device_delete(f->s, 1, id, &replaced), 0);
+    assert_int_equal(ops->sealed_replace(f->s, "SN-1", id, next, sizeof next, want, wn, &replaced),
+                     0);
+    assert_int_equal(replaced, 0);
+    assert_int_equal(ops->sealed_list(f->s, "", 10, &v, &n), 0);
+    assert_int_equal(n, 2);
+    assert_string_equal(v[0].serial, "SN-2");
+    store_sealed_free(v, n);
+    /* limits */
+    assert_int_equal(ops->sealed_list(f->s, "", 0, &v, &n), PHY_EINVAL);
+    assert_int_equal(ops->sealed_list(f->s, "bad serial", 5, &v, &n), PHY_EINVAL);
+    assert_int_equal(ops->sealed_replace(f->s, "SN-2", id, next, 0, want, wn, &replaced),
+                     PHY_EINVAL);
+}
+
 static void test_claim_twice(void **state)
 {
     struct fx *f = *state;
@@ -688,6 +751,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_registration_limit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_code_taken, setup, teardown),
         cmocka_unit_test_setup_teardown(test_claim_twice, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sealed_list_and_replace, setup, teardown),
         cmocka_unit_test_setup_teardown(test_seal_failure_rolls_back, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lapsed_registration_still_delivers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unopenable_issuance_not_recorded, setup, teardown),
