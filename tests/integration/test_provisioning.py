@@ -30,7 +30,10 @@ S = {}            # tokens of the extra users
 
 def setup():
     global ST
-    ST = Stack("provisioning", hub_flags=["--code-ttl", "3", "--registration-idle", "30",
+    # --seal-epoch 1: the seal ratchet turns every second, so every test here also runs
+    # with live sealed bodies re-sealed (and their old keys destroyed) under it.
+    ST = Stack("provisioning", hub_flags=["--seal-epoch", "1",
+                                          "--code-ttl", "3", "--registration-idle", "30",
                                           "--header-timeout", "2", "--claim-tenant-limit", "15"],
                proxy_flags=["--idle-timeout", "30", "--header-timeout", "2"], start=False)
     S["mallory_token"] = ST.add_user("acme", "mallory")
@@ -174,6 +177,61 @@ def test_credentials_exactly_once_and_grace_window():
         return ST.query("SELECT sealed IS NULL FROM issuances WHERE serial = ?",
                         ("SN-ONCE",))[0][0] == 1
     wait_until(purged, 10, "sealed issuance purged by the sweeper")
+
+
+def ratchet_base():
+    """The seal ratchet's base epoch (seal.c: slot 0, bytes 16..24 big-endian); every
+    body sealed under an earlier epoch can no longer be opened by anyone."""
+    key = ST.store_flags[1] if ST.store_flags else ST.db + ".key"
+    with open(key + ".ratchet", "rb") as f:
+        return int.from_bytes(f.read(64)[16:24], "big")
+
+
+def sealed_body(serial):
+    rows = ST.query("SELECT sealed FROM issuances WHERE serial = ?", (serial,))
+    v = rows[0][0] if rows else None
+    if isinstance(v, str):  # PostgreSQL's text form of BYTEA
+        v = bytes.fromhex(v[2:])
+    return v
+
+
+def body_epoch(body):
+    assert body[:3] == b"\xe5\x1a\x01", body[:3]  # seal.c's header: magic, version 1
+    return int.from_bytes(body[11:19], "big")
+
+
+def test_sealed_body_resealed_while_pending_and_shredded_after_purge():
+    """While a claimed device is offline its sealed body is re-sealed under newer
+    epochs, and it still gets its credentials; once the body is purged, the ratchet
+    moves past the epoch of every copy of it that ever was in the database."""
+    token = ST.register("SN-SHRED")
+    st, dev, _, _ = ST.claim(serial="SN-SHRED")
+    assert st == 201, dev
+    first = sealed_body("SN-SHRED")
+    e0 = body_epoch(first)
+    assert ratchet_base() <= e0
+    seen = {first}
+
+    def resealed_and_dropped():
+        b = sealed_body("SN-SHRED")
+        seen.add(b)
+        return body_epoch(b) > e0 and ratchet_base() > e0
+    wait_until(resealed_and_dropped, 15, "pending body re-sealed, its first epoch dropped")
+    # The first body's key is destroyed, yet the device gets its credentials.
+    st, js, _, _ = ST.poll_until("SN-SHRED", token)
+    assert st == 200 and js["device_id"] == dev["device_id"], js
+    last = sealed_body("SN-SHRED")
+    seen.add(last)
+
+    def purged():
+        b = sealed_body("SN-SHRED")
+        if b is not None:
+            seen.add(b)
+        return b is None
+    wait_until(purged, 15, "sealed body purged after the grace window")
+    newest = max(body_epoch(b) for b in seen)
+    wait_until(lambda: ratchet_base() > newest, 15, "ratchet past every epoch of the body")
+    assert ST.hub.alive()
 
 
 def test_contested_serial_code_goes_to_its_registration_only():
