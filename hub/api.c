@@ -422,6 +422,7 @@ struct route {
 #define DEV "/api/v1/devices/{id}"
 static const struct route routes[] = {
     {"POST", "/v1/provisioning/register", 1, handle_register, NULL},
+    {"POST", "/v1/provisioning/prove", 1, handle_prove, NULL},
     {"POST", "/v1/provisioning/code", 1, handle_code, NULL},
     {"POST", "/v1/provisioning/poll", 1, handle_poll, NULL},
     {"POST", "/api/v1/devices/claim", 0, handle_claim, NULL},

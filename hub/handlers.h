@@ -106,6 +106,7 @@ int api_query_check(const char *query, const char *const *allowed);
 int api_if_match(const char *v, int64_t *out);
 
 void handle_register(struct hub *h, const struct api_request *req, struct api_response *res);
+void handle_prove(struct hub *h, const struct api_request *req, struct api_response *res);
 void handle_code(struct hub *h, const struct api_request *req, struct api_response *res);
 void handle_poll(struct hub *h, const struct api_request *req, struct api_response *res);
 void handle_claim(struct hub *h, const struct api_request *req, struct api_response *res);

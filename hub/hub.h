@@ -64,6 +64,7 @@ struct hub_metrics {
     _Atomic uint64_t store_ops, store_us; /* count and total microseconds */
     _Atomic uint64_t prov_registered, prov_codes, prov_delivered, prov_claimed;
     _Atomic uint64_t prov_claim_failed, prov_slow_down;
+    _Atomic uint64_t prov_evicted; /* registrations evicted at a serial's cap */
 };
 
 static inline void hub_metric_add(_Atomic uint64_t *m, uint64_t n)

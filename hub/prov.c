@@ -1,4 +1,4 @@
-/* Provisioning API (PROTOCOL.md section 2): register, code, poll. */
+/* Provisioning API (PROTOCOL.md section 2): register, prove, code, poll. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -6,6 +6,7 @@
 #include <openssl/crypto.h>
 
 #include "handlers.h"
+#include "phy/attest.h"
 #include "phy/crypto.h"
 #include "phy/err.h"
 #include "phy/log.h"
@@ -60,6 +61,11 @@ static int common_outcome(int outcome, struct api_response *res)
     case STORE_EXPIRED_CODE:
         api_error(res, 404, "expired_code", "the code has expired or was replaced");
         return 1;
+    case STORE_PROOF_REQUIRED:
+        api_error(res, 403, "proof_required",
+                  "this serial is attested: sign the registration's challenge with the device "
+                  "key (POST /v1/provisioning/prove) first");
+        return 1;
     default:
         return 0;
     }
@@ -76,19 +82,24 @@ void handle_register(struct hub *h, const struct api_request *req, struct api_re
         api_get_string(body, "serial", 1, &serial, res) < 0 || check_serial(serial, res) < 0)
         goto out;
 
-    char token[PHY_TOKEN_LEN + 1], hash[PHY_HASH_HEX_LEN + 1];
-    if (phy_token_new(token) < 0 || phy_sha256_hex(token, PHY_TOKEN_LEN, hash) < 0) {
+    char token[PHY_TOKEN_LEN + 1], hash[PHY_HASH_HEX_LEN + 1], challenge[PHY_TOKEN_LEN + 1];
+    if (phy_token_new(token) < 0 || phy_sha256_hex(token, PHY_TOKEN_LEN, hash) < 0 ||
+        phy_token_new(challenge) < 0) {
         api_error(res, 500, "internal", "random source failed");
         goto out;
     }
     struct store_prov_params p;
+    struct store_reg_result rr;
     hub_prov_params(h, hub_now_ms(), &p);
     int outcome;
-    if (h->store_ops->reg_create(h->store, &p, serial, hash, &outcome) < 0) {
+    if (h->store_ops->reg_create(h->store, &p, serial, hash, challenge, &rr, &outcome) < 0) {
         api_store_failed(res);
         goto out;
     }
-    snprintf(res->log, sizeof(res->log), "serial=%s", serial);
+    snprintf(res->log, sizeof(res->log), "serial=%s%s%s", serial,
+             rr.attested ? " attested=1" : "", rr.evicted ? " evicted=1" : "");
+    if (rr.evicted)
+        hub_metric_add(&h->metrics.prov_evicted, 1);
     if (common_outcome(outcome, res))
         goto out;
     if (outcome == STORE_TOO_MANY) {
@@ -96,10 +107,66 @@ void handle_register(struct hub *h, const struct api_request *req, struct api_re
                   "this serial has too many live registrations; retry later");
         goto out;
     }
-    api_json(res, 201, json_pack("{s:s, s:i}", "poll_token", token, "interval", p.interval_s));
+    json_t *ans = json_pack("{s:s, s:i}", "poll_token", token, "interval", p.interval_s);
+    if (ans && rr.attested)
+        json_object_set_new(ans, "challenge", json_string(challenge));
+    api_json(res, 201, ans);
     hub_metric_add(&h->metrics.prov_registered, 1);
     OPENSSL_cleanse(token, sizeof(token));
 out:
+    json_decref(body);
+}
+
+void handle_prove(struct hub *h, const struct api_request *req, struct api_response *res)
+{
+    static const char *const fields[] = {"serial", "poll_token", "signature", NULL};
+    json_t *body;
+    const char *serial, *token, *sig;
+    char hash[PHY_HASH_HEX_LEN + 1], challenge[PHY_TOKEN_LEN + 1], msg[PHY_ATTEST_MSG_MAX];
+    unsigned char *key = NULL;
+    size_t key_len = 0;
+    int outcome, n;
+    if (api_parse_body(req, res, &body) < 0)
+        return;
+    if (api_check_fields(body, fields, res) < 0 ||
+        api_get_string(body, "serial", 1, &serial, res) < 0 ||
+        api_get_string(body, "poll_token", 1, &token, res) < 0 ||
+        api_get_string(body, "signature", 1, &sig, res) < 0 || check_serial(serial, res) < 0 ||
+        poll_token_hash(token, hash, res) < 0)
+        goto out;
+    snprintf(res->log, sizeof(res->log), "serial=%s", serial);
+    struct store_prov_params p;
+    hub_prov_params(h, hub_now_ms(), &p);
+    if (h->store_ops->reg_challenge(h->store, &p, serial, hash, challenge, &key, &key_len,
+                                    &outcome) < 0) {
+        api_store_failed(res);
+        goto out;
+    }
+    if (common_outcome(outcome, res))
+        goto out;
+    if (challenge[0] == '\0') {
+        api_error(res, 409, "nothing_to_prove",
+                  "this registration has proven possession already, or its serial is not attested");
+        goto out;
+    }
+    n = phy_attest_message(serial, challenge, token, msg, sizeof msg);
+    if (n < 0 || !phy_attest_verify(key, key_len, msg, (size_t)n, sig)) {
+        hub_metric_add(&h->metrics.auth_failures, 1);
+        snprintf(res->log, sizeof(res->log), "serial=%s outcome=bad_proof", serial);
+        api_error(res, 401, "invalid_proof",
+                  "the signature does not verify with this serial's attested key");
+        goto out;
+    }
+    if (h->store_ops->reg_prove(h->store, &p, serial, hash, challenge, &outcome) < 0) {
+        api_store_failed(res);
+        goto out;
+    }
+    if (common_outcome(outcome, res))
+        goto out;
+    api_json(res, 200, json_pack("{s:s, s:i}", "status", "proven", "interval", p.interval_s));
+out:
+    free(key);
+    OPENSSL_cleanse(msg, sizeof msg);
     json_decref(body);
 }
 

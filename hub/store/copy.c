@@ -18,13 +18,14 @@ struct table {
 };
 
 static const struct table TABLES[] = {
-    {"tenants", "id, name, region, created_ms", "itti"},
+    {"tenants", "id, name, region, created_ms, serial_claims", "ittit"},
     {"users", "id, tenant_id, name, pw_hash", "iitt"},
     {"api_tokens", "token_hash, tenant_id, user_id, created_ms", "tiii"},
     {"registrations",
      "token_hash, serial, code, code_expires_ms, interval_s, last_poll_ms, last_active_ms,"
-     " created_ms",
-     "tttiiiii"},
+     " created_ms, challenge, proven",
+     "tttiiiiiti"},
+    {"attested_serials", "serial, public_key, created_ms", "tbi"},
     {"devices",
      "device_id, tenant_id, serial, name, tags_json, secret_hash, state, created_ms, online,"
      " last_seen_ms, connected_ms, disconnected_ms, last_status_json, last_status_ms,"

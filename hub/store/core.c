@@ -738,25 +738,95 @@ static int issued_serial(struct store *s, const char *serial)
     return q_int(s, NULL, "SELECT 1 FROM issuances WHERE serial = ?", "t", serial);
 }
 
+/* 1 when serial is attested (has a public key), 0 when not, negative on failure. */
+static int serial_attested(struct store *s, const char *serial)
+{
+    return q_int(s, NULL, "SELECT 1 FROM attested_serials WHERE serial = ?", "t", serial);
+}
+
+/* The tenant's policy for claims by serial: 1 found (*policy set), 0 no such tenant. */
+static int tenant_policy(struct store *s, int64_t tenant_id, int *policy)
+{
+    int64_t any = 0;
+    int rc = q_int(s, &any,
+                   "SELECT CASE WHEN serial_claims = 'any' THEN 1 ELSE 0 END FROM tenants"
+                   " WHERE id = ?",
+                   "i", tenant_id);
+    if (rc == 1)
+        *policy = any ? SERIAL_CLAIMS_ANY : SERIAL_CLAIMS_ATTESTED;
+    return rc;
+}
+
 static int issued_code(struct store *s, const char *code)
 {
     return q_int(s, NULL, "SELECT 1 FROM issuances WHERE code = ?", "t", code);
 }
 
+struct reg_row {
+    char serial[PHY_SERIAL_MAX + 1];
+    char code[PHY_CODE_LEN + 1]; /* "" when none */
+    int64_t code_expires_ms;
+    int64_t interval_s;
+    int has_polled;
+    int64_t last_poll_ms;
+    int pending_proof; /* an attested serial's registration that has not proven yet */
+};
+
+/* Loads the live registration of token_hash: 1 found, 0 none, negative on failure. */
+static int reg_load(struct store *s, const struct store_prov_params *p, const char *token_hash,
+                    struct reg_row *g)
+{
+    struct db_stmt *st;
+    int rc = q_prep(s, &st,
+                    "SELECT serial, code, code_expires_ms, interval_s, last_poll_ms,"
+                    " challenge IS NOT NULL"
+                    " FROM registrations WHERE token_hash = ? AND last_active_ms > ?",
+                    "ti", token_hash, rule_live_after(p));
+    if (rc)
+        return rc;
+    rc = db_step(st);
+    if (rc == DB_ROW) {
+        rc = col_copy(st, 0, g->serial, sizeof g->serial);
+        if (rc == 0)
+            rc = col_copy(st, 1, g->code, sizeof g->code);
+        g->code_expires_ms = db_int(st, 2);
+        g->interval_s = db_int(st, 3);
+        g->has_polled = !db_null(st, 4);
+        g->last_poll_ms = db_int(st, 4);
+        g->pending_proof = db_int(st, 5) != 0;
+        if (rc == 0)
+            rc = 1;
+    } else {
+        rc = rc == DB_DONE ? 0 : rc < 0 ? rc : PHY_EIO;
+    }
+    db_finish(st);
+    st = NULL;
+    return rc;
+}
+
 static int sq_reg_create(struct store *s, const struct store_prov_params *p, const char *serial,
-                         const char *token_hash, int *outcome)
+                         const char *token_hash, const char *challenge,
+                         struct store_reg_result *res, int *outcome)
 {
     int64_t live = 0;
-    int rc;
-    if (!s || !outcome || !store_params_ok(p) || !store_serial_ok(serial) || !store_hash_ok(token_hash))
+    int rc, attested, evicted;
+    if (res)
+        memset(res, 0, sizeof *res);
+    if (!s || !outcome || !res || !store_params_ok(p) || !store_serial_ok(serial) ||
+        !store_hash_ok(token_hash) || !challenge || !store_csrf_ok(challenge)) /* 43 b64url */
         return PHY_EINVAL;
     TX_BEGIN(s, 1)
+    attested = evicted = 0;
     rc = issued_serial(s, serial);
     if (rc < 0)
         goto out;
     if (rc == 1) {
         *outcome = STORE_PROVISIONED;
         rc = 0;
+        goto out;
+    }
+    if ((attested = serial_attested(s, serial)) < 0) {
+        rc = attested;
         goto out;
     }
     rc = q_int(s, &live,
@@ -766,16 +836,168 @@ static int sq_reg_create(struct store *s, const struct store_prov_params *p, con
         goto out;
     rc = 0;
     if (live >= p->max_regs_per_serial) {
-        *outcome = STORE_TOO_MANY;
-        goto out;
+        /* No lock-out by count: make room by dropping the least recently active
+         * registration that has no live code (an unproven one first). The serial has
+         * no issuance (checked above), so none of them is bound to one. */
+        rc = q_exec(s, &evicted,
+                    "DELETE FROM registrations WHERE token_hash = (SELECT token_hash FROM"
+                    " registrations WHERE serial = ?1 AND last_active_ms > ?2 AND"
+                    " (code IS NULL OR code_expires_ms <= ?3)"
+                    " ORDER BY proven, last_active_ms, token_hash LIMIT 1)",
+                    "tii", serial, rule_live_after(p), p->now_ms);
+        if (rc)
+            goto out;
+        if (evicted == 0) {
+            *outcome = STORE_TOO_MANY;
+            goto out;
+        }
     }
     rc = q_exec(s, NULL,
                 "INSERT INTO registrations(token_hash, serial, interval_s, last_active_ms, "
-                "created_ms) VALUES (?, ?, ?, ?, ?)",
-                "ttiii", token_hash, serial, (int64_t)p->interval_s, p->now_ms, p->now_ms);
+                "created_ms, challenge) VALUES (?, ?, ?, ?, ?, ?)",
+                "ttiiit", token_hash, serial, (int64_t)p->interval_s, p->now_ms, p->now_ms,
+                attested ? challenge : NULL);
     if (rc == 0)
         *outcome = STORE_OK;
 out:
+    rc = tx_end(s, rc);
+    TX_RETRY(rc);
+    if (rc == 0) {
+        res->attested = attested;
+        res->evicted = evicted > 0;
+    }
+    return rc;
+}
+
+static int sq_reg_challenge(struct store *s, const struct store_prov_params *p, const char *serial,
+                            const char *token_hash, char challenge[PHY_TOKEN_LEN + 1],
+                            unsigned char **key, size_t *key_len, int *outcome)
+{
+    struct db_stmt *st = NULL;
+    int rc;
+    if (key)
+        *key = NULL;
+    if (!s || !outcome || !challenge || !key || !key_len || !store_params_ok(p) ||
+        !store_serial_ok(serial) || !store_hash_ok(token_hash))
+        return PHY_EINVAL;
+    challenge[0] = '\0';
+    TX_BEGIN(s, 0)
+    rc = q_prep(s, &st,
+                "SELECT r.challenge, a.public_key FROM registrations r"
+                " LEFT JOIN attested_serials a ON a.serial = r.serial"
+                " WHERE r.token_hash = ? AND r.serial = ? AND r.last_active_ms > ?",
+                "tti", token_hash, serial, rule_live_after(p));
+    if (rc)
+        goto out;
+    rc = db_step(st);
+    if (rc == DB_DONE) {
+        *outcome = STORE_BAD_TOKEN;
+        rc = 0;
+        goto out;
+    }
+    if (rc != DB_ROW) {
+        rc = rc < 0 ? rc : PHY_EIO;
+        goto out;
+    }
+    *outcome = STORE_OK;
+    rc = 0;
+    size_t len = 0;
+    const void *blob = cur.e->col_blob(st, 1, &len);
+    if (db_null(st, 0) || !blob || len == 0)
+        goto out; /* nothing to prove */
+    if ((rc = col_copy(st, 0, challenge, PHY_TOKEN_LEN + 1)))
+        goto out;
+    if (!(*key = malloc(len))) {
+        rc = PHY_ENOMEM;
+        goto out;
+    }
+    memcpy(*key, blob, len);
+    *key_len = len;
+out:
+    db_finish(st);
+    st = NULL;
+    rc = tx_end(s, rc);
+    if (rc) {
+        free(*key);
+        *key = NULL;
+        challenge[0] = '\0';
+    }
+    TX_RETRY(rc);
+    return rc;
+}
+
+static int sq_reg_prove(struct store *s, const struct store_prov_params *p, const char *serial,
+                        const char *token_hash, const char *challenge, int *outcome)
+{
+    int rc, changes = 0;
+    if (!s || !outcome || !store_params_ok(p) || !store_serial_ok(serial) ||
+        !store_hash_ok(token_hash) || !challenge || !store_csrf_ok(challenge))
+        return PHY_EINVAL;
+    TX_BEGIN(s, 1)
+    rc = q_exec(s, &changes,
+                "UPDATE registrations SET challenge = NULL, proven = 1, last_active_ms = ?4"
+                " WHERE token_hash = ?1 AND serial = ?2 AND challenge = ?3 AND last_active_ms > ?5",
+                "tttii", token_hash, serial, challenge, p->now_ms, rule_live_after(p));
+    rc = tx_end(s, rc);
+    TX_RETRY(rc);
+    if (rc == 0)
+        *outcome = changes ? STORE_OK : STORE_BAD_TOKEN;
+    return rc;
+}
+
+#define SERIAL_KEY_MAX 512 /* a DER SubjectPublicKeyInfo of Ed25519 is 44 bytes, P-256 91 */
+
+static int sq_serials_import(struct store *s, const struct store_serial_key *v, size_t n,
+                             int64_t now_ms)
+{
+    int rc;
+    if (!s || (n && !v))
+        return PHY_EINVAL;
+    for (size_t i = 0; i < n; i++)
+        if (!store_serial_ok(v[i].serial) || !v[i].public_key || v[i].public_key_len == 0 ||
+            v[i].public_key_len > SERIAL_KEY_MAX)
+            return PHY_EINVAL;
+    TX_BEGIN(s, 1)
+    rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++)
+        rc = q_exec(s, NULL,
+                    "INSERT INTO attested_serials(serial, public_key, created_ms) VALUES (?1, ?2, ?3)"
+                    " ON CONFLICT(serial) DO UPDATE SET public_key = ?2, created_ms = ?3",
+                    "tbi", v[i].serial, (const void *)v[i].public_key, v[i].public_key_len,
+                    now_ms);
+    rc = tx_end(s, rc);
+    TX_RETRY(rc);
+    return rc;
+}
+
+static int sq_tenant_serial_claims_set(struct store *s, const char *tenant, int policy,
+                                       int *outcome)
+{
+    int rc, changes = 0;
+    if (!s || !outcome || !store_str_ok(tenant, STORE_NAME_MAX) ||
+        (policy != SERIAL_CLAIMS_ATTESTED && policy != SERIAL_CLAIMS_ANY))
+        return PHY_EINVAL;
+    TX_BEGIN(s, 1)
+    rc = q_exec(s, &changes, "UPDATE tenants SET serial_claims = ? WHERE name = ?", "tt",
+                policy == SERIAL_CLAIMS_ANY ? "any" : "attested", tenant);
+    rc = tx_end(s, rc);
+    TX_RETRY(rc);
+    if (rc == 0)
+        *outcome = changes ? STORE_OK : STORE_NOT_FOUND;
+    return rc;
+}
+
+static int sq_tenant_serial_claims(struct store *s, int64_t tenant_id, int *policy, int *outcome)
+{
+    int rc;
+    if (!s || !policy || !outcome)
+        return PHY_EINVAL;
+    TX_BEGIN(s, 0)
+    rc = tenant_policy(s, tenant_id, policy);
+    if (rc >= 0) {
+        *outcome = rc == 1 ? STORE_OK : STORE_NOT_FOUND;
+        rc = 0;
+    }
     rc = tx_end(s, rc);
     TX_RETRY(rc);
     return rc;
@@ -801,17 +1023,21 @@ static int sq_reg_set_code(struct store *s, const struct store_prov_params *p, c
         rc = 0;
         goto out;
     }
-    int64_t expires = 0;
-    rc = q_int(s, &expires,
-               "SELECT coalesce(code_expires_ms, 0) FROM registrations WHERE token_hash = ? AND "
-               "serial = ? AND last_active_ms > ?",
-               "tti", token_hash, serial, rule_live_after(p));
+    struct reg_row g = {0};
+    rc = reg_load(s, p, token_hash, &g);
     if (rc < 0)
         goto out;
-    if (rc == 0) {
+    if (rc == 0 || strcmp(g.serial, serial) != 0) {
         *outcome = STORE_BAD_TOKEN;
+        rc = 0;
         goto out;
     }
+    if (g.pending_proof) {
+        *outcome = STORE_PROOF_REQUIRED;
+        rc = 0;
+        goto out;
+    }
+    int64_t expires = g.code_expires_ms;
     if (rule_code_too_soon(expires, p)) {
         *outcome = STORE_SLOW_DOWN;
         rc = 0;
@@ -942,45 +1168,6 @@ out:
     return rc;
 }
 
-struct reg_row {
-    char serial[PHY_SERIAL_MAX + 1];
-    char code[PHY_CODE_LEN + 1]; /* "" when none */
-    int64_t code_expires_ms;
-    int64_t interval_s;
-    int has_polled;
-    int64_t last_poll_ms;
-};
-
-/* Loads the live registration of token_hash: 1 found, 0 none, negative on failure. */
-static int reg_load(struct store *s, const struct store_prov_params *p, const char *token_hash,
-                    struct reg_row *g)
-{
-    struct db_stmt *st;
-    int rc = q_prep(s, &st,
-                    "SELECT serial, code, code_expires_ms, interval_s, last_poll_ms"
-                    " FROM registrations WHERE token_hash = ? AND last_active_ms > ?",
-                    "ti", token_hash, rule_live_after(p));
-    if (rc)
-        return rc;
-    rc = db_step(st);
-    if (rc == DB_ROW) {
-        rc = col_copy(st, 0, g->serial, sizeof g->serial);
-        if (rc == 0)
-            rc = col_copy(st, 1, g->code, sizeof g->code);
-        g->code_expires_ms = db_int(st, 2);
-        g->interval_s = db_int(st, 3);
-        g->has_polled = !db_null(st, 4);
-        g->last_poll_ms = db_int(st, 4);
-        if (rc == 0)
-            rc = 1;
-    } else {
-        rc = rc == DB_DONE ? 0 : rc < 0 ? rc : PHY_EIO;
-    }
-    db_finish(st);
-    st = NULL;
-    return rc;
-}
-
 static int sq_poll(struct store *s, const struct store_prov_params *p, const char *serial,
                    const char *code, const char *token_hash, struct store_poll_result *r,
                    int *outcome)
@@ -1009,6 +1196,11 @@ static int sq_poll(struct store *s, const struct store_prov_params *p, const cha
         goto out;
     if (rc == 0 || (serial && strcmp(g.serial, serial) != 0)) {
         *outcome = STORE_BAD_TOKEN;
+        goto out;
+    }
+    if (g.pending_proof) {
+        *outcome = STORE_PROOF_REQUIRED;
+        rc = 0;
         goto out;
     }
     if (code) {
@@ -1092,10 +1284,10 @@ static int claim_by_code(struct store *s, const struct store_prov_params *p, con
 
 /* Resolves a claim by serial. 1 resolved, 0 refused (outcome set), negative on failure. */
 static int claim_by_serial(struct store *s, const struct store_prov_params *p, const char *serial,
-                           struct claim_target *t, int *outcome)
+                           int serial_claims, struct claim_target *t, int *outcome)
 {
     struct db_stmt *st;
-    int rows = 0, rc;
+    int rows = 0, rc, attested;
     rc = issued_serial(s, serial);
     if (rc < 0)
         return rc;
@@ -1103,10 +1295,17 @@ static int claim_by_serial(struct store *s, const struct store_prov_params *p, c
         *outcome = STORE_ALREADY_CLAIMED;
         return 0;
     }
+    if ((attested = serial_attested(s, serial)) < 0)
+        return attested;
+    if (rule_claim_by_serial(attested, serial_claims, 1) == STORE_CODE_REQUIRED) {
+        *outcome = STORE_CODE_REQUIRED;
+        return 0;
+    }
+    /* Of an attested serial, only registrations that proved possession count. */
     rc = q_prep(s, &st,
                 "SELECT token_hash, code FROM registrations"
-                " WHERE serial = ? AND last_active_ms > ? LIMIT 2",
-                "ti", serial, rule_live_after(p));
+                " WHERE serial = ? AND last_active_ms > ? AND proven >= ? LIMIT 2",
+                "tii", serial, rule_live_after(p), (int64_t)attested);
     if (rc)
         return rc;
     while ((rc = db_step(st)) == DB_ROW) {
@@ -1120,7 +1319,7 @@ static int claim_by_serial(struct store *s, const struct store_prov_params *p, c
     st = NULL;
     if (rc != DB_DONE)
         return rc < 0 ? rc : PHY_EIO;
-    if ((*outcome = rule_claim_by_serial(rows)) != STORE_OK)
+    if ((*outcome = rule_claim_by_serial(attested, serial_claims, rows)) != STORE_OK)
         return 0;
     memcpy(t->serial, serial, strlen(serial) + 1);
     return 1;
@@ -1168,6 +1367,7 @@ struct issue_req {
     const char *serial, *code; /* exactly one non-NULL; code normalized */
     const char *device_id;
     const char *region;
+    int serial_claims; /* the tenant's policy (enum store_serial_claims) */
     unsigned char *(*seal)(void *ctx, const char *serial, size_t *out_len);
     void *seal_ctx;
 };
@@ -1185,7 +1385,7 @@ static int issue(struct store *s, const struct store_prov_params *p, const struc
 
     memset(t, 0, sizeof *t);
     rc = q->code ? claim_by_code(s, p, q->code, t, outcome)
-                 : claim_by_serial(s, p, q->serial, t, outcome);
+                 : claim_by_serial(s, p, q->serial, q->serial_claims, t, outcome);
     if (rc <= 0)
         return rc;
     sealed = q->seal(q->seal_ctx, t->serial, &sealed_len);
@@ -1225,6 +1425,7 @@ static int sq_claim(struct store *s, const struct store_prov_params *p, const st
         .serial = c->serial,
         .code = c->code ? ncode : NULL,
         .device_id = c->device_id,
+        .serial_claims = c->serial_claims,
         .seal = c->seal,
         .seal_ctx = c->seal_ctx,
     };
@@ -1282,6 +1483,7 @@ static int sq_issue_remote(struct store *s, const struct store_prov_params *p,
         .code = ri->code ? ncode : NULL,
         .device_id = ri->device_id,
         .region = ri->region,
+        .serial_claims = ri->serial_claims,
         .seal = ri->seal,
         .seal_ctx = ri->seal_ctx,
     };
@@ -3052,6 +3254,11 @@ const struct phy_store_ops store_ops = {
     .audit_add = sq_audit_add,
     .audit_list = sq_audit_list,
     .reg_create = sq_reg_create,
+    .reg_challenge = sq_reg_challenge,
+    .reg_prove = sq_reg_prove,
+    .serials_import = sq_serials_import,
+    .tenant_serial_claims_set = sq_tenant_serial_claims_set,
+    .tenant_serial_claims = sq_tenant_serial_claims,
     .reg_set_code = sq_reg_set_code,
     .poll = sq_poll,
     .claim = sq_claim,

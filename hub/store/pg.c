@@ -196,8 +196,21 @@ static const char PG_SCHEMA_SQL[] =
     " RETURN j ->> k; END IF; RETURN NULL;"
     " EXCEPTION WHEN others THEN RETURN NULL; END $f$;";
 
-/* MIGRATE_SQL[v] takes version v to v + 1 (the PostgreSQL engine starts at 4). */
-static const char *const PG_MIGRATE_SQL[STORE_SCHEMA_VERSION] = {NULL, NULL, NULL, NULL};
+/* Version 4 -> 5: attested serials (sqlite.c's ATTEST_SQL). */
+static const char PG_MIGRATE_4_5_SQL[] =
+    "ALTER TABLE tenants ADD COLUMN serial_claims TEXT NOT NULL DEFAULT 'attested';"
+    "ALTER TABLE registrations ADD COLUMN challenge TEXT;"
+    "ALTER TABLE registrations ADD COLUMN proven BIGINT NOT NULL DEFAULT 0;"
+    "CREATE TABLE attested_serials("
+    "  serial TEXT PRIMARY KEY,"
+    "  public_key BYTEA NOT NULL,"
+    "  created_ms BIGINT NOT NULL);";
+
+/* MIGRATE_SQL[v] takes version v to v + 1 (the PostgreSQL engine starts at 4: a fresh
+ * store gets PG_SCHEMA_SQL, then the migrations from 4). */
+#define PG_FIRST_VERSION 4
+static const char *const PG_MIGRATE_SQL[STORE_SCHEMA_VERSION] = {NULL, NULL, NULL, NULL,
+                                                                 PG_MIGRATE_4_5_SQL};
 
 /* libpq's message without its trailing newline, for err (names no password). */
 static void conn_err(char *err, size_t errcap, const char *what, PGconn *c)
@@ -700,15 +713,16 @@ static int schema_init(struct pg_conn *pc, char *err, size_t errcap)
         exec_simple(pc, "ROLLBACK");
         return PHY_EUNSUPP;
     }
+    long long from = version;
     if (version == 0) {
         if ((rc = exec_simple(pc, "CREATE TABLE phy_schema(version BIGINT NOT NULL)")) ||
             (rc = exec_simple(pc, PG_SCHEMA_SQL)))
             goto fail_sql;
-    } else {
-        for (long long v = version; v < STORE_SCHEMA_VERSION; v++)
-            if (PG_MIGRATE_SQL[v] && (rc = exec_simple(pc, PG_MIGRATE_SQL[v])))
-                goto fail_sql;
+        from = PG_FIRST_VERSION;
     }
+    for (long long v = from; v < STORE_SCHEMA_VERSION; v++)
+        if (PG_MIGRATE_SQL[v] && (rc = exec_simple(pc, PG_MIGRATE_SQL[v])))
+            goto fail_sql;
     if (version < STORE_SCHEMA_VERSION) {
         snprintf(sql, sizeof sql, "DELETE FROM phy_schema; INSERT INTO phy_schema VALUES (%d)",
                  STORE_SCHEMA_VERSION);

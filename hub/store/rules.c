@@ -218,8 +218,10 @@ int rule_code_too_soon(int64_t expires_ms, const struct store_prov_params *p)
     return expires_ms > 0 && expires_ms - p->code_ttl_ms > p->now_ms - STORE_CODE_MIN_GAP_MS;
 }
 
-int rule_claim_by_serial(int live_registrations)
+int rule_claim_by_serial(int attested, int serial_claims, int live_registrations)
 {
+    if (!attested && serial_claims != SERIAL_CLAIMS_ANY)
+        return STORE_CODE_REQUIRED;
     if (live_registrations == 1)
         return STORE_OK;
     return live_registrations == 0 ? STORE_UNKNOWN_SERIAL : STORE_SERIAL_IN_USE;

@@ -100,9 +100,12 @@ int rule_poll(const struct rule_registration *g, const char *code,
  * 1 when it comes within STORE_CODE_MIN_GAP_MS of the last one. */
 int rule_code_too_soon(int64_t expires_ms, const struct store_prov_params *p);
 
-/* A claim by serial with that many live registrations (counted up to 2):
+/* A claim by serial of a serial that is attested or not, for a tenant whose policy
+ * is serial_claims (enum store_serial_claims), with that many live registrations
+ * (counted up to 2; of an attested serial only the proven ones count):
+ * STORE_CODE_REQUIRED (unattested, and the tenant allows attested serials only),
  * STORE_OK (exactly one), STORE_UNKNOWN_SERIAL or STORE_SERIAL_IN_USE. */
-int rule_claim_by_serial(int live_registrations);
+int rule_claim_by_serial(int attested, int serial_claims, int live_registrations);
 
 /* ---- throttles, console sessions ---- */
 

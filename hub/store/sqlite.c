@@ -67,6 +67,18 @@
     "  status_json TEXT NOT NULL);"                                                                \
     "CREATE INDEX IF NOT EXISTS status_history_device ON status_history(device_id, at_ms);"
 
+/* Version 4 -> 5: attested serials (proof of possession), a registration's pending
+ * challenge and proof, and each tenant's policy for claims by serial ('attested':
+ * only attested serials may be claimed by serial; 'any'). Also the tail of SCHEMA_SQL. */
+#define ATTEST_SQL                                                                                 \
+    "ALTER TABLE tenants ADD COLUMN serial_claims TEXT NOT NULL DEFAULT 'attested';"               \
+    "ALTER TABLE registrations ADD COLUMN challenge TEXT;"                                         \
+    "ALTER TABLE registrations ADD COLUMN proven INTEGER NOT NULL DEFAULT 0;"                      \
+    "CREATE TABLE attested_serials("                                                               \
+    "  serial TEXT PRIMARY KEY,"                                                                   \
+    "  public_key BLOB NOT NULL,"                                                                  \
+    "  created_ms INTEGER NOT NULL);"
+
 /* A fresh store is created at SCHEMA_VERSION directly; older ones are migrated
  * step by step (MIGRATE_SQL[v] takes version v to v + 1). */
 static const char SCHEMA_SQL[] =
@@ -150,7 +162,7 @@ static const char SCHEMA_SQL[] =
     "  at_ms INTEGER NOT NULL);"
     "CREATE INDEX IF NOT EXISTS claim_failures_tenant ON claim_failures(tenant_id, at_ms);"
     "CREATE INDEX IF NOT EXISTS claim_failures_user"
-    " ON claim_failures(tenant_id, user_id, at_ms);" CONSOLE_SQL;
+    " ON claim_failures(tenant_id, user_id, at_ms);" CONSOLE_SQL ATTEST_SQL;
 
 /* Version 1 -> 2: presence, last status and twins. The result matches SCHEMA_SQL. */
 static const char MIGRATE_1_2_SQL[] =
@@ -189,6 +201,7 @@ static const char *const MIGRATE_SQL[STORE_SCHEMA_VERSION] = {
     MIGRATE_1_2_SQL,
     MIGRATE_2_3_SQL,
     MIGRATE_3_4_SQL,
+    ATTEST_SQL,
 };
 
 

@@ -33,6 +33,28 @@ enum store_outcome {
     STORE_REVOKED,         /* device_auth: the device was revoked */
     STORE_PRECONDITION,    /* desired_patch: If-Match version differs (412) */
     STORE_TOO_BIG,         /* twin patch result over the size or depth limit */
+    STORE_CODE_REQUIRED,   /* claim by serial of an unattested serial: 409 code_required */
+    STORE_PROOF_REQUIRED,  /* an attested serial's registration not proven yet: 403 */
+};
+
+/* Claims by serial a tenant allows (tenants.serial_claims). */
+enum store_serial_claims {
+    SERIAL_CLAIMS_ATTESTED = 0, /* only attested serials (the default) */
+    SERIAL_CLAIMS_ANY = 1,      /* any serial with one live registration */
+};
+
+/* An attested serial: its device's public key (DER SubjectPublicKeyInfo). */
+struct store_serial_key {
+    const char *serial;
+    const unsigned char *public_key;
+    size_t public_key_len;
+};
+
+/* What reg_create did besides its outcome. */
+struct store_reg_result {
+    int attested; /* the serial is attested: the registration must prove possession */
+    int evicted;  /* the serial was at its registration cap: the least recently active
+                   * registration without a live code was deleted to make room */
 };
 
 /* Time is milliseconds since the Unix epoch, supplied by the caller (testable). */
@@ -70,6 +92,7 @@ struct store_claim {
     const char *secret_hash; /* hex SHA-256 of the device secret */
     const char *name;        /* may be NULL */
     const char *tags_json;   /* JSON object text, "{}" when none */
+    int serial_claims;       /* the tenant's policy (enum store_serial_claims; by serial) */
     /* Sealing needs the serial resolved from a code before the body exists, so the
      * store calls seal(ctx, serial, out_len) inside the transaction; it returns a
      * malloc'd sealed body (or NULL on failure, which aborts the claim). */
@@ -158,6 +181,7 @@ struct store_remote_issue {
     const char *code;   /* normalized */
     const char *device_id;
     const char *region; /* the calling region (from its key, never from the body) */
+    int serial_claims;  /* the tenant's policy (enum store_serial_claims), from its region */
     /* as in struct store_claim: called inside the transaction with the resolved serial */
     unsigned char *(*seal)(void *ctx, const char *serial, size_t *out_len);
     void *seal_ctx;
@@ -257,11 +281,33 @@ struct phy_store_ops {
                       struct store_audit **out, size_t *n);
 
     /* --- provisioning (eu) --- */
-    /* register: PROVISIONED when the serial has an issuance; TOO_MANY when it has
-     * max_regs_per_serial live registrations; else stores (token_hash, serial). */
+    /* register: PROVISIONED when the serial has an issuance. At max_regs_per_serial
+     * live registrations the least recently active one without a live code is
+     * evicted (unproven ones first; res->evicted); TOO_MANY when every one has a live
+     * code. Else stores (token_hash, serial); for an attested serial with challenge
+     * (43 base64url chars, from the caller) as the proof it must give (res->attested). */
     int (*reg_create)(struct store *s, const struct store_prov_params *p, const char *serial,
-                      const char *token_hash, int *outcome);
+                      const char *token_hash, const char *challenge, struct store_reg_result *res,
+                      int *outcome);
+    /* The pending proof of the live registration (token_hash, serial): OK with its
+     * challenge and the serial's public key (*key malloc'd), or OK with challenge ""
+     * when there is nothing to prove (proven, or not attested); BAD_TOKEN. */
+    int (*reg_challenge)(struct store *s, const struct store_prov_params *p, const char *serial,
+                         const char *token_hash, char challenge[PHY_TOKEN_LEN + 1],
+                         unsigned char **key, size_t *key_len, int *outcome);
+    /* The caller verified a signature over challenge: the registration is proven
+     * (OK), unless its challenge changed or it lapsed meanwhile (BAD_TOKEN). */
+    int (*reg_prove)(struct store *s, const struct store_prov_params *p, const char *serial,
+                     const char *token_hash, const char *challenge, int *outcome);
+    /* Imports (or replaces the keys of) attested serials, all or none. */
+    int (*serials_import)(struct store *s, const struct store_serial_key *v, size_t n,
+                          int64_t now_ms);
+    /* A tenant's policy for claims by serial (enum store_serial_claims): set by name
+     * (OK, NOT_FOUND) and read by ID (NOT_FOUND). */
+    int (*tenant_serial_claims_set)(struct store *s, const char *tenant, int policy, int *outcome);
+    int (*tenant_serial_claims)(struct store *s, int64_t tenant_id, int *policy, int *outcome);
     /* code: BAD_TOKEN unless a live registration (token_hash, serial) exists;
+     * PROOF_REQUIRED while it has not proven possession of an attested serial;
      * PROVISIONED when the serial has an issuance; CODE_TAKEN when code is a live
      * code of another registration or an issued code; SLOW_DOWN when its code was
      * set less than a second ago; else replaces the
@@ -273,7 +319,8 @@ struct phy_store_ops {
      *    time and moving the device to "provisioned") when never delivered or
      *    delivered less than grace_ms ago and not purged; else PROVISIONED.
      * 2. an issuance for that serial/code bound to another token: PROVISIONED.
-     * 3. no live registration for token_hash, or its serial differs: BAD_TOKEN.
+     * 3. no live registration for token_hash, or its serial differs: BAD_TOKEN;
+     *    not proven yet (attested serial): PROOF_REQUIRED.
      * 4. code given and not the registration's unexpired code: EXPIRED_CODE.
      * 5. polled less than 0.8 * its interval ago: SLOW_DOWN (its interval grows by
      *    the base interval up to max_interval_s).
@@ -283,7 +330,9 @@ struct phy_store_ops {
                 int *outcome);
     /* claim by serial or code, atomically: EXPIRED_CODE / UNKNOWN_SERIAL /
      * SERIAL_IN_USE (two or more live registrations) / ALREADY_CLAIMED (issuance
-     * exists for the serial or code); else creates the device row (state
+     * exists for the serial or code) / CODE_REQUIRED (by serial: not attested, and
+     * the tenant allows only attested serials; an attested serial binds only to a
+     * proven registration); else creates the device row (state
      * pending_delivery) and the issuance bound to the chosen registration, spends
      * the serial (all its registrations' codes are cleared). *device gets the row. */
     int (*claim)(struct store *s, const struct store_prov_params *p, const struct store_claim *c,

@@ -160,9 +160,18 @@ static void test_code_gap_and_claims(void **state)
     /* A code set 999 ms ago expires at now - 999 + ttl. */
     assert_true(rule_code_too_soon(p.now_ms - 999 + p.code_ttl_ms, &p));
     assert_false(rule_code_too_soon(p.now_ms - 1000 + p.code_ttl_ms, &p));
-    assert_int_equal(rule_claim_by_serial(0), STORE_UNKNOWN_SERIAL);
-    assert_int_equal(rule_claim_by_serial(1), STORE_OK);
-    assert_int_equal(rule_claim_by_serial(2), STORE_SERIAL_IN_USE);
+    for (int attested = 0; attested < 2; attested++) {
+        /* an attested serial (its proven registrations counted), or any with "any" */
+        int policy = attested ? SERIAL_CLAIMS_ATTESTED : SERIAL_CLAIMS_ANY;
+        assert_int_equal(rule_claim_by_serial(attested, policy, 0), STORE_UNKNOWN_SERIAL);
+        assert_int_equal(rule_claim_by_serial(attested, policy, 1), STORE_OK);
+        assert_int_equal(rule_claim_by_serial(attested, policy, 2), STORE_SERIAL_IN_USE);
+        assert_int_equal(rule_claim_by_serial(1, !policy, 1), STORE_OK);
+    }
+    /* an unattested serial, tenant on the default policy: whatever registered */
+    for (int live = 0; live < 3; live++)
+        assert_int_equal(rule_claim_by_serial(0, SERIAL_CLAIMS_ATTESTED, live),
+                         STORE_CODE_REQUIRED);
     assert_int_equal(rule_live_after(&p), p.now_ms - p.registration_idle_ms);
 }
 

@@ -34,6 +34,7 @@ static int claim_full(struct fx *f, int64_t tenant, const char *serial, const ch
                       struct store_device *dev)
 {
     struct store_claim c = {
+        .serial_claims = SERIAL_CLAIMS_ANY, /* the tests below predate attestation */
         .tenant_id = tenant,
         .user_id = 1,
         .serial = serial,
@@ -265,28 +266,51 @@ static void test_contested_serial(void **state)
     assert_int_equal(poll_s(f, "SN7", NULL, 1, NULL), STORE_PROVISIONED);
 }
 
+/* At a serial's cap of live registrations a newcomer evicts the least recently
+ * active one without a live code (no lock-out by count); only when every one holds
+ * a live code is it refused. Lapsed registrations don't count. */
 static void test_registration_limit(void **state)
 {
     struct fx *f = *state;
-    for (unsigned i = 1; i <= 4; i++)
-        assert_int_equal(reg(f, "SN8", i), STORE_OK);
-    assert_int_equal(reg(f, "SN8", 5), STORE_TOO_MANY);
+    struct store_reg_result rr;
+    for (unsigned i = 1; i <= 4; i++) {
+        assert_int_equal(reg_r(f, "SN8", i, &rr), STORE_OK);
+        assert_int_equal(rr.evicted, 0);
+        assert_int_equal(rr.attested, 0);
+        f->p.now_ms += 1000;
+    }
+    /* token 1 is the least recently active: evicted */
+    assert_int_equal(reg_r(f, "SN8", 5, &rr), STORE_OK);
+    assert_int_equal(rr.evicted, 1);
+    assert_int_equal(poll_s(f, "SN8", NULL, 1, NULL), STORE_BAD_TOKEN);
     assert_int_equal(reg(f, "SN8-b", 6), STORE_OK); /* per serial */
+    /* tokens 2..5 hold live codes: nothing to evict */
+    f->p.now_ms += 1000;
+    assert_int_equal(set_code(f, "SN8", 2, "EEEEEE"), STORE_OK);
+    assert_int_equal(set_code(f, "SN8", 3, "FFFFFF"), STORE_OK);
+    assert_int_equal(set_code(f, "SN8", 4, "GGGGGG"), STORE_OK);
+    assert_int_equal(set_code(f, "SN8", 5, "HHHHHH"), STORE_OK);
+    assert_int_equal(reg_r(f, "SN8", 7, &rr), STORE_TOO_MANY);
+    assert_int_equal(rr.evicted, 0);
+    /* once token 3's code expired it is the one to go, although 2 is older */
+    assert_int_equal(set_code(f, "SN8", 2, "JJJJJJ"), STORE_SLOW_DOWN);
+    f->p.now_ms += 1000;
+    assert_int_equal(set_code(f, "SN8", 2, "JJJJJJ"), STORE_OK);
+    f->p.now_ms += TTL_MS - 1000;
+    assert_int_equal(set_code(f, "SN8", 4, "KKKKKK"), STORE_OK);
+    assert_int_equal(set_code(f, "SN8", 5, "MMMMMM"), STORE_OK);
+    assert_int_equal(reg_r(f, "SN8", 7, &rr), STORE_OK);
+    assert_int_equal(rr.evicted, 1);
+    assert_int_equal(poll_s(f, "SN8", NULL, 3, NULL), STORE_BAD_TOKEN);
+    assert_int_equal(poll_s(f, "SN8", NULL, 2, NULL), STORE_PENDING);
 
-    /* Token 1 stays active by polling; the others lapse. */
-    f->p.now_ms += REG_IDLE_MS / 2;
-    assert_int_equal(poll_s(f, "SN8", NULL, 1, NULL), STORE_PENDING);
-    f->p.now_ms = T0 + REG_IDLE_MS - 1;
-    assert_int_equal(reg(f, "SN8", 5), STORE_TOO_MANY);
-    f->p.now_ms = T0 + REG_IDLE_MS;
+    /* Lapsed registrations neither count nor survive the sweep. */
+    f->p.now_ms += REG_IDLE_MS;
     assert_int_equal(poll_s(f, "SN8", NULL, 2, NULL), STORE_BAD_TOKEN);
-    assert_int_equal(set_code(f, "SN8", 3, "EEEEEE"), STORE_BAD_TOKEN);
-    for (unsigned i = 15; i <= 17; i++)
-        assert_int_equal(reg(f, "SN8", i), STORE_OK);
-    assert_int_equal(reg(f, "SN8", 18), STORE_TOO_MANY);
-    assert_int_equal(poll_s(f, "SN8", NULL, 1, NULL), STORE_PENDING);
-
-    /* The sweep deletes the lapsed registrations only. */
+    for (unsigned i = 15; i <= 18; i++) {
+        assert_int_equal(reg_r(f, "SN8", i, &rr), STORE_OK);
+        assert_int_equal(rr.evicted, 0);
+    }
     assert_int_equal(ops->sweep(f->s, &f->p, 0), 0);
     assert_int_equal(raw_int(f->path, "SELECT count(*) FROM registrations WHERE serial = 'SN8'"),
                      4);
@@ -379,6 +403,105 @@ static void test_sealed_list_and_replace(void **state)
     assert_int_equal(ops->sealed_list(f->s, "bad serial", 5, &v, &n), PHY_EINVAL);
     assert_int_equal(ops->sealed_replace(f->s, "SN-2", id, next, 0, want, wn, &replaced),
                      PHY_EINVAL);
+}
+
+/* An attested serial: its registrations must prove possession before they can poll
+ * or ask for codes, and a claim by serial binds only to a proven one. An unattested
+ * serial cannot be claimed by serial unless the tenant allows it. */
+static void test_attested_serials(void **state)
+{
+    struct fx *f = *state;
+    static const unsigned char key[] = {0x30, 0x2a, 0x30, 0x05, 1, 2, 3};
+    struct store_serial_key sk = {"SN-A", key, sizeof key};
+    struct store_reg_result rr;
+    struct hash t1 = H(1), t2 = H(2);
+    char challenge[PHY_TOKEN_LEN + 1], id[PHY_DEVICE_ID_LEN + 1];
+    unsigned char *k = NULL;
+    size_t klen = 0;
+    int out = -1, rc, policy = -1;
+    struct store_device dev;
+
+    assert_int_equal(ops->serials_import(f->s, &sk, 1, f->p.now_ms), 0);
+    assert_int_equal(reg_r(f, "SN-A", 1, &rr), STORE_OK);
+    assert_int_equal(rr.attested, 1);
+    assert_int_equal(poll_s(f, "SN-A", NULL, 1, NULL), STORE_PROOF_REQUIRED);
+    assert_int_equal(set_code(f, "SN-A", 1, "AAAAAA"), STORE_PROOF_REQUIRED);
+    assert_int_equal(ops->reg_challenge(f->s, &f->p, "SN-A", t1.h, challenge, &k, &klen, &out), 0);
+    assert_int_equal(out, STORE_OK);
+    assert_string_equal(challenge, TEST_CHALLENGE);
+    assert_int_equal(klen, sizeof key);
+    assert_memory_equal(k, key, sizeof key);
+    free(k);
+    k = NULL;
+    /* an unproven registration is nothing a claim by serial can bind to */
+    dev_id(1, id);
+    assert_int_equal(claim_full(f, 1, "SN-A", NULL, id, NULL, NULL, &rc, &dev),
+                     STORE_UNKNOWN_SERIAL);
+    /* the proof must name the registration's challenge */
+    assert_int_equal(ops->reg_prove(f->s, &f->p, "SN-A", t1.h,
+                                    "xhallenge-challenge-challenge-challenge-abc", &out),
+                     0);
+    assert_int_equal(out, STORE_BAD_TOKEN);
+    assert_int_equal(ops->reg_prove(f->s, &f->p, "SN-A", t2.h, TEST_CHALLENGE, &out), 0);
+    assert_int_equal(out, STORE_BAD_TOKEN);
+    assert_int_equal(ops->reg_prove(f->s, &f->p, "SN-A", t1.h, TEST_CHALLENGE, &out), 0);
+    assert_int_equal(out, STORE_OK);
+    assert_int_equal(ops->reg_prove(f->s, &f->p, "SN-A", t1.h, TEST_CHALLENGE, &out), 0);
+    assert_int_equal(out, STORE_BAD_TOKEN); /* once */
+    assert_int_equal(ops->reg_challenge(f->s, &f->p, "SN-A", t1.h, challenge, &k, &klen, &out), 0);
+    assert_int_equal(out, STORE_OK);
+    assert_string_equal(challenge, "");
+    assert_null(k);
+    assert_int_equal(poll_s(f, "SN-A", NULL, 1, NULL), STORE_PENDING);
+    /* a squatter registers too: the serial is not contested, the claim goes to the
+     * proven registration, the squatter gets nothing */
+    f->p.now_ms += 1000;
+    assert_int_equal(reg(f, "SN-A", 2), STORE_OK);
+    assert_int_equal(claim_full(f, 1, "SN-A", NULL, id, NULL, NULL, &rc, &dev), STORE_OK);
+    assert_int_equal(rc, 0);
+    free(dev.tags_json);
+    assert_int_equal(poll_s(f, "SN-A", NULL, 2, NULL), STORE_PROVISIONED);
+    expect_deliver(f, "SN-A", NULL, 1, "SN-A", id);
+    assert_int_equal(ops->reg_challenge(f->s, &f->p, "SN-A", H(9).h, challenge, &k, &klen, &out),
+                     0);
+    assert_int_equal(out, STORE_BAD_TOKEN);
+
+    /* unattested serial: code required, unless the tenant allows any serial */
+    struct store_claim c = {
+        .tenant_id = 1, .user_id = 1, .serial = "SN-U", .device_id = ID(2).s,
+        .secret_hash = H(0xabc).h, .seal = test_seal, .seal_ctx = &f->seal,
+    };
+    assert_int_equal(reg_r(f, "SN-U", 3, &rr), STORE_OK);
+    assert_int_equal(rr.attested, 0);
+    assert_int_equal(poll_s(f, "SN-U", NULL, 3, NULL), STORE_PENDING);
+    assert_int_equal(ops->claim(f->s, &f->p, &c, &dev, &out), 0);
+    assert_int_equal(out, STORE_CODE_REQUIRED);
+    c.serial_claims = SERIAL_CLAIMS_ANY;
+    assert_int_equal(ops->claim(f->s, &f->p, &c, &dev, &out), 0);
+    assert_int_equal(out, STORE_OK);
+    free(dev.tags_json);
+
+    /* the policy is kept per tenant */
+    assert_int_equal(ops->tenant_add(f->s, "acme", "eu", &out), 0);
+    int64_t tid = 0;
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM tenants WHERE name = 'acme'"), 1);
+    tid = raw_int(f->path, "SELECT id FROM tenants WHERE name = 'acme'");
+    assert_int_equal(ops->tenant_serial_claims(f->s, tid, &policy, &out), 0);
+    assert_int_equal(out, STORE_OK);
+    assert_int_equal(policy, SERIAL_CLAIMS_ATTESTED);
+    assert_int_equal(ops->tenant_serial_claims_set(f->s, "acme", SERIAL_CLAIMS_ANY, &out), 0);
+    assert_int_equal(out, STORE_OK);
+    assert_int_equal(ops->tenant_serial_claims(f->s, tid, &policy, &out), 0);
+    assert_int_equal(policy, SERIAL_CLAIMS_ANY);
+    assert_int_equal(ops->tenant_serial_claims_set(f->s, "nobody", SERIAL_CLAIMS_ANY, &out), 0);
+    assert_int_equal(out, STORE_NOT_FOUND);
+    assert_int_equal(ops->tenant_serial_claims(f->s, tid + 100, &policy, &out), 0);
+    assert_int_equal(out, STORE_NOT_FOUND);
+    assert_int_equal(ops->tenant_serial_claims_set(f->s, "acme", 7, &out), PHY_EINVAL);
+    /* import: all or none, keys replaced */
+    struct store_serial_key bad[2] = {{"SN-B", key, sizeof key}, {"bad serial", key, sizeof key}};
+    assert_int_equal(ops->serials_import(f->s, bad, 2, f->p.now_ms), PHY_EINVAL);
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM attested_serials"), 1);
 }
 
 static void test_claim_twice(void **state)
@@ -500,7 +623,7 @@ static void test_durable_across_restart(void **state)
     if (!store_is_pg()) {
         assert_int_equal(stat(f->path, &st), 0);
         assert_int_equal(st.st_mode & 0777, 0600);
-        assert_int_equal(raw_int(f->path, "PRAGMA user_version"), 4);
+        assert_int_equal(raw_int(f->path, "PRAGMA user_version"), 5);
     }
     assert_int_equal(raw_int(f->path, "SELECT count(*) FROM issuances WHERE sealed IS NOT NULL"),
                      1);
@@ -723,13 +846,16 @@ static void test_invalid_inputs(void **state)
     assert_int_equal(ops->poll(f->s, &f->p, NULL, NULL, h.h, &r, &out), PHY_EINVAL);
     assert_int_equal(ops->poll(f->s, &f->p, "S N", NULL, h.h, &r, &out), PHY_EINVAL);
     assert_int_equal(ops->poll(f->s, &f->p, NULL, "ABC0EF", h.h, &r, &out), PHY_EINVAL);
-    assert_int_equal(ops->reg_create(f->s, &f->p, "", h.h, &out), PHY_EINVAL);
+    struct store_reg_result rr;
+    assert_int_equal(ops->reg_create(f->s, &f->p, "", h.h, TEST_CHALLENGE, &rr, &out), PHY_EINVAL);
+    assert_int_equal(ops->reg_create(f->s, &f->p, "SN", h.h, "short", &rr, &out), PHY_EINVAL);
     char long_serial[PHY_SERIAL_MAX + 2];
     memset(long_serial, 'a', sizeof long_serial - 1);
     long_serial[sizeof long_serial - 1] = '\0';
-    assert_int_equal(ops->reg_create(f->s, &f->p, long_serial, h.h, &out), PHY_EINVAL);
+    assert_int_equal(ops->reg_create(f->s, &f->p, long_serial, h.h, TEST_CHALLENGE, &rr, &out),
+                     PHY_EINVAL);
     long_serial[PHY_SERIAL_MAX] = '\0';
-    assert_int_equal(ops->reg_create(f->s, &f->p, long_serial, h.h, &out), 0);
+    assert_int_equal(ops->reg_create(f->s, &f->p, long_serial, h.h, TEST_CHALLENGE, &rr, &out), 0);
     assert_int_equal(out, STORE_OK);
 
     char err[256] = "";
@@ -752,6 +878,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_code_taken, setup, teardown),
         cmocka_unit_test_setup_teardown(test_claim_twice, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sealed_list_and_replace, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_attested_serials, setup, teardown),
         cmocka_unit_test_setup_teardown(test_seal_failure_rolls_back, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lapsed_registration_still_delivers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unopenable_issuance_not_recorded, setup, teardown),

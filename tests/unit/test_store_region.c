@@ -35,6 +35,7 @@ static int issue(struct fx *f, const char *region, const char *serial, const cha
 {
     struct id id = ID(device);
     struct store_remote_issue ri = {
+        .serial_claims = SERIAL_CLAIMS_ANY,
         .serial = serial,
         .code = code,
         .device_id = id.s,
@@ -59,6 +60,7 @@ static int claim(struct fx *f, const char *serial, const char *code, unsigned de
     struct id id = ID(device);
     struct hash sh = H(0x5ec);
     struct store_claim c = {
+        .serial_claims = SERIAL_CLAIMS_ANY, /* the tests below predate attestation */
         .tenant_id = 1,
         .user_id = 1,
         .serial = serial,
@@ -300,6 +302,7 @@ static void *race(void *arg)
     char serial[PHY_SERIAL_MAX + 1];
     if (r->i % 2) {
         struct store_remote_issue ri = {
+            .serial_claims = SERIAL_CLAIMS_ANY,
             .serial = "SN-RACE",
             .device_id = id.s,
             .region = r->i % 4 == 1 ? "au" : "uae",
@@ -309,6 +312,7 @@ static void *race(void *arg)
         r->rc = ops->issue_remote(r->f->s, &r->f->p, &ri, serial, &r->outcome);
     } else {
         struct store_claim c = {
+            .serial_claims = SERIAL_CLAIMS_ANY, /* the tests below predate attestation */
             .tenant_id = 1,
             .serial = "SN-RACE",
             .device_id = id.s,
@@ -795,7 +799,7 @@ static void test_outbox_order_and_retry(void **state)
 /* A version-2 store, made from a fresh one by taking version 3's and 4's additions away. */
 static void make_v2(const char *path)
 {
-    raw_exec(path, "DROP TABLE console_sessions;"
+    raw_exec(path, UNDO_V5_SQL "DROP TABLE console_sessions;"
                    "DROP TABLE login_failures;"
                    "DROP TABLE audit;"
                    "DROP TABLE status_history;"
@@ -833,7 +837,7 @@ static void test_migration_v2(void **state)
     raw_exec(f->path, sql);
 
     fx_open(f);
-    assert_int_equal(raw_int(f->path, "PRAGMA user_version"), 4);
+    assert_int_equal(raw_int(f->path, "PRAGMA user_version"), 5);
     /* Old rows are eu's own (remote 0, region NULL) and behave as before. */
     assert_int_equal(raw_int(f->path, "SELECT remote FROM devices"), 0);
     assert_int_equal(raw_int(f->path, "SELECT region IS NULL FROM issuances"), 1);
@@ -868,6 +872,7 @@ static void test_invalid_inputs(void **state)
     int out = -1;
 
     struct store_remote_issue ri = {
+        .serial_claims = SERIAL_CLAIMS_ANY,
         .serial = "SN-1",
         .device_id = id.s,
         .region = "AU",

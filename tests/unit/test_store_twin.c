@@ -108,6 +108,7 @@ static int claim(struct fx *f, int64_t tenant, const char *serial, unsigned i, c
     struct id id = ID(i);
     struct hash sh = H(1000 + i);
     struct store_claim c = {
+        .serial_claims = SERIAL_CLAIMS_ANY, /* the tests below predate attestation */
         .tenant_id = tenant,
         .user_id = 1,
         .serial = serial,
@@ -924,7 +925,8 @@ static void test_revoke(void **state)
     struct store_poll_result r;
     struct hash h = H(tok);
     int rout = -1;
-    assert_int_equal(ops->reg_create(f->s, &f->p, "S1", h.h, &rout), 0);
+    struct store_reg_result rr;
+    assert_int_equal(ops->reg_create(f->s, &f->p, "S1", h.h, TEST_CHALLENGE, &rr, &rout), 0);
     assert_int_equal(rout, STORE_PROVISIONED);
     assert_int_equal(ops->poll(f->s, &f->p, "S1", NULL, h.h, &r, &rout), 0);
     assert_int_equal(rout, STORE_PROVISIONED);
@@ -1011,7 +1013,8 @@ static void test_delete(void **state)
     assert_int_equal(ops->session_open(f->s, id.s, T0, NULL), PHY_ENOTFOUND);
     /* The serial is free again; the other device is untouched. */
     struct hash h = H(500);
-    assert_int_equal(ops->reg_create(f->s, &f->p, "S1", h.h, &out), 0);
+    struct store_reg_result rr;
+    assert_int_equal(ops->reg_create(f->s, &f->p, "S1", h.h, TEST_CHALLENGE, &rr, &out), 0);
     assert_int_equal(out, STORE_OK);
     assert_int_equal(get_outcome(f, 1, 2), STORE_OK);
     char ids[32];
@@ -1091,7 +1094,7 @@ static void test_migration_v1(void **state)
     assert_int_equal(chmod(f->path, 0600), 0); /* the store refuses group/other access */
 
     fx_open(f);
-    assert_int_equal(raw_int(f->path, "PRAGMA user_version"), 4);
+    assert_int_equal(raw_int(f->path, "PRAGMA user_version"), 5);
     get(f, 1, 1, &d, &t);
     assert_string_equal(d.serial, "S1");
     assert_string_equal(d.name, "lobby");
@@ -1115,7 +1118,8 @@ static void test_migration_v1(void **state)
     assert_string_equal(ids, "1");
     /* Provisioning rows survived too. */
     assert_int_equal(claim(f, 1, "S2", 2, NULL), STORE_OK);
-    assert_int_equal(ops->reg_create(f->s, &f->p, "S1", tok.h, &out), 0);
+    struct store_reg_result rr;
+    assert_int_equal(ops->reg_create(f->s, &f->p, "S1", tok.h, TEST_CHALLENGE, &rr, &out), 0);
     assert_int_equal(out, STORE_PROVISIONED);
 
     /* Reopening does not migrate again. */

@@ -225,13 +225,31 @@ static inline int teardown(void **state)
 
 /* ---- provisioning wrappers (assert success, return the outcome) ---- */
 
-/* reg_create for serial with poll token H(tok). */
-static inline int reg(struct fx *f, const char *serial, unsigned tok)
+/* Takes a fresh SQLite store back to version 4 (for tests of older versions). */
+#define UNDO_V5_SQL                                                                                \
+    "DROP TABLE attested_serials;"                                                                 \
+    "ALTER TABLE registrations DROP COLUMN challenge;"                                             \
+    "ALTER TABLE registrations DROP COLUMN proven;"                                                \
+    "ALTER TABLE tenants DROP COLUMN serial_claims;"
+
+/* The challenge the tests give every registration (an attested serial keeps it). */
+#define TEST_CHALLENGE "challenge-challenge-challenge-challenge-abc"
+
+/* reg_create for serial with poll token H(tok); *res (optional) gets what it did. */
+static inline int reg_r(struct fx *f, const char *serial, unsigned tok, struct store_reg_result *res)
 {
+    struct store_reg_result r;
     int out = -1;
     struct hash h = H(tok);
-    assert_int_equal(ops->reg_create(f->s, &f->p, serial, h.h, &out), 0);
+    assert_int_equal(ops->reg_create(f->s, &f->p, serial, h.h, TEST_CHALLENGE, &r, &out), 0);
+    if (res)
+        *res = r;
     return out;
+}
+
+static inline int reg(struct fx *f, const char *serial, unsigned tok)
+{
+    return reg_r(f, serial, tok, NULL);
 }
 
 /* reg_set_code for serial with poll token H(tok). */
@@ -433,7 +451,7 @@ static inline void expect_future_refused(struct fx *f)
 {
     struct store *s2 = (struct store *)f; /* not NULL: the refused open must clear it */
     char err[256] = "";
-    raw_exec(f->fresh, "PRAGMA user_version = 5");
+    raw_exec(f->fresh, "PRAGMA user_version = 6");
     assert_int_equal(ops->open(f->fresh, &s2, err, sizeof err), PHY_EUNSUPP);
     assert_null(s2);
 }
