@@ -14,6 +14,7 @@
 #include "backoff.h"
 #include "phy/client.h"
 #include "phy/config.h"
+#include "phy/attest.h"
 #include "phy/crypto.h"
 #include "phy/err.h"
 #include "phy/log.h"
@@ -32,6 +33,7 @@
 #define AGENT_MAX_ATTEMPT 40 /* beyond this the backoff ceiling is the cap anyway */
 
 #define PATH_REGISTER "/v1/provisioning/register"
+#define PATH_PROVE "/v1/provisioning/prove"
 #define PATH_CODE "/v1/provisioning/code"
 #define PATH_POLL "/v1/provisioning/poll"
 
@@ -63,6 +65,7 @@ struct agent_opts {
     int reprovision_on_revoke;
     int provision_only;
     long cert_time_floor;
+    char *device_key; /* PEM private key of an attested serial */
 };
 
 struct agent {
@@ -81,6 +84,7 @@ struct agent {
     int64_t code_due_ms;   /* monotonic time of the next code request, 0 = now */
     unsigned code_attempt; /* consecutive code failures */
     int code_spent;        /* code answered 410: poll only until re-registration */
+    EVP_PKEY *device_key;  /* --device-key, NULL without */
 };
 
 static void on_signal(int sig)
@@ -239,6 +243,56 @@ static void load_registration(struct agent *a)
     }
 }
 
+/* Proves possession of the device key for a new registration of an attested serial
+ * (docs/protocol.md section 2). 0 proven; -1 backed off (the registration is dropped,
+ * the next round registers again); 1 to stop. */
+static int do_prove(struct agent *a, const char *challenge)
+{
+    struct phy_client_response res = {0};
+    struct agent_prov_result r;
+    char msg[PHY_ATTEST_MSG_MAX], sig[PHY_ATTEST_SIG_B64_MAX + 1];
+    int n, rc;
+    if (!a->device_key) {
+        phy_log(PHY_LOG_ERROR, "device_key_required",
+                "serial=%s msg=\"this serial is attested: start phyagent with --device-key\"",
+                a->o.serial);
+        drop_registration(a);
+        rc = backoff_max(a, "device_key_required");
+        return rc ? rc : -1;
+    }
+    n = phy_attest_message(a->o.serial, challenge, a->poll_token, msg, sizeof msg);
+    if (n < 0 || phy_attest_sign(a->device_key, msg, (size_t)n, sig, sizeof sig) != 0) {
+        OPENSSL_cleanse(msg, sizeof msg);
+        phy_log(PHY_LOG_ERROR, "prove_failed", "reason=\"cannot sign with the device key\"");
+        drop_registration(a);
+        rc = backoff(a, "sign_failed");
+        return rc ? rc : -1;
+    }
+    OPENSSL_cleanse(msg, sizeof msg);
+    if (post(a, PATH_PROVE, agent_prov_prove_body(a->o.serial, a->poll_token, sig), &res) != 0) {
+        drop_registration(a);
+        rc = backoff(a, "network");
+        return rc ? rc : -1;
+    }
+    agent_prov_parse_prove(res.status, res.body, res.body_len, &r);
+    release(&res);
+    if (r.outcome == AGENT_PROV_OK) {
+        if (r.interval > 0)
+            a->interval = r.interval;
+        phy_log(PHY_LOG_INFO, "proven", "serial=%s", a->o.serial);
+        return 0;
+    }
+    if (r.outcome == AGENT_PROV_BAD_PROOF)
+        phy_log(PHY_LOG_ERROR, "prove_refused",
+                "serial=%s msg=\"the hub's key for this serial does not match --device-key\"",
+                a->o.serial);
+    else
+        log_answer(PHY_LOG_WARN, "prove_failed", PATH_PROVE, &r);
+    drop_registration(a);
+    rc = r.outcome == AGENT_PROV_BAD_PROOF ? backoff_max(a, "bad_proof") : backoff(a, "prove_failed");
+    return rc ? rc : -1;
+}
+
 /* Registers the serial. Returns 1 to stop, 0 to go on (registered or backed off). */
 static int do_register(struct agent *a)
 {
@@ -282,6 +336,10 @@ static int do_register(struct agent *a)
     memcpy(a->poll_token, r.poll_token, sizeof a->poll_token);
     if (r.interval > 0)
         a->interval = r.interval;
+    if (r.challenge[0] && (rc = do_prove(a, r.challenge)) != 0) {
+        OPENSSL_cleanse(&r, sizeof r);
+        return rc < 0 ? 0 : rc; /* backed off; the next round registers again */
+    }
     OPENSSL_cleanse(&r, sizeof r);
     a->have_reg = 1;
     a->attempt = 0;
@@ -313,6 +371,7 @@ static int maybe_rotate_code(struct agent *a)
         break;
     case AGENT_PROV_INVALID_TOKEN:
     case AGENT_PROV_UNKNOWN_SERIAL:
+    case AGENT_PROV_PROOF_REQUIRED: /* e.g. a crash between register and prove */
         log_answer(PHY_LOG_WARN, "registration_lost", PATH_CODE, &r);
         drop_registration(a);
         return backoff(a, "registration_lost");
@@ -410,6 +469,7 @@ static int do_poll(struct agent *a)
         return 1;
     case AGENT_PROV_INVALID_TOKEN:
     case AGENT_PROV_UNKNOWN_SERIAL:
+    case AGENT_PROV_PROOF_REQUIRED:
         log_answer(PHY_LOG_WARN, "registration_lost", PATH_POLL, &r);
         drop_registration(a);
         return backoff(a, "registration_lost");
@@ -651,6 +711,9 @@ int main(int argc, char **argv)
 
     const struct phy_opt opts[] = {
         {"serial", PHY_OPT_STR, &a.o.serial, 0, 0, "device serial number (required)"},
+        {"device-key", PHY_OPT_STR, &a.o.device_key, 0, 0,
+         "PEM private key (Ed25519 or ECDSA P-256, mode 0600) whose public key the "
+         "manufacturer imported for this serial; proves the device at registration"},
         {"state-dir", PHY_OPT_STR, &a.o.state_dir, 0, 0,
          "directory for credentials.json, registration.json, provisioning-code (required)"},
         {"proxy", PHY_OPT_STR, &a.o.proxy, 0, 0, "phyproxy HOST:PORT to tunnel through"},
@@ -707,6 +770,14 @@ int main(int argc, char **argv)
         return EXIT_USAGE;
     }
     phy_log_init("phyagent", a.o.verbose ? PHY_LOG_DEBUG : PHY_LOG_INFO);
+    if (a.o.device_key) {
+        char kerr[300];
+        if (!(a.device_key = phy_attest_key_load(a.o.device_key, kerr, sizeof kerr))) {
+            fprintf(stderr, "phyagent: --device-key: %s\n", kerr);
+            phy_config_free(opts);
+            return EXIT_USAGE;
+        }
+    }
 
     if (pipe2(sig_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
         fprintf(stderr, "phyagent: pipe: %s\n", strerror(errno));
@@ -722,6 +793,7 @@ int main(int argc, char **argv)
     sigaction(SIGPIPE, &sa, NULL);
 
     rc = run(&a);
+    EVP_PKEY_free(a.device_key);
     phy_config_free(opts);
     return rc;
 }

@@ -119,6 +119,13 @@ char *agent_prov_token_body(const char *serial, const char *poll_token)
     return dump_and_free(json_pack("{s:s, s:s}", "serial", serial, "poll_token", poll_token));
 }
 
+/* Body for prove. */
+char *agent_prov_prove_body(const char *serial, const char *poll_token, const char *signature)
+{
+    return dump_and_free(json_pack("{s:s, s:s, s:s}", "serial", serial, "poll_token", poll_token,
+                                   "signature", signature));
+}
+
 /* 1..AGENT_POLL_TOKEN_MAX base64url characters. */
 int agent_prov_token_valid(const char *s)
 {
@@ -152,6 +159,8 @@ static void classify_error(int status, struct agent_prov_result *r)
         r->outcome = AGENT_PROV_ALREADY_PROVISIONED;
     else if (status == 429)
         r->outcome = AGENT_PROV_RATE_LIMITED;
+    else if (status == 403 && strcmp(r->error, "proof_required") == 0)
+        r->outcome = AGENT_PROV_PROOF_REQUIRED;
     else
         r->outcome = AGENT_PROV_RETRY;
 }
@@ -166,11 +175,37 @@ void agent_prov_parse_register(int status, const char *body, size_t n, struct ag
             get_str(o, "poll_token", r->poll_token, sizeof r->poll_token, is_b64url) == 0) {
             r->outcome = AGENT_PROV_OK;
             r->interval = get_interval(o, "interval", AGENT_INTERVAL_MAX);
+            /* An attested serial: a challenge of exactly a token's shape. */
+            if (json_object_get(o, "challenge") &&
+                (get_str(o, "challenge", r->challenge, sizeof r->challenge, is_b64url) != 0 ||
+                 strlen(r->challenge) != PHY_TOKEN_LEN)) {
+                r->challenge[0] = '\0';
+                r->outcome = AGENT_PROV_RETRY;
+            }
         }
     } else {
         classify_error(status, r);
         if (r->outcome == AGENT_PROV_INVALID_TOKEN || r->outcome == AGENT_PROV_UNKNOWN_SERIAL)
             r->outcome = AGENT_PROV_RETRY; /* meaningless for register */
+    }
+    json_decref(o);
+}
+
+/* prove: 200 {status: proven, interval}. */
+void agent_prov_parse_prove(int status, const char *body, size_t n, struct agent_prov_result *r)
+{
+    json_t *o = begin(status, body, n, r);
+
+    if (status == 200) {
+        r->outcome = AGENT_PROV_OK;
+        if (o != NULL)
+            r->interval = get_interval(o, "interval", AGENT_INTERVAL_MAX);
+    } else if (status == 401 && strcmp(r->error, "invalid_proof") == 0) {
+        r->outcome = AGENT_PROV_BAD_PROOF;
+    } else {
+        classify_error(status, r);
+        if (status == 409) /* nothing_to_prove: proven already (a retried call) */
+            r->outcome = AGENT_PROV_OK;
     }
     json_decref(o);
 }

@@ -21,6 +21,9 @@ enum agent_prov_outcome {
     AGENT_PROV_UNKNOWN_SERIAL,      /* 404 unknown_serial: registration gone, re-register */
     AGENT_PROV_ALREADY_PROVISIONED, /* 410 already_provisioned */
     AGENT_PROV_RATE_LIMITED,        /* other 429 (too many registrations): back off */
+    AGENT_PROV_PROOF_REQUIRED,      /* 403 proof_required: the registration was never
+                                     * proven (attested serial): register again */
+    AGENT_PROV_BAD_PROOF,           /* prove 401 invalid_proof: wrong device key */
     AGENT_PROV_RETRY,               /* 5xx, malformed answer, unexpected status: back off */
 };
 
@@ -40,6 +43,7 @@ struct agent_prov_result {
     int status;                                /* HTTP status */
     int interval;                              /* seconds, 0 when not given */
     char poll_token[AGENT_POLL_TOKEN_MAX + 1]; /* register */
+    char challenge[PHY_TOKEN_LEN + 1];         /* register, attested serials; "" none */
     char code[PHY_CODE_LEN + 1];               /* code */
     int expires_in;                            /* code, seconds, 0 when not given */
     char error[AGENT_ERROR_MAX + 1];           /* "error" member of an error body */
@@ -50,10 +54,12 @@ struct agent_prov_result {
  * it, so the caller should cleanse before freeing). NULL on allocation failure. */
 char *agent_prov_register_body(const char *serial);
 char *agent_prov_token_body(const char *serial, const char *poll_token);
+char *agent_prov_prove_body(const char *serial, const char *poll_token, const char *signature);
 
 /* Classify answers to register, code and poll. body may be NULL for no body.
  * Always fills r->outcome; never fails. */
 void agent_prov_parse_register(int status, const char *body, size_t n, struct agent_prov_result *r);
+void agent_prov_parse_prove(int status, const char *body, size_t n, struct agent_prov_result *r);
 void agent_prov_parse_code(int status, const char *body, size_t n, struct agent_prov_result *r);
 void agent_prov_parse_poll(int status, const char *body, size_t n, const char *serial,
                            struct agent_prov_result *r);

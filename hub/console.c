@@ -353,6 +353,16 @@ void handle_claim(struct hub *h, const struct api_request *req, struct api_respo
         .seal = hub_seal_issuance,
         .seal_ctx = &sc,
     };
+    if (serial) {
+        int got = STORE_NOT_FOUND;
+        if (h->store_ops->tenant_serial_claims(h->store, caller.tenant_id, &c.serial_claims,
+                                               &got) < 0 ||
+            got != STORE_OK) {
+            OPENSSL_cleanse(secret, sizeof(secret));
+            api_store_failed(res);
+            goto out;
+        }
+    }
     /* Throttled after validation: a malformed request cannot match and is not counted. */
     int64_t attempt_id = 0;
     if (claim_attempt(h, &caller, &attempt_id, res)) {
@@ -369,7 +379,7 @@ void handle_claim(struct hub *h, const struct api_request *req, struct api_respo
         rc = h->store_ops->claim(h->store, &p, &c, &dev, &outcome);
     } else { /* the issuance lives in eu (docs/protocol.md section 3) */
         struct region_claim rcl = {caller.tenant_id, caller.tenant, serial, c.code, device_id,
-                                   secret, secret_hash, name, tags_json};
+                                   secret, secret_hash, name, tags_json, c.serial_claims};
         rc = region_claim(h, &rcl, &dev, &outcome, res);
     }
     OPENSSL_cleanse(secret, sizeof(secret));
@@ -435,6 +445,11 @@ void api_claim_refused(struct api_response *res, int outcome)
         break;
     case STORE_ALREADY_CLAIMED:
         api_error(res, 409, "already_claimed", "this device has already been claimed");
+        break;
+    case STORE_CODE_REQUIRED:
+        api_error(res, 409, "code_required",
+                  "this serial is not attested, so anyone could have registered it: enter the "
+                  "code shown on the device's screen instead");
         break;
     default:
         api_error(res, 500, "internal", "unexpected store outcome");

@@ -3,6 +3,8 @@
 #include <errno.h>
 #include <malloc.h>
 #include <signal.h>
+#include <fcntl.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,8 +19,10 @@
 #include "phy/config.h"
 #include "phy/crypto.h"
 #include "phy/err.h"
+#include "phy/file.h"
 #include "phy/log.h"
 #include "seal.h"
+#include "serials.h"
 #include "server.h"
 
 #define PASSWORD_MAX 1024
@@ -84,6 +88,8 @@ static void print_help(const struct phy_opt *opts)
            "       phyhub admin --db PATH tenant-add NAME --region R\n"
            "       phyhub admin --db PATH user-add TENANT USER   (password on stdin)\n"
            "       phyhub admin --db PATH token-add TENANT USER  (prints an API token)\n"
+           "       phyhub admin --db PATH tenant-set NAME --serial-claims attested|any\n"
+           "       phyhub admin --db PATH serials-import FILE   (CSV: serial,public key)\n"
            "       phyhub admin --db PATH device-add-bulk N --tenant T [--tag K:V]\n"
            "       phyhub admin migrate-store --from PATH --to postgresql://...  (empty target)\n"
            "                    (load tests: N provisioned devices, credentials as JSON lines)\n"
@@ -344,9 +350,50 @@ out:
     return rc;
 }
 
+#define SERIALS_FILE_MAX (256u << 20)
+
+/* Imports the CSV at path ("-": stdin) of attested serials, all or none. */
+static int admin_serials_import(const struct phy_store_ops *ops, const char *path)
+{
+    struct store_serial_key *v = NULL;
+    char *text = NULL, err[256];
+    size_t len = 0, n = 0;
+    int fd = strcmp(path, "-") == 0 ? 0 : open(path, O_RDONLY | O_CLOEXEC), rc = 1;
+    if (fd < 0) {
+        fprintf(stderr, "phyhub admin: %s: %s\n", path, strerror(errno));
+        return 1;
+    }
+    if (phy_read_regular(fd, SERIALS_FILE_MAX, &text, &len) != 0) {
+        fprintf(stderr, "phyhub admin: %s: not a regular file of at most 256 MiB\n", path);
+        goto out;
+    }
+    if (strlen(text) != len) {
+        fprintf(stderr, "phyhub admin: %s: holds a NUL byte\n", path);
+        goto out;
+    }
+    if (serials_csv_parse(text, &v, &n, err, sizeof err) != 0) {
+        fprintf(stderr, "phyhub admin: %s: %s (nothing imported)\n", path, err);
+        goto out;
+    }
+    int r = ops->serials_import(g_hub.store, v, n, hub_now_ms());
+    if (r < 0) {
+        fprintf(stderr, "phyhub admin: serials-import: the store failed (%s)\n", phy_strerror(r));
+        goto out;
+    }
+    printf("%zu attested serials imported\n", n);
+    rc = 0;
+out:
+    if (fd > 0)
+        close(fd);
+    serials_free(v, n);
+    free(text);
+    return rc;
+}
+
 static int admin_main(int argc, char **argv)
 {
-    char *db = NULL, *region = NULL, *tenant = NULL, *tag = NULL, *from = NULL, *to = NULL;
+    char *db = NULL, *region = NULL, *tenant = NULL, *tag = NULL, *from = NULL, *to = NULL,
+         *serial_claims = NULL;
     int help = 0;
     const struct phy_opt opts[] = {
         {"db", PHY_OPT_STR, &db, 0, 0,
@@ -356,6 +403,9 @@ static int admin_main(int argc, char **argv)
         {"tenant", PHY_OPT_STR, &tenant, 0, 0, "tenant for device-add-bulk"},
         {"tag", PHY_OPT_STR, &tag, 0, 0, "K:V tag for device-add-bulk (default fleet:bulk)"},
         {"region", PHY_OPT_STR, &region, 0, 0, "tenant's region for tenant-add (eu, au, uae, ...)"},
+        {"serial-claims", PHY_OPT_STR, &serial_claims, 0, 0,
+         "tenant-set: claims by serial of 'attested' serials only (the default), or of 'any' "
+         "serial (whoever registered it first gets the credentials)"},
         {0},
     };
     char *pos[4];
@@ -428,6 +478,21 @@ static int admin_main(int argc, char **argv)
                 printf("%s\n", token); /* shown once; only its hash is stored */
         }
         OPENSSL_cleanse(token, sizeof(token));
+    } else if (strcmp(pos[0], "tenant-set") == 0 && npos == 2) {
+        int any = serial_claims && strcmp(serial_claims, "any") == 0;
+        if (!serial_claims || (!any && strcmp(serial_claims, "attested") != 0)) {
+            fprintf(stderr, "phyhub admin: tenant-set needs --serial-claims attested|any\n");
+            goto out_close;
+        }
+        rc = admin_outcome(ops->tenant_serial_claims_set(
+                               g_hub.store, pos[1], any ? SERIAL_CLAIMS_ANY : SERIAL_CLAIMS_ATTESTED,
+                               &outcome),
+                           outcome, "tenant");
+        if (rc == 0)
+            printf("tenant %s: claims by serial of %s serials\n", pos[1],
+                   any ? "any" : "attested");
+    } else if (strcmp(pos[0], "serials-import") == 0 && npos == 2) {
+        rc = admin_serials_import(ops, pos[1]);
     } else if (strcmp(pos[0], "device-add-bulk") == 0 && npos == 2) {
         rc = admin_device_add_bulk(ops, pos[1], tenant, tag);
     } else {

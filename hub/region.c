@@ -364,8 +364,9 @@ void handle_internal_issue(struct hub *h, const struct api_request *req, struct 
 {
     static const char *const fields[] = {"serial", "code",     "device_id", "device_secret",
                                          "tenant", "region",   "endpoint",  "not_after",
-                                         NULL};
-    const char *caller, *serial, *code_in, *device_id, *secret, *tenant, *region, *endpoint;
+                                         "serial_claims", NULL};
+    const char *caller, *serial, *code_in, *device_id, *secret, *tenant, *region, *endpoint,
+        *policy;
     char code[PHY_CODE_LEN + 1], host[256], serial_out[PHY_SERIAL_MAX + 1] = "";
     unsigned port;
     json_t *body = NULL;
@@ -379,8 +380,14 @@ void handle_internal_issue(struct hub *h, const struct api_request *req, struct 
         api_get_string(body, "device_secret", 1, &secret, res) < 0 ||
         api_get_string(body, "tenant", 1, &tenant, res) < 0 ||
         api_get_string(body, "region", 1, &region, res) < 0 ||
-        api_get_string(body, "endpoint", 1, &endpoint, res) < 0)
+        api_get_string(body, "endpoint", 1, &endpoint, res) < 0 ||
+        api_get_string(body, "serial_claims", 0, &policy, res) < 0)
         goto out;
+    /* Absent (a hub of an older version): the default policy. */
+    if (policy && strcmp(policy, "any") != 0 && strcmp(policy, "attested") != 0) {
+        api_error(res, 400, "bad_request", "serial_claims is 'attested' or 'any'");
+        goto out;
+    }
     json_t *na = json_object_get(body, "not_after");
     if (!json_is_integer(na) || json_integer_value(na) <= 0) {
         api_error(res, 400, "bad_request", "not_after (milliseconds since the epoch) is required");
@@ -407,6 +414,8 @@ void handle_internal_issue(struct hub *h, const struct api_request *req, struct 
         .code = code_in ? code : NULL,
         .device_id = device_id,
         .region = caller,
+        .serial_claims =
+            policy && strcmp(policy, "any") == 0 ? SERIAL_CLAIMS_ANY : SERIAL_CLAIMS_ATTESTED,
         .seal = hub_seal_issuance,
         .seal_ctx = &sc,
     };
@@ -646,9 +655,11 @@ static char *issue_body(struct hub *h, const struct region_claim *c, int64_t not
     if (body)
         snprintf(body, cap,
                  "{\"%s\":\"%s\",\"device_id\":\"%s\",\"device_secret\":\"%s\",\"tenant\":%s,"
-                 "\"region\":\"%s\",\"endpoint\":\"%s\",\"not_after\":%lld}",
+                 "\"region\":\"%s\",\"endpoint\":\"%s\",\"not_after\":%lld,"
+                 "\"serial_claims\":\"%s\"}",
                  c->serial ? "serial" : "code", c->serial ? c->serial : c->code, c->device_id,
-                 c->secret, tenant, h->cfg.region, h->cfg.public_endpoint, (long long)not_after);
+                 c->secret, tenant, h->cfg.region, h->cfg.public_endpoint, (long long)not_after,
+                 c->serial_claims == SERIAL_CLAIMS_ANY ? "any" : "attested");
     free(tenant);
     return body;
 }
@@ -737,6 +748,8 @@ int region_claim(struct hub *h, const struct region_claim *c, struct store_devic
         *outcome = STORE_SERIAL_IN_USE;
     else if (ans.status == 409 && strcmp(code, "already_claimed") == 0)
         *outcome = STORE_ALREADY_CLAIMED;
+    else if (ans.status == 409 && strcmp(code, "code_required") == 0)
+        *outcome = STORE_CODE_REQUIRED;
     else if (ans.status == 410 && strcmp(code, "request_expired") == 0) {
         unavailable(h, res, "eu received the claim after its deadline");
         goto out;

@@ -48,7 +48,7 @@ void handle_internal_rearm(struct hub *h, const struct api_request *req, struct 
 
 /* A regional hub's claim: the device row first (hidden, with its cancel entry),
  * then eu. Returns 0 with *outcome (STORE_OK with *dev filled, or the refusal eu
- * gave: EXPIRED_CODE, UNKNOWN_SERIAL, SERIAL_IN_USE, ALREADY_CLAIMED); 1 when res
+ * gave: EXPIRED_CODE, UNKNOWN_SERIAL, SERIAL_IN_USE, ALREADY_CLAIMED, CODE_REQUIRED); 1 when res
  * was answered (503 provisioning_unavailable, 502 provisioning_refused, 503
  * store_unavailable). */
 struct region_claim {
@@ -57,6 +57,7 @@ struct region_claim {
     const char *serial, *code; /* exactly one */
     const char *device_id, *secret, *secret_hash;
     const char *name, *tags_json;
+    int serial_claims; /* the tenant's policy (enum store_serial_claims), sent to eu */
 };
 int region_claim(struct hub *h, const struct region_claim *c, struct store_device *dev,
                  int *outcome, struct api_response *res);

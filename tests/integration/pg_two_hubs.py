@@ -29,6 +29,7 @@ def setup():
     T["h"] = h
     db, store_flags = h.new_store("eu")  # one database (and key file) for both hubs
     hub_admin(db, "tenant-add", "acme", "--region", "eu")
+    hub_admin(db, "tenant-set", "acme", "--serial-claims", "any")  # claims by plain serials
     T["token"] = h.user_token(db, "acme", "alice")
     hub_admin(db, "tenant-add", "guess", "--region", "eu")
     T["guess_token"] = h.user_token(db, "guess", "mallory")

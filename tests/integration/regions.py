@@ -128,8 +128,9 @@ class Regions(Harness):
         hub.token = self.add_user(name, t, u)
         return hub
 
-    def add_tenant(self, name, tenant, region):
+    def add_tenant(self, name, tenant, region, serial_claims="any"):
         self.admin(self.hubs[name].db, "tenant-add", tenant, "--region", region)
+        self.admin(self.hubs[name].db, "tenant-set", tenant, "--serial-claims", serial_claims)
 
     def add_user(self, name, tenant, user):
         """A user in hub `name`'s store; returns a new API token (remembered as a secret)."""

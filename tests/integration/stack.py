@@ -262,8 +262,11 @@ class Stack(Harness):
     def admin(self, *args, stdin=None):
         return hub_admin(self.db, *args, stdin=stdin)
 
-    def add_tenant(self, tenant, region="eu"):
+    def add_tenant(self, tenant, region="eu", serial_claims="any"):
+        """A tenant; serial_claims "any" (the tests' default: they predate attested
+        serials) or "attested" (the hub's default)."""
         self.admin("tenant-add", tenant, "--region", region)
+        self.admin("tenant-set", tenant, "--serial-claims", serial_claims)
 
     def add_user(self, tenant, user):
         """Adds a user and returns a new API token for it (remembered as a secret)."""

@@ -1,0 +1,222 @@
+"""Serial squatting and attested serials (issue 10, item 1), end to end on loopback:
+phyhub + phyproxy + real phyagents with --device-key (Ed25519 and ECDSA P-256 keys made
+by openssl), the manufacturer's CSV imported with `phyhub admin serials-import`, an
+attacker who registers serials before the real devices, and the registration cap that
+no longer locks a device out."""
+
+import base64
+import os
+import re
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import phytest  # noqa: E402
+from phytest import wait_until  # noqa: E402
+from stack import Stack, read_json  # noqa: E402
+
+ST = None
+T = {}  # tokens, key paths
+
+
+def openssl(*args):
+    subprocess.run(["openssl"] + list(args), check=True, capture_output=True, timeout=30)
+
+
+def device_key(name, ec=False):
+    """A device key pair in the stack's folder: (private key path, public key PEM)."""
+    key = os.path.join(ST.dir, name + ".key")
+    if ec:
+        openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", key)
+    else:
+        openssl("genpkey", "-algorithm", "ed25519", "-out", key)
+    os.chmod(key, 0o600)
+    pub = subprocess.run(["openssl", "pkey", "-in", key, "-pubout"], check=True,
+                         capture_output=True, text=True, timeout=30).stdout
+    return key, pub
+
+
+def der_b64(pem):
+    return "".join(line for line in pem.splitlines() if not line.startswith("-----"))
+
+
+def setup():
+    global ST
+    ST = Stack("attestation", hub_flags=["--registration-idle", "30"], start=False)
+    # "secure" keeps the hub's default: claims by serial of attested serials only.
+    ST.add_tenant("secure", serial_claims="attested")
+    T["secure"] = ST.add_user("secure", "sam")
+    T["ed_key"], ed_pub = device_key("att-1")
+    T["ed_pub"] = ed_pub
+    T["ec_key"], ec_pub = device_key("att-2", ec=True)
+    T["other_key"], _ = device_key("att-other")
+    csv = os.path.join(ST.dir, "serials.csv")
+    with open(csv, "w") as f:
+        f.write("serial,public_key\n# a PEM block over several lines, in quotes\n")
+        f.write('SN-ATT-1,"%s"\n' % ed_pub.strip())
+        f.write("SN-ATT-2,%s\n" % der_b64(ec_pub))  # base64 of the DER
+        f.write("SN-ATT-3,%s\n" % der_b64(ed_pub))
+    out = ST.admin("serials-import", csv)
+    assert "3 attested serials imported" in out, out
+    ST.start()
+
+
+def teardown():
+    ST.stop()
+
+
+def prove(serial, token, signature):
+    return ST.request("POST", "/v1/provisioning/prove",
+                      {"serial": serial, "poll_token": token, "signature": signature},
+                      ident="sn_" + serial)
+
+
+def register_raw(serial):
+    st, js, _, _ = ST.request("POST", "/v1/provisioning/register", {"serial": serial},
+                              ident="sn_" + serial)
+    assert st == 201, (st, js)
+    ST.secrets.add(js["poll_token"])
+    return js
+
+
+def test_import_refuses_bad_files_whole():
+    bad = os.path.join(ST.dir, "bad.csv")
+    ok = der_b64(T["ed_pub"])
+    for text, why in (("SN-X,AAAA\n", "line 1: not a public key"),
+                      ("SN-OK,%s\nbad serial,%s\n" % (ok, ok), "line 2: a serial is"),
+                      ("SN-Y,\"-----BEGIN PUBLIC KEY-----\nMCow\n", "PEM block without its END"),
+                      ("SN-Z\n", "line 1: expected serial,public_key")):
+        with open(bad, "w") as f:
+            f.write(text)
+        res = subprocess.run([phytest.binary("phyhub"), "admin", "--db", ST.db,
+                              "serials-import", bad], capture_output=True, text=True, timeout=60)
+        assert res.returncode == 1 and why in res.stderr, (text, res.stderr)
+    rows = ST.query("SELECT count(*) FROM attested_serials")
+    assert rows[0][0] == 3, rows  # nothing of the bad files
+
+
+def test_unattested_serial_needs_the_code():
+    """The squatter registers a plain serial before the device: a claim by serial no
+    longer hands it the credentials, the console is told to use the code."""
+    squatter = ST.register("SN-PLAIN-1")
+    st, js, _, _ = ST.claim(token=T["secure"], serial="SN-PLAIN-1")
+    assert st == 409 and js["error"] == "code_required", (st, js)
+    assert "code shown on the device" in js["message"], js
+    st, js, _, _ = ST.poll("SN-PLAIN-1", squatter)
+    assert st == 202, (st, js)
+    # The code still works: it is shown on the real device's screen only.
+    st, js, _, _ = ST.request("POST", "/v1/provisioning/code",
+                              {"serial": "SN-PLAIN-1", "poll_token": squatter},
+                              ident="sn_SN-PLAIN-1")
+    assert st == 201, js
+    st, dev, _, _ = ST.claim(token=T["secure"], code=js["code"])
+    assert st == 201, dev
+
+
+def test_squatter_of_an_attested_serial_gets_nothing():
+    """The attacker registers SN-ATT-1 first and cannot prove it; the real phyagent
+    with its key proves its registration; the claim by serial provisions the real
+    device and the attacker's registration gets nothing."""
+    js = register_raw("SN-ATT-1")
+    squatter = js["poll_token"]
+    assert re.fullmatch(r"[A-Za-z0-9_-]{43}", js["challenge"]), js
+    st, js2, _, _ = ST.poll("SN-ATT-1", squatter)
+    assert st == 403 and js2["error"] == "proof_required", (st, js2)
+    st, js2, _, _ = ST.request("POST", "/v1/provisioning/code",
+                               {"serial": "SN-ATT-1", "poll_token": squatter},
+                               ident="sn_SN-ATT-1")
+    assert st == 403 and js2["error"] == "proof_required", (st, js2)
+    # a signature by another key, or garbage, does not prove anything
+    sig = sign(T["other_key"], "SN-ATT-1", js["challenge"], squatter)
+    st, js2, _, _ = prove("SN-ATT-1", squatter, sig)
+    assert st == 401 and js2["error"] == "invalid_proof", (st, js2)
+    st, js2, _, _ = prove("SN-ATT-1", squatter, "AAAA")
+    assert st == 401, (st, js2)
+    # nobody proven yet: nothing to claim
+    st, js2, _, _ = ST.claim(token=T["secure"], serial="SN-ATT-1")
+    assert st == 404 and js2["error"] == "unknown_serial", (st, js2)
+
+    agent, state = ST.start_agent("SN-ATT-1", ["--device-key", T["ed_key"]])
+    agent.wait_log(r"event=proven", 20)
+    st, dev, _, _ = ST.claim(token=T["secure"], serial="SN-ATT-1", name="real")
+    assert st == 201, (st, dev)
+    wait_until(lambda: ST.credentials(state), 20, "the real device's credentials")
+    assert ST.credentials(state)["device_id"] == dev["device_id"]
+    st, js2, _, _ = ST.poll("SN-ATT-1", squatter)
+    assert st == 410, (st, js2)
+    agent.kill()
+
+
+def sign(key, serial, challenge, token):
+    """The proof as phyagent makes it (docs/protocol.md), made with openssl."""
+    msg = os.path.join(ST.dir, "msg")
+    with open(msg, "w") as f:
+        f.write("phystack-register-v1\n%s\n%s\n%s\n" % (serial, challenge, token))
+    out = subprocess.run(["openssl", "pkeyutl", "-sign", "-inkey", key, "-rawin", "-in", msg],
+                         check=True, capture_output=True, timeout=30).stdout
+    return base64.urlsafe_b64encode(out).decode().rstrip("=")
+
+
+def test_proof_made_by_openssl_is_accepted_once():
+    """The signed message is what the protocol says: a proof made with openssl over
+    it (Ed25519) is accepted, and a proof can't be used for another registration."""
+    js = register_raw("SN-ATT-3")
+    token, challenge = js["poll_token"], js["challenge"]
+    other = register_raw("SN-ATT-3")
+    sig = sign(T["ed_key"], "SN-ATT-3", challenge, token)
+    st, js2, _, _ = prove("SN-ATT-3", other["poll_token"], sig)
+    assert st == 401, (st, js2)  # bound to its own registration
+    st, js2, _, _ = prove("SN-ATT-3", token, sig)
+    assert st == 200 and js2["status"] == "proven", (st, js2)
+    st, js2, _, _ = prove("SN-ATT-3", token, sig)
+    assert st == 409 and js2["error"] == "nothing_to_prove", (st, js2)
+    st, js2, _, _ = ST.poll("SN-ATT-3", token)
+    assert st == 202, (st, js2)
+
+
+def test_p256_device_and_agent_without_key():
+    # Without --device-key the agent says what is missing and does not provision.
+    agent, state = ST.start_agent("SN-ATT-2", name="phyagent-nokey")
+    agent.wait_log(r"event=device_key_required", 20)
+    agent.kill()
+    agent, state = ST.start_agent("SN-ATT-2", ["--device-key", T["ec_key"]])
+    agent.wait_log(r"event=proven", 20)
+    st, dev, _, _ = ST.claim(token=T["secure"], serial="SN-ATT-2")
+    assert st == 201, (st, dev)
+    wait_until(lambda: ST.credentials(state), 20, "the P-256 device's credentials")
+    agent.kill()
+
+
+def metric(name):
+    _, _, raw, _ = ST.request("GET", "/metrics", via_proxy=False)
+    m = re.search(re.escape(name) + r" (\d+)", raw.decode())
+    return int(m.group(1)) if m else None
+
+
+def test_registration_cap_evicts_instead_of_locking_out():
+    """Five registrations of one serial used to give 201 x4 then 429 for as long as the
+    attacker kept them alive; now the least recently active one without a live code
+    makes room, and the device's own registration (which shows a code) stays."""
+    before = metric('phyhub_provisioning_total{outcome="registration_evicted"}')
+    device = ST.register("SN-CAP")
+    st, js, _, _ = ST.request("POST", "/v1/provisioning/code",
+                              {"serial": "SN-CAP", "poll_token": device}, ident="sn_SN-CAP")
+    assert st == 201, js
+    attacker = [ST.register("SN-CAP") for _ in range(6)]
+    assert metric('phyhub_provisioning_total{outcome="registration_evicted"}') == before + 3
+    st, js, _, _ = ST.poll("SN-CAP", device)
+    assert st == 202, (st, js)  # still there, still polling
+    statuses = [ST.poll("SN-CAP", t)[0] for t in attacker]
+    assert sorted(statuses) == [202, 202, 202, 401, 401, 401], statuses
+    # the newest registration was never the one to go
+    assert statuses[-1] == 202, statuses
+    assert ST.hub.alive()
+
+
+def test_no_secret_in_any_log():
+    leaked = ST.leaked_secrets()
+    assert not leaked, "secrets in logs: %s" % leaked
+
+
+if __name__ == "__main__":
+    phytest.main()
