@@ -66,6 +66,7 @@ struct agent_opts {
     int provision_only;
     long cert_time_floor;
     char *device_key; /* PEM private key of an attested serial */
+    char *config_mode;  /* "600" (default), "640" or "644" */
 };
 
 struct agent {
@@ -85,6 +86,7 @@ struct agent {
     unsigned code_attempt; /* consecutive code failures */
     int code_spent;        /* code answered 410: poll only until re-registration */
     EVP_PKEY *device_key;  /* --device-key, NULL without */
+    unsigned config_mode;  /* --config-mode as a mode */
 };
 
 static void on_signal(int sig)
@@ -562,6 +564,19 @@ static int configure(struct agent *a)
         fprintf(stderr, "phyagent: --reconnect-min must not exceed --reconnect-max\n");
         return -1;
     }
+    a->config_mode = 0600;
+    if (a->o.config_mode != NULL) {
+        if (strcmp(a->o.config_mode, "600") == 0 || strcmp(a->o.config_mode, "0600") == 0)
+            a->config_mode = 0600;
+        else if (strcmp(a->o.config_mode, "640") == 0 || strcmp(a->o.config_mode, "0640") == 0)
+            a->config_mode = 0640;
+        else if (strcmp(a->o.config_mode, "644") == 0 || strcmp(a->o.config_mode, "0644") == 0)
+            a->config_mode = 0644;
+        else {
+            fprintf(stderr, "phyagent: --config-mode: 600, 640 or 644\n");
+            return -1;
+        }
+    }
     if (a->o.on_config != NULL && a->o.on_config[0] == '\0') {
         free(a->o.on_config); /* an empty INI value means no hook */
         a->o.on_config = NULL;
@@ -617,6 +632,7 @@ static enum agent_session_outcome connected(struct agent *a, const struct agent_
     cfg.timeout_ms = (int)a->o.timeout * 1000;
     cfg.cert_time_floor = a->o.cert_time_floor;
     cfg.on_config = a->o.on_config;
+    cfg.config_mode = a->config_mode;
     cfg.hook_timeout_s = a->o.hook_timeout;
     cfg.status_interval_s = a->o.status_interval;
     cfg.dead_after_s = a->o.dead_after;
@@ -711,6 +727,8 @@ int main(int argc, char **argv)
 
     const struct phy_opt opts[] = {
         {"serial", PHY_OPT_STR, &a.o.serial, 0, 0, "device serial number (required)"},
+        {"config-mode", PHY_OPT_STR, &a.o.config_mode, 0, 0,
+         "mode of config.json: 600 (default: desired settings may hold secrets), 640 or 644"},
         {"device-key", PHY_OPT_STR, &a.o.device_key, 0, 0,
          "PEM private key (Ed25519 or ECDSA P-256, mode 0600) whose public key the "
          "manufacturer imported for this serial; proves the device at registration"},

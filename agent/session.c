@@ -232,7 +232,7 @@ static void apply_desired(struct life *l)
         return;
     }
     if (changed) {
-        if (agent_state_write(cfg->state_dir, AGENT_STATE_CONFIG, text, len, 0644, err,
+        if (agent_state_write(cfg->state_dir, AGENT_STATE_CONFIG, text, len, cfg->config_mode, err,
                               sizeof err) != 0) {
             phy_log(PHY_LOG_ERROR, "config_failed", "version=%lld err=%s", version,
                     phy_log_quote(err, q, sizeof q));

@@ -25,6 +25,8 @@ struct agent_session_cfg {
     int timeout_ms;            /* connect, TLS handshake, upgrade answer */
     long long cert_time_floor; /* see phy_client_opts */
     const char *on_config;     /* hook command for /bin/sh -c, or NULL */
+    unsigned config_mode;      /* config.json's mode (0600: desired settings may hold
+                                * secrets; --config-mode) */
     long hook_timeout_s;
     long status_interval_s;
     long dead_after_s;

@@ -576,7 +576,8 @@ int main(int argc, char **argv)
         {"ca", PHY_OPT_STR, &c->ca_file, 0, 0,
          "PEM bundle that verifies eu's certificate (default: the system store)"},
         {"peer", PHY_OPT_LIST, &c->peers, 0, 0,
-         "eu only, repeatable: REGION=KEYFILE, the key a regional hub calls with"},
+         "eu only, repeatable: REGION=KEYFILE[,HOST:PORT], the key a regional hub calls with "
+         "and the only endpoint its issuances may name (default portal-REGION.phystack.com:443)"},
         {"inter-region-timeout", PHY_OPT_INT, &c->inter_region_timeout_s, 1, 120,
          "calls to eu: timeout per connect/read/write, s (5)"},
         {"inter-region-attempts", PHY_OPT_INT, &c->inter_region_attempts, 1, 10,

@@ -36,6 +36,7 @@
 struct region_peer {
     char name[REGION_NAME_MAX + 1];
     char key[REGION_KEY_MAX + 1];
+    char endpoint[300]; /* the only endpoint its issuances may name (HOST:PORT) */
 };
 
 struct region_ctx {
@@ -193,8 +194,9 @@ static int load_peers(struct hub *h, struct region_ctx *r, char *err, size_t err
         const char *eq = strchr(l->items[i], '=');
         struct region_peer *p = &r->peers[i];
         size_t nl = eq ? (size_t)(eq - l->items[i]) : 0;
-        if (!eq || nl == 0 || nl > REGION_NAME_MAX || !eq[1]) {
-            set_err(err, errcap, "--peer %s: %s", l->items[i], "expected REGION=KEYFILE");
+        if (!eq || nl == 0 || nl > REGION_NAME_MAX || !eq[1] || eq[1] == ',') {
+            set_err(err, errcap, "--peer %s: %s", l->items[i],
+                    "expected REGION=KEYFILE[,HOST:PORT]");
             return PHY_EINVAL;
         }
         memcpy(p->name, l->items[i], nl);
@@ -204,7 +206,28 @@ static int load_peers(struct hub *h, struct region_ctx *r, char *err, size_t err
                     "the region must be 1-15 of a-z 0-9 - and not this hub's own");
             return PHY_EINVAL;
         }
-        int rc = region_key_load(eq + 1, p->key, err, errcap);
+        /* KEYFILE[,HOST:PORT]: the endpoint the region's devices are sent to, by
+         * default the one a hub of that region announces by default. */
+        char keyfile[4096], host[256];
+        unsigned port;
+        const char *comma = strchr(eq + 1, ',');
+        size_t kl = comma ? (size_t)(comma - eq - 1) : strlen(eq + 1);
+        if (kl >= sizeof keyfile) {
+            set_err(err, errcap, "--peer %s: key file path too long", p->name);
+            return PHY_EINVAL;
+        }
+        memcpy(keyfile, eq + 1, kl);
+        keyfile[kl] = '\0';
+        if (comma)
+            snprintf(p->endpoint, sizeof p->endpoint, "%s", comma + 1);
+        else
+            snprintf(p->endpoint, sizeof p->endpoint, "portal-%s.phystack.com:443", p->name);
+        if (strlen(p->endpoint) > ENDPOINT_MAX ||
+            phy_client_parse_hostport(p->endpoint, host, sizeof host, &port, 0) != 0) {
+            set_err(err, errcap, "--peer %s: the endpoint must be HOST:PORT", p->name);
+            return PHY_EINVAL;
+        }
+        int rc = region_key_load(keyfile, p->key, err, errcap);
         if (rc)
             return rc;
         for (size_t j = 0; j < i; j++) {
@@ -295,13 +318,27 @@ unsigned char *hub_seal_issuance(void *ctx, const char *serial, size_t *out_len)
 
 /* Resolves the caller's region from its bearer key: every peer key is compared in
  * constant time. -1 with 401 in res when missing or unknown. */
+static int peer_auth_full(struct hub *h, const struct api_request *req,
+                          struct api_response *res, const struct region_peer **peer);
+
 static int peer_auth(struct hub *h, const struct api_request *req, struct api_response *res,
                      const char **region)
+{
+    const struct region_peer *p = NULL;
+    int rc = peer_auth_full(h, req, res, &p);
+    if (rc == 0)
+        *region = p->name;
+    return rc;
+}
+
+/* As peer_auth, giving the whole peer (its pinned endpoint too). */
+static int peer_auth_full(struct hub *h, const struct api_request *req,
+                          struct api_response *res, const struct region_peer **peer)
 {
     static const char bearer[] = "Bearer ";
     const struct region_ctx *r = h->region;
     const char *a = req->authorization;
-    const char *found = NULL;
+    const struct region_peer *found = NULL;
     const char *why = "missing";
     if (a && strncmp(a, bearer, sizeof bearer - 1) == 0) {
         const char *key = a + sizeof bearer - 1;
@@ -309,11 +346,11 @@ static int peer_auth(struct hub *h, const struct api_request *req, struct api_re
         why = "unknown_key";
         for (size_t i = 0; r && i < r->npeers; i++) {
             if (n == strlen(r->peers[i].key) && phy_ct_equal(key, r->peers[i].key, n))
-                found = r->peers[i].name;
+                found = &r->peers[i];
         }
     }
     if (found) {
-        *region = found;
+        *peer = found;
         return 0;
     }
     hub_metric_add(&h->metrics.auth_failures, 1);
@@ -371,8 +408,10 @@ void handle_internal_issue(struct hub *h, const struct api_request *req, struct 
     unsigned port;
     json_t *body = NULL;
 
-    if (peer_auth(h, req, res, &caller) < 0 || api_parse_body(req, res, &body) < 0)
+    const struct region_peer *peer = NULL;
+    if (peer_auth_full(h, req, res, &peer) < 0 || api_parse_body(req, res, &body) < 0)
         return;
+    caller = peer->name;
     if (api_check_fields(body, fields, res) < 0 ||
         api_get_string(body, "serial", 0, &serial, res) < 0 ||
         api_get_string(body, "code", 0, &code_in, res) < 0 ||
@@ -406,6 +445,15 @@ void handle_internal_issue(struct hub *h, const struct api_request *req, struct 
     snprintf(res->log, sizeof res->log, "caller=%s by=%s", caller, serial ? "serial" : "code");
     if (strcmp(region, caller) != 0) {
         api_error(res, 403, "wrong_region", "this key cannot issue for that region");
+        goto out;
+    }
+    /* A stolen or misused key must not send devices anywhere else. */
+    if (strcmp(endpoint, peer->endpoint) != 0) {
+        char lq[300];
+        phy_log(PHY_LOG_WARN, "wrong_endpoint", "region=%s endpoint=%s", caller,
+                phy_log_quote(endpoint, lq, sizeof lq));
+        api_error(res, 403, "wrong_endpoint",
+                  "this region's devices go to the endpoint eu has pinned for it (--peer)");
         goto out;
     }
     struct hub_seal_ctx sc = {h, device_id, secret, tenant, region, endpoint};

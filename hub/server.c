@@ -832,6 +832,13 @@ static SSL_CTX *tls_context(const struct hub_config *cfg, char *err, size_t errc
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
     SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION |
                                  SSL_OP_CIPHER_SERVER_PREFERENCE);
+    /* TLS 1.2 only with forward-secret AEAD suites (no CBC, no SHA-1 MAC, no RSA key
+     * exchange); TLS 1.3's suites are all AEAD and are preferred by the protocol. */
+    if (SSL_CTX_set_cipher_list(ctx, "ECDHE+AESGCM:ECDHE+CHACHA20") != 1) {
+        snprintf(err, errcap, "no TLS 1.2 AEAD cipher suite available");
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
     /* Idle connections hold no record buffers; the session cache would only cost memory
      * (tickets still allow resumption). Partial writes let us resume from an offset. */
     SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |

@@ -144,7 +144,7 @@ def test_desired_change_reaches_config_and_hook():
     assert read_json(os.path.join(ST.dir, "hook-input-%s.json" % dev)) == {
         "color": "blue", "volume": 3}
     st = os.stat(os.path.join(a["state"], "config.json"))
-    assert stat.S_IMODE(st.st_mode) == 0o644
+    assert stat.S_IMODE(st.st_mode) == 0o600  # desired settings may hold secrets
     # A failing hook: its exit code and stderr are reported.
     v = twin_set(dev, "mode=fail")
     cs = wait_applied(dev, v)

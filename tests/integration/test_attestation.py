@@ -213,6 +213,24 @@ def test_registration_cap_evicts_instead_of_locking_out():
     assert ST.hub.alive()
 
 
+def s_client(*args):
+    res = subprocess.run(["openssl", "s_client", "-connect", "127.0.0.1:%d" % ST.hub_port,
+                          "-servername", "portal-eu.phystack.com", "-CAfile", ST.pki["ca"]]
+                         + list(args), input="", capture_output=True, text=True, timeout=30)
+    return res.returncode, res.stdout + res.stderr
+
+
+def test_hub_tls_offers_aead_suites_only():
+    """Issue 10 item 13: TLS 1.2 CBC-SHA1 suites were still offered."""
+    for cipher in ("ECDHE-ECDSA-AES128-SHA", "ECDHE-ECDSA-AES256-SHA384", "AES128-SHA"):
+        rc, out = s_client("-tls1_2", "-cipher", cipher)
+        assert rc != 0 and "CONNECTED" in out, (cipher, out[-400:])  # reached, refused
+    rc, out = s_client("-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256")
+    assert rc == 0 and "ECDHE-ECDSA-AES128-GCM-SHA256" in out, out[-400:]
+    rc, out = s_client()
+    assert rc == 0 and "TLSv1.3" in out, out[-400:]
+
+
 def test_no_secret_in_any_log():
     leaked = ST.leaked_secrets()
     assert not leaked, "secrets in logs: %s" % leaked

@@ -345,6 +345,10 @@ def test_forged_or_missing_inter_region_key():
     st, js, _, _ = R.internal("POST", "/internal/v1/issuances", issue_body(sn, "uae"),
                               key=R.read_key("au"))
     assert st == 403 and js["error"] == "wrong_region", (st, js)
+    # au's key cannot send its devices anywhere but au's pinned endpoint (issue 10, 11).
+    evil = dict(issue_body(sn, "au"), endpoint="evil.example.com:443")
+    st, js, _, _ = R.internal("POST", "/internal/v1/issuances", evil, key=R.read_key("au"))
+    assert st == 403 and js["error"] == "wrong_endpoint", (st, js)
     # A request eu receives after its deadline issues nothing (its region gave up).
     late = dict(issue_body(sn, "au"), not_after=int(time.time() * 1000) - 1)
     st, js, _, _ = R.internal("POST", "/internal/v1/issuances", late, key=R.read_key("au"))
