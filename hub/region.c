@@ -326,8 +326,7 @@ static int peer_auth(struct hub *h, const struct api_request *req, struct api_re
 {
     const struct region_peer *p = NULL;
     int rc = peer_auth_full(h, req, res, &p);
-    if (rc == 0)
-        *region = p->name;
+    *region = rc == 0 ? p->name : NULL;
     return rc;
 }
 
