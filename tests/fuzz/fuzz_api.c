@@ -53,6 +53,7 @@
 #include "phy/err.h"
 #include "phy/log.h"
 #include "region.h"
+#include "seal.h"
 #include "store.h"
 
 #define ID "dev_abcdefghijklmnopqrstuvwxyz"
@@ -332,17 +333,75 @@ static int prov_params_ok(const struct store_prov_params *p)
 }
 
 static int f_reg_create(struct store *s, const struct store_prov_params *p, const char *serial,
-                        const char *token_hash, int *outcome)
+                        const char *token_hash, const char *challenge,
+                        struct store_reg_result *res, int *outcome)
 {
     static const int oc[] = {STORE_OK,        STORE_PROVISIONED,  STORE_TOO_MANY,
                              STORE_BAD_TOKEN, STORE_EXPIRED_CODE, STORE_PENDING};
     (void)s;
     need(prov_params_ok(p) && phy_serial_valid(serial, strlen(serial)));
-    need(strlen(token_hash) == PHY_HASH_HEX_LEN);
+    need(strlen(token_hash) == PHY_HASH_HEX_LEN && strlen(challenge) == PHY_TOKEN_LEN);
     unsigned k = pick();
     if (k == 15)
         return PHY_EIO;
     *outcome = oc[k % 6];
+    res->attested = k >= 6 && k < 10;
+    res->evicted = k >= 8 && k < 12;
+    return 0;
+}
+
+/* A registration's pending proof: knob 0 a challenge with a real Ed25519 key (any
+ * signature the fuzzer makes fails to verify), 1 nothing to prove, others outcomes. */
+static int f_reg_challenge(struct store *s, const struct store_prov_params *p, const char *serial,
+                           const char *token_hash, char challenge[PHY_TOKEN_LEN + 1],
+                           unsigned char **key, size_t *key_len, int *outcome)
+{
+    static const unsigned char ed25519_spki[44] = {
+        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00, 0x19, 0xbf, 0x44,
+        0x09, 0x69, 0x84, 0xcd, 0xfe, 0x85, 0x41, 0xba, 0xc1, 0x67, 0xdc, 0x3b, 0x96, 0xc8, 0x50,
+        0x86, 0xaa, 0x30, 0xb6, 0xb6, 0xcb, 0x0c, 0x5c, 0x38, 0xad, 0x70, 0x31, 0x66, 0xe1};
+    (void)s;
+    need(prov_params_ok(p) && phy_serial_valid(serial, strlen(serial)));
+    need(strlen(token_hash) == PHY_HASH_HEX_LEN);
+    *key = NULL;
+    challenge[0] = '\0';
+    unsigned k = pick();
+    if (k == 15)
+        return PHY_EIO;
+    *outcome = k == 2 ? STORE_BAD_TOKEN : k == 3 ? STORE_PROVISIONED : STORE_OK;
+    if (k == 0) {
+        memset(challenge, 'c', PHY_TOKEN_LEN);
+        challenge[PHY_TOKEN_LEN] = '\0';
+        *key = malloc(sizeof ed25519_spki);
+        need(*key != NULL);
+        memcpy(*key, ed25519_spki, sizeof ed25519_spki);
+        *key_len = sizeof ed25519_spki;
+    }
+    return 0;
+}
+
+static int f_reg_prove(struct store *s, const struct store_prov_params *p, const char *serial,
+                       const char *token_hash, const char *challenge, int *outcome)
+{
+    (void)s;
+    need(prov_params_ok(p) && phy_serial_valid(serial, strlen(serial)));
+    need(strlen(token_hash) == PHY_HASH_HEX_LEN && strlen(challenge) == PHY_TOKEN_LEN);
+    unsigned k = pick();
+    if (k == 15)
+        return PHY_EIO;
+    *outcome = k == 1 ? STORE_BAD_TOKEN : STORE_OK;
+    return 0;
+}
+
+static int f_tenant_serial_claims(struct store *s, int64_t tenant_id, int *policy, int *outcome)
+{
+    (void)s;
+    (void)tenant_id;
+    unsigned k = pick();
+    if (k == 15)
+        return PHY_EIO;
+    *policy = k == 1 ? SERIAL_CLAIMS_ANY : SERIAL_CLAIMS_ATTESTED;
+    *outcome = k == 2 ? STORE_NOT_FOUND : STORE_OK;
     return 0;
 }
 
@@ -778,6 +837,9 @@ static struct phy_store_ops fake_ops = {
     .audit_add = f_audit_add,
     .audit_list = f_audit_list,
     .reg_create = f_reg_create,
+    .reg_challenge = f_reg_challenge,
+    .reg_prove = f_reg_prove,
+    .tenant_serial_claims = f_tenant_serial_claims,
     .reg_set_code = f_reg_set_code,
     .poll = f_poll,
     .claim = f_claim,
@@ -830,6 +892,10 @@ static void cleanup(void)
     }
     rmdir(web_root);
     unlink(key_file);
+    for (int i = 0; i < 2; i++) {
+        snprintf(p, sizeof(p), "%s/%s.ratchet", tmpdir, i ? "eu" : "us");
+        unlink(p);
+    }
     rmdir(tmpdir);
 }
 
@@ -896,6 +962,13 @@ static void hub_init(struct hub *h, struct store *st, int eu)
     h->cfg.login_peer_limit = 20;
     for (size_t i = 0; i < sizeof(h->issuance_key); i++)
         h->issuance_key[i] = (unsigned char)(i * 7 + 1);
+    char ratchet[sizeof(tmpdir) + 16];
+    snprintf(ratchet, sizeof(ratchet), "%s/%s.ratchet", tmpdir, eu ? "eu" : "us");
+    if (seal_ring_open(&h->seal, ratchet, h->issuance_key, 900000, hub_now_ms(), 1, err,
+                       sizeof(err)) != 0) {
+        fprintf(stderr, "fuzz_api: seal ring: %s\n", err);
+        abort();
+    }
     if (eu) {
         need(phy_strlist_add(&h->cfg.peers, peer_arg) == 0);
     } else {
