@@ -245,54 +245,56 @@ static void load_registration(struct agent *a)
     }
 }
 
+/* A proof that did not go through: the registration is dropped (the next round
+ * registers again) after a backoff, the maximum one when retrying soon cannot help.
+ * -1, or 1 to stop. */
+static int prove_failed(struct agent *a, const char *reason, int at_max)
+{
+    drop_registration(a);
+    int rc = at_max ? backoff_max(a, reason) : backoff(a, reason);
+    return rc ? rc : -1;
+}
+
 /* Proves possession of the device key for a new registration of an attested serial
- * (docs/protocol.md section 2). 0 proven; -1 backed off (the registration is dropped,
- * the next round registers again); 1 to stop. */
+ * (docs/protocol.md section 2). 0 proven, else as prove_failed. */
 static int do_prove(struct agent *a, const char *challenge)
 {
     struct phy_client_response res = {0};
     struct agent_prov_result r;
     char msg[PHY_ATTEST_MSG_MAX], sig[PHY_ATTEST_SIG_B64_MAX + 1];
-    int n, rc;
+    int n;
     if (!a->device_key) {
         phy_log(PHY_LOG_ERROR, "device_key_required",
                 "serial=%s msg=\"this serial is attested: start phyagent with --device-key\"",
                 a->o.serial);
-        drop_registration(a);
-        rc = backoff_max(a, "device_key_required");
-        return rc ? rc : -1;
+        return prove_failed(a, "device_key_required", 1);
     }
     n = phy_attest_message(a->o.serial, challenge, a->poll_token, msg, sizeof msg);
     if (n < 0 || phy_attest_sign(a->device_key, msg, (size_t)n, sig, sizeof sig) != 0) {
         OPENSSL_cleanse(msg, sizeof msg);
         phy_log(PHY_LOG_ERROR, "prove_failed", "reason=\"cannot sign with the device key\"");
-        drop_registration(a);
-        rc = backoff(a, "sign_failed");
-        return rc ? rc : -1;
+        return prove_failed(a, "sign_failed", 0);
     }
     OPENSSL_cleanse(msg, sizeof msg);
-    if (post(a, PATH_PROVE, agent_prov_prove_body(a->o.serial, a->poll_token, sig), &res) != 0) {
-        drop_registration(a);
-        rc = backoff(a, "network");
-        return rc ? rc : -1;
-    }
+    if (post(a, PATH_PROVE, agent_prov_prove_body(a->o.serial, a->poll_token, sig), &res) != 0)
+        return prove_failed(a, "network", 0);
     agent_prov_parse_prove(res.status, res.body, res.body_len, &r);
     release(&res);
-    if (r.outcome == AGENT_PROV_OK) {
+    switch (r.outcome) {
+    case AGENT_PROV_OK:
         if (r.interval > 0)
             a->interval = r.interval;
         phy_log(PHY_LOG_INFO, "proven", "serial=%s", a->o.serial);
         return 0;
-    }
-    if (r.outcome == AGENT_PROV_BAD_PROOF)
+    case AGENT_PROV_BAD_PROOF:
         phy_log(PHY_LOG_ERROR, "prove_refused",
                 "serial=%s msg=\"the hub's key for this serial does not match --device-key\"",
                 a->o.serial);
-    else
+        return prove_failed(a, "bad_proof", 1);
+    default:
         log_answer(PHY_LOG_WARN, "prove_failed", PATH_PROVE, &r);
-    drop_registration(a);
-    rc = r.outcome == AGENT_PROV_BAD_PROOF ? backoff_max(a, "bad_proof") : backoff(a, "prove_failed");
-    return rc ? rc : -1;
+        return prove_failed(a, "prove_failed", 0);
+    }
 }
 
 /* Registers the serial. Returns 1 to stop, 0 to go on (registered or backed off). */

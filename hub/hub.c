@@ -37,36 +37,33 @@ void hub_prov_params(const struct hub *h, int64_t now_ms, struct store_prov_para
 
 #define RESEAL_PAGE 256
 
-/* Re-seals one page of live bodies; *last gets the page's last serial. */
+/* Re-seals one page of live bodies (one store transaction); *last gets the page's
+ * last serial. */
 static int reseal_page(struct hub *h, int64_t now_ms, char last[PHY_SERIAL_MAX + 1], size_t *got,
                        int *foreign)
 {
     struct store_sealed *v = NULL;
-    size_t n = 0;
+    size_t n = 0, stale = 0, replaced = 0;
     int rc = h->store_ops->sealed_list(h->store, last, RESEAL_PAGE, &v, &n);
     *got = n;
     for (size_t i = 0; rc == 0 && i < n; i++) {
-        size_t len = 0;
-        int replaced = 0;
-        unsigned char *next;
         if (!seal_is_stale(h->seal, now_ms, v[i].sealed, v[i].sealed_len)) {
             if (seal_is_foreign(h->seal, v[i].sealed, v[i].sealed_len))
                 (*foreign)++;
             continue;
         }
-        next = seal_reseal(h->seal, now_ms, v[i].device_id, v[i].sealed, v[i].sealed_len, &len);
-        if (!next) {
+        v[i].next = seal_reseal(h->seal, now_ms, v[i].device_id, v[i].sealed, v[i].sealed_len,
+                                &v[i].next_len);
+        if (!v[i].next) {
             /* It cannot be opened now: moving the ratchet on would lose it for good. */
             phy_log(PHY_LOG_ERROR, "reseal_failed", "device_id=%s reason=\"cannot open it\"",
                     v[i].device_id);
             rc = PHY_ECRYPTO;
-            break;
         }
-        rc = h->store_ops->sealed_replace(h->store, v[i].serial, v[i].device_id, v[i].sealed,
-                                          v[i].sealed_len, next, len, &replaced);
-        OPENSSL_cleanse(next, len);
-        free(next);
+        stale++;
     }
+    if (rc == 0 && stale)
+        rc = h->store_ops->sealed_replace(h->store, v, n, &replaced);
     if (n > 0)
         snprintf(last, PHY_SERIAL_MAX + 1, "%s", v[n - 1].serial);
     store_sealed_free(v, n);

@@ -352,13 +352,13 @@ out:
 
 #define SERIALS_FILE_MAX (256u << 20)
 
-/* Imports the CSV at path ("-": stdin) of attested serials, all or none. */
+/* Imports the CSV at path of attested serials, all or none. */
 static int admin_serials_import(const struct phy_store_ops *ops, const char *path)
 {
     struct store_serial_key *v = NULL;
     char *text = NULL, err[256];
     size_t len = 0, n = 0;
-    int fd = strcmp(path, "-") == 0 ? 0 : open(path, O_RDONLY | O_CLOEXEC), rc = 1;
+    int fd = open(path, O_RDONLY | O_CLOEXEC), rc = 1;
     if (fd < 0) {
         fprintf(stderr, "phyhub admin: %s: %s\n", path, strerror(errno));
         return 1;
@@ -383,8 +383,7 @@ static int admin_serials_import(const struct phy_store_ops *ops, const char *pat
     printf("%zu attested serials imported\n", n);
     rc = 0;
 out:
-    if (fd > 0)
-        close(fd);
+    close(fd);
     serials_free(v, n);
     free(text);
     return rc;
@@ -479,18 +478,16 @@ static int admin_main(int argc, char **argv)
         }
         OPENSSL_cleanse(token, sizeof(token));
     } else if (strcmp(pos[0], "tenant-set") == 0 && npos == 2) {
-        int any = serial_claims && strcmp(serial_claims, "any") == 0;
-        if (!serial_claims || (!any && strcmp(serial_claims, "attested") != 0)) {
+        int policy;
+        if (store_serial_claims_parse(serial_claims, &policy) != 0) {
             fprintf(stderr, "phyhub admin: tenant-set needs --serial-claims attested|any\n");
             goto out_close;
         }
-        rc = admin_outcome(ops->tenant_serial_claims_set(
-                               g_hub.store, pos[1], any ? SERIAL_CLAIMS_ANY : SERIAL_CLAIMS_ATTESTED,
-                               &outcome),
+        rc = admin_outcome(ops->tenant_serial_claims_set(g_hub.store, pos[1], policy, &outcome),
                            outcome, "tenant");
         if (rc == 0)
             printf("tenant %s: claims by serial of %s serials\n", pos[1],
-                   any ? "any" : "attested");
+                   store_serial_claims_name(policy));
     } else if (strcmp(pos[0], "serials-import") == 0 && npos == 2) {
         rc = admin_serials_import(ops, pos[1]);
     } else if (strcmp(pos[0], "device-add-bulk") == 0 && npos == 2) {

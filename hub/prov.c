@@ -10,23 +10,10 @@
 #include "phy/crypto.h"
 #include "phy/err.h"
 #include "phy/log.h"
+#include "rules.h"
 #include "seal.h"
 
 #define CODE_ATTEMPTS 16
-
-static int poll_token_valid(const char *t)
-{
-    size_t n = strlen(t);
-    if (n != PHY_TOKEN_LEN)
-        return 0;
-    for (size_t i = 0; i < n; i++) {
-        char c = t[i];
-        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-              c == '-' || c == '_'))
-            return 0;
-    }
-    return 1;
-}
 
 static int check_serial(const char *serial, struct api_response *res)
 {
@@ -41,10 +28,31 @@ static int check_serial(const char *serial, struct api_response *res)
 static int poll_token_hash(const char *token, char hash[PHY_HASH_HEX_LEN + 1],
                            struct api_response *res)
 {
-    if (!poll_token_valid(token) || phy_sha256_hex(token, strlen(token), hash) < 0) {
+    if (!store_token_ok(token) || phy_sha256_hex(token, strlen(token), hash) < 0) {
         api_error(res, 401, "invalid_poll_token", "unknown or expired poll token");
         return -1;
     }
+    return 0;
+}
+
+/* Reads the body of a call on a registration: the members in fields (serial and
+ * poll_token among them, both required), the serial checked, the token hashed, the
+ * serial in res->log. 0, or -1 when res was answered (*body is then NULL). */
+static int reg_request(const struct api_request *req, struct api_response *res,
+                       const char *const *fields, json_t **body, const char **serial,
+                       const char **token, char hash[PHY_HASH_HEX_LEN + 1])
+{
+    if (api_parse_body(req, res, body) < 0)
+        return -1;
+    if (api_check_fields(*body, fields, res) < 0 ||
+        api_get_string(*body, "serial", 1, serial, res) < 0 ||
+        api_get_string(*body, "poll_token", 1, token, res) < 0 || check_serial(*serial, res) < 0 ||
+        poll_token_hash(*token, hash, res) < 0) {
+        json_decref(*body);
+        *body = NULL;
+        return -1;
+    }
+    snprintf(res->log, sizeof(res->log), "serial=%s", *serial);
     return 0;
 }
 
@@ -126,15 +134,11 @@ void handle_prove(struct hub *h, const struct api_request *req, struct api_respo
     unsigned char *key = NULL;
     size_t key_len = 0;
     int outcome, n;
-    if (api_parse_body(req, res, &body) < 0)
+    msg[0] = '\0';
+    if (reg_request(req, res, fields, &body, &serial, &token, hash) < 0)
         return;
-    if (api_check_fields(body, fields, res) < 0 ||
-        api_get_string(body, "serial", 1, &serial, res) < 0 ||
-        api_get_string(body, "poll_token", 1, &token, res) < 0 ||
-        api_get_string(body, "signature", 1, &sig, res) < 0 || check_serial(serial, res) < 0 ||
-        poll_token_hash(token, hash, res) < 0)
+    if (api_get_string(body, "signature", 1, &sig, res) < 0)
         goto out;
-    snprintf(res->log, sizeof(res->log), "serial=%s", serial);
     struct store_prov_params p;
     hub_prov_params(h, hub_now_ms(), &p);
     if (h->store_ops->reg_challenge(h->store, &p, serial, hash, challenge, &key, &key_len,
@@ -176,14 +180,8 @@ void handle_code(struct hub *h, const struct api_request *req, struct api_respon
     json_t *body;
     const char *serial, *token;
     char hash[PHY_HASH_HEX_LEN + 1];
-    if (api_parse_body(req, res, &body) < 0)
+    if (reg_request(req, res, fields, &body, &serial, &token, hash) < 0)
         return;
-    if (api_check_fields(body, fields, res) < 0 ||
-        api_get_string(body, "serial", 1, &serial, res) < 0 ||
-        api_get_string(body, "poll_token", 1, &token, res) < 0 || check_serial(serial, res) < 0 ||
-        poll_token_hash(token, hash, res) < 0)
-        goto out;
-    snprintf(res->log, sizeof(res->log), "serial=%s", serial);
 
     struct store_prov_params p;
     hub_prov_params(h, hub_now_ms(), &p);

@@ -316,23 +316,11 @@ unsigned char *hub_seal_issuance(void *ctx, const char *serial, size_t *out_len)
 
 /* ---- eu: the internal API ---- */
 
-/* Resolves the caller's region from its bearer key: every peer key is compared in
- * constant time. -1 with 401 in res when missing or unknown. */
-static int peer_auth_full(struct hub *h, const struct api_request *req,
-                          struct api_response *res, const struct region_peer **peer);
-
-static int peer_auth(struct hub *h, const struct api_request *req, struct api_response *res,
-                     const char **region)
-{
-    const struct region_peer *p = NULL;
-    int rc = peer_auth_full(h, req, res, &p);
-    *region = rc == 0 ? p->name : NULL;
-    return rc;
-}
-
-/* As peer_auth, giving the whole peer (its pinned endpoint too). */
-static int peer_auth_full(struct hub *h, const struct api_request *req,
-                          struct api_response *res, const struct region_peer **peer)
+/* Resolves the calling region (its name, and the endpoint eu pinned for it) from its
+ * bearer key: every peer key is compared in constant time. NULL with 401 in res when
+ * the key is missing or unknown. */
+static const struct region_peer *peer_auth(struct hub *h, const struct api_request *req,
+                                           struct api_response *res)
 {
     static const char bearer[] = "Bearer ";
     const struct region_ctx *r = h->region;
@@ -348,10 +336,8 @@ static int peer_auth_full(struct hub *h, const struct api_request *req,
                 found = &r->peers[i];
         }
     }
-    if (found) {
-        *peer = found;
-        return 0;
-    }
+    if (found)
+        return found;
     hub_metric_add(&h->metrics.auth_failures, 1);
     char lpath[128];
     phy_log(PHY_LOG_WARN, "inter_region_auth_failed", "reason=%s path=%s", why,
@@ -360,7 +346,7 @@ static int peer_auth_full(struct hub *h, const struct api_request *req,
     snprintf(res->extra_headers, sizeof res->extra_headers,
              "WWW-Authenticate: Bearer realm=\"phystack-internal\"\r\n");
     snprintf(res->log, sizeof res->log, "inter_region_auth=%s", why);
-    return -1;
+    return NULL;
 }
 
 /* A tenant name as tenant-add accepts it: 1..max bytes (UTF-8, checked by jansson)
@@ -406,9 +392,8 @@ void handle_internal_issue(struct hub *h, const struct api_request *req, struct 
     char code[PHY_CODE_LEN + 1], host[256], serial_out[PHY_SERIAL_MAX + 1] = "";
     unsigned port;
     json_t *body = NULL;
-
-    const struct region_peer *peer = NULL;
-    if (peer_auth_full(h, req, res, &peer) < 0 || api_parse_body(req, res, &body) < 0)
+    const struct region_peer *peer = peer_auth(h, req, res);
+    if (!peer || api_parse_body(req, res, &body) < 0)
         return;
     caller = peer->name;
     if (api_check_fields(body, fields, res) < 0 ||
@@ -422,7 +407,8 @@ void handle_internal_issue(struct hub *h, const struct api_request *req, struct 
         api_get_string(body, "serial_claims", 0, &policy, res) < 0)
         goto out;
     /* Absent (a hub of an older version): the default policy. */
-    if (policy && strcmp(policy, "any") != 0 && strcmp(policy, "attested") != 0) {
+    int serial_claims = SERIAL_CLAIMS_ATTESTED;
+    if (policy && store_serial_claims_parse(policy, &serial_claims) != 0) {
         api_error(res, 400, "bad_request", "serial_claims is 'attested' or 'any'");
         goto out;
     }
@@ -461,8 +447,7 @@ void handle_internal_issue(struct hub *h, const struct api_request *req, struct 
         .code = code_in ? code : NULL,
         .device_id = device_id,
         .region = caller,
-        .serial_claims =
-            policy && strcmp(policy, "any") == 0 ? SERIAL_CLAIMS_ANY : SERIAL_CLAIMS_ATTESTED,
+        .serial_claims = serial_claims,
         .seal = hub_seal_issuance,
         .seal_ctx = &sc,
     };
@@ -497,10 +482,11 @@ out:
 void handle_internal_purge(struct hub *h, const struct api_request *req, const char *id,
                            struct api_response *res)
 {
-    const char *caller;
+    const struct region_peer *peer = peer_auth(h, req, res);
     int outcome = STORE_OK;
-    if (peer_auth(h, req, res, &caller) < 0)
+    if (!peer)
         return;
+    const char *caller = peer->name;
     snprintf(res->log, sizeof res->log, "caller=%s", caller);
     if (h->store_ops->issuance_purge_remote(h->store, caller, id, &outcome) < 0) {
         store_failed(res);
@@ -516,11 +502,12 @@ void handle_internal_purge(struct hub *h, const struct api_request *req, const c
 void handle_internal_cancel(struct hub *h, const struct api_request *req, const char *id,
                             struct api_response *res)
 {
-    const char *caller;
+    const struct region_peer *peer = peer_auth(h, req, res);
     char serial[PHY_SERIAL_MAX + 1] = "";
     int outcome = STORE_OK;
-    if (peer_auth(h, req, res, &caller) < 0)
+    if (!peer)
         return;
+    const char *caller = peer->name;
     snprintf(res->log, sizeof res->log, "caller=%s", caller);
     if (h->store_ops->issuance_cancel_remote(h->store, caller, id, serial, &outcome) < 0) {
         store_failed(res);
@@ -542,11 +529,13 @@ void handle_internal_cancel(struct hub *h, const struct api_request *req, const 
 void handle_internal_rearm(struct hub *h, const struct api_request *req, struct api_response *res)
 {
     static const char *const fields[] = {"serial", NULL};
+    const struct region_peer *peer = peer_auth(h, req, res);
     const char *caller, *serial;
     json_t *body = NULL;
     int outcome = STORE_OK;
-    if (peer_auth(h, req, res, &caller) < 0 || api_parse_body(req, res, &body) < 0)
+    if (!peer || api_parse_body(req, res, &body) < 0)
         return;
+    caller = peer->name;
     if (api_check_fields(body, fields, res) < 0 ||
         api_get_string(body, "serial", 1, &serial, res) < 0)
         goto out;
@@ -706,7 +695,7 @@ static char *issue_body(struct hub *h, const struct region_claim *c, int64_t not
                  "\"serial_claims\":\"%s\"}",
                  c->serial ? "serial" : "code", c->serial ? c->serial : c->code, c->device_id,
                  c->secret, tenant, h->cfg.region, h->cfg.public_endpoint, (long long)not_after,
-                 c->serial_claims == SERIAL_CLAIMS_ANY ? "any" : "attested");
+                 store_serial_claims_name(c->serial_claims));
     free(tenant);
     return body;
 }

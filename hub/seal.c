@@ -286,9 +286,9 @@ int seal_open(struct seal_ring *r, int64_t now_ms, const char *device_id,
     size_t aad_len;
     int64_t e = 0;
     int kind = body_epoch(r, in, n, &e), rc;
-    if (kind < 0)
-        return PHY_ECRYPTO;
-    if (kind == 0) /* legacy: the key file itself, the device ID as AAD */
+    /* Legacy: the key file itself, the device ID as AAD. Another ratchet's header may
+     * also be a legacy body whose random nonce happens to start like one. */
+    if (kind <= 0)
         return phy_aead_open(r->master, device_id, strlen(device_id), in, n, out, cap);
     pthread_mutex_lock(&r->mu);
     /* A key at most one epoch ahead of this node's clock (another node's clock may be
@@ -364,8 +364,10 @@ int seal_advance(struct seal_ring *r, int64_t now_ms, char *err, size_t errcap)
     if (rc == 0) {
         memcpy(r->state, state, STATE_LEN);
         r->base = target;
-    } else {
+    } else if (rc == PHY_EIO) {
         snprintf(err, errcap, "%s %s: write: %s", what, r->path, strerror(errno));
+    } else {
+        snprintf(err, errcap, "%s %s: key derivation failed", what, r->path);
     }
     pthread_mutex_unlock(&r->mu);
     OPENSSL_cleanse(state, sizeof state);

@@ -533,7 +533,7 @@ static int sq_console_session_create(struct store *s, const char *id_hash, int64
                                      int64_t user_id, const char *csrf, int64_t now_ms)
 {
     int changes = 0, rc;
-    if (!s || !store_session_hash_ok(id_hash) || !store_csrf_ok(csrf))
+    if (!s || !store_session_hash_ok(id_hash) || !store_token_ok(csrf))
         return PHY_EINVAL;
     TX_BEGIN(s, 1)
     rc = q_exec(s, &changes,
@@ -749,7 +749,8 @@ static int tenant_policy(struct store *s, int64_t tenant_id, int *policy)
 {
     int64_t any = 0;
     int rc = q_int(s, &any,
-                   "SELECT CASE WHEN serial_claims = 'any' THEN 1 ELSE 0 END FROM tenants"
+                   "SELECT CASE WHEN serial_claims = '" SERIAL_CLAIMS_ANY_NAME "' THEN 1 ELSE 0 END"
+                   " FROM tenants"
                    " WHERE id = ?",
                    "i", tenant_id);
     if (rc == 1)
@@ -813,7 +814,7 @@ static int sq_reg_create(struct store *s, const struct store_prov_params *p, con
     if (res)
         memset(res, 0, sizeof *res);
     if (!s || !outcome || !res || !store_params_ok(p) || !store_serial_ok(serial) ||
-        !store_hash_ok(token_hash) || !challenge || !store_csrf_ok(challenge)) /* 43 b64url */
+        !store_hash_ok(token_hash) || !challenge || !store_token_ok(challenge))
         return PHY_EINVAL;
     TX_BEGIN(s, 1)
     attested = evicted = 0;
@@ -931,7 +932,7 @@ static int sq_reg_prove(struct store *s, const struct store_prov_params *p, cons
 {
     int rc, changes = 0;
     if (!s || !outcome || !store_params_ok(p) || !store_serial_ok(serial) ||
-        !store_hash_ok(token_hash) || !challenge || !store_csrf_ok(challenge))
+        !store_hash_ok(token_hash) || !challenge || !store_token_ok(challenge))
         return PHY_EINVAL;
     TX_BEGIN(s, 1)
     rc = q_exec(s, &changes,
@@ -979,7 +980,7 @@ static int sq_tenant_serial_claims_set(struct store *s, const char *tenant, int 
         return PHY_EINVAL;
     TX_BEGIN(s, 1)
     rc = q_exec(s, &changes, "UPDATE tenants SET serial_claims = ? WHERE name = ?", "tt",
-                policy == SERIAL_CLAIMS_ANY ? "any" : "attested", tenant);
+                store_serial_claims_name(policy), tenant);
     rc = tx_end(s, rc);
     TX_RETRY(rc);
     if (rc == 0)
@@ -1297,7 +1298,7 @@ static int claim_by_serial(struct store *s, const struct store_prov_params *p, c
     }
     if ((attested = serial_attested(s, serial)) < 0)
         return attested;
-    if (rule_claim_by_serial(attested, serial_claims, 1) == STORE_CODE_REQUIRED) {
+    if (!rule_serial_claim_allowed(attested, serial_claims)) {
         *outcome = STORE_CODE_REQUIRED;
         return 0;
     }
@@ -2846,7 +2847,10 @@ void store_sealed_free(struct store_sealed *v, size_t n)
     for (size_t i = 0; i < n; i++) {
         if (v[i].sealed)
             OPENSSL_cleanse(v[i].sealed, v[i].sealed_len);
+        if (v[i].next)
+            OPENSSL_cleanse(v[i].next, v[i].next_len);
         free(v[i].sealed);
+        free(v[i].next);
     }
     free(v);
 }
@@ -2912,26 +2916,36 @@ out:
     return rc;
 }
 
-static int sq_sealed_replace(struct store *s, const char *serial, const char *device_id,
-                             const unsigned char *old, size_t old_len, const unsigned char *next,
-                             size_t next_len, int *replaced)
+static int sq_sealed_replace(struct store *s, const struct store_sealed *v, size_t n,
+                             size_t *replaced)
 {
-    int rc, changes = 0;
-    if (!s || !store_serial_ok(serial) || !store_device_id_ok(device_id) || !old || !old_len ||
-        !next || !next_len || !replaced)
+    size_t count;
+    int rc;
+    if (!s || !replaced || (n && !v) || n > SEALED_LIST_MAX)
         return PHY_EINVAL;
+    for (size_t i = 0; i < n; i++)
+        if (!store_serial_ok(v[i].serial) || !store_device_id_ok(v[i].device_id) ||
+            !v[i].sealed || !v[i].sealed_len || (v[i].next && !v[i].next_len))
+            return PHY_EINVAL;
     *replaced = 0;
     TX_BEGIN(s, 1)
-    rc = q_exec(s, &changes,
-                "UPDATE issuances SET sealed = ?4 WHERE serial = ?1 AND device_id = ?2"
-                " AND sealed = ?3",
-                "ttbb", serial, device_id, (const void *)old, old_len, (const void *)next,
-                next_len);
-    /* The old body's bytes are gone from the live row: scrub them like a purge. */
-    rc = tx_end_scrub(s, rc, changes);
+    count = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        int changes = 0;
+        if (!v[i].next)
+            continue;
+        rc = q_exec(s, &changes,
+                    "UPDATE issuances SET sealed = ?4 WHERE serial = ?1 AND device_id = ?2"
+                    " AND sealed = ?3",
+                    "ttbb", v[i].serial, v[i].device_id, (const void *)v[i].sealed,
+                    v[i].sealed_len, (const void *)v[i].next, v[i].next_len);
+        count += (size_t)changes;
+    }
+    /* The old bodies' bytes are gone from the live rows: scrub them like a purge. */
+    rc = tx_end_scrub(s, rc, (int)count);
     TX_RETRY(rc);
     if (rc == 0)
-        *replaced = changes > 0;
+        *replaced = count;
     return rc;
 }
 

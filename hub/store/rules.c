@@ -110,9 +110,9 @@ int store_session_hash_ok(const char *s)
     return chars_ok(s, PHY_HASH_HEX_LEN, lower_hex_char);
 }
 
-int store_csrf_ok(const char *s)
+int store_token_ok(const char *s)
 {
-    return chars_ok(s, STORE_CSRF_LEN, base64url_char);
+    return chars_ok(s, PHY_TOKEN_LEN, base64url_char);
 }
 
 int store_audit_action_ok(const char *s)
@@ -218,9 +218,30 @@ int rule_code_too_soon(int64_t expires_ms, const struct store_prov_params *p)
     return expires_ms > 0 && expires_ms - p->code_ttl_ms > p->now_ms - STORE_CODE_MIN_GAP_MS;
 }
 
+const char *store_serial_claims_name(int policy)
+{
+    return policy == SERIAL_CLAIMS_ANY ? SERIAL_CLAIMS_ANY_NAME : SERIAL_CLAIMS_ATTESTED_NAME;
+}
+
+int store_serial_claims_parse(const char *name, int *policy)
+{
+    if (name && strcmp(name, SERIAL_CLAIMS_ANY_NAME) == 0)
+        *policy = SERIAL_CLAIMS_ANY;
+    else if (name && strcmp(name, SERIAL_CLAIMS_ATTESTED_NAME) == 0)
+        *policy = SERIAL_CLAIMS_ATTESTED;
+    else
+        return PHY_EINVAL;
+    return 0;
+}
+
+int rule_serial_claim_allowed(int attested, int serial_claims)
+{
+    return attested || serial_claims == SERIAL_CLAIMS_ANY;
+}
+
 int rule_claim_by_serial(int attested, int serial_claims, int live_registrations)
 {
-    if (!attested && serial_claims != SERIAL_CLAIMS_ANY)
+    if (!rule_serial_claim_allowed(attested, serial_claims))
         return STORE_CODE_REQUIRED;
     if (live_registrations == 1)
         return STORE_OK;

@@ -56,7 +56,8 @@ int store_hash_ok(const char *s);                  /* a hex SHA-256 (1..64 chars
 int store_region_ok(const char *s);                /* 1..15 of [a-z0-9-] */
 int store_device_id_ok(const char *s);             /* 1..PHY_DEVICE_ID_LEN bytes */
 int store_session_hash_ok(const char *s);          /* exactly 64 lowercase hex */
-int store_csrf_ok(const char *s);                  /* exactly 43 base64url */
+int store_token_ok(const char *s); /* exactly PHY_TOKEN_LEN base64url: phy_token_new's
+                                    * tokens (CSRF, poll token, challenge) */
 int store_audit_action_ok(const char *s);          /* 1..31 of [a-z._] */
 int store_outbox_kind_ok(int kind);
 int store_params_ok(const struct store_prov_params *p);
@@ -106,6 +107,8 @@ int rule_code_too_soon(int64_t expires_ms, const struct store_prov_params *p);
  * STORE_CODE_REQUIRED (unattested, and the tenant allows attested serials only),
  * STORE_OK (exactly one), STORE_UNKNOWN_SERIAL or STORE_SERIAL_IN_USE. */
 int rule_claim_by_serial(int attested, int serial_claims, int live_registrations);
+/* 1 when a tenant with that policy may claim the serial by serial at all. */
+int rule_serial_claim_allowed(int attested, int serial_claims);
 
 /* ---- throttles, console sessions ---- */
 

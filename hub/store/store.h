@@ -37,11 +37,16 @@ enum store_outcome {
     STORE_PROOF_REQUIRED,  /* an attested serial's registration not proven yet: 403 */
 };
 
-/* Claims by serial a tenant allows (tenants.serial_claims). */
+/* Claims by serial a tenant allows (tenants.serial_claims, the names below). */
 enum store_serial_claims {
     SERIAL_CLAIMS_ATTESTED = 0, /* only attested serials (the default) */
     SERIAL_CLAIMS_ANY = 1,      /* any serial with one live registration */
 };
+#define SERIAL_CLAIMS_ATTESTED_NAME "attested"
+#define SERIAL_CLAIMS_ANY_NAME "any"
+/* A policy's name, and a name's policy (0, or PHY_EINVAL for another text). */
+const char *store_serial_claims_name(int policy);
+int store_serial_claims_parse(const char *name, int *policy);
 
 /* An attested serial: its device's public key (DER SubjectPublicKeyInfo). */
 struct store_serial_key {
@@ -215,12 +220,15 @@ struct store_outbox_item {
     int attempts;                    /* failed calls so far */
 };
 
-/* A live sealed issuance body (sealed_list), for the hub's re-sealing. */
+/* A live sealed issuance body (sealed_list), for the hub's re-sealing: the hub sets
+ * next to the body that replaces it (sealed_replace). */
 struct store_sealed {
     char serial[PHY_SERIAL_MAX + 1];
     char device_id[PHY_DEVICE_ID_LEN + 1];
     unsigned char *sealed; /* malloc'd; store_sealed_free */
     size_t sealed_len;
+    unsigned char *next;   /* malloc'd or NULL (left as it is); store_sealed_free */
+    size_t next_len;
 };
 void store_sealed_free(struct store_sealed *v, size_t n);
 
@@ -359,12 +367,12 @@ struct phy_store_ops {
      * serial order, at most max: *out malloc'd (store_sealed_free), *n set. */
     int (*sealed_list)(struct store *s, const char *after, size_t max, struct store_sealed **out,
                        size_t *n);
-    /* Compare and set: the body of serial's issuance for device_id becomes next only
-     * when it still is old (a purge or another re-seal meanwhile wins). *replaced is
-     * 1 or 0. */
-    int (*sealed_replace)(struct store *s, const char *serial, const char *device_id,
-                          const unsigned char *old, size_t old_len, const unsigned char *next,
-                          size_t next_len, int *replaced);
+    /* Compare and set, all of v in one transaction: the body of v[i].serial's
+     * issuance for v[i].device_id becomes v[i].next (when set) only while it still is
+     * v[i].sealed (a purge or another re-seal meanwhile wins). *replaced gets how
+     * many were replaced. */
+    int (*sealed_replace)(struct store *s, const struct store_sealed *v, size_t n,
+                          size_t *replaced);
 
     /* --- inter-region, eu side (the hub with provisioning) --- */
     /* Idempotent by device ID: when an issuance of ri->region already carries
