@@ -10,7 +10,6 @@
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
-#include <openssl/hmac.h>
 
 #include "phy/err.h"
 
@@ -53,28 +52,12 @@ static uint64_t be64_get(const unsigned char *p)
     return v;
 }
 
-static int hmac(const unsigned char *key, size_t klen, const void *a, size_t alen, const void *b,
-                size_t blen, unsigned char out[32])
-{
-    unsigned char buf[64 + STATE_LEN];
-    unsigned int len = 0;
-    int ok;
-    if (alen + blen > sizeof buf)
-        return PHY_EINVAL;
-    memcpy(buf, a, alen);
-    if (blen)
-        memcpy(buf + alen, b, blen);
-    ok = HMAC(EVP_sha256(), key, (int)klen, buf, alen + blen, out, &len) != NULL && len == 32;
-    OPENSSL_cleanse(buf, sizeof buf);
-    return ok ? 0 : PHY_ECRYPTO;
-}
-
 /* S_(e+1) from S_e, in place. */
 static int ratchet_step(unsigned char state[STATE_LEN])
 {
     static const char label[] = "phystack seal ratchet v1";
     unsigned char next[STATE_LEN];
-    int rc = hmac(state, STATE_LEN, label, sizeof label - 1, NULL, 0, next);
+    int rc = phy_hmac_sha256(state, STATE_LEN, label, sizeof label - 1, NULL, 0, next);
     memcpy(state, next, STATE_LEN);
     OPENSSL_cleanse(next, sizeof next);
     return rc;
@@ -92,7 +75,7 @@ static int epoch_key(const struct seal_ring *r, int64_t e, unsigned char key[PHY
     for (int64_t i = r->base; i < e && rc == 0; i++)
         rc = ratchet_step(s);
     if (rc == 0)
-        rc = hmac(r->master, PHY_AEAD_KEY_LEN, label, sizeof label - 1, s, STATE_LEN, key);
+        rc = phy_hmac_sha256(r->master, PHY_AEAD_KEY_LEN, label, sizeof label - 1, s, STATE_LEN, key);
     OPENSSL_cleanse(s, sizeof s);
     return rc;
 }

@@ -11,7 +11,9 @@
 #include <unistd.h>
 
 #include <openssl/crypto.h>
+#include <openssl/core_names.h>
 #include <openssl/evp.h>
+#include <openssl/params.h>
 #include <openssl/rand.h>
 
 #include "phy/base64.h"
@@ -168,6 +170,23 @@ int phy_ct_equal(const void *a, const void *b, size_t n)
     if (n == 0)
         return 1;
     return CRYPTO_memcmp(a, b, n) == 0;
+}
+
+int phy_hmac_sha256(const void *key, size_t klen, const void *a, size_t alen, const void *b,
+                    size_t blen, unsigned char out[32])
+{
+    EVP_MAC *mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    EVP_MAC_CTX *ctx = mac != NULL ? EVP_MAC_CTX_new(mac) : NULL;
+    OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string("digest", (char *)"SHA256", 0),
+                           OSSL_PARAM_construct_end()};
+    size_t len = 0;
+    int ok = ctx != NULL && EVP_MAC_init(ctx, key, klen, params) == 1 &&
+             EVP_MAC_update(ctx, a, alen) == 1 && (blen == 0 || EVP_MAC_update(ctx, b, blen) == 1) &&
+             EVP_MAC_final(ctx, out, &len, 32) == 1 && len == 32;
+
+    EVP_MAC_CTX_free(ctx);
+    EVP_MAC_free(mac);
+    return ok ? 0 : PHY_ECRYPTO;
 }
 
 /* nonce || AES-256-GCM(in) || tag, with aad authenticated. Length or negative. */

@@ -35,6 +35,10 @@ int phy_serial_valid(const char *s, size_t n);
 /* SHA-256 of data as 64 lowercase hex chars + NUL into out[65]. */
 int phy_sha256_hex(const void *data, size_t n, char out[PHY_HASH_HEX_LEN + 1]);
 
+/* HMAC-SHA-256 of the concatenation a || b (b may be NULL with blen 0) under key
+ * into out[32]. 0 or PHY_ECRYPTO. */
+int phy_hmac_sha256(const void *key, size_t klen, const void *a, size_t alen, const void *b,
+                    size_t blen, unsigned char out[32]);
 /* Constant-time equality of two equal-length buffers (1 = equal). */
 int phy_ct_equal(const void *a, const void *b, size_t n);
 
