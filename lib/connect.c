@@ -9,8 +9,8 @@
 
 #define CONNECT_MAX_LABEL 63
 #define CONNECT_MAX_IDENT_BODY 64
-/* base64 of the longest acceptable "ident:" is far below this. */
-#define CONNECT_MAX_CRED_B64 128
+/* base64 of the longest acceptable "ident:token" is below this. */
+#define CONNECT_MAX_CRED_B64 256
 
 static int is_digit(unsigned char c)
 {
@@ -125,7 +125,18 @@ static int is_valid_ident(const unsigned char *s, size_t n)
     return 1;
 }
 
-/* "Basic <base64(ident:)>" into out->ident; 0 or 407. */
+/* A proxy token's characters: the key ID's [a-z0-9-], '.', base64url. */
+static int is_token(const unsigned char *s, size_t n)
+{
+    if (n == 0 || n > PHY_PROXY_TOKEN_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!is_alnum(s[i]) && s[i] != '-' && s[i] != '_' && s[i] != '.')
+            return 0;
+    return 1;
+}
+
+/* "Basic <base64(ident:token)>" into out->ident and out->token; 0 or 407. */
 static int check_proxy_auth(const struct phy_http_request *req, struct phy_connect_req *out)
 {
     const struct phy_str *auth = NULL;
@@ -151,13 +162,21 @@ static int check_proxy_auth(const struct phy_http_request *req, struct phy_conne
     if (cred.len == 0 || cred.len > CONNECT_MAX_CRED_B64)
         return 407;
     int n = phy_base64_decode(cred.p, cred.len, dec, sizeof(dec), 0);
-    if (n < 2 || dec[n - 1] != ':')
-        return 407; /* undecodable, or a password follows the colon */
-    size_t ilen = (size_t)n - 1;
+    const unsigned char *colon = n > 0 ? memchr(dec, ':', (size_t)n) : NULL;
+    if (colon == NULL || colon == dec)
+        return 407;
+    size_t ilen = (size_t)(colon - dec);
+    size_t tlen = (size_t)n - ilen - 1;
     if (!is_valid_ident(dec, ilen) || ilen > PHY_CONNECT_MAX_IDENT)
+        return 407;
+    /* A serial proves nothing, so it carries no password; a device ID may carry
+     * its proxy token. */
+    if (tlen > 0 && (dec[0] != 'd' || !is_token(colon + 1, tlen)))
         return 407;
     memcpy(out->ident, dec, ilen);
     out->ident[ilen] = '\0';
+    memcpy(out->token, colon + 1, tlen);
+    out->token[tlen] = '\0';
     return 0;
 }
 

@@ -120,6 +120,18 @@ static void test_missing_and_bad_auth(void **state)
                                 "WlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlo6"),
                      0);
     assert_int_equal(strlen(out.ident), 68);
+    /* a device ID may carry its proxy token as the password; a serial may not */
+    assert_int_equal(check_auth("Basic ZGV2X1g6azEuYWJjLV9a"), 0); /* dev_X:k1.abc-_Z */
+    assert_string_equal(out.ident, "dev_X");
+    assert_string_equal(out.token, "k1.abc-_Z");
+    assert_int_equal(check_auth("Basic ZGV2X1g6"), 0); /* dev_X: */
+    assert_string_equal(out.token, "");
+    assert_int_equal(check_auth("Basic ZGV2X1g6azEgeA=="), 407); /* dev_X:k1 x */
+    assert_int_equal(check_auth("Basic ZGV2X1g6YTpi"), 407); /* dev_X:a:b */
+    assert_int_equal(check_auth("Basic c25fWDprMS5hYmM="), 407); /* sn_X:k1.abc */
+    assert_int_equal(check_auth("Basic ZGV2X1g6YWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFh"), 0); /* a 60-char token */
+    assert_int_equal(strlen(out.token), 60);
+    assert_int_equal(check_auth("Basic ZGV2X1g6YWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYQ=="), 407); /* 61 */
     /* two credentials are ambiguous */
     assert_int_equal(check_target("a.b:443", AUTH_SN AUTH_SN), 407);
 }

@@ -17,6 +17,7 @@
 
 #include "phy/err.h"
 #include "phy/netaddr.h"
+#include "phy/proxyproto.h"
 #include "phy/proxytoken.h"
 #include "phy/ratelimit.h"
 
@@ -171,6 +172,69 @@ static void test_proxy_token(void **state)
     assert_int_equal(system(spec), 0);
 }
 
+static void test_pp2(void **state)
+{
+    struct sockaddr_in6 s6, d6;
+    struct sockaddr_in s4, d4;
+    unsigned char buf[PHY_PP2_MAX_LEN];
+    struct phy_pp2 pp;
+    int n;
+
+    (void)state;
+    memset(&s4, 0, sizeof s4);
+    memset(&d4, 0, sizeof d4);
+    s4.sin_family = d4.sin_family = AF_INET;
+    inet_pton(AF_INET, "203.0.113.9", &s4.sin_addr);
+    inet_pton(AF_INET, "127.0.0.1", &d4.sin_addr);
+    s4.sin_port = htons(40000);
+    d4.sin_port = htons(443);
+    n = phy_pp2_build((struct sockaddr *)&s4, (struct sockaddr *)&d4, "dev_abc", 1, buf,
+                      sizeof buf);
+    assert_int_equal(n, 16 + 12 + 3 + 7 + 4);
+    assert_int_equal(phy_pp2_parse(buf, (size_t)n, &pp), n);
+    assert_int_equal(((struct sockaddr_in *)&pp.src)->sin_port, htons(40000));
+    assert_memory_equal(&((struct sockaddr_in *)&pp.src)->sin_addr, &s4.sin_addr, 4);
+    assert_string_equal(pp.ident, "dev_abc");
+    assert_int_equal(pp.verified, 1);
+    for (int i = 0; i < n; i++) /* every prefix asks for more */
+        assert_int_equal(phy_pp2_parse(buf, (size_t)i, &pp), PHY_EAGAIN);
+    assert_int_equal(phy_pp2_parse((const unsigned char *)"\x16\x03\x01", 3, &pp),
+                     PHY_ENOTFOUND); /* a TLS ClientHello */
+    assert_int_equal(phy_pp2_parse((const unsigned char *)"GET / HTTP/1.1", 14, &pp),
+                     PHY_ENOTFOUND);
+    buf[12] = 0x22; /* unknown command */
+    assert_int_equal(phy_pp2_parse(buf, (size_t)n, &pp), PHY_EINVAL);
+    buf[12] = 0x21;
+    buf[13] = 0x31; /* AF_UNIX */
+    assert_int_equal(phy_pp2_parse(buf, (size_t)n, &pp), PHY_EINVAL);
+    buf[13] = 0x11;
+    buf[16 + 12 + 3] = 'x'; /* ident not sn_/dev_ */
+    assert_int_equal(phy_pp2_parse(buf, (size_t)n, &pp), PHY_EINVAL);
+    buf[16 + 12 + 3] = 'd';
+    buf[15] = (unsigned char)(buf[15] - 1); /* the last TLV truncated */
+    assert_int_equal(phy_pp2_parse(buf, (size_t)n - 1, &pp), PHY_EINVAL);
+    buf[14] = 0x02; /* over PHY_PP2_MAX_LEN */
+    assert_int_equal(phy_pp2_parse(buf, (size_t)n, &pp), PHY_EINVAL);
+
+    memset(&s6, 0, sizeof s6);
+    memset(&d6, 0, sizeof d6);
+    s6.sin6_family = d6.sin6_family = AF_INET6;
+    inet_pton(AF_INET6, "2001:db8::5", &s6.sin6_addr);
+    inet_pton(AF_INET6, "::1", &d6.sin6_addr);
+    n = phy_pp2_build((struct sockaddr *)&s6, (struct sockaddr *)&d6, NULL, 0, buf, sizeof buf);
+    assert_int_equal(n, 16 + 36);
+    assert_int_equal(phy_pp2_parse(buf, (size_t)n, &pp), n);
+    assert_string_equal(pp.ident, "");
+    assert_int_equal(pp.src.ss_family, AF_INET6);
+    assert_int_equal(phy_pp2_build((struct sockaddr *)&s6, (struct sockaddr *)&d4, NULL, 0, buf,
+                                   sizeof buf), PHY_EINVAL);
+    assert_int_equal(phy_pp2_build((struct sockaddr *)&s6, (struct sockaddr *)&d6, NULL, 0, buf,
+                                   20), PHY_ETOOBIG);
+    buf[12] = 0x20; /* LOCAL */
+    assert_int_equal(phy_pp2_parse(buf, (size_t)n, &pp), n);
+    assert_int_equal(pp.local, 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -178,6 +242,7 @@ int main(void)
         cmocka_unit_test(test_cidr),
         cmocka_unit_test(test_ratelimit),
         cmocka_unit_test(test_proxy_token),
+        cmocka_unit_test(test_pp2),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
