@@ -44,6 +44,13 @@ static int is_visible(unsigned char ch)
     return ch > 0x20 && ch < 0x7f;
 }
 
+/* A proxy token: key ID, '.', base64url. */
+static int is_token(unsigned char ch)
+{
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+           ch == '-' || ch == '_' || ch == '.';
+}
+
 static int is_text(unsigned char ch)
 {
     return ch >= 0x20 && ch != 0x7f;
@@ -246,6 +253,10 @@ static int creds_from(json_t *o, struct agent_creds *c)
         return PHY_EINVAL;
     if (phy_client_parse_hostport(c->endpoint, host, sizeof host, &port, 443) != 0)
         return PHY_EINVAL;
+    /* Optional: a hub without --proxy-key issues none (nor did hubs before it). */
+    if (json_object_get(o, "proxy_token") != NULL &&
+        get_str(o, "proxy_token", c->proxy_token, sizeof c->proxy_token, is_token) != 0)
+        return PHY_EINVAL;
     return 0;
 }
 
@@ -300,9 +311,16 @@ int agent_prov_creds_parse(const char *text, size_t n, struct agent_creds *c)
 /* creds -> credentials.json with exactly the issued fields plus serial. */
 char *agent_prov_creds_json(const struct agent_creds *c)
 {
-    return dump_and_free(json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "device_id", c->device_id,
-                                   "device_secret", c->device_secret, "tenant", c->tenant, "region",
-                                   c->region, "endpoint", c->endpoint, "serial", c->serial));
+    json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "device_id", c->device_id,
+                          "device_secret", c->device_secret, "tenant", c->tenant, "region",
+                          c->region, "endpoint", c->endpoint, "serial", c->serial);
+
+    if (o != NULL && c->proxy_token[0] != '\0' &&
+        json_object_set_new(o, "proxy_token", json_string(c->proxy_token)) != 0) {
+        json_decref(o);
+        o = NULL;
+    }
+    return dump_and_free(o);
 }
 
 /* registration.json -> token, for this serial only. */

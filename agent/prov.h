@@ -5,6 +5,7 @@
 #include <stddef.h>
 
 #include "phy/crypto.h"
+#include "phy/proxytoken.h"
 
 #define AGENT_POLL_TOKEN_MAX 128
 #define AGENT_ERROR_MAX 64
@@ -35,6 +36,7 @@ struct agent_creds {
     char region[AGENT_FIELD_MAX + 1];
     char endpoint[AGENT_FIELD_MAX + 1];
     char serial[PHY_SERIAL_MAX + 1];
+    char proxy_token[PHY_PROXY_TOKEN_MAX + 1]; /* "" when the hub issued none */
 };
 
 /* One classified answer. Only the fields of the outcome are meaningful. */

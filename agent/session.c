@@ -722,6 +722,7 @@ static int life_init(struct life *l, const struct agent_session_cfg *cfg)
     l->copts.proxy_host = cfg->proxy_host;
     l->copts.proxy_port = cfg->proxy_port;
     l->copts.proxy_ident = cfg->creds->device_id;
+    l->copts.proxy_secret = cfg->creds->proxy_token[0] != '\0' ? cfg->creds->proxy_token : NULL;
     l->copts.ca_file = cfg->ca_file;
     l->copts.timeout_ms = cfg->timeout_ms;
     l->copts.cert_time_floor = cfg->cert_time_floor;

@@ -11,6 +11,7 @@
 
 #include "api.h"
 #include "hub.h"
+#include "phy/connect.h"
 #include "phy/http.h"
 
 #define SERVER_MAX_HEAD 8192
@@ -18,6 +19,7 @@
 #define SERVER_ACCEPT_BATCH 128
 
 enum conn_state {
+    CONN_PROXY_HEAD, /* a trusted proxy's PROXY v2 header (optional), before TLS */
     CONN_HANDSHAKE, /* TLS handshake */
     CONN_READ,      /* reading an HTTP request */
     CONN_WORKING,   /* a request is on the thread pool */
@@ -53,7 +55,10 @@ struct conn {
     int64_t tenant_id;     /* CONN_SSE: whose events */
     struct sse_auth *sse_auth; /* CONN_SSE of a console session: NULL for API tokens */
     struct conn *sub_next; /* CONN_SSE: next subscriber */
-    char peer[64];
+    uint64_t accept_ms;
+    char peer[64]; /* "ip:port" of the client: the PROXY header's source when proxied */
+    char via_ident[PHY_CONNECT_MAX_IDENT + 1]; /* the proxy's identifier ("" if none) */
+    int via_verified; /* the proxy checked that identifier's proxy token */
 };
 
 /* The console session behind an event stream: the stream ends with it. */

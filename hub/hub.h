@@ -7,6 +7,8 @@
 
 #include "phy/config.h"
 #include "phy/crypto.h"
+#include "phy/netaddr.h"
+#include "phy/proxytoken.h"
 #include "store.h"
 
 struct seal_ring;
@@ -53,6 +55,9 @@ struct hub_config {
     long login_window_s;
     long login_peer_limit;   /* failed logins per client address per window */
     long audit_keep_days;    /* audit records older than this are deleted (0: kept) */
+    /* the edge (docs/security.md) */
+    struct phy_strlist trusted_proxies; /* "CIDR,…": who may send a PROXY v2 header */
+    char *proxy_key;                    /* "KID=FILE": signs devices' proxy tokens */
 };
 
 /* Counters shown by GET /metrics; updated from the loop and from workers. */
@@ -92,6 +97,9 @@ struct hub {
      * users are checked against it so that they cost what a real check costs. */
     char login_dummy_hash[256];
     _Atomic int login_checks; /* argon2id checks running now (login.c caps them) */
+    struct phy_cidr *trusted; /* --trusted-proxy */
+    size_t ntrusted;
+    struct phy_proxy_key proxy_key; /* --proxy-key; kid "" when not set */
 };
 
 /* Milliseconds since the Unix epoch (wall clock). */

@@ -594,6 +594,12 @@ int main(int argc, char **argv)
          "failed logins per client address per window before 429 (30)"},
         {"audit-keep-days", PHY_OPT_INT, &c->audit_keep_days, 0, 36500,
          "audit records are deleted after this many days, 0 keeps them (365)"},
+        {"trusted-proxy", PHY_OPT_LIST, &c->trusted_proxies, 0, 0,
+         "CIDR[,CIDR…] addresses of phyproxy instances whose PROXY v2 header (the client's "
+         "address and identifier) is believed (repeatable; default none)"},
+        {"proxy-key", PHY_OPT_STR, &c->proxy_key, 0, 0,
+         "KID=FILE key shared with the proxies, created 0600 at first start: issued "
+         "credentials carry the device's proxy token (default none)"},
         {"debug", PHY_OPT_BOOL, &debug, 0, 0, "log debug events"},
         {0},
     };
@@ -644,6 +650,21 @@ int main(int argc, char **argv)
     }
     if (region_setup(&g_hub, err, sizeof(err)) < 0) {
         fprintf(stderr, "phyhub: %s\n", err);
+        rc = 2;
+        goto out;
+    }
+    for (size_t i = 0; i < c->trusted_proxies.n; i++) {
+        char why[160];
+        if (phy_cidr_list_parse(c->trusted_proxies.items[i], &g_hub.trusted, &g_hub.ntrusted, why,
+                                sizeof(why)) < 0) {
+            fprintf(stderr, "phyhub: --trusted-proxy: %s\n", why);
+            rc = 2;
+            goto out;
+        }
+    }
+    if (c->proxy_key &&
+        phy_proxy_key_load(c->proxy_key, 1, &g_hub.proxy_key, err, sizeof(err)) < 0) {
+        fprintf(stderr, "phyhub: --proxy-key: %s\n", err);
         rc = 2;
         goto out;
     }
@@ -724,6 +745,8 @@ out_store:
     g_hub.store_ops->close(g_hub.store);
 out:
     region_cleanup(&g_hub);
+    free(g_hub.trusted);
+    OPENSSL_cleanse(&g_hub.proxy_key, sizeof(g_hub.proxy_key));
     phy_config_free(opts);
     return rc;
 }

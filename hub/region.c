@@ -303,6 +303,15 @@ unsigned char *hub_seal_issuance(void *ctx, const char *serial, size_t *out_len)
     json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "status", "provisioned", "device_id",
                           s->device_id, "device_secret", s->secret, "tenant", s->tenant, "region",
                           s->region, "endpoint", s->endpoint);
+    char token[PHY_PROXY_TOKEN_MAX + 1];
+    /* The device's proof to the proxies (docs/security.md): it needs it from its
+     * first hub session on. */
+    if (o && s->h->proxy_key.kid[0] &&
+        (phy_proxy_token_make(&s->h->proxy_key, s->device_id, token) != 0 ||
+         json_object_set_new(o, "proxy_token", json_string(token)) != 0)) {
+        json_decref(o);
+        o = NULL;
+    }
     char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
     if (!text)

@@ -23,6 +23,8 @@
 #include "phy/err.h"
 #include "phy/http.h"
 #include "phy/log.h"
+#include "phy/netaddr.h"
+#include "phy/proxyproto.h"
 
 enum work_kind { WORK_API, WORK_UPGRADE, WORK_EVENTS };
 
@@ -569,11 +571,86 @@ int conn_ssl_want(SSL *ssl, int ret)
     }
 }
 
+static void format_peer(char *out, size_t cap, const struct sockaddr_storage *ss)
+{
+    char ip[INET6_ADDRSTRLEN] = "?";
+    unsigned port = 0;
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+        inet_ntop(AF_INET, &a->sin_addr, ip, sizeof(ip));
+        port = ntohs(a->sin_port);
+    } else if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+        inet_ntop(AF_INET6, &a->sin6_addr, ip, sizeof(ip));
+        port = ntohs(a->sin6_port);
+    }
+    snprintf(out, cap, "%s:%u", ip, port);
+}
+
+#define PROXY_HEAD_RETRY_MS 20
+
+/* A connection from a trusted proxy may open with a PROXY v2 header: it is peeked
+ * (so that a connection without one goes to TLS untouched), then consumed. The
+ * client's address replaces the proxy's as the peer. 1: go on to the handshake;
+ * 0: wait (the connection is watched or timed); -1: closed. */
+static int conn_proxy_head(struct conn *c)
+{
+    unsigned char buf[PHY_PP2_MAX_LEN];
+    struct phy_pp2 pp;
+    ssize_t n = recv(c->fd, buf, sizeof(buf), MSG_PEEK);
+    int r;
+
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+        conn_want(c, UV_READABLE);
+        return 0;
+    }
+    if (n <= 0) {
+        conn_close(c);
+        return -1;
+    }
+    r = phy_pp2_parse(buf, (size_t)n, &pp);
+    if (r == PHY_ENOTFOUND)
+        return 1; /* no header: the proxy's own address stays the peer */
+    if (r == PHY_EAGAIN) {
+        /* Part of a header: the rest is still to come, and polling a socket with
+         * unread bytes would spin, so look again shortly (the accept deadline
+         * still applies, see on_conn_timer). */
+        conn_want(c, 0);
+        conn_deadline_ms(c, PROXY_HEAD_RETRY_MS);
+        return 0;
+    }
+    if (r < 0 || recv(c->fd, buf, (size_t)r, 0) != r) {
+        phy_log(PHY_LOG_WARN, "proxy_header_invalid", "peer=%s", c->peer);
+        conn_close(c);
+        return -1;
+    }
+    if (!pp.local) {
+        char proxy[64];
+        memcpy(proxy, c->peer, sizeof(proxy));
+        format_peer(c->peer, sizeof(c->peer), &pp.src);
+        memcpy(c->via_ident, pp.ident, sizeof(c->via_ident));
+        c->via_verified = pp.verified;
+        phy_log(PHY_LOG_DEBUG, "proxied", "peer=%s proxy=%s ident=%s verified=%d", c->peer, proxy,
+                pp.ident[0] ? pp.ident : "-", pp.verified);
+    }
+    uint64_t limit = (uint64_t)c->srv->hub->cfg.header_timeout_s * 1000;
+    uint64_t spent = uv_now(c->srv->loop) - c->accept_ms;
+    conn_deadline_ms(c, spent < limit ? limit - spent : 1); /* what is left of it */
+    return 1;
+}
+
 static void conn_drive(struct conn *c)
 {
     char buf[SERVER_READ_CHUNK];
     for (;;) {
         switch (c->state) {
+        case CONN_PROXY_HEAD: {
+            int r = conn_proxy_head(c);
+            if (r <= 0)
+                return;
+            c->state = CONN_HANDSHAKE;
+            continue;
+        }
         case CONN_HANDSHAKE: {
             if (!c->ssl) {
                 c->ssl = SSL_new(c->srv->ctx);
@@ -692,6 +769,11 @@ static void on_conn_timer(uv_timer_t *t)
         conn_refuse(c, 408, "request_timeout", "request not received in time");
         return;
     }
+    if (c->state == CONN_PROXY_HEAD &&
+        uv_now(c->srv->loop) - c->accept_ms < (uint64_t)c->srv->hub->cfg.header_timeout_s * 1000) {
+        conn_drive(c); /* a partial PROXY header: look again */
+        return;
+    }
     if (c->state != CONN_WORKING)
         conn_close(c);
 }
@@ -707,18 +789,10 @@ static void conn_accept(struct server *s, int fd, const struct sockaddr_storage 
     c->srv = s;
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    char ip[INET6_ADDRSTRLEN] = "?";
-    unsigned port = 0;
-    if (ss->ss_family == AF_INET) {
-        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
-        inet_ntop(AF_INET, &a->sin_addr, ip, sizeof(ip));
-        port = ntohs(a->sin_port);
-    } else if (ss->ss_family == AF_INET6) {
-        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
-        inet_ntop(AF_INET6, &a->sin6_addr, ip, sizeof(ip));
-        port = ntohs(a->sin6_port);
-    }
-    snprintf(c->peer, sizeof(c->peer), "%s:%u", ip, port);
+    format_peer(c->peer, sizeof(c->peer), ss);
+    uint8_t a16[16];
+    int trusted = s->hub->ntrusted > 0 && phy_addr16((const struct sockaddr *)ss, a16) == 0 &&
+                  phy_cidr_list_match(s->hub->trusted, s->hub->ntrusted, a16);
     if (uv_poll_init_socket(s->loop, &c->poll, fd) != 0) {
         close(fd);
         free(c);
@@ -728,7 +802,10 @@ static void conn_accept(struct server *s, int fd, const struct sockaddr_storage 
     c->poll.data = c;
     c->timer.data = c;
     c->open_handles = 2;
-    c->state = CONN_HANDSHAKE;
+    /* Only a trusted proxy may tell us who the client is; from anyone else a PROXY
+     * header is not looked for, and fails the TLS handshake like any garbage. */
+    c->state = trusted ? CONN_PROXY_HEAD : CONN_HANDSHAKE;
+    c->accept_ms = uv_now(s->loop);
     c->next = s->conns;
     if (s->conns)
         s->conns->prev = c;

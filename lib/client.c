@@ -25,6 +25,7 @@
 
 #include "phy/base64.h"
 #include "phy/err.h"
+#include "phy/proxytoken.h"
 #include "phy/http.h"
 
 #define CLIENT_DEFAULT_TIMEOUT_MS 10000
@@ -626,15 +627,16 @@ static int valid_ident(const char *s)
 /* Sends CONNECT host:port through the proxy on c->fd and requires a 200. */
 static int proxy_connect(struct conn *c, const struct phy_client_opts *o)
 {
-    char cred[CLIENT_MAX_IDENT + 2];
-    char b64[((CLIENT_MAX_IDENT + 2) / 3 + 1) * 4 + 1];
+    char cred[CLIENT_MAX_IDENT + PHY_PROXY_TOKEN_MAX + 2];
+    char b64[((CLIENT_MAX_IDENT + PHY_PROXY_TOKEN_MAX + 2) / 3 + 1) * 4 + 1];
     char req[CLIENT_MAX_HOST * 2 + sizeof b64 + 160];
     const char *lb = strchr(o->host, ':') != NULL ? "[" : "";
     const char *rb = *lb != '\0' ? "]" : "";
     struct phy_http_response res;
     int n, rc;
 
-    n = snprintf(cred, sizeof cred, "%s:", o->proxy_ident);
+    n = snprintf(cred, sizeof cred, "%s:%s", o->proxy_ident,
+                 o->proxy_secret != NULL ? o->proxy_secret : "");
     if (n < 0 || (size_t)n >= sizeof cred)
         return PHY_EINVAL;
     if (phy_base64_encode((const unsigned char *)cred, (size_t)n, b64, sizeof b64, 0) < 0) {
@@ -983,7 +985,9 @@ static int check_args(struct conn *c, const struct phy_client_opts *o, const cha
         size_t pn = strlen(o->proxy_host);
         if (pn == 0 || pn > CLIENT_MAX_HOST || !valid_host_chars(o->proxy_host, pn, 1) ||
             o->proxy_port == 0 || o->proxy_port > 65535 || o->proxy_ident == NULL ||
-            !valid_ident(o->proxy_ident)) {
+            !valid_ident(o->proxy_ident) ||
+            (o->proxy_secret != NULL &&
+             (strlen(o->proxy_secret) > PHY_PROXY_TOKEN_MAX || strchr(o->proxy_secret, ':')))) {
             errf(c, "invalid proxy host, port or identifier");
             return PHY_EINVAL;
         }

@@ -3,16 +3,24 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <uv.h>
+
+#include <openssl/crypto.h>
 
 #include "phy/config.h"
 #include "phy/err.h"
 #include "phy/log.h"
+#include "phy/netaddr.h"
+#include "phy/proxytoken.h"
+#include "phy/ratelimit.h"
 #include "policy.h"
 #include "proxy.h"
 
 #define DEFAULT_LISTEN "0.0.0.0:443"
 #define DEFAULT_ALLOW "portal-*.phystack.com:443"
+#define DEFAULT_MAX_CONNECTIONS 10000 /* lowered to what RLIMIT_NOFILE allows */
+#define FD_RESERVE 64 /* descriptors beyond two per connection: logs, DNS, overflow */
 
 /* Values as parsed; defaults are set before parsing (strings stay NULL). */
 struct options {
@@ -26,7 +34,74 @@ struct options {
     long header_timeout;
     long max_connections;
     int dns_fallback;
+    struct phy_strlist proxy_keys;
+    char *dev_token;
+    long max_tunnels_per_source;
+    long new_tunnel_rate;
+    long new_tunnel_burst;
+    struct phy_strlist dns_allow;
 };
+
+/* What build_config allocates besides the policy; freed with edge_free. */
+struct edge {
+    struct phy_proxy_key *keys;
+    struct phy_cidr *dns_allow;
+    size_t ndns_allow;
+    struct phy_ratelimit *rate;
+};
+
+static void edge_free(struct edge *e, size_t nkeys)
+{
+    if (e->keys != NULL)
+        OPENSSL_cleanse(e->keys, nkeys * sizeof(*e->keys));
+    free(e->keys);
+    free(e->dns_allow);
+    phy_ratelimit_free(e->rate);
+    memset(e, 0, sizeof(*e));
+}
+
+/* Every tunnel may need two descriptors (client and upstream). Raises the soft
+ * RLIMIT_NOFILE to what --max-connections needs, or says why it cannot. */
+static int check_nofile(unsigned *max_connections, int explicit, char *err, size_t errcap)
+{
+    struct rlimit rl;
+    rlim_t need = (rlim_t)*max_connections * 2 + FD_RESERVE;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
+        snprintf(err, errcap, "getrlimit(RLIMIT_NOFILE) failed");
+        return PHY_EIO;
+    }
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < need) {
+        if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < need && !explicit &&
+            rl.rlim_max > FD_RESERVE + 2) {
+            /* The default does not fit: serve fewer rather than fail or run out. */
+            unsigned fit = (unsigned)((rl.rlim_max - FD_RESERVE) / 2);
+            phy_log(PHY_LOG_WARN, "max_connections_lowered",
+                    "max_connections=%u nofile_hard_limit=%llu was=%u", fit,
+                    (unsigned long long)rl.rlim_max, *max_connections);
+            *max_connections = fit;
+            need = (rlim_t)fit * 2 + FD_RESERVE;
+        }
+        if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < need) {
+            snprintf(err, errcap,
+                     "--max-connections %u needs %llu file descriptors (2 per tunnel + %d) but "
+                     "the hard limit is %llu: raise it (LimitNOFILE=, ulimit -Hn) or lower "
+                     "--max-connections to %llu",
+                     *max_connections, (unsigned long long)need, FD_RESERVE,
+                     (unsigned long long)rl.rlim_max,
+                     rl.rlim_max > FD_RESERVE ? (unsigned long long)(rl.rlim_max - FD_RESERVE) / 2
+                                              : 0ULL);
+            return PHY_EINVAL;
+        }
+        rl.rlim_cur = need;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0) {
+            snprintf(err, errcap, "cannot raise RLIMIT_NOFILE to %llu", (unsigned long long)need);
+            return PHY_EIO;
+        }
+        phy_log(PHY_LOG_INFO, "nofile_raised", "soft_limit=%llu", (unsigned long long)need);
+    }
+    return 0;
+}
 
 static void usage(FILE *f, const struct phy_opt *opts)
 {
@@ -56,7 +131,7 @@ static int parse_level(const char *s, enum phy_log_level *out)
 }
 
 /* Turns parsed options into cfg (policy filled into *policy). 0 or PHY_E* with err. */
-static int build_config(const struct options *o, struct proxy_policy *policy,
+static int build_config(const struct options *o, struct proxy_policy *policy, struct edge *e,
                         struct proxy_config *cfg, char *err, size_t errcap)
 {
     const char *listen = o->listen != NULL ? o->listen : DEFAULT_LISTEN;
@@ -91,7 +166,53 @@ static int build_config(const struct options *o, struct proxy_policy *policy,
     cfg->connect_timeout_ms = (uint64_t)o->connect_timeout * 1000u;
     cfg->header_timeout_ms = (uint64_t)o->header_timeout * 1000u;
     cfg->dns_fallback = o->dns_fallback;
-    return 0;
+    cfg->max_tunnels_per_source = (unsigned)o->max_tunnels_per_source;
+    cfg->fd_reserve = FD_RESERVE;
+
+    if (o->dev_token != NULL && strcmp(o->dev_token, "required") != 0 &&
+        strcmp(o->dev_token, "optional") != 0) {
+        snprintf(err, errcap, "--dev-token: expected required or optional");
+        return PHY_EINVAL;
+    }
+    cfg->dev_token_optional = o->dev_token != NULL && strcmp(o->dev_token, "optional") == 0;
+    if (o->proxy_keys.n > 0) {
+        e->keys = calloc(o->proxy_keys.n, sizeof(*e->keys));
+        if (e->keys == NULL)
+            return PHY_ENOMEM;
+    }
+    for (i = 0; i < o->proxy_keys.n; i++) {
+        rc = phy_proxy_key_load(o->proxy_keys.items[i], 0, &e->keys[i], err, errcap);
+        if (rc != 0)
+            return rc;
+        for (size_t j = 0; j < i; j++) {
+            if (strcmp(e->keys[j].kid, e->keys[i].kid) == 0) {
+                snprintf(err, errcap, "--proxy-key: key ID %s given twice", e->keys[i].kid);
+                return PHY_EINVAL;
+            }
+        }
+        cfg->nkeys = i + 1;
+    }
+    cfg->keys = e->keys;
+    for (i = 0; i < o->dns_allow.n; i++) {
+        char why[160];
+        rc = phy_cidr_list_parse(o->dns_allow.items[i], &e->dns_allow, &e->ndns_allow, why,
+                                 sizeof(why));
+        if (rc != 0) {
+            snprintf(err, errcap, "--dns-allow-net: %s", why);
+            return rc;
+        }
+    }
+    cfg->dns_allow = e->dns_allow;
+    cfg->ndns_allow = e->ndns_allow;
+    if (o->new_tunnel_rate > 0) {
+        e->rate = phy_ratelimit_new((double)o->new_tunnel_rate, (double)o->new_tunnel_burst, 0);
+        if (e->rate == NULL)
+            return PHY_ENOMEM;
+    }
+    cfg->new_tunnel_rate = e->rate;
+    if (o->max_connections == 0)
+        cfg->max_connections = DEFAULT_MAX_CONNECTIONS;
+    return check_nofile(&cfg->max_connections, o->max_connections != 0, err, errcap);
 }
 
 static void close_signal(uv_handle_t *h, void *arg)
@@ -119,13 +240,15 @@ int main(int argc, char **argv)
         .idle_timeout = 300,
         .connect_timeout = 10,
         .header_timeout = 10,
-        .max_connections = 10000,
+        .max_tunnels_per_source = 256,
+        .new_tunnel_rate = 50,
+        .new_tunnel_burst = 200,
     };
     const struct phy_opt opts[] = {
         {"listen", PHY_OPT_STR, &o.listen, 0, 0,
          "ADDR:PORT to listen on, IPv4 or [IPv6] (default 0.0.0.0:443)"},
         {"route", PHY_OPT_LIST, &o.routes, 0, 0,
-         "HOST=ADDR:PORT upstream for HOST (exact name or '*' pattern; repeatable)"},
+         "HOST=ADDR:PORT[,proxy-protocol=off] upstream for HOST (exact name or '*' pattern; repeatable); a PROXY v2 header precedes the stream unless off"},
         {"allow", PHY_OPT_LIST, &o.allows, 0, 0,
          "HOST_PATTERN:PORT allowed target, PORT may be * (repeatable; default " DEFAULT_ALLOW ")"},
         {"max-tunnels-per-device", PHY_OPT_INT, &o.max_tunnels_per_device, 1, 100000,
@@ -139,11 +262,28 @@ int main(int argc, char **argv)
         {"dns-fallback", PHY_OPT_BOOL, &o.dns_fallback, 0, 0,
          "resolve allowed hosts without a route through DNS (default off: 502)"},
         {"max-connections", PHY_OPT_INT, &o.max_connections, 1, 1000000,
-         "simultaneous client connections, then 503 (default 10000)"},
+         "simultaneous client connections, then 503 (default 10000, or what the "
+         "descriptor limit allows: 2 per connection)"},
+        {"proxy-key", PHY_OPT_LIST, &o.proxy_keys, 0, 0,
+         "KID=FILE key shared with the hubs; dev_ identities need a proxy token under one "
+         "(repeatable, for rotation; none: no identity is verified)"},
+        {"dev-token", PHY_OPT_STR, &o.dev_token, 0, 0,
+         "required (default) or optional: whether a dev_ identity without a token passes "
+         "(unauthenticated, counted per source) while devices migrate"},
+        {"max-tunnels-per-source", PHY_OPT_INT, &o.max_tunnels_per_source, 1, 1000000,
+         "live unauthenticated tunnels per source address (IPv6: per /64), then 429 (default 256)"},
+        {"new-tunnel-rate", PHY_OPT_INT, &o.new_tunnel_rate, 0, 1000000,
+         "new unauthenticated tunnels per second per source, 0 = no limit (default 50)"},
+        {"new-tunnel-burst", PHY_OPT_INT, &o.new_tunnel_burst, 1, 1000000,
+         "burst of new unauthenticated tunnels per source (default 200)"},
+        {"dns-allow-net", PHY_OPT_LIST, &o.dns_allow, 0, 0,
+         "CIDR[,CIDR…] non-public networks a DNS answer may lead to (default none: loopback, "
+         "private, link-local and metadata addresses are refused with 403)"},
         {"log-level", PHY_OPT_STR, &o.log_level, 0, 0, "debug, info, warn or error (default info)"},
         {NULL, PHY_OPT_STR, NULL, 0, 0, NULL},
     };
     struct proxy_policy policy;
+    struct edge edge;
     struct proxy_config cfg;
     struct proxy *px = NULL;
     uv_loop_t loop;
@@ -153,6 +293,8 @@ int main(int argc, char **argv)
     int want_help = 0, rc, status = 1;
 
     memset(&policy, 0, sizeof(policy));
+    memset(&edge, 0, sizeof(edge));
+    memset(&cfg, 0, sizeof(cfg));
     phy_log_init("phyproxy", PHY_LOG_INFO);
     rc = phy_config_parse(opts, argc, argv, 1, NULL, 0, NULL, &want_help, err, sizeof(err));
     if (rc != 0) {
@@ -169,7 +311,7 @@ int main(int argc, char **argv)
         goto out_free_opts;
     }
     phy_log_init("phyproxy", level);
-    rc = build_config(&o, &policy, &cfg, err, sizeof(err));
+    rc = build_config(&o, &policy, &edge, &cfg, err, sizeof(err));
     if (rc != 0) {
         fprintf(stderr, "phyproxy: %s\n", rc == PHY_ENOMEM ? "out of memory" : err);
         goto out_free_policy;
@@ -204,6 +346,7 @@ out_close_loop:
         status = 1;
 out_free_policy:
     proxy_policy_free(&policy);
+    edge_free(&edge, o.proxy_keys.n);
 out_free_opts:
     phy_config_free(opts);
     return status;

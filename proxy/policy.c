@@ -111,12 +111,29 @@ int proxy_policy_add_route(struct proxy_policy *p, const char *spec, char *err, 
 {
     char host[PHY_CONNECT_MAX_HOST + 1];
     char addr[ADDR_TEXT_MAX];
+    char base[PHY_CONNECT_MAX_HOST + ADDR_TEXT_MAX + 16];
+    const char *opt = strchr(spec, ',');
+    size_t blen = opt != NULL ? (size_t)(opt - spec) : strlen(spec);
     unsigned port = 0;
+    int pp = 1;
     union proxy_addr sa;
     struct proxy_route *grown;
     size_t i;
 
-    if (phy_connect_parse_route(spec, host, sizeof(host), addr, sizeof(addr), &port) != 0 ||
+    if (opt != NULL) {
+        if (strcmp(opt, ",proxy-protocol=off") == 0)
+            pp = 0;
+        else if (strcmp(opt, ",proxy-protocol=on") != 0)
+            blen = sizeof(base); /* refused below */
+    }
+    if (blen >= sizeof(base)) {
+        snprintf(err, errcap, "--route: expected HOST=ADDR:PORT[,proxy-protocol=on|off], got "
+                              "'%.80s'", spec);
+        return PHY_EINVAL;
+    }
+    memcpy(base, spec, blen);
+    base[blen] = '\0';
+    if (phy_connect_parse_route(base, host, sizeof(host), addr, sizeof(addr), &port) != 0 ||
         proxy_addr_from(addr, port, &sa) != 0) {
         snprintf(err, errcap, "--route: expected HOST=ADDR:PORT with an IP address, got '%.80s'",
                  spec);
@@ -125,6 +142,7 @@ int proxy_policy_add_route(struct proxy_policy *p, const char *spec, char *err, 
     for (i = 0; i < p->nroutes; i++) {
         if (ascii_ieq(p->routes[i].host, host)) {
             p->routes[i].addr = sa;
+            p->routes[i].proxy_protocol = pp;
             return 0;
         }
     }
@@ -134,6 +152,7 @@ int proxy_policy_add_route(struct proxy_policy *p, const char *spec, char *err, 
     p->routes = grown;
     lower_copy(grown[p->nroutes].host, host, sizeof(grown[p->nroutes].host));
     grown[p->nroutes].addr = sa;
+    grown[p->nroutes].proxy_protocol = pp;
     p->nroutes++;
     return 0;
 }

@@ -15,10 +15,12 @@ union proxy_addr {
     struct sockaddr_in6 in6;
 };
 
-/* "--route HOST=ADDR:PORT": every CONNECT to HOST (any port) goes to addr. */
+/* "--route HOST=ADDR:PORT[,proxy-protocol=on|off]": every CONNECT to HOST (any
+ * port) goes to addr, behind a PROXY protocol v2 header unless it is off. */
 struct proxy_route {
     char host[PHY_CONNECT_MAX_HOST + 1]; /* lower case; exact name or '*' pattern */
     union proxy_addr addr;
+    int proxy_protocol;
 };
 
 /* "--allow PATTERN:PORT": phy_host_match pattern, port 0 = any. */
@@ -27,11 +29,14 @@ struct proxy_allow {
     unsigned port;
 };
 
-/* Live tunnel count of one identifier; exists only while count > 0. */
+/* Longest slot key: an identifier, or "ADDR IDENT" for one that proves nothing. */
+#define PROXY_SLOT_KEY_MAX 160
+
+/* Live tunnel count of one slot key; exists only while count > 0. */
 struct proxy_ident {
     struct proxy_ident *next;
     unsigned count;
-    char ident[PHY_CONNECT_MAX_IDENT + 1];
+    char ident[PROXY_SLOT_KEY_MAX + 1];
 };
 
 #define PROXY_IDENT_BUCKETS 1024
@@ -46,8 +51,8 @@ struct proxy_policy {
     size_t nidents; /* identifiers with at least one live tunnel */
 };
 
-/* Adds a route from "HOST=ADDR:PORT" (ADDR IPv4 or [IPv6]). A later route for the
- * same host replaces the earlier one. Returns 0, PHY_EINVAL (message in err) or
+/* Adds a route from "HOST=ADDR:PORT[,proxy-protocol=on|off]" (ADDR IPv4 or [IPv6];
+ * the header is on by default). A later route for the same host replaces the earlier one. Returns 0, PHY_EINVAL (message in err) or
  * PHY_ENOMEM. */
 int proxy_policy_add_route(struct proxy_policy *p, const char *spec, char *err, size_t errcap);
 

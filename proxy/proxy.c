@@ -1,6 +1,7 @@
 /* phyproxy server: CONNECT tunnels on a libuv loop with limits, routing and access log. */
 #include "proxy.h"
 
+#include <arpa/inet.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,6 +10,7 @@
 #include "phy/err.h"
 #include "phy/http.h"
 #include "phy/log.h"
+#include "phy/proxyproto.h"
 
 #define RELAY_BUF_SIZE (64 * 1024)
 #define BACKPRESSURE_HIGH (256 * 1024) /* stop reading a side above this queue */
@@ -20,6 +22,8 @@
 #define LINGER_MAX_BYTES (256 * 1024)
 #define LISTEN_BACKLOG 1024
 #define LOG_TARGET_MAX 96
+#define OVERFLOW_CONNS 64  /* answered 503 beyond max_connections; past this, closed at once */
+#define WARN_EVERY_MS 1000 /* at most one resource warning of a kind per second */
 
 static const char established[] = "HTTP/1.1 200 Connection established\r\n\r\n";
 
@@ -44,8 +48,12 @@ enum outcome {
     O_403,
     O_405,
     O_407,
+    O_407_TOKEN,
     O_408,
     O_429,
+    O_429_SOURCE,
+    O_429_RATE,
+    O_403_PRIVATE,
     O_431,
     O_500,
     O_502_NO_ROUTE,
@@ -75,6 +83,14 @@ static const struct {
     [O_405] = {"bad_method_405", 405, "method_not_allowed", "only CONNECT is supported"},
     [O_407] = {"no_auth_407", 407, "proxy_auth_required",
                "Proxy-Authorization: Basic with a device identifier is required"},
+    [O_407_TOKEN] = {"bad_token_407", 407, "proxy_auth_required",
+                     "a device ID needs its proxy token as the password"},
+    [O_429_SOURCE] = {"source_limit_429", 429, "too_many_tunnels",
+                      "too many open tunnels from this address"},
+    [O_429_RATE] = {"rate_limited_429", 429, "rate_limited",
+                    "too many new tunnels from this address"},
+    [O_403_PRIVATE] = {"private_address_403", 403, "forbidden",
+                       "target host resolves to a non-public address"},
     [O_408] = {"header_timeout_408", 408, "request_timeout", "request head not received in time"},
     [O_429] = {"too_many_tunnels_429", 429, "too_many_tunnels",
                "too many open tunnels for this identifier"},
@@ -115,6 +131,7 @@ struct proxy {
     size_t npool;
     int listening;
     int shutting_down;
+    uint64_t warned_ms[2]; /* last over-capacity / out-of-descriptors warning */
 };
 
 struct tunnel {
@@ -131,7 +148,8 @@ struct tunnel {
     struct addrinfo *ai_next;
     char *head;   /* HEAD_CAP bytes while the head is read, then leftover bytes */
     char *target; /* "host:port" once validated, a quoted raw target, or NULL */
-    struct proxy_ident *slot;
+    struct proxy_ident *slot;     /* per identifier (or source + identifier) */
+    struct proxy_ident *src_slot; /* per source, unauthenticated tunnels only */
     uint64_t bytes_up, bytes_down, linger_bytes;
     uint64_t start_ms, end_ms, last_active_ms;
     union proxy_addr peer;
@@ -150,6 +168,10 @@ struct tunnel {
     unsigned up_paused : 1;
     unsigned refuse_written : 1;
     unsigned aborting : 1; /* one side failed: flushing the other, then close */
+    unsigned verified : 1; /* the identifier's proxy token checked out */
+    unsigned pp2 : 1;      /* the route wants a PROXY v2 header upstream */
+    unsigned filtered : 1; /* a DNS answer was refused as not public */
+    uint16_t retry_s;      /* Retry-After of a rate-limit refusal */
     char ident[PHY_CONNECT_MAX_IDENT + 1];
 };
 
@@ -203,10 +225,11 @@ static void tunnel_log(struct tunnel *t)
     proxy_addr_format(&t->up_addr, up, sizeof(up));
     phy_log(lvl, "tunnel",
             "ident=%s target=%s upstream=%s bytes_up=%llu bytes_down=%llu "
-            "duration_ms=%llu outcome=%s peer=%s",
+            "duration_ms=%llu outcome=%s peer=%s auth=%s",
             t->ident[0] != '\0' ? t->ident : "-", t->target != NULL ? t->target : "-", up,
             (unsigned long long)t->bytes_up, (unsigned long long)t->bytes_down,
-            (unsigned long long)(end - t->start_ms), outcomes[t->outcome].name, peer);
+            (unsigned long long)(end - t->start_ms), outcomes[t->outcome].name, peer,
+            t->verified ? "token" : "none");
 }
 
 /* ---- teardown ---- */
@@ -254,12 +277,26 @@ static void detach_resolve(struct tunnel *t)
     t->resolve = NULL;
 }
 
+/* Gives back the tunnel's slots: when it closes, and as soon as either side ends. */
 static void release_slot(struct tunnel *t)
 {
-    if (t->slot == NULL)
+    if (t->slot != NULL)
+        proxy_ident_release(t->px->cfg.policy, t->slot);
+    if (t->src_slot != NULL)
+        proxy_ident_release(t->px->cfg.policy, t->src_slot);
+    t->slot = t->src_slot = NULL;
+}
+
+/* A resource warning, at most once per WARN_EVERY_MS per kind. */
+static void warn_limited(struct proxy *px, int kind, const char *event, const char *what)
+{
+    uint64_t now = uv_now(px->loop);
+
+    if (px->warned_ms[kind] != 0 && now - px->warned_ms[kind] < WARN_EVERY_MS)
         return;
-    proxy_ident_release(t->px->cfg.policy, t->slot);
-    t->slot = NULL;
+    px->warned_ms[kind] = now;
+    phy_log(PHY_LOG_ERROR, event, "%s connections=%llu max_connections=%u", what,
+            (unsigned long long)px->nconns, px->cfg.max_connections);
 }
 
 /* Ends the connection: logs its one access-log line and closes every handle. A
@@ -358,7 +395,7 @@ static void linger_read(struct tunnel *t, ssize_t nread, const uv_buf_t *buf)
  * a reset. The caller must not touch the head buffer afterwards. */
 static void refuse(struct tunnel *t, enum outcome o)
 {
-    char body[256];
+    char body[256], retry[48];
     int blen, hlen, r;
     const char *extra = NULL;
     struct block *b;
@@ -384,8 +421,12 @@ static void refuse(struct tunnel *t, enum outcome o)
                     outcomes[o].error, outcomes[o].message);
     if (blen < 0 || (size_t)blen >= sizeof(body))
         goto out_put;
-    if (o == O_407)
+    if (o == O_407 || o == O_407_TOKEN)
         extra = "Proxy-Authenticate: Basic realm=\"phystack\"\r\n";
+    if (o == O_429_RATE) {
+        snprintf(retry, sizeof(retry), "Retry-After: %u\r\n", t->retry_s ? t->retry_s : 1);
+        extra = retry;
+    }
     hlen = phy_http_write_response_head(b->data, RELAY_BUF_SIZE, outcomes[o].status,
                                         "application/json", (size_t)blen, 0, extra);
     if (hlen < 0 || (size_t)hlen + (size_t)blen > RELAY_BUF_SIZE)
@@ -529,6 +570,7 @@ static void relay_read(struct tunnel *t, uv_stream_t *src, ssize_t nread, const 
     release_buf(t, buf);
     if (nread == 0)
         return;
+    release_slot(t); /* one side has ended: the tunnel no longer holds a slot */
     if (nread != UV_EOF) {
         relay_abort(t, from_client ? O_CLIENT_ERROR : O_UPSTREAM_ERROR, dst, shut);
         return;
@@ -553,6 +595,32 @@ static void on_upstream_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         release_buf(t, buf);
 }
 
+/* The PROXY v2 header, first on the upstream stream: the client's address, the
+ * address it reached us on, its identifier and whether its token checked out. */
+static int send_pp2(struct tunnel *t)
+{
+    union proxy_addr local;
+    int namelen = (int)sizeof(local), n;
+    struct block *b = block_get(t->px);
+
+    if (b == NULL) {
+        tunnel_close(t, O_CLIENT_ERROR);
+        return -1;
+    }
+    memset(&local, 0, sizeof(local));
+    if (uv_tcp_getsockname(&t->client, &local.sa, &namelen) != 0)
+        n = PHY_EINVAL;
+    else
+        n = phy_pp2_build(&t->peer.sa, &local.sa, t->ident, t->verified,
+                          (unsigned char *)b->data, RELAY_BUF_SIZE);
+    if (n < 0) {
+        block_put(t->px, b);
+        tunnel_close(t, O_UPSTREAM_ERROR);
+        return -1;
+    }
+    return relay_send(t, (uv_stream_t *)&t->upstream, b, (size_t)n);
+}
+
 static void start_relay(struct tunnel *t)
 {
     struct block *b;
@@ -571,6 +639,8 @@ static void start_relay(struct tunnel *t)
     }
     memcpy(b->data, established, sizeof(established) - 1);
     if (relay_send(t, (uv_stream_t *)&t->client, b, sizeof(established) - 1) < 0)
+        return;
+    if (t->pp2 && send_pp2(t) < 0)
         return;
 
     /* Bytes that came in the same read as the head open the tunnelled stream. */
@@ -604,6 +674,18 @@ static void start_relay(struct tunnel *t)
 
 static void start_connect(struct tunnel *t, const union proxy_addr *addr);
 
+/* 1 when a DNS answer may be connected to: a public address, or one inside a
+ * network the operator named (--dns-allow-net). Routes never come here. */
+static int answer_allowed(const struct proxy *px, const union proxy_addr *addr)
+{
+    uint8_t a16[16];
+
+    if (phy_addr16(&addr->sa, a16) != 0)
+        return 0;
+    return phy_addr_is_public(a16) ||
+           phy_cidr_list_match(px->cfg.dns_allow, px->cfg.ndns_allow, a16);
+}
+
 /* Next usable DNS answer into *addr; 1 when there is one. */
 static int next_answer(struct tunnel *t, union proxy_addr *addr)
 {
@@ -612,14 +694,15 @@ static int next_answer(struct tunnel *t, union proxy_addr *addr)
 
         t->ai_next = ai->ai_next;
         memset(addr, 0, sizeof(*addr));
-        if (ai->ai_family == AF_INET && ai->ai_addrlen >= sizeof(addr->in4)) {
+        if (ai->ai_family == AF_INET && ai->ai_addrlen >= sizeof(addr->in4))
             memcpy(&addr->in4, ai->ai_addr, sizeof(addr->in4));
-            return 1;
-        }
-        if (ai->ai_family == AF_INET6 && ai->ai_addrlen >= sizeof(addr->in6)) {
+        else if (ai->ai_family == AF_INET6 && ai->ai_addrlen >= sizeof(addr->in6))
             memcpy(&addr->in6, ai->ai_addr, sizeof(addr->in6));
+        else
+            continue;
+        if (answer_allowed(t->px, addr))
             return 1;
-        }
+        t->filtered = 1;
     }
     return 0;
 }
@@ -663,8 +746,19 @@ static void on_connected(uv_connect_t *req, int status)
     start_relay(t);
 }
 
+static void out_of_descriptors(struct proxy *px, int err)
+{
+    if (err == UV_EMFILE || err == UV_ENFILE)
+        warn_limited(px, 1, "out_of_descriptors",
+                     err == UV_EMFILE
+                         ? "error=EMFILE hint=\"raise LimitNOFILE or lower --max-connections\""
+                         : "error=ENFILE hint=\"the system's file table is full\"");
+}
+
 static void start_connect(struct tunnel *t, const union proxy_addr *addr)
 {
+    int r;
+
     t->up_addr = *addr;
     if (uv_tcp_init(t->px->loop, &t->upstream) < 0) {
         refuse(t, O_500);
@@ -673,8 +767,11 @@ static void start_connect(struct tunnel *t, const union proxy_addr *addr)
     t->up_init = 1;
     t->upstream.data = t;
     t->connect_req.data = t;
-    if (uv_tcp_connect(&t->connect_req, &t->upstream, &addr->sa, on_connected) < 0)
-        refuse(t, O_502_UPSTREAM);
+    r = uv_tcp_connect(&t->connect_req, &t->upstream, &addr->sa, on_connected);
+    if (r < 0) {
+        out_of_descriptors(t->px, r);
+        refuse(t, r == UV_EMFILE || r == UV_ENFILE ? O_503 : O_502_UPSTREAM);
+    }
 }
 
 static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
@@ -695,7 +792,7 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
     if (status != 0)
         uv_freeaddrinfo(res);
     if (!next_answer(t, &addr)) {
-        refuse(t, O_502_DNS);
+        refuse(t, t->filtered ? O_403_PRIVATE : O_502_DNS);
         return;
     }
     start_connect(t, &addr);
@@ -755,6 +852,71 @@ static enum outcome status_outcome(int status)
     }
 }
 
+/* The source's key: its address, an IPv6 source by its /64. */
+static void source_key(const struct tunnel *t, uint8_t a16[16], char *out, size_t cap)
+{
+    static const uint8_t v4mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+
+    memset(a16, 0, 16);
+    phy_addr16(&t->peer.sa, a16);
+    if (memcmp(a16, v4mapped, 12) != 0)
+        memset(a16 + 8, 0, 8);
+    if (inet_ntop(AF_INET6, a16, out, (socklen_t)cap) == NULL)
+        snprintf(out, cap, "-");
+}
+
+/* Who the client is, and the slots its tunnel takes. A dev_ identifier with a valid
+ * proxy token is the device: one count per identifier. Anything else proves nothing,
+ * so it counts per source: its creation rate, its live tunnels, and its live
+ * tunnels per (source, identifier), so that nobody elsewhere can take a device's
+ * slots by naming it. 0, or -1 with the tunnel refused. */
+static int take_slots(struct tunnel *t, const struct phy_connect_req *creq)
+{
+    struct proxy *px = t->px;
+    const struct proxy_config *c = &px->cfg;
+    char src[INET6_ADDRSTRLEN], key[PROXY_SLOT_KEY_MAX + 1];
+    uint8_t a16[16];
+    uint64_t retry_ms = 0;
+    int err = 0;
+
+    if (strncmp(creq->ident, "dev_", 4) == 0 && c->nkeys > 0) {
+        if (creq->token[0] != '\0') {
+            if (!phy_proxy_token_verify(c->keys, c->nkeys, creq->ident, creq->token,
+                                        strlen(creq->token))) {
+                refuse(t, O_407_TOKEN);
+                return -1;
+            }
+            t->verified = 1;
+        } else if (!c->dev_token_optional) {
+            refuse(t, O_407_TOKEN);
+            return -1;
+        }
+    }
+    if (t->verified) {
+        snprintf(key, sizeof(key), "%s", creq->ident);
+    } else {
+        source_key(t, a16, src, sizeof(src));
+        if (c->new_tunnel_rate != NULL &&
+            !phy_ratelimit_take(c->new_tunnel_rate, a16, uv_now(px->loop), &retry_ms)) {
+            t->retry_s = (uint16_t)(retry_ms / 1000 + 1);
+            refuse(t, O_429_RATE);
+            return -1;
+        }
+        t->src_slot = proxy_ident_acquire(c->policy, src, c->max_tunnels_per_source, &err);
+        if (t->src_slot == NULL) {
+            refuse(t, err == PHY_ETOOBIG ? O_429_SOURCE : O_500);
+            return -1;
+        }
+        snprintf(key, sizeof(key), "%s %s", src, creq->ident);
+    }
+    t->slot = proxy_ident_acquire(c->policy, key, c->max_tunnels_per_device, &err);
+    if (t->slot == NULL) {
+        refuse(t, err == PHY_ETOOBIG ? O_429 : O_500);
+        return -1;
+    }
+    return 0;
+}
+
 /* Validates a complete head and routes it. Returns with the tunnel refused,
  * connecting, or resolving. */
 static void accept_head(struct tunnel *t, const struct phy_http_request *req, size_t used)
@@ -763,7 +925,7 @@ static void accept_head(struct tunnel *t, const struct phy_http_request *req, si
     struct phy_connect_req creq;
     const struct proxy_route *route;
     char target[PHY_CONNECT_MAX_HOST + 8];
-    int status, err = 0;
+    int status;
 
     memset(&creq, 0, sizeof(creq));
     status = phy_connect_check(req, &creq);
@@ -785,11 +947,8 @@ static void accept_head(struct tunnel *t, const struct phy_http_request *req, si
         refuse(t, O_403);
         return;
     }
-    t->slot = proxy_ident_acquire(px->cfg.policy, t->ident, px->cfg.max_tunnels_per_device, &err);
-    if (t->slot == NULL) {
-        refuse(t, err == PHY_ETOOBIG ? O_429 : O_500);
+    if (take_slots(t, &creq) < 0)
         return;
-    }
 
     /* Keep what followed the head: it is the start of the tunnelled stream. */
     memmove(t->head, t->head + used, t->head_len - used);
@@ -800,8 +959,10 @@ static void accept_head(struct tunnel *t, const struct phy_http_request *req, si
     uv_timer_start(&t->timer, on_timer, px->cfg.connect_timeout_ms, 0);
 
     route = proxy_policy_route(px->cfg.policy, creq.host);
-    if (route != NULL)
+    if (route != NULL) {
+        t->pp2 = route->proxy_protocol != 0;
         start_connect(t, &route->addr);
+    }
     else if (px->cfg.dns_fallback)
         start_resolve(t, creq.host);
     else
@@ -898,7 +1059,10 @@ static void on_connection(uv_stream_t *server, int status)
     int namelen = (int)sizeof(union proxy_addr);
 
     if (status < 0) {
-        phy_log(PHY_LOG_WARN, "accept_failed", "error=%s", uv_err_name(status));
+        if (status == UV_EMFILE || status == UV_ENFILE)
+            out_of_descriptors(px, status);
+        else
+            phy_log(PHY_LOG_WARN, "accept_failed", "error=%s", uv_err_name(status));
         return;
     }
     t = calloc(1, sizeof(*t));
@@ -923,6 +1087,13 @@ static void on_connection(uv_stream_t *server, int status)
         return;
     }
     uv_tcp_getpeername(&t->client, &t->peer.sa, &namelen);
+    if (px->nconns > px->cfg.max_connections + OVERFLOW_CONNS) {
+        /* Answering would keep a descriptor for the linger: past the overflow the
+         * connection is closed at once, and that is logged (not per connection). */
+        warn_limited(px, 0, "over_capacity", "action=closed");
+        tunnel_close(t, O_503);
+        return;
+    }
     if (px->nconns > px->cfg.max_connections) {
         refuse(t, O_503);
         return;
@@ -949,9 +1120,10 @@ static void log_start(const struct proxy *px)
 
     routes[0] = '\0';
     for (i = 0; i < p->nroutes && off < sizeof(routes); i++) {
-        int n =
-            snprintf(routes + off, sizeof(routes) - off, "%s%s=%s", i ? "," : "", p->routes[i].host,
-                     proxy_addr_format(&p->routes[i].addr, addr, sizeof(addr)));
+        int n = snprintf(routes + off, sizeof(routes) - off, "%s%s=%s%s", i ? "," : "",
+                         p->routes[i].host,
+                         proxy_addr_format(&p->routes[i].addr, addr, sizeof(addr)),
+                         p->routes[i].proxy_protocol ? "" : "(plain)");
         if (n < 0)
             break;
         off += (size_t)n;
@@ -972,13 +1144,18 @@ static void log_start(const struct proxy *px)
     phy_log(PHY_LOG_INFO, "start",
             "listen=%s routes=%s allow=%s dns_fallback=%d max_tunnels_per_device=%u "
             "max_connections=%u idle_timeout_ms=%llu connect_timeout_ms=%llu "
-            "header_timeout_ms=%llu",
+            "header_timeout_ms=%llu proxy_keys=%zu dev_token=%s max_tunnels_per_source=%u",
             proxy_addr_format(&px->cfg.listen, listen, sizeof(listen)),
             routes[0] != '\0' ? routes : "-", allows[0] != '\0' ? allows : "-",
             px->cfg.dns_fallback, px->cfg.max_tunnels_per_device, px->cfg.max_connections,
             (unsigned long long)px->cfg.idle_timeout_ms,
             (unsigned long long)px->cfg.connect_timeout_ms,
-            (unsigned long long)px->cfg.header_timeout_ms);
+            (unsigned long long)px->cfg.header_timeout_ms, px->cfg.nkeys,
+            px->cfg.nkeys == 0 ? "unchecked" : px->cfg.dev_token_optional ? "optional" : "required",
+            px->cfg.max_tunnels_per_source);
+    if (px->cfg.nkeys == 0)
+        phy_log(PHY_LOG_WARN, "no_proxy_key",
+                "without --proxy-key no identity is verified: every tunnel counts per source");
 }
 
 int proxy_start(uv_loop_t *loop, const struct proxy_config *cfg, struct proxy **out, char *err,

@@ -6,6 +6,9 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "phy/netaddr.h"
+#include "phy/proxytoken.h"
+#include "phy/ratelimit.h"
 #include "policy.h"
 
 struct proxy_config {
@@ -17,6 +20,21 @@ struct proxy_config {
     uint64_t connect_timeout_ms;
     uint64_t header_timeout_ms;
     int dns_fallback; /* resolve allowed hosts without a route through DNS */
+    /* Resolved addresses that are not public are refused unless they lie here. */
+    const struct phy_cidr *dns_allow; /* borrowed */
+    size_t ndns_allow;
+    /* dev_ identities must carry a proxy token valid under one of these keys
+     * (none: no identity is verified, every tunnel counts as unauthenticated). */
+    const struct phy_proxy_key *keys; /* borrowed */
+    size_t nkeys;
+    int dev_token_optional; /* a dev_ without a token passes, unauthenticated */
+    /* Unauthenticated tunnels (sn_, and dev_ without a verified token) count per
+     * (source address, identifier) against max_tunnels_per_device, per source
+     * against max_tunnels_per_source, and their creation per source against the
+     * token bucket new_tunnel_rate. */
+    unsigned max_tunnels_per_source;
+    struct phy_ratelimit *new_tunnel_rate; /* borrowed; NULL = no limit */
+    unsigned fd_reserve; /* descriptors kept beyond 2 per connection (logs, DNS, …) */
 };
 
 struct proxy; /* opaque */

@@ -39,14 +39,15 @@ def setup():
         d = h.daemon([binary("phyhub"), "--region", "eu", "--listen", "127.0.0.1:%d" % port,
                       "--db", db] + store_flags + ["--tls-cert", h.pki["cert"],
                       "--tls-key", h.pki["key"], "--provisioning", "--public-endpoint",
-                      HOST_A + ":443"] + list(SHORT_TIMERS), "phyhub-" + name)
+                      HOST_A + ":443"] + h.edge_hub_flags() + list(SHORT_TIMERS),
+                     "phyhub-" + name)
         d.wait_port(port)
         T["ports"][name] = port
     h.proxy_port = phytest.free_port()
     p = h.daemon([binary("phyproxy"), "--listen", "127.0.0.1:%d" % h.proxy_port,
                   "--route", "%s=127.0.0.1:%d" % (HOST_A, T["ports"]["a"]),
                   "--route", "%s=127.0.0.1:%d" % (HOST_B, T["ports"]["b"]),
-                  "--allow", "portal-*.phystack.com:443"], "phyproxy")
+                  "--allow", "portal-*.phystack.com:443"] + h.edge_proxy_flags(), "phyproxy")
     p.wait_port(h.proxy_port)
 
 

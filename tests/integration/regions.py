@@ -141,7 +141,7 @@ class Regions(Harness):
         argv = [binary("phyhub"), "--region", hub.region, "--listen", "127.0.0.1:%d" % hub.port,
                 "--db", hub.db, "--tls-cert", self.pki["cert"], "--tls-key", self.pki["key"],
                 "--public-endpoint", hub.host + ":443"]
-        argv += hub.store_flags + self.timers + self.hub_flags
+        argv += hub.store_flags + self.edge_hub_flags() + self.timers + self.hub_flags
         if hub.region == "eu":
             argv.append("--provisioning")
             for other in self.hubs.values():
@@ -178,7 +178,8 @@ class Regions(Harness):
                     routes += ["--route", "%s=127.0.0.1:%d" % (hub.host, hub.port)]
             self.proxy = self.daemon(
                 [binary("phyproxy"), "--listen", "127.0.0.1:%d" % self.proxy_port] + routes +
-                ["--allow", "portal-*.phystack.com:443"] + self.proxy_flags, "phyproxy")
+                ["--allow", "portal-*.phystack.com:443"] + self.edge_proxy_flags() +
+                self.proxy_flags, "phyproxy")
             self.proxy.wait_port(self.proxy_port)
         except Exception:
             self.stop()

@@ -117,12 +117,13 @@ def store_tables(db):
     return out
 
 
-def https_connection(port, context, tunnel_host=None, ident="sn_TEST", timeout=10):
+def https_connection(port, context, tunnel_host=None, ident="sn_TEST", timeout=10,
+                     password=None):
     """An HTTPSConnection to 127.0.0.1:port; with tunnel_host, port is phyproxy's and the
     connection goes through it (CONNECT tunnel_host:443 as `ident`)."""
     conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout, context=context)
     if tunnel_host is not None:
-        auth = base64.b64encode((ident + ":").encode()).decode()
+        auth = base64.b64encode((ident + ":" + (password or "")).encode()).decode()
         conn.set_tunnel(tunnel_host, 443, headers={"Proxy-Authorization": "Basic " + auth})
     return conn
 
@@ -166,6 +167,20 @@ class Harness:
         self.agent_runs = {}
         self.secrets = set()
         self.databases = []  # PostgreSQL databases of new_store(), dropped by stop()
+        # The key hubs sign proxy tokens with and proxies check them with.
+        self.proxy_key_file = os.path.join(self.dir, "proxy-k1.key")
+        self.proxy_key = os.urandom(32)
+        fd = os.open(self.proxy_key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, self.proxy_key)
+        os.close(fd)
+
+    def edge_hub_flags(self):
+        """A hub behind the test proxy: it believes the proxy's PROXY header and signs
+        issued devices' proxy tokens."""
+        return ["--trusted-proxy", "127.0.0.1", "--proxy-key", "k1=" + self.proxy_key_file]
+
+    def edge_proxy_flags(self):
+        return ["--proxy-key", "k1=" + self.proxy_key_file]
 
     def daemon(self, argv, name, env=None):
         """A Daemon whose log counts for logs() and is killed by stop()."""
@@ -280,7 +295,8 @@ class Stack(Harness):
                 self.proxy = self.daemon(
                     [binary("phyproxy"), "--listen", "127.0.0.1:%d" % self.proxy_port,
                      "--route", "%s=127.0.0.1:%d" % (HOST, self.hub_port),
-                     "--allow", "portal-*.phystack.com:443"] + self.proxy_flags, "phyproxy")
+                     "--allow", "portal-*.phystack.com:443"] + self.edge_proxy_flags() +
+                    self.proxy_flags, "phyproxy")
                 self.proxy.wait_port(self.proxy_port)
         except Exception:
             self.stop()
@@ -292,7 +308,7 @@ class Stack(Harness):
         argv = [binary("phyhub"), "--region", "eu", "--listen", "127.0.0.1:%d" % self.hub_port,
                 "--db", self.db, "--tls-cert", self.pki["cert"], "--tls-key", self.pki["key"],
                 "--provisioning", "--public-endpoint", HOST + ":443"]
-        argv += self.store_flags + self.hub_flags
+        argv += self.store_flags + self.edge_hub_flags() + self.hub_flags
         self.hub = self.daemon(argv, "phyhub-%d" % self.hub_runs, env=self.hub_env)
         self.hub.wait_port(self.hub_port)
         return self.hub
@@ -330,7 +346,8 @@ class Stack(Harness):
         ident, secret = creds["device_id"], creds["device_secret"]
         if self._via_proxy(via_proxy):
             return wsclient.handshake("127.0.0.1", self.proxy_port, HOST, self.pki["ca"],
-                                      ident, secret, proxy=("127.0.0.1", self.proxy_port, ident),
+                                      ident, secret, proxy=("127.0.0.1", self.proxy_port, ident,
+                                                            creds.get("proxy_token", "")),
                                       **kw)
         return wsclient.handshake("127.0.0.1", self.hub_port, HOST, self.pki["ca"], ident,
                                   secret, **kw)

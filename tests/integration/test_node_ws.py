@@ -33,7 +33,8 @@ def test_node_ws_device_through_proxy():
         "run `make test` (it installs tests/node with npm ci)"
     env = dict(os.environ, PROXY_HOST="127.0.0.1", PROXY_PORT=str(st.proxy_port),
                HUB_HOST=HOST, DEVICE_ID=creds["device_id"],
-               DEVICE_SECRET=creds["device_secret"], CA_FILE=st.pki["ca"])
+               DEVICE_SECRET=creds["device_secret"], PROXY_TOKEN=creds["proxy_token"],
+               CA_FILE=st.pki["ca"])
     proc = subprocess.Popen(["node", os.path.join(node_dir, "ws_device.js")], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines = []

@@ -2,8 +2,10 @@
 loopback, with short TTLs, and independent clients (Python's http.client through the
 proxy's CONNECT tunnel, curl, raw TLS sockets)."""
 
+import base64
 import glob
 import hashlib
+import hmac
 import http.client
 import json
 import os
@@ -159,8 +161,13 @@ def test_credentials_exactly_once_and_grace_window():
     assert dev["tags"] == {"site": "berlin"}
     st, js, raw1, _ = ST.poll_until("SN-ONCE", token)
     assert st == 200, js
-    assert set(js) == {"status", "device_id", "device_secret", "tenant", "region", "endpoint"}
+    assert set(js) == {"status", "device_id", "device_secret", "tenant", "region", "endpoint",
+                       "proxy_token"}
     assert js["device_id"] == dev["device_id"] and js["status"] == "provisioned"
+    # The proxy token is the HMAC of the device ID under the proxy key (key ID k1).
+    mac = hmac.new(ST.proxy_key, b"phystack-proxy-v1\n" + js["device_id"].encode(),
+                   hashlib.sha256).digest()
+    assert js["proxy_token"] == "k1." + base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
     # A retry within the grace window gets byte-identical credentials.
     st, _, raw2, _ = ST.poll("SN-ONCE", token)
     assert st == 200 and raw2 == raw1

@@ -3,6 +3,8 @@ a TLS upstream and a plain TCP echo upstream, all on 127.0.0.1."""
 
 import base64
 import hashlib
+import hmac
+import resource
 import http.server
 import json
 import os
@@ -107,6 +109,77 @@ def make_blackhole():
     return lsock, port, fillers
 
 
+class CloserServer:
+    """Accepts, reads the PROXY header if one comes, and closes: an upstream (a hub)
+    that ends the stream while the client keeps its side open."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            conn.close()
+
+    def close(self):
+        self.sock.close()
+
+
+PP2_SIG = b"\r\n\r\n\x00\r\nQUIT\n"
+
+
+def read_pp2(sock, rest=b""):
+    """Reads one PROXY v2 header from an echo tunnel; returns (src, src_port, tlvs, rest)."""
+    data = rest
+    while len(data) < 16:
+        chunk = sock.recv(4096)
+        assert chunk, "closed before the PROXY header"
+        data += chunk
+    assert data[:12] == PP2_SIG, data[:16]
+    assert data[12] == 0x21 and data[13] == 0x11, data[12:14]  # v2 PROXY, TCP over IPv4
+    total = 16 + int.from_bytes(data[14:16], "big")
+    while len(data) < total:
+        data += sock.recv(4096)
+    body = data[16:total]
+    src = socket.inet_ntoa(body[0:4])
+    sport = int.from_bytes(body[8:10], "big")
+    tlvs, off = {}, 12
+    while off < len(body):
+        t, n = body[off], int.from_bytes(body[off + 1:off + 3], "big")
+        tlvs[t] = body[off + 3:off + 3 + n]
+        off += 3 + n
+    return src, sport, tlvs, data[total:]
+
+
+def proxy_token(key, kid, device_id):
+    mac = hmac.new(key, b"phystack-proxy-v1\n" + device_id.encode(), hashlib.sha256).digest()
+    return kid + "." + base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+
+
+def connect_from(src, port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(10)
+    s.bind((src, 0))
+    s.connect(("127.0.0.1", port))
+    return s
+
+
+def tunnel_from(src, port, target, ident, password=""):
+    s = connect_from(src, port)
+    cred = base64.b64encode(("%s:%s" % (ident, password)).encode()).decode()
+    s.sendall(("CONNECT %s HTTP/1.1\r\nHost: %s\r\nProxy-Authorization: Basic %s\r\n\r\n"
+               % (target, target, cred)).encode())
+    status, headers, rest = phytest.recv_http_head(s)
+    return s, status, headers, rest
+
+
 # ---- request helpers ----
 
 def auth(ident):
@@ -188,8 +261,9 @@ def setup():
     S["pa"] = phytest.free_port()
     S["a"] = phytest.Daemon([
         proxy, "--listen", "127.0.0.1:%d" % S["pa"],
-        "--route", "portal-eu.phystack.com=127.0.0.1:%d" % S["tls"].server_address[1],
-        "--route", "PORTAL-ECHO.phystack.com=127.0.0.1:%d" % S["echo"].port,
+        "--route", "portal-eu.phystack.com=127.0.0.1:%d,proxy-protocol=off"
+        % S["tls"].server_address[1],
+        "--route", "PORTAL-ECHO.phystack.com=127.0.0.1:%d,proxy-protocol=off" % S["echo"].port,
         "--route", "portal-dead.phystack.com=127.0.0.1:%d" % S["dead_port"],
         "--max-tunnels-per-device", "2", "--header-timeout", "1", "--idle-timeout", "60",
     ], "proxy-a", d)
@@ -200,23 +274,53 @@ def setup():
     with open(ini, "w") as f:
         f.write("# phyproxy test config\n[proxy]\n"
                 "listen = 127.0.0.1:%d\n"
-                "route = portal-echo.phystack.com=127.0.0.1:%d\n"
+                "route = portal-echo.phystack.com=127.0.0.1:%d,proxy-protocol=off\n"
                 "route = portal-hole.phystack.com=127.0.0.1:%d\n"
                 "allow = portal-*.phystack.com:443\n"
                 "allow = localhost:%d\n"
                 "idle-timeout = 1\nconnect-timeout = 1\ndns-fallback = true\n"
+                "dns-allow-net = 127.0.0.0/8\n"
                 % (S["pb"], S["echo"].port, S["hole_port"], S["echo"].port))
     S["b"] = phytest.Daemon([proxy, "--config", ini], "proxy-b", d)
 
+    # Proxy D: proxy tokens required, per-source limits, PROXY v2 to the echo, DNS
+    # fallback without any non-public network allowed.
+    S["closer"] = CloserServer()
+    S["key"] = os.urandom(32)
+    keyfile = os.path.join(d, "proxy-k1.key")
+    fd = os.open(keyfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, S["key"])
+    os.close(fd)
+    S["pd"] = phytest.free_port()
+    S["d"] = phytest.Daemon([
+        proxy, "--listen", "127.0.0.1:%d" % S["pd"],
+        "--route", "portal-echo.phystack.com=127.0.0.1:%d" % S["echo"].port,
+        "--route", "portal-close.phystack.com=127.0.0.1:%d" % S["closer"].port,
+        "--allow", "portal-*.phystack.com:443", "--allow", "localhost:*", "--dns-fallback",
+        "--proxy-key", "k1=" + keyfile, "--max-tunnels-per-device", "2",
+        "--max-tunnels-per-source", "3", "--new-tunnel-rate", "0",
+    ], "proxy-d", d)
+    # Proxy E: a tight new-tunnel rate.
+    S["pe"] = phytest.free_port()
+    S["e"] = phytest.Daemon([
+        proxy, "--listen", "127.0.0.1:%d" % S["pe"],
+        "--route", "portal-echo.phystack.com=127.0.0.1:%d,proxy-protocol=off" % S["echo"].port,
+        "--new-tunnel-rate", "1", "--new-tunnel-burst", "2", "--proxy-key", "k1=" + keyfile,
+    ], "proxy-e", d)
+
     S["a"].wait_port(S["pa"], 20)
     S["b"].wait_port(S["pb"], 20)
+    S["d"].wait_port(S["pd"], 20)
+    S["e"].wait_port(S["pe"], 20)
     S["a"].wait_log(r"event=start listen=127\.0\.0\.1:%d routes=.*portal-echo" % S["pa"])
 
 
 def teardown():
-    for k in ("a", "b"):
+    for k in ("a", "b", "d", "e"):
         if k in S:
             S[k].kill()
+    if "closer" in S:
+        S["closer"].close()
     if "tls" in S:
         S["tls"].shutdown()
         S["tls"].server_close()
@@ -482,10 +586,25 @@ def test_dns_fallback_resolves_allowed_host():
     expect_refusal(s, 403)
 
 
+def test_dns_fallback_refuses_non_public_answers():
+    """Without --dns-allow-net naming it, a name that resolves to loopback (or any
+    private, link-local or metadata address) is refused before any connect, so the
+    answer reveals nothing about the port."""
+    s = phytest.connect(S["pd"])
+    s.sendall(connect_head("localhost:%d" % S["echo"].port, "sn_DNS"))
+    _, doc = expect_refusal(s, 403, "forbidden")
+    assert "non-public" in doc["message"], doc
+    s = phytest.connect(S["pd"])
+    s.sendall(connect_head("localhost:%d" % S["dead_port"], "sn_DNS"))
+    expect_refusal(s, 403, "forbidden")  # closed port: same answer
+    assert "outcome=private_address_403" in tunnel_lines(S["d"], "sn_DNS")[-1]
+
+
 def test_max_connections_is_503():
     port = phytest.free_port()
     c = phytest.Daemon([phytest.binary("phyproxy"), "--listen", "127.0.0.1:%d" % port,
-                        "--route", "portal-echo.phystack.com=127.0.0.1:%d" % S["echo"].port,
+                        "--route", "portal-echo.phystack.com=127.0.0.1:%d,proxy-protocol=off"
+                        % S["echo"].port,
                         "--max-connections", "2"], "proxy-c", S["dir"])
     try:
         c.wait_log(r"event=start listen=127\.0\.0\.1:%d" % port)
@@ -551,6 +670,141 @@ def test_sigterm_exits_zero():
     assert phytest.recv_all(s) == b""
     s.close()
     assert "outcome=shutdown" in tunnel_lines(S["a"], "sn_LAST")[0]
+
+
+def test_dev_identity_needs_its_proxy_token():
+    dev = "dev_tokentest234567abcdefghijk"
+    good = proxy_token(S["key"], "k1", dev)
+    # No token, a wrong one, another device's, an unknown key ID: 407.
+    for password in ("", proxy_token(os.urandom(32), "k1", dev),
+                     proxy_token(S["key"], "k1", "dev_other"), proxy_token(S["key"], "k2", dev)):
+        s, st, headers, _ = tunnel_from("127.0.0.1", S["pd"], "portal-echo.phystack.com:443",
+                                        dev, password)
+        s.close()
+        assert st == 407, (password, st)
+        assert headers.get("proxy-authenticate", "").startswith("Basic"), headers
+    assert "outcome=bad_token_407" in tunnel_lines(S["d"], dev)[-1]
+    # The right token: the upstream learns who it is and from where, first thing.
+    s, st, _, rest = tunnel_from("127.0.0.5", S["pd"], "portal-echo.phystack.com:443", dev, good)
+    assert st == 200
+    s.sendall(b"after")
+    src, sport, tlvs, rest = read_pp2(s, rest)
+    assert src == "127.0.0.5" and sport == s.getsockname()[1], (src, sport)
+    assert tlvs[0xE0] == dev.encode() and tlvs[0xE1] == b"\x01", tlvs
+    while len(rest) < 5:
+        rest += s.recv(64)
+    assert rest == b"after", rest
+    # A verified device's slots are its own, wherever it connects from.
+    t2, st2, _, _ = tunnel_from("127.0.0.6", S["pd"], "portal-echo.phystack.com:443", dev, good)
+    t3, st3, _, _ = tunnel_from("127.0.0.7", S["pd"], "portal-echo.phystack.com:443", dev, good)
+    assert (st2, st3) == (200, 429), (st2, st3)
+    for x in (s, t2, t3):
+        x.close()
+    S["d"].wait_log(r"event=tunnel ident=%s .*outcome=ok peer=127\.0\.0\.5:\d+ auth=token" % dev)
+
+
+def test_serial_slots_count_per_source():
+    """Someone elsewhere holding a serial's tunnels does not lock the device out; a
+    source that rotates names meets its own limit."""
+    held = []
+    for _ in range(2):
+        s, st, _, rest = tunnel_from("127.0.0.1", S["pd"], "portal-echo.phystack.com:443",
+                                     "sn_SQUAT")
+        assert st == 200
+        assert read_pp2(s, rest)[2][0xE1] == b"\x00"  # not verified
+        held.append(s)
+    s, st, _, _ = tunnel_from("127.0.0.1", S["pd"], "portal-echo.phystack.com:443", "sn_SQUAT")
+    assert st == 429
+    s.close()
+    s, st, _, _ = tunnel_from("127.0.0.2", S["pd"], "portal-echo.phystack.com:443", "sn_SQUAT")
+    assert st == 200, "the real device, from its own address, still gets a tunnel"
+    s.close()
+    # 127.0.0.1 holds 2; a third name reaches the source limit (3), a fourth is refused.
+    s3, st, _, _ = tunnel_from("127.0.0.1", S["pd"], "portal-echo.phystack.com:443", "sn_ROT1")
+    assert st == 200
+    s4 = connect_from("127.0.0.1", S["pd"])
+    s4.sendall(connect_head("portal-echo.phystack.com:443", "sn_ROT2"))
+    _, doc = expect_refusal(s4, 429, "too_many_tunnels")
+    assert "address" in doc["message"], doc
+    for x in held + [s3]:
+        x.close()
+    S["d"].wait_log(r"event=tunnel ident=sn_ROT2 .*outcome=source_limit_429 ")
+
+
+def test_slot_is_freed_when_the_upstream_ends():
+    """A hub that closes its side frees the tunnel's slot at once, though the client
+    never closes (before: held until the idle timeout)."""
+    kept = []
+    for _ in range(2):
+        s, st, _, rest = tunnel_from("127.0.0.9", S["pd"], "portal-close.phystack.com:443",
+                                     "sn_ENDED")
+        assert st == 200
+        data = rest
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        assert data == b""  # the upstream's close reached the client
+        kept.append(s)  # ... which keeps its side open
+    s, st, _, _ = tunnel_from("127.0.0.9", S["pd"], "portal-echo.phystack.com:443", "sn_ENDED")
+    assert st == 200, st
+    s.close()
+    for x in kept:
+        x.close()
+
+
+def test_new_tunnels_rate_limited_per_source():
+    codes, retry = [], None
+    for _ in range(3):
+        s, st, headers, _ = tunnel_from("127.0.0.3", S["pe"], "portal-echo.phystack.com:443",
+                                        "sn_RATE")
+        codes.append(st)
+        if st == 429:
+            retry = headers.get("retry-after")
+        s.close()
+    assert codes == [200, 200, 429], codes
+    assert retry is not None and 1 <= int(retry) <= 2, retry
+    # Another source is not affected, nor is a device with a valid token.
+    s, st, _, _ = tunnel_from("127.0.0.4", S["pe"], "portal-echo.phystack.com:443", "sn_RATE")
+    assert st == 200
+    s.close()
+    dev = "dev_ratetest"
+    s, st, _, _ = tunnel_from("127.0.0.3", S["pe"], "portal-echo.phystack.com:443", dev,
+                              proxy_token(S["key"], "k1", dev))
+    assert st == 200
+    s.close()
+    assert S["e"].log_lines(r"outcome=rate_limited_429 ")
+
+
+def test_descriptor_limit_checked_at_start():
+    proxy = phytest.binary("phyproxy")
+
+    def low(soft, hard):
+        return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    r = subprocess.run([proxy, "--listen", "127.0.0.1:%d" % phytest.free_port(),
+                        "--max-connections", "1000"], preexec_fn=low(256, 256),
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=20)
+    assert r.returncode == 1, r
+    assert b"needs 2064 file descriptors" in r.stderr and b"LimitNOFILE" in r.stderr, r.stderr
+    # A soft limit under a high enough hard limit is raised; the default
+    # --max-connections is lowered to what a low hard limit allows.
+    for (soft, hard), args, want in (
+            ((256, 4096), ["--max-connections", "1000"], b"event=nofile_raised soft_limit=2064"),
+            ((256, 256), [], b"event=max_connections_lowered max_connections=96")):
+        c = subprocess.Popen([proxy, "--listen", "127.0.0.1:%d" % phytest.free_port()] + args,
+                             preexec_fn=low(soft, hard), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT)
+        try:
+            seen = b""
+            while b"event=start " not in seen:
+                line = c.stdout.readline()
+                assert line, "phyproxy exited: %r" % seen
+                seen += line
+            assert want in seen, seen
+        finally:
+            c.kill()
+            c.wait()
 
 
 if __name__ == "__main__":

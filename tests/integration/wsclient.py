@@ -31,7 +31,8 @@ def handshake(host, port, sni, cafile, device_id=None, secret=None, headers=None
     sends the upgrade request. Returns (status, headers dict, tls socket)."""
     raw = socket.create_connection((host, port), timeout=timeout)
     if proxy:
-        ident = base64.b64encode((proxy[2] + ":").encode()).decode()
+        ident = base64.b64encode((proxy[2] + ":" + (proxy[3] if len(proxy) > 3 else "")).encode()
+                                 ).decode()
         raw.sendall(("CONNECT %s:443 HTTP/1.1\r\nHost: %s:443\r\n"
                      "Proxy-Authorization: Basic %s\r\n\r\n" % (sni, sni, ident)).encode())
         head = b""

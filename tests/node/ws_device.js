@@ -20,7 +20,7 @@ const deadline = setTimeout(() => { console.error('timeout'); process.exit(1); }
 const req = http.request({
   host: proxyHost, port: proxyPort, method: 'CONNECT', path: `${host}:443`,
   headers: { Host: `${host}:443`,
-             'Proxy-Authorization': 'Basic ' + Buffer.from(`${id}:`).toString('base64') },
+             'Proxy-Authorization': 'Basic ' + Buffer.from(`${id}:${process.env.PROXY_TOKEN || ''}`).toString('base64') },
 });
 req.on('error', (e) => { console.error('proxy error', e.message); process.exit(1); });
 req.on('connect', (res, socket) => {

@@ -34,6 +34,10 @@ static void test_routes_exact_wins_over_pattern(void **state)
         proxy_policy_add_route(&p, "portal-eu.phystack.com=[::1]:9002", err, sizeof(err)), 0);
     r = proxy_policy_route(&p, "portal-eu.phystack.com");
     assert_string_equal(proxy_addr_format(&r->addr, buf, sizeof(buf)), "[::1]:9002");
+    assert_int_equal(r->proxy_protocol, 1); /* on by default */
+    assert_int_equal(proxy_policy_add_route(&p, "portal-eu.phystack.com=[::1]:9002,proxy-protocol=off",
+                                            err, sizeof(err)), 0);
+    assert_int_equal(proxy_policy_route(&p, "portal-eu.phystack.com")->proxy_protocol, 0);
     proxy_policy_free(&p);
 }
 
@@ -48,6 +52,8 @@ static void test_routes_rejected(void **state)
         "portal-eu.phystack.com=1.2.3:443",
         "portal-eu.phystack.com=127.0.0.1:65536",
         "portal-eu.phystack.com=::1:443",
+        "portal-eu.phystack.com=127.0.0.1:443,proxy-protocol=maybe",
+        "portal-eu.phystack.com=127.0.0.1:443,",
     };
     struct proxy_policy p;
     char err[128];
