@@ -19,6 +19,13 @@ int64_t hub_now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+int64_t hub_mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 void hub_prov_params(const struct hub *h, int64_t now_ms, struct store_prov_params *p)
 {
     p->now_ms = now_ms;

@@ -9,6 +9,7 @@
 #include "phy/crypto.h"
 #include "phy/netaddr.h"
 #include "phy/proxytoken.h"
+#include "phy/ratelimit.h"
 #include "store.h"
 
 struct seal_ring;
@@ -58,6 +59,8 @@ struct hub_config {
     /* the edge (docs/security.md) */
     struct phy_strlist trusted_proxies; /* "CIDR,…": who may send a PROXY v2 header */
     char *proxy_key;                    /* "KID=FILE": signs devices' proxy tokens */
+    long register_rate, register_burst; /* registrations and codes per source address */
+    long max_registrations;             /* live registrations in the store (0: no cap) */
 };
 
 /* Counters shown by GET /metrics; updated from the loop and from workers. */
@@ -70,6 +73,7 @@ struct hub_metrics {
     _Atomic uint64_t prov_registered, prov_codes, prov_delivered, prov_claimed;
     _Atomic uint64_t prov_claim_failed, prov_slow_down;
     _Atomic uint64_t prov_evicted; /* registrations evicted at a serial's cap */
+    _Atomic uint64_t prov_rate_limited, prov_full; /* per-source limit, global cap */
 };
 
 static inline void hub_metric_add(_Atomic uint64_t *m, uint64_t n)
@@ -100,10 +104,16 @@ struct hub {
     struct phy_cidr *trusted; /* --trusted-proxy */
     size_t ntrusted;
     struct phy_proxy_key proxy_key; /* --proxy-key; kid "" when not set */
+    struct phy_ratelimit *register_rate; /* per source: registrations and codes */
+    /* Live registrations: counted by the sweeper, plus those this node made since
+     * (an over-estimate between sweeps: lapsed ones count until the next). */
+    _Atomic int64_t regs_estimate;
 };
 
-/* Milliseconds since the Unix epoch (wall clock). */
+/* Milliseconds since the Unix epoch (wall clock): stored times. */
 int64_t hub_now_ms(void);
+/* Milliseconds of CLOCK_MONOTONIC: in-process intervals (no jump moves them). */
+int64_t hub_mono_ms(void);
 
 /* Re-seals every live issuance body sealed under an epoch the ratchet is about to
  * drop, then advances the ratchet (seal.h). Run by the sweeper, on a worker. 0, or

@@ -63,6 +63,9 @@ static void config_defaults(struct hub_config *c)
     c->keepalive_s = 30;
     c->max_body = 16384;
     c->max_connections = 10000;
+    c->register_rate = 5;
+    c->register_burst = 100;
+    c->max_registrations = 100000;
     c->sweep_interval_s = 30;
     c->seal_epoch_s = 900;
     c->claim_user_limit = 10;
@@ -108,6 +111,9 @@ static void on_sweep_work(uv_work_t *w)
                                                                       : g_hub.cfg.login_window_s;
     if (g_hub.store_ops->sweep(g_hub.store, &p, (int64_t)keep_s * 1000) < 0)
         phy_log(PHY_LOG_WARN, "sweep_failed", "store=%s", store_engine_name(g_hub.store));
+    int64_t live;
+    if (g_hub.store_ops->reg_live_count(g_hub.store, &p, &live) == 0)
+        atomic_store_explicit(&g_hub.regs_estimate, live, memory_order_relaxed);
     hub_seal_sweep(&g_hub, hub_now_ms());
     if (g_hub.store_ops->console_sweep(g_hub.store, hub_now_ms(), g_hub.cfg.session_idle_s * 1000,
                                        g_hub.cfg.session_max_s * 1000,
@@ -600,6 +606,14 @@ int main(int argc, char **argv)
         {"proxy-key", PHY_OPT_STR, &c->proxy_key, 0, 0,
          "KID=FILE key shared with the proxies, created 0600 at first start: issued "
          "credentials carry the device's proxy token (default none)"},
+        {"register-rate", PHY_OPT_INT, &c->register_rate, 0, 100000,
+         "registrations and code requests per second per source address (the client's, "
+         "from a trusted proxy's header), then 429; 0 = no limit (5)"},
+        {"register-burst", PHY_OPT_INT, &c->register_burst, 1, 1000000,
+         "burst of registrations and code requests per source address (100)"},
+        {"max-registrations", PHY_OPT_INT, &c->max_registrations, 0, 100000000,
+         "live registrations the store may hold, then 503 registrations_full; 0 = no cap "
+         "(100000)"},
         {"debug", PHY_OPT_BOOL, &debug, 0, 0, "log debug events"},
         {0},
     };
@@ -668,6 +682,12 @@ int main(int argc, char **argv)
         rc = 2;
         goto out;
     }
+    if (c->register_rate > 0 &&
+        !(g_hub.register_rate = phy_ratelimit_new((double)c->register_rate,
+                                                  (double)c->register_burst, 0))) {
+        fprintf(stderr, "phyhub: out of memory\n");
+        goto out;
+    }
     if (login_init(&g_hub) < 0) {
         fprintf(stderr, "phyhub: cannot make the login dummy hash\n");
         goto out;
@@ -700,6 +720,11 @@ int main(int argc, char **argv)
         goto out_store;
     }
 
+    struct store_prov_params sp;
+    int64_t live = 0;
+    hub_prov_params(&g_hub, hub_now_ms(), &sp);
+    if (g_hub.store_ops->reg_live_count(g_hub.store, &sp, &live) == 0)
+        atomic_store_explicit(&g_hub.regs_estimate, live, memory_order_relaxed);
     /* No session survives a restart: whatever the store says is online is not. */
     if (g_hub.store_ops->presence_reset(g_hub.store, hub_now_ms()) < 0) {
         fprintf(stderr, "phyhub: cannot reset presence in the store\n");
@@ -746,6 +771,7 @@ out_store:
 out:
     region_cleanup(&g_hub);
     free(g_hub.trusted);
+    phy_ratelimit_free(g_hub.register_rate);
     OPENSSL_cleanse(&g_hub.proxy_key, sizeof(g_hub.proxy_key));
     phy_config_free(opts);
     return rc;

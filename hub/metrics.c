@@ -52,12 +52,15 @@ void handle_metrics(struct hub *h, const struct api_request *req, struct api_res
         "phyhub_provisioning_total{outcome=\"claimed\"} %llu\n"
         "phyhub_provisioning_total{outcome=\"claim_failed\"} %llu\n"
         "phyhub_provisioning_total{outcome=\"delivered\"} %llu\n"
-        "phyhub_provisioning_total{outcome=\"registration_evicted\"} %llu\n",
+        "phyhub_provisioning_total{outcome=\"registration_evicted\"} %llu\n"
+        "phyhub_provisioning_total{outcome=\"rate_limited\"} %llu\n"
+        "phyhub_provisioning_total{outcome=\"registrations_full\"} %llu\n",
         h->cfg.region, get(&m->sessions), get(&m->ws_msgs_in), get(&m->ws_msgs_out),
         get(&m->auth_failures), get(&m->requests), get(&m->store_ops),
         (double)get(&m->store_us) / 1e6, get(&m->prov_registered), get(&m->prov_codes),
         get(&m->prov_slow_down), get(&m->prov_claimed), get(&m->prov_claim_failed),
-        get(&m->prov_delivered), get(&m->prov_evicted));
+        get(&m->prov_delivered), get(&m->prov_evicted), get(&m->prov_rate_limited),
+        get(&m->prov_full));
     if (n < 0 || n >= METRICS_MAX) {
         free(out);
         api_error(res, 500, "internal", "metrics buffer too small");

@@ -79,6 +79,25 @@ static int common_outcome(int outcome, struct api_response *res)
     }
 }
 
+/* Registrations and codes make state: each takes a token of its source's bucket
+ * (the client's address, from a trusted proxy's PROXY header when proxied). 0, or
+ * -1 with 429 rate_limited in res. */
+static int source_limit(struct hub *h, const struct api_request *req, struct api_response *res)
+{
+    struct phy_cidr c;
+    uint64_t retry_ms = 0;
+    if (!h->register_rate || !req->peer_ip || phy_cidr_parse(req->peer_ip, &c) != 0)
+        return 0;
+    if (phy_ratelimit_take(h->register_rate, c.addr, (uint64_t)hub_mono_ms(), &retry_ms))
+        return 0;
+    api_error(res, 429, "rate_limited",
+              "too many provisioning requests from this address; retry later");
+    snprintf(res->extra_headers, sizeof(res->extra_headers), "Retry-After: %llu\r\n",
+             (unsigned long long)(retry_ms / 1000 + 1));
+    hub_metric_add(&h->metrics.prov_rate_limited, 1);
+    return -1;
+}
+
 void handle_register(struct hub *h, const struct api_request *req, struct api_response *res)
 {
     static const char *const fields[] = {"serial", NULL};
@@ -87,8 +106,18 @@ void handle_register(struct hub *h, const struct api_request *req, struct api_re
     if (api_parse_body(req, res, &body) < 0)
         return;
     if (api_check_fields(body, fields, res) < 0 ||
-        api_get_string(body, "serial", 1, &serial, res) < 0 || check_serial(serial, res) < 0)
+        api_get_string(body, "serial", 1, &serial, res) < 0 || check_serial(serial, res) < 0 ||
+        source_limit(h, req, res) < 0)
         goto out;
+    if (h->cfg.max_registrations > 0 &&
+        atomic_load_explicit(&h->regs_estimate, memory_order_relaxed) >= h->cfg.max_registrations) {
+        api_error(res, 503, "registrations_full",
+                  "the hub holds as many registrations as it may; retry later");
+        snprintf(res->extra_headers, sizeof(res->extra_headers), "Retry-After: %ld\r\n",
+                 h->cfg.sweep_interval_s);
+        hub_metric_add(&h->metrics.prov_full, 1);
+        goto out;
+    }
 
     char token[PHY_TOKEN_LEN + 1], hash[PHY_HASH_HEX_LEN + 1], challenge[PHY_TOKEN_LEN + 1];
     if (phy_token_new(token) < 0 || phy_sha256_hex(token, PHY_TOKEN_LEN, hash) < 0 ||
@@ -120,6 +149,8 @@ void handle_register(struct hub *h, const struct api_request *req, struct api_re
         json_object_set_new(ans, "challenge", json_string(challenge));
     api_json(res, 201, ans);
     hub_metric_add(&h->metrics.prov_registered, 1);
+    if (!rr.evicted)
+        atomic_fetch_add_explicit(&h->regs_estimate, 1, memory_order_relaxed);
     OPENSSL_cleanse(token, sizeof(token));
 out:
     json_decref(body);
@@ -182,6 +213,10 @@ void handle_code(struct hub *h, const struct api_request *req, struct api_respon
     char hash[PHY_HASH_HEX_LEN + 1];
     if (reg_request(req, res, fields, &body, &serial, &token, hash) < 0)
         return;
+    if (source_limit(h, req, res) < 0) {
+        json_decref(body);
+        return;
+    }
 
     struct store_prov_params p;
     hub_prov_params(h, hub_now_ms(), &p);

@@ -109,11 +109,14 @@ wait_port() { # port
   return 1
 }
 
+# Every hub believes the proxy's PROXY header (the device's address); eu, which issues
+# credentials, signs each device's proxy token with the key the proxy checks.
 hub_common=(--tls-cert "$DIR/pki/hub.pem" --tls-key "$DIR/pki/hub.key"
-            --code-ttl 300 --poll-interval 5)
+            --code-ttl 300 --poll-interval 5 --trusted-proxy 127.0.0.1)
 "$BIN/phyhub" --region eu --listen "127.0.0.1:${PORT[eu]}" --db "$DIR/eu.db" "${hub_common[@]}" \
   --provisioning --public-endpoint portal-eu.phystack.com:443 \
   --peer "au=$DIR/keys/au.key" --peer "uae=$DIR/keys/uae.key" \
+  --proxy-key "k1=$DIR/keys/proxy.key" \
   2> "$DIR/logs/phyhub-eu.log" &
 hubs+=($!)
 wait_port "${PORT[eu]}"
@@ -131,7 +134,7 @@ for r in au uae; do wait_port "${PORT[$r]}"; done
   --route "portal-eu.phystack.com=127.0.0.1:${PORT[eu]}" \
   --route "portal-au.phystack.com=127.0.0.1:${PORT[au]}" \
   --route "portal-uae.phystack.com=127.0.0.1:${PORT[uae]}" \
-  --allow 'portal-*.phystack.com:443' \
+  --allow 'portal-*.phystack.com:443' --proxy-key "k1=$DIR/keys/proxy.key" \
   2> "$DIR/logs/phyproxy.log" &
 proxy+=($!)
 wait_port "$PROXY_PORT"

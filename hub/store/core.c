@@ -1899,6 +1899,22 @@ static int sq_sweep(struct store *s, const struct store_prov_params *p, int64_t 
 out:
     rc = tx_end_scrub(s, rc, purged);
     TX_RETRY(rc);
+    if (rc == 0 && s->e->compact)
+        s->e->compact(s->db);
+    return rc;
+}
+
+static int sq_reg_live_count(struct store *s, const struct store_prov_params *p, int64_t *n)
+{
+    int rc;
+    if (!s || !n || !store_params_ok(p))
+        return PHY_EINVAL;
+    *n = 0;
+    TX_BEGIN(s, 0)
+    rc = q_int(s, n, "SELECT count(*) FROM registrations WHERE last_active_ms > ?", "i",
+               rule_live_after(p));
+    rc = tx_end(s, rc < 0 ? rc : 0);
+    TX_RETRY(rc);
     return rc;
 }
 
@@ -3280,6 +3296,7 @@ const struct phy_store_ops store_ops = {
     .devices_add_bulk = sq_devices_add_bulk,
     .claim_attempt_forgive = sq_claim_attempt_forgive,
     .sweep = sq_sweep,
+    .reg_live_count = sq_reg_live_count,
     .sealed_list = sq_sealed_list,
     .sealed_replace = sq_sealed_replace,
     .issue_remote = sq_issue_remote,

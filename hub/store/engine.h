@@ -92,6 +92,9 @@ struct store_engine {
     void (*finish)(struct db_stmt *st);
     /* After a committed transaction that erased sealed bodies (may be NULL). */
     void (*after_purge)(struct store_db *db);
+    /* After the sweep deleted rows: give free space back to the file system where
+     * the engine does not do it itself (may be NULL). */
+    void (*compact)(struct store_db *db);
     /* store_copy, inside the target's transaction after every row was copied: make
      * the target's generated IDs continue after the copied ones (may be NULL). */
     int (*after_copy)(struct db_tx *tx);

@@ -18,6 +18,7 @@
 
 #include "engine.h"
 #include "phy/err.h"
+#include "phy/log.h"
 
 /* A regional hub's calls to eu that are still owed (enum store_outbox_kind). */
 #define OUTBOX_SQL                                                                                 \
@@ -481,6 +482,41 @@ static int pragma_text(struct store_db *d, const char *sql, char *out, size_t ca
     return rc;
 }
 
+/* The file shrinks after a flood: the store is created with auto_vacuum =
+ * INCREMENTAL (older stores are converted once at open), and each sweep hands the
+ * free pages back, then truncates the WAL. */
+static void sq_compact(struct store_db *d)
+{
+    pthread_mutex_lock(&d->mu);
+    exec_sql(d, "PRAGMA incremental_vacuum");
+    exec_sql(d, "PRAGMA wal_checkpoint(TRUNCATE)");
+    pthread_mutex_unlock(&d->mu);
+}
+
+/* auto_vacuum must be chosen before the first table, or set and applied by a
+ * VACUUM (which rewrites the file: once, for stores made before this). */
+static int auto_vacuum_init(struct store_db *d, char *err, size_t errcap)
+{
+    char mode[8], pages[24];
+    if (pragma_text(d, "PRAGMA auto_vacuum", mode, sizeof mode) != 0 ||
+        pragma_text(d, "PRAGMA page_count", pages, sizeof pages) != 0)
+        goto fail;
+    if (strcmp(mode, "2") == 0)
+        return 0;
+    if (exec_sql(d, "PRAGMA auto_vacuum = INCREMENTAL") != 0)
+        goto fail;
+    if (strcmp(pages, "0") != 0) {
+        phy_log(PHY_LOG_INFO, "store_vacuum", "why=\"auto_vacuum = INCREMENTAL, once\" pages=%s",
+                pages);
+        if (exec_sql(d, "VACUUM") != 0)
+            goto fail;
+    }
+    return 0;
+fail:
+    store_errf(err, errcap, "auto_vacuum: %s", sqlite3_errmsg(d->db));
+    return PHY_EIO;
+}
+
 static int schema_init(struct store_db *d, char *err, size_t errcap)
 {
     char text[32];
@@ -673,7 +709,9 @@ static int sq_open(const char *url, const struct store_engine_opts *o, struct st
         rc = PHY_EIO;
         goto fail;
     }
-    rc = schema_init(d, err, errcap);
+    rc = auto_vacuum_init(d, err, errcap);
+    if (rc == 0)
+        rc = schema_init(d, err, errcap);
     if (rc)
         goto fail;
     *out = d;
@@ -700,5 +738,6 @@ const struct store_engine store_engine_sqlite = {
     .changes = sq_changes,
     .finish = sq_finish,
     .after_purge = sq_after_purge,
+    .compact = sq_compact,
     .debug_query = sq_debug_query,
 };

@@ -363,6 +363,8 @@ struct phy_store_ops {
     /* Housekeeping: deletes lapsed registrations, purges sealed bodies whose grace
      * ended, expired codes, throttle rows older than keep_failures_ms. */
     int (*sweep)(struct store *s, const struct store_prov_params *p, int64_t keep_failures_ms);
+    /* The number of live registrations (not lapsed at p->now_ms). */
+    int (*reg_live_count)(struct store *s, const struct store_prov_params *p, int64_t *n);
     /* The live sealed bodies (not purged) with serial > after ("" from the start), in
      * serial order, at most max: *out malloc'd (store_sealed_free), *n set. */
     int (*sealed_list)(struct store *s, const char *after, size_t max, struct store_sealed **out,

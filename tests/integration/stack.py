@@ -118,10 +118,12 @@ def store_tables(db):
 
 
 def https_connection(port, context, tunnel_host=None, ident="sn_TEST", timeout=10,
-                     password=None):
-    """An HTTPSConnection to 127.0.0.1:port; with tunnel_host, port is phyproxy's and the
-    connection goes through it (CONNECT tunnel_host:443 as `ident`)."""
-    conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout, context=context)
+                     password=None, source=None):
+    """An HTTPSConnection to 127.0.0.1:port (from address `source` when given); with
+    tunnel_host, port is phyproxy's and the connection goes through it (CONNECT
+    tunnel_host:443 as `ident`)."""
+    conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout, context=context,
+                                       source_address=(source, 0) if source else None)
     if tunnel_host is not None:
         auth = base64.b64encode((ident + ":" + (password or "")).encode()).decode()
         conn.set_tunnel(tunnel_host, 443, headers={"Proxy-Authorization": "Basic " + auth})
@@ -176,11 +178,14 @@ class Harness:
 
     def edge_hub_flags(self):
         """A hub behind the test proxy: it believes the proxy's PROXY header and signs
-        issued devices' proxy tokens."""
-        return ["--trusted-proxy", "127.0.0.1", "--proxy-key", "k1=" + self.proxy_key_file]
+        issued devices' proxy tokens. Every test client shares 127.0.0.1, so the
+        per-source registration limit is off unless a test sets it (later flags win)."""
+        return ["--trusted-proxy", "127.0.0.1", "--proxy-key", "k1=" + self.proxy_key_file,
+                "--register-rate", "0"]
 
     def edge_proxy_flags(self):
-        return ["--proxy-key", "k1=" + self.proxy_key_file]
+        return ["--proxy-key", "k1=" + self.proxy_key_file, "--new-tunnel-rate", "0",
+                "--max-tunnels-per-source", "100000"]
 
     def daemon(self, argv, name, env=None):
         """A Daemon whose log counts for logs() and is killed by stop()."""
