@@ -13,6 +13,7 @@
 #include "phy/crypto.h"
 #include "phy/err.h"
 #include "phy/log.h"
+#include "rules.h"
 
 /* The parameters phyhub admin user-add stores passwords with. */
 #define LOGIN_ARGON2_T 3
@@ -144,15 +145,24 @@ void handle_login(struct hub *h, const struct api_request *req, struct api_respo
      * client address (guesses at ever new names), then per user and per tenant. The
      * address is kept under a tenant name no login can use (control characters are
      * refused above). */
-    int64_t now = hub_now_ms();
-    if (h->store_ops->login_attempt_begin(h->store, LOGIN_PEER_KEY,
-                                          req->peer_ip && req->peer_ip[0] ? req->peer_ip : "-",
-                                          now, now - h->cfg.login_window_s * 1000,
+    int64_t now = hub_now_ms(), window = h->cfg.login_window_s * 1000;
+    const char *peer = req->peer_ip && req->peer_ip[0] ? req->peer_ip : "-";
+    int64_t peer_failures = 0, account_failures = 0;
+    /* An address without recent failures is not held back by the tenant's limit (a
+     * flood of guesses elsewhere must not lock the tenant's users out); the account
+     * is locked for longer the more its password is guessed at. */
+    if (h->store_ops->login_failures_count(h->store, LOGIN_PEER_KEY, peer, now - window,
+                                           &peer_failures) < 0 ||
+        h->store_ops->login_failures_count(h->store, tenant, user,
+                                           now - window * RULE_LOGIN_LOOKBACK,
+                                           &account_failures) < 0 ||
+        h->store_ops->login_attempt_begin(h->store, LOGIN_PEER_KEY, peer, now, now - window,
                                           (int)h->cfg.login_peer_limit, INT_MAX, &allowed,
                                           &peer_attempt) < 0) {
         api_store_failed(res);
         goto out;
     }
+    int64_t user_window = rule_login_window(window, account_failures, (int)h->cfg.login_user_limit);
     if (!allowed) {
         log_outcome(res, "throttled_peer");
         api_error(res, 429, "too_many_attempts",
@@ -162,8 +172,8 @@ void handle_login(struct hub *h, const struct api_request *req, struct api_respo
         goto out;
     }
     if (h->store_ops->login_attempt_begin(
-            h->store, tenant, user, now, now - h->cfg.login_window_s * 1000,
-            (int)h->cfg.login_user_limit, (int)h->cfg.login_tenant_limit, &allowed,
+            h->store, tenant, user, now, now - user_window, (int)h->cfg.login_user_limit,
+            peer_failures == 0 ? INT_MAX : (int)h->cfg.login_tenant_limit, &allowed,
             &attempt_id) < 0) {
         h->store_ops->login_attempt_forgive(h->store, peer_attempt); /* nothing was tried */
         api_store_failed(res);
@@ -174,8 +184,8 @@ void handle_login(struct hub *h, const struct api_request *req, struct api_respo
         log_outcome(res, "throttled");
         api_error(res, 429, "too_many_attempts",
                   "too many failed logins; wait before trying again");
-        snprintf(res->extra_headers, sizeof(res->extra_headers), "Retry-After: %ld\r\n",
-                 h->cfg.login_window_s);
+        snprintf(res->extra_headers, sizeof(res->extra_headers), "Retry-After: %lld\r\n",
+                 (long long)(user_window / 1000));
         goto out;
     }
     if (h->store_ops->user_get(h->store, tenant, user, &tenant_id, &user_id, pw_hash, region,
@@ -197,6 +207,10 @@ void handle_login(struct hub *h, const struct api_request *req, struct api_respo
     int verified = argon2id_verify(encoded, password, plen) == ARGON2_OK;
     atomic_fetch_sub(&h->login_checks, 1);
     if (outcome != STORE_OK || !verified) {
+        /* A name that does not exist is nobody's account: the guess counts against
+         * the address only, not against the tenant its users share. */
+        if (outcome != STORE_OK)
+            h->store_ops->login_attempt_forgive(h->store, attempt_id);
         log_outcome(res, "invalid");
         invalid_login(h, res);
         goto out;

@@ -16,6 +16,7 @@
 #include "handlers.h"
 #include "hub.h"
 #include "region.h"
+#include "rules.h"
 #include "phy/config.h"
 #include "phy/crypto.h"
 #include "phy/err.h"
@@ -107,8 +108,8 @@ static void on_sweep_work(uv_work_t *w)
     struct store_prov_params p;
     hub_prov_params(&g_hub, hub_now_ms(), &p);
     /* Failed claims and failed logins: keep what either window still counts. */
-    long keep_s = g_hub.cfg.claim_window_s > g_hub.cfg.login_window_s ? g_hub.cfg.claim_window_s
-                                                                      : g_hub.cfg.login_window_s;
+    long login_keep_s = g_hub.cfg.login_window_s * RULE_LOGIN_LOOKBACK; /* progressive */
+    long keep_s = g_hub.cfg.claim_window_s > login_keep_s ? g_hub.cfg.claim_window_s : login_keep_s;
     if (g_hub.store_ops->sweep(g_hub.store, &p, (int64_t)keep_s * 1000) < 0)
         phy_log(PHY_LOG_WARN, "sweep_failed", "store=%s", store_engine_name(g_hub.store));
     int64_t live;

@@ -1794,6 +1794,22 @@ static int sq_login_attempt_forgive(struct store *s, int64_t attempt_id)
     return throttle_forgive(s, &LOGIN_THROTTLE, attempt_id);
 }
 
+static int sq_login_failures_count(struct store *s, const char *tenant, const char *user,
+                                   int64_t since_ms, int64_t *n)
+{
+    int rc;
+    if (!s || !n || !store_str_ok(tenant, STORE_NAME_MAX) || !store_str_ok(user, STORE_NAME_MAX))
+        return PHY_EINVAL;
+    *n = 0;
+    TX_BEGIN(s, 0)
+    rc = q_int(s, n,
+               "SELECT count(*) FROM login_failures WHERE tenant = ? AND \"user\" = ? AND at_ms >= ?",
+               "tti", tenant, user, since_ms);
+    rc = tx_end(s, rc < 0 ? rc : 0);
+    TX_RETRY(rc);
+    return rc;
+}
+
 /* sweep: a peer region's issuance whose redelivery ended (?1: grace end, ?2: max
  * age, ?3: now). */
 #define REMOTE_ENDED                                                                               \
@@ -3277,6 +3293,7 @@ const struct phy_store_ops store_ops = {
     .user_get = sq_user_get,
     .login_attempt_begin = sq_login_attempt_begin,
     .login_attempt_forgive = sq_login_attempt_forgive,
+    .login_failures_count = sq_login_failures_count,
     .console_session_create = sq_console_session_create,
     .console_session_auth = sq_console_session_auth,
     .console_sweep = sq_console_sweep,

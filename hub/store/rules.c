@@ -255,6 +255,16 @@ int rule_throttle_allows(int64_t u, int64_t t, int user_limit, int tenant_limit)
     return u < user_limit && t < tenant_limit;
 }
 
+int64_t rule_login_window(int64_t window_ms, int64_t failures, int user_limit)
+{
+    int64_t factor = 1;
+    if (user_limit < 1)
+        return window_ms;
+    for (int64_t level = failures / user_limit; level > 1 && factor < RULE_LOGIN_LOOKBACK; level--)
+        factor *= 2;
+    return window_ms * factor;
+}
+
 int rule_session_expired(int64_t now_ms, int64_t created_ms, int64_t last_used_ms,
                          int64_t idle_ms, int64_t max_ms)
 {

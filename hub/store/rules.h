@@ -114,6 +114,12 @@ int rule_serial_claim_allowed(int attested, int serial_claims);
 
 /* 1 when an attempt is allowed with u failures of the user and t of the tenant. */
 int rule_throttle_allows(int64_t u, int64_t t, int user_limit, int tenant_limit);
+/* Progressive lock-out of a console account: failures count over a window that
+ * doubles with each further limit's worth of failures within the look-back (at most
+ * RULE_LOGIN_LOOKBACK windows): the window to count over, given `failures` of the
+ * account within the look-back. */
+#define RULE_LOGIN_LOOKBACK 8
+int64_t rule_login_window(int64_t window_ms, int64_t failures, int user_limit);
 /* 1 when a console session is past its idle or absolute limit. */
 int rule_session_expired(int64_t now_ms, int64_t created_ms, int64_t last_used_ms,
                          int64_t idle_ms, int64_t max_ms);

@@ -262,6 +262,9 @@ struct phy_store_ops {
                                int64_t now_ms, int64_t since_ms, int user_limit, int tenant_limit,
                                int *allowed, int64_t *attempt_id);
     int (*login_attempt_forgive)(struct store *s, int64_t attempt_id);
+    /* Failed logins recorded for (tenant, user) since since_ms, into *n. */
+    int (*login_failures_count)(struct store *s, const char *tenant, const char *user,
+                                int64_t since_ms, int64_t *n);
     /* Stores a new session (id_hash: hex SHA-256 of the cookie value). */
     int (*console_session_create)(struct store *s, const char *id_hash, int64_t tenant_id, int64_t user_id,
                           const char *csrf, int64_t now_ms);

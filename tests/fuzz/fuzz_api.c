@@ -228,6 +228,17 @@ static int f_login_attempt_begin(struct store *s, const char *tenant, const char
     return 0;
 }
 
+static int f_failures_count(struct store *s, const char *tenant, const char *user,
+                            int64_t since_ms, int64_t *n)
+{
+    (void)s;
+    (void)tenant;
+    (void)user;
+    (void)since_ms;
+    *n = 0;
+    return 0;
+}
+
 static int f_attempt_forgive(struct store *s, int64_t attempt_id)
 {
     (void)s;
@@ -831,6 +842,7 @@ static struct phy_store_ops fake_ops = {
     .user_get = f_user_get,
     .login_attempt_begin = f_login_attempt_begin,
     .login_attempt_forgive = f_attempt_forgive,
+    .login_failures_count = f_failures_count,
     .console_session_create = f_session_create,
     .console_session_auth = f_session_auth,
     .console_session_delete = f_session_delete,

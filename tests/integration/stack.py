@@ -327,20 +327,22 @@ class Stack(Harness):
     def _via_proxy(self, via_proxy):
         return self.proxy_port is not None if via_proxy is None else via_proxy
 
-    def connection(self, ident="sn_TEST", via_proxy=None):
-        """An HTTPSConnection to the hub: through phyproxy (CONNECT with `ident`) when
-        the stack has one, unless via_proxy says otherwise."""
+    def connection(self, ident="sn_TEST", via_proxy=None, source=None):
+        """An HTTPSConnection to the hub (from address `source` when given): through
+        phyproxy (CONNECT with `ident`) when the stack has one, unless via_proxy says
+        otherwise."""
         if self._via_proxy(via_proxy):
-            return https_connection(self.proxy_port, self.tls_context(), HOST, ident)
+            return https_connection(self.proxy_port, self.tls_context(), HOST, ident,
+                                    source=source)
         # the certificate also names 127.0.0.1
-        return https_connection(self.hub_port, self.tls_context())
+        return https_connection(self.hub_port, self.tls_context(), source=source)
 
     def request(self, method, path, body=None, ident="sn_TEST", token=None, headers=None,
-                raw=None, content_type="application/json", via_proxy=None):
+                raw=None, content_type="application/json", via_proxy=None, source=None):
         """One HTTPS request to the hub (see connection()). Returns (status, parsed
         JSON or None, raw body, response headers with lower-case names)."""
-        return https_request(self.connection(ident, via_proxy), method, path, body, token,
-                             headers, raw, content_type)
+        return https_request(self.connection(ident, via_proxy, source), method, path, body,
+                             token, headers, raw, content_type)
 
     def api(self, method, path, body=None, token=None, **kw):
         return self.request(method, path, body, token=token or self.token, **kw)

@@ -94,9 +94,9 @@ def req(method, path, body=None, cookie=None, csrf=None, token=None, headers=Non
     return (st or ST).request(method, path, body, token=token, headers=h, **kw)
 
 
-def login(tenant="acme", user="alice", password=PW, st=None):
+def login(tenant="acme", user="alice", password=PW, st=None, source=None):
     return req("POST", "/api/v1/login", {"tenant": tenant, "user": user, "password": password},
-               st=st)
+               st=st, source=source)
 
 
 def session(tenant="acme", user="alice", st=None):
@@ -673,6 +673,59 @@ def test_login_throttle_per_client_address():
         assert hdrs.get("retry-after") == "900" and "set-cookie" not in hdrs, hdrs
         s, js, _, _ = login("acme", "alice\u0001", st=st)
         assert s == 400, "control characters in names are refused"
+    finally:
+        st.stop()
+
+
+def test_no_tenant_lock_out_and_progressive_account_lock_out():
+    """Issue 10, item 4. Guesses at made-up names (from many addresses) no longer lock
+    the tenant; failures at real accounts that fill the tenant's limit hold back only
+    addresses with failures of their own; an account is locked longer each time."""
+    st = Stack("console_lock", hub_flags=["--login-tenant-limit", "6", "--login-user-limit",
+                                          "3", "--login-window", "2"], proxy=False, start=False)
+    try:
+        st.secrets.add(PW)
+        for u in ("bob", "carol", "dave"):
+            st.add_user("acme", u)
+        st.start()
+        # 12 made-up names from 6 addresses: twice the tenant limit, none counts.
+        for i in range(12):
+            s, _, _, _ = login("acme", "ghost%d" % i, "guess", st=st, source="127.0.1.%d" % (i % 6))
+            assert s == 401, (i, s)
+        s, js, _, _ = login("acme", "alice", st=st, source="127.0.1.9")
+        assert s == 200, ("made-up names locked the tenant", s, js)
+        # Real accounts, wrong passwords, from 127.0.2.1: bob and carol reach the
+        # tenant limit (6).
+        for u in ("bob", "carol"):
+            for _ in range(3):
+                s, _, _, _ = login("acme", u, "wrong", st=st, source="127.0.2.1")
+                assert s == 401, (u, s)
+        s, js, _, _ = login("acme", "dave", st=st, source="127.0.2.1")
+        assert s == 429, ("an address with failures meets the tenant limit", s, js)
+        s, js, _, _ = login("acme", "dave", st=st, source="127.0.2.2")
+        assert s == 200, ("a clean address with the right password passes", s, js)
+        # bob is locked (3 failures within 2 s). Guessing on as each lock-out ends,
+        # 6 failures (twice the limit) within the look-back double his window.
+        s, js, _, hdrs = login("acme", "bob", st=st, source="127.0.2.3")
+        assert s == 429 and hdrs["retry-after"] == "2", (s, js, hdrs)
+        failures, deadline = 3, time.monotonic() + 30
+        while failures < 6:
+            assert time.monotonic() < deadline, "bob's lock-outs never ended"
+            s, _, _, _ = login("acme", "bob", "wrong", st=st, source="127.0.2.3")
+            if s == 401:
+                failures += 1
+                last = time.monotonic()
+            else:
+                assert s == 429, s
+                time.sleep(0.05)
+        s, js, _, hdrs = login("acme", "bob", st=st, source="127.0.2.4")
+        assert s == 429 and hdrs["retry-after"] == "4", (s, js, hdrs)
+
+        def unlocked():
+            return login("acme", "bob", st=st, source="127.0.2.4")[0] == 200
+        wait_until(unlocked, 15, "bob's longer lock-out to end")
+        # Three failures within 2 s would have ended a 2 s lock-out within 2 s of the last.
+        assert time.monotonic() - last > 2.2, "the lock-out did not grow"
     finally:
         st.stop()
 

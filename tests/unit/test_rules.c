@@ -181,6 +181,14 @@ static void test_throttle_and_sessions(void **state)
     assert_true(rule_throttle_allows(4, 49, 5, 50));
     assert_false(rule_throttle_allows(5, 0, 5, 50));
     assert_false(rule_throttle_allows(0, 50, 5, 50));
+    /* The account's window doubles per limit's worth of failures, up to 8 windows. */
+    assert_int_equal(rule_login_window(1000, 0, 5), 1000);
+    assert_int_equal(rule_login_window(1000, 9, 5), 1000);
+    assert_int_equal(rule_login_window(1000, 10, 5), 2000);
+    assert_int_equal(rule_login_window(1000, 15, 5), 4000);
+    assert_int_equal(rule_login_window(1000, 20, 5), 8000);
+    assert_int_equal(rule_login_window(1000, 1000, 5), 8000);
+    assert_int_equal(rule_login_window(1000, 7, 0), 1000);
     assert_false(rule_session_expired(1000, 0, 500, 500, 1000));
     assert_true(rule_session_expired(1001, 0, 500, 500, 2000)); /* idle */
     assert_true(rule_session_expired(1001, 0, 1000, 500, 1000)); /* absolute */
