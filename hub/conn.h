@@ -53,6 +53,7 @@ struct conn {
     uint64_t req_start_ms;
     struct session *sess;  /* CONN_WS */
     int64_t tenant_id;     /* CONN_SSE: whose events */
+    char stream_key[PHY_HASH_HEX_LEN + 1]; /* CONN_SSE: the caller's cookie or token hash */
     struct sse_auth *sse_auth; /* CONN_SSE of a console session: NULL for API tokens */
     struct conn *sub_next; /* CONN_SSE: next subscriber */
     uint64_t accept_ms;
@@ -143,12 +144,18 @@ void session_authorize(struct hub *h, const struct api_request *req, struct api_
 void events_begin(struct conn *c); /* c->tenant_id (and c->sse_auth) set */
 /* Closes every event stream of the console session session_hash (logout). */
 void events_end_session(struct server *s, const char *session_hash);
-/* Open event streams of a console session; at most EVENTS_PER_SESSION are served
- * (each may buffer up to 1 MiB and holds a connection). */
-#define EVENTS_PER_SESSION 8
+/* Open event streams of one caller (a console session or an API token): at most
+ * EVENTS_PER_CALLER are served, and --max-streams-per-tenant per tenant. Each
+ * holds a connection and may queue EVENTS_MAX_PENDING bytes (and as much again in
+ * its socket's send buffer), then it is reset. */
+#define EVENTS_PER_CALLER 8
+#define EVENTS_MAX_PENDING (64u * 1024)
 /* 1 when session_hash was ended by a logout lately (see struct server.ended). */
 int events_session_ended(struct server *s, const char *session_hash);
-size_t events_count_session(struct server *s, const char *session_hash);
+/* Streams open now for the caller key (hex SHA-256 of its cookie or token) and for
+ * the tenant. */
+void events_count(struct server *s, const char *key, int64_t tenant_id, size_t *by_key,
+                  size_t *by_tenant);
 void events_drive(struct conn *c);
 void events_timer(struct conn *c);
 void events_detach(struct conn *c);

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include <openssl/err.h>
 
@@ -11,8 +12,17 @@
 #include "phy/err.h"
 #include "phy/log.h"
 
-#define EVENTS_MAX_PENDING (1u << 20) /* bytes queued for one slow stream */
 #define EVENTS_KEEPALIVE_MS 15000     /* comment line so proxies keep the stream */
+
+/* A stream that cannot keep up is reset, not closed gracefully: what it has not
+ * read is dropped from the socket at once instead of lingering in kernel memory. */
+static void events_reset(struct conn *c, const char *why)
+{
+    struct linger lg = {.l_onoff = 1, .l_linger = 0};
+    phy_log(PHY_LOG_WARN, "events_dropped", "peer=%s reason=%s", c->peer, why);
+    setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    conn_close(c);
+}
 
 /* The next timer: the keepalive, or the end of the console session if sooner. */
 static void events_arm(struct conn *c)
@@ -29,6 +39,10 @@ static void events_arm(struct conn *c)
 void events_begin(struct conn *c)
 {
     struct server *s = c->srv;
+    /* The kernel's share of a stream's backlog is bounded too (the default send
+     * buffer grows to megabytes for a client that does not read). */
+    int sndbuf = (int)EVENTS_MAX_PENDING;
+    setsockopt(c->fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
     c->sub_next = s->subscribers;
     s->subscribers = c;
     events_arm(c);
@@ -79,20 +93,23 @@ void events_timer(struct conn *c)
         return;
     }
     if (conn_out_append(c, ping, sizeof(ping) - 1, EVENTS_MAX_PENDING) < 0) {
-        conn_close(c);
+        events_reset(c, "slow_consumer");
         return;
     }
     events_arm(c);
     events_drive(c);
 }
 
-size_t events_count_session(struct server *s, const char *session_hash)
+void events_count(struct server *s, const char *key, int64_t tenant_id, size_t *by_key,
+                  size_t *by_tenant)
 {
-    size_t n = 0;
-    for (struct conn *c = s->subscribers; c; c = c->sub_next)
-        n += c->sse_auth && strcmp(c->sse_auth->session_hash, session_hash) == 0;
-    return n;
+    *by_key = *by_tenant = 0;
+    for (struct conn *c = s->subscribers; c; c = c->sub_next) {
+        *by_key += strcmp(c->stream_key, key) == 0;
+        *by_tenant += c->tenant_id == tenant_id;
+    }
 }
+
 
 int events_session_ended(struct server *s, const char *session_hash)
 {
@@ -131,8 +148,7 @@ void events_publish(struct server *s, int64_t tenant_id, const char *type, const
         struct conn *next = c->sub_next;
         if (c->tenant_id == tenant_id) {
             if (conn_out_append(c, msg, (size_t)len, EVENTS_MAX_PENDING) < 0) {
-                phy_log(PHY_LOG_WARN, "events_dropped", "peer=%s reason=slow_consumer", c->peer);
-                conn_close(c);
+                events_reset(c, "slow_consumer");
             } else {
                 events_drive(c);
             }

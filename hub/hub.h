@@ -61,6 +61,7 @@ struct hub_config {
     char *proxy_key;                    /* "KID=FILE": signs devices' proxy tokens */
     long register_rate, register_burst; /* registrations and codes per source address */
     long max_registrations;             /* live registrations in the store (0: no cap) */
+    long max_streams_per_tenant;        /* console event streams open per tenant */
 };
 
 /* Counters shown by GET /metrics; updated from the loop and from workers. */

@@ -67,6 +67,7 @@ static void config_defaults(struct hub_config *c)
     c->register_rate = 5;
     c->register_burst = 100;
     c->max_registrations = 100000;
+    c->max_streams_per_tenant = 64;
     c->sweep_interval_s = 30;
     c->seal_epoch_s = 900;
     c->claim_user_limit = 10;
@@ -615,6 +616,9 @@ int main(int argc, char **argv)
         {"max-registrations", PHY_OPT_INT, &c->max_registrations, 0, 100000000,
          "live registrations the store may hold, then 503 registrations_full; 0 = no cap "
          "(100000)"},
+        {"max-streams-per-tenant", PHY_OPT_INT, &c->max_streams_per_tenant, 1, 100000,
+         "console event streams open at once per tenant, then 429 (64; 8 per session or "
+         "API token)"},
         {"debug", PHY_OPT_BOOL, &debug, 0, 0, "log debug events"},
         {0},
     };

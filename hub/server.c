@@ -42,6 +42,7 @@ struct work {
     int64_t tenant_id;                     /* WORK_UPGRADE, WORK_EVENTS */
     int64_t gen;                           /* WORK_UPGRADE: session generation */
     struct sse_auth *sse_auth;             /* WORK_EVENTS of a console session */
+    char stream_key[PHY_HASH_HEX_LEN + 1]; /* WORK_EVENTS: the caller's cookie or token hash */
     char peer_ip[64];                      /* areq.peer_ip */
 };
 
@@ -314,6 +315,12 @@ static void on_work(uv_work_t *req)
         if (api_auth(h, &w->areq, &w->ares, &caller) == 0) {
             w->tenant_id = caller.tenant_id;
             w->ares.status = 200;
+            if (caller.cookie)
+                memcpy(w->stream_key, caller.session_hash, sizeof(w->stream_key));
+            else if (!w->areq.authorization ||
+                     phy_sha256_hex(w->areq.authorization, strlen(w->areq.authorization),
+                                    w->stream_key) < 0)
+                w->ares.status = 503;
             if (caller.cookie && (w->sse_auth = calloc(1, sizeof(*w->sse_auth)))) {
                 memcpy(w->sse_auth->session_hash, caller.session_hash,
                        sizeof(w->sse_auth->session_hash));
@@ -327,10 +334,28 @@ static void on_work(uv_work_t *req)
     }
 }
 
+/* 1 with *why set when the caller or its tenant has as many event streams open as
+ * it may. */
+static int events_full(struct server *s, const char *key, int64_t tenant_id, const char **why)
+{
+    size_t by_key, by_tenant;
+    events_count(s, key, tenant_id, &by_key, &by_tenant);
+    if (by_key >= EVENTS_PER_CALLER) {
+        *why = "this console session or API token already has its event streams open";
+        return 1;
+    }
+    if (by_tenant >= (size_t)s->hub->cfg.max_streams_per_tenant) {
+        *why = "this tenant already has its event streams open";
+        return 1;
+    }
+    return 0;
+}
+
 static void on_work_done(uv_work_t *req, int status)
 {
     struct work *w = req->data;
     struct conn *c = w->conn;
+    const char *why = NULL;
     (void)status;
     c->state = CONN_READ;
     if (c->close_after_work || c->srv->stopping) {
@@ -360,10 +385,9 @@ static void on_work_done(uv_work_t *req, int status)
         } else if (w->kind == WORK_EVENTS && w->ares.status == 200 && w->sse_auth &&
                    events_session_ended(s, w->sse_auth->session_hash)) {
             conn_refuse(c, 401, "unauthorized", "the session has ended; log in again");
-        } else if (w->kind == WORK_EVENTS && w->ares.status == 200 && w->sse_auth &&
-                   events_count_session(s, w->sse_auth->session_hash) >= EVENTS_PER_SESSION) {
-            conn_refuse(c, 429, "too_many_streams",
-                        "this console session already has its event streams open");
+        } else if (w->kind == WORK_EVENTS && w->ares.status == 200 &&
+                   events_full(s, w->stream_key, w->tenant_id, &why)) {
+            conn_refuse(c, 429, "too_many_streams", why);
         } else if (w->kind == WORK_EVENTS && w->ares.status == 200) {
             static const char head[] =
                 "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
@@ -371,6 +395,7 @@ static void on_work_done(uv_work_t *req, int status)
                 ": phyhub events\n\n";
             c->next_mode = CONN_NEXT_SSE;
             c->tenant_id = w->tenant_id;
+            memcpy(c->stream_key, w->stream_key, sizeof(c->stream_key));
             c->sse_auth = w->sse_auth;
             w->sse_auth = NULL;
             conn_respond_raw(c, head, sizeof(head) - 1);

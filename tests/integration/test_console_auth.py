@@ -9,6 +9,8 @@ in any log."""
 import json
 import os
 import re
+import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -727,6 +729,86 @@ def test_no_tenant_lock_out_and_progressive_account_lock_out():
         # Three failures within 2 s would have ended a 2 s lock-out within 2 s of the last.
         assert time.monotonic() - last > 2.2, "the lock-out did not grow"
     finally:
+        st.stop()
+
+
+def raw_stream(st, token, rcvbuf=None):
+    """GET /api/v1/events with a Bearer token on a raw TLS socket that reads only the
+    answer's head: (socket, status)."""
+    raw = socket.socket()
+    if rcvbuf:
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    raw.settimeout(10)
+    raw.connect(("127.0.0.1", st.hub_port))
+    tls = st.tls_context().wrap_socket(raw, server_hostname="127.0.0.1")
+    tls.sendall(("GET /api/v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n\r\n"
+                 % token).encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = tls.recv(1)
+        assert chunk, head
+        head += chunk
+    return tls, int(head.split(b" ", 2)[1])
+
+
+def test_event_stream_caps_and_slow_consumers():
+    """Issue 10, item 5: at most 8 streams per API token (or console session), at most
+    --max-streams-per-tenant per tenant (429 too_many_streams), and a stream that does
+    not read is reset once 64 KiB are queued for it."""
+    st = Stack("console_streams", hub_flags=["--max-streams-per-tenant", "10",
+                                             "--device-msg-rate", "1000"], proxy=False)
+    held = []
+    try:
+        second = st.add_user("acme", "bob")
+        for i in range(8):
+            s, status = raw_stream(st, st.token)
+            assert status == 200, (i, status)
+            held.append(s)
+        s, status = raw_stream(st, st.token)
+        assert status == 429, status
+        s.close()
+        for i in range(2):
+            s, status = raw_stream(st, second)
+            assert status == 200, (i, status)
+            held.append(s)
+        s, status = raw_stream(st, second)
+        assert status == 429, "the tenant's limit (10) holds for another token"
+        s.close()
+        for s in held:
+            s.close()
+        held = []
+        # A stream that never reads: statuses of ~7 KiB each go to it until it is reset.
+        creds = st.provision("SLOW-1")
+        _, _, ws = st.ws_connect(creds)
+
+        def slot():
+            s, status = raw_stream(st, st.token, rcvbuf=4096)
+            if status == 200:
+                return s
+            s.close()
+            return None
+        slow = wait_until(slot, 10, "a stream slot once the others closed")
+        held.append(slow)
+        blob = "x" * 7000
+        for i in range(200):
+            ws.send_json({"type": "status", "status": {"n": i, "pad": blob}})
+            if "reason=slow_consumer" in st.hub.log():
+                break
+        st.hub.wait_log(r"event=events_dropped peer=127\.0\.0\.1:\d+ reason=slow_consumer")
+        got = 0
+        try:
+            while True:
+                chunk = slow.recv(65536)
+                if not chunk:
+                    break
+                got += len(chunk)
+        except (ConnectionResetError, ssl.SSLError, OSError):
+            pass
+        assert got < 200 * 7000, got  # reset: far from everything was delivered
+        ws.close()
+    finally:
+        for s in held:
+            s.close()
         st.stop()
 
 
