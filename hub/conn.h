@@ -17,6 +17,12 @@
 #define SERVER_MAX_HEAD 8192
 #define SERVER_READ_CHUNK 16384
 #define SERVER_ACCEPT_BATCH 128
+#define SERVER_IDLE_BUCKETS 1024
+/* Past --max-connections this many more are accepted to be told 503; past those,
+ * new connections are closed at once. */
+#define SERVER_OVERFLOW(max) ((max) / 8 > 8 ? (max) / 8 : 8)
+
+struct idle_src; /* server.c */
 
 enum conn_state {
     CONN_PROXY_HEAD, /* a trusted proxy's PROXY v2 header (optional), before TLS */
@@ -57,6 +63,9 @@ struct conn {
     struct sse_auth *sse_auth; /* CONN_SSE of a console session: NULL for API tokens */
     struct conn *sub_next; /* CONN_SSE: next subscriber */
     uint64_t accept_ms;
+    unsigned over_capacity : 1; /* accepted past --max-connections: answered 503 */
+    unsigned is_ws : 1;         /* counted in server.nws */
+    unsigned idle_slot : 1;     /* counted among its source's idle keep-alive conns */
     char peer[64]; /* "ip:port" of the client: the PROXY header's source when proxied */
     char via_ident[PHY_CONNECT_MAX_IDENT + 1]; /* the proxy's identifier ("" if none) */
     int via_verified; /* the proxy checked that identifier's proxy token */
@@ -82,6 +91,9 @@ struct server {
     int stopping;
     int listener_closed;
     size_t nconns;
+    size_t nws; /* device sessions among nconns */
+    struct idle_src *idle[SERVER_IDLE_BUCKETS]; /* idle keep-alive conns per source */
+    uint64_t warned_ms;
     struct conn *conns;
     struct sessions *sessions;
     struct conn *subscribers; /* CONN_SSE connections */

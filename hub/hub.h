@@ -62,6 +62,8 @@ struct hub_config {
     long register_rate, register_burst; /* registrations and codes per source address */
     long max_registrations;             /* live registrations in the store (0: no cap) */
     long max_streams_per_tenant;        /* console event streams open per tenant */
+    long device_share;                  /* % of max_connections kept for device sessions */
+    long max_idle_per_source;           /* idle keep-alive connections per client address */
 };
 
 /* Counters shown by GET /metrics; updated from the loop and from workers. */

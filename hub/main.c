@@ -68,6 +68,8 @@ static void config_defaults(struct hub_config *c)
     c->register_burst = 100;
     c->max_registrations = 100000;
     c->max_streams_per_tenant = 64;
+    c->device_share = 20;
+    c->max_idle_per_source = 16;
     c->sweep_interval_s = 30;
     c->seal_epoch_s = 900;
     c->claim_user_limit = 10;
@@ -560,7 +562,8 @@ int main(int argc, char **argv)
          "idle keep-alive connection timeout, s (30)"},
         {"max-body", PHY_OPT_INT, &c->max_body, 256, 1048576, "request body limit, bytes (16384)"},
         {"max-connections", PHY_OPT_INT, &c->max_connections, 1, 1000000,
-         "concurrent connections (10000)"},
+         "concurrent connections; up to 1/8 more are answered 503 with Retry-After, "
+         "further ones closed (10000)"},
         {"sweep-interval", PHY_OPT_INT, &c->sweep_interval_s, 1, 3600,
          "housekeeping period: lapsed registrations, purged issuances, s (30)"},
         {"claim-user-limit", PHY_OPT_INT, &c->claim_user_limit, 1, 100000,
@@ -616,6 +619,12 @@ int main(int argc, char **argv)
         {"max-registrations", PHY_OPT_INT, &c->max_registrations, 0, 100000000,
          "live registrations the store may hold, then 503 registrations_full; 0 = no cap "
          "(100000)"},
+        {"device-share", PHY_OPT_INT, &c->device_share, 0, 90,
+         "percent of --max-connections only device sessions may use: other requests get 503 "
+         "when the rest is taken (20)"},
+        {"max-idle-per-source", PHY_OPT_INT, &c->max_idle_per_source, 1, 100000,
+         "idle keep-alive connections per client address; more are answered with "
+         "Connection: close (16)"},
         {"max-streams-per-tenant", PHY_OPT_INT, &c->max_streams_per_tenant, 1, 100000,
          "console event streams open at once per tenant, then 429 (64; 8 per session or "
          "API token)"},

@@ -123,6 +123,80 @@ static void on_conn_closed(uv_handle_t *h)
     free(c);
 }
 
+/* ---- idle keep-alive connections per source address ---- */
+
+struct idle_src {
+    struct idle_src *next;
+    unsigned n;
+    char ip[INET6_ADDRSTRLEN];
+};
+
+/* The address part of c->peer ("ip:port"). */
+static void peer_ip(const struct conn *c, char out[INET6_ADDRSTRLEN])
+{
+    const char *colon = strrchr(c->peer, ':');
+    size_t n = colon ? (size_t)(colon - c->peer) : strlen(c->peer);
+    if (n >= INET6_ADDRSTRLEN)
+        n = INET6_ADDRSTRLEN - 1;
+    memcpy(out, c->peer, n);
+    out[n] = '\0';
+}
+
+static struct idle_src **idle_find(struct server *s, const char *ip)
+{
+    uint64_t hsh = 1469598103934665603ULL;
+    for (const char *p = ip; *p; p++)
+        hsh = (hsh ^ (unsigned char)*p) * 1099511628211ULL;
+    struct idle_src **pp = &s->idle[hsh % SERVER_IDLE_BUCKETS];
+    while (*pp && strcmp((*pp)->ip, ip) != 0)
+        pp = &(*pp)->next;
+    return pp;
+}
+
+/* 1 when c's source may keep one more idle connection (then it is counted). */
+static int idle_take(struct conn *c)
+{
+    char ip[INET6_ADDRSTRLEN];
+    peer_ip(c, ip);
+    struct idle_src **pp = idle_find(c->srv, ip);
+    if (*pp && (*pp)->n >= (unsigned)c->srv->hub->cfg.max_idle_per_source)
+        return 0;
+    if (!*pp) {
+        struct idle_src *e = calloc(1, sizeof(*e));
+        if (!e)
+            return 0;
+        memcpy(e->ip, ip, sizeof(ip));
+        *pp = e;
+    }
+    (*pp)->n++;
+    c->idle_slot = 1;
+    return 1;
+}
+
+static void idle_give(struct conn *c)
+{
+    char ip[INET6_ADDRSTRLEN];
+    if (!c->idle_slot)
+        return;
+    c->idle_slot = 0;
+    peer_ip(c, ip);
+    struct idle_src **pp = idle_find(c->srv, ip);
+    if (*pp && --(*pp)->n == 0) {
+        struct idle_src *e = *pp;
+        *pp = e->next;
+        free(e);
+    }
+}
+
+/* 1 when the source of c has as many idle connections as it may keep. */
+static int idle_full(struct conn *c)
+{
+    char ip[INET6_ADDRSTRLEN];
+    peer_ip(c, ip);
+    struct idle_src **pp = idle_find(c->srv, ip);
+    return *pp && (*pp)->n >= (unsigned)c->srv->hub->cfg.max_idle_per_source;
+}
+
 void conn_close(struct conn *c)
 {
     struct server *s = c->srv;
@@ -136,6 +210,9 @@ void conn_close(struct conn *c)
         return; /* session work in flight: it closes the conn when it returns */
     if (c->state == CONN_SSE)
         events_detach(c);
+    idle_give(c);
+    if (c->is_ws)
+        s->nws--;
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -283,7 +360,19 @@ static void conn_refuse(struct conn *c, int status, const char *code, const char
     char body[256];
     int n = snprintf(body, sizeof(body), "{\"error\":\"%s\",\"message\":\"%s\"}", code, msg);
     phy_log(PHY_LOG_INFO, "http_refused", "peer=%s status=%d error=%s", c->peer, status, code);
-    conn_respond(c, status, NULL, body, (size_t)n, 0);
+    conn_respond(c, status, status == 503 ? "Retry-After: 1\r\n" : NULL, body, (size_t)n, 0);
+}
+
+/* Requests other than device sessions may not take the share of connections kept
+ * for devices; nothing at all fits past --max-connections. */
+static int over_capacity(const struct conn *c, int device_session)
+{
+    const struct server *s = c->srv;
+    size_t max = (size_t)s->hub->cfg.max_connections;
+    size_t general = max - max * (size_t)s->hub->cfg.device_share / 100;
+    if (c->over_capacity)
+        return 1;
+    return !device_session && s->nconns - s->nws > general;
 }
 
 static void work_free_blob(struct work *w)
@@ -400,6 +489,8 @@ static void on_work_done(uv_work_t *req, int status)
             w->sse_auth = NULL;
             conn_respond_raw(c, head, sizeof(head) - 1);
         } else {
+            if (c->keep_alive && c->in_len == 0 && idle_full(c))
+                c->keep_alive = 0; /* its source keeps enough idle connections */
             conn_respond_typed(c, w->ares.status, w->ares.extra_headers, w->ares.content_type,
                                w->ares.body, w->ares.body_len, c->keep_alive);
             for (size_t i = 0; i < w->ares.neffects; i++) {
@@ -522,6 +613,12 @@ static int conn_try_request(struct conn *c)
             return 1;
         }
         w->kind = rq.target.p[1] == 'v' ? WORK_UPGRADE : WORK_EVENTS;
+    }
+    if (over_capacity(c, w->kind == WORK_UPGRADE)) {
+        work_free_blob(w);
+        free(w);
+        conn_refuse(c, 503, "over_capacity", "the hub is at its connection limit; retry later");
+        return 1;
     }
     if (w->kind == WORK_UPGRADE) {
         const char *msg = NULL;
@@ -705,6 +802,7 @@ static void conn_drive(struct conn *c)
             ERR_clear_error();
             int n = SSL_read(c->ssl, buf, sizeof(buf));
             if (n > 0) {
+                idle_give(c); /* a request is coming: no longer idle */
                 if (c->in_len == 0)
                     conn_deadline(c, c->srv->hub->cfg.header_timeout_s);
                 int r = conn_append(c, buf, (size_t)n);
@@ -746,6 +844,8 @@ static void conn_drive(struct conn *c)
                 conn_deadline(c, 0);
                 if (c->next_mode == CONN_NEXT_WS) {
                     c->state = CONN_WS;
+                    c->is_ws = 1;
+                    c->srv->nws++;
                     session_begin(c);
                 } else {
                     c->state = CONN_SSE;
@@ -760,6 +860,12 @@ static void conn_drive(struct conn *c)
                 return;
             }
             c->state = CONN_READ;
+            if (c->in_len == 0 && !idle_take(c)) {
+                ERR_clear_error(); /* its answer said Connection: close already */
+                SSL_shutdown(c->ssl);
+                conn_close(c);
+                return;
+            }
             conn_deadline(c, c->in_len ? c->srv->hub->cfg.header_timeout_s
                                        : c->srv->hub->cfg.keepalive_s);
             continue;
@@ -803,12 +909,12 @@ static void on_conn_timer(uv_timer_t *t)
         conn_close(c);
 }
 
-static void conn_accept(struct server *s, int fd, const struct sockaddr_storage *ss)
+static struct conn *conn_accept(struct server *s, int fd, const struct sockaddr_storage *ss)
 {
     struct conn *c = calloc(1, sizeof(*c));
     if (!c) {
         close(fd);
-        return;
+        return NULL;
     }
     c->fd = fd;
     c->srv = s;
@@ -821,7 +927,7 @@ static void conn_accept(struct server *s, int fd, const struct sockaddr_storage 
     if (uv_poll_init_socket(s->loop, &c->poll, fd) != 0) {
         close(fd);
         free(c);
-        return;
+        return NULL;
     }
     uv_timer_init(s->loop, &c->timer);
     c->poll.data = c;
@@ -840,6 +946,7 @@ static void conn_accept(struct server *s, int fd, const struct sockaddr_storage 
     /* No TLS state until the client has sent something: a connection that never
      * speaks costs a few hundred bytes, not a handshake's buffers. */
     conn_want(c, UV_READABLE);
+    return c;
 }
 
 static void on_listen_poll(uv_poll_t *h, int status, int events);
@@ -870,11 +977,22 @@ static void on_listen_poll(uv_poll_t *h, int status, int events)
             }
             return;
         }
-        if (s->nconns >= (size_t)s->hub->cfg.max_connections) {
+        size_t max = (size_t)s->hub->cfg.max_connections;
+        if (s->nconns >= max + SERVER_OVERFLOW(max)) {
+            /* Past the overflow nothing is answered: a reset, logged once a second. */
+            struct linger lg = {.l_onoff = 1, .l_linger = 0};
+            setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
             close(fd);
+            if (uv_now(s->loop) - s->warned_ms >= 1000 || s->warned_ms == 0) {
+                s->warned_ms = uv_now(s->loop);
+                phy_log(PHY_LOG_WARN, "over_capacity", "connections=%zu max_connections=%zu "
+                        "action=reset", s->nconns, max);
+            }
             continue;
         }
-        conn_accept(s, fd, &ss);
+        struct conn *c = conn_accept(s, fd, &ss);
+        if (c && s->nconns > max)
+            c->over_capacity = 1; /* answered 503 once it has said what it wants */
     }
 }
 

@@ -130,5 +130,75 @@ def test_sqlite_store_shrinks_after_a_flood():
     wait_until(lambda: os.path.getsize(ST.db) < peak // 4, 20, "the store file to shrink")
 
 
+def test_full_hub_answers_503_and_keeps_a_share_for_devices():
+    """Issue 10, item 6: at --max-connections (4) a new client gets 503 over_capacity
+    with Retry-After instead of a silent reset, requests other than device sessions
+    may not use the device share (50% here), and past the overflow (8 more) new
+    connections are reset and that is logged."""
+    st = Stack("edge_full", hub_flags=["--max-connections", "4", "--device-share", "50"],
+               proxy=False)
+    held = []
+    try:
+        creds = st.provision("FULL-1")
+
+        def hold(n):
+            for _ in range(n):
+                held.append(phytest.connect(st.hub_port))  # silent: stays in the handshake
+
+        def metrics():
+            return st.request("GET", "/metrics", via_proxy=False)
+        hold(2)
+        wait_until(lambda: metrics()[0] == 503, 10, "503 once the general share is taken")
+        s, js, _, headers = metrics()
+        assert s == 503 and js["error"] == "over_capacity", (s, js)
+        assert headers["retry-after"] == "1", headers
+        status, _, ws = st.ws_connect(creds, via_proxy=False)
+        assert status == 101, "a device session may use the device share"
+        hold(1)  # 3 silent + 1 session = 4: full
+        status, _, _ = st.ws_connect(creds, via_proxy=False)
+        assert status == 503, status
+        hold(8)  # the overflow, answered 503 if they spoke
+        with socket.create_connection(("127.0.0.1", st.hub_port), timeout=10) as x:
+            try:
+                got = x.recv(1)
+            except ConnectionResetError:
+                got = b""
+            assert got == b"", got
+        st.hub.wait_log(r"event=over_capacity connections=\d+ max_connections=4 action=reset")
+        ws.close()
+    finally:
+        for x in held:
+            x.close()
+        st.stop()
+
+
+def test_idle_keep_alive_connections_capped_per_source():
+    st = Stack("edge_idle", hub_flags=["--max-idle-per-source", "2"], proxy=False)
+    conns = []
+    try:
+        answers = []
+        for _ in range(3):
+            c = https_connection(st.hub_port, st.tls_context(), source="127.0.0.41")
+            c.request("GET", "/metrics")
+            r = c.getresponse()
+            r.read()
+            answers.append((r.status, (r.getheader("Connection") or "").lower()))
+            conns.append(c)
+        assert answers[:2] == [(200, "keep-alive")] * 2 or \
+            all(a == (200, "") for a in answers[:2]), answers
+        assert answers[2] == (200, "close"), answers
+        # Another address keeps its own idle connections.
+        c = https_connection(st.hub_port, st.tls_context(), source="127.0.0.42")
+        c.request("GET", "/metrics")
+        r = c.getresponse()
+        r.read()
+        assert (r.getheader("Connection") or "").lower() != "close"
+        conns.append(c)
+    finally:
+        for c in conns:
+            c.close()
+        st.stop()
+
+
 if __name__ == "__main__":
     phytest.main()
