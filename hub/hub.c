@@ -2,6 +2,8 @@
  * sweep of the seal ratchet. */
 #include "hub.h"
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -12,18 +14,50 @@
 #include "phy/log.h"
 #include "seal.h"
 
-int64_t hub_now_ms(void)
+static int64_t clock_ms(clockid_t id)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
+    clock_gettime(id, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 int64_t hub_mono_ms(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return clock_ms(CLOCK_MONOTONIC);
+}
+
+static pthread_once_t steady_once = PTHREAD_ONCE_INIT;
+static int64_t steady_wall, steady_mono;
+
+static void steady_init(void)
+{
+    steady_mono = clock_ms(CLOCK_MONOTONIC);
+    steady_wall = clock_ms(CLOCK_REALTIME);
+}
+
+/* The wall clock as it was at start, carried forward by the monotonic clock: NTP's
+ * slewing reaches it (it slews CLOCK_MONOTONIC too), a step of the wall clock does
+ * not (hub_clock_check logs one). */
+int64_t hub_now_ms(void)
+{
+    pthread_once(&steady_once, steady_init);
+    return steady_wall + (clock_ms(CLOCK_MONOTONIC) - steady_mono);
+}
+
+int64_t hub_clock_check(void)
+{
+    static _Atomic int64_t reported;
+    int64_t step = clock_ms(CLOCK_REALTIME) - hub_now_ms();
+    int64_t old = atomic_load(&reported);
+    if ((step > HUB_CLOCK_STEP_MS || step < -HUB_CLOCK_STEP_MS) &&
+        (step - old > HUB_CLOCK_STEP_MS || old - step > HUB_CLOCK_STEP_MS)) {
+        atomic_store(&reported, step);
+        phy_log(PHY_LOG_WARN, "clock_step",
+                "wall_minus_hub_ms=%lld msg=\"the wall clock was stepped; the hub keeps its own "
+                "time until it restarts\"",
+                (long long)step);
+    }
+    return step;
 }
 
 void hub_prov_params(const struct hub *h, int64_t now_ms, struct store_prov_params *p)

@@ -113,8 +113,14 @@ struct hub {
     _Atomic int64_t regs_estimate;
 };
 
-/* Milliseconds since the Unix epoch (wall clock): stored times. */
+/* Milliseconds since the Unix epoch: the wall clock at the hub's start carried
+ * forward by CLOCK_MONOTONIC, so that a step of the system clock moves no deadline,
+ * lapse or lock-out of a running hub. Stored times use it. */
 int64_t hub_now_ms(void);
+/* How far the wall clock is from hub_now_ms (logs a step over HUB_CLOCK_STEP_MS
+ * once); the sweeper calls it. */
+#define HUB_CLOCK_STEP_MS 2000
+int64_t hub_clock_check(void);
 /* Milliseconds of CLOCK_MONOTONIC: in-process intervals (no jump moves them). */
 int64_t hub_mono_ms(void);
 

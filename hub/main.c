@@ -105,17 +105,24 @@ static void print_help(const struct phy_opt *opts)
     phy_config_print_help(opts, stdout);
 }
 
+/* Failed claims and failed logins: keep what either window still counts (logins:
+ * the progressive look-back). */
+static int64_t failures_keep_ms(void)
+{
+    long login_keep_s = g_hub.cfg.login_window_s * RULE_LOGIN_LOOKBACK;
+    long keep_s = g_hub.cfg.claim_window_s > login_keep_s ? g_hub.cfg.claim_window_s : login_keep_s;
+    return (int64_t)keep_s * 1000;
+}
+
 static void on_sweep_work(uv_work_t *w)
 {
     (void)w;
     struct store_prov_params p;
     hub_prov_params(&g_hub, hub_now_ms(), &p);
-    /* Failed claims and failed logins: keep what either window still counts. */
-    long login_keep_s = g_hub.cfg.login_window_s * RULE_LOGIN_LOOKBACK; /* progressive */
-    long keep_s = g_hub.cfg.claim_window_s > login_keep_s ? g_hub.cfg.claim_window_s : login_keep_s;
-    if (g_hub.store_ops->sweep(g_hub.store, &p, (int64_t)keep_s * 1000) < 0)
+    if (g_hub.store_ops->sweep(g_hub.store, &p, failures_keep_ms()) < 0)
         phy_log(PHY_LOG_WARN, "sweep_failed", "store=%s", store_engine_name(g_hub.store));
     int64_t live;
+    hub_clock_check();
     if (g_hub.store_ops->reg_live_count(g_hub.store, &p, &live) == 0)
         atomic_store_explicit(&g_hub.regs_estimate, live, memory_order_relaxed);
     hub_seal_sweep(&g_hub, hub_now_ms());
@@ -737,6 +744,10 @@ int main(int argc, char **argv)
     struct store_prov_params sp;
     int64_t live = 0;
     hub_prov_params(&g_hub, hub_now_ms(), &sp);
+    /* A first sweep before serving: what lapsed while the hub was down goes, and
+     * times from the future (the clock stepped back meanwhile) are clamped. */
+    if (g_hub.store_ops->sweep(g_hub.store, &sp, failures_keep_ms()) < 0)
+        phy_log(PHY_LOG_WARN, "sweep_failed", "store=%s", store_engine_name(g_hub.store));
     if (g_hub.store_ops->reg_live_count(g_hub.store, &sp, &live) == 0)
         atomic_store_explicit(&g_hub.regs_estimate, live, memory_order_relaxed);
     /* No session survives a restart: whatever the store says is online is not. */

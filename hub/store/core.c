@@ -1880,6 +1880,24 @@ static int sq_sweep(struct store *s, const struct store_prov_params *p, int64_t 
     if (!s || !store_params_ok(p) || keep_failures_ms < 0)
         return PHY_EINVAL;
     TX_BEGIN(s, 1)
+    /* Times from the future (a clock stepped back, another node's clock ahead) are
+     * clamped to now, so that no lapse is postponed and no lock-out outlasts its
+     * window by the size of the step. */
+    static const char *const clamp[] = {
+        "UPDATE registrations SET last_active_ms = ?1 WHERE last_active_ms > ?1",
+        "UPDATE login_failures SET at_ms = ?1 WHERE at_ms > ?1",
+        "UPDATE claim_failures SET at_ms = ?1 WHERE at_ms > ?1",
+        "UPDATE console_sessions SET last_used_ms = ?1 WHERE last_used_ms > ?1",
+        "UPDATE console_sessions SET created_ms = ?1 WHERE created_ms > ?1",
+        "UPDATE issuances SET delivered_ms = ?1 WHERE delivered_ms > ?1",
+    };
+    for (size_t i = 0; i < sizeof clamp / sizeof clamp[0]; i++)
+        if ((rc = q_exec(s, NULL, clamp[i], "i", p->now_ms)))
+            goto out;
+    rc = q_exec(s, NULL, "UPDATE registrations SET code_expires_ms = ?1 WHERE code_expires_ms > ?1",
+                "i", p->now_ms + p->code_ttl_ms);
+    if (rc)
+        goto out;
     rc = q_exec(s, NULL, "DELETE FROM registrations WHERE last_active_ms <= ?", "i", rule_live_after(p));
     if (rc)
         goto out;

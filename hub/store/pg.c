@@ -296,7 +296,7 @@ static int acquire(struct store_db *d, struct pg_conn **out)
 {
     struct timespec until;
     struct pg_conn *pc = NULL;
-    clock_gettime(CLOCK_REALTIME, &until);
+    clock_gettime(CLOCK_MONOTONIC, &until); /* the condition variable's clock */
     until.tv_sec += PG_ACQUIRE_MS / 1000;
     pthread_mutex_lock(&d->mu);
     for (;;) {
@@ -794,7 +794,11 @@ static int pg_open(const char *url, const struct store_engine_opts *o, struct st
         d->npool = PG_POOL_MAX;
     d->pool = calloc((size_t)d->npool, sizeof *d->pool);
     pthread_mutex_init(&d->mu, NULL);
-    pthread_cond_init(&d->cv, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC); /* a clock step moves no timeout */
+    pthread_cond_init(&d->cv, &ca);
+    pthread_condattr_destroy(&ca);
     /* Later keywords win: the URL may set its own connect_timeout. */
     d->keys[0] = "connect_timeout";
     d->vals[0] = PG_CONNECT_TIMEOUT;
