@@ -211,6 +211,16 @@ int api_device_id_valid(const char *s, size_t n)
 int api_path_match(const char *pattern, const char *path, char id[PHY_DEVICE_ID_LEN + 1])
 {
     while (*pattern && *path) {
+        if (strncmp(pattern, "{tok}", 5) == 0) { /* an API token's ID: 12 hex digits */
+            size_t n = strcspn(path, "/");
+            if (n != STORE_TOKEN_ID_LEN || strspn(path, "0123456789abcdef") < n)
+                return 0;
+            memcpy(id, path, n);
+            id[n] = '\0';
+            pattern += 5;
+            path += n;
+            continue;
+        }
         if (strncmp(pattern, "{id}", 4) == 0) {
             size_t n = strcspn(path, "/");
             if (!api_device_id_valid(path, n))
@@ -440,6 +450,10 @@ static const struct route routes[] = {
     {"POST", "/api/v1/logout", 0, handle_logout, NULL},
     {"GET", "/api/v1/session", 0, handle_session, NULL},
     {"GET", "/api/v1/audit", 0, handle_audit, NULL},
+    {"GET", "/api/v1/tokens", 0, handle_tokens_list, NULL},
+    {"POST", "/api/v1/tokens", 0, handle_token_create, NULL},
+    {"DELETE", "/api/v1/tokens/{tok}", 0, NULL, handle_token_revoke},
+    {"POST", "/api/v1/password", 0, handle_password, NULL},
     {"POST", "/internal/v1/issuances", 1, handle_internal_issue, NULL},
     {"DELETE", "/internal/v1/issuances/{id}", 1, NULL, handle_internal_purge},
     {"POST", "/internal/v1/issuances/{id}/cancel", 1, NULL, handle_internal_cancel},

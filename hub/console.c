@@ -41,13 +41,14 @@ static int bearer_auth(struct hub *h, const char *a, struct api_response *res,
     char hash[PHY_HASH_HEX_LEN + 1];
     int outcome;
     if (phy_sha256_hex(token, strlen(token), hash) < 0 ||
-        h->store_ops->token_auth(h->store, hash, &caller->tenant_id, &caller->user_id,
-                                 caller->tenant, caller->region, &outcome) < 0) {
+        h->store_ops->token_auth(h->store, hash, hub_now_ms(), &caller->tenant_id,
+                                 &caller->user_id, caller->tenant, caller->region,
+                                 &outcome) < 0) {
         api_store_failed(res);
         return -1;
     }
     if (outcome != STORE_OK) {
-        unauthorized(res, "unknown API token");
+        unauthorized(res, "unknown, expired or revoked API token");
         return -1;
     }
     return 0;
@@ -301,6 +302,25 @@ static int claim_attempt(struct hub *h, const struct api_caller *c, int64_t *att
     return 0;
 }
 
+/* A claim whose answer was lost is retried: the same user, the same serial or
+ * code, within API_CLAIM_REPLAY_MS of the first. It gets the device it created
+ * (200) instead of already_claimed. 1 when res was answered. */
+static int claim_replayed(struct hub *h, const struct api_caller *caller, const char *serial,
+                          const char *code, struct store_device *dev, struct api_response *res)
+{
+    char key[STORE_CLAIM_KEY_MAX + 1];
+    int outcome = STORE_NOT_FOUND;
+    if (caller->user_id <= 0 || store_claim_key(serial, code, key, sizeof(key)) != 0 ||
+        h->store_ops->claim_replay(h->store, caller->tenant_id, caller->user_id, key,
+                                   hub_now_ms() - API_CLAIM_REPLAY_MS, dev, &outcome) < 0 ||
+        outcome != STORE_OK)
+        return 0;
+    snprintf(res->log, sizeof(res->log), "tenant=%s by=%s device_id=%s serial=%s replayed=1",
+             caller->tenant, serial ? "serial" : "code", dev->device_id, dev->serial);
+    api_json(res, 200, api_device_json(dev));
+    return 1;
+}
+
 void handle_claim(struct hub *h, const struct api_request *req, struct api_response *res)
 {
     static const char *const fields[] = {"serial", "code", "name", "tags", NULL};
@@ -378,8 +398,9 @@ void handle_claim(struct hub *h, const struct api_request *req, struct api_respo
     if (h->cfg.provisioning) {
         rc = h->store_ops->claim(h->store, &p, &c, &dev, &outcome);
     } else { /* the issuance lives in eu (docs/protocol.md section 3) */
-        struct region_claim rcl = {caller.tenant_id, caller.tenant, serial, c.code, device_id,
-                                   secret, secret_hash, name, tags_json, c.serial_claims};
+        struct region_claim rcl = {caller.tenant_id, caller.user_id, caller.tenant, serial,
+                                   c.code, device_id, secret, secret_hash, name, tags_json,
+                                   c.serial_claims};
         rc = region_claim(h, &rcl, &dev, &outcome, res);
     }
     OPENSSL_cleanse(secret, sizeof(secret));
@@ -393,6 +414,8 @@ void handle_claim(struct hub *h, const struct api_request *req, struct api_respo
     }
     snprintf(res->log, sizeof(res->log), "tenant=%s by=%s outcome=%d", caller.tenant,
              serial ? "serial" : "code", outcome);
+    if (outcome == STORE_ALREADY_CLAIMED && claim_replayed(h, &caller, serial, c.code, &dev, res))
+        goto out;
     switch (outcome) {
     case STORE_OK:
         snprintf(res->log, sizeof(res->log), "tenant=%s by=%s device_id=%s serial=%s",

@@ -137,6 +137,19 @@ int login_init(struct hub *h);
 void handle_login(struct hub *h, const struct api_request *req, struct api_response *res);
 void handle_logout(struct hub *h, const struct api_request *req, struct api_response *res);
 void handle_session(struct hub *h, const struct api_request *req, struct api_response *res);
+void handle_password(struct hub *h, const struct api_request *req, struct api_response *res);
+void handle_tokens_list(struct hub *h, const struct api_request *req, struct api_response *res);
+void handle_token_create(struct hub *h, const struct api_request *req, struct api_response *res);
+void handle_token_revoke(struct hub *h, const struct api_request *req, const char *id,
+                         struct api_response *res);
+/* The argon2id encoding of a password as users are stored with (login.c). 0 or
+ * PHY_ECRYPTO. */
+int login_hash_password(const char *pw, size_t len, char *encoded, size_t cap);
+/* API tokens: lifetime when none is asked for, and the longest. */
+#define API_TOKEN_DAYS_DEFAULT 90
+#define API_TOKEN_DAYS_MAX 3650
+/* How long a retried claim by the same user gets the device it created. */
+#define API_CLAIM_REPLAY_MS (10 * 60 * 1000)
 /* static.c: GET / and GET /<name> from --web-root (200 or 404). */
 void handle_static(struct hub *h, const struct api_request *req, struct api_response *res);
 void handle_metrics(struct hub *h, const struct api_request *req, struct api_response *res);

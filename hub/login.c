@@ -21,10 +21,22 @@
 #define LOGIN_ARGON2_P 1
 #define LOGIN_FIELD_MAX 64
 #define LOGIN_PASSWORD_MAX 1024
+#define LOGIN_PASSWORD_MIN 12 /* a new password set through the API */
 /* Each check takes LOGIN_ARGON2_M KiB for a while: a flood of logins (guesses at
  * ever new names escape the throttle) must not take all memory or workers. */
 #define LOGIN_MAX_CHECKS 4
 #define COOKIE_ATTRS "Path=/; HttpOnly; Secure; SameSite=Strict"
+
+int login_hash_password(const char *pw, size_t len, char *encoded, size_t cap)
+{
+    unsigned char salt[16];
+    int rc = PHY_ECRYPTO;
+    if (phy_random_bytes(salt, sizeof(salt)) == 0 &&
+        argon2id_hash_encoded(LOGIN_ARGON2_T, LOGIN_ARGON2_M, LOGIN_ARGON2_P, pw, len, salt,
+                              sizeof(salt), 32, encoded, cap) == ARGON2_OK)
+        rc = 0;
+    return rc;
+}
 
 int login_init(struct hub *h)
 {
@@ -229,6 +241,93 @@ out:
     if (password) /* jansson's blocks are wiped when freed too; this is sooner */
         OPENSSL_cleanse((char *)password, plen);
     OPENSSL_cleanse(pw_hash, sizeof(pw_hash));
+    json_decref(body);
+}
+
+/* POST /api/v1/password {"current", "new"}: a console session changes its user's
+ * password; the user's other console sessions end (API tokens stay: revoke them
+ * on the tokens page). The current password is checked like a login, throttled
+ * per user. */
+void handle_password(struct hub *h, const struct api_request *req, struct api_response *res)
+{
+    static const char *const fields[] = {"current", "new", NULL};
+    struct api_caller caller;
+    json_t *body = NULL;
+    const char *cur = NULL, *new_pw = NULL;
+    size_t clen = 0, nlen = 0;
+    char pw_hash[512] = "", region[16], encoded[256] = "";
+    int64_t tenant_id, user_id, attempt_id = 0, now = hub_now_ms();
+    int outcome = STORE_NOT_FOUND, allowed = 0;
+
+    if (api_auth(h, req, res, &caller) < 0)
+        return;
+    snprintf(res->log, sizeof(res->log), "tenant=%s", caller.tenant);
+    if (!caller.cookie) {
+        api_error(res, 403, "forbidden", "a password is changed from a console session");
+        return;
+    }
+    if (api_parse_body(req, res, &body) < 0)
+        return;
+    if (api_check_fields(body, fields, res) < 0 ||
+        login_field(body, "current", LOGIN_PASSWORD_MAX, &cur, &clen, res) < 0 ||
+        login_field(body, "new", LOGIN_PASSWORD_MAX, &new_pw, &nlen, res) < 0)
+        goto out;
+    if (nlen < LOGIN_PASSWORD_MIN) {
+        api_error(res, 400, "bad_request", "the new password needs at least 12 characters");
+        goto out;
+    }
+    if (h->store_ops->login_attempt_begin(h->store, caller.tenant, caller.user, now,
+                                          now - h->cfg.login_window_s * 1000,
+                                          (int)h->cfg.login_user_limit, INT_MAX, &allowed,
+                                          &attempt_id) < 0) {
+        api_store_failed(res);
+        goto out;
+    }
+    if (!allowed) {
+        api_error(res, 429, "too_many_attempts", "too many failed attempts; wait before trying again");
+        goto out;
+    }
+    if (h->store_ops->user_get(h->store, caller.tenant, caller.user, &tenant_id, &user_id, pw_hash,
+                               region, &outcome) < 0) {
+        h->store_ops->login_attempt_forgive(h->store, attempt_id);
+        api_store_failed(res);
+        goto out;
+    }
+    if (atomic_fetch_add(&h->login_checks, 1) >= LOGIN_MAX_CHECKS) {
+        atomic_fetch_sub(&h->login_checks, 1);
+        h->store_ops->login_attempt_forgive(h->store, attempt_id);
+        api_error(res, 503, "login_busy", "too many password checks at once; retry in a second");
+        snprintf(res->extra_headers, sizeof(res->extra_headers), "Retry-After: 1\r\n");
+        goto out;
+    }
+    int ok = outcome == STORE_OK && argon2id_verify(pw_hash, cur, clen) == ARGON2_OK &&
+             login_hash_password(new_pw, nlen, encoded, sizeof(encoded)) == 0;
+    atomic_fetch_sub(&h->login_checks, 1);
+    if (!ok) {
+        log_outcome(res, "invalid");
+        hub_metric_add(&h->metrics.auth_failures, 1);
+        api_error(res, 401, "invalid_login", "the current password is wrong");
+        goto out;
+    }
+    h->store_ops->login_attempt_forgive(h->store, attempt_id);
+    if (h->store_ops->user_set_password(h->store, caller.tenant, caller.user, encoded,
+                                        caller.session_hash, &tenant_id, &user_id, &outcome) < 0) {
+        api_store_failed(res);
+        goto out;
+    }
+    if (outcome != STORE_OK) {
+        api_error(res, 404, "not_found", "the user no longer exists");
+        goto out;
+    }
+    api_audit(h, tenant_id, user_id, "user.password", NULL, NULL);
+    res->status = 204;
+out:
+    if (cur)
+        OPENSSL_cleanse((char *)cur, clen);
+    if (new_pw)
+        OPENSSL_cleanse((char *)new_pw, nlen);
+    OPENSSL_cleanse(pw_hash, sizeof(pw_hash));
+    OPENSSL_cleanse(encoded, sizeof(encoded));
     json_decref(body);
 }
 

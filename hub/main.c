@@ -94,7 +94,12 @@ static void print_help(const struct phy_opt *opts)
     printf("usage: phyhub [options]            run the hub\n"
            "       phyhub admin --db PATH tenant-add NAME --region R\n"
            "       phyhub admin --db PATH user-add TENANT USER   (password on stdin)\n"
-           "       phyhub admin --db PATH token-add TENANT USER  (prints an API token)\n"
+           "       phyhub admin --db PATH token-add TENANT USER [--expires-days N]\n"
+           "                    (prints an API token; 90 days unless N, 0 = never)\n"
+           "       phyhub admin --db PATH token-list TENANT\n"
+           "       phyhub admin --db PATH token-revoke TENANT TOKEN_ID\n"
+           "       phyhub admin --db PATH user-remove TENANT USER  (its tokens and sessions too)\n"
+           "       phyhub admin --db PATH user-passwd TENANT USER  (password on stdin)\n"
            "       phyhub admin --db PATH tenant-set NAME --serial-claims attested|any\n"
            "       phyhub admin --db PATH serials-import FILE   (CSV: serial,public key)\n"
            "       phyhub admin --db PATH device-add-bulk N --tenant T [--tag K:V]\n"
@@ -252,8 +257,11 @@ static int read_password(char *out, size_t cap)
 
 /* The exit code of an admin store call that returned rc with outcome, with a message
  * for every failure (the store's own, e.g. its database unreachable, too). */
-static int admin_outcome(int rc, int outcome, const char *what)
+/* rc and *outcome of one store call; outcome is read here, after the call (an
+ * argument read beside the call could be read before it). */
+static int admin_outcome(int rc, const int *outcome_p, const char *what)
 {
+    int outcome = *outcome_p;
     if (rc < 0) {
         fprintf(stderr, "phyhub: %s: the store failed (%s)\n", what, phy_strerror(rc));
         return 1;
@@ -320,7 +328,7 @@ static int admin_device_add_bulk(const struct phy_store_ops *ops, const char *co
     }
     if (admin_outcome(ops->devices_add_bulk(g_hub.store, tenant, d, (size_t)n, hub_now_ms(),
                                             &outcome),
-                      outcome, "device-add-bulk") != 0)
+                      &outcome, "device-add-bulk") != 0)
         goto out;
     for (long i = 0; i < n; i++)
         printf("{\"device_id\":\"%s\",\"device_secret\":\"%s\",\"serial\":\"%s\","
@@ -406,10 +414,53 @@ out:
     return rc;
 }
 
+/* An administrator's change in the tenant's audit log (actor id 0: the command
+ * line). detail is stolen. A failure is reported and does not undo the change. */
+static void admin_audit(const struct phy_store_ops *ops, const char *tenant, const char *action,
+                        json_t *detail)
+{
+    int64_t tid = 0;
+    int outcome = STORE_NOT_FOUND;
+    char *text = detail ? json_dumps(detail, JSON_COMPACT) : NULL;
+    json_decref(detail);
+    if (ops->tenant_lookup(g_hub.store, tenant, &tid, &outcome) < 0 || outcome != STORE_OK ||
+        ops->audit_add(g_hub.store, tid, 0, hub_now_ms(), action, NULL, text) < 0)
+        fprintf(stderr, "phyhub admin: warning: the audit log did not record %s\n", action);
+    free(text);
+}
+
+static int admin_token_list(const struct phy_store_ops *ops, const char *tenant)
+{
+    struct store_token *v = NULL;
+    size_t n = 0;
+    int64_t tid = 0, now = hub_now_ms();
+    int outcome = STORE_NOT_FOUND;
+    int rc = admin_outcome(ops->tenant_lookup(g_hub.store, tenant, &tid, &outcome), &outcome,
+                           "tenant");
+    if (rc != 0)
+        return rc;
+    if (ops->token_list(g_hub.store, tid, &v, &n) < 0) {
+        fprintf(stderr, "phyhub admin: the store failed\n");
+        return 1;
+    }
+    printf("%-12s  %-20s  %-20s  %s\n", "ID", "USER", "CREATED", "EXPIRES");
+    for (size_t i = 0; i < n; i++) {
+        char created[32], expires[32] = "never";
+        api_rfc3339(v[i].created_ms, created);
+        if (v[i].expires_ms > 0)
+            api_rfc3339(v[i].expires_ms, expires);
+        printf("%-12s  %-20s  %-20s  %s%s\n", v[i].id, v[i].user, created, expires,
+               v[i].expires_ms > 0 && v[i].expires_ms <= now ? " (expired)" : "");
+    }
+    free(v);
+    return 0;
+}
+
 static int admin_main(int argc, char **argv)
 {
     char *db = NULL, *region = NULL, *tenant = NULL, *tag = NULL, *from = NULL, *to = NULL,
          *serial_claims = NULL;
+    long expires_days = API_TOKEN_DAYS_DEFAULT;
     int help = 0;
     const struct phy_opt opts[] = {
         {"db", PHY_OPT_STR, &db, 0, 0,
@@ -419,6 +470,8 @@ static int admin_main(int argc, char **argv)
         {"tenant", PHY_OPT_STR, &tenant, 0, 0, "tenant for device-add-bulk"},
         {"tag", PHY_OPT_STR, &tag, 0, 0, "K:V tag for device-add-bulk (default fleet:bulk)"},
         {"region", PHY_OPT_STR, &region, 0, 0, "tenant's region for tenant-add (eu, au, uae, ...)"},
+        {"expires-days", PHY_OPT_INT, &expires_days, 0, API_TOKEN_DAYS_MAX,
+         "token-add: days until the token expires, 0 = never (90)"},
         {"serial-claims", PHY_OPT_STR, &serial_claims, 0, 0,
          "tenant-set: claims by serial of 'attested' serials only (the default), or of 'any' "
          "serial (whoever registered it first gets the credentials)"},
@@ -466,19 +519,17 @@ static int admin_main(int argc, char **argv)
             fprintf(stderr, "phyhub admin: tenant-add needs --region R (1-15 of a-z 0-9 -)\n");
             goto out_close;
         }
-        rc = admin_outcome(ops->tenant_add(g_hub.store, pos[1], region, &outcome), outcome,
+        rc = admin_outcome(ops->tenant_add(g_hub.store, pos[1], region, &outcome), &outcome,
                            "tenant");
         if (rc == 0)
             printf("tenant %s added in region %s\n", pos[1], region);
     } else if (strcmp(pos[0], "user-add") == 0 && npos == 3) {
         char pw[PASSWORD_MAX], encoded[256];
-        unsigned char salt[16];
         rc = 1;
-        if (read_password(pw, sizeof(pw)) == 0 && phy_random_bytes(salt, sizeof(salt)) == 0 &&
-            argon2id_hash_encoded(3, 65536, 1, pw, strlen(pw), salt, sizeof(salt), 32, encoded,
-                                  sizeof(encoded)) == ARGON2_OK) {
+        if (read_password(pw, sizeof(pw)) == 0 &&
+            login_hash_password(pw, strlen(pw), encoded, sizeof(encoded)) == 0) {
             rc = admin_outcome(ops->user_add(g_hub.store, pos[1], pos[2], encoded, &outcome),
-                               outcome, "user");
+                               &outcome, "user");
             if (rc == 0)
                 printf("user %s added to tenant %s\n", pos[2], pos[1]);
         }
@@ -487,13 +538,62 @@ static int admin_main(int argc, char **argv)
         char token[PHY_TOKEN_LEN + 1], hash[PHY_HASH_HEX_LEN + 1];
         rc = 1;
         if (phy_token_new(token) == 0 && phy_sha256_hex(token, PHY_TOKEN_LEN, hash) == 0) {
-            rc = admin_outcome(
-                ops->token_add(g_hub.store, pos[1], pos[2], hash, hub_now_ms(), &outcome),
-                outcome, "token");
-            if (rc == 0)
+            int64_t now = hub_now_ms();
+            rc = admin_outcome(ops->token_add(g_hub.store, pos[1], pos[2], hash, now,
+                                              expires_days ? now + expires_days * 86400000LL : 0,
+                                              &outcome),
+                               &outcome, "token");
+            if (rc == 0) {
                 printf("%s\n", token); /* shown once; only its hash is stored */
+                char id[STORE_TOKEN_ID_LEN + 1];
+                memcpy(id, hash, STORE_TOKEN_ID_LEN);
+                id[STORE_TOKEN_ID_LEN] = '\0';
+                admin_audit(ops, pos[1], "token.create",
+                            json_pack("{s:s, s:s, s:I}", "id", id, "user", pos[2],
+                                      "expires_in_days", (json_int_t)expires_days));
+            }
         }
         OPENSSL_cleanse(token, sizeof(token));
+    } else if (strcmp(pos[0], "token-list") == 0 && npos == 2) {
+        rc = admin_token_list(ops, pos[1]);
+    } else if (strcmp(pos[0], "token-revoke") == 0 && npos == 3) {
+        int64_t tid = 0, owner = 0;
+        rc = admin_outcome(ops->tenant_lookup(g_hub.store, pos[1], &tid, &outcome), &outcome,
+                           "tenant");
+        if (rc == 0)
+            rc = admin_outcome(ops->token_revoke(g_hub.store, tid, pos[2], &owner, &outcome),
+                               &outcome, "token");
+        if (rc == 0) {
+            printf("token %s of tenant %s revoked\n", pos[2], pos[1]);
+            admin_audit(ops, pos[1], "token.revoke",
+                        json_pack("{s:s, s:I}", "id", pos[2], "owner_id", (json_int_t)owner));
+        }
+    } else if (strcmp(pos[0], "user-remove") == 0 && npos == 3) {
+        int64_t tid = 0, uid = 0;
+        rc = admin_outcome(ops->user_remove(g_hub.store, pos[1], pos[2], &tid, &uid, &outcome),
+                           &outcome, "user");
+        if (rc == 0) {
+            printf("user %s removed from tenant %s (with its tokens and sessions)\n", pos[2],
+                   pos[1]);
+            admin_audit(ops, pos[1], "user.remove", json_pack("{s:s}", "user", pos[2]));
+        }
+    } else if (strcmp(pos[0], "user-passwd") == 0 && npos == 3) {
+        char pw[PASSWORD_MAX], encoded[256];
+        int64_t tid = 0, uid = 0;
+        rc = 1;
+        if (read_password(pw, sizeof(pw)) == 0 &&
+            login_hash_password(pw, strlen(pw), encoded, sizeof(encoded)) == 0) {
+            rc = admin_outcome(ops->user_set_password(g_hub.store, pos[1], pos[2], encoded, NULL,
+                                                      &tid, &uid, &outcome),
+                               &outcome, "user");
+            if (rc == 0) {
+                printf("password of %s in tenant %s set; its console sessions ended\n", pos[2],
+                       pos[1]);
+                admin_audit(ops, pos[1], "user.password", json_pack("{s:s}", "user", pos[2]));
+            }
+        }
+        OPENSSL_cleanse(pw, sizeof(pw));
+        OPENSSL_cleanse(encoded, sizeof(encoded));
     } else if (strcmp(pos[0], "tenant-set") == 0 && npos == 2) {
         int policy;
         if (store_serial_claims_parse(serial_claims, &policy) != 0) {
@@ -501,7 +601,7 @@ static int admin_main(int argc, char **argv)
             goto out_close;
         }
         rc = admin_outcome(ops->tenant_serial_claims_set(g_hub.store, pos[1], policy, &outcome),
-                           outcome, "tenant");
+                           &outcome, "tenant");
         if (rc == 0)
             printf("tenant %s: claims by serial of %s serials\n", pos[1],
                    store_serial_claims_name(policy));

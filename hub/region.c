@@ -723,6 +723,8 @@ int region_claim(struct hub *h, const struct region_claim *c, struct store_devic
     int64_t deadline = now + budget;
     struct store_claim_begin b = {
         .tenant_id = c->tenant_id,
+        .user_id = c->user_id,
+        .code = c->code,
         .device_id = c->device_id,
         .secret_hash = c->secret_hash,
         .name = c->name,

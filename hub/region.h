@@ -52,7 +52,7 @@ void handle_internal_rearm(struct hub *h, const struct api_request *req, struct 
  * was answered (503 provisioning_unavailable, 502 provisioning_refused, 503
  * store_unavailable). */
 struct region_claim {
-    int64_t tenant_id;
+    int64_t tenant_id, user_id;
     const char *tenant;
     const char *serial, *code; /* exactly one */
     const char *device_id, *secret, *secret_hash;

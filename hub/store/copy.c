@@ -9,7 +9,7 @@
 #include "phy/err.h"
 #include "store.h"
 
-/* A table of the version-4 schema, parents first; column types as db_arg's ('t' text,
+/* A table of the current schema, parents first; column types as db_arg's ('t' text,
  * 'i' integer, 'b' blob), NULLs copied as NULLs. */
 struct table {
     const char *name;
@@ -20,7 +20,7 @@ struct table {
 static const struct table TABLES[] = {
     {"tenants", "id, name, region, created_ms, serial_claims", "ittit"},
     {"users", "id, tenant_id, name, pw_hash", "iitt"},
-    {"api_tokens", "token_hash, tenant_id, user_id, created_ms", "tiii"},
+    {"api_tokens", "token_hash, tenant_id, user_id, created_ms, expires_ms", "tiiii"},
     {"registrations",
      "token_hash, serial, code, code_expires_ms, interval_s, last_poll_ms, last_active_ms,"
      " created_ms, challenge, proven",
@@ -29,8 +29,8 @@ static const struct table TABLES[] = {
     {"devices",
      "device_id, tenant_id, serial, name, tags_json, secret_hash, state, created_ms, online,"
      " last_seen_ms, connected_ms, disconnected_ms, last_status_json, last_status_ms,"
-     " session_gen, remote",
-     "titttttiiiiitiii"},
+     " session_gen, remote, claimed_by, claim_key",
+     "titttttiiiiitiiiit"},
     {"twins", "device_id, desired, desired_version, reported, reported_version", "ttiti"},
     {"issuances",
      "serial, code, token_hash, device_id, sealed, created_ms, delivered_ms, region, device_ref",
@@ -43,7 +43,7 @@ static const struct table TABLES[] = {
     {"status_history", "device_id, at_ms, status_json", "tit"},
 };
 #define NTABLES (sizeof TABLES / sizeof TABLES[0])
-#define COLS_MAX 16
+#define COLS_MAX 20
 
 /* The statement texts, built once (engines cache statements by their address). */
 static char select_sql[NTABLES][512], insert_sql[NTABLES][640], count_sql[NTABLES][96];

@@ -405,12 +405,12 @@ out:
 }
 
 static int sq_token_add(struct store *s, const char *tenant, const char *user,
-                        const char *token_hash, int64_t now_ms, int *outcome)
+                        const char *token_hash, int64_t now_ms, int64_t expires_ms, int *outcome)
 {
     int64_t tid = 0, uid = 0;
     int rc;
     if (!s || !outcome || !store_str_ok(tenant, STORE_NAME_MAX) || !store_str_ok(user, STORE_NAME_MAX) ||
-        !store_hash_ok(token_hash))
+        !store_hash_ok(token_hash) || expires_ms < 0)
         return PHY_EINVAL;
     TX_BEGIN(s, 1)
     rc = tenant_id_of(s, tenant, &tid);
@@ -426,9 +426,9 @@ static int sq_token_add(struct store *s, const char *tenant, const char *user,
         goto out;
     }
     rc = q_exec(s, NULL,
-                "INSERT INTO api_tokens(token_hash, tenant_id, user_id, created_ms) "
-                "VALUES (?, ?, ?, ?)",
-                "tiii", token_hash, tid, uid, now_ms);
+                "INSERT INTO api_tokens(token_hash, tenant_id, user_id, created_ms, expires_ms) "
+                "VALUES (?, ?, ?, ?, ?)",
+                "tiiii", token_hash, tid, uid, now_ms, expires_ms);
     *outcome = STORE_OK;
     if (rc == PHY_EEXIST) { /* the failed insert was all: roll back (PostgreSQL must) */
         *outcome = STORE_EXISTS;
@@ -440,9 +440,9 @@ out:
     return rc;
 }
 
-static int sq_token_auth(struct store *s, const char *token_hash, int64_t *tenant_id,
-                         int64_t *user_id, char tenant[STORE_NAME_MAX + 1], char region[16],
-                         int *outcome)
+static int sq_token_auth(struct store *s, const char *token_hash, int64_t now_ms,
+                         int64_t *tenant_id, int64_t *user_id, char tenant[STORE_NAME_MAX + 1],
+                         char region[16], int *outcome)
 {
     struct db_stmt *st = NULL;
     int rc;
@@ -452,8 +452,9 @@ static int sq_token_auth(struct store *s, const char *token_hash, int64_t *tenan
     rc = q_prep(s, &st,
                 "SELECT t.id, u.id, t.name, t.region FROM api_tokens k"
                 " JOIN users u ON u.id = k.user_id AND u.tenant_id = k.tenant_id"
-                " JOIN tenants t ON t.id = k.tenant_id WHERE k.token_hash = ?",
-                "t", token_hash);
+                " JOIN tenants t ON t.id = k.tenant_id WHERE k.token_hash = ?"
+                " AND (k.expires_ms = 0 OR k.expires_ms > ?)",
+                "ti", token_hash, now_ms);
     if (rc)
         goto out;
     rc = db_step(st);
@@ -480,6 +481,187 @@ out:
     db_finish(st);
     st = NULL;
     rc = tx_end(s, rc);
+    TX_RETRY(rc);
+    return rc;
+}
+
+static int sq_tenant_lookup(struct store *s, const char *name, int64_t *id, int *outcome)
+{
+    int rc;
+    if (!s || !id || !outcome || !store_str_ok(name, STORE_NAME_MAX))
+        return PHY_EINVAL;
+    TX_BEGIN(s, 0)
+    rc = tenant_id_of(s, name, id);
+    if (rc >= 0)
+        *outcome = rc == 1 ? STORE_OK : STORE_NOT_FOUND;
+    rc = tx_end(s, rc < 0 ? rc : 0);
+    TX_RETRY(rc);
+    return rc;
+}
+
+int store_claim_key(const char *serial, const char *code, char *out, size_t cap)
+{
+    int n;
+    if ((serial == NULL) == (code == NULL))
+        return PHY_EINVAL;
+    n = serial ? snprintf(out, cap, "serial:%s", serial) : snprintf(out, cap, "code:%s", code);
+    return n < 0 || (size_t)n >= cap ? PHY_EINVAL : 0;
+}
+
+static int sq_token_list(struct store *s, int64_t tenant_id, struct store_token **out, size_t *n)
+{
+    struct db_stmt *st = NULL;
+    struct store_token *v = NULL;
+    size_t count = 0, cap = 0;
+    int rc;
+    if (out)
+        *out = NULL;
+    if (n)
+        *n = 0;
+    if (!s || !out || !n)
+        return PHY_EINVAL;
+    TX_BEGIN(s, 0)
+    count = 0;
+    rc = q_prep(s, &st,
+                "SELECT substr(k.token_hash, 1, 12), u.name, k.created_ms, k.expires_ms"
+                " FROM api_tokens k JOIN users u ON u.id = k.user_id"
+                " WHERE k.tenant_id = ? ORDER BY k.created_ms, k.token_hash",
+                "i", tenant_id);
+    if (rc)
+        goto out;
+    while ((rc = db_step(st)) == DB_ROW) {
+        if (count == cap) {
+            size_t ncap = cap ? cap * 2 : 8;
+            struct store_token *nv = realloc(v, ncap * sizeof *nv);
+            if (!nv) {
+                rc = PHY_ENOMEM;
+                goto out;
+            }
+            v = nv;
+            cap = ncap;
+        }
+        memset(&v[count], 0, sizeof v[count]);
+        if ((rc = col_copy(st, 0, v[count].id, sizeof v[count].id)) ||
+            (rc = col_copy(st, 1, v[count].user, sizeof v[count].user)))
+            goto out;
+        v[count].created_ms = db_int(st, 2);
+        v[count].expires_ms = db_int(st, 3);
+        count++;
+    }
+    rc = rc == DB_DONE ? 0 : rc < 0 ? rc : PHY_EIO;
+out:
+    db_finish(st);
+    st = NULL;
+    rc = tx_end(s, rc);
+    TX_RETRY(rc);
+    if (rc == 0) {
+        *out = v;
+        *n = count;
+    } else {
+        free(v);
+    }
+    return rc;
+}
+
+static int token_id_ok(const char *id)
+{
+    if (!id || strlen(id) != STORE_TOKEN_ID_LEN)
+        return 0;
+    for (const char *p = id; *p; p++)
+        if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
+            return 0;
+    return 1;
+}
+
+static int sq_token_revoke(struct store *s, int64_t tenant_id, const char *id, int64_t *user_id,
+                           int *outcome)
+{
+    int64_t uid = 0;
+    int rc;
+    if (!s || !outcome || !token_id_ok(id))
+        return PHY_EINVAL;
+    TX_BEGIN(s, 1)
+    *outcome = STORE_NOT_FOUND;
+    rc = q_int(s, &uid,
+               "SELECT user_id FROM api_tokens WHERE tenant_id = ? AND substr(token_hash, 1, 12) = ?",
+               "it", tenant_id, id);
+    if (rc == 1) {
+        rc = q_exec(s, NULL,
+                    "DELETE FROM api_tokens WHERE tenant_id = ? AND substr(token_hash, 1, 12) = ?",
+                    "it", tenant_id, id);
+        if (rc == 0) {
+            *outcome = STORE_OK;
+            if (user_id)
+                *user_id = uid;
+        }
+    }
+    rc = tx_end(s, rc < 0 ? rc : 0);
+    TX_RETRY(rc);
+    return rc;
+}
+
+/* The ids of (tenant, user) in the caller's transaction: 1, 0 (no such), negative. */
+static int user_ids(struct store *s, const char *tenant, const char *user, int64_t *tid,
+                    int64_t *uid)
+{
+    int rc = tenant_id_of(s, tenant, tid);
+    if (rc == 1)
+        rc = q_int(s, uid, "SELECT id FROM users WHERE tenant_id = ? AND name = ?", "it", *tid,
+                   user);
+    return rc;
+}
+
+static int sq_user_remove(struct store *s, const char *tenant, const char *user, int64_t *tenant_id,
+                          int64_t *user_id, int *outcome)
+{
+    int64_t tid = 0, uid = 0;
+    int rc;
+    if (!s || !outcome || !tenant_id || !user_id || !store_str_ok(tenant, STORE_NAME_MAX) ||
+        !store_str_ok(user, STORE_NAME_MAX))
+        return PHY_EINVAL;
+    TX_BEGIN(s, 1)
+    *outcome = STORE_NOT_FOUND;
+    rc = user_ids(s, tenant, user, &tid, &uid);
+    if (rc != 1)
+        goto out;
+    if ((rc = q_exec(s, NULL, "DELETE FROM api_tokens WHERE user_id = ?", "i", uid)) ||
+        (rc = q_exec(s, NULL, "DELETE FROM console_sessions WHERE user_id = ?", "i", uid)) ||
+        (rc = q_exec(s, NULL, "DELETE FROM users WHERE id = ?", "i", uid)))
+        goto out;
+    *tenant_id = tid;
+    *user_id = uid;
+    *outcome = STORE_OK;
+out:
+    rc = tx_end(s, rc < 0 ? rc : 0);
+    TX_RETRY(rc);
+    return rc;
+}
+
+static int sq_user_set_password(struct store *s, const char *tenant, const char *user,
+                                const char *pw_hash, const char *keep_session, int64_t *tenant_id,
+                                int64_t *user_id, int *outcome)
+{
+    int64_t tid = 0, uid = 0;
+    int rc;
+    if (!s || !outcome || !tenant_id || !user_id || !store_str_ok(tenant, STORE_NAME_MAX) ||
+        !store_str_ok(user, STORE_NAME_MAX) || !pw_hash || !pw_hash[0] || strlen(pw_hash) > 511 ||
+        (keep_session && !store_hash_ok(keep_session)))
+        return PHY_EINVAL;
+    TX_BEGIN(s, 1)
+    *outcome = STORE_NOT_FOUND;
+    rc = user_ids(s, tenant, user, &tid, &uid);
+    if (rc != 1)
+        goto out;
+    if ((rc = q_exec(s, NULL, "UPDATE users SET pw_hash = ? WHERE id = ?", "ti", pw_hash, uid)) ||
+        (rc = q_exec(s, NULL,
+                     "DELETE FROM console_sessions WHERE user_id = ? AND id_hash <> ?", "it", uid,
+                     keep_session ? keep_session : "")))
+        goto out;
+    *tenant_id = tid;
+    *user_id = uid;
+    *outcome = STORE_OK;
+out:
+    rc = tx_end(s, rc < 0 ? rc : 0);
     TX_RETRY(rc);
     return rc;
 }
@@ -699,7 +881,9 @@ static int sq_audit_list(struct store *s, int64_t tenant_id, int64_t before, int
         return PHY_EINVAL;
     TX_BEGIN(s, 0)
     rc = q_prep(s, &st,
-                "SELECT a.id, a.at_ms, u.name, a.action, a.device_id, a.detail_json FROM audit a"
+                "SELECT a.id, a.at_ms, CASE WHEN a.user_id = 0 THEN '(admin)'"
+                " ELSE COALESCE(u.name, '(removed user)') END,"
+                " a.action, a.device_id, a.detail_json FROM audit a"
                 " LEFT JOIN users u ON u.id = a.user_id AND u.tenant_id = a.tenant_id"
                 " WHERE a.tenant_id = ? AND a.id < ? ORDER BY a.id DESC LIMIT ?",
                 "iii", tenant_id, before > 0 ? before : (int64_t)INT64_MAX, (int64_t)limit);
@@ -1352,15 +1536,23 @@ static int new_device_check(const char *device_id, const char *secret_hash, cons
 }
 
 /* Inserts a device row; PHY_EEXIST when the device ID is taken. */
+/* Who claims, and with what key (store_claim_key), for claim_replay. */
+struct claimer {
+    int64_t user_id;
+    char key[STORE_CLAIM_KEY_MAX + 1];
+};
+
 static int device_insert(struct store *s, int64_t tenant_id, const char *device_id,
                          const char *secret_hash, const char *name, const char *tags,
-                         const char *serial, const char *state, int64_t now_ms, int remote)
+                         const char *serial, const char *state, int64_t now_ms, int remote,
+                         const struct claimer *by)
 {
     return q_exec(s, NULL,
                   "INSERT INTO devices(device_id, tenant_id, serial, name, tags_json, secret_hash,"
-                  " state, created_ms, remote) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                  "titttttii", device_id, tenant_id, serial, name, tags, secret_hash, state, now_ms,
-                  (int64_t)(remote != 0));
+                  " state, created_ms, remote, claimed_by, claim_key)"
+                  " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                  "titttttiiit", device_id, tenant_id, serial, name, tags, secret_hash, state,
+                  now_ms, (int64_t)(remote != 0), by->user_id, by->key[0] ? by->key : NULL);
 }
 
 /* What a claim issues: eu's own (region NULL) or one asked for by a peer region. */
@@ -1422,6 +1614,9 @@ static int sq_claim(struct store *s, const struct store_prov_params *p, const st
         return PHY_EINVAL;
     if ((rc = new_device_check(c->device_id, c->secret_hash, c->name, c->tags_json, &tags)))
         return rc;
+    struct claimer by = {.user_id = c->user_id};
+    if (store_claim_key(c->serial, c->code ? ncode : NULL, by.key, sizeof by.key))
+        return PHY_EINVAL;
     struct issue_req q = {
         .serial = c->serial,
         .code = c->code ? ncode : NULL,
@@ -1436,7 +1631,7 @@ static int sq_claim(struct store *s, const struct store_prov_params *p, const st
     if (rc <= 0)
         goto out;
     rc = device_insert(s, c->tenant_id, c->device_id, c->secret_hash, c->name, tags, t.serial,
-                       STATE_PENDING, p->now_ms, 0);
+                       STATE_PENDING, p->now_ms, 0, &by);
     if (rc)
         goto out;
     device->tags_json = strdup(tags);
@@ -2756,6 +2951,44 @@ static int sq_device_delete(struct store *s, int64_t tenant_id, const char *devi
     return device_change(s, tenant_id, device_id, 0, DEVICE_DELETE, outcome);
 }
 
+static int sq_claim_replay(struct store *s, int64_t tenant_id, int64_t user_id,
+                           const char *claim_key, int64_t since_ms, struct store_device *device,
+                           int *outcome)
+{
+    struct db_stmt *st = NULL;
+    int rc;
+    if (device)
+        memset(device, 0, sizeof *device);
+    if (!s || !outcome || !device || !claim_key || strlen(claim_key) > STORE_CLAIM_KEY_MAX ||
+        user_id <= 0)
+        return PHY_EINVAL;
+    TX_BEGIN(s, 0)
+    *outcome = STORE_NOT_FOUND;
+    rc = q_prep(s, &st,
+                "SELECT " DEV_COLS " FROM devices d WHERE d.tenant_id = ? AND d.claimed_by = ?"
+                " AND d.claim_key = ? AND d.created_ms >= ? AND d.state <> " SQL_REVOKED
+                " AND" DEV_VISIBLE " ORDER BY d.created_ms DESC LIMIT 1",
+                "iiti", tenant_id, user_id, claim_key, since_ms);
+    if (rc)
+        goto out;
+    rc = db_step(st);
+    if (rc == DB_ROW) {
+        rc = dev_read(st, device);
+        if (rc == 0)
+            *outcome = STORE_OK;
+    } else {
+        rc = rc == DB_DONE ? 0 : rc < 0 ? rc : PHY_EIO;
+    }
+out:
+    db_finish(st);
+    st = NULL;
+    rc = tx_end(s, rc);
+    if (rc)
+        store_device_clear(device);
+    TX_RETRY(rc);
+    return rc;
+}
+
 /* ---- inter-region, regional side ---- */
 
 static int sq_claim_begin(struct store *s, const struct store_claim_begin *c, int *outcome)
@@ -2767,9 +3000,12 @@ static int sq_claim_begin(struct store *s, const struct store_claim_begin *c, in
         return PHY_EINVAL;
     if ((rc = new_device_check(c->device_id, c->secret_hash, c->name, c->tags_json, &tags)))
         return rc;
+    struct claimer by = {.user_id = c->user_id};
+    if (store_claim_key(c->serial, c->code, by.key, sizeof by.key))
+        by.key[0] = '\0'; /* no key: the claim cannot be replayed */
     TX_BEGIN(s, 1)
     rc = device_insert(s, c->tenant_id, c->device_id, c->secret_hash, c->name, tags,
-                       c->serial ? c->serial : "", STATE_CLAIMING, c->now_ms, 1);
+                       c->serial ? c->serial : "", STATE_CLAIMING, c->now_ms, 1, &by);
     if (rc == PHY_EEXIST) { /* the failed insert was all: roll back (PostgreSQL must) */
         *outcome = STORE_EXISTS;
         rc = TX_ABORT;
@@ -3331,6 +3567,12 @@ const struct phy_store_ops store_ops = {
     .devices_add_bulk = sq_devices_add_bulk,
     .claim_attempt_forgive = sq_claim_attempt_forgive,
     .sweep = sq_sweep,
+    .token_list = sq_token_list,
+    .tenant_lookup = sq_tenant_lookup,
+    .token_revoke = sq_token_revoke,
+    .user_remove = sq_user_remove,
+    .user_set_password = sq_user_set_password,
+    .claim_replay = sq_claim_replay,
     .reg_live_count = sq_reg_live_count,
     .sealed_list = sq_sealed_list,
     .sealed_replace = sq_sealed_replace,

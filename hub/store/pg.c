@@ -30,7 +30,7 @@
 #define PG_SESSION_OPTIONS                                                                         \
     "-c lock_timeout=5000 -c statement_timeout=30000 -c idle_in_transaction_session_timeout=60000"
 #define PG_SCHEMA_LOCK 7416000127LL /* advisory lock key of schema migrations */
-#define PG_ARGS_MAX 16
+#define PG_ARGS_MAX 24 /* the widest row store_copy inserts (devices) has 18 */
 
 /* libpq type OIDs of the parameters (catalog/pg_type_d.h is not in libpq-dev). */
 #define OID_BYTEA 17
@@ -206,11 +206,18 @@ static const char PG_MIGRATE_4_5_SQL[] =
     "  public_key BYTEA NOT NULL,"
     "  created_ms BIGINT NOT NULL);";
 
+/* Version 5 -> 6: token expiry, who claimed a device (sqlite.c's V6_SQL). */
+static const char PG_MIGRATE_5_6_SQL[] =
+    "ALTER TABLE api_tokens ADD COLUMN expires_ms BIGINT NOT NULL DEFAULT 0;"
+    "ALTER TABLE devices ADD COLUMN claimed_by BIGINT NOT NULL DEFAULT 0;"
+    "ALTER TABLE devices ADD COLUMN claim_key TEXT;"
+    "CREATE INDEX devices_claim ON devices(tenant_id, claimed_by, claim_key);";
+
 /* MIGRATE_SQL[v] takes version v to v + 1 (the PostgreSQL engine starts at 4: a fresh
  * store gets PG_SCHEMA_SQL, then the migrations from 4). */
 #define PG_FIRST_VERSION 4
-static const char *const PG_MIGRATE_SQL[STORE_SCHEMA_VERSION] = {NULL, NULL, NULL, NULL,
-                                                                 PG_MIGRATE_4_5_SQL};
+static const char *const PG_MIGRATE_SQL[STORE_SCHEMA_VERSION] = {
+    NULL, NULL, NULL, NULL, PG_MIGRATE_4_5_SQL, PG_MIGRATE_5_6_SQL};
 
 /* libpq's message without its trailing newline, for err (names no password). */
 static void conn_err(char *err, size_t errcap, const char *what, PGconn *c)

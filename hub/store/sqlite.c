@@ -80,6 +80,14 @@
     "  public_key BLOB NOT NULL,"                                                                  \
     "  created_ms INTEGER NOT NULL);"
 
+/* Version 5 -> 6: API tokens expire (0: never, tokens made before), and a device
+ * remembers who claimed it and with what (replayed claims, console.c). */
+#define V6_SQL                                                                                     \
+    "ALTER TABLE api_tokens ADD COLUMN expires_ms INTEGER NOT NULL DEFAULT 0;"                     \
+    "ALTER TABLE devices ADD COLUMN claimed_by INTEGER NOT NULL DEFAULT 0;"                        \
+    "ALTER TABLE devices ADD COLUMN claim_key TEXT;"                                               \
+    "CREATE INDEX devices_claim ON devices(tenant_id, claimed_by, claim_key);"
+
 /* A fresh store is created at SCHEMA_VERSION directly; older ones are migrated
  * step by step (MIGRATE_SQL[v] takes version v to v + 1). */
 static const char SCHEMA_SQL[] =
@@ -163,7 +171,7 @@ static const char SCHEMA_SQL[] =
     "  at_ms INTEGER NOT NULL);"
     "CREATE INDEX IF NOT EXISTS claim_failures_tenant ON claim_failures(tenant_id, at_ms);"
     "CREATE INDEX IF NOT EXISTS claim_failures_user"
-    " ON claim_failures(tenant_id, user_id, at_ms);" CONSOLE_SQL ATTEST_SQL;
+    " ON claim_failures(tenant_id, user_id, at_ms);" CONSOLE_SQL ATTEST_SQL V6_SQL;
 
 /* Version 1 -> 2: presence, last status and twins. The result matches SCHEMA_SQL. */
 static const char MIGRATE_1_2_SQL[] =
@@ -203,6 +211,7 @@ static const char *const MIGRATE_SQL[STORE_SCHEMA_VERSION] = {
     MIGRATE_2_3_SQL,
     MIGRATE_3_4_SQL,
     ATTEST_SQL,
+    V6_SQL,
 };
 
 
@@ -506,8 +515,9 @@ static int auto_vacuum_init(struct store_db *d, char *err, size_t errcap)
     if (exec_sql(d, "PRAGMA auto_vacuum = INCREMENTAL") != 0)
         goto fail;
     if (strcmp(pages, "0") != 0) {
-        phy_log(PHY_LOG_INFO, "store_vacuum", "why=\"auto_vacuum = INCREMENTAL, once\" pages=%s",
-                pages);
+        if (strtoll(pages, NULL, 10) > 1) /* more than a new file's header page */
+            phy_log(PHY_LOG_INFO, "store_vacuum",
+                    "why=\"auto_vacuum = INCREMENTAL, once\" pages=%s", pages);
         if (exec_sql(d, "VACUUM") != 0)
             goto fail;
     }

@@ -105,6 +105,19 @@ struct store_claim {
     void *seal_ctx;
 };
 
+/* An API token as listed: never its secret, only an ID (the start of its hash). */
+#define STORE_TOKEN_ID_LEN 12
+struct store_token {
+    char id[STORE_TOKEN_ID_LEN + 1];
+    char user[STORE_NAME_MAX + 1];
+    int64_t created_ms, expires_ms; /* expires_ms 0: never */
+};
+
+/* The claim key a device remembers ("serial:SN1" or "code:K7M2QX", code normalized)
+ * into out[cap]; 0 or PHY_EINVAL. */
+#define STORE_CLAIM_KEY_MAX (7 + PHY_SERIAL_MAX)
+int store_claim_key(const char *serial, const char *code, char *out, size_t cap);
+
 struct store_device {
     char device_id[PHY_DEVICE_ID_LEN + 1];
     char serial[PHY_SERIAL_MAX + 1];
@@ -195,6 +208,8 @@ struct store_remote_issue {
 /* Regional hub (no provisioning): the first step of a claim. */
 struct store_claim_begin {
     int64_t tenant_id;
+    int64_t user_id;         /* who claims (claim_replay) */
+    const char *code;        /* normalized; NULL for a claim by serial (claim_replay) */
     const char *device_id;
     const char *secret_hash; /* hex SHA-256 of the device secret */
     const char *name;        /* may be NULL */
@@ -240,14 +255,35 @@ struct phy_store_ops {
 
     /* --- admin and auth --- */
     int (*tenant_add)(struct store *s, const char *name, const char *region, int *outcome);
+    /* The id of a tenant by name: OK or NOT_FOUND. */
+    int (*tenant_lookup)(struct store *s, const char *name, int64_t *id, int *outcome);
     int (*user_add)(struct store *s, const char *tenant, const char *user, const char *pw_hash,
                     int *outcome);
+    /* A token of (tenant, user) valid until expires_ms (0: never). */
     int (*token_add)(struct store *s, const char *tenant, const char *user, const char *token_hash,
-                     int64_t now_ms, int *outcome);
-    /* Resolves an API token hash; outcome STORE_OK with ids and tenant name/region,
-     * or STORE_NOT_FOUND. */
-    int (*token_auth)(struct store *s, const char *token_hash, int64_t *tenant_id, int64_t *user_id,
-                      char tenant[STORE_NAME_MAX + 1], char region[16], int *outcome);
+                     int64_t now_ms, int64_t expires_ms, int *outcome);
+    /* Resolves an API token hash at now_ms; outcome STORE_OK with ids and tenant
+     * name/region, or STORE_NOT_FOUND (unknown, revoked or expired). */
+    int (*token_auth)(struct store *s, const char *token_hash, int64_t now_ms, int64_t *tenant_id,
+                      int64_t *user_id, char tenant[STORE_NAME_MAX + 1], char region[16],
+                      int *outcome);
+    /* Every token of the tenant (expired ones too, until revoked), oldest first:
+     * *out malloc'd (free with free), *n of them. */
+    int (*token_list)(struct store *s, int64_t tenant_id, struct store_token **out, size_t *n);
+    /* Deletes the tenant's token with that ID (STORE_TOKEN_ID_LEN hex characters,
+     * the start of its hash): OK or NOT_FOUND; *user_id (may be NULL) its owner. */
+    int (*token_revoke)(struct store *s, int64_t tenant_id, const char *id, int64_t *user_id,
+                        int *outcome);
+    /* Removes a user with its API tokens and console sessions: OK with the ids, or
+     * NOT_FOUND. */
+    int (*user_remove)(struct store *s, const char *tenant, const char *user, int64_t *tenant_id,
+                       int64_t *user_id, int *outcome);
+    /* Sets a user's password (argon2id encoding) and ends the user's console
+     * sessions but keep_session (a session hash, or NULL): OK with the ids, or
+     * NOT_FOUND. */
+    int (*user_set_password)(struct store *s, const char *tenant, const char *user,
+                             const char *pw_hash, const char *keep_session, int64_t *tenant_id,
+                             int64_t *user_id, int *outcome);
 
     /* --- console users and sessions --- */
     /* A user for login: OK with ids, the stored argon2id encoding (pw_hash, at most
@@ -348,6 +384,11 @@ struct phy_store_ops {
      * the serial (all its registrations' codes are cleared). *device gets the row. */
     int (*claim)(struct store *s, const struct store_prov_params *p, const struct store_claim *c,
                  struct store_device *device, int *outcome);
+    /* A claim retried by the same user (its answer was lost): the device that user
+     * created with the same claim key (store_claim_key) since since_ms, not revoked
+     * and not still being claimed: OK with *device, or NOT_FOUND. */
+    int (*claim_replay)(struct store *s, int64_t tenant_id, int64_t user_id, const char *claim_key,
+                        int64_t since_ms, struct store_device *device, int *outcome);
     /* Race-free throttle for one claim: in one transaction counts the failures since
      * since_ms for the user and the tenant and, when both are under their limits,
      * records a provisional failure (an attempt in flight counts as failed until it

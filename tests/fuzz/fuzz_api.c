@@ -163,9 +163,11 @@ static void fill_device(struct store_device *d, const char *id, unsigned variant
     }
 }
 
-static int f_token_auth(struct store *s, const char *hash, int64_t *tenant_id, int64_t *user_id,
-                        char tenant[STORE_NAME_MAX + 1], char region[16], int *outcome)
+static int f_token_auth(struct store *s, const char *hash, int64_t now_ms, int64_t *tenant_id,
+                        int64_t *user_id, char tenant[STORE_NAME_MAX + 1], char region[16],
+                        int *outcome)
 {
+    (void)now_ms;
     static char want[PHY_HASH_HEX_LEN + 1], other[PHY_HASH_HEX_LEN + 1];
     (void)s;
     if (!want[0]) {
@@ -236,6 +238,67 @@ static int f_failures_count(struct store *s, const char *tenant, const char *use
     (void)user;
     (void)since_ms;
     *n = 0;
+    return 0;
+}
+
+static int f_claim_replay(struct store *s, int64_t tenant_id, int64_t user_id, const char *key,
+                          int64_t since_ms, struct store_device *device, int *outcome)
+{
+    (void)s;
+    (void)tenant_id;
+    (void)user_id;
+    (void)key;
+    (void)since_ms;
+    memset(device, 0, sizeof *device);
+    *outcome = STORE_NOT_FOUND;
+    return 0;
+}
+
+static int f_token_add(struct store *s, const char *tenant, const char *user, const char *hash,
+                       int64_t now_ms, int64_t expires_ms, int *outcome)
+{
+    (void)s;
+    (void)tenant;
+    (void)user;
+    (void)hash;
+    (void)now_ms;
+    (void)expires_ms;
+    *outcome = STORE_OK;
+    return 0;
+}
+
+static int f_token_list(struct store *s, int64_t tenant_id, struct store_token **out, size_t *n)
+{
+    (void)s;
+    (void)tenant_id;
+    *out = NULL;
+    *n = 0;
+    return 0;
+}
+
+static int f_token_revoke(struct store *s, int64_t tenant_id, const char *id, int64_t *user_id,
+                          int *outcome)
+{
+    (void)s;
+    (void)tenant_id;
+    (void)id;
+    (void)user_id;
+    *outcome = STORE_NOT_FOUND;
+    return 0;
+}
+
+static int f_user_set_password(struct store *s, const char *tenant, const char *user,
+                               const char *pw_hash, const char *keep, int64_t *tenant_id,
+                               int64_t *user_id, int *outcome)
+{
+    (void)s;
+    (void)tenant;
+    (void)user;
+    (void)pw_hash;
+    (void)keep;
+    (void)tenant_id;
+    (void)user_id;
+    *outcome = STORE_NOT_FOUND;
     return 0;
 }
 
@@ -843,6 +906,11 @@ static struct phy_store_ops fake_ops = {
     .login_attempt_begin = f_login_attempt_begin,
     .login_attempt_forgive = f_attempt_forgive,
     .login_failures_count = f_failures_count,
+    .claim_replay = f_claim_replay,
+    .token_list = f_token_list,
+    .token_add = f_token_add,
+    .token_revoke = f_token_revoke,
+    .user_set_password = f_user_set_password,
     .console_session_create = f_session_create,
     .console_session_auth = f_session_auth,
     .console_session_delete = f_session_delete,

@@ -338,7 +338,12 @@ def test_revoke_reset_delete():
     st, js = api("POST", dev_path("d", "/reset"))
     assert st == 200 and js["rearmed"] is False, (st, js)
     assert get("d2")["state"] == "provisioned"
+    # Claiming it again: the same user within minutes is a retry and gets d2 (200);
+    # another user is refused.
     st, js = api("POST", "/api/v1/devices/claim", {"serial": "CON-D"})
+    assert st == 200 and js["device_id"] == new, (st, js)
+    st, js, _, _ = ST.api("POST", "/api/v1/devices/claim", {"serial": "CON-D"},
+                          token=ST.add_user("acme", "carl"))
     assert st in (404, 409), (st, js)
     rc, out, err = ST.phyctl("reset", new)
     assert rc == 0 and "CON-D" in out, (rc, out, err)

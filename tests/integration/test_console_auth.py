@@ -344,6 +344,11 @@ def test_audit_log_and_cursor():
     s, js, _, _ = req("GET", "/api/v1/audit", cookie=cookie)
     assert s == 200 and js["next"] is None, (s, js)
     entries = js["entries"]
+    # The oldest: the administrator made aud's token (phyhub admin token-add).
+    assert entries[-1]["action"] == "token.create" and entries[-1]["actor"] == "(admin)", entries
+    assert entries[-1]["detail"]["user"] == "aud", entries[-1]
+    admin_id = entries[-1]["id"]
+    entries = entries[:-1]
     assert [e["action"] for e in entries] == ["user.login", "device.revoke",
                                               "fleet.desired_patch", "device.tags",
                                               "device.desired_patch", "device.claim"], entries
@@ -374,7 +379,7 @@ def test_audit_log_and_cursor():
         assert js["next"] == js["entries"][-1]["id"], js
         before = js["next"]
         assert len(seen) <= 10, seen
-    assert seen == ids, (seen, ids)
+    assert seen == ids + [admin_id], (seen, ids)
     # logout is recorded too; another tenant sees none of it
     assert req("POST", "/api/v1/logout", cookie=cookie, csrf=csrf)[0] == 204
     s, js, _, _ = req("GET", "/api/v1/audit?limit=1", token=tok)
@@ -810,6 +815,143 @@ def test_event_stream_caps_and_slow_consumers():
         for s in held:
             s.close()
         st.stop()
+
+
+def test_api_tokens_create_list_expire_revoke():
+    """Issue 10, item 12: tokens are made from a console session (shown once), listed
+    by ID, revoked (API and phyhub admin), and expire (90 days unless asked; a token
+    made by an admin whose clock is 2 days behind has expired already)."""
+    cookie, csrf = session()
+    s, js, _, hdrs = req("POST", "/api/v1/tokens", {"expires_in_days": 30}, cookie=cookie,
+                         csrf=csrf)
+    assert s == 201 and re.fullmatch(r"[A-Za-z0-9_-]{43}", js["token"]), (s, js)
+    assert re.fullmatch(r"[0-9a-f]{12}", js["id"]) and hdrs.get("cache-control") == "no-store"
+    tok, tid = js["token"], js["id"]
+    ST.secrets.add(tok)
+    s, me, _, _ = req("GET", "/api/v1/session", token=tok)
+    assert s == 200 and me["tenant"] == "acme", (s, me)
+    # A token cannot mint tokens (a stolen one would outlive its revocation).
+    s, js, _, _ = req("POST", "/api/v1/tokens", {}, token=tok)
+    assert s == 403, (s, js)
+    s, js, _, _ = req("POST", "/api/v1/tokens", {"expires_in_days": 0}, cookie=cookie, csrf=csrf)
+    assert s == 400, (s, js)
+    s, js, _, _ = req("GET", "/api/v1/tokens", token=tok)
+    assert s == 200 and tid in [t["id"] for t in js["tokens"]], js
+    mine = next(t for t in js["tokens"] if t["id"] == tid)
+    assert mine["user"] == "alice" and mine["expires_at"] and mine["expired"] is False, mine
+    assert tok not in json.dumps(js)
+    # Another tenant cannot see or revoke it.
+    s, js, _, _ = req("DELETE", "/api/v1/tokens/" + tid, token=TOK["gina"])
+    assert s == 404, (s, js)
+    s, js, raw, _ = req("DELETE", "/api/v1/tokens/" + tid, cookie=cookie, csrf=csrf)
+    assert s == 204 and raw == b"", (s, raw)
+    s, js, _, _ = req("GET", "/api/v1/session", token=tok)
+    assert s == 401, ("a revoked token still works", s, js)
+    s, js, _, _ = req("GET", "/api/v1/audit?limit=5", cookie=cookie)
+    actions = [e["action"] for e in js["entries"]]
+    assert "token.revoke" in actions and "token.create" in actions, actions
+
+    # The command line: list, revoke; expiry through an admin clock 2 days behind.
+    ST.add_user("acme", "ivy")
+    old = subprocess.run([phytest.binary("phyhub"), "admin", "--db", ST.db, "token-add", "acme",
+                          "ivy", "--expires-days", "1"], capture_output=True, text=True,
+                         timeout=60, env=dict(os.environ, LD_PRELOAD=phytest.binary(
+                             "libclockshift.so"), PHY_CLOCK_SHIFT_FILE=write_shift(-172800),
+                             ASAN_OPTIONS=os.environ.get("ASAN_OPTIONS", "") +
+                             ":verify_asan_link_order=0"))
+    assert old.returncode == 0, old.stderr
+    expired = old.stdout.strip()
+    ST.secrets.add(expired)
+    s, js, _, _ = req("GET", "/api/v1/session", token=expired)
+    assert s == 401 and "expired" in js["message"], (s, js)
+    listing = ST.admin("token-list", "acme")
+    assert "(expired)" in listing and "ivy" in listing, listing
+    never = ST.admin("token-add", "acme", "ivy", "--expires-days", "0")
+    ST.secrets.add(never)
+    assert req("GET", "/api/v1/session", token=never)[0] == 200
+    never_id = next(l.split()[0] for l in ST.admin("token-list", "acme").splitlines()
+                    if l.endswith("never") and "ivy" in l)
+    out = ST.admin("token-revoke", "acme", never_id)
+    assert "revoked" in out, out
+    assert req("GET", "/api/v1/session", token=never)[0] == 401
+
+
+def write_shift(seconds):
+    path = os.path.join(ST.dir, "admin-clock-shift")
+    with open(path, "w") as f:
+        f.write("%d\n" % seconds)
+    return path
+
+
+def test_password_change_and_user_removal():
+    """Issue 10, item 12: a user changes their password from a console session (the
+    current one is checked; the user's other sessions end); an administrator
+    removes a user with its tokens and sessions; both are in the audit log."""
+    ST.add_user("acme", "kim")
+    token_kim = ST.admin("token-add", "acme", "kim")
+    ST.secrets.add(token_kim)
+    other, _ = session("acme", "kim")
+    cookie, csrf = session("acme", "kim")
+    new_pw = "a much longer passphrase"
+    ST.secrets.add(new_pw)
+    for body, want in (({"current": "wrong", "new": new_pw}, 401),
+                       ({"current": PW, "new": "short"}, 400),
+                       ({"current": PW}, 400)):
+        s, js, _, _ = req("POST", "/api/v1/password", body, cookie=cookie, csrf=csrf)
+        assert s == want, (body, s, js)
+    s, js, _, _ = req("POST", "/api/v1/password", {"current": PW, "new": new_pw}, token=token_kim)
+    assert s == 403, "a token cannot change a password"
+    s, js, raw, _ = req("POST", "/api/v1/password", {"current": PW, "new": new_pw}, cookie=cookie,
+                        csrf=csrf)
+    assert s == 204, (s, js)
+    assert req("GET", "/api/v1/session", cookie=cookie)[0] == 200  # this session stays
+    assert req("GET", "/api/v1/session", cookie=other)[0] == 401  # the others end
+    assert login("acme", "kim")[0] == 401
+    assert login("acme", "kim", new_pw)[0] == 200
+    # The command line sets a password too (and ends every session of the user).
+    ST.admin("user-passwd", "acme", "kim", stdin=PASSWORD)
+    assert req("GET", "/api/v1/session", cookie=cookie)[0] == 401
+    assert login("acme", "kim")[0] == 200
+    out = ST.admin("user-remove", "acme", "kim")
+    assert "removed" in out, out
+    assert req("GET", "/api/v1/session", token=token_kim)[0] == 401
+    assert login("acme", "kim")[0] == 401
+    cookie_a, _ = session()
+    s, js, _, _ = req("GET", "/api/v1/audit?limit=10", cookie=cookie_a)
+    actions = [e["action"] for e in js["entries"]]
+    for a in ("user.password", "user.remove"):
+        assert a in actions, actions
+    res = subprocess.run([phytest.binary("phyhub"), "admin", "--db", ST.db, "user-remove", "acme",
+                          "kim"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1 and "no such" in res.stderr, res
+
+
+def test_claims_are_idempotent_for_their_user():
+    """Issue 10, item 13: a claim retried by the same user (its answer was lost) gets
+    the device it created, 200 with the same device; another user gets 409."""
+    token = ST.register("IDEM-1")
+    s1, first, _, _ = req("POST", "/api/v1/devices/claim", {"serial": "IDEM-1", "name": "a"},
+                          token=ST.token)
+    assert s1 == 201, (s1, first)
+    s2, again, _, _ = req("POST", "/api/v1/devices/claim", {"serial": "IDEM-1", "name": "a"},
+                          token=ST.token)
+    assert s2 == 200 and again == first, (s2, again, first)
+    s3, js, _, _ = req("POST", "/api/v1/devices/claim", {"serial": "IDEM-1"}, token=TOK["tom"])
+    assert s3 == 409 and js["error"] == "already_claimed", (s3, js)
+    # By code: the code is the key, case-insensitive as always.
+    ST.register("IDEM-2")
+    tok2 = ST.register("IDEM-2")
+    s, js, _, _ = ST.request("POST", "/v1/provisioning/code", {"serial": "IDEM-2",
+                                                               "poll_token": tok2},
+                             via_proxy=False)
+    assert s == 201, (s, js)
+    code = js["code"]
+    s1, first, _, _ = req("POST", "/api/v1/devices/claim", {"code": code}, token=ST.token)
+    assert s1 == 201, (s1, first)
+    s2, again, _, _ = req("POST", "/api/v1/devices/claim", {"code": code.lower()},
+                          token=ST.token)
+    assert s2 == 200 and again["device_id"] == first["device_id"], (s2, again)
+    assert token  # the first device's registration is untouched by all this
 
 
 def test_session_expiry_and_default_web_root():

@@ -45,9 +45,11 @@ static int owns(int64_t tenant, const char *id)
     return tenant == 7 && strcmp(id, ID) == 0;
 }
 
-static int f_token_auth(struct store *s, const char *hash, int64_t *tenant_id, int64_t *user_id,
-                        char tenant[STORE_NAME_MAX + 1], char region[16], int *outcome)
+static int f_token_auth(struct store *s, const char *hash, int64_t now_ms, int64_t *tenant_id,
+                        int64_t *user_id, char tenant[STORE_NAME_MAX + 1], char region[16],
+                        int *outcome)
 {
+    (void)now_ms;
     char want[PHY_HASH_HEX_LEN + 1], other[PHY_HASH_HEX_LEN + 1];
     (void)s;
     phy_sha256_hex("t0k3n", 5, want);

@@ -536,6 +536,113 @@ static void test_claim_twice(void **state)
     assert_int_equal(f->seal.calls, 1);
     /* An issuance without a code (claimed by serial before any code). */
     assert_int_equal(raw_int(f->path, "SELECT code IS NULL FROM issuances"), 1);
+
+    /* The claimer's retry finds the device it made; another user, another key, or
+     * a window that ended finds nothing. */
+    struct store_device d;
+    int out = -1;
+    assert_int_equal(ops->claim_replay(f->s, 1, 1, "serial:SN11", f->p.now_ms - 1000, &d, &out), 0);
+    assert_int_equal(out, STORE_OK);
+    assert_string_equal(d.device_id, "dev_00000000000000000000000011");
+    assert_string_equal(d.serial, "SN11");
+    store_device_clear(&d);
+    assert_int_equal(ops->claim_replay(f->s, 1, 2, "serial:SN11", f->p.now_ms - 1000, &d, &out), 0);
+    assert_int_equal(out, STORE_NOT_FOUND);
+    assert_int_equal(ops->claim_replay(f->s, 2, 1, "serial:SN11", f->p.now_ms - 1000, &d, &out), 0);
+    assert_int_equal(out, STORE_NOT_FOUND);
+    assert_int_equal(ops->claim_replay(f->s, 1, 1, "serial:SN12", f->p.now_ms - 1000, &d, &out), 0);
+    assert_int_equal(out, STORE_NOT_FOUND);
+    assert_int_equal(ops->claim_replay(f->s, 1, 1, "serial:SN11", f->p.now_ms + 1, &d, &out), 0);
+    assert_int_equal(out, STORE_NOT_FOUND);
+    /* By code: the key is the normalized code. */
+    assert_int_equal(reg(f, "SN13", 2), STORE_OK);
+    assert_int_equal(set_code(f, "SN13", 2, "HHHHHH"), STORE_OK);
+    assert_int_equal(claim(f, NULL, "hhhhhh", "dev_00000000000000000000000013"), STORE_OK);
+    assert_int_equal(ops->claim_replay(f->s, 1, 1, "code:HHHHHH", f->p.now_ms - 1000, &d, &out), 0);
+    assert_int_equal(out, STORE_OK);
+    assert_string_equal(d.serial, "SN13");
+    store_device_clear(&d);
+    /* A revoked device is not handed out again. */
+    assert_int_equal(ops->device_revoke(f->s, 1, "dev_00000000000000000000000013", f->p.now_ms, &out), 0);
+    assert_int_equal(ops->claim_replay(f->s, 1, 1, "code:HHHHHH", f->p.now_ms - 1000, &d, &out), 0);
+    assert_int_equal(out, STORE_NOT_FOUND);
+}
+
+static void test_tokens_and_users(void **state)
+{
+    struct fx *f = *state;
+    struct hash h1 = H(0x71), h2 = H(0x72), h3 = H(0x73);
+    struct store_token *v = NULL;
+    size_t n = 0;
+    int64_t tid = 0, uid = 0, owner = 0, acme = 0;
+    char tenant[STORE_NAME_MAX + 1], region[16], id[STORE_TOKEN_ID_LEN + 1];
+    int out;
+
+    assert_int_equal(ops->tenant_add(f->s, "tk", "eu", &out), 0);
+    assert_int_equal(ops->tenant_lookup(f->s, "tk", &acme, &out), 0);
+    assert_int_equal(out, STORE_OK);
+    assert_int_equal(ops->tenant_lookup(f->s, "nope", &tid, &out), 0);
+    assert_int_equal(out, STORE_NOT_FOUND);
+    assert_int_equal(ops->user_add(f->s, "tk", "ann", "$argon2id$a", &out), 0);
+    assert_int_equal(ops->user_add(f->s, "tk", "ben", "$argon2id$b", &out), 0);
+    assert_int_equal(ops->token_add(f->s, "tk", "ann", h1.h, T0, T0 + 1000, &out), 0);
+    assert_int_equal(ops->token_add(f->s, "tk", "ann", h2.h, T0 + 1, 0, &out), 0);
+    assert_int_equal(ops->token_add(f->s, "tk", "ben", h3.h, T0 + 2, 0, &out), 0);
+    /* Expiry: valid before, refused from expires_ms on; 0 never expires. */
+    assert_int_equal(ops->token_auth(f->s, h1.h, T0 + 999, &tid, &uid, tenant, region, &out), 0);
+    assert_int_equal(out, STORE_OK);
+    assert_int_equal(ops->token_auth(f->s, h1.h, T0 + 1000, &tid, &uid, tenant, region, &out), 0);
+    assert_int_equal(out, STORE_NOT_FOUND);
+    assert_int_equal(ops->token_auth(f->s, h2.h, T0 + 1000000000, &tid, &uid, tenant, region, &out), 0);
+    assert_int_equal(out, STORE_OK);
+    /* Listing shows IDs (hash prefixes), never more. */
+    assert_int_equal(ops->token_list(f->s, acme, &v, &n), 0);
+    assert_int_equal(n, 3);
+    assert_memory_equal(v[0].id, h1.h, STORE_TOKEN_ID_LEN);
+    assert_string_equal(v[0].user, "ann");
+    assert_int_equal(v[0].expires_ms, T0 + 1000);
+    assert_string_equal(v[2].user, "ben");
+    free(v);
+    /* Revoke by ID, only within the tenant. */
+    memcpy(id, h2.h, STORE_TOKEN_ID_LEN);
+    id[STORE_TOKEN_ID_LEN] = '\0';
+    assert_int_equal(ops->token_revoke(f->s, acme + 1000, id, &owner, &out), 0);
+    assert_int_equal(out, STORE_NOT_FOUND);
+    assert_int_equal(ops->token_revoke(f->s, acme, id, &owner, &out), 0);
+    assert_int_equal(out, STORE_OK);
+    assert_int_equal(ops->token_auth(f->s, h2.h, T0, &tid, &uid, tenant, region, &out), 0);
+    assert_int_equal(out, STORE_NOT_FOUND);
+    assert_int_equal(ops->token_revoke(f->s, acme, id, &owner, &out), 0);
+    assert_int_equal(out, STORE_NOT_FOUND);
+    assert_int_equal(ops->token_revoke(f->s, acme, "XYZ", &owner, &out), PHY_EINVAL);
+    /* A new password ends the user's sessions but the one kept. */
+    struct hash s1 = H(0x81), s2 = H(0x82);
+    struct store_session sess;
+    static const char csrf[] = "cccccccccccccccccccccccccccccccccccccccccc0";
+    char pw[512];
+    int64_t ben = 0;
+    assert_int_equal(ops->user_get(f->s, "tk", "ben", &tid, &ben, pw, region, &out), 0);
+    assert_int_equal(ops->console_session_create(f->s, s1.h, acme, ben, csrf, T0), 0);
+    assert_int_equal(ops->console_session_create(f->s, s2.h, acme, ben, csrf, T0), 0);
+    assert_int_equal(ops->user_set_password(f->s, "tk", "ben", "$argon2id$new", s2.h, &tid, &uid,
+                                            &out), 0);
+    assert_int_equal(out, STORE_OK);
+    assert_int_equal(uid, ben);
+    assert_int_equal(ops->console_session_auth(f->s, s1.h, T0, 60000, 60000, 0, &sess, &out), 0);
+    assert_int_equal(out, STORE_NOT_FOUND);
+    assert_int_equal(ops->console_session_auth(f->s, s2.h, T0, 60000, 60000, 0, &sess, &out), 0);
+    assert_int_equal(out, STORE_OK);
+    assert_int_equal(ops->user_get(f->s, "tk", "ben", &tid, &uid, pw, region, &out), 0);
+    assert_string_equal(pw, "$argon2id$new");
+    /* Removing a user takes its tokens and sessions. */
+    assert_int_equal(ops->user_remove(f->s, "tk", "ben", &tid, &uid, &out), 0);
+    assert_int_equal(out, STORE_OK);
+    assert_int_equal(ops->token_auth(f->s, h3.h, T0, &tid, &uid, tenant, region, &out), 0);
+    assert_int_equal(out, STORE_NOT_FOUND);
+    assert_int_equal(ops->user_get(f->s, "tk", "ben", &tid, &uid, pw, region, &out), 0);
+    assert_int_equal(out, STORE_NOT_FOUND);
+    assert_int_equal(ops->user_remove(f->s, "tk", "ben", &tid, &uid, &out), 0);
+    assert_int_equal(out, STORE_NOT_FOUND);
 }
 
 static void test_seal_failure_rolls_back(void **state)
@@ -642,7 +749,7 @@ static void test_durable_across_restart(void **state)
     if (!store_is_pg()) {
         assert_int_equal(stat(f->path, &st), 0);
         assert_int_equal(st.st_mode & 0777, 0600);
-        assert_int_equal(raw_int(f->path, "PRAGMA user_version"), 5);
+        assert_int_equal(raw_int(f->path, "PRAGMA user_version"), 6);
     }
     assert_int_equal(raw_int(f->path, "SELECT count(*) FROM issuances WHERE sealed IS NOT NULL"),
                      1);
@@ -735,29 +842,29 @@ static void test_admin_and_auth(void **state)
     assert_int_equal(ops->user_add(f->s, "globex", "alice", "$argon2id$z", &out), 0);
     assert_int_equal(out, STORE_OK);
 
-    assert_int_equal(ops->token_add(f->s, "acme", "alice", h1.h, T0, &out), 0);
+    assert_int_equal(ops->token_add(f->s, "acme", "alice", h1.h, T0, 0, &out), 0);
     assert_int_equal(out, STORE_OK);
-    assert_int_equal(ops->token_add(f->s, "globex", "alice", h1.h, T0, &out), 0);
+    assert_int_equal(ops->token_add(f->s, "globex", "alice", h1.h, T0, 0, &out), 0);
     assert_int_equal(out, STORE_EXISTS);
-    assert_int_equal(ops->token_add(f->s, "acme", "bob", h2.h, T0, &out), 0);
+    assert_int_equal(ops->token_add(f->s, "acme", "bob", h2.h, T0, 0, &out), 0);
     assert_int_equal(out, STORE_NOT_FOUND);
-    assert_int_equal(ops->token_add(f->s, "nobody", "alice", h2.h, T0, &out), 0);
+    assert_int_equal(ops->token_add(f->s, "nobody", "alice", h2.h, T0, 0, &out), 0);
     assert_int_equal(out, STORE_NOT_FOUND);
-    assert_int_equal(ops->token_add(f->s, "globex", "alice", h2.h, T0, &out), 0);
+    assert_int_equal(ops->token_add(f->s, "globex", "alice", h2.h, T0, 0, &out), 0);
     assert_int_equal(out, STORE_OK);
 
-    assert_int_equal(ops->token_auth(f->s, h1.h, &tid, &uid, tenant, region, &out), 0);
+    assert_int_equal(ops->token_auth(f->s, h1.h, T0, &tid, &uid, tenant, region, &out), 0);
     assert_int_equal(out, STORE_OK);
     assert_string_equal(tenant, "acme");
     assert_string_equal(region, "au");
     int64_t acme = tid, alice_acme = uid;
-    assert_int_equal(ops->token_auth(f->s, h2.h, &tid, &uid, tenant, region, &out), 0);
+    assert_int_equal(ops->token_auth(f->s, h2.h, T0, &tid, &uid, tenant, region, &out), 0);
     assert_int_equal(out, STORE_OK);
     assert_string_equal(tenant, "globex");
     assert_string_equal(region, "uae");
     assert_true(tid != acme);
     assert_true(uid != alice_acme);
-    assert_int_equal(ops->token_auth(f->s, h3.h, &tid, &uid, tenant, region, &out), 0);
+    assert_int_equal(ops->token_auth(f->s, h3.h, T0, &tid, &uid, tenant, region, &out), 0);
     assert_int_equal(out, STORE_NOT_FOUND);
 
     /* Bounds. */
@@ -896,6 +1003,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_registration_limit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_code_taken, setup, teardown),
         cmocka_unit_test_setup_teardown(test_claim_twice, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tokens_and_users, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sealed_list_and_replace, setup, teardown),
         cmocka_unit_test_setup_teardown(test_attested_serials, setup, teardown),
         cmocka_unit_test_setup_teardown(test_seal_failure_rolls_back, setup, teardown),

@@ -1094,7 +1094,7 @@ static void test_migration_v1(void **state)
     assert_int_equal(chmod(f->path, 0600), 0); /* the store refuses group/other access */
 
     fx_open(f);
-    assert_int_equal(raw_int(f->path, "PRAGMA user_version"), 5);
+    assert_int_equal(raw_int(f->path, "PRAGMA user_version"), 6);
     get(f, 1, 1, &d, &t);
     assert_string_equal(d.serial, "S1");
     assert_string_equal(d.name, "lobby");

@@ -227,6 +227,10 @@ static inline int teardown(void **state)
 
 /* Takes a fresh SQLite store back to version 4 (for tests of older versions). */
 #define UNDO_V5_SQL                                                                                \
+    "DROP INDEX devices_claim;"                                                                    \
+    "ALTER TABLE devices DROP COLUMN claim_key;"                                                   \
+    "ALTER TABLE devices DROP COLUMN claimed_by;"                                                  \
+    "ALTER TABLE api_tokens DROP COLUMN expires_ms;"                                               \
     "DROP TABLE attested_serials;"                                                                 \
     "ALTER TABLE registrations DROP COLUMN challenge;"                                             \
     "ALTER TABLE registrations DROP COLUMN proven;"                                                \
@@ -446,12 +450,12 @@ static inline void expect_same_shape(struct fx *f, const char *sql)
     assert_true(strlen(a) > 20);
 }
 
-/* Makes f->fresh a store from the future (version 5) and asserts it is refused. */
+/* Makes f->fresh a store from the future (version 7) and asserts it is refused. */
 static inline void expect_future_refused(struct fx *f)
 {
     struct store *s2 = (struct store *)f; /* not NULL: the refused open must clear it */
     char err[256] = "";
-    raw_exec(f->fresh, "PRAGMA user_version = 6");
+    raw_exec(f->fresh, "PRAGMA user_version = 7");
     assert_int_equal(ops->open(f->fresh, &s2, err, sizeof err), PHY_EUNSUPP);
     assert_null(s2);
 }
