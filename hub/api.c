@@ -458,6 +458,7 @@ static const struct route routes[] = {
     {"DELETE", "/internal/v1/issuances/{id}", 1, NULL, handle_internal_purge},
     {"POST", "/internal/v1/issuances/{id}/cancel", 1, NULL, handle_internal_cancel},
     {"POST", "/internal/v1/serials/rearm", 1, handle_internal_rearm, NULL},
+    {"POST", "/internal/v1/serials", 1, handle_internal_serials, NULL},
     {"GET", "/healthz", 0, handle_healthz, NULL},
     {"GET", "/metrics", 0, handle_metrics, NULL},
 };

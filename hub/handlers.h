@@ -137,6 +137,8 @@ int login_init(struct hub *h);
 void handle_login(struct hub *h, const struct api_request *req, struct api_response *res);
 void handle_logout(struct hub *h, const struct api_request *req, struct api_response *res);
 void handle_session(struct hub *h, const struct api_request *req, struct api_response *res);
+void handle_internal_serials(struct hub *h, const struct api_request *req,
+                             struct api_response *res);
 void handle_password(struct hub *h, const struct api_request *req, struct api_response *res);
 void handle_tokens_list(struct hub *h, const struct api_request *req, struct api_response *res);
 void handle_token_create(struct hub *h, const struct api_request *req, struct api_response *res);

@@ -45,6 +45,7 @@ struct hub_config {
     char *inter_region_key_file; /* regional hubs: this region's key */
     char *ca_file;               /* regional hubs: PEM verifying eu (NULL: system store) */
     struct phy_strlist peers;    /* eu: "REGION=KEYFILE", one per regional hub */
+    struct phy_strlist importers; /* eu: "NAME=KEYFILE", manufacturers importing serials */
     long inter_region_timeout_s; /* per connect / read / write */
     long inter_region_attempts;  /* tries of one call on transport failures and 5xx */
     /* console (docs/protocol.md section 4) */

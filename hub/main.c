@@ -693,6 +693,9 @@ int main(int argc, char **argv)
         {"peer", PHY_OPT_LIST, &c->peers, 0, 0,
          "eu only, repeatable: REGION=KEYFILE[,HOST:PORT], the key a regional hub calls with "
          "and the only endpoint its issuances may name (default portal-REGION.phystack.com:443)"},
+        {"importer", PHY_OPT_LIST, &c->importers, 0, 0,
+         "eu only, repeatable: NAME=KEYFILE, a manufacturer's key for POST /internal/v1/serials "
+         "(attested serials as CSV; make keys with phyhub admin key-new)"},
         {"inter-region-timeout", PHY_OPT_INT, &c->inter_region_timeout_s, 1, 120,
          "calls to eu: timeout per connect/read/write, s (5)"},
         {"inter-region-attempts", PHY_OPT_INT, &c->inter_region_attempts, 1, 10,

@@ -23,6 +23,7 @@
 #include "phy/file.h"
 #include "phy/log.h"
 #include "region.h"
+#include "serials.h"
 #include "seal.h"
 
 #define OUTBOX_BATCH 64
@@ -33,10 +34,13 @@
 #define ENDPOINT_MAX 255
 #define CLAIMS_IN_FLIGHT_MAX 4 /* claims waiting on eu at once (each holds a worker) */
 
+/* A caller of eu's internal API: a regional hub (--peer), or a manufacturer's
+ * importer of attested serials (--importer). */
 struct region_peer {
     char name[REGION_NAME_MAX + 1];
     char key[REGION_KEY_MAX + 1];
-    char endpoint[300]; /* the only endpoint its issuances may name (HOST:PORT) */
+    char endpoint[300]; /* regions: the only endpoint its issuances may name (HOST:PORT) */
+    int importer;       /* 1: may only import attested serials */
 };
 
 struct region_ctx {
@@ -184,26 +188,32 @@ static int parse_url(struct region_ctx *r, const char *url, char *err, size_t er
     return 0;
 }
 
-static int load_peers(struct hub *h, struct region_ctx *r, char *err, size_t errcap)
+/* --peer REGION=KEYFILE[,HOST:PORT] (importer 0) or --importer NAME=KEYFILE. */
+static int load_peers(struct hub *h, struct region_ctx *r, const struct phy_strlist *l,
+                      int importer, char *err, size_t errcap)
 {
-    const struct phy_strlist *l = &h->cfg.peers;
-    r->peers = calloc(l->n ? l->n : 1, sizeof *r->peers);
-    if (!r->peers)
+    const char *flag = importer ? "--importer" : "--peer";
+    struct region_peer *grown = realloc(r->peers, (r->npeers + l->n + 1) * sizeof *r->peers);
+    if (!grown)
         return PHY_ENOMEM;
+    r->peers = grown;
+    memset(r->peers + r->npeers, 0, (l->n + 1) * sizeof *r->peers);
     for (size_t i = 0; i < l->n; i++) {
         const char *eq = strchr(l->items[i], '=');
-        struct region_peer *p = &r->peers[i];
+        struct region_peer *p = &r->peers[r->npeers];
         size_t nl = eq ? (size_t)(eq - l->items[i]) : 0;
-        if (!eq || nl == 0 || nl > REGION_NAME_MAX || !eq[1] || eq[1] == ',') {
-            set_err(err, errcap, "--peer %s: %s", l->items[i],
-                    "expected REGION=KEYFILE[,HOST:PORT]");
+        if (!eq || nl == 0 || nl > REGION_NAME_MAX || !eq[1] || eq[1] == ',' ||
+            (importer && strchr(eq + 1, ','))) {
+            set_err(err, errcap, "%s %s: %s", flag, l->items[i],
+                    importer ? "expected NAME=KEYFILE" : "expected REGION=KEYFILE[,HOST:PORT]");
             return PHY_EINVAL;
         }
         memcpy(p->name, l->items[i], nl);
         p->name[nl] = '\0';
-        if (!region_name_valid(p->name) || strcmp(p->name, h->cfg.region) == 0) {
-            set_err(err, errcap, "--peer %s: %s", l->items[i],
-                    "the region must be 1-15 of a-z 0-9 - and not this hub's own");
+        p->importer = importer;
+        if (!region_name_valid(p->name) || (!importer && strcmp(p->name, h->cfg.region) == 0)) {
+            set_err(err, errcap, "%s %s: %s", flag, l->items[i],
+                    "the name must be 1-15 of a-z 0-9 - (a region: not this hub's own)");
             return PHY_EINVAL;
         }
         /* KEYFILE[,HOST:PORT]: the endpoint the region's devices are sent to, by
@@ -230,10 +240,11 @@ static int load_peers(struct hub *h, struct region_ctx *r, char *err, size_t err
         int rc = region_key_load(keyfile, p->key, err, errcap);
         if (rc)
             return rc;
-        for (size_t j = 0; j < i; j++) {
-            if (strcmp(r->peers[j].name, p->name) == 0 || strcmp(r->peers[j].key, p->key) == 0) {
-                set_err(err, errcap, "--peer %s: %s", p->name,
-                        "each region once, each with its own key");
+        for (size_t j = 0; j < r->npeers; j++) {
+            if ((strcmp(r->peers[j].name, p->name) == 0 && r->peers[j].importer == importer) ||
+                strcmp(r->peers[j].key, p->key) == 0) {
+                set_err(err, errcap, "%s %s: %s", flag, p->name,
+                        "each name once, each with its own key");
                 return PHY_EINVAL;
             }
         }
@@ -264,10 +275,11 @@ int region_setup(struct hub *h, char *err, size_t errcap)
                     "--provisioning (eu takes --peer REGION=KEYFILE)");
             return PHY_EINVAL;
         }
-        return load_peers(h, r, err, errcap);
+        rc = load_peers(h, r, &c->peers, 0, err, errcap);
+        return rc ? rc : load_peers(h, r, &c->importers, 1, err, errcap);
     }
-    if (c->peers.n) {
-        set_err(err, errcap, "%s", "--peer is for the hub with --provisioning (eu)");
+    if (c->peers.n || c->importers.n) {
+        set_err(err, errcap, "%s", "--peer and --importer are for the hub with --provisioning (eu)");
         return PHY_EINVAL;
     }
     if (!c->provisioning_url || !c->inter_region_key_file) {
@@ -328,8 +340,8 @@ unsigned char *hub_seal_issuance(void *ctx, const char *serial, size_t *out_len)
 /* Resolves the calling region (its name, and the endpoint eu pinned for it) from its
  * bearer key: every peer key is compared in constant time. NULL with 401 in res when
  * the key is missing or unknown. */
-static const struct region_peer *peer_auth(struct hub *h, const struct api_request *req,
-                                           struct api_response *res)
+static const struct region_peer *peer_auth_as(struct hub *h, const struct api_request *req,
+                                              struct api_response *res, int importer)
 {
     static const char bearer[] = "Bearer ";
     const struct region_ctx *r = h->region;
@@ -341,7 +353,8 @@ static const struct region_peer *peer_auth(struct hub *h, const struct api_reque
         size_t n = strlen(key);
         why = "unknown_key";
         for (size_t i = 0; r && i < r->npeers; i++) {
-            if (n == strlen(r->peers[i].key) && phy_ct_equal(key, r->peers[i].key, n))
+            if (n == strlen(r->peers[i].key) && phy_ct_equal(key, r->peers[i].key, n) &&
+                r->peers[i].importer == importer)
                 found = &r->peers[i];
         }
     }
@@ -351,11 +364,18 @@ static const struct region_peer *peer_auth(struct hub *h, const struct api_reque
     char lpath[128];
     phy_log(PHY_LOG_WARN, "inter_region_auth_failed", "reason=%s path=%s", why,
             api_log_path(req->path, lpath, sizeof lpath));
-    api_error(res, 401, "unauthorized", "a valid inter-region key is required");
+    api_error(res, 401, "unauthorized",
+              importer ? "a valid importer key is required" : "a valid inter-region key is required");
     snprintf(res->extra_headers, sizeof res->extra_headers,
              "WWW-Authenticate: Bearer realm=\"phystack-internal\"\r\n");
     snprintf(res->log, sizeof res->log, "inter_region_auth=%s", why);
     return NULL;
+}
+
+static const struct region_peer *peer_auth(struct hub *h, const struct api_request *req,
+                                           struct api_response *res)
+{
+    return peer_auth_as(h, req, res, 0);
 }
 
 /* A tenant name as tenant-add accepts it: 1..max bytes (UTF-8, checked by jansson)
@@ -563,6 +583,44 @@ void handle_internal_rearm(struct hub *h, const struct api_request *req, struct 
         res->status = 204;
 out:
     json_decref(body);
+}
+
+/* POST /internal/v1/serials: a manufacturer's importer (--importer) sends a CSV of
+ * attested serials (the format of phyhub admin serials-import, serials.h), at most
+ * --max-body bytes per call: all of it is imported, or nothing (400 line N: why). */
+void handle_internal_serials(struct hub *h, const struct api_request *req,
+                             struct api_response *res)
+{
+    const struct region_peer *imp = peer_auth_as(h, req, res, 1);
+    struct store_serial_key *v = NULL;
+    char err[256], *text = NULL;
+    size_t n = 0;
+    if (!imp)
+        return;
+    snprintf(res->log, sizeof res->log, "importer=%s", imp->name);
+    if (!req->content_type || strncmp(req->content_type, "text/csv", 8) != 0) {
+        api_error(res, 415, "unsupported_media_type", "send the serials as text/csv");
+        return;
+    }
+    if (!req->body_len || memchr(req->body, '\0', req->body_len) ||
+        !(text = strndup(req->body, req->body_len))) {
+        api_error(res, 400, "bad_request", "an empty body, or one with a NUL byte");
+        return;
+    }
+    if (serials_csv_parse(text, &v, &n, err, sizeof err) != 0) {
+        api_error(res, 400, "bad_request", err);
+        goto out;
+    }
+    if (h->store_ops->serials_import(h->store, v, n, hub_now_ms()) < 0) {
+        store_failed(res);
+        goto out;
+    }
+    snprintf(res->log, sizeof res->log, "importer=%s imported=%zu", imp->name, n);
+    phy_log(PHY_LOG_INFO, "serials_imported", "importer=%s count=%zu", imp->name, n);
+    api_json(res, 200, json_pack("{s:I}", "imported", (json_int_t)n));
+out:
+    serials_free(v, n);
+    free(text);
 }
 
 /* ---- regional hub: calls to eu ---- */

@@ -58,6 +58,14 @@ def setup():
         f.write("SN-ATT-3,%s\n" % der_b64(ed_pub))
     out = ST.admin("serials-import", csv)
     assert "3 attested serials imported" in out, out
+    # A manufacturer's importer key for the API (POST /internal/v1/serials).
+    T["importer_key"] = os.path.join(ST.dir, "factory.key")
+    subprocess.run([phytest.binary("phyhub"), "admin", "key-new", T["importer_key"]], check=True,
+                   capture_output=True, timeout=30)
+    with open(T["importer_key"]) as f:
+        T["importer"] = f.read().strip()
+    ST.secrets.add(T["importer"])
+    ST.hub_flags += ["--importer", "factory=" + T["importer_key"]]
     ST.start()
 
 
@@ -93,6 +101,33 @@ def test_import_refuses_bad_files_whole():
         assert res.returncode == 1 and why in res.stderr, (text, res.stderr)
     rows = ST.query("SELECT count(*) FROM attested_serials")
     assert rows[0][0] == 3, rows  # nothing of the bad files
+
+
+def test_import_through_the_api():
+    """The same CSV through eu's internal API with a manufacturer's key: all or
+    nothing, text/csv only, the key of an importer and no other."""
+    def post(body, key=None, ctype="text/csv"):
+        h = {"Content-Type": ctype}
+        if key:
+            h["Authorization"] = "Bearer " + key
+        return ST.request("POST", "/internal/v1/serials", raw=body.encode(), headers=h,
+                          content_type=None, via_proxy=False)
+    ok = der_b64(T["ed_pub"])
+    csv = "serial,public_key\nSN-API-1,%s\nSN-API-2,%s\n" % (ok, ok)
+    s, js, _, hdrs = post(csv)
+    assert s == 401 and "bearer" in hdrs.get("www-authenticate", "").lower(), (s, js)
+    s, js, _, _ = post(csv, key="x" * 43)
+    assert s == 401, (s, js)
+    s, js, _, _ = post(csv, key=T["importer"], ctype="application/json")
+    assert s == 415, (s, js)
+    s, js, _, _ = post("SN-API-3,%s\nbad serial,%s\n" % (ok, ok), key=T["importer"])
+    assert s == 400 and "line 2" in js["message"], (s, js)
+    s, js, _, _ = post(csv, key=T["importer"])
+    assert s == 200 and js == {"imported": 2}, (s, js)
+    rows = ST.query("SELECT serial FROM attested_serials WHERE serial LIKE 'SN-API-%' "
+                    "ORDER BY serial")
+    assert [r[0] for r in rows] == ["SN-API-1", "SN-API-2"], rows
+    ST.hub.wait_log(r"event=serials_imported importer=factory count=2")
 
 
 def test_unattested_serial_needs_the_code():
