@@ -648,7 +648,9 @@ static enum agent_session_outcome connected(struct agent *a, const struct agent_
 static int run(struct agent *a)
 {
     char err[256];
-    int lock_fd = agent_state_open(a->o.state_dir, err, sizeof err);
+    /* The directory opens as far as config.json does (--config-mode), no further. */
+    unsigned dir_mode = a->config_mode == 0644 ? 0755 : a->config_mode == 0640 ? 0750 : 0700;
+    int lock_fd = agent_state_open(a->o.state_dir, dir_mode, err, sizeof err);
     int rc = EXIT_OK;
 
     if (lock_fd < 0) {

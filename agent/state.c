@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "phy/err.h"
+#include "phy/log.h"
 #include "phy/file.h"
 
 static int join(char *out, size_t cap, const char *dir, const char *prefix, const char *name,
@@ -24,19 +25,29 @@ static int join(char *out, size_t cap, const char *dir, const char *prefix, cons
 
 
 /* Creates/locks the state directory. */
-int agent_state_open(const char *dir, char *err, size_t errcap)
+int agent_state_open(const char *dir, unsigned dir_mode, char *err, size_t errcap)
 {
     char path[PATH_MAX];
     struct stat st;
     int fd;
 
-    if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+    if (mkdir(dir, (mode_t)dir_mode) != 0 && errno != EEXIST) {
         snprintf(err, errcap, "cannot create %s: %s", dir, strerror(errno));
         return PHY_EIO;
     }
     if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
         snprintf(err, errcap, "%s is not a directory", dir);
         return PHY_EIO;
+    }
+    /* The credentials live here: a directory made by an older agent (or by hand)
+     * with wider access is narrowed, and the change is logged. */
+    if ((st.st_mode & 07777 & ~(mode_t)dir_mode) != 0) {
+        if (chmod(dir, (st.st_mode & 07777) & (mode_t)dir_mode) != 0) {
+            snprintf(err, errcap, "cannot narrow the mode of %s: %s", dir, strerror(errno));
+            return PHY_EIO;
+        }
+        phy_log(PHY_LOG_WARN, "state_dir_narrowed", "dir=%s from=%04o to=%04o", dir,
+                (unsigned)(st.st_mode & 07777), (unsigned)((st.st_mode & 07777) & dir_mode));
     }
     if (join(path, sizeof path, dir, "", AGENT_STATE_LOCK, "") != 0) {
         snprintf(err, errcap, "state directory path too long");

@@ -11,10 +11,12 @@
 #define AGENT_STATE_LOCK ".lock"
 #define AGENT_STATE_MAX_FILE 65536
 
-/* Creates dir (mode 0700) when missing and takes an exclusive lock on dir/.lock so
- * that one agent owns the directory. Returns the lock fd (kept open for the life of
- * the process) or a negative PHY_E* with a message in err. */
-int agent_state_open(const char *dir, char *err, size_t errcap);
+/* Creates dir with dir_mode (0700 unless config.json is shared: 0750 or 0755) when
+ * missing, narrows an existing one that grants more than dir_mode (logged), and
+ * takes an exclusive lock on dir/.lock so that one agent owns the directory.
+ * Returns the lock fd (kept open for the life of the process) or a negative PHY_E*
+ * with a message in err. */
+int agent_state_open(const char *dir, unsigned dir_mode, char *err, size_t errcap);
 
 /* Reads dir/name (at most max bytes, symlinks refused) into a malloc'd NUL-terminated
  * buffer *out of length *n (caller frees). PHY_ENOTFOUND when it does not exist,

@@ -235,9 +235,12 @@ static void test_state_files(void **state)
     (void)state;
     assert_non_null(test_tmp_template(dir, sizeof dir, "phy-test-agent-"));
     assert_non_null(mkdtemp(dir));
-    lock = agent_state_open(dir, err, sizeof err);
+    assert_int_equal(chmod(dir, 0755), 0); /* an older agent's directory */
+    lock = agent_state_open(dir, 0700, err, sizeof err);
     assert_true(lock >= 0);
-    lock2 = agent_state_open(dir, err, sizeof err); /* a second agent is refused */
+    assert_int_equal(stat(dir, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0700); /* narrowed */
+    lock2 = agent_state_open(dir, 0700, err, sizeof err); /* a second agent is refused */
     assert_int_equal(lock2, PHY_EEXIST);
 
     assert_int_equal(agent_state_read(dir, "nope", 100, &text, &n), PHY_ENOTFOUND);
