@@ -590,6 +590,7 @@ static int configure(struct agent *a)
     a->copts.proxy_host = a->o.proxy != NULL ? a->proxy_host : NULL;
     a->copts.proxy_port = a->proxy_port;
     a->copts.proxy_ident = a->ident;
+    a->copts.user_agent = "phyagent/" AGENT_VERSION; /* shown before a claim by serial */
     a->copts.ca_file = a->o.ca;
     a->copts.timeout_ms = (int)a->o.timeout * 1000;
     a->copts.cert_time_floor = a->o.cert_time_floor;

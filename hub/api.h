@@ -28,6 +28,7 @@ struct api_request {
     int background;         /* "X-Phy-Background: 1": sent by the console without a user
                              * action; not a use of the session (idle expiry) */
     const char *peer_ip;    /* the client's address without the port ("" unknown) */
+    const char *user_agent; /* the User-Agent header (a device's agent and version) */
     const char *body;       /* NUL-terminated copy of the body (may contain NULs) */
     size_t body_len;
     const char *request_id;

@@ -139,6 +139,9 @@ void handle_logout(struct hub *h, const struct api_request *req, struct api_resp
 void handle_session(struct hub *h, const struct api_request *req, struct api_response *res);
 void handle_internal_serials(struct hub *h, const struct api_request *req,
                              struct api_response *res);
+void handle_tenant_get(struct hub *h, const struct api_request *req, struct api_response *res);
+void handle_tenant_patch(struct hub *h, const struct api_request *req, struct api_response *res);
+void handle_registrations(struct hub *h, const struct api_request *req, struct api_response *res);
 void handle_password(struct hub *h, const struct api_request *req, struct api_response *res);
 void handle_tokens_list(struct hub *h, const struct api_request *req, struct api_response *res);
 void handle_token_create(struct hub *h, const struct api_request *req, struct api_response *res);

@@ -129,7 +129,8 @@ void handle_register(struct hub *h, const struct api_request *req, struct api_re
     struct store_reg_result rr;
     hub_prov_params(h, hub_now_ms(), &p);
     int outcome;
-    if (h->store_ops->reg_create(h->store, &p, serial, hash, challenge, &rr, &outcome) < 0) {
+    struct store_reg_meta meta = {req->peer_ip, req->user_agent};
+    if (h->store_ops->reg_create(h->store, &p, serial, hash, challenge, &meta, &rr, &outcome) < 0) {
         api_store_failed(res);
         goto out;
     }

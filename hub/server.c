@@ -515,7 +515,7 @@ static int work_fill(struct work *w, const char *buf, const struct phy_http_requ
                      size_t head_len, size_t body_len)
 {
     static const char *const names[] = {"Authorization", "Content-Type", "If-Match", "Cookie",
-                                        "X-CSRF-Token", "X-Phy-Background"};
+                                        "X-CSRF-Token", "X-Phy-Background", "User-Agent"};
     enum { NHDR = sizeof(names) / sizeof(names[0]) };
     const struct phy_str *hv[NHDR];
     size_t need = rq->method.len + rq->target.len + body_len + 8;
@@ -544,7 +544,8 @@ static int work_fill(struct work *w, const char *buf, const struct phy_http_requ
         COPY_STR(w->areq.query, q + 1, rq->target.len - plen - 1);
     const char *background = NULL;
     const char **dst[NHDR] = {&w->areq.authorization, &w->areq.content_type, &w->areq.if_match,
-                              &w->areq.cookie, &w->areq.csrf_token, &background};
+                              &w->areq.cookie, &w->areq.csrf_token, &background,
+                              &w->areq.user_agent};
     for (size_t i = 0; i < NHDR; i++)
         if (hv[i])
             COPY_STR(*dst[i], hv[i]->p, hv[i]->len);

@@ -934,16 +934,18 @@ static int build_head(struct conn *c, const struct phy_client_opts *o, const cha
     if (body != NULL || needs_length(method))
         snprintf(lenpart, sizeof lenpart, "Content-Length: %zu\r\n", body != NULL ? body_len : 0);
     cap = strlen(method) + strlen(path) + strlen(o->host) + strlen(headers) +
-          (content_type != NULL ? strlen(content_type) : 0) + 256;
+          (content_type != NULL ? strlen(content_type) : 0) +
+          (o->user_agent != NULL ? strlen(o->user_agent) : 0) + 256;
     head = malloc(cap);
     if (head == NULL) {
         errf(c, "out of memory");
         return PHY_ENOMEM;
     }
     n = snprintf(head, cap,
-                 "%s %s HTTP/1.1\r\nHost: %s%s%s%s\r\nUser-Agent: phy/0.1\r\n"
+                 "%s %s HTTP/1.1\r\nHost: %s%s%s%s\r\nUser-Agent: %s\r\n"
                  "Connection: close\r\n%s%s%s%s%s\r\n",
-                 method, path, lb, o->host, rb, portpart, headers,
+                 method, path, lb, o->host, rb, portpart,
+                 o->user_agent != NULL ? o->user_agent : "phy/0.1", headers,
                  body != NULL && content_type != NULL ? "Content-Type: " : "",
                  body != NULL && content_type != NULL ? content_type : "",
                  body != NULL && content_type != NULL ? "\r\n" : "", lenpart);
@@ -980,6 +982,16 @@ static int check_args(struct conn *c, const struct phy_client_opts *o, const cha
         (content_type != NULL && !valid_value(content_type, 256))) {
         errf(c, "invalid request header");
         return PHY_EINVAL;
+    }
+    if (o->user_agent != NULL) {
+        size_t un = strlen(o->user_agent);
+        int bad = un == 0 || un > 64;
+        for (size_t i = 0; i < un && !bad; i++)
+            bad = o->user_agent[i] < 0x20 || o->user_agent[i] > 0x7e;
+        if (bad) {
+            errf(c, "invalid User-Agent");
+            return PHY_EINVAL;
+        }
     }
     if (o->proxy_host != NULL) {
         size_t pn = strlen(o->proxy_host);

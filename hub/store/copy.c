@@ -23,8 +23,8 @@ static const struct table TABLES[] = {
     {"api_tokens", "token_hash, tenant_id, user_id, created_ms, expires_ms", "tiiii"},
     {"registrations",
      "token_hash, serial, code, code_expires_ms, interval_s, last_poll_ms, last_active_ms,"
-     " created_ms, challenge, proven",
-     "tttiiiiiti"},
+     " created_ms, challenge, proven, source, agent",
+     "tttiiiiititt"},
     {"attested_serials", "serial, public_key, created_ms", "tbi"},
     {"devices",
      "device_id, tenant_id, serial, name, tags_json, secret_hash, state, created_ms, online,"

@@ -989,10 +989,24 @@ static int reg_load(struct store *s, const struct store_prov_params *p, const ch
     return rc;
 }
 
+/* A registration's source or agent as stored: printable ASCII, cut at
+ * STORE_REG_META_MAX bytes (they are shown, never trusted). */
+static void meta_clean(const char *in, char out[STORE_REG_META_MAX + 1])
+{
+    size_t n = 0;
+    for (; in && in[n] && n < STORE_REG_META_MAX; n++)
+        out[n] = (in[n] >= 0x20 && in[n] < 0x7f) ? in[n] : '?';
+    out[n] = '\0';
+}
+
 static int sq_reg_create(struct store *s, const struct store_prov_params *p, const char *serial,
                          const char *token_hash, const char *challenge,
-                         struct store_reg_result *res, int *outcome)
+                         const struct store_reg_meta *meta, struct store_reg_result *res,
+                         int *outcome)
 {
+    char source[STORE_REG_META_MAX + 1], agent[STORE_REG_META_MAX + 1];
+    meta_clean(meta ? meta->source : NULL, source);
+    meta_clean(meta ? meta->agent : NULL, agent);
     int64_t live = 0;
     int rc, attested, evicted;
     if (res)
@@ -1039,9 +1053,9 @@ static int sq_reg_create(struct store *s, const struct store_prov_params *p, con
     }
     rc = q_exec(s, NULL,
                 "INSERT INTO registrations(token_hash, serial, interval_s, last_active_ms, "
-                "created_ms, challenge) VALUES (?, ?, ?, ?, ?, ?)",
-                "ttiiit", token_hash, serial, (int64_t)p->interval_s, p->now_ms, p->now_ms,
-                attested ? challenge : NULL);
+                "created_ms, challenge, source, agent) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "ttiiittt", token_hash, serial, (int64_t)p->interval_s, p->now_ms, p->now_ms,
+                attested ? challenge : NULL, source[0] ? source : NULL, agent[0] ? agent : NULL);
     if (rc == 0)
         *outcome = STORE_OK;
 out:
@@ -1051,6 +1065,48 @@ out:
         res->attested = attested;
         res->evicted = evicted > 0;
     }
+    return rc;
+}
+
+static int sq_reg_info(struct store *s, const struct store_prov_params *p, const char *serial,
+                       struct store_reg_info *out, size_t *n, int *attested, int *issued)
+{
+    struct db_stmt *st = NULL;
+    int rc;
+    if (!s || !out || !n || !attested || !issued || !store_params_ok(p) || !store_serial_ok(serial))
+        return PHY_EINVAL;
+    TX_BEGIN(s, 0)
+    *n = 0;
+    if ((rc = serial_attested(s, serial)) < 0)
+        goto out;
+    *attested = rc;
+    if ((rc = issued_serial(s, serial)) < 0)
+        goto out;
+    *issued = rc;
+    rc = q_prep(s, &st,
+                "SELECT created_ms, last_active_ms, source, agent, proven FROM registrations"
+                " WHERE serial = ? AND last_active_ms > ? ORDER BY created_ms DESC, token_hash"
+                " LIMIT 8",
+                "ti", serial, rule_live_after(p));
+    if (rc)
+        goto out;
+    while ((rc = db_step(st)) == DB_ROW && *n < STORE_REG_INFO_MAX) {
+        struct store_reg_info *r = &out[*n];
+        memset(r, 0, sizeof *r);
+        r->created_ms = db_int(st, 0);
+        r->last_active_ms = db_int(st, 1);
+        if ((rc = col_copy(st, 2, r->source, sizeof r->source)) ||
+            (rc = col_copy(st, 3, r->agent, sizeof r->agent)))
+            goto out;
+        r->proven = db_int(st, 4) != 0;
+        (*n)++;
+    }
+    rc = rc == DB_DONE || rc == DB_ROW ? 0 : rc < 0 ? rc : PHY_EIO;
+out:
+    db_finish(st);
+    st = NULL;
+    rc = tx_end(s, rc);
+    TX_RETRY(rc);
     return rc;
 }
 
@@ -3556,6 +3612,7 @@ const struct phy_store_ops store_ops = {
     .audit_list = sq_audit_list,
     .reg_create = sq_reg_create,
     .reg_challenge = sq_reg_challenge,
+    .reg_info = sq_reg_info,
     .reg_prove = sq_reg_prove,
     .serials_import = sq_serials_import,
     .tenant_serial_claims_set = sq_tenant_serial_claims_set,

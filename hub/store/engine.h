@@ -38,7 +38,7 @@ __attribute__((format(printf, 3, 4))) static inline void store_errf(char *err, s
 #define STORE_ERETRY (-100)
 
 /* The schema version this build knows; both engines number their migrations alike. */
-#define STORE_SCHEMA_VERSION 6
+#define STORE_SCHEMA_VERSION 7
 
 /* One bound parameter: 't' text (NULL text binds NULL), 'i' int64, 'n' a NULL integer,
  * 'b' blob (NULL blob binds NULL). */

@@ -213,11 +213,15 @@ static const char PG_MIGRATE_5_6_SQL[] =
     "ALTER TABLE devices ADD COLUMN claim_key TEXT;"
     "CREATE INDEX devices_claim ON devices(tenant_id, claimed_by, claim_key);";
 
+/* Version 6 -> 7: a registration's source and agent (sqlite.c's V7_SQL). */
+static const char PG_MIGRATE_6_7_SQL[] = "ALTER TABLE registrations ADD COLUMN source TEXT;"
+                                         "ALTER TABLE registrations ADD COLUMN agent TEXT;";
+
 /* MIGRATE_SQL[v] takes version v to v + 1 (the PostgreSQL engine starts at 4: a fresh
  * store gets PG_SCHEMA_SQL, then the migrations from 4). */
 #define PG_FIRST_VERSION 4
 static const char *const PG_MIGRATE_SQL[STORE_SCHEMA_VERSION] = {
-    NULL, NULL, NULL, NULL, PG_MIGRATE_4_5_SQL, PG_MIGRATE_5_6_SQL};
+    NULL, NULL, NULL, NULL, PG_MIGRATE_4_5_SQL, PG_MIGRATE_5_6_SQL, PG_MIGRATE_6_7_SQL};
 
 /* libpq's message without its trailing newline, for err (names no password). */
 static void conn_err(char *err, size_t errcap, const char *what, PGconn *c)

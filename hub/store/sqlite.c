@@ -88,6 +88,12 @@
     "ALTER TABLE devices ADD COLUMN claim_key TEXT;"                                               \
     "CREATE INDEX devices_claim ON devices(tenant_id, claimed_by, claim_key);"
 
+/* Version 6 -> 7: where a registration came from and what it runs (shown before a
+ * claim by serial of an unattested serial). */
+#define V7_SQL                                                                                     \
+    "ALTER TABLE registrations ADD COLUMN source TEXT;"                                            \
+    "ALTER TABLE registrations ADD COLUMN agent TEXT;"
+
 /* A fresh store is created at SCHEMA_VERSION directly; older ones are migrated
  * step by step (MIGRATE_SQL[v] takes version v to v + 1). */
 static const char SCHEMA_SQL[] =
@@ -171,7 +177,7 @@ static const char SCHEMA_SQL[] =
     "  at_ms INTEGER NOT NULL);"
     "CREATE INDEX IF NOT EXISTS claim_failures_tenant ON claim_failures(tenant_id, at_ms);"
     "CREATE INDEX IF NOT EXISTS claim_failures_user"
-    " ON claim_failures(tenant_id, user_id, at_ms);" CONSOLE_SQL ATTEST_SQL V6_SQL;
+    " ON claim_failures(tenant_id, user_id, at_ms);" CONSOLE_SQL ATTEST_SQL V6_SQL V7_SQL;
 
 /* Version 1 -> 2: presence, last status and twins. The result matches SCHEMA_SQL. */
 static const char MIGRATE_1_2_SQL[] =
@@ -212,6 +218,7 @@ static const char *const MIGRATE_SQL[STORE_SCHEMA_VERSION] = {
     MIGRATE_3_4_SQL,
     ATTEST_SQL,
     V6_SQL,
+    V7_SQL,
 };
 
 

@@ -55,6 +55,23 @@ struct store_serial_key {
     size_t public_key_len;
 };
 
+/* What a device tells about itself when it registers (reg_create; either may be
+ * NULL). Kept to show before a claim by serial of an unattested serial. */
+#define STORE_REG_META_MAX 128
+#define STORE_REG_INFO_MAX 8 /* >= the registrations a serial may have live */
+struct store_reg_meta {
+    const char *source; /* the client's address */
+    const char *agent;  /* its User-Agent */
+};
+
+/* A live registration of a serial as the console shows it before a claim. */
+struct store_reg_info {
+    int64_t created_ms, last_active_ms;
+    char source[STORE_REG_META_MAX + 1]; /* "" unknown */
+    char agent[STORE_REG_META_MAX + 1];
+    int proven;
+};
+
 /* What reg_create did besides its outcome. */
 struct store_reg_result {
     int attested; /* the serial is attested: the registration must prove possession */
@@ -334,8 +351,13 @@ struct phy_store_ops {
      * code. Else stores (token_hash, serial); for an attested serial with challenge
      * (43 base64url chars, from the caller) as the proof it must give (res->attested). */
     int (*reg_create)(struct store *s, const struct store_prov_params *p, const char *serial,
-                      const char *token_hash, const char *challenge, struct store_reg_result *res,
+                      const char *token_hash, const char *challenge,
+                      const struct store_reg_meta *meta, struct store_reg_result *res,
                       int *outcome);
+    /* The live registrations of serial (at most STORE_REG_INFO_MAX, newest first),
+     * *attested whether it is an attested serial, *issued whether it was claimed. */
+    int (*reg_info)(struct store *s, const struct store_prov_params *p, const char *serial,
+                    struct store_reg_info *out, size_t *n, int *attested, int *issued);
     /* The pending proof of the live registration (token_hash, serial): OK with its
      * challenge and the serial's public key (*key malloc'd), or OK with challenge ""
      * when there is nothing to prove (proven, or not attested); BAD_TOKEN. */

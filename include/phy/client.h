@@ -17,6 +17,7 @@ struct phy_client_opts {
     unsigned proxy_port;
     const char *proxy_ident;   /* Basic username for Proxy-Authorization (sn_… or dev_…) */
     const char *proxy_secret;  /* its password: a dev_'s proxy token, or NULL */
+    const char *user_agent;    /* User-Agent (printable ASCII, at most 64), or NULL: phy/0.1 */
     const char *ca_file;       /* PEM bundle to verify the server against; NULL = system */
     int timeout_ms;            /* per connect / per read / per write, e.g. 10000 */
     long long cert_time_floor; /* 0: certificates are checked at the system time; else at

@@ -408,8 +408,10 @@ static int prov_params_ok(const struct store_prov_params *p)
 
 static int f_reg_create(struct store *s, const struct store_prov_params *p, const char *serial,
                         const char *token_hash, const char *challenge,
-                        struct store_reg_result *res, int *outcome)
+                        const struct store_reg_meta *meta, struct store_reg_result *res,
+                        int *outcome)
 {
+    (void)meta;
     static const int oc[] = {STORE_OK,        STORE_PROVISIONED,  STORE_TOO_MANY,
                              STORE_BAD_TOKEN, STORE_EXPIRED_CODE, STORE_PENDING};
     (void)s;

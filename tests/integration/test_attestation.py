@@ -13,7 +13,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import phytest  # noqa: E402
 from phytest import wait_until  # noqa: E402
-from stack import Stack, read_json  # noqa: E402
+from stack import HOST, Stack, https_connection, https_request, read_json  # noqa: E402
 
 ST = None
 T = {}  # tokens, key paths
@@ -128,6 +128,40 @@ def test_import_through_the_api():
                     "ORDER BY serial")
     assert [r[0] for r in rows] == ["SN-API-1", "SN-API-2"], rows
     ST.hub.wait_log(r"event=serials_imported importer=factory count=2")
+
+
+def test_tenant_settings_and_what_a_claim_would_unlock():
+    """The tenant's policy through the API (GET/PATCH /api/v1/tenant, audited), and
+    for a tenant that claims unattested serials by serial, what such a claim would
+    hand the credentials to: when it registered, from where, with which agent."""
+    s, js, _, _ = ST.api("GET", "/api/v1/tenant", token=T["secure"])
+    assert s == 200 and js == {"name": "secure", "region": "eu", "serial_claims": "attested"}, js
+    s, js, _, _ = ST.api("GET", "/api/v1/registrations?serial=SN-ATT-1", token=T["secure"])
+    assert s == 403, (s, js)
+    for bad in ({"serial_claims": "some"}, {"serial_claims": "any", "x": 1}, {}):
+        s, js, _, _ = ST.api("PATCH", "/api/v1/tenant", bad, token=T["secure"])
+        assert s == 400, (bad, s, js)
+    # A device registers through the proxy from 127.0.0.61 with its agent's name.
+    conn = https_connection(ST.proxy_port, ST.tls_context(), HOST, "sn_SN-PREVIEW",
+                            source="127.0.0.61")
+    s, js, _, _ = https_request(conn, "POST", "/v1/provisioning/register",
+                                {"serial": "SN-PREVIEW"},
+                                headers={"User-Agent": "phyagent/9.9 \u00e9vil"})
+    assert s == 201, (s, js)
+    s, js, _, _ = ST.api("GET", "/api/v1/registrations?serial=SN-PREVIEW")  # acme: "any"
+    assert s == 200 and js["attested"] is False and js["claimed"] is False, js
+    (r,) = js["registrations"]
+    assert r["source"] == "127.0.0.61" and r["agent"].startswith("phyagent/9.9 "), r
+    assert r["proven"] is False and r["first_seen"] and r["last_seen"], r
+    s, js, _, _ = ST.api("GET", "/api/v1/registrations?serial=bad%20serial")
+    assert s == 400, (s, js)
+    # The secure tenant opens up, then closes again; both changes are audited.
+    for policy in ("any", "attested"):
+        s, js, _, _ = ST.api("PATCH", "/api/v1/tenant", {"serial_claims": policy},
+                             token=T["secure"])
+        assert s == 200 and js["serial_claims"] == policy, (s, js)
+    s, js, _, _ = ST.api("GET", "/api/v1/audit?limit=2", token=T["secure"])
+    assert [e["detail"]["serial_claims"] for e in js["entries"]] == ["attested", "any"], js
 
 
 def test_unattested_serial_needs_the_code():

@@ -749,7 +749,7 @@ static void test_durable_across_restart(void **state)
     if (!store_is_pg()) {
         assert_int_equal(stat(f->path, &st), 0);
         assert_int_equal(st.st_mode & 0777, 0600);
-        assert_int_equal(raw_int(f->path, "PRAGMA user_version"), 6);
+        assert_int_equal(raw_int(f->path, "PRAGMA user_version"), 7);
     }
     assert_int_equal(raw_int(f->path, "SELECT count(*) FROM issuances WHERE sealed IS NOT NULL"),
                      1);
@@ -973,15 +973,15 @@ static void test_invalid_inputs(void **state)
     assert_int_equal(ops->poll(f->s, &f->p, "S N", NULL, h.h, &r, &out), PHY_EINVAL);
     assert_int_equal(ops->poll(f->s, &f->p, NULL, "ABC0EF", h.h, &r, &out), PHY_EINVAL);
     struct store_reg_result rr;
-    assert_int_equal(ops->reg_create(f->s, &f->p, "", h.h, TEST_CHALLENGE, &rr, &out), PHY_EINVAL);
-    assert_int_equal(ops->reg_create(f->s, &f->p, "SN", h.h, "short", &rr, &out), PHY_EINVAL);
+    assert_int_equal(ops->reg_create(f->s, &f->p, "", h.h, TEST_CHALLENGE, NULL, &rr, &out), PHY_EINVAL);
+    assert_int_equal(ops->reg_create(f->s, &f->p, "SN", h.h, "short", NULL, &rr, &out), PHY_EINVAL);
     char long_serial[PHY_SERIAL_MAX + 2];
     memset(long_serial, 'a', sizeof long_serial - 1);
     long_serial[sizeof long_serial - 1] = '\0';
-    assert_int_equal(ops->reg_create(f->s, &f->p, long_serial, h.h, TEST_CHALLENGE, &rr, &out),
+    assert_int_equal(ops->reg_create(f->s, &f->p, long_serial, h.h, TEST_CHALLENGE, NULL, &rr, &out),
                      PHY_EINVAL);
     long_serial[PHY_SERIAL_MAX] = '\0';
-    assert_int_equal(ops->reg_create(f->s, &f->p, long_serial, h.h, TEST_CHALLENGE, &rr, &out), 0);
+    assert_int_equal(ops->reg_create(f->s, &f->p, long_serial, h.h, TEST_CHALLENGE, NULL, &rr, &out), 0);
     assert_int_equal(out, STORE_OK);
 
     char err[256] = "";

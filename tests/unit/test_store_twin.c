@@ -926,7 +926,7 @@ static void test_revoke(void **state)
     struct hash h = H(tok);
     int rout = -1;
     struct store_reg_result rr;
-    assert_int_equal(ops->reg_create(f->s, &f->p, "S1", h.h, TEST_CHALLENGE, &rr, &rout), 0);
+    assert_int_equal(ops->reg_create(f->s, &f->p, "S1", h.h, TEST_CHALLENGE, NULL, &rr, &rout), 0);
     assert_int_equal(rout, STORE_PROVISIONED);
     assert_int_equal(ops->poll(f->s, &f->p, "S1", NULL, h.h, &r, &rout), 0);
     assert_int_equal(rout, STORE_PROVISIONED);
@@ -1014,7 +1014,7 @@ static void test_delete(void **state)
     /* The serial is free again; the other device is untouched. */
     struct hash h = H(500);
     struct store_reg_result rr;
-    assert_int_equal(ops->reg_create(f->s, &f->p, "S1", h.h, TEST_CHALLENGE, &rr, &out), 0);
+    assert_int_equal(ops->reg_create(f->s, &f->p, "S1", h.h, TEST_CHALLENGE, NULL, &rr, &out), 0);
     assert_int_equal(out, STORE_OK);
     assert_int_equal(get_outcome(f, 1, 2), STORE_OK);
     char ids[32];
@@ -1094,7 +1094,7 @@ static void test_migration_v1(void **state)
     assert_int_equal(chmod(f->path, 0600), 0); /* the store refuses group/other access */
 
     fx_open(f);
-    assert_int_equal(raw_int(f->path, "PRAGMA user_version"), 6);
+    assert_int_equal(raw_int(f->path, "PRAGMA user_version"), 7);
     get(f, 1, 1, &d, &t);
     assert_string_equal(d.serial, "S1");
     assert_string_equal(d.name, "lobby");
@@ -1119,7 +1119,7 @@ static void test_migration_v1(void **state)
     /* Provisioning rows survived too. */
     assert_int_equal(claim(f, 1, "S2", 2, NULL), STORE_OK);
     struct store_reg_result rr;
-    assert_int_equal(ops->reg_create(f->s, &f->p, "S1", tok.h, TEST_CHALLENGE, &rr, &out), 0);
+    assert_int_equal(ops->reg_create(f->s, &f->p, "S1", tok.h, TEST_CHALLENGE, NULL, &rr, &out), 0);
     assert_int_equal(out, STORE_PROVISIONED);
 
     /* Reopening does not migrate again. */

@@ -227,6 +227,8 @@ static inline int teardown(void **state)
 
 /* Takes a fresh SQLite store back to version 4 (for tests of older versions). */
 #define UNDO_V5_SQL                                                                                \
+    "ALTER TABLE registrations DROP COLUMN source;"                                                \
+    "ALTER TABLE registrations DROP COLUMN agent;"                                                 \
     "DROP INDEX devices_claim;"                                                                    \
     "ALTER TABLE devices DROP COLUMN claim_key;"                                                   \
     "ALTER TABLE devices DROP COLUMN claimed_by;"                                                  \
@@ -245,7 +247,7 @@ static inline int reg_r(struct fx *f, const char *serial, unsigned tok, struct s
     struct store_reg_result r;
     int out = -1;
     struct hash h = H(tok);
-    assert_int_equal(ops->reg_create(f->s, &f->p, serial, h.h, TEST_CHALLENGE, &r, &out), 0);
+    assert_int_equal(ops->reg_create(f->s, &f->p, serial, h.h, TEST_CHALLENGE, NULL, &r, &out), 0);
     if (res)
         *res = r;
     return out;
@@ -455,7 +457,7 @@ static inline void expect_future_refused(struct fx *f)
 {
     struct store *s2 = (struct store *)f; /* not NULL: the refused open must clear it */
     char err[256] = "";
-    raw_exec(f->fresh, "PRAGMA user_version = 7");
+    raw_exec(f->fresh, "PRAGMA user_version = 8");
     assert_int_equal(ops->open(f->fresh, &s2, err, sizeof err), PHY_EUNSUPP);
     assert_null(s2);
 }
