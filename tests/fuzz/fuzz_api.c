@@ -469,6 +469,28 @@ static int f_reg_prove(struct store *s, const struct store_prov_params *p, const
     return 0;
 }
 
+static int f_reg_info(struct store *s, const struct store_prov_params *p, const char *serial,
+                      struct store_reg_info *out, size_t *n, int *attested, int *issued)
+{
+    (void)s;
+    need(p != NULL && serial != NULL && phy_serial_valid(serial, strlen(serial)));
+    memset(out, 0, sizeof *out);
+    snprintf(out->source, sizeof out->source, "192.0.2.1");
+    *n = 1;
+    *attested = 0;
+    *issued = 0;
+    return 0;
+}
+
+static int f_tenant_serial_claims_set(struct store *s, const char *tenant, int policy,
+                                      int *outcome)
+{
+    (void)s;
+    need(tenant != NULL && (policy == SERIAL_CLAIMS_ANY || policy == SERIAL_CLAIMS_ATTESTED));
+    *outcome = STORE_OK;
+    return 0;
+}
+
 static int f_tenant_serial_claims(struct store *s, int64_t tenant_id, int *policy, int *outcome)
 {
     (void)s;
@@ -922,6 +944,8 @@ static struct phy_store_ops fake_ops = {
     .reg_challenge = f_reg_challenge,
     .reg_prove = f_reg_prove,
     .tenant_serial_claims = f_tenant_serial_claims,
+    .tenant_serial_claims_set = f_tenant_serial_claims_set,
+    .reg_info = f_reg_info,
     .reg_set_code = f_reg_set_code,
     .poll = f_poll,
     .claim = f_claim,
@@ -1092,7 +1116,7 @@ static const char *const methods[] = {"GET",  "POST",    "PUT", "PATCH", "DELETE
                                       "HEAD", "OPTIONS", "get", "TRACE", "CONNECT"};
 
 #define DEV "/api/v1/devices/" ID
-static const char *const paths[26] = {
+static const char *const paths[32] = {
     "/v1/provisioning/register",
     "/v1/provisioning/code",
     "/v1/provisioning/poll",
@@ -1119,6 +1143,12 @@ static const char *const paths[26] = {
     "/app.js",
     "/api/v1/devices/" ID2,
     "/bin.png",
+    "/api/v1/tokens",
+    "/api/v1/tokens/0123456789ab",
+    "/api/v1/password",
+    "/api/v1/tenant",
+    "/api/v1/registrations",
+    "/internal/v1/serials",
 };
 #undef DEV
 
@@ -1301,6 +1331,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     char *path, *query = q ? copy(q + 1, tn - pn - 1) : NULL;
     if (pn == 1 && target[0] >= 'A' && target[0] <= 'Z')
         path = copy(paths[target[0] - 'A'], strlen(paths[target[0] - 'A']));
+    else if (pn == 1 && target[0] >= 'a' && target[0] <= 'f') /* the newer presets */
+        path = copy(paths[26 + target[0] - 'a'], strlen(paths[26 + target[0] - 'a']));
     else
         path = copy(target, pn);
 
