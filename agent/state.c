@@ -40,14 +40,18 @@ int agent_state_open(const char *dir, unsigned dir_mode, char *err, size_t errca
         return PHY_EIO;
     }
     /* The credentials live here: a directory made by an older agent (or by hand)
-     * with wider access is narrowed, and the change is logged. */
-    if ((st.st_mode & 07777 & ~(mode_t)dir_mode) != 0) {
-        if (chmod(dir, (st.st_mode & 07777) & (mode_t)dir_mode) != 0) {
+     * that lets others list or write it is narrowed, and the change is logged.
+     * Search permission alone stays (a display app running as another user reads
+     * provisioning-code through it; it cannot list the names). */
+    mode_t keep = (mode_t)dir_mode | 0011;
+    if ((st.st_mode & 07777 & ~keep) != 0) {
+        mode_t narrowed = (st.st_mode & 07777) & keep;
+        if (chmod(dir, narrowed) != 0) {
             snprintf(err, errcap, "cannot narrow the mode of %s: %s", dir, strerror(errno));
             return PHY_EIO;
         }
         phy_log(PHY_LOG_WARN, "state_dir_narrowed", "dir=%s from=%04o to=%04o", dir,
-                (unsigned)(st.st_mode & 07777), (unsigned)((st.st_mode & 07777) & dir_mode));
+                (unsigned)(st.st_mode & 07777), (unsigned)narrowed);
     }
     if (join(path, sizeof path, dir, "", AGENT_STATE_LOCK, "") != 0) {
         snprintf(err, errcap, "state directory path too long");

@@ -12,7 +12,8 @@
 #define AGENT_STATE_MAX_FILE 65536
 
 /* Creates dir with dir_mode (0700 unless config.json is shared: 0750 or 0755) when
- * missing, narrows an existing one that grants more than dir_mode (logged), and
+ * missing, narrows an existing one that grants more than dir_mode plus search by
+ * group and others (logged), and
  * takes an exclusive lock on dir/.lock so that one agent owns the directory.
  * Returns the lock fd (kept open for the life of the process) or a negative PHY_E*
  * with a message in err. */

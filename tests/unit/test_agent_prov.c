@@ -239,7 +239,7 @@ static void test_state_files(void **state)
     lock = agent_state_open(dir, 0700, err, sizeof err);
     assert_true(lock >= 0);
     assert_int_equal(stat(dir, &st), 0);
-    assert_int_equal(st.st_mode & 0777, 0700); /* narrowed */
+    assert_int_equal(st.st_mode & 0777, 0711); /* narrowed: no listing, search stays */
     lock2 = agent_state_open(dir, 0700, err, sizeof err); /* a second agent is refused */
     assert_int_equal(lock2, PHY_EEXIST);
 
