@@ -142,7 +142,7 @@ wait_port "$PROXY_PORT"
 # --- one agent per tenant; each provisions through the proxy at portal-eu
 for r in "${REGIONS[@]}"; do
   state="$DIR/agents/$r"
-  mkdir -p "$state"
+  mkdir -p -m 700 "$state"
   "$BIN/phyagent" --serial "${SERIAL[$r]}" --state-dir "$state" --proxy "127.0.0.1:$PROXY_PORT" \
     --ca "$CA" --provisioning-endpoint portal-eu.phystack.com:443 \
     --on-config "cat > '$PWD/$state/hook-input.json'; echo applied by the $r demo hook" \
@@ -154,7 +154,7 @@ done
 # --- a second agent per region, left for the user to claim in the console
 for r in "${REGIONS[@]}"; do
   state="$DIR/agents/$r-2"
-  mkdir -p "$state"
+  mkdir -p -m 700 "$state"
   "$BIN/phyagent" --serial "${SERIAL2[$r]}" --state-dir "$state" --proxy "127.0.0.1:$PROXY_PORT" \
     --ca "$CA" --provisioning-endpoint portal-eu.phystack.com:443 --status-interval 15 \
     2> "$DIR/logs/phyagent-$r-2.log" &
