@@ -219,10 +219,8 @@ void handle_login(struct hub *h, const struct api_request *req, struct api_respo
     int verified = argon2id_verify(encoded, password, plen) == ARGON2_OK;
     atomic_fetch_sub(&h->login_checks, 1);
     if (outcome != STORE_OK || !verified) {
-        /* A name that does not exist is nobody's account: the guess counts against
-         * the address only, not against the tenant its users share. */
-        if (outcome != STORE_OK)
-            h->store_ops->login_attempt_forgive(h->store, attempt_id);
+        /* A made-up name's failure stays (its own lock-out must look like a real
+         * user's); the store leaves it out of the tenant's count. */
         log_outcome(res, "invalid");
         invalid_login(h, res);
         goto out;

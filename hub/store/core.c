@@ -1942,10 +1942,15 @@ static const struct throttle CLAIM_THROTTLE = {
     .forgive_sql = "DELETE FROM claim_failures WHERE rowid = ?1",
 };
 
+/* The tenant's count leaves out names that are no user of it: guesses at made-up
+ * names lock no real user out (they still count for their own name, so that a
+ * name's lock-out does not reveal whether it exists, and per client address). */
 static const struct throttle LOGIN_THROTTLE = {
     .count_sql = "SELECT (SELECT count(*) FROM login_failures WHERE tenant = ?1 AND"
-                 " \"user\" = ?2 AND at_ms >= ?3), (SELECT count(*) FROM login_failures"
-                 " WHERE tenant = ?1 AND at_ms >= ?3)",
+                 " \"user\" = ?2 AND at_ms >= ?3), (SELECT count(*) FROM login_failures f"
+                 " WHERE f.tenant = ?1 AND f.at_ms >= ?3 AND EXISTS (SELECT 1 FROM users u"
+                 " JOIN tenants t ON t.id = u.tenant_id WHERE t.name = f.tenant AND"
+                 " u.name = f.\"user\"))",
     .insert_sql = "INSERT INTO login_failures(tenant, \"user\", at_ms) VALUES (?1, ?2, ?3)"
                   " RETURNING id",
     .forgive_sql = "DELETE FROM login_failures WHERE id = ?1",

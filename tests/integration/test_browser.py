@@ -8,8 +8,11 @@ sees it go offline, reads the audit log, takes screenshots of every page (under
 shown as text. It also checks the __Host-phy_session cookie, Trusted Types in the CSP,
 that the console's own refreshes carry X-Phy-Background: 1 and user actions do not,
 malformed URL fragments, the 64-byte name limit, a failed logout (retry) and a login
-as another tenant in a second tab. Any console error, page error, CSP violation or
-dialog fails it."""
+as another tenant in a second tab. The settings page (the tenant's serial_claims
+policy through the dialog, an API token created, shown once and revoked, the password
+changed and changed back) and the warning before a claim by serial of an unattested
+serial (who registered it: source address and agent) are covered too. Any console
+error, page error, CSP violation or dialog fails it."""
 
 import os
 import subprocess
@@ -23,6 +26,7 @@ from phytest import build_dir, source_dir, wait_until  # noqa: E402
 from stack import PASSWORD, Stack  # noqa: E402
 
 CHROMIUM = os.environ.get("PHY_CHROMIUM", "/usr/bin/chromium")
+WARN_SERIAL, WARN_SOURCE, WARN_AGENT = "WRN-5", "127.0.0.62", "phyagent/0.9.1 (test bench)"
 ST = None
 S = {}
 
@@ -41,6 +45,7 @@ def setup():
                start=False)
     ST.add_tenant("globex")
     ST.add_user("globex", "bob")
+    ST.add_user("globex", "mallory")  # a real account: failed logins of made-up names count per address only
     ST.secrets.add(PASSWORD.strip())
     ST.start()
     S["hook"] = os.path.join(ST.dir, "hook.sh")
@@ -100,6 +105,15 @@ def test_console_in_chromium():
     ST.register("XSS-7")
     ST.register("DUP-9")
     ST.register("DUP-9")
+    # A serial claimed by serial after the console's warning: it registered through the
+    # proxy from its own address with its agent's name. And one claimed while the tenant
+    # takes attested serials only (409 code_required).
+    st, js, _, _ = ST.request("POST", "/v1/provisioning/register", {"serial": WARN_SERIAL},
+                              ident="sn_" + WARN_SERIAL, source=WARN_SOURCE,
+                              headers={"User-Agent": WARN_AGENT})
+    assert st == 201, (st, js)
+    ST.secrets.add(js["poll_token"])
+    ST.register("PLN-8")
 
     shots = os.path.join(build_dir(), "screenshots")
     os.makedirs(shots, exist_ok=True)
@@ -108,14 +122,16 @@ def test_console_in_chromium():
                TENANT="acme", USER="alice", PASSWORD=PASSWORD.strip(),
                TENANT_B="globex", USER_B="bob", PASSWORD_B=PASSWORD.strip(),
                AGENT_STATE=state, AGENT_SERIAL="BRW-1", XSS_SERIAL="XSS-7",
-               DUP_SERIAL="DUP-9", SHOT_DIR=shots, CHROMIUM=CHROMIUM)
+               DUP_SERIAL="DUP-9", WARN_SERIAL=WARN_SERIAL, WARN_SOURCE=WARN_SOURCE,
+               WARN_AGENT=WARN_AGENT, PLAIN_SERIAL="PLN-8", SHOT_DIR=shots, CHROMIUM=CHROMIUM)
     run_node(env, 240, ST)
 
     # The revoke in the browser reached the agent: close 4001 makes it exit 3.
     assert agent.proc.wait(20) == 3, agent.tail()
     agent.wait_log(r"event=revoked", 1)
     for name in ("login", "devices", "add-device", "add-device-result", "device", "audit",
-                 "devices-phone", "identity-changed", "logout-failed"):
+                 "devices-phone", "identity-changed", "logout-failed", "settings", "settings-phone",
+                 "claim-warning", "claim-warning-phone"):
         path = os.path.join(shots, name + ".png")
         assert os.path.getsize(path) > 1000, path
     assert not ST.leaked_secrets(), ST.leaked_secrets()
