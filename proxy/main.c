@@ -39,6 +39,7 @@ struct options {
     long max_tunnels_per_source;
     long new_tunnel_rate;
     long new_tunnel_burst;
+    long device_share;
     struct phy_strlist dns_allow;
 };
 
@@ -168,6 +169,7 @@ static int build_config(const struct options *o, struct proxy_policy *policy, st
     cfg->dns_fallback = o->dns_fallback;
     cfg->max_tunnels_per_source = (unsigned)o->max_tunnels_per_source;
     cfg->fd_reserve = FD_RESERVE;
+    cfg->device_share = (unsigned)o->device_share;
 
     if (o->dev_token != NULL && strcmp(o->dev_token, "required") != 0 &&
         strcmp(o->dev_token, "optional") != 0) {
@@ -243,6 +245,7 @@ int main(int argc, char **argv)
         .max_tunnels_per_source = 256,
         .new_tunnel_rate = 50,
         .new_tunnel_burst = 200,
+        .device_share = 20,
     };
     const struct phy_opt opts[] = {
         {"listen", PHY_OPT_STR, &o.listen, 0, 0,
@@ -276,6 +279,9 @@ int main(int argc, char **argv)
          "new unauthenticated tunnels per second per source, 0 = no limit (default 50)"},
         {"new-tunnel-burst", PHY_OPT_INT, &o.new_tunnel_burst, 1, 1000000,
          "burst of new unauthenticated tunnels per source (default 200)"},
+        {"device-share", PHY_OPT_INT, &o.device_share, 0, 90,
+         "percent of --max-connections kept for devices with a valid proxy token: "
+         "unauthenticated tunnels get 503 beyond the rest (default 20)"},
         {"dns-allow-net", PHY_OPT_LIST, &o.dns_allow, 0, 0,
          "CIDR[,CIDR…] non-public networks a DNS answer may lead to (default none: loopback, "
          "private, link-local and metadata addresses are refused with 403)"},

@@ -127,6 +127,7 @@ struct proxy {
     struct proxy_config cfg;
     struct tunnel *tunnels; /* every live connection, doubly linked */
     size_t nconns;
+    size_t nunauth; /* live unauthenticated tunnels (holding a source slot) */
     struct block *pool;
     size_t npool;
     int listening;
@@ -282,8 +283,10 @@ static void release_slot(struct tunnel *t)
 {
     if (t->slot != NULL)
         proxy_ident_release(t->px->cfg.policy, t->slot);
-    if (t->src_slot != NULL)
+    if (t->src_slot != NULL) {
         proxy_ident_release(t->px->cfg.policy, t->src_slot);
+        t->px->nunauth--;
+    }
     t->slot = t->src_slot = NULL;
 }
 
@@ -423,7 +426,7 @@ static void refuse(struct tunnel *t, enum outcome o)
         goto out_put;
     if (o == O_407 || o == O_407_TOKEN)
         extra = "Proxy-Authenticate: Basic realm=\"phystack\"\r\n";
-    if (o == O_429_RATE) {
+    if (o == O_429_RATE || o == O_503) {
         snprintf(retry, sizeof(retry), "Retry-After: %u\r\n", t->retry_s ? t->retry_s : 1);
         extra = retry;
     }
@@ -902,11 +905,18 @@ static int take_slots(struct tunnel *t, const struct phy_connect_req *creq)
             refuse(t, O_429_RATE);
             return -1;
         }
+        /* Tunnels that prove nothing may not take the share kept for devices. */
+        if (px->nunauth >= (size_t)c->max_connections -
+                               (size_t)c->max_connections * c->device_share / 100) {
+            refuse(t, O_503);
+            return -1;
+        }
         t->src_slot = proxy_ident_acquire(c->policy, src, c->max_tunnels_per_source, &err);
         if (t->src_slot == NULL) {
             refuse(t, err == PHY_ETOOBIG ? O_429_SOURCE : O_500);
             return -1;
         }
+        px->nunauth++;
         snprintf(key, sizeof(key), "%s %s", src, creq->ident);
     }
     t->slot = proxy_ident_acquire(c->policy, key, c->max_tunnels_per_device, &err);

@@ -35,6 +35,7 @@ struct proxy_config {
     unsigned max_tunnels_per_source;
     struct phy_ratelimit *new_tunnel_rate; /* borrowed; NULL = no limit */
     unsigned fd_reserve; /* descriptors kept beyond 2 per connection (logs, DNS, …) */
+    unsigned device_share; /* % of max_connections unauthenticated tunnels may not use */
 };
 
 struct proxy; /* opaque */

@@ -777,6 +777,39 @@ def test_new_tunnels_rate_limited_per_source():
     assert S["e"].log_lines(r"outcome=rate_limited_429 ")
 
 
+def test_share_kept_for_devices_when_nearly_full():
+    """Unauthenticated tunnels may not take the --device-share of --max-connections:
+    past the rest they get 503 with Retry-After, while a device with its proxy token
+    still gets through."""
+    port = phytest.free_port()
+    keyfile = os.path.join(S["dir"], "proxy-k1.key")
+    c = phytest.Daemon([phytest.binary("phyproxy"), "--listen", "127.0.0.1:%d" % port,
+                        "--route", "portal-echo.phystack.com=127.0.0.1:%d,proxy-protocol=off"
+                        % S["echo"].port, "--max-connections", "5", "--device-share", "40",
+                        "--proxy-key", "k1=" + keyfile], "proxy-share", S["dir"])
+    held = []
+    try:
+        c.wait_port(port)
+        for i in range(3):
+            s, st, _, _ = tunnel_from("127.0.0.1", port, "portal-echo.phystack.com:443",
+                                      "sn_SHARE%d" % i)
+            assert st == 200, (i, st)
+            held.append(s)
+        s, st, headers, _ = tunnel_from("127.0.0.1", port, "portal-echo.phystack.com:443",
+                                        "sn_SHARE9")
+        s.close()
+        assert st == 503 and headers.get("retry-after") == "1", (st, headers)
+        dev = "dev_sharetest"
+        s, st, _, _ = tunnel_from("127.0.0.1", port, "portal-echo.phystack.com:443", dev,
+                                  proxy_token(S["key"], "k1", dev))
+        assert st == 200, st
+        held.append(s)
+    finally:
+        for s in held:
+            s.close()
+        c.kill()
+
+
 def test_descriptor_limit_checked_at_start():
     proxy = phytest.binary("phyproxy")
 
