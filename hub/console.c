@@ -187,8 +187,7 @@ void api_rfc3339(int64_t ms, char out[32])
     strftime(out, 32, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
-/* RFC 3339 text of a time in ms, or null when 0 (never). New reference. */
-static json_t *time_json(int64_t ms)
+json_t *api_time_json(int64_t ms)
 {
     char t[32];
     if (ms <= 0)
@@ -213,11 +212,11 @@ json_t *api_device_json(const struct store_device *d)
     return json_pack("{s:s, s:s, s:s?, s:o, s:s, s:s, s:o, s:o, s:o, s:o, s:o, s:s}", "device_id",
                      d->device_id, "serial", d->serial, "name", d->name[0] ? d->name : NULL, "tags",
                      stored_json(d->tags_json, 1), "state", d->state, "presence",
-                     d->online ? "online" : "offline", "last_seen", time_json(d->last_seen_ms),
-                     "connected_at", time_json(d->connected_ms), "disconnected_at",
-                     time_json(d->disconnected_ms), "last_status",
+                     d->online ? "online" : "offline", "last_seen", api_time_json(d->last_seen_ms),
+                     "connected_at", api_time_json(d->connected_ms), "disconnected_at",
+                     api_time_json(d->disconnected_ms), "last_status",
                      stored_json(d->last_status_json, 0), "last_status_at",
-                     time_json(d->last_status_ms), "created_at", created);
+                     api_time_json(d->last_status_ms), "created_at", created);
 }
 
 static int tags_validate(json_t *tags, char **tags_json, struct api_response *res);
@@ -1042,7 +1041,7 @@ void handle_status_history(struct hub *h, const struct api_request *req, const c
     }
     json_t *arr = json_array();
     for (size_t i = 0; arr && i < n; i++) {
-        json_t *e = json_pack("{s:o, s:o}", "at", time_json(r[i].at_ms), "status",
+        json_t *e = json_pack("{s:o, s:o}", "at", api_time_json(r[i].at_ms), "status",
                               stored_json(r[i].status_json, 1));
         if (!e || json_array_append_new(arr, e) < 0) {
             json_decref(arr);
@@ -1112,7 +1111,7 @@ void handle_audit(struct hub *h, const struct api_request *req, struct api_respo
     json_t *arr = json_array();
     for (size_t i = 0; arr && i < n; i++) {
         json_t *e = json_pack("{s:I, s:o, s:s, s:s, s:s?, s:o}", "id", (json_int_t)a[i].id, "at",
-                              time_json(a[i].at_ms), "actor", a[i].actor, "action", a[i].action,
+                              api_time_json(a[i].at_ms), "actor", a[i].actor, "action", a[i].action,
                               "device_id", a[i].device_id[0] ? a[i].device_id : NULL, "detail",
                               stored_json(a[i].detail_json, 0));
         if (!e || json_array_append_new(arr, e) < 0) {

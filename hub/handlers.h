@@ -59,6 +59,8 @@ void api_audit(struct hub *h, int64_t tenant_id, int64_t user_id, const char *ac
 
 /* RFC 3339 UTC text (to the second) of a time in ms since the epoch. */
 void api_rfc3339(int64_t ms, char out[32]);
+/* That text as a JSON string, or null when ms <= 0 (never). New reference. */
+json_t *api_time_json(int64_t ms);
 
 /* Device record as the console API shows it (presence, last_seen, connected_at,
  * disconnected_at, last_status, last_status_at; times RFC 3339 or null). New

@@ -8,15 +8,6 @@
 #include "phy/crypto.h"
 #include "phy/err.h"
 
-static json_t *time_or_null(int64_t ms)
-{
-    char t[32];
-    if (ms <= 0)
-        return json_null();
-    api_rfc3339(ms, t);
-    return json_string(t);
-}
-
 /* The caller's tenant policy; -1 with res answered. */
 static int tenant_policy(struct hub *h, const struct api_caller *caller, int *policy,
                          struct api_response *res)
@@ -121,8 +112,8 @@ void handle_registrations(struct hub *h, const struct api_request *req, struct a
     json_t *arr = json_array();
     for (size_t i = 0; arr && !issued && i < n; i++) {
         json_t *e = json_pack("{s:o, s:o, s:s?, s:s?, s:b}", "first_seen",
-                              time_or_null(regs[i].created_ms), "last_seen",
-                              time_or_null(regs[i].last_active_ms), "source",
+                              api_time_json(regs[i].created_ms), "last_seen",
+                              api_time_json(regs[i].last_active_ms), "source",
                               regs[i].source[0] ? regs[i].source : NULL, "agent",
                               regs[i].agent[0] ? regs[i].agent : NULL, "proven", regs[i].proven);
         if (!e || json_array_append_new(arr, e) < 0) {

@@ -10,15 +10,6 @@
 #include "phy/crypto.h"
 #include "phy/err.h"
 
-static json_t *time_or_null(int64_t ms)
-{
-    char t[32];
-    if (ms <= 0)
-        return json_null();
-    api_rfc3339(ms, t);
-    return json_string(t);
-}
-
 void handle_tokens_list(struct hub *h, const struct api_request *req, struct api_response *res)
 {
     struct api_caller caller;
@@ -36,8 +27,8 @@ void handle_tokens_list(struct hub *h, const struct api_request *req, struct api
     json_t *arr = json_array();
     for (size_t i = 0; arr && i < n; i++) {
         json_t *e = json_pack("{s:s, s:s, s:o, s:o, s:b}", "id", v[i].id, "user", v[i].user,
-                              "created_at", time_or_null(v[i].created_ms), "expires_at",
-                              time_or_null(v[i].expires_ms), "expired",
+                              "created_at", api_time_json(v[i].created_ms), "expires_at",
+                              api_time_json(v[i].expires_ms), "expired",
                               v[i].expires_ms > 0 && v[i].expires_ms <= now);
         if (!e || json_array_append_new(arr, e) < 0) {
             json_decref(arr);
@@ -96,7 +87,7 @@ void handle_token_create(struct hub *h, const struct api_request *req, struct ap
     memcpy(id, hash, STORE_TOKEN_ID_LEN);
     id[STORE_TOKEN_ID_LEN] = '\0';
     api_json(res, 201, json_pack("{s:s, s:s, s:o}", "token", token, "id", id, "expires_at",
-                                 time_or_null(expires)));
+                                 api_time_json(expires)));
     snprintf(res->extra_headers, sizeof(res->extra_headers), "Cache-Control: no-store\r\n");
     api_audit(h, caller.tenant_id, caller.user_id, "token.create", NULL,
               json_pack("{s:s, s:I}", "id", id, "expires_in_days", days));

@@ -178,6 +178,22 @@ static int q_int(struct store *s, int64_t *v, const char *sql, const char *fmt, 
     return rc;
 }
 
+/* Makes room for one more element in the array *v of *cap elements holding count:
+ * doubles it (first elements at first). 0 or PHY_ENOMEM (*v unchanged). */
+static int grow(void *v, size_t *cap, size_t count, size_t elem, size_t first)
+{
+    void *old, *nv;
+    if (count < *cap)
+        return 0;
+    size_t ncap = *cap ? *cap * 2 : first;
+    memcpy(&old, v, sizeof old); /* v points at an object pointer of any type */
+    if (!(nv = realloc(old, ncap * elem)))
+        return PHY_ENOMEM;
+    memcpy(v, &nv, sizeof nv);
+    *cap = ncap;
+    return 0;
+}
+
 /* Copies a text column (NULL reads as "") into dst[cap]; PHY_EIO when it does not fit. */
 static int col_copy(struct db_stmt *st, int col, char *dst, size_t cap)
 {
@@ -530,16 +546,8 @@ static int sq_token_list(struct store *s, int64_t tenant_id, struct store_token 
     if (rc)
         goto out;
     while ((rc = db_step(st)) == DB_ROW) {
-        if (count == cap) {
-            size_t ncap = cap ? cap * 2 : 8;
-            struct store_token *nv = realloc(v, ncap * sizeof *nv);
-            if (!nv) {
-                rc = PHY_ENOMEM;
-                goto out;
-            }
-            v = nv;
-            cap = ncap;
-        }
+        if ((rc = grow(&v, &cap, count, sizeof *v, 8)))
+            goto out;
         memset(&v[count], 0, sizeof v[count]);
         if ((rc = col_copy(st, 0, v[count].id, sizeof v[count].id)) ||
             (rc = col_copy(st, 1, v[count].user, sizeof v[count].user)))
@@ -2092,16 +2100,8 @@ static int remote_ended_purge(struct store *s, const struct store_prov_params *p
         return rc;
     while ((rc = db_step(st)) == DB_ROW) {
         char id[PHY_DEVICE_ID_LEN + 1];
-        if (count == cap) {
-            size_t ncap = cap ? cap * 2 : 16;
-            struct ended *nv = realloc(v, ncap * sizeof *nv);
-            if (!nv) {
-                rc = PHY_ENOMEM;
-                goto out;
-            }
-            v = nv;
-            cap = ncap;
-        }
+        if ((rc = grow(&v, &cap, count, sizeof *v, 16)))
+            goto out;
         if ((rc = col_copy(st, 0, v[count].serial, sizeof v[count].serial)) ||
             (rc = col_copy(st, 1, id, sizeof id)) || (rc = device_ref(id, v[count].ref)))
             goto out;
@@ -2315,16 +2315,8 @@ static int sq_devices_list(struct store *s, int64_t tenant_id, const struct stor
     if (rc)
         goto out;
     while ((rc = db_step(st)) == DB_ROW) {
-        if (count == cap) {
-            size_t ncap = cap ? cap * 2 : 16;
-            struct store_device *nv = realloc(v, ncap * sizeof *nv);
-            if (!nv) {
-                rc = PHY_ENOMEM;
-                goto out;
-            }
-            v = nv;
-            cap = ncap;
-        }
+        if ((rc = grow(&v, &cap, count, sizeof *v, 16)))
+            goto out;
         memset(&v[count], 0, sizeof v[count]);
         count++;
         if ((rc = dev_read(st, &v[count - 1])))
@@ -2832,16 +2824,8 @@ static int sq_desired_patch_tag(struct store *s, int64_t tenant_id, const char *
         }
         if (!ch)
             continue;
-        if (pushed == cap) {
-            size_t ncap = cap ? cap * 2 : 64;
-            struct store_push *nv = realloc(v, ncap * sizeof *nv);
-            if (!nv) {
-                rc = PHY_ENOMEM;
-                goto out;
-            }
-            v = nv;
-            cap = ncap;
-        }
+        if ((rc = grow(&v, &cap, pushed, sizeof *v, 64)))
+            goto out;
         memset(&v[pushed], 0, sizeof v[pushed]);
         memcpy(v[pushed].device_id, ids[i], sizeof ids[i]);
         v[pushed].version = ver;
