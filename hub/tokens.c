@@ -26,10 +26,10 @@ void handle_tokens_list(struct hub *h, const struct api_request *req, struct api
     snprintf(res->log, sizeof(res->log), "tenant=%s count=%zu", caller.tenant, n);
     json_t *arr = json_array();
     for (size_t i = 0; arr && i < n; i++) {
-        json_t *e = json_pack("{s:s, s:s, s:o, s:o, s:b}", "id", v[i].id, "user", v[i].user,
-                              "created_at", api_time_json(v[i].created_ms), "expires_at",
-                              api_time_json(v[i].expires_ms), "expired",
-                              v[i].expires_ms > 0 && v[i].expires_ms <= now);
+        json_t *e =
+            json_pack("{s:s, s:s, s:o, s:o, s:b}", "id", v[i].id, "user", v[i].user, "created_at",
+                      api_time_json(v[i].created_ms), "expires_at", api_time_json(v[i].expires_ms),
+                      "expired", v[i].expires_ms > 0 && v[i].expires_ms <= now);
         if (!e || json_array_append_new(arr, e) < 0) {
             json_decref(arr);
             arr = NULL;
@@ -86,8 +86,9 @@ void handle_token_create(struct hub *h, const struct api_request *req, struct ap
     }
     memcpy(id, hash, STORE_TOKEN_ID_LEN);
     id[STORE_TOKEN_ID_LEN] = '\0';
-    api_json(res, 201, json_pack("{s:s, s:s, s:o}", "token", token, "id", id, "expires_at",
-                                 api_time_json(expires)));
+    api_json(res, 201,
+             json_pack("{s:s, s:s, s:o}", "token", token, "id", id, "expires_at",
+                       api_time_json(expires)));
     snprintf(res->extra_headers, sizeof(res->extra_headers), "Cache-Control: no-store\r\n");
     api_audit(h, caller.tenant_id, caller.user_id, "token.create", NULL,
               json_pack("{s:s, s:I}", "id", id, "expires_in_days", days));

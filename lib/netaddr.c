@@ -68,8 +68,7 @@ int phy_cidr_parse(const char *s, struct phy_cidr *out)
     return 0;
 }
 
-int phy_cidr_list_parse(const char *s, struct phy_cidr **list, size_t *n, char *err,
-                        size_t errcap)
+int phy_cidr_list_parse(const char *s, struct phy_cidr **list, size_t *n, char *err, size_t errcap)
 {
     const char *p = s;
 
@@ -171,6 +170,6 @@ int phy_addr_is_public(const uint8_t a[16])
     if (a[0] == 0x20 && a[1] == 0x01 && a[2] == 0x0d && a[3] == 0xb8)
         return 0; /* 2001:db8::/32 documentation */
     if (a[0] == 0x01 && memcmp(a + 1, zero, 7) == 0)
-        return 0; /* 100::/64 discard */
+        return 0;                 /* 100::/64 discard */
     return (a[0] & 0xe0) == 0x20; /* only 2000::/3 is global unicast */
 }

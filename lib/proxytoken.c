@@ -36,7 +36,8 @@ int phy_proxy_key_load(const char *spec, int create, struct phy_proxy_key *out, 
 
     memset(out, 0, sizeof *out);
     if (eq == NULL || !kid_valid(spec, (size_t)(eq - spec)) || eq[1] == '\0') {
-        snprintf(err, errcap, "proxy key: expected KID=FILE with KID 1-%d of a-z 0-9 -, got '%.40s'",
+        snprintf(err, errcap,
+                 "proxy key: expected KID=FILE with KID 1-%d of a-z 0-9 -, got '%.40s'",
                  PHY_PROXY_KID_MAX, spec);
         return PHY_EINVAL;
     }

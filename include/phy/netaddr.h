@@ -23,8 +23,7 @@ int phy_cidr_parse(const char *s, struct phy_cidr *out);
 
 /* Parses a comma-separated list of CIDRs ("A,B,…"); appends to *list (realloc'd,
  * *n updated). 0, PHY_EINVAL (the bad item in err) or PHY_ENOMEM. */
-int phy_cidr_list_parse(const char *s, struct phy_cidr **list, size_t *n, char *err,
-                        size_t errcap);
+int phy_cidr_list_parse(const char *s, struct phy_cidr **list, size_t *n, char *err, size_t errcap);
 
 /* 1 when the 16-byte address a lies in c. */
 int phy_cidr_match(const struct phy_cidr *c, const uint8_t a[16]);

@@ -14,17 +14,17 @@
 #include "phy/connect.h"
 
 #define PHY_PP2_SIG_LEN 12
-#define PHY_PP2_HEAD_LEN 16   /* signature, version/command, family, length */
-#define PHY_PP2_MAX_LEN 512   /* what we build, and the most we accept */
+#define PHY_PP2_HEAD_LEN 16 /* signature, version/command, family, length */
+#define PHY_PP2_MAX_LEN 512 /* what we build, and the most we accept */
 #define PHY_PP2_TLV_IDENT 0xE0
 #define PHY_PP2_TLV_VERIFIED 0xE1
 
 extern const unsigned char phy_pp2_sig[PHY_PP2_SIG_LEN];
 
 struct phy_pp2 {
-    int local;                     /* LOCAL command (a health check): no addresses */
-    struct sockaddr_storage src;   /* the client as the proxy saw it */
-    struct sockaddr_storage dst;   /* the address the client connected to */
+    int local;                             /* LOCAL command (a health check): no addresses */
+    struct sockaddr_storage src;           /* the client as the proxy saw it */
+    struct sockaddr_storage dst;           /* the address the client connected to */
     char ident[PHY_CONNECT_MAX_IDENT + 1]; /* "" when absent */
     int verified;
 };

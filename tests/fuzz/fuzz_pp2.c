@@ -18,8 +18,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if ((size_t)n > size || n > PHY_PP2_MAX_LEN)
             abort();
         if (!pp.local) {
-            int m = phy_pp2_build((struct sockaddr *)&pp.src, (struct sockaddr *)&pp.dst,
-                                  pp.ident, pp.verified, buf, sizeof buf);
+            int m = phy_pp2_build((struct sockaddr *)&pp.src, (struct sockaddr *)&pp.dst, pp.ident,
+                                  pp.verified, buf, sizeof buf);
             if (m <= 0 || phy_pp2_parse(buf, (size_t)m, &again) != m ||
                 strcmp(again.ident, pp.ident) != 0 || again.verified != pp.verified ||
                 memcmp(&again.src, &pp.src, sizeof pp.src) != 0)

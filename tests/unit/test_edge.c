@@ -38,14 +38,34 @@ static int is_public(const char *s)
 static void test_public_addresses(void **state)
 {
     static const char *const blocked[] = {
-        "127.0.0.1", "10.1.2.3", "172.16.0.1", "172.31.255.255", "192.168.1.1", "169.254.169.254",
-        "100.64.0.1", "0.0.0.0", "255.255.255.255", "224.0.0.1", "192.0.2.7", "198.18.0.1", "::1",
-        "::", "fe80::1", "fd00:ec2::254", "fc00::1", "ff02::1", "::ffff:127.0.0.1",
-        "::ffff:10.0.0.1", "64:ff9b::a9fe:a9fe", "2002:7f00:1::1", "2001:db8::1", "::127.0.0.1",
+        "127.0.0.1",
+        "10.1.2.3",
+        "172.16.0.1",
+        "172.31.255.255",
+        "192.168.1.1",
+        "169.254.169.254",
+        "100.64.0.1",
+        "0.0.0.0",
+        "255.255.255.255",
+        "224.0.0.1",
+        "192.0.2.7",
+        "198.18.0.1",
+        "::1",
+        "::",
+        "fe80::1",
+        "fd00:ec2::254",
+        "fc00::1",
+        "ff02::1",
+        "::ffff:127.0.0.1",
+        "::ffff:10.0.0.1",
+        "64:ff9b::a9fe:a9fe",
+        "2002:7f00:1::1",
+        "2001:db8::1",
+        "::127.0.0.1",
     };
     static const char *const allowed[] = {
-        "1.1.1.1", "8.8.8.8", "172.32.0.1", "100.128.0.1", "2606:4700::1111", "::ffff:8.8.8.8",
-        "2002:0808:0808::1", "169.253.1.1",
+        "1.1.1.1",         "8.8.8.8",        "172.32.0.1",        "100.128.0.1",
+        "2606:4700::1111", "::ffff:8.8.8.8", "2002:0808:0808::1", "169.253.1.1",
     };
     (void)state;
     for (size_t i = 0; i < sizeof blocked / sizeof blocked[0]; i++)
@@ -84,8 +104,8 @@ static void test_cidr(void **state)
     addr_of("::1", a);
     assert_false(phy_cidr_match(&c, a)); /* an IPv4 network never holds IPv6 */
 
-    assert_int_equal(phy_cidr_list_parse("127.0.0.1,::1,192.168.0.0/16", &list, &n, err,
-                                         sizeof err), 0);
+    assert_int_equal(
+        phy_cidr_list_parse("127.0.0.1,::1,192.168.0.0/16", &list, &n, err, sizeof err), 0);
     assert_int_equal(n, 3);
     memset(&in4, 0, sizeof in4);
     in4.sin_family = AF_INET;
@@ -94,10 +114,8 @@ static void test_cidr(void **state)
     assert_true(phy_cidr_list_match(list, n, a));
     addr_of("127.0.0.2", a);
     assert_false(phy_cidr_list_match(list, n, a));
-    assert_int_equal(phy_cidr_list_parse("127.0.0.1,,::1", &list, &n, err, sizeof err),
-                     PHY_EINVAL);
-    assert_int_equal(phy_cidr_list_parse("127.0.0.1,nope", &list, &n, err, sizeof err),
-                     PHY_EINVAL);
+    assert_int_equal(phy_cidr_list_parse("127.0.0.1,,::1", &list, &n, err, sizeof err), PHY_EINVAL);
+    assert_int_equal(phy_cidr_list_parse("127.0.0.1,nope", &list, &n, err, sizeof err), PHY_EINVAL);
     assert_non_null(strstr(err, "nope"));
     free(list);
 }
@@ -158,8 +176,8 @@ static void test_proxy_token(void **state)
     assert_true(phy_proxy_token_verify(keys + 1, 1, dev, tok, strlen(tok)) == 0); /* k1 gone */
     assert_int_equal(phy_proxy_token_make(&keys[1], dev, tok2), 0);
     assert_true(phy_proxy_token_verify(keys, 2, dev, tok2, strlen(tok2)));
-    assert_false(phy_proxy_token_verify(keys, 2, "dev_abcdefghijklmnopqrstuvwxyy", tok,
-                                        strlen(tok)));
+    assert_false(
+        phy_proxy_token_verify(keys, 2, "dev_abcdefghijklmnopqrstuvwxyy", tok, strlen(tok)));
     tok[10] = tok[10] == 'A' ? 'B' : 'A';
     assert_false(phy_proxy_token_verify(keys, 2, dev, tok, strlen(tok)));
     assert_false(phy_proxy_token_verify(keys, 2, dev, tok, strlen(tok) - 1));
@@ -226,10 +244,12 @@ static void test_pp2(void **state)
     assert_int_equal(phy_pp2_parse(buf, (size_t)n, &pp), n);
     assert_string_equal(pp.ident, "");
     assert_int_equal(pp.src.ss_family, AF_INET6);
-    assert_int_equal(phy_pp2_build((struct sockaddr *)&s6, (struct sockaddr *)&d4, NULL, 0, buf,
-                                   sizeof buf), PHY_EINVAL);
-    assert_int_equal(phy_pp2_build((struct sockaddr *)&s6, (struct sockaddr *)&d6, NULL, 0, buf,
-                                   20), PHY_ETOOBIG);
+    assert_int_equal(
+        phy_pp2_build((struct sockaddr *)&s6, (struct sockaddr *)&d4, NULL, 0, buf, sizeof buf),
+        PHY_EINVAL);
+    assert_int_equal(
+        phy_pp2_build((struct sockaddr *)&s6, (struct sockaddr *)&d6, NULL, 0, buf, 20),
+        PHY_ETOOBIG);
     buf[12] = 0x20; /* LOCAL */
     assert_int_equal(phy_pp2_parse(buf, (size_t)n, &pp), n);
     assert_int_equal(pp.local, 1);
