@@ -18,6 +18,7 @@
 
 #include "backoff.h"
 #include "hook.h"
+#include "phy/protocol.h"
 #include "phy/client.h"
 #include "phy/crypto.h"
 #include "phy/err.h"
@@ -33,12 +34,12 @@
 
 /* Close codes of the hub (PROTOCOL.md section 5 and the hub's documentation). */
 enum {
-    CLOSE_NORMAL = 1000,
-    CLOSE_GOING_AWAY = 1001,
-    CLOSE_POLICY = 1008,
-    CLOSE_REPLACED = 4000,
-    CLOSE_REVOKED = 4001,
-    CLOSE_DELETED = 4002,
+    CLOSE_NORMAL = PHY_CLOSE_NORMAL,
+    CLOSE_GOING_AWAY = PHY_CLOSE_GOING_AWAY,
+    CLOSE_POLICY = PHY_CLOSE_POLICY,
+    CLOSE_REPLACED = PHY_CLOSE_REPLACED,
+    CLOSE_REVOKED = PHY_CLOSE_REVOKED,
+    CLOSE_DELETED = PHY_CLOSE_DELETED,
 };
 
 /* Why a session ended. */
@@ -141,7 +142,7 @@ static void send_twin_get(struct life *l, const char *reason)
     long long id;
 
     phy_log(PHY_LOG_INFO, "twin_get", "reason=%s", reason);
-    send_text(l, agent_sync_twin_get(&l->sync, &id), "twin.get");
+    send_text(l, agent_sync_twin_get(&l->sync, &id), PHY_MSG_TWIN_GET);
 }
 
 static void send_status(struct life *l)
@@ -156,7 +157,7 @@ static void send_status(struct life *l)
         phy_log(PHY_LOG_ERROR, "send_failed", "msg=status err=out_of_memory");
         return;
     }
-    send_text(l, agent_sync_status(&l->sync, st, &id), "status");
+    send_text(l, agent_sync_status(&l->sync, st, &id), PHY_MSG_STATUS);
     json_decref(st);
 }
 
@@ -165,7 +166,8 @@ static void send_report(struct life *l)
 {
     if (l->report == NULL || l->ws == NULL)
         return;
-    send_text(l, agent_sync_reported_patch(&l->sync, l->report, &l->report_id), "reported.patch");
+    send_text(l, agent_sync_reported_patch(&l->sync, l->report, &l->report_id),
+              PHY_MSG_REPORTED_PATCH);
 }
 
 /* ---- applying the desired configuration ---- */

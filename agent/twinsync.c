@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "phy/protocol.h"
 #include "phy/err.h"
 #include "phy/twin.h"
 
@@ -70,14 +71,14 @@ char *agent_sync_twin_get(struct agent_sync *s, long long *id)
     long long v = take_id(s, id);
 
     s->twin_get_id = v;
-    return dump(json_pack("{s:s, s:I}", "type", "twin.get", "id", (json_int_t)v));
+    return dump(json_pack("{s:s, s:I}", "type", PHY_MSG_TWIN_GET, "id", (json_int_t)v));
 }
 
 char *agent_sync_reported_patch(struct agent_sync *s, const json_t *patch, long long *id)
 {
     long long v = take_id(s, id);
 
-    return dump(json_pack("{s:s, s:I, s:O}", "type", "reported.patch", "id", (json_int_t)v, "patch",
+    return dump(json_pack("{s:s, s:I, s:O}", "type", PHY_MSG_REPORTED_PATCH, "id", (json_int_t)v, "patch",
                           patch));
 }
 
@@ -86,7 +87,7 @@ char *agent_sync_status(struct agent_sync *s, const json_t *status, long long *i
     long long v = take_id(s, id);
 
     return dump(
-        json_pack("{s:s, s:I, s:O}", "type", "status", "id", (json_int_t)v, "status", status));
+        json_pack("{s:s, s:I, s:O}", "type", PHY_MSG_STATUS, "id", (json_int_t)v, "status", status));
 }
 
 static void invalid(struct agent_sync_event *ev, const char *fmt, ...)
@@ -234,9 +235,9 @@ void agent_sync_handle(struct agent_sync *s, const char *text, size_t n,
 
     if (strcmp(ev->type, "twin") == 0) {
         on_twin(s, msg, ev);
-    } else if (strcmp(ev->type, "desired.patch") == 0) {
+    } else if (strcmp(ev->type, PHY_MSG_DESIRED_PATCH) == 0) {
         on_push(s, msg, ev);
-    } else if (strcmp(ev->type, "ack") == 0) {
+    } else if (strcmp(ev->type, PHY_MSG_ACK) == 0) {
         ev->action = AGENT_SYNC_ACK;
         ev->version = get_count(msg, "version");
     } else if (strcmp(ev->type, "error") == 0) {

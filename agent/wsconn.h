@@ -4,10 +4,11 @@
 
 #include <stddef.h>
 
+#include "phy/protocol.h"
 #include "phy/http.h"
 
-#define AGENT_WS_PATH "/v1/hub"
-#define AGENT_WS_PROTOCOL "phyhub.v1"
+#define AGENT_WS_PATH PHY_HUB_PATH
+#define AGENT_WS_PROTOCOL PHY_WS_SUBPROTOCOL
 #define AGENT_WS_KEY_LEN 24    /* base64 of 16 random bytes */
 #define AGENT_WS_ACCEPT_LEN 28 /* base64 of a SHA-1 digest */
 

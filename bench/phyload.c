@@ -32,6 +32,7 @@
 #include "phy/client.h"
 #include "phy/err.h"
 #include "phy/http.h"
+#include "phy/protocol.h"
 #include "wsframe.h"
 
 #define MAX_DEVICES 1000000
@@ -690,9 +691,9 @@ static void on_text(struct load *L, struct dev *d, const uint8_t *p, size_t n)
         } else {
             L->other_patches++;
         }
-    } else if (memmem(p, n, "\"type\":\"twin\"", 13)) {
+    } else if (memmem(p, n, "\"type\":\"" PHY_MSG_TWIN "\"", sizeof PHY_MSG_TWIN + 9)) {
         L->twins++;
-    } else if (memmem(p, n, "\"type\":\"error\"", 14)) {
+    } else if (memmem(p, n, "\"type\":\"" PHY_MSG_ERROR "\"", sizeof PHY_MSG_ERROR + 9)) {
         if (L->errors_rx++ == 0)
             fprintf(stderr, "phyload: first error message from the hub: %.*s\n",
                     (int)(n > 300 ? 300 : n), (const char *)p);
@@ -880,9 +881,9 @@ static int build_upgrade(struct load *L, struct dev *d)
         phy_base64_encode((unsigned char *)userpass, (size_t)ul, basic, sizeof(basic), 0) < 0)
         goto out;
     int n = snprintf(req, sizeof(req),
-                     "GET /v1/hub HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\n"
+                     "GET " PHY_HUB_PATH " HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\n"
                      "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
-                     "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: phyhub.v1\r\n"
+                     "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: " PHY_WS_SUBPROTOCOL "\r\n"
                      "Authorization: Basic %s\r\n\r\n",
                      L->host_header, key64, basic);
     if (n < 0 || (size_t)n >= sizeof(req))
@@ -944,7 +945,7 @@ static int read_upgrade(struct load *L, struct dev *d)
             phy_http_find_header(res.headers, res.num_headers, "Sec-WebSocket-Accept");
         const struct phy_str *proto =
             phy_http_find_header(res.headers, res.num_headers, "Sec-WebSocket-Protocol");
-        if (!acc || !phy_str_eq(*acc, d->accept) || !proto || !phy_str_eq(*proto, "phyhub.v1")) {
+        if (!acc || !phy_str_eq(*acc, d->accept) || !proto || !phy_str_eq(*proto, PHY_WS_SUBPROTOCOL)) {
             dev_fail(L, d, F_HTTP, "101 without the right Sec-WebSocket-Accept/Protocol");
             return -1;
         }
@@ -1086,7 +1087,7 @@ static void dev_io(struct load *L, struct dev *d, uint32_t events)
             }
             dev_opened(L, d);
             if (L->o.twin_get) {
-                static const char tg[] = "{\"type\":\"twin.get\",\"id\":\"phyload\"}";
+                static const char tg[] = "{\"type\":\"" PHY_MSG_TWIN_GET "\",\"id\":\"phyload\"}";
                 if (ws_send_frame(d, WSF_TEXT, tg, sizeof(tg) - 1) < 0) {
                     dev_fail(L, d, F_CLOSED, "write failed");
                     return;

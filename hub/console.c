@@ -10,6 +10,7 @@
 #include "handlers.h"
 #include "rules.h"
 #include "region.h"
+#include "phy/protocol.h"
 #include "phy/crypto.h"
 #include "phy/err.h"
 #include "phy/log.h"
@@ -960,7 +961,7 @@ void handle_device_revoke(struct hub *h, const struct api_request *req, const ch
         no_device(res);
         return;
     }
-    device_ended(h, &caller, id, "revoked=1", 4001, "revoked", "device.revoke", NULL, res);
+    device_ended(h, &caller, id, "revoked=1", PHY_CLOSE_REVOKED, "revoked", "device.revoke", NULL, res);
     answer_device(h, &caller, id, res);
 }
 
@@ -988,7 +989,7 @@ void handle_device_reset(struct hub *h, const struct api_request *req, const cha
     int rearmed = outcome == STORE_OK;
     char what[96];
     snprintf(what, sizeof(what), "serial=%s reset=1 rearmed=%d", d.serial, rearmed);
-    device_ended(h, &caller, id, what, 4001, "revoked", "device.reset",
+    device_ended(h, &caller, id, what, PHY_CLOSE_REVOKED, "revoked", "device.reset",
                  json_pack("{s:s}", "serial", d.serial), res);
     api_json(res, 200,
              json_pack("{s:s, s:s, s:s, s:b}", "device_id", id, "serial", d.serial, "state",
@@ -1014,7 +1015,7 @@ void handle_device_delete(struct hub *h, const struct api_request *req, const ch
         no_device(res);
         return;
     }
-    device_ended(h, &caller, id, "deleted=1", 4002, "deleted", "device.delete", NULL, res);
+    device_ended(h, &caller, id, "deleted=1", PHY_CLOSE_DELETED, "deleted", "device.delete", NULL, res);
     res->status = 204; /* no body: the server writes no Content-Length either */
 }
 

@@ -6,10 +6,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "phy/protocol.h"
 #include "phy/err.h"
 #include "phy/twin.h"
 
-#define DISPATCH_STATUS_MAX 8192 /* compact serialization of a status object */
 #define DISPATCH_ECHO_KEY_MAX 32 /* longest unknown key quoted back in a message */
 
 static void set_error(struct dispatch_action *out, const char *code, const char *fmt, ...)
@@ -136,11 +136,12 @@ int dispatch_parse(const char *data, size_t len, struct dispatch_action *out)
     const char *t = json_string_value(type);
     size_t tlen = json_string_length(type);
 
-    if (tlen == 8 && memcmp(t, "twin.get", 8) == 0) {
+    if (tlen == sizeof PHY_MSG_TWIN_GET - 1 && memcmp(t, PHY_MSG_TWIN_GET, tlen) == 0) {
         if (only_known_fields(root, NULL, out) != 0)
             goto out_free;
         out->kind = DISPATCH_TWIN_GET;
-    } else if (tlen == 14 && memcmp(t, "reported.patch", 14) == 0) {
+    } else if (tlen == sizeof PHY_MSG_REPORTED_PATCH - 1 &&
+               memcmp(t, PHY_MSG_REPORTED_PATCH, tlen) == 0) {
         if (only_known_fields(root, "patch", out) != 0 || take_body(root, "patch", out) != 0)
             goto out_free;
         if (phy_twin_check_depth(out->body, PHY_TWIN_MAX_DEPTH) != 0) {
@@ -148,12 +149,12 @@ int dispatch_parse(const char *data, size_t len, struct dispatch_action *out)
             goto out_free;
         }
         out->kind = DISPATCH_REPORTED_PATCH;
-    } else if (tlen == 6 && memcmp(t, "status", 6) == 0) {
+    } else if (tlen == sizeof PHY_MSG_STATUS - 1 && memcmp(t, PHY_MSG_STATUS, tlen) == 0) {
         if (only_known_fields(root, "status", out) != 0 || take_body(root, "status", out) != 0)
             goto out_free;
-        int rc = phy_json_check_size(out->body, DISPATCH_STATUS_MAX);
+        int rc = phy_json_check_size(out->body, PHY_STATUS_MAX);
         if (rc == PHY_ETOOBIG) {
-            set_error(out, "too_large", "status over %d bytes", DISPATCH_STATUS_MAX);
+            set_error(out, "too_large", "status over %d bytes", PHY_STATUS_MAX);
             goto out_free;
         }
         if (rc != 0) {
@@ -192,12 +193,12 @@ char *dispatch_error_msg(const char *id, const char *error, const char *message)
 {
     if (error == NULL)
         return NULL;
-    return dump_owned(json_pack("{s:s, s:s*, s:s, s:s}", "type", "error", "id", id, "error", error,
+    return dump_owned(json_pack("{s:s, s:s*, s:s, s:s}", "type", PHY_MSG_ERROR, "id", id, "error", error,
                                 "message", message != NULL ? message : ""));
 }
 
 char *dispatch_ack_msg(const char *id, long long version)
 {
     return dump_owned(
-        json_pack("{s:s, s:s*, s:I}", "type", "ack", "id", id, "version", (json_int_t)version));
+        json_pack("{s:s, s:s*, s:I}", "type", PHY_MSG_ACK, "id", id, "version", (json_int_t)version));
 }

@@ -24,6 +24,7 @@
 #include "phy/http.h"
 #include "phy/log.h"
 #include "phy/netaddr.h"
+#include "phy/protocol.h"
 #include "phy/proxyproto.h"
 
 enum work_kind { WORK_API, WORK_UPGRADE, WORK_EVENTS };
@@ -461,7 +462,7 @@ static void on_work_done(uv_work_t *req, int status)
             char extra[256];
             snprintf(extra, sizeof(extra),
                      "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n"
-                     "Sec-WebSocket-Protocol: phyhub.v1\r\n",
+                     "Sec-WebSocket-Protocol: " PHY_WS_SUBPROTOCOL "\r\n",
                      w->ws_accept);
             c->sess = session_new(w->device_id, w->tenant_id, w->gen);
             if (c->sess) {
@@ -606,7 +607,7 @@ static int conn_try_request(struct conn *c)
         return 1;
     }
     w->kind = WORK_API;
-    if (phy_str_eq(rq.target, "/v1/hub") || phy_str_eq(rq.target, "/api/v1/events")) {
+    if (phy_str_eq(rq.target, PHY_HUB_PATH) || phy_str_eq(rq.target, "/api/v1/events")) {
         if (!phy_str_eq(rq.method, "GET")) {
             work_free_blob(w);
             free(w);

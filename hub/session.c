@@ -14,12 +14,12 @@
 #include "conn.h"
 #include "dispatch.h"
 #include "handlers.h"
+#include "phy/protocol.h"
 #include "phy/base64.h"
 #include "phy/crypto.h"
 #include "phy/err.h"
 #include "phy/log.h"
 
-#define WS_MAX_MSG 65536
 #define SESSION_QUEUE_MAX 64 /* messages waiting for the store, per session */
 #define CLOSE_GRACE_MS 1000  /* how long a closing peer gets to answer our close */
 #define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -221,8 +221,8 @@ int session_check_upgrade(const struct phy_http_request *rq, char accept[32], co
         *msg = "Sec-WebSocket-Key must be 16 bytes in base64";
         return 400;
     }
-    if (!proto || !token_list_has(proto, "phyhub.v1")) {
-        *msg = "Sec-WebSocket-Protocol must offer phyhub.v1";
+    if (!proto || !token_list_has(proto, PHY_WS_SUBPROTOCOL)) {
+        *msg = "Sec-WebSocket-Protocol must offer " PHY_WS_SUBPROTOCOL;
         return 400;
     }
     memcpy(buf, key->p, 24);
@@ -499,7 +499,7 @@ static int session_ws(struct session *ss)
         ss->ws = NULL;
         return -1;
     }
-    wslay_event_config_set_max_recv_msg_length(ss->ws, WS_MAX_MSG);
+    wslay_event_config_set_max_recv_msg_length(ss->ws, PHY_WS_MAX_MESSAGE);
     return 0;
 }
 
@@ -604,7 +604,7 @@ static char *twin_reply(const char *id, const char *device_id, const struct stor
     json_t *d = json_loads(t->desired ? t->desired : "{}", 0, NULL);
     json_t *r = json_loads(t->reported ? t->reported : "{}", 0, NULL);
     json_t *tags = json_loads(t->tags ? t->tags : "{}", 0, NULL);
-    json_t *o = json_pack("{s:s, s:{s:s, s:o, s:I, s:o, s:I, s:o}}", "type", "twin", "twin",
+    json_t *o = json_pack("{s:s, s:{s:s, s:o, s:I, s:o, s:I, s:o}}", "type", PHY_MSG_TWIN, "twin",
                           "device_id", device_id, "desired", d ? d : json_object(),
                           "desired_version", (json_int_t)t->desired_version, "reported",
                           r ? r : json_object(), "reported_version",
@@ -678,7 +678,7 @@ static void on_sess_work(uv_work_t *req)
             w->reply = dispatch_error_msg(id, "unavailable", "status not stored; retry");
         } else {
             json_t *e = json_pack("{s:s, s:O}", "device_id", dev, "status", w->action.body);
-            w->event_type = "status";
+            w->event_type = PHY_MSG_STATUS;
             w->event_json = e ? json_dumps(e, JSON_COMPACT) : NULL;
             json_decref(e);
         }
@@ -703,7 +703,7 @@ static void on_sess_work_done(uv_work_t *req, int status)
     } else if (w->gone) {
         /* Revoked or deleted while this session was starting or running (a revoke
          * that committed before the session was registered found nothing to close). */
-        session_close_with(ss, 4001, "revoked");
+        session_close_with(ss, PHY_CLOSE_REVOKED, "revoked");
         session_push(ss->conn);
     } else if (w->action.kind == DISPATCH_TWIN_GET && !w->verify &&
                w->twin_version < ss->desired_sent && w->tries < 3) {
@@ -784,13 +784,13 @@ static void session_on_text(struct session *ss, const uint8_t *msg, size_t len)
     struct hub *h = ss->conn->srv->hub;
     hub_metric_add(&h->metrics.ws_msgs_in, 1);
     if (!utf8_valid(msg, len)) {
-        session_close_with(ss, 1007, "invalid UTF-8");
+        session_close_with(ss, PHY_CLOSE_BAD_DATA, "invalid UTF-8");
         return;
     }
     if (!rate_allow(ss)) {
         if (++ss->violations > (unsigned)h->cfg.device_msg_rate) {
             phy_log(PHY_LOG_WARN, "session_rate_limited", "device_id=%s", ss->device_id);
-            session_close_with(ss, 1008, "message rate limit exceeded");
+            session_close_with(ss, PHY_CLOSE_POLICY, "message rate limit exceeded");
         } else {
             send_error(ss, NULL, "rate_limited", "over the message rate limit; slow down");
         }
@@ -836,7 +836,7 @@ static void ws_on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_m
             session_on_text(ss, arg->msg, arg->msg_length);
         break;
     case WSLAY_BINARY_FRAME:
-        session_close_with(ss, 1003, "binary frames are not accepted");
+        session_close_with(ss, PHY_CLOSE_UNSUPPORTED, "binary frames are not accepted");
         break;
     case WSLAY_CONNECTION_CLOSE:
         ss->closing = 1; /* wslay answers the close; we close once it is sent */
@@ -881,7 +881,7 @@ void session_begin(struct conn *c)
         old->replaced = 1;
         phy_log(PHY_LOG_INFO, "session_replaced", "device_id=%s peer=%s", ss->device_id,
                 old->conn->peer);
-        session_close_with(old, 4000, "replaced by a newer session");
+        session_close_with(old, PHY_CLOSE_REPLACED, "replaced by a newer session");
         session_drive(old->conn);
     }
     registry_add(s->sessions, ss);
@@ -1053,7 +1053,7 @@ void session_effect(struct server *s, const struct api_effect *e, const char *pu
         phy_log(PHY_LOG_INFO, "session_closing", "device_id=%s code=%d", e->device_id,
                 e->close_code);
         session_close_with(ss, (uint16_t)e->close_code,
-                           e->close_code == 4001 ? "revoked" : "deleted");
+                           e->close_code == PHY_CLOSE_REVOKED ? "revoked" : "deleted");
         session_drive(ss->conn);
         return;
     }
@@ -1063,7 +1063,7 @@ void session_effect(struct server *s, const struct api_effect *e, const char *pu
     /* Not pushed (the device sees a version gap with the next push, or reads the
      * twin when it reconnects): a device that does not read, or a patch that would
      * not fit in one message. */
-    if (session_backlog(ss) > BACKLOG_MAX || cap > WS_MAX_MSG)
+    if (session_backlog(ss) > BACKLOG_MAX || cap > PHY_WS_MAX_MESSAGE)
         return;
     if (!ss->ws && !ss->wbuf) {
         /* The fleet-wide fan-out path: an idle session has no wslay context, and
@@ -1073,7 +1073,7 @@ void session_effect(struct server *s, const struct api_effect *e, const char *pu
         if (!f)
             return;
         int len =
-            snprintf(f + 10, cap, "{\"type\":\"desired.patch\",\"version\":%lld,\"patch\":%s}",
+            snprintf(f + 10, cap, "{\"type\":\"" PHY_MSG_DESIRED_PATCH "\",\"version\":%lld,\"patch\":%s}",
                      (long long)e->version, push_patch);
         size_t n = (size_t)len, hl = n < 126 ? 2 : n < 65536 ? 4 : 10;
         uint8_t *h = (uint8_t *)f + 10 - hl;
@@ -1098,7 +1098,7 @@ void session_effect(struct server *s, const struct api_effect *e, const char *pu
         char *t = malloc(cap);
         if (!t)
             return;
-        snprintf(t, cap, "{\"type\":\"desired.patch\",\"version\":%lld,\"patch\":%s}",
+        snprintf(t, cap, "{\"type\":\"" PHY_MSG_DESIRED_PATCH "\",\"version\":%lld,\"patch\":%s}",
                  (long long)e->version, push_patch);
         session_send(ss, t);
         free(t);
@@ -1117,7 +1117,7 @@ void sessions_shutdown(struct server *s)
             if (ss->closing || session_ws(ss) < 0)
                 continue;
             ss->closing = 1;
-            wslay_event_queue_close(ss->ws, 1001, (const uint8_t *)"hub shutting down", 17);
+            wslay_event_queue_close(ss->ws, PHY_CLOSE_GOING_AWAY, (const uint8_t *)"hub shutting down", 17);
             int blocked;
             wslay_event_send(ss->ws); /* best effort: the socket closes right after */
             session_flush_out(ss, &blocked);

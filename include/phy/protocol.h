@@ -1,0 +1,37 @@
+/* The device hub's wire protocol (docs/protocol.md section 5) as constants shared by
+ * phyhub, phyagent, phyctl and the benchmarks: one definition of each name, code and
+ * limit. */
+#ifndef PHY_PROTOCOL_H
+#define PHY_PROTOCOL_H
+
+/* The WebSocket endpoint and its subprotocol. */
+#define PHY_HUB_PATH "/v1/hub"
+#define PHY_WS_SUBPROTOCOL "phyhub.v1"
+
+/* Close codes the hub sends (RFC 6455 section 7.4 and PhyStack's 4000-4999). */
+enum phy_close_code {
+    PHY_CLOSE_NORMAL = 1000,
+    PHY_CLOSE_GOING_AWAY = 1001,  /* the hub is shutting down */
+    PHY_CLOSE_UNSUPPORTED = 1003, /* a binary frame */
+    PHY_CLOSE_BAD_DATA = 1007,    /* invalid UTF-8 in a text frame */
+    PHY_CLOSE_POLICY = 1008,      /* the message rate limit */
+    PHY_CLOSE_TOO_BIG = 1009,     /* a frame or message over PHY_WS_MAX_MESSAGE */
+    PHY_CLOSE_REPLACED = 4000,    /* a newer session of the same device */
+    PHY_CLOSE_REVOKED = 4001,     /* revoked, or reset */
+    PHY_CLOSE_DELETED = 4002,
+};
+
+/* Message types, both ways. */
+#define PHY_MSG_TWIN_GET "twin.get"
+#define PHY_MSG_REPORTED_PATCH "reported.patch"
+#define PHY_MSG_STATUS "status"
+#define PHY_MSG_TWIN "twin"
+#define PHY_MSG_ACK "ack"
+#define PHY_MSG_ERROR "error"
+#define PHY_MSG_DESIRED_PATCH "desired.patch"
+
+/* Limits. Twins' own (section size, depth) are in phy/twin.h. */
+#define PHY_WS_MAX_MESSAGE (64 * 1024) /* a frame or message the hub accepts */
+#define PHY_STATUS_MAX (8 * 1024)      /* a status object, compact JSON */
+
+#endif
