@@ -12,37 +12,10 @@
 #include <unistd.h>
 
 #include "phy/err.h"
+#include "phy/text.h"
 
 #define HOOK_SHELL "/bin/sh"
 
-/* Length of the valid UTF-8 sequence at p[0..n), or 0 when it is not one. */
-static size_t utf8_seq_len(const unsigned char *p, size_t n)
-{
-    unsigned char c = p[0];
-    size_t len;
-
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xC2 && c <= 0xDF)
-        len = 2;
-    else if (c >= 0xE0 && c <= 0xEF)
-        len = 3;
-    else if (c >= 0xF0 && c <= 0xF4)
-        len = 4;
-    else
-        return 0;
-    if (n < len)
-        return 0;
-    for (size_t i = 1; i < len; i++)
-        if ((p[i] & 0xC0) != 0x80)
-            return 0;
-    if ((c == 0xE0 && p[1] < 0xA0) || /* overlong */
-        (c == 0xED && p[1] > 0x9F) || /* UTF-16 surrogates */
-        (c == 0xF0 && p[1] < 0x90) || /* overlong */
-        (c == 0xF4 && p[1] > 0x8F))   /* above U+10FFFF */
-        return 0;
-    return len;
-}
 
 size_t agent_utf8_clean(const unsigned char *in, size_t n, char *out, size_t cap, int *truncated)
 {
@@ -54,7 +27,7 @@ size_t agent_utf8_clean(const unsigned char *in, size_t n, char *out, size_t cap
     if (cap == 0)
         return 0;
     while (i < n) {
-        size_t len = utf8_seq_len(in + i, n - i);
+        size_t len = phy_utf8_seq_len(in + i, n - i);
         const char *src = len > 0 ? (const char *)in + i : replacement;
         size_t outlen = len > 0 ? len : 3;
 

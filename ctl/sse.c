@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "phy/err.h"
+#include "phy/text.h"
 
 enum {
     DC_SIZE,    /* hex digits of the size */
@@ -19,16 +20,6 @@ enum {
     DC_DONE,
 };
 
-static int hexval(char ch)
-{
-    if (ch >= '0' && ch <= '9')
-        return ch - '0';
-    if (ch >= 'a' && ch <= 'f')
-        return ch - 'a' + 10;
-    if (ch >= 'A' && ch <= 'F')
-        return ch - 'A' + 10;
-    return -1;
-}
 
 /* A byte-at-a-time state machine; chunk data is copied in runs. */
 int ctl_dechunk_feed(struct ctl_dechunk *d, const char *in, size_t n, char *out, size_t *outn)
@@ -41,7 +32,7 @@ int ctl_dechunk_feed(struct ctl_dechunk *d, const char *in, size_t n, char *out,
 
         switch (d->state) {
         case DC_SIZE:
-            h = hexval(ch);
+            h = phy_hexval(ch);
             if (h >= 0) {
                 if (++d->digits > 8)
                     return PHY_EPROTO;

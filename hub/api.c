@@ -11,6 +11,7 @@
 
 #include "handlers.h"
 #include "phy/err.h"
+#include "phy/text.h"
 #include "phy/log.h"
 #include "region.h"
 
@@ -239,16 +240,6 @@ int api_path_match(const char *pattern, const char *path, char id[PHY_DEVICE_ID_
     return *pattern == '\0' && *path == '\0';
 }
 
-static int hexdigit(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
 
 /* Strict: only %XX escapes ('+' stays '+'), no %00, no raw space or control bytes. */
 int api_pct_decode(const char *s, size_t n, char *out, size_t cap)
@@ -259,9 +250,9 @@ int api_pct_decode(const char *s, size_t n, char *out, size_t cap)
     for (size_t i = 0; i < n; i++) {
         int c = (unsigned char)s[i];
         if (c == '%') {
-            if (n - i < 3 || hexdigit(s[i + 1]) < 0 || hexdigit(s[i + 2]) < 0)
+            if (n - i < 3 || phy_hexval(s[i + 1]) < 0 || phy_hexval(s[i + 2]) < 0)
                 return PHY_EINVAL;
-            c = hexdigit(s[i + 1]) * 16 + hexdigit(s[i + 2]);
+            c = phy_hexval(s[i + 1]) * 16 + phy_hexval(s[i + 2]);
             if (c == 0)
                 return PHY_EINVAL;
             i += 2;
@@ -276,39 +267,6 @@ int api_pct_decode(const char *s, size_t n, char *out, size_t cap)
     return (int)j;
 }
 
-int api_utf8_valid(const char *s, size_t n)
-{
-    const unsigned char *p = (const unsigned char *)s;
-    size_t i = 0;
-    while (i < n) {
-        unsigned c = p[i];
-        size_t len;
-        unsigned cp, min;
-        if (c < 0x80) {
-            i++;
-            continue;
-        } else if ((c & 0xe0) == 0xc0) {
-            len = 2, cp = c & 0x1f, min = 0x80;
-        } else if ((c & 0xf0) == 0xe0) {
-            len = 3, cp = c & 0x0f, min = 0x800;
-        } else if ((c & 0xf8) == 0xf0) {
-            len = 4, cp = c & 0x07, min = 0x10000;
-        } else {
-            return 0;
-        }
-        if (n - i < len)
-            return 0;
-        for (size_t k = 1; k < len; k++) {
-            if ((p[i + k] & 0xc0) != 0x80)
-                return 0;
-            cp = (cp << 6) | (p[i + k] & 0x3f);
-        }
-        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-            return 0;
-        i += len;
-    }
-    return 1;
-}
 
 /* Walks "a=1&b=2" calling fn for each name/raw value; stops at fn's non-zero. Empty
  * segments ("a=1&&b=2", a trailing '&') are skipped; a segment without '=' is

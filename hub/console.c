@@ -11,6 +11,7 @@
 #include "rules.h"
 #include "region.h"
 #include "phy/protocol.h"
+#include "phy/text.h"
 #include "phy/crypto.h"
 #include "phy/err.h"
 #include "phy/log.h"
@@ -494,7 +495,7 @@ static int parse_tag_filter(char *kv, const char **key, const char **value)
     *key = kv;
     *value = colon + 1;
     if (!store_tag_key_ok(kv) || !store_tag_value_ok(*value) ||
-        !api_utf8_valid(*value, strlen(*value)))
+        !phy_utf8_valid(*value, strlen(*value)))
         return -1;
     return 0;
 }

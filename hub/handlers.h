@@ -90,9 +90,6 @@ int api_path_match(const char *pattern, const char *path, char id[PHY_DEVICE_ID_
  * the result (plus NUL) does not fit out[cap]. Returns the decoded length. */
 int api_pct_decode(const char *s, size_t n, char *out, size_t cap);
 
-/* 1 when s[0..n) is well-formed UTF-8 (no overlongs, surrogates or > U+10FFFF). */
-int api_utf8_valid(const char *s, size_t n);
-
 /* Finds name=value in a query string ("a=1&b=2", may be NULL) and decodes the value
  * into out[cap]. 1 found, 0 absent, PHY_EINVAL (malformed query, bad escape, name
  * given twice) or PHY_ETOOBIG. */

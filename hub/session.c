@@ -15,6 +15,7 @@
 #include "dispatch.h"
 #include "handlers.h"
 #include "phy/protocol.h"
+#include "phy/text.h"
 #include "phy/base64.h"
 #include "phy/crypto.h"
 #include "phy/err.h"
@@ -556,43 +557,6 @@ static void send_error(struct session *ss, const char *id, const char *error, co
     free(t);
 }
 
-/* Strict UTF-8 (RFC 3629: no overlongs, surrogates or code points over U+10FFFF). */
-static int utf8_valid(const uint8_t *s, size_t n)
-{
-    size_t i = 0;
-    while (i < n) {
-        uint8_t c = s[i];
-        size_t len;
-        uint32_t cp;
-        if (c < 0x80) {
-            i++;
-            continue;
-        } else if ((c & 0xe0) == 0xc0) {
-            len = 2;
-            cp = c & 0x1f;
-        } else if ((c & 0xf0) == 0xe0) {
-            len = 3;
-            cp = c & 0x0f;
-        } else if ((c & 0xf8) == 0xf0) {
-            len = 4;
-            cp = c & 0x07;
-        } else {
-            return 0;
-        }
-        if (i + len > n)
-            return 0;
-        for (size_t k = 1; k < len; k++) {
-            if ((s[i + k] & 0xc0) != 0x80)
-                return 0;
-            cp = (cp << 6) | (s[i + k] & 0x3f);
-        }
-        if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
-            cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-            return 0;
-        i += len;
-    }
-    return 1;
-}
 
 /* ---------- message handling (store work in order, one at a time) ---------- */
 
@@ -783,7 +747,7 @@ static void session_on_text(struct session *ss, const uint8_t *msg, size_t len)
 {
     struct hub *h = ss->conn->srv->hub;
     hub_metric_add(&h->metrics.ws_msgs_in, 1);
-    if (!utf8_valid(msg, len)) {
+    if (!phy_utf8_valid(msg, len)) {
         session_close_with(ss, PHY_CLOSE_BAD_DATA, "invalid UTF-8");
         return;
     }

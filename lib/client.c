@@ -25,6 +25,7 @@
 
 #include "phy/base64.h"
 #include "phy/err.h"
+#include "phy/text.h"
 #include "phy/proxytoken.h"
 #include "phy/http.h"
 
@@ -768,16 +769,6 @@ bad:
     return PHY_EPROTO;
 }
 
-static int hexval(char ch)
-{
-    if (ch >= '0' && ch <= '9')
-        return ch - '0';
-    if (ch >= 'a' && ch <= 'f')
-        return ch - 'a' + 10;
-    if (ch >= 'A' && ch <= 'F')
-        return ch - 'A' + 10;
-    return -1;
-}
 
 /* Decodes a chunked body: 1-8 hex digits per size, optional ";ext", CRLF after each
  * chunk, trailers ignored but bounded. */
@@ -792,12 +783,12 @@ static int read_chunked(struct conn *c, struct body *b)
         rc = read_line(c, line, sizeof line);
         if (rc != 0)
             return rc;
-        while (hexval(line[i]) >= 0) {
+        while (phy_hexval(line[i]) >= 0) {
             if (i == 8) {
                 errf(c, "chunk size too large");
                 return PHY_ETOOBIG;
             }
-            size = size * 16 + (size_t)hexval(line[i]);
+            size = size * 16 + (size_t)phy_hexval(line[i]);
             i++;
         }
         if (i == 0 || (line[i] != '\0' && line[i] != ';')) {

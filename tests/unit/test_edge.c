@@ -20,6 +20,7 @@
 #include "phy/proxyproto.h"
 #include "phy/proxytoken.h"
 #include "phy/ratelimit.h"
+#include "phy/text.h"
 
 static void addr_of(const char *s, uint8_t out[16])
 {
@@ -255,6 +256,29 @@ static void test_pp2(void **state)
     assert_int_equal(pp.local, 1);
 }
 
+static void test_text(void **state)
+{
+    (void)state;
+    assert_int_equal(phy_hexval('0'), 0);
+    assert_int_equal(phy_hexval('f'), 15);
+    assert_int_equal(phy_hexval('F'), 15);
+    assert_int_equal(phy_hexval('g'), -1);
+    assert_int_equal(phy_hexval(-1), -1);
+    assert_int_equal(phy_utf8_seq_len((const unsigned char *)"a", 1), 1);
+    assert_int_equal(phy_utf8_seq_len((const unsigned char *)"\xc3\xa9", 2), 2);
+    assert_int_equal(phy_utf8_seq_len((const unsigned char *)"\xe2\x82\xac", 3), 3);
+    assert_int_equal(phy_utf8_seq_len((const unsigned char *)"\xf0\x9f\x98\x80", 4), 4);
+    assert_int_equal(phy_utf8_seq_len((const unsigned char *)"\xc0\xaf", 2), 0);     /* overlong */
+    assert_int_equal(phy_utf8_seq_len((const unsigned char *)"\xe0\x80\xaf", 3), 0); /* overlong */
+    assert_int_equal(phy_utf8_seq_len((const unsigned char *)"\xed\xa0\x80", 3), 0); /* surrogate */
+    assert_int_equal(phy_utf8_seq_len((const unsigned char *)"\xf4\x90\x80\x80", 4), 0);
+    assert_int_equal(phy_utf8_seq_len((const unsigned char *)"\xe2\x82", 2), 0); /* cut */
+    assert_int_equal(phy_utf8_seq_len((const unsigned char *)"\x80", 1), 0);
+    assert_true(phy_utf8_valid("", 0));
+    assert_true(phy_utf8_valid("caf\xc3\xa9", 5));
+    assert_false(phy_utf8_valid("caf\xc3", 4));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -263,6 +287,7 @@ int main(void)
         cmocka_unit_test(test_ratelimit),
         cmocka_unit_test(test_proxy_token),
         cmocka_unit_test(test_pp2),
+        cmocka_unit_test(test_text),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

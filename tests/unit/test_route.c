@@ -15,6 +15,7 @@
 
 #include "api.h"
 #include "handlers.h"
+#include "phy/text.h"
 #include "phy/err.h"
 
 #define ID "dev_abcdefghijklmnopqrstuvwxyz"
@@ -358,12 +359,12 @@ static void test_pct_decode_and_query(void **state)
     assert_int_equal(api_query_check("tags=1", allowed), PHY_EINVAL);
     assert_int_equal(api_query_check("limit", allowed), PHY_EINVAL);
 
-    assert_true(api_utf8_valid("a\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80", 10));
-    assert_false(api_utf8_valid("\xc0\xaf", 2));         /* overlong */
-    assert_false(api_utf8_valid("\xed\xa0\x80", 3));     /* surrogate */
-    assert_false(api_utf8_valid("\xf4\x90\x80\x80", 4)); /* > U+10FFFF */
-    assert_false(api_utf8_valid("\xc3", 1));             /* truncated */
-    assert_false(api_utf8_valid("\xff", 1));
+    assert_true(phy_utf8_valid("a\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80", 10));
+    assert_false(phy_utf8_valid("\xc0\xaf", 2));         /* overlong */
+    assert_false(phy_utf8_valid("\xed\xa0\x80", 3));     /* surrogate */
+    assert_false(phy_utf8_valid("\xf4\x90\x80\x80", 4)); /* > U+10FFFF */
+    assert_false(phy_utf8_valid("\xc3", 1));             /* truncated */
+    assert_false(phy_utf8_valid("\xff", 1));
 }
 
 static void test_if_match(void **state)
