@@ -1,4 +1,5 @@
-// PhyStack console: hash routing (#/login, #/devices, #/add, #/devices/<id>, #/audit),
+// PhyStack console: hash routing (#/login, #/devices, #/add, #/devices/<id>, #/audit,
+// #/settings),
 // session restore, the header, the confirmation dialog, the announcement region and
 // the banner (logout failures, a login as someone else in another tab).
 // No framework, no build step; every file is served by the hub under its CSP.
@@ -11,6 +12,7 @@ import * as devicesView from './view-devices.js';
 import * as addView from './view-add.js';
 import * as deviceView from './view-device.js';
 import * as auditView from './view-audit.js';
+import * as settingsView from './view-settings.js';
 
 const main = document.getElementById('main');
 const nav = document.getElementById('nav');
@@ -117,7 +119,8 @@ function parseRoute() {
   const parts = rawParts.map(decode);
   const shown = parts.map((p, i) => (p === null ? rawParts[i] : p));
   const page = parts[0];
-  if (rawParts.length === 1 && (page === 'login' || page === 'add' || page === 'audit' || page === 'devices')) {
+  if (rawParts.length === 1 && (page === 'login' || page === 'add' || page === 'audit' || page === 'devices' ||
+      page === 'settings')) {
     return { name: page };
   }
   if (page === 'devices' && rawParts.length === 2) {
@@ -145,9 +148,9 @@ const notFoundView = {
 };
 
 const views = { login: loginView, devices: devicesView, add: addView, device: deviceView, audit: auditView,
-  notfound: notFoundView };
+  settings: settingsView, notfound: notFoundView };
 const titles = { login: 'Log in', devices: 'Devices', add: 'Add device', device: 'Device', audit: 'Audit log',
-  notfound: 'Not found' };
+  settings: 'Settings', notfound: 'Not found' };
 
 function go(hash) {
   if (location.hash === hash) route();
@@ -168,6 +171,10 @@ const ctx = {
     const target = afterLogin;
     afterLogin = '#/devices';
     go(target);
+  },
+  /** An answer said the session has ended (for calls made with noExpire). */
+  sessionEnded() {
+    expired();
   },
   takeLoginNotice() {
     const n = loginNotice;

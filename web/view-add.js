@@ -1,9 +1,13 @@
 // #/add: claim a device by its serial number or by the 6-character code its screen
 // shows (POST /api/v1/devices/claim), then follow it live: waiting for device →
-// provisioned (credentials picked up) → online.
+// provisioned (credentials picked up) → online. Before a claim by serial the page
+// reads the tenant's policy (GET /api/v1/tenant, once); where any serial may be
+// claimed it asks who registered the serial (GET /api/v1/registrations) and, for a
+// serial its manufacturer did not attest, shows that and claims only after a second,
+// explicit click ("Claim anyway").
 
-import { h, replace } from './dom.js';
-import { api, getBackground, session, genericError, waitText, devicePath } from './client.js';
+import { h, replace, timeEl, absolute, parseTime } from './dom.js';
+import { api, get, getBackground, session, genericError, waitText, devicePath } from './client.js';
 import { badge, statusOf, displayName } from './devicefmt.js';
 import * as live from './live.js';
 
@@ -55,6 +59,11 @@ function claimError(ans, what) {
     return ['More than one device has announced itself with serial ' + what.value + '.',
       'The serial alone cannot tell which one is yours. Enter the 6-character code shown on the device\'s screen instead.'];
   }
+  if (ans.status === 409 && e === 'code_required') {
+    return ['Serial ' + what.value + ' cannot be claimed by its serial number: it is not attested.',
+      'Its manufacturer did not attest this serial, so anyone who knows it could have registered it, and your ' +
+      'tenant claims such devices only by code. Enter the 6-character code shown on the device\'s screen instead.'];
+  }
   if (ans.status === 409 && e === 'wrong_region') {
     return ['This tenant belongs to another region.', 'Claim the device on your region\'s console.'];
   }
@@ -88,7 +97,12 @@ export function render(main, route, ctx) {
   const preview = h('div', { class: 'preview', id: 'claim-preview', hidden: true, 'aria-live': 'polite' });
   const msg = h('div', { class: 'msg', role: 'alert', id: 'claim-msg' });
   const submit = h('button', { type: 'submit', class: 'btn btn-primary' }, 'Claim device');
+  const formActions = h('div', { class: 'actions' }, submit, h('a', { class: 'btn', href: '#/devices' }, 'Cancel'));
+  const warning = h('section', { class: 'claim-warning', id: 'claim-warning', hidden: true,
+    'aria-labelledby': 'claim-warning-title' });
   const result = h('section', { class: 'panel', id: 'claim-result', hidden: true, 'aria-labelledby': 'claim-result-title' });
+  let policy = null;   // the tenant's serial_claims, read once per page before a claim by serial
+  let pending = null;  // the claim by serial the warning is about: {body, what}
 
   const form = h('form', { class: 'panel', novalidate: true, 'aria-labelledby': 'add-title' },
     h('div', { class: 'field' },
@@ -98,8 +112,7 @@ export function render(main, route, ctx) {
       h('label', { for: 'claim-name' }, 'Name (optional)'), name, nameMsg,
       h('p', { class: 'hint', id: 'claim-name-hint' }, 'How the device is listed, e.g. "Lobby display". ' +
         'At most 64 bytes: a plain letter or digit is 1 byte, ä or é 2, emoji 4.')),
-    preview, msg,
-    h('div', { class: 'actions' }, submit, h('a', { class: 'btn', href: '#/devices' }, 'Cancel')));
+    preview, msg, warning, formActions);
 
   main.append(h('div', { class: 'page-head' }, h('h1', { id: 'add-title' }, 'Add device')), form, result);
 
@@ -116,6 +129,7 @@ export function render(main, route, ctx) {
   }
 
   function describe() {
+    hideWarning();
     checkName();
     const c = current();
     const looksCode = CODE_RE.test(ident.value.trim().replace(/\s+/g, ''));
@@ -167,34 +181,166 @@ export function render(main, route, ctx) {
     const body = { [c.kind]: c.value };
     const n = name.value.trim();
     if (n) body.name = n;
-    submit.disabled = true;
-    submit.textContent = 'Claiming…';
+    if (c.kind === 'serial') {
+      submit.disabled = true;
+      submit.textContent = 'Checking…';
+      const check = await checkSerial(c.value);
+      if (!alive) return;
+      submit.disabled = false;
+      submit.textContent = 'Claim device';
+      if (check.kind === 'none') {
+        msg.className = 'msg msg-error';
+        replace(msg, h('p', null, h('strong', null, 'No device with serial ' + c.value + ' is waiting to be claimed.')),
+          h('p', null, 'No device has registered this serial number, so a claim by serial would fail (unknown serial). ' +
+            'Check the serial number, and that the device is switched on and online: it registers when it starts. ' +
+            'Or enter the code shown on the device\'s screen.'));
+        msg.dataset.error = 'unknown_serial';
+        msg.dataset.checked = 'registrations';
+        ident.focus();
+        return;
+      }
+      if (check.kind === 'warn') {
+        showWarning(check, body, c);
+        return;
+      }
+    }
+    await claim(body, c, submit);
+  });
+
+  /** Sends the claim; shows the device (201, or 200 for a claim this user made a
+   * moment ago) or what went wrong. */
+  async function claim(body, c, btn) {
+    const label = btn.textContent;
+    btn.disabled = true;
+    btn.textContent = 'Claiming…';
     const ans = await api('POST', '/api/v1/devices/claim', body);
     if (!alive) return;
-    submit.disabled = false;
-    submit.textContent = 'Claim device';
-    if (ans.status === 201 && ans.data && ans.data.device_id) {
+    btn.disabled = false;
+    btn.textContent = label;
+    hideWarning();
+    if ((ans.status === 201 || ans.status === 200) && ans.data && ans.data.device_id) {
       ident.value = '';
       name.value = '';
       describe();
       form.hidden = true;
-      follow(ans.data, c);
+      follow(ans.data, c, ans.status === 200);
       return;
     }
     const [title, detail] = claimError(ans, c);
     msg.className = 'msg msg-error';
     replace(msg, h('p', null, h('strong', null, title)), h('p', null, detail));
     msg.dataset.error = ans.error || String(ans.status);
+    delete msg.dataset.checked;
     ident.focus();
-  });
+  }
+
+  /**
+   * Before a claim by serial: {kind: 'go'} (attested serials only, an attested or an
+   * already claimed serial: the hub decides), {kind: 'none'} (nobody registered it) or
+   * {kind: 'warn', regs, ans} (anyone could have registered it: regs are the
+   * registrations a claim would hand the credentials to, null when the hub cannot
+   * show them, with its answer).
+   */
+  async function checkSerial(serial) {
+    if (policy === null) {
+      const t = await get('/api/v1/tenant');
+      if (!alive) return { kind: 'go' };
+      if (t.ok && t.data && typeof t.data.serial_claims === 'string') policy = t.data.serial_claims;
+    }
+    if (policy === 'attested') return { kind: 'go' };
+    const ans = await get('/api/v1/registrations?' + new URLSearchParams({ serial }).toString());
+    if (ans.status === 403 && ans.error === 'forbidden') return { kind: 'go' }; // attested only by now
+    const d = ans.data;
+    if (ans.ok && d && Array.isArray(d.registrations)) {
+      if (d.attested || d.claimed) return { kind: 'go' };
+      if (d.registrations.length === 0) return { kind: 'none' };
+      return { kind: 'warn', regs: d.registrations, ans };
+    }
+    return { kind: 'warn', regs: null, ans };
+  }
+
+  function hideWarning() {
+    pending = null;
+    if (warning.hidden) return;
+    warning.hidden = true;
+    warning.replaceChildren();
+    formActions.hidden = false;
+  }
+
+  /** What a claim by serial of an unattested serial would hand the credentials to;
+   * the claim is sent only after "Claim anyway". */
+  function showWarning(check, body, c) {
+    const regs = check.regs;
+    const anyway = h('button', { type: 'button', class: 'btn btn-danger', id: 'claim-anyway' }, 'Claim anyway');
+    const useCode = h('button', { type: 'button', class: 'btn', id: 'claim-use-code' }, 'Enter the code instead');
+    anyway.addEventListener('click', () => {
+      if (!pending) return;
+      useCode.disabled = true;
+      claim(pending.body, pending.what, anyway);
+    });
+    useCode.addEventListener('click', () => {
+      hideWarning();
+      ident.value = '';
+      describe();
+      ident.focus();
+    });
+    const cell = (label, ...content) => h('td', { 'data-label': label }, ...content);
+    const when = (iso) => (iso ? h('span', null, absolute(parseTime(iso)), h('span', { class: 'sub' }, timeEl(iso))) : 'unknown');
+    let what;
+    if (regs) {
+      what = [
+        h('p', null, 'A claim by serial number hands the device\'s credentials to whatever registered this serial' +
+          (regs.length === 1 ? ':' : '. ' + regs.length + ' registrations are waiting:')),
+        h('div', { class: 'table-wrap' }, h('table', { class: 'cards', id: 'claim-registrations' },
+          h('caption', { class: 'visually-hidden' }, 'Registrations of serial ' + c.value),
+          h('thead', null, h('tr', null,
+            ['First seen', 'Last seen', 'Source address', 'Agent', 'Proven'].map((t) => h('th', { scope: 'col' }, t)))),
+          h('tbody', null, regs.map((r) => h('tr', { 'data-proven': r.proven ? 'true' : 'false' },
+            cell('First seen', when(r.first_seen)),
+            cell('Last seen', when(r.last_seen)),
+            cell('Source address', r.source ? h('code', { class: 'reg-source' }, r.source) : 'unknown'),
+            cell('Agent', r.agent ? h('code', { class: 'reg-agent' }, r.agent) : 'not given'),
+            cell('Proven', r.proven ? 'yes: it proved it holds the device\'s key' : 'no: nothing proves it is your device')))))),
+        regs.length > 1
+          ? h('p', null, h('strong', null, 'More than one device registered this serial: '),
+            'the hub will refuse a claim by serial. Enter the code shown on the right device\'s screen.')
+          : null,
+      ];
+    } else {
+      const why = check.ans.status === 501
+        ? 'registrations are kept in the provisioning region (eu), not on this hub.'
+        : genericError(check.ans);
+      what = [h('p', { id: 'claim-registrations-unknown' },
+        'The console cannot show what registered this serial: ' + why)];
+    }
+    replace(warning,
+      h('h2', { id: 'claim-warning-title', tabindex: '-1' }, 'Check who registered serial ' + c.value + ' before you claim it'),
+      h('p', null, h('strong', null, 'This serial is not attested by its manufacturer, so anyone who knows the serial ' +
+        'could have registered it'), ', not only your device.'),
+      what,
+      h('p', null, 'Does this match your device: switched on at that time, from your network\'s address, running ' +
+        'its agent? If you are not sure, do not claim by serial. ',
+      h('strong', null, 'Entering the 6-character code shown on the device\'s screen is the safe way:'),
+      ' only the device that shows the code gets the credentials.'),
+      h('div', { class: 'actions' }, anyway, useCode));
+    pending = { body, what: c };
+    formActions.hidden = true;
+    warning.hidden = false;
+    warning.querySelector('h2').focus();
+    ctx.announce('Check who registered serial ' + c.value + ' before you claim it.');
+  }
 
   /** Shows the claimed device and follows its state live. */
-  function follow(dev, what) {
+  function follow(dev, what, again200) {
     const steps = h('ol', { class: 'steps' });
     const title = h('h2', { id: 'claim-result-title', tabindex: '-1' });
     const statusLine = h('p', { class: 'claim-status' });
     const link = h('a', { href: '#/devices/' + encodeURIComponent(dev.device_id) }, 'Open the device page');
     const again = h('button', { type: 'button', class: 'btn' }, 'Add another device');
+    const repeated = again200
+      ? h('p', { class: 'msg msg-info', id: 'claim-repeated' }, 'You had claimed this device a moment ago: this is ' +
+        'the device that claim created.')
+      : null;
     again.addEventListener('click', () => {
       if (off) off();
       off = null;
@@ -205,7 +351,7 @@ export function render(main, route, ctx) {
     replace(result, title,
       h('p', null, 'Claimed ', what.kind === 'code' ? 'by code ' : 'by serial number ', h('code', null, what.value),
         '. Device ID ', h('code', { class: 'id' }, dev.device_id), dev.serial ? [', serial ', h('code', null, dev.serial)] : '', '.'),
-      statusLine, steps, h('div', { class: 'actions' }, link, again));
+      repeated, statusLine, steps, h('div', { class: 'actions' }, link, again));
     result.hidden = false;
 
     let last = '';

@@ -11,6 +11,14 @@ function compact(v) {
   return s.length > 200 ? s.slice(0, 199) + '…' : s;
 }
 
+/** The Who cell: a user's name, the administrator (phyhub admin on the command line)
+ * or a user removed since. */
+function actorCell(actor) {
+  if (actor === '(admin)') return [h('span', { class: 'actor-admin' }, 'Administrator'), h('span', { class: 'sub' }, 'command line')];
+  if (actor === '(removed user)') return h('span', { class: 'muted' }, 'a removed user');
+  return actor || '—';
+}
+
 /** [what, details] of an entry, as text. */
 function describe(e) {
   const d = e.detail && typeof e.detail === 'object' ? e.detail : {};
@@ -33,6 +41,22 @@ function describe(e) {
     case 'device.revoke': return ['Revoked a device', ''];
     case 'device.reset': return ['Reset a device', ''];
     case 'device.delete': return ['Deleted a device', ''];
+    case 'token.create':
+      return ['Created an API token' + (typeof d.user === 'string' ? ' for ' + d.user : ''),
+        [d.id ? 'ID ' + d.id : '', d.expires_in_days !== undefined ? 'valid for ' + d.expires_in_days +
+          (d.expires_in_days === 1 ? ' day' : ' days') : ''].filter(Boolean).join(', ')];
+    case 'token.revoke': return ['Revoked an API token', d.id ? 'ID ' + d.id : ''];
+    case 'user.password':
+      return typeof d.user === 'string' ? ['Set the password of ' + d.user, 'their console sessions ended']
+        : ['Changed their password', 'their other console sessions ended'];
+    case 'user.remove':
+      return ['Removed ' + (typeof d.user === 'string' ? 'the user ' + d.user : 'a user'), 'with their API tokens and sessions'];
+    case 'tenant.settings':
+      if (d.serial_claims === 'attested') return ['Set claims by serial number to attested serials only', 'serial_claims attested'];
+      if (d.serial_claims === 'any') {
+        return ['Set claims by serial number to any serial', 'serial_claims any: whoever registers an unattested serial first gets its credentials'];
+      }
+      return ['Changed the tenant settings', e.detail ? compact(e.detail) : ''];
     default: return [e.action, e.detail ? compact(e.detail) : ''];
   }
 }
@@ -57,7 +81,8 @@ export function render(main) {
 
   main.append(
     h('div', { class: 'page-head' }, h('h1', null, 'Audit log'), h('span', { class: 'spacer' }), refresh),
-    h('p', { class: 'muted' }, 'Who claimed, changed, revoked, reset or deleted what, and when. Newest first.'),
+    h('p', { class: 'muted' }, 'Who claimed, changed, revoked, reset or deleted what, who changed settings, API ' +
+      'tokens and passwords, and when. Newest first.'),
     msg, h('div', { class: 'table-wrap' }, table), empty, h('div', { class: 'actions' }, more));
 
   const names = new Map(); // device_id -> name or serial, from the devices list and claims
@@ -72,7 +97,7 @@ export function render(main) {
     const [what, details] = describe(e);
     return h('tr', { 'data-action': e.action },
       h('td', { 'data-label': 'When', class: 'when' }, absolute(parseTime(e.at)), h('span', { class: 'sub' }, timeEl(e.at))),
-      h('td', { 'data-label': 'Who' }, e.actor || '—'),
+      h('td', { 'data-label': 'Who' }, actorCell(e.actor)),
       h('td', { 'data-label': 'What' }, what),
       h('td', { 'data-label': 'Device' }, e.device_id ? deviceCell(e.device_id) : '—'),
       h('td', { 'data-label': 'Details' }, details ? h('code', null, details) : '—'));

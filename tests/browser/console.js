@@ -3,7 +3,9 @@
 // started by tests/integration/test_browser.py, which passes:
 //   HUB_URL, TENANT, USER, PASSWORD, TENANT_B, USER_B, PASSWORD_B,
 //   AGENT_STATE (the agent's state folder), AGENT_SERIAL, XSS_SERIAL (registered, never
-//   picked up), DUP_SERIAL (registered twice), SHOT_DIR, CHROMIUM.
+//   picked up), DUP_SERIAL (registered twice), WARN_SERIAL (registered from WARN_SOURCE
+//   with the User-Agent WARN_AGENT), PLAIN_SERIAL (registered, claimed while the tenant
+//   takes attested serials only), SHOT_DIR, CHROMIUM.
 // With MODE=idle it runs only the idle check instead: on a hub with a short
 // --session-idle (IDLE_SECONDS), a device page left open, refreshed in the background
 // by the device's status reports (IDLE_DEVICE, online), must still reach the login
@@ -17,7 +19,7 @@
 
 const fs = require('fs');
 const path = require('path');
-const { chromium } = require('playwright-core');
+const { chromium, request: apiRequest } = require('playwright-core');
 
 const MODE = process.env.MODE || 'full';
 const env = (k, d) => {
@@ -32,11 +34,14 @@ const C = {
   tenantB: full('TENANT_B'), userB: full('USER_B'), passwordB: full('PASSWORD_B'),
   agentState: full('AGENT_STATE'), agentSerial: full('AGENT_SERIAL'),
   xssSerial: full('XSS_SERIAL'), dupSerial: full('DUP_SERIAL'),
+  warnSerial: full('WARN_SERIAL'), warnSource: full('WARN_SOURCE'), warnAgent: full('WARN_AGENT'),
+  plainSerial: full('PLAIN_SERIAL'),
   shots: env('SHOT_DIR'), chromium: env('CHROMIUM', '/usr/bin/chromium'),
   idleDevice: env('IDLE_DEVICE', ''), idleSeconds: Number(env('IDLE_SECONDS', '0')),
 };
 const XSS_NAME = '<img src=x onerror=alert(1)>';
 const XSS_TAG = '<script>alert(4)</script>';
+const NEW_PASSWORD = 'correct horse battery staple 42';
 const ALPHABET = 'ABCDEFGHJKMNPQRSTUVWXYZ23456789';
 const T0 = Date.now();
 const problems = [];
@@ -664,13 +669,25 @@ async function run(browser) {
   await page.waitForSelector('#claim-kind:has-text("serial number")');
   await page.click('form button[type=submit]');
   await page.waitForSelector('#claim-msg[data-error="unknown_serial"]');
+  check((await page.getAttribute('#claim-msg', 'data-checked')) === 'registrations', 'no registration: said before claiming');
   await page.fill('#claim-ident', C.dupSerial);
   await page.click('form button[type=submit]');
+  // Two registrations of an unattested serial: both listed before anything is claimed.
+  await page.waitForSelector('#claim-warning:not([hidden]) #claim-registrations');
+  check((await page.locator('#claim-registrations tbody tr').count()) === 2, 'both registrations of the duplicate serial listed');
+  check((await page.textContent('#claim-warning')).includes('More than one device registered this serial'), 'the warning says the claim will be refused');
+  await page.click('#claim-anyway');
   await page.waitForSelector('#claim-msg[data-error="serial_in_use"]');
+  check(await page.isHidden('#claim-warning'), 'the warning is gone after the claim');
   check((await page.textContent('#claim-msg')).includes('code shown on the device'), 'serial_in_use asks for the code');
+  // The code again, by the same user within 10 minutes: the hub answers 200 with the
+  // device that claim created (a retry), shown like a new claim with a note.
   await page.fill('#claim-ident', code);
   await page.click('form button[type=submit]');
-  await page.waitForSelector('#claim-msg[data-error="already_claimed"]');
+  await page.waitForSelector('#claim-result:not([hidden]) #claim-repeated');
+  check((await page.textContent('#claim-result code.id')).trim() === devId, 'the retried claim shows the same device');
+  await page.click('#claim-result button:text-is("Add another device")');
+  await page.waitForSelector('#claim-ident');
   await page.fill('#claim-ident', 'bad serial!');
   await page.waitForSelector('#claim-kind:has-text("Not a valid")');
   // The name limit is 64 bytes of UTF-8 (the hub's), not 64 characters: 33 × "ä" is
@@ -688,13 +705,16 @@ async function run(browser) {
   check((await page.textContent('#claim-name-msg')) === '' && (await page.getAttribute('#claim-name', 'aria-invalid')) === 'false',
     'a 64-byte name is fine');
   await page.fill('#claim-name', '');
-  step('claim messages: unknown serial, serial in use, already claimed, invalid input, name over 64 bytes');
+  step('claim messages: unknown serial, serial in use, a retried claim (200), invalid input, name over 64 bytes');
   await expect4xx(null);
 
   // ---- markup in a device name and a tag is text ----
   await page.fill('#claim-ident', C.xssSerial);
   await page.fill('#claim-name', XSS_NAME);
   await page.click('form button[type=submit]');
+  await page.waitForSelector('#claim-warning:not([hidden]) #claim-registrations tbody tr');
+  check((await page.textContent('#claim-registrations td[data-label="Agent"]')) === 'not given', 'no agent given: said so');
+  await page.click('#claim-anyway');
   await page.waitForSelector('#claim-result:not([hidden])');
   check((await page.textContent('#claim-result-title')) === XSS_NAME, 'hostile name shown as text');
   await page.waitForSelector('#claim-result .badge[data-status="waiting"]');
@@ -738,6 +758,58 @@ async function run(browser) {
   await list.waitForSelector('tr[data-device-id="' + xssId + '"]', { state: 'detached' });
   step('delete with confirmation; the row left the other tab live');
 
+  // ---- a claim by serial of an unattested serial: who registered it, first ----
+  // The tenant claims any serial ("any"): before the claim the console shows what the
+  // claim would hand the credentials to (when, from where, which agent) and claims
+  // only after "Claim anyway".
+  let mark = requests.length;
+  await page.click('nav a:text-is("Add device")');
+  await page.waitForSelector('#claim-ident');
+  await page.fill('#claim-ident', C.warnSerial);
+  await page.fill('#claim-name', 'Shelf sensor');
+  await page.click('form button[type=submit]');
+  await page.waitForSelector('#claim-warning:not([hidden]) #claim-registrations tbody tr');
+  const warnText = await page.textContent('#claim-warning');
+  check((await page.textContent('#claim-registrations .reg-source')) === C.warnSource, 'the source address: ' + warnText);
+  check((await page.textContent('#claim-registrations .reg-agent')) === C.warnAgent, 'the agent: ' + warnText);
+  check((await page.textContent('#claim-registrations td[data-label="Proven"]')).startsWith('no'), 'not proven');
+  check(/anyone who knows the serial/.test(warnText) && /code shown on the device's screen is the safe way/.test(warnText),
+    'the warning explains the risk and the safe way: ' + warnText);
+  check((await page.locator('#claim-registrations td[data-label="First seen"] time').count()) === 1, 'first seen is a time');
+  check((await page.evaluate(() => document.activeElement.id)) === 'claim-warning-title', 'focus on the warning');
+  check(await page.isHidden('form button[type=submit]'), 'the ordinary claim button is away while the warning shows');
+  const checks = sent('A', mark, /^\/api\/v1\/(tenant|registrations|devices\/claim)/);
+  check(checks.length === 2 && checks[0].path === '/api/v1/tenant' && checks[1].path === '/api/v1/registrations?serial=' + C.warnSerial &&
+    checks.every((q) => q.method === 'GET' && q.bg === null), 'the policy and the registrations asked, nothing claimed yet: ' + show(checks));
+  await a11y(page, 'claim warning');
+  await shot(page, 'claim-warning', { fullPage: true });
+  await page.setViewportSize({ width: 360, height: 780 });
+  await page.evaluate(() => document.getElementById('claim-warning').scrollIntoView());
+  const warnW = await page.evaluate(() => document.documentElement.scrollWidth);
+  check(warnW <= 360, 'the warning fits 360 px (' + warnW + ')');
+  await a11y(page, 'claim warning (phone)');
+  await shot(page, 'claim-warning-phone', { fullPage: true });
+  await page.setViewportSize({ width: 1280, height: 860 });
+  // "Enter the code instead" backs out: nothing claimed.
+  await page.click('#claim-use-code');
+  await page.waitForSelector('#claim-warning', { state: 'hidden' });
+  check((await page.evaluate(() => document.activeElement.id)) === 'claim-ident' && (await page.inputValue('#claim-ident')) === '',
+    'back to an empty serial-or-code field');
+  // Again; the policy is not asked a second time on this page. "Claim anyway" claims.
+  mark = requests.length;
+  await page.fill('#claim-ident', C.warnSerial);
+  await page.click('form button[type=submit]');
+  await page.waitForSelector('#claim-warning:not([hidden]) #claim-anyway');
+  await page.click('#claim-anyway');
+  await page.waitForSelector('#claim-result:not([hidden])');
+  await page.waitForSelector('#claim-result .badge[data-status="waiting"]');
+  check((await page.textContent('#claim-result')).includes(C.warnSerial), 'claimed by serial: ' + await page.textContent('#claim-result'));
+  const anyway = sent('A', mark, /^\/api\/v1\/(tenant|registrations|devices\/claim)/);
+  check(anyway.length === 2 && anyway[0].path.startsWith('/api/v1/registrations?') &&
+    anyway[1].method === 'POST' && anyway[1].path === '/api/v1/devices/claim' && anyway[1].status === 201,
+    'registrations again, then one claim: ' + show(anyway));
+  step('claim by serial: the registration (source, agent) shown first, claimed after "Claim anyway"');
+
   // ---- revoke the agent's device: it goes offline ----
   await page.goto(C.url + '/#/devices/' + devId);
   await page.waitForSelector('#fact-status[data-status="online"]');
@@ -756,15 +828,176 @@ async function run(browser) {
   await page.waitForSelector('.msg-ok:has-text("was reset: its serial ' + C.agentSerial + ' can be claimed again")');
   step('reset with confirmation');
 
+  // ---- settings: claims by serial, API tokens, password ----
+  await page.click('nav a:text-is("Settings")');
+  await page.waitForSelector('h1:text-is("Settings")');
+  check((await page.getAttribute('nav a[data-nav="settings"]', 'aria-current')) === 'page', 'Settings is the current page');
+  await page.waitForSelector('#policy-current[data-policy="any"]');
+  await page.waitForSelector('#tokens-table tbody tr');
+  check(await page.isChecked('#policy-any') && !(await page.isChecked('#policy-attested')), 'the policy any is selected');
+  check(await page.isDisabled('#policy-save'), 'nothing to save yet');
+  await a11y(page, 'settings');
+  await shot(page, 'settings', { fullPage: true });
+  // Attested serials only: saved at once (no dialog).
+  await page.check('#policy-attested');
+  await page.click('#policy-save');
+  await page.waitForSelector('#policy-msg.msg-ok');
+  await page.waitForSelector('#policy-current[data-policy="attested"]');
+  check((await pageFetch(page, 'GET', '/api/v1/tenant')).data.serial_claims === 'attested', 'the hub has attested');
+  // Now a claim by serial of an unattested serial needs the code; the policy makes the
+  // page claim straight away, without asking for registrations.
+  await page.click('nav a:text-is("Add device")');
+  await page.waitForSelector('#claim-ident');
+  mark = requests.length;
+  await expect4xx('code required');
+  await page.fill('#claim-ident', C.plainSerial);
+  await page.click('form button[type=submit]');
+  await page.waitForSelector('#claim-msg[data-error="code_required"]');
+  check((await page.textContent('#claim-msg')).includes('code shown on the device\'s screen'), 'code_required asks for the code');
+  await expect4xx(null);
+  check(sent('A', mark, /^\/api\/v1\/registrations/).length === 0, 'no registrations asked under attested');
+  // Back to any serial: only through the dialog with its warning; Cancel keeps attested.
+  await page.click('nav a:text-is("Settings")');
+  await page.waitForSelector('#policy-current[data-policy="attested"]');
+  mark = requests.length;
+  await page.check('#policy-any');
+  await page.click('#policy-save');
+  await page.waitForSelector('dialog#confirm[open]');
+  check((await page.textContent('#confirm-text')).includes('credentials go to whoever registered it first'), 'the dialog warns');
+  await page.click('#confirm-cancel');
+  await page.waitForSelector('dialog#confirm', { state: 'hidden' });
+  check(sent('A', mark, /^\/api\/v1\/tenant$/).every((q) => q.method === 'GET'), 'nothing saved on Cancel');
+  check((await page.getAttribute('#policy-current', 'data-policy')) === 'attested', 'still attested');
+  await page.click('#policy-save');
+  await page.waitForSelector('dialog#confirm[open]');
+  await page.click('#confirm-ok');
+  await page.waitForSelector('#policy-current[data-policy="any"]');
+  check((await page.textContent('#policy-msg')).includes('any serial'), 'saved: ' + await page.textContent('#policy-msg'));
+  check((await pageFetch(page, 'GET', '/api/v1/tenant')).data.serial_claims === 'any', 'the hub has any again');
+  step('settings: claims by serial switched to attested (code required) and back through the dialog');
+
+  // API tokens: an invalid number of days is refused before sending; a new token is
+  // shown once, works, is listed and is revoked through the dialog.
+  mark = requests.length;
+  const tokensBefore = await page.locator('#tokens-table tbody tr').count();
+  await page.fill('#token-days', '0');
+  await page.click('#token-create');
+  await page.waitForSelector('#token-create-msg[data-error="days"]');
+  check(sent('A', mark, /^\/api\/v1\/tokens$/).every((q) => q.method === 'GET'), 'nothing sent for 0 days');
+  await page.fill('#token-days', '30');
+  await page.click('#token-create');
+  await page.waitForSelector('#token-new:not([hidden])');
+  const newTokenTitle = await page.textContent('#token-new h3');
+  const tokenId = newTokenTitle.replace('New token ', '').trim();
+  check(/^[0-9a-f]{12}$/.test(tokenId), 'the new token ID: ' + newTokenTitle);
+  const tokenValue = await page.inputValue('#token-new input[readonly]');
+  check(tokenValue.length >= 32 && !/\s/.test(tokenValue), 'the token is shown: ' + tokenValue.length + ' characters');
+  check((await page.textContent('#token-new-warning')).includes('will not be shown again'), 'shown once, and said so');
+  await page.waitForSelector('#tokens-table tr[data-token-id="' + tokenId + '"]');
+  check((await page.locator('#tokens-table tbody tr').count()) === tokensBefore + 1, 'one more token listed');
+  check((await page.textContent('#tokens-table tr[data-token-id="' + tokenId + '"] td[data-label="User"]')) === C.user, 'listed as the user\'s');
+  check(!(await page.textContent('#tokens-table')).includes(tokenValue), 'the list never shows a token itself');
+  await page.click('#token-copy');
+  const copied = await until(async () => {
+    const t = await page.textContent('#token-copy-msg');
+    return /^(Copied|The browser did not allow)/.test(t) && t;
+  }, 'the copy result');
+  log('copy:', copied);
+  const bearer = await apiRequest.newContext({ baseURL: C.url, ignoreHTTPSErrors: true });
+  const withToken = () => bearer.get('/api/v1/devices', { headers: { Authorization: 'Bearer ' + tokenValue } }).then((r) => r.status());
+  check((await withToken()) === 200, 'the new token works');
+  await a11y(page, 'settings (new token)');
+  await page.click('#tokens-table tr[data-token-id="' + tokenId + '"] button[data-revoke]');
+  await page.waitForSelector('dialog#confirm[open]');
+  check((await page.textContent('#confirm-title')).includes(tokenId), 'the dialog names the token');
+  await page.click('#confirm-ok');
+  await page.waitForSelector('#tokens-table tr[data-token-id="' + tokenId + '"]', { state: 'detached' });
+  await page.waitForSelector('#tokens-msg.msg-ok:has-text("was revoked")');
+  check((await withToken()) === 401, 'the revoked token no longer works');
+  await bearer.dispose();
+  const tokenCalls = sent('A', mark, /^\/api\/v1\/tokens/).filter((q) => q.method !== 'GET');
+  check(tokenCalls.length === 2 && tokenCalls[0].method === 'POST' && tokenCalls[0].status === 201 &&
+    tokenCalls[1].method === 'DELETE' && tokenCalls[1].status === 204, 'one create, one revoke: ' + show(tokenCalls));
+  step('API token created (shown once), used, listed and revoked');
+
+  // Password: checked before sending (too short, not repeated alike); a wrong current
+  // password is refused without ending the session; the new one logs in (the old one
+  // no longer does); then it is changed back for the steps that follow.
+  mark = requests.length;
+  await page.fill('#pw-current', C.password);
+  await page.fill('#pw-new', 'short');
+  await page.fill('#pw-repeat', 'short');
+  await page.click('#pw-save');
+  await page.waitForSelector('#pw-msg[data-error="short"]');
+  await page.fill('#pw-new', NEW_PASSWORD);
+  await page.fill('#pw-repeat', NEW_PASSWORD + 'x');
+  await page.click('#pw-save');
+  await page.waitForSelector('#pw-msg[data-error="mismatch"]');
+  check(sent('A', mark, /^\/api\/v1\/password$/).length === 0, 'nothing sent for a short or unrepeated password');
+  await expect4xx('wrong current password');
+  await page.fill('#pw-current', 'not the password at all');
+  await page.fill('#pw-repeat', NEW_PASSWORD);
+  await page.click('#pw-save');
+  await page.waitForSelector('#pw-msg[data-error="invalid_login"]');
+  check((await page.textContent('#pw-msg')).includes('current password is not right'), 'wrong current password explained');
+  await expect4xx(null);
+  check((await page.locator('h1:text-is("Settings")').count()) === 1 && (await pageFetch(page, 'GET', '/api/v1/session')).status === 200,
+    'a wrong current password does not end the session');
+  await a11y(page, 'settings (wrong password)');
+  await page.fill('#pw-current', C.password);
+  await page.fill('#pw-new', NEW_PASSWORD);
+  await page.fill('#pw-repeat', NEW_PASSWORD);
+  await page.click('#pw-save');
+  await page.waitForSelector('#pw-msg.msg-ok');
+  check((await page.inputValue('#pw-current')) === '' && (await page.inputValue('#pw-new')) === '', 'the fields are emptied');
+  check((await pageFetch(page, 'GET', '/api/v1/session')).status === 200, 'this session stays');
+  const ctxD = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1280, height: 860 } });
+  ctxD.setDefaultTimeout(15000);
+  await ctxD.addInitScript(cspWatch);
+  const pd = await ctxD.newPage();
+  watch(pd, 'D');
+  await pd.goto(C.url + '/');
+  await pd.waitForSelector('#tenant');
+  await expect4xx('old password');
+  await pd.fill('#tenant', C.tenant);
+  await pd.fill('#user', C.user);
+  await pd.fill('#password', C.password);
+  await pd.click('form button[type=submit]');
+  await pd.waitForSelector('#login-msg:has-text("not right")');
+  await expect4xx(null);
+  await login(pd, C.tenant, C.user, NEW_PASSWORD);
+  await ctxD.close();
+  await page.fill('#pw-current', NEW_PASSWORD);
+  await page.fill('#pw-new', C.password);
+  await page.fill('#pw-repeat', C.password);
+  await page.click('#pw-save');
+  await page.waitForSelector('#pw-msg.msg-ok');
+  const pws = sent('A', mark, /^\/api\/v1\/password$/);
+  check(pws.length === 3 && pws.every((q) => q.method === 'POST' && q.bg === null) &&
+    pws.map((q) => q.status).join() === '401,204,204', 'password: 401, then changed and changed back: ' + show(pws));
+  step('password: refused when wrong, changed, the new one logs in, changed back');
+
   // ---- audit log ----
   await page.click('nav a:text-is("Audit log")');
   await page.waitForSelector('#audit-table tbody tr');
-  for (const a of ['user.login', 'device.claim', 'device.desired_patch', 'device.rename', 'device.tags', 'device.delete', 'device.revoke', 'device.reset']) {
+  for (const a of ['user.login', 'device.claim', 'device.desired_patch', 'device.rename', 'device.tags', 'device.delete', 'device.revoke', 'device.reset',
+    'tenant.settings', 'token.create', 'token.revoke', 'user.password']) {
     await page.waitForSelector('#audit-table tr[data-action="' + a + '"]');
   }
   const claimRow = await page.textContent('#audit-table tr[data-action="device.claim"]:has-text("' + devId + '")');
   check(claimRow.includes(C.user) && claimRow.includes(C.agentSerial), 'claim row names who and the serial: ' + claimRow);
   check((await page.textContent('#audit-table tr[data-action="device.revoke"]')).includes(devId), 'revoke row');
+  const auditText = async (sel) => (await page.locator(sel).allTextContents()).join(' | ');
+  const settingsRows = await auditText('#audit-table tr[data-action="tenant.settings"]');
+  check(settingsRows.includes('Set claims by serial number to any serial') && settingsRows.includes('attested serials only'),
+    'policy changes described: ' + settingsRows);
+  check((await auditText('#audit-table tr[data-action="token.revoke"]')).includes('ID ' + tokenId), 'token revoke row names the ID');
+  const createRows = await auditText('#audit-table tr[data-action="token.create"]');
+  check(createRows.includes('ID ' + tokenId + ', valid for 30 days'), 'token create row: ' + createRows);
+  const adminRow = await auditText('#audit-table tr[data-action="token.create"]:has(td[data-label="Who"]:has-text("Administrator"))');
+  check(adminRow.includes('Created an API token for ' + C.user), 'the administrator\'s (command line) token for the user: ' + createRows);
+  check((await page.locator('#audit-table tr[data-action="user.password"]').count()) === 2 &&
+    (await auditText('#audit-table tr[data-action="user.password"]')).includes('Changed their password'), 'two password changes');
   await a11y(page, 'audit');
   await shot(page, 'audit', { clip: { x: 0, y: 0, width: 1280, height: 760 } });
   check((await page.textContent('#audit-table tr[data-action="device.rename"]')).includes('Lobby display'), 'the newest rename row names the name');
@@ -784,17 +1017,20 @@ async function run(browser) {
   await phone.waitForSelector('#device-title');
   check((await phone.evaluate(() => document.documentElement.scrollWidth)) <= 360, 'device page fits 360 px');
   await shot(phone, 'device-phone');
-  for (const [hash, sel] of [['#/add', '#claim-ident'], ['#/audit', '#audit-table tbody tr']]) {
+  for (const [hash, sel] of [['#/add', '#claim-ident'], ['#/audit', '#audit-table tbody tr'],
+    ['#/settings', '#tokens-table tbody tr']]) {
     await phone.goto(C.url + '/' + hash);
     await phone.waitForSelector(sel);
     const w = await phone.evaluate(() => document.documentElement.scrollWidth);
     check(w <= 360, hash + ' fits 360 px (' + w + ')');
     await a11y(phone, hash + ' (phone)');
   }
+  await phone.waitForSelector('#policy-current[data-policy="any"]');
+  await shot(phone, 'settings-phone', { fullPage: true });
   await phone.close();
 
   // ---- malformed and unknown fragments: a clear message, no request, no error ----
-  let mark = requests.length;
+  mark = requests.length;
   for (const [hash, title, shown] of [
     ['#/devices/%E0', 'No such device', '%E0'],                  // not UTF-8: decodeURIComponent throws
     ['#/devices/<script>', 'No such device', '<script>'],

@@ -45,7 +45,7 @@ def setup():
                start=False)
     ST.add_tenant("globex")
     ST.add_user("globex", "bob")
-    ST.add_user("globex", "mallory")  # a real account: failed logins of made-up names count per address only
+    ST.add_user("globex", "mallory")  # the account whose failed logins lock it out
     ST.secrets.add(PASSWORD.strip())
     ST.start()
     S["hook"] = os.path.join(ST.dir, "hook.sh")
