@@ -8,18 +8,6 @@
 
 #define CTL_SSE_LINE_MAX 65536 /* one line, and one event's data */
 
-/* Chunked transfer coding decoder (RFC 9112 section 7.1). Zero-initialize. */
-struct ctl_dechunk {
-    int state;     /* internal */
-    uint64_t left; /* bytes left in the current chunk */
-    size_t digits;
-};
-
-/* Decodes in[0..n) into out (capacity at least n: decoding never grows) and sets
- * *outn. Returns 0 to go on, 1 once the last chunk (and its trailers) ended, or
- * PHY_EPROTO for malformed framing (chunk sizes over 8 hex digits included). */
-int ctl_dechunk_feed(struct ctl_dechunk *d, const char *in, size_t n, char *out, size_t *outn);
-
 /* Called for each complete event with its type ("message" when none was given) and
  * its data lines joined by '\n'. A non-zero return stops the parser. */
 typedef int (*ctl_sse_fn)(void *ctx, const char *type, const char *data);

@@ -72,7 +72,7 @@ int ctl_stream_get(const struct phy_client_opts *o, const char *path, const char
 {
     struct phy_client_conn *conn = NULL;
     const struct phy_http_response *head;
-    struct ctl_dechunk dc;
+    struct phy_dechunk dc;
     char head_text[PHY_HTTP_DEFAULT_MAX_HEAD];
     char *buf = NULL, *dec = NULL;
     int64_t left = -1; /* Content-Length bytes still due; -1 = until close */
@@ -124,7 +124,7 @@ int ctl_stream_get(const struct phy_client_opts *o, const char *path, const char
             break;
         if (chunked) {
             size_t dn = 0;
-            int d = ctl_dechunk_feed(&dc, buf, (size_t)got, dec, &dn);
+            int d = phy_dechunk_feed(&dc, buf, (size_t)got, dec, &dn, NULL);
             if (d < 0) {
                 snprintf(err, errcap, "malformed chunked framing from the server");
                 rc = d;

@@ -33,8 +33,6 @@
 #define CLIENT_MAX_HOST 253
 #define CLIENT_MAX_PATH 4096
 #define CLIENT_MAX_EXTRA_HEADERS 8192
-#define CLIENT_MAX_LINE 1024 /* chunk-size line or trailer line */
-#define CLIENT_MAX_TRAILERS 64
 #define CLIENT_MAX_IDENT 80
 #define CLIENT_RBUF 16384
 #define CLIENT_DRAIN_MS 1000
@@ -730,97 +728,43 @@ static int read_exact(struct conn *c, struct body *b, size_t n)
     return 0;
 }
 
-/* Reads one CRLF-terminated line (without the CRLF) into line[cap]. Bare CR or LF,
- * control bytes and over-long lines are errors. */
-static int read_line(struct conn *c, char *line, size_t cap)
+/* Decodes a chunked body (phy_dechunk_feed: 1-8 hex digits per size, optional
+ * ";ext", CRLF after each chunk, trailers ignored but bounded). */
+static int read_chunked(struct conn *c, struct body *b)
 {
-    size_t n = 0;
-    int saw_cr = 0;
+    struct phy_dechunk d;
+    char out[CLIENT_RBUF];
 
+    memset(&d, 0, sizeof d);
     for (;;) {
-        int avail = fill(c);
-        unsigned char ch;
+        int avail = fill(c), rc;
+        size_t outn = 0, used = 0;
 
         if (avail < 0)
             return avail;
         if (avail == 0) {
-            errf(c, "connection closed inside chunked framing");
+            errf(c, "connection closed before the end of the chunked body");
             return PHY_EPROTO;
         }
-        ch = (unsigned char)c->buf[c->pos++];
-        if (saw_cr) {
-            if (ch != '\n')
-                goto bad;
-            line[n] = '\0';
-            return 0;
-        }
-        if (ch == '\r') {
-            saw_cr = 1;
-            continue;
-        }
-        if ((ch < 0x20 && ch != '\t') || ch == 0x7f)
-            goto bad;
-        if (n + 1 >= cap)
-            goto bad;
-        line[n++] = (char)ch;
-    }
-bad:
-    errf(c, "malformed chunked framing");
-    return PHY_EPROTO;
-}
-
-
-/* Decodes a chunked body: 1-8 hex digits per size, optional ";ext", CRLF after each
- * chunk, trailers ignored but bounded. */
-static int read_chunked(struct conn *c, struct body *b)
-{
-    char line[CLIENT_MAX_LINE];
-    int rc;
-
-    for (;;) {
-        size_t size = 0, i = 0;
-
-        rc = read_line(c, line, sizeof line);
-        if (rc != 0)
+        rc = phy_dechunk_feed(&d, c->buf + c->pos, (size_t)avail, out, &outn, &used);
+        c->pos += used;
+        if (rc < 0) {
+            errf(c, rc == PHY_ETOOBIG ? "chunked trailers over the limit"
+                                      : "malformed chunked framing");
             return rc;
-        while (phy_hexval(line[i]) >= 0) {
-            if (i == 8) {
-                errf(c, "chunk size too large");
-                return PHY_ETOOBIG;
-            }
-            size = size * 16 + (size_t)phy_hexval(line[i]);
-            i++;
         }
-        if (i == 0 || (line[i] != '\0' && line[i] != ';')) {
-            errf(c, "malformed chunk size");
-            return PHY_EPROTO;
+        if (outn > 0) {
+            int arc = body_append(c, b, out, outn);
+            if (arc != 0)
+                return arc;
         }
-        if (size == 0)
-            break;
-        if (size > PHY_CLIENT_MAX_BODY - b->len) {
+        if (d.left > PHY_CLIENT_MAX_BODY - b->len) { /* refused on the size line */
             errf(c, "response body over %u bytes", PHY_CLIENT_MAX_BODY);
             return PHY_ETOOBIG;
         }
-        rc = read_exact(c, b, size);
-        if (rc != 0)
-            return rc;
-        rc = read_line(c, line, sizeof line);
-        if (rc != 0)
-            return rc;
-        if (line[0] != '\0') {
-            errf(c, "missing CRLF after chunk data");
-            return PHY_EPROTO;
-        }
-    }
-    for (int t = 0; t <= CLIENT_MAX_TRAILERS; t++) {
-        rc = read_line(c, line, sizeof line);
-        if (rc != 0)
-            return rc;
-        if (line[0] == '\0')
+        if (rc == 1)
             return 0;
     }
-    errf(c, "too many trailer lines");
-    return PHY_ETOOBIG;
 }
 
 /* Reads until the peer closes, at most PHY_CLIENT_MAX_BODY bytes. */

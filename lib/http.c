@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "phy/err.h"
+#include "phy/text.h"
 
 #define HTTP_MAX_METHOD 16
 #define HTTP_MAX_TARGET 2048
@@ -557,4 +558,115 @@ int phy_http_write_response_head(char *out, size_t cap, int status, const char *
     if (n < 0 || (size_t)n >= cap)
         return PHY_ETOOBIG;
     return n;
+}
+
+/* ---- chunked transfer coding (RFC 9112 section 7.1) ---- */
+
+enum dechunk_state {
+    DC_SIZE,    /* hex digits of the size */
+    DC_EXT,     /* ";ext" up to CR */
+    DC_SIZE_LF, /* LF after the size line */
+    DC_DATA,    /* chunk bytes */
+    DC_DATA_CR, /* CR after the data */
+    DC_DATA_LF, /* LF after the data */
+    DC_TRAILER, /* start of a trailer line (or the final CRLF) */
+    DC_TRAILER_IN /* inside a trailer line */,
+    DC_TRAILER_LF,
+    DC_FINAL_LF,
+    DC_DONE,
+};
+
+
+/* A byte-at-a-time state machine; chunk data is copied in runs. */
+int phy_dechunk_feed(struct phy_dechunk *d, const char *in, size_t n, char *out, size_t *outn,
+                     size_t *used)
+{
+    size_t o = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        char ch = in[i];
+        int h;
+
+        switch (d->state) {
+        case DC_SIZE:
+            h = phy_hexval(ch);
+            if (h >= 0) {
+                if (++d->digits > 8)
+                    return PHY_EPROTO;
+                d->left = d->left * 16 + (uint64_t)h;
+            } else if (d->digits > 0 && ch == ';') {
+                d->state = DC_EXT;
+            } else if (d->digits > 0 && ch == '\r') {
+                d->state = DC_SIZE_LF;
+            } else {
+                return PHY_EPROTO;
+            }
+            break;
+        case DC_EXT:
+            if (ch == '\r')
+                d->state = DC_SIZE_LF;
+            else if ((unsigned char)ch < 0x20 && ch != '\t')
+                return PHY_EPROTO;
+            break;
+        case DC_SIZE_LF:
+            if (ch != '\n')
+                return PHY_EPROTO;
+            d->digits = 0;
+            d->state = d->left > 0 ? DC_DATA : DC_TRAILER;
+            break;
+        case DC_DATA: {
+            size_t take = n - i < d->left ? n - i : (size_t)d->left;
+            memcpy(out + o, in + i, take);
+            o += take;
+            d->left -= take;
+            i += take - 1;
+            if (d->left == 0)
+                d->state = DC_DATA_CR;
+            break;
+        }
+        case DC_DATA_CR:
+            if (ch != '\r')
+                return PHY_EPROTO;
+            d->state = DC_DATA_LF;
+            break;
+        case DC_DATA_LF:
+            if (ch != '\n')
+                return PHY_EPROTO;
+            d->state = DC_SIZE;
+            break;
+        case DC_TRAILER:
+            d->state = ch == '\r' ? DC_FINAL_LF : DC_TRAILER_IN;
+            if (++d->trailer > PHY_DECHUNK_MAX_TRAILER)
+                return PHY_ETOOBIG;
+            break;
+        case DC_TRAILER_IN:
+            if (ch == '\r')
+                d->state = DC_TRAILER_LF;
+            if (++d->trailer > PHY_DECHUNK_MAX_TRAILER)
+                return PHY_ETOOBIG;
+            break;
+        case DC_TRAILER_LF:
+            if (ch != '\n')
+                return PHY_EPROTO;
+            d->state = DC_TRAILER;
+            break;
+        case DC_FINAL_LF:
+            if (ch != '\n')
+                return PHY_EPROTO;
+            d->state = DC_DONE;
+            *outn = o;
+            if (used)
+                *used = i + 1;
+            return 1;
+        default:
+            *outn = o;
+            if (used)
+                *used = i;
+            return 1;
+        }
+    }
+    *outn = o;
+    if (used)
+        *used = n;
+    return d->state == DC_DONE ? 1 : 0;
 }

@@ -79,4 +79,22 @@ const char *phy_http_reason(int status);
 int phy_http_write_response_head(char *out, size_t cap, int status, const char *content_type,
                                  size_t body_len, int keep_alive, const char *extra_headers);
 
+/* Chunked transfer coding decoder (RFC 9112 section 7.1), fed in pieces of any size.
+ * Zero-initialize. */
+#define PHY_DECHUNK_MAX_TRAILER 8192 /* bytes of trailer lines */
+struct phy_dechunk {
+    int state;     /* internal */
+    uint64_t left; /* bytes left in the current chunk */
+    size_t digits;
+    size_t trailer;
+};
+
+/* Decodes in[0..n) into out (capacity at least n: decoding never grows) and sets
+ * *outn, and *used (optional) to the input bytes consumed (less than n only when the
+ * body ended inside in). Returns 0 to go on, 1 once the last chunk and its trailers
+ * ended, PHY_EPROTO for malformed framing (chunk sizes over 8 hex digits included),
+ * PHY_ETOOBIG for trailers over PHY_DECHUNK_MAX_TRAILER bytes. */
+int phy_dechunk_feed(struct phy_dechunk *d, const char *in, size_t n, char *out, size_t *outn,
+                     size_t *used);
+
 #endif

@@ -150,6 +150,37 @@ static void fuzz_writer(const uint8_t *data, size_t size)
         abort();
 }
 
+/* The chunked decoder: in one piece and in pieces split at the first byte's value
+ * must give the same bytes and the same end, never more output than input. */
+static void fuzz_dechunk(const char *buf, size_t n)
+{
+    static char out1[1 << 16], out2[1 << 16], part[1 << 16];
+    struct phy_dechunk a, b;
+    size_t o1 = 0, o2 = 0, used = 0, step;
+    int r1, r2 = 0;
+
+    if (n == 0 || n > sizeof out1)
+        return;
+    memset(&a, 0, sizeof a);
+    memset(&b, 0, sizeof b);
+    r1 = phy_dechunk_feed(&a, buf, n, out1, &o1, &used);
+    if (o1 > n || used > n || (r1 == 0 && used != n))
+        abort();
+    step = (unsigned char)buf[0] % 7 + 1;
+    size_t at = 0;
+    for (size_t i = 0; i < n && r2 == 0; i += step) {
+        size_t len = n - i < step ? n - i : step, pn = 0;
+        r2 = phy_dechunk_feed(&b, buf + i, len, part, &pn, NULL);
+        memcpy(out2 + at, part, pn);
+        at += pn;
+    }
+    o2 = at;
+    if (r1 >= 0 && r2 >= 0 && (r1 != r2 || o1 != o2 || memcmp(out1, out2, o1) != 0))
+        abort();
+    if ((r1 < 0) != (r2 < 0))
+        abort();
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -158,5 +189,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     fuzz_request(buf, size);
     fuzz_response(buf, size);
     fuzz_writer(data, size);
+    fuzz_dechunk(buf, size);
     return 0;
 }

@@ -14,6 +14,7 @@
 #include "../../ctl/sse.h"
 #include "phy/client.h"
 #include "phy/err.h"
+#include "phy/http.h"
 
 static void test_hostport(void **state)
 {
@@ -328,12 +329,12 @@ static void test_dechunk(void **state)
     const char *in = "5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nTrailer: x\r\n\r\n";
     char out[128], all[128] = "";
     size_t outn;
-    struct ctl_dechunk d;
+    struct phy_dechunk d;
 
     (void)state;
     /* In one piece. */
     memset(&d, 0, sizeof d);
-    assert_int_equal(ctl_dechunk_feed(&d, in, strlen(in), out, &outn), 1);
+    assert_int_equal(phy_dechunk_feed(&d, in, strlen(in), out, &outn, NULL), 1);
     assert_int_equal(outn, 11);
     assert_memory_equal(out, "hello world", 11);
     /* Byte by byte. */
@@ -341,7 +342,7 @@ static void test_dechunk(void **state)
     size_t total = 0;
     int r = 0;
     for (size_t i = 0; i < strlen(in); i++) {
-        r = ctl_dechunk_feed(&d, in + i, 1, out, &outn);
+        r = phy_dechunk_feed(&d, in + i, 1, out, &outn, NULL);
         assert_true(r >= 0);
         memcpy(all + total, out, outn);
         total += outn;
@@ -358,7 +359,7 @@ static void test_dechunk(void **state)
                                       "123456789\r\n", "1\r\na\r\r",   NULL};
     for (size_t i = 0; bad[i] != NULL; i++) {
         memset(&d, 0, sizeof d);
-        assert_int_equal(ctl_dechunk_feed(&d, bad[i], strlen(bad[i]), out, &outn), PHY_EPROTO);
+        assert_int_equal(phy_dechunk_feed(&d, bad[i], strlen(bad[i]), out, &outn, NULL), PHY_EPROTO);
     }
 }
 
