@@ -85,8 +85,15 @@ void api_error(struct api_response *res, int status, const char *code, const cha
  * Retry-After, never a partial answer. */
 void api_store_failed(struct api_response *res)
 {
-    api_error(res, 503, "store_unavailable", "the store failed; retry later");
-    snprintf(res->extra_headers, sizeof res->extra_headers, "Retry-After: 1\r\n");
+    api_error_retry(res, 503, "store_unavailable", "the store failed; retry later", 1);
+}
+
+void api_error_retry(struct api_response *res, int status, const char *code, const char *msg,
+                     long long retry_s)
+{
+    api_error(res, status, code, msg);
+    snprintf(res->extra_headers, sizeof res->extra_headers, "Retry-After: %lld\r\n",
+             retry_s > 0 ? retry_s : 1);
 }
 
 void api_json(struct api_response *res, int status, json_t *o)

@@ -89,6 +89,9 @@ void api_handle(struct hub *h, const struct api_request *req, struct api_respons
 /* 503 store_unavailable with Retry-After: 1. */
 void api_store_failed(struct api_response *res);
 void api_error(struct api_response *res, int status, const char *code, const char *msg);
+/* api_error with "Retry-After: retry_s" (at least 1): every 429 and 503 says when. */
+void api_error_retry(struct api_response *res, int status, const char *code, const char *msg,
+                     long long retry_s);
 
 void api_response_free(struct api_response *res);
 

@@ -294,10 +294,8 @@ static int claim_attempt(struct hub *h, const struct api_caller *c, int64_t *att
         return 1;
     }
     if (!allowed) {
-        api_error(res, 429, "too_many_attempts",
-                  "too many failed claims; wait before trying again");
-        snprintf(res->extra_headers, sizeof(res->extra_headers), "Retry-After: %ld\r\n",
-                 h->cfg.claim_window_s);
+        api_error_retry(res, 429, "too_many_attempts",
+                        "too many failed claims; wait before trying again", h->cfg.claim_window_s);
         return 1;
     }
     return 0;

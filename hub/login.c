@@ -177,10 +177,9 @@ void handle_login(struct hub *h, const struct api_request *req, struct api_respo
     int64_t user_window = rule_login_window(window, account_failures, (int)h->cfg.login_user_limit);
     if (!allowed) {
         log_outcome(res, "throttled_peer");
-        api_error(res, 429, "too_many_attempts",
-                  "too many failed logins from this address; wait before trying again");
-        snprintf(res->extra_headers, sizeof(res->extra_headers), "Retry-After: %ld\r\n",
-                 h->cfg.login_window_s);
+        api_error_retry(res, 429, "too_many_attempts",
+                        "too many failed logins from this address; wait before trying again",
+                        h->cfg.login_window_s);
         goto out;
     }
     if (h->store_ops->login_attempt_begin(
@@ -194,10 +193,8 @@ void handle_login(struct hub *h, const struct api_request *req, struct api_respo
     if (!allowed) {
         h->store_ops->login_attempt_forgive(h->store, peer_attempt); /* nothing was tried */
         log_outcome(res, "throttled");
-        api_error(res, 429, "too_many_attempts",
-                  "too many failed logins; wait before trying again");
-        snprintf(res->extra_headers, sizeof(res->extra_headers), "Retry-After: %lld\r\n",
-                 (long long)(user_window / 1000));
+        api_error_retry(res, 429, "too_many_attempts",
+                        "too many failed logins; wait before trying again", user_window / 1000);
         goto out;
     }
     if (h->store_ops->user_get(h->store, tenant, user, &tenant_id, &user_id, pw_hash, region,
@@ -210,8 +207,7 @@ void handle_login(struct hub *h, const struct api_request *req, struct api_respo
         atomic_fetch_sub(&h->login_checks, 1);
         forgive(h, attempt_id, peer_attempt); /* not a guess */
         log_outcome(res, "busy");
-        api_error(res, 503, "login_busy", "too many logins at once; retry in a second");
-        snprintf(res->extra_headers, sizeof(res->extra_headers), "Retry-After: 1\r\n");
+        api_error_retry(res, 503, "login_busy", "too many logins at once; retry in a second", 1);
         goto out;
     }
     /* An unknown tenant or user costs the same argon2id check as a known one. */
@@ -282,7 +278,9 @@ void handle_password(struct hub *h, const struct api_request *req, struct api_re
         goto out;
     }
     if (!allowed) {
-        api_error(res, 429, "too_many_attempts", "too many failed attempts; wait before trying again");
+        api_error_retry(res, 429, "too_many_attempts",
+                        "too many failed attempts; wait before trying again",
+                        h->cfg.login_window_s);
         goto out;
     }
     if (h->store_ops->user_get(h->store, caller.tenant, caller.user, &tenant_id, &user_id, pw_hash,
@@ -294,8 +292,7 @@ void handle_password(struct hub *h, const struct api_request *req, struct api_re
     if (atomic_fetch_add(&h->login_checks, 1) >= LOGIN_MAX_CHECKS) {
         atomic_fetch_sub(&h->login_checks, 1);
         h->store_ops->login_attempt_forgive(h->store, attempt_id);
-        api_error(res, 503, "login_busy", "too many password checks at once; retry in a second");
-        snprintf(res->extra_headers, sizeof(res->extra_headers), "Retry-After: 1\r\n");
+        api_error_retry(res, 503, "login_busy", "too many password checks at once; retry in a second", 1);
         goto out;
     }
     int ok = outcome == STORE_OK && argon2id_verify(pw_hash, cur, clen) == ARGON2_OK &&

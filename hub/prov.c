@@ -90,10 +90,9 @@ static int source_limit(struct hub *h, const struct api_request *req, struct api
         return 0;
     if (phy_ratelimit_take(h->register_rate, c.addr, (uint64_t)hub_mono_ms(), &retry_ms))
         return 0;
-    api_error(res, 429, "rate_limited",
-              "too many provisioning requests from this address; retry later");
-    snprintf(res->extra_headers, sizeof(res->extra_headers), "Retry-After: %llu\r\n",
-             (unsigned long long)(retry_ms / 1000 + 1));
+    api_error_retry(res, 429, "rate_limited",
+                    "too many provisioning requests from this address; retry later",
+                    (long long)(retry_ms / 1000 + 1));
     hub_metric_add(&h->metrics.prov_rate_limited, 1);
     return -1;
 }
@@ -111,10 +110,9 @@ void handle_register(struct hub *h, const struct api_request *req, struct api_re
         goto out;
     if (h->cfg.max_registrations > 0 &&
         atomic_load_explicit(&h->regs_estimate, memory_order_relaxed) >= h->cfg.max_registrations) {
-        api_error(res, 503, "registrations_full",
-                  "the hub holds as many registrations as it may; retry later");
-        snprintf(res->extra_headers, sizeof(res->extra_headers), "Retry-After: %ld\r\n",
-                 h->cfg.sweep_interval_s);
+        api_error_retry(res, 503, "registrations_full",
+                        "the hub holds as many registrations as it may; retry later",
+                        h->cfg.sweep_interval_s);
         hub_metric_add(&h->metrics.prov_full, 1);
         goto out;
     }
@@ -141,8 +139,9 @@ void handle_register(struct hub *h, const struct api_request *req, struct api_re
     if (common_outcome(outcome, res))
         goto out;
     if (outcome == STORE_TOO_MANY) {
-        api_error(res, 429, "too_many_registrations",
-                  "this serial has too many live registrations; retry later");
+        api_error_retry(res, 429, "too_many_registrations",
+                        "this serial has too many live registrations; retry later",
+                        h->cfg.poll_interval_s);
         goto out;
     }
     json_t *ans = json_pack("{s:s, s:i}", "poll_token", token, "interval", p.interval_s);
@@ -248,7 +247,8 @@ void handle_code(struct hub *h, const struct api_request *req, struct api_respon
         hub_metric_add(&h->metrics.prov_codes, 1);
         goto out;
     }
-    api_error(res, 503, "code_space_exhausted", "could not allocate a unique code; retry");
+    api_error_retry(res, 503, "code_space_exhausted", "could not allocate a unique code; retry",
+                    1);
 out:
     json_decref(body);
 }

@@ -406,11 +406,6 @@ static int secret_ok(const char *s)
     return 1;
 }
 
-static void store_failed(struct api_response *res)
-{
-    api_error(res, 503, "store_unavailable", "the store failed; retry later");
-}
-
 void handle_internal_issue(struct hub *h, const struct api_request *req, struct api_response *res)
 {
     static const char *const fields[] = {"serial", "code",     "device_id", "device_secret",
@@ -490,7 +485,7 @@ void handle_internal_issue(struct hub *h, const struct api_request *req, struct 
     }
     int outcome = STORE_OK;
     if (h->store_ops->issue_remote(h->store, &p, &ri, serial_out, &outcome) < 0) {
-        store_failed(res);
+        api_store_failed(res);
         goto out;
     }
     snprintf(res->log, sizeof res->log, "caller=%s by=%s serial=%s outcome=%d", caller,
@@ -518,7 +513,7 @@ void handle_internal_purge(struct hub *h, const struct api_request *req, const c
     const char *caller = peer->name;
     snprintf(res->log, sizeof res->log, "caller=%s", caller);
     if (h->store_ops->issuance_purge_remote(h->store, caller, id, &outcome) < 0) {
-        store_failed(res);
+        api_store_failed(res);
         return;
     }
     if (outcome != STORE_OK) {
@@ -539,7 +534,7 @@ void handle_internal_cancel(struct hub *h, const struct api_request *req, const 
     const char *caller = peer->name;
     snprintf(res->log, sizeof res->log, "caller=%s", caller);
     if (h->store_ops->issuance_cancel_remote(h->store, caller, id, serial, &outcome) < 0) {
-        store_failed(res);
+        api_store_failed(res);
         return;
     }
     if (outcome == STORE_PROVISIONED) {
@@ -574,7 +569,7 @@ void handle_internal_rearm(struct hub *h, const struct api_request *req, struct 
     }
     snprintf(res->log, sizeof res->log, "caller=%s serial=%s", caller, serial);
     if (h->store_ops->serial_rearm_remote(h->store, caller, serial, &outcome) < 0) {
-        store_failed(res);
+        api_store_failed(res);
         goto out;
     }
     if (outcome != STORE_OK)
@@ -612,7 +607,7 @@ void handle_internal_serials(struct hub *h, const struct api_request *req,
         goto out;
     }
     if (h->store_ops->serials_import(h->store, v, n, hub_now_ms()) < 0) {
-        store_failed(res);
+        api_store_failed(res);
         goto out;
     }
     snprintf(res->log, sizeof res->log, "importer=%s imported=%zu", imp->name, n);
@@ -701,10 +696,9 @@ static int eu_call(struct hub *h, const char *method, const char *path, const ch
 
 static void unavailable(struct hub *h, struct api_response *res, const char *why)
 {
-    api_error(res, 503, "provisioning_unavailable",
-              "the provisioning region cannot be reached right now; retry the claim");
-    snprintf(res->extra_headers, sizeof res->extra_headers, "Retry-After: %ld\r\n",
-             h->cfg.inter_region_timeout_s);
+    api_error_retry(res, 503, "provisioning_unavailable",
+                    "the provisioning region cannot be reached right now; retry the claim",
+                    h->cfg.inter_region_timeout_s);
     phy_log(PHY_LOG_WARN, "claim_unavailable", "why=\"%s\"", why);
 }
 
@@ -798,7 +792,7 @@ int region_claim(struct hub *h, const struct region_claim *c, struct store_devic
     }
     if (h->store_ops->claim_begin(h->store, &b, outcome) < 0 || *outcome != STORE_OK) {
         in_flight_remove(r, c->device_id);
-        store_failed(res);
+        api_store_failed(res);
         return 1;
     }
     char *body = issue_body(h, c, deadline);
@@ -832,7 +826,7 @@ int region_claim(struct hub *h, const struct region_claim *c, struct store_devic
             goto out;
         }
         if (h->store_ops->claim_confirm(h->store, c->device_id, serial, dev, outcome) < 0) {
-            store_failed(res); /* the outbox completes or cancels it later */
+            api_store_failed(res); /* the outbox completes or cancels it later */
             goto out;
         }
         if (*outcome != STORE_OK) { /* the row is gone: cannot happen while in flight */
