@@ -7,6 +7,7 @@
 
 #include "phy/client.h"
 #include "phy/err.h"
+#include "phy/text.h"
 
 #define JSON_FLAGS (JSON_COMPACT | JSON_ENSURE_ASCII)
 
@@ -47,8 +48,7 @@ static int is_visible(unsigned char ch)
 /* A proxy token: key ID, '.', base64url. */
 static int is_token(unsigned char ch)
 {
-    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-           ch == '-' || ch == '_' || ch == '.';
+    return phy_name_char(ch);
 }
 
 static int is_text(unsigned char ch)

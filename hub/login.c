@@ -12,6 +12,7 @@
 #include "handlers.h"
 #include "phy/crypto.h"
 #include "phy/err.h"
+#include "phy/text.h"
 #include "phy/log.h"
 #include "rules.h"
 
@@ -55,9 +56,7 @@ int login_init(struct hub *h)
 static const char *log_name(const char *s, char *buf, unsigned cap)
 {
     for (const char *p = s; *p; p++) {
-        char c = *p;
-        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-              c == '.' || c == '_' || c == '-' || c == '@'))
+        if (!phy_name_char((unsigned char)*p) && *p != '@')
             return phy_log_quote(s, buf, cap);
     }
     return s[0] ? s : "\"\"";

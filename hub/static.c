@@ -10,6 +10,7 @@
 
 #include "handlers.h"
 #include "phy/err.h"
+#include "phy/text.h"
 #include "phy/file.h"
 
 #define STATIC_MAX_BYTES (1u << 20)
@@ -38,9 +39,7 @@ static int name_valid(const char *s)
     if (n == 0 || n > STATIC_NAME_MAX || s[0] == '.')
         return 0;
     for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-              c == '.' || c == '_' || c == '-'))
+        if (!phy_name_char((unsigned char)s[i]))
             return 0;
     }
     return 1;

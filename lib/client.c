@@ -100,9 +100,7 @@ static int valid_host_chars(const char *s, size_t n, int v6)
 {
     for (size_t i = 0; i < n; i++) {
         unsigned char ch = (unsigned char)s[i];
-        int ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-                 ch == '.' || ch == '-' || ch == '_' || (v6 && ch == ':');
-        if (!ok)
+        if (!phy_name_char(ch) && !(v6 && ch == ':'))
             return 0;
     }
     return 1;

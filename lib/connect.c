@@ -6,6 +6,7 @@
 
 #include "phy/base64.h"
 #include "phy/err.h"
+#include "phy/text.h"
 
 #define CONNECT_MAX_LABEL 63
 #define CONNECT_MAX_IDENT_BODY 64
@@ -118,7 +119,7 @@ static int is_valid_ident(const unsigned char *s, size_t n)
         unsigned char c = s[i];
         if (is_alnum(c))
             continue;
-        if (serial && (c == '.' || c == '_' || c == '-'))
+        if (serial && phy_name_char(c))
             continue;
         return 0;
     }

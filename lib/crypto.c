@@ -18,6 +18,7 @@
 
 #include "phy/base64.h"
 #include "phy/err.h"
+#include "phy/text.h"
 #include "phy/file.h"
 
 #define AEAD_NONCE_LEN 12
@@ -134,10 +135,7 @@ int phy_serial_valid(const char *s, size_t n)
     if (s == NULL || n == 0 || n > PHY_SERIAL_MAX)
         return 0;
     for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        int ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-                 c == '.' || c == '_' || c == '-';
-        if (!ok)
+        if (!phy_name_char((unsigned char)s[i]))
             return 0;
     }
     return 1;

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "phy/err.h"
+#include "phy/text.h"
 
 const unsigned char phy_pp2_sig[PHY_PP2_SIG_LEN] = {0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D,
                                                     0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A};
@@ -91,9 +92,7 @@ static int ident_ok(const unsigned char *s, size_t n)
     if (!(n > 3 && memcmp(s, "sn_", 3) == 0) && !(n > 4 && memcmp(s, "dev_", 4) == 0))
         return 0;
     for (size_t i = 0; i < n; i++) {
-        unsigned char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '.' || c == '_' || c == '-'))
+        if (!phy_name_char(s[i]))
             return 0;
     }
     return 1;

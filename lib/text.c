@@ -43,6 +43,12 @@ int phy_utf8_valid(const void *s, size_t n)
     return 1;
 }
 
+int phy_name_char(int c)
+{
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+           c == '.' || c == '_' || c == '-';
+}
+
 int phy_hexval(int c)
 {
     if (c >= '0' && c <= '9')

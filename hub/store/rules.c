@@ -2,6 +2,7 @@
 #include <string.h>
 
 #include "phy/err.h"
+#include "phy/text.h"
 #include "phy/twin.h"
 #include "rules.h"
 
@@ -12,19 +13,13 @@ int store_str_ok(const char *s, size_t max)
     return s && s[0] && strnlen(s, max + 1) <= max;
 }
 
-static int name_char(char ch)
-{
-    return (ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
-           ch == '.' || ch == '_' || ch == '-';
-}
-
 /* 1 when s is 1..max characters of [A-Za-z0-9._-] (serials and tag keys). */
 static int name_ok(const char *s, size_t max)
 {
     if (!store_str_ok(s, max))
         return 0;
     for (; *s; s++)
-        if (!name_char(*s))
+        if (!phy_name_char(*s))
             return 0;
     return 1;
 }
@@ -133,18 +128,7 @@ int store_params_ok(const struct store_prov_params *p)
 
 int store_code_normalize(const char *in, char out[PHY_CODE_LEN + 1])
 {
-    if (!in || strnlen(in, PHY_CODE_LEN + 1) != PHY_CODE_LEN)
-        return PHY_EINVAL;
-    for (size_t i = 0; i < PHY_CODE_LEN; i++) {
-        char ch = in[i];
-        if (ch >= 'a' && ch <= 'z')
-            ch = (char)(ch - 'a' + 'A');
-        if (ch == '\0' || !strchr(PHY_CODE_ALPHABET, ch))
-            return PHY_EINVAL;
-        out[i] = ch;
-    }
-    out[PHY_CODE_LEN] = '\0';
-    return 0;
+    return in ? phy_code_normalize(in, strnlen(in, PHY_CODE_LEN + 1), out) : PHY_EINVAL;
 }
 
 int store_json_object_parse(const char *text, size_t max, json_t **out)

@@ -11,6 +11,10 @@ size_t phy_utf8_seq_len(const unsigned char *p, size_t n);
 /* 1 when s[0..n) is entirely valid UTF-8 (see phy_utf8_seq_len). */
 int phy_utf8_valid(const void *s, size_t n);
 
+/* 1 when c is one of [A-Za-z0-9._-]: the characters of serials, tag keys, file and
+ * log names. */
+int phy_name_char(int c);
+
 /* The value 0-15 of a hex digit (either case), or -1. */
 int phy_hexval(int c);
 
