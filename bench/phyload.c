@@ -33,7 +33,7 @@
 #include "phy/err.h"
 #include "phy/http.h"
 #include "phy/protocol.h"
-#include "wsframe.h"
+#include "phy/wsframe.h"
 
 #define MAX_DEVICES 1000000
 #define MAX_SOURCES 256

@@ -16,6 +16,7 @@
 #include "handlers.h"
 #include "phy/protocol.h"
 #include "phy/text.h"
+#include "phy/wsframe.h"
 #include "phy/base64.h"
 #include "phy/crypto.h"
 #include "phy/err.h"
@@ -1039,21 +1040,11 @@ void session_effect(struct server *s, const struct api_effect *e, const char *pu
         int len =
             snprintf(f + 10, cap, "{\"type\":\"" PHY_MSG_DESIRED_PATCH "\",\"version\":%lld,\"patch\":%s}",
                      (long long)e->version, push_patch);
-        size_t n = (size_t)len, hl = n < 126 ? 2 : n < 65536 ? 4 : 10;
-        uint8_t *h = (uint8_t *)f + 10 - hl;
-        h[0] = 0x81; /* FIN + text */
-        if (hl == 2) {
-            h[1] = (uint8_t)n;
-        } else if (hl == 4) {
-            h[1] = 126;
-            h[2] = (uint8_t)(n >> 8);
-            h[3] = (uint8_t)n;
-        } else {
-            h[1] = 127;
-            for (int i = 0; i < 8; i++)
-                h[2 + i] = (uint8_t)((uint64_t)n >> (56 - 8 * i));
-        }
-        memmove(f, h, hl + n);
+        size_t n = (size_t)len;
+        uint8_t hdr[WSF_MAX_HEADER];
+        size_t hl = wsf_header(hdr, WSF_TEXT, n, NULL); /* at most 10 unmasked */
+        memcpy(f + 10 - hl, hdr, hl);
+        memmove(f, f + 10 - hl, hl + n);
         ss->wbuf = f;
         ss->wlen = hl + n;
         ss->woff = 0;

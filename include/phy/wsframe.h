@@ -1,7 +1,8 @@
-/* Minimal WebSocket client framing for the load client (RFC 6455): masked frames out,
- * unmasked frames in, no I/O. */
-#ifndef PHY_BENCH_WSFRAME_H
-#define PHY_BENCH_WSFRAME_H
+/* WebSocket framing (RFC 6455 section 5.2) without I/O: the frame header the hub
+ * writes for its fan-out pushes, and the client side of phyload (masked frames out,
+ * server frames in). The hub and the agent otherwise frame with wslay. */
+#ifndef PHY_WSFRAME_H
+#define PHY_WSFRAME_H
 
 #include <stddef.h>
 #include <stdint.h>
@@ -32,6 +33,11 @@ struct wsf_frame {
  * unknown opcode, control frame fragmented or over 125 bytes) or its payload is over
  * max_payload (at most 1 MiB). */
 int wsf_parse(const uint8_t *buf, size_t n, size_t max_payload, struct wsf_frame *f);
+
+/* Writes the header of one final (FIN) frame of opcode with a payload of len bytes
+ * into out: unmasked when mask is NULL (a server's frame), else with the mask.
+ * Returns its size (2 to WSF_MAX_HEADER). */
+size_t wsf_header(uint8_t out[WSF_MAX_HEADER], int opcode, uint64_t len, const uint8_t mask[4]);
 
 /* Writes one final (FIN) client frame with the given mask into out (capacity cap).
  * Returns the frame size, or PHY_ETOOBIG when cap < len + WSF_MAX_HEADER or

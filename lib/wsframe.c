@@ -1,6 +1,5 @@
-/* Minimal WebSocket client framing for the load client: parse server frames, build
- * masked client frames. */
-#include "wsframe.h"
+/* WebSocket framing without I/O; see include/phy/wsframe.h. */
+#include "phy/wsframe.h"
 
 #include <string.h>
 
@@ -47,26 +46,35 @@ int wsf_parse(const uint8_t *buf, size_t n, size_t max_payload, struct wsf_frame
     return (int)(hdr + len);
 }
 
+size_t wsf_header(uint8_t out[WSF_MAX_HEADER], int opcode, uint64_t len, const uint8_t mask[4])
+{
+    uint8_t m = mask ? 0x80 : 0;
+    size_t h = 0;
+    out[h++] = (uint8_t)(0x80 | (opcode & 0x0f));
+    if (len < 126) {
+        out[h++] = (uint8_t)(m | len);
+    } else if (len <= 0xffff) {
+        out[h++] = m | 126;
+        out[h++] = (uint8_t)(len >> 8);
+        out[h++] = (uint8_t)len;
+    } else {
+        out[h++] = m | 127;
+        for (int i = 7; i >= 0; i--)
+            out[h++] = (uint8_t)(len >> (8 * i));
+    }
+    if (mask) {
+        memcpy(out + h, mask, 4);
+        h += 4;
+    }
+    return h;
+}
+
 int wsf_encode(int opcode, const uint8_t *payload, size_t len, const uint8_t mask[4], uint8_t *out,
                size_t cap)
 {
     if (len > WSF_LIMIT || cap < len + WSF_MAX_HEADER)
         return PHY_ETOOBIG;
-    size_t h = 0;
-    out[h++] = (uint8_t)(0x80 | (opcode & 0x0f));
-    if (len < 126) {
-        out[h++] = (uint8_t)(0x80 | len);
-    } else if (len <= 0xffff) {
-        out[h++] = 0x80 | 126;
-        out[h++] = (uint8_t)(len >> 8);
-        out[h++] = (uint8_t)len;
-    } else {
-        out[h++] = 0x80 | 127;
-        for (int i = 7; i >= 0; i--)
-            out[h++] = (uint8_t)((uint64_t)len >> (8 * i));
-    }
-    memcpy(out + h, mask, 4);
-    h += 4;
+    size_t h = wsf_header(out, opcode, len, mask);
     for (size_t i = 0; i < len; i++)
         out[h + i] = payload[i] ^ mask[i & 3];
     return (int)(h + len);
