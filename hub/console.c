@@ -50,6 +50,7 @@ static int bearer_auth(struct hub *h, const char *a, struct api_response *res,
         return -1;
     }
     if (outcome != STORE_OK) {
+        hub_metric_add(&h->metrics.auth_failures, 1);
         unauthorized(res, "unknown, expired or revoked API token");
         return -1;
     }
@@ -423,8 +424,10 @@ void handle_claim(struct hub *h, const struct api_request *req, struct api_respo
         api_state_event(res, caller.tenant_id, dev.device_id, dev.state);
         api_audit(h, caller.tenant_id, caller.user_id, "device.claim", dev.device_id,
                   json_pack("{s:s, s:s}", "serial", dev.serial, "by", serial ? "serial" : "code"));
+        hub_metric_add(&h->metrics.prov_claimed, 1);
         break;
     default:
+        hub_metric_add(&h->metrics.prov_claim_failed, 1);
         api_claim_refused(res, outcome);
     }
 out:

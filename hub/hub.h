@@ -64,18 +64,32 @@ struct hub_config {
     long max_registrations;             /* live registrations in the store (0: no cap) */
     long max_streams_per_tenant;        /* console event streams open per tenant */
     long device_share;                  /* % of max_connections kept for device sessions */
+    struct phy_strlist metrics_allow;   /* "CIDR,…" who may read /metrics (default loopback) */
     long max_idle_per_source;           /* idle keep-alive connections per client address */
 };
 
+/* What an HTTP request is, for metrics (hub_route_class). */
+enum hub_route_class {
+    ROUTE_PROVISIONING, /* /v1/provisioning/ */
+    ROUTE_CONSOLE,      /* /api/ */
+    ROUTE_INTERNAL,     /* /internal/ */
+    ROUTE_STATIC,       /* the console's files, /healthz, /metrics */
+    ROUTE_CLASSES
+};
+#define HUB_DURATION_BUCKETS 12 /* metrics.c's bucket bounds, +Inf apart */
+
 /* Counters shown by GET /metrics; updated from the loop and from workers. */
 struct hub_metrics {
-    _Atomic uint64_t sessions; /* gauge */
+    _Atomic uint64_t sessions; /* gauge: live device sessions */
     _Atomic uint64_t ws_msgs_in, ws_msgs_out;
-    _Atomic uint64_t auth_failures; /* device hub and console */
-    _Atomic uint64_t requests;
-    _Atomic uint64_t store_ops, store_us; /* count and total microseconds */
+    _Atomic uint64_t auth_failures; /* device hub, console logins and API tokens */
+    _Atomic uint64_t http_requests[ROUTE_CLASSES];
+    _Atomic uint64_t http_us[ROUTE_CLASSES]; /* total duration, microseconds */
+    _Atomic uint64_t http_buckets[ROUTE_CLASSES][HUB_DURATION_BUCKETS]; /* not cumulative */
+    _Atomic uint64_t store_ops, store_us; /* requests and messages that used the store */
     _Atomic uint64_t prov_registered, prov_codes, prov_delivered, prov_claimed;
     _Atomic uint64_t prov_claim_failed, prov_slow_down;
+    _Atomic uint64_t prov_issued_remote; /* eu: issuances for another region's claims */
     _Atomic uint64_t prov_evicted; /* registrations evicted at a serial's cap */
     _Atomic uint64_t prov_rate_limited, prov_full; /* per-source limit, global cap */
 };
@@ -107,6 +121,8 @@ struct hub {
     _Atomic int login_checks; /* argon2id checks running now (login.c caps them) */
     struct phy_cidr *trusted; /* --trusted-proxy */
     size_t ntrusted;
+    struct phy_cidr *metrics_allow; /* --metrics-allow */
+    size_t nmetrics_allow;
     struct phy_proxy_key proxy_key; /* --proxy-key; kid "" when not set */
     struct phy_ratelimit *register_rate; /* per source: registrations and codes */
     /* Live registrations: counted by the sweeper, plus those this node made since
@@ -129,6 +145,11 @@ int64_t hub_mono_ms(void);
  * drop, then advances the ratchet (seal.h). Run by the sweeper, on a worker. 0, or
  * negative when a store call or the ratchet file failed (logged; the ratchet stays). */
 int hub_seal_sweep(struct hub *h, int64_t now_ms);
+
+/* The class of a request path. */
+enum hub_route_class hub_route_class(const char *path);
+/* Counts one answered request of that path and how long it took. */
+void hub_metrics_request(struct hub *h, const char *path, uint64_t us);
 
 /* Fills provisioning parameters from the configuration at now. */
 void hub_prov_params(const struct hub *h, int64_t now_ms, struct store_prov_params *p);

@@ -715,6 +715,8 @@ int main(int argc, char **argv)
          "failed logins per client address per window before 429 (30)"},
         {"audit-keep-days", PHY_OPT_INT, &c->audit_keep_days, 0, 36500,
          "audit records are deleted after this many days, 0 keeps them (365)"},
+        {"metrics-allow", PHY_OPT_LIST, &c->metrics_allow, 0, 0,
+         "CIDR[,CIDR…] addresses that may read /metrics (repeatable; default 127.0.0.0/8,::1)"},
         {"trusted-proxy", PHY_OPT_LIST, &c->trusted_proxies, 0, 0,
          "CIDR[,CIDR…] addresses of phyproxy instances whose PROXY v2 header (the client's "
          "address and identifier) is believed (repeatable; default none)"},
@@ -790,6 +792,16 @@ int main(int argc, char **argv)
         fprintf(stderr, "phyhub: %s\n", err);
         rc = 2;
         goto out;
+    }
+    for (size_t i = 0; i < c->metrics_allow.n || (i == 0 && c->metrics_allow.n == 0); i++) {
+        char why[160];
+        const char *spec = c->metrics_allow.n ? c->metrics_allow.items[i] : "127.0.0.0/8,::1";
+        if (phy_cidr_list_parse(spec, &g_hub.metrics_allow, &g_hub.nmetrics_allow, why,
+                                sizeof(why)) < 0) {
+            fprintf(stderr, "phyhub: --metrics-allow: %s\n", why);
+            rc = 2;
+            goto out;
+        }
     }
     for (size_t i = 0; i < c->trusted_proxies.n; i++) {
         char why[160];
@@ -899,6 +911,7 @@ out_store:
 out:
     region_cleanup(&g_hub);
     free(g_hub.trusted);
+    free(g_hub.metrics_allow);
     phy_ratelimit_free(g_hub.register_rate);
     OPENSSL_cleanse(&g_hub.proxy_key, sizeof(g_hub.proxy_key));
     phy_config_free(opts);

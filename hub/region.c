@@ -492,7 +492,7 @@ void handle_internal_issue(struct hub *h, const struct api_request *req, struct 
              serial ? "serial" : "code", serial_out[0] ? serial_out : "-", outcome);
     switch (outcome) {
     case STORE_OK:
-        hub_metric_add(&h->metrics.prov_claimed, 1);
+        hub_metric_add(&h->metrics.prov_issued_remote, 1);
         api_json(res, 201,
                  json_pack("{s:s, s:s}", "device_id", device_id, "serial", serial_out));
         break;

@@ -44,6 +44,7 @@ struct work {
     int64_t gen;                           /* WORK_UPGRADE: session generation */
     struct sse_auth *sse_auth;             /* WORK_EVENTS of a console session */
     char stream_key[PHY_HASH_HEX_LEN + 1]; /* WORK_EVENTS: the caller's cookie or token hash */
+    uint64_t start_ns;                     /* uv_hrtime when the request was complete */
     char peer_ip[64];                      /* areq.peer_ip */
 };
 
@@ -392,8 +393,10 @@ static void on_work(uv_work_t *req)
     case WORK_API: {
         uint64_t t0 = uv_hrtime();
         api_handle(h, &w->areq, &w->ares);
-        hub_metric_add(&h->metrics.store_ops, 1);
-        hub_metric_add(&h->metrics.store_us, (uv_hrtime() - t0) / 1000);
+        if (hub_route_class(w->areq.path) != ROUTE_STATIC) { /* static files use no store */
+            hub_metric_add(&h->metrics.store_ops, 1);
+            hub_metric_add(&h->metrics.store_us, (uv_hrtime() - t0) / 1000);
+        }
         break;
     }
     case WORK_UPGRADE:
@@ -454,6 +457,7 @@ static void on_work_done(uv_work_t *req, int status)
         struct server *s = c->srv;
         uint64_t dur = uv_now(s->loop) - c->req_start_ms;
         char lpath[128];
+        hub_metrics_request(s->hub, w->areq.path, (uv_hrtime() - w->start_ns) / 1000);
         phy_log(PHY_LOG_INFO, "http", "rid=%s peer=%s method=%s path=%s status=%d ms=%llu%s%s",
                 w->rid, c->peer, w->areq.method,
                 api_log_path(w->areq.path, lpath, sizeof(lpath)), w->ares.status,
@@ -635,9 +639,9 @@ static int conn_try_request(struct conn *c)
     snprintf(w->rid, sizeof(w->rid), "%08llx%06llx", (unsigned long long)s->rid_prefix,
              (unsigned long long)(++s->rid_seq & 0xffffff));
     w->areq.request_id = w->rid;
-    hub_metric_add(&s->hub->metrics.requests, 1);
     w->conn = c;
     w->req.data = w;
+    w->start_ns = uv_hrtime();
     c->keep_alive = rq.keep_alive;
     c->req_start_ms = uv_now(s->loop);
 

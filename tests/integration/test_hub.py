@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import phytest  # noqa: E402
 import wsclient  # noqa: E402
 from phytest import wait_until  # noqa: E402
-from stack import HOST, Stack  # noqa: E402
+from stack import HOST, Stack, https_connection, https_request  # noqa: E402
 
 T = {}
 
@@ -27,7 +27,8 @@ def setup():
     # Leak checks stay on; a small quarantine keeps RSS meaningful for the memory test.
     env = {"ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":quarantine_size_mb=1"}
     T["st"] = Stack("hub", hub_flags=["--ping-interval", "1", "--ping-timeout", "2",
-                                      "--device-msg-rate", "20"], hub_env=env)
+                                      "--device-msg-rate", "20", "--metrics-allow",
+                                      "127.0.0.1"], hub_env=env)
     T["a"] = T["st"].provision("HUB-A", tags={"site": "berlin"})
     T["b"] = T["st"].provision("HUB-B", tags={"site": "berlin"})
     T["c"] = T["st"].provision("HUB-C", tags={"site": "paris"})
@@ -327,11 +328,72 @@ def test_events_stream_and_metrics():
     s, _, raw, hdrs = st.request("GET", "/metrics", via_proxy=False)
     text = raw.decode()
     assert s == 200 and hdrs["content-type"].startswith("text/plain"), hdrs
-    for name in ("phyhub_sessions", "phyhub_ws_messages_received_total",
+    for name in ("phyhub_device_sessions", "phyhub_ws_messages_received_total",
                  "phyhub_auth_failures_total", "phyhub_store_seconds_total",
                  'phyhub_provisioning_total{outcome="delivered"}'):
         assert re.search(r"^%s(\{[^}]*\})? \d" % re.escape(name), text, re.M), name
     assert int(re.search(r"^phyhub_auth_failures_total (\d+)", text, re.M).group(1)) >= 30
+
+
+def metric(name, labels=""):
+    """One sample of the hub's /metrics (0 when absent)."""
+    _, _, raw, _ = T["st"].request("GET", "/metrics", via_proxy=False)
+    m = re.search(r"^%s%s (\S+)$" % (re.escape(name), re.escape(labels)), raw.decode(), re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_every_metric_moves():
+    """Issue 11: each metric counts what its name says; each moves here."""
+    st, a = T["st"], T["a"]
+    info = re.search(r'^phyhub_build_info\{version="([0-9.]+)",revision="([^"]+)"\} 1$',
+                     st.request("GET", "/metrics", via_proxy=False)[2].decode(), re.M)
+    assert info, "phyhub_build_info"
+    # Device sessions and messages.
+    base = metric("phyhub_device_sessions")
+    rx, tx = metric("phyhub_ws_messages_received_total"), metric("phyhub_ws_messages_sent_total")
+    ws = session(a)
+    wait_until(lambda: metric("phyhub_device_sessions") == base + 1, 5, "sessions + 1")
+    ws.send_json({"type": "twin.get", "id": "m"})
+    ws.recv_type("twin")
+    assert metric("phyhub_ws_messages_received_total") >= rx + 1
+    assert metric("phyhub_ws_messages_sent_total") >= tx + 1
+    ws.close()
+    wait_until(lambda: metric("phyhub_device_sessions") == base, 5, "sessions back")
+    # A wrong API token is an authentication failure.
+    af = metric("phyhub_auth_failures_total")
+    assert st.api("GET", "/api/v1/devices", token="x" * 43)[0] == 401
+    assert metric("phyhub_auth_failures_total") == af + 1
+    # Requests by class, their durations; static files use no store.
+    c0 = metric("phyhub_http_requests_total", '{class="console"}')
+    h0 = metric("phyhub_http_request_duration_seconds_count", '{class="console"}')
+    so = metric("phyhub_store_operations_total")
+    assert st.api("GET", "/api/v1/devices")[0] == 200
+    assert metric("phyhub_http_requests_total", '{class="console"}') == c0 + 1
+    assert metric("phyhub_http_request_duration_seconds_count", '{class="console"}') == h0 + 1
+    assert metric("phyhub_http_request_duration_seconds_bucket",
+                  '{class="console",le="+Inf"}') == h0 + 1
+    so1 = metric("phyhub_store_operations_total")
+    assert so1 == so + 1, (so, so1)  # the API call (the metrics reads are static)
+    st.request("GET", "/", via_proxy=False)
+    assert metric("phyhub_store_operations_total") == so1
+    p0 = metric("phyhub_http_requests_total", '{class="provisioning"}')
+    st.register("SN-METRIC-1")
+    assert metric("phyhub_http_requests_total", '{class="provisioning"}') == p0 + 1
+    # Claims: one that works, one that fails.
+    ok0 = metric("phyhub_provisioning_total", '{outcome="claimed"}')
+    bad0 = metric("phyhub_provisioning_total", '{outcome="claim_failed"}')
+    assert st.claim(serial="SN-METRIC-1")[0] == 201
+    assert st.claim(serial="SN-METRIC-NOBODY")[0] == 404
+    assert metric("phyhub_provisioning_total", '{outcome="claimed"}') == ok0 + 1
+    assert metric("phyhub_provisioning_total", '{outcome="claim_failed"}') == bad0 + 1
+    # Only --metrics-allow addresses (default loopback) read the metrics: the proxy
+    # passes the client's address on, and an address outside the list is refused.
+    c = https_connection(st.hub_port, st.tls_context(), source="127.0.0.1")
+    assert https_request(c, "GET", "/metrics")[0] == 200
+    c = https_connection(st.hub_port, st.tls_context(), source="127.0.0.2")
+    assert https_request(c, "GET", "/metrics")[0] == 403
+    c = https_connection(st.proxy_port, st.tls_context(), HOST, "sn_M", source="127.0.0.2")
+    assert https_request(c, "GET", "/metrics")[0] == 403
 
 
 def rss_kib(pid):
