@@ -233,14 +233,14 @@ void agent_sync_handle(struct agent_sync *s, const char *text, size_t n,
     id = json_object_get(msg, "id");
     ev->id = get_id(id);
 
-    if (strcmp(ev->type, "twin") == 0) {
+    if (strcmp(ev->type, PHY_MSG_TWIN) == 0) {
         on_twin(s, msg, ev);
     } else if (strcmp(ev->type, PHY_MSG_DESIRED_PATCH) == 0) {
         on_push(s, msg, ev);
     } else if (strcmp(ev->type, PHY_MSG_ACK) == 0) {
         ev->action = AGENT_SYNC_ACK;
         ev->version = get_count(msg, "version");
-    } else if (strcmp(ev->type, "error") == 0) {
+    } else if (strcmp(ev->type, PHY_MSG_ERROR) == 0) {
         ev->action = AGENT_SYNC_ERROR;
         copy_str(ev->error, sizeof ev->error, json_object_get(msg, "error"));
         copy_str(ev->message, sizeof ev->message, json_object_get(msg, "message"));

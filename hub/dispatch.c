@@ -39,15 +39,17 @@ static int take_id(const json_t *root, struct dispatch_action *out)
             set_error(out, "bad_message", "id must be 1 to %d bytes", DISPATCH_ID_MAX);
             return -1;
         }
-        memcpy(out->id, json_string_value(id), n);
-        out->id[n] = '\0';
+        memcpy(out->id.text, json_string_value(id), n);
+        out->id.text[n] = '\0';
     } else if (json_is_integer(id)) {
-        snprintf(out->id, sizeof(out->id), "%" JSON_INTEGER_FORMAT, json_integer_value(id));
+        snprintf(out->id.text, sizeof(out->id.text), "%" JSON_INTEGER_FORMAT,
+                 json_integer_value(id));
+        out->id.integer = 1;
     } else {
         set_error(out, "bad_message", "id must be a string or an integer");
         return -1;
     }
-    out->has_id = 1;
+    out->id.present = 1;
     return 0;
 }
 
@@ -189,16 +191,26 @@ static char *dump_owned(json_t *v)
     return s;
 }
 
-char *dispatch_error_msg(const char *id, const char *error, const char *message)
+json_t *dispatch_id_json(const struct dispatch_id *id)
+{
+    if (id == NULL || !id->present)
+        return NULL;
+    if (id->integer)
+        return json_integer((json_int_t)strtoll(id->text, NULL, 10));
+    return json_string(id->text);
+}
+
+char *dispatch_error_msg(const struct dispatch_id *id, const char *error, const char *message)
 {
     if (error == NULL)
         return NULL;
-    return dump_owned(json_pack("{s:s, s:s*, s:s, s:s}", "type", PHY_MSG_ERROR, "id", id, "error", error,
-                                "message", message != NULL ? message : ""));
+    return dump_owned(json_pack("{s:s, s:o*, s:s, s:s}", "type", PHY_MSG_ERROR, "id",
+                                dispatch_id_json(id), "error", error, "message",
+                                message != NULL ? message : ""));
 }
 
-char *dispatch_ack_msg(const char *id, long long version)
+char *dispatch_ack_msg(const struct dispatch_id *id, long long version)
 {
-    return dump_owned(
-        json_pack("{s:s, s:s*, s:I}", "type", PHY_MSG_ACK, "id", id, "version", (json_int_t)version));
+    return dump_owned(json_pack("{s:s, s:o*, s:I}", "type", PHY_MSG_ACK, "id", dispatch_id_json(id),
+                                "version", (json_int_t)version));
 }

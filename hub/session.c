@@ -550,7 +550,8 @@ static void session_close_with(struct session *ss, uint16_t code, const char *re
     conn_deadline_ms(ss->conn, CLOSE_GRACE_MS);
 }
 
-static void send_error(struct session *ss, const char *id, const char *error, const char *msg)
+static void send_error(struct session *ss, const struct dispatch_id *id, const char *error,
+                       const char *msg)
 {
     char *t = dispatch_error_msg(id, error, msg);
     if (t)
@@ -564,7 +565,8 @@ static void send_error(struct session *ss, const char *id, const char *error, co
 static void session_kick(struct session *ss);
 static void session_push(struct conn *c);
 
-static char *twin_reply(const char *id, const char *device_id, const struct store_twin *t)
+static char *twin_reply(const struct dispatch_id *id, const char *device_id,
+                        const struct store_twin *t)
 {
     json_t *d = json_loads(t->desired ? t->desired : "{}", 0, NULL);
     json_t *r = json_loads(t->reported ? t->reported : "{}", 0, NULL);
@@ -576,8 +578,9 @@ static char *twin_reply(const char *id, const char *device_id, const struct stor
                           (json_int_t)t->reported_version, "tags", tags ? tags : json_object());
     if (!o)
         return NULL;
-    if (id)
-        json_object_set_new(o, "id", json_string(id));
+    json_t *idv = dispatch_id_json(id);
+    if (idv)
+        json_object_set_new(o, "id", idv);
     char *text = json_dumps(o, JSON_COMPACT);
     json_decref(o);
     return text;
@@ -588,7 +591,7 @@ static void on_sess_work(uv_work_t *req)
     struct sess_work *w = req->data;
     struct hub *h = w->hub;
     const struct phy_store_ops *ops = h->store_ops;
-    const char *id = w->action.has_id ? w->action.id : NULL;
+    const struct dispatch_id *id = &w->action.id;
     const char *dev = w->ss->device_id;
     int outcome = STORE_OK;
     uint64_t t0 = uv_hrtime();
@@ -765,12 +768,12 @@ static void session_on_text(struct session *ss, const uint8_t *msg, size_t len)
     struct dispatch_action a;
     dispatch_parse((const char *)msg, len, &a);
     if (a.kind == DISPATCH_ERROR) {
-        send_error(ss, a.has_id ? a.id : NULL, a.error, a.message);
+        send_error(ss, &a.id, a.error, a.message);
         dispatch_action_clear(&a);
         return;
     }
     if (ss->q_len >= SESSION_QUEUE_MAX) {
-        send_error(ss, a.has_id ? a.id : NULL, "rate_limited", "too many messages in flight");
+        send_error(ss, &a.id, "rate_limited", "too many messages in flight");
         dispatch_action_clear(&a);
         return;
     }

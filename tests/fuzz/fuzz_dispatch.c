@@ -70,11 +70,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct dispatch_action a;
     if (dispatch_parse((const char *)data, size, &a) != 0)
         abort();
-    if (a.has_id) {
-        size_t n = strnlen(a.id, sizeof(a.id));
+    if (a.id.present) {
+        size_t n = strnlen(a.id.text, sizeof(a.id.text));
         if (n < 1 || n > DISPATCH_ID_MAX)
             abort();
-    } else if (a.id[0] != '\0') {
+        json_t *v = dispatch_id_json(&a.id); /* echoed with its type, exactly */
+        if (!v || (a.id.integer ? !json_is_integer(v) : !json_is_string(v)))
+            abort();
+        json_decref(v);
+    } else if (a.id.text[0] != '\0' || a.id.integer) {
         abort();
     }
 
@@ -83,7 +87,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (a.error == NULL || a.body != NULL || a.message[0] == '\0' ||
             strnlen(a.message, sizeof(a.message)) >= sizeof(a.message))
             abort();
-        check_reply(dispatch_error_msg(a.has_id ? a.id : NULL, a.error, a.message), "error");
+        check_reply(dispatch_error_msg(&a.id, a.error, a.message), "error");
         break;
     case DISPATCH_TWIN_GET:
         if (a.body != NULL)
@@ -94,7 +98,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             abort();
         merge_once(a.body, PHY_TWIN_MAX_BYTES);
         merge_once(a.body, FUZZ_SMALL_LIMIT);
-        check_reply(dispatch_ack_msg(a.has_id ? a.id : NULL, 1), "ack");
+        check_reply(dispatch_ack_msg(&a.id, 1), "ack");
         break;
     case DISPATCH_STATUS: {
         if (!json_is_object(a.body))

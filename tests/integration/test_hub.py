@@ -95,7 +95,7 @@ def test_twin_get_reported_patch_and_status():
     rv = twin["reported_version"]
     ws.send_json({"type": "reported.patch", "id": 2, "patch": {"fw": "1.2", "screen": {"on": True}}})
     ack = ws.recv_type("ack")
-    assert ack == {"type": "ack", "id": "2", "version": rv + 1}, ack
+    assert ack == {"type": "ack", "id": 2, "version": rv + 1}, ack  # echoed as sent: a number
     # The same patch changes nothing: the version does not move.
     ws.send_json({"type": "reported.patch", "id": 3, "patch": {"fw": "1.2"}})
     assert ws.recv_type("ack")["version"] == rv + 1

@@ -30,11 +30,11 @@ static void expect_error(const char *text, const char *code, const char *message
     assert_true(strlen(a.message) > 0);
     assert_null(a.body);
     if (id != NULL) {
-        assert_int_equal(a.has_id, 1);
-        assert_string_equal(a.id, id);
+        assert_int_equal(a.id.present, 1);
+        assert_string_equal(a.id.text, id);
     } else {
-        assert_int_equal(a.has_id, 0);
-        assert_string_equal(a.id, "");
+        assert_int_equal(a.id.present, 0);
+        assert_string_equal(a.id.text, "");
     }
     dispatch_action_clear(&a);
 }
@@ -54,22 +54,22 @@ static void test_twin_get(void **state)
     struct dispatch_action a;
     parse_str("{\"type\":\"twin.get\",\"id\":\"abc\"}", &a);
     assert_int_equal(a.kind, DISPATCH_TWIN_GET);
-    assert_int_equal(a.has_id, 1);
-    assert_string_equal(a.id, "abc");
+    assert_int_equal(a.id.present, 1);
+    assert_string_equal(a.id.text, "abc");
     assert_null(a.body);
     assert_null(a.error);
     dispatch_action_clear(&a);
 
     parse_str(" { \"id\" : \"x\" , \"type\" : \"twin.get\" } ", &a);
     assert_int_equal(a.kind, DISPATCH_TWIN_GET);
-    assert_string_equal(a.id, "x");
+    assert_string_equal(a.id.text, "x");
     dispatch_action_clear(&a);
 
     /* id is optional */
     parse_str("{\"type\":\"twin.get\"}", &a);
     assert_int_equal(a.kind, DISPATCH_TWIN_GET);
-    assert_int_equal(a.has_id, 0);
-    assert_string_equal(a.id, "");
+    assert_int_equal(a.id.present, 0);
+    assert_string_equal(a.id.text, "");
     dispatch_action_clear(&a);
 }
 
@@ -80,7 +80,7 @@ static void test_reported_patch(void **state)
     parse_str(
         "{\"type\":\"reported.patch\",\"id\":\"r1\",\"patch\":{\"b\":null,\"a\":{\"c\":[1]}}}", &a);
     assert_int_equal(a.kind, DISPATCH_REPORTED_PATCH);
-    assert_string_equal(a.id, "r1");
+    assert_string_equal(a.id.text, "r1");
     assert_body(&a, "{\"a\":{\"c\":[1]},\"b\":null}");
     assert_int_equal(a.body->refcount, 1); /* owned by the action alone */
     dispatch_action_clear(&a);
@@ -88,7 +88,7 @@ static void test_reported_patch(void **state)
 
     parse_str("{\"patch\":{},\"type\":\"reported.patch\"}", &a);
     assert_int_equal(a.kind, DISPATCH_REPORTED_PATCH);
-    assert_int_equal(a.has_id, 0);
+    assert_int_equal(a.id.present, 0);
     assert_body(&a, "{}");
     dispatch_action_clear(&a);
 }
@@ -101,7 +101,7 @@ static void test_status(void **state)
               "\"load\":[0.5,0.25]}}",
               &a);
     assert_int_equal(a.kind, DISPATCH_STATUS);
-    assert_string_equal(a.id, "9");
+    assert_string_equal(a.id.text, "9");
     assert_body(&a, "{\"agent_version\":\"1.0\",\"load\":[0.5,0.25],\"uptime_s\":12}");
     dispatch_action_clear(&a);
 }
@@ -112,16 +112,16 @@ static void test_integer_ids(void **state)
     struct dispatch_action a;
     parse_str("{\"type\":\"twin.get\",\"id\":42}", &a);
     assert_int_equal(a.kind, DISPATCH_TWIN_GET);
-    assert_int_equal(a.has_id, 1);
-    assert_string_equal(a.id, "42");
+    assert_int_equal(a.id.present, 1);
+    assert_string_equal(a.id.text, "42");
     parse_str("{\"type\":\"twin.get\",\"id\":0}", &a);
-    assert_string_equal(a.id, "0");
+    assert_string_equal(a.id.text, "0");
     parse_str("{\"type\":\"twin.get\",\"id\":-7}", &a);
-    assert_string_equal(a.id, "-7");
+    assert_string_equal(a.id.text, "-7");
     parse_str("{\"type\":\"twin.get\",\"id\":9223372036854775807}", &a);
-    assert_string_equal(a.id, "9223372036854775807");
+    assert_string_equal(a.id.text, "9223372036854775807");
     parse_str("{\"type\":\"twin.get\",\"id\":-9223372036854775808}", &a);
-    assert_string_equal(a.id, "-9223372036854775808");
+    assert_string_equal(a.id.text, "-9223372036854775808");
     /* beyond 64 bits jansson refuses the number: not JSON we accept */
     expect_error("{\"type\":\"twin.get\",\"id\":9223372036854775808}", "bad_message", NULL, NULL);
 }
@@ -138,7 +138,7 @@ static void test_string_id_bounds(void **state)
     snprintf(text, sizeof text, "{\"type\":\"twin.get\",\"id\":\"%s\"}", id);
     parse_str(text, &a);
     assert_int_equal(a.kind, DISPATCH_TWIN_GET);
-    assert_string_equal(a.id, id);
+    assert_string_equal(a.id.text, id);
 
     id[DISPATCH_ID_MAX] = 'i';
     id[DISPATCH_ID_MAX + 1] = '\0';
@@ -155,7 +155,7 @@ static void test_string_id_bounds(void **state)
     snprintf(text, sizeof text, "{\"type\":\"twin.get\",\"id\":\"%s\"}", utf);
     parse_str(text, &a);
     assert_int_equal(a.kind, DISPATCH_TWIN_GET);
-    assert_string_equal(a.id, utf);
+    assert_string_equal(a.id.text, utf);
     utf[64] = '\xc3';
     utf[66] = '\0';
     snprintf(text, sizeof text, "{\"type\":\"twin.get\",\"id\":\"%s\"}", utf);
@@ -374,7 +374,7 @@ static void test_invalid_json(void **state)
         assert_int_equal(a.kind, DISPATCH_ERROR);
         assert_string_equal(a.error, "bad_message");
         assert_memory_equal(a.message, "invalid JSON at line ", 21);
-        assert_int_equal(a.has_id, 0);
+        assert_int_equal(a.id.present, 0);
         assert_null(a.body);
     }
     expect_error("{", "bad_message", "invalid JSON at line 1 column 1", NULL);
@@ -465,25 +465,46 @@ static void check_msg(char *got, const char *want)
     free(got);
 }
 
+static const struct dispatch_id *sid(const char *text)
+{
+    static struct dispatch_id id;
+    memset(&id, 0, sizeof id);
+    snprintf(id.text, sizeof id.text, "%s", text);
+    id.present = 1;
+    return &id;
+}
+
+static const struct dispatch_id *iid(const char *text)
+{
+    struct dispatch_id *id = (struct dispatch_id *)sid(text);
+    id->integer = 1;
+    return id;
+}
+
 static void test_builders(void **state)
 {
     (void)state;
-    check_msg(dispatch_error_msg("7", "bad_message", "missing type"),
+    check_msg(dispatch_error_msg(sid("7"), "bad_message", "missing type"),
               "{\"type\":\"error\",\"id\":\"7\",\"error\":\"bad_message\",\"message\":\"missing "
               "type\"}");
     check_msg(dispatch_error_msg(NULL, "rate_limited", "over 20 messages/s"),
               "{\"type\":\"error\",\"error\":\"rate_limited\",\"message\":\"over 20 messages/s\"}");
-    check_msg(dispatch_error_msg("q\"1", "bad_message", "unknown field \"x\""),
+    check_msg(dispatch_error_msg(sid("q\"1"), "bad_message", "unknown field \"x\""),
               "{\"type\":\"error\",\"id\":\"q\\\"1\",\"error\":\"bad_message\","
               "\"message\":\"unknown field \\\"x\\\"\"}");
-    check_msg(dispatch_error_msg("é", "too_large", NULL),
+    check_msg(dispatch_error_msg(sid("é"), "too_large", NULL),
               "{\"type\":\"error\",\"id\":\"é\",\"error\":\"too_large\",\"message\":\"\"}");
-    assert_null(dispatch_error_msg("1", NULL, "x"));
+    assert_null(dispatch_error_msg(sid("1"), NULL, "x"));
 
-    check_msg(dispatch_ack_msg("a1", 5), "{\"type\":\"ack\",\"id\":\"a1\",\"version\":5}");
+    check_msg(dispatch_ack_msg(sid("a1"), 5), "{\"type\":\"ack\",\"id\":\"a1\",\"version\":5}");
     check_msg(dispatch_ack_msg(NULL, 0), "{\"type\":\"ack\",\"version\":0}");
-    check_msg(dispatch_ack_msg("42", 9007199254740993LL),
+    check_msg(dispatch_ack_msg(sid("42"), 9007199254740993LL),
               "{\"type\":\"ack\",\"id\":\"42\",\"version\":9007199254740993}");
+    /* An integer id is echoed as an integer (a JSON-RPC-minded client compares
+     * msg.id === 42). */
+    check_msg(dispatch_ack_msg(iid("42"), 1), "{\"type\":\"ack\",\"id\":42,\"version\":1}");
+    check_msg(dispatch_ack_msg(iid("-9223372036854775808"), 1),
+              "{\"type\":\"ack\",\"id\":-9223372036854775808,\"version\":1}");
 }
 
 /* An error action's fields feed the builder directly. */
@@ -492,11 +513,11 @@ static void test_parse_then_reply(void **state)
     (void)state;
     struct dispatch_action a;
     parse_str("{\"type\":\"nope\",\"id\":17}", &a);
-    check_msg(dispatch_error_msg(a.has_id ? a.id : NULL, a.error, a.message),
-              "{\"type\":\"error\",\"id\":\"17\",\"error\":\"unknown_type\","
+    check_msg(dispatch_error_msg(&a.id, a.error, a.message),
+              "{\"type\":\"error\",\"id\":17,\"error\":\"unknown_type\","
               "\"message\":\"unknown message type\"}");
     parse_str("{\"type\":\"twin.get\",\"id\":\"t\"}", &a);
-    check_msg(dispatch_ack_msg(a.has_id ? a.id : NULL, 3),
+    check_msg(dispatch_ack_msg(&a.id, 3),
               "{\"type\":\"ack\",\"id\":\"t\",\"version\":3}");
 }
 
