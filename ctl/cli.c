@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "phy/json.h"
 #include "phy/client.h"
 #include "phy/err.h"
 #include "phy/http.h"
@@ -330,7 +331,7 @@ static char *compact(const json_t *v)
 {
     if (v == NULL || json_is_null(v))
         return strdup("-");
-    return json_dumps(v, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY);
+    return phy_json_dumps(v, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY);
 }
 
 static void kv_line(FILE *f, const char *key, const char *value)
@@ -378,7 +379,7 @@ static void section(FILE *f, const json_t *twin, const char *name, const char *v
 {
     const json_t *ver = json_object_get(twin, vkey);
     char *text =
-        json_dumps(json_object_get(twin, name), JSON_INDENT(2) | JSON_SORT_KEYS | JSON_ENCODE_ANY);
+        phy_json_dumps(json_object_get(twin, name), JSON_INDENT(2) | JSON_SORT_KEYS | JSON_ENCODE_ANY);
 
     if (json_is_integer(ver))
         fprintf(f, "%s (version %lld):\n", name, (long long)json_integer_value(ver));
@@ -457,7 +458,7 @@ void ctl_format_event(const char *type, const char *data, const char *now_text, 
             json_object_set(rest, k, v);
     }
     if (rest != NULL && json_object_size(rest) > 0)
-        text = json_dumps(rest, JSON_COMPACT);
+        text = phy_json_dumps(rest, JSON_COMPACT);
     if (text != NULL) {
         ctl_clean(text, sum, sizeof sum);
         snprintf(out, cap, "%s %s %s %s", t, ty, id, sum);

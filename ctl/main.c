@@ -10,6 +10,7 @@
 #include <openssl/crypto.h>
 
 #include "cli.h"
+#include "phy/json.h"
 #include "phy/client.h"
 #include "phy/config.h"
 #include "phy/crypto.h"
@@ -157,7 +158,7 @@ static int cmd_claim(struct ctl *c, int argc, char **argv, int first)
         json_decref(req);
         req = NULL;
     }
-    body = req != NULL ? json_dumps(req, JSON_COMPACT) : NULL;
+    body = req != NULL ? phy_json_dumps(req, JSON_COMPACT) : NULL;
     if (body == NULL) {
         fprintf(stderr, "error: invalid or unencodable argument (names must be UTF-8)\n");
         rc = EXIT_FAIL;
@@ -389,7 +390,7 @@ static int cmd_devices(struct ctl *c, int argc, char **argv, int first)
     if (rc != EXIT_OK)
         goto out;
     if (c->json) {
-        char *s = json_dumps(all, JSON_INDENT(2));
+        char *s = phy_json_dumps(all, JSON_INDENT(2));
         if (s == NULL) {
             rc = EXIT_FAIL;
             goto out;
@@ -435,7 +436,7 @@ static int send_desired(struct ctl *c, const char *id, const json_t *patch, long
 {
     struct phy_client_response res = {0};
     char path[CTL_PATH_MAX], extra[64] = "";
-    char *body = json_dumps(patch, JSON_COMPACT);
+    char *body = phy_json_dumps(patch, JSON_COMPACT);
     json_t *o = NULL;
     int rc;
 
@@ -590,7 +591,7 @@ static int cmd_tags(struct ctl *c, int argc, char **argv, int first)
             goto out;
         }
     }
-    body = tags != NULL ? json_dumps(tags, JSON_COMPACT) : NULL;
+    body = tags != NULL ? phy_json_dumps(tags, JSON_COMPACT) : NULL;
     if (body == NULL) {
         rc = EXIT_FAIL;
         goto out;
@@ -654,7 +655,7 @@ static int cmd_rename(struct ctl *c, int argc, char **argv, int first)
         req = json_pack("{s:n}", "name");
     else
         req = json_pack("{s:s}", "name", pos[1]); /* NULL when not UTF-8 */
-    body = req != NULL ? json_dumps(req, JSON_COMPACT) : NULL;
+    body = req != NULL ? phy_json_dumps(req, JSON_COMPACT) : NULL;
     if (body == NULL) {
         fprintf(stderr, "phyctl rename: the name must be UTF-8\n");
         rc = EXIT_USAGE;
@@ -775,7 +776,7 @@ static int on_event(void *ctx, const char *type, const char *data)
         } else if (json_object_get(o, "type") == NULL) {
             json_object_set_new(o, "type", json_string(type));
         }
-        text = o != NULL ? json_dumps(o, JSON_COMPACT) : NULL;
+        text = o != NULL ? phy_json_dumps(o, JSON_COMPACT) : NULL;
         json_decref(o);
         if (text != NULL)
             printf("%s\n", text);

@@ -10,6 +10,7 @@
 #include <openssl/crypto.h>
 
 #include "handlers.h"
+#include "phy/json.h"
 #include "phy/err.h"
 #include "phy/text.h"
 #include "phy/log.h"
@@ -60,7 +61,7 @@ void api_event(struct api_response *res, int64_t tenant_id, const char *type,
     snprintf(e.device_id, sizeof(e.device_id), "%s", device_id);
     e.tenant_id = tenant_id;
     e.event_type = type;
-    e.event_json = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    e.event_json = o ? phy_json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
     if (!e.event_json || api_add_effect(res, &e) < 0) {
         free(e.event_json);
@@ -99,7 +100,7 @@ void api_error_retry(struct api_response *res, int status, const char *code, con
 void api_json(struct api_response *res, int status, json_t *o)
 {
     free(res->body);
-    res->body = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    res->body = o ? phy_json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
     res->status = status;
     if (!res->body) {

@@ -10,6 +10,7 @@
 #include "handlers.h"
 #include "rules.h"
 #include "region.h"
+#include "phy/json.h"
 #include "phy/protocol.h"
 #include "phy/text.h"
 #include "phy/crypto.h"
@@ -170,7 +171,7 @@ void api_audit(struct hub *h, int64_t tenant_id, int64_t user_id, const char *ac
         json_decref(detail);
         return;
     }
-    char *text = detail ? json_dumps(detail, JSON_COMPACT) : NULL;
+    char *text = detail ? phy_json_dumps(detail, JSON_COMPACT) : NULL;
     int rc = PHY_ENOMEM;
     if (text || !detail)
         rc = h->store_ops->audit_add(h->store, tenant_id, user_id, hub_now_ms(), action, device_id,
@@ -272,7 +273,7 @@ static int tags_validate(json_t *tags, char **tags_json, struct api_response *re
             return -1;
         }
     }
-    *tags_json = json_dumps(tags, JSON_COMPACT | JSON_SORT_KEYS);
+    *tags_json = phy_json_dumps(tags, JSON_COMPACT | JSON_SORT_KEYS);
     if (!*tags_json) {
         api_error(res, 500, "internal", "out of memory");
         return -1;
@@ -709,7 +710,7 @@ void handle_desired_patch(struct hub *h, const struct api_request *req, const ch
                   "If-Match must be a desired version, \"n\" (weak tags are not supported)");
         goto out;
     }
-    text = json_dumps(patch, JSON_COMPACT);
+    text = phy_json_dumps(patch, JSON_COMPACT);
     if (!text) {
         api_json(res, 500, NULL);
         goto out;
@@ -798,7 +799,7 @@ void handle_fleet_patch(struct hub *h, const struct api_request *req, struct api
     }
     if (api_parse_body_as(req, res, patch_types, &patch) < 0)
         return;
-    text = json_dumps(patch, JSON_COMPACT);
+    text = phy_json_dumps(patch, JSON_COMPACT);
     if (!text) {
         api_json(res, 500, NULL);
         goto out;

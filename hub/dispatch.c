@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "phy/json.h"
 #include "phy/protocol.h"
 #include "phy/err.h"
 #include "phy/twin.h"
@@ -154,6 +155,10 @@ int dispatch_parse(const char *data, size_t len, struct dispatch_action *out)
     } else if (tlen == sizeof PHY_MSG_STATUS - 1 && memcmp(t, PHY_MSG_STATUS, tlen) == 0) {
         if (only_known_fields(root, "status", out) != 0 || take_body(root, "status", out) != 0)
             goto out_free;
+        if (phy_twin_check_depth(out->body, PHY_TWIN_MAX_DEPTH) != 0) {
+            set_error(out, "too_deep", "status nests deeper than %d levels", PHY_TWIN_MAX_DEPTH);
+            goto out_free;
+        }
         int rc = phy_json_check_size(out->body, PHY_STATUS_MAX);
         if (rc == PHY_ETOOBIG) {
             set_error(out, "too_large", "status over %d bytes", PHY_STATUS_MAX);
@@ -186,7 +191,7 @@ static char *dump_owned(json_t *v)
 {
     if (v == NULL)
         return NULL;
-    char *s = json_dumps(v, JSON_COMPACT);
+    char *s = phy_json_dumps(v, JSON_COMPACT);
     json_decref(v);
     return s;
 }

@@ -37,7 +37,8 @@ struct dispatch_action {
  * "id" optional, a string of 1..64 bytes or an integer (echoed as one);
  * unknown keys are rejected; twin.get has no other field; reported.patch needs
  * an object "patch" of nesting depth <= PHY_TWIN_MAX_DEPTH; status needs an object
- * "status" whose compact serialization is <= 8 KiB. Errors: bad_message (not JSON,
+ * "status" of nesting depth <= PHY_TWIN_MAX_DEPTH whose compact serialization is
+ * <= 8 KiB. Errors: bad_message (not JSON,
  * not an object, wrong field types, unknown field), unknown_type, too_deep,
  * too_large. Always returns 0 and fills *out (kind ERROR for bad input). */
 int dispatch_parse(const char *data, size_t len, struct dispatch_action *out);

@@ -17,6 +17,7 @@
 #include "hub.h"
 #include "region.h"
 #include "rules.h"
+#include "phy/json.h"
 #include "phy/config.h"
 #include "phy/crypto.h"
 #include "phy/err.h"
@@ -421,7 +422,7 @@ static void admin_audit(const struct phy_store_ops *ops, const char *tenant, con
 {
     int64_t tid = 0;
     int outcome = STORE_NOT_FOUND;
-    char *text = detail ? json_dumps(detail, JSON_COMPACT) : NULL;
+    char *text = detail ? phy_json_dumps(detail, JSON_COMPACT) : NULL;
     json_decref(detail);
     if (ops->tenant_lookup(g_hub.store, tenant, &tid, &outcome) < 0 || outcome != STORE_OK ||
         ops->audit_add(g_hub.store, tid, 0, hub_now_ms(), action, NULL, text) < 0)

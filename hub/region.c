@@ -17,6 +17,7 @@
 #include <openssl/crypto.h>
 
 #include "handlers.h"
+#include "phy/json.h"
 #include "phy/client.h"
 #include "phy/crypto.h"
 #include "phy/err.h"
@@ -324,7 +325,7 @@ unsigned char *hub_seal_issuance(void *ctx, const char *serial, size_t *out_len)
         json_decref(o);
         o = NULL;
     }
-    char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    char *text = o ? phy_json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
     if (!text)
         return NULL;
@@ -743,7 +744,7 @@ static int in_flight_has(struct region_ctx *r, const char *device_id)
 static char *issue_body(struct hub *h, const struct region_claim *c, int64_t not_after)
 {
     json_t *t = json_string(c->tenant);
-    char *tenant = t ? json_dumps(t, JSON_ENCODE_ANY) : NULL;
+    char *tenant = t ? phy_json_dumps(t, JSON_ENCODE_ANY) : NULL;
     json_decref(t);
     if (!tenant)
         return NULL;
@@ -902,7 +903,7 @@ static int outbox_send(struct hub *h, const struct store_outbox_item *it)
         break;
     case OUTBOX_REARM: {
         json_t *o = json_pack("{s:s}", "serial", it->serial);
-        body = o ? json_dumps(o, JSON_COMPACT) : NULL;
+        body = o ? phy_json_dumps(o, JSON_COMPACT) : NULL;
         json_decref(o);
         if (!body)
             return 0;

@@ -14,6 +14,7 @@
 #include "conn.h"
 #include "dispatch.h"
 #include "handlers.h"
+#include "phy/json.h"
 #include "phy/protocol.h"
 #include "phy/text.h"
 #include "phy/wsframe.h"
@@ -581,7 +582,7 @@ static char *twin_reply(const struct dispatch_id *id, const char *device_id,
     json_t *idv = dispatch_id_json(id);
     if (idv)
         json_object_set_new(o, "id", idv);
-    char *text = json_dumps(o, JSON_COMPACT);
+    char *text = phy_json_dumps(o, JSON_COMPACT);
     json_decref(o);
     return text;
 }
@@ -613,7 +614,7 @@ static void on_sess_work(uv_work_t *req)
         break;
     }
     case DISPATCH_REPORTED_PATCH: {
-        char *patch = json_dumps(w->action.body, JSON_COMPACT);
+        char *patch = phy_json_dumps(w->action.body, JSON_COMPACT);
         int64_t version = 0;
         int changed = 0;
         if (!patch || ops->reported_patch(h->store, dev, patch, hub_now_ms(), &version, &changed,
@@ -630,7 +631,7 @@ static void on_sess_work(uv_work_t *req)
                 json_t *e = json_pack("{s:s, s:I, s:O}", "device_id", dev, "version",
                                       (json_int_t)version, "patch", w->action.body);
                 w->event_type = "reported";
-                w->event_json = e ? json_dumps(e, JSON_COMPACT) : NULL;
+                w->event_json = e ? phy_json_dumps(e, JSON_COMPACT) : NULL;
                 json_decref(e);
             }
         }
@@ -638,7 +639,7 @@ static void on_sess_work(uv_work_t *req)
         break;
     }
     case DISPATCH_STATUS: {
-        char *status = json_dumps(w->action.body, JSON_COMPACT | JSON_REAL_PRECISION(12));
+        char *status = phy_json_dumps(w->action.body, JSON_COMPACT); /* reals exact */
         int rc = status ? ops->status_put(h->store, dev, status, hub_now_ms()) : PHY_ENOMEM;
         if (rc == PHY_ENOTFOUND) {
             w->gone = 1;
@@ -647,7 +648,7 @@ static void on_sess_work(uv_work_t *req)
         } else {
             json_t *e = json_pack("{s:s, s:O}", "device_id", dev, "status", w->action.body);
             w->event_type = PHY_MSG_STATUS;
-            w->event_json = e ? json_dumps(e, JSON_COMPACT) : NULL;
+            w->event_json = e ? phy_json_dumps(e, JSON_COMPACT) : NULL;
             json_decref(e);
         }
         free(status);

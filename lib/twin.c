@@ -1,4 +1,5 @@
 /* Device twin documents: RFC 7386 JSON merge patch with depth and size limits. */
+#include "phy/json.h"
 #include "phy/twin.h"
 
 #include "phy/err.h"
@@ -144,5 +145,5 @@ char *phy_twin_dump(const json_t *doc)
 {
     if (doc == NULL)
         return NULL;
-    return json_dumps(doc, JSON_COMPACT | JSON_SORT_KEYS);
+    return phy_json_dumps(doc, JSON_COMPACT | JSON_SORT_KEYS);
 }

@@ -101,10 +101,14 @@ def test_twin_get_reported_patch_and_status():
     assert ws.recv_type("ack")["version"] == rv + 1
     ws.send_json({"type": "reported.patch", "id": 4, "patch": {"screen": None}})
     assert ws.recv_type("ack")["version"] == rv + 2
-    ws.send_json({"type": "status", "id": 5, "status": {"uptime_s": 12, "agent_version": "t"}})
+    ws.send_json({"type": "status", "id": 5, "status": {"uptime_s": 12, "agent_version": "t",
+                                                         "load": [0.05, 0.1]}})
     dev = wait_until(lambda: (lambda d: d if d.get("last_status") else None)(device(a)), 5,
                      "status stored")
     assert dev["last_status"]["uptime_s"] == 12
+    # Numbers come back as the device wrote them (shortest form, not 0.05000000000000000277).
+    raw = T["st"].api("GET", "/api/v1/devices/" + a["device_id"])[2]
+    assert b'"load":[0.05,0.1]' in raw, raw
     assert dev["presence"] == "online"
     assert dev["twin"]["reported"] == {"fw": "1.2"}
     assert dev["twin"]["reported_version"] == rv + 2
