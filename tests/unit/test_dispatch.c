@@ -269,6 +269,24 @@ static void test_status_size(void **state)
     s = status_msg(60000);
     expect_error(s, "too_large", "status over 8192 bytes", "big");
     free(s);
+    /* Nested like a twin at most: depth 10 passes, 11 and 1000 are too deep. */
+    for (int depth = 10; depth <= 1000; depth += depth == 10 ? 1 : 989) {
+        char msg[8192]; /* 1000 levels: 6 bytes each */
+        int n = snprintf(msg, sizeof msg, "{\"type\":\"status\",\"id\":\"d\",\"status\":");
+        for (int i = 0; i < depth - 1; i++)
+            n += snprintf(msg + n, sizeof msg - (size_t)n, "{\"a\":");
+        n += snprintf(msg + n, sizeof msg - (size_t)n, "{}");
+        for (int i = 0; i < depth - 1; i++)
+            n += snprintf(msg + n, sizeof msg - (size_t)n, "}");
+        snprintf(msg + n, sizeof msg - (size_t)n, "}");
+        if (depth == 10) {
+            parse_str(msg, &a);
+            assert_int_equal(a.kind, DISPATCH_STATUS);
+            dispatch_action_clear(&a);
+        } else {
+            expect_error(msg, "too_deep", "status nests deeper than 10 levels", "d");
+        }
+    }
 }
 
 /* {"type":"status","status":{"<k>":1}}: the status object is 6 + k bytes. */
