@@ -2,6 +2,9 @@
 #include "proxy.h"
 
 #include <arpa/inet.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -123,7 +126,9 @@ struct resolve {
 
 struct proxy {
     uv_loop_t *loop;
-    uv_tcp_t listener;
+    uv_poll_t listener; /* our own accept loop: libuv's would drop clients unlogged at EMFILE */
+    uv_timer_t pause;   /* accepting resumes after running out of descriptors */
+    int listen_fd;
     struct proxy_config cfg;
     struct tunnel *tunnels; /* every live connection, doubly linked */
     size_t nconns;
@@ -1062,22 +1067,28 @@ static void on_timer(uv_timer_t *timer)
 
 /* ---- accepting ---- */
 
-static void on_connection(uv_stream_t *server, int status)
+#define ACCEPT_BATCH 64
+#define ACCEPT_PAUSE_MS 100
+
+static void on_listen(uv_poll_t *h, int status, int events);
+
+static void on_pause_done(uv_timer_t *timer)
 {
-    struct proxy *px = server->data;
+    struct proxy *px = timer->data;
+    if (px->listening && !px->shutting_down)
+        uv_poll_start(&px->listener, UV_READABLE, on_listen);
+}
+
+/* One accepted connection (fd owned): a tunnel in T_HEAD, or refused. */
+static void on_connection(struct proxy *px, int fd)
+{
     struct tunnel *t;
     int namelen = (int)sizeof(union proxy_addr);
 
-    if (status < 0) {
-        if (status == UV_EMFILE || status == UV_ENFILE)
-            out_of_descriptors(px, status);
-        else
-            phy_log(PHY_LOG_WARN, "accept_failed", "error=%s", uv_err_name(status));
-        return;
-    }
     t = calloc(1, sizeof(*t));
     if (t == NULL) {
         phy_log(PHY_LOG_ERROR, "accept_failed", "error=ENOMEM");
+        close(fd);
         return;
     }
     t->px = px;
@@ -1092,7 +1103,8 @@ static void on_connection(uv_stream_t *server, int status)
     uv_timer_init(px->loop, &t->timer);
     t->client.data = t;
     t->timer.data = t;
-    if (uv_accept(server, (uv_stream_t *)&t->client) < 0) {
+    if (uv_tcp_open(&t->client, fd) < 0) {
+        close(fd);
         tunnel_close(t, O_NO_REQUEST);
         return;
     }
@@ -1118,6 +1130,50 @@ static void on_connection(uv_stream_t *server, int status)
         return;
     }
     uv_timer_start(&t->timer, on_timer, px->cfg.header_timeout_ms, 0);
+}
+
+/* Accepts what is pending. Out of descriptors, the clients wait in the backlog
+ * (libuv's own loop would close them unanswered): that is logged, and accepting
+ * pauses briefly instead of spinning. */
+static void on_listen(uv_poll_t *h, int status, int events)
+{
+    struct proxy *px = h->data;
+    (void)events;
+    if (status < 0 || px->shutting_down)
+        return;
+    for (int i = 0; i < ACCEPT_BATCH; i++) {
+        int fd = accept4(px->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd >= 0) {
+            on_connection(px, fd);
+            continue;
+        }
+        if (errno == EINTR || errno == ECONNABORTED)
+            continue;
+        if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+            out_of_descriptors(px, errno == ENFILE ? UV_ENFILE : UV_EMFILE);
+            uv_poll_stop(&px->listener);
+            uv_timer_start(&px->pause, on_pause_done, ACCEPT_PAUSE_MS, 0);
+        } else if (errno != EAGAIN && errno != EWOULDBLOCK) {
+            phy_log(PHY_LOG_WARN, "accept_failed", "error=%s", strerror(errno));
+        }
+        return;
+    }
+}
+
+/* The listening socket: SO_REUSEADDR, non-blocking, close-on-exec. fd or -errno. */
+static int listen_socket(const union proxy_addr *a)
+{
+    int one = 1, fd = socket(a->sa.sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    socklen_t len = a->sa.sa_family == AF_INET6 ? sizeof(a->in6) : sizeof(a->in4);
+    if (fd < 0)
+        return -errno;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+        bind(fd, &a->sa, len) != 0 || listen(fd, LISTEN_BACKLOG) != 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    return fd;
 }
 
 /* ---- life cycle ---- */
@@ -1183,24 +1239,25 @@ int proxy_start(uv_loop_t *loop, const struct proxy_config *cfg, struct proxy **
     }
     px->loop = loop;
     px->cfg = *cfg;
-    r = uv_tcp_init(loop, &px->listener);
-    if (r < 0) {
-        snprintf(err, errcap, "tcp init: %s", uv_strerror(r));
+    px->listen_fd = listen_socket(&cfg->listen);
+    if (px->listen_fd < 0) {
+        snprintf(err, errcap, "listen on %s: %s",
+                 proxy_addr_format(&cfg->listen, addr, sizeof(addr)), strerror(-px->listen_fd));
         free(px);
         return PHY_EIO;
     }
-    px->listener.data = px;
-    px->listening = 1;
-    r = uv_tcp_bind(&px->listener, &cfg->listen.sa, 0);
-    if (r == 0)
-        r = uv_listen((uv_stream_t *)&px->listener, LISTEN_BACKLOG, on_connection);
+    r = uv_poll_init_socket(loop, &px->listener, px->listen_fd);
     if (r < 0) {
-        snprintf(err, errcap, "listen on %s: %s",
-                 proxy_addr_format(&cfg->listen, addr, sizeof(addr)), uv_strerror(r));
-        proxy_shutdown(px);
-        *out = px; /* the caller runs the loop so the handle closes, then destroys */
+        snprintf(err, errcap, "poll init: %s", uv_strerror(r));
+        close(px->listen_fd);
+        free(px);
         return PHY_EIO;
     }
+    uv_timer_init(loop, &px->pause);
+    px->listener.data = px;
+    px->pause.data = px;
+    px->listening = 1;
+    uv_poll_start(&px->listener, UV_READABLE, on_listen);
     log_start(px);
     *out = px;
     return 0;
@@ -1215,6 +1272,8 @@ void proxy_shutdown(struct proxy *px)
     px->shutting_down = 1;
     if (px->listening) {
         uv_close((uv_handle_t *)&px->listener, NULL);
+        uv_close((uv_handle_t *)&px->pause, NULL);
+        close(px->listen_fd); /* uv_poll does not own it */
         px->listening = 0;
     }
     for (t = px->tunnels; t != NULL; t = next) {

@@ -810,6 +810,39 @@ def test_share_kept_for_devices_when_nearly_full():
         c.kill()
 
 
+def test_out_of_descriptors_is_logged_and_clients_wait():
+    """Descriptors taken away from a running proxy (its limit lowered under it): the
+    proxy logs why it cannot accept (once a second), and the clients wait in the
+    backlog instead of being dropped; once descriptors are back, they are served."""
+    port = phytest.free_port()
+    c = phytest.Daemon([phytest.binary("phyproxy"), "--listen", "127.0.0.1:%d" % port,
+                        "--route", "portal-echo.phystack.com=127.0.0.1:%d,proxy-protocol=off"
+                        % S["echo"].port, "--max-connections", "100"], "proxy-emfile", S["dir"])
+    waiting = []
+    try:
+        c.wait_port(port)
+        open_fds = len(os.listdir("/proc/%d/fd" % c.pid))
+        hard = resource.prlimit(c.pid, resource.RLIMIT_NOFILE)[1]
+        resource.prlimit(c.pid, resource.RLIMIT_NOFILE, (open_fds, hard))
+        t0 = time.monotonic()
+        for _ in range(5):
+            s = connect_from("127.0.0.1", port)
+            s.sendall(connect_head("portal-echo.phystack.com:443", "sn_FD"))
+            waiting.append(s)
+        c.wait_log(r"event=out_of_descriptors error=EMFILE hint=", 10)
+        time.sleep(1.5)  # accepting retries every 100 ms meanwhile (bounded, short)
+        lines = len(c.log_lines(r"event=out_of_descriptors "))
+        assert lines <= time.monotonic() - t0 + 1, lines  # at most once a second
+        resource.prlimit(c.pid, resource.RLIMIT_NOFILE, (hard, hard))
+        for s in waiting:
+            status, _, _ = phytest.recv_http_head(s)
+            assert status == 200, status
+    finally:
+        for s in waiting:
+            s.close()
+        c.kill()
+
+
 def test_descriptor_limit_checked_at_start():
     proxy = phytest.binary("phyproxy")
 
