@@ -126,6 +126,17 @@ static void indent(struct buf *b, size_t flags, int depth, int space)
     }
 }
 
+/* What follows a member of an array or object: ",", or the closing's indent. */
+static void after_member(struct buf *b, size_t flags, int depth, int last)
+{
+    if (last) {
+        indent(b, flags, depth, 0);
+        return;
+    }
+    add(b, ",", 1);
+    indent(b, flags, depth + 1, 1);
+}
+
 struct key {
     const char *k;
     size_t n;
@@ -178,12 +189,7 @@ static void value(struct buf *b, const json_t *v, size_t flags, int depth)
         indent(b, flags, depth + 1, 0);
         for (size_t i = 0; i < n; i++) {
             value(b, json_array_get(v, i), flags, depth + 1);
-            if (i + 1 < n) {
-                add(b, ",", 1);
-                indent(b, flags, depth + 1, 1);
-            } else {
-                indent(b, flags, depth, 0);
-            }
+            after_member(b, flags, depth, i + 1 == n);
         }
         add(b, "]", 1);
         break;
@@ -219,12 +225,7 @@ static void value(struct buf *b, const json_t *v, size_t flags, int depth)
             if (!(flags & JSON_COMPACT))
                 add(b, " ", 1);
             value(b, keys[i].v, flags, depth + 1);
-            if (i + 1 < n) {
-                add(b, ",", 1);
-                indent(b, flags, depth + 1, 1);
-            } else {
-                indent(b, flags, depth, 0);
-            }
+            after_member(b, flags, depth, i + 1 == n);
         }
         add(b, "}", 1);
         free(keys);
