@@ -437,13 +437,15 @@ void api_handle(struct hub *h, const struct api_request *req, struct api_respons
 {
     char allow[64] = "";
     size_t alen = 0;
+    /* HEAD is answered as GET (the server sends the head only). */
+    const char *method = strcmp(req->method, "HEAD") == 0 ? "GET" : req->method;
     memset(res, 0, sizeof(*res));
     for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
         const struct route *r = &routes[i];
         char id[PHY_DEVICE_ID_LEN + 1] = "";
         if ((r->provisioning && !h->cfg.provisioning) || !api_path_match(r->pattern, req->path, id))
             continue;
-        if (strcmp(req->method, r->method) == 0) {
+        if (strcmp(method, r->method) == 0) {
             if (r->fn)
                 r->fn(h, req, res);
             else
@@ -459,7 +461,7 @@ void api_handle(struct hub *h, const struct api_request *req, struct api_respons
         snprintf(res->extra_headers, sizeof(res->extra_headers), "Allow: %s\r\n", allow);
         return;
     }
-    if (strcmp(req->method, "GET") == 0) { /* the console's files */
+    if (strcmp(method, "GET") == 0) { /* the console's files */
         handle_static(h, req, res);
         return;
     }

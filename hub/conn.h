@@ -66,6 +66,9 @@ struct conn {
     unsigned over_capacity : 1; /* accepted past --max-connections: answered 503 */
     unsigned is_ws : 1;         /* counted in server.nws */
     unsigned idle_slot : 1;     /* counted among its source's idle keep-alive conns */
+    unsigned head_only : 1;     /* the request in work is HEAD: the answer has no body */
+    unsigned continued : 1;     /* 100 Continue sent for the request being read */
+    unsigned served : 1;        /* a request was answered: later ones get a fresh deadline */
     char peer[64]; /* "ip:port" of the client: the PROXY header's source when proxied */
     char via_ident[PHY_CONNECT_MAX_IDENT + 1]; /* the proxy's identifier ("" if none) */
     int via_verified; /* the proxy checked that identifier's proxy token */

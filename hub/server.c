@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -272,6 +273,9 @@ static void conn_respond_typed(struct conn *c, int status, const char *extra, co
     }
     memcpy(c->out, head, (size_t)n);
     OPENSSL_cleanse(head, (size_t)n);
+    if (c->head_only) /* HEAD: the GET answer's head, Content-Length included, no body */
+        body_len = 0;
+    c->head_only = 0;
     if (body_len)
         memcpy(c->out + n, body, body_len);
     c->out_len = (size_t)n + body_len;
@@ -362,7 +366,10 @@ static void conn_refuse(struct conn *c, int status, const char *code, const char
     char body[256];
     int n = snprintf(body, sizeof(body), "{\"error\":\"%s\",\"message\":\"%s\"}", code, msg);
     phy_log(PHY_LOG_INFO, "http_refused", "peer=%s status=%d error=%s", c->peer, status, code);
-    conn_respond(c, status, status == 503 ? "Retry-After: 1\r\n" : NULL, body, (size_t)n, 0);
+    const char *extra = status == 503   ? "Retry-After: 1\r\n"
+                        : status == 426 ? "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+                                        : NULL;
+    conn_respond(c, status, extra, body, (size_t)n, 0);
 }
 
 /* Requests other than device sessions may not take the share of connections kept
@@ -572,6 +579,55 @@ static int work_fill(struct work *w, const char *buf, const struct phy_http_requ
 
 /* Looks for one complete request in c->in; dispatches it to the pool when found.
  * Returns 1 when the connection moved on (dispatched, refused), 0 to keep reading. */
+/* RFC 9110/9112 rules the hub applies before routing: one Host header (HTTP/1.1),
+ * an absolute-form target only for the authority the Host names (rewritten to its
+ * path), OPTIONS * answered. 1 when c was answered. */
+static int http_checks(struct conn *c, struct phy_http_request *rq)
+{
+    const struct phy_str *host = phy_http_find_header(rq->headers, rq->num_headers, "host");
+    if (!host && rq->minor_version == 1) {
+        conn_refuse(c, 400, "bad_request", "an HTTP/1.1 request needs one Host header");
+        return 1;
+    }
+    struct phy_str *t = &rq->target;
+    size_t skip = t->len >= 8 && strncasecmp(t->p, "https://", 8) == 0   ? 8
+                  : t->len >= 7 && strncasecmp(t->p, "http://", 7) == 0 ? 7
+                                                                          : 0;
+    if (skip) {
+        const char *auth = t->p + skip, *end = t->p + t->len;
+        const char *slash = memchr(auth, '/', (size_t)(end - auth));
+        struct phy_str authority = {auth, (size_t)((slash ? slash : end) - auth)};
+        if (!host || authority.len != host->len ||
+            strncasecmp(authority.p, host->p, authority.len) != 0) {
+            conn_refuse(c, 400, "bad_request", "an absolute target must name this host");
+            return 1;
+        }
+        /* origin form from here on; "http://h" alone is "/" */
+        t->p = slash ? slash : "/";
+        t->len = slash ? (size_t)(end - slash) : 1;
+    }
+    if (phy_str_eq(rq->method, "OPTIONS") && phy_str_eq(rq->target, "*")) {
+        conn_respond(c, 204, "Allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n", NULL, 0,
+                     rq->keep_alive);
+        return 1;
+    }
+    return 0;
+}
+
+/* "Expect: 100-continue" on a request whose body is still to come: the interim
+ * answer, once (RFC 9110 section 10.1.1). Best effort: a client that does not get
+ * it sends the body after its own timeout anyway. */
+static void expect_continue(struct conn *c, const struct phy_http_request *rq)
+{
+    static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+    const struct phy_str *e = phy_http_find_header(rq->headers, rq->num_headers, "expect");
+    if (c->continued || !e || !phy_str_ieq(*e, "100-continue") || rq->minor_version != 1)
+        return;
+    c->continued = 1;
+    ERR_clear_error();
+    (void)SSL_write(c->ssl, cont, (int)sizeof(cont) - 1);
+}
+
 static int conn_try_request(struct conn *c)
 {
     struct server *s = c->srv;
@@ -599,8 +655,13 @@ static int conn_try_request(struct conn *c)
         return 1;
     }
     size_t body_len = rq.content_length > 0 ? (size_t)rq.content_length : 0;
-    if (c->in_len < head_len + body_len)
+    if (http_checks(c, &rq))
+        return 1;
+    if (c->in_len < head_len + body_len) {
+        expect_continue(c, &rq);
         return 0;
+    }
+    c->continued = 0;
 
     struct work *w = calloc(1, sizeof(*w));
     if (w)
@@ -611,6 +672,7 @@ static int conn_try_request(struct conn *c)
         return 1;
     }
     w->kind = WORK_API;
+    c->head_only = phy_str_eq(rq.method, "HEAD");
     if (phy_str_eq(rq.target, PHY_HUB_PATH) || phy_str_eq(rq.target, "/api/v1/events")) {
         if (!phy_str_eq(rq.method, "GET")) {
             work_free_blob(w);
@@ -809,7 +871,9 @@ static void conn_drive(struct conn *c)
             int n = SSL_read(c->ssl, buf, sizeof(buf));
             if (n > 0) {
                 idle_give(c); /* a request is coming: no longer idle */
-                if (c->in_len == 0)
+                /* The first request's deadline runs from the accept (TLS and head
+                 * together); a later one's from its first byte. */
+                if (c->in_len == 0 && c->served)
                     conn_deadline(c, c->srv->hub->cfg.header_timeout_s);
                 int r = conn_append(c, buf, (size_t)n);
                 if (r == PHY_ETOOBIG) {
@@ -846,6 +910,7 @@ static void conn_drive(struct conn *c)
                 return;
             }
             conn_free_out(c);
+            c->served = 1;
             if (c->next_mode != CONN_NEXT_HTTP && !c->srv->stopping) {
                 conn_deadline(c, 0);
                 if (c->next_mode == CONN_NEXT_WS) {
