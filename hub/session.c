@@ -52,13 +52,16 @@ struct session {
     uint64_t tokens_at;     /* loop ms of the last token refill */
     double tokens;          /* rate-limit bucket */
     unsigned violations;    /* messages refused in a row */
+    uint64_t frames_at;     /* loop ms of the last frame-token refill */
+    double frame_tokens;    /* control and empty frames (PHY_FRAME_RATE_FACTOR x the rate) */
     uint64_t frame_left;    /* bytes of the current frame not yet given to wslay */
     char *wbuf;             /* staged output (frame headers + payloads); NULL when drained */
     size_t wlen, woff;
     uint16_t close_code; /* close to send once the queued messages are out */
     const char *close_reason;
     unsigned begun : 1, registered : 1, replaced : 1, inflight : 1, detach_pending : 1, closing : 1,
-        read_wants_write : 1, msg_open : 1;
+        read_wants_write : 1, msg_open : 1,
+        read_dead : 1; /* a protocol error: nothing more is read, the close goes out */
     char device_id[PHY_DEVICE_ID_LEN + 1];
 };
 
@@ -339,6 +342,24 @@ void session_abandon(struct server *s, const char *device_id, int64_t gen)
 
 /* ---------- wslay glue ---------- */
 
+static void session_close_with(struct session *ss, uint16_t code, const char *reason);
+
+/* Control frames and empty data frames: a bucket of PHY_FRAME_RATE_FACTOR x the
+ * message rate (and burst), so that a ping flood is cut, not answered. */
+static int frame_allow(struct session *ss)
+{
+    double rate = (double)ss->conn->srv->hub->cfg.device_msg_rate * PHY_FRAME_RATE_FACTOR;
+    uint64_t now = uv_now(ss->conn->srv->loop);
+    ss->frame_tokens += (double)(now - ss->frames_at) * rate / 1000.0;
+    if (ss->frame_tokens > rate)
+        ss->frame_tokens = rate;
+    ss->frames_at = now;
+    if (ss->frame_tokens < 1.0)
+        return 0;
+    ss->frame_tokens -= 1.0;
+    return 1;
+}
+
 /* Length of the frame header at p (n bytes available), or 0 when incomplete. */
 static size_t frame_header_len(const uint8_t *p, size_t n)
 {
@@ -373,18 +394,28 @@ static ssize_t ws_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, in
             if (ss->frame_left == 0) {
                 size_t hl = frame_header_len(p, c->in_len);
                 if (hl > 0) {
-                    uint64_t payload = p[1] & 0x7f;
-                    if (payload == 126) {
-                        payload = ((uint64_t)p[2] << 8) | p[3];
-                    } else if (payload == 127) {
-                        payload = 0;
-                        for (int i = 2; i < 10; i++)
-                            payload = (payload << 8) | p[i];
-                    }
-                    /* an absurd length is wslay's to refuse (1009); cap the sum */
-                    ss->frame_left =
-                        hl + (payload > (UINT64_MAX >> 1) ? (UINT64_MAX >> 1) : payload);
+                    /* Each header is checked before wslay sees it: a frame that
+                     * breaks RFC 6455 or the limits gets its close code (1002,
+                     * 1009, 1008) at once, not a dropped connection or a wait for a
+                     * payload that never fits. */
+                    uint64_t payload = 0;
+                    const char *why = NULL;
+                    int code = wsf_check_client_header(p, hl, ss->msg_open, PHY_WS_MAX_MESSAGE,
+                                                       &payload, &why);
                     unsigned op = p[0] & 0x0f;
+                    if (code == 0 && (op >= 8 || payload == 0) && !frame_allow(ss)) {
+                        code = PHY_CLOSE_POLICY;
+                        why = "frame rate limit exceeded";
+                    }
+                    if (code != 0) {
+                        phy_log(PHY_LOG_WARN, "session_protocol_error",
+                                "device_id=%s close_code=%d why=\"%s\"", ss->device_id, code, why);
+                        ss->read_dead = 1;
+                        session_close_with(ss, (uint16_t)code, why);
+                        wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
+                        return -1;
+                    }
+                    ss->frame_left = hl + payload;
                     if (op < 8) /* data or continuation: a message is open until FIN */
                         ss->msg_open = !(p[0] & 0x80);
                 }
@@ -403,7 +434,7 @@ static ssize_t ws_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, in
             }
             /* an incomplete header: read more below */
         }
-        if (session_backlog(ss) > BACKLOG_MAX) {
+        if (ss->read_dead || session_backlog(ss) > BACKLOG_MAX) {
             /* A peer that does not read its answers (pongs, replies) is not read
              * either: its output stays bounded and the ping timeout ends it. */
             wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
@@ -858,6 +889,8 @@ void session_begin(struct conn *c)
     uint64_t now = uv_now(s->loop);
     ss->last_rx = ss->last_ping = ss->tokens_at = now;
     ss->tokens = (double)s->hub->cfg.device_msg_rate;
+    ss->frames_at = now;
+    ss->frame_tokens = (double)s->hub->cfg.device_msg_rate * PHY_FRAME_RATE_FACTOR;
     ss->last_seen_wall = hub_now_ms();
     hub_metric_set(&s->hub->metrics.sessions, s->sessions->count);
     phy_log(PHY_LOG_INFO, "session_open", "device_id=%s peer=%s", ss->device_id, c->peer);
@@ -920,7 +953,8 @@ static void session_run(struct conn *c, int read)
         conn_close(c);
         return;
     }
-    int r = (!ss->ws || wslay_event_want_read(ss->ws)) && session_backlog(ss) <= BACKLOG_MAX;
+    int r = (!ss->ws || wslay_event_want_read(ss->ws)) && session_backlog(ss) <= BACKLOG_MAX &&
+            !ss->read_dead;
     int w = blocked || ss->wbuf || (ss->ws && wslay_event_want_write(ss->ws));
     if (!r && !w) { /* close handshake done */
         conn_close(c);

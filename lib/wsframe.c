@@ -46,6 +46,52 @@ int wsf_parse(const uint8_t *buf, size_t n, size_t max_payload, struct wsf_frame
     return (int)(hdr + len);
 }
 
+int wsf_check_client_header(const uint8_t *p, size_t hl, int msg_open, uint64_t max_payload,
+                            uint64_t *payload, const char **why)
+{
+    unsigned op = p[0] & 0x0f, len7 = p[1] & 0x7f;
+    int control = op >= 8;
+    uint64_t len = len7;
+
+    *payload = 0;
+    if (hl < 2)
+        return (*why = "incomplete header", 1002);
+    if (p[0] & 0x70)
+        return (*why = "reserved bits set", 1002);
+    if (op != WSF_CONT && op != WSF_TEXT && op != WSF_BINARY && op != WSF_CLOSE &&
+        op != WSF_PING && op != WSF_PONG)
+        return (*why = "unknown opcode", 1002);
+    if (!(p[1] & 0x80))
+        return (*why = "client frames must be masked", 1002);
+    if (len7 == 126) {
+        len = (uint64_t)p[2] << 8 | p[3];
+        if (len < 126)
+            return (*why = "length not in its shortest encoding", 1002);
+    } else if (len7 == 127) {
+        len = 0;
+        for (int i = 2; i < 10; i++)
+            len = len << 8 | p[i];
+        if (len >> 63)
+            return (*why = "64-bit length with its top bit set", 1002);
+        if (len < 65536)
+            return (*why = "length not in its shortest encoding", 1002);
+    }
+    if (control && !(p[0] & 0x80))
+        return (*why = "fragmented control frame", 1002);
+    if (control && len > WSF_MAX_CONTROL)
+        return (*why = "control frame over 125 bytes", 1002);
+    if (op == WSF_CLOSE && len == 1)
+        return (*why = "close frame of 1 byte", 1002);
+    if (op == WSF_CONT && !msg_open)
+        return (*why = "continuation without a message", 1002);
+    if ((op == WSF_TEXT || op == WSF_BINARY) && msg_open)
+        return (*why = "new message inside a fragmented one", 1002);
+    if (len > max_payload)
+        return (*why = "frame over the size limit", 1009);
+    *payload = len;
+    return 0;
+}
+
 size_t wsf_header(uint8_t out[WSF_MAX_HEADER], int opcode, uint64_t len, const uint8_t mask[4])
 {
     uint8_t m = mask ? 0x80 : 0;

@@ -12,6 +12,7 @@
 enum phy_close_code {
     PHY_CLOSE_NORMAL = 1000,
     PHY_CLOSE_GOING_AWAY = 1001,  /* the hub is shutting down */
+    PHY_CLOSE_PROTOCOL = 1002,    /* a frame that breaks RFC 6455 */
     PHY_CLOSE_UNSUPPORTED = 1003, /* a binary frame */
     PHY_CLOSE_BAD_DATA = 1007,    /* invalid UTF-8 in a text frame */
     PHY_CLOSE_POLICY = 1008,      /* the message rate limit */
@@ -33,5 +34,8 @@ enum phy_close_code {
 /* Limits. Twins' own (section size, depth) are in phy/twin.h. */
 #define PHY_WS_MAX_MESSAGE (64 * 1024) /* a frame or message the hub accepts */
 #define PHY_STATUS_MAX (8 * 1024)      /* a status object, compact JSON */
+/* Control frames and empty data frames a device may send per second (and burst),
+ * per message it may send: pings are for liveness, not for flooding. */
+#define PHY_FRAME_RATE_FACTOR 4
 
 #endif

@@ -34,6 +34,15 @@ struct wsf_frame {
  * max_payload (at most 1 MiB). */
 int wsf_parse(const uint8_t *buf, size_t n, size_t max_payload, struct wsf_frame *f);
 
+/* Checks the complete header p[0..hl) of a frame a client sent to a server (RFC 6455
+ * section 5): masked, no reserved bits, a known opcode, control frames final and at
+ * most 125 bytes, lengths in their minimal encoding without the 64-bit top bit, a
+ * close frame not of 1 byte, continuations only inside a message (msg_open) and no
+ * new message inside one, at most max_payload bytes. Returns 0 with *payload set, or
+ * the close code to answer with (1002 protocol error, 1009 too big) and *why. */
+int wsf_check_client_header(const uint8_t *p, size_t hl, int msg_open, uint64_t max_payload,
+                            uint64_t *payload, const char **why);
+
 /* Writes the header of one final (FIN) frame of opcode with a payload of len bytes
  * into out: unmasked when mask is NULL (a server's frame), else with the mask.
  * Returns its size (2 to WSF_MAX_HEADER). */

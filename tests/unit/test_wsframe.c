@@ -65,11 +65,47 @@ static void test_parse_what_a_server_writes(void **state)
     assert_int_equal(buf[6], 'h' ^ 9);
 }
 
+static void test_client_header_check(void **state)
+{
+    const char *why = NULL;
+    uint64_t len = 0;
+    uint8_t h[WSF_MAX_HEADER];
+    const uint8_t mask[4] = {1, 2, 3, 4};
+
+    (void)state;
+    size_t hl = wsf_header(h, WSF_TEXT, 300, mask);
+    assert_int_equal(wsf_check_client_header(h, hl, 0, 65536, &len, &why), 0);
+    assert_int_equal(len, 300);
+    assert_int_equal(wsf_check_client_header(h, hl, 1, 65536, &len, &why), 1002); /* in a message */
+    assert_int_equal(wsf_check_client_header(h, hl, 0, 299, &len, &why), 1009);
+    hl = wsf_header(h, WSF_TEXT, 300, NULL);
+    assert_int_equal(wsf_check_client_header(h, hl, 0, 65536, &len, &why), 1002); /* unmasked */
+    hl = wsf_header(h, WSF_PING, 125, mask);
+    assert_int_equal(wsf_check_client_header(h, hl, 1, 65536, &len, &why), 0); /* between fragments */
+    h[0] &= 0x7f; /* not final */
+    assert_int_equal(wsf_check_client_header(h, hl, 0, 65536, &len, &why), 1002);
+    hl = wsf_header(h, WSF_CLOSE, 1, mask);
+    assert_int_equal(wsf_check_client_header(h, hl, 0, 65536, &len, &why), 1002);
+    hl = wsf_header(h, WSF_CONT, 3, mask);
+    assert_int_equal(wsf_check_client_header(h, hl, 0, 65536, &len, &why), 1002);
+    assert_int_equal(wsf_check_client_header(h, hl, 1, 65536, &len, &why), 0);
+    /* 126-form holding 5: not minimal */
+    const uint8_t nm[] = {0x81, 0x80 | 126, 0, 5, 1, 2, 3, 4};
+    assert_int_equal(wsf_check_client_header(nm, sizeof nm, 0, 65536, &len, &why), 1002);
+    const uint8_t top[] = {0x81, 0x80 | 127, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4};
+    assert_int_equal(wsf_check_client_header(top, sizeof top, 0, 65536, &len, &why), 1002);
+    const uint8_t rsv[] = {0xC1, 0x80, 1, 2, 3, 4};
+    assert_int_equal(wsf_check_client_header(rsv, sizeof rsv, 0, 65536, &len, &why), 1002);
+    const uint8_t op3[] = {0x83, 0x80, 1, 2, 3, 4};
+    assert_int_equal(wsf_check_client_header(op3, sizeof op3, 0, 65536, &len, &why), 1002);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_header_lengths),
         cmocka_unit_test(test_parse_what_a_server_writes),
+        cmocka_unit_test(test_client_header_check),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
