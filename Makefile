@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 DEPS := libuv1-dev libssl-dev libwslay-dev libjansson-dev libsqlite3-dev libpq-dev \
         libinih-dev libargon2-dev libcmocka-dev pkg-config cmake make gcc clang \
-        libclang-rt-14-dev curl openssl python3 ca-certificates chromium \
+        libclang-rt-14-dev curl wget openssl python3 ca-certificates chromium \
         postgresql
 JOBS ?= $(shell nproc)
 
@@ -16,7 +16,7 @@ deps:
 # no browser.
 node-deps:
 	@command -v npm >/dev/null || ./scripts/install-deps.sh nodejs npm
-	@[ -d tests/node/node_modules/ws ] || npm ci --prefix tests/node --no-audit --no-fund
+	@[ -d tests/node/node_modules/https-proxy-agent ] || npm ci --prefix tests/node --no-audit --no-fund
 	@[ -d tests/browser/node_modules/playwright-core ] || \
 	  npm ci --prefix tests/browser --no-audit --no-fund
 

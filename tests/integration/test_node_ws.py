@@ -63,5 +63,25 @@ def test_node_ws_device_through_proxy():
     st.proxy.wait_log(r"event=tunnel ident=%s " % creds["device_id"], 5)
 
 
+def test_ws_through_https_proxy_agent():
+    """A Node application's usual way through an HTTP proxy: https-proxy-agent, the
+    device ID and its proxy token as the proxy URL's user info."""
+    st = T["st"]
+    creds = st.provision("NODE-2")
+    node_dir = os.path.join(source_dir(), "tests", "node")
+    assert os.path.isdir(os.path.join(node_dir, "node_modules", "https-proxy-agent")), \
+        "run `make test` (it installs tests/node with npm ci)"
+    env = dict(os.environ, PROXY_HOST="127.0.0.1", PROXY_PORT=str(st.proxy_port),
+               HUB_HOST=HOST, DEVICE_ID=creds["device_id"],
+               DEVICE_SECRET=creds["device_secret"], PROXY_TOKEN=creds["proxy_token"],
+               CA_FILE=st.pki["ca"])
+    r = subprocess.run(["node", os.path.join(node_dir, "proxy_agent_device.js")], env=env,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    assert "OPEN phyhub.v1" in r.stdout and ("TWIN 7 %s" % creds["device_id"]) in r.stdout, \
+        r.stdout
+    st.proxy.wait_log(r"event=tunnel ident=%s .* auth=token" % creds["device_id"], 5)
+
+
 if __name__ == "__main__":
     phytest.main()

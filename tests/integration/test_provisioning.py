@@ -391,6 +391,33 @@ def test_curl_through_proxy():
     assert res.stdout.strip() == "403", (res.stdout, res.stderr)
 
 
+def test_wget_and_openssl_through_proxy():
+    """Two more clients we did not write reach the provisioning API through phyproxy
+    with the identity in Proxy-Authorization: wget (https_proxy, --proxy-user) and
+    openssl s_client -proxy with -proxy_user (its password empty, as for a serial)."""
+    body = '{"serial": "SN-WGET"}'
+    r = subprocess.run(["wget", "-q", "-O", "-", "--ca-certificate", ST.pki["ca"],
+                        "--header", "Content-Type: application/json", "--post-data", body,
+                        "-e", "use_proxy=yes", "-e", "https_proxy=http://127.0.0.1:%d"
+                        % ST.proxy_port, "--proxy-user=sn_SN-WGET", "--proxy-password=",
+                        "https://%s/v1/provisioning/register" % HOST],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    js = json.loads(r.stdout)
+    ST.secrets.add(js["poll_token"])
+    assert re.fullmatch(r"[A-Za-z0-9_-]{43}", js["poll_token"]), js
+    ST.proxy.wait_log(r"event=tunnel ident=sn_SN-WGET ", 5)  # wget may end with a reset
+
+    req = ("GET /healthz HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % HOST).encode()
+    r = subprocess.run(["openssl", "s_client", "-quiet", "-proxy", "127.0.0.1:%d" % ST.proxy_port,
+                        "-proxy_user", "sn_SN-SSL", "-proxy_pass", "pass:",
+                        "-connect", "%s:443" % HOST, "-servername", HOST, "-CAfile",
+                        ST.pki["ca"], "-verify_return_error"],
+                       input=req, capture_output=True, timeout=30)
+    assert b"HTTP/1.1 200 " in r.stdout and b'"status":"ok"' in r.stdout, (r.stdout, r.stderr)
+    ST.proxy.wait_log(r"event=tunnel ident=sn_SN-SSL ", 5)
+
+
 def tls_raw(data, read=True):
     """Sends raw bytes over a TLS connection straight to the hub; returns the reply."""
     ctx = ST.tls_context()
