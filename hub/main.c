@@ -15,6 +15,7 @@
 
 #include "handlers.h"
 #include "hub.h"
+#include "lifecycle.h"
 #include "region.h"
 #include "rules.h"
 #include "phy/json.h"
@@ -36,10 +37,6 @@
 
 static struct hub g_hub; /* the daemon's one hub; main owns it */
 static struct server *g_server;
-static uv_signal_t g_sigint, g_sigterm;
-static uv_timer_t g_sweep_timer;
-static int g_sweep_running;
-static uv_work_t g_sweep_work;
 
 /* jansson's free for the whole hub: request bodies and issuances carry device
  * secrets, so every block jansson releases is wiped first. */
@@ -109,111 +106,6 @@ static void print_help(const struct phy_opt *opts)
            "       phyhub admin key-new FILE   (a new inter-region key, mode 0600)\n\n"
            "options (each also a key in the --config INI file):\n");
     phy_config_print_help(opts, stdout);
-}
-
-/* Failed claims and failed logins: keep what either window still counts (logins:
- * the progressive look-back). */
-static int64_t failures_keep_ms(void)
-{
-    long login_keep_s = g_hub.cfg.login_window_s * RULE_LOGIN_LOOKBACK;
-    long keep_s = g_hub.cfg.claim_window_s > login_keep_s ? g_hub.cfg.claim_window_s : login_keep_s;
-    return (int64_t)keep_s * 1000;
-}
-
-static void on_sweep_work(uv_work_t *w)
-{
-    (void)w;
-    struct store_prov_params p;
-    hub_prov_params(&g_hub, hub_now_ms(), &p);
-    if (g_hub.store_ops->sweep(g_hub.store, &p, failures_keep_ms()) < 0)
-        phy_log(PHY_LOG_WARN, "sweep_failed", "store=%s", store_engine_name(g_hub.store));
-    int64_t live;
-    hub_clock_check();
-    if (g_hub.store_ops->reg_live_count(g_hub.store, &p, &live) == 0)
-        atomic_store_explicit(&g_hub.regs_estimate, live, memory_order_relaxed);
-    hub_seal_sweep(&g_hub, hub_now_ms());
-    if (g_hub.store_ops->console_sweep(g_hub.store, hub_now_ms(), g_hub.cfg.session_idle_s * 1000,
-                                       g_hub.cfg.session_max_s * 1000,
-                                       g_hub.cfg.audit_keep_days * 86400000LL) < 0)
-        phy_log(PHY_LOG_WARN, "sweep_failed", "store=%s what=console", store_engine_name(g_hub.store));
-    region_outbox_drain(&g_hub);
-}
-
-static void on_sweep_done(uv_work_t *w, int status)
-{
-    (void)w;
-    (void)status;
-    g_sweep_running = 0;
-}
-
-static void on_sweep_timer(uv_timer_t *t)
-{
-    (void)t;
-    if (g_sweep_running)
-        return;
-    g_sweep_running = 1;
-    uv_queue_work(uv_default_loop(), &g_sweep_work, on_sweep_work, on_sweep_done);
-}
-
-/* Outbox kicks (a device session opened): coalesced into one drain per
- * OUTBOX_KICK_DELAY_MS, never two at once. */
-#define OUTBOX_KICK_DELAY_MS 100
-static uv_timer_t g_outbox_timer;
-static uv_work_t g_outbox_work;
-static int g_outbox_running, g_outbox_again, g_stopping;
-
-static void on_outbox_work(uv_work_t *w)
-{
-    (void)w;
-    region_outbox_drain(&g_hub);
-}
-
-static void on_outbox_timer(uv_timer_t *t);
-
-static void on_outbox_done(uv_work_t *w, int status)
-{
-    (void)w;
-    (void)status;
-    g_outbox_running = 0;
-    if (g_outbox_again && !g_stopping) {
-        g_outbox_again = 0;
-        uv_timer_start(&g_outbox_timer, on_outbox_timer, OUTBOX_KICK_DELAY_MS, 0);
-    }
-}
-
-static void on_outbox_timer(uv_timer_t *t)
-{
-    (void)t;
-    if (g_outbox_running) {
-        g_outbox_again = 1;
-        return;
-    }
-    g_outbox_running = 1;
-    uv_queue_work(uv_default_loop(), &g_outbox_work, on_outbox_work, on_outbox_done);
-}
-
-static void outbox_kick(struct hub *h)
-{
-    (void)h;
-    if (g_stopping)
-        return;
-    if (g_outbox_running)
-        g_outbox_again = 1;
-    else if (!uv_is_active((uv_handle_t *)&g_outbox_timer))
-        uv_timer_start(&g_outbox_timer, on_outbox_timer, OUTBOX_KICK_DELAY_MS, 0);
-}
-
-static void on_signal(uv_signal_t *s, int signum)
-{
-    (void)s;
-    phy_log(PHY_LOG_INFO, "stopping", "signal=%d", signum);
-    server_stop(g_server);
-    g_server = NULL;
-    uv_close((uv_handle_t *)&g_sigint, NULL);
-    uv_close((uv_handle_t *)&g_sigterm, NULL);
-    uv_close((uv_handle_t *)&g_sweep_timer, NULL);
-    g_stopping = 1;
-    uv_close((uv_handle_t *)&g_outbox_timer, NULL);
 }
 
 static int open_store(struct hub *h)
@@ -857,18 +749,8 @@ int main(int argc, char **argv)
         goto out_store;
     }
 
-    struct store_prov_params sp;
-    int64_t live = 0;
-    hub_prov_params(&g_hub, hub_now_ms(), &sp);
-    /* A first sweep before serving: what lapsed while the hub was down goes, and
-     * times from the future (the clock stepped back meanwhile) are clamped. */
-    if (g_hub.store_ops->sweep(g_hub.store, &sp, failures_keep_ms()) < 0)
-        phy_log(PHY_LOG_WARN, "sweep_failed", "store=%s", store_engine_name(g_hub.store));
-    if (g_hub.store_ops->reg_live_count(g_hub.store, &sp, &live) == 0)
-        atomic_store_explicit(&g_hub.regs_estimate, live, memory_order_relaxed);
-    /* No session survives a restart: whatever the store says is online is not. */
-    if (g_hub.store_ops->presence_reset(g_hub.store, hub_now_ms()) < 0) {
-        fprintf(stderr, "phyhub: cannot reset presence in the store\n");
+    if (hub_prepare(&g_hub, err, sizeof(err)) < 0) {
+        fprintf(stderr, "phyhub: %s\n", err);
         goto out_store;
     }
     /* Workers that may wait long: a regional hub's claims on eu (bounded by
@@ -882,16 +764,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "phyhub: %s\n", err);
         goto out_store;
     }
-    uv_signal_init(loop, &g_sigint);
-    uv_signal_init(loop, &g_sigterm);
-    uv_signal_start(&g_sigint, on_signal, SIGINT);
-    uv_signal_start(&g_sigterm, on_signal, SIGTERM);
-    uv_timer_init(loop, &g_outbox_timer);
-    if (!c->provisioning)
-        g_hub.outbox_kick = outbox_kick;
-    uv_timer_init(loop, &g_sweep_timer);
-    uv_timer_start(&g_sweep_timer, on_sweep_timer, (uint64_t)c->sweep_interval_s * 1000,
-                   (uint64_t)c->sweep_interval_s * 1000);
+    hub_lifecycle_start(&g_hub, loop, g_server);
     char wr[512];
     phy_log(PHY_LOG_INFO, "started",
             "region=%s listen=%s provisioning=%s eu=%s endpoint=%s store=%s code_ttl=%ld "

@@ -1,0 +1,159 @@
+/* The hub's life on its loop; see lifecycle.h. One hub per process: the handles are
+ * file-scoped, as they live exactly as long as the loop. */
+#include "lifecycle.h"
+
+#include <signal.h>
+#include <stdatomic.h>
+
+#include "phy/log.h"
+#include "region.h"
+#include "rules.h"
+
+/* Outbox kicks (a device session opened): coalesced into one drain per
+ * OUTBOX_KICK_DELAY_MS, never two at once. */
+#define OUTBOX_KICK_DELAY_MS 100
+
+static struct {
+    struct hub *hub;
+    struct server *server;
+    uv_loop_t *loop;
+    uv_signal_t sigint, sigterm;
+    uv_timer_t sweep_timer, outbox_timer;
+    uv_work_t sweep_work, outbox_work;
+    int sweep_running, outbox_running, outbox_again, stopping;
+} L;
+
+int64_t hub_failures_keep_ms(const struct hub *h)
+{
+    long login_keep_s = h->cfg.login_window_s * RULE_LOGIN_LOOKBACK;
+    long keep_s = h->cfg.claim_window_s > login_keep_s ? h->cfg.claim_window_s : login_keep_s;
+    return (int64_t)keep_s * 1000;
+}
+
+static void store_sweep(struct hub *h, int64_t now_ms)
+{
+    struct store_prov_params p;
+    int64_t live;
+    hub_prov_params(h, now_ms, &p);
+    if (h->store_ops->sweep(h->store, &p, hub_failures_keep_ms(h)) < 0)
+        phy_log(PHY_LOG_WARN, "sweep_failed", "store=%s", store_engine_name(h->store));
+    if (h->store_ops->reg_live_count(h->store, &p, &live) == 0)
+        atomic_store_explicit(&h->regs_estimate, live, memory_order_relaxed);
+}
+
+void hub_sweep(struct hub *h, int64_t now_ms)
+{
+    store_sweep(h, now_ms);
+    hub_clock_check();
+    if (h->seal)
+        hub_seal_sweep(h, now_ms);
+    if (h->store_ops->console_sweep(h->store, now_ms, h->cfg.session_idle_s * 1000,
+                                    h->cfg.session_max_s * 1000,
+                                    h->cfg.audit_keep_days * 86400000LL) < 0)
+        phy_log(PHY_LOG_WARN, "sweep_failed", "store=%s what=console", store_engine_name(h->store));
+    region_outbox_drain(h);
+}
+
+int hub_prepare(struct hub *h, char *err, size_t errcap)
+{
+    int64_t now = hub_now_ms();
+    store_sweep(h, now);
+    if (h->store_ops->presence_reset(h->store, now) < 0) {
+        snprintf(err, errcap, "cannot reset presence in the store");
+        return -1;
+    }
+    return 0;
+}
+
+static void on_sweep_work(uv_work_t *w)
+{
+    (void)w;
+    hub_sweep(L.hub, hub_now_ms());
+}
+
+static void on_sweep_done(uv_work_t *w, int status)
+{
+    (void)w;
+    (void)status;
+    L.sweep_running = 0;
+}
+
+static void on_sweep_timer(uv_timer_t *t)
+{
+    (void)t;
+    if (L.sweep_running)
+        return;
+    L.sweep_running = 1;
+    uv_queue_work(L.loop, &L.sweep_work, on_sweep_work, on_sweep_done);
+}
+
+static void on_outbox_work(uv_work_t *w)
+{
+    (void)w;
+    region_outbox_drain(L.hub);
+}
+
+static void on_outbox_timer(uv_timer_t *t);
+
+static void on_outbox_done(uv_work_t *w, int status)
+{
+    (void)w;
+    (void)status;
+    L.outbox_running = 0;
+    if (L.outbox_again && !L.stopping) {
+        L.outbox_again = 0;
+        uv_timer_start(&L.outbox_timer, on_outbox_timer, OUTBOX_KICK_DELAY_MS, 0);
+    }
+}
+
+static void on_outbox_timer(uv_timer_t *t)
+{
+    (void)t;
+    if (L.outbox_running) {
+        L.outbox_again = 1;
+        return;
+    }
+    L.outbox_running = 1;
+    uv_queue_work(L.loop, &L.outbox_work, on_outbox_work, on_outbox_done);
+}
+
+static void outbox_kick(struct hub *h)
+{
+    (void)h;
+    if (L.stopping)
+        return;
+    if (L.outbox_running)
+        L.outbox_again = 1;
+    else if (!uv_is_active((uv_handle_t *)&L.outbox_timer))
+        uv_timer_start(&L.outbox_timer, on_outbox_timer, OUTBOX_KICK_DELAY_MS, 0);
+}
+
+static void on_signal(uv_signal_t *s, int signum)
+{
+    (void)s;
+    phy_log(PHY_LOG_INFO, "stopping", "signal=%d", signum);
+    server_stop(L.server);
+    L.server = NULL;
+    L.stopping = 1;
+    uv_close((uv_handle_t *)&L.sigint, NULL);
+    uv_close((uv_handle_t *)&L.sigterm, NULL);
+    uv_close((uv_handle_t *)&L.sweep_timer, NULL);
+    uv_close((uv_handle_t *)&L.outbox_timer, NULL);
+}
+
+void hub_lifecycle_start(struct hub *h, uv_loop_t *loop, struct server *srv)
+{
+    L.hub = h;
+    L.server = srv;
+    L.loop = loop;
+    uv_signal_init(loop, &L.sigint);
+    uv_signal_init(loop, &L.sigterm);
+    uv_signal_start(&L.sigint, on_signal, SIGINT);
+    uv_signal_start(&L.sigterm, on_signal, SIGTERM);
+    uv_timer_init(loop, &L.outbox_timer);
+    if (!h->cfg.provisioning)
+        h->outbox_kick = outbox_kick;
+    uv_timer_init(loop, &L.sweep_timer);
+    uv_timer_start(&L.sweep_timer, on_sweep_timer, (uint64_t)h->cfg.sweep_interval_s * 1000,
+                   (uint64_t)h->cfg.sweep_interval_s * 1000);
+}
