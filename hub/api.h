@@ -1,5 +1,6 @@
-/* The hub's HTTP API: routing and handlers. Runs on a thread-pool worker, never on
- * the event loop: handlers call the store directly. */
+/* The hub's HTTP API: a request and its answer as the server hands them over, and
+ * the helpers every handler uses to read one and write the other (reply.c). Runs on
+ * a thread-pool worker, never on the event loop: handlers call the store directly. */
 #ifndef PHY_HUB_API_H
 #define PHY_HUB_API_H
 
@@ -82,8 +83,6 @@ void api_event(struct api_response *res, int64_t tenant_id, const char *type,
 void api_state_event(struct api_response *res, int64_t tenant_id, const char *device_id,
                      const char *state);
 
-/* Routes and handles one request. Always fills res (status and body). */
-void api_handle(struct hub *h, const struct api_request *req, struct api_response *res);
 
 /* Fills res with {"error": code, "message": msg} and status. */
 /* 503 store_unavailable with Retry-After: 1. */
@@ -99,5 +98,49 @@ void api_response_free(struct api_response *res);
  * a device ID segment becomes "{id}", so eu's logs name no foreign device. Returns
  * path itself or buf. */
 const char *api_log_path(const char *path, char *buf, size_t cap);
+
+/* Sets res to status with the JSON object o (reference stolen; NULL = 500). */
+void api_json(struct api_response *res, int status, json_t *o);
+
+/* Requires Content-Type application/json and a JSON object body without duplicate
+ * keys. Returns 0 with *out (caller decrefs), or -1 with res filled (415/400). */
+int api_parse_body(const struct api_request *req, struct api_response *res, json_t **out);
+
+/* As api_parse_body with the media types in the NULL-terminated list types (matched
+ * case-insensitively, parameters such as charset ignored), e.g. {"application/json",
+ * "application/merge-patch+json", NULL}. */
+int api_parse_body_as(const struct api_request *req, struct api_response *res,
+                      const char *const *types, json_t **out);
+
+/* -1 with a 400 in res when o has a key not in the NULL-terminated allowed list. */
+int api_check_fields(json_t *o, const char *const *allowed, struct api_response *res);
+
+/* Reads a string field; -1 with a 400 in res when missing (and required) or not a
+ * string. *out is borrowed from o (NULL when absent and optional). */
+int api_get_string(json_t *o, const char *key, int required, const char **out,
+                   struct api_response *res);
+
+/* 1 when s[0..n) is a device ID: "dev_" + 26 of [a-z2-7]. */
+int api_device_id_valid(const char *s, size_t n);
+
+
+/* Decodes a query value s[0..n): "%XX" escapes only ('+' is a plain '+'); an invalid
+ * escape, %00, or a raw space/control/non-ASCII byte is PHY_EINVAL; PHY_ETOOBIG when
+ * the result (plus NUL) does not fit out[cap]. Returns the decoded length. */
+int api_pct_decode(const char *s, size_t n, char *out, size_t cap);
+
+/* Finds name=value in a query string ("a=1&b=2", may be NULL) and decodes the value
+ * into out[cap]. 1 found, 0 absent, PHY_EINVAL (malformed query, bad escape, name
+ * given twice) or PHY_ETOOBIG. */
+int api_query_param(const char *query, const char *name, char *out, size_t cap);
+
+/* 0 when every parameter of the query is named in allowed (NULL-terminated), else
+ * PHY_EINVAL. */
+int api_query_check(const char *query, const char *const *allowed);
+
+/* Parses an If-Match value: NULL or "*" -> *out = -1 (unconditional); "<n>" or n
+ * (decimal, at most 18 digits) -> n. Weak tags (W/), lists and anything else are
+ * PHY_EINVAL. */
+int api_if_match(const char *v, int64_t *out);
 
 #endif

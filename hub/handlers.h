@@ -6,27 +6,6 @@
 
 #include "api.h"
 
-/* Sets res to status with the JSON object o (reference stolen; NULL = 500). */
-void api_json(struct api_response *res, int status, json_t *o);
-
-/* Requires Content-Type application/json and a JSON object body without duplicate
- * keys. Returns 0 with *out (caller decrefs), or -1 with res filled (415/400). */
-int api_parse_body(const struct api_request *req, struct api_response *res, json_t **out);
-
-/* As api_parse_body with the media types in the NULL-terminated list types (matched
- * case-insensitively, parameters such as charset ignored), e.g. {"application/json",
- * "application/merge-patch+json", NULL}. */
-int api_parse_body_as(const struct api_request *req, struct api_response *res,
-                      const char *const *types, json_t **out);
-
-/* -1 with a 400 in res when o has a key not in the NULL-terminated allowed list. */
-int api_check_fields(json_t *o, const char *const *allowed, struct api_response *res);
-
-/* Reads a string field; -1 with a 400 in res when missing (and required) or not a
- * string. *out is borrowed from o (NULL when absent and optional). */
-int api_get_string(json_t *o, const char *key, int required, const char **out,
-                   struct api_response *res);
-
 /* Who made a console request. */
 /* The console's session cookie (HttpOnly; Secure; SameSite=Strict; Path=/, no
  * Domain: the __Host- prefix makes browsers enforce the last two). */
@@ -75,34 +54,6 @@ int api_claim_key(const char *serial, const char *code_in, char code[PHY_CODE_LE
 /* Answers a claim the store (or eu) refused: 404 expired_code / unknown_serial, 409
  * serial_in_use / already_claimed; any other outcome is 500. */
 void api_claim_refused(struct api_response *res, int outcome);
-
-/* --- request-line helpers (api.c; no I/O) --- */
-
-/* 1 when s[0..n) is a device ID: "dev_" + 26 of [a-z2-7]. */
-int api_device_id_valid(const char *s, size_t n);
-
-/* 1 when path matches pattern; a "{id}" segment of the pattern matches a device ID,
- * copied into id. Everything else must match exactly (no trailing slash). */
-int api_path_match(const char *pattern, const char *path, char id[PHY_DEVICE_ID_LEN + 1]);
-
-/* Decodes a query value s[0..n): "%XX" escapes only ('+' is a plain '+'); an invalid
- * escape, %00, or a raw space/control/non-ASCII byte is PHY_EINVAL; PHY_ETOOBIG when
- * the result (plus NUL) does not fit out[cap]. Returns the decoded length. */
-int api_pct_decode(const char *s, size_t n, char *out, size_t cap);
-
-/* Finds name=value in a query string ("a=1&b=2", may be NULL) and decodes the value
- * into out[cap]. 1 found, 0 absent, PHY_EINVAL (malformed query, bad escape, name
- * given twice) or PHY_ETOOBIG. */
-int api_query_param(const char *query, const char *name, char *out, size_t cap);
-
-/* 0 when every parameter of the query is named in allowed (NULL-terminated), else
- * PHY_EINVAL. */
-int api_query_check(const char *query, const char *const *allowed);
-
-/* Parses an If-Match value: NULL or "*" -> *out = -1 (unconditional); "<n>" or n
- * (decimal, at most 18 digits) -> n. Weak tags (W/), lists and anything else are
- * PHY_EINVAL. */
-int api_if_match(const char *v, int64_t *out);
 
 void handle_register(struct hub *h, const struct api_request *req, struct api_response *res);
 void handle_prove(struct hub *h, const struct api_request *req, struct api_response *res);

@@ -21,6 +21,7 @@
 
 #include "api.h"
 #include "handlers.h"
+#include "router.h"
 #include "phy/err.h"
 #include "phy/http.h"
 #include "phy/log.h"

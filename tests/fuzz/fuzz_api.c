@@ -1,4 +1,4 @@
-/* libFuzzer target: the hub's HTTP API layer, api_handle (hub/api.c) with the router
+/* libFuzzer target: the hub's HTTP API layer, api_handle (hub/router.c) with the router
  * and every provisioning, console, login, static-file and internal (inter-region)
  * handler, against a fake store whose outcomes the input chooses.
  *
@@ -47,6 +47,7 @@
 
 #include "api.h"
 #include "handlers.h"
+#include "router.h"
 #include "hub.h"
 #include "phy/config.h"
 #include "phy/crypto.h"

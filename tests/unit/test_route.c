@@ -15,6 +15,7 @@
 
 #include "api.h"
 #include "handlers.h"
+#include "router.h"
 #include "phy/text.h"
 #include "phy/err.h"
 

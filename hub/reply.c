@@ -1,5 +1,6 @@
-/* The hub's HTTP API: routes requests to the provisioning and console handlers and,
- * for any other GET, to the console's static files. */
+/* What every handler uses to read a request and write its answer: JSON bodies and
+ * fields, query strings, errors (with Retry-After where they say when), events and
+ * effects for the loop. No routing here (router.c) and no handler. */
 #include "api.h"
 
 #include <stdio.h>
@@ -9,12 +10,10 @@
 
 #include <openssl/crypto.h>
 
-#include "handlers.h"
 #include "phy/json.h"
 #include "phy/err.h"
 #include "phy/text.h"
 #include "phy/log.h"
-#include "region.h"
 
 void api_response_free(struct api_response *res)
 {
@@ -216,39 +215,6 @@ int api_device_id_valid(const char *s, size_t n)
     return 1;
 }
 
-/* Patterns are literal except for whole segments "{id}" (a device ID). */
-int api_path_match(const char *pattern, const char *path, char id[PHY_DEVICE_ID_LEN + 1])
-{
-    while (*pattern && *path) {
-        if (strncmp(pattern, "{tok}", 5) == 0) { /* an API token's ID: 12 hex digits */
-            size_t n = strcspn(path, "/");
-            if (n != STORE_TOKEN_ID_LEN || strspn(path, "0123456789abcdef") < n)
-                return 0;
-            memcpy(id, path, n);
-            id[n] = '\0';
-            pattern += 5;
-            path += n;
-            continue;
-        }
-        if (strncmp(pattern, "{id}", 4) == 0) {
-            size_t n = strcspn(path, "/");
-            if (!api_device_id_valid(path, n))
-                return 0;
-            memcpy(id, path, n);
-            id[n] = '\0';
-            pattern += 4;
-            path += n;
-            continue;
-        }
-        if (*pattern != *path)
-            return 0;
-        pattern++;
-        path++;
-    }
-    return *pattern == '\0' && *path == '\0';
-}
-
-
 /* Strict: only %XX escapes ('+' stays '+'), no %00, no raw space or control bytes. */
 int api_pct_decode(const char *s, size_t n, char *out, size_t cap)
 {
@@ -379,91 +345,4 @@ const char *api_log_path(const char *path, char *buf, size_t cap)
     const char *slash = strchr(rest, '/');
     snprintf(buf, cap, "%s{id}%s", prefix, slash ? slash : "");
     return buf;
-}
-
-/* ---- routing ---- */
-
-typedef void (*api_fn)(struct hub *, const struct api_request *, struct api_response *);
-typedef void (*api_id_fn)(struct hub *, const struct api_request *, const char *,
-                          struct api_response *);
-
-struct route {
-    const char *method;
-    const char *pattern; /* exact path, or with a "{id}" segment */
-    int provisioning;    /* only when --provisioning */
-    api_fn fn;           /* exact paths */
-    api_id_fn fn_id;     /* paths with {id}: gets the device ID */
-};
-
-#define DEV "/api/v1/devices/{id}"
-static const struct route routes[] = {
-    {"POST", "/v1/provisioning/register", 1, handle_register, NULL},
-    {"POST", "/v1/provisioning/prove", 1, handle_prove, NULL},
-    {"POST", "/v1/provisioning/code", 1, handle_code, NULL},
-    {"POST", "/v1/provisioning/poll", 1, handle_poll, NULL},
-    {"POST", "/api/v1/devices/claim", 0, handle_claim, NULL},
-    {"GET", "/api/v1/devices", 0, handle_devices_list, NULL},
-    {"PATCH", "/api/v1/twins/desired", 0, handle_fleet_patch, NULL},
-    {"GET", DEV, 0, NULL, handle_device_get},
-    {"DELETE", DEV, 0, NULL, handle_device_delete},
-    {"PATCH", DEV, 0, NULL, handle_device_rename},
-    {"PATCH", DEV "/twin/desired", 0, NULL, handle_desired_patch},
-    {"PUT", DEV "/tags", 0, NULL, handle_tags_put},
-    {"POST", DEV "/revoke", 0, NULL, handle_device_revoke},
-    {"POST", DEV "/reset", 0, NULL, handle_device_reset},
-    {"GET", DEV "/status-history", 0, NULL, handle_status_history},
-    {"POST", "/api/v1/login", 0, handle_login, NULL},
-    {"POST", "/api/v1/logout", 0, handle_logout, NULL},
-    {"GET", "/api/v1/session", 0, handle_session, NULL},
-    {"GET", "/api/v1/audit", 0, handle_audit, NULL},
-    {"GET", "/api/v1/tokens", 0, handle_tokens_list, NULL},
-    {"POST", "/api/v1/tokens", 0, handle_token_create, NULL},
-    {"DELETE", "/api/v1/tokens/{tok}", 0, NULL, handle_token_revoke},
-    {"POST", "/api/v1/password", 0, handle_password, NULL},
-    {"GET", "/api/v1/tenant", 0, handle_tenant_get, NULL},
-    {"PATCH", "/api/v1/tenant", 0, handle_tenant_patch, NULL},
-    {"GET", "/api/v1/registrations", 0, handle_registrations, NULL},
-    {"POST", "/internal/v1/issuances", 1, handle_internal_issue, NULL},
-    {"DELETE", "/internal/v1/issuances/{id}", 1, NULL, handle_internal_purge},
-    {"POST", "/internal/v1/issuances/{id}/cancel", 1, NULL, handle_internal_cancel},
-    {"POST", "/internal/v1/serials/rearm", 1, handle_internal_rearm, NULL},
-    {"POST", "/internal/v1/serials", 1, handle_internal_serials, NULL},
-    {"GET", "/healthz", 0, handle_healthz, NULL},
-    {"GET", "/metrics", 0, handle_metrics, NULL},
-};
-#undef DEV
-
-void api_handle(struct hub *h, const struct api_request *req, struct api_response *res)
-{
-    char allow[64] = "";
-    size_t alen = 0;
-    /* HEAD is answered as GET (the server sends the head only). */
-    const char *method = strcmp(req->method, "HEAD") == 0 ? "GET" : req->method;
-    memset(res, 0, sizeof(*res));
-    for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
-        const struct route *r = &routes[i];
-        char id[PHY_DEVICE_ID_LEN + 1] = "";
-        if ((r->provisioning && !h->cfg.provisioning) || !api_path_match(r->pattern, req->path, id))
-            continue;
-        if (strcmp(method, r->method) == 0) {
-            if (r->fn)
-                r->fn(h, req, res);
-            else
-                r->fn_id(h, req, id, res);
-            return;
-        }
-        int n = snprintf(allow + alen, sizeof(allow) - alen, "%s%s", alen ? ", " : "", r->method);
-        if (n > 0 && (size_t)n < sizeof(allow) - alen)
-            alen += (size_t)n;
-    }
-    if (alen) {
-        api_error(res, 405, "method_not_allowed", "method not allowed on this path");
-        snprintf(res->extra_headers, sizeof(res->extra_headers), "Allow: %s\r\n", allow);
-        return;
-    }
-    if (strcmp(method, "GET") == 0) { /* the console's files */
-        handle_static(h, req, res);
-        return;
-    }
-    api_error(res, 404, "not_found", "no such endpoint");
 }
