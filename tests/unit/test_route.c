@@ -1,4 +1,4 @@
-/* Unit tests for the hub's API routing and request-line helpers (hub/api.c) and the
+/* Unit tests for the hub's API routing and request-line helpers (hub/router.c, hub/reply.c) and the
  * console device handlers (hub/console.c) against a fake store: path parameters,
  * 404/405 with Allow, query decoding, If-Match, outcomes and effects, cookie
  * sessions with CSRF, audit records. */
