@@ -1,5 +1,6 @@
-/* Console API (PROTOCOL.md section 4): API-token and session-cookie auth, claims,
- * device listing, twins, tags, revoke/reset/delete, audit log, status history. */
+/* Console API (PROTOCOL.md section 4): API-token and session-cookie auth, the claim
+ * request (checks, throttle, replay; the claim itself is claim.c's), device listing,
+ * twins, tags, revoke/reset/delete, audit log, status history. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -7,9 +8,9 @@
 
 #include <openssl/crypto.h>
 
+#include "claim.h"
 #include "handlers.h"
 #include "rules.h"
-#include "region.h"
 #include "phy/json.h"
 #include "phy/protocol.h"
 #include "phy/text.h"
@@ -350,7 +351,7 @@ void handle_claim(struct hub *h, const struct api_request *req, struct api_respo
         api_get_string(body, "code", 0, &code_in, res) < 0 ||
         claim_extras(body, &name, &tags_json, res) < 0)
         goto out;
-    if (api_claim_key(serial, code_in, code, res) < 0)
+    if (claim_key_check(serial, code_in, code, res) < 0)
         goto out;
 
     char device_id[PHY_DEVICE_ID_LEN + 1], secret[PHY_TOKEN_LEN + 1];
@@ -360,19 +361,17 @@ void handle_claim(struct hub *h, const struct api_request *req, struct api_respo
         api_error(res, 500, "internal", "random source failed");
         goto out;
     }
-    struct hub_seal_ctx sc = {h, device_id, secret, caller.tenant, h->cfg.region,
-                              h->cfg.public_endpoint};
-    struct store_claim c = {
+    struct claim_request c = {
         .tenant_id = caller.tenant_id,
         .user_id = caller.user_id,
+        .tenant = caller.tenant,
         .serial = serial,
         .code = code_in ? code : NULL,
         .device_id = device_id,
+        .secret = secret,
         .secret_hash = secret_hash,
         .name = name,
         .tags_json = tags_json,
-        .seal = hub_seal_issuance,
-        .seal_ctx = &sc,
     };
     if (serial) {
         int got = STORE_NOT_FOUND;
@@ -390,29 +389,15 @@ void handle_claim(struct hub *h, const struct api_request *req, struct api_respo
         OPENSSL_cleanse(secret, sizeof(secret));
         goto out;
     }
-    struct store_prov_params p;
-    hub_prov_params(h, hub_now_ms(), &p);
     int outcome = STORE_OK;
-    int rc;
     snprintf(res->log, sizeof(res->log), "tenant=%s by=%s", caller.tenant,
              serial ? "serial" : "code");
-    if (h->cfg.provisioning) {
-        rc = h->store_ops->claim(h->store, &p, &c, &dev, &outcome);
-    } else { /* the issuance lives in eu (docs/protocol.md section 3) */
-        struct region_claim rcl = {caller.tenant_id, caller.user_id, caller.tenant, serial,
-                                   c.code, device_id, secret, secret_hash, name, tags_json,
-                                   c.serial_claims};
-        rc = region_claim(h, &rcl, &dev, &outcome, res);
-    }
+    int rc = claim_issue(h, &c, &dev, &outcome, res);
     OPENSSL_cleanse(secret, sizeof(secret));
     if (rc != 0 || (outcome != STORE_EXPIRED_CODE && outcome != STORE_UNKNOWN_SERIAL))
         h->store_ops->claim_attempt_forgive(h->store, attempt_id); /* not a failed guess */
-    if (rc > 0)
-        goto out; /* answered by region_claim */
-    if (rc < 0) {
-        api_store_failed(res);
+    if (rc < 0)
         goto out;
-    }
     snprintf(res->log, sizeof(res->log), "tenant=%s by=%s outcome=%d", caller.tenant,
              serial ? "serial" : "code", outcome);
     if (outcome == STORE_ALREADY_CLAIMED && claim_replayed(h, &caller, serial, c.code, &dev, res))
@@ -429,57 +414,12 @@ void handle_claim(struct hub *h, const struct api_request *req, struct api_respo
         break;
     default:
         hub_metric_add(&h->metrics.prov_claim_failed, 1);
-        api_claim_refused(res, outcome);
+        claim_refused(res, outcome);
     }
 out:
     store_device_clear(&dev);
     free(tags_json);
     json_decref(body);
-}
-
-int api_claim_key(const char *serial, const char *code_in, char code[PHY_CODE_LEN + 1],
-                  struct api_response *res)
-{
-    if ((serial == NULL) == (code_in == NULL)) {
-        api_error(res, 400, "bad_request", "give exactly one of 'serial' or 'code'");
-        return -1;
-    }
-    if (serial && !phy_serial_valid(serial, strlen(serial))) {
-        api_error(res, 400, "bad_request", "serial must be 1-64 characters of A-Z a-z 0-9 . _ -");
-        return -1;
-    }
-    if (code_in && phy_code_normalize(code_in, strlen(code_in), code) < 0) {
-        api_error(res, 400, "bad_request", "a code is 6 characters of " PHY_CODE_ALPHABET);
-        return -1;
-    }
-    return 0;
-}
-
-void api_claim_refused(struct api_response *res, int outcome)
-{
-    switch (outcome) {
-    case STORE_EXPIRED_CODE:
-        api_error(res, 404, "expired_code", "no device shows this code (expired or mistyped)");
-        break;
-    case STORE_UNKNOWN_SERIAL:
-        api_error(res, 404, "unknown_serial", "no device with this serial is waiting");
-        break;
-    case STORE_SERIAL_IN_USE:
-        api_error(res, 409, "serial_in_use",
-                  "more than one device registers this serial; enter the code shown on the "
-                  "device's screen instead");
-        break;
-    case STORE_ALREADY_CLAIMED:
-        api_error(res, 409, "already_claimed", "this device has already been claimed");
-        break;
-    case STORE_CODE_REQUIRED:
-        api_error(res, 409, "code_required",
-                  "this serial is not attested, so anyone could have registered it: enter the "
-                  "code shown on the device's screen instead");
-        break;
-    default:
-        api_error(res, 500, "internal", "unexpected store outcome");
-    }
 }
 
 static void no_device(struct api_response *res)

@@ -46,15 +46,6 @@ json_t *api_time_json(int64_t ms);
  * reference, NULL on allocation failure. */
 json_t *api_device_json(const struct store_device *d);
 
-/* Checks what a claim names: exactly one of serial / code_in, a valid serial, a code
- * of the alphabet (normalized into code). 0, or -1 with a 400 in res. */
-int api_claim_key(const char *serial, const char *code_in, char code[PHY_CODE_LEN + 1],
-                  struct api_response *res);
-
-/* Answers a claim the store (or eu) refused: 404 expired_code / unknown_serial, 409
- * serial_in_use / already_claimed; any other outcome is 500. */
-void api_claim_refused(struct api_response *res, int outcome);
-
 void handle_register(struct hub *h, const struct api_request *req, struct api_response *res);
 void handle_prove(struct hub *h, const struct api_request *req, struct api_response *res);
 void handle_code(struct hub *h, const struct api_request *req, struct api_response *res);

@@ -13,6 +13,7 @@
 #include "store.h"
 
 struct seal_ring;
+struct eu_client;
 
 struct hub_config {
     char *region;   /* "eu" */
@@ -111,7 +112,8 @@ struct hub {
     unsigned char issuance_key[PHY_AEAD_KEY_LEN];
     struct seal_ring *seal; /* seals issuance bodies under issuance_key + ratchet */
     struct hub_metrics metrics;
-    struct region_ctx *region; /* keys and eu's address (region.c) */
+    struct region_ctx *region; /* eu: its callers' keys; the outbox's state (region.c) */
+    struct eu_client *eu;      /* regional hubs: eu's address and key (eu_client.c) */
     /* Called on the loop when a device session opened: regional hubs use it to send
      * their outbox to eu soon (NULL: nothing to do). */
     void (*outbox_kick)(struct hub *h);

@@ -354,7 +354,7 @@ void handle_poll(struct hub *h, const struct api_request *req, struct api_respon
         res->status = 200;
         hub_metric_add(&h->metrics.prov_delivered, 1);
         /* Another region's device ID is not written down here either (residency);
-         * the sealed body is compact JSON from hub_seal_issuance. */
+         * the sealed body is compact JSON from claim_seal_issuance. */
         char own[48];
         snprintf(own, sizeof(own), "\"region\":\"%s\"", h->cfg.region);
         if (strstr(res->body, own))

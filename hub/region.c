@@ -1,5 +1,5 @@
 /* Multi-region (docs/protocol.md section 3): keys, eu's internal API, and a regional
- * hub's claims through eu plus its outbox. */
+ * hub's outbox. The claims themselves are claim.c's; calls to eu, eu_client.c's. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -7,15 +7,15 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
-#include <pthread.h>
 #include <stdatomic.h>
 
 #include <jansson.h>
 #include <openssl/crypto.h>
 
+#include "claim.h"
+#include "eu_client.h"
 #include "handlers.h"
 #include "phy/json.h"
 #include "phy/client.h"
@@ -25,15 +25,12 @@
 #include "phy/log.h"
 #include "region.h"
 #include "serials.h"
-#include "seal.h"
 
 #define OUTBOX_BATCH 64
 #define OUTBOX_BACKOFF_MIN_MS 2000
 #define OUTBOX_BACKOFF_MAX_MS 300000
-#define RETRY_BASE_MS 200
 #define TENANT_MAX STORE_NAME_MAX
 #define ENDPOINT_MAX 255
-#define CLAIMS_IN_FLIGHT_MAX 4 /* claims waiting on eu at once (each holds a worker) */
 
 /* A caller of eu's internal API: a regional hub (--peer), or a manufacturer's
  * importer of attested serials (--importer). */
@@ -45,17 +42,11 @@ struct region_peer {
 };
 
 struct region_ctx {
-    /* regional hub: eu's address and this region's key */
-    char eu_host[256];
-    unsigned eu_port;
-    char key[REGION_KEY_MAX + 1];
     /* eu: one key per regional hub */
     struct region_peer *peers;
     size_t npeers;
-    /* regional hub: claims whose call to eu is running (the outbox leaves their
-     * cancel entries alone), and one outbox drain at a time */
-    pthread_mutex_t mu;
-    char in_flight[CLAIMS_IN_FLIGHT_MAX][PHY_DEVICE_ID_LEN + 1];
+    /* regional hub: one outbox drain at a time (eu's address and this region's key
+     * are h->eu's) */
     atomic_int draining;
 };
 
@@ -163,32 +154,6 @@ int region_key_new(const char *path, char *err, size_t errcap)
 
 /* ---- set-up ---- */
 
-static int parse_url(struct region_ctx *r, const char *url, char *err, size_t errcap)
-{
-    static const char scheme[] = "https://";
-    char hostport[300];
-    size_t n;
-    if (strncmp(url, scheme, sizeof scheme - 1) != 0) {
-        set_err(err, errcap, "--provisioning-url %s: %s", url, "expected https://HOST[:PORT]");
-        return PHY_EINVAL;
-    }
-    url += sizeof scheme - 1;
-    n = strlen(url);
-    if (n > 0 && url[n - 1] == '/')
-        n--;
-    if (n == 0 || n >= sizeof hostport || memchr(url, '/', n)) {
-        set_err(err, errcap, "--provisioning-url %s: %s", url, "expected https://HOST[:PORT]");
-        return PHY_EINVAL;
-    }
-    memcpy(hostport, url, n);
-    hostport[n] = '\0';
-    if (phy_client_parse_hostport(hostport, r->eu_host, sizeof r->eu_host, &r->eu_port, 443) != 0) {
-        set_err(err, errcap, "--provisioning-url %s: %s", url, "expected https://HOST[:PORT]");
-        return PHY_EINVAL;
-    }
-    return 0;
-}
-
 /* --peer REGION=KEYFILE[,HOST:PORT] (importer 0) or --importer NAME=KEYFILE. */
 static int load_peers(struct hub *h, struct region_ctx *r, const struct phy_strlist *l,
                       int importer, char *err, size_t errcap)
@@ -265,10 +230,6 @@ int region_setup(struct hub *h, char *err, size_t errcap)
     struct region_ctx *r = calloc(1, sizeof *r);
     if (!r)
         return PHY_ENOMEM;
-    if (pthread_mutex_init(&r->mu, NULL) != 0) {
-        free(r);
-        return PHY_EIO;
-    }
     h->region = r;
     if (c->provisioning) {
         if (c->provisioning_url || c->inter_region_key_file) {
@@ -288,52 +249,28 @@ int region_setup(struct hub *h, char *err, size_t errcap)
                 "--inter-region-key-file (claims go through eu)");
         return PHY_EINVAL;
     }
-    if ((rc = parse_url(r, c->provisioning_url, err, errcap)))
+    if ((rc = eu_client_new(c->provisioning_url, &h->eu, err, errcap)))
         return rc;
-    return region_key_load(c->inter_region_key_file, r->key, err, errcap);
+    char key[REGION_KEY_MAX + 1];
+    if ((rc = region_key_load(c->inter_region_key_file, key, err, errcap)) == 0)
+        rc = eu_client_set_key(h->eu, key);
+    OPENSSL_cleanse(key, sizeof key);
+    return rc;
 }
 
 void region_cleanup(struct hub *h)
 {
     struct region_ctx *r = h->region;
+    eu_client_free(h->eu);
+    h->eu = NULL;
     if (!r)
         return;
     if (r->peers)
         OPENSSL_cleanse(r->peers, r->npeers * sizeof *r->peers);
     free(r->peers);
-    pthread_mutex_destroy(&r->mu);
     OPENSSL_cleanse(r, sizeof *r);
     free(r);
     h->region = NULL;
-}
-
-/* ---- sealing ---- */
-
-unsigned char *hub_seal_issuance(void *ctx, const char *serial, size_t *out_len)
-{
-    struct hub_seal_ctx *s = ctx;
-    (void)serial;
-    json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "status", "provisioned", "device_id",
-                          s->device_id, "device_secret", s->secret, "tenant", s->tenant, "region",
-                          s->region, "endpoint", s->endpoint);
-    char token[PHY_PROXY_TOKEN_MAX + 1];
-    /* The device's proof to the proxies (docs/security.md): it needs it from its
-     * first hub session on. */
-    if (o && s->h->proxy_key.kid[0] &&
-        (phy_proxy_token_make(&s->h->proxy_key, s->device_id, token) != 0 ||
-         json_object_set_new(o, "proxy_token", json_string(token)) != 0)) {
-        json_decref(o);
-        o = NULL;
-    }
-    char *text = o ? phy_json_dumps(o, JSON_COMPACT) : NULL;
-    json_decref(o);
-    if (!text)
-        return NULL;
-    size_t n = strlen(text);
-    unsigned char *out = seal_seal(s->h->seal, hub_now_ms(), s->device_id, text, n, out_len);
-    OPENSSL_cleanse(text, n);
-    free(text);
-    return out;
 }
 
 /* ---- eu: the internal API ---- */
@@ -442,7 +379,7 @@ void handle_internal_issue(struct hub *h, const struct api_request *req, struct 
         api_error(res, 400, "bad_request", "not_after (milliseconds since the epoch) is required");
         goto out;
     }
-    if (api_claim_key(serial, code_in, code, res) < 0)
+    if (claim_key_check(serial, code_in, code, res) < 0)
         goto out;
     if (!api_device_id_valid(device_id, strlen(device_id)) || !secret_ok(secret) ||
         !tenant_ok(tenant, TENANT_MAX) || !region_name_valid(region) ||
@@ -466,29 +403,20 @@ void handle_internal_issue(struct hub *h, const struct api_request *req, struct 
                   "this region's devices go to the endpoint eu has pinned for it (--peer)");
         goto out;
     }
-    struct hub_seal_ctx sc = {h, device_id, secret, tenant, region, endpoint};
-    struct store_remote_issue ri = {
+    struct claim_for_region cr = {
         .serial = serial,
         .code = code_in ? code : NULL,
         .device_id = device_id,
+        .secret = secret,
+        .tenant = tenant,
         .region = caller,
+        .endpoint = endpoint,
         .serial_claims = serial_claims,
-        .seal = hub_seal_issuance,
-        .seal_ctx = &sc,
+        .not_after_ms = json_integer_value(na),
     };
-    struct store_prov_params p;
-    hub_prov_params(h, hub_now_ms(), &p);
-    /* The caller has given up on this request by now (and may cancel soon): issuing
-     * it would leave credentials nobody keeps. */
-    if (p.now_ms > json_integer_value(na)) {
-        api_error(res, 410, "request_expired", "the claim's deadline has passed; nothing issued");
-        goto out;
-    }
     int outcome = STORE_OK;
-    if (h->store_ops->issue_remote(h->store, &p, &ri, serial_out, &outcome) < 0) {
-        api_store_failed(res);
+    if (claim_issue_for_region(h, &cr, serial_out, &outcome, res) < 0)
         goto out;
-    }
     snprintf(res->log, sizeof res->log, "caller=%s by=%s serial=%s outcome=%d", caller,
              serial ? "serial" : "code", serial_out[0] ? serial_out : "-", outcome);
     switch (outcome) {
@@ -498,7 +426,7 @@ void handle_internal_issue(struct hub *h, const struct api_request *req, struct 
                  json_pack("{s:s, s:s}", "device_id", device_id, "serial", serial_out));
         break;
     default:
-        api_claim_refused(res, outcome);
+        claim_refused(res, outcome);
     }
 out:
     json_decref(body);
@@ -619,255 +547,6 @@ out:
     free(text);
 }
 
-/* ---- regional hub: calls to eu ---- */
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
-}
-
-/* The "key" string member of eu's JSON answer, copied into out ("" when absent). */
-static void answer_field(const struct phy_client_response *res, const char *key, char *out,
-                         size_t cap)
-{
-    json_t *o = res->body ? json_loads(res->body, JSON_REJECT_DUPLICATES, NULL) : NULL;
-    json_t *v = json_is_object(o) ? json_object_get(o, key) : NULL;
-    snprintf(out, cap, "%s", json_is_string(v) ? json_string_value(v) : "");
-    json_decref(o);
-}
-
-/* 1 when eu itself says its transaction did not happen (its store failed). */
-static int eu_rolled_back(const struct phy_client_response *res)
-{
-    char code[32];
-    if (res->status != 503)
-        return 0;
-    answer_field(res, "error", code, sizeof code);
-    return strcmp(code, "store_unavailable") == 0;
-}
-
-/* One call to eu with retries on transport failures and 5xx (safe: every internal
- * call is idempotent), none started after deadline_ms (0: no deadline). Returns 0
- * with res (status and body) or a negative PHY_E* when no answer came; *lost = 1
- * when some request may have reached eu without its answer reaching us. */
-static int eu_call(struct hub *h, const char *method, const char *path, const char *body,
-                   int64_t deadline_ms, struct phy_client_response *res, int *lost, char *err,
-                   size_t errcap)
-{
-    const struct region_ctx *r = h->region;
-    char auth[sizeof "Authorization: Bearer \r\n" + REGION_KEY_MAX];
-    struct phy_client_opts o = {
-        .host = r->eu_host,
-        .port = r->eu_port,
-        .ca_file = h->cfg.ca_file,
-        .timeout_ms = (int)(h->cfg.inter_region_timeout_s * 1000),
-    };
-    int rc = PHY_EIO;
-    long attempts = h->cfg.inter_region_attempts > 0 ? h->cfg.inter_region_attempts : 1;
-    *lost = 0;
-    snprintf(auth, sizeof auth, "Authorization: Bearer %s\r\n", r->key);
-    for (long i = 0; i < attempts; i++) {
-        if (i > 0) {
-            long pause = RETRY_BASE_MS << (i - 1 < 6 ? i - 1 : 6);
-            if (deadline_ms && hub_now_ms() + pause >= deadline_ms)
-                break;
-            sleep_ms(pause);
-        }
-        rc = phy_client_request(&o, method, path, auth, body ? "application/json" : NULL, body,
-                                body ? strlen(body) : 0, res, err, errcap);
-        if (rc < 0 && res->sent)
-            *lost = 1;
-        if (rc == 0 && res->status >= 500 && !eu_rolled_back(res))
-            *lost = 1; /* e.g. a gateway's 502/504: eu may have acted */
-        if (rc == 0 && res->status < 500)
-            break;
-        if (rc == 0) {
-            snprintf(err, errcap, "eu answered %d", res->status);
-            if (i + 1 < attempts)
-                phy_client_response_free(res);
-        }
-        phy_log(PHY_LOG_WARN, "inter_region_call_failed", "method=%s path=%s attempt=%ld err=\"%s\"",
-                method, path, i + 1, err);
-    }
-    OPENSSL_cleanse(auth, sizeof auth);
-    return rc;
-}
-
-static void unavailable(struct hub *h, struct api_response *res, const char *why)
-{
-    api_error_retry(res, 503, "provisioning_unavailable",
-                    "the provisioning region cannot be reached right now; retry the claim",
-                    h->cfg.inter_region_timeout_s);
-    phy_log(PHY_LOG_WARN, "claim_unavailable", "why=\"%s\"", why);
-}
-
-/* Registers a claim whose call to eu is running; 0 when the cap is reached. */
-static int in_flight_add(struct region_ctx *r, const char *device_id)
-{
-    int ok = 0;
-    pthread_mutex_lock(&r->mu);
-    for (size_t i = 0; i < CLAIMS_IN_FLIGHT_MAX && !ok; i++) {
-        if (!r->in_flight[i][0]) {
-            memcpy(r->in_flight[i], device_id, PHY_DEVICE_ID_LEN + 1);
-            ok = 1;
-        }
-    }
-    pthread_mutex_unlock(&r->mu);
-    return ok;
-}
-
-static void in_flight_remove(struct region_ctx *r, const char *device_id)
-{
-    pthread_mutex_lock(&r->mu);
-    for (size_t i = 0; i < CLAIMS_IN_FLIGHT_MAX; i++) {
-        if (strcmp(r->in_flight[i], device_id) == 0)
-            r->in_flight[i][0] = '\0';
-    }
-    pthread_mutex_unlock(&r->mu);
-}
-
-static int in_flight_has(struct region_ctx *r, const char *device_id)
-{
-    int found = 0;
-    pthread_mutex_lock(&r->mu);
-    for (size_t i = 0; i < CLAIMS_IN_FLIGHT_MAX; i++)
-        found |= strcmp(r->in_flight[i], device_id) == 0;
-    pthread_mutex_unlock(&r->mu);
-    return found;
-}
-
-/* The body of the issue call. Built by hand into a buffer that is cleansed: every
- * field was validated (no character needs escaping except in the tenant name,
- * which jansson encodes), so no unwiped copy of the secret is left on the heap. */
-static char *issue_body(struct hub *h, const struct region_claim *c, int64_t not_after)
-{
-    json_t *t = json_string(c->tenant);
-    char *tenant = t ? phy_json_dumps(t, JSON_ENCODE_ANY) : NULL;
-    json_decref(t);
-    if (!tenant)
-        return NULL;
-    size_t cap = 512 + strlen(tenant) + strlen(h->cfg.public_endpoint);
-    char *body = malloc(cap);
-    if (body)
-        snprintf(body, cap,
-                 "{\"%s\":\"%s\",\"device_id\":\"%s\",\"device_secret\":\"%s\",\"tenant\":%s,"
-                 "\"region\":\"%s\",\"endpoint\":\"%s\",\"not_after\":%lld,"
-                 "\"serial_claims\":\"%s\"}",
-                 c->serial ? "serial" : "code", c->serial ? c->serial : c->code, c->device_id,
-                 c->secret, tenant, h->cfg.region, h->cfg.public_endpoint, (long long)not_after,
-                 store_serial_claims_name(c->serial_claims));
-    free(tenant);
-    return body;
-}
-
-int region_claim(struct hub *h, const struct region_claim *c, struct store_device *dev,
-                 int *outcome, struct api_response *res)
-{
-    struct region_ctx *r = h->region;
-    struct phy_client_response ans = {0};
-    char err[200] = "", code[64] = "", serial[PHY_SERIAL_MAX + 1] = "";
-    int lost = 0, rc, result = 1;
-    int64_t now = hub_now_ms();
-    /* Every try of the call ends by the deadline (eu refuses the request after it);
-     * the cancel entry falls due only a whole budget later (clock skew margin). */
-    int64_t budget = (h->cfg.inter_region_timeout_s * 3000 + 1000) * h->cfg.inter_region_attempts;
-    int64_t deadline = now + budget;
-    struct store_claim_begin b = {
-        .tenant_id = c->tenant_id,
-        .user_id = c->user_id,
-        .code = c->code,
-        .device_id = c->device_id,
-        .secret_hash = c->secret_hash,
-        .name = c->name,
-        .tags_json = c->tags_json,
-        .serial = c->serial,
-        .now_ms = now,
-        .hold_ms = 2 * budget,
-    };
-    *outcome = STORE_OK;
-    if (!in_flight_add(r, c->device_id)) {
-        unavailable(h, res, "too many claims waiting for eu");
-        return 1;
-    }
-    if (h->store_ops->claim_begin(h->store, &b, outcome) < 0 || *outcome != STORE_OK) {
-        in_flight_remove(r, c->device_id);
-        api_store_failed(res);
-        return 1;
-    }
-    char *body = issue_body(h, c, deadline);
-    if (!body) {
-        h->store_ops->claim_abort(h->store, c->device_id);
-        in_flight_remove(r, c->device_id);
-        api_error(res, 500, "internal", "out of memory");
-        return 1;
-    }
-    rc = eu_call(h, "POST", "/internal/v1/issuances", body, deadline, &ans, &lost, err,
-                 sizeof err);
-    OPENSSL_cleanse(body, strlen(body));
-    free(body);
-
-    if (rc < 0 || ans.status >= 500) {
-        /* No answer. When nothing can have reached eu the claim is simply undone;
-         * otherwise the outbox cancels it at eu first (it stays hidden meanwhile). */
-        if (!lost)
-            h->store_ops->claim_abort(h->store, c->device_id);
-        phy_log(PHY_LOG_WARN, "claim_no_answer", "device_id=%s lost=%d err=\"%s\"",
-                c->device_id, lost, err);
-        unavailable(h, res, err);
-        goto out;
-    }
-    if (ans.status == 201) {
-        answer_field(&ans, "serial", serial, sizeof serial);
-        if (!phy_serial_valid(serial, strlen(serial)) ||
-            (c->serial && strcmp(serial, c->serial) != 0)) {
-            /* eu accepted but named no usable serial: leave it to the outbox. */
-            unavailable(h, res, "eu's answer names no valid serial");
-            goto out;
-        }
-        if (h->store_ops->claim_confirm(h->store, c->device_id, serial, dev, outcome) < 0) {
-            api_store_failed(res); /* the outbox completes or cancels it later */
-            goto out;
-        }
-        if (*outcome != STORE_OK) { /* the row is gone: cannot happen while in flight */
-            unavailable(h, res, "the claim's row disappeared");
-            goto out;
-        }
-        result = 0;
-        goto out;
-    }
-    /* eu refused: nothing was issued; undo the row and pass the refusal on. */
-    h->store_ops->claim_abort(h->store, c->device_id);
-    answer_field(&ans, "error", code, sizeof code);
-    if (ans.status == 404 && strcmp(code, "expired_code") == 0)
-        *outcome = STORE_EXPIRED_CODE;
-    else if (ans.status == 404 && strcmp(code, "unknown_serial") == 0)
-        *outcome = STORE_UNKNOWN_SERIAL;
-    else if (ans.status == 409 && strcmp(code, "serial_in_use") == 0)
-        *outcome = STORE_SERIAL_IN_USE;
-    else if (ans.status == 409 && strcmp(code, "already_claimed") == 0)
-        *outcome = STORE_ALREADY_CLAIMED;
-    else if (ans.status == 409 && strcmp(code, "code_required") == 0)
-        *outcome = STORE_CODE_REQUIRED;
-    else if (ans.status == 410 && strcmp(code, "request_expired") == 0) {
-        unavailable(h, res, "eu received the claim after its deadline");
-        goto out;
-    } else {
-        phy_log(PHY_LOG_ERROR, "claim_refused_by_eu", "status=%d error=%s", ans.status,
-                code[0] ? code : "-");
-        api_error(res, 502, "provisioning_refused",
-                  "the provisioning region refused this hub (check its inter-region key and "
-                  "region)");
-        goto out;
-    }
-    result = 0;
-out:
-    in_flight_remove(r, c->device_id);
-    phy_client_response_free(&ans);
-    return result;
-}
-
 /* ---- regional hub: the outbox ---- */
 
 static int64_t backoff_ms(int attempts)
@@ -913,14 +592,15 @@ static int outbox_send(struct hub *h, const struct store_outbox_item *it)
     default:
         return 1; /* unknown kind: drop it */
     }
-    if (eu_call(h, method, path, body, 0, &ans, &lost, err, sizeof err) < 0 || ans.status >= 500) {
+    if (eu_client_call(h, method, path, body, 0, &ans, &lost, err, sizeof err) < 0 ||
+        ans.status >= 500) {
         done = -1;
         goto out;
     }
     switch (it->kind) {
     case OUTBOX_CANCEL:
         if (ans.status == 409) { /* delivered: the device is real, complete the claim */
-            answer_field(&ans, "serial", serial, sizeof serial);
+            eu_client_answer_field(&ans, "serial", serial, sizeof serial);
             done = phy_serial_valid(serial, strlen(serial)) &&
                    h->store_ops->claim_confirm(h->store, it->device_id, serial, NULL, &outcome) == 0;
         } else if (ans.status == 204 || ans.status == 404) {
@@ -949,7 +629,7 @@ void region_outbox_drain(struct hub *h)
     struct store_outbox_item items[OUTBOX_BATCH];
     struct region_ctx *rc = h->region;
     size_t n = 0;
-    if (h->cfg.provisioning || !rc)
+    if (h->cfg.provisioning || !rc || !h->eu)
         return;
     /* One drain at a time (the sweep and the session kick both call this): an entry
      * must not be sent twice concurrently. */
@@ -961,7 +641,7 @@ void region_outbox_drain(struct hub *h)
     }
     for (size_t i = 0; i < n; i++) {
         /* A claim still waiting on its own call to eu decides for itself. */
-        if (items[i].kind == OUTBOX_CANCEL && in_flight_has(rc, items[i].device_id))
+        if (items[i].kind == OUTBOX_CANCEL && eu_client_claim_held(h->eu, items[i].device_id))
             continue;
         int r = outbox_send(h, &items[i]);
         if (r > 0) {

@@ -53,6 +53,7 @@
 #include "phy/crypto.h"
 #include "phy/err.h"
 #include "phy/log.h"
+#include "claim.h"
 #include "region.h"
 #include "seal.h"
 #include "store.h"
@@ -543,10 +544,10 @@ static int f_poll(struct store *s, const struct store_prov_params *p, const char
     case 2:
     case 3:
     case 4: { /* DELIVER: eu's own device, another region's, a body that does not open */
-        struct hub_seal_ctx sc = {
+        struct claim_seal_ctx sc = {
             s->h, ID, SECRET, "acme", k == 3 ? "us" : "eu", "portal-eu.phystack.com:443"};
         size_t len = 0;
-        unsigned char *sealed = hub_seal_issuance(&sc, "SN1", &len);
+        unsigned char *sealed = claim_seal_issuance(&sc, "SN1", &len);
         need(sealed != NULL);
         if (k == 4)
             sealed[len - 1] ^= 1;
