@@ -26,6 +26,7 @@
 #include "phy/log.h"
 #include "seal.h"
 #include "serials.h"
+#include "modes.h"
 #include "server.h"
 
 #define PASSWORD_MAX 1024
@@ -760,7 +761,7 @@ int main(int argc, char **argv)
     if (!getenv("UV_THREADPOOL_SIZE"))
         setenv("UV_THREADPOOL_SIZE", "16", 0);
     uv_loop_t *loop = uv_default_loop();
-    if (server_start(&g_hub, loop, &g_server, err, sizeof(err)) < 0) {
+    if (server_start(&g_hub, loop, hub_conn_modes, &g_server, err, sizeof(err)) < 0) {
         fprintf(stderr, "phyhub: %s\n", err);
         goto out_store;
     }

@@ -20,7 +20,6 @@
 #include <openssl/ssl.h>
 
 #include "api.h"
-#include "handlers.h"
 #include "router.h"
 #include "phy/err.h"
 #include "phy/http.h"
@@ -29,26 +28,67 @@
 #include "phy/protocol.h"
 #include "phy/proxyproto.h"
 
-enum work_kind { WORK_API, WORK_UPGRADE, WORK_EVENTS };
+#define SERVER_MAX_HEAD 8192
+#define SERVER_READ_CHUNK 16384
+#define SERVER_ACCEPT_BATCH 128
+#define SERVER_IDLE_BUCKETS 1024
+#define SERVER_MAX_MODES 8
+/* Past --max-connections this many more are accepted to be told 503; past those,
+ * new connections are closed at once. */
+#define SERVER_OVERFLOW(max) ((max) / 8 > 8 ? (max) / 8 : 8)
+
+struct server {
+    struct hub *hub;
+    uv_loop_t *loop;
+    SSL_CTX *ctx;
+    uv_poll_t listen_poll;
+    uv_timer_t pause_timer;
+    int listen_fd;
+    int stopping;
+    int listener_closed;
+    size_t nconns;
+    size_t ndevice; /* device sessions among nconns */
+    struct idle_src *idle[SERVER_IDLE_BUCKETS]; /* idle keep-alive conns per source */
+    uint64_t warned_ms;
+    struct conn *conns;
+    const struct conn_mode *modes[SERVER_MAX_MODES];
+    void *mode_state[SERVER_MAX_MODES];
+    size_t nmodes;
+    uint64_t rid_prefix;
+    uint64_t rid_seq;
+};
 
 struct work {
     uv_work_t req;
     struct conn *conn;
-    enum work_kind kind;
+    const struct conn_mode *mode; /* NULL: an API request */
+    void *mode_state;
+    void *mode_work; /* mode->work_size bytes */
     struct api_request areq;
     struct api_response ares;
     char *blob; /* owns every string of areq */
     size_t blob_len;
     char rid[24];
-    char ws_accept[32];                    /* WORK_UPGRADE */
-    char device_id[PHY_DEVICE_ID_LEN + 1]; /* WORK_UPGRADE: authenticated device */
-    int64_t tenant_id;                     /* WORK_UPGRADE, WORK_EVENTS */
-    int64_t gen;                           /* WORK_UPGRADE: session generation */
-    struct sse_auth *sse_auth;             /* WORK_EVENTS of a console session */
-    char stream_key[PHY_HASH_HEX_LEN + 1]; /* WORK_EVENTS: the caller's cookie or token hash */
-    uint64_t start_ns;                     /* uv_hrtime when the request was complete */
-    char peer_ip[64];                      /* areq.peer_ip */
+    uint64_t start_ns; /* uv_hrtime when the request was complete */
+    char peer_ip[64];  /* areq.peer_ip */
 };
+
+struct hub *conn_hub(const struct conn *c)
+{
+    return c->srv->hub;
+}
+
+uv_loop_t *conn_loop(const struct conn *c)
+{
+    return c->srv->loop;
+}
+
+void server_effect(struct server *s, const struct api_effect *e, const char *push_patch)
+{
+    for (size_t i = 0; i < s->nmodes; i++)
+        if (s->modes[i]->effect)
+            s->modes[i]->effect(s->mode_state[i], e, push_patch);
+}
 
 static void conn_drive(struct conn *c);
 
@@ -109,7 +149,9 @@ static void conn_free_buffers(struct conn *c)
 static void server_maybe_free(struct server *s)
 {
     if (s->stopping && s->listener_closed && s->nconns == 0) {
-        sessions_free(s);
+        for (size_t i = 0; i < s->nmodes; i++)
+            if (s->modes[i]->fini)
+                s->modes[i]->fini(s->mode_state[i]);
         SSL_CTX_free(s->ctx);
         free(s);
     }
@@ -123,7 +165,6 @@ static void on_conn_closed(uv_handle_t *h)
     SSL_free(c->ssl);
     close(c->fd);
     conn_free_buffers(c);
-    free(c->sse_auth);
     free(c);
 }
 
@@ -210,13 +251,13 @@ void conn_close(struct conn *c)
     }
     if (uv_is_closing((uv_handle_t *)&c->poll))
         return;
-    if (c->sess && session_detach(c))
-        return; /* session work in flight: it closes the conn when it returns */
-    if (c->state == CONN_SSE)
-        events_detach(c);
+    if (c->mode && c->mode->detach(c))
+        return; /* the mode's work in flight: it closes the conn when it returns */
+    c->mode = NULL;
+    c->mode_data = NULL;
     idle_give(c);
-    if (c->is_ws)
-        s->nws--;
+    if (c->device_slot)
+        s->ndevice--;
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -229,24 +270,12 @@ void conn_close(struct conn *c)
     server_maybe_free(s);
 }
 
-/* Sent with every answer of the hub (docs/protocol.md section 4): the console's
- * pages may load only their own scripts, styles and images, and no page may frame
- * them. */
-#define SECURITY_HEADERS                                                                           \
-    "Content-Security-Policy: default-src 'none'; script-src 'self'; style-src 'self'; "           \
-    "img-src 'self' data:; connect-src 'self'; font-src 'self'; base-uri 'none'; "                 \
-    "form-action 'self'; frame-ancestors 'none'; require-trusted-types-for 'script'; "             \
-    "trusted-types 'none'\r\n"                                                                     \
-    "Strict-Transport-Security: max-age=31536000\r\n"                                              \
-    "X-Content-Type-Options: nosniff\r\n"                                                          \
-    "Referrer-Policy: no-referrer\r\n"                                                             \
-    "X-Frame-Options: DENY\r\n"
 
 /* Queues a complete response (head + body) and starts writing it. */
 static void conn_respond_typed(struct conn *c, int status, const char *extra, const char *ctype,
                                const char *body, size_t body_len, int keep_alive)
 {
-    char head[2048], headers[API_MAX_EXTRA_HEADERS + sizeof(SECURITY_HEADERS) + 32];
+    char head[2048], headers[API_MAX_EXTRA_HEADERS + sizeof(CONN_SECURITY_HEADERS) + 32];
     /* API answers (JSON) name devices, twins and tokens: never cached. Static files
      * bring their own Cache-Control. */
     const char *nocache =
@@ -254,7 +283,7 @@ static void conn_respond_typed(struct conn *c, int status, const char *extra, co
             ? "Cache-Control: no-store\r\n"
             : "";
     int n = snprintf(headers, sizeof(headers), "%s%s%s", extra ? extra : "", nocache,
-                     SECURITY_HEADERS);
+                     CONN_SECURITY_HEADERS);
     if (n > 0 && (size_t)n < sizeof(headers))
         n = phy_http_write_response_head(head, sizeof(head), status,
                                          body ? (ctype ? ctype : "application/json") : NULL,
@@ -337,16 +366,18 @@ int conn_flush(struct conn *c)
     return 0;
 }
 
-/* Writes bytes that are a complete head on their own (event streams). */
-static void conn_respond_raw(struct conn *c, const char *data, size_t n)
+void conn_upgrade_raw(struct conn *c, const struct conn_mode *mode, void *data, const char *bytes,
+                      size_t n)
 {
+    c->mode = mode;
+    c->mode_data = data;
     conn_free_out(c);
     c->out = malloc(n);
     if (!c->out) {
         conn_close(c);
         return;
     }
-    memcpy(c->out, data, n);
+    memcpy(c->out, bytes, n);
     c->out_len = n;
     c->out_off = 0;
     c->keep_alive = 1;
@@ -361,8 +392,15 @@ static void conn_respond(struct conn *c, int status, const char *extra, const ch
     conn_respond_typed(c, status, extra, NULL, body, body_len, keep_alive);
 }
 
-/* Answers a request the server refuses before any handler sees it, then closes. */
-static void conn_refuse(struct conn *c, int status, const char *code, const char *msg)
+void conn_upgrade(struct conn *c, const struct conn_mode *mode, void *data, int status,
+                  const char *extra)
+{
+    c->mode = mode;
+    c->mode_data = data;
+    conn_respond(c, status, extra, NULL, 0, 1);
+}
+
+void conn_refuse(struct conn *c, int status, const char *code, const char *msg)
 {
     char body[256];
     int n = snprintf(body, sizeof(body), "{\"error\":\"%s\",\"message\":\"%s\"}", code, msg);
@@ -382,7 +420,7 @@ static int over_capacity(const struct conn *c, int device_session)
     size_t general = max - max * (size_t)s->hub->cfg.device_share / 100;
     if (c->over_capacity)
         return 1;
-    return !device_session && s->nconns - s->nws > general;
+    return !device_session && s->nconns - s->ndevice > general;
 }
 
 static void work_free_blob(struct work *w)
@@ -397,66 +435,32 @@ static void on_work(uv_work_t *req)
 {
     struct work *w = req->data;
     struct hub *h = w->conn->srv->hub;
-    switch (w->kind) {
-    case WORK_API: {
-        uint64_t t0 = uv_hrtime();
-        api_handle(h, &w->areq, &w->ares);
-        if (hub_route_class(w->areq.path) != ROUTE_STATIC) { /* static files use no store */
-            hub_metric_add(&h->metrics.store_ops, 1);
-            hub_metric_add(&h->metrics.store_us, (uv_hrtime() - t0) / 1000);
-        }
-        break;
+    if (w->mode) {
+        w->mode->authorize(h, &w->areq, &w->ares, w->mode_work);
+        return;
     }
-    case WORK_UPGRADE:
-        session_authorize(h, &w->areq, &w->ares, w->device_id, &w->tenant_id, &w->gen);
-        break;
-    case WORK_EVENTS: {
-        struct api_caller caller;
-        memset(&w->ares, 0, sizeof(w->ares));
-        if (api_auth(h, &w->areq, &w->ares, &caller) == 0) {
-            w->tenant_id = caller.tenant_id;
-            w->ares.status = 200;
-            if (caller.cookie)
-                memcpy(w->stream_key, caller.session_hash, sizeof(w->stream_key));
-            else if (!w->areq.authorization ||
-                     phy_sha256_hex(w->areq.authorization, strlen(w->areq.authorization),
-                                    w->stream_key) < 0)
-                w->ares.status = 503;
-            if (caller.cookie && (w->sse_auth = calloc(1, sizeof(*w->sse_auth)))) {
-                memcpy(w->sse_auth->session_hash, caller.session_hash,
-                       sizeof(w->sse_auth->session_hash));
-                w->sse_auth->deadline_ms = caller.session_deadline_ms;
-            } else if (caller.cookie) {
-                w->ares.status = 503; /* out of memory: no stream that outlives its session */
-            }
-        }
-        break;
-    }
+    uint64_t t0 = uv_hrtime();
+    api_handle(h, &w->areq, &w->ares);
+    if (hub_route_class(w->areq.path) != ROUTE_STATIC) { /* static files use no store */
+        hub_metric_add(&h->metrics.store_ops, 1);
+        hub_metric_add(&h->metrics.store_us, (uv_hrtime() - t0) / 1000);
     }
 }
 
-/* 1 with *why set when the caller or its tenant has as many event streams open as
- * it may. */
-static int events_full(struct server *s, const char *key, int64_t tenant_id, const char **why)
+static void work_free(struct work *w)
 {
-    size_t by_key, by_tenant;
-    events_count(s, key, tenant_id, &by_key, &by_tenant);
-    if (by_key >= EVENTS_PER_CALLER) {
-        *why = "this console session or API token already has its event streams open";
-        return 1;
-    }
-    if (by_tenant >= (size_t)s->hub->cfg.max_streams_per_tenant) {
-        *why = "this tenant already has its event streams open";
-        return 1;
-    }
-    return 0;
+    api_response_free(&w->ares);
+    work_free_blob(w);
+    if (w->mode_work)
+        OPENSSL_cleanse(w->mode_work, w->mode->work_size);
+    free(w->mode_work);
+    free(w);
 }
 
 static void on_work_done(uv_work_t *req, int status)
 {
     struct work *w = req->data;
     struct conn *c = w->conn;
-    const char *why = NULL;
     (void)status;
     c->state = CONN_READ;
     if (c->close_after_work || c->srv->stopping) {
@@ -470,57 +474,16 @@ static void on_work_done(uv_work_t *req, int status)
                 w->rid, c->peer, w->areq.method,
                 api_log_path(w->areq.path, lpath, sizeof(lpath)), w->ares.status,
                 (unsigned long long)dur, w->ares.log[0] ? " " : "", w->ares.log);
-        if (w->kind == WORK_UPGRADE && w->ares.status == 101) {
-            char extra[256];
-            snprintf(extra, sizeof(extra),
-                     "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n"
-                     "Sec-WebSocket-Protocol: " PHY_WS_SUBPROTOCOL "\r\n",
-                     w->ws_accept);
-            c->sess = session_new(w->device_id, w->tenant_id, w->gen);
-            if (c->sess) {
-                c->next_mode = CONN_NEXT_WS;
-                conn_respond(c, 101, extra, NULL, 0, 1);
-            } else {
-                session_abandon(s, w->device_id, w->gen);
-                conn_refuse(c, 503, "over_capacity", "out of memory");
-            }
-        } else if (w->kind == WORK_EVENTS && w->ares.status == 200 && w->sse_auth &&
-                   events_session_ended(s, w->sse_auth->session_hash)) {
-            conn_refuse(c, 401, "unauthorized", "the session has ended; log in again");
-        } else if (w->kind == WORK_EVENTS && w->ares.status == 200 &&
-                   events_full(s, w->stream_key, w->tenant_id, &why)) {
-            conn_refuse(c, 429, "too_many_streams", why);
-        } else if (w->kind == WORK_EVENTS && w->ares.status == 200) {
-            static const char head[] =
-                "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-                "Cache-Control: no-store\r\n" SECURITY_HEADERS "Connection: close\r\n\r\n"
-                ": phyhub events\n\n";
-            c->next_mode = CONN_NEXT_SSE;
-            c->tenant_id = w->tenant_id;
-            memcpy(c->stream_key, w->stream_key, sizeof(c->stream_key));
-            c->sse_auth = w->sse_auth;
-            w->sse_auth = NULL;
-            conn_respond_raw(c, head, sizeof(head) - 1);
-        } else {
+        if (!w->mode || !w->mode->answer(c, w->mode_state, &w->ares, w->mode_work)) {
             if (c->keep_alive && c->in_len == 0 && idle_full(c))
                 c->keep_alive = 0; /* its source keeps enough idle connections */
             conn_respond_typed(c, w->ares.status, w->ares.extra_headers, w->ares.content_type,
                                w->ares.body, w->ares.body_len, c->keep_alive);
-            for (size_t i = 0; i < w->ares.neffects; i++) {
-                const struct api_effect *e = &w->ares.effects[i];
-                if (e->kind == API_EFFECT_EVENT)
-                    events_publish(s, e->tenant_id, e->event_type, e->event_json);
-                else if (e->kind == API_EFFECT_END_STREAMS)
-                    events_end_session(s, e->session_hash);
-                else
-                    session_effect(s, e, w->ares.push_patch);
-            }
+            for (size_t i = 0; i < w->ares.neffects; i++)
+                server_effect(s, &w->ares.effects[i], w->ares.push_patch);
         }
     }
-    api_response_free(&w->ares);
-    work_free_blob(w);
-    free(w->sse_auth); /* NULL once the stream took it */
-    free(w);
+    work_free(w);
 }
 
 /* Copies the fields handlers need into one allocation owned by the work item. */
@@ -672,30 +635,34 @@ static int conn_try_request(struct conn *c)
         conn_refuse(c, 500, "internal", "out of memory");
         return 1;
     }
-    w->kind = WORK_API;
     c->head_only = phy_str_eq(rq.method, "HEAD");
-    if (phy_str_eq(rq.target, PHY_HUB_PATH) || phy_str_eq(rq.target, "/api/v1/events")) {
-        if (!phy_str_eq(rq.method, "GET")) {
-            work_free_blob(w);
-            free(w);
-            conn_refuse(c, 405, "method_not_allowed", "use GET");
-            return 1;
+    for (size_t i = 0; i < s->nmodes && !w->mode; i++) {
+        if (phy_str_eq(rq.target, s->modes[i]->path)) {
+            w->mode = s->modes[i];
+            w->mode_state = s->mode_state[i];
         }
-        w->kind = rq.target.p[1] == 'v' ? WORK_UPGRADE : WORK_EVENTS;
     }
-    if (over_capacity(c, w->kind == WORK_UPGRADE)) {
-        work_free_blob(w);
-        free(w);
+    if (w->mode && !phy_str_eq(rq.method, "GET")) {
+        work_free(w);
+        conn_refuse(c, 405, "method_not_allowed", "use GET");
+        return 1;
+    }
+    if (over_capacity(c, w->mode && w->mode->device_session)) {
+        work_free(w);
         conn_refuse(c, 503, "over_capacity", "the hub is at its connection limit; retry later");
         return 1;
     }
-    if (w->kind == WORK_UPGRADE) {
-        const char *msg = NULL;
-        int st = session_check_upgrade(&rq, w->ws_accept, &msg);
+    if (w->mode && w->mode->work_size && !(w->mode_work = calloc(1, w->mode->work_size))) {
+        work_free(w);
+        conn_refuse(c, 500, "internal", "out of memory");
+        return 1;
+    }
+    if (w->mode && w->mode->check) {
+        const char *code = NULL, *msg = NULL;
+        int st = w->mode->check(&rq, w->mode_work, &code, &msg);
         if (st != 0) {
-            work_free_blob(w);
-            free(w);
-            conn_refuse(c, st, st == 426 ? "upgrade_required" : "bad_request", msg);
+            work_free(w);
+            conn_refuse(c, st, code, msg);
             return 1;
         }
     }
@@ -897,11 +864,8 @@ static void conn_drive(struct conn *c)
         case CONN_WORKING:
             conn_want(c, 0);
             return;
-        case CONN_WS:
-            session_drive(c);
-            return;
-        case CONN_SSE:
-            events_drive(c);
+        case CONN_MODE:
+            c->mode->drive(c);
             return;
         case CONN_WRITING: {
             int ev = 0, r = conn_write_out(c, &ev);
@@ -912,17 +876,14 @@ static void conn_drive(struct conn *c)
             }
             conn_free_out(c);
             c->served = 1;
-            if (c->next_mode != CONN_NEXT_HTTP && !c->srv->stopping) {
+            if (c->mode && !c->srv->stopping) {
                 conn_deadline(c, 0);
-                if (c->next_mode == CONN_NEXT_WS) {
-                    c->state = CONN_WS;
-                    c->is_ws = 1;
-                    c->srv->nws++;
-                    session_begin(c);
-                } else {
-                    c->state = CONN_SSE;
-                    events_begin(c);
+                c->state = CONN_MODE;
+                if (c->mode->device_session) {
+                    c->device_slot = 1;
+                    c->srv->ndevice++;
                 }
+                c->mode->begin(c);
                 return;
             }
             if (!c->keep_alive || c->srv->stopping) {
@@ -960,12 +921,8 @@ static void on_conn_poll(uv_poll_t *h, int status, int events)
 static void on_conn_timer(uv_timer_t *t)
 {
     struct conn *c = t->data;
-    if (c->state == CONN_WS) {
-        session_timer(c);
-        return;
-    }
-    if (c->state == CONN_SSE) {
-        events_timer(c);
+    if (c->state == CONN_MODE) {
+        c->mode->timer(c);
         return;
     }
     if (c->state == CONN_READ && c->in_len > 0) {
@@ -1155,7 +1112,8 @@ fail:
     return NULL;
 }
 
-int server_start(struct hub *h, uv_loop_t *loop, struct server **out, char *err, size_t errcap)
+int server_start(struct hub *h, uv_loop_t *loop, const struct conn_mode *const *modes,
+                 struct server **out, char *err, size_t errcap)
 {
     struct server *s = calloc(1, sizeof(*s));
     if (!s)
@@ -1176,12 +1134,21 @@ int server_start(struct hub *h, uv_loop_t *loop, struct server **out, char *err,
     uv_timer_init(loop, &s->pause_timer);
     s->listen_poll.data = s;
     s->pause_timer.data = s;
-    if (sessions_new(s) < 0)
-        goto fail_poll;
+    for (; modes && modes[s->nmodes]; s->nmodes++) {
+        const struct conn_mode *m = modes[s->nmodes];
+        if (s->nmodes == SERVER_MAX_MODES || (m->init && m->init(s, h, loop, &s->mode_state[s->nmodes]) < 0)) {
+            snprintf(err, errcap, "cannot start connection mode %s", m->name);
+            goto fail_modes;
+        }
+        s->modes[s->nmodes] = m;
+    }
     uv_poll_start(&s->listen_poll, UV_READABLE, on_listen_poll);
     *out = s;
     return 0;
-fail_poll:
+fail_modes:
+    for (size_t i = 0; i < s->nmodes; i++)
+        if (s->modes[i]->fini)
+            s->modes[i]->fini(s->mode_state[i]);
     uv_close((uv_handle_t *)&s->listen_poll, NULL);
     uv_close((uv_handle_t *)&s->pause_timer, NULL);
     uv_run(loop, UV_RUN_NOWAIT);
@@ -1210,7 +1177,9 @@ void server_stop(struct server *s)
     if (!s || s->stopping)
         return;
     s->stopping = 1;
-    sessions_shutdown(s);
+    for (size_t i = 0; i < s->nmodes; i++)
+        if (s->modes[i]->shutdown)
+            s->modes[i]->shutdown(s->mode_state[i]);
     struct conn *c = s->conns;
     while (c) {
         struct conn *next = c->next;

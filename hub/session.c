@@ -12,8 +12,8 @@
 #include <wslay/wslay.h>
 
 #include "conn.h"
+#include "modes.h"
 #include "dispatch.h"
-#include "handlers.h"
 #include "phy/json.h"
 #include "phy/protocol.h"
 #include "phy/text.h"
@@ -39,6 +39,7 @@ struct pending_msg {
 
 struct session {
     struct conn *conn;
+    struct sessions *reg;  /* the registry of the server it belongs to */
     struct session *hnext; /* registry chain */
     wslay_event_context_ptr ws;
     struct pending_msg *q_head, *q_tail;
@@ -65,7 +66,11 @@ struct session {
     char device_id[PHY_DEVICE_ID_LEN + 1];
 };
 
+/* The mode's state for one server: the registry of live sessions by device ID. */
 struct sessions {
+    struct hub *hub;
+    uv_loop_t *loop;
+    struct server *srv;
     struct session **buckets;
     size_t nbuckets; /* power of two */
     size_t count;
@@ -103,33 +108,29 @@ static size_t id_hash(const char *id)
     return h;
 }
 
-int sessions_new(struct server *s)
+static int sessions_init(struct server *s, struct hub *h, uv_loop_t *loop, void **state)
 {
     struct sessions *r = calloc(1, sizeof(*r));
     if (!r)
         return PHY_ENOMEM;
+    r->hub = h;
+    r->loop = loop;
+    r->srv = s;
     r->nbuckets = 1024;
     r->buckets = calloc(r->nbuckets, sizeof(*r->buckets));
     if (!r->buckets) {
         free(r);
         return PHY_ENOMEM;
     }
-    s->sessions = r;
+    *state = r;
     return 0;
 }
 
-void sessions_free(struct server *s)
+static void sessions_fini(void *state)
 {
-    if (!s->sessions)
-        return;
-    free(s->sessions->buckets);
-    free(s->sessions);
-    s->sessions = NULL;
-}
-
-size_t sessions_count(const struct server *s)
-{
-    return s->sessions ? s->sessions->count : 0;
+    struct sessions *r = state;
+    free(r->buckets);
+    free(r);
 }
 
 static struct session *registry_find(struct sessions *r, const char *id)
@@ -204,8 +205,22 @@ static int token_list_has(const struct phy_str *v, const char *token)
     return 0;
 }
 
-int session_check_upgrade(const struct phy_http_request *rq, char accept[32], const char **msg)
+/* What an upgrade request carries from its check to its answer. */
+struct upgrade_work {
+    char accept[32];                       /* Sec-WebSocket-Accept */
+    char device_id[PHY_DEVICE_ID_LEN + 1]; /* authenticated device */
+    int64_t tenant_id;
+    int64_t gen; /* store session generation */
+};
+
+/* Validates a WebSocket upgrade request for /v1/hub (RFC 6455 section 4.2.1) and
+ * computes its Sec-WebSocket-Accept value. */
+static int session_check(const struct phy_http_request *rq, void *work, const char **code,
+                         const char **msg)
 {
+    struct upgrade_work *uw = work;
+    char *accept = uw->accept;
+    int st = 0;
     const struct phy_http_header *h = rq->headers;
     size_t n = rq->num_headers;
     const struct phy_str *up = phy_http_find_header(h, n, "Upgrade");
@@ -217,28 +232,36 @@ int session_check_upgrade(const struct phy_http_request *rq, char accept[32], co
 
     if (!rq->upgrade || !up || !token_list_has(up, "websocket")) {
         *msg = "this endpoint needs a WebSocket upgrade";
-        return 426;
+        st = 426;
+        goto refuse;
     }
     if (!ver || !phy_str_eq(*ver, "13")) {
         *msg = "Sec-WebSocket-Version must be 13";
-        return 426;
+        st = 426;
+        goto refuse;
     }
     if (!key || key->len != 24 || phy_base64_decode(key->p, key->len, raw, sizeof(raw), 0) != 16) {
         *msg = "Sec-WebSocket-Key must be 16 bytes in base64";
-        return 400;
+        st = 400;
+        goto refuse;
     }
     if (!proto || !token_list_has(proto, PHY_WS_SUBPROTOCOL)) {
         *msg = "Sec-WebSocket-Protocol must offer " PHY_WS_SUBPROTOCOL;
-        return 400;
+        st = 400;
+        goto refuse;
     }
     memcpy(buf, key->p, 24);
     memcpy(buf + 24, WS_GUID, 36);
     if (EVP_Digest(buf, 60, digest, NULL, EVP_sha1(), NULL) != 1 ||
         phy_base64_encode(digest, sizeof(digest), accept, 32, 0) != 28) {
         *msg = "internal error";
-        return 400;
+        st = 400;
+        goto refuse;
     }
     return 0;
+refuse:
+    *code = st == 426 ? "upgrade_required" : "bad_request";
+    return st;
 }
 
 static void auth_refused(struct api_response *res, const char *message)
@@ -248,9 +271,14 @@ static void auth_refused(struct api_response *res, const char *message)
              "WWW-Authenticate: Basic realm=\"phystack\"\r\n");
 }
 
-void session_authorize(struct hub *h, const struct api_request *req, struct api_response *res,
-                       char device_id[PHY_DEVICE_ID_LEN + 1], int64_t *tenant_id, int64_t *gen)
+/* Worker side of the upgrade: authenticates the device (Basic credentials) and opens
+ * the session in the store. Fills res: 101, or 401/503. */
+static void session_authorize(struct hub *h, const struct api_request *req,
+                              struct api_response *res, void *work)
 {
+    struct upgrade_work *uw = work;
+    char *device_id = uw->device_id;
+    int64_t *tenant_id = &uw->tenant_id, *gen = &uw->gen;
     static const char basic[] = "Basic ";
     unsigned char decoded[128];
     char hash[PHY_HASH_HEX_LEN + 1];
@@ -320,24 +348,28 @@ static void on_presence_done(uv_work_t *req, int status)
     free(req->data);
 }
 
-static void presence_offline(struct server *s, const char *device_id, int64_t gen,
+static void presence_offline(struct sessions *r, const char *device_id, int64_t gen,
                              int64_t last_seen)
 {
     struct presence_job *j = calloc(1, sizeof(*j));
     if (!j)
         return;
     j->req.data = j;
-    j->hub = s->hub;
+    j->hub = r->hub;
     j->now_ms = hub_now_ms();
     j->last_seen_ms = last_seen;
     j->gen = gen;
     snprintf(j->device_id, sizeof(j->device_id), "%s", device_id);
-    uv_queue_work(s->loop, &j->req, on_presence_work, on_presence_done);
+    uv_queue_work(r->loop, &j->req, on_presence_work, on_presence_done);
 }
 
-void session_abandon(struct server *s, const char *device_id, int64_t gen)
+/* Tells the console's event streams (and any other mode) about the device. */
+static void session_event(struct session *ss, const char *type, char *json)
 {
-    presence_offline(s, device_id, gen, hub_now_ms());
+    struct api_effect e = {.kind = API_EFFECT_EVENT, .tenant_id = ss->tenant_id,
+                           .event_type = type, .event_json = json};
+    snprintf(e.device_id, sizeof(e.device_id), "%s", ss->device_id);
+    server_effect(ss->reg->srv, &e, NULL);
 }
 
 /* ---------- wslay glue ---------- */
@@ -348,8 +380,8 @@ static void session_close_with(struct session *ss, uint16_t code, const char *re
  * message rate (and burst), so that a ping flood is cut, not answered. */
 static int frame_allow(struct session *ss)
 {
-    double rate = (double)ss->conn->srv->hub->cfg.device_msg_rate * PHY_FRAME_RATE_FACTOR;
-    uint64_t now = uv_now(ss->conn->srv->loop);
+    double rate = (double)ss->reg->hub->cfg.device_msg_rate * PHY_FRAME_RATE_FACTOR;
+    uint64_t now = uv_now(ss->reg->loop);
     ss->frame_tokens += (double)(now - ss->frames_at) * rate / 1000.0;
     if (ss->frame_tokens > rate)
         ss->frame_tokens = rate;
@@ -440,11 +472,11 @@ static ssize_t ws_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, in
             wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
             return -1;
         }
-        char tmp[SERVER_READ_CHUNK];
+        char tmp[TLS_RECORD_MAX];
         ERR_clear_error();
         int n = SSL_read(c->ssl, tmp, sizeof(tmp));
         if (n > 0) {
-            ss->last_rx = uv_now(c->srv->loop);
+            ss->last_rx = uv_now(ss->reg->loop);
             if (conn_buf_append(&c->in, &c->in_len, &c->in_cap, tmp, (size_t)n, SIZE_MAX) < 0) {
                 wslay_event_set_error(ctx, WSLAY_ERR_NOMEM);
                 return -1;
@@ -557,7 +589,7 @@ static void session_send(struct session *ss, const char *text)
     if (ss->closing || session_ws(ss) < 0)
         return;
     if (wslay_event_queue_msg(ss->ws, &m) == 0)
-        hub_metric_add(&ss->conn->srv->hub->metrics.ws_msgs_out, 1);
+        hub_metric_add(&ss->reg->hub->metrics.ws_msgs_out, 1);
 }
 
 /* wslay sends control frames before queued data, so a close waits until the data
@@ -727,7 +759,7 @@ static void on_sess_work_done(uv_work_t *req, int status)
         if (w->action.kind == DISPATCH_TWIN_GET && w->twin_version > ss->desired_sent)
             ss->desired_sent = w->twin_version;
         if (w->event_type && w->event_json)
-            events_publish(ss->conn->srv, ss->tenant_id, w->event_type, w->event_json);
+            session_event(ss, w->event_type, w->event_json);
         session_kick(ss);
         session_push(ss->conn);
     }
@@ -754,20 +786,20 @@ static void session_kick(struct session *ss)
     }
     w->req.data = w;
     w->ss = ss;
-    w->hub = ss->conn->srv->hub;
+    w->hub = ss->reg->hub;
     w->action = m->action;
     w->verify = m->verify;
     w->tries = m->tries;
     free(m);
     ss->inflight = 1;
-    uv_queue_work(ss->conn->srv->loop, &w->req, on_sess_work, on_sess_work_done);
+    uv_queue_work(ss->reg->loop, &w->req, on_sess_work, on_sess_work_done);
 }
 
 /* Token bucket of cfg.device_msg_rate messages per second (burst of the same size). */
 static int rate_allow(struct session *ss)
 {
-    const struct hub_config *cfg = &ss->conn->srv->hub->cfg;
-    uint64_t now = uv_now(ss->conn->srv->loop);
+    const struct hub_config *cfg = &ss->reg->hub->cfg;
+    uint64_t now = uv_now(ss->reg->loop);
     double rate = (double)cfg->device_msg_rate;
     ss->tokens += (double)(now - ss->tokens_at) * rate / 1000.0;
     if (ss->tokens > rate)
@@ -781,7 +813,7 @@ static int rate_allow(struct session *ss)
 
 static void session_on_text(struct session *ss, const uint8_t *msg, size_t len)
 {
-    struct hub *h = ss->conn->srv->hub;
+    struct hub *h = ss->reg->hub;
     hub_metric_add(&h->metrics.ws_msgs_in, 1);
     if (!phy_utf8_valid(msg, len)) {
         session_close_with(ss, PHY_CLOSE_BAD_DATA, "invalid UTF-8");
@@ -849,7 +881,7 @@ static void ws_on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_m
 
 /* ---------- life cycle ---------- */
 
-struct session *session_new(const char *device_id, int64_t tenant_id, int64_t gen)
+static struct session *session_new(const char *device_id, int64_t tenant_id, int64_t gen)
 {
     struct session *ss = calloc(1, sizeof(*ss));
     if (!ss)
@@ -862,43 +894,45 @@ struct session *session_new(const char *device_id, int64_t tenant_id, int64_t ge
 
 static void session_arm_timer(struct session *ss)
 {
-    const struct hub_config *cfg = &ss->conn->srv->hub->cfg;
-    uint64_t now = uv_now(ss->conn->srv->loop);
+    const struct hub_config *cfg = &ss->reg->hub->cfg;
+    uint64_t now = uv_now(ss->reg->loop);
     uint64_t next_ping = ss->last_ping + (uint64_t)cfg->ping_interval_s * 1000;
     uint64_t dead = ss->last_rx + (uint64_t)cfg->ping_timeout_s * 1000;
     uint64_t at = next_ping < dead ? next_ping : dead;
     conn_deadline_ms(ss->conn, at > now + 10 ? at - now : 10);
 }
 
-void session_begin(struct conn *c)
+static void session_drive(struct conn *c);
+
+static void session_begin(struct conn *c)
 {
-    struct session *ss = c->sess;
-    struct server *s = c->srv;
+    struct session *ss = c->mode_data;
+    struct sessions *r = ss->reg;
     ss->conn = c;
-    struct session *old = registry_find(s->sessions, ss->device_id);
+    struct session *old = registry_find(r, ss->device_id);
     if (old) {
-        registry_remove(s->sessions, old);
+        registry_remove(r, old);
         old->replaced = 1;
         phy_log(PHY_LOG_INFO, "session_replaced", "device_id=%s peer=%s", ss->device_id,
                 old->conn->peer);
         session_close_with(old, PHY_CLOSE_REPLACED, "replaced by a newer session");
         session_drive(old->conn);
     }
-    registry_add(s->sessions, ss);
+    registry_add(r, ss);
     ss->begun = 1;
-    uint64_t now = uv_now(s->loop);
+    uint64_t now = uv_now(r->loop);
     ss->last_rx = ss->last_ping = ss->tokens_at = now;
-    ss->tokens = (double)s->hub->cfg.device_msg_rate;
+    ss->tokens = (double)r->hub->cfg.device_msg_rate;
     ss->frames_at = now;
-    ss->frame_tokens = (double)s->hub->cfg.device_msg_rate * PHY_FRAME_RATE_FACTOR;
+    ss->frame_tokens = (double)r->hub->cfg.device_msg_rate * PHY_FRAME_RATE_FACTOR;
     ss->last_seen_wall = hub_now_ms();
-    hub_metric_set(&s->hub->metrics.sessions, s->sessions->count);
+    hub_metric_set(&r->hub->metrics.sessions, r->count);
     phy_log(PHY_LOG_INFO, "session_open", "device_id=%s peer=%s", ss->device_id, c->peer);
-    if (s->hub->outbox_kick) /* a first session must reach eu's outbox soon */
-        s->hub->outbox_kick(s->hub);
+    if (r->hub->outbox_kick) /* a first session must reach eu's outbox soon */
+        r->hub->outbox_kick(r->hub);
     char ev[96];
     snprintf(ev, sizeof(ev), "{\"device_id\":\"%s\"}", ss->device_id);
-    events_publish(s, ss->tenant_id, "online", ev);
+    session_event(ss, "online", ev);
     /* Re-check the device now that the session is registered: a revoke committed
      * between the upgrade's store check and this point could not close it. */
     struct pending_msg *verify = calloc(1, sizeof(*verify));
@@ -920,7 +954,7 @@ void session_begin(struct conn *c)
  * first reads and handles what the device sent. */
 static void session_run(struct conn *c, int read)
 {
-    struct session *ss = c->sess;
+    struct session *ss = c->mode_data;
     int blocked = 0;
     if (!ss)
         return;
@@ -933,7 +967,7 @@ static void session_run(struct conn *c, int read)
         conn_close(c);
         return;
     }
-    if (!c->sess) /* closed from a callback */
+    if (!c->mode_data) /* closed from a callback */
         return;
     for (int round = 0; ss->ws && round < 64; round++) {
         if (wslay_event_want_write(ss->ws) && wslay_event_send(ss->ws) != 0) {
@@ -964,7 +998,7 @@ static void session_run(struct conn *c, int read)
     conn_want(c, (r ? UV_READABLE : 0) | (w || ss->read_wants_write ? UV_WRITABLE : 0));
 }
 
-void session_drive(struct conn *c)
+static void session_drive(struct conn *c)
 {
     session_run(c, 1);
 }
@@ -975,13 +1009,13 @@ static void session_push(struct conn *c)
     session_run(c, 0);
 }
 
-void session_timer(struct conn *c)
+static void session_timer(struct conn *c)
 {
-    struct session *ss = c->sess;
+    struct session *ss = c->mode_data;
     if (!ss)
         return;
-    const struct hub_config *cfg = &c->srv->hub->cfg;
-    uint64_t now = uv_now(c->srv->loop);
+    const struct hub_config *cfg = &ss->reg->hub->cfg;
+    uint64_t now = uv_now(ss->reg->loop);
     if (ss->closing) {
         conn_close(c);
         return;
@@ -1002,10 +1036,12 @@ void session_timer(struct conn *c)
     session_drive(c);
 }
 
-int session_detach(struct conn *c)
+static int session_detach(struct conn *c)
 {
-    struct session *ss = c->sess;
-    struct server *s = c->srv;
+    struct session *ss = c->mode_data;
+    if (!ss)
+        return 0;
+    struct sessions *r = ss->reg;
     if (ss->inflight) {
         ss->detach_pending = 1; /* the work's completion closes the conn again */
         conn_want(c, 0);
@@ -1013,20 +1049,20 @@ int session_detach(struct conn *c)
         return 1;
     }
     if (ss->registered)
-        registry_remove(s->sessions, ss);
-    struct session *live = ss->begun ? NULL : registry_find(s->sessions, ss->device_id);
+        registry_remove(r, ss);
+    struct session *live = ss->begun ? NULL : registry_find(r, ss->device_id);
     if (live) {
         /* An upgrade that failed before it began, while another session of the device
          * is live: the store's generation is now ours, so the live one adopts it. */
         if (ss->gen > live->gen)
             live->gen = ss->gen;
     } else if (!ss->replaced) {
-        presence_offline(s, ss->device_id, ss->gen,
+        presence_offline(r, ss->device_id, ss->gen,
                          ss->last_seen_wall ? ss->last_seen_wall : hub_now_ms());
         if (ss->begun) { /* an upgrade that failed before the session began was never online */
             char ev[96];
             snprintf(ev, sizeof(ev), "{\"device_id\":\"%s\"}", ss->device_id);
-            events_publish(s, ss->tenant_id, "offline", ev);
+            session_event(ss, "offline", ev);
         }
     }
     if (ss->begun)
@@ -1042,14 +1078,19 @@ int session_detach(struct conn *c)
         wslay_event_context_free(ss->ws);
     free(ss->wbuf);
     free(ss);
-    c->sess = NULL;
-    hub_metric_set(&s->hub->metrics.sessions, s->sessions ? s->sessions->count : 0);
+    c->mode_data = NULL;
+    hub_metric_set(&r->hub->metrics.sessions, r->count);
     return 0;
 }
 
-void session_effect(struct server *s, const struct api_effect *e, const char *push_patch)
+/* A handler's effect: push a desired patch, close a revoked or deleted device's
+ * session. */
+static void session_effect(void *state, const struct api_effect *e, const char *push_patch)
 {
-    struct session *ss = registry_find(s->sessions, e->device_id);
+    struct sessions *r = state;
+    if (e->kind != API_EFFECT_PUSH_DESIRED && e->kind != API_EFFECT_CLOSE_SESSION)
+        return;
+    struct session *ss = registry_find(r, e->device_id);
     if (!ss || !ss->begun || ss->closing)
         return;
     if (e->kind == API_EFFECT_CLOSE_SESSION) {
@@ -1086,7 +1127,7 @@ void session_effect(struct server *s, const struct api_effect *e, const char *pu
         ss->wbuf = f;
         ss->wlen = hl + n;
         ss->woff = 0;
-        hub_metric_add(&s->hub->metrics.ws_msgs_out, 1);
+        hub_metric_add(&r->hub->metrics.ws_msgs_out, 1);
     } else {
         char *t = malloc(cap);
         if (!t)
@@ -1100,11 +1141,10 @@ void session_effect(struct server *s, const struct api_effect *e, const char *pu
     session_push(ss->conn);
 }
 
-void sessions_shutdown(struct server *s)
+/* The hub stops: every session is closed with 1001. */
+static void sessions_shutdown(void *state)
 {
-    struct sessions *r = s->sessions;
-    if (!r)
-        return;
+    struct sessions *r = state;
     for (size_t i = 0; i < r->nbuckets; i++) {
         for (struct session *ss = r->buckets[i]; ss; ss = ss->hnext) {
             if (ss->closing || session_ws(ss) < 0)
@@ -1117,3 +1157,45 @@ void sessions_shutdown(struct server *s)
         }
     }
 }
+
+/* Loop: a device the store accepted gets its session; the 101 answer goes out and
+ * session_begin runs once it is written. */
+static int session_answer(struct conn *c, void *state, const struct api_response *res, void *work)
+{
+    struct sessions *r = state;
+    const struct upgrade_work *uw = work;
+    char extra[256];
+    if (res->status != 101)
+        return 0;
+    struct session *ss = session_new(uw->device_id, uw->tenant_id, uw->gen);
+    if (!ss) {
+        presence_offline(r, uw->device_id, uw->gen, hub_now_ms()); /* never started */
+        conn_refuse(c, 503, "over_capacity", "out of memory");
+        return 1;
+    }
+    ss->reg = r;
+    snprintf(extra, sizeof(extra),
+             "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n"
+             "Sec-WebSocket-Protocol: " PHY_WS_SUBPROTOCOL "\r\n",
+             uw->accept);
+    conn_upgrade(c, &session_mode, ss, 101, extra);
+    return 1;
+}
+
+const struct conn_mode session_mode = {
+    .name = "session",
+    .path = PHY_HUB_PATH,
+    .device_session = 1,
+    .work_size = sizeof(struct upgrade_work),
+    .init = sessions_init,
+    .shutdown = sessions_shutdown,
+    .fini = sessions_fini,
+    .check = session_check,
+    .authorize = session_authorize,
+    .answer = session_answer,
+    .begin = session_begin,
+    .drive = session_drive,
+    .timer = session_timer,
+    .detach = session_detach,
+    .effect = session_effect,
+};

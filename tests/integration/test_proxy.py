@@ -821,9 +821,12 @@ def test_out_of_descriptors_is_logged_and_clients_wait():
     waiting = []
     try:
         c.wait_port(port)
-        open_fds = len(os.listdir("/proc/%d/fd" % c.pid))
+        # The lowest free descriptor number: a limit at it leaves no number free
+        # (counting the open ones would leave a hole below the highest usable).
+        used = {int(fd) for fd in os.listdir("/proc/%d/fd" % c.pid)}
+        lowest_free = min(set(range(len(used) + 1)) - used)
         hard = resource.prlimit(c.pid, resource.RLIMIT_NOFILE)[1]
-        resource.prlimit(c.pid, resource.RLIMIT_NOFILE, (open_fds, hard))
+        resource.prlimit(c.pid, resource.RLIMIT_NOFILE, (lowest_free, hard))
         t0 = time.monotonic()
         for _ in range(5):
             s = connect_from("127.0.0.1", port)

@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "conn.h"
+#include "events.h"
 
 static void hash_of(unsigned i, char out[PHY_HASH_HEX_LEN + 1])
 {
@@ -20,7 +20,7 @@ static void hash_of(unsigned i, char out[PHY_HASH_HEX_LEN + 1])
 static void test_logout_is_remembered(void **state)
 {
     (void)state;
-    struct server *s = calloc(1, sizeof(*s));
+    struct events *s = calloc(1, sizeof(*s));
     char a[PHY_HASH_HEX_LEN + 1], b[PHY_HASH_HEX_LEN + 1];
     assert_non_null(s);
     hash_of(1, a);
@@ -39,7 +39,7 @@ static void test_logout_is_remembered(void **state)
 static void test_ring_keeps_the_latest(void **state)
 {
     (void)state;
-    struct server *s = calloc(1, sizeof(*s));
+    struct events *s = calloc(1, sizeof(*s));
     char h[PHY_HASH_HEX_LEN + 1];
     assert_non_null(s);
     for (unsigned i = 1; i <= EVENTS_ENDED + 10; i++) {
@@ -60,8 +60,8 @@ static void test_ring_keeps_the_latest(void **state)
 static void test_streams_counted_per_caller_and_tenant(void **state)
 {
     (void)state;
-    struct server *s = calloc(1, sizeof(*s));
-    struct conn c[4];
+    struct events *s = calloc(1, sizeof(*s));
+    struct stream c[4];
     char a[PHY_HASH_HEX_LEN + 1], b[PHY_HASH_HEX_LEN + 1];
     size_t by_key, by_tenant;
     assert_non_null(s);
@@ -69,10 +69,10 @@ static void test_streams_counted_per_caller_and_tenant(void **state)
     hash_of(1, a);
     hash_of(2, b);
     for (int i = 0; i < 4; i++) { /* a: 2 streams of tenant 7, b: one of 7, one of 8 */
-        memcpy(c[i].stream_key, i < 2 ? a : b, sizeof(a));
-        c[i].tenant_id = i < 3 ? 7 : 8;
-        c[i].sub_next = s->subscribers;
-        s->subscribers = &c[i];
+        memcpy(c[i].auth.key, i < 2 ? a : b, sizeof(a));
+        c[i].auth.tenant_id = i < 3 ? 7 : 8;
+        c[i].next = s->streams;
+        s->streams = &c[i];
     }
     events_count(s, a, 7, &by_key, &by_tenant);
     assert_int_equal(by_key, 2);
