@@ -133,6 +133,51 @@ def test_binary_and_close_codes():
     expect_close(ws, 1000)
 
 
+def test_close_codes_and_reasons():
+    """7.4 and 5.5.1 (Autobahn category 7): a close with a code a peer may send is
+    answered with that code; codes no peer may send (reserved, unassigned, out of
+    range: 7.4.1, 7.4.2) fail the connection with 1002; a reason that is not UTF-8
+    fails it with 1007 (8.1); data after a close is not handled."""
+    for code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 3999, 4000, 4999):
+        ws = session()
+        ws.s.sendall(header(0x80 | OP_CLOSE, 2) + masked(struct.pack("!H", code)))
+        expect_close(ws, code)
+    for code in (0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535):
+        case(header(0x80 | OP_CLOSE, 2) + masked(struct.pack("!H", code)), 1002)
+    reason = "\u00e9" * 61  # 122 bytes + 2 for the code: the largest control payload
+    ws = session()
+    body = struct.pack("!H", 1000) + reason.encode()
+    ws.s.sendall(header(0x80 | OP_CLOSE, len(body)) + masked(body))
+    expect_close(ws, 1000)
+    body = struct.pack("!H", 1000) + b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80"
+    case(header(0x80 | OP_CLOSE, len(body)) + masked(body), 1007)
+    ws = session()  # a message after the close is not answered
+    ws.s.sendall(header(0x80 | OP_CLOSE, 2) + masked(struct.pack("!H", 1000)) +
+                 header(0x80 | OP_TEXT, 31) + masked(b'{"type":"twin.get","id":"late"}'))
+    op, payload = ws.recv_frame()
+    while op == OP_PING:
+        op, payload = ws.recv_frame()
+    assert op == OP_CLOSE and payload[:2] == struct.pack("!H", 1000), (op, payload)
+    ws.s.close()
+
+
+def test_pings_and_pongs():
+    """5.5.2, 5.5.3 (Autobahn category 2): a ping is answered with a pong carrying its
+    payload (up to 125 bytes, binary included); an unsolicited pong is ignored."""
+    ws = session()
+    ws.auto_pong = False
+    for payload in (b"", b"\x00\xff" * 62 + b"x", "h\u00e9".encode()):
+        ws.s.sendall(header(0x80 | OP_PING, len(payload)) + masked(payload))
+        op, got = ws.recv_frame()
+        while op == OP_PING:
+            op, got = ws.recv_frame()
+        assert (op, got) == (OP_PONG, payload), (op, got)
+    ws.s.sendall(header(0x80 | OP_PONG, 4) + masked(b"junk") +
+                 header(0x80 | OP_TEXT, 31) + masked(b'{"type":"twin.get","id":"pong"}'))
+    assert ws.recv_type("twin")["id"] == "pong"
+    ws.close()
+
+
 def test_frame_rate_limits_pings():
     """Control frames count against a frame rate (4x the message rate): a ping flood
     is cut with 1008, not answered 3 million times."""
