@@ -5,13 +5,12 @@
 #include <string.h>
 
 #include <openssl/crypto.h>
-#include <openssl/evp.h>
 
 #include "phy/base64.h"
 #include "phy/crypto.h"
 #include "phy/err.h"
+#include "phy/wsframe.h"
 
-#define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 #define WS_MAX_CRED 600
 
 int agent_ws_new_key(char key[AGENT_WS_KEY_LEN + 1])
@@ -21,22 +20,6 @@ int agent_ws_new_key(char key[AGENT_WS_KEY_LEN + 1])
     if (phy_random_bytes(raw, sizeof raw) != 0)
         return PHY_ECRYPTO;
     return phy_base64_encode(raw, sizeof raw, key, AGENT_WS_KEY_LEN + 1, 0) == AGENT_WS_KEY_LEN
-               ? 0
-               : PHY_ECRYPTO;
-}
-
-int agent_ws_accept_value(const char *key, char out[AGENT_WS_ACCEPT_LEN + 1])
-{
-    char buf[128];
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int mdlen = 0;
-    int n = snprintf(buf, sizeof buf, "%s%s", key, WS_GUID);
-
-    if (n < 0 || (size_t)n >= sizeof buf)
-        return PHY_EINVAL;
-    if (EVP_Digest(buf, (size_t)n, md, &mdlen, EVP_sha1(), NULL) != 1 || mdlen != 20)
-        return PHY_ECRYPTO;
-    return phy_base64_encode(md, mdlen, out, AGENT_WS_ACCEPT_LEN + 1, 0) == AGENT_WS_ACCEPT_LEN
                ? 0
                : PHY_ECRYPTO;
 }
@@ -137,7 +120,7 @@ enum agent_ws_answer agent_ws_check_answer(const struct phy_http_response *res, 
                                            char *why, size_t cap)
 {
     const struct phy_str *up, *conn, *acc, *proto;
-    char expect[AGENT_WS_ACCEPT_LEN + 1];
+    char expect[WSF_ACCEPT_LEN + 1];
 
     if (res->status == 401)
         return AGENT_WS_REVOKED;
@@ -155,7 +138,7 @@ enum agent_ws_answer agent_ws_check_answer(const struct phy_http_response *res, 
         snprintf(why, cap, "missing Connection: Upgrade");
         return AGENT_WS_BAD_UPGRADE;
     }
-    if (agent_ws_accept_value(key, expect) != 0 || acc == NULL || !phy_str_eq(*acc, expect)) {
+    if (wsf_accept(key, strlen(key), expect) != 0 || acc == NULL || !phy_str_eq(*acc, expect)) {
         snprintf(why, cap, "wrong Sec-WebSocket-Accept");
         return AGENT_WS_BAD_UPGRADE;
     }

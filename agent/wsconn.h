@@ -10,7 +10,6 @@
 #define AGENT_WS_PATH PHY_HUB_PATH
 #define AGENT_WS_PROTOCOL PHY_WS_SUBPROTOCOL
 #define AGENT_WS_KEY_LEN 24    /* base64 of 16 random bytes */
-#define AGENT_WS_ACCEPT_LEN 28 /* base64 of a SHA-1 digest */
 
 /* How the hub answered the upgrade request. */
 enum agent_ws_answer {
@@ -24,9 +23,7 @@ enum agent_ws_answer {
  * PHY_ECRYPTO. */
 int agent_ws_new_key(char key[AGENT_WS_KEY_LEN + 1]);
 
-/* base64(SHA-1(key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11")) into out[29]. 0 or
- * negative. */
-int agent_ws_accept_value(const char *key, char out[AGENT_WS_ACCEPT_LEN + 1]);
+/* The Sec-WebSocket-Accept value of a key is wsf_accept (phy/wsframe.h). */
 
 /* Writes the upgrade request for GET /v1/hub on host (port added to Host when not
  * 443, brackets for IPv6) with Basic device credentials into out (capacity cap).

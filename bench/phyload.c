@@ -42,7 +42,6 @@
 #define READ_CHUNK 16384
 #define EPOLL_BATCH 512
 #define PUSH_TAG UINT32_MAX /* epoll data of the push thread's eventfd */
-#define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 #define CRED_ID_MAX 64
 #define CRED_SECRET_MAX 128
 
@@ -684,7 +683,7 @@ static int ws_send_frame(struct dev *d, int opcode, const void *payload, size_t 
 
 static void on_text(struct load *L, struct dev *d, const uint8_t *p, size_t n)
 {
-    if (memmem(p, n, "\"desired.patch\"", 15)) {
+    if (memmem(p, n, "\"" PHY_MSG_DESIRED_PATCH "\"", sizeof(PHY_MSG_DESIRED_PATCH) + 1)) {
         if (L->push_active && !d->got_push && memmem(p, n, L->nonce, strlen(L->nonce))) {
             d->got_push = 1;
             L->push_ms[L->push_received++] = now_ms() - L->push_t0;
@@ -863,18 +862,15 @@ static void dev_start(struct load *L, struct dev *d)
 static int build_upgrade(struct load *L, struct dev *d)
 {
     const struct cred *c = &L->creds[d - L->devs];
-    unsigned char key[16], digest[20];
-    char key64[32], cat[64], userpass[CRED_ID_MAX + CRED_SECRET_MAX + 2];
+    unsigned char key[16];
+    char key64[32], userpass[CRED_ID_MAX + CRED_SECRET_MAX + 2];
     char basic[((CRED_ID_MAX + CRED_SECRET_MAX + 2) / 3 + 1) * 4 + 1];
     char req[1024];
     int rc = -1;
     if (RAND_bytes(key, sizeof(key)) != 1 ||
         phy_base64_encode(key, sizeof(key), key64, sizeof(key64), 0) != 24)
         goto out;
-    memcpy(cat, key64, 24);
-    memcpy(cat + 24, WS_GUID, 36);
-    if (EVP_Digest(cat, 60, digest, NULL, EVP_sha1(), NULL) != 1 ||
-        phy_base64_encode(digest, sizeof(digest), d->accept, sizeof(d->accept), 0) != 28)
+    if (wsf_accept(key64, WSF_KEY_LEN, d->accept) != 0)
         goto out;
     int ul = snprintf(userpass, sizeof(userpass), "%s:%s", c->id, c->secret);
     if (ul < 0 || (size_t)ul >= sizeof(userpass) ||

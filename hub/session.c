@@ -8,7 +8,6 @@
 #include <jansson.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
-#include <openssl/evp.h>
 #include <wslay/wslay.h>
 
 #include "conn.h"
@@ -25,7 +24,6 @@
 
 #define SESSION_QUEUE_MAX 64 /* messages waiting for the store, per session */
 #define CLOSE_GRACE_MS 1000  /* how long a closing peer gets to answer our close */
-#define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 #define WBUF_MAX (256 * 1024) /* staged output per session before wslay is told to wait */
 #define TLS_RECORD_MAX 16384
 #define BACKLOG_MAX (256 * 1024) /* unsent output past which a session stops reading */
@@ -227,8 +225,7 @@ static int session_check(const struct phy_http_request *rq, void *work, const ch
     const struct phy_str *ver = phy_http_find_header(h, n, "Sec-WebSocket-Version");
     const struct phy_str *key = phy_http_find_header(h, n, "Sec-WebSocket-Key");
     const struct phy_str *proto = phy_http_find_header(h, n, "Sec-WebSocket-Protocol");
-    unsigned char raw[32], digest[20];
-    char buf[64];
+    unsigned char raw[32];
 
     if (!rq->upgrade || !up || !token_list_has(up, "websocket")) {
         *msg = "this endpoint needs a WebSocket upgrade";
@@ -250,10 +247,7 @@ static int session_check(const struct phy_http_request *rq, void *work, const ch
         st = 400;
         goto refuse;
     }
-    memcpy(buf, key->p, 24);
-    memcpy(buf + 24, WS_GUID, 36);
-    if (EVP_Digest(buf, 60, digest, NULL, EVP_sha1(), NULL) != 1 ||
-        phy_base64_encode(digest, sizeof(digest), accept, 32, 0) != 28) {
+    if (wsf_accept(key->p, key->len, accept) != 0) {
         *msg = "internal error";
         st = 400;
         goto refuse;

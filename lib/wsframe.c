@@ -3,6 +3,9 @@
 
 #include <string.h>
 
+#include <openssl/evp.h>
+
+#include "phy/base64.h"
 #include "phy/err.h"
 
 #define WSF_LIMIT (1u << 20)
@@ -124,4 +127,20 @@ int wsf_encode(int opcode, const uint8_t *payload, size_t len, const uint8_t mas
     for (size_t i = 0; i < len; i++)
         out[h + i] = payload[i] ^ mask[i & 3];
     return (int)(h + len);
+}
+
+int wsf_accept(const char *key, size_t n, char out[WSF_ACCEPT_LEN + 1])
+{
+    char buf[64 + sizeof(WSF_GUID)];
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    if (n > 64)
+        return PHY_EINVAL;
+    memcpy(buf, key, n);
+    memcpy(buf + n, WSF_GUID, sizeof(WSF_GUID) - 1);
+    if (EVP_Digest(buf, n + sizeof(WSF_GUID) - 1, md, &mdlen, EVP_sha1(), NULL) != 1 ||
+        mdlen != 20)
+        return PHY_ECRYPTO;
+    return phy_base64_encode(md, mdlen, out, WSF_ACCEPT_LEN + 1, 0) == WSF_ACCEPT_LEN ? 0
+                                                                                   : PHY_ECRYPTO;
 }

@@ -16,6 +16,9 @@ enum wsf_opcode {
     WSF_PONG = 0xa,
 };
 
+#define WSF_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11" /* RFC 6455 section 1.3 */
+#define WSF_KEY_LEN 24    /* Sec-WebSocket-Key: base64 of 16 bytes */
+#define WSF_ACCEPT_LEN 28 /* Sec-WebSocket-Accept: base64 of a SHA-1 digest */
 #define WSF_MAX_HEADER 14   /* 2 + 8 (length) + 4 (mask) */
 #define WSF_MAX_CONTROL 125 /* control frame payload limit */
 
@@ -42,6 +45,10 @@ int wsf_parse(const uint8_t *buf, size_t n, size_t max_payload, struct wsf_frame
  * the close code to answer with (1002 protocol error, 1009 too big) and *why. */
 int wsf_check_client_header(const uint8_t *p, size_t hl, int msg_open, uint64_t max_payload,
                             uint64_t *payload, const char **why);
+
+/* The Sec-WebSocket-Accept value for the key key[0..n): base64(SHA-1(key + WSF_GUID))
+ * into out (NUL-terminated). 0, PHY_EINVAL (a key over 64 bytes) or PHY_ECRYPTO. */
+int wsf_accept(const char *key, size_t n, char out[WSF_ACCEPT_LEN + 1]);
 
 /* Writes the header of one final (FIN) frame of opcode with a payload of len bytes
  * into out: unmasked when mask is NULL (a server's frame), else with the mask.

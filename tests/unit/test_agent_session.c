@@ -12,6 +12,7 @@
 #include <jansson.h>
 
 #include "../../agent/backoff.h"
+#include "phy/wsframe.h"
 #include "../../agent/twinsync.h"
 #include "../../agent/wsconn.h"
 #include "phy/base64.h"
@@ -258,13 +259,13 @@ static void test_ack_error_invalid(void **state)
 static void test_ws_accept_and_request(void **state)
 {
     (void)state;
-    char acc[AGENT_WS_ACCEPT_LEN + 1], key[AGENT_WS_KEY_LEN + 1], key2[AGENT_WS_KEY_LEN + 1];
+    char acc[WSF_ACCEPT_LEN + 1], key[AGENT_WS_KEY_LEN + 1], key2[AGENT_WS_KEY_LEN + 1];
     char req[1024];
     unsigned char raw[32];
     int n;
 
     /* RFC 6455 section 1.3 example. */
-    assert_int_equal(agent_ws_accept_value("dGhlIHNhbXBsZSBub25jZQ==", acc), 0);
+    assert_int_equal(wsf_accept("dGhlIHNhbXBsZSBub25jZQ==", 24, acc), 0);
     assert_string_equal(acc, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
 
     assert_int_equal(agent_ws_new_key(key), 0);

@@ -100,12 +100,28 @@ static void test_client_header_check(void **state)
     assert_int_equal(wsf_check_client_header(op3, sizeof op3, 0, 65536, &len, &why), 1002);
 }
 
+static void test_accept_value(void **state)
+{
+    (void)state;
+    char acc[WSF_ACCEPT_LEN + 1];
+    char long_key[80];
+    /* RFC 6455 section 1.3's example; only the key's n bytes count. */
+    assert_int_equal(wsf_accept("dGhlIHNhbXBsZSBub25jZQ==tail", 24, acc), 0);
+    assert_string_equal(acc, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    assert_int_equal(wsf_accept("x2hlIHNhbXBsZSBub25jZQ==", 24, acc), 0);
+    assert_string_not_equal(acc, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    memset(long_key, 'A', sizeof(long_key));
+    assert_int_equal(wsf_accept(long_key, 64, acc), 0);
+    assert_int_equal(wsf_accept(long_key, 65, acc), PHY_EINVAL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_header_lengths),
         cmocka_unit_test(test_parse_what_a_server_writes),
         cmocka_unit_test(test_client_header_check),
+        cmocka_unit_test(test_accept_value),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
