@@ -1,6 +1,12 @@
 /* The hub's HTTP API: a request and its answer as the server hands them over, and
  * the helpers every handler uses to read one and write the other (reply.c). Runs on
- * a thread-pool worker, never on the event loop: handlers call the store directly. */
+ * a thread-pool worker, never on the event loop: handlers call the store directly.
+ *
+ * One convention for "answered already": a helper that fills res (an error, or the
+ * whole answer, as a replayed claim's 200) returns -1, and its caller returns at
+ * once (through its cleanup label), without looking at res; 0 means go on. A
+ * helper with more to tell uses values above 0 (1 found, 0 absent). No handler
+ * reads res->status to learn whether a helper answered. */
 #ifndef PHY_HUB_API_H
 #define PHY_HUB_API_H
 
@@ -99,8 +105,9 @@ void api_response_free(struct api_response *res);
  * path itself or buf. */
 const char *api_log_path(const char *path, char *buf, size_t cap);
 
-/* Sets res to status with the JSON object o (reference stolen; NULL = 500). */
-void api_json(struct api_response *res, int status, json_t *o);
+/* Sets res to status with the JSON object o (reference stolen). 0, or -1 when o is
+ * NULL or cannot be written (out of memory): res is then a 500. */
+int api_json(struct api_response *res, int status, json_t *o);
 
 /* Requires Content-Type application/json and a JSON object body without duplicate
  * keys. Returns 0 with *out (caller decrefs), or -1 with res filled (415/400). */

@@ -238,7 +238,8 @@ static int name_check(const char *name, struct api_response *res)
     return 0;
 }
 
-/* Validates optional name and tags; on success *tags_json is malloc'd text. */
+/* Validates optional name and tags; on success *tags_json is malloc'd text. 0, or -1
+ * with res answered (400, 500). */
 static int claim_extras(json_t *body, const char **name, char **tags_json, struct api_response *res)
 {
     if (api_get_string(body, "name", 0, name, res) < 0)
@@ -248,7 +249,11 @@ static int claim_extras(json_t *body, const char **name, char **tags_json, struc
     json_t *tags = json_object_get(body, "tags");
     if (!tags) {
         *tags_json = strdup("{}");
-        return *tags_json ? 0 : -1;
+        if (!*tags_json) {
+            api_error(res, 500, "internal", "out of memory");
+            return -1;
+        }
+        return 0;
     }
     return tags_validate(tags, tags_json, res);
 }
@@ -283,7 +288,8 @@ static int tags_validate(json_t *tags, char **tags_json, struct api_response *re
 }
 
 /* Starts one throttled claim attempt: counts as a failure until forgiven, so that
- * concurrent guesses cannot overshoot the limits. 1 when res was answered (429/503). */
+ * concurrent guesses cannot overshoot the limits. 0, or -1 with res answered
+ * (429/503). */
 static int claim_attempt(struct hub *h, const struct api_caller *c, int64_t *attempt_id,
                          struct api_response *res)
 {
@@ -294,19 +300,19 @@ static int claim_attempt(struct hub *h, const struct api_caller *c, int64_t *att
             (int)h->cfg.claim_user_limit, (int)h->cfg.claim_tenant_limit, &allowed,
             attempt_id) < 0) {
         api_store_failed(res);
-        return 1;
+        return -1;
     }
     if (!allowed) {
         api_error_retry(res, 429, "too_many_attempts",
                         "too many failed claims; wait before trying again", h->cfg.claim_window_s);
-        return 1;
+        return -1;
     }
     return 0;
 }
 
 /* A claim whose answer was lost is retried: the same user, the same serial or
  * code, within API_CLAIM_REPLAY_MS of the first. It gets the device it created
- * (200) instead of already_claimed. 1 when res was answered. */
+ * (200) instead of already_claimed: -1 with res answered so, else 0. */
 static int claim_replayed(struct hub *h, const struct api_caller *caller, const char *serial,
                           const char *code, struct store_device *dev, struct api_response *res)
 {
@@ -320,7 +326,7 @@ static int claim_replayed(struct hub *h, const struct api_caller *caller, const 
     snprintf(res->log, sizeof(res->log), "tenant=%s by=%s device_id=%s serial=%s replayed=1",
              caller->tenant, serial ? "serial" : "code", dev->device_id, dev->serial);
     api_json(res, 200, api_device_json(dev));
-    return 1;
+    return -1;
 }
 
 void handle_claim(struct hub *h, const struct api_request *req, struct api_response *res)
@@ -385,7 +391,7 @@ void handle_claim(struct hub *h, const struct api_request *req, struct api_respo
     }
     /* Throttled after validation: a malformed request cannot match and is not counted. */
     int64_t attempt_id = 0;
-    if (claim_attempt(h, &caller, &attempt_id, res)) {
+    if (claim_attempt(h, &caller, &attempt_id, res) < 0) {
         OPENSSL_cleanse(secret, sizeof(secret));
         goto out;
     }
@@ -400,7 +406,8 @@ void handle_claim(struct hub *h, const struct api_request *req, struct api_respo
         goto out;
     snprintf(res->log, sizeof(res->log), "tenant=%s by=%s outcome=%d", caller.tenant,
              serial ? "serial" : "code", outcome);
-    if (outcome == STORE_ALREADY_CLAIMED && claim_replayed(h, &caller, serial, c.code, &dev, res))
+    if (outcome == STORE_ALREADY_CLAIMED &&
+        claim_replayed(h, &caller, serial, c.code, &dev, res) < 0)
         goto out;
     switch (outcome) {
     case STORE_OK:
@@ -523,20 +530,20 @@ void handle_devices_list(struct hub *h, const struct api_request *req, struct ap
     store_devices_free(devs, n);
 }
 
-/* The device (with the tenant check) or an answer in res: 1 found, 0 answered. */
+/* The device (with the tenant check): 0 found, or -1 with res answered (404, 503). */
 static int load_device(struct hub *h, const struct api_caller *caller, const char *id,
                        struct store_device *d, struct store_twin *t, struct api_response *res)
 {
     int outcome;
     if (h->store_ops->device_get(h->store, caller->tenant_id, id, d, t, &outcome) < 0) {
         api_store_failed(res);
-        return 0;
+        return -1;
     }
     if (outcome != STORE_OK) {
         no_device(res);
-        return 0;
+        return -1;
     }
-    return 1;
+    return 0;
 }
 
 static void device_log(struct api_response *res, const struct api_caller *caller, const char *id,
@@ -552,7 +559,7 @@ static void answer_device(struct hub *h, const struct api_caller *caller, const 
 {
     struct store_device d;
     memset(&d, 0, sizeof(d));
-    if (load_device(h, caller, id, &d, NULL, res))
+    if (load_device(h, caller, id, &d, NULL, res) == 0)
         api_json(res, 200, api_device_json(&d));
     store_device_clear(&d);
 }
@@ -568,20 +575,21 @@ void handle_device_get(struct hub *h, const struct api_request *req, const char 
     if (api_auth(h, req, res, &caller) < 0)
         return;
     device_log(res, &caller, id, "");
-    if (load_device(h, &caller, id, &d, &t, res)) {
-        json_t *o = api_device_json(&d);
-        json_t *twin = json_pack("{s:o, s:I, s:o, s:I, s:o}", "desired", stored_json(t.desired, 1),
-                                 "desired_version", (json_int_t)t.desired_version, "reported",
-                                 stored_json(t.reported, 1), "reported_version",
-                                 (json_int_t)t.reported_version, "tags", stored_json(t.tags, 1));
-        if (o && twin && json_object_set_new(o, "twin", twin) == 0) {
-            api_json(res, 200, o);
-        } else {
-            json_decref(o);
-            json_decref(twin);
-            api_json(res, 500, NULL);
-        }
+    if (load_device(h, &caller, id, &d, &t, res) < 0)
+        goto out;
+    json_t *o = api_device_json(&d);
+    json_t *twin = json_pack("{s:o, s:I, s:o, s:I, s:o}", "desired", stored_json(t.desired, 1),
+                             "desired_version", (json_int_t)t.desired_version, "reported",
+                             stored_json(t.reported, 1), "reported_version",
+                             (json_int_t)t.reported_version, "tags", stored_json(t.tags, 1));
+    if (o && twin && json_object_set_new(o, "twin", twin) == 0) {
+        api_json(res, 200, o);
+    } else {
+        json_decref(o);
+        json_decref(twin);
+        api_json(res, 500, NULL);
     }
+out:
     store_device_clear(&d);
     store_twin_free(&t);
 }
@@ -919,7 +927,7 @@ void handle_device_reset(struct hub *h, const struct api_request *req, const cha
     if (api_auth(h, req, res, &caller) < 0)
         return;
     device_log(res, &caller, id, "");
-    if (!load_device(h, &caller, id, &d, NULL, res))
+    if (load_device(h, &caller, id, &d, NULL, res) < 0)
         goto out;
     if (h->store_ops->device_reset(h->store, caller.tenant_id, id, hub_now_ms(), &outcome) < 0) {
         api_store_failed(res);

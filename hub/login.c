@@ -118,10 +118,9 @@ static void login_session(struct hub *h, int64_t tenant_id, int64_t user_id, con
         api_store_failed(res);
         goto out;
     }
-    api_json(res, 200,
-             json_pack("{s:s, s:s, s:s, s:s}", "tenant", tenant, "user", user, "region", region,
-                       "csrf_token", csrf));
-    if (res->status == 200)
+    if (api_json(res, 200,
+                 json_pack("{s:s, s:s, s:s, s:s}", "tenant", tenant, "user", user, "region",
+                           region, "csrf_token", csrf)) == 0)
         snprintf(res->extra_headers, sizeof(res->extra_headers),
                  "Set-Cookie: " API_SESSION_COOKIE "=%s; " COOKIE_ATTRS "; Max-Age=%ld\r\n"
                  "Cache-Control: no-store\r\n",

@@ -56,24 +56,25 @@ static int reg_request(const struct api_request *req, struct api_response *res,
     return 0;
 }
 
-/* Maps the outcomes every provisioning call shares; returns 1 when it answered. */
+/* Maps the outcomes every provisioning call shares: -1 with res answered, 0 for any
+ * other outcome. */
 static int common_outcome(int outcome, struct api_response *res)
 {
     switch (outcome) {
     case STORE_PROVISIONED:
         api_error(res, 410, "already_provisioned", "this device has already been provisioned");
-        return 1;
+        return -1;
     case STORE_BAD_TOKEN:
         api_error(res, 401, "invalid_poll_token", "unknown or expired poll token");
-        return 1;
+        return -1;
     case STORE_EXPIRED_CODE:
         api_error(res, 404, "expired_code", "the code has expired or was replaced");
-        return 1;
+        return -1;
     case STORE_PROOF_REQUIRED:
         api_error(res, 403, "proof_required",
                   "this serial is attested: sign the registration's challenge with the device "
                   "key (POST /v1/provisioning/prove) first");
-        return 1;
+        return -1;
     default:
         return 0;
     }
@@ -136,7 +137,7 @@ void handle_register(struct hub *h, const struct api_request *req, struct api_re
              rr.attested ? " attested=1" : "", rr.evicted ? " evicted=1" : "");
     if (rr.evicted)
         hub_metric_add(&h->metrics.prov_evicted, 1);
-    if (common_outcome(outcome, res))
+    if (common_outcome(outcome, res) < 0)
         goto out;
     if (outcome == STORE_TOO_MANY) {
         api_error_retry(res, 429, "too_many_registrations",
@@ -177,7 +178,7 @@ void handle_prove(struct hub *h, const struct api_request *req, struct api_respo
         api_store_failed(res);
         goto out;
     }
-    if (common_outcome(outcome, res))
+    if (common_outcome(outcome, res) < 0)
         goto out;
     if (challenge[0] == '\0') {
         api_error(res, 409, "nothing_to_prove",
@@ -196,7 +197,7 @@ void handle_prove(struct hub *h, const struct api_request *req, struct api_respo
         api_store_failed(res);
         goto out;
     }
-    if (common_outcome(outcome, res))
+    if (common_outcome(outcome, res) < 0)
         goto out;
     api_json(res, 200, json_pack("{s:s, s:i}", "status", "proven", "interval", p.interval_s));
 out:
@@ -231,7 +232,7 @@ void handle_code(struct hub *h, const struct api_request *req, struct api_respon
             api_store_failed(res);
             goto out;
         }
-        if (common_outcome(outcome, res))
+        if (common_outcome(outcome, res) < 0)
             goto out;
         if (outcome == STORE_CODE_TAKEN)
             continue; /* collision with a live code: draw again */
@@ -327,7 +328,7 @@ void handle_poll(struct hub *h, const struct api_request *req, struct api_respon
     }
     if (serial)
         snprintf(res->log, sizeof(res->log), "serial=%s", serial);
-    if (common_outcome(outcome, res))
+    if (common_outcome(outcome, res) < 0)
         goto out;
     switch (outcome) {
     case STORE_SLOW_DOWN:

@@ -276,10 +276,10 @@ void region_cleanup(struct hub *h)
 /* ---- eu: the internal API ---- */
 
 /* Resolves the calling region (its name, and the endpoint eu pinned for it) from its
- * bearer key: every peer key is compared in constant time. NULL with 401 in res when
- * the key is missing or unknown. */
-static const struct region_peer *peer_auth_as(struct hub *h, const struct api_request *req,
-                                              struct api_response *res, int importer)
+ * bearer key: every peer key is compared in constant time. 0 with *peer (borrowed
+ * from h->region), or -1 with 401 in res when the key is missing or unknown. */
+static int peer_auth_as(struct hub *h, const struct api_request *req, struct api_response *res,
+                        int importer, const struct region_peer **peer)
 {
     static const char bearer[] = "Bearer ";
     const struct region_ctx *r = h->region;
@@ -296,8 +296,9 @@ static const struct region_peer *peer_auth_as(struct hub *h, const struct api_re
                 found = &r->peers[i];
         }
     }
+    *peer = found;
     if (found)
-        return found;
+        return 0;
     hub_metric_add(&h->metrics.auth_failures, 1);
     char lpath[128];
     phy_log(PHY_LOG_WARN, "inter_region_auth_failed", "reason=%s path=%s", why,
@@ -307,13 +308,13 @@ static const struct region_peer *peer_auth_as(struct hub *h, const struct api_re
     snprintf(res->extra_headers, sizeof res->extra_headers,
              "WWW-Authenticate: Bearer realm=\"phystack-internal\"\r\n");
     snprintf(res->log, sizeof res->log, "inter_region_auth=%s", why);
-    return NULL;
+    return -1;
 }
 
-static const struct region_peer *peer_auth(struct hub *h, const struct api_request *req,
-                                           struct api_response *res)
+static int peer_auth(struct hub *h, const struct api_request *req, struct api_response *res,
+                     const struct region_peer **peer)
 {
-    return peer_auth_as(h, req, res, 0);
+    return peer_auth_as(h, req, res, 0, peer);
 }
 
 /* A tenant name as tenant-add accepts it: 1..max bytes (UTF-8, checked by jansson)
@@ -354,8 +355,8 @@ void handle_internal_issue(struct hub *h, const struct api_request *req, struct 
     char code[PHY_CODE_LEN + 1], host[256], serial_out[PHY_SERIAL_MAX + 1] = "";
     unsigned port;
     json_t *body = NULL;
-    const struct region_peer *peer = peer_auth(h, req, res);
-    if (!peer || api_parse_body(req, res, &body) < 0)
+    const struct region_peer *peer;
+    if (peer_auth(h, req, res, &peer) < 0 || api_parse_body(req, res, &body) < 0)
         return;
     caller = peer->name;
     if (api_check_fields(body, fields, res) < 0 ||
@@ -435,9 +436,9 @@ out:
 void handle_internal_purge(struct hub *h, const struct api_request *req, const char *id,
                            struct api_response *res)
 {
-    const struct region_peer *peer = peer_auth(h, req, res);
+    const struct region_peer *peer;
     int outcome = STORE_OK;
-    if (!peer)
+    if (peer_auth(h, req, res, &peer) < 0)
         return;
     const char *caller = peer->name;
     snprintf(res->log, sizeof res->log, "caller=%s", caller);
@@ -455,10 +456,10 @@ void handle_internal_purge(struct hub *h, const struct api_request *req, const c
 void handle_internal_cancel(struct hub *h, const struct api_request *req, const char *id,
                             struct api_response *res)
 {
-    const struct region_peer *peer = peer_auth(h, req, res);
+    const struct region_peer *peer;
     char serial[PHY_SERIAL_MAX + 1] = "";
     int outcome = STORE_OK;
-    if (!peer)
+    if (peer_auth(h, req, res, &peer) < 0)
         return;
     const char *caller = peer->name;
     snprintf(res->log, sizeof res->log, "caller=%s", caller);
@@ -482,11 +483,11 @@ void handle_internal_cancel(struct hub *h, const struct api_request *req, const 
 void handle_internal_rearm(struct hub *h, const struct api_request *req, struct api_response *res)
 {
     static const char *const fields[] = {"serial", NULL};
-    const struct region_peer *peer = peer_auth(h, req, res);
+    const struct region_peer *peer;
     const char *caller, *serial;
     json_t *body = NULL;
     int outcome = STORE_OK;
-    if (!peer || api_parse_body(req, res, &body) < 0)
+    if (peer_auth(h, req, res, &peer) < 0 || api_parse_body(req, res, &body) < 0)
         return;
     caller = peer->name;
     if (api_check_fields(body, fields, res) < 0 ||
@@ -515,11 +516,11 @@ out:
 void handle_internal_serials(struct hub *h, const struct api_request *req,
                              struct api_response *res)
 {
-    const struct region_peer *imp = peer_auth_as(h, req, res, 1);
+    const struct region_peer *imp;
     struct store_serial_key *v = NULL;
     char err[256], *text = NULL;
     size_t n = 0;
-    if (!imp)
+    if (peer_auth_as(h, req, res, 1, &imp) < 0)
         return;
     snprintf(res->log, sizeof res->log, "importer=%s", imp->name);
     if (!req->content_type || strncmp(req->content_type, "text/csv", 8) != 0) {

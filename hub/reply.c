@@ -96,7 +96,7 @@ void api_error_retry(struct api_response *res, int status, const char *code, con
              retry_s > 0 ? retry_s : 1);
 }
 
-void api_json(struct api_response *res, int status, json_t *o)
+int api_json(struct api_response *res, int status, json_t *o)
 {
     free(res->body);
     res->body = o ? phy_json_dumps(o, JSON_COMPACT) : NULL;
@@ -106,8 +106,11 @@ void api_json(struct api_response *res, int status, json_t *o)
         static const char oom[] = "{\"error\":\"internal\",\"message\":\"out of memory\"}";
         res->status = 500;
         res->body = strdup(oom);
+        res->body_len = res->body ? strlen(res->body) : 0;
+        return -1;
     }
-    res->body_len = res->body ? strlen(res->body) : 0;
+    res->body_len = strlen(res->body);
+    return 0;
 }
 
 /* Media type of a Content-Type value equals type (case-insensitive), followed by the

@@ -8,7 +8,7 @@
 #include "phy/crypto.h"
 #include "phy/err.h"
 
-/* The caller's tenant policy; -1 with res answered. */
+/* The caller's tenant policy: 0, or -1 with res answered (503). */
 static int tenant_policy(struct hub *h, const struct api_caller *caller, int *policy,
                          struct api_response *res)
 {
@@ -35,8 +35,9 @@ void handle_tenant_get(struct hub *h, const struct api_request *req, struct api_
     if (api_auth(h, req, res, &caller) < 0)
         return;
     snprintf(res->log, sizeof(res->log), "tenant=%s", caller.tenant);
-    if (tenant_policy(h, &caller, &policy, res) == 0)
-        tenant_answer(&caller, policy, res);
+    if (tenant_policy(h, &caller, &policy, res) < 0)
+        return;
+    tenant_answer(&caller, policy, res);
 }
 
 void handle_tenant_patch(struct hub *h, const struct api_request *req, struct api_response *res)
