@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "phy/assert.h"
 #include "phy/json.h"
 #include "phy/protocol.h"
 #include "phy/err.h"
@@ -207,8 +208,7 @@ json_t *dispatch_id_json(const struct dispatch_id *id)
 
 char *dispatch_error_msg(const struct dispatch_id *id, const char *error, const char *message)
 {
-    if (error == NULL)
-        return NULL;
+    PHY_ASSERT(error != NULL); /* a literal error code, or a parsed action's (always set) */
     return dump_owned(json_pack("{s:s, s:o*, s:s, s:s}", "type", PHY_MSG_ERROR, "id",
                                 dispatch_id_json(id), "error", error, "message",
                                 message != NULL ? message : ""));

@@ -23,6 +23,7 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include "phy/assert.h"
 #include "phy/base64.h"
 #include "phy/err.h"
 #include "phy/text.h"
@@ -998,8 +999,7 @@ int phy_client_request(const struct phy_client_opts *o, const char *method, cons
 
     if (err != NULL && errcap > 0)
         err[0] = '\0';
-    if (res == NULL)
-        return PHY_EINVAL;
+    PHY_ASSERT(res != NULL);
     memset(res, 0, sizeof *res);
     c = calloc(1, sizeof *c);
     if (c == NULL)
@@ -1107,8 +1107,7 @@ int phy_client_open(const struct phy_client_opts *o, const char *head, size_t he
 
     if (err != NULL && errcap > 0)
         err[0] = '\0';
-    if (out == NULL)
-        return PHY_EINVAL;
+    PHY_ASSERT(out != NULL);
     *out = NULL;
     k = calloc(1, sizeof *k);
     c = calloc(1, sizeof *c);

@@ -4,6 +4,7 @@
 #include <arpa/inet.h>
 #include <string.h>
 
+#include "phy/assert.h"
 #include "phy/base64.h"
 #include "phy/err.h"
 #include "phy/text.h"
@@ -185,8 +186,7 @@ static int check_proxy_auth(const struct phy_http_request *req, struct phy_conne
  * and only complete on 0. The order of checks gives 405, then 400, then 407. */
 int phy_connect_check(const struct phy_http_request *req, struct phy_connect_req *out)
 {
-    if (out == NULL || req == NULL)
-        return 400;
+    PHY_ASSERT(out != NULL && req != NULL);
     memset(out, 0, sizeof(*out));
     if (!phy_str_eq(req->method, "CONNECT"))
         return 405;

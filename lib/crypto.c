@@ -16,6 +16,7 @@
 #include <openssl/params.h>
 #include <openssl/rand.h>
 
+#include "phy/assert.h"
 #include "phy/base64.h"
 #include "phy/err.h"
 #include "phy/text.h"
@@ -114,7 +115,8 @@ int phy_code_normalize(const char *in, size_t n, char out[PHY_CODE_LEN + 1])
 {
     char tmp[PHY_CODE_LEN];
 
-    if (in == NULL || n != PHY_CODE_LEN)
+    PHY_ASSERT(in != NULL);
+    if (n != PHY_CODE_LEN)
         return PHY_EINVAL;
     for (size_t i = 0; i < n; i++) {
         char c = in[i];

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "phy/assert.h"
 #include "phy/err.h"
 #include "phy/text.h"
 
@@ -320,8 +321,7 @@ int phy_http_parse_request(const char *buf, size_t len, size_t max_head,
     req->keep_alive = 0;
     req->chunked = 0;
     req->upgrade = 0;
-    if (buf == NULL && len > 0)
-        return PHY_EINVAL;
+    PHY_ASSERT(buf != NULL || len == 0);
 
     rc = parse_token(&c, HTTP_MAX_METHOD, ' ', &req->method);
     if (rc != 0)
@@ -383,8 +383,7 @@ int phy_http_parse_response(const char *buf, size_t len, size_t max_head,
     res->content_length = -1;
     res->keep_alive = 0;
     res->chunked = 0;
-    if (buf == NULL && len > 0)
-        return PHY_EINVAL;
+    PHY_ASSERT(buf != NULL || len == 0);
 
     rc = parse_version(&c, &res->minor_version);
     if (rc == 0)

@@ -7,14 +7,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "phy/assert.h"
 #include "phy/err.h"
 
 static const uint8_t v4mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
 
 int phy_addr16(const struct sockaddr *sa, uint8_t out[16])
 {
-    if (sa == NULL)
-        return PHY_EINVAL;
+    PHY_ASSERT(sa != NULL && out != NULL);
     if (sa->sa_family == AF_INET) {
         const struct sockaddr_in *in4 = (const struct sockaddr_in *)(const void *)sa;
         memcpy(out, v4mapped, 12);

@@ -4,6 +4,7 @@
 #include <netinet/in.h>
 #include <string.h>
 
+#include "phy/assert.h"
 #include "phy/err.h"
 #include "phy/text.h"
 
@@ -44,8 +45,8 @@ int phy_pp2_build(const struct sockaddr *src, const struct sockaddr *dst, const 
     unsigned char *p;
     unsigned char v = verified ? 1 : 0;
 
-    if (src == NULL || dst == NULL || src->sa_family != dst->sa_family ||
-        ilen > PHY_CONNECT_MAX_IDENT)
+    PHY_ASSERT(src != NULL && dst != NULL);
+    if (src->sa_family != dst->sa_family || ilen > PHY_CONNECT_MAX_IDENT)
         return PHY_EINVAL;
     if (src->sa_family == AF_INET)
         alen = ADDR4_LEN;

@@ -2,6 +2,7 @@
 #include "phy/json.h"
 #include "phy/twin.h"
 
+#include "phy/assert.h"
 #include "phy/err.h"
 
 /* Depth below v, allowed `room` more container levels; recursion is bounded by room. */
@@ -33,8 +34,7 @@ static int depth_within(const json_t *v, int room)
 
 int phy_twin_check_depth(const json_t *v, int max_depth)
 {
-    if (v == NULL)
-        return PHY_EINVAL;
+    PHY_ASSERT(v != NULL);
     if (max_depth < 0)
         return PHY_ETOOBIG;
     return depth_within(v, max_depth);

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "engine.h"
+#include "phy/assert.h"
 #include "phy/err.h"
 #include "store.h"
 
@@ -127,8 +128,7 @@ int store_copy(struct store *from, struct store *to, char *report, size_t cap, c
     struct db_tx *src = NULL, *dst = NULL;
     size_t used = 0;
     int rc;
-    if (!from || !to || from == to)
-        return PHY_EINVAL;
+    PHY_ASSERT(from != NULL && to != NULL && from != to); /* two stores admin opened */
     build_sql();
     if (report && cap)
         report[0] = '\0';

@@ -11,6 +11,7 @@
 #include <jansson.h>
 #include <openssl/crypto.h>
 
+#include "phy/assert.h"
 #include "phy/err.h"
 #include "phy/twin.h"
 #include "engine.h"
@@ -40,16 +41,17 @@ static int64_t wall_ms(void)
 
 /* ---- statement helpers ----
  * Bind formats: 't' text (const char *, NULL binds NULL), 'i' int64_t,
- * 'b' blob (const void *, size_t). Bound pointers must outlive the statement. */
+ * 'b' blob (const void *, size_t). Bound pointers must outlive the statement.
+ * Formats are literals in this file: a wrong one is a bug, asserted. */
 
 #define ARGS_MAX 12
 
-static int argsv(struct db_arg *a, int *n, const char *fmt, va_list ap)
+/* Fills a[] from fmt and ap; returns the count. */
+static int argsv(struct db_arg *a, const char *fmt, va_list ap)
 {
     int i = 0;
     for (const char *f = fmt; *f; f++, i++) {
-        if (i == ARGS_MAX)
-            return PHY_EINVAL;
+        PHY_ASSERT(i < ARGS_MAX);
         memset(&a[i], 0, sizeof a[i]);
         a[i].type = *f;
         switch (*f) {
@@ -64,24 +66,22 @@ static int argsv(struct db_arg *a, int *n, const char *fmt, va_list ap)
             a[i].len = va_arg(ap, size_t);
             break;
         default:
-            return PHY_EINVAL;
+            PHY_ASSERT(!"bind format is one of t, i, b");
+            break;
         }
     }
-    *n = i;
-    return 0;
+    return i;
 }
 
 static int prepv(struct store *s, struct db_stmt **st, const char *sql, const char *fmt,
                  va_list ap)
 {
     struct db_arg a[ARGS_MAX];
-    int n = 0, rc;
+    int n;
     *st = NULL;
     (void)s;
-    if (!cur.tx)
-        return PHY_EIO;
-    if ((rc = argsv(a, &n, fmt, ap)))
-        return rc;
+    PHY_ASSERT(cur.tx != NULL); /* statements run inside an operation's transaction */
+    n = argsv(a, fmt, ap);
     return cur.e->query(cur.tx, sql, a, n, st);
 }
 
@@ -238,8 +238,7 @@ static char *col_dup(struct db_stmt *st, int col)
 static int tx_begin(struct store *s, int write)
 {
     int rc;
-    if (cur.tx)
-        return PHY_EIO; /* operations do not nest */
+    PHY_ASSERT(cur.tx == NULL); /* operations do not nest */
     cur.e = s->e;
     rc = s->e->begin(s->db, write, &cur.tx);
     if (rc)
@@ -252,8 +251,7 @@ static int tx_end(struct store *s, int rc)
 {
     int erc;
     (void)s;
-    if (!cur.tx)
-        return rc ? rc : PHY_EIO;
+    PHY_ASSERT(cur.tx != NULL); /* only after a tx_begin that succeeded */
     erc = cur.e->end(cur.tx, rc == 0);
     cur.tx = NULL;
     return rc ? rc : erc;

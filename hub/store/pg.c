@@ -16,6 +16,7 @@
 #include <libpq-fe.h>
 
 #include "engine.h"
+#include "phy/assert.h"
 #include "phy/err.h"
 #include "phy/log.h"
 
@@ -440,11 +441,8 @@ static int prepared(struct pg_conn *pc, const char *sql, const struct db_arg *a,
     text = translate(sql, &np);
     if (!text)
         return PHY_ENOMEM;
-    if (np != n || n > PG_ARGS_MAX) {
-        free(text);
-        phy_log(PHY_LOG_ERROR, "store_error", "engine=postgresql what=\"parameter count\"");
-        return PHY_EINVAL;
-    }
+    /* The statement texts and their bind formats are the core's literals. */
+    PHY_ASSERT(np == n);
     for (int i = 0; i < n; i++)
         types[i] = a[i].type == 'i' || a[i].type == 'n' ? OID_INT8
                    : a[i].type == 'b'                    ? OID_BYTEA
@@ -510,8 +508,7 @@ static int query_once(struct db_tx *tx, const char *sql, const struct db_arg *a,
     *out = NULL;
     if (!pc->c)
         return PHY_EUNAVAIL;
-    if (n > PG_ARGS_MAX)
-        return PHY_EINVAL;
+    PHY_ASSERT(n >= 0 && n <= PG_ARGS_MAX);
     if ((rc = prepared(pc, sql, a, n, name)))
         return rc;
     for (int i = 0; i < n; i++) {

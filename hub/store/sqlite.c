@@ -17,6 +17,7 @@
 #include <sqlite3.h>
 
 #include "engine.h"
+#include "phy/assert.h"
 #include "phy/err.h"
 #include "phy/log.h"
 
@@ -355,6 +356,7 @@ static int bind(sqlite3_stmt *st, const struct db_arg *a, int n)
                            : sqlite3_bind_null(st, i + 1);
             break;
         default:
+            PHY_ASSERT(!"db_arg type is one of t, i, n, b");
             return PHY_EINVAL;
         }
         if (rc != SQLITE_OK)
