@@ -15,6 +15,7 @@
 #include "dispatch.h"
 #include "phy/json.h"
 #include "phy/protocol.h"
+#include "phy/ratelimit.h"
 #include "phy/text.h"
 #include "phy/wsframe.h"
 #include "phy/base64.h"
@@ -48,11 +49,9 @@ struct session {
     int64_t last_seen_wall; /* wall clock ms of the last frame received */
     uint64_t last_rx;       /* loop ms of the last bytes received */
     uint64_t last_ping;     /* loop ms of the last ping sent */
-    uint64_t tokens_at;     /* loop ms of the last token refill */
-    double tokens;          /* rate-limit bucket */
+    struct phy_bucket msgs; /* the message rate limit */
     unsigned violations;    /* messages refused in a row */
-    uint64_t frames_at;     /* loop ms of the last frame-token refill */
-    double frame_tokens;    /* control and empty frames (PHY_FRAME_RATE_FACTOR x the rate) */
+    struct phy_bucket frames; /* control and empty frames (PHY_FRAME_RATE_FACTOR x the rate) */
     uint64_t frame_left;    /* bytes of the current frame not yet given to wslay */
     char *wbuf;             /* staged output (frame headers + payloads); NULL when drained */
     size_t wlen, woff;
@@ -375,15 +374,7 @@ static void session_close_with(struct session *ss, uint16_t code, const char *re
 static int frame_allow(struct session *ss)
 {
     double rate = (double)ss->reg->hub->cfg.device_msg_rate * PHY_FRAME_RATE_FACTOR;
-    uint64_t now = uv_now(ss->reg->loop);
-    ss->frame_tokens += (double)(now - ss->frames_at) * rate / 1000.0;
-    if (ss->frame_tokens > rate)
-        ss->frame_tokens = rate;
-    ss->frames_at = now;
-    if (ss->frame_tokens < 1.0)
-        return 0;
-    ss->frame_tokens -= 1.0;
-    return 1;
+    return phy_bucket_take(&ss->frames, rate, rate, uv_now(ss->reg->loop), NULL);
 }
 
 /* Length of the frame header at p (n bytes available), or 0 when incomplete. */
@@ -792,17 +783,8 @@ static void session_kick(struct session *ss)
 /* Token bucket of cfg.device_msg_rate messages per second (burst of the same size). */
 static int rate_allow(struct session *ss)
 {
-    const struct hub_config *cfg = &ss->reg->hub->cfg;
-    uint64_t now = uv_now(ss->reg->loop);
-    double rate = (double)cfg->device_msg_rate;
-    ss->tokens += (double)(now - ss->tokens_at) * rate / 1000.0;
-    if (ss->tokens > rate)
-        ss->tokens = rate;
-    ss->tokens_at = now;
-    if (ss->tokens < 1.0)
-        return 0;
-    ss->tokens -= 1.0;
-    return 1;
+    double rate = (double)ss->reg->hub->cfg.device_msg_rate;
+    return phy_bucket_take(&ss->msgs, rate, rate, uv_now(ss->reg->loop), NULL);
 }
 
 static void session_on_text(struct session *ss, const uint8_t *msg, size_t len)
@@ -915,10 +897,9 @@ static void session_begin(struct conn *c)
     registry_add(r, ss);
     ss->begun = 1;
     uint64_t now = uv_now(r->loop);
-    ss->last_rx = ss->last_ping = ss->tokens_at = now;
-    ss->tokens = (double)r->hub->cfg.device_msg_rate;
-    ss->frames_at = now;
-    ss->frame_tokens = (double)r->hub->cfg.device_msg_rate * PHY_FRAME_RATE_FACTOR;
+    ss->last_rx = ss->last_ping = now;
+    phy_bucket_init(&ss->msgs, (double)r->hub->cfg.device_msg_rate, now);
+    phy_bucket_init(&ss->frames, (double)r->hub->cfg.device_msg_rate * PHY_FRAME_RATE_FACTOR, now);
     ss->last_seen_wall = hub_now_ms();
     hub_metric_set(&r->hub->metrics.sessions, r->count);
     phy_log(PHY_LOG_INFO, "session_open", "device_id=%s peer=%s", ss->device_id, c->peer);

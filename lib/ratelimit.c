@@ -10,10 +10,33 @@
 #define DEFAULT_SLOTS 16384
 
 struct bucket {
-    double tokens;
-    uint64_t last_ms;
+    struct phy_bucket b;
     unsigned used : 1;
 };
+
+void phy_bucket_init(struct phy_bucket *b, double burst, uint64_t now_ms)
+{
+    b->tokens = burst;
+    b->at_ms = now_ms;
+}
+
+int phy_bucket_take(struct phy_bucket *b, double rate, double burst, uint64_t now_ms,
+                    uint64_t *retry_ms)
+{
+    if (now_ms > b->at_ms) {
+        b->tokens += (double)(now_ms - b->at_ms) * rate / 1000.0;
+        if (b->tokens > burst)
+            b->tokens = burst;
+        b->at_ms = now_ms;
+    }
+    if (b->tokens >= 1.0) {
+        b->tokens -= 1.0;
+        return 1;
+    }
+    if (retry_ms != NULL)
+        *retry_ms = (uint64_t)((1.0 - b->tokens) * 1000.0 / rate) + 1;
+    return 0;
+}
 
 struct phy_ratelimit {
     pthread_mutex_t mu;
@@ -88,18 +111,9 @@ int phy_ratelimit_take(struct phy_ratelimit *rl, const uint8_t addr[16], uint64_
     b = &rl->b[slot_of(rl, addr)];
     if (!b->used) {
         b->used = 1;
-        b->tokens = rl->burst;
-    } else if (now_ms > b->last_ms) {
-        b->tokens += (double)(now_ms - b->last_ms) * rl->rate / 1000.0;
-        if (b->tokens > rl->burst)
-            b->tokens = rl->burst;
+        phy_bucket_init(&b->b, rl->burst, now_ms);
     }
-    b->last_ms = now_ms > b->last_ms ? now_ms : b->last_ms;
-    ok = b->tokens >= 1.0;
-    if (ok)
-        b->tokens -= 1.0;
-    else if (retry_ms != NULL)
-        *retry_ms = (uint64_t)((1.0 - b->tokens) * 1000.0 / rl->rate) + 1;
+    ok = phy_bucket_take(&b->b, rl->rate, rl->burst, now_ms, retry_ms);
     pthread_mutex_unlock(&rl->mu);
     return ok;
 }

@@ -9,6 +9,21 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* One token bucket: refilled at a rate up to a burst, one token per action. */
+struct phy_bucket {
+    double tokens;
+    uint64_t at_ms; /* the last refill */
+};
+
+/* Fills b (burst tokens, as of now_ms). */
+void phy_bucket_init(struct phy_bucket *b, double burst, uint64_t now_ms);
+
+/* Refills b with rate tokens per second (> 0) since its last refill, at most burst,
+ * and takes one token: 1 when taken, 0 when empty; then *retry_ms (optional) is the
+ * wait until the next token. A clock that went back refills nothing. */
+int phy_bucket_take(struct phy_bucket *b, double rate, double burst, uint64_t now_ms,
+                    uint64_t *retry_ms);
+
 struct phy_ratelimit;
 
 /* rate tokens per second (> 0), burst tokens at most (>= 1); slots buckets (0 picks

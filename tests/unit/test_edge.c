@@ -146,6 +146,21 @@ static void test_ratelimit(void **state)
     phy_ratelimit_free(rl);
     assert_null(phy_ratelimit_new(0, 3, 0));
     assert_null(phy_ratelimit_new(1, 0.5, 0));
+
+    /* One bucket alone (the hub's per-session message and frame rates). */
+    struct phy_bucket bk;
+    uint64_t wait = 0;
+    phy_bucket_init(&bk, 2, 5000);
+    assert_true(phy_bucket_take(&bk, 4, 2, 5000, NULL));
+    assert_true(phy_bucket_take(&bk, 4, 2, 5000, NULL));
+    assert_false(phy_bucket_take(&bk, 4, 2, 5000, &wait));
+    assert_int_equal(wait, 251); /* 1 token at 4/s */
+    assert_false(phy_bucket_take(&bk, 4, 2, 5200, NULL)); /* 0.8 */
+    assert_true(phy_bucket_take(&bk, 4, 2, 5300, NULL));
+    assert_true(phy_bucket_take(&bk, 4, 2, 60000, NULL)); /* capped at the burst: */
+    assert_true(phy_bucket_take(&bk, 4, 2, 60000, NULL));
+    assert_false(phy_bucket_take(&bk, 4, 2, 60000, NULL));
+    assert_false(phy_bucket_take(&bk, 4, 2, 1000, NULL)); /* a clock back refills nothing */
 }
 
 static void test_proxy_token(void **state)
