@@ -434,6 +434,21 @@ static void no_device(struct api_response *res)
     api_error(res, 404, "not_found", "no such device");
 }
 
+/* After a store operation on one device (rc, *outcome): 0 when it was done, or -1
+ * answered: 503 when the store failed, 404 when the tenant has no such device. */
+static int device_done(int rc, const int *outcome, struct api_response *res)
+{
+    if (rc < 0) {
+        api_store_failed(res);
+        return -1;
+    }
+    if (*outcome != STORE_OK) {
+        no_device(res);
+        return -1;
+    }
+    return 0;
+}
+
 /* "K:V" (decoded) -> key and value; the key is a tag key, the value a tag value. */
 static int parse_tag_filter(char *kv, const char **key, const char **value)
 {
@@ -535,14 +550,9 @@ static int load_device(struct hub *h, const struct api_caller *caller, const cha
                        struct store_device *d, struct store_twin *t, struct api_response *res)
 {
     int outcome;
-    if (h->store_ops->device_get(h->store, caller->tenant_id, id, d, t, &outcome) < 0) {
-        api_store_failed(res);
+    if (device_done(h->store_ops->device_get(h->store, caller->tenant_id, id, d, t, &outcome),
+                    &outcome, res) < 0)
         return -1;
-    }
-    if (outcome != STORE_OK) {
-        no_device(res);
-        return -1;
-    }
     return 0;
 }
 
@@ -806,14 +816,9 @@ void handle_tags_put(struct hub *h, const struct api_request *req, const char *i
     device_log(res, &caller, id, "");
     if (api_parse_body(req, res, &body) < 0 || tags_validate(body, &tags_json, res) < 0)
         goto out;
-    if (h->store_ops->tags_put(h->store, caller.tenant_id, id, tags_json, &outcome) < 0) {
-        api_store_failed(res);
+    if (device_done(h->store_ops->tags_put(h->store, caller.tenant_id, id, tags_json, &outcome),
+                    &outcome, res) < 0)
         goto out;
-    }
-    if (outcome != STORE_OK) {
-        no_device(res);
-        goto out;
-    }
     device_log(res, &caller, id, "tags=set");
     api_audit(h, caller.tenant_id, caller.user_id, "device.tags", id,
               json_pack("{s:O}", "tags", body));
@@ -863,15 +868,9 @@ void handle_device_rename(struct hub *h, const struct api_request *req, const ch
         if (name[0] == '\0')
             name = NULL; /* "" clears, like null */
     }
-    if (!h->store_ops->device_rename ||
-        h->store_ops->device_rename(h->store, caller.tenant_id, id, name, &outcome) < 0) {
-        api_store_failed(res);
+    if (device_done(h->store_ops->device_rename(h->store, caller.tenant_id, id, name, &outcome),
+                    &outcome, res) < 0)
         goto out;
-    }
-    if (outcome != STORE_OK) {
-        no_device(res);
-        goto out;
-    }
     device_log(res, &caller, id, name ? "name=set" : "name=cleared");
     api_audit(h, caller.tenant_id, caller.user_id, "device.rename", id,
               json_pack("{s:s?}", "name", name));
@@ -904,14 +903,10 @@ void handle_device_revoke(struct hub *h, const struct api_request *req, const ch
     if (api_auth(h, req, res, &caller) < 0)
         return;
     device_log(res, &caller, id, "");
-    if (h->store_ops->device_revoke(h->store, caller.tenant_id, id, hub_now_ms(), &outcome) < 0) {
-        api_store_failed(res);
+    if (device_done(
+            h->store_ops->device_revoke(h->store, caller.tenant_id, id, hub_now_ms(), &outcome),
+            &outcome, res) < 0)
         return;
-    }
-    if (outcome != STORE_OK) {
-        no_device(res);
-        return;
-    }
     device_ended(h, &caller, id, "revoked=1", PHY_CLOSE_REVOKED, "revoked", "device.revoke", NULL, res);
     answer_device(h, &caller, id, res);
 }
@@ -958,14 +953,9 @@ void handle_device_delete(struct hub *h, const struct api_request *req, const ch
     if (api_auth(h, req, res, &caller) < 0)
         return;
     device_log(res, &caller, id, "");
-    if (h->store_ops->device_delete(h->store, caller.tenant_id, id, &outcome) < 0) {
-        api_store_failed(res);
+    if (device_done(h->store_ops->device_delete(h->store, caller.tenant_id, id, &outcome), &outcome,
+                    res) < 0)
         return;
-    }
-    if (outcome != STORE_OK) {
-        no_device(res);
-        return;
-    }
     device_ended(h, &caller, id, "deleted=1", PHY_CLOSE_DELETED, "deleted", "device.delete", NULL, res);
     res->status = 204; /* no body: the server writes no Content-Length either */
 }
