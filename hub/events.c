@@ -14,6 +14,7 @@
 
 #include "handlers.h"
 #include "modes.h"
+#include "phy/assert.h"
 #include "phy/err.h"
 #include "phy/log.h"
 
@@ -108,6 +109,7 @@ void events_publish(struct events *ev, int64_t tenant_id, const char *type, cons
     if (!msg)
         return;
     int len = snprintf(msg, n, "event: %s\ndata: %s\n\n", type, json);
+    PHY_ASSERT(len > 0 && (size_t)len < n);
     struct stream *st = ev->streams;
     while (st) {
         struct stream *next = st->next;
@@ -206,6 +208,7 @@ static void events_begin(struct conn *c)
     struct events *ev = st->events;
     /* The kernel's share of a stream's backlog is bounded too (the default send
      * buffer grows to megabytes for a client that does not read). */
+    PHY_ASSERT(!st->linked);
     int sndbuf = (int)EVENTS_MAX_PENDING;
     setsockopt(c->fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
     st->next = ev->streams;

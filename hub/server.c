@@ -21,6 +21,7 @@
 
 #include "api.h"
 #include "router.h"
+#include "phy/assert.h"
 #include "phy/err.h"
 #include "phy/http.h"
 #include "phy/log.h"
@@ -404,6 +405,7 @@ void conn_refuse(struct conn *c, int status, const char *code, const char *msg)
 {
     char body[256];
     int n = snprintf(body, sizeof(body), "{\"error\":\"%s\",\"message\":\"%s\"}", code, msg);
+    PHY_ASSERT(n > 0 && (size_t)n < sizeof(body)); /* codes and messages are static text */
     phy_log(PHY_LOG_INFO, "http_refused", "peer=%s status=%d error=%s", c->peer, status, code);
     const char *extra = status == 503   ? "Retry-After: 1\r\n"
                         : status == 426 ? "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
@@ -462,6 +464,7 @@ static void on_work_done(uv_work_t *req, int status)
     struct work *w = req->data;
     struct conn *c = w->conn;
     (void)status;
+    PHY_ASSERT(c->state == CONN_WORKING);
     c->state = CONN_READ;
     if (c->close_after_work || c->srv->stopping) {
         conn_close(c);
@@ -865,6 +868,7 @@ static void conn_drive(struct conn *c)
             conn_want(c, 0);
             return;
         case CONN_MODE:
+            PHY_ASSERT(c->mode);
             c->mode->drive(c);
             return;
         case CONN_WRITING: {
@@ -922,6 +926,7 @@ static void on_conn_timer(uv_timer_t *t)
 {
     struct conn *c = t->data;
     if (c->state == CONN_MODE) {
+        PHY_ASSERT(c->mode);
         c->mode->timer(c);
         return;
     }

@@ -20,6 +20,7 @@
 #include "phy/wsframe.h"
 #include "phy/base64.h"
 #include "phy/crypto.h"
+#include "phy/assert.h"
 #include "phy/err.h"
 #include "phy/log.h"
 
@@ -161,6 +162,7 @@ static void registry_grow(struct sessions *r)
 
 static void registry_add(struct sessions *r, struct session *ss)
 {
+    PHY_ASSERT(!ss->registered);
     if (r->count >= r->nbuckets)
         registry_grow(r);
     size_t k = id_hash(ss->device_id) & (r->nbuckets - 1);
@@ -714,6 +716,7 @@ static void on_sess_work_done(uv_work_t *req, int status)
     struct sess_work *w = req->data;
     struct session *ss = w->ss;
     (void)status;
+    PHY_ASSERT(ss->inflight);
     ss->inflight = 0;
     if (ss->detach_pending) {
         conn_close(ss->conn); /* finishes the detach now that no work is in flight */
@@ -759,6 +762,7 @@ static void session_kick(struct session *ss)
     if (ss->inflight || !ss->q_head || ss->detach_pending || ss->closing)
         return;
     struct pending_msg *m = ss->q_head;
+    PHY_ASSERT(ss->q_len > 0);
     ss->q_head = m->next;
     if (!ss->q_head)
         ss->q_tail = NULL;
@@ -895,6 +899,7 @@ static void session_begin(struct conn *c)
         session_drive(old->conn);
     }
     registry_add(r, ss);
+    PHY_ASSERT(!ss->begun);
     ss->begun = 1;
     uint64_t now = uv_now(r->loop);
     ss->last_rx = ss->last_ping = now;
