@@ -231,6 +231,18 @@ static int tcp_connect(struct conn *c, const char *host, unsigned port)
     return PHY_EIO;
 }
 
+/* wait_fd on c's socket for its timeout; a timeout or poll failure is described in
+ * c's error as "timeout <what>" / "poll: ...". 0 or negative. */
+static int conn_wait(struct conn *c, short events, const char *what)
+{
+    int rc = wait_fd(c->fd, events, c->timeout_ms);
+    if (rc == PHY_ETIMEDOUT)
+        errf(c, "timeout %s", what);
+    else if (rc != 0)
+        errf(c, "poll: %s", strerror(errno));
+    return rc;
+}
+
 /* Plain (pre-TLS) send of all n bytes. 0 or negative. */
 static int raw_write_all(struct conn *c, const char *p, size_t n)
 {
@@ -244,15 +256,9 @@ static int raw_write_all(struct conn *c, const char *p, size_t n)
         if (w < 0 && errno == EINTR)
             continue;
         if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            int rc = wait_fd(c->fd, POLLOUT, c->timeout_ms);
-            if (rc == PHY_ETIMEDOUT) {
-                errf(c, "timeout writing");
+            int rc = conn_wait(c, POLLOUT, "writing");
+            if (rc != 0)
                 return rc;
-            }
-            if (rc != 0) {
-                errf(c, "poll: %s", strerror(errno));
-                return rc;
-            }
             continue;
         }
         errf(c, "send: %s", strerror(w < 0 ? errno : EIO));
@@ -271,15 +277,9 @@ static int raw_read(struct conn *c, char *out, size_t cap)
         if (errno == EINTR)
             continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK) {
-            int rc = wait_fd(c->fd, POLLIN, c->timeout_ms);
-            if (rc == PHY_ETIMEDOUT) {
-                errf(c, "timeout reading");
+            int rc = conn_wait(c, POLLIN, "reading");
+            if (rc != 0)
                 return rc;
-            }
-            if (rc != 0) {
-                errf(c, "poll: %s", strerror(errno));
-                return rc;
-            }
             continue;
         }
         errf(c, "recv: %s", strerror(errno));
@@ -344,19 +344,12 @@ static int is_ip_literal(const char *host)
 static int ssl_wait(struct conn *c, int ret, const char *what)
 {
     int e = SSL_get_error(c->ssl, ret);
-    int rc;
 
     if (e == SSL_ERROR_WANT_READ)
-        rc = wait_fd(c->fd, POLLIN, c->timeout_ms);
-    else if (e == SSL_ERROR_WANT_WRITE)
-        rc = wait_fd(c->fd, POLLOUT, c->timeout_ms);
-    else
-        return PHY_EIO;
-    if (rc == PHY_ETIMEDOUT)
-        errf(c, "timeout %s", what);
-    else if (rc != 0)
-        errf(c, "poll: %s", strerror(errno));
-    return rc;
+        return conn_wait(c, POLLIN, what);
+    if (e == SSL_ERROR_WANT_WRITE)
+        return conn_wait(c, POLLOUT, what);
+    return PHY_EIO;
 }
 
 static void ssl_errstr(char *out, size_t cap)
