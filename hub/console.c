@@ -868,8 +868,10 @@ void handle_device_rename(struct hub *h, const struct api_request *req, const ch
         if (name[0] == '\0')
             name = NULL; /* "" clears, like null */
     }
-    if (device_done(h->store_ops->device_rename(h->store, caller.tenant_id, id, name, &outcome),
-                    &outcome, res) < 0)
+    int rc = h->store_ops->device_rename /* a store without the operation: 503 */
+                 ? h->store_ops->device_rename(h->store, caller.tenant_id, id, name, &outcome)
+                 : PHY_EIO;
+    if (device_done(rc, &outcome, res) < 0)
         goto out;
     device_log(res, &caller, id, name ? "name=set" : "name=cleared");
     api_audit(h, caller.tenant_id, caller.user_id, "device.rename", id,
