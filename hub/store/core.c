@@ -122,6 +122,18 @@ static void db_finish(struct db_stmt *st)
         cur.e->finish(st);
 }
 
+/* Steps a query that names at most one row: DB_ROW; DB_DONE (0) with *outcome set
+ * to none; or a negative error (an engine answer that is neither is PHY_EIO). */
+static int step_one(struct db_stmt *st, int *outcome, int none)
+{
+    int rc = db_step(st);
+    if (rc == DB_DONE) {
+        *outcome = none;
+        return 0;
+    }
+    return rc == DB_ROW ? DB_ROW : rc < 0 ? rc : PHY_EIO;
+}
+
 /* Runs sql and takes one step: DB_ROW / DB_DONE with *st left to finish, or a
  * negative PHY_E* (no statement). */
 static int q_stepv(struct store *s, struct db_stmt **st, const char *sql, const char *fmt,
@@ -471,16 +483,9 @@ static int sq_token_auth(struct store *s, const char *token_hash, int64_t now_ms
                 "ti", token_hash, now_ms);
     if (rc)
         goto out;
-    rc = db_step(st);
-    if (rc == DB_DONE) {
-        *outcome = STORE_NOT_FOUND;
-        rc = 0;
+    rc = step_one(st, outcome, STORE_NOT_FOUND);
+    if (rc != DB_ROW)
         goto out;
-    }
-    if (rc != DB_ROW) {
-        rc = rc < 0 ? rc : PHY_EIO;
-        goto out;
-    }
     rc = 0;
     if (tenant_id)
         *tenant_id = db_int(st, 0);
@@ -689,16 +694,9 @@ static int sq_user_get(struct store *s, const char *tenant, const char *user, in
                 "tt", tenant, user);
     if (rc)
         goto out;
-    rc = db_step(st);
-    if (rc == DB_DONE) {
-        *outcome = STORE_NOT_FOUND;
-        rc = 0;
+    rc = step_one(st, outcome, STORE_NOT_FOUND);
+    if (rc != DB_ROW)
         goto out;
-    }
-    if (rc != DB_ROW) {
-        rc = rc < 0 ? rc : PHY_EIO;
-        goto out;
-    }
     if ((rc = col_copy(st, 2, pw_hash, STORE_PW_HASH_MAX + 1)) ||
         (rc = col_copy(st, 3, region, STORE_REGION_MAX + 1)))
         goto out;
@@ -789,13 +787,10 @@ static int sq_console_session_auth(struct store *s, const char *id_hash, int64_t
                 "t", id_hash);
     if (rc)
         goto out;
-    rc = db_step(st);
-    if (rc == DB_DONE) {
-        *outcome = STORE_NOT_FOUND;
-        rc = 0;
+    rc = step_one(st, outcome, STORE_NOT_FOUND);
+    if (rc != DB_ROW)
         goto out;
-    }
-    rc = rc == DB_ROW ? session_read(st, out) : PHY_EIO;
+    rc = session_read(st, out);
     db_finish(st);
     st = NULL;
     if (rc)
@@ -1136,16 +1131,9 @@ static int sq_reg_challenge(struct store *s, const struct store_prov_params *p, 
                 "tti", token_hash, serial, rule_live_after(p));
     if (rc)
         goto out;
-    rc = db_step(st);
-    if (rc == DB_DONE) {
-        *outcome = STORE_BAD_TOKEN;
-        rc = 0;
+    rc = step_one(st, outcome, STORE_BAD_TOKEN);
+    if (rc != DB_ROW)
         goto out;
-    }
-    if (rc != DB_ROW) {
-        rc = rc < 0 ? rc : PHY_EIO;
-        goto out;
-    }
     *outcome = STORE_OK;
     rc = 0;
     size_t len = 0;
@@ -1827,16 +1815,9 @@ static int sq_issuance_cancel_remote(struct store *s, const char *region, const 
                 "ttt", device_id, region, ref);
     if (rc)
         goto out;
-    rc = db_step(st);
-    if (rc == DB_DONE) {
-        *outcome = STORE_NOT_FOUND;
-        rc = 0;
+    rc = step_one(st, outcome, STORE_NOT_FOUND);
+    if (rc != DB_ROW)
         goto out;
-    }
-    if (rc != DB_ROW) {
-        rc = rc < 0 ? rc : PHY_EIO;
-        goto out;
-    }
     delivered = !db_null(st, 1);
     rc = col_copy(st, 0, serial_out, PHY_SERIAL_MAX + 1);
     db_finish(st);
@@ -2355,16 +2336,9 @@ static int sq_device_get(struct store *s, int64_t tenant_id, const char *device_
                 "ti", device_id, tenant_id);
     if (rc)
         goto out;
-    rc = db_step(st);
-    if (rc == DB_DONE) {
-        *outcome = STORE_NOT_FOUND;
-        rc = 0;
+    rc = step_one(st, outcome, STORE_NOT_FOUND);
+    if (rc != DB_ROW)
         goto out;
-    }
-    if (rc != DB_ROW) {
-        rc = rc < 0 ? rc : PHY_EIO;
-        goto out;
-    }
     rc = dev_read(st, d);
     if (rc == 0 && t)
         rc = twin_read(st, DEV_NCOLS, DEV_TAGS_COL, t);
@@ -2916,19 +2890,12 @@ static int device_change(struct store *s, int64_t tenant_id, const char *device_
                 "ti", device_id, tenant_id);
     if (rc)
         goto out;
-    rc = db_step(st);
-    if (rc == DB_DONE) {
-        *outcome = STORE_NOT_FOUND;
-        rc = 0;
+    rc = step_one(st, outcome, STORE_NOT_FOUND);
+    if (rc != DB_ROW)
         goto out;
-    }
-    if (rc == DB_ROW) {
-        remote = db_int(st, 2) != 0;
-        if ((rc = col_copy(st, 0, serial, sizeof serial)) == 0)
-            rc = col_copy(st, 1, state, sizeof state);
-    } else {
-        rc = PHY_EIO;
-    }
+    remote = db_int(st, 2) != 0;
+    if ((rc = col_copy(st, 0, serial, sizeof serial)) == 0)
+        rc = col_copy(st, 1, state, sizeof state);
     db_finish(st);
     st = NULL;
     if (rc)
@@ -3157,7 +3124,7 @@ static int sq_outbox_due(struct store *s, int64_t now_ms, struct store_outbox_it
         count++;
         rc = DB_ROW;
     }
-    rc = rc == DB_DONE || rc == DB_ROW ? 0 : PHY_EIO;
+    rc = rc == DB_DONE || rc == DB_ROW ? 0 : rc < 0 ? rc : PHY_EIO; /* a retry stays one */
 out:
     db_finish(st);
     st = NULL;
@@ -3322,16 +3289,9 @@ static int sq_device_auth(struct store *s, const char *device_id, const char *se
                 "t", device_id);
     if (rc)
         goto out;
-    rc = db_step(st);
-    if (rc == DB_DONE) {
-        *outcome = STORE_NOT_FOUND;
-        rc = 0;
+    rc = step_one(st, outcome, STORE_NOT_FOUND);
+    if (rc != DB_ROW)
         goto out;
-    }
-    if (rc != DB_ROW) {
-        rc = rc < 0 ? rc : PHY_EIO;
-        goto out;
-    }
     tid = db_int(st, 0);
     if ((rc = col_copy(st, 1, stored, sizeof stored)) ||
         (rc = col_copy(st, 2, state, sizeof state)))
@@ -3440,13 +3400,10 @@ static int sq_twin_get(struct store *s, const char *device_id, struct store_twin
                 "t", device_id);
     if (rc)
         goto out;
-    rc = db_step(st);
-    if (rc == DB_DONE) {
-        *outcome = STORE_NOT_FOUND;
-        rc = 0;
+    rc = step_one(st, outcome, STORE_NOT_FOUND);
+    if (rc != DB_ROW)
         goto out;
-    }
-    rc = rc == DB_ROW ? twin_read(st, 1, 0, t) : PHY_EIO;
+    rc = twin_read(st, 1, 0, t);
     if (rc == 0)
         *outcome = STORE_OK;
 out:
