@@ -13,6 +13,7 @@
 #include <cmocka.h>
 
 #include "testtls.h"
+#include "testutil.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -285,6 +286,12 @@ static void test_open_without_head(void **state)
     assert_null(phy_client_conn_response(NULL));
 }
 
+static void open_without_out(void *arg)
+{
+    char err[128];
+    phy_client_open(arg, NULL, 0, NULL, err, sizeof err);
+}
+
 static void test_open_failures(void **state)
 {
     (void)state;
@@ -304,6 +311,8 @@ static void test_open_failures(void **state)
     assert_int_equal(phy_client_open(&o, "GET", 0, &c, err, sizeof err), PHY_EINVAL);
     o.host = "bad host";
     assert_int_equal(phy_client_open(&o, NULL, 0, &c, err, sizeof err), PHY_EINVAL);
+    /* no place for the connection: a caller's bug, asserted */
+    assert_true(test_aborts(open_without_out, &o));
 }
 
 static void test_cert_time_floor(void **state)

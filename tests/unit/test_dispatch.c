@@ -9,6 +9,7 @@
 #include <cmocka.h>
 
 #include "dispatch.h"
+#include "testutil.h"
 #include "phy/err.h"
 #include "phy/twin.h"
 
@@ -499,6 +500,12 @@ static const struct dispatch_id *iid(const char *text)
     return id;
 }
 
+static void error_msg_without_code(void *arg)
+{
+    (void)arg;
+    free(dispatch_error_msg(sid("1"), NULL, "x"));
+}
+
 static void test_builders(void **state)
 {
     (void)state;
@@ -510,6 +517,8 @@ static void test_builders(void **state)
     check_msg(dispatch_error_msg(sid("q\"1"), "bad_message", "unknown field \"x\""),
               "{\"type\":\"error\",\"id\":\"q\\\"1\",\"error\":\"bad_message\","
               "\"message\":\"unknown field \\\"x\\\"\"}");
+    /* no error code: a caller's bug, asserted */
+    assert_true(test_aborts(error_msg_without_code, NULL));
     check_msg(dispatch_error_msg(sid("é"), "too_large", NULL),
               "{\"type\":\"error\",\"id\":\"é\",\"error\":\"too_large\",\"message\":\"\"}");
 
