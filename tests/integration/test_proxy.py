@@ -810,6 +810,26 @@ def test_share_kept_for_devices_when_nearly_full():
         c.kill()
 
 
+def tcp_sockets(pid):
+    """How many TCP sockets (any state) process pid holds."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                inodes.update(line.split()[9] for line in list(f)[1:])
+        except FileNotFoundError:
+            pass
+    n = 0
+    for fd in os.listdir("/proc/%d/fd" % pid):
+        try:
+            link = os.readlink("/proc/%d/fd/%s" % (pid, fd))
+        except OSError:
+            continue
+        if link.startswith("socket:[") and link[8:-1] in inodes:
+            n += 1
+    return n
+
+
 def test_out_of_descriptors_is_logged_and_clients_wait():
     """Descriptors taken away from a running proxy (its limit lowered under it): the
     proxy logs why it cannot accept (once a second), and the clients wait in the
@@ -820,9 +840,14 @@ def test_out_of_descriptors_is_logged_and_clients_wait():
                         % S["echo"].port, "--max-connections", "100"], "proxy-emfile", S["dir"])
     waiting = []
     try:
-        # Not wait_port: its probe connection would be closed by the proxy after the
-        # count below and leave a free descriptor under the limit.
-        c.wait_log(r"event=start ", 10)
+        c.wait_port(port)
+        # wait_port's probe connection must be closed in the proxy before the count
+        # below, or it leaves a free descriptor under the limit: wait until the
+        # listener is the proxy's only TCP socket.
+        deadline = time.monotonic() + 10
+        while tcp_sockets(c.pid) != 1:
+            assert time.monotonic() < deadline, tcp_sockets(c.pid)
+            time.sleep(0.01)
         # The lowest free descriptor number: a limit at it leaves no number free
         # (counting the open ones would leave a hole below the highest usable).
         used = {int(fd) for fd in os.listdir("/proc/%d/fd" % c.pid)}
