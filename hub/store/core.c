@@ -369,6 +369,14 @@ const char *store_engine_name(const struct store *s)
     return s ? s->e->name : "";
 }
 
+int store_set_node(struct store *s, const char *node_id)
+{
+    if (!s || !store_node_id_ok(node_id))
+        return PHY_EINVAL;
+    snprintf(s->node, sizeof s->node, "%s", node_id);
+    return 0;
+}
+
 int store_debug_query(struct store *s, const char *sql, char *out, size_t cap)
 {
     if (!s || !sql || !out || cap == 0)
@@ -3330,12 +3338,12 @@ static int sq_session_open(struct store *s, const char *device_id, int64_t now_m
                 "tii", device_id, (int64_t)OUTBOX_PURGE, now_ms);
     if (rc == 0)
         rc = q_exec(s, &changes,
-                    "UPDATE devices SET online = 1, connected_ms = ?1,"
+                    "UPDATE devices SET online = 1, connected_ms = ?1, session_node = ?3,"
                     " session_gen = session_gen + 1,"
                     " last_seen_ms = CASE WHEN last_seen_ms > ?1 THEN last_seen_ms ELSE ?1 END,"
                     " state = CASE WHEN state IN " SQL_BEFORE_FIRST_SESSION
                     " THEN " SQL_ACTIVE " ELSE state END WHERE device_id = ?2 AND state <> " SQL_REVOKED,
-                    "it", now_ms, device_id);
+                    "itt", now_ms, device_id, s->node[0] ? s->node : NULL);
     if (rc == 0 && changes == 0)
         rc = PHY_ENOTFOUND; /* deleted or revoked since it authenticated */
     if (rc == 0 && gen) {
@@ -3378,10 +3386,75 @@ static int sq_presence_reset(struct store *s, int64_t now_ms)
     if (!s)
         return PHY_EINVAL;
     TX_BEGIN(s, 1)
-    rc = q_exec(s, NULL, "UPDATE devices SET online = 0, disconnected_ms = ? WHERE online <> 0",
-                "i", now_ms);
+    rc = q_exec(s, NULL,
+                "UPDATE devices SET online = 0, disconnected_ms = ?1 WHERE online <> 0 AND"
+                " (session_node IS NULL OR session_node = ?2 OR"
+                " session_node NOT IN (SELECT node_id FROM nodes))",
+                "it", now_ms, s->node);
     rc = tx_end(s, rc);
     TX_RETRY(rc);
+    return rc;
+}
+
+static int sq_node_heartbeat(struct store *s, int64_t now_ms)
+{
+    int rc;
+    if (!s || !s->node[0])
+        return PHY_EINVAL;
+    TX_BEGIN(s, 1)
+    rc = q_exec(s, NULL,
+                "INSERT INTO nodes(node_id, heartbeat_ms, started_ms) VALUES (?1, ?2, ?2)"
+                " ON CONFLICT(node_id) DO UPDATE SET heartbeat_ms = excluded.heartbeat_ms",
+                "ti", s->node, now_ms);
+    rc = tx_end(s, rc);
+    TX_RETRY(rc);
+    return rc;
+}
+
+static int sq_presence_sweep(struct store *s, int64_t now_ms, int64_t dead_before_ms, int *n)
+{
+    int rc, changes = 0;
+    if (n)
+        *n = 0;
+    if (!s || !s->node[0])
+        return PHY_EINVAL;
+    TX_BEGIN(s, 1)
+    rc = q_exec(s, &changes,
+                "UPDATE devices SET online = 0, disconnected_ms = ?1 WHERE online <> 0 AND"
+                " session_node <> ?3 AND (session_node IN (SELECT node_id FROM nodes"
+                " WHERE heartbeat_ms < ?2) OR session_node NOT IN (SELECT node_id FROM nodes))",
+                "iit", now_ms, dead_before_ms, s->node);
+    if (rc == 0)
+        rc = q_exec(s, NULL,
+                    "DELETE FROM nodes WHERE heartbeat_ms < ?1 AND node_id <> ?2 AND NOT EXISTS"
+                    " (SELECT 1 FROM devices WHERE online <> 0 AND session_node = nodes.node_id)",
+                    "it", dead_before_ms, s->node);
+    rc = tx_end(s, rc);
+    TX_RETRY(rc);
+    if (rc == 0 && n)
+        *n = changes;
+    return rc;
+}
+
+static int sq_lease_take(struct store *s, const char *name, int64_t now_ms, int64_t until_ms,
+                         int *held)
+{
+    int rc, changes = 0;
+    if (held)
+        *held = 0;
+    if (!s || !s->node[0] || !held || !store_audit_action_ok(name) || until_ms <= now_ms)
+        return PHY_EINVAL;
+    TX_BEGIN(s, 1)
+    rc = q_exec(s, &changes,
+                "INSERT INTO leases(name, node_id, until_ms) VALUES (?1, ?2, ?3)"
+                " ON CONFLICT(name) DO UPDATE SET node_id = excluded.node_id,"
+                " until_ms = excluded.until_ms"
+                " WHERE leases.node_id = excluded.node_id OR leases.until_ms <= ?4",
+                "ttii", name, s->node, until_ms, now_ms);
+    rc = tx_end(s, rc);
+    TX_RETRY(rc);
+    if (rc == 0)
+        *held = changes > 0;
     return rc;
 }
 
@@ -3600,6 +3673,9 @@ const struct phy_store_ops store_ops = {
     .session_open = sq_session_open,
     .session_close = sq_session_close,
     .presence_reset = sq_presence_reset,
+    .node_heartbeat = sq_node_heartbeat,
+    .presence_sweep = sq_presence_sweep,
+    .lease_take = sq_lease_take,
     .twin_get = sq_twin_get,
     .reported_patch = sq_reported_patch,
     .status_put = sq_status_put,

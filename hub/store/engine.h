@@ -37,8 +37,7 @@ __attribute__((format(printf, 3, 4))) static inline void store_errf(char *err, s
  * SQLSTATE 40001/40P01): the core rolls back and runs the whole operation again. */
 #define STORE_ERETRY (-100)
 
-/* The schema version this build knows; both engines number their migrations alike. */
-#define STORE_SCHEMA_VERSION 7
+/* STORE_SCHEMA_VERSION (store.h): both engines number their migrations alike. */
 
 /* One bound parameter: 't' text (NULL text binds NULL), 'i' int64, 'n' a NULL integer,
  * 'b' blob (NULL blob binds NULL). */
@@ -109,6 +108,7 @@ struct store_engine {
 struct store {
     const struct store_engine *e;
     struct store_db *db;
+    char node[STORE_NODE_ID_MAX + 1]; /* this hub node ("" until store_set_node) */
 };
 
 extern const struct store_engine store_engine_sqlite;

@@ -218,11 +218,20 @@ static const char PG_MIGRATE_5_6_SQL[] =
 static const char PG_MIGRATE_6_7_SQL[] = "ALTER TABLE registrations ADD COLUMN source TEXT;"
                                          "ALTER TABLE registrations ADD COLUMN agent TEXT;";
 
+/* Version 7 -> 8: several hub nodes (sqlite.c's V8_SQL). */
+static const char PG_MIGRATE_7_8_SQL[] =
+    "ALTER TABLE devices ADD COLUMN session_node TEXT;"
+    "CREATE INDEX devices_online_node ON devices(session_node) WHERE online = 1;"
+    "CREATE TABLE nodes(node_id TEXT PRIMARY KEY, heartbeat_ms BIGINT NOT NULL,"
+    " started_ms BIGINT NOT NULL);"
+    "CREATE TABLE leases(name TEXT PRIMARY KEY, node_id TEXT NOT NULL, until_ms BIGINT NOT NULL);";
+
 /* MIGRATE_SQL[v] takes version v to v + 1 (the PostgreSQL engine starts at 4: a fresh
  * store gets PG_SCHEMA_SQL, then the migrations from 4). */
 #define PG_FIRST_VERSION 4
 static const char *const PG_MIGRATE_SQL[STORE_SCHEMA_VERSION] = {
-    NULL, NULL, NULL, NULL, PG_MIGRATE_4_5_SQL, PG_MIGRATE_5_6_SQL, PG_MIGRATE_6_7_SQL};
+    NULL, NULL, NULL, NULL, PG_MIGRATE_4_5_SQL, PG_MIGRATE_5_6_SQL, PG_MIGRATE_6_7_SQL,
+    PG_MIGRATE_7_8_SQL};
 
 /* libpq's message without its trailing newline, for err (names no password). */
 static void conn_err(char *err, size_t errcap, const char *what, PGconn *c)

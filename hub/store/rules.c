@@ -53,6 +53,16 @@ int store_name_ok(const char *name)
     return !name || (strnlen(name, STORE_NAME_MAX + 1) <= STORE_NAME_MAX && !has_control(name));
 }
 
+int store_node_id_ok(const char *s)
+{
+    if (!store_str_ok(s, STORE_NODE_ID_MAX))
+        return 0;
+    for (; *s; s++)
+        if (!phy_name_char(*s) && *s != ':')
+            return 0;
+    return 1;
+}
+
 int store_hash_ok(const char *s)
 {
     return store_str_ok(s, PHY_HASH_HEX_LEN);

@@ -55,6 +55,7 @@ int store_name_ok(const char *name);               /* device name: NULL, or <= S
 int store_hash_ok(const char *s);                  /* a hex SHA-256 (1..64 chars) */
 int store_region_ok(const char *s);                /* 1..15 of [a-z0-9-] */
 int store_device_id_ok(const char *s);             /* 1..PHY_DEVICE_ID_LEN bytes */
+int store_node_id_ok(const char *s);               /* 1..STORE_NODE_ID_MAX of [A-Za-z0-9._:-] */
 int store_session_hash_ok(const char *s);          /* exactly 64 lowercase hex */
 int store_token_ok(const char *s); /* exactly PHY_TOKEN_LEN base64url: phy_token_new's
                                     * tokens (CSRF, poll token, challenge) */

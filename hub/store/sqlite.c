@@ -95,6 +95,15 @@
     "ALTER TABLE registrations ADD COLUMN source TEXT;"                                            \
     "ALTER TABLE registrations ADD COLUMN agent TEXT;"
 
+/* Version 7 -> 8: several hub nodes on one store (docs/store.md "Nodes"): the node
+ * holding a device's session, the nodes' heartbeats and the leases of singleton jobs. */
+#define V8_SQL                                                                                     \
+    "ALTER TABLE devices ADD COLUMN session_node TEXT;"                                            \
+    "CREATE INDEX devices_online_node ON devices(session_node) WHERE online = 1;"                  \
+    "CREATE TABLE nodes(node_id TEXT PRIMARY KEY, heartbeat_ms INTEGER NOT NULL,"                 \
+    " started_ms INTEGER NOT NULL);"                                                               \
+    "CREATE TABLE leases(name TEXT PRIMARY KEY, node_id TEXT NOT NULL, until_ms INTEGER NOT NULL);"
+
 /* A fresh store is created at SCHEMA_VERSION directly; older ones are migrated
  * step by step (MIGRATE_SQL[v] takes version v to v + 1). */
 static const char SCHEMA_SQL[] =
@@ -178,7 +187,7 @@ static const char SCHEMA_SQL[] =
     "  at_ms INTEGER NOT NULL);"
     "CREATE INDEX IF NOT EXISTS claim_failures_tenant ON claim_failures(tenant_id, at_ms);"
     "CREATE INDEX IF NOT EXISTS claim_failures_user"
-    " ON claim_failures(tenant_id, user_id, at_ms);" CONSOLE_SQL ATTEST_SQL V6_SQL V7_SQL;
+    " ON claim_failures(tenant_id, user_id, at_ms);" CONSOLE_SQL ATTEST_SQL V6_SQL V7_SQL V8_SQL;
 
 /* Version 1 -> 2: presence, last status and twins. The result matches SCHEMA_SQL. */
 static const char MIGRATE_1_2_SQL[] =
@@ -220,6 +229,7 @@ static const char *const MIGRATE_SQL[STORE_SCHEMA_VERSION] = {
     ATTEST_SQL,
     V6_SQL,
     V7_SQL,
+    V8_SQL,
 };
 
 

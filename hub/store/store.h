@@ -11,6 +11,9 @@
 #include "phy/crypto.h"
 
 #define STORE_NAME_MAX 64
+#define STORE_NODE_ID_MAX 64
+/* The schema this build creates and migrates to (both engines). */
+#define STORE_SCHEMA_VERSION 8 /* a hub node's ID: [A-Za-z0-9._:-] */
 
 struct store; /* opaque back-end state */
 
@@ -553,9 +556,25 @@ struct phy_store_ops {
      * unconditionally). */
     int (*session_close)(struct store *s, const char *device_id, int64_t gen, int64_t now_ms,
                          int64_t last_seen_ms);
-    /* At start-up: every device still marked online is set offline (no session
-     * survives a restart). */
+    /* At start-up: every device still marked online whose session this node held
+     * (store_set_node), or a node the store does not know, or no node (a store from
+     * before nodes), is set offline: no session survives a restart. Other live nodes'
+     * devices stay online. Run after node_heartbeat, so this node is known. */
     int (*presence_reset)(struct store *s, int64_t now_ms);
+    /* Several hub nodes on one store (docs/store.md "Nodes"). This node's heartbeat
+     * (it is added when new). */
+    int (*node_heartbeat)(struct store *s, int64_t now_ms);
+    /* Devices whose session was held by another node that has not beaten its heart
+     * since dead_before_ms, or by a node the store does not know, are set offline
+     * (*n, optional, gets how many); such nodes without devices online are forgotten.
+     * A device whose newer session is held by a live node is not touched: the
+     * session's node moves with its generation. */
+    int (*presence_sweep)(struct store *s, int64_t now_ms, int64_t dead_before_ms, int *n);
+    /* Takes or renews the lease of the singleton job name (1..31 of [a-z._]) for this
+     * node until until_ms: *held = 1 when this node holds it now (it held it, or the
+     * lease had ended by now_ms), else 0 (another node holds it). */
+    int (*lease_take)(struct store *s, const char *name, int64_t now_ms, int64_t until_ms,
+                      int *held);
     /* The twin of a device (any tenant: the caller authenticated the device). */
     int (*twin_get)(struct store *s, const char *device_id, struct store_twin *t, int *outcome);
     /* Merges a reported patch; *version and *changed as for desired_patch. OK /
@@ -587,6 +606,10 @@ int store_open_opts(const char *url, const struct store_engine_opts *o, struct s
                     char *err, size_t errcap);
 /* "sqlite" or "postgresql". */
 const char *store_engine_name(const struct store *s);
+/* Names the hub node using s (1..STORE_NODE_ID_MAX of [A-Za-z0-9._:-]): the node
+ * recorded with each session it opens, whose heartbeat and leases are its own. 0 or
+ * PHY_EINVAL. Set before serving. */
+int store_set_node(struct store *s, const char *node_id);
 /* Copies every row of from into to, which must be empty (PHY_EEXIST otherwise), in
  * one transaction of to; report gets "table=rows ..."; err a message. */
 int store_copy(struct store *from, struct store *to, char *report, size_t cap, char *err,

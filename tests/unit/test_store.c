@@ -749,7 +749,7 @@ static void test_durable_across_restart(void **state)
     if (!store_is_pg()) {
         assert_int_equal(stat(f->path, &st), 0);
         assert_int_equal(st.st_mode & 0777, 0600);
-        assert_int_equal(raw_int(f->path, "PRAGMA user_version"), 7);
+        assert_int_equal(raw_int(f->path, "PRAGMA user_version"), STORE_SCHEMA_VERSION);
     }
     assert_int_equal(raw_int(f->path, "SELECT count(*) FROM issuances WHERE sealed IS NOT NULL"),
                      1);

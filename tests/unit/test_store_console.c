@@ -1151,7 +1151,7 @@ static void test_migration_v3(void **state)
                      0);
 
     fx_open(f);
-    assert_int_equal(raw_int(f->path, "PRAGMA user_version"), 7);
+    assert_int_equal(raw_int(f->path, "PRAGMA user_version"), STORE_SCHEMA_VERSION);
     /* The last status became the history's first entry. */
     assert_int_equal(history_str(f, f->acme, 1, 20, buf, sizeof buf), STORE_OK);
     assert_string_equal(buf, "77:7");
@@ -1176,7 +1176,7 @@ static void test_migration_v3(void **state)
 
     /* Same shape as a fresh store. */
     make_fresh(f);
-    assert_int_equal(raw_int(f->fresh, "PRAGMA user_version"), 7);
+    assert_int_equal(raw_int(f->fresh, "PRAGMA user_version"), STORE_SCHEMA_VERSION);
     static const char *const shapes[] = {
         COLS_SQL("console_sessions"),  COLS_SQL("login_failures"),  COLS_SQL("audit"),
         COLS_SQL("status_history"),    FKEYS_SQL("status_history"), INDEXES_SQL,

@@ -837,7 +837,7 @@ static void test_migration_v2(void **state)
     raw_exec(f->path, sql);
 
     fx_open(f);
-    assert_int_equal(raw_int(f->path, "PRAGMA user_version"), 7);
+    assert_int_equal(raw_int(f->path, "PRAGMA user_version"), STORE_SCHEMA_VERSION);
     /* Old rows are eu's own (remote 0, region NULL) and behave as before. */
     assert_int_equal(raw_int(f->path, "SELECT remote FROM devices"), 0);
     assert_int_equal(raw_int(f->path, "SELECT region IS NULL FROM issuances"), 1);

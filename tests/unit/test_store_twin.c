@@ -857,6 +857,109 @@ static void test_presence_reset(void **state)
     assert_int_equal(ops->presence_reset(f->s, T0 + 200), 0);
 }
 
+/* 1 when device i of tenant 1 is online. */
+static int online(struct fx *f, unsigned i)
+{
+    struct store_device d;
+    get(f, 1, i, &d, NULL);
+    int on = d.online;
+    store_device_clear(&d);
+    return on;
+}
+
+static void as_node(struct fx *f, const char *node)
+{
+    assert_int_equal(store_set_node(f->s, node), 0);
+}
+
+/* Several hub nodes on one store: whose sessions a start or a sweep ends, and the
+ * leases of singleton jobs. One handle plays every node (store_set_node). */
+static void test_nodes(void **state)
+{
+    struct fx *f = *state;
+    struct id id;
+    int n = -1, held = -1;
+    for (unsigned i = 1; i <= 3; i++)
+        mkdev(f, 1, i, NULL);
+    assert_int_equal(store_set_node(f->s, ""), PHY_EINVAL);
+    assert_int_equal(store_set_node(f->s, "a b"), PHY_EINVAL);
+    assert_int_equal(store_set_node(f->s, "x123456789x123456789x123456789x123456789x123456789x12345678"
+                                          "9x12345"), PHY_EINVAL);
+    as_node(f, "hub-a.example:443");
+    assert_int_equal(ops->node_heartbeat(f->s, T0), 0);
+    id = ID(1);
+    assert_int_equal(ops->session_open(f->s, id.s, T0 + 1, NULL), 0);
+    id = ID(2);
+    assert_int_equal(ops->session_open(f->s, id.s, T0 + 2, NULL), 0);
+    as_node(f, "B");
+    assert_int_equal(ops->node_heartbeat(f->s, T0 + 3), 0);
+    id = ID(3);
+    assert_int_equal(ops->session_open(f->s, id.s, T0 + 3, NULL), 0);
+
+    /* A restarts: its own sessions end, B's device stays online. */
+    as_node(f, "hub-a.example:443");
+    assert_int_equal(ops->node_heartbeat(f->s, T0 + 10), 0);
+    assert_int_equal(ops->presence_reset(f->s, T0 + 10), 0);
+    assert_false(online(f, 1));
+    assert_false(online(f, 2));
+    assert_true(online(f, 3));
+    id = ID(1);
+    assert_int_equal(ops->session_open(f->s, id.s, T0 + 11, NULL), 0);
+
+    /* B's heartbeat stops: A's sweep ends B's sessions once it is older than the
+     * limit, not before; B is forgotten; A's own session stays. */
+    assert_int_equal(ops->presence_sweep(f->s, T0 + 20, T0 + 3, &n), 0);
+    assert_int_equal(n, 0);
+    assert_true(online(f, 3));
+    assert_int_equal(ops->presence_sweep(f->s, T0 + 100, T0 + 50, &n), 0);
+    assert_int_equal(n, 1);
+    assert_false(online(f, 3));
+    assert_true(online(f, 1));
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM nodes WHERE node_id = 'B'"), 0);
+
+    /* Device 1 moves to B (a newer session): A's later death does not end it. */
+    as_node(f, "B");
+    assert_int_equal(ops->node_heartbeat(f->s, T0 + 200), 0);
+    id = ID(1);
+    assert_int_equal(ops->session_open(f->s, id.s, T0 + 200, NULL), 0);
+    assert_int_equal(ops->presence_sweep(f->s, T0 + 300, T0 + 150, &n), 0);
+    assert_int_equal(n, 0);
+    assert_true(online(f, 1));
+
+    /* A session of a node the store does not know (it never beat) ends at a sweep. */
+    as_node(f, "C");
+    id = ID(2);
+    assert_int_equal(ops->session_open(f->s, id.s, T0 + 301, NULL), 0);
+    as_node(f, "B");
+    assert_int_equal(ops->presence_sweep(f->s, T0 + 302, T0 + 150, &n), 0);
+    assert_int_equal(n, 1);
+    assert_false(online(f, 2));
+    assert_true(online(f, 1));
+
+    /* Leases: one holder; renewed by it; taken over once it ended. */
+    as_node(f, "A");
+    assert_int_equal(ops->lease_take(f->s, "sweep", 1000, 2000, &held), 0);
+    assert_int_equal(held, 1);
+    as_node(f, "B");
+    assert_int_equal(ops->lease_take(f->s, "sweep", 1500, 2500, &held), 0);
+    assert_int_equal(held, 0);
+    assert_int_equal(ops->lease_take(f->s, "outbox", 1500, 2500, &held), 0);
+    assert_int_equal(held, 1); /* another job: its own lease */
+    as_node(f, "A");
+    assert_int_equal(ops->lease_take(f->s, "sweep", 1600, 2600, &held), 0);
+    assert_int_equal(held, 1);
+    as_node(f, "B");
+    assert_int_equal(ops->lease_take(f->s, "sweep", 2599, 3599, &held), 0);
+    assert_int_equal(held, 0);
+    assert_int_equal(ops->lease_take(f->s, "sweep", 2600, 3600, &held), 0);
+    assert_int_equal(held, 1); /* A's lease ended */
+    as_node(f, "A");
+    assert_int_equal(ops->lease_take(f->s, "sweep", 2700, 3700, &held), 0);
+    assert_int_equal(held, 0);
+    assert_int_equal(ops->lease_take(f->s, "Sweep!", 2700, 3700, &held), PHY_EINVAL);
+    assert_int_equal(ops->lease_take(f->s, "sweep", 2700, 2700, &held), PHY_EINVAL);
+}
+
 static void test_status(void **state)
 {
     struct fx *f = *state;
@@ -1094,7 +1197,7 @@ static void test_migration_v1(void **state)
     assert_int_equal(chmod(f->path, 0600), 0); /* the store refuses group/other access */
 
     fx_open(f);
-    assert_int_equal(raw_int(f->path, "PRAGMA user_version"), 7);
+    assert_int_equal(raw_int(f->path, "PRAGMA user_version"), STORE_SCHEMA_VERSION);
     get(f, 1, 1, &d, &t);
     assert_string_equal(d.serial, "S1");
     assert_string_equal(d.name, "lobby");
@@ -1157,6 +1260,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_device_auth, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sessions, setup, teardown),
         cmocka_unit_test_setup_teardown(test_presence_reset, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_nodes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_status, setup, teardown),
         cmocka_unit_test_setup_teardown(test_revoke, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reset, setup, teardown),

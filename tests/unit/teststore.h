@@ -227,6 +227,10 @@ static inline int teardown(void **state)
 
 /* Takes a fresh SQLite store back to version 4 (for tests of older versions). */
 #define UNDO_V5_SQL                                                                                \
+    "DROP TABLE leases;"                                                                           \
+    "DROP TABLE nodes;"                                                                            \
+    "DROP INDEX devices_online_node;"                                                              \
+    "ALTER TABLE devices DROP COLUMN session_node;"                                                \
     "ALTER TABLE registrations DROP COLUMN source;"                                                \
     "ALTER TABLE registrations DROP COLUMN agent;"                                                 \
     "DROP INDEX devices_claim;"                                                                    \
@@ -452,12 +456,14 @@ static inline void expect_same_shape(struct fx *f, const char *sql)
     assert_true(strlen(a) > 20);
 }
 
-/* Makes f->fresh a store from the future (version 7) and asserts it is refused. */
+/* Makes f->fresh a store from the future (this build's version + 1) and asserts it
+ * is refused. */
 static inline void expect_future_refused(struct fx *f)
 {
     struct store *s2 = (struct store *)f; /* not NULL: the refused open must clear it */
-    char err[256] = "";
-    raw_exec(f->fresh, "PRAGMA user_version = 8");
+    char err[256] = "", sql[64];
+    snprintf(sql, sizeof sql, "PRAGMA user_version = %d", STORE_SCHEMA_VERSION + 1);
+    raw_exec(f->fresh, sql);
     assert_int_equal(ops->open(f->fresh, &s2, err, sizeof err), PHY_EUNSUPP);
     assert_null(s2);
 }
