@@ -67,6 +67,10 @@ struct hub_config {
     long device_share;                  /* % of max_connections kept for device sessions */
     struct phy_strlist metrics_allow;   /* "CIDR,…" who may read /metrics (default loopback) */
     long max_idle_per_source;           /* idle keep-alive connections per client address */
+    /* several nodes on one store (docs/store.md "Nodes") */
+    char *node_id;           /* this node (default host name:listen port) */
+    long node_heartbeat_s;   /* heartbeat period */
+    long node_timeout_s;     /* a node silent this long is dead: its sessions end */
 };
 
 /* What an HTTP request is, for metrics (hub_route_class). */

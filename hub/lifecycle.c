@@ -18,10 +18,24 @@ static struct {
     struct server *server;
     uv_loop_t *loop;
     uv_signal_t sigint, sigterm;
-    uv_timer_t sweep_timer, outbox_timer;
-    uv_work_t sweep_work, outbox_work;
-    int sweep_running, outbox_running, outbox_again, stopping;
+    uv_timer_t sweep_timer, outbox_timer, heart_timer;
+    uv_work_t sweep_work, outbox_work, heart_work;
+    int sweep_running, outbox_running, outbox_again, heart_running, stopping;
 } L;
+
+/* 1 when this node holds (took or renewed) the lease of the singleton job for the
+ * node timeout: on several nodes one runs the job at a time, and a dead holder's job
+ * passes to another node once its lease ends. */
+static int hub_lead(struct hub *h, const char *job, int64_t now_ms)
+{
+    int held = 0;
+    if (h->store_ops->lease_take(h->store, job, now_ms, now_ms + h->cfg.node_timeout_s * 1000,
+                                 &held) < 0) {
+        phy_log(PHY_LOG_WARN, "lease_failed", "job=%s store=%s", job, store_engine_name(h->store));
+        return 0;
+    }
+    return held;
+}
 
 int64_t hub_failures_keep_ms(const struct hub *h)
 {
@@ -54,10 +68,34 @@ void hub_sweep(struct hub *h, int64_t now_ms)
     region_outbox_drain(h);
 }
 
+void hub_heartbeat(struct hub *h, int64_t now_ms)
+{
+    int n = 0;
+    if (h->store_ops->node_heartbeat(h->store, now_ms) < 0) {
+        phy_log(PHY_LOG_WARN, "heartbeat_failed", "node=%s store=%s", h->cfg.node_id,
+                store_engine_name(h->store));
+        return;
+    }
+    if (!hub_lead(h, "presence", now_ms))
+        return;
+    if (h->store_ops->presence_sweep(h->store, now_ms, now_ms - h->cfg.node_timeout_s * 1000,
+                                     &n) < 0)
+        phy_log(PHY_LOG_WARN, "sweep_failed", "store=%s what=presence", store_engine_name(h->store));
+    else if (n > 0)
+        phy_log(PHY_LOG_WARN, "dead_node_sessions_ended", "devices=%d node_timeout_s=%ld", n,
+                h->cfg.node_timeout_s);
+}
+
 int hub_prepare(struct hub *h, char *err, size_t errcap)
 {
     int64_t now = hub_now_ms();
-    store_sweep(h, now);
+    if (store_set_node(h->store, h->cfg.node_id) < 0 ||
+        h->store_ops->node_heartbeat(h->store, now) < 0) {
+        snprintf(err, errcap, "cannot record this node (%s) in the store", h->cfg.node_id);
+        return -1;
+    }
+    if (hub_lead(h, "sweep", now))
+        store_sweep(h, now);
     if (h->store_ops->presence_reset(h->store, now) < 0) {
         snprintf(err, errcap, "cannot reset presence in the store");
         return -1;
@@ -68,7 +106,31 @@ int hub_prepare(struct hub *h, char *err, size_t errcap)
 static void on_sweep_work(uv_work_t *w)
 {
     (void)w;
-    hub_sweep(L.hub, hub_now_ms());
+    int64_t now = hub_now_ms();
+    if (hub_lead(L.hub, "sweep", now))
+        hub_sweep(L.hub, now);
+}
+
+static void on_heart_work(uv_work_t *w)
+{
+    (void)w;
+    hub_heartbeat(L.hub, hub_now_ms());
+}
+
+static void on_heart_done(uv_work_t *w, int status)
+{
+    (void)w;
+    (void)status;
+    L.heart_running = 0;
+}
+
+static void on_heart_timer(uv_timer_t *t)
+{
+    (void)t;
+    if (L.heart_running)
+        return;
+    L.heart_running = 1;
+    uv_queue_work(L.loop, &L.heart_work, on_heart_work, on_heart_done);
 }
 
 static void on_sweep_done(uv_work_t *w, int status)
@@ -90,7 +152,10 @@ static void on_sweep_timer(uv_timer_t *t)
 static void on_outbox_work(uv_work_t *w)
 {
     (void)w;
-    region_outbox_drain(L.hub);
+    /* The sweep's lease covers the outbox too: one node drains it at a time (a
+     * kick on another node waits for the holder's next sweep). */
+    if (hub_lead(L.hub, "sweep", hub_now_ms()))
+        region_outbox_drain(L.hub);
 }
 
 static void on_outbox_timer(uv_timer_t *t);
@@ -139,6 +204,7 @@ static void on_signal(uv_signal_t *s, int signum)
     uv_close((uv_handle_t *)&L.sigterm, NULL);
     uv_close((uv_handle_t *)&L.sweep_timer, NULL);
     uv_close((uv_handle_t *)&L.outbox_timer, NULL);
+    uv_close((uv_handle_t *)&L.heart_timer, NULL);
 }
 
 void hub_lifecycle_start(struct hub *h, uv_loop_t *loop, struct server *srv)
@@ -156,4 +222,7 @@ void hub_lifecycle_start(struct hub *h, uv_loop_t *loop, struct server *srv)
     uv_timer_init(loop, &L.sweep_timer);
     uv_timer_start(&L.sweep_timer, on_sweep_timer, (uint64_t)h->cfg.sweep_interval_s * 1000,
                    (uint64_t)h->cfg.sweep_interval_s * 1000);
+    uv_timer_init(loop, &L.heart_timer);
+    uv_timer_start(&L.heart_timer, on_heart_timer, (uint64_t)h->cfg.node_heartbeat_s * 1000,
+                   (uint64_t)h->cfg.node_heartbeat_s * 1000);
 }

@@ -70,6 +70,8 @@ static void config_defaults(struct hub_config *c)
     c->device_share = 20;
     c->max_idle_per_source = 16;
     c->sweep_interval_s = 30;
+    c->node_heartbeat_s = 5;
+    c->node_timeout_s = 30;
     c->seal_epoch_s = 900;
     c->claim_user_limit = 10;
     c->claim_tenant_limit = 100;
@@ -567,6 +569,14 @@ int main(int argc, char **argv)
          "further ones closed (10000)"},
         {"sweep-interval", PHY_OPT_INT, &c->sweep_interval_s, 1, 3600,
          "housekeeping period: lapsed registrations, purged issuances, s (30)"},
+        {"node-id", PHY_OPT_STR, &c->node_id, 0, 0,
+         "this node's name among the hubs on one store, 1-64 of [A-Za-z0-9._:-] "
+         "(default: host name:listen port)"},
+        {"node-heartbeat", PHY_OPT_INT, &c->node_heartbeat_s, 1, 3600,
+         "how often this node tells the store it is alive, s (5)"},
+        {"node-timeout", PHY_OPT_INT, &c->node_timeout_s, 2, 86400,
+         "a node silent this long is dead: another node ends its devices' sessions and "
+         "takes over its singleton jobs, s (30; more than twice --node-heartbeat)"},
         {"claim-user-limit", PHY_OPT_INT, &c->claim_user_limit, 1, 100000,
          "failed claims per user per window before 429 (10)"},
         {"claim-tenant-limit", PHY_OPT_INT, &c->claim_tenant_limit, 1, 1000000,
@@ -677,6 +687,26 @@ int main(int argc, char **argv)
         goto out;
     if (!c->web_root && !(c->web_root = strdup(PHY_WEB_ROOT)))
         goto out;
+    if (!c->node_id) {
+        char host[256] = "";
+        const char *port = strrchr(c->listen, ':');
+        if (gethostname(host, sizeof(host) - 1) != 0 || !host[0])
+            snprintf(host, sizeof(host), "phyhub");
+        host[strcspn(host, ".")] = '\0'; /* the short name: a node ID is at most 64 bytes */
+        snprintf(endpoint, sizeof(endpoint), "%.50s:%s", host, port ? port + 1 : "443");
+        if (!(c->node_id = strdup(endpoint)))
+            goto out;
+    }
+    if (!store_node_id_ok(c->node_id)) {
+        fprintf(stderr, "phyhub: --node-id: 1 to %d of A-Z a-z 0-9 . _ : -\n", STORE_NODE_ID_MAX);
+        rc = 2;
+        goto out;
+    }
+    if (c->node_timeout_s <= 2 * c->node_heartbeat_s) {
+        fprintf(stderr, "phyhub: --node-timeout must be more than twice --node-heartbeat\n");
+        rc = 2;
+        goto out;
+    }
     if (!c->public_endpoint) {
         snprintf(endpoint, sizeof(endpoint), "portal-%s.phystack.com:443", c->region);
         if (!(c->public_endpoint = strdup(endpoint)))
