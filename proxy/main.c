@@ -8,6 +8,7 @@
 
 #include <openssl/crypto.h>
 
+#include "phy/buildinfo.h"
 #include "phy/config.h"
 #include "phy/err.h"
 #include "phy/log.h"
@@ -41,6 +42,8 @@ struct options {
     long new_tunnel_burst;
     long device_share;
     struct phy_strlist dns_allow;
+    long upstream_backoff_ms;
+    long upstream_backoff_max_ms;
 };
 
 /* What build_config allocates besides the policy; freed with edge_free. */
@@ -160,6 +163,8 @@ static int build_config(const struct options *o, struct proxy_policy *policy, st
         if (rc != 0)
             return rc;
     }
+    policy->backoff_ms = (uint64_t)o->upstream_backoff_ms;
+    policy->backoff_max_ms = (uint64_t)o->upstream_backoff_max_ms;
     cfg->policy = policy;
     cfg->max_tunnels_per_device = (unsigned)o->max_tunnels_per_device;
     cfg->max_connections = (unsigned)o->max_connections;
@@ -246,12 +251,17 @@ int main(int argc, char **argv)
         .new_tunnel_rate = 50,
         .new_tunnel_burst = 200,
         .device_share = 20,
+        .upstream_backoff_ms = PROXY_BACKOFF_DEFAULT_MS,
+        .upstream_backoff_max_ms = PROXY_BACKOFF_MAX_DEFAULT_MS,
     };
     const struct phy_opt opts[] = {
         {"listen", PHY_OPT_STR, &o.listen, 0, 0,
          "ADDR:PORT to listen on, IPv4 or [IPv6] (default 0.0.0.0:443)"},
         {"route", PHY_OPT_LIST, &o.routes, 0, 0,
-         "HOST=ADDR:PORT[,proxy-protocol=off] upstream for HOST (exact name or '*' pattern; repeatable); a PROXY v2 header precedes the stream unless off"},
+         "HOST=ADDR:PORT[,ADDR:PORT…][,proxy-protocol=off] upstreams for HOST (exact name or "
+         "'*' pattern; repeatable; at most 16 upstreams): a new tunnel goes to the one with the "
+         "fewest live tunnels (ties: round robin), a failed connect to the next; a PROXY v2 "
+         "header precedes the stream unless off"},
         {"allow", PHY_OPT_LIST, &o.allows, 0, 0,
          "HOST_PATTERN:PORT allowed target, PORT may be * (repeatable; default " DEFAULT_ALLOW ")"},
         {"max-tunnels-per-device", PHY_OPT_INT, &o.max_tunnels_per_device, 1, 100000,
@@ -285,6 +295,12 @@ int main(int argc, char **argv)
         {"dns-allow-net", PHY_OPT_LIST, &o.dns_allow, 0, 0,
          "CIDR[,CIDR…] non-public networks a DNS answer may lead to (default none: loopback, "
          "private, link-local and metadata addresses are refused with 403)"},
+        {"upstream-backoff-ms", PHY_OPT_INT, &o.upstream_backoff_ms, 1, 3600000,
+         "after a failed connect, an upstream of a route with several is skipped this long "
+         "(unless every one is), then probed with a TCP connect; doubled per failure "
+         "(default 1000)"},
+        {"upstream-backoff-max-ms", PHY_OPT_INT, &o.upstream_backoff_max_ms, 1, 86400000,
+         "the longest backoff of a failed upstream (default 30000)"},
         {"log-level", PHY_OPT_STR, &o.log_level, 0, 0, "debug, info, warn or error (default info)"},
         {NULL, PHY_OPT_STR, NULL, 0, 0, NULL},
     };
@@ -302,6 +318,10 @@ int main(int argc, char **argv)
     memset(&edge, 0, sizeof(edge));
     memset(&cfg, 0, sizeof(cfg));
     phy_log_init("phyproxy", PHY_LOG_INFO);
+    if (phy_buildinfo_wanted(argc, argv, 1)) {
+        phy_buildinfo_print("phyproxy", stdout);
+        return 0;
+    }
     rc = phy_config_parse(opts, argc, argv, 1, NULL, 0, NULL, &want_help, err, sizeof(err));
     if (rc != 0) {
         fprintf(stderr, "phyproxy: %s\n", err);

@@ -107,42 +107,130 @@ char *proxy_addr_format(const union proxy_addr *a, char *out, size_t cap)
     return out;
 }
 
+#define ROUTE_SYNTAX "HOST=ADDR:PORT[,ADDR:PORT…][,proxy-protocol=on|off]"
+#define PP_OPTION "proxy-protocol="
+
+static int same_addr(const union proxy_addr *a, const union proxy_addr *b)
+{
+    if (a->sa.sa_family != b->sa.sa_family)
+        return 0;
+    if (a->sa.sa_family == AF_INET)
+        return a->in4.sin_port == b->in4.sin_port &&
+               a->in4.sin_addr.s_addr == b->in4.sin_addr.s_addr;
+    return a->in6.sin6_port == b->in6.sin6_port &&
+           memcmp(&a->in6.sin6_addr, &b->in6.sin6_addr, sizeof(a->in6.sin6_addr)) == 0;
+}
+
+/* 0 when host is a valid route host (name or pattern): the route parser's own
+ * check, given the host with a placeholder upstream. */
+static int route_host_valid(const char *host)
+{
+    char one[PHY_CONNECT_MAX_HOST + 16];
+    char h[PHY_CONNECT_MAX_HOST + 1], addr[ADDR_TEXT_MAX];
+    unsigned port = 0;
+
+    if (snprintf(one, sizeof(one), "%s=127.0.0.1:1", host) >= (int)sizeof(one))
+        return PHY_EINVAL;
+    return phy_connect_parse_route(one, h, sizeof(h), addr, sizeof(addr), &port);
+}
+
+/* One item of a route's list after "HOST=": an upstream ADDR:PORT into r, or the
+ * proxy-protocol option. 0 or PHY_EINVAL with the message in err. */
+static int route_item(struct proxy_route *r, const char *item, size_t len, int *pp_seen,
+                      const char *spec, char *err, size_t errcap)
+{
+    char text[ADDR_TEXT_MAX + 8];
+    size_t i;
+
+    if (len > strlen(PP_OPTION) && strncmp(item, PP_OPTION, strlen(PP_OPTION)) == 0) {
+        const char *v = item + strlen(PP_OPTION);
+        size_t vlen = len - strlen(PP_OPTION);
+        if (*pp_seen) {
+            snprintf(err, errcap, "--route: proxy-protocol given twice in '%.80s'", spec);
+            return PHY_EINVAL;
+        }
+        *pp_seen = 1;
+        if (vlen == 2 && memcmp(v, "on", 2) == 0)
+            r->proxy_protocol = 1;
+        else if (vlen == 3 && memcmp(v, "off", 3) == 0)
+            r->proxy_protocol = 0;
+        else
+            goto out_syntax;
+        return 0;
+    }
+    if (len == 0)
+        goto out_syntax;
+    if (r->nup == PROXY_ROUTE_MAX_UPSTREAMS) {
+        snprintf(err, errcap, "--route: at most %d upstreams per route, in '%.80s'",
+                 PROXY_ROUTE_MAX_UPSTREAMS, spec);
+        return PHY_EINVAL;
+    }
+    if (len >= sizeof(text))
+        goto out_bad_upstream;
+    memcpy(text, item, len);
+    text[len] = '\0';
+    if (proxy_addr_parse_hostport(text, &r->up[r->nup].addr) != 0)
+        goto out_bad_upstream;
+    for (i = 0; i < r->nup; i++) {
+        if (same_addr(&r->up[i].addr, &r->up[r->nup].addr)) {
+            snprintf(err, errcap, "--route: upstream '%.*s' given twice",
+                     (int)(len < 64 ? len : 64), item);
+            return PHY_EINVAL;
+        }
+    }
+    r->nup++;
+    return 0;
+
+out_bad_upstream:
+    snprintf(err, errcap, "--route: upstream '%.*s' is not ADDR:PORT with an IP address",
+             (int)(len < 64 ? len : 64), item);
+    return PHY_EINVAL;
+out_syntax:
+    snprintf(err, errcap, "--route: expected " ROUTE_SYNTAX " with IP addresses, got '%.80s'",
+             spec);
+    return PHY_EINVAL;
+}
+
 int proxy_policy_add_route(struct proxy_policy *p, const char *spec, char *err, size_t errcap)
 {
-    char host[PHY_CONNECT_MAX_HOST + 1];
-    char addr[ADDR_TEXT_MAX];
-    char base[PHY_CONNECT_MAX_HOST + ADDR_TEXT_MAX + 16];
-    const char *opt = strchr(spec, ',');
-    size_t blen = opt != NULL ? (size_t)(opt - spec) : strlen(spec);
-    unsigned port = 0;
-    int pp = 1;
-    union proxy_addr sa;
+    struct proxy_route r;
+    const char *eq = strchr(spec, '=');
+    const char *item;
+    int pp_seen = 0, rc;
     struct proxy_route *grown;
     size_t i;
 
-    if (opt != NULL) {
-        if (strcmp(opt, ",proxy-protocol=off") == 0)
-            pp = 0;
-        else if (strcmp(opt, ",proxy-protocol=on") != 0)
-            blen = sizeof(base); /* refused below */
-    }
-    if (blen >= sizeof(base)) {
-        snprintf(err, errcap, "--route: expected HOST=ADDR:PORT[,proxy-protocol=on|off], got "
-                              "'%.80s'", spec);
-        return PHY_EINVAL;
-    }
-    memcpy(base, spec, blen);
-    base[blen] = '\0';
-    if (phy_connect_parse_route(base, host, sizeof(host), addr, sizeof(addr), &port) != 0 ||
-        proxy_addr_from(addr, port, &sa) != 0) {
-        snprintf(err, errcap, "--route: expected HOST=ADDR:PORT with an IP address, got '%.80s'",
+    memset(&r, 0, sizeof(r));
+    r.proxy_protocol = 1;
+    if (eq == NULL || eq == spec || (size_t)(eq - spec) >= sizeof(r.host)) {
+        snprintf(err, errcap, "--route: expected " ROUTE_SYNTAX " with IP addresses, got '%.80s'",
                  spec);
         return PHY_EINVAL;
     }
+    memcpy(r.host, spec, (size_t)(eq - spec));
+    r.host[eq - spec] = '\0';
+    if (route_host_valid(r.host) != 0) {
+        snprintf(err, errcap, "--route: '%s' is not a host name or '*' pattern", r.host);
+        return PHY_EINVAL;
+    }
+    for (item = eq + 1;;) {
+        const char *comma = strchr(item, ',');
+        size_t len = comma != NULL ? (size_t)(comma - item) : strlen(item);
+        rc = route_item(&r, item, len, &pp_seen, spec, err, errcap);
+        if (rc != 0)
+            return rc;
+        if (comma == NULL)
+            break;
+        item = comma + 1;
+    }
+    if (r.nup == 0) {
+        snprintf(err, errcap, "--route: no upstream ADDR:PORT in '%.80s'", spec);
+        return PHY_EINVAL;
+    }
+    lower_copy(r.host, r.host, sizeof(r.host));
     for (i = 0; i < p->nroutes; i++) {
-        if (ascii_ieq(p->routes[i].host, host)) {
-            p->routes[i].addr = sa;
-            p->routes[i].proxy_protocol = pp;
+        if (ascii_ieq(p->routes[i].host, r.host)) {
+            p->routes[i] = r;
             return 0;
         }
     }
@@ -150,10 +238,7 @@ int proxy_policy_add_route(struct proxy_policy *p, const char *spec, char *err, 
     if (grown == NULL)
         return PHY_ENOMEM;
     p->routes = grown;
-    lower_copy(grown[p->nroutes].host, host, sizeof(grown[p->nroutes].host));
-    grown[p->nroutes].addr = sa;
-    grown[p->nroutes].proxy_protocol = pp;
-    p->nroutes++;
+    grown[p->nroutes++] = r;
     return 0;
 }
 
@@ -177,7 +262,7 @@ int proxy_policy_add_allow(struct proxy_policy *p, const char *spec, char *err, 
     return 0;
 }
 
-const struct proxy_route *proxy_policy_route(const struct proxy_policy *p, const char *host)
+struct proxy_route *proxy_policy_route(struct proxy_policy *p, const char *host)
 {
     size_t i;
 
@@ -190,6 +275,95 @@ const struct proxy_route *proxy_policy_route(const struct proxy_policy *p, const
             return &p->routes[i];
     }
     return NULL;
+}
+
+int proxy_route_pick(struct proxy_route *r, unsigned tried)
+{
+    int best = -1;
+    int pass;
+    size_t k;
+
+    /* First pass: upstreams that are up; second: the rest, tried anyway. */
+    for (pass = 0; pass < 2 && best < 0; pass++) {
+        for (k = 0; k < r->nup; k++) {
+            size_t i = (r->next + k) % r->nup;
+            if ((tried & (1u << i)) != 0 || (pass == 0 && r->up[i].failures > 0))
+                continue;
+            if (best < 0 || r->up[i].live < r->up[best].live)
+                best = (int)i;
+        }
+    }
+    if (best >= 0) {
+        r->up[best].live++;
+        r->next = ((size_t)best + 1) % r->nup;
+    }
+    return best;
+}
+
+void proxy_upstream_release(struct proxy_route *r, size_t index)
+{
+    if (index < r->nup && r->up[index].live > 0)
+        r->up[index].live--;
+}
+
+int proxy_upstream_failed(const struct proxy_policy *p, struct proxy_route *r, size_t index,
+                          uint64_t now_ms)
+{
+    struct proxy_upstream *u;
+    uint64_t base = p->backoff_ms != 0 ? p->backoff_ms : PROXY_BACKOFF_DEFAULT_MS;
+    uint64_t cap = p->backoff_max_ms != 0 ? p->backoff_max_ms : PROXY_BACKOFF_MAX_DEFAULT_MS;
+    uint64_t wait = base;
+    unsigned k;
+
+    if (r->nup < 2 || index >= r->nup)
+        return 0;
+    u = &r->up[index];
+    if (cap < base)
+        cap = base;
+    u->failures++;
+    for (k = 1; k < u->failures && wait < cap; k++)
+        wait *= 2;
+    u->retry_ms = now_ms + (wait < cap ? wait : cap);
+    if (u->failures > 1)
+        return 0;
+    u->down_since_ms = now_ms;
+    return 1;
+}
+
+int proxy_upstream_ok(struct proxy_route *r, size_t index)
+{
+    struct proxy_upstream *u;
+
+    if (index >= r->nup || r->up[index].failures == 0)
+        return 0;
+    u = &r->up[index];
+    u->failures = 0;
+    u->retry_ms = 0;
+    return 1;
+}
+
+int proxy_policy_probe_due(struct proxy_policy *p, uint64_t now_ms, struct proxy_route **route,
+                           size_t *index, uint64_t *next_ms)
+{
+    size_t i, j;
+
+    *next_ms = UINT64_MAX;
+    for (i = 0; i < p->nroutes; i++) {
+        struct proxy_route *r = &p->routes[i];
+        for (j = 0; j < r->nup; j++) {
+            const struct proxy_upstream *u = &r->up[j];
+            if (u->failures == 0 || u->probing)
+                continue;
+            if (u->retry_ms <= now_ms) {
+                *route = r;
+                *index = j;
+                return 1;
+            }
+            if (u->retry_ms < *next_ms)
+                *next_ms = u->retry_ms;
+        }
+    }
+    return 0;
 }
 
 int proxy_policy_allowed(const struct proxy_policy *p, const char *host, unsigned port)

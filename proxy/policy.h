@@ -1,9 +1,11 @@
-/* phyproxy policy tables: route table, allow-list and per-identifier tunnel counts. */
+/* phyproxy policy tables: route table with upstream health, allow-list and
+ * per-identifier tunnel counts. No I/O: the server feeds in results and times. */
 #ifndef PHY_PROXY_POLICY_H
 #define PHY_PROXY_POLICY_H
 
 #include <netinet/in.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/socket.h>
 
 #include "phy/connect.h"
@@ -15,11 +17,28 @@ union proxy_addr {
     struct sockaddr_in6 in6;
 };
 
-/* "--route HOST=ADDR:PORT[,proxy-protocol=on|off]": every CONNECT to HOST (any
- * port) goes to addr, behind a PROXY protocol v2 header unless it is off. */
+#define PROXY_ROUTE_MAX_UPSTREAMS 16
+#define PROXY_BACKOFF_DEFAULT_MS 1000      /* first backoff of a failed upstream */
+#define PROXY_BACKOFF_MAX_DEFAULT_MS 30000 /* doubling stops here */
+
+/* One upstream of a route, and what the proxy has learnt about it. */
+struct proxy_upstream {
+    union proxy_addr addr;
+    unsigned live;          /* tunnels holding it: connecting, or relaying until a side ends */
+    unsigned failures;      /* consecutive failed connects and probes; 0: up */
+    uint64_t retry_ms;      /* while down: when its backoff ends and a probe may start */
+    uint64_t down_since_ms; /* while down: when it went down */
+    int probing;            /* a probe connect is under way */
+};
+
+/* "--route HOST=ADDR:PORT[,ADDR:PORT…][,proxy-protocol=on|off]": every CONNECT to
+ * HOST (any port) goes to one of the upstreams (proxy_route_pick), behind a PROXY
+ * protocol v2 header unless it is off. */
 struct proxy_route {
     char host[PHY_CONNECT_MAX_HOST + 1]; /* lower case; exact name or '*' pattern */
-    union proxy_addr addr;
+    struct proxy_upstream up[PROXY_ROUTE_MAX_UPSTREAMS];
+    size_t nup;         /* 1..PROXY_ROUTE_MAX_UPSTREAMS */
+    size_t next;        /* round robin: a tie goes to the first index at or after this */
     int proxy_protocol;
 };
 
@@ -49,10 +68,16 @@ struct proxy_policy {
     size_t nallows;
     struct proxy_ident *buckets[PROXY_IDENT_BUCKETS];
     size_t nidents; /* identifiers with at least one live tunnel */
+    /* A failed upstream is skipped for backoff_ms, doubled per further failure up
+     * to backoff_max_ms (0: the defaults above; a cap below the base is the base). */
+    uint64_t backoff_ms;
+    uint64_t backoff_max_ms;
 };
 
-/* Adds a route from "HOST=ADDR:PORT[,proxy-protocol=on|off]" (ADDR IPv4 or [IPv6];
- * the header is on by default). A later route for the same host replaces the earlier one. Returns 0, PHY_EINVAL (message in err) or
+/* Adds a route from "HOST=ADDR:PORT[,ADDR:PORT…][,proxy-protocol=on|off]" (ADDR IPv4
+ * or [IPv6]; at most PROXY_ROUTE_MAX_UPSTREAMS distinct upstreams; the option at most
+ * once, anywhere in the list; the header is on by default). A later route for the
+ * same host replaces the earlier one. Returns 0, PHY_EINVAL (message in err) or
  * PHY_ENOMEM. */
 int proxy_policy_add_route(struct proxy_policy *p, const char *spec, char *err, size_t errcap);
 
@@ -60,9 +85,39 @@ int proxy_policy_add_route(struct proxy_policy *p, const char *spec, char *err, 
  * PHY_EINVAL (message in err) or PHY_ENOMEM. */
 int proxy_policy_add_allow(struct proxy_policy *p, const char *spec, char *err, size_t errcap);
 
-/* The route for host or NULL. Borrowed from p. An exact (case-insensitive) name
- * wins; otherwise the first route whose '*' pattern matches (phy_host_match). */
-const struct proxy_route *proxy_policy_route(const struct proxy_policy *p, const char *host);
+/* The route for host or NULL. Borrowed from p, valid until the next add_route or
+ * proxy_policy_free. An exact (case-insensitive) name wins; otherwise the first
+ * route whose '*' pattern matches (phy_host_match). */
+struct proxy_route *proxy_policy_route(struct proxy_policy *p, const char *host);
+
+/* Picks the upstream for a tunnel's next connect attempt among those whose bit
+ * (1u << index) is clear in tried: of the upstreams that are up, the one with the
+ * fewest live tunnels, a tie going round robin; when every untried upstream is
+ * down, the same choice among those (tried anyway rather than refusing). Counts a
+ * live tunnel on it, given back with proxy_upstream_release. Returns the index, or
+ * -1 when every upstream has been tried. */
+int proxy_route_pick(struct proxy_route *r, unsigned tried);
+
+/* Gives back the live tunnel counted by proxy_route_pick. */
+void proxy_upstream_release(struct proxy_route *r, size_t index);
+
+/* Records a failed connect or probe of r->up[index] at now_ms: it is down, skipped
+ * until now_ms + backoff (the base doubled per consecutive failure, capped), then
+ * probed. A route with one upstream keeps no state: there is nothing to fail over
+ * to. Returns 1 when this took it down (it was up), else 0. */
+int proxy_upstream_failed(const struct proxy_policy *p, struct proxy_route *r, size_t index,
+                          uint64_t now_ms);
+
+/* Records a successful connect or probe of r->up[index]. Returns 1 when that brought
+ * it back up (it was down), else 0. */
+int proxy_upstream_ok(struct proxy_route *r, size_t index);
+
+/* Finds a down upstream whose backoff has ended by now_ms and that is not being
+ * probed: returns 1 with *route (borrowed) and *index set; the caller marks it
+ * probing before asking again. Otherwise returns 0 with *next_ms the earliest time
+ * one falls due (UINT64_MAX: none). */
+int proxy_policy_probe_due(struct proxy_policy *p, uint64_t now_ms, struct proxy_route **route,
+                           size_t *index, uint64_t *next_ms);
 
 /* 1 when host:port matches an allow-list entry. */
 int proxy_policy_allowed(const struct proxy_policy *p, const char *host, unsigned port);

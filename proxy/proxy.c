@@ -124,10 +124,14 @@ struct resolve {
     struct tunnel *t;
 };
 
+struct probe;
+
 struct proxy {
     uv_loop_t *loop;
-    uv_poll_t listener; /* our own accept loop: libuv's would drop clients unlogged at EMFILE */
-    uv_timer_t pause;   /* accepting resumes after running out of descriptors */
+    uv_poll_t listener;     /* our own accept loop: libuv's would drop clients unlogged at EMFILE */
+    uv_timer_t pause;       /* accepting resumes after running out of descriptors */
+    uv_timer_t probe_timer; /* the next down upstream's backoff ends */
+    struct probe *probes;   /* probe connects under way, doubly linked */
     int listen_fd;
     struct proxy_config cfg;
     struct tunnel *tunnels; /* every live connection, doubly linked */
@@ -152,10 +156,12 @@ struct tunnel {
     struct resolve *resolve;
     struct addrinfo *ai_list; /* DNS answers still to try, owned */
     struct addrinfo *ai_next;
-    char *head;   /* HEAD_CAP bytes while the head is read, then leftover bytes */
-    char *target; /* "host:port" once validated, a quoted raw target, or NULL */
+    char *head;                   /* HEAD_CAP bytes while the head is read, then leftover bytes */
+    char *target;                 /* "host:port" once validated, a quoted raw target, or NULL */
     struct proxy_ident *slot;     /* per identifier (or source + identifier) */
     struct proxy_ident *src_slot; /* per source, unauthenticated tunnels only */
+    struct proxy_route *route;    /* a routed tunnel's route, borrowed from the policy */
+    uint64_t connect_deadline_ms; /* a routed tunnel's attempts share --connect-timeout */
     uint64_t bytes_up, bytes_down, linger_bytes;
     uint64_t start_ms, end_ms, last_active_ms;
     union proxy_addr peer;
@@ -177,9 +183,14 @@ struct tunnel {
     unsigned verified : 1; /* the identifier's proxy token checked out */
     unsigned pp2 : 1;      /* the route wants a PROXY v2 header upstream */
     unsigned filtered : 1; /* a DNS answer was refused as not public */
+    unsigned up_held : 1;  /* holds a live count on route->up[up_index] */
     uint16_t retry_s;      /* Retry-After of a rate-limit refusal */
+    uint16_t tried;        /* the route's upstreams tried, by index bit */
+    uint8_t up_index;      /* the route's upstream tried last (up_addr) */
     char ident[PHY_CONNECT_MAX_IDENT + 1];
 };
+
+_Static_assert(PROXY_ROUTE_MAX_UPSTREAMS <= 16, "struct tunnel keeps tried upstreams in 16 bits");
 
 static void tunnel_close(struct tunnel *t, enum outcome o);
 static void refuse(struct tunnel *t, enum outcome o);
@@ -221,21 +232,48 @@ static struct block *block_of(const uv_buf_t *buf)
 
 /* ---- logging ---- */
 
+#define UPSTREAMS_TEXT_MAX (PROXY_ROUTE_MAX_UPSTREAMS * 50)
+
+/* Writes the addresses of r's upstreams whose bit is set in mask into out, sep
+ * between them ("" when none). Returns out. */
+static char *format_upstreams(const struct proxy_route *r, unsigned mask, char sep, char *out,
+                              size_t cap)
+{
+    char addr[64], between[2] = {sep, '\0'};
+    size_t i, off = 0;
+
+    out[0] = '\0';
+    for (i = 0; i < r->nup && off < cap; i++) {
+        int n;
+        if ((mask & (1u << i)) == 0)
+            continue;
+        n = snprintf(out + off, cap - off, "%s%s", off > 0 ? between : "",
+                     proxy_addr_format(&r->up[i].addr, addr, sizeof(addr)));
+        if (n < 0)
+            break;
+        off += (size_t)n;
+    }
+    return out;
+}
+
 static void tunnel_log(struct tunnel *t)
 {
-    char peer[64], up[64];
+    char peer[64], up[64], failed[UPSTREAMS_TEXT_MAX];
     uint64_t end = t->end_ms != 0 ? t->end_ms : uv_now(t->px->loop);
     enum phy_log_level lvl = t->outcome == O_NO_REQUEST ? PHY_LOG_DEBUG : PHY_LOG_INFO;
 
     proxy_addr_format(&t->peer, peer, sizeof(peer));
     proxy_addr_format(&t->up_addr, up, sizeof(up));
+    failed[0] = '\0';
+    if (t->route != NULL) /* every upstream tried before the last one failed */
+        format_upstreams(t->route, t->tried & ~(1u << t->up_index), ',', failed, sizeof(failed));
     phy_log(lvl, "tunnel",
             "ident=%s target=%s upstream=%s bytes_up=%llu bytes_down=%llu "
-            "duration_ms=%llu outcome=%s peer=%s auth=%s",
+            "duration_ms=%llu outcome=%s peer=%s auth=%s%s%s",
             t->ident[0] != '\0' ? t->ident : "-", t->target != NULL ? t->target : "-", up,
             (unsigned long long)t->bytes_up, (unsigned long long)t->bytes_down,
             (unsigned long long)(end - t->start_ms), outcomes[t->outcome].name, peer,
-            t->verified ? "token" : "none");
+            t->verified ? "token" : "none", failed[0] != '\0' ? " failed=" : "", failed);
 }
 
 /* ---- teardown ---- */
@@ -292,7 +330,10 @@ static void release_slot(struct tunnel *t)
         proxy_ident_release(t->px->cfg.policy, t->src_slot);
         t->px->nunauth--;
     }
+    if (t->up_held)
+        proxy_upstream_release(t->route, t->up_index);
     t->slot = t->src_slot = NULL;
+    t->up_held = 0;
 }
 
 /* A resource warning, at most once per WARN_EVERY_MS per kind. */
@@ -715,7 +756,195 @@ static int next_answer(struct tunnel *t, union proxy_addr *addr)
     return 0;
 }
 
-/* The failed upstream handle is closed: try the next DNS answer on a fresh one. */
+/* ---- upstream health: events and probes ---- */
+
+/* A probe: a plain TCP connect to a down upstream whose backoff has ended, closed
+ * as soon as it is established. Only its success brings the upstream back. */
+struct probe {
+    struct probe *prev, *next;
+    struct proxy *px;
+    struct proxy_route *route;
+    size_t index;
+    uv_tcp_t tcp;
+    uv_connect_t req;
+    uv_timer_t timer; /* --connect-timeout */
+    int pending_closes;
+    int done;
+};
+
+/* Records a failed connect (via "tunnel") or probe of r->up[i] and logs it: warn
+ * when it takes the upstream down, debug while it stays down. The caller then calls
+ * schedule_probes. */
+static void upstream_failed(struct proxy *px, struct proxy_route *r, size_t i, int err,
+                            const char *via)
+{
+    uint64_t now = uv_now(px->loop);
+    const struct proxy_upstream *u = &r->up[i];
+    char addr[64];
+    int down = proxy_upstream_failed(px->cfg.policy, r, i, now);
+
+    if (u->failures == 0)
+        return; /* a route with one upstream keeps no state */
+    phy_log(down ? PHY_LOG_WARN : PHY_LOG_DEBUG, down ? "upstream_down" : "upstream_failed",
+            "route=%s upstream=%s via=%s error=%s failures=%u retry_ms=%llu", r->host,
+            proxy_addr_format(&u->addr, addr, sizeof(addr)), via, uv_err_name(err), u->failures,
+            (unsigned long long)(u->retry_ms - now));
+}
+
+/* Records a successful connect or probe of r->up[i]; logs it when it was down. */
+static void upstream_ok(struct proxy *px, struct proxy_route *r, size_t i, const char *via)
+{
+    uint64_t since = r->up[i].down_since_ms;
+    char addr[64];
+
+    if (!proxy_upstream_ok(r, i))
+        return;
+    phy_log(PHY_LOG_INFO, "upstream_up", "route=%s upstream=%s via=%s down_ms=%llu", r->host,
+            proxy_addr_format(&r->up[i].addr, addr, sizeof(addr)), via,
+            (unsigned long long)(uv_now(px->loop) - since));
+}
+
+static void schedule_probes(struct proxy *px);
+
+static void on_probe_closed(uv_handle_t *h)
+{
+    struct probe *pr = h->data;
+
+    if (--pr->pending_closes == 0)
+        free(pr);
+}
+
+/* Unlinks pr and closes its handles; the last close frees it. Safe to call twice. */
+static void probe_close(struct probe *pr)
+{
+    if (pr->done)
+        return;
+    pr->done = 1;
+    pr->route->up[pr->index].probing = 0;
+    if (pr->prev != NULL)
+        pr->prev->next = pr->next;
+    else
+        pr->px->probes = pr->next;
+    if (pr->next != NULL)
+        pr->next->prev = pr->prev;
+    pr->pending_closes = 2;
+    uv_close((uv_handle_t *)&pr->tcp, on_probe_closed);
+    uv_close((uv_handle_t *)&pr->timer, on_probe_closed);
+}
+
+/* The probe's answer: 0 (connected) brings the upstream up, an error extends its
+ * backoff. reschedule: 0 when called from within schedule_probes. */
+static void probe_finish(struct probe *pr, int status, int reschedule)
+{
+    struct proxy *px = pr->px;
+    struct proxy_route *r = pr->route;
+    size_t i = pr->index;
+
+    if (pr->done)
+        return;
+    probe_close(pr);
+    if (status == 0) {
+        upstream_ok(px, r, i, "probe");
+        return;
+    }
+    if (r->up[i].failures > 0) /* a tunnel may have found it up meanwhile */
+        upstream_failed(px, r, i, status, "probe");
+    if (reschedule)
+        schedule_probes(px);
+}
+
+static void on_probe_connected(uv_connect_t *req, int status)
+{
+    if (status != UV_ECANCELED) /* canceled: the probe is closing */
+        probe_finish(req->data, status, 1);
+}
+
+static void on_probe_timeout(uv_timer_t *timer)
+{
+    probe_finish(timer->data, UV_ETIMEDOUT, 1);
+}
+
+/* Starts a probe of r->up[i]. Afterwards the upstream is being probed, or (the
+ * probe could not start) its backoff runs again. */
+static void start_probe(struct proxy *px, struct proxy_route *r, size_t i)
+{
+    struct probe *pr = calloc(1, sizeof(*pr));
+    int rc = pr != NULL ? uv_tcp_init(px->loop, &pr->tcp) : UV_ENOMEM;
+
+    if (rc < 0) {
+        free(pr);
+        upstream_failed(px, r, i, rc, "probe");
+        return;
+    }
+    pr->px = px;
+    pr->route = r;
+    pr->index = i;
+    pr->next = px->probes;
+    if (px->probes != NULL)
+        px->probes->prev = pr;
+    px->probes = pr;
+    r->up[i].probing = 1;
+    uv_timer_init(px->loop, &pr->timer);
+    pr->tcp.data = pr->timer.data = pr->req.data = pr;
+    uv_timer_start(&pr->timer, on_probe_timeout, px->cfg.connect_timeout_ms, 0);
+    rc = uv_tcp_connect(&pr->req, &pr->tcp, &r->up[i].addr.sa, on_probe_connected);
+    if (rc < 0)
+        probe_finish(pr, rc, 0);
+}
+
+static void on_probe_timer(uv_timer_t *timer)
+{
+    schedule_probes(timer->data);
+}
+
+/* Probes every down upstream whose backoff has ended, and sets the timer for the
+ * next one to fall due. */
+static void schedule_probes(struct proxy *px)
+{
+    uint64_t now = uv_now(px->loop), next;
+    struct proxy_route *r;
+    size_t i;
+
+    if (px->shutting_down)
+        return;
+    while (proxy_policy_probe_due(px->cfg.policy, now, &r, &i, &next))
+        start_probe(px, r, i);
+    if (next == UINT64_MAX)
+        uv_timer_stop(&px->probe_timer);
+    else
+        uv_timer_start(&px->probe_timer, on_probe_timer, next - now, 0);
+}
+
+/* ---- connect attempts ---- */
+
+/* The next address for a connecting tunnel: its route's next upstream
+ * (proxy_route_pick, which counts a live tunnel on it), or the next usable DNS
+ * answer. 1 when there is one. */
+static int next_upstream(struct tunnel *t, union proxy_addr *addr)
+{
+    int i;
+
+    if (t->route == NULL)
+        return next_answer(t, addr);
+    i = proxy_route_pick(t->route, t->tried);
+    if (i < 0)
+        return 0;
+    t->tried = (uint16_t)(t->tried | (1u << i));
+    t->up_index = (uint8_t)i;
+    t->up_held = 1;
+    *addr = t->route->up[i].addr;
+    return 1;
+}
+
+/* 1 while a failed attempt has another address to go to. */
+static int more_upstreams(const struct tunnel *t)
+{
+    if (t->route == NULL)
+        return t->ai_next != NULL;
+    return t->tried != (uint16_t)((1u << t->route->nup) - 1);
+}
+
+/* The failed upstream handle is closed: try the next address on a fresh one. */
 static void on_retry_closed(uv_handle_t *h)
 {
     struct tunnel *t = h->data;
@@ -724,7 +953,7 @@ static void on_retry_closed(uv_handle_t *h)
     t->pending_closes--;
     t->up_init = 0;
     if (t->state == T_CONNECTING) {
-        if (next_answer(t, &addr))
+        if (next_upstream(t, &addr))
             start_connect(t, &addr);
         else
             refuse(t, O_502_UPSTREAM);
@@ -734,21 +963,54 @@ static void on_retry_closed(uv_handle_t *h)
         tunnel_free(t);
 }
 
+/* A connect attempt failed (err: the libuv error, UV_ETIMEDOUT when a route's
+ * attempt ran out of its time). A route's upstream is marked failed. The next
+ * address is tried on a fresh handle once this one has closed; after the last,
+ * the client gets 502, or 504 when that one timed out. */
+static void attempt_failed(struct tunnel *t, int err)
+{
+    if (t->up_held) {
+        upstream_failed(t->px, t->route, t->up_index, err, "tunnel");
+        schedule_probes(t->px);
+        proxy_upstream_release(t->route, t->up_index);
+        t->up_held = 0;
+    }
+    if (!more_upstreams(t)) {
+        refuse(t, err == UV_ETIMEDOUT ? O_504 : O_502_UPSTREAM);
+        return;
+    }
+    if (t->route != NULL)
+        uv_timer_stop(&t->timer); /* the next attempt sets its own */
+    t->pending_closes++;
+    uv_close((uv_handle_t *)&t->upstream, on_retry_closed);
+}
+
+/* A route's attempt may use half the connect time left while other upstreams
+ * remain, and all of it when it is the last: one upstream that swallows SYNs
+ * cannot use up the whole --connect-timeout. */
+static void arm_attempt_timer(struct tunnel *t)
+{
+    uint64_t now = uv_now(t->px->loop);
+    uint64_t left = t->connect_deadline_ms > now ? t->connect_deadline_ms - now : 0;
+
+    if (more_upstreams(t))
+        left /= 2;
+    uv_timer_stop(&t->timer);
+    uv_timer_start(&t->timer, on_timer, left, 0);
+}
+
 static void on_connected(uv_connect_t *req, int status)
 {
     struct tunnel *t = req->data;
 
-    if (t->state != T_CONNECTING)
-        return; /* refused or closing: the upstream handle is being closed */
+    if (t->state != T_CONNECTING || status == UV_ECANCELED)
+        return; /* refused, closing, or an attempt given up: the handle is closing */
     if (status < 0) {
-        if (t->ai_next != NULL) {
-            t->pending_closes++;
-            uv_close((uv_handle_t *)&t->upstream, on_retry_closed);
-            return;
-        }
-        refuse(t, O_502_UPSTREAM);
+        attempt_failed(t, status);
         return;
     }
+    if (t->up_held)
+        upstream_ok(t->px, t->route, t->up_index, "tunnel");
     uv_freeaddrinfo(t->ai_list);
     t->ai_list = t->ai_next = NULL;
     start_relay(t);
@@ -768,6 +1030,8 @@ static void start_connect(struct tunnel *t, const union proxy_addr *addr)
     int r;
 
     t->up_addr = *addr;
+    if (t->route != NULL)
+        arm_attempt_timer(t);
     if (uv_tcp_init(t->px->loop, &t->upstream) < 0) {
         refuse(t, O_500);
         return;
@@ -776,9 +1040,11 @@ static void start_connect(struct tunnel *t, const union proxy_addr *addr)
     t->upstream.data = t;
     t->connect_req.data = t;
     r = uv_tcp_connect(&t->connect_req, &t->upstream, &addr->sa, on_connected);
-    if (r < 0) {
-        out_of_descriptors(t->px, r);
-        refuse(t, r == UV_EMFILE || r == UV_ENFILE ? O_503 : O_502_UPSTREAM);
+    if (r == UV_EMFILE || r == UV_ENFILE) {
+        out_of_descriptors(t->px, r); /* ours, not the upstream's */
+        refuse(t, O_503);
+    } else if (r < 0) {
+        attempt_failed(t, r);
     }
 }
 
@@ -938,7 +1204,8 @@ static void accept_head(struct tunnel *t, const struct phy_http_request *req, si
 {
     struct proxy *px = t->px;
     struct phy_connect_req creq;
-    const struct proxy_route *route;
+    struct proxy_route *route;
+    union proxy_addr addr;
     char target[PHY_CONNECT_MAX_HOST + 8];
     int status;
 
@@ -975,10 +1242,14 @@ static void accept_head(struct tunnel *t, const struct phy_http_request *req, si
 
     route = proxy_policy_route(px->cfg.policy, creq.host);
     if (route != NULL) {
+        t->route = route;
         t->pp2 = route->proxy_protocol != 0;
-        start_connect(t, &route->addr);
-    }
-    else if (px->cfg.dns_fallback)
+        t->connect_deadline_ms = uv_now(px->loop) + px->cfg.connect_timeout_ms;
+        if (next_upstream(t, &addr)) /* a route has at least one */
+            start_connect(t, &addr);
+        else
+            refuse(t, O_502_UPSTREAM);
+    } else if (px->cfg.dns_fallback)
         start_resolve(t, creq.host);
     else
         refuse(t, O_502_NO_ROUTE);
@@ -1046,7 +1317,10 @@ static void on_timer(uv_timer_t *timer)
         refuse(t, O_408);
         break;
     case T_CONNECTING:
-        refuse(t, O_504);
+        if (t->route != NULL && t->up_init && !uv_is_closing((uv_handle_t *)&t->upstream))
+            attempt_failed(t, UV_ETIMEDOUT); /* this attempt's share of the time is up */
+        else
+            refuse(t, O_504);
         break;
     case T_RELAY:
         /* Activity only stamps last_active_ms; re-arm for the remainder. */
@@ -1181,15 +1455,15 @@ static int listen_socket(const union proxy_addr *a)
 static void log_start(const struct proxy *px)
 {
     const struct proxy_policy *p = px->cfg.policy;
-    char listen[64], routes[768], allows[512], addr[64];
+    char listen[64], routes[1024], allows[512], ups[UPSTREAMS_TEXT_MAX];
     size_t i, off = 0;
 
     routes[0] = '\0';
     for (i = 0; i < p->nroutes && off < sizeof(routes); i++) {
-        int n = snprintf(routes + off, sizeof(routes) - off, "%s%s=%s%s", i ? "," : "",
-                         p->routes[i].host,
-                         proxy_addr_format(&p->routes[i].addr, addr, sizeof(addr)),
-                         p->routes[i].proxy_protocol ? "" : "(plain)");
+        int n =
+            snprintf(routes + off, sizeof(routes) - off, "%s%s=%s%s", i ? "," : "",
+                     p->routes[i].host, format_upstreams(&p->routes[i], ~0u, '|', ups, sizeof(ups)),
+                     p->routes[i].proxy_protocol ? "" : "(plain)");
         if (n < 0)
             break;
         off += (size_t)n;
@@ -1210,7 +1484,8 @@ static void log_start(const struct proxy *px)
     phy_log(PHY_LOG_INFO, "start",
             "listen=%s routes=%s allow=%s dns_fallback=%d max_tunnels_per_device=%u "
             "max_connections=%u idle_timeout_ms=%llu connect_timeout_ms=%llu "
-            "header_timeout_ms=%llu proxy_keys=%zu dev_token=%s max_tunnels_per_source=%u",
+            "header_timeout_ms=%llu proxy_keys=%zu dev_token=%s max_tunnels_per_source=%u "
+            "upstream_backoff_ms=%llu upstream_backoff_max_ms=%llu",
             proxy_addr_format(&px->cfg.listen, listen, sizeof(listen)),
             routes[0] != '\0' ? routes : "-", allows[0] != '\0' ? allows : "-",
             px->cfg.dns_fallback, px->cfg.max_tunnels_per_device, px->cfg.max_connections,
@@ -1218,7 +1493,8 @@ static void log_start(const struct proxy *px)
             (unsigned long long)px->cfg.connect_timeout_ms,
             (unsigned long long)px->cfg.header_timeout_ms, px->cfg.nkeys,
             px->cfg.nkeys == 0 ? "unchecked" : px->cfg.dev_token_optional ? "optional" : "required",
-            px->cfg.max_tunnels_per_source);
+            px->cfg.max_tunnels_per_source, (unsigned long long)p->backoff_ms,
+            (unsigned long long)p->backoff_max_ms);
     if (px->cfg.nkeys == 0)
         phy_log(PHY_LOG_WARN, "no_proxy_key",
                 "without --proxy-key no identity is verified: every tunnel counts per source");
@@ -1254,8 +1530,10 @@ int proxy_start(uv_loop_t *loop, const struct proxy_config *cfg, struct proxy **
         return PHY_EIO;
     }
     uv_timer_init(loop, &px->pause);
+    uv_timer_init(loop, &px->probe_timer);
     px->listener.data = px;
     px->pause.data = px;
+    px->probe_timer.data = px;
     px->listening = 1;
     uv_poll_start(&px->listener, UV_READABLE, on_listen);
     log_start(px);
@@ -1276,6 +1554,9 @@ void proxy_shutdown(struct proxy *px)
         close(px->listen_fd); /* uv_poll does not own it */
         px->listening = 0;
     }
+    uv_close((uv_handle_t *)&px->probe_timer, NULL);
+    while (px->probes != NULL)
+        probe_close(px->probes);
     for (t = px->tunnels; t != NULL; t = next) {
         next = t->next;
         if (t->state == T_REFUSING)

@@ -54,15 +54,23 @@ def start_tls_upstream(cert, key):
 
 
 class EchoServer:
-    """Plain TCP echo; on EOF from the client it half-closes back and ends."""
+    """Plain TCP echo; on EOF from the client it half-closes back and ends. A
+    greeting, when given, goes first on every connection. With listening=False it
+    is bound but not listening (a connect is refused) until listen()."""
 
-    def __init__(self):
+    def __init__(self, greeting=b"", listening=True):
+        self.greeting = greeting
+        self.accepted = 0
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
         self.port = self.sock.getsockname()[1]
         self.stopped = False
+        if listening:
+            self.listen()
+
+    def listen(self):
+        self.sock.listen(64)
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self):
@@ -71,11 +79,13 @@ class EchoServer:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
+            self.accepted += 1
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
-    @staticmethod
-    def _serve(conn):
+    def _serve(self, conn):
         try:
+            if self.greeting:
+                conn.sendall(self.greeting)
             while True:
                 data = conn.recv(65536)
                 if not data:
