@@ -13,6 +13,7 @@
 
 #include "backoff.h"
 #include "phy/client.h"
+#include "phy/buildinfo.h"
 #include "phy/config.h"
 #include "phy/attest.h"
 #include "phy/crypto.h"
@@ -776,6 +777,10 @@ int main(int argc, char **argv)
         {NULL, PHY_OPT_STR, NULL, 0, 0, NULL},
     };
 
+    if (phy_buildinfo_wanted(argc, argv, 1)) {
+        phy_buildinfo_print("phyagent", stdout);
+        return 0;
+    }
     rc = phy_config_parse(opts, argc, argv, 1, NULL, 0, NULL, &want_help, err, sizeof err);
     if (rc != 0) {
         fprintf(stderr, "phyagent: %s\n", err);

@@ -174,6 +174,7 @@ json_t *agent_sysinfo_json(const struct agent_sysinfo *si)
         rc |= json_object_set_new(o, "uptime_s", json_integer((json_int_t)si->uptime_s));
     rc |= set_int(o, "agent_uptime_s", si->agent_uptime_s);
     rc |= json_object_set_new(o, "agent_version", json_string(AGENT_VERSION));
+    rc |= json_object_set_new(o, "agent_build", json_string(PHY_GIT_DESCRIBE));
     if (si->load[0] >= 0) {
         json_t *load =
             json_pack("[fff]", round2(si->load[0]), round2(si->load[1]), round2(si->load[2]));

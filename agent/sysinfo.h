@@ -6,7 +6,9 @@
 
 #include <jansson.h>
 
-#define AGENT_VERSION "0.2.0"
+#include "phy/version.h"
+
+#define AGENT_VERSION PHY_VERSION /* reported as agent_version; agent_build: git description */
 #define AGENT_SYSINFO_MAX_ADDRS 16
 #define AGENT_SYSINFO_ADDR_LEN 46 /* INET6_ADDRSTRLEN */
 

@@ -12,6 +12,7 @@
 #include "cli.h"
 #include "phy/json.h"
 #include "phy/client.h"
+#include "phy/buildinfo.h"
 #include "phy/config.h"
 #include "phy/crypto.h"
 #include "phy/err.h"
@@ -931,6 +932,10 @@ int main(int argc, char **argv)
 
     signal(SIGPIPE, SIG_IGN);
     cmd = ctl_find_command(opts, argc, argv, 1);
+    if (phy_buildinfo_wanted(cmd, argv, 1)) {
+        phy_buildinfo_print("phyctl", stdout);
+        return 0;
+    }
     rc = phy_config_parse(opts, cmd, argv, 1, NULL, 0, NULL, &help, err, sizeof err);
     if (rc != 0) {
         fprintf(stderr, "phyctl: %s\n", err);

@@ -19,6 +19,7 @@
 #include "region.h"
 #include "rules.h"
 #include "phy/json.h"
+#include "phy/buildinfo.h"
 #include "phy/config.h"
 #include "phy/crypto.h"
 #include "phy/err.h"
@@ -377,7 +378,10 @@ static int admin_main(int argc, char **argv)
     size_t npos = 0;
     char err[256];
     int rc = 2, outcome = 0;
-    if (phy_config_parse(opts, argc, argv, 2, pos, 4, &npos, &help, err, sizeof(err)) < 0) {
+    /* --config may name the daemon's own file (its db, and its region as tenant-add's
+     * default): the hub's other keys are skipped. */
+    if (phy_config_parse_ex(opts, PHY_CONFIG_SHARED_FILE, argc, argv, 2, pos, 4, &npos, &help, err,
+                            sizeof(err)) < 0) {
         fprintf(stderr, "phyhub admin: %s\n", err);
         goto out;
     }
@@ -520,6 +524,10 @@ int main(int argc, char **argv)
     phy_log_init("phyhub", PHY_LOG_INFO);
     signal(SIGPIPE, SIG_IGN);
     json_set_alloc_funcs(malloc, json_free_wiped);
+    if (phy_buildinfo_wanted(argc, argv, 1)) {
+        phy_buildinfo_print("phyhub", stdout);
+        return 0;
+    }
     if (argc > 1 && strcmp(argv[1], "admin") == 0)
         return admin_main(argc, argv);
 

@@ -20,6 +20,7 @@ enum cfg_source { CFG_FILE, CFG_CLI };
 
 struct cfg_parse {
     const struct phy_opt *opts;
+    unsigned flags;                /* PHY_CONFIG_* */
     unsigned char *cli_list_reset; /* per option: argv already replaced the file's list */
     const char *file;
     char *err;
@@ -149,6 +150,8 @@ static int ini_cb(void *user, const char *section, const char *name, const char 
     if (name == NULL)
         return 1;
     if (opt_find(cp->opts, name, strlen(name), &idx) == NULL) {
+        if (cp->flags & PHY_CONFIG_SHARED_FILE)
+            return 1; /* another table's key in a file shared with it */
         if (!cp->failed)
             snprintf(cp->what, sizeof cp->what, "unknown key '%s'", name);
         cp->failed = 1;
@@ -284,8 +287,9 @@ static int parse_args(struct cfg_parse *cp, int argc, char **argv, int first, ch
 /* Parses the INI file named by --config (if any), then argv over it. 0 or negative
  * with a one-line message in err. Destinations may be partly filled on failure:
  * phy_config_free releases them either way. */
-int phy_config_parse(const struct phy_opt *opts, int argc, char **argv, int first, char **pos,
-                     size_t npos_cap, size_t *npos, int *want_help, char *err, size_t errcap)
+int phy_config_parse_ex(const struct phy_opt *opts, unsigned flags, int argc, char **argv,
+                        int first, char **pos, size_t npos_cap, size_t *npos, int *want_help,
+                        char *err, size_t errcap)
 {
     struct cfg_parse cp;
     const char *file = NULL;
@@ -314,6 +318,7 @@ int phy_config_parse(const struct phy_opt *opts, int argc, char **argv, int firs
 
     memset(&cp, 0, sizeof cp);
     cp.opts = opts;
+    cp.flags = flags;
     cp.err = err;
     cp.errcap = errcap;
     nopts = opt_count(opts);
@@ -331,6 +336,13 @@ int phy_config_parse(const struct phy_opt *opts, int argc, char **argv, int firs
 out_free:
     free(cp.cli_list_reset);
     return rc;
+}
+
+int phy_config_parse(const struct phy_opt *opts, int argc, char **argv, int first, char **pos,
+                     size_t npos_cap, size_t *npos, int *want_help, char *err, size_t errcap)
+{
+    return phy_config_parse_ex(opts, 0, argc, argv, first, pos, npos_cap, npos, want_help, err,
+                               errcap);
 }
 
 static const char *opt_meta(enum phy_opt_type t)
@@ -359,7 +371,7 @@ static void help_line(FILE *f, const char *label1, const char *label2, size_t wi
     fprintf(f, "%s\n", help != NULL ? help : "");
 }
 
-/* One aligned line per option, then --config and --help. f is a FILE *. */
+/* One aligned line per option, then --config, --help and --version. f is a FILE *. */
 void phy_config_print_help(const struct phy_opt *opts, void *f)
 {
     FILE *out = f;
@@ -382,6 +394,7 @@ void phy_config_print_help(const struct phy_opt *opts, void *f)
     help_line(out, "--" CONFIG_FLAG, " FILE", width,
               "read options from an INI file (keys are option names)");
     help_line(out, "-h, --help", "", width, "show this help and exit");
+    help_line(out, "--version", "", width, "print the version and the git description and exit");
 }
 
 /* Frees STR and LIST destinations and resets them to NULL / empty. */

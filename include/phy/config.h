@@ -37,7 +37,19 @@ struct phy_opt {
 int phy_config_parse(const struct phy_opt *opts, int argc, char **argv, int first, char **pos,
                      size_t npos_cap, size_t *npos, int *want_help, char *err, size_t errcap);
 
-/* Prints "  --name VALUE   help" lines for every option to f (a FILE *). */
+/* Flags of phy_config_parse_ex. PHY_CONFIG_SHARED_FILE: the --config file is another
+ * option table's (phyhub admin reads the daemon's file for its --db); keys this table
+ * does not know are skipped instead of refused. */
+#define PHY_CONFIG_SHARED_FILE 1u
+
+/* phy_config_parse with flags (PHY_CONFIG_*); phy_config_parse passes 0. */
+int phy_config_parse_ex(const struct phy_opt *opts, unsigned flags, int argc, char **argv,
+                        int first, char **pos, size_t npos_cap, size_t *npos, int *want_help,
+                        char *err, size_t errcap);
+
+/* Prints "  --name VALUE   help" lines for every option to f (a FILE *), then the
+ * lines of --config, --help and --version (which each main handles with
+ * phy_buildinfo_wanted before parsing). */
 void phy_config_print_help(const struct phy_opt *opts, void *f);
 
 /* Frees what phy_config_parse allocated into string and list destinations. */

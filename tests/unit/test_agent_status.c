@@ -78,7 +78,8 @@ static void test_status_json(void **state)
 
     agent_sysinfo_init(&si);
     o = agent_sysinfo_json(&si);
-    want = json_pack("{s:s, s:[]}", "agent_version", AGENT_VERSION, "addresses");
+    want = json_pack("{s:s, s:s, s:[]}", "agent_version", AGENT_VERSION, "agent_build",
+                     PHY_GIT_DESCRIBE, "addresses");
     assert_true(json_equal(o, want)); /* unknown values are left out */
     json_decref(o);
     json_decref(want);
@@ -96,9 +97,9 @@ static void test_status_json(void **state)
     snprintf(si.addrs[1], sizeof si.addrs[1], "2001:db8::7");
     si.naddrs = 2;
     o = agent_sysinfo_json(&si);
-    want = json_pack("{s:I, s:I, s:s, s:[f,f,f], s:I, s:I, s:I, s:I, s:[s,s]}", "uptime_s",
+    want = json_pack("{s:I, s:I, s:s, s:s, s:[f,f,f], s:I, s:I, s:I, s:I, s:[s,s]}", "uptime_s",
                      (json_int_t)350735, "agent_uptime_s", (json_int_t)61, "agent_version",
-                     AGENT_VERSION, "load", 0.52, 1.5, 0.0, "mem_total_kb", (json_int_t)24684092,
+                     AGENT_VERSION, "agent_build", PHY_GIT_DESCRIBE, "load", 0.52, 1.5, 0.0, "mem_total_kb", (json_int_t)24684092,
                      "mem_available_kb", (json_int_t)20000000, "disk_total_kb", (json_int_t)1000,
                      "disk_free_kb", (json_int_t)0, "addresses", "192.0.2.7", "2001:db8::7");
     assert_true(json_equal(o, want));
