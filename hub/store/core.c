@@ -13,7 +13,9 @@
 
 #include "phy/assert.h"
 #include "phy/err.h"
+#include "phy/protocol.h"
 #include "phy/twin.h"
+#include "announce.h"
 #include "engine.h"
 #include "rules.h"
 #include "store.h"
@@ -188,6 +190,19 @@ static int q_int(struct store *s, int64_t *v, const char *sql, const char *fmt, 
     db_finish(st);
     st = NULL;
     return rc;
+}
+
+/* Inside a write transaction: announces a to the other nodes of the store (engines
+ * that notify, once this node is named); a is completed with the node. */
+static int announce(struct store *s, struct store_announce *a)
+{
+    char line[STORE_ANNOUNCE_MAX];
+    if (!s->e->notifies || !s->node[0])
+        return 0;
+    snprintf(a->node, sizeof a->node, "%s", s->node);
+    int rc = store_announce_format(a, line);
+    PHY_ASSERT(rc > 0); /* the callers' fields were checked already */
+    return q_exec(s, NULL, "SELECT pg_notify('" STORE_ANNOUNCE_CHANNEL "', ?)", "t", line);
 }
 
 /* Makes room for one more element in the array *v of *cap elements holding count:
@@ -834,6 +849,11 @@ static int sq_console_session_delete(struct store *s, const char *id_hash)
         return PHY_EINVAL;
     TX_BEGIN(s, 1)
     rc = q_exec(s, NULL, "DELETE FROM console_sessions WHERE id_hash = ?", "t", id_hash);
+    if (rc == 0) { /* other nodes end the session's event streams */
+        struct store_announce a = {.kind = ANNOUNCE_LOGOUT};
+        snprintf(a.session_hash, sizeof a.session_hash, "%s", id_hash);
+        rc = announce(s, &a);
+    }
     rc = tx_end(s, rc);
     TX_RETRY(rc);
     return rc;
@@ -2417,9 +2437,12 @@ static const char *const SECTION_GET_SQL[] = {
 };
 
 static const char *const SECTION_PUT_SQL[] = {
-    [SECTION_DESIRED] = "INSERT INTO twins(device_id, desired, desired_version) VALUES (?, ?, ?)"
+    /* desired_patch: the patch that made this version, for other nodes (announce.h) */
+    [SECTION_DESIRED] = "INSERT INTO twins(device_id, desired, desired_version, desired_patch)"
+                        " VALUES (?, ?, ?, ?)"
                         " ON CONFLICT(device_id) DO UPDATE SET desired = excluded.desired,"
-                        " desired_version = excluded.desired_version",
+                        " desired_version = excluded.desired_version,"
+                        " desired_patch = excluded.desired_patch",
     [SECTION_REPORTED] = "INSERT INTO twins(device_id, reported, reported_version) VALUES (?, ?, ?)"
                          " ON CONFLICT(device_id) DO UPDATE SET reported = excluded.reported,"
                          " reported_version = excluded.reported_version",
@@ -2511,10 +2534,20 @@ static int section_apply(struct store *s, struct section_q *q, const char *devic
         *outcome = STORE_TOO_BIG;
         goto out;
     }
-    if (ch) {
+    if (ch && q->sec == SECTION_DESIRED) {
+        char *ptext = json_dumps(patch, JSON_COMPACT);
+        rc = ptext ? q_exec(s, NULL, SECTION_PUT_SQL[q->sec], "ttit", device_id, result, ver + 1,
+                            ptext)
+                   : PHY_ENOMEM;
+        free(ptext);
+        if (rc)
+            goto out;
+    } else if (ch) {
         rc = q_exec(s, NULL, SECTION_PUT_SQL[q->sec], "tti", device_id, result, ver + 1);
         if (rc)
             goto out;
+    }
+    if (ch) {
         *version = ver + 1;
         *changed = 1;
     }
@@ -2525,6 +2558,12 @@ out:
     free(merged);
     return rc;
 }
+
+/* What device_section_patch's check gets: the device (and its tenant, for desired). */
+struct patch_target {
+    int64_t tenant_id, now_ms;
+    const char *device_id;
+};
 
 /* One device's section patch: checks and parses the patch, then in one write
  * transaction runs check (1: the device may be patched, 0: NOT_FOUND, < 0: failure)
@@ -2560,6 +2599,12 @@ static int device_section_patch(struct store *s, const char *device_id, const ch
     }
     q.sec = sec;
     rc = section_apply(s, &q, device_id, patch, if_match, NULL, version, changed, outcome);
+    if (rc == 0 && sec == SECTION_DESIRED && *changed) {
+        struct store_announce a = {.kind = ANNOUNCE_DESIRED, .n = *version,
+                                   .tenant_id = ((const struct patch_target *)ctx)->tenant_id};
+        snprintf(a.device_id, sizeof a.device_id, "%s", device_id);
+        rc = announce(s, &a);
+    }
 out:
     rc = tx_end(s, rc);
     if (rc) {
@@ -2571,11 +2616,6 @@ out_patch:
     json_decref(patch);
     return rc;
 }
-
-struct patch_target {
-    int64_t tenant_id, now_ms;
-    const char *device_id;
-};
 
 /* desired: the tenant's device, not revoked. */
 static int desired_check(struct store *s, const void *ctx)
@@ -2683,31 +2723,38 @@ static int fleet_write_groups(struct store *s, struct fleet_group *g, size_t ng,
             return TX_ABORT;
         }
     }
+    char *ptext = json_dumps(patch, JSON_COMPACT); /* desired_patch, see SECTION_PUT_SQL */
+    if (!ptext)
+        return PHY_ENOMEM;
     for (size_t i = 0; i < ng; i++) {
         struct db_stmt *st = NULL;
         if (!g[i].changed)
             continue;
         if (g[i].in)
             rc = q_prep(s, &st,
-                        "UPDATE twins SET desired = ?1, desired_version = desired_version + 1"
+                        "UPDATE twins SET desired = ?1, desired_version = desired_version + 1,"
+                        " desired_patch = ?6"
                         " WHERE desired = ?2 AND device_id IN (SELECT d.device_id FROM devices d"
                         " WHERE" FLEET_MATCH("?3", "?4", "?5") ")"
                         " RETURNING device_id, desired_version",
-                        "ttitt", g[i].out, g[i].in, tenant_id, key, value);
+                        "ttittt", g[i].out, g[i].in, tenant_id, key, value, ptext);
         else
             rc = q_prep(s, &st,
-                        "INSERT INTO twins(device_id, desired, desired_version)"
-                        " SELECT d.device_id, ?1, 1 FROM devices d WHERE" FLEET_MATCH("?2", "?3",
-                                                                                       "?4")
+                        "INSERT INTO twins(device_id, desired, desired_version, desired_patch)"
+                        " SELECT d.device_id, ?1, 1, ?5 FROM devices d WHERE" FLEET_MATCH("?2", "?3",
+                                                                                           "?4")
                         " AND NOT EXISTS (SELECT 1 FROM twins t WHERE t.device_id = d.device_id)"
                         " RETURNING device_id, desired_version",
-                        "titt", g[i].out, tenant_id, key, value);
+                        "tittt", g[i].out, tenant_id, key, value, ptext);
         if (rc == 0)
             rc = fleet_collect(st, v, pushed, cap);
         db_finish(st);
-        if (rc)
+        if (rc) {
+            free(ptext);
             return rc;
+        }
     }
+    free(ptext);
     *outcome = STORE_OK;
     return 0;
 }
@@ -2788,6 +2835,8 @@ static int sq_desired_patch_tag(struct store *s, int64_t tenant_id, const char *
                                 &cap, outcome);
         if (rc == 0 && pushed > 1)
             qsort(v, pushed, sizeof *v, push_cmp);
+        if (rc == 0 && pushed > 0)
+            rc = announce(s, &(struct store_announce){.kind = ANNOUNCE_FLEET, .tenant_id = tenant_id});
         goto out;
     }
     /* Many distinct sections: each device gets its own merge and write. */
@@ -2811,6 +2860,9 @@ static int sq_desired_patch_tag(struct store *s, int64_t tenant_id, const char *
         v[pushed].version = ver;
         pushed++;
     }
+    if (pushed > 0 &&
+        (rc = announce(s, &(struct store_announce){.kind = ANNOUNCE_FLEET, .tenant_id = tenant_id})))
+        goto out;
     *outcome = STORE_OK;
 out:
     db_finish(st);
@@ -2940,6 +2992,13 @@ static int device_change(struct store *s, int64_t tenant_id, const char *device_
                         "tt", serial, device_id);
         }
         if (rc)
+            goto out;
+    }
+    {
+        struct store_announce a = {.kind = ANNOUNCE_CLOSE,
+                                   .n = act == DEVICE_DELETE ? PHY_CLOSE_DELETED : PHY_CLOSE_REVOKED};
+        snprintf(a.device_id, sizeof a.device_id, "%s", device_id);
+        if ((rc = announce(s, &a)))
             goto out;
     }
     *outcome = act == DEVICE_RESET ? rule_reset_outcome(remote, serial, purged > 0) : STORE_OK;
@@ -3346,9 +3405,15 @@ static int sq_session_open(struct store *s, const char *device_id, int64_t now_m
                     "itt", now_ms, device_id, s->node[0] ? s->node : NULL);
     if (rc == 0 && changes == 0)
         rc = PHY_ENOTFOUND; /* deleted or revoked since it authenticated */
-    if (rc == 0 && gen) {
-        rc = q_int(s, gen, "SELECT session_gen FROM devices WHERE device_id = ?", "t", device_id);
+    if (rc == 0) {
+        struct store_announce a = {.kind = ANNOUNCE_SESSION};
+        rc = q_int(s, &a.n, "SELECT session_gen FROM devices WHERE device_id = ?", "t", device_id);
         rc = rc == 1 ? 0 : rc < 0 ? rc : PHY_EIO;
+        if (rc == 0 && gen)
+            *gen = a.n;
+        snprintf(a.device_id, sizeof a.device_id, "%s", device_id);
+        if (rc == 0) /* an older session of the device on another node ends (4000) */
+            rc = announce(s, &a);
     }
     if (rc == 0)
         rc = q_exec(s, &purged,
@@ -3394,6 +3459,61 @@ static int sq_presence_reset(struct store *s, int64_t now_ms)
     rc = tx_end(s, rc);
     TX_RETRY(rc);
     return rc;
+}
+
+static int sq_node_sessions(struct store *s, int64_t tenant_id, const char *device_id,
+                            struct store_node_session **out, size_t *n)
+{
+    struct store_node_session *v = NULL;
+    struct db_stmt *st = NULL;
+    size_t count = 0, cap = 0;
+    int rc;
+    if (out)
+        *out = NULL;
+    if (n)
+        *n = 0;
+    if (!s || !s->node[0] || !out || !n || tenant_id < 0 ||
+        (device_id && !store_device_id_ok(device_id)))
+        return PHY_EINVAL;
+    TX_BEGIN(s, 0)
+    count = 0;
+    rc = q_prep(s, &st,
+                "SELECT d.device_id, d.tenant_id, d.state = " SQL_REVOKED ","
+                " COALESCE(t.desired_version, 0), t.desired_patch"
+                " FROM devices d LEFT JOIN twins t ON t.device_id = d.device_id"
+                " WHERE d.session_node = ?1 AND (d.online <> 0 OR d.state = " SQL_REVOKED ")"
+                " AND (?2 = 0 OR d.tenant_id = ?2) AND (?3 = '' OR d.device_id = ?3)",
+                "tit", s->node, tenant_id, device_id ? device_id : "");
+    while (rc == 0 && (rc = db_step(st)) == DB_ROW) {
+        if ((rc = grow(&v, &cap, count, sizeof *v, 16)))
+            break;
+        struct store_node_session *e = &v[count];
+        memset(e, 0, sizeof *e);
+        if ((rc = col_copy(st, 0, e->device_id, sizeof e->device_id)))
+            break;
+        count++;
+        e->tenant_id = db_int(st, 1);
+        e->revoked = db_int(st, 2) != 0;
+        e->desired_version = db_int(st, 3);
+        if (!db_null(st, 4) && !(e->desired_patch = col_dup(st, 4)))
+            rc = PHY_ENOMEM;
+        else
+            rc = 0; /* the next row */
+    }
+    rc = rc == DB_DONE ? 0 : rc < 0 ? rc : PHY_EIO;
+    db_finish(st);
+    st = NULL;
+    rc = tx_end(s, rc);
+    if (rc) {
+        store_node_sessions_free(v, count);
+        v = NULL;
+        count = cap = 0;
+        TX_RETRY(rc);
+        return rc;
+    }
+    *out = v;
+    *n = count;
+    return 0;
 }
 
 static int sq_node_heartbeat(struct store *s, int64_t now_ms)
@@ -3676,6 +3796,7 @@ const struct phy_store_ops store_ops = {
     .node_heartbeat = sq_node_heartbeat,
     .presence_sweep = sq_presence_sweep,
     .lease_take = sq_lease_take,
+    .node_sessions = sq_node_sessions,
     .twin_get = sq_twin_get,
     .reported_patch = sq_reported_patch,
     .status_put = sq_status_put,

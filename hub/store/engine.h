@@ -58,6 +58,9 @@ struct db_stmt;   /* one executed statement and its rows */
 
 struct store_engine {
     const char *name; /* "sqlite", "postgresql" */
+    /* Several nodes may share the store: changes are announced to them (announce.h)
+     * with "SELECT pg_notify(channel, line)" in their transaction. */
+    int notifies;
     /* 1 when url names a store of this engine. */
     int (*accepts)(const char *url);
     /* Opens, and creates or migrates the schema to the version this build knows

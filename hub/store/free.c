@@ -31,3 +31,12 @@ void store_devices_free(struct store_device *d, size_t n)
         store_device_clear(&d[i]);
     free(d);
 }
+
+void store_node_sessions_free(struct store_node_session *v, size_t n)
+{
+    if (!v)
+        return;
+    for (size_t i = 0; i < n; i++)
+        free(v[i].desired_patch);
+    free(v);
+}

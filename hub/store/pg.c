@@ -221,6 +221,7 @@ static const char PG_MIGRATE_6_7_SQL[] = "ALTER TABLE registrations ADD COLUMN s
 /* Version 7 -> 8: several hub nodes (sqlite.c's V8_SQL). */
 static const char PG_MIGRATE_7_8_SQL[] =
     "ALTER TABLE devices ADD COLUMN session_node TEXT;"
+    "ALTER TABLE twins ADD COLUMN desired_patch TEXT;"
     "CREATE INDEX devices_online_node ON devices(session_node) WHERE online = 1;"
     "CREATE TABLE nodes(node_id TEXT PRIMARY KEY, heartbeat_ms BIGINT NOT NULL,"
     " started_ms BIGINT NOT NULL);"
@@ -846,6 +847,7 @@ static int pg_open(const char *url, const struct store_engine_opts *o, struct st
 
 const struct store_engine store_engine_pg = {
     .name = "postgresql",
+    .notifies = 1,
     .accepts = pg_accepts,
     .open = pg_open,
     .close = pg_close,

@@ -99,6 +99,7 @@
  * holding a device's session, the nodes' heartbeats and the leases of singleton jobs. */
 #define V8_SQL                                                                                     \
     "ALTER TABLE devices ADD COLUMN session_node TEXT;"                                            \
+    "ALTER TABLE twins ADD COLUMN desired_patch TEXT;"                                             \
     "CREATE INDEX devices_online_node ON devices(session_node) WHERE online = 1;"                  \
     "CREATE TABLE nodes(node_id TEXT PRIMARY KEY, heartbeat_ms INTEGER NOT NULL,"                 \
     " started_ms INTEGER NOT NULL);"                                                               \

@@ -167,6 +167,18 @@ struct store_push {
     int64_t version;
 };
 
+/* A device whose session this node holds (or held until a revoke), as the store
+ * has it: what a node compares with its live sessions after an announcement or a
+ * lost one (node_sessions). */
+struct store_node_session {
+    char device_id[PHY_DEVICE_ID_LEN + 1];
+    int64_t tenant_id;
+    int revoked;
+    int64_t desired_version;
+    char *desired_patch; /* the patch that made desired_version (NULL: none kept) */
+};
+void store_node_sessions_free(struct store_node_session *v, size_t n);
+
 /* A device created directly by an operator (bulk load for tests and benchmarks). */
 struct store_new_device {
     const char *device_id, *serial, *secret_hash, *tags_json;
@@ -575,6 +587,11 @@ struct phy_store_ops {
      * lease had ended by now_ms), else 0 (another node holds it). */
     int (*lease_take)(struct store *s, const char *name, int64_t now_ms, int64_t until_ms,
                       int *held);
+    /* The devices online on this node, and those revoked while they were, of tenant
+     * (0: every tenant) or the one device_id (NULL: every device): *out (free with
+     * store_node_sessions_free) of *n. */
+    int (*node_sessions)(struct store *s, int64_t tenant_id, const char *device_id,
+                         struct store_node_session **out, size_t *n);
     /* The twin of a device (any tenant: the caller authenticated the device). */
     int (*twin_get)(struct store *s, const char *device_id, struct store_twin *t, int *outcome);
     /* Merges a reported patch; *version and *changed as for desired_patch. OK /

@@ -4,6 +4,7 @@
 /* struct fx's own field here: the next poll token reg_next() hands out. */
 #define TEST_STORE_FX_EXTRA unsigned next_token;
 #include "teststore.h"
+#include "announce.h"
 
 #include <sys/stat.h>
 
@@ -960,6 +961,87 @@ static void test_nodes(void **state)
     assert_int_equal(ops->lease_take(f->s, "sweep", 2700, 2700, &held), PHY_EINVAL);
 }
 
+/* PostgreSQL: the lines announced so far on conn (LISTEN phy_nodes), joined by '|'. */
+static void announced(PGconn *conn, char *out, size_t cap)
+{
+    PGnotify *n;
+    out[0] = '\0';
+    assert_int_equal(PQconsumeInput(conn), 1);
+    while ((n = PQnotifies(conn)) != NULL) {
+        size_t len = strlen(out);
+        snprintf(out + len, cap - len, "%s%s", len ? "|" : "", n->extra);
+        PQfreemem(n);
+    }
+}
+
+/* What a node reads back after an announcement (node_sessions), and the
+ * announcements themselves (PostgreSQL only: SQLite is one node). */
+static void test_node_sessions_and_announcements(void **state)
+{
+    struct fx *f = *state;
+    struct store_node_session *v = NULL;
+    size_t n = 0;
+    int64_t ver = 0;
+    int ch = 0, out = -1;
+    struct id id1 = ID(1), id2 = ID(2), id3 = ID(3);
+    PGconn *l = NULL;
+    char lines[1024], want[1024];
+    if (store_is_pg()) {
+        l = PQconnectdb(f->path);
+        assert_int_equal(PQstatus(l), CONNECTION_OK);
+        PQclear(PQexec(l, "LISTEN " STORE_ANNOUNCE_CHANNEL));
+    }
+    for (unsigned i = 1; i <= 3; i++)
+        mkdev(f, 1, i, NULL);
+    assert_int_equal(ops->node_sessions(f->s, 0, NULL, &v, &n), PHY_EINVAL); /* no node yet */
+    as_node(f, "A");
+    assert_int_equal(ops->session_open(f->s, id1.s, T0 + 1, NULL), 0);
+    assert_int_equal(ops->session_open(f->s, id2.s, T0 + 2, NULL), 0);
+    as_node(f, "B");
+    assert_int_equal(ops->session_open(f->s, id3.s, T0 + 3, NULL), 0);
+    as_node(f, "A");
+    assert_int_equal(dpatch(f, 1, 1, "{\"a\": 1}", -1, &ver, &ch), STORE_OK);
+    assert_int_equal(ver, 1);
+
+    assert_int_equal(ops->node_sessions(f->s, 0, NULL, &v, &n), 0);
+    assert_int_equal(n, 2); /* A's two, not B's */
+    assert_string_equal(v[0].device_id, id1.s);
+    assert_int_equal(v[0].desired_version, 1);
+    assert_string_equal(v[0].desired_patch, "{\"a\":1}");
+    assert_string_equal(v[1].device_id, id2.s);
+    assert_int_equal(v[1].desired_version, 0);
+    assert_null(v[1].desired_patch);
+    assert_false(v[1].revoked);
+    store_node_sessions_free(v, n);
+    assert_int_equal(ops->node_sessions(f->s, 1, id2.s, &v, &n), 0);
+    assert_int_equal(n, 1);
+    store_node_sessions_free(v, n);
+    assert_int_equal(ops->node_sessions(f->s, 2, NULL, &v, &n), 0); /* another tenant */
+    assert_int_equal(n, 0);
+    store_node_sessions_free(v, n);
+
+    assert_int_equal(ops->device_revoke(f->s, 1, id2.s, T0 + 10, &out), 0);
+    assert_int_equal(out, STORE_OK);
+    assert_int_equal(ops->node_sessions(f->s, 1, id2.s, &v, &n), 0);
+    assert_int_equal(n, 1);
+    assert_true(v[0].revoked); /* still listed: its session must end */
+    store_node_sessions_free(v, n);
+
+    if (l) {
+        announced(l, lines, sizeof lines);
+        snprintf(want, sizeof want, "A s %s 1|A s %s 1|B s %s 1|A d 1 %s 1|A c %s 4001", id1.s,
+                 id2.s, id3.s, id1.s, id2.s);
+        assert_string_equal(lines, want);
+        /* A rolled-back change is not announced: an unknown device's patch. */
+        struct id id9 = ID(9);
+        assert_int_equal(ops->desired_patch(f->s, 1, id9.s, "{\"b\":2}", -1, &ver, &ch, &out), 0);
+        assert_int_equal(out, STORE_NOT_FOUND);
+        announced(l, lines, sizeof lines);
+        assert_string_equal(lines, "");
+        PQfinish(l);
+    }
+}
+
 static void test_status(void **state)
 {
     struct fx *f = *state;
@@ -1261,6 +1343,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_sessions, setup, teardown),
         cmocka_unit_test_setup_teardown(test_presence_reset, setup, teardown),
         cmocka_unit_test_setup_teardown(test_nodes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_node_sessions_and_announcements, setup, teardown),
         cmocka_unit_test_setup_teardown(test_status, setup, teardown),
         cmocka_unit_test_setup_teardown(test_revoke, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reset, setup, teardown),

@@ -230,6 +230,7 @@ static inline int teardown(void **state)
     "DROP TABLE leases;"                                                                           \
     "DROP TABLE nodes;"                                                                            \
     "DROP INDEX devices_online_node;"                                                              \
+    "ALTER TABLE twins DROP COLUMN desired_patch;"                                                 \
     "ALTER TABLE devices DROP COLUMN session_node;"                                                \
     "ALTER TABLE registrations DROP COLUMN source;"                                                \
     "ALTER TABLE registrations DROP COLUMN agent;"                                                 \

@@ -1,0 +1,117 @@
+/* Announcements between hub nodes; see announce.h. */
+#include "announce.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "phy/err.h"
+#include "phy/text.h"
+#include "rules.h"
+
+/* A device ID fit for a line: the store's check, and no space or control byte. */
+static int device_ok(const char *id)
+{
+    if (!store_device_id_ok(id))
+        return 0;
+    for (; *id; id++)
+        if (!phy_name_char(*id))
+            return 0;
+    return 1;
+}
+
+int store_announce_format(const struct store_announce *a, char out[STORE_ANNOUNCE_MAX])
+{
+    int n;
+    if (!store_node_id_ok(a->node))
+        return PHY_EINVAL;
+    switch (a->kind) {
+    case ANNOUNCE_DESIRED:
+        if (a->tenant_id <= 0 || !device_ok(a->device_id) || a->n <= 0)
+            return PHY_EINVAL;
+        n = snprintf(out, STORE_ANNOUNCE_MAX, "%s d %" PRId64 " %s %" PRId64, a->node,
+                     a->tenant_id, a->device_id, a->n);
+        break;
+    case ANNOUNCE_FLEET:
+        if (a->tenant_id <= 0)
+            return PHY_EINVAL;
+        n = snprintf(out, STORE_ANNOUNCE_MAX, "%s f %" PRId64, a->node, a->tenant_id);
+        break;
+    case ANNOUNCE_CLOSE:
+    case ANNOUNCE_SESSION:
+        if (!device_ok(a->device_id) || a->n <= 0)
+            return PHY_EINVAL;
+        n = snprintf(out, STORE_ANNOUNCE_MAX, "%s %c %s %" PRId64, a->node, (char)a->kind,
+                     a->device_id, a->n);
+        break;
+    case ANNOUNCE_LOGOUT:
+        if (!store_session_hash_ok(a->session_hash))
+            return PHY_EINVAL;
+        n = snprintf(out, STORE_ANNOUNCE_MAX, "%s l %s", a->node, a->session_hash);
+        break;
+    default:
+        return PHY_EINVAL;
+    }
+    return n > 0 && n < STORE_ANNOUNCE_MAX ? n : PHY_EINVAL;
+}
+
+/* The next space-separated field of *p into out[cap]: 0, or PHY_EINVAL (missing,
+ * empty or too long). */
+static int field(const char **p, char *out, size_t cap)
+{
+    size_t n = strcspn(*p, " ");
+    if (n == 0 || n >= cap)
+        return PHY_EINVAL;
+    memcpy(out, *p, n);
+    out[n] = '\0';
+    *p += n;
+    if (**p == ' ')
+        ++*p;
+    return 0;
+}
+
+/* A positive decimal of at most 18 digits. */
+static int number(const char **p, int64_t *out)
+{
+    char buf[19], *end; /* 18 digits: no overflow */
+    if (field(p, buf, sizeof buf) || buf[0] < '1' || buf[0] > '9')
+        return PHY_EINVAL;
+    *out = strtoll(buf, &end, 10);
+    return *end == '\0' ? 0 : PHY_EINVAL;
+}
+
+int store_announce_parse(const char *line, struct store_announce *a)
+{
+    char kind[2];
+    const char *p = line;
+    memset(a, 0, sizeof *a);
+    if (strlen(line) >= STORE_ANNOUNCE_MAX || field(&p, a->node, sizeof a->node) ||
+        !store_node_id_ok(a->node) || field(&p, kind, sizeof kind))
+        return PHY_EINVAL;
+    a->kind = (enum store_announce_kind)kind[0];
+    int rc;
+    switch (a->kind) {
+    case ANNOUNCE_DESIRED:
+        rc = number(&p, &a->tenant_id) || field(&p, a->device_id, sizeof a->device_id) ||
+             number(&p, &a->n);
+        break;
+    case ANNOUNCE_FLEET:
+        rc = number(&p, &a->tenant_id);
+        break;
+    case ANNOUNCE_CLOSE:
+    case ANNOUNCE_SESSION:
+        rc = field(&p, a->device_id, sizeof a->device_id) || number(&p, &a->n);
+        break;
+    case ANNOUNCE_LOGOUT:
+        rc = field(&p, a->session_hash, sizeof a->session_hash) ||
+             !store_session_hash_ok(a->session_hash);
+        break;
+    default:
+        return PHY_EINVAL;
+    }
+    if (rc || *p != '\0' || (a->device_id[0] && !device_ok(a->device_id)))
+        return PHY_EINVAL;
+    char check[STORE_ANNOUNCE_MAX]; /* one form only: what format writes */
+    return store_announce_format(a, check) > 0 && strcmp(check, line) == 0 ? 0 : PHY_EINVAL;
+}
