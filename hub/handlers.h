@@ -98,6 +98,12 @@ int login_hash_password(const char *pw, size_t len, char *encoded, size_t cap);
 #define API_CLAIM_REPLAY_MS (10 * 60 * 1000)
 /* static.c: GET / and GET /<name> from --web-root (200 or 404). */
 void handle_static(struct hub *h, const struct api_request *req, struct api_response *res);
+
+/* static.c: the default --web-root. An installed hub's console lies at rel_from_exe
+ * (e.g. "../share/phystack/web") from the folder of its own executable; a hub run
+ * from its build tree falls back to fallback (the source tree's web/). Returns a
+ * malloc'd path (the caller frees it), NULL when out of memory. */
+char *static_default_root(const char *rel_from_exe, const char *fallback);
 void handle_metrics(struct hub *h, const struct api_request *req, struct api_response *res);
 void handle_healthz(struct hub *h, const struct api_request *req, struct api_response *res);
 

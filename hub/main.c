@@ -36,6 +36,9 @@
 #ifndef PHY_WEB_ROOT
 #define PHY_WEB_ROOT "web" /* CMake sets the source tree's web/ */
 #endif
+#ifndef PHY_WEB_ROOT_REL
+#define PHY_WEB_ROOT_REL "../share/phystack/web" /* CMake: from SBINDIR to DATADIR/phystack/web */
+#endif
 
 static struct hub g_hub; /* the daemon's one hub; main owns it */
 static struct server *g_server;
@@ -613,7 +616,8 @@ int main(int argc, char **argv)
         {"inter-region-attempts", PHY_OPT_INT, &c->inter_region_attempts, 1, 10,
          "calls to eu: tries on transport failures and 5xx (3)"},
         {"web-root", PHY_OPT_STR, &c->web_root, 0, 0,
-         "folder of the console's static files (default " PHY_WEB_ROOT ")"},
+         "folder of the console's static files (default: DATADIR/phystack/web of the "
+         "installation the binary is in, else the source tree's web/)"},
         {"session-idle", PHY_OPT_INT, &c->session_idle_s, 1, 604800,
          "console login sessions end after this long without a request, s (1800)"},
         {"session-max", PHY_OPT_INT, &c->session_max_s, 1, 2592000,
@@ -693,7 +697,7 @@ int main(int argc, char **argv)
         goto out;
     if (!c->listen && !(c->listen = strdup("0.0.0.0:443")))
         goto out;
-    if (!c->web_root && !(c->web_root = strdup(PHY_WEB_ROOT)))
+    if (!c->web_root && !(c->web_root = static_default_root(PHY_WEB_ROOT_REL, PHY_WEB_ROOT)))
         goto out;
     if (!c->node_id) {
         char host[256] = "";

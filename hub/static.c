@@ -108,3 +108,28 @@ void handle_static(struct hub *h, const struct api_request *req, struct api_resp
     res->content_type = type;
     snprintf(res->extra_headers, sizeof(res->extra_headers), "Cache-Control: no-cache\r\n");
 }
+
+char *static_default_root(const char *rel_from_exe, const char *fallback)
+{
+    char exe[4096], path[4400];
+    struct stat st;
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    char *slash;
+
+    if (n > 0) {
+        exe[n] = '\0';
+        if ((slash = strrchr(exe, '/')) != NULL) {
+            *slash = '\0';
+            /* An installed tree is recognised by its index.html: a build tree has none. */
+            if ((size_t)snprintf(path, sizeof(path), "%s/%s/index.html", exe, rel_from_exe) <
+                    sizeof(path) &&
+                stat(path, &st) == 0 && S_ISREG(st.st_mode)) {
+                char *real;
+                path[strlen(path) - (sizeof("/index.html") - 1)] = '\0';
+                real = realpath(path, NULL); /* /usr/sbin/../share/... as /usr/share/... */
+                return real ? real : strdup(path);
+            }
+        }
+    }
+    return strdup(fallback);
+}
