@@ -47,6 +47,8 @@ struct api_request {
 enum api_effect_kind {
     API_EFFECT_PUSH_DESIRED,  /* send {"type":"desired.patch","version","patch":push_patch} */
     API_EFFECT_CLOSE_SESSION, /* close the device's live session with close_code */
+    API_EFFECT_SESSION_ELSEWHERE, /* the device opened session version (its generation) on
+                                   * another node: an older one here closes with 4000 */
     API_EFFECT_EVENT,         /* publish event_type/event_json to tenant_id's streams */
     API_EFFECT_END_STREAMS,   /* close the event streams of console session session_hash */
 };

@@ -4,7 +4,9 @@
 
 #include <signal.h>
 #include <stdatomic.h>
+#include <string.h>
 
+#include "nodelink.h"
 #include "phy/log.h"
 #include "region.h"
 #include "rules.h"
@@ -16,6 +18,7 @@
 static struct {
     struct hub *hub;
     struct server *server;
+    struct nodelink *link; /* several nodes on PostgreSQL */
     uv_loop_t *loop;
     uv_signal_t sigint, sigterm;
     uv_timer_t sweep_timer, outbox_timer, heart_timer;
@@ -197,6 +200,8 @@ static void on_signal(uv_signal_t *s, int signum)
 {
     (void)s;
     phy_log(PHY_LOG_INFO, "stopping", "signal=%d", signum);
+    nodelink_stop(L.link);
+    L.link = NULL;
     server_stop(L.server);
     L.server = NULL;
     L.stopping = 1;
@@ -222,6 +227,9 @@ void hub_lifecycle_start(struct hub *h, uv_loop_t *loop, struct server *srv)
     uv_timer_init(loop, &L.sweep_timer);
     uv_timer_start(&L.sweep_timer, on_sweep_timer, (uint64_t)h->cfg.sweep_interval_s * 1000,
                    (uint64_t)h->cfg.sweep_interval_s * 1000);
+    if (h->store_ops->node_sessions && strcmp(store_engine_name(h->store), "postgresql") == 0 &&
+        !(L.link = nodelink_start(h, loop, srv, h->cfg.db)))
+        phy_log(PHY_LOG_WARN, "nodelink_failed", "why=out_of_memory");
     uv_timer_init(loop, &L.heart_timer);
     uv_timer_start(&L.heart_timer, on_heart_timer, (uint64_t)h->cfg.node_heartbeat_s * 1000,
                    (uint64_t)h->cfg.node_heartbeat_s * 1000);

@@ -1068,11 +1068,22 @@ static int session_detach(struct conn *c)
 static void session_effect(void *state, const struct api_effect *e, const char *push_patch)
 {
     struct sessions *r = state;
-    if (e->kind != API_EFFECT_PUSH_DESIRED && e->kind != API_EFFECT_CLOSE_SESSION)
+    if (e->kind != API_EFFECT_PUSH_DESIRED && e->kind != API_EFFECT_CLOSE_SESSION &&
+        e->kind != API_EFFECT_SESSION_ELSEWHERE)
         return;
     struct session *ss = registry_find(r, e->device_id);
     if (!ss || !ss->begun || ss->closing)
         return;
+    if (e->kind == API_EFFECT_SESSION_ELSEWHERE) {
+        if (ss->gen >= e->version)
+            return; /* this session is the newer one */
+        registry_remove(r, ss);
+        ss->replaced = 1; /* the other node's session is the device's presence now */
+        phy_log(PHY_LOG_INFO, "session_replaced", "device_id=%s elsewhere=1", e->device_id);
+        session_close_with(ss, PHY_CLOSE_REPLACED, "replaced by a newer session");
+        session_drive(ss->conn);
+        return;
+    }
     if (e->kind == API_EFFECT_CLOSE_SESSION) {
         phy_log(PHY_LOG_INFO, "session_closing", "device_id=%s code=%d", e->device_id,
                 e->close_code);

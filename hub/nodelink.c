@@ -1,0 +1,324 @@
+/* The LISTEN side of several nodes on one store; see nodelink.h. */
+#include "nodelink.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include <libpq-fe.h>
+
+#include "announce.h"
+#include "conn.h"
+#include "phy/assert.h"
+#include "phy/log.h"
+#include "phy/protocol.h"
+
+#define RECONNECT_MIN_MS 250
+#define RECONNECT_MAX_MS 10000
+
+enum link_state { LINK_IDLE, LINK_CONNECTING, LINK_LISTENING, LINK_READY };
+
+struct nodelink {
+    struct hub *hub;
+    uv_loop_t *loop;
+    struct server *srv; /* NULL once stopped */
+    char *url;
+    PGconn *pg;
+    enum link_state state;
+    uv_poll_t *poll; /* on PQsocket(pg); a new one when the socket changes */
+    int poll_fd;
+    uv_timer_t retry;
+    uint64_t delay_ms;
+    unsigned jobs;         /* store reads in flight */
+    unsigned open_handles; /* retry timer and poll handles not yet closed */
+    unsigned long catchups;
+};
+
+/* A store read for an announcement (or a catch-up: tenant 0, no device). */
+struct link_job {
+    uv_work_t req;
+    struct nodelink *l;
+    int64_t tenant_id;
+    char device_id[PHY_DEVICE_ID_LEN + 1];
+    struct store_node_session *rows;
+    size_t n;
+    int rc;
+};
+
+static void link_connect(struct nodelink *l);
+
+static void maybe_free(struct nodelink *l)
+{
+    if (l->srv || l->jobs || l->open_handles)
+        return;
+    free(l->url);
+    free(l);
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    struct nodelink *l = h->data;
+    if (h != (uv_handle_t *)&l->retry)
+        free(h);
+    l->open_handles--;
+    maybe_free(l);
+}
+
+static void poll_drop(struct nodelink *l)
+{
+    if (!l->poll)
+        return;
+    uv_poll_stop(l->poll);
+    uv_close((uv_handle_t *)l->poll, on_handle_closed);
+    l->poll = NULL;
+    l->poll_fd = -1;
+}
+
+static void on_poll(uv_poll_t *p, int status, int events);
+
+/* Watches pg's socket for events (a new handle when libpq changed sockets). */
+static int poll_want(struct nodelink *l, int events)
+{
+    int fd = PQsocket(l->pg);
+    if (fd < 0)
+        return -1;
+    if (l->poll && l->poll_fd != fd)
+        poll_drop(l);
+    if (!l->poll) {
+        uv_poll_t *p = calloc(1, sizeof(*p));
+        if (!p || uv_poll_init_socket(l->loop, p, fd) != 0) {
+            free(p);
+            return -1;
+        }
+        p->data = l;
+        l->poll = p;
+        l->poll_fd = fd;
+        l->open_handles++;
+    }
+    uv_poll_start(l->poll, events, on_poll);
+    return 0;
+}
+
+static void on_retry(uv_timer_t *t)
+{
+    link_connect(t->data);
+}
+
+/* The connection failed or dropped: a new attempt after a growing delay. */
+static void link_lost(struct nodelink *l, const char *why)
+{
+    if (l->state == LINK_READY || l->delay_ms >= RECONNECT_MAX_MS / 2)
+        phy_log(PHY_LOG_WARN, "nodelink_lost", "why=\"%s\" retry_ms=%llu", why,
+                (unsigned long long)l->delay_ms);
+    poll_drop(l);
+    PQfinish(l->pg);
+    l->pg = NULL;
+    l->state = LINK_IDLE;
+    if (!l->srv)
+        return;
+    uv_timer_start(&l->retry, on_retry, l->delay_ms, 0);
+    l->delay_ms = l->delay_ms * 2 > RECONNECT_MAX_MS ? RECONNECT_MAX_MS : l->delay_ms * 2;
+}
+
+/* ---- store reads and their effects ---- */
+
+static void on_job(uv_work_t *req)
+{
+    struct link_job *j = req->data;
+    struct hub *h = j->l->hub;
+    j->rc = h->store_ops->node_sessions(h->store, j->tenant_id, j->device_id[0] ? j->device_id : NULL,
+                                        &j->rows, &j->n);
+}
+
+static void on_job_done(uv_work_t *req, int status)
+{
+    struct link_job *j = req->data;
+    struct nodelink *l = j->l;
+    (void)status;
+    l->jobs--;
+    if (j->rc < 0) {
+        phy_log(PHY_LOG_WARN, "nodelink_read_failed", "tenant_id=%lld", (long long)j->tenant_id);
+        if (!j->tenant_id && !j->device_id[0] && l->srv && l->state == LINK_READY)
+            link_lost(l, "catch-up read failed"); /* the catch-up is retried with the link */
+    }
+    for (size_t i = 0; l->srv && i < j->n; i++) {
+        const struct store_node_session *r = &j->rows[i];
+        struct api_effect e = {.kind = r->revoked ? API_EFFECT_CLOSE_SESSION : API_EFFECT_PUSH_DESIRED,
+                               .version = r->desired_version,
+                               .close_code = PHY_CLOSE_REVOKED};
+        memcpy(e.device_id, r->device_id, sizeof e.device_id);
+        if (r->revoked || (r->desired_version > 0 && r->desired_patch))
+            server_effect(l->srv, &e, r->desired_patch);
+    }
+    store_node_sessions_free(j->rows, j->n);
+    free(j);
+    maybe_free(l);
+}
+
+static void read_back(struct nodelink *l, int64_t tenant_id, const char *device_id)
+{
+    struct link_job *j = calloc(1, sizeof(*j));
+    if (!j) {
+        phy_log(PHY_LOG_WARN, "nodelink_read_failed", "why=out_of_memory");
+        return;
+    }
+    j->req.data = j;
+    j->l = l;
+    j->tenant_id = tenant_id;
+    if (device_id)
+        snprintf(j->device_id, sizeof j->device_id, "%s", device_id);
+    l->jobs++;
+    uv_queue_work(l->loop, &j->req, on_job, on_job_done);
+}
+
+/* One announcement from another node. */
+static void apply(struct nodelink *l, const struct store_announce *a)
+{
+    struct api_effect e = {.version = a->n, .close_code = (int)a->n, .tenant_id = a->tenant_id};
+    memcpy(e.device_id, a->device_id, sizeof e.device_id);
+    switch (a->kind) {
+    case ANNOUNCE_DESIRED:
+        read_back(l, a->tenant_id, a->device_id);
+        return;
+    case ANNOUNCE_FLEET:
+        read_back(l, a->tenant_id, NULL);
+        return;
+    case ANNOUNCE_CLOSE:
+        e.kind = API_EFFECT_CLOSE_SESSION;
+        break;
+    case ANNOUNCE_SESSION:
+        e.kind = API_EFFECT_SESSION_ELSEWHERE;
+        break;
+    case ANNOUNCE_LOGOUT:
+        e.kind = API_EFFECT_END_STREAMS;
+        memcpy(e.session_hash, a->session_hash, sizeof e.session_hash);
+        break;
+    }
+    server_effect(l->srv, &e, NULL);
+}
+
+/* ---- the connection ---- */
+
+static void link_notifies(struct nodelink *l)
+{
+    PGnotify *n;
+    while ((n = PQnotifies(l->pg)) != NULL) {
+        struct store_announce a;
+        if (store_announce_parse(n->extra, &a) < 0)
+            phy_log(PHY_LOG_WARN, "nodelink_bad_announcement", "length=%zu", strlen(n->extra));
+        else if (strcmp(a.node, l->hub->cfg.node_id) != 0) /* our own: applied already */
+            apply(l, &a);
+        PQfreemem(n);
+    }
+}
+
+static void on_poll(uv_poll_t *p, int status, int events)
+{
+    struct nodelink *l = p->data;
+    (void)events;
+    if (status < 0) {
+        link_lost(l, uv_strerror(status));
+        return;
+    }
+    if (l->state == LINK_CONNECTING) {
+        switch (PQconnectPoll(l->pg)) {
+        case PGRES_POLLING_READING:
+            if (poll_want(l, UV_READABLE) < 0)
+                link_lost(l, "no socket");
+            return;
+        case PGRES_POLLING_WRITING:
+            if (poll_want(l, UV_WRITABLE) < 0)
+                link_lost(l, "no socket");
+            return;
+        case PGRES_POLLING_OK:
+            if (!PQsendQuery(l->pg, "LISTEN " STORE_ANNOUNCE_CHANNEL)) {
+                link_lost(l, "LISTEN not sent");
+                return;
+            }
+            l->state = LINK_LISTENING;
+            if (PQflush(l->pg) != 0 || poll_want(l, UV_READABLE) < 0)
+                link_lost(l, "LISTEN not sent");
+            return;
+        default:
+            link_lost(l, "connect failed");
+            return;
+        }
+    }
+    if (!PQconsumeInput(l->pg)) {
+        link_lost(l, "connection lost");
+        return;
+    }
+    if (l->state == LINK_LISTENING) {
+        while (!PQisBusy(l->pg)) {
+            PGresult *r = PQgetResult(l->pg);
+            if (!r) { /* LISTEN done: from here on nothing is missed; catch up on the rest */
+                l->state = LINK_READY;
+                l->delay_ms = RECONNECT_MIN_MS;
+                l->catchups++;
+                phy_log(PHY_LOG_INFO, "nodelink_ready", "catchups=%lu", l->catchups);
+                read_back(l, 0, NULL);
+                break;
+            }
+            int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+            PQclear(r);
+            if (!ok) {
+                link_lost(l, "LISTEN refused");
+                return;
+            }
+        }
+    }
+    link_notifies(l);
+}
+
+static void link_connect(struct nodelink *l)
+{
+    PHY_ASSERT(!l->pg);
+    if (!l->srv)
+        return;
+    static const char *const keys[] = {"dbname", "application_name", NULL};
+    const char *vals[] = {l->url, "phyhub-nodelink", NULL};
+    l->pg = PQconnectStartParams(keys, vals, 1); /* the URL expands into the rest */
+    if (!l->pg || PQstatus(l->pg) == CONNECTION_BAD || PQsetnonblocking(l->pg, 1) != 0) {
+        link_lost(l, "connect failed");
+        return;
+    }
+    l->state = LINK_CONNECTING;
+    if (poll_want(l, UV_WRITABLE) < 0) /* PQconnectStart's first step: wait to write */
+        link_lost(l, "no socket");
+}
+
+struct nodelink *nodelink_start(struct hub *h, uv_loop_t *loop, struct server *srv,
+                                const char *url)
+{
+    struct nodelink *l = calloc(1, sizeof(*l));
+    if (!l || !(l->url = strdup(url))) {
+        free(l);
+        return NULL;
+    }
+    l->hub = h;
+    l->loop = loop;
+    l->srv = srv;
+    l->poll_fd = -1;
+    l->delay_ms = RECONNECT_MIN_MS;
+    uv_timer_init(loop, &l->retry);
+    l->retry.data = l;
+    l->open_handles = 1;
+    link_connect(l);
+    return l;
+}
+
+void nodelink_stop(struct nodelink *l)
+{
+    if (!l || !l->srv)
+        return;
+    l->srv = NULL;
+    poll_drop(l);
+    PQfinish(l->pg);
+    l->pg = NULL;
+    uv_timer_stop(&l->retry);
+    uv_close((uv_handle_t *)&l->retry, on_handle_closed);
+}
+
+unsigned long nodelink_catchups(const struct nodelink *l)
+{
+    return l ? l->catchups : 0;
+}

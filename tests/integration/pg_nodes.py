@@ -1,0 +1,170 @@
+"""Several hub nodes on one PostgreSQL store (issue 12): what one node changes reaches
+devices connected to the other (desired changes, fleet patches, revokes, a newer
+session of the device), announced with LISTEN/NOTIFY; a node whose LISTEN connection
+is killed during a burst of changes catches up by itself; a node that dies leaves its
+devices offline after the node timeout."""
+
+import os
+import signal
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import phytest  # noqa: E402
+import wsclient  # noqa: E402
+from phytest import binary, wait_until  # noqa: E402
+from stack import (HOST, SHORT_TIMERS, Stack, https_connection, https_request,  # noqa: E402
+                   psql)
+
+ST = None
+NODE = {}  # name -> (port, daemon)
+NODE_FLAGS = ["--node-heartbeat", "1", "--node-timeout", "3"]
+
+
+def start_node(name):
+    port = phytest.free_port()
+    argv = [binary("phyhub"), "--region", "eu", "--listen", "127.0.0.1:%d" % port,
+            "--db", ST.db, "--tls-cert", ST.pki["cert"], "--tls-key", ST.pki["key"],
+            "--provisioning", "--public-endpoint", HOST + ":443", "--node-id", name]
+    argv += ST.store_flags + ST.edge_hub_flags() + list(SHORT_TIMERS) + NODE_FLAGS
+    d = ST.daemon(argv, "phyhub-" + name)
+    d.wait_port(port)
+    d.wait_log(r"event=nodelink_ready ", 10)
+    NODE[name] = (port, d)
+
+
+def setup():
+    global ST
+    if os.environ.get("PHY_TEST_STORE") != "postgresql":
+        sys.exit("pg_nodes: PostgreSQL only (PHY_TEST_STORE=postgresql PHY_TEST_PG_URL=...)")
+    ST = Stack("nodes", hub_flags=["--node-id", "a"] + NODE_FLAGS, proxy=False)
+    ST.hub.wait_log(r"event=nodelink_ready ", 10)
+    NODE["a"] = (ST.hub_port, ST.hub)
+    start_node("b")
+
+
+def teardown():
+    if ST is not None:
+        ST.stop()
+
+
+def connect(creds, node):
+    port = NODE[node][0]
+    st, _, ws = wsclient.handshake("127.0.0.1", port, HOST, ST.pki["ca"], creds["device_id"],
+                                   creds["device_secret"])
+    assert st == 101, st
+    return ws
+
+
+def api(node, method, path, body=None):
+    """The console API of node a or b, as alice."""
+    conn = https_connection(NODE[node][0], ST.tls_context())
+    return https_request(conn, method, path, body, token=ST.token)
+
+
+def desired_versions(ws, want, timeout=5.0):
+    """Reads desired.patch messages until version want arrives; the versions seen."""
+    seen = []
+    deadline = time.monotonic() + timeout
+    while not seen or seen[-1] < want:
+        m = ws.recv_type("desired.patch", max(0.05, deadline - time.monotonic()))
+        seen.append(m["version"])
+    return seen
+
+
+def test_desired_change_reaches_the_other_node():
+    creds = ST.provision("NODES-1")
+    ws = connect(creds, "b")
+    t0 = time.monotonic()
+    st, js, _, _ = api("a", "PATCH", "/api/v1/devices/%s/twin/desired" % creds["device_id"],
+                       {"color": "red"})
+    assert st == 200, (st, js)
+    assert desired_versions(ws, js["version"]) == [js["version"]]
+    print("  change on a reached b's device in %.0f ms" % ((time.monotonic() - t0) * 1000))
+    ws.close()
+
+
+def test_fleet_patch_reaches_both_nodes_once():
+    devs = [ST.provision("NODES-F%d" % i, tags={"site": "nodes"}) for i in range(4)]
+    socks = [connect(c, "a" if i % 2 else "b") for i, c in enumerate(devs)]
+    st, js, _, _ = api("b", "PATCH", "/api/v1/twins/desired?tag=site:nodes", {"volume": 3})
+    assert st == 200 and js["matched"] == 4, (st, js)
+    for ws in socks:
+        seen = desired_versions(ws, 1)
+        assert seen == [1], seen
+        try:  # exactly once: nothing more comes
+            extra = ws.recv_type("desired.patch", 0.5)
+            raise AssertionError("pushed twice: %r" % extra)
+        except TimeoutError:
+            pass
+        ws.close()
+
+
+def test_newer_session_on_the_other_node_replaces():
+    creds = ST.provision("NODES-R")
+    old = connect(creds, "a")
+    time.sleep(0.05)  # the session is registered on a
+    new = connect(creds, "b")
+    t0 = time.monotonic()
+    assert old.expect_close(2) == 4000
+    assert time.monotonic() - t0 < 1.5
+    st, dev, _, _ = api("a", "GET", "/api/v1/devices/" + creds["device_id"])
+    assert st == 200 and dev["presence"] == "online", dev
+    new.close()
+
+
+def test_revoke_on_one_node_closes_on_the_other():
+    creds = ST.provision("NODES-V")
+    ws = connect(creds, "b")
+    st, _, _, _ = api("a", "POST", "/api/v1/devices/%s/revoke" % creds["device_id"])
+    assert st == 200, st
+    t0 = time.monotonic()
+    assert ws.expect_close(2) == 4001
+    assert time.monotonic() - t0 < 1.5
+
+
+def test_lost_announcements_are_caught_up():
+    """The LISTEN backend of node b is killed during a burst of changes made on a:
+    b reconnects and catches up; its device ends at the latest version."""
+    creds = ST.provision("NODES-L")
+    ws = connect(creds, "b")
+    path = "/api/v1/devices/%s/twin/desired" % creds["device_id"]
+    last = {}
+
+    def burst():
+        for i in range(30):
+            st, js, _, _ = api("a", "PATCH", path, {"n": i})
+            assert st == 200, (st, js)
+            last["v"] = js["version"]
+    t = threading.Thread(target=burst)
+    t.start()
+    time.sleep(0.05)
+    killed = psql(ST.db, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                  " WHERE application_name = 'phyhub-nodelink' AND datname = current_database()")
+    t.join()
+    assert int(killed.strip()) >= 1, killed
+    seen = desired_versions(ws, last["v"], timeout=15)
+    assert seen[-1] == last["v"], seen
+    NODE["b"][1].wait_log(r"event=nodelink_ready catchups=2", 10)
+    ws.close()
+
+
+def test_dead_node_devices_go_offline():
+    creds = ST.provision("NODES-D")
+    ws = connect(creds, "b")
+    st, dev, _, _ = api("a", "GET", "/api/v1/devices/" + creds["device_id"])
+    assert dev["presence"] == "online", dev
+    NODE["b"][1].proc.send_signal(signal.SIGKILL)
+    NODE["b"][1].proc.wait()
+    t0 = time.monotonic()
+    wait_until(lambda: api("a", "GET", "/api/v1/devices/" + creds["device_id"])[1]["presence"]
+               == "offline", 15, "the dead node's device offline")
+    took = time.monotonic() - t0
+    assert took >= 1.5, took  # not before the node timeout (3 s after its last beat)
+    print("  dead node's device offline after %.1f s" % took)
+    ws.s.close()
+
+
+if __name__ == "__main__":
+    phytest.main()
