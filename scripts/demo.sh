@@ -6,6 +6,7 @@
 # proxy has a route for each name and no DNS fallback). Ctrl-C stops all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/demo-lib.sh
 
 BIN=${PHY_BIN:-build/release}
 DIR=${PHY_DEMO_DIR:-demo}
@@ -35,22 +36,7 @@ mkdir -p "$DIR"
 chmod 700 "$DIR"
 mkdir -p "$DIR/pki" "$DIR/logs"
 
-# --- local CA and one certificate for every hub: portal-{eu,au,uae}.phystack.com,
-# localhost and 127.0.0.1 (au and uae reach eu at https://127.0.0.1:<eu port>)
-if ! openssl x509 -in "$DIR/pki/hub.pem" -noout -ext subjectAltName 2>/dev/null |
-     grep -q 'portal-uae.phystack.com'; then
-  echo "creating a local CA and TLS certificate in $DIR/pki"
-  rm -f "$DIR/pki/"*
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 825 \
-    -keyout "$DIR/pki/ca.key" -out "$DIR/pki/ca.pem" -subj "/CN=PhyStack demo CA" 2>/dev/null
-  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
-    -keyout "$DIR/pki/hub.key" -out "$DIR/pki/hub.csr" -subj "/CN=portal-eu.phystack.com" 2>/dev/null
-  printf 'subjectAltName=%s\n' "DNS:portal-eu.phystack.com,DNS:portal-au.phystack.com,DNS:portal-uae.phystack.com,DNS:localhost,IP:127.0.0.1" \
-    > "$DIR/pki/ext.cnf"
-  openssl x509 -req -in "$DIR/pki/hub.csr" -CA "$DIR/pki/ca.pem" -CAkey "$DIR/pki/ca.key" \
-    -CAcreateserial -days 825 -extfile "$DIR/pki/ext.cnf" -out "$DIR/pki/hub.pem" 2>/dev/null
-  chmod 600 "$DIR/pki/"*.key
-fi
+demo_pki "$DIR"
 CA="$DIR/pki/ca.pem"
 
 # --- a fresh state each run: one store per region, inter-region keys, tenants, agents
@@ -100,14 +86,6 @@ trap 'cleanup INT' INT
 trap 'cleanup TERM' TERM
 trap cleanup EXIT
 
-wait_port() { # port
-  for _ in $(seq 1 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "port 127.0.0.1:$1 did not open; see $DIR/logs" >&2
-  return 1
-}
 
 # Every hub believes the proxy's PROXY header (the device's address); eu, which issues
 # credentials, signs each device's proxy token with the key the proxy checks.
