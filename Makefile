@@ -6,7 +6,8 @@ DEPS := libuv1-dev libssl-dev libwslay-dev libjansson-dev libsqlite3-dev libpq-d
         postgresql
 JOBS ?= $(shell nproc)
 
-.PHONY: test demo deps node-deps build-test build-release fuzz clean format
+.PHONY: test demo deps node-deps build-test build-release fuzz clean format deb deb-deps \
+        test-package
 
 deps:
 	@./scripts/install-deps.sh $(DEPS)
@@ -35,6 +36,20 @@ build-release: deps
 
 demo: build-release
 	./scripts/demo.sh
+
+# Debian packages phystack-{hub,proxy,agent,ctl} into build/deb/ (debian/, debhelper),
+# checked by lintian (errors fail); docs/operations.md.
+DEB_DEPS := debhelper dpkg-dev fakeroot lintian
+deb-deps: deps
+	@./scripts/install-deps.sh $(DEB_DEPS)
+
+deb: deb-deps
+	./scripts/build-deb.sh
+
+# Builds the packages, installs them into this machine (root), runs the provisioning
+# flow with the packaged binaries and configuration, and removes them again.
+test-package: deb-deps
+	python3 tests/package/test_package.py
 
 fuzz: deps
 	CC=clang cmake -S . -B build/fuzz -DPHY_FUZZ=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null
