@@ -4,11 +4,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
 #include <libpq-fe.h>
 
 #include "announce.h"
 #include "conn.h"
 #include "phy/assert.h"
+#include "phy/json.h"
 #include "phy/log.h"
 #include "phy/protocol.h"
 
@@ -33,14 +35,18 @@ struct nodelink {
     unsigned long catchups;
 };
 
-/* A store read for an announcement (or a catch-up: tenant 0, no device). */
+/* A store read for an announcement: the sessions to compare (a catch-up: tenant 0,
+ * no device), or (what set) the device whose state, tags or name changed. */
 struct link_job {
     uv_work_t req;
     struct nodelink *l;
     int64_t tenant_id;
     char device_id[PHY_DEVICE_ID_LEN + 1];
+    char what[8];
     struct store_node_session *rows;
     size_t n;
+    struct store_device dev;
+    int outcome;
     int rc;
 };
 
@@ -125,8 +131,47 @@ static void on_job(uv_work_t *req)
 {
     struct link_job *j = req->data;
     struct hub *h = j->l->hub;
-    j->rc = h->store_ops->node_sessions(h->store, j->tenant_id, j->device_id[0] ? j->device_id : NULL,
-                                        &j->rows, &j->n);
+    if (j->what[0])
+        j->rc = h->store_ops->device_get(h->store, j->tenant_id, j->device_id, &j->dev, NULL,
+                                         &j->outcome);
+    else
+        j->rc = h->store_ops->node_sessions(h->store, j->tenant_id,
+                                            j->device_id[0] ? j->device_id : NULL, &j->rows, &j->n);
+}
+
+/* Sends the console event type with o (reference stolen) to the tenant's streams on
+ * this node, as a handler on this node would have. */
+static void publish(struct nodelink *l, int64_t tenant_id, const char *type, json_t *o)
+{
+    char *json = o ? phy_json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    if (!json || !l->srv) {
+        free(json);
+        return;
+    }
+    struct api_effect e = {.kind = API_EFFECT_EVENT, .tenant_id = tenant_id, .event_type = type,
+                           .event_json = json};
+    server_effect(l->srv, &e, NULL);
+    free(json);
+}
+
+/* A device's state, tags or name as the console's event (see docs/protocol.md). */
+static void device_event(struct nodelink *l, struct link_job *j)
+{
+    const struct store_device *d = &j->dev;
+    if (j->rc < 0 || j->outcome != STORE_OK)
+        return;
+    if (strcmp(j->what, "state") == 0)
+        publish(l, j->tenant_id, "state",
+                json_pack("{s:s, s:s}", "device_id", d->device_id, "state", d->state));
+    else if (strcmp(j->what, "tags") == 0)
+        publish(l, j->tenant_id, "tags",
+                json_pack("{s:s, s:o}", "device_id", d->device_id, "tags",
+                          json_loads(d->tags_json ? d->tags_json : "{}", 0, NULL)));
+    else
+        publish(l, j->tenant_id, "name",
+                json_pack("{s:s, s:s?}", "device_id", d->device_id, "name",
+                          d->name[0] ? d->name : NULL));
 }
 
 static void on_job_done(uv_work_t *req, int status)
@@ -135,6 +180,14 @@ static void on_job_done(uv_work_t *req, int status)
     struct nodelink *l = j->l;
     (void)status;
     l->jobs--;
+    if (j->what[0]) {
+        if (l->srv)
+            device_event(l, j);
+        store_device_clear(&j->dev);
+        free(j);
+        maybe_free(l);
+        return;
+    }
     if (j->rc < 0) {
         phy_log(PHY_LOG_WARN, "nodelink_read_failed", "tenant_id=%lld", (long long)j->tenant_id);
         if (!j->tenant_id && !j->device_id[0] && l->srv && l->state == LINK_READY)
@@ -154,7 +207,8 @@ static void on_job_done(uv_work_t *req, int status)
     maybe_free(l);
 }
 
-static void read_back(struct nodelink *l, int64_t tenant_id, const char *device_id)
+static void read_back(struct nodelink *l, int64_t tenant_id, const char *device_id,
+                      const char *what)
 {
     struct link_job *j = calloc(1, sizeof(*j));
     if (!j) {
@@ -166,6 +220,8 @@ static void read_back(struct nodelink *l, int64_t tenant_id, const char *device_
     j->tenant_id = tenant_id;
     if (device_id)
         snprintf(j->device_id, sizeof j->device_id, "%s", device_id);
+    if (what)
+        snprintf(j->what, sizeof j->what, "%s", what);
     l->jobs++;
     uv_queue_work(l->loop, &j->req, on_job, on_job_done);
 }
@@ -177,13 +233,21 @@ static void apply(struct nodelink *l, const struct store_announce *a)
     memcpy(e.device_id, a->device_id, sizeof e.device_id);
     switch (a->kind) {
     case ANNOUNCE_DESIRED:
-        read_back(l, a->tenant_id, a->device_id);
+        read_back(l, a->tenant_id, a->device_id, NULL);
+        publish(l, a->tenant_id, "desired",
+                json_pack("{s:s, s:I}", "device_id", a->device_id, "version", (json_int_t)a->n));
         return;
     case ANNOUNCE_FLEET:
-        read_back(l, a->tenant_id, NULL);
+        read_back(l, a->tenant_id, NULL, NULL);
+        return;
+    case ANNOUNCE_DEVICE:
+        read_back(l, a->tenant_id, a->device_id, a->what);
         return;
     case ANNOUNCE_CLOSE:
         e.kind = API_EFFECT_CLOSE_SESSION;
+        publish(l, a->tenant_id, "state",
+                json_pack("{s:s, s:s}", "device_id", a->device_id, "state",
+                          a->n == PHY_CLOSE_DELETED ? "deleted" : "revoked"));
         break;
     case ANNOUNCE_SESSION:
         e.kind = API_EFFECT_SESSION_ELSEWHERE;
@@ -255,7 +319,7 @@ static void on_poll(uv_poll_t *p, int status, int events)
                 l->delay_ms = RECONNECT_MIN_MS;
                 l->catchups++;
                 phy_log(PHY_LOG_INFO, "nodelink_ready", "catchups=%lu", l->catchups);
-                read_back(l, 0, NULL);
+                read_back(l, 0, NULL, NULL);
                 break;
             }
             int ok = PQresultStatus(r) == PGRES_COMMAND_OK;

@@ -10,6 +10,12 @@
 #include "phy/text.h"
 #include "rules.h"
 
+/* What an ANNOUNCE_DEVICE names. */
+static int what_ok(const char *w)
+{
+    return strcmp(w, "state") == 0 || strcmp(w, "tags") == 0 || strcmp(w, "name") == 0;
+}
+
 /* A device ID fit for a line: the store's check, and no space or control byte. */
 static int device_ok(const char *id)
 {
@@ -39,11 +45,21 @@ int store_announce_format(const struct store_announce *a, char out[STORE_ANNOUNC
         n = snprintf(out, STORE_ANNOUNCE_MAX, "%s f %" PRId64, a->node, a->tenant_id);
         break;
     case ANNOUNCE_CLOSE:
+        if (a->tenant_id <= 0 || !device_ok(a->device_id) || a->n <= 0)
+            return PHY_EINVAL;
+        n = snprintf(out, STORE_ANNOUNCE_MAX, "%s c %" PRId64 " %s %" PRId64, a->node,
+                     a->tenant_id, a->device_id, a->n);
+        break;
+    case ANNOUNCE_DEVICE:
+        if (a->tenant_id <= 0 || !device_ok(a->device_id) || !what_ok(a->what))
+            return PHY_EINVAL;
+        n = snprintf(out, STORE_ANNOUNCE_MAX, "%s v %" PRId64 " %s %s", a->node, a->tenant_id,
+                     a->device_id, a->what);
+        break;
     case ANNOUNCE_SESSION:
         if (!device_ok(a->device_id) || a->n <= 0)
             return PHY_EINVAL;
-        n = snprintf(out, STORE_ANNOUNCE_MAX, "%s %c %s %" PRId64, a->node, (char)a->kind,
-                     a->device_id, a->n);
+        n = snprintf(out, STORE_ANNOUNCE_MAX, "%s s %s %" PRId64, a->node, a->device_id, a->n);
         break;
     case ANNOUNCE_LOGOUT:
         if (!store_session_hash_ok(a->session_hash))
@@ -100,6 +116,13 @@ int store_announce_parse(const char *line, struct store_announce *a)
         rc = number(&p, &a->tenant_id);
         break;
     case ANNOUNCE_CLOSE:
+        rc = number(&p, &a->tenant_id) || field(&p, a->device_id, sizeof a->device_id) ||
+             number(&p, &a->n);
+        break;
+    case ANNOUNCE_DEVICE:
+        rc = number(&p, &a->tenant_id) || field(&p, a->device_id, sizeof a->device_id) ||
+             field(&p, a->what, sizeof a->what);
+        break;
     case ANNOUNCE_SESSION:
         rc = field(&p, a->device_id, sizeof a->device_id) || number(&p, &a->n);
         break;

@@ -18,7 +18,8 @@
 enum store_announce_kind {
     ANNOUNCE_DESIRED = 'd', /* tenant device version: a device's desired section changed */
     ANNOUNCE_FLEET = 'f',   /* tenant: a fleet patch changed some of its devices */
-    ANNOUNCE_CLOSE = 'c',   /* device code: revoked, reset (4001) or deleted (4002) */
+    ANNOUNCE_CLOSE = 'c',   /* tenant device code: revoked, reset (4001) or deleted (4002) */
+    ANNOUNCE_DEVICE = 'v',  /* tenant device what: its "state", "tags" or "name" changed */
     ANNOUNCE_SESSION = 's', /* device gen: a session opened on the origin node */
     ANNOUNCE_LOGOUT = 'l',  /* session_hash: a console session ended */
 };
@@ -29,6 +30,7 @@ struct store_announce {
     int64_t tenant_id;
     char device_id[PHY_DEVICE_ID_LEN + 1];
     int64_t n; /* DESIRED: the version; CLOSE: the close code; SESSION: the generation */
+    char what[8]; /* DEVICE: "state", "tags" or "name" */
     char session_hash[PHY_HASH_HEX_LEN + 1];
 };
 

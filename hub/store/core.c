@@ -205,6 +205,16 @@ static int announce(struct store *s, struct store_announce *a)
     return q_exec(s, NULL, "SELECT pg_notify('" STORE_ANNOUNCE_CHANNEL "', ?)", "t", line);
 }
 
+/* announce() of ANNOUNCE_DEVICE: what ("state", "tags", "name") of the device changed. */
+static int announce_device(struct store *s, int64_t tenant_id, const char *device_id,
+                           const char *what)
+{
+    struct store_announce a = {.kind = ANNOUNCE_DEVICE, .tenant_id = tenant_id};
+    snprintf(a.device_id, sizeof a.device_id, "%s", device_id);
+    snprintf(a.what, sizeof a.what, "%s", what);
+    return announce(s, &a);
+}
+
 /* Makes room for one more element in the array *v of *cap elements holding count:
  * doubles it (first elements at first). 0 or PHY_ENOMEM (*v unchanged). */
 static int grow(void *v, size_t *cap, size_t count, size_t elem, size_t first)
@@ -1420,6 +1430,8 @@ static int poll_issuance(struct store *s, const struct store_prov_params *p, con
                         "UPDATE devices SET state = " SQL_PROVISIONED " WHERE device_id = ? AND "
                         "state = " SQL_PENDING,
                         "t", device_id);
+        if (rc == 0 && !remote && r->tenant_id > 0)
+            rc = announce_device(s, r->tenant_id, device_id, "state");
         if (rc)
             goto out;
     }
@@ -1723,6 +1735,8 @@ static int sq_claim(struct store *s, const struct store_prov_params *p, const st
         memcpy(device->name, c->name, strlen(c->name) + 1);
     memcpy(device->state, STATE_PENDING, sizeof STATE_PENDING);
     device->created_ms = p->now_ms;
+    if ((rc = announce_device(s, c->tenant_id, c->device_id, "state")))
+        goto out;
     *outcome = STORE_OK;
 out:
     if (rc > 0)
@@ -2400,6 +2414,8 @@ static int sq_tags_put(struct store *s, int64_t tenant_id, const char *device_id
                 "tti", tags_json, device_id, tenant_id);
     if (rc == 0)
         *outcome = changes > 0 ? STORE_OK : STORE_NOT_FOUND;
+    if (rc == 0 && changes > 0)
+        rc = announce_device(s, tenant_id, device_id, "tags");
     rc = tx_end(s, rc);
     TX_RETRY(rc);
     return rc;
@@ -2422,6 +2438,8 @@ static int sq_device_rename(struct store *s, int64_t tenant_id, const char *devi
                 "tti", name, device_id, tenant_id);
     if (rc == 0)
         *outcome = changes > 0 ? STORE_OK : STORE_NOT_FOUND;
+    if (rc == 0 && changes > 0)
+        rc = announce_device(s, tenant_id, device_id, "name");
     rc = tx_end(s, rc);
     TX_RETRY(rc);
     return rc;
@@ -2995,7 +3013,7 @@ static int device_change(struct store *s, int64_t tenant_id, const char *device_
             goto out;
     }
     {
-        struct store_announce a = {.kind = ANNOUNCE_CLOSE,
+        struct store_announce a = {.kind = ANNOUNCE_CLOSE, .tenant_id = tenant_id,
                                    .n = act == DEVICE_DELETE ? PHY_CLOSE_DELETED : PHY_CLOSE_REVOKED};
         snprintf(a.device_id, sizeof a.device_id, "%s", device_id);
         if ((rc = announce(s, &a)))

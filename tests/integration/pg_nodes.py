@@ -4,8 +4,10 @@ session of the device), announced with LISTEN/NOTIFY; a node whose LISTEN connec
 is killed during a burst of changes catches up by itself; a node that dies leaves its
 devices offline after the node timeout."""
 
+import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -122,6 +124,53 @@ def test_revoke_on_one_node_closes_on_the_other():
     t0 = time.monotonic()
     assert ws.expect_close(2) == 4001
     assert time.monotonic() - t0 < 1.5
+
+
+def open_stream(node):
+    """curl reading node's GET /api/v1/events as alice (token): (process, lines)."""
+    url = "https://127.0.0.1:%d/api/v1/events" % NODE[node][0]
+    curl = subprocess.Popen(["curl", "-sN", "--cacert", ST.pki["ca"], "-H",
+                             "Authorization: Bearer " + ST.token, url],
+                            stdout=subprocess.PIPE, text=True)
+    lines = []
+    threading.Thread(target=lambda: [lines.append(x.rstrip("\n")) for x in curl.stdout],
+                     daemon=True).start()
+    wait_until(lambda: any("phyhub events" in x for x in lines), 10, "stream open")
+    return curl, lines
+
+
+def events(lines, device_id):
+    """(type, data) of the stream's events about device_id, in order."""
+    out = []
+    for i, x in enumerate(lines[:-1]):
+        if x.startswith("event: ") and lines[i + 1].startswith("data: "):
+            data = json.loads(lines[i + 1][6:])
+            if data.get("device_id") == device_id:
+                out.append((x[7:], data))
+    return out
+
+
+def test_console_events_cross_nodes():
+    """A console watching node b sees what alice does through node a: the device's
+    name, tags, desired version and state (revoked), as b's own handlers would say."""
+    creds = ST.provision("NODES-E")
+    dev = creds["device_id"]
+    curl, lines = open_stream("b")
+    try:
+        assert api("a", "PATCH", "/api/v1/devices/" + dev, {"name": "lobby"})[0] == 200
+        assert api("a", "PUT", "/api/v1/devices/%s/tags" % dev, {"floor": "2"})[0] == 200
+        st, js, _, _ = api("a", "PATCH", "/api/v1/devices/%s/twin/desired" % dev, {"x": 1})
+        assert st == 200, (st, js)
+        assert api("a", "POST", "/api/v1/devices/%s/revoke" % dev)[0] == 200
+        want = [("name", {"device_id": dev, "name": "lobby"}),
+                ("tags", {"device_id": dev, "tags": {"floor": "2"}}),
+                ("desired", {"device_id": dev, "version": js["version"]}),
+                ("state", {"device_id": dev, "state": "revoked"})]
+        wait_until(lambda: len(events(lines, dev)) >= len(want), 5, "the events on b")
+        assert events(lines, dev) == want, events(lines, dev)
+    finally:
+        curl.kill()
+        curl.wait()
 
 
 def test_lost_announcements_are_caught_up():

@@ -42,9 +42,16 @@ static void test_each_kind(void **state)
     memset(&a, 0, sizeof a);
     strcpy(a.node, "n");
     a.kind = ANNOUNCE_CLOSE;
+    a.tenant_id = 3;
     strcpy(a.device_id, DEV);
     a.n = 4002;
-    round_trip(&a, "n c " DEV " 4002");
+    round_trip(&a, "n c 3 " DEV " 4002");
+    a.kind = ANNOUNCE_DEVICE;
+    a.n = 0;
+    strcpy(a.what, "tags");
+    round_trip(&a, "n v 3 " DEV " tags");
+    memset(a.what, 0, sizeof a.what);
+    a.tenant_id = 0;
     a.kind = ANNOUNCE_SESSION;
     a.n = 9;
     round_trip(&a, "n s " DEV " 9");
@@ -77,7 +84,11 @@ static void test_refused(void **state)
         "n d 1 " DEV,
         "n d 1 dev_x 2 3",
         "n c " DEV,
-        "n c dev\x01" " 1",
+        "n c 1 " DEV,
+        "n c 1 dev\x01" " 1",
+        "n v 1 " DEV " color",
+        "n v 1 " DEV,
+        "n v 1 " DEV " state x",
         "n l 0123",
         "n l " HASH "0",
         "n\tf 1",

@@ -1029,7 +1029,7 @@ static void test_node_sessions_and_announcements(void **state)
 
     if (l) {
         announced(l, lines, sizeof lines);
-        snprintf(want, sizeof want, "A s %s 1|A s %s 1|B s %s 1|A d 1 %s 1|A c %s 4001", id1.s,
+        snprintf(want, sizeof want, "A s %s 1|A s %s 1|B s %s 1|A d 1 %s 1|A c 1 %s 4001", id1.s,
                  id2.s, id3.s, id1.s, id2.s);
         assert_string_equal(lines, want);
         /* A rolled-back change is not announced: an unknown device's patch. */
