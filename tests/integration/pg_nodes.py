@@ -17,11 +17,12 @@ import phytest  # noqa: E402
 import wsclient  # noqa: E402
 from phytest import binary, wait_until  # noqa: E402
 from stack import (HOST, SHORT_TIMERS, Stack, https_connection, https_request,  # noqa: E402
-                   psql)
+                   psql, read_json)
 
 ST = None
 NODE = {}  # name -> (port, daemon)
 NODE_FLAGS = ["--node-heartbeat", "1", "--node-timeout", "3"]
+AGENTS = 8  # real phyagent processes (ASan builds: a hundred would not fit CI)
 
 
 def start_node(name):
@@ -213,6 +214,69 @@ def test_dead_node_devices_go_offline():
     assert took >= 1.5, took  # not before the node timeout (3 s after its last beat)
     print("  dead node's device offline after %.1f s" % took)
     ws.s.close()
+
+
+def test_agents_fail_over_through_the_proxy():
+    """Real agents behind phyproxy with a route to two nodes (a and a new node c): a
+    fleet patch made on a reaches every agent on both; c is SIGKILLed; its agents
+    reconnect through the proxy to a and are online there; a second patch reaches
+    every agent and each reports it applied (config_status): nothing acknowledged is
+    lost."""
+    start_node("c")
+    port = phytest.free_port()
+    ST.proxy_port = port
+    p = ST.daemon([binary("phyproxy"), "--listen", "127.0.0.1:%d" % port,
+                   "--route", "%s=127.0.0.1:%d,127.0.0.1:%d" % (HOST, NODE["a"][0], NODE["c"][0]),
+                   "--allow", "portal-*.phystack.com:443", "--upstream-backoff-ms", "200"]
+                  + ST.edge_proxy_flags(), "phyproxy-ac")
+    p.wait_port(port)
+    serials = ["NODES-AG%d" % i for i in range(AGENTS)]
+    states = {}
+    for sn in serials:
+        _, states[sn] = ST.start_agent(sn, ["--reconnect-min", "1", "--reconnect-max", "2",
+                                            "--status-interval", "1"])
+    ids = {}
+    for sn in serials:
+        def claimed():
+            st, js, _, _ = api("a", "POST", "/api/v1/devices/claim",
+                               {"serial": sn, "tags": {"fleet": "failover"}})
+            if st == 201:
+                ids[sn] = js["device_id"]
+            return st == 201
+        wait_until(claimed, 15, "the claim of " + sn)
+
+    def nodes_of():
+        rows = ST.query("SELECT session_node FROM devices WHERE online <> 0 AND device_id IN (%s)"
+                        % ",".join("'%s'" % i for i in ids.values()))
+        return sorted(r[0] for r in rows)
+    wait_until(lambda: len(nodes_of()) == AGENTS, 30, "every agent online")
+    on = nodes_of()
+    assert "a" in on and "c" in on, on  # the proxy spread them
+
+    def applied(version):
+        return all((read_json(os.path.join(states[sn], "config.json")) or {}).get("v") == version
+                   for sn in serials)
+    st, js, _, _ = api("a", "PATCH", "/api/v1/twins/desired?tag=fleet:failover", {"v": 1})
+    assert st == 200 and js["matched"] == AGENTS, (st, js)
+    wait_until(lambda: applied(1), 15, "v=1 on every agent")
+
+    NODE["c"][1].proc.send_signal(signal.SIGKILL)
+    NODE["c"][1].proc.wait()
+    t0 = time.monotonic()
+    wait_until(lambda: nodes_of() == ["a"] * AGENTS, 30, "every agent back on a")
+    print("  %d agents of c back on a in %.1f s" % (on.count("c"), time.monotonic() - t0))
+    st, js, _, _ = api("a", "PATCH", "/api/v1/twins/desired?tag=fleet:failover", {"v": 2})
+    assert st == 200 and js["matched"] == AGENTS, (st, js)
+    wait_until(lambda: applied(2), 15, "v=2 on every agent")
+
+    def reported():
+        for dev in ids.values():
+            st, d, _, _ = api("a", "GET", "/api/v1/devices/" + dev)
+            cs = d["twin"]["reported"].get("config_status") or {}
+            if cs.get("version") != 2:
+                return False
+        return True
+    wait_until(reported, 15, "config_status version 2 reported by every agent")
 
 
 if __name__ == "__main__":
