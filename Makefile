@@ -21,7 +21,7 @@ node-deps:
 	@[ -d tests/browser/node_modules/playwright-core ] || \
 	  npm ci --prefix tests/browser --no-audit --no-fund
 
-build-test: deps node-deps
+build-test: deps node-deps deb-deps
 	cmake -S . -B build/test -DCMAKE_BUILD_TYPE=Debug -DPHY_SANITIZE=ON >/dev/null
 	cmake --build build/test -j $(JOBS)
 

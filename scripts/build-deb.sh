@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the Debian packages (phystack-hub, -proxy, -agent, -ctl) from this tree with
-# debian/ + debhelper, into build/deb/, then runs lintian: any error fails the build.
+# debian/ + debhelper, into build/deb/ (or $PHY_DEB_OUT), then runs lintian: any error fails the build.
 # The tree is copied first (dpkg-buildpackage writes next to the source folder and
 # into debian/), so the work tree stays clean; the copy learns the git description
 # through PHY_GIT_DESCRIBE.
@@ -13,7 +13,7 @@ if [ "$version" != "$deb_version" ]; then
   echo "debian/changelog is at $deb_version, CMakeLists.txt at $version: add a changelog entry" >&2
   exit 1
 fi
-out=$src/build/deb
+out=${PHY_DEB_OUT:-$src/build/deb}
 rm -rf "$out"
 mkdir -p "$out/src/phystack-$version"
 tar -C "$src" --exclude=./build --exclude=./demo --exclude=./.git --exclude=node_modules \

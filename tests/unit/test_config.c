@@ -341,6 +341,36 @@ static void test_help(void **state)
     assert_string_equal(c->pos[0], "--help");
 }
 
+/* PHY_CONFIG_SHARED_FILE: another table's keys in the file are skipped; this table's
+ * keys still apply and are still checked; the command line still wins. */
+static void test_shared_file(void **state)
+{
+    struct cfg *c = *state;
+    char *argv[] = {"phyhub", "--config", c->file, "--code-ttl", "90", "tenant-add", NULL};
+    char *bad[] = {"phyhub", "--config", c->file, NULL};
+
+    write_ini(c, "[phyhub]\nregion = eu\nlisten = 10.0.0.1:443\ncolour = blue\n"
+                 "code-ttl = 60\nallow = a.example\n");
+    assert_int_equal(phy_config_parse_ex(c->opts, PHY_CONFIG_SHARED_FILE, 6, argv, 1, c->pos, 4,
+                                         &c->npos, &c->help, c->err, sizeof c->err),
+                     0);
+    assert_string_equal(c->listen, "10.0.0.1:443");
+    assert_int_equal(c->code_ttl, 90);
+    assert_int_equal(c->allow.n, 1);
+    assert_int_equal(c->npos, 1);
+    assert_string_equal(c->pos[0], "tenant-add");
+    phy_config_free(c->opts);
+
+    write_ini(c, "colour = blue\ncode-ttl = long\n");
+    assert_int_equal(phy_config_parse_ex(c->opts, PHY_CONFIG_SHARED_FILE, 3, bad, 1, c->pos, 4,
+                                         &c->npos, &c->help, c->err, sizeof c->err),
+                     PHY_EINVAL);
+    assert_non_null(strstr(c->err, ":2: code-ttl: expected an integer"));
+    /* Without the flag the unknown key is an error again. */
+    assert_int_equal(parse(c, bad), PHY_EINVAL);
+    assert_non_null(strstr(c->err, ":1: unknown key 'colour'"));
+}
+
 static void test_print_help(void **state)
 {
     struct cfg *c = *state;
@@ -357,6 +387,7 @@ static void test_print_help(void **state)
     assert_non_null(strstr(buf, "  --allow VALUE   allowed host (repeatable)\n"));
     assert_non_null(strstr(buf, "  --config FILE   read options"));
     assert_non_null(strstr(buf, "  -h, --help      show"));
+    assert_non_null(strstr(buf, "  --version       print the version"));
     free(buf);
 }
 
@@ -400,6 +431,7 @@ int main(void)
         T(test_missing_value),
         T(test_positional),
         T(test_help),
+        T(test_shared_file),
         T(test_print_help),
         cmocka_unit_test(test_strlist),
     };
