@@ -1074,3 +1074,18 @@ void handle_healthz(struct hub *h, const struct api_request *req, struct api_res
     (void)req;
     api_json(res, 200, json_pack("{s:s, s:s}", "status", "ok", "region", h->cfg.region));
 }
+
+void handle_readyz(struct hub *h, const struct api_request *req, struct api_response *res)
+{
+    int64_t id;
+    int outcome;
+
+    (void)req;
+    /* Any answer (found or not) proves a round trip through the engine: a transaction
+     * on SQLite, a pooled connection on PostgreSQL. */
+    if (h->store_ops->tenant_lookup(h->store, "readyz-probe", &id, &outcome) < 0) {
+        api_store_failed(res);
+        return;
+    }
+    api_json(res, 200, json_pack("{s:s, s:s}", "status", "ready", "region", h->cfg.region));
+}

@@ -106,5 +106,9 @@ void handle_static(struct hub *h, const struct api_request *req, struct api_resp
 char *static_default_root(const char *rel_from_exe, const char *fallback);
 void handle_metrics(struct hub *h, const struct api_request *req, struct api_response *res);
 void handle_healthz(struct hub *h, const struct api_request *req, struct api_response *res);
+/* GET /readyz: 200 {"status":"ready"} when the store answers a read, else 503
+ * store_unavailable with Retry-After (for load balancers and rolling restarts;
+ * /healthz only says that the process answers). */
+void handle_readyz(struct hub *h, const struct api_request *req, struct api_response *res);
 
 #endif

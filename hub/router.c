@@ -89,6 +89,7 @@ static const struct route routes[] = {
     {"POST", "/internal/v1/serials/rearm", 1, handle_internal_rearm, NULL},
     {"POST", "/internal/v1/serials", 1, handle_internal_serials, NULL},
     {"GET", "/healthz", 0, handle_healthz, NULL},
+    {"GET", "/readyz", 0, handle_readyz, NULL},
     {"GET", "/metrics", 0, handle_metrics, NULL},
 };
 #undef DEV

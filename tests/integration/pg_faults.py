@@ -71,6 +71,11 @@ def test_database_stopped_and_back():
                                                {"serial": "PGF-2"}, ident="sn_PGF-2"))
         assert res[0] == 503, res[:2]
         assert took < 10, took
+        # Not ready (the store does not answer), yet alive.
+        (res, took) = timed(lambda: st.request("GET", "/readyz", via_proxy=False))
+        assert res[0] == 503 and res[3].get("retry-after") == "1", res[:2]
+        assert took < 10, took
+        assert st.request("GET", "/healthz", via_proxy=False)[0] == 200
         # The device session is still up and answered: a report it cannot store now is
         # refused with an error message, not a closed connection.
         ws.send_json({"type": "reported.patch", "id": "r1", "patch": {"during": 1}})
@@ -80,6 +85,8 @@ def test_database_stopped_and_back():
         pg("resume", T["pgdir"])
 
     wait_until(lambda: st.api("GET", "/api/v1/devices")[0] == 200, 15, "the API to serve again")
+    res = st.request("GET", "/readyz", via_proxy=False)
+    assert res[0] == 200 and res[1]["status"] == "ready", res[:2]
     s, js, _, _ = st.api("GET", "/api/v1/devices/" + dev)
     assert s == 200, (s, js)
     assert js["twin"]["desired"] == {"mode": "before"}, js

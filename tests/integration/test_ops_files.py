@@ -3,6 +3,7 @@ pages, example configs, systemd units, sysusers), the installed hub finding its
 console, man pages and packaged INI files and docs/config.md against every --help,
 and the units under systemd-analyze verify/security where the tool exists."""
 
+import json
 import os
 import re
 import shutil
@@ -99,6 +100,9 @@ def test_installed_hub_serves_its_console():
             body = res.read()
         with open(os.path.join(web, "index.html"), "rb") as f:
             assert body == f.read()
+        with urllib.request.urlopen("https://127.0.0.1:%d/readyz" % port, context=ctx,
+                                    timeout=10) as res:
+            assert json.loads(res.read()) == {"status": "ready", "region": "eu"}
         assert hub.stop() == 0
 
 
