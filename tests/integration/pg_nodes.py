@@ -6,6 +6,7 @@ devices offline after the node timeout."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,12 +17,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import phytest  # noqa: E402
 import wsclient  # noqa: E402
 from phytest import binary, wait_until  # noqa: E402
-from stack import (HOST, SHORT_TIMERS, Stack, https_connection, https_request,  # noqa: E402
-                   psql, read_json)
+from stack import (HOST, PASSWORD, SHORT_TIMERS, Stack, https_connection,  # noqa: E402
+                   https_request, psql, read_json)
 
 ST = None
 NODE = {}  # name -> (port, daemon)
 NODE_FLAGS = ["--node-heartbeat", "1", "--node-timeout", "3"]
+LOGIN_LIMIT = 5  # --login-user-limit (the default)
 AGENTS = 8  # real phyagent processes (ASan builds: a hundred would not fit CI)
 
 
@@ -172,6 +174,54 @@ def test_console_events_cross_nodes():
     finally:
         curl.kill()
         curl.wait()
+
+
+def login(node, password):
+    """POST /api/v1/login as alice on node: (status, cookie value or None, csrf)."""
+    conn = https_connection(NODE[node][0], ST.tls_context())
+    st, js, _, hdrs = https_request(conn, "POST", "/api/v1/login",
+                                    {"tenant": "acme", "user": "alice", "password": password})
+    m = re.match(r"__Host-phy_session=([A-Za-z0-9_-]{43});", hdrs.get("set-cookie", ""))
+    if m:
+        ST.secrets.update([m.group(1), js["csrf_token"]])
+    return st, m.group(1) if m else None, (js or {}).get("csrf_token")
+
+
+def with_cookie(node, method, path, cookie, csrf=None):
+    conn = https_connection(NODE[node][0], ST.tls_context())
+    h = {"Cookie": "__Host-phy_session=" + cookie}
+    if csrf:
+        h["X-CSRF-Token"] = csrf
+    return https_request(conn, method, path, None, headers=h)
+
+
+def test_console_session_across_nodes():
+    """A login on a is valid on b; a logout on b ends a's event stream of that session
+    at once; failed logins count across nodes (the limit is reached by failures split
+    over both)."""
+    st, cookie, csrf = login("a", PASSWORD.strip())
+    assert st == 200 and cookie, st
+    assert with_cookie("b", "GET", "/api/v1/session", cookie)[0] == 200
+    url = "https://127.0.0.1:%d/api/v1/events" % NODE["a"][0]
+    curl = subprocess.Popen(["curl", "-sN", "--cacert", ST.pki["ca"], "-H",
+                             "Cookie: __Host-phy_session=" + cookie, url],
+                            stdout=subprocess.PIPE, text=True)
+    lines = []
+    threading.Thread(target=lambda: [lines.append(x) for x in curl.stdout], daemon=True).start()
+    try:
+        wait_until(lambda: any("phyhub events" in x for x in lines), 10, "stream open")
+        assert with_cookie("b", "POST", "/api/v1/logout", cookie, csrf)[0] == 204
+        t0 = time.monotonic()
+        curl.wait(5)  # a ended the stream: curl sees the end
+        assert time.monotonic() - t0 < 2
+    finally:
+        curl.kill()
+        curl.wait()
+    assert with_cookie("a", "GET", "/api/v1/session", cookie)[0] == 401
+    codes = [login("a" if i % 2 else "b", "wrong password %d" % i)[0] for i in range(LOGIN_LIMIT)]
+    assert codes == [401] * LOGIN_LIMIT, codes
+    assert login("a", "wrong again")[0] == 429
+    assert login("b", "wrong again")[0] == 429
 
 
 def test_lost_announcements_are_caught_up():
