@@ -717,6 +717,8 @@ int main(int argc, char **argv)
     struct sigaction sa;
     char err[256];
     int want_help = 0, rc;
+    char *log_format = NULL;
+    enum phy_log_format log_fmt;
 
     memset(&a, 0, sizeof a);
     a.o.code_rotation = 300;
@@ -755,6 +757,7 @@ int main(int argc, char **argv)
         {"timeout", PHY_OPT_INT, &a.o.timeout, 1, 600,
          "network timeout per connect/read/write in seconds (default 10)"},
         {"verbose", PHY_OPT_BOOL, &a.o.verbose, 0, 0, "log debug events too"},
+        {"log-format", PHY_OPT_STR, &log_format, 0, 0, "logfmt (key=value, the default) or json (one JSON object per line, the same keys)"},
         {"on-config", PHY_OPT_STR, &a.o.on_config, 0, 0,
          "command run by /bin/sh -c after config.json changed (config on stdin)"},
         {"hook-timeout", PHY_OPT_INT, &a.o.hook_timeout, 1, 86400,
@@ -797,6 +800,12 @@ int main(int argc, char **argv)
         phy_config_free(opts);
         return EXIT_USAGE;
     }
+    if (phy_log_format_parse(log_format, &log_fmt) != 0) {
+        fprintf(stderr, "phyagent: --log-format: expected logfmt or json\n");
+        phy_config_free(opts);
+        return EXIT_USAGE;
+    }
+    phy_log_set_format(log_fmt);
     phy_log_init("phyagent", a.o.verbose ? PHY_LOG_DEBUG : PHY_LOG_INFO);
     if (a.o.device_key) {
         char kerr[300];

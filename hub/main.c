@@ -537,6 +537,8 @@ int main(int argc, char **argv)
     struct hub_config *c = &g_hub.cfg;
     config_defaults(c);
     int help = 0, debug = 0;
+    char *log_format = NULL;
+    enum phy_log_format log_fmt;
     const struct phy_opt opts[] = {
         {"region", PHY_OPT_STR, &c->region, 0, 0, "this hub's region (default eu)"},
         {"listen", PHY_OPT_STR, &c->listen, 0, 0,
@@ -657,6 +659,7 @@ int main(int argc, char **argv)
          "console event streams open at once per tenant, then 429 (64; 8 per session or "
          "API token)"},
         {"debug", PHY_OPT_BOOL, &debug, 0, 0, "log debug events"},
+        {"log-format", PHY_OPT_STR, &log_format, 0, 0, "logfmt (key=value, the default) or json (one JSON object per line, the same keys)"},
         {0},
     };
     char err[256];
@@ -681,6 +684,12 @@ int main(int argc, char **argv)
     }
     if (debug)
         phy_log_init("phyhub", PHY_LOG_DEBUG);
+    if (phy_log_format_parse(log_format, &log_fmt) < 0) {
+        fprintf(stderr, "phyhub: --log-format: expected logfmt or json\n");
+        rc = 2;
+        goto out;
+    }
+    phy_log_set_format(log_fmt);
     if (c->ping_interval_s >= c->ping_timeout_s) {
         fprintf(stderr, "phyhub: --ping-interval (%ld) must be shorter than --ping-timeout (%ld)\n",
                 c->ping_interval_s, c->ping_timeout_s);

@@ -27,6 +27,7 @@
 struct options {
     char *listen;
     char *log_level;
+    char *log_format;
     struct phy_strlist routes;
     struct phy_strlist allows;
     long max_tunnels_per_device;
@@ -302,6 +303,7 @@ int main(int argc, char **argv)
         {"upstream-backoff-max-ms", PHY_OPT_INT, &o.upstream_backoff_max_ms, 1, 86400000,
          "the longest backoff of a failed upstream (default 30000)"},
         {"log-level", PHY_OPT_STR, &o.log_level, 0, 0, "debug, info, warn or error (default info)"},
+        {"log-format", PHY_OPT_STR, &o.log_format, 0, 0, "logfmt (key=value, the default) or json (one JSON object per line, the same keys)"},
         {NULL, PHY_OPT_STR, NULL, 0, 0, NULL},
     };
     struct proxy_policy policy;
@@ -311,6 +313,7 @@ int main(int argc, char **argv)
     uv_loop_t loop;
     uv_signal_t sigint, sigterm;
     enum phy_log_level level = PHY_LOG_INFO;
+    enum phy_log_format log_fmt;
     char err[256];
     int want_help = 0, rc, status = 1;
 
@@ -336,6 +339,11 @@ int main(int argc, char **argv)
         fprintf(stderr, "phyproxy: --log-level: expected debug, info, warn or error\n");
         goto out_free_opts;
     }
+    if (phy_log_format_parse(o.log_format, &log_fmt) != 0) {
+        fprintf(stderr, "phyproxy: --log-format: expected logfmt or json\n");
+        goto out_free_opts;
+    }
+    phy_log_set_format(log_fmt);
     phy_log_init("phyproxy", level);
     rc = build_config(&o, &policy, &edge, &cfg, err, sizeof(err));
     if (rc != 0) {

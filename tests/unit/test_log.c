@@ -9,11 +9,14 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <regex.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "phy/err.h"
 #include "phy/log.h"
 
 static void test_quote_plain(void **state)
@@ -101,6 +104,8 @@ static int capture_teardown(void **state)
     close(c->saved_fd);
     close(c->rd);
     free(c);
+    unsetenv("JOURNAL_STREAM");
+    phy_log_set_format(PHY_LOG_LOGFMT);
     phy_log_init("phy", PHY_LOG_INFO);
     return 0;
 }
@@ -215,6 +220,96 @@ static void test_log_long_line_cut(void **state)
     free(msg);
 }
 
+static void test_to_json(void **state)
+{
+    const char *line = "ts=2026-12-03T10:00:00.000Z level=info prog=p event=e port=8443 "
+                       "name=\"a \\\"b\\\" \\x01\\\\\" empty= tail=\"x y\"";
+    char out[512];
+    size_t n;
+    enum phy_log_format f;
+
+    (void)state;
+    n = phy_log_to_json(line, strlen(line), out, sizeof out);
+    assert_string_equal(out, "{\"ts\":\"2026-12-03T10:00:00.000Z\",\"level\":\"info\","
+                             "\"prog\":\"p\",\"event\":\"e\",\"port\":\"8443\","
+                             "\"name\":\"a \\\"b\\\" \\u0001\\\\\",\"empty\":\"\","
+                             "\"tail\":\"x y\"}");
+    assert_int_equal(n, strlen(out));
+    assert_int_equal(phy_log_format_parse("json", &f), 0);
+    assert_int_equal(f, PHY_LOG_JSON);
+    assert_int_equal(phy_log_format_parse(NULL, &f), 0);
+    assert_int_equal(f, PHY_LOG_LOGFMT);
+    assert_int_equal(phy_log_format_parse("xml", &f), PHY_EINVAL);
+}
+
+static void test_to_json_cut(void **state)
+{
+    char line[600], out[64];
+    size_t n;
+
+    (void)state;
+    snprintf(line, sizeof line, "a=1 b=2 msg=%0500d", 7);
+    n = phy_log_to_json(line, strlen(line), out, sizeof out);
+    assert_string_equal(out, "{\"a\":\"1\",\"b\":\"2\",\"truncated\":\"1\"}");
+    assert_int_equal(n, strlen(out));
+    /* The first member alone too long: only the mark. */
+    n = phy_log_to_json(line + 8, strlen(line + 8), out, sizeof out);
+    assert_string_equal(out, "{\"truncated\":\"1\"}");
+    /* Every byte of a 2 KiB logfmt line of control characters fits the daemon's buffer. */
+    {
+        char ctl[2048], big[4096];
+        memset(ctl, 1, sizeof ctl);
+        memcpy(ctl, "k=", 2);
+        n = phy_log_to_json(ctl, sizeof ctl, big, sizeof big);
+        assert_true(n < sizeof big);
+        assert_int_equal(big[n - 1], '}');
+    }
+}
+
+static void test_log_json_lines(void **state)
+{
+    struct capture *c = *state;
+    char buf[4096], q[64];
+
+    phy_log_init("phytest", PHY_LOG_INFO);
+    phy_log_set_format(PHY_LOG_JSON);
+    phy_log(PHY_LOG_WARN, "started", "port=%d name=%s", 8443, phy_log_quote("a \"b\"", q, sizeof q));
+    drain(c, buf, sizeof buf);
+    assert_matches(buf, "^\\{\"ts\":\"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]{12}Z\",\"level\":\"warn\","
+                        "\"prog\":\"phytest\",\"event\":\"started\",\"port\":\"8443\","
+                        "\"name\":\"a \\\\\"b\\\\\"\"\\}\n$");
+}
+
+static void test_log_journal_priority(void **state)
+{
+    struct capture *c = *state;
+    char buf[4096], js[64];
+    struct stat st;
+
+    assert_int_equal(fstat(STDERR_FILENO, &st), 0);
+    snprintf(js, sizeof js, "%llu:%llu", (unsigned long long)st.st_dev,
+             (unsigned long long)st.st_ino);
+    setenv("JOURNAL_STREAM", js, 1);
+    phy_log_init("phytest", PHY_LOG_DEBUG);
+    phy_log(PHY_LOG_WARN, "w", "x=1");
+    drain(c, buf, sizeof buf);
+    assert_matches(buf, "^<4>ts=[^ ]+ level=warn prog=phytest event=w x=1\n$");
+    phy_log(PHY_LOG_DEBUG, "d", NULL);
+    drain(c, buf, sizeof buf);
+    assert_matches(buf, "^<7>ts=");
+    phy_log_set_format(PHY_LOG_JSON);
+    phy_log(PHY_LOG_ERROR, "e", NULL);
+    drain(c, buf, sizeof buf);
+    assert_matches(buf, "^<3>\\{\"ts\":");
+    /* Another stream (a child whose stderr went elsewhere): no prefix. */
+    setenv("JOURNAL_STREAM", "1:2", 1);
+    phy_log_set_format(PHY_LOG_LOGFMT);
+    phy_log_init("phytest", PHY_LOG_INFO);
+    phy_log(PHY_LOG_INFO, "i", NULL);
+    drain(c, buf, sizeof buf);
+    assert_matches(buf, "^ts=");
+}
+
 #define C(fn) cmocka_unit_test_setup_teardown(fn, capture_setup, capture_teardown)
 
 int main(void)
@@ -227,6 +322,10 @@ int main(void)
         C(test_log_levels),
         C(test_log_newlines_stay_one_line),
         C(test_log_long_line_cut),
+        cmocka_unit_test(test_to_json),
+        cmocka_unit_test(test_to_json_cut),
+        C(test_log_json_lines),
+        C(test_log_journal_priority),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
