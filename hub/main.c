@@ -659,7 +659,8 @@ int main(int argc, char **argv)
          "console event streams open at once per tenant, then 429 (64; 8 per session or "
          "API token)"},
         {"debug", PHY_OPT_BOOL, &debug, 0, 0, "log debug events"},
-        {"log-format", PHY_OPT_STR, &log_format, 0, 0, "logfmt (key=value, the default) or json (one JSON object per line, the same keys)"},
+        {"log-format", PHY_OPT_STR, &log_format, 0, 0,
+         "logfmt (key=value, the default) or json (one JSON object per line, the same keys)"},
         {0},
     };
     char err[256];

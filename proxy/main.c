@@ -303,7 +303,8 @@ int main(int argc, char **argv)
         {"upstream-backoff-max-ms", PHY_OPT_INT, &o.upstream_backoff_max_ms, 1, 86400000,
          "the longest backoff of a failed upstream (default 30000)"},
         {"log-level", PHY_OPT_STR, &o.log_level, 0, 0, "debug, info, warn or error (default info)"},
-        {"log-format", PHY_OPT_STR, &o.log_format, 0, 0, "logfmt (key=value, the default) or json (one JSON object per line, the same keys)"},
+        {"log-format", PHY_OPT_STR, &o.log_format, 0, 0,
+         "logfmt (key=value, the default) or json (one JSON object per line, the same keys)"},
         {NULL, PHY_OPT_STR, NULL, 0, 0, NULL},
     };
     struct proxy_policy policy;

@@ -99,9 +99,10 @@ static void test_status_json(void **state)
     o = agent_sysinfo_json(&si);
     want = json_pack("{s:I, s:I, s:s, s:s, s:[f,f,f], s:I, s:I, s:I, s:I, s:[s,s]}", "uptime_s",
                      (json_int_t)350735, "agent_uptime_s", (json_int_t)61, "agent_version",
-                     AGENT_VERSION, "agent_build", PHY_GIT_DESCRIBE, "load", 0.52, 1.5, 0.0, "mem_total_kb", (json_int_t)24684092,
-                     "mem_available_kb", (json_int_t)20000000, "disk_total_kb", (json_int_t)1000,
-                     "disk_free_kb", (json_int_t)0, "addresses", "192.0.2.7", "2001:db8::7");
+                     AGENT_VERSION, "agent_build", PHY_GIT_DESCRIBE, "load", 0.52, 1.5, 0.0,
+                     "mem_total_kb", (json_int_t)24684092, "mem_available_kb", (json_int_t)20000000,
+                     "disk_total_kb", (json_int_t)1000, "disk_free_kb", (json_int_t)0, "addresses",
+                     "192.0.2.7", "2001:db8::7");
     assert_true(json_equal(o, want));
     json_decref(o);
     json_decref(want);

@@ -273,7 +273,8 @@ static void test_log_json_lines(void **state)
 
     phy_log_init("phytest", PHY_LOG_INFO);
     phy_log_set_format(PHY_LOG_JSON);
-    phy_log(PHY_LOG_WARN, "started", "port=%d name=%s", 8443, phy_log_quote("a \"b\"", q, sizeof q));
+    phy_log(PHY_LOG_WARN, "started", "port=%d name=%s", 8443,
+            phy_log_quote("a \"b\"", q, sizeof q));
     drain(c, buf, sizeof buf);
     assert_matches(buf, "^\\{\"ts\":\"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]{12}Z\",\"level\":\"warn\","
                         "\"prog\":\"phytest\",\"event\":\"started\",\"port\":\"8443\","
