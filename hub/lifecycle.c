@@ -15,15 +15,25 @@
  * OUTBOX_KICK_DELAY_MS, never two at once. */
 #define OUTBOX_KICK_DELAY_MS 100
 
+/* A periodic job on the thread pool, never two runs at once (a tick while one runs
+ * is skipped). */
+struct periodic {
+    uv_timer_t timer;
+    uv_work_t work;
+    int running;
+    void (*run)(struct hub *h, int64_t now_ms);
+};
+
 static struct {
     struct hub *hub;
     struct server *server;
     struct nodelink *link; /* several nodes on PostgreSQL */
     uv_loop_t *loop;
     uv_signal_t sigint, sigterm;
-    uv_timer_t sweep_timer, outbox_timer, heart_timer;
-    uv_work_t sweep_work, outbox_work, heart_work;
-    int sweep_running, outbox_running, outbox_again, heart_running, stopping;
+    struct periodic sweep, heart;
+    uv_timer_t outbox_timer;
+    uv_work_t outbox_work;
+    int outbox_running, outbox_again, stopping;
 } L;
 
 /* 1 when this node holds (took or renewed) the lease of the singleton job for the
@@ -106,50 +116,42 @@ int hub_prepare(struct hub *h, char *err, size_t errcap)
     return 0;
 }
 
-static void on_sweep_work(uv_work_t *w)
+/* The sweep, on the node holding its lease. */
+static void sweep_if_lead(struct hub *h, int64_t now_ms)
 {
-    (void)w;
-    int64_t now = hub_now_ms();
-    if (hub_lead(L.hub, "sweep", now))
-        hub_sweep(L.hub, now);
+    if (hub_lead(h, "sweep", now_ms))
+        hub_sweep(h, now_ms);
 }
 
-static void on_heart_work(uv_work_t *w)
+static void on_periodic_work(uv_work_t *w)
 {
-    (void)w;
-    hub_heartbeat(L.hub, hub_now_ms());
+    struct periodic *p = w->data;
+    p->run(L.hub, hub_now_ms());
 }
 
-static void on_heart_done(uv_work_t *w, int status)
+static void on_periodic_done(uv_work_t *w, int status)
 {
-    (void)w;
+    struct periodic *p = w->data;
     (void)status;
-    L.heart_running = 0;
+    p->running = 0;
 }
 
-static void on_heart_timer(uv_timer_t *t)
+static void on_periodic_timer(uv_timer_t *t)
 {
-    (void)t;
-    if (L.heart_running)
+    struct periodic *p = t->data;
+    if (p->running)
         return;
-    L.heart_running = 1;
-    uv_queue_work(L.loop, &L.heart_work, on_heart_work, on_heart_done);
+    p->running = 1;
+    uv_queue_work(L.loop, &p->work, on_periodic_work, on_periodic_done);
 }
 
-static void on_sweep_done(uv_work_t *w, int status)
+static void periodic_start(struct periodic *p, void (*run)(struct hub *, int64_t), long period_s)
 {
-    (void)w;
-    (void)status;
-    L.sweep_running = 0;
-}
-
-static void on_sweep_timer(uv_timer_t *t)
-{
-    (void)t;
-    if (L.sweep_running)
-        return;
-    L.sweep_running = 1;
-    uv_queue_work(L.loop, &L.sweep_work, on_sweep_work, on_sweep_done);
+    p->run = run;
+    p->work.data = p;
+    p->timer.data = p;
+    uv_timer_init(L.loop, &p->timer);
+    uv_timer_start(&p->timer, on_periodic_timer, (uint64_t)period_s * 1000, (uint64_t)period_s * 1000);
 }
 
 static void on_outbox_work(uv_work_t *w)
@@ -207,9 +209,9 @@ static void on_signal(uv_signal_t *s, int signum)
     L.stopping = 1;
     uv_close((uv_handle_t *)&L.sigint, NULL);
     uv_close((uv_handle_t *)&L.sigterm, NULL);
-    uv_close((uv_handle_t *)&L.sweep_timer, NULL);
+    uv_close((uv_handle_t *)&L.sweep.timer, NULL);
     uv_close((uv_handle_t *)&L.outbox_timer, NULL);
-    uv_close((uv_handle_t *)&L.heart_timer, NULL);
+    uv_close((uv_handle_t *)&L.heart.timer, NULL);
 }
 
 void hub_lifecycle_start(struct hub *h, uv_loop_t *loop, struct server *srv)
@@ -224,13 +226,9 @@ void hub_lifecycle_start(struct hub *h, uv_loop_t *loop, struct server *srv)
     uv_timer_init(loop, &L.outbox_timer);
     if (!h->cfg.provisioning)
         h->outbox_kick = outbox_kick;
-    uv_timer_init(loop, &L.sweep_timer);
-    uv_timer_start(&L.sweep_timer, on_sweep_timer, (uint64_t)h->cfg.sweep_interval_s * 1000,
-                   (uint64_t)h->cfg.sweep_interval_s * 1000);
+    periodic_start(&L.sweep, sweep_if_lead, h->cfg.sweep_interval_s);
+    periodic_start(&L.heart, hub_heartbeat, h->cfg.node_heartbeat_s);
     if (h->store_ops->node_sessions && strcmp(store_engine_name(h->store), "postgresql") == 0 &&
         !(L.link = nodelink_start(h, loop, srv, h->cfg.db)))
         phy_log(PHY_LOG_WARN, "nodelink_failed", "why=out_of_memory");
-    uv_timer_init(loop, &L.heart_timer);
-    uv_timer_start(&L.heart_timer, on_heart_timer, (uint64_t)h->cfg.node_heartbeat_s * 1000,
-                   (uint64_t)h->cfg.node_heartbeat_s * 1000);
 }
