@@ -13,6 +13,7 @@
 #include <openssl/crypto.h>
 #include <uv.h>
 
+#include "backup.h"
 #include "handlers.h"
 #include "hub.h"
 #include "lifecycle.h"
@@ -110,7 +111,8 @@ static void print_help(const struct phy_opt *opts)
            "       phyhub admin --db PATH device-add-bulk N --tenant T [--tag K:V]\n"
            "       phyhub admin migrate-store --from PATH --to postgresql://...  (empty target)\n"
            "                    (load tests: N provisioned devices, credentials as JSON lines)\n"
-           "       phyhub admin key-new FILE   (a new inter-region key, mode 0600)\n\n"
+           "       phyhub admin key-new FILE   (a new inter-region key, mode 0600)\n"
+           "       phyhub admin --db PATH backup FILE   (copy of the live SQLite store)\n\n"
            "options (each also a key in the --config INI file):\n");
     phy_config_print_help(opts, stdout);
 }
@@ -403,6 +405,18 @@ static int admin_main(int argc, char **argv)
             fprintf(stderr, "phyhub admin: %s\n", err);
         else
             printf("inter-region key written to %s\n", pos[1]);
+        goto out;
+    }
+    if (strcmp(pos[0], "backup") == 0) {
+        if (npos != 2 || !db) {
+            fprintf(stderr, "phyhub admin: --db PATH backup FILE\n");
+            goto out;
+        }
+        rc = hub_backup_sqlite(db, pos[1], err, sizeof(err)) < 0 ? 1 : 0;
+        if (rc)
+            fprintf(stderr, "phyhub admin: backup: %s\n", err);
+        else
+            printf("backup of %s written to %s\n", db, pos[1]);
         goto out;
     }
     if (strcmp(pos[0], "migrate-store") == 0) {
