@@ -1139,6 +1139,40 @@ static void source_key(const struct tunnel *t, uint8_t a16[16], char *out, size_
         snprintf(out, cap, "-");
 }
 
+/* 1 when the client has closed its side of t (its end of stream waits in the socket,
+ * not read yet): the tunnel no longer holds a device's slot. */
+static int client_closed(struct tunnel *t)
+{
+    uv_os_fd_t fd;
+    char c;
+    if (t->client_eof)
+        return 1;
+    if (uv_fileno((const uv_handle_t *)&t->client, &fd) != 0)
+        return 0;
+    return recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
+}
+
+/* proxy_ident_acquire of key (src: a per-source slot); at the limit, tunnels of that
+ * key whose client closed but whose end of stream the loop has not read yet give
+ * their slots back first, so that a device that closes a tunnel and opens the next
+ * at once is not refused (their close is handled by the loop as usual). */
+static struct proxy_ident *acquire(struct proxy *px, const char *key, unsigned limit, int src,
+                                   int *err)
+{
+    struct proxy_ident *e = proxy_ident_acquire(px->cfg.policy, key, limit, err);
+    if (e != NULL || *err != PHY_ETOOBIG)
+        return e;
+    int freed = 0;
+    for (struct tunnel *o = px->tunnels; o != NULL; o = o->next) {
+        struct proxy_ident *held = src ? o->src_slot : o->slot;
+        if (held != NULL && strcmp(held->ident, key) == 0 && client_closed(o)) {
+            release_slot(o);
+            freed = 1;
+        }
+    }
+    return freed ? proxy_ident_acquire(px->cfg.policy, key, limit, err) : NULL;
+}
+
 /* Who the client is, and the slots its tunnel takes. A dev_ identifier with a valid
  * proxy token is the device: one count per identifier. Anything else proves nothing,
  * so it counts per source: its creation rate, its live tunnels, and its live
@@ -1182,7 +1216,7 @@ static int take_slots(struct tunnel *t, const struct phy_connect_req *creq)
             refuse(t, O_503);
             return -1;
         }
-        t->src_slot = proxy_ident_acquire(c->policy, src, c->max_tunnels_per_source, &err);
+        t->src_slot = acquire(px, src, c->max_tunnels_per_source, 1, &err);
         if (t->src_slot == NULL) {
             refuse(t, err == PHY_ETOOBIG ? O_429_SOURCE : O_500);
             return -1;
@@ -1190,7 +1224,7 @@ static int take_slots(struct tunnel *t, const struct phy_connect_req *creq)
         px->nunauth++;
         snprintf(key, sizeof(key), "%s %s", src, creq->ident);
     }
-    t->slot = proxy_ident_acquire(c->policy, key, c->max_tunnels_per_device, &err);
+    t->slot = acquire(px, key, c->max_tunnels_per_device, 0, &err);
     if (t->slot == NULL) {
         refuse(t, err == PHY_ETOOBIG ? O_429 : O_500);
         return -1;
