@@ -88,6 +88,9 @@ struct agent {
     int code_spent;        /* code answered 410: poll only until re-registration */
     EVP_PKEY *device_key;  /* --device-key, NULL without */
     unsigned config_mode;  /* --config-mode as a mode */
+    /* While provisioning: one tunnel and TLS connection kept across requests (the
+     * hub's keep-alive outlasts the poll interval); NULL when none is open. */
+    struct phy_client_keep *keep;
 };
 
 static void on_signal(int sig)
@@ -173,8 +176,16 @@ static int post(struct agent *a, const char *path, char *body, struct phy_client
         phy_log(PHY_LOG_ERROR, "request_failed", "path=%s err=out_of_memory", path);
         return PHY_ENOMEM;
     }
-    rc = phy_client_request(&a->copts, "POST", path, NULL, "application/json", body, strlen(body),
-                            res, err, sizeof err);
+    if (a->keep == NULL)
+        a->keep = phy_client_keep_new();
+    /* Polls and code requests may be sent again when a kept connection turned out
+     * closed; a registration or proof is not repeated behind the hub's back. */
+    int idempotent = strcmp(path, PATH_POLL) == 0 || strcmp(path, PATH_CODE) == 0;
+    rc = a->keep != NULL
+             ? phy_client_keep_request(a->keep, &a->copts, "POST", path, NULL, "application/json",
+                                       body, strlen(body), idempotent, res, err, sizeof err)
+             : phy_client_request(&a->copts, "POST", path, NULL, "application/json", body,
+                                  strlen(body), res, err, sizeof err);
     OPENSSL_cleanse(body, strlen(body)); /* it carries the poll token */
     free(body);
     if (rc != 0) {
@@ -618,6 +629,8 @@ static int provision(struct agent *a)
         if (do_poll(a) != 0)
             break;
     }
+    phy_client_keep_close(a->keep); /* the session uses a connection of its own */
+    a->keep = NULL;
     return stop_requested ? 1 : 0;
 }
 

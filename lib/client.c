@@ -846,7 +846,7 @@ static int needs_length(const char *method)
 /* Builds the request head into a malloc'd string. */
 static int build_head(struct conn *c, const struct phy_client_opts *o, const char *method,
                       const char *path, const char *headers, const char *content_type,
-                      const char *body, size_t body_len, char **out, size_t *outlen)
+                      const char *body, size_t body_len, int keep, char **out, size_t *outlen)
 {
     const char *lb = strchr(o->host, ':') != NULL ? "[" : "";
     const char *rb = *lb != '\0' ? "]" : "";
@@ -870,9 +870,10 @@ static int build_head(struct conn *c, const struct phy_client_opts *o, const cha
     }
     n = snprintf(head, cap,
                  "%s %s HTTP/1.1\r\nHost: %s%s%s%s\r\nUser-Agent: %s\r\n"
-                 "Connection: close\r\n%s%s%s%s%s\r\n",
+                 "%s%s%s%s%s%s\r\n",
                  method, path, lb, o->host, rb, portpart,
-                 o->user_agent != NULL ? o->user_agent : "phy/0.1", headers,
+                 o->user_agent != NULL ? o->user_agent : "phy/0.1",
+                 keep ? "" : "Connection: close\r\n", headers,
                  body != NULL && content_type != NULL ? "Content-Type: " : "",
                  body != NULL && content_type != NULL ? content_type : "",
                  body != NULL && content_type != NULL ? "\r\n" : "", lenpart);
@@ -977,41 +978,23 @@ static int conn_establish(struct conn *c, const struct phy_client_opts *o, SSL_C
     return tls_connect(c, ctx, meth, o->host, o->ca_file);
 }
 
-int phy_client_request(const struct phy_client_opts *o, const char *method, const char *path,
-                       const char *headers, const char *content_type, const char *body,
-                       size_t body_len, struct phy_client_response *res, char *err, size_t errcap)
+/* One request and its answer on the established connection c. keep: HTTP/1.1
+ * persistent (no Connection: close); *reusable then says whether the connection may
+ * carry the next request. *answered is set once a response head was read. */
+static int exchange(struct conn *c, const struct phy_client_opts *o, const char *method,
+                    const char *path, const char *headers, const char *content_type,
+                    const char *body, size_t body_len, int keep, struct phy_client_response *res,
+                    int *reusable, int *answered)
 {
-    struct conn *c;
-    SSL_CTX *ctx = NULL;
-    BIO_METHOD *meth = NULL;
     struct body b = {0};
     struct phy_http_response head;
     char *reqhead = NULL;
     size_t reqlen = 0;
-    int rc;
+    int rc, delimited = 0;
 
-    if (err != NULL && errcap > 0)
-        err[0] = '\0';
-    PHY_ASSERT(res != NULL);
-    memset(res, 0, sizeof *res);
-    c = calloc(1, sizeof *c);
-    if (c == NULL)
-        return PHY_ENOMEM;
-    c->fd = -1;
-    c->err = err;
-    c->errcap = errcap;
-    c->timeout_ms = o != NULL && o->timeout_ms > 0 ? o->timeout_ms : CLIENT_DEFAULT_TIMEOUT_MS;
-    c->cert_time_floor = o != NULL ? (time_t)o->cert_time_floor : 0;
-    ERR_clear_error();
-
-    rc = check_args(c, o, method, path, headers, content_type);
-    if (rc != 0)
-        goto out;
-    rc = conn_establish(c, o, &ctx, &meth);
-    if (rc != 0)
-        goto out;
+    *reusable = *answered = 0;
     rc = build_head(c, o, method, path, headers != NULL ? headers : "", content_type, body,
-                    body_len, &reqhead, &reqlen);
+                    body_len, keep, &reqhead, &reqlen);
     if (rc != 0)
         goto out;
     res->sent = 1;
@@ -1025,35 +1008,63 @@ int phy_client_request(const struct phy_client_opts *o, const char *method, cons
         if (rc != 0)
             goto out;
     } while (head.status >= 100 && head.status < 200 && head.status != 101);
+    *answered = 1;
 
     rc = body_append(c, &b, "", 0); /* the body is never NULL on success */
     if (rc != 0)
         goto out;
     if (strcmp(method, "HEAD") == 0 || no_body_status(head.status)) {
         rc = 0;
+        delimited = 1;
     } else if (head.chunked) {
         rc = read_chunked(c, &b);
+        delimited = 1;
     } else if (head.content_length >= 0) {
         if ((uint64_t)head.content_length > PHY_CLIENT_MAX_BODY) {
             errf(c, "response body over %u bytes", PHY_CLIENT_MAX_BODY);
             rc = PHY_ETOOBIG;
         } else {
             rc = read_exact(c, &b, (size_t)head.content_length);
+            delimited = 1;
         }
     } else {
         rc = read_until_close(c, &b);
     }
     if (rc != 0)
         goto out;
-    drain(c);
+    *reusable = keep && delimited && head.keep_alive && !c->eof && c->pos == c->len;
+    if (!*reusable)
+        drain(c);
     res->status = head.status;
     res->body = b.p;
     res->body_len = b.len;
     b.p = NULL;
-
 out:
+    if (reqhead != NULL)
+        OPENSSL_clear_free(reqhead, reqlen); /* it may carry an Authorization header */
+    free(b.p);
+    return rc;
+}
+
+/* A connection of phy_client_request / phy_client_keep. */
+static struct conn *conn_new(const struct phy_client_opts *o, char *err, size_t errcap)
+{
+    struct conn *c = calloc(1, sizeof *c);
+    if (c == NULL)
+        return NULL;
+    c->fd = -1;
+    c->err = err;
+    c->errcap = errcap;
+    c->timeout_ms = o != NULL && o->timeout_ms > 0 ? o->timeout_ms : CLIENT_DEFAULT_TIMEOUT_MS;
+    c->cert_time_floor = o != NULL ? (time_t)o->cert_time_floor : 0;
+    return c;
+}
+
+/* Closes c (close_notify when it ended cleanly) and frees it with its TLS context. */
+static void conn_free(struct conn *c, SSL_CTX *ctx, BIO_METHOD *meth, int clean)
+{
     if (c->ssl != NULL) {
-        if (rc == 0 && !c->eof)
+        if (clean && !c->eof)
             SSL_shutdown(c->ssl); /* best effort close_notify; never waits */
         SSL_free(c->ssl);
     }
@@ -1061,13 +1072,116 @@ out:
     SSL_CTX_free(ctx);
     if (c->fd >= 0)
         close(c->fd);
-    if (reqhead != NULL)
-        OPENSSL_clear_free(reqhead, reqlen); /* it may carry an Authorization header */
-    free(b.p);
     ERR_clear_error();
     OPENSSL_cleanse(c->buf, sizeof c->buf);
     free(c);
+}
+
+int phy_client_request(const struct phy_client_opts *o, const char *method, const char *path,
+                       const char *headers, const char *content_type, const char *body,
+                       size_t body_len, struct phy_client_response *res, char *err, size_t errcap)
+{
+    struct conn *c;
+    SSL_CTX *ctx = NULL;
+    BIO_METHOD *meth = NULL;
+    int rc, reusable, answered;
+
+    if (err != NULL && errcap > 0)
+        err[0] = '\0';
+    PHY_ASSERT(res != NULL);
+    memset(res, 0, sizeof *res);
+    c = conn_new(o, err, errcap);
+    if (c == NULL)
+        return PHY_ENOMEM;
+    ERR_clear_error();
+    rc = check_args(c, o, method, path, headers, content_type);
+    if (rc == 0)
+        rc = conn_establish(c, o, &ctx, &meth);
+    if (rc == 0)
+        rc = exchange(c, o, method, path, headers, content_type, body, body_len, 0, res,
+                      &reusable, &answered);
+    conn_free(c, ctx, meth, rc == 0);
     return rc;
+}
+
+struct phy_client_keep {
+    struct conn *c; /* NULL between connections */
+    SSL_CTX *ctx;
+    BIO_METHOD *meth;
+};
+
+struct phy_client_keep *phy_client_keep_new(void)
+{
+    return calloc(1, sizeof(struct phy_client_keep));
+}
+
+static void keep_drop(struct phy_client_keep *k, int clean)
+{
+    if (k->c != NULL)
+        conn_free(k->c, k->ctx, k->meth, clean);
+    k->c = NULL;
+    k->ctx = NULL;
+    k->meth = NULL;
+}
+
+void phy_client_keep_close(struct phy_client_keep *k)
+{
+    if (k == NULL)
+        return;
+    keep_drop(k, 1);
+    free(k);
+}
+
+int phy_client_keep_request(struct phy_client_keep *k, const struct phy_client_opts *o,
+                            const char *method, const char *path, const char *headers,
+                            const char *content_type, const char *body, size_t body_len,
+                            int idempotent, struct phy_client_response *res, char *err,
+                            size_t errcap)
+{
+    int rc, reusable = 0, answered = 0;
+
+    if (err != NULL && errcap > 0)
+        err[0] = '\0';
+    PHY_ASSERT(k != NULL && res != NULL);
+    memset(res, 0, sizeof *res);
+    for (int attempt = 0;; attempt++) {
+        int fresh = k->c == NULL;
+        if (fresh) {
+            k->c = conn_new(o, err, errcap);
+            if (k->c == NULL)
+                return PHY_ENOMEM;
+            ERR_clear_error();
+            rc = check_args(k->c, o, method, path, headers, content_type);
+            if (rc == 0)
+                rc = conn_establish(k->c, o, &k->ctx, &k->meth);
+            if (rc != 0) {
+                keep_drop(k, 0);
+                return rc;
+            }
+        } else {
+            k->c->err = err;
+            k->c->errcap = errcap;
+            ERR_clear_error();
+            rc = check_args(k->c, o, method, path, headers, content_type);
+            if (rc != 0)
+                return rc;
+        }
+        rc = exchange(k->c, o, method, path, headers, content_type, body, body_len, 1, res,
+                      &reusable, &answered);
+        if (rc == 0) {
+            if (!reusable)
+                keep_drop(k, 1);
+            return 0;
+        }
+        keep_drop(k, 0);
+        /* A kept connection the server had closed while it was idle: once more on a
+         * fresh one, when the request may be repeated. */
+        if (fresh || answered || !idempotent || attempt > 0)
+            return rc;
+        if (err != NULL && errcap > 0)
+            err[0] = '\0';
+        res->sent = 0;
+    }
 }
 
 /* Frees the body; NULL-safe. */

@@ -43,6 +43,27 @@ int phy_client_request(const struct phy_client_opts *o, const char *method, cons
                        const char *headers, const char *content_type, const char *body,
                        size_t body_len, struct phy_client_response *res, char *err, size_t errcap);
 
+/* A connection kept across requests (HTTP/1.1 persistent), e.g. for the agent's
+ * polls: one tunnel and one TLS handshake while it waits instead of one per poll. */
+struct phy_client_keep;
+
+/* A keeper without a connection yet; NULL when out of memory. */
+struct phy_client_keep *phy_client_keep_new(void);
+
+/* As phy_client_request, on k's connection when it has one (opened with the same o),
+ * else on a new one that is kept after the answer unless the server closes it (or
+ * says Connection: close). When a kept connection fails before any answer (the
+ * server closed it while idle), an idempotent request is sent once more on a fresh
+ * connection; res->sent then describes that last attempt. */
+int phy_client_keep_request(struct phy_client_keep *k, const struct phy_client_opts *o,
+                            const char *method, const char *path, const char *headers,
+                            const char *content_type, const char *body, size_t body_len,
+                            int idempotent, struct phy_client_response *res, char *err,
+                            size_t errcap);
+
+/* Closes the kept connection (if any) and frees k. NULL-safe. */
+void phy_client_keep_close(struct phy_client_keep *k);
+
 /* Frees res->body (NULL-safe) and zeroes res. */
 void phy_client_response_free(struct phy_client_response *res);
 

@@ -384,5 +384,39 @@ def test_no_secret_in_any_log():
     assert not leaked, "secrets in logs: %s" % leaked
 
 
+def poll_peers(hub, serial_hint=None):
+    """The client addresses (ip:port, i.e. one per TCP connection) of the hub's poll
+    requests so far."""
+    return [m.group(1) for m in (re.search(r"peer=(\S+) method=POST path=/v1/provisioning/poll ",
+                                           line) for line in hub.log_lines(r"path=/v1/provisioning/poll "))
+            if m]
+
+
+def test_agent_keeps_one_connection_while_it_polls():
+    """While it waits to be claimed the agent polls on one kept tunnel and TLS
+    connection (before: a CONNECT and a handshake per poll); when the hub closed the
+    idle connection in between, the next poll reconnects without an error."""
+    st = Stack("agent-keep", timers=["--poll-interval", "1"], hub_flags=["--keepalive", "30"])
+    try:
+        before = len(poll_peers(st.hub))
+        agent, state = st.start_agent("KEEP-1")
+        wait_until(lambda: len(poll_peers(st.hub)) - before >= 6, 20, "six polls")
+        peers = poll_peers(st.hub)[before:]
+        assert len(set(peers)) == 1, peers  # one connection for every poll
+        agent.stop()
+    finally:
+        st.stop()
+    st = Stack("agent-keep2", timers=["--poll-interval", "2"], hub_flags=["--keepalive", "1"])
+    try:
+        agent, state = st.start_agent("KEEP-2")
+        wait_until(lambda: len(poll_peers(st.hub)) >= 4, 30, "four polls")
+        peers = poll_peers(st.hub)
+        assert len(set(peers)) == len(peers), peers  # the hub closed each one while idle
+        assert not agent.log_lines(r"event=request_failed"), agent.log_lines(r"request_failed")
+        agent.stop()
+    finally:
+        st.stop()
+
+
 if __name__ == "__main__":
     phytest.main()
