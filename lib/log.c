@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "phy/err.h"
+#include "phy/text.h"
 
 #define LOG_LINE_MAX 2048 /* whole line including the newline */
 #define LOG_JSON_MAX 4096 /* a JSON line: escapes make it longer than its logfmt */
@@ -111,17 +112,6 @@ static void put_json_char(struct jbuf *b, unsigned char c)
     }
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* The value line[v..vend) as JSON string content; a quoted value's \", \\ and \xNN
  * escapes (phy_log_quote's) are decoded first. */
 static void put_value(struct jbuf *b, const char *line, size_t v, size_t vend, int quoted)
@@ -129,9 +119,9 @@ static void put_value(struct jbuf *b, const char *line, size_t v, size_t vend, i
     for (size_t j = v; j < vend; j++) {
         unsigned char c = (unsigned char)line[j];
         if (quoted && c == '\\' && j + 1 < vend) {
-            if (line[j + 1] == 'x' && j + 3 < vend && hexval(line[j + 2]) >= 0 &&
-                hexval(line[j + 3]) >= 0) {
-                c = (unsigned char)(hexval(line[j + 2]) * 16 + hexval(line[j + 3]));
+            if (line[j + 1] == 'x' && j + 3 < vend && phy_hexval(line[j + 2]) >= 0 &&
+                phy_hexval(line[j + 3]) >= 0) {
+                c = (unsigned char)(phy_hexval(line[j + 2]) * 16 + phy_hexval(line[j + 3]));
                 j += 3;
             } else {
                 c = (unsigned char)line[++j];
