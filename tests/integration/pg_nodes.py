@@ -78,6 +78,29 @@ def desired_versions(ws, want, timeout=5.0):
     return seen
 
 
+def test_two_nodes_start_at_once_on_an_empty_database():
+    """Migrations run once: two nodes started at the same moment on an empty database
+    both serve, and the schema is created once (one version row, no error logged)."""
+    db, flags = ST.new_store("empty")
+    key = ["--key-file", os.path.join(ST.dir, "nodes.key")]  # one key file for both
+    ports, daemons = [], []
+    for name in ("x", "y"):
+        port = phytest.free_port()
+        argv = [binary("phyhub"), "--region", "eu", "--listen", "127.0.0.1:%d" % port,
+                "--db", db, "--tls-cert", ST.pki["cert"], "--tls-key", ST.pki["key"],
+                "--provisioning", "--public-endpoint", HOST + ":443", "--node-id", name]
+        argv += key + list(SHORT_TIMERS) + NODE_FLAGS
+        daemons.append(ST.daemon(argv, "phyhub-empty-" + name))
+        ports.append(port)
+    for d, port in zip(daemons, ports):
+        d.wait_port(port)
+    count, version = psql(db, "SELECT count(*), max(version) FROM phy_schema").strip().split("|")
+    assert count == "1" and int(version) >= 8, (count, version)
+    for d in daemons:
+        assert not d.log_lines(r"level=error"), d.log_lines(r"level=error")
+        d.stop()
+
+
 def test_desired_change_reaches_the_other_node():
     creds = ST.provision("NODES-1")
     ws = connect(creds, "b")
