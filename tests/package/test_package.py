@@ -25,6 +25,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "integration"))
 import phytest  # noqa: E402
@@ -46,6 +47,20 @@ def sh(*argv, check=True, stdin=None, env=None):
     if check and r.returncode != 0:
         raise RuntimeError("%s failed (%d):\n%s%s" % (" ".join(map(str, argv)), r.returncode,
                                                      r.stdout[-2000:], r.stderr[-2000:]))
+    return r
+
+
+def dpkg(*args, check=True):
+    """dpkg ARGS, waiting (up to 5 minutes) while another apt or dpkg holds its lock."""
+    deadline = time.monotonic() + 300
+    while True:
+        r = sh("dpkg", *args, check=False)
+        if r.returncode == 0 or "lock" not in r.stderr or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    if check and r.returncode != 0:
+        raise RuntimeError("dpkg %s failed (%d):\n%s%s" % (" ".join(args), r.returncode,
+                                                           r.stdout[-2000:], r.stderr[-2000:]))
     return r
 
 
@@ -106,7 +121,7 @@ def teardown():
     for d in ctx["daemons"]:
         d.kill()
     if ctx["installed"]:
-        sh("dpkg", "--purge", *PACKAGES, check=False)
+        dpkg("--purge", *PACKAGES, check=False)
     for path in MADE:
         if os.path.exists(path):
             os.unlink(path)
@@ -134,7 +149,7 @@ def test_build_and_install():
         deps = sh("dpkg-deb", "-f", f, "Depends").stdout
         assert "libc6" in deps and "libssl3" in deps, (f, deps)
     ctx["installed"] = True
-    sh("dpkg", "-i", *files)
+    dpkg("-i", *files)
     for p in PACKAGES:
         assert package_installed(p), p
 
