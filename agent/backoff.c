@@ -36,3 +36,31 @@ uint64_t agent_backoff_decorrelated_ms(uint64_t base_ms, uint64_t cap_ms, uint64
     r = base_ms + (span == UINT64_MAX ? rnd : rnd % (span + 1));
     return r < cap_ms ? r : cap_ms;
 }
+
+uint64_t agent_retry_after_ms(const char *v, size_t n)
+{
+    uint64_t s = 0;
+    while (n > 0 && (*v == ' ' || *v == '\t')) { /* OWS around the value */
+        v++;
+        n--;
+    }
+    while (n > 0 && (v[n - 1] == ' ' || v[n - 1] == '\t'))
+        n--;
+    if (n == 0 || n > 18)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        if (v[i] < '0' || v[i] > '9')
+            return 0;
+        s = s * 10 + (uint64_t)(v[i] - '0');
+    }
+    if (s > AGENT_RETRY_AFTER_MAX_S)
+        s = AGENT_RETRY_AFTER_MAX_S;
+    return s * 1000;
+}
+
+uint64_t agent_backoff_at_least_ms(uint64_t delay, uint64_t hint_ms, uint64_t rnd)
+{
+    if (delay >= hint_ms)
+        return delay;
+    return hint_ms + rnd % (hint_ms + 1);
+}

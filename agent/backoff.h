@@ -2,6 +2,7 @@
 #ifndef PHY_AGENT_BACKOFF_H
 #define PHY_AGENT_BACKOFF_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 /* Upper bound of the wait before retry number attempt (0-based):
@@ -18,5 +19,16 @@ uint64_t agent_backoff_delay_ms(uint64_t base_ms, uint64_t cap_ms, unsigned atte
  * base_ms). The result is always within [min(base_ms, cap_ms), cap_ms]. */
 uint64_t agent_backoff_decorrelated_ms(uint64_t base_ms, uint64_t cap_ms, uint64_t prev_ms,
                                        uint64_t rnd);
+
+/* A server's hint (Retry-After: seconds) as milliseconds: the value of the header
+ * v[0..n) when it is delta-seconds (1..18 digits), capped at AGENT_RETRY_AFTER_MAX_S;
+ * 0 for anything else (an HTTP date is not honoured: the device's clock may be off). */
+#define AGENT_RETRY_AFTER_MAX_S 600
+uint64_t agent_retry_after_ms(const char *v, size_t n);
+
+/* The wait once a server gave a hint: delay when it is already at least hint_ms,
+ * else uniform in [hint_ms, 2 * hint_ms] (rnd a uniform 64-bit random), so that the
+ * devices a server turned away come back spread over the hint, not all at its end. */
+uint64_t agent_backoff_at_least_ms(uint64_t delay, uint64_t hint_ms, uint64_t rnd);
 
 #endif

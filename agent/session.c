@@ -66,6 +66,7 @@ struct life {
     json_t *report;      /* config_status patch not yet acknowledged */
     long long report_id; /* id it was last sent with, 0 when not sent this session */
     uint64_t prev_backoff_ms;
+    uint64_t retry_after_ms; /* the hub's Retry-After on a refused upgrade (0: none) */
     int stop;
     int64_t stop_deadline_ms; /* when stopping inside a session */
     char env_file[4200], env_version[64], env_device[128];
@@ -461,9 +462,16 @@ static int session_open(struct life *l, int *revoked)
                 "device_id=%s status=401 msg=\"the hub refused the device credentials\"",
                 cr->device_id);
         goto fail;
-    case AGENT_WS_REFUSED:
-        phy_log(PHY_LOG_WARN, "upgrade_refused", "status=%d", res->status);
+    case AGENT_WS_REFUSED: {
+        /* A busy hub (503, 429) says when to come back: a storm of reconnects spreads
+         * over its hint instead of retrying into it. */
+        const struct phy_str *ra =
+            phy_http_find_header(res->headers, res->num_headers, "Retry-After");
+        l->retry_after_ms = ra != NULL ? agent_retry_after_ms(ra->p, ra->len) : 0;
+        phy_log(PHY_LOG_WARN, "upgrade_refused", "status=%d retry_after_ms=%llu", res->status,
+                (unsigned long long)l->retry_after_ms);
         goto fail;
+    }
     case AGENT_WS_BAD_UPGRADE:
         phy_log(PHY_LOG_WARN, "upgrade_invalid", "err=%s", phy_log_quote(why, q, sizeof q));
         goto fail;
@@ -795,6 +803,9 @@ enum agent_session_outcome agent_session_run(const struct agent_session_cfg *cfg
         delay = agent_backoff_decorrelated_ms((uint64_t)cfg->reconnect_min_s * 1000,
                                               (uint64_t)cfg->reconnect_max_s * 1000,
                                               l->prev_backoff_ms, random_u64());
+        if (l->retry_after_ms > 0) /* at least the hub's hint, spread over as long again */
+            delay = agent_backoff_at_least_ms(delay, l->retry_after_ms, random_u64());
+        l->retry_after_ms = 0;
         l->prev_backoff_ms = delay;
         phy_log(PHY_LOG_INFO, "reconnect_backoff", "delay_ms=%" PRIu64, delay);
         if (wait_ms(l, delay)) {

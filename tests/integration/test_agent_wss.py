@@ -418,5 +418,37 @@ def test_agent_keeps_one_connection_while_it_polls():
         st.stop()
 
 
+def test_agent_honours_retry_after_of_a_full_hub():
+    """A hub at its connection limit answers the device's upgrade 503 with
+    Retry-After: 1; the agent waits at least that (spread up to twice as long) before
+    it comes back, instead of its own shorter backoff, and connects once there is
+    room."""
+    st = Stack("agent-busy", timers=["--poll-interval", "1"])
+    fillers = []
+    try:
+        agent, state = st.start_agent("BUSY-1", ["--reconnect-min", "1", "--reconnect-max", "1"])
+        wait_until(lambda: st.claim(serial="BUSY-1")[0] == 201, 20, "the claim")
+        wait_until(lambda: st.hub.log_lines(r"event=session_open "), 20, "the first session")
+        st.hub.kill()
+        st.hub_flags += ["--max-connections", "2"]
+        st.start_hub()
+        for _ in range(2):  # the limit, taken by idle connections straight to the hub
+            fillers.append(phytest.connect(st.hub_port))
+        line = agent.wait_log(r"event=upgrade_refused status=503 retry_after_ms=1000", 20)
+        backoff = agent.wait_log(r"event=reconnect_backoff delay_ms=\d+", 5)
+        delays = [int(m) for m in re.findall(r"event=reconnect_backoff delay_ms=(\d+)",
+                                             "\n".join(agent.log_lines()))]
+        assert 1000 <= delays[-1] <= 2000, (line, backoff, delays[-1])
+        for f in fillers:
+            f.close()
+        fillers = []
+        wait_until(lambda: st.hub.log_lines(r"event=session_open "), 20, "the session back")
+        agent.stop()
+    finally:
+        for f in fillers:
+            f.close()
+        st.stop()
+
+
 if __name__ == "__main__":
     phytest.main()

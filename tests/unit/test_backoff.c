@@ -69,6 +69,28 @@ static void test_delay_spreads(void **state)
         assert_true(bucket[b] > 700 && bucket[b] < 1300);
 }
 
+static void test_retry_after(void **state)
+{
+    (void)state;
+    assert_int_equal(agent_retry_after_ms("1", 1), 1000);
+    assert_int_equal(agent_retry_after_ms(" 30 ", 4), 30000);
+    assert_int_equal(agent_retry_after_ms("99999", 5), AGENT_RETRY_AFTER_MAX_S * 1000);
+    assert_int_equal(agent_retry_after_ms("0", 1), 0);
+    assert_int_equal(agent_retry_after_ms("", 0), 0);
+    assert_int_equal(agent_retry_after_ms("-1", 2), 0);
+    assert_int_equal(agent_retry_after_ms("1.5", 3), 0);
+    assert_int_equal(agent_retry_after_ms("Wed, 21 Oct 2026 07:28:00 GMT", 29), 0);
+    assert_int_equal(agent_retry_after_ms("1234567890123456789", 19), 0);
+    /* honoured: at least the hint, spread over as long again */
+    assert_int_equal(agent_backoff_at_least_ms(5000, 1000, 7), 5000);
+    for (uint64_t r = 0; r < 5000; r += 7) {
+        uint64_t d = agent_backoff_at_least_ms(200, 1000, r * 2654435761u);
+        assert_true(d >= 1000 && d <= 2000);
+    }
+    assert_int_equal(agent_backoff_at_least_ms(200, 1000, 0), 1000);
+    assert_int_equal(agent_backoff_at_least_ms(200, 1000, 1000), 2000);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -77,6 +99,7 @@ int main(void)
         cmocka_unit_test(test_base_above_cap),
         cmocka_unit_test(test_delay_within_zero_and_ceiling),
         cmocka_unit_test(test_delay_spreads),
+        cmocka_unit_test(test_retry_after),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
