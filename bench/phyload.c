@@ -1,6 +1,8 @@
 /* phyload: simulates many provisioned devices over WSS against phyhub from one process
- * (epoll, non-blocking OpenSSL) and measures the connect rate, the hub's memory per
- * idle session and the latency of one fleet-wide desired push to the last device. */
+ * (epoll, non-blocking OpenSSL), directly or through an HTTP CONNECT proxy, and measures
+ * the connect rate, the hub's memory per idle session and the latency of one fleet-wide
+ * desired push to the last device. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -44,12 +46,17 @@
 #define PUSH_TAG UINT32_MAX /* epoll data of the push thread's eventfd */
 #define CRED_ID_MAX 64
 #define CRED_SECRET_MAX 128
+#define PROXY_TOKEN_MAX 64 /* "kid." + 43 base64url characters, with room */
+#define MAX_PIDS 16        /* --hub-pid PID,PID,… */
+#define MAX_PROXIES 8      /* --proxy HOST:PORT,HOST:PORT,… */
 
 enum mode { MODE_WS, MODE_TLS_ONLY, MODE_TCP_ONLY };
 
 enum dev_state {
     DS_NEW,
     DS_CONNECTING,    /* TCP connect in progress */
+    DS_PROXY_WRITE,   /* writing the CONNECT request (--proxy) */
+    DS_PROXY_READ,    /* reading the proxy's answer head */
     DS_TLS,           /* TLS handshake */
     DS_UPGRADE_WRITE, /* writing the upgrade request */
     DS_UPGRADE_READ,  /* reading the 101 */
@@ -57,20 +64,21 @@ enum dev_state {
     DS_DONE,          /* failed or closed */
 };
 
-enum fail_kind { F_CONNECT, F_TLS, F_HTTP, F_TIMEOUT, F_CLOSED, F_PROTO, F_COUNT };
-static const char *const fail_names[F_COUNT] = {"connect", "tls",    "http",
+enum fail_kind { F_CONNECT, F_PROXY, F_TLS, F_HTTP, F_TIMEOUT, F_CLOSED, F_PROTO, F_COUNT };
+static const char *const fail_names[F_COUNT] = {"connect", "proxy",  "tls",     "http",
                                                 "timeout", "closed", "protocol"};
 
 struct cred {
     char id[CRED_ID_MAX];
     char secret[CRED_SECRET_MAX];
+    char proxy_token[PROXY_TOKEN_MAX]; /* "" when the credentials carry none */
 };
 
 /* One simulated device. Buffers exist only while bytes are pending. */
 struct dev {
     SSL *ssl;
     uint8_t *rbuf; /* partial response head / partial frames */
-    uint8_t *wbuf; /* bytes SSL_write has not taken yet */
+    uint8_t *wbuf; /* bytes SSL_write (or write, before TLS) has not taken yet */
     uint8_t *msg;  /* fragmented text message being assembled */
     uint32_t rlen, rcap, wlen, woff, msg_len;
     uint32_t events; /* current epoll interest, 0 = not registered */
@@ -82,8 +90,13 @@ struct dev {
 };
 
 struct opts {
-    const char *hub, *sni, *ca, *creds, *push_url, *token, *tag;
-    long devices, concurrency, hub_pid;
+    const char *hub, *sni, *ca, *creds, *push_url, *token, *tag, *proxy;
+    long devices, concurrency;
+    long hub_pids[MAX_PIDS]; /* summed: the nodes of one region */
+    size_t nhub_pids;
+    long proxy_pids[MAX_PIDS]; /* reported apart from the hub, summed */
+    size_t nproxy_pids;
+    long db_pid; /* reported apart; counts its children too */
     double idle_s, push_timeout_s, connect_timeout_s, hold_s;
     int json, twin_get;
     enum mode mode;
@@ -109,6 +122,8 @@ struct proc_sample {
     long rss_kib, anon_kib;
     double cpu_s;
     long slab_kib;
+    double proxy_cpu_s, db_cpu_s; /* -1 without --proxy-pid / --db-pid */
+    long proxy_rss_kib;
 };
 
 struct load {
@@ -118,9 +133,12 @@ struct load {
     size_t ndevs;
     SSL_CTX *ctx;
     int ep;
-    struct sockaddr_storage hub_addr;
-    socklen_t hub_addrlen;
+    /* Where the TCP connects go: the hub, or the proxies (device i uses i mod n). */
+    struct sockaddr_storage dst[MAX_PROXIES];
+    socklen_t dstlen[MAX_PROXIES];
+    size_t ndst;
     char host_header[300];
+    char proxy_target[300]; /* CONNECT target, SNI:443 */
     int sni_is_ip;
     size_t next;     /* next device to start */
     size_t inflight; /* connects/handshakes in progress */
@@ -142,6 +160,7 @@ struct load {
     int push_done;
     int push_efd; /* eventfd the push thread signals when its PATCH is answered */
     double push_hub_cpu_s, push_client_cpu_s; /* CPU time spent during the push phase */
+    double push_proxy_cpu_s, push_db_cpu_s;
 };
 
 /* ---------- small helpers ---------- */
@@ -202,42 +221,109 @@ static long read_kib_field(const char *path, const char *field)
     return v;
 }
 
-/* RSS, anonymous RSS and CPU time (user + system, all threads) of a process. */
-static void proc_sample(long pid, struct proc_sample *s)
+/* From /proc/PID/stat: the parent's PID, CPU time (user + system, all threads) and the
+ * CPU time of its children that it has waited for. -1 when the process is gone. */
+static int proc_stat(long pid, long *ppid, double *cpu_s, double *child_cpu_s)
 {
     char path[64], buf[1024];
-    memset(s, 0, sizeof(*s));
-    s->rss_kib = s->anon_kib = -1;
-    s->cpu_s = -1;
-    s->slab_kib = read_kib_field("/proc/meminfo", "Slab:");
-    if (pid <= 0)
-        return;
-    snprintf(path, sizeof(path), "/proc/%ld/status", pid);
-    s->rss_kib = read_kib_field(path, "VmRSS:");
-    s->anon_kib = read_kib_field(path, "RssAnon:");
     snprintf(path, sizeof(path), "/proc/%ld/stat", pid);
     FILE *f = fopen(path, "r");
     if (!f)
-        return;
+        return -1;
     size_t n = fread(buf, 1, sizeof(buf) - 1, f);
     fclose(f);
     buf[n] = '\0';
     char *p = strrchr(buf, ')');
     if (!p)
-        return;
-    /* After "comm)": state is field 3; utime and stime are fields 14 and 15. */
-    unsigned long long ut = 0, st = 0;
+        return -1;
+    /* After "comm)": state is field 3, ppid 4; utime, stime, cutime, cstime 14-17. */
+    unsigned long long v[18] = {0};
     int field = 2;
-    for (char *q = p + 1; *q && field < 15; q++) {
+    for (char *q = p + 1; *q && field < 17; q++) {
         if (*q == ' ') {
             field++;
-            if (field == 14)
-                ut = strtoull(q + 1, NULL, 10);
-            else if (field == 15)
-                st = strtoull(q + 1, NULL, 10);
+            if (field >= 4)
+                v[field] = strtoull(q + 1, NULL, 10);
         }
     }
-    s->cpu_s = (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+    double tck = (double)sysconf(_SC_CLK_TCK);
+    *ppid = (long)v[4];
+    *cpu_s = (double)(v[14] + v[15]) / tck;
+    *child_cpu_s = (double)(v[16] + v[17]) / tck;
+    return 0;
+}
+
+/* CPU time of a process tree one level deep (PostgreSQL's postmaster and its backends):
+ * the parent, the children it has reaped, and the children alive now. So a backend
+ * that ends between two samples is still counted once. */
+static double tree_cpu_s(long pid)
+{
+    long ppid;
+    double cpu, reaped, total;
+    if (proc_stat(pid, &ppid, &cpu, &reaped) < 0)
+        return -1;
+    total = cpu + reaped;
+    DIR *d = opendir("/proc");
+    if (!d)
+        return -1;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        long child;
+        if (parse_long(e->d_name, 1, 1L << 30, &child) < 0)
+            continue;
+        double c, cr;
+        if (proc_stat(child, &ppid, &c, &cr) == 0 && ppid == pid)
+            total += c;
+    }
+    closedir(d);
+    return total;
+}
+
+/* RSS, anonymous RSS and CPU time (user + system, all threads) of the hub processes
+ * (summed), and the CPU time of the proxy and of the database server when given. */
+static void proc_sample(const struct opts *o, struct proc_sample *s)
+{
+    char path[64];
+    memset(s, 0, sizeof(*s));
+    s->rss_kib = s->anon_kib = s->proxy_rss_kib = -1;
+    s->cpu_s = s->proxy_cpu_s = s->db_cpu_s = -1;
+    s->slab_kib = read_kib_field("/proc/meminfo", "Slab:");
+    for (size_t i = 0; i < o->nhub_pids; i++) {
+        long ppid, rss, anon;
+        double cpu, reaped;
+        snprintf(path, sizeof(path), "/proc/%ld/status", o->hub_pids[i]);
+        rss = read_kib_field(path, "VmRSS:");
+        anon = read_kib_field(path, "RssAnon:");
+        if (rss < 0 || anon < 0 || proc_stat(o->hub_pids[i], &ppid, &cpu, &reaped) < 0) {
+            s->rss_kib = s->anon_kib = -1; /* one node gone: no sum */
+            s->cpu_s = -1;
+            break;
+        }
+        s->rss_kib = (i ? s->rss_kib : 0) + rss;
+        s->anon_kib = (i ? s->anon_kib : 0) + anon;
+        s->cpu_s = (i ? s->cpu_s : 0) + cpu;
+    }
+    for (size_t i = 0; i < o->nproxy_pids; i++) {
+        long ppid, rss;
+        double cpu, reaped;
+        snprintf(path, sizeof(path), "/proc/%ld/status", o->proxy_pids[i]);
+        rss = read_kib_field(path, "VmRSS:");
+        if (rss < 0 || proc_stat(o->proxy_pids[i], &ppid, &cpu, &reaped) < 0) {
+            s->proxy_rss_kib = -1;
+            s->proxy_cpu_s = -1;
+            break;
+        }
+        s->proxy_rss_kib = (i ? s->proxy_rss_kib : 0) + rss;
+        s->proxy_cpu_s = (i ? s->proxy_cpu_s : 0) + cpu;
+    }
+    if (o->db_pid > 0)
+        s->db_cpu_s = tree_cpu_s(o->db_pid);
+}
+
+/* b − a of two CPU readings, -1 when either is missing. */
+static double cpu_delta(double a, double b)
+{
+    return a >= 0 && b >= 0 ? b - a : -1;
 }
 
 static int cmp_double(const void *a, const void *b)
@@ -263,32 +349,42 @@ static double pct(const double *v, size_t n, double p)
 
 static void usage(FILE *out)
 {
-    fprintf(out, "usage: phyload --hub HOST:PORT --creds FILE [options]\n"
-                 "Simulates many provisioned devices over WSS (GET /v1/hub) from one process.\n\n"
-                 "  --hub HOST:PORT        address to connect to\n"
-                 "  --sni NAME             TLS server name, Host header and verified name\n"
-                 "                         (default portal-eu.phystack.com)\n"
-                 "  --ca FILE              PEM bundle to verify the hub against (default: system)\n"
-                 "  --creds FILE           JSON lines from `phyhub admin device-add-bulk`\n"
-                 "  --devices N            use the first N credentials (default: all)\n"
-                 "  --hub-only             connect already-provisioned devices (the only mode)\n"
-                 "  --source-ips A-B|A,B   bind each connection to these IPv4 source addresses\n"
-                 "                         round robin (e.g. 127.0.0.2-127.0.0.20)\n"
-                 "  --concurrency C        connects + handshakes in flight (default 256)\n"
-                 "  --connect-timeout S    per device, TCP + TLS + upgrade (default 30)\n"
-                 "  --twin-get             each device sends twin.get once its session is open\n"
-                 "  --hub-pid PID          read the hub's RSS and CPU time from /proc\n"
-                 "  --idle S               settle time before the RSS is read (default 5)\n"
-                 "  --push-url URL         https://HOST:PORT of the console API: after the idle\n"
-                 "  --token T              time PATCH /api/v1/twins/desired?tag=K:V once and time\n"
-                 "  --tag K:V              its arrival at every device (token also from env\n"
-                 "                         PHYLOAD_TOKEN)\n"
-                 "  --push-timeout S       how long to wait for the last device (default 30)\n"
-                 "  --hold S               keep the connections open S more seconds at the end\n"
-                 "  --tls-only             stop after the TLS handshake (no upgrade): memory\n"
-                 "                         breakdown; needs a long --header-timeout on the hub\n"
-                 "  --tcp-only             stop after the TCP connect (no TLS): memory breakdown\n"
-                 "  --json                 print one JSON line with the results\n");
+    fprintf(out,
+            "usage: phyload --hub HOST:PORT --creds FILE [options]\n"
+            "Simulates many provisioned devices over WSS (GET /v1/hub) from one process.\n\n"
+            "  --hub HOST:PORT        address to connect to (without --proxy)\n"
+            "  --proxy HOST:PORT[,…]  connect through this HTTP CONNECT proxy instead (several:\n"
+            "                         device i uses the (i mod n)th): each device asks for a\n"
+            "                         tunnel to SNI:443 as its device ID (Basic password: the\n"
+            "                         credentials' proxy_token, or empty), requires 200, then\n"
+            "                         starts TLS as without it\n"
+            "  --sni NAME             TLS server name, Host header and verified name\n"
+            "                         (default portal-eu.phystack.com)\n"
+            "  --ca FILE              PEM bundle to verify the hub against (default: system)\n"
+            "  --creds FILE           JSON lines from `phyhub admin device-add-bulk`\n"
+            "  --devices N            use the first N credentials (default: all)\n"
+            "  --hub-only             connect already-provisioned devices (the only mode)\n"
+            "  --source-ips A-B|A,B   bind each connection to these IPv4 source addresses\n"
+            "                         round robin (e.g. 127.0.0.2-127.0.0.20)\n"
+            "  --concurrency C        connects + handshakes in flight (default 256)\n"
+            "  --connect-timeout S    per device, TCP + TLS + upgrade (default 30)\n"
+            "  --twin-get             each device sends twin.get once its session is open\n"
+            "  --hub-pid PID[,PID…]   read the hub's RSS and CPU time from /proc (several:\n"
+            "                         the nodes of a region, summed)\n"
+            "  --proxy-pid PID[,PID…] also report the proxies' CPU time and RSS (summed)\n"
+            "  --db-pid PID           also report the CPU time of this database server\n"
+            "                         (PostgreSQL's postmaster and its backends)\n"
+            "  --idle S               settle time before the RSS is read (default 5)\n"
+            "  --push-url URL         https://HOST:PORT of the console API: after the idle\n"
+            "  --token T              time PATCH /api/v1/twins/desired?tag=K:V once and time\n"
+            "  --tag K:V              its arrival at every device (token also from env\n"
+            "                         PHYLOAD_TOKEN)\n"
+            "  --push-timeout S       how long to wait for the last device (default 30)\n"
+            "  --hold S               keep the connections open S more seconds at the end\n"
+            "  --tls-only             stop after the TLS handshake (no upgrade): memory\n"
+            "                         breakdown; needs a long --header-timeout on the hub\n"
+            "  --tcp-only             stop after the TCP connect (no TLS): memory breakdown\n"
+            "  --json                 print one JSON line with the results\n");
 }
 
 static int parse_ipv4(const char *s, struct in_addr *a)
@@ -341,6 +437,28 @@ static int parse_sources(const char *spec, struct opts *o)
         p = comma + 1;
     }
     return o->nsources > 0 ? 0 : -1;
+}
+
+/* "PID" or "PID,PID,…" (at most MAX_PIDS) into pids[0..*n). */
+static int parse_pids(const char *spec, long *pids, size_t *n)
+{
+    char buf[256];
+    size_t len = strlen(spec);
+    if (len >= sizeof(buf))
+        return -1;
+    memcpy(buf, spec, len + 1);
+    *n = 0;
+    for (char *p = buf;;) {
+        char *comma = strchr(p, ',');
+        if (comma)
+            *comma = '\0';
+        if (*n >= MAX_PIDS || parse_long(p, 1, 1L << 30, &pids[*n]) < 0)
+            return -1;
+        (*n)++;
+        if (!comma)
+            return 0;
+        p = comma + 1;
+    }
 }
 
 static int parse_args(int argc, char **argv, struct opts *o)
@@ -396,8 +514,16 @@ static int parse_args(int argc, char **argv, struct opts *o)
         } else if (strcmp(a, "--concurrency") == 0) {
             if (parse_long(v, 1, 100000, &o->concurrency) < 0)
                 goto bad;
+        } else if (strcmp(a, "--proxy") == 0) {
+            o->proxy = v;
         } else if (strcmp(a, "--hub-pid") == 0) {
-            if (parse_long(v, 1, 1L << 30, &o->hub_pid) < 0)
+            if (parse_pids(v, o->hub_pids, &o->nhub_pids) < 0)
+                goto bad;
+        } else if (strcmp(a, "--proxy-pid") == 0) {
+            if (parse_pids(v, o->proxy_pids, &o->nproxy_pids) < 0)
+                goto bad;
+        } else if (strcmp(a, "--db-pid") == 0) {
+            if (parse_long(v, 1, 1L << 30, &o->db_pid) < 0)
                 goto bad;
         } else if (strcmp(a, "--idle") == 0) {
             if (parse_secs(v, 86400, &o->idle_s) < 0)
@@ -424,8 +550,8 @@ static int parse_args(int argc, char **argv, struct opts *o)
         fprintf(stderr, "phyload: bad value for %s: '%s'\n", a, v);
         return -1;
     }
-    if (!o->hub || !o->creds) {
-        fprintf(stderr, "phyload: --hub and --creds are required (see --help)\n");
+    if ((!o->hub && !o->proxy) || !o->creds) {
+        fprintf(stderr, "phyload: --hub (or --proxy) and --creds are required (see --help)\n");
         return -1;
     }
     if (o->push_url && (!o->token || !o->tag)) {
@@ -460,8 +586,9 @@ static int load_creds(struct load *L)
         json_t *j = json_loads(line, 0, &jerr);
         const char *id = j ? json_string_value(json_object_get(j, "device_id")) : NULL;
         const char *sec = j ? json_string_value(json_object_get(j, "device_secret")) : NULL;
+        const char *ptok = j ? json_string_value(json_object_get(j, "proxy_token")) : NULL;
         if (!id || !sec || strlen(id) >= CRED_ID_MAX || strlen(sec) >= CRED_SECRET_MAX ||
-            strchr(id, ':')) {
+            strchr(id, ':') || (ptok && strlen(ptok) >= PROXY_TOKEN_MAX)) {
             fprintf(stderr, "phyload: %s:%zu: expected {\"device_id\":…,\"device_secret\":…}\n",
                     L->o.creds, lineno);
             json_decref(j);
@@ -479,6 +606,7 @@ static int load_creds(struct load *L)
         }
         snprintf(L->creds[n].id, CRED_ID_MAX, "%s", id);
         snprintf(L->creds[n].secret, CRED_SECRET_MAX, "%s", sec);
+        snprintf(L->creds[n].proxy_token, PROXY_TOKEN_MAX, "%s", ptok ? ptok : "");
         n++;
         json_decref(j);
     }
@@ -501,16 +629,17 @@ out:
 
 /* ---------- TLS and addresses ---------- */
 
-static int setup(struct load *L)
+/* Resolves HOST:PORT into L->dst[L->ndst++]; its port in *port. */
+static int add_dst(struct load *L, const char *addr, const char *flag, unsigned *port)
 {
-    char host[256];
-    unsigned port;
-    if (phy_client_parse_hostport(L->o.hub, host, sizeof(host), &port, 0) < 0) {
-        fprintf(stderr, "phyload: --hub: expected HOST:PORT, got '%s'\n", L->o.hub);
+    char host[256], ports[8];
+    if (L->ndst >= MAX_PROXIES ||
+        phy_client_parse_hostport(addr, host, sizeof(host), port, 0) < 0) {
+        fprintf(stderr, "phyload: %s: expected HOST:PORT (at most %d), got '%s'\n", flag,
+                MAX_PROXIES, addr);
         return -1;
     }
-    char ports[8];
-    snprintf(ports, sizeof(ports), "%u", port);
+    snprintf(ports, sizeof(ports), "%u", *port);
     struct addrinfo hints = {0}, *res = NULL;
     hints.ai_socktype = SOCK_STREAM;
     hints.ai_flags = AI_NUMERICSERV;
@@ -519,18 +648,47 @@ static int setup(struct load *L)
         fprintf(stderr, "phyload: cannot resolve %s: %s\n", host, gai_strerror(g));
         return -1;
     }
-    memcpy(&L->hub_addr, res->ai_addr, res->ai_addrlen);
-    L->hub_addrlen = res->ai_addrlen;
+    memcpy(&L->dst[L->ndst], res->ai_addr, res->ai_addrlen);
+    L->dstlen[L->ndst] = res->ai_addrlen;
     freeaddrinfo(res);
-    if (L->o.nsources > 0 && L->hub_addr.ss_family != AF_INET) {
-        fprintf(stderr, "phyload: --source-ips are IPv4; --hub must be IPv4 too\n");
+    if (L->o.nsources > 0 && L->dst[L->ndst].ss_family != AF_INET) {
+        fprintf(stderr, "phyload: --source-ips are IPv4; %s must be IPv4 too\n", flag);
+        return -1;
+    }
+    L->ndst++;
+    return 0;
+}
+
+static int setup(struct load *L)
+{
+    unsigned port;
+    if (L->o.proxy) {
+        char list[1024];
+        size_t n = strlen(L->o.proxy);
+        if (n >= sizeof(list))
+            return -1;
+        memcpy(list, L->o.proxy, n + 1);
+        for (char *p = list;;) {
+            char *comma = strchr(p, ',');
+            if (comma)
+                *comma = '\0';
+            if (add_dst(L, p, "--proxy", &port) < 0)
+                return -1;
+            if (!comma)
+                break;
+            p = comma + 1;
+        }
+    } else if (add_dst(L, L->o.hub, "--hub", &port) < 0) {
         return -1;
     }
     struct in6_addr tmp6;
     struct in_addr tmp4;
     L->sni_is_ip =
         inet_pton(AF_INET, L->o.sni, &tmp4) == 1 || inet_pton(AF_INET6, L->o.sni, &tmp6) == 1;
-    if (port == 443)
+    /* Through the proxy the device reaches SNI:443, as a real one does. */
+    snprintf(L->proxy_target, sizeof(L->proxy_target),
+             strchr(L->o.sni, ':') ? "[%s]:443" : "%s:443", L->o.sni);
+    if (port == 443 || L->o.proxy)
         snprintf(L->host_header, sizeof(L->host_header), "%s", L->o.sni);
     else
         snprintf(L->host_header, sizeof(L->host_header), "%s:%u", L->o.sni, port);
@@ -831,7 +989,8 @@ static void dev_opened(struct load *L, struct dev *d)
 
 static void dev_start(struct load *L, struct dev *d)
 {
-    d->fd = socket(L->hub_addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    size_t k = (size_t)(d - L->devs) % L->ndst;
+    d->fd = socket(L->dst[k].ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     d->state = DS_CONNECTING;
     d->t_start = now_ms();
     L->inflight++;
@@ -851,12 +1010,140 @@ static void dev_start(struct load *L, struct dev *d)
         }
     }
     setsockopt(d->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    if (connect(d->fd, (struct sockaddr *)&L->hub_addr, L->hub_addrlen) != 0 &&
-        errno != EINPROGRESS) {
+    if (connect(d->fd, (struct sockaddr *)&L->dst[k], L->dstlen[k]) != 0 && errno != EINPROGRESS) {
         dev_fail(L, d, F_CONNECT, strerror(errno));
         return;
     }
     dev_interest(L, d, EPOLLOUT);
+}
+
+/* Writes pending bytes on the plain socket (the CONNECT request). 0 = all written,
+ * 1 = some pending, -1 = failed. */
+static int raw_flush(struct dev *d)
+{
+    while (d->woff < d->wlen) {
+        ssize_t n = write(d->fd, d->wbuf + d->woff, d->wlen - d->woff);
+        if (n > 0) {
+            d->woff += (uint32_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return 1;
+        return -1;
+    }
+    free(d->wbuf);
+    d->wbuf = NULL;
+    d->wlen = d->woff = 0;
+    return 0;
+}
+
+/* Queues the CONNECT request: the device ID as the Basic user, its proxy token (if
+ * the credentials carry one) as the password, as phyagent sends them. */
+static int build_proxy_connect(struct load *L, struct dev *d)
+{
+    const struct cred *c = &L->creds[d - L->devs];
+    char userpass[CRED_ID_MAX + PROXY_TOKEN_MAX + 2];
+    char basic[((CRED_ID_MAX + PROXY_TOKEN_MAX + 2) / 3 + 1) * 4 + 1];
+    char req[1024];
+    int rc = -1;
+    int ul = snprintf(userpass, sizeof(userpass), "%s:%s", c->id, c->proxy_token);
+    if (ul < 0 || (size_t)ul >= sizeof(userpass) ||
+        phy_base64_encode((unsigned char *)userpass, (size_t)ul, basic, sizeof(basic), 0) < 0)
+        goto out;
+    int n = snprintf(req, sizeof(req),
+                     "CONNECT %s HTTP/1.1\r\nHost: %s\r\nProxy-Authorization: Basic %s\r\n\r\n",
+                     L->proxy_target, L->proxy_target, basic);
+    if (n < 0 || (size_t)n >= sizeof(req))
+        goto out;
+    d->wbuf = malloc((size_t)n);
+    if (!d->wbuf)
+        goto out;
+    memcpy(d->wbuf, req, (size_t)n);
+    d->wlen = (uint32_t)n;
+    d->woff = 0;
+    rc = 0;
+out:
+    OPENSSL_cleanse(userpass, sizeof(userpass));
+    OPENSSL_cleanse(basic, sizeof(basic));
+    OPENSSL_cleanse(req, sizeof(req));
+    return rc;
+}
+
+/* Reads the proxy's answer to the CONNECT; 1 when the tunnel is up (200 and nothing
+ * behind the head: the hub speaks only after the ClientHello), 0 to wait, -1 when
+ * failed. */
+static int read_proxy_answer(struct load *L, struct dev *d)
+{
+    if (!d->rbuf) {
+        d->rbuf = malloc(HEAD_MAX);
+        if (!d->rbuf) {
+            dev_fail(L, d, F_PROXY, "out of memory");
+            return -1;
+        }
+        d->rcap = HEAD_MAX;
+    }
+    for (;;) {
+        ssize_t n = read(d->fd, d->rbuf + d->rlen, d->rcap - d->rlen);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return 0;
+        if (n <= 0) {
+            dev_fail(L, d, F_PROXY, n == 0 ? "proxy closed before answering" : strerror(errno));
+            return -1;
+        }
+        d->rlen += (uint32_t)n;
+        struct phy_http_response res;
+        int r = phy_http_parse_response((char *)d->rbuf, d->rlen, HEAD_MAX, &res);
+        if (r == PHY_EAGAIN) {
+            if (d->rlen == d->rcap) {
+                dev_fail(L, d, F_PROXY, "proxy answer head too long");
+                return -1;
+            }
+            continue;
+        }
+        if (r < 0) {
+            dev_fail(L, d, F_PROXY, "malformed proxy answer");
+            return -1;
+        }
+        if (res.status != 200) {
+            char why[160];
+            size_t body = d->rlen - (size_t)r;
+            snprintf(why, sizeof(why), "proxy HTTP %d: %.*s", res.status,
+                     (int)(body > 100 ? 100 : body), (char *)d->rbuf + r);
+            for (char *q = why; *q; q++)
+                if ((unsigned char)*q < 0x20 || (unsigned char)*q >= 0x7f)
+                    *q = ' ';
+            dev_fail(L, d, F_PROXY, why);
+            return -1;
+        }
+        if ((size_t)r != d->rlen) {
+            dev_fail(L, d, F_PROXY, "proxy sent bytes after its 200");
+            return -1;
+        }
+        free(d->rbuf);
+        d->rbuf = NULL;
+        d->rlen = d->rcap = 0;
+        return 1;
+    }
+}
+
+/* The TCP connection (or the tunnel) is up: creates the client SSL. 0, or -1 when
+ * the device failed. */
+static int start_tls(struct load *L, struct dev *d)
+{
+    d->ssl = SSL_new(L->ctx);
+    if (!d->ssl || SSL_set_fd(d->ssl, d->fd) != 1 ||
+        (!L->sni_is_ip && SSL_set_tlsext_host_name(d->ssl, L->o.sni) != 1) ||
+        (L->sni_is_ip ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(d->ssl), L->o.sni) != 1
+                      : SSL_set1_host(d->ssl, L->o.sni) != 1)) {
+        dev_fail(L, d, F_TLS, "SSL setup failed");
+        return -1;
+    }
+    d->state = DS_TLS;
+    return 0;
 }
 
 static int build_upgrade(struct load *L, struct dev *d)
@@ -876,12 +1163,13 @@ static int build_upgrade(struct load *L, struct dev *d)
     if (ul < 0 || (size_t)ul >= sizeof(userpass) ||
         phy_base64_encode((unsigned char *)userpass, (size_t)ul, basic, sizeof(basic), 0) < 0)
         goto out;
-    int n = snprintf(req, sizeof(req),
-                     "GET " PHY_HUB_PATH " HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\n"
-                     "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
-                     "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: " PHY_WS_SUBPROTOCOL "\r\n"
-                     "Authorization: Basic %s\r\n\r\n",
-                     L->host_header, key64, basic);
+    int n =
+        snprintf(req, sizeof(req),
+                 "GET " PHY_HUB_PATH " HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\n"
+                 "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
+                 "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: " PHY_WS_SUBPROTOCOL "\r\n"
+                 "Authorization: Basic %s\r\n\r\n",
+                 L->host_header, key64, basic);
     if (n < 0 || (size_t)n >= sizeof(req))
         goto out;
     rc = dev_send(d, req, (size_t)n);
@@ -941,7 +1229,8 @@ static int read_upgrade(struct load *L, struct dev *d)
             phy_http_find_header(res.headers, res.num_headers, "Sec-WebSocket-Accept");
         const struct phy_str *proto =
             phy_http_find_header(res.headers, res.num_headers, "Sec-WebSocket-Protocol");
-        if (!acc || !phy_str_eq(*acc, d->accept) || !proto || !phy_str_eq(*proto, PHY_WS_SUBPROTOCOL)) {
+        if (!acc || !phy_str_eq(*acc, d->accept) || !proto ||
+            !phy_str_eq(*proto, PHY_WS_SUBPROTOCOL)) {
             dev_fail(L, d, F_HTTP, "101 without the right Sec-WebSocket-Accept/Protocol");
             return -1;
         }
@@ -1018,20 +1307,51 @@ static void dev_io(struct load *L, struct dev *d, uint32_t events)
             }
             if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP)))
                 return;
+            if (L->o.proxy) {
+                if (build_proxy_connect(L, d) < 0) {
+                    dev_fail(L, d, F_PROXY, "cannot build the CONNECT request");
+                    return;
+                }
+                d->state = DS_PROXY_WRITE;
+                continue;
+            }
             if (L->o.mode == MODE_TCP_ONLY) {
                 dev_opened(L, d);
                 dev_interest(L, d, EPOLLIN | EPOLLRDHUP);
                 return;
             }
-            d->ssl = SSL_new(L->ctx);
-            if (!d->ssl || SSL_set_fd(d->ssl, d->fd) != 1 ||
-                (!L->sni_is_ip && SSL_set_tlsext_host_name(d->ssl, L->o.sni) != 1) ||
-                (L->sni_is_ip ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(d->ssl), L->o.sni) != 1
-                              : SSL_set1_host(d->ssl, L->o.sni) != 1)) {
-                dev_fail(L, d, F_TLS, "SSL setup failed");
+            if (start_tls(L, d) < 0)
+                return;
+            continue;
+        }
+        case DS_PROXY_WRITE: {
+            int r = raw_flush(d);
+            if (r < 0) {
+                dev_fail(L, d, F_PROXY, "write to the proxy failed");
                 return;
             }
-            d->state = DS_TLS;
+            if (r == 1) {
+                dev_interest(L, d, EPOLLOUT);
+                return;
+            }
+            d->state = DS_PROXY_READ;
+            continue;
+        }
+        case DS_PROXY_READ: {
+            int r = read_proxy_answer(L, d);
+            if (r < 0)
+                return;
+            if (r == 0) {
+                dev_interest(L, d, EPOLLIN);
+                return;
+            }
+            if (L->o.mode == MODE_TCP_ONLY) { /* the hub holds a plain TCP connection */
+                dev_opened(L, d);
+                dev_interest(L, d, EPOLLIN | EPOLLRDHUP);
+                return;
+            }
+            if (start_tls(L, d) < 0)
+                return;
             continue;
         }
         case DS_TLS: {
@@ -1310,8 +1630,14 @@ static void report(struct load *L, double t_connect_ms, const struct proc_sample
         failed += L->fails[k];
     qsort(L->hs_ms, L->nhs, sizeof(double), cmp_double);
     double rate = t_connect_ms > 0 ? (double)L->nhs * 1000.0 / t_connect_ms : 0;
-    double hub_cpu =
-        (before->cpu_s >= 0 && connected->cpu_s >= 0) ? connected->cpu_s - before->cpu_s : -1;
+    double hub_cpu = cpu_delta(before->cpu_s, connected->cpu_s);
+    double proxy_cpu = cpu_delta(before->proxy_cpu_s, connected->proxy_cpu_s);
+    double db_cpu = cpu_delta(before->db_cpu_s, connected->db_cpu_s);
+    double nhs = L->nhs ? (double)L->nhs : 1.0;
+    long dprss = before->proxy_rss_kib >= 0 && after->proxy_rss_kib >= 0
+                     ? after->proxy_rss_kib - before->proxy_rss_kib
+                     : -1;
+    double proxy_per = (dprss >= 0 && L->open > 0) ? (double)dprss / (double)L->open : -1;
     long drss = before->rss_kib >= 0 && after->rss_kib >= 0 ? after->rss_kib - before->rss_kib : -1;
     double per = (drss >= 0 && L->open > 0) ? (double)drss / (double)L->open : -1;
     double slab_per = (L->open > 0 && before->slab_kib >= 0 && after->slab_kib >= 0)
@@ -1327,22 +1653,35 @@ static void report(struct load *L, double t_connect_ms, const struct proc_sample
     static const char *const mode_names[] = {"ws", "tls-only", "tcp-only"};
     if (L->o.json) {
         json_t *o = json_pack(
-            "{s:s, s:I, s:I, s:I, s:{s:I, s:I, s:I, s:I, s:I, s:I}, s:f, s:f, s:f, s:f, s:f, "
+            "{s:s, s:I, s:I, s:I, s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I}, s:f, s:f, s:f, s:f, s:f, "
             "s:f, s:f, s:I, s:I, s:I, s:f, s:f, s:f, s:I, s:I}",
             "mode", mode_names[L->o.mode], "devices", (json_int_t)L->ndevs, "connected",
             (json_int_t)L->nhs, "failed", (json_int_t)failed, "failures", "connect",
-            (json_int_t)L->fails[F_CONNECT], "tls", (json_int_t)L->fails[F_TLS], "http",
-            (json_int_t)L->fails[F_HTTP], "timeout", (json_int_t)L->fails[F_TIMEOUT], "closed",
-            (json_int_t)L->fails[F_CLOSED], "protocol", (json_int_t)L->fails[F_PROTO], "connect_s",
-            t_connect_ms / 1000.0, "sessions_per_s", rate, "handshake_p50_ms",
-            pct(L->hs_ms, L->nhs, 50), "handshake_p99_ms", pct(L->hs_ms, L->nhs, 99), "hub_cpu_s",
-            hub_cpu, "hub_cpu_us_per_session",
+            (json_int_t)L->fails[F_CONNECT], "proxy", (json_int_t)L->fails[F_PROXY], "tls",
+            (json_int_t)L->fails[F_TLS], "http", (json_int_t)L->fails[F_HTTP], "timeout",
+            (json_int_t)L->fails[F_TIMEOUT], "closed", (json_int_t)L->fails[F_CLOSED], "protocol",
+            (json_int_t)L->fails[F_PROTO], "connect_s", t_connect_ms / 1000.0, "sessions_per_s",
+            rate, "handshake_p50_ms", pct(L->hs_ms, L->nhs, 50), "handshake_p99_ms",
+            pct(L->hs_ms, L->nhs, 99), "hub_cpu_s", hub_cpu, "hub_cpu_us_per_session",
             hub_cpu >= 0 && L->nhs ? hub_cpu * 1e6 / (double)L->nhs : -1.0, "client_cpu_s",
             client_cpu_s, "hub_rss_before_kib", (json_int_t)before->rss_kib,
             "hub_rss_connected_kib", (json_int_t)connected->rss_kib, "hub_rss_after_kib",
             (json_int_t)after->rss_kib, "hub_kib_per_session", per, "idle_s", L->o.idle_s,
             "sys_slab_kib_per_conn", slab_per, "open_after_idle", (json_int_t)L->open,
             "closed_by_hub", (json_int_t)L->closed_by_hub);
+        if (o && L->o.nproxy_pids > 0) {
+            json_object_set_new(o, "proxy_cpu_s", json_real(proxy_cpu));
+            json_object_set_new(o, "proxy_cpu_us_per_session",
+                                json_real(proxy_cpu >= 0 ? proxy_cpu * 1e6 / nhs : -1.0));
+            json_object_set_new(o, "proxy_kib_per_session", json_real(proxy_per));
+        }
+        if (o && L->o.db_pid > 0) {
+            json_object_set_new(o, "db_cpu_s", json_real(db_cpu));
+            json_object_set_new(o, "db_cpu_us_per_session",
+                                json_real(db_cpu >= 0 ? db_cpu * 1e6 / nhs : -1.0));
+        }
+        if (o && L->o.nhub_pids > 1)
+            json_object_set_new(o, "hub_nodes", json_integer((json_int_t)L->o.nhub_pids));
         if (o && L->o.twin_get)
             json_object_set_new(o, "twins", json_integer((json_int_t)L->twins));
         if (o && pushed) {
@@ -1352,6 +1691,10 @@ static void report(struct load *L, double t_connect_ms, const struct proc_sample
                 j->t_done - L->push_t0, "expected", (json_int_t)L->push_expected, "received",
                 (json_int_t)L->push_received, "p50_ms", pp50, "p99_ms", pp99, "last_ms", pmax,
                 "hub_cpu_s", L->push_hub_cpu_s, "client_cpu_s", L->push_client_cpu_s);
+            if (p && L->o.nproxy_pids > 0)
+                json_object_set_new(p, "proxy_cpu_s", json_real(L->push_proxy_cpu_s));
+            if (p && L->o.db_pid > 0)
+                json_object_set_new(p, "db_cpu_s", json_real(L->push_db_cpu_s));
             json_object_set_new(o, "push", p);
         }
         char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
@@ -1375,6 +1718,12 @@ static void report(struct load *L, double t_connect_ms, const struct proc_sample
     if (hub_cpu >= 0)
         printf("cpu              hub %.2f s (%.0f us per session)   phyload %.2f s\n", hub_cpu,
                L->nhs ? hub_cpu * 1e6 / (double)L->nhs : 0.0, client_cpu_s);
+    if (proxy_cpu >= 0)
+        printf("proxy            cpu %.2f s (%.0f us per session)   RSS %+.2f KiB per idle "
+               "session\n",
+               proxy_cpu, proxy_cpu * 1e6 / nhs, proxy_per);
+    if (db_cpu >= 0)
+        printf("database         cpu %.2f s (%.0f us per session)\n", db_cpu, db_cpu * 1e6 / nhs);
     if (per >= 0)
         printf("hub RSS          before %ld KiB, connected %ld KiB, after %.0f s idle %ld KiB:"
                " %.2f KiB per idle session\n",
@@ -1395,8 +1744,13 @@ static void report(struct load *L, double t_connect_ms, const struct proc_sample
         printf("push received    %zu / %zu devices   p50 %.1f ms   p99 %.1f ms   last device "
                "%.1f ms\n",
                L->push_received, L->push_expected, pp50, pp99, pmax);
-        printf("push cpu         hub %.3f s   phyload %.3f s\n", L->push_hub_cpu_s,
+        printf("push cpu         hub %.3f s   phyload %.3f s", L->push_hub_cpu_s,
                L->push_client_cpu_s);
+        if (L->o.nproxy_pids > 0)
+            printf("   proxy %.3f s", L->push_proxy_cpu_s);
+        if (L->o.db_pid > 0)
+            printf("   database %.3f s", L->push_db_cpu_s);
+        printf("\n");
     }
 }
 
@@ -1436,22 +1790,24 @@ int main(int argc, char **argv)
     if (L.o.push_url && push_prepare(&L, &job) < 0)
         goto out;
 
-    proc_sample(L.o.hub_pid, &before);
+    proc_sample(&L.o, &before);
     double cpu0 = cpu_self_s(), t_start = now_ms(), t_end = 0;
     connect_phase(&L, &t_end);
     double client_cpu = cpu_self_s() - cpu0;
-    proc_sample(L.o.hub_pid, &connected);
+    proc_sample(&L.o, &connected);
     run_for(&L, L.o.idle_s);
-    proc_sample(L.o.hub_pid, &after);
+    proc_sample(&L.o, &after);
     if (L.o.push_url && L.open > 0) {
         struct proc_sample p0, p1;
         double c0 = cpu_self_s();
-        proc_sample(L.o.hub_pid, &p0);
+        proc_sample(&L.o, &p0);
         if (push_phase(&L, &job) < 0)
             goto out;
-        proc_sample(L.o.hub_pid, &p1);
+        proc_sample(&L.o, &p1);
         L.push_client_cpu_s = cpu_self_s() - c0;
-        L.push_hub_cpu_s = p0.cpu_s >= 0 && p1.cpu_s >= 0 ? p1.cpu_s - p0.cpu_s : -1;
+        L.push_hub_cpu_s = cpu_delta(p0.cpu_s, p1.cpu_s);
+        L.push_proxy_cpu_s = cpu_delta(p0.proxy_cpu_s, p1.proxy_cpu_s);
+        L.push_db_cpu_s = cpu_delta(p0.db_cpu_s, p1.db_cpu_s);
         pushed = 1;
     }
     report(&L, t_end - t_start, &before, &connected, &after, client_cpu, &job, pushed);
