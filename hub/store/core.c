@@ -3401,10 +3401,23 @@ out:
 
 static int sq_session_open(struct store *s, const char *device_id, int64_t now_ms, int64_t *gen)
 {
-    int changes = 0, purged = 0, rc;
+    int changes = 0, purged = 0, elsewhere = 0, rc;
     if (!s || !store_device_id_ok(device_id))
         return PHY_EINVAL;
     TX_BEGIN(s, 1)
+    /* Several nodes: only a device with a live session on another node needs the
+     * others told (that node closes it with 4000); most sessions open for a device
+     * that had none, and announce nothing. */
+    elsewhere = 0;
+    if (s->e->notifies && s->node[0]) {
+        rc = q_int(s, NULL,
+                   "SELECT 1 FROM devices WHERE device_id = ?1 AND online <> 0 AND"
+                   " session_node IS NOT NULL AND session_node <> ?2",
+                   "tt", device_id, s->node);
+        if (rc < 0)
+            goto out;
+        elsewhere = rc == 1;
+    }
     /* Before the state moves on: a device claimed through eu that becomes active
      * tells eu to end redelivery. Writes only on that first session. */
     rc = q_exec(s, NULL,
@@ -3430,7 +3443,7 @@ static int sq_session_open(struct store *s, const char *device_id, int64_t now_m
         if (rc == 0 && gen)
             *gen = a.n;
         snprintf(a.device_id, sizeof a.device_id, "%s", device_id);
-        if (rc == 0) /* an older session of the device on another node ends (4000) */
+        if (rc == 0 && elsewhere) /* its older session on another node ends (4000) */
             rc = announce(s, &a);
     }
     if (rc == 0)
@@ -3438,6 +3451,7 @@ static int sq_session_open(struct store *s, const char *device_id, int64_t now_m
                     "UPDATE issuances SET sealed = NULL WHERE sealed IS NOT NULL AND device_id = ?1"
                     " AND serial = (SELECT serial FROM devices WHERE device_id = ?1)",
                     "t", device_id);
+out:
     rc = tx_end_scrub(s, rc, purged);
     TX_RETRY(rc);
     return rc;
