@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """The module graph of the hub and lib from the compiled objects, and its cycles.
 
+Also the include graph of hub/ (a module includes another's header): no cycle
+either.
+
 A module (one .c file) depends on another when its object file refers to a symbol
 the other defines (nm), which is what a reader needs to know: who calls whom, not
 who includes which header. Exits 1 when modules of hub/ or lib/ depend on each other
@@ -68,6 +71,32 @@ def graph(mods):
     return edges
 
 
+def include_graph():
+    """hub/ and hub/store/ modules -> the modules whose headers they include."""
+    import re
+    edges = {}
+    for folder in ("hub", "hub/store"):
+        d = os.path.join(SRC, folder)
+        names = {f[:-2] for f in os.listdir(d) if f.endswith((".c", ".h"))}
+        for f in os.listdir(d):
+            if not f.endswith((".c", ".h")):
+                continue
+            m = os.path.join(folder, f[:-2])
+            edges.setdefault(m, {})
+            with open(os.path.join(d, f)) as fh:
+                for inc in re.findall(r'#include "([A-Za-z0-9_]+)\.h"', fh.read()):
+                    for other in ("hub", "hub/store"):
+                        if os.path.exists(os.path.join(SRC, other, inc + ".h")):
+                            target = os.path.join(other, inc)
+                            if target != m:
+                                edges[m].setdefault(target, set()).add(inc + ".h")
+                            break
+    for m in list(edges):
+        for t in edges[m]:
+            edges.setdefault(t, {})
+    return edges
+
+
 def cycles(edges):
     """Strongly connected components of more than one module (Tarjan)."""
     index, low, stack, on, out = {}, {}, [], set(), []
@@ -129,15 +158,18 @@ def main():
                 print('  "%s" -> "%s";' % (m, d))
         print("}")
     bad = cycles(edges)
+    inc = cycles(include_graph())
+    for comp in inc:
+        print("include cycle among %s" % ", ".join(comp))
     for comp in bad:
         print("cycle among %s:" % ", ".join(comp))
         for m in comp:
             for d in comp:
                 if d in edges[m]:
                     print("  %s -> %s (%s)" % (m, d, ", ".join(sorted(edges[m][d])[:6])))
-    if bad:
+    if bad or inc:
         return 1
-    print("depgraph: %d modules, no cycle" % len(edges))
+    print("depgraph: %d modules, no cycle (symbols and hub/ includes)" % len(edges))
     return 0
 
 
