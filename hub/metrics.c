@@ -136,6 +136,14 @@ void handle_metrics(struct hub *h, const struct api_request *req, struct api_res
         "# HELP phyhub_store_seconds_total Time spent in those store operations.\n"
         "# TYPE phyhub_store_seconds_total counter\nphyhub_store_seconds_total %.6f\n",
         (double)get(&m->store_us) / 1e6);
+    uint64_t commits, committed;
+    if (store_commit_stats(h->store, &commits, &committed) == 0) {
+        counter(&o, "phyhub_store_commits_total",
+                "Write transactions committed to the store (each one sync; group commit).",
+                commits);
+        counter(&o, "phyhub_store_committed_operations_total",
+                "Store operations those commits carried.", committed);
+    }
     put(&o, "# HELP phyhub_provisioning_total Provisioning and claim outcomes.\n"
             "# TYPE phyhub_provisioning_total counter\n");
     for (size_t i = 0; i < sizeof prov / sizeof prov[0]; i++)

@@ -402,6 +402,16 @@ int store_set_node(struct store *s, const char *node_id)
     return 0;
 }
 
+int store_commit_stats(struct store *s, uint64_t *commits, uint64_t *ops)
+{
+    if (!s || !commits || !ops)
+        return PHY_EINVAL;
+    if (!s->e->commit_stats)
+        return PHY_EUNSUPP;
+    s->e->commit_stats(s->db, commits, ops);
+    return 0;
+}
+
 int store_debug_query(struct store *s, const char *sql, char *out, size_t cap)
 {
     if (!s || !sql || !out || cap == 0)

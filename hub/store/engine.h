@@ -74,7 +74,9 @@ struct store_engine {
     int (*begin)(struct store_db *db, int write, struct db_tx **tx);
     /* Commits (commit = 1) or rolls back, and ends tx. Commit: 0, STORE_ERETRY or
      * PHY_EIO/PHY_EUNAVAIL (then nothing was committed, or, for a lost connection,
-     * the outcome is unknown). */
+     * the outcome is unknown). 0 means durable: an engine may commit several
+     * operations' transactions together (SQLite's group commit), but returns to each
+     * only once the one commit that carries it is done. */
     int (*end)(struct db_tx *tx, int commit);
     /* Executes sql with args: 0 and *st (to step through and finish), or
      * PHY_EEXIST (a uniqueness violation), STORE_ERETRY, PHY_EUNAVAIL, PHY_EIO.
@@ -100,6 +102,9 @@ struct store_engine {
     /* store_copy, inside the target's transaction after every row was copied: make
      * the target's generated IDs continue after the copied ones (may be NULL). */
     int (*after_copy)(struct db_tx *tx);
+    /* Group commit (may be NULL: the engine commits each transaction alone): write
+     * transactions committed, and operations whose transactions they carried. */
+    void (*commit_stats)(struct store_db *db, uint64_t *commits, uint64_t *ops);
     /* Tests and tools: runs one statement (any text, not cached) outside any
      * operation and copies the first column of the first row into out as text
      * ("<none>" without a row, "<null>" for NULL). */

@@ -7,10 +7,13 @@
 #include <limits.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -272,9 +275,33 @@ struct db_tx {
     struct store_db *db;
 };
 
+/* Group commit. Operations run one at a time on the one connection (mu), each in a
+ * savepoint of one outer transaction, the batch. An operation that ends while others
+ * wait for mu leaves the batch open and waits for its commit; the one that ends with
+ * nobody waiting (or the batch full or old) commits it, with one sync for all, and
+ * hands each member the outcome. Every operation still returns only once its changes
+ * are durable, and each still sees the ones before it, as when each committed alone;
+ * but N operations arriving together cost one fdatasync instead of N. */
+#define BATCH_MAX_OPS 256
+#define BATCH_MAX_NS (10 * 1000 * 1000)
+
+/* A member of the open batch waiting for its commit (on its thread's stack). */
+struct batch_waiter {
+    struct batch_waiter *next;
+    int done, rc;
+};
+
 struct store_db {
     sqlite3 *db;
     pthread_mutex_t mu; /* one transaction at a time on the one connection */
+    pthread_cond_t committed; /* a batch was committed or lost */
+    atomic_int wanting;       /* threads waiting for mu to run an operation */
+    int batch_open;           /* the outer transaction is open */
+    int batch_ops;            /* operations in it */
+    int in_op;                /* the current operation holds a savepoint */
+    int64_t batch_start_ns;
+    struct batch_waiter *waiters; /* members waiting for the batch's commit */
+    uint64_t batches, batched_ops; /* commits of batches, operations in them */
     struct db_tx tx;
     struct cached cache[STMT_CACHE];
     struct tag_memo *tag_memo; /* phy_tag's last answer */
@@ -295,12 +322,85 @@ static int step_err(struct store_db *d)
     return PHY_EIO;
 }
 
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* mu held: hands every waiting member the batch's outcome and closes the batch. */
+static void batch_settle(struct store_db *d, int rc)
+{
+    for (struct batch_waiter *w = d->waiters; w; w = w->next) {
+        w->rc = rc;
+        w->done = 1;
+    }
+    d->waiters = NULL;
+    d->batch_open = 0;
+    d->batch_ops = 0;
+    pthread_cond_broadcast(&d->committed);
+}
+
+/* mu held, no operation running: commits the open batch (if any). */
+static int batch_commit(struct store_db *d)
+{
+    int rc = 0;
+    if (!d->batch_open)
+        return 0;
+    if (exec_sql(d, "COMMIT") != 0) {
+        rc = PHY_EIO;
+        if (!sqlite3_get_autocommit(d->db))
+            exec_sql(d, "ROLLBACK");
+    }
+    d->batches++;
+    d->batched_ops += (uint64_t)d->batch_ops;
+    batch_settle(d, rc);
+    return rc;
+}
+
+/* Takes mu for one operation (or a maintenance step), counted as waiting meanwhile
+ * so that the operation before it leaves the batch open for it. */
+static void op_lock(struct store_db *d)
+{
+    atomic_fetch_add(&d->wanting, 1);
+    pthread_mutex_lock(&d->mu);
+    atomic_fetch_sub(&d->wanting, 1);
+}
+
 static int sq_begin(struct store_db *d, int write, struct db_tx **tx)
 {
-    pthread_mutex_lock(&d->mu);
-    if (exec_sql(d, write ? "BEGIN IMMEDIATE" : "BEGIN") != 0) {
-        pthread_mutex_unlock(&d->mu);
-        return PHY_EIO;
+    op_lock(d);
+    if (!d->batch_open && !write) {
+        /* A read with no batch open: a plain read transaction, nothing to sync. */
+        if (exec_sql(d, "BEGIN") != 0) {
+            pthread_mutex_unlock(&d->mu);
+            return PHY_EIO;
+        }
+        d->in_op = 0;
+    } else {
+        /* A write opens the batch; anything while it is open joins it (a read may
+         * see its uncommitted changes, so it too answers only after the commit). */
+        if (!d->batch_open) {
+            if (exec_sql(d, "BEGIN IMMEDIATE") != 0) {
+                pthread_mutex_unlock(&d->mu);
+                return PHY_EIO;
+            }
+            d->batch_open = 1;
+            d->batch_ops = 0;
+            d->batch_start_ns = mono_ns();
+        }
+        if (exec_sql(d, "SAVEPOINT op") != 0) {
+            int lost = sqlite3_get_autocommit(d->db);
+            if (lost)
+                batch_settle(d, PHY_EIO);
+            else if (d->batch_ops == 0 || atomic_load(&d->wanting) == 0)
+                batch_commit(d); /* nobody else would commit it for its members */
+            pthread_mutex_unlock(&d->mu);
+            return PHY_EIO;
+        }
+        d->in_op = 1;
+        d->batch_ops++;
     }
     d->tx.db = d;
     *tx = &d->tx;
@@ -311,12 +411,41 @@ static int sq_end(struct db_tx *tx, int commit)
 {
     struct store_db *d = tx->db;
     int rc = 0;
-    if (commit && exec_sql(d, "COMMIT") != 0)
+    if (!d->in_op) { /* a plain read transaction */
+        if (commit && exec_sql(d, "COMMIT") != 0)
+            rc = PHY_EIO;
+        if ((rc != 0 || !commit) && !sqlite3_get_autocommit(d->db))
+            exec_sql(d, "ROLLBACK");
+        pthread_mutex_unlock(&d->mu);
+        return rc;
+    }
+    d->in_op = 0;
+    if (commit && exec_sql(d, "RELEASE op") != 0)
         rc = PHY_EIO;
-    if ((rc != 0 || !commit) && !sqlite3_get_autocommit(d->db))
-        exec_sql(d, "ROLLBACK");
+    if ((rc != 0 || !commit) && !sqlite3_get_autocommit(d->db)) {
+        exec_sql(d, "ROLLBACK TO op");
+        exec_sql(d, "RELEASE op");
+    }
+    if (sqlite3_get_autocommit(d->db)) {
+        /* An error that rolls back a whole transaction (SQLITE_FULL, IOERR, ...)
+         * took every member's changes with it. */
+        batch_settle(d, PHY_EIO);
+        pthread_mutex_unlock(&d->mu);
+        return PHY_EIO;
+    }
+    if (atomic_load(&d->wanting) > 0 && d->batch_ops < BATCH_MAX_OPS &&
+        mono_ns() - d->batch_start_ns < BATCH_MAX_NS) {
+        /* Someone is about to run: let them join, and wait for the commit. */
+        struct batch_waiter w = {d->waiters, 0, 0};
+        d->waiters = &w;
+        while (!w.done)
+            pthread_cond_wait(&d->committed, &d->mu);
+        pthread_mutex_unlock(&d->mu);
+        return rc ? rc : w.rc;
+    }
+    int crc = batch_commit(d);
     pthread_mutex_unlock(&d->mu);
-    return rc;
+    return rc ? rc : crc;
 }
 
 /* The prepared statement of a static text, prepared on first use (a second,
@@ -461,8 +590,17 @@ static int64_t sq_changes(struct db_stmt *s)
  * that still hold them. The purge itself is already committed. */
 static void sq_after_purge(struct store_db *d)
 {
-    pthread_mutex_lock(&d->mu);
+    op_lock(d);
+    batch_commit(d);
     exec_sql(d, "PRAGMA wal_checkpoint(TRUNCATE)");
+    pthread_mutex_unlock(&d->mu);
+}
+
+static void sq_commit_stats(struct store_db *d, uint64_t *commits, uint64_t *ops)
+{
+    pthread_mutex_lock(&d->mu);
+    *commits = d->batches;
+    *ops = d->batched_ops;
     pthread_mutex_unlock(&d->mu);
 }
 
@@ -470,7 +608,8 @@ static int sq_debug_query(struct store_db *d, const char *sql, char *out, size_t
 {
     sqlite3_stmt *st = NULL;
     int rc = 0;
-    pthread_mutex_lock(&d->mu);
+    op_lock(d);
+    batch_commit(d);
     if (sqlite3_prepare_v2(d->db, sql, -1, &st, NULL) != SQLITE_OK) {
         snprintf(out, cap, "<error: %s>", sqlite3_errmsg(d->db));
         rc = PHY_EIO;
@@ -516,7 +655,8 @@ static int pragma_text(struct store_db *d, const char *sql, char *out, size_t ca
  * free pages back, then truncates the WAL. */
 static void sq_compact(struct store_db *d)
 {
-    pthread_mutex_lock(&d->mu);
+    op_lock(d);
+    batch_commit(d);
     exec_sql(d, "PRAGMA incremental_vacuum");
     exec_sql(d, "PRAGMA wal_checkpoint(TRUNCATE)");
     pthread_mutex_unlock(&d->mu);
@@ -595,6 +735,11 @@ static void sq_close(struct store_db *d)
 {
     if (!d)
         return;
+    if (d->db) {
+        pthread_mutex_lock(&d->mu);
+        batch_commit(d);
+        pthread_mutex_unlock(&d->mu);
+    }
     for (size_t i = 0; i < d->ncache; i++)
         sqlite3_finalize(d->cache[i].st);
     sqlite3_close(d->db);
@@ -603,6 +748,7 @@ static void sq_close(struct store_db *d)
         free(d->tag_memo);
     }
     pthread_mutex_destroy(&d->mu);
+    pthread_cond_destroy(&d->committed);
     free(d);
 }
 
@@ -705,6 +851,12 @@ static int sq_open(const char *url, const struct store_engine_opts *o, struct st
         store_errf(err, errcap, "mutex init failed");
         return PHY_EIO;
     }
+    if (pthread_cond_init(&d->committed, NULL) != 0) {
+        pthread_mutex_destroy(&d->mu);
+        free(d);
+        store_errf(err, errcap, "condition init failed");
+        return PHY_EIO;
+    }
     rc = sqlite3_open_v2(url, &d->db,
                          SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX, NULL);
     if (rc != SQLITE_OK) {
@@ -769,5 +921,6 @@ const struct store_engine store_engine_sqlite = {
     .finish = sq_finish,
     .after_purge = sq_after_purge,
     .compact = sq_compact,
+    .commit_stats = sq_commit_stats,
     .debug_query = sq_debug_query,
 };

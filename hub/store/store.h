@@ -631,6 +631,10 @@ int store_set_node(struct store *s, const char *node_id);
  * one transaction of to; report gets "table=rows ..."; err a message. */
 int store_copy(struct store *from, struct store *to, char *report, size_t cap, char *err,
                size_t errcap);
+/* Group commit counters (SQLite): write commits, and the operations they carried.
+ * PHY_EUNSUPP for an engine that commits each transaction alone (PostgreSQL, whose
+ * server groups WAL flushes itself). */
+int store_commit_stats(struct store *s, uint64_t *commits, uint64_t *ops);
 /* Tests and tools: the first column of the first row of one SQL statement, as text
  * ("<none>" without a row, "<null>" for NULL). Never used by the hub. */
 int store_debug_query(struct store *s, const char *sql, char *out, size_t cap);

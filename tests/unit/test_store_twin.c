@@ -1276,6 +1276,84 @@ static void test_concurrent_patches(void **state)
     store_twin_free(&t);
 }
 
+/* A device's presence as another connection of the store sees it (committed only). */
+struct presence_racer {
+    struct fx *f;
+    struct store *other; /* a second open of the same store */
+    unsigned dev;
+    int failures;
+};
+
+static int seen_by_other(struct presence_racer *r, int online, int64_t at_ms)
+{
+    struct id id = ID(r->dev);
+    struct store_device d;
+    struct store_twin t;
+    int out = -1, ok;
+    if (ops->device_get(r->other, 1, id.s, &d, &t, &out) != 0 || out != STORE_OK)
+        return 0;
+    ok = d.online == online && (online ? d.connected_ms : d.disconnected_ms) == at_ms;
+    store_device_clear(&d);
+    store_twin_free(&t);
+    return ok;
+}
+
+static void *race_presence(void *arg)
+{
+    struct presence_racer *r = arg;
+    struct id id = ID(r->dev);
+    int64_t gen = -1, last = 0;
+    for (int64_t i = 1; i <= 30; i++) {
+        int64_t at = T0 + i * 10;
+        if (ops->session_open(r->f->s, id.s, at, &gen) != 0 || gen <= last)
+            r->failures++;
+        last = gen;
+        /* Returned: committed, so another connection sees it at once. */
+        if (!seen_by_other(r, 1, at))
+            r->failures++;
+        if (ops->session_close(r->f->s, id.s, gen, at + 5, at + 5) != 0 ||
+            !seen_by_other(r, 0, at + 5))
+            r->failures++;
+    }
+    return NULL;
+}
+
+/* Presence writes of many devices at once (SQLite commits them together: group commit):
+ * each call returns only when its change is committed, every session gets a new
+ * generation, and on SQLite the commits carry several operations each. */
+static void test_concurrent_presence(void **state)
+{
+    struct fx *f = *state;
+    enum { N = 8 };
+    struct presence_racer r[N];
+    pthread_t th[N];
+    struct store *other = NULL;
+    char err[256] = "";
+    uint64_t c0 = 0, o0 = 0, c1 = 0, o1 = 0;
+    for (unsigned i = 0; i < N; i++)
+        mkdev(f, 1, i + 1, NULL);
+    assert_int_equal(ops->open(f->path, &other, err, sizeof err), 0);
+    int stats = store_commit_stats(f->s, &c0, &o0);
+    assert_true(stats == 0 || (stats == PHY_EUNSUPP && store_is_pg()));
+    for (unsigned i = 0; i < N; i++) {
+        r[i] = (struct presence_racer){.f = f, .other = other, .dev = i + 1};
+        assert_int_equal(pthread_create(&th[i], NULL, race_presence, &r[i]), 0);
+    }
+    for (unsigned i = 0; i < N; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(r[i].failures, 0);
+    }
+    if (stats == 0) {
+        assert_int_equal(store_commit_stats(f->s, &c1, &o1), 0);
+        /* Every write was carried by a commit; 8 threads writing at once shared some. */
+        assert_true(o1 - o0 >= (uint64_t)N * 60);
+        assert_true(c1 - c0 < o1 - o0);
+        print_message("group commit: %llu operations in %llu commits\n",
+                      (unsigned long long)(o1 - o0), (unsigned long long)(c1 - c0));
+    }
+    ops->close(other);
+}
+
 static void test_migration_v1(void **state)
 {
     SQLITE_ONLY();
@@ -1372,6 +1450,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_reset, setup, teardown),
         cmocka_unit_test_setup_teardown(test_delete, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_patches, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_concurrent_presence, setup, teardown),
         cmocka_unit_test_setup_teardown(test_migration_v1, setup_nostore, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
