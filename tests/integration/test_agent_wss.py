@@ -429,11 +429,15 @@ def test_agent_honours_retry_after_of_a_full_hub():
         agent, state = st.start_agent("BUSY-1", ["--reconnect-min", "1", "--reconnect-max", "1"])
         wait_until(lambda: st.claim(serial="BUSY-1")[0] == 201, 20, "the claim")
         wait_until(lambda: st.hub.log_lines(r"event=session_open "), 20, "the first session")
+        # The agent comes back (same state) only once the limit is taken: were it
+        # running, its reconnect could reach the new hub before the fillers.
+        agent.stop()
         st.hub.kill()
         st.hub_flags += ["--max-connections", "2"]
         st.start_hub()
         for _ in range(2):  # the limit, taken by idle connections straight to the hub
             fillers.append(phytest.connect(st.hub_port))
+        agent, _ = st.start_agent("BUSY-1", ["--reconnect-min", "1", "--reconnect-max", "1"])
         line = agent.wait_log(r"event=upgrade_refused status=503 retry_after_ms=1000", 20)
         backoff = agent.wait_log(r"event=reconnect_backoff delay_ms=\d+", 5)
         delays = [int(m) for m in re.findall(r"event=reconnect_backoff delay_ms=(\d+)",
