@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
+#include <semaphore.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -285,16 +286,27 @@ struct db_tx {
 #define BATCH_MAX_OPS 256
 #define BATCH_MAX_NS (10 * 1000 * 1000)
 
-/* A member of the open batch waiting for its commit (on its thread's stack). */
+/* A member of the open batch waiting for its commit (on its thread's stack). It waits
+ * on a semaphore of its own, not on mu: the members of a batch wake at once, without
+ * taking mu again one after the other. */
 struct batch_waiter {
     struct batch_waiter *next;
-    int done, rc;
+    int rc;
+    sem_t done;
+};
+
+/* Transaction control, prepared once (sqlite3_exec would parse it on every call). */
+enum ctl { C_BEGIN, C_BEGIN_IMMEDIATE, C_COMMIT, C_ROLLBACK, C_SAVEPOINT, C_RELEASE,
+           C_ROLLBACK_TO, C_COUNT };
+static const char *const ctl_sql[C_COUNT] = {
+    "BEGIN", "BEGIN IMMEDIATE", "COMMIT", "ROLLBACK", "SAVEPOINT op", "RELEASE op",
+    "ROLLBACK TO op",
 };
 
 struct store_db {
     sqlite3 *db;
+    sqlite3_stmt *ctl[C_COUNT];
     pthread_mutex_t mu; /* one transaction at a time on the one connection */
-    pthread_cond_t committed; /* a batch was committed or lost */
     atomic_int wanting;       /* threads waiting for mu to run an operation */
     int batch_open;           /* the outer transaction is open */
     int batch_ops;            /* operations in it */
@@ -311,6 +323,18 @@ struct store_db {
 static int exec_sql(struct store_db *d, const char *sql)
 {
     return sqlite3_exec(d->db, sql, NULL, NULL, NULL) == SQLITE_OK ? 0 : PHY_EIO;
+}
+
+/* Runs one transaction control statement (prepared at first use). */
+static int ctl(struct store_db *d, enum ctl c)
+{
+    if (!d->ctl[c] &&
+        sqlite3_prepare_v3(d->db, ctl_sql[c], -1, SQLITE_PREPARE_PERSISTENT, &d->ctl[c], NULL) !=
+            SQLITE_OK)
+        return PHY_EIO;
+    int rc = sqlite3_step(d->ctl[c]);
+    sqlite3_reset(d->ctl[c]);
+    return rc == SQLITE_DONE ? 0 : PHY_EIO;
 }
 
 /* Maps a failed step: uniqueness violations are PHY_EEXIST, all else PHY_EIO. */
@@ -332,14 +356,15 @@ static int64_t mono_ns(void)
 /* mu held: hands every waiting member the batch's outcome and closes the batch. */
 static void batch_settle(struct store_db *d, int rc)
 {
-    for (struct batch_waiter *w = d->waiters; w; w = w->next) {
+    struct batch_waiter *w = d->waiters, *next;
+    for (; w; w = next) {
+        next = w->next; /* w may be gone once posted */
         w->rc = rc;
-        w->done = 1;
+        sem_post(&w->done);
     }
     d->waiters = NULL;
     d->batch_open = 0;
     d->batch_ops = 0;
-    pthread_cond_broadcast(&d->committed);
 }
 
 /* mu held, no operation running: commits the open batch (if any). */
@@ -348,10 +373,10 @@ static int batch_commit(struct store_db *d)
     int rc = 0;
     if (!d->batch_open)
         return 0;
-    if (exec_sql(d, "COMMIT") != 0) {
+    if (ctl(d, C_COMMIT) != 0) {
         rc = PHY_EIO;
         if (!sqlite3_get_autocommit(d->db))
-            exec_sql(d, "ROLLBACK");
+            ctl(d, C_ROLLBACK);
     }
     d->batches++;
     d->batched_ops += (uint64_t)d->batch_ops;
@@ -373,7 +398,7 @@ static int sq_begin(struct store_db *d, int write, struct db_tx **tx)
     op_lock(d);
     if (!d->batch_open && !write) {
         /* A read with no batch open: a plain read transaction, nothing to sync. */
-        if (exec_sql(d, "BEGIN") != 0) {
+        if (ctl(d, C_BEGIN) != 0) {
             pthread_mutex_unlock(&d->mu);
             return PHY_EIO;
         }
@@ -382,7 +407,7 @@ static int sq_begin(struct store_db *d, int write, struct db_tx **tx)
         /* A write opens the batch; anything while it is open joins it (a read may
          * see its uncommitted changes, so it too answers only after the commit). */
         if (!d->batch_open) {
-            if (exec_sql(d, "BEGIN IMMEDIATE") != 0) {
+            if (ctl(d, C_BEGIN_IMMEDIATE) != 0) {
                 pthread_mutex_unlock(&d->mu);
                 return PHY_EIO;
             }
@@ -390,7 +415,7 @@ static int sq_begin(struct store_db *d, int write, struct db_tx **tx)
             d->batch_ops = 0;
             d->batch_start_ns = mono_ns();
         }
-        if (exec_sql(d, "SAVEPOINT op") != 0) {
+        if (ctl(d, C_SAVEPOINT) != 0) {
             int lost = sqlite3_get_autocommit(d->db);
             if (lost)
                 batch_settle(d, PHY_EIO);
@@ -412,19 +437,19 @@ static int sq_end(struct db_tx *tx, int commit)
     struct store_db *d = tx->db;
     int rc = 0;
     if (!d->in_op) { /* a plain read transaction */
-        if (commit && exec_sql(d, "COMMIT") != 0)
+        if (commit && ctl(d, C_COMMIT) != 0)
             rc = PHY_EIO;
         if ((rc != 0 || !commit) && !sqlite3_get_autocommit(d->db))
-            exec_sql(d, "ROLLBACK");
+            ctl(d, C_ROLLBACK);
         pthread_mutex_unlock(&d->mu);
         return rc;
     }
     d->in_op = 0;
-    if (commit && exec_sql(d, "RELEASE op") != 0)
+    if (commit && ctl(d, C_RELEASE) != 0)
         rc = PHY_EIO;
     if ((rc != 0 || !commit) && !sqlite3_get_autocommit(d->db)) {
-        exec_sql(d, "ROLLBACK TO op");
-        exec_sql(d, "RELEASE op");
+        ctl(d, C_ROLLBACK_TO);
+        ctl(d, C_RELEASE);
     }
     if (sqlite3_get_autocommit(d->db)) {
         /* An error that rolls back a whole transaction (SQLITE_FULL, IOERR, ...)
@@ -436,12 +461,16 @@ static int sq_end(struct db_tx *tx, int commit)
     if (atomic_load(&d->wanting) > 0 && d->batch_ops < BATCH_MAX_OPS &&
         mono_ns() - d->batch_start_ns < BATCH_MAX_NS) {
         /* Someone is about to run: let them join, and wait for the commit. */
-        struct batch_waiter w = {d->waiters, 0, 0};
-        d->waiters = &w;
-        while (!w.done)
-            pthread_cond_wait(&d->committed, &d->mu);
-        pthread_mutex_unlock(&d->mu);
-        return rc ? rc : w.rc;
+        struct batch_waiter w = {d->waiters, 0, {{0}}};
+        if (sem_init(&w.done, 0, 0) == 0) {
+            d->waiters = &w;
+            pthread_mutex_unlock(&d->mu);
+            while (sem_wait(&w.done) != 0)
+                PHY_ASSERT(errno == EINTR);
+            sem_destroy(&w.done);
+            return rc ? rc : w.rc;
+        }
+        /* (sem_init cannot fail for a thread-shared semaphore; commit now) */
     }
     int crc = batch_commit(d);
     pthread_mutex_unlock(&d->mu);
@@ -742,13 +771,14 @@ static void sq_close(struct store_db *d)
     }
     for (size_t i = 0; i < d->ncache; i++)
         sqlite3_finalize(d->cache[i].st);
+    for (int c = 0; c < C_COUNT; c++)
+        sqlite3_finalize(d->ctl[c]);
     sqlite3_close(d->db);
     if (d->tag_memo) {
         tag_memo_clear(d->tag_memo);
         free(d->tag_memo);
     }
     pthread_mutex_destroy(&d->mu);
-    pthread_cond_destroy(&d->committed);
     free(d);
 }
 
@@ -846,15 +876,16 @@ static int sq_open(const char *url, const struct store_engine_opts *o, struct st
         store_errf(err, errcap, "out of memory");
         return PHY_ENOMEM;
     }
-    if (pthread_mutex_init(&d->mu, NULL) != 0) {
+    /* Adaptive: a thread that finds mu taken spins briefly before it sleeps; most
+     * operations are short, and a sleep and wake-up cost more than the operation. */
+    pthread_mutexattr_t ma;
+    pthread_mutexattr_init(&ma);
+    pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_ADAPTIVE_NP);
+    int mrc = pthread_mutex_init(&d->mu, &ma);
+    pthread_mutexattr_destroy(&ma);
+    if (mrc != 0) {
         free(d);
         store_errf(err, errcap, "mutex init failed");
-        return PHY_EIO;
-    }
-    if (pthread_cond_init(&d->committed, NULL) != 0) {
-        pthread_mutex_destroy(&d->mu);
-        free(d);
-        store_errf(err, errcap, "condition init failed");
         return PHY_EIO;
     }
     rc = sqlite3_open_v2(url, &d->db,
