@@ -1,6 +1,10 @@
 /* Agent retry waits (I/O-free): full jitter (provisioning), decorrelated jitter (hub). */
 #include "backoff.h"
 
+#include <string.h>
+
+#include "phy/protocol.h"
+
 /* min(cap, base * 2^attempt) computed without shifting past 64 bits. */
 uint64_t agent_backoff_ceiling_ms(uint64_t base_ms, uint64_t cap_ms, unsigned attempt)
 {
@@ -63,4 +67,28 @@ uint64_t agent_backoff_at_least_ms(uint64_t delay, uint64_t hint_ms, uint64_t rn
     if (delay >= hint_ms)
         return delay;
     return hint_ms + rnd % (hint_ms + 1);
+}
+
+int agent_reconnect_hint_ms(const char *reason, size_t n, uint64_t *ms)
+{
+    static const char key[] = PHY_CLOSE_RECONNECT_KEY;
+    const size_t klen = sizeof key - 1;
+    const char *p = reason ? memmem(reason, n, key, klen) : NULL;
+    uint64_t v = 0;
+    size_t digits = 0;
+    if (!p)
+        return 0;
+    p += klen;
+    n -= (size_t)(p - reason);
+    while (digits < n && digits < 10 && p[digits] >= '0' && p[digits] <= '9')
+        v = v * 10 + (uint64_t)(p[digits++] - '0');
+    if (digits == 0 || digits > 9)
+        return 0;
+    *ms = v > PHY_RECONNECT_AFTER_MAX_MS ? PHY_RECONNECT_AFTER_MAX_MS : v;
+    return 1;
+}
+
+uint64_t agent_backoff_hinted_ms(uint64_t hint_ms, uint64_t jitter_ms, uint64_t rnd)
+{
+    return hint_ms + (jitter_ms == UINT64_MAX ? rnd : rnd % (jitter_ms + 1));
 }

@@ -31,4 +31,13 @@ uint64_t agent_retry_after_ms(const char *v, size_t n);
  * devices a server turned away come back spread over the hint, not all at its end. */
 uint64_t agent_backoff_at_least_ms(uint64_t delay, uint64_t hint_ms, uint64_t rnd);
 
+/* The reconnect delay a stopping hub gave in its close reason (PHY_CLOSE_RECONNECT_KEY
+ * followed by 1..9 digits, anywhere in reason[0..n)): 1 and *ms (capped at
+ * PHY_RECONNECT_AFTER_MAX_MS), or 0 when the reason carries none. */
+int agent_reconnect_hint_ms(const char *reason, size_t n, uint64_t *ms);
+
+/* The wait after a close with such a hint: hint_ms plus a jitter of the agent's own,
+ * uniform in [0, jitter_ms] (rnd a uniform 64-bit random). */
+uint64_t agent_backoff_hinted_ms(uint64_t hint_ms, uint64_t jitter_ms, uint64_t rnd);
+
 #endif

@@ -67,6 +67,8 @@ struct life {
     long long report_id; /* id it was last sent with, 0 when not sent this session */
     uint64_t prev_backoff_ms;
     uint64_t retry_after_ms; /* the hub's Retry-After on a refused upgrade (0: none) */
+    int has_hint;            /* a stopping hub's close gave a reconnect delay: */
+    uint64_t hint_ms;
     int stop;
     int64_t stop_deadline_ms; /* when stopping inside a session */
     char env_file[4200], env_version[64], env_device[128];
@@ -413,6 +415,9 @@ static void ws_on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_m
         on_text(l, arg->msg, arg->msg_length);
     } else if (arg->opcode == WSLAY_CONNECTION_CLOSE) {
         l->close_code = arg->status_code;
+        if (arg->status_code == PHY_CLOSE_GOING_AWAY)
+            l->has_hint = agent_reconnect_hint_ms((const char *)arg->msg, arg->msg_length,
+                                                  &l->hint_ms);
     } else if (arg->opcode == WSLAY_BINARY_FRAME) {
         phy_log(PHY_LOG_WARN, "hub_message_invalid", "err=\"binary frame ignored\"");
     }
@@ -576,6 +581,7 @@ static enum end session_loop(struct life *l)
     l->read_wants_write = l->write_wants_read = 0;
     l->io_error = 0;
     l->close_code = 0;
+    l->has_hint = 0;
     l->twin_ok = 0;
     l->report_id = 0;
     l->session_start_ms = now;
@@ -673,6 +679,13 @@ out:
         case CLOSE_POLICY:
             phy_log(PHY_LOG_WARN, "hub_closed", "close_code=1008 msg=\"policy (rate limit)\"");
             break;
+        case CLOSE_GOING_AWAY:
+            if (l->has_hint) {
+                phy_log(PHY_LOG_INFO, "hub_closed", "close_code=1001 reconnect_after_ms=%llu",
+                        (unsigned long long)l->hint_ms);
+                break;
+            }
+            /* fall through */
         default:
             phy_log(PHY_LOG_INFO, "hub_closed", "close_code=%d", l->close_code);
             break;
@@ -807,6 +820,15 @@ enum agent_session_outcome agent_session_run(const struct agent_session_cfg *cfg
             delay = agent_backoff_at_least_ms(delay, l->retry_after_ms, random_u64());
         l->retry_after_ms = 0;
         l->prev_backoff_ms = delay;
+        if (l->has_hint) {
+            /* A stopping hub spread its devices' returns over its drain time: the hint,
+             * plus a little jitter of our own; should the hub not be back by then, the
+             * next waits start from --reconnect-min again. */
+            uint64_t min_ms = (uint64_t)cfg->reconnect_min_s * 1000;
+            delay = agent_backoff_hinted_ms(l->hint_ms, min_ms / 2, random_u64());
+            l->prev_backoff_ms = min_ms;
+            l->has_hint = 0;
+        }
         phy_log(PHY_LOG_INFO, "reconnect_backoff", "delay_ms=%" PRIu64, delay);
         if (wait_ms(l, delay)) {
             out = AGENT_SESSION_STOPPED;

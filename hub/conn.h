@@ -151,5 +151,7 @@ void conn_upgrade_raw(struct conn *c, const struct conn_mode *mode, void *data, 
 void conn_refuse(struct conn *c, int status, const char *code, const char *msg);
 /* Hands an effect to every mode of the server (see struct conn_mode.effect). */
 void server_effect(struct server *s, const struct api_effect *e, const char *push_patch);
+/* 1 once the server stops (SIGTERM): a mode refuses new sessions. */
+int server_stopping(const struct server *s);
 
 #endif

@@ -66,6 +66,7 @@ static void config_defaults(struct hub_config *c)
     c->registration_idle_s = 600;
     c->header_timeout_s = 10;
     c->keepalive_s = 30;
+    c->drain_s = 10;
     c->max_body = 16384;
     c->max_connections = 10000;
     c->register_rate = 5;
@@ -590,6 +591,9 @@ int main(int argc, char **argv)
          "TLS handshake + request must arrive within, s (10)"},
         {"keepalive", PHY_OPT_INT, &c->keepalive_s, 1, 3600,
          "idle keep-alive connection timeout, s (30)"},
+        {"drain-time", PHY_OPT_INT, &c->drain_s, 0, 600,
+         "on SIGTERM: wait at most this long for requests in flight, and spread the "
+         "devices' reconnects over as long (close 1001 with a delay each), s (10)"},
         {"max-body", PHY_OPT_INT, &c->max_body, 256, 1048576, "request body limit, bytes (16384)"},
         {"max-connections", PHY_OPT_INT, &c->max_connections, 1, 1000000,
          "concurrent connections; up to 1/8 more are answered 503 with Retry-After, "

@@ -44,9 +44,11 @@ struct server {
     SSL_CTX *ctx;
     uv_poll_t listen_poll;
     uv_timer_t pause_timer;
+    uv_timer_t drain_timer; /* stopping: the drain time's end */
     int listen_fd;
     int stopping;
     int listener_closed;
+    enum { DRAIN_NONE, DRAIN_RUNNING, DRAIN_CLOSING } drain;
     size_t nconns;
     size_t ndevice; /* device sessions among nconns */
     struct idle_src *idle[SERVER_IDLE_BUCKETS]; /* idle keep-alive conns per source */
@@ -147,9 +149,24 @@ static void conn_free_buffers(struct conn *c)
 
 /* Frees the server once it is stopped, its listener closed and no connection is left
  * (a connection with work in flight stays listed until the work returns). */
+static void server_maybe_free(struct server *s);
+
+static void on_drain_closed(uv_handle_t *h)
+{
+    struct server *s = h->data;
+    s->drain = DRAIN_NONE;
+    server_maybe_free(s);
+}
+
 static void server_maybe_free(struct server *s)
 {
     if (s->stopping && s->listener_closed && s->nconns == 0) {
+        if (s->drain == DRAIN_RUNNING) {
+            s->drain = DRAIN_CLOSING;
+            uv_close((uv_handle_t *)&s->drain_timer, on_drain_closed);
+        }
+        if (s->drain != DRAIN_NONE)
+            return;
         for (size_t i = 0; i < s->nmodes; i++)
             if (s->modes[i]->fini)
                 s->modes[i]->fini(s->mode_state[i]);
@@ -466,7 +483,9 @@ static void on_work_done(uv_work_t *req, int status)
     (void)status;
     PHY_ASSERT(c->state == CONN_WORKING);
     c->state = CONN_READ;
-    if (c->close_after_work || c->srv->stopping) {
+    if (c->srv->stopping)
+        c->keep_alive = 0; /* answered (the request in flight finishes), then closed */
+    if (c->close_after_work) {
         conn_close(c);
     } else {
         struct server *s = c->srv;
@@ -1177,19 +1196,50 @@ static void on_listener_closed(uv_handle_t *h)
     server_maybe_free(s);
 }
 
-void server_stop(struct server *s)
+/* The drain time is over: whatever is still open closes now (a request in the
+ * pool closes as soon as its work returns). */
+static void on_drain_end(uv_timer_t *t)
 {
-    if (!s || s->stopping)
-        return;
-    s->stopping = 1;
-    for (size_t i = 0; i < s->nmodes; i++)
-        if (s->modes[i]->shutdown)
-            s->modes[i]->shutdown(s->mode_state[i]);
+    struct server *s = t->data;
+    phy_log(PHY_LOG_WARN, "drain_timeout", "open_connections=%zu", s->nconns);
     struct conn *c = s->conns;
     while (c) {
         struct conn *next = c->next;
         conn_close(c);
         c = next;
     }
+}
+
+int server_stopping(const struct server *s)
+{
+    return s->stopping;
+}
+
+void server_stop(struct server *s)
+{
+    if (!s || s->stopping)
+        return;
+    s->stopping = 1;
+    /* Device sessions are told to go (1001, each with its reconnect delay). */
+    for (size_t i = 0; i < s->nmodes; i++)
+        if (s->modes[i]->shutdown)
+            s->modes[i]->shutdown(s->mode_state[i]);
+    /* A request in the pool, or an answer being written, finishes (then its
+     * connection closes); everything else closes now. */
+    struct conn *c = s->conns;
+    while (c) {
+        struct conn *next = c->next;
+        if (c->state == CONN_WORKING || c->state == CONN_WRITING)
+            c->keep_alive = 0;
+        else
+            conn_close(c);
+        c = next;
+    }
     uv_close((uv_handle_t *)&s->listen_poll, on_listener_closed);
+    uv_timer_init(s->loop, &s->drain_timer);
+    s->drain_timer.data = s;
+    s->drain = DRAIN_RUNNING;
+    uv_timer_start(&s->drain_timer, on_drain_end, (uint64_t)s->hub->cfg.drain_s * 1000, 0);
+    phy_log(PHY_LOG_INFO, "draining", "open_connections=%zu drain_time=%ld", s->nconns,
+            s->hub->cfg.drain_s);
 }

@@ -1132,16 +1132,25 @@ static void session_effect(void *state, const struct api_effect *e, const char *
     session_push(ss->conn);
 }
 
-/* The hub stops: every session is closed with 1001. */
+/* The hub stops: every session is closed with 1001 and a reconnect delay of its own,
+ * drawn in [0, drain time], so that the devices come back spread over the window. */
 static void sessions_shutdown(void *state)
 {
     struct sessions *r = state;
+    uint64_t window_ms = (uint64_t)r->hub->cfg.drain_s * 1000;
     for (size_t i = 0; i < r->nbuckets; i++) {
         for (struct session *ss = r->buckets[i]; ss; ss = ss->hnext) {
+            char reason[64];
+            uint32_t rnd = 0;
             if (ss->closing || session_ws(ss) < 0)
                 continue;
             ss->closing = 1;
-            wslay_event_queue_close(ss->ws, PHY_CLOSE_GOING_AWAY, (const uint8_t *)"hub shutting down", 17);
+            if (phy_random_bytes(&rnd, sizeof rnd) != 0)
+                rnd = (uint32_t)(uintptr_t)ss; /* still spreads; nothing secret here */
+            int n = snprintf(reason, sizeof reason, "hub stopping; " PHY_CLOSE_RECONNECT_KEY "%llu",
+                             (unsigned long long)(window_ms ? rnd % (window_ms + 1) : 0));
+            wslay_event_queue_close(ss->ws, PHY_CLOSE_GOING_AWAY, (const uint8_t *)reason,
+                                    (size_t)n);
             int blocked;
             wslay_event_send(ss->ws); /* best effort: the socket closes right after */
             session_flush_out(ss, &blocked);
@@ -1158,6 +1167,11 @@ static int session_answer(struct conn *c, void *state, const struct api_response
     char extra[256];
     if (res->status != 101)
         return 0;
+    if (server_stopping(r->srv)) { /* authorized while the hub began to stop */
+        presence_offline(r, uw->device_id, uw->gen, hub_now_ms()); /* never started */
+        conn_refuse(c, 503, "stopping", "the hub is stopping; retry later");
+        return 1;
+    }
     struct session *ss = session_new(uw->device_id, uw->tenant_id, uw->gen);
     if (!ss) {
         presence_offline(r, uw->device_id, uw->gen, hub_now_ms()); /* never started */

@@ -22,6 +22,13 @@ enum phy_close_code {
     PHY_CLOSE_DELETED = 4002,
 };
 
+/* The reason of a 1001 close from a hub that stops: "hub stopping;
+ * reconnect_after_ms=N". The device waits N ms (plus its own small jitter) before it
+ * connects again; N is drawn per device over the hub's drain time, so that the
+ * devices of a restarted hub come back spread out, not in one burst. */
+#define PHY_CLOSE_RECONNECT_KEY "reconnect_after_ms="
+#define PHY_RECONNECT_AFTER_MAX_MS 600000 /* a device caps the hint at this */
+
 /* Message types, both ways. */
 #define PHY_MSG_TWIN_GET "twin.get"
 #define PHY_MSG_REPORTED_PATCH "reported.patch"

@@ -7,6 +7,7 @@
 #include <cmocka.h>
 
 #include "../../agent/backoff.h"
+#include "phy/protocol.h"
 
 static void test_ceiling_doubles_then_caps(void **state)
 {
@@ -91,6 +92,35 @@ static void test_retry_after(void **state)
     assert_int_equal(agent_backoff_at_least_ms(200, 1000, 1000), 2000);
 }
 
+/* A stopping hub's close reason: the delay after its key, anywhere in the payload
+ * (wslay's close payload starts with the two status bytes). */
+static void test_reconnect_hint(void **state)
+{
+    (void)state;
+    uint64_t ms = 7;
+    static const char with_code[] = "\x03\xe9hub stopping; reconnect_after_ms=4321";
+    assert_int_equal(agent_reconnect_hint_ms(with_code, sizeof with_code - 1, &ms), 1);
+    assert_int_equal(ms, 4321);
+    assert_int_equal(agent_reconnect_hint_ms("reconnect_after_ms=0", 20, &ms), 1);
+    assert_int_equal(ms, 0);
+    assert_int_equal(agent_reconnect_hint_ms("reconnect_after_ms=999999999", 28, &ms), 1);
+    assert_int_equal(ms, PHY_RECONNECT_AFTER_MAX_MS); /* capped */
+    ms = 7;
+    assert_int_equal(agent_reconnect_hint_ms("hub shutting down", 17, &ms), 0);
+    assert_int_equal(agent_reconnect_hint_ms("reconnect_after_ms=", 19, &ms), 0);
+    assert_int_equal(agent_reconnect_hint_ms("reconnect_after_ms=x1", 21, &ms), 0);
+    assert_int_equal(agent_reconnect_hint_ms("reconnect_after_ms=1234567890", 29, &ms), 0);
+    /* the length bounds the search: the digits past n are not read */
+    assert_int_equal(agent_reconnect_hint_ms("reconnect_after_ms=12", 20, &ms), 1);
+    assert_int_equal(ms, 1);
+    assert_int_equal(agent_reconnect_hint_ms(NULL, 0, &ms), 0);
+    /* the wait: the hint plus [0, jitter] */
+    assert_int_equal(agent_backoff_hinted_ms(1000, 500, 0), 1000);
+    assert_int_equal(agent_backoff_hinted_ms(1000, 500, 500), 1500);
+    assert_int_equal(agent_backoff_hinted_ms(1000, 500, 501), 1000);
+    assert_int_equal(agent_backoff_hinted_ms(1000, 0, 12345), 1000);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -100,6 +130,7 @@ int main(void)
         cmocka_unit_test(test_delay_within_zero_and_ceiling),
         cmocka_unit_test(test_delay_spreads),
         cmocka_unit_test(test_retry_after),
+        cmocka_unit_test(test_reconnect_hint),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
