@@ -342,6 +342,19 @@ int proxy_upstream_ok(struct proxy_route *r, size_t index)
     return 1;
 }
 
+int proxy_policy_routes_up(const struct proxy_policy *p)
+{
+    for (size_t i = 0; i < p->nroutes; i++) {
+        const struct proxy_route *r = &p->routes[i];
+        size_t up = 0;
+        for (size_t j = 0; j < r->nup; j++)
+            up += r->up[j].failures == 0;
+        if (up == 0)
+            return 0;
+    }
+    return 1;
+}
+
 int proxy_policy_probe_due(struct proxy_policy *p, uint64_t now_ms, struct proxy_route **route,
                            size_t *index, uint64_t *next_ms)
 {

@@ -112,6 +112,10 @@ int proxy_upstream_failed(const struct proxy_policy *p, struct proxy_route *r, s
  * it back up (it was down), else 0. */
 int proxy_upstream_ok(struct proxy_route *r, size_t index);
 
+/* 1 when every route has an upstream that is up (a route with one upstream keeps no
+ * state, so it always counts as up): the proxy's /readyz. */
+int proxy_policy_routes_up(const struct proxy_policy *p);
+
 /* Finds a down upstream whose backoff has ended by now_ms and that is not being
  * probed: returns 1 with *route (borrowed) and *index set; the caller marks it
  * probing before asking again. Otherwise returns 0 with *next_ms the earliest time

@@ -64,6 +64,8 @@ enum outcome {
     O_502_UPSTREAM,
     O_503,
     O_504,
+    O_HEALTHY,
+    O_NOT_READY,
 };
 
 /* Log name of each outcome and, for refusals, the answer sent. */
@@ -106,6 +108,9 @@ static const struct {
                         "upstream refused or unreachable"},
     [O_503] = {"over_capacity_503", 503, "over_capacity", "too many connections"},
     [O_504] = {"connect_timeout_504", 504, "upstream_timeout", "upstream connect timed out"},
+    /* GET /healthz and /readyz (no error: the message is the status) */
+    [O_HEALTHY] = {"health_200", 200, NULL, "ok"},
+    [O_NOT_READY] = {"not_ready_503", 503, NULL, "not_ready"},
 };
 
 struct tunnel;
@@ -466,13 +471,16 @@ static void refuse(struct tunnel *t, enum outcome o)
     b = block_get(t->px);
     if (b == NULL)
         goto out_close;
-    blen = snprintf(body, sizeof(body), "{\"error\": \"%s\", \"message\": \"%s\"}\n",
-                    outcomes[o].error, outcomes[o].message);
+    if (outcomes[o].error)
+        blen = snprintf(body, sizeof(body), "{\"error\": \"%s\", \"message\": \"%s\"}\n",
+                        outcomes[o].error, outcomes[o].message);
+    else
+        blen = snprintf(body, sizeof(body), "{\"status\": \"%s\"}\n", outcomes[o].message);
     if (blen < 0 || (size_t)blen >= sizeof(body))
         goto out_put;
     if (o == O_407 || o == O_407_TOKEN)
         extra = "Proxy-Authenticate: Basic realm=\"phystack\"\r\n";
-    if (o == O_429_RATE || o == O_503) {
+    if (o == O_429_RATE || o == O_503 || o == O_NOT_READY) {
         snprintf(retry, sizeof(retry), "Retry-After: %u\r\n", t->retry_s ? t->retry_s : 1);
         extra = retry;
     }
@@ -1244,6 +1252,16 @@ static void accept_head(struct tunnel *t, const struct phy_http_request *req, si
     int status;
 
     memset(&creq, 0, sizeof(creq));
+    /* Health checks (a load balancer's, systemd's, an operator's): /healthz, the
+     * process answers; /readyz, it takes tunnels and every route has an upstream up. */
+    if (phy_str_eq(req->method, "GET") &&
+        (phy_str_eq(req->target, "/healthz") || phy_str_eq(req->target, "/readyz"))) {
+        int ready = phy_str_eq(req->target, "/healthz") ||
+                    (!px->shutting_down && proxy_policy_routes_up(px->cfg.policy));
+        t->target = strdup(phy_str_eq(req->target, "/healthz") ? "/healthz" : "/readyz");
+        refuse(t, ready ? O_HEALTHY : O_NOT_READY);
+        return;
+    }
     status = phy_connect_check(req, &creq);
     if (status != 0) {
         keep_raw_target(t, req);

@@ -3,6 +3,7 @@ connect moves on to the next upstream within the same CONNECT, a failed upstream
 is skipped during its backoff and probed before it gets tunnels again. Real proxies
 and small TCP servers on 127.0.0.1."""
 
+import json
 import os
 import re
 import signal
@@ -222,6 +223,37 @@ def test_all_upstreams_down_is_502():
     for dead in (S["dead1"], S["dead2"]):
         assert len(dn.log_lines(r"event=upstream_down route=portal-down\.phystack\.com "
                                 r"upstream=%s " % re.escape(dead.addr))) == 1, dn.tail()
+
+
+def health(port, path):
+    """GET path on the proxy's port: (status, parsed body, raw head)."""
+    s = phytest.connect(port)
+    s.sendall(b"GET %s HTTP/1.1\r\nHost: proxy\r\n\r\n" % path.encode())
+    data = b""
+    while True:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    s.close()
+    head, body = data.split(b"\r\n\r\n", 1)
+    return int(head.split()[1]), json.loads(body), head.decode()
+
+
+def test_health_and_readiness():
+    """/healthz: the process answers. /readyz: it takes tunnels and every route has an
+    upstream up; 503 with Retry-After once a route's upstreams are all down."""
+    for port in (S["p_spread"], S["p_down"]):
+        assert health(port, "/healthz")[:2] == (200, {"status": "ok"})
+    assert health(S["p_spread"], "/readyz")[:2] == (200, {"status": "ok"})
+    # portal-down's two upstreams went down in the test before (and stay down: they
+    # still refuse, and each probe fails).
+    status, body, head = health(S["p_down"], "/readyz")
+    assert (status, body) == (503, {"status": "not_ready"}), (status, body)
+    assert "Retry-After: " in head, head
+    assert S["down"].wait_log(r"event=tunnel .*target=/readyz .*outcome=not_ready_503")
+    # Any other plain request is still refused.
+    assert health(S["p_spread"], "/metrics")[0] == 405
 
 
 def test_connect_timeout_moves_on_then_504():

@@ -276,6 +276,7 @@ static void test_failed_upstream_backs_off_and_is_probed(void **state)
     assert_int_equal(proxy_route_pick(r, 1u << 1), 0);
     assert_int_equal(proxy_upstream_failed(&p, r, 1, 2000), 1);
     assert_int_equal(proxy_route_pick(r, 0), 0); /* both down: fewest live */
+    assert_int_equal(proxy_policy_routes_up(&p), 0); /* /readyz: not ready */
 
     /* Probes fall due when the backoff ends, once each until they answer. */
     assert_int_equal(proxy_policy_probe_due(&p, 2099, &due, &index, &next), 0);
@@ -291,6 +292,7 @@ static void test_failed_upstream_backs_off_and_is_probed(void **state)
     assert_int_equal(proxy_upstream_ok(r, 1), 0); /* already up */
     assert_int_equal(r->up[1].failures, 0);
     assert_int_equal(proxy_route_pick(r, 0), 1); /* up again: preferred to the down one */
+    assert_int_equal(proxy_policy_routes_up(&p), 1); /* one of two is enough */
     proxy_policy_free(&p);
 }
 
@@ -305,6 +307,7 @@ static void test_single_upstream_keeps_no_state(void **state)
     struct proxy_route *r = route_of(&p, 1);
     assert_int_equal(proxy_upstream_failed(&p, r, 0, 5), 0);
     assert_int_equal(r->up[0].failures, 0);
+    assert_int_equal(proxy_policy_routes_up(&p), 1); /* nothing to tell it by */
     assert_int_equal(proxy_policy_probe_due(&p, 1u << 30, &due, &index, &next), 0);
     assert_int_equal(proxy_route_pick(r, 0), 0);
     assert_int_equal(proxy_route_pick(r, 1u), -1);
