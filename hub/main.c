@@ -824,12 +824,13 @@ int main(int argc, char **argv)
         fprintf(stderr, "phyhub: %s\n", err);
         goto out_store;
     }
-    /* Workers that may wait long: a regional hub's claims on eu (bounded by
-     * --inter-region-timeout and -attempts) and logins (argon2id, at most 4 at once).
-     * More workers than those keep device traffic moving meanwhile. Set before libuv
-     * starts its pool. */
+    /* libuv's pool runs the store work: a few threads more than the store can serve
+     * at once only wait for it (every wait a sleep and a wake-up: with 16 threads on
+     * one SQLite connection, polls cost twice the CPU of 8). Work that may wait long
+     * (argon2id logins, calls to eu) has a lane of its own (server.c). Set before
+     * libuv starts its pool. */
     if (!getenv("UV_THREADPOOL_SIZE"))
-        setenv("UV_THREADPOOL_SIZE", "16", 0);
+        setenv("UV_THREADPOOL_SIZE", "8", 0);
     uv_loop_t *loop = uv_default_loop();
     if (server_start(&g_hub, loop, hub_conn_modes, &g_server, err, sizeof(err)) < 0) {
         fprintf(stderr, "phyhub: %s\n", err);

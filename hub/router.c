@@ -53,46 +53,57 @@ struct route {
     int provisioning;    /* only when --provisioning */
     api_fn fn;           /* exact paths */
     api_id_fn fn_id;     /* paths with {id}: gets the device ID */
+    int slow;            /* may block for long: runs in the slow lane (api_slow) */
 };
 
 #define DEV "/api/v1/devices/{id}"
 static const struct route routes[] = {
-    {"POST", "/v1/provisioning/register", 1, handle_register, NULL},
-    {"POST", "/v1/provisioning/prove", 1, handle_prove, NULL},
-    {"POST", "/v1/provisioning/code", 1, handle_code, NULL},
-    {"POST", "/v1/provisioning/poll", 1, handle_poll, NULL},
-    {"POST", "/api/v1/devices/claim", 0, handle_claim, NULL},
-    {"GET", "/api/v1/devices", 0, handle_devices_list, NULL},
-    {"PATCH", "/api/v1/twins/desired", 0, handle_fleet_patch, NULL},
-    {"GET", DEV, 0, NULL, handle_device_get},
-    {"DELETE", DEV, 0, NULL, handle_device_delete},
-    {"PATCH", DEV, 0, NULL, handle_device_rename},
-    {"PATCH", DEV "/twin/desired", 0, NULL, handle_desired_patch},
-    {"PUT", DEV "/tags", 0, NULL, handle_tags_put},
-    {"POST", DEV "/revoke", 0, NULL, handle_device_revoke},
-    {"POST", DEV "/reset", 0, NULL, handle_device_reset},
-    {"GET", DEV "/status-history", 0, NULL, handle_status_history},
-    {"POST", "/api/v1/login", 0, handle_login, NULL},
-    {"POST", "/api/v1/logout", 0, handle_logout, NULL},
-    {"GET", "/api/v1/session", 0, handle_session, NULL},
-    {"GET", "/api/v1/audit", 0, handle_audit, NULL},
-    {"GET", "/api/v1/tokens", 0, handle_tokens_list, NULL},
-    {"POST", "/api/v1/tokens", 0, handle_token_create, NULL},
-    {"DELETE", "/api/v1/tokens/{tok}", 0, NULL, handle_token_revoke},
-    {"POST", "/api/v1/password", 0, handle_password, NULL},
-    {"GET", "/api/v1/tenant", 0, handle_tenant_get, NULL},
-    {"PATCH", "/api/v1/tenant", 0, handle_tenant_patch, NULL},
-    {"GET", "/api/v1/registrations", 0, handle_registrations, NULL},
-    {"POST", "/internal/v1/issuances", 1, handle_internal_issue, NULL},
-    {"DELETE", "/internal/v1/issuances/{id}", 1, NULL, handle_internal_purge},
-    {"POST", "/internal/v1/issuances/{id}/cancel", 1, NULL, handle_internal_cancel},
-    {"POST", "/internal/v1/serials/rearm", 1, handle_internal_rearm, NULL},
-    {"POST", "/internal/v1/serials", 1, handle_internal_serials, NULL},
-    {"GET", "/healthz", 0, handle_healthz, NULL},
-    {"GET", "/readyz", 0, handle_readyz, NULL},
-    {"GET", "/metrics", 0, handle_metrics, NULL},
+    {"POST", "/v1/provisioning/register", 1, handle_register, NULL, 0},
+    {"POST", "/v1/provisioning/prove", 1, handle_prove, NULL, 0},
+    {"POST", "/v1/provisioning/code", 1, handle_code, NULL, 0},
+    {"POST", "/v1/provisioning/poll", 1, handle_poll, NULL, 0},
+    {"POST", "/api/v1/devices/claim", 0, handle_claim, NULL, 1}, /* eu, for a regional hub */
+    {"GET", "/api/v1/devices", 0, handle_devices_list, NULL, 0},
+    {"PATCH", "/api/v1/twins/desired", 0, handle_fleet_patch, NULL, 0},
+    {"GET", DEV, 0, NULL, handle_device_get, 0},
+    {"DELETE", DEV, 0, NULL, handle_device_delete, 0},
+    {"PATCH", DEV, 0, NULL, handle_device_rename, 0},
+    {"PATCH", DEV "/twin/desired", 0, NULL, handle_desired_patch, 0},
+    {"PUT", DEV "/tags", 0, NULL, handle_tags_put, 0},
+    {"POST", DEV "/revoke", 0, NULL, handle_device_revoke, 0},
+    {"POST", DEV "/reset", 0, NULL, handle_device_reset, 0},
+    {"GET", DEV "/status-history", 0, NULL, handle_status_history, 0},
+    {"POST", "/api/v1/login", 0, handle_login, NULL, 1}, /* argon2id */
+    {"POST", "/api/v1/logout", 0, handle_logout, NULL, 0},
+    {"GET", "/api/v1/session", 0, handle_session, NULL, 0},
+    {"GET", "/api/v1/audit", 0, handle_audit, NULL, 0},
+    {"GET", "/api/v1/tokens", 0, handle_tokens_list, NULL, 0},
+    {"POST", "/api/v1/tokens", 0, handle_token_create, NULL, 0},
+    {"DELETE", "/api/v1/tokens/{tok}", 0, NULL, handle_token_revoke, 0},
+    {"POST", "/api/v1/password", 0, handle_password, NULL, 1}, /* argon2id */
+    {"GET", "/api/v1/tenant", 0, handle_tenant_get, NULL, 0},
+    {"PATCH", "/api/v1/tenant", 0, handle_tenant_patch, NULL, 0},
+    {"GET", "/api/v1/registrations", 0, handle_registrations, NULL, 0},
+    {"POST", "/internal/v1/issuances", 1, handle_internal_issue, NULL, 0},
+    {"DELETE", "/internal/v1/issuances/{id}", 1, NULL, handle_internal_purge, 0},
+    {"POST", "/internal/v1/issuances/{id}/cancel", 1, NULL, handle_internal_cancel, 0},
+    {"POST", "/internal/v1/serials/rearm", 1, handle_internal_rearm, NULL, 0},
+    {"POST", "/internal/v1/serials", 1, handle_internal_serials, NULL, 0},
+    {"GET", "/healthz", 0, handle_healthz, NULL, 0},
+    {"GET", "/readyz", 0, handle_readyz, NULL, 0},
+    {"GET", "/metrics", 0, handle_metrics, NULL, 0},
 };
 #undef DEV
+
+int api_slow(const char *method, const char *path)
+{
+    char id[PHY_DEVICE_ID_LEN + 1];
+    for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++)
+        if (routes[i].slow && strcmp(method, routes[i].method) == 0 &&
+            api_path_match(routes[i].pattern, path, id))
+            return 1;
+    return 0;
+}
 
 void api_handle(struct hub *h, const struct api_request *req, struct api_response *res)
 {

@@ -20,6 +20,7 @@
 #include <openssl/ssl.h>
 
 #include "api.h"
+#include "lane.h"
 #include "router.h"
 #include "phy/assert.h"
 #include "phy/err.h"
@@ -34,6 +35,9 @@
 #define SERVER_ACCEPT_BATCH 128
 #define SERVER_IDLE_BUCKETS 1024
 #define SERVER_MAX_MODES 8
+/* Threads of the slow lane: logins (argon2id, at most 4 at once), password changes,
+ * a regional hub's claims waiting on eu (bounded by --inter-region-timeout). */
+#define SERVER_SLOW_THREADS 8
 /* Past --max-connections this many more are accepted to be told 503; past those,
  * new connections are closed at once. */
 #define SERVER_OVERFLOW(max) ((max) / 8 > 8 ? (max) / 8 : 8)
@@ -45,6 +49,7 @@ struct server {
     uv_poll_t listen_poll;
     uv_timer_t pause_timer;
     uv_timer_t drain_timer; /* stopping: the drain time's end */
+    struct lane *slow;      /* requests that may block for long (api_slow) */
     int listen_fd;
     int stopping;
     int listener_closed;
@@ -167,6 +172,8 @@ static void server_maybe_free(struct server *s)
         }
         if (s->drain != DRAIN_NONE)
             return;
+        lane_close(s->slow); /* no connection left, so no request in it */
+        s->slow = NULL;
         for (size_t i = 0; i < s->nmodes; i++)
             if (s->modes[i]->fini)
                 s->modes[i]->fini(s->mode_state[i]);
@@ -706,6 +713,9 @@ static int conn_try_request(struct conn *c)
     c->state = CONN_WORKING;
     conn_want(c, 0);
     conn_deadline(c, 0);
+    if (!w->mode && api_slow(w->areq.method, w->areq.path) &&
+        lane_queue(s->slow, &w->req, on_work, on_work_done) == 0)
+        return 1;
     uv_queue_work(s->loop, &w->req, on_work, on_work_done);
     return 1;
 }
@@ -1156,6 +1166,13 @@ int server_start(struct hub *h, uv_loop_t *loop, const struct conn_mode *const *
     if (uv_poll_init_socket(loop, &s->listen_poll, s->listen_fd) != 0)
         goto fail;
     uv_timer_init(loop, &s->pause_timer);
+    if (!(s->slow = lane_start(loop, SERVER_SLOW_THREADS))) {
+        snprintf(err, errcap, "cannot start the slow lane's threads");
+        uv_close((uv_handle_t *)&s->listen_poll, NULL);
+        uv_close((uv_handle_t *)&s->pause_timer, NULL);
+        uv_run(loop, UV_RUN_NOWAIT);
+        goto fail;
+    }
     s->listen_poll.data = s;
     s->pause_timer.data = s;
     for (; modes && modes[s->nmodes]; s->nmodes++) {
@@ -1173,6 +1190,7 @@ fail_modes:
     for (size_t i = 0; i < s->nmodes; i++)
         if (s->modes[i]->fini)
             s->modes[i]->fini(s->mode_state[i]);
+    lane_close(s->slow);
     uv_close((uv_handle_t *)&s->listen_poll, NULL);
     uv_close((uv_handle_t *)&s->pause_timer, NULL);
     uv_run(loop, UV_RUN_NOWAIT);
