@@ -17,6 +17,7 @@
 #include "phy/twin.h"
 #include "announce.h"
 #include "engine.h"
+#include "soft.h"
 #include "rules.h"
 #include "store.h"
 
@@ -271,6 +272,8 @@ static char *col_dup(struct db_stmt *st, int col)
 /* An operation's rc: roll the transaction back although the operation has an
  * answer (TX_RETRY makes it 0). */
 #define TX_ABORT 1
+/* A read transaction found that the operation must write: run it again as a write. */
+#define TX_NEED_WRITE (-101)
 
 static int tx_begin(struct store *s, int write)
 {
@@ -372,8 +375,14 @@ int store_open_opts(const char *url, const struct store_engine_opts *o, struct s
         return PHY_ENOMEM;
     }
     s->e = e;
+    if (!(s->soft = soft_new())) {
+        free(s);
+        store_errf(err, errcap, "out of memory");
+        return PHY_ENOMEM;
+    }
     rc = e->open(url, o ? o : &def, &s->db, err, errcap);
     if (rc) {
+        soft_free(s->soft);
         free(s);
         return rc;
     }
@@ -385,7 +394,9 @@ static void core_close(struct store *s)
 {
     if (!s)
         return;
+    store_soft_flush(s); /* what pending polls recorded since the last flush */
     s->e->close(s->db);
+    soft_free(s->soft);
     free(s);
 }
 
@@ -400,6 +411,35 @@ int store_set_node(struct store *s, const char *node_id)
         return PHY_EINVAL;
     snprintf(s->node, sizeof s->node, "%s", node_id);
     return 0;
+}
+
+int store_soft_flush(struct store *s)
+{
+    struct soft_poll *v;
+    size_t n = 0;
+    int rc = 0;
+    if (!s)
+        return PHY_EINVAL;
+    if (!(v = soft_take(s->soft, &n)))
+        return 0;
+    TX_BEGIN_OR(s, 1, goto out)
+    /* Newer than what the store holds only: a poll written durably meanwhile (the
+     * table was full) or by another node may be later. */
+    for (size_t i = 0; i < n && rc == 0; i++)
+        rc = q_exec(s, NULL,
+                    "UPDATE registrations SET"
+                    " interval_s = CASE WHEN last_poll_ms IS NULL OR last_poll_ms <= ?1"
+                    " THEN ?2 ELSE interval_s END,"
+                    " last_poll_ms = CASE WHEN last_poll_ms IS NULL OR last_poll_ms < ?1"
+                    " THEN ?1 ELSE last_poll_ms END,"
+                    " last_active_ms = CASE WHEN last_active_ms < ?1 THEN ?1 ELSE last_active_ms END"
+                    " WHERE token_hash = ?3",
+                    "iit", v[i].last_poll_ms, v[i].interval_s, v[i].token_hash);
+    rc = tx_end(s, rc);
+    TX_RETRY(rc);
+out:
+    free(v);
+    return rc;
 }
 
 int store_commit_stats(struct store *s, uint64_t *commits, uint64_t *ops)
@@ -1117,6 +1157,15 @@ out:
     return rc;
 }
 
+/* Before an operation that judges registrations by their last activity (claims, the
+ * sweep, counts and lists of live registrations): this node's soft poll state goes to
+ * the store first (only a mutex when there is none). Other nodes flush theirs every
+ * second. */
+static void soft_sync(struct store *s)
+{
+    (void)store_soft_flush(s);
+}
+
 static int sq_reg_info(struct store *s, const struct store_prov_params *p, const char *serial,
                        struct store_reg_info *out, size_t *n, int *attested, int *issued)
 {
@@ -1124,6 +1173,7 @@ static int sq_reg_info(struct store *s, const struct store_prov_params *p, const
     int rc;
     if (!s || !out || !n || !attested || !issued || !store_params_ok(p) || !store_serial_ok(serial))
         return PHY_EINVAL;
+    soft_sync(s);
     TX_BEGIN(s, 0)
     *n = 0;
     if ((rc = serial_attested(s, serial)) < 0)
@@ -1364,7 +1414,7 @@ out:
  * (outcome set: DELIVER or PROVISIONED), 0 when there is none, negative on failure. */
 static int poll_issuance(struct store *s, const struct store_prov_params *p, const char *token_hash,
                          const char *serial, const char *code, struct store_poll_result *r,
-                         int *outcome)
+                         int *outcome, int writable)
 {
     struct db_stmt *st = NULL;
     char device_id[PHY_DEVICE_ID_LEN + 1];
@@ -1404,6 +1454,10 @@ static int poll_issuance(struct store *s, const struct store_prov_params *p, con
     if (rule_issuance_poll(&iss, p) != STORE_DELIVER) {
         *outcome = STORE_PROVISIONED;
         rc = 1;
+        goto out;
+    }
+    if (first && !writable) { /* the delivery is recorded: run again as a write */
+        rc = TX_NEED_WRITE;
         goto out;
     }
     if ((rc = col_copy(st, 0, device_id, sizeof device_id)))
@@ -1459,8 +1513,9 @@ static int sq_poll(struct store *s, const struct store_prov_params *p, const cha
 {
     char ncode[PHY_CODE_LEN + 1];
     struct reg_row g = {0};
+    struct soft_poll soft;
     int64_t interval;
-    int rc;
+    int rc, write = 0; /* a pending poll writes nothing durable: a read first */
     if (r)
         memset(r, 0, sizeof *r);
     if (!s || !r || !outcome || !store_params_ok(p) || !store_hash_ok(token_hash) || !serial == !code)
@@ -1469,10 +1524,10 @@ static int sq_poll(struct store *s, const struct store_prov_params *p, const cha
         return PHY_EINVAL;
     if (code && store_code_normalize(code, ncode) != 0)
         return PHY_EINVAL;
-    TX_BEGIN(s, 1)
+    TX_BEGIN(s, write)
 
     /* 1. an issuance bound to this token; 2. the serial/code spent by another's */
-    rc = poll_issuance(s, p, token_hash, serial, code ? ncode : NULL, r, outcome);
+    rc = poll_issuance(s, p, token_hash, serial, code ? ncode : NULL, r, outcome, write);
     if (rc != 0)
         goto out;
     /* 3. a live registration of this token, for this serial */
@@ -1498,14 +1553,28 @@ static int sq_poll(struct store *s, const struct store_prov_params *p, const cha
             goto out;
         }
     }
-    /* 4.-6. */
+    /* 4.-6., on the last poll this node recorded when it is newer than the store's */
+    if (soft_get(s->soft, token_hash, &soft) &&
+        (!g.has_polled || soft.last_poll_ms >= g.last_poll_ms)) {
+        g.has_polled = 1;
+        g.last_poll_ms = soft.last_poll_ms;
+        g.interval_s = soft.interval_s;
+    }
     struct rule_registration rg = {g.code, g.code_expires_ms, g.interval_s, g.has_polled,
                                    g.last_poll_ms};
     *outcome = rule_poll(&rg, code ? ncode : NULL, p, &interval);
-    rc = q_exec(s, NULL,
-                "UPDATE registrations SET interval_s = ?, last_poll_ms = ?, last_active_ms = ? "
-                "WHERE token_hash = ?",
-                "iiit", interval, p->now_ms, p->now_ms, token_hash);
+    /* Soft state: kept in memory, written by store_soft_flush; durably at once only
+     * when the table is full. */
+    if (write || soft_put(s->soft, token_hash, interval, p->now_ms) != 0) {
+        if (!write) {
+            rc = TX_NEED_WRITE;
+            goto out;
+        }
+        rc = q_exec(s, NULL,
+                    "UPDATE registrations SET interval_s = ?, last_poll_ms = ?, last_active_ms = ? "
+                    "WHERE token_hash = ?",
+                    "iiit", interval, p->now_ms, p->now_ms, token_hash);
+    }
     r->interval_s = (int)interval;
 out:
     if (rc > 0)
@@ -1514,6 +1583,10 @@ out:
     if (rc) {
         free(r->sealed);
         memset(r, 0, sizeof *r);
+    }
+    if (rc == TX_NEED_WRITE && !write) {
+        write = 1;
+        goto tx_again_;
     }
     TX_RETRY(rc);
     return rc;
@@ -1725,6 +1798,7 @@ static int sq_claim(struct store *s, const struct store_prov_params *p, const st
         .seal = c->seal,
         .seal_ctx = c->seal_ctx,
     };
+    soft_sync(s);
     TX_BEGIN(s, 1)
 
     rc = issue(s, p, &q, &t, outcome);
@@ -1788,6 +1862,7 @@ static int sq_issue_remote(struct store *s, const struct store_prov_params *p,
     char ref[PHY_HASH_HEX_LEN + 1];
     if ((rc = device_ref(ri->device_id, ref)))
         return rc;
+    soft_sync(s);
     TX_BEGIN(s, 1)
     /* A retry (the answer to an earlier call was lost) finds its own issuance. */
     rc = q_prep(s, &st,
@@ -2166,6 +2241,7 @@ static int sq_sweep(struct store *s, const struct store_prov_params *p, int64_t 
     int purged = 0, remote_purged = 0, rc;
     if (!s || !store_params_ok(p) || keep_failures_ms < 0)
         return PHY_EINVAL;
+    soft_sync(s);
     TX_BEGIN(s, 1)
     /* Times from the future (a clock stepped back, another node's clock ahead) are
      * clamped to now, so that no lapse is postponed and no lock-out outlasts its
@@ -2231,6 +2307,7 @@ static int sq_reg_live_count(struct store *s, const struct store_prov_params *p,
     if (!s || !n || !store_params_ok(p))
         return PHY_EINVAL;
     *n = 0;
+    soft_sync(s);
     TX_BEGIN(s, 0)
     rc = q_int(s, n, "SELECT count(*) FROM registrations WHERE last_active_ms > ?", "i",
                rule_live_after(p));

@@ -113,9 +113,12 @@ struct store_engine {
 
 /* An open store (store.h's opaque struct store): its engine and the engine's
  * database. Only the core's files use it. */
+struct soft_table;
+
 struct store {
     const struct store_engine *e;
     struct store_db *db;
+    struct soft_table *soft; /* pending polls' soft state (soft.h) */
     char node[STORE_NODE_ID_MAX + 1]; /* this hub node ("" until store_set_node) */
 };
 

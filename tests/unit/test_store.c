@@ -164,6 +164,65 @@ static void test_provisioning_flow(void **state)
     assert_int_equal(f->seal.calls, 1);
 }
 
+/* The store's own value of a registration's column (text), as another reader sees it. */
+static void reg_column(struct fx *f, unsigned tok, const char *col, char *out, size_t cap)
+{
+    char sql[256];
+    struct hash h = H(tok);
+    snprintf(sql, sizeof sql, "SELECT %s FROM registrations WHERE token_hash = '%s'", col, h.h);
+    assert_int_equal(store_debug_query(f->s, sql, out, cap), 0);
+}
+
+/* Pending polls record their soft state in memory: the store is not written (on
+ * SQLite: no commit at all) until store_soft_flush, and the slow_down rules hold on
+ * the recorded state all along; a claim flushes first, so the poll still counts as
+ * activity. */
+static void test_pending_polls_are_soft(void **state)
+{
+    struct fx *f = *state;
+    char v[64];
+    uint64_t c0 = 0, o0 = 0, c1 = 0, o1 = 0;
+    int iv = 0, stats;
+    assert_int_equal(reg(f, "SOFT-1", 1), STORE_OK);
+    stats = store_commit_stats(f->s, &c0, &o0);
+    assert_true(stats == 0 || (stats == PHY_EUNSUPP && store_is_pg()));
+    f->p.now_ms += 1000;
+    assert_int_equal(poll_s(f, "SOFT-1", NULL, 1, &iv), STORE_PENDING);
+    f->p.now_ms += 1000;
+    assert_int_equal(poll_s(f, "SOFT-1", NULL, 1, &iv), STORE_SLOW_DOWN);
+    assert_int_equal(iv, 10);
+    reg_column(f, 1, "last_poll_ms", v, sizeof v);
+    assert_string_equal(v, "<null>"); /* nothing written yet */
+    reg_column(f, 1, "interval_s", v, sizeof v);
+    assert_string_equal(v, "5");
+    if (stats == 0) {
+        assert_int_equal(store_commit_stats(f->s, &c1, &o1), 0);
+        assert_true(c1 == c0 && o1 == o0); /* no commit, so no sync */
+    }
+    assert_int_equal(store_soft_flush(f->s), 0);
+    snprintf(v, sizeof v, "%lld", (long long)f->p.now_ms);
+    char got[64];
+    reg_column(f, 1, "last_poll_ms", got, sizeof got);
+    assert_string_equal(got, v);
+    reg_column(f, 1, "last_active_ms", got, sizeof got);
+    assert_string_equal(got, v);
+    reg_column(f, 1, "interval_s", got, sizeof got);
+    assert_string_equal(got, "10");
+    assert_int_equal(store_soft_flush(f->s), 0); /* nothing left: a no-op */
+    /* From the store again: still too fast for 10 s. */
+    f->p.now_ms += 7000;
+    assert_int_equal(poll_s(f, "SOFT-1", NULL, 1, &iv), STORE_SLOW_DOWN);
+    assert_int_equal(iv, 15);
+    /* That poll (not flushed) keeps the registration live for a claim whose time is
+     * past the idle limit counted from the store's last activity: the claim flushes
+     * first. */
+    f->p.now_ms += REG_IDLE_MS - 1000;
+    char id[PHY_DEVICE_ID_LEN + 1];
+    dev_id(1, id);
+    assert_int_equal(claim(f, "SOFT-1", NULL, id), STORE_OK);
+    assert_int_equal(poll_s(f, "SOFT-1", NULL, 1, NULL), STORE_DELIVER);
+}
+
 static void test_claim_by_code(void **state)
 {
     struct fx *f = *state;
@@ -996,6 +1055,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_provisioning_flow, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pending_polls_are_soft, setup, teardown),
         cmocka_unit_test_setup_teardown(test_claim_by_code, setup, teardown),
         cmocka_unit_test_setup_teardown(test_expired_code, setup, teardown),
         cmocka_unit_test_setup_teardown(test_code_replaced, setup, teardown),
