@@ -9,6 +9,8 @@ the cluster at PHY_TEST_PG_URL (Harness.new_store); query_db and store_tables re
 either."""
 
 import base64
+import hashlib
+import hmac
 import http.client
 import json
 import os
@@ -432,3 +434,31 @@ class Stack(Harness):
         <dir>/agent-<serial> (kept across runs); returns (daemon, state_dir)."""
         assert self.proxy_port is not None, "agents need the proxy"
         return self.agent(serial, HOST + ":443", extra_flags, name)
+
+    def proxy_token(self, device_id):
+        """The proxy token the hubs sign for device_id (include/phy/proxytoken.h)."""
+        mac = hmac.new(self.proxy_key, b"phystack-proxy-v1\n" + device_id.encode(),
+                       hashlib.sha256).digest()
+        return "k1." + base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+
+    def bulk_agents(self, n, tag, extra_flags=()):
+        """n devices of acme made at once (`phyhub admin device-add-bulk`, tag "K:V"),
+        each with a phyagent through the proxy whose credentials.json is written as a
+        claim would have: hundreds of agents without hundreds of claims. Returns
+        [(daemon, state_dir, credentials)]."""
+        lines = self.admin("device-add-bulk", str(n), "--tenant", "acme", "--tag", tag)
+        out = []
+        for line in lines.splitlines():
+            c = json.loads(line)
+            c.update(region="eu", endpoint=HOST + ":443",
+                     proxy_token=self.proxy_token(c["device_id"]))
+            self.secrets.add(c["device_secret"])
+            state = os.path.join(self.dir, "agent-" + c["serial"])
+            os.makedirs(state, mode=0o700)
+            fd = os.open(os.path.join(state, "credentials.json"),
+                         os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.write(fd, json.dumps(c).encode())
+            os.close(fd)
+            out.append((self.start_agent(c["serial"], extra_flags)[0], state, c))
+        assert len(out) == n, (len(out), n)
+        return out

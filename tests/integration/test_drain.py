@@ -4,11 +4,7 @@ delay of its own (drawn over --drain-time), and exits. A restart of the only hub
 region with PHY_DRAIN_AGENTS (500) real agents connected through the proxy: every
 change the API acknowledged during the restart is in the store afterwards, every agent
 is back, and their returns spread over the drain window (the histogram is printed)."""
-import base64
 import datetime
-import hashlib
-import hmac
-import json
 import os
 import re
 import threading
@@ -29,13 +25,6 @@ def ts_of(line):
     t = TS.match(line).group(1)
     return datetime.datetime.strptime(t, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
         tzinfo=datetime.timezone.utc).timestamp()
-
-
-def proxy_token(st, device_id):
-    """The token the hub would sign for device_id (include/phy/proxytoken.h)."""
-    mac = hmac.new(st.proxy_key, b"phystack-proxy-v1\n" + device_id.encode(),
-                   hashlib.sha256).digest()
-    return "k1." + base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
 
 
 def opened(hub):
@@ -72,21 +61,9 @@ def test_restart_of_the_only_hub():
     thread = None
     try:
         # N provisioned devices, each agent's credentials.json written as a claim would.
-        lines = st.admin("device-add-bulk", str(N), "--tenant", "acme", "--tag", "fleet:drain")
-        creds = [json.loads(l) for l in lines.splitlines()]
-        assert len(creds) == N
-        agents = []
-        for c in creds:
-            c.update(region="eu", endpoint=HOST + ":443", proxy_token=proxy_token(st, c["device_id"]))
-            st.secrets.add(c["device_secret"])
-            state = os.path.join(st.dir, "agent-" + c["serial"])
-            os.makedirs(state, mode=0o700)
-            fd = os.open(os.path.join(state, "credentials.json"),
-                         os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            os.write(fd, json.dumps(c).encode())
-            os.close(fd)
-            agents.append(st.start_agent(c["serial"], ["--reconnect-min", "1",
-                                                       "--reconnect-max", "2"])[0])
+        made = st.bulk_agents(N, "fleet:drain", ["--reconnect-min", "1", "--reconnect-max", "2"])
+        agents = [a for a, _, _ in made]
+        creds = [c for _, _, c in made]
         devices = [c["device_id"] for c in creds]
         first = st.hub
         wait_until(lambda: len(opened(first)) == N, 60 + N / 5, "%d agents online" % N)
