@@ -51,6 +51,8 @@ enum api_effect_kind {
                                    * another node: an older one here closes with 4000 */
     API_EFFECT_EVENT,         /* publish event_type/event_json to tenant_id's streams */
     API_EFFECT_END_STREAMS,   /* close the event streams of console session session_hash */
+    API_EFFECT_RECLAIM,       /* this node was forgotten by the store (too slow to beat):
+                               * every live session checks itself (session_reclaim) */
 };
 
 struct api_effect {

@@ -6,6 +6,7 @@
 #include <stdatomic.h>
 #include <string.h>
 
+#include "conn.h"
 #include "nodelink.h"
 #include "phy/log.h"
 #include "region.h"
@@ -34,6 +35,7 @@ static struct {
     uv_timer_t outbox_timer;
     uv_work_t outbox_work;
     int outbox_running, outbox_again, stopping;
+    atomic_int rejoined; /* the heartbeat found this node forgotten by the store */
 } L;
 
 /* 1 when this node holds (took or renewed) the lease of the singleton job for the
@@ -83,12 +85,14 @@ void hub_sweep(struct hub *h, int64_t now_ms)
 
 void hub_heartbeat(struct hub *h, int64_t now_ms)
 {
-    int n = 0;
-    if (h->store_ops->node_heartbeat(h->store, now_ms) < 0) {
+    int n = 0, rc = h->store_ops->node_heartbeat(h->store, now_ms);
+    if (rc < 0) {
         phy_log(PHY_LOG_WARN, "heartbeat_failed", "node=%s store=%s", h->cfg.node_id,
                 store_engine_name(h->store));
         return;
     }
+    if (rc == 1) /* forgotten while too slow: the loop has the sessions reclaim (below) */
+        atomic_store(&L.rejoined, 1);
     if (!hub_lead(h, "presence", now_ms))
         return;
     if (h->store_ops->presence_sweep(h->store, now_ms, now_ms - h->cfg.node_timeout_s * 1000,
@@ -142,6 +146,10 @@ static void on_periodic_done(uv_work_t *w, int status)
     struct periodic *p = w->data;
     (void)status;
     p->running = 0;
+    if (atomic_exchange(&L.rejoined, 0) && L.server && !L.stopping) {
+        struct api_effect e = {.kind = API_EFFECT_RECLAIM};
+        server_effect(L.server, &e, NULL);
+    }
 }
 
 static void on_periodic_timer(uv_timer_t *t)

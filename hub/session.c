@@ -72,6 +72,17 @@ struct sessions {
     struct session **buckets;
     size_t nbuckets; /* power of two */
     size_t count;
+    size_t reclaims; /* reclaim jobs in flight (they point here) */
+    int finished;    /* fini came while some were: the last one frees */
+};
+
+/* A store check of one live session after this node was forgotten (reclaim). */
+struct reclaim_job {
+    uv_work_t req;
+    struct sessions *r;
+    int64_t gen, now_ms;
+    int rc, outcome;
+    char device_id[PHY_DEVICE_ID_LEN + 1];
 };
 
 /* A store job for one session message. */
@@ -128,6 +139,12 @@ static void sessions_fini(void *state)
 {
     struct sessions *r = state;
     free(r->buckets);
+    r->buckets = NULL;
+    r->nbuckets = 0;
+    if (r->reclaims > 0) {
+        r->finished = 1;
+        return;
+    }
     free(r);
 }
 
@@ -1065,9 +1082,75 @@ static int session_detach(struct conn *c)
 
 /* A handler's effect: push a desired patch, close a revoked or deleted device's
  * session. */
+static void on_reclaim_work(uv_work_t *req)
+{
+    struct reclaim_job *j = req->data;
+    j->rc = j->r->hub->store_ops->session_reclaim(j->r->hub->store, j->device_id, j->gen,
+                                                  j->now_ms, &j->outcome);
+}
+
+/* Loop: the store's answer for one session. Online again here, or closed as the
+ * announcement it missed would have closed it. */
+static void on_reclaim_done(uv_work_t *req, int status)
+{
+    struct reclaim_job *j = req->data;
+    struct sessions *r = j->r;
+    (void)status;
+    r->reclaims--;
+    struct session *ss = r->buckets ? registry_find(r, j->device_id) : NULL;
+    if (ss && ss->begun && !ss->closing && ss->gen == j->gen) {
+        if (j->rc < 0)
+            phy_log(PHY_LOG_WARN, "reclaim_failed", "device_id=%s", j->device_id);
+        else if (j->outcome == STORE_EXISTS) {
+            registry_remove(r, ss);
+            ss->replaced = 1;
+            phy_log(PHY_LOG_INFO, "session_replaced", "device_id=%s elsewhere=1", j->device_id);
+            session_close_with(ss, PHY_CLOSE_REPLACED, "replaced by a newer session");
+            session_drive(ss->conn);
+        } else if (j->outcome != STORE_OK) {
+            int code = j->outcome == STORE_REVOKED ? PHY_CLOSE_REVOKED : PHY_CLOSE_DELETED;
+            phy_log(PHY_LOG_INFO, "session_closing", "device_id=%s code=%d", j->device_id, code);
+            session_close_with(ss, (uint16_t)code, code == PHY_CLOSE_REVOKED ? "revoked" : "deleted");
+            session_drive(ss->conn);
+        }
+    }
+    free(j);
+    if (r->finished && r->reclaims == 0)
+        free(r);
+}
+
+/* This node was forgotten by the store (it did not beat its heart within the node
+ * timeout, so another node ended its sessions there): each live session asks the
+ * store to put it back online here. */
+static void sessions_reclaim(struct sessions *r)
+{
+    size_t n = 0;
+    int64_t now = hub_now_ms();
+    for (size_t i = 0; i < r->nbuckets; i++) {
+        for (struct session *ss = r->buckets[i]; ss; ss = ss->hnext) {
+            struct reclaim_job *j;
+            if (!ss->begun || ss->closing || !(j = calloc(1, sizeof *j)))
+                continue;
+            j->req.data = j;
+            j->r = r;
+            j->gen = ss->gen;
+            j->now_ms = now;
+            snprintf(j->device_id, sizeof j->device_id, "%s", ss->device_id);
+            r->reclaims++;
+            uv_queue_work(r->loop, &j->req, on_reclaim_work, on_reclaim_done);
+            n++;
+        }
+    }
+    phy_log(PHY_LOG_WARN, "node_rejoined", "sessions=%zu", n);
+}
+
 static void session_effect(void *state, const struct api_effect *e, const char *push_patch)
 {
     struct sessions *r = state;
+    if (e->kind == API_EFFECT_RECLAIM) {
+        sessions_reclaim(r);
+        return;
+    }
     if (e->kind != API_EFFECT_PUSH_DESIRED && e->kind != API_EFFECT_CLOSE_SESSION &&
         e->kind != API_EFFECT_SESSION_ELSEWHERE)
         return;

@@ -3640,11 +3640,59 @@ static int sq_node_heartbeat(struct store *s, int64_t now_ms)
     int rc;
     if (!s || !s->node[0])
         return PHY_EINVAL;
+    int changes = 0;
     TX_BEGIN(s, 1)
-    rc = q_exec(s, NULL,
-                "INSERT INTO nodes(node_id, heartbeat_ms, started_ms) VALUES (?1, ?2, ?2)"
-                " ON CONFLICT(node_id) DO UPDATE SET heartbeat_ms = excluded.heartbeat_ms",
-                "ti", s->node, now_ms);
+    /* Known: its heartbeat. Not (new, or forgotten by another node's presence sweep
+     * while this one was too slow to beat): added, and the caller told (1). */
+    rc = q_exec(s, &changes, "UPDATE nodes SET heartbeat_ms = ?2 WHERE node_id = ?1", "ti", s->node,
+                now_ms);
+    if (rc == 0 && changes == 0)
+        rc = q_exec(s, NULL,
+                    "INSERT INTO nodes(node_id, heartbeat_ms, started_ms) VALUES (?1, ?2, ?2)"
+                    " ON CONFLICT(node_id) DO UPDATE SET heartbeat_ms = excluded.heartbeat_ms",
+                    "ti", s->node, now_ms);
+    rc = tx_end(s, rc);
+    TX_RETRY(rc);
+    return rc < 0 ? rc : changes == 0;
+}
+
+static int sq_session_reclaim(struct store *s, const char *device_id, int64_t gen, int64_t now_ms,
+                              int *outcome)
+{
+    struct db_stmt *st = NULL;
+    char state[24];
+    int rc;
+    if (!s || !outcome || !s->node[0] || !store_device_id_ok(device_id))
+        return PHY_EINVAL;
+    TX_BEGIN(s, 1)
+    rc = q_prep(s, &st, "SELECT state, session_gen FROM devices WHERE device_id = ?", "t",
+                device_id);
+    if (rc)
+        goto out;
+    rc = step_one(st, outcome, STORE_NOT_FOUND); /* deleted */
+    if (rc != DB_ROW)
+        goto out;
+    int64_t cur_gen = db_int(st, 1);
+    rc = col_copy(st, 0, state, sizeof state);
+    db_finish(st);
+    st = NULL;
+    if (rc)
+        goto out;
+    if (strcmp(state, STATE_REVOKED) == 0)
+        *outcome = STORE_REVOKED;
+    else if (cur_gen != gen)
+        *outcome = STORE_EXISTS; /* a newer session, on another node */
+    else {
+        *outcome = STORE_OK;
+        rc = q_exec(s, NULL,
+                    "UPDATE devices SET online = 1, session_node = ?3,"
+                    " connected_ms = CASE WHEN online <> 0 THEN connected_ms ELSE ?4 END"
+                    " WHERE device_id = ?1 AND session_gen = ?2",
+                    "titi", device_id, gen, s->node, now_ms);
+    }
+out:
+    db_finish(st);
+    st = NULL;
     rc = tx_end(s, rc);
     TX_RETRY(rc);
     return rc;
@@ -3914,6 +3962,7 @@ const struct phy_store_ops store_ops = {
     .presence_reset = sq_presence_reset,
     .node_heartbeat = sq_node_heartbeat,
     .presence_sweep = sq_presence_sweep,
+    .session_reclaim = sq_session_reclaim,
     .lease_take = sq_lease_take,
     .node_sessions = sq_node_sessions,
     .twin_get = sq_twin_get,

@@ -573,9 +573,17 @@ struct phy_store_ops {
      * before nodes), is set offline: no session survives a restart. Other live nodes'
      * devices stay online. Run after node_heartbeat, so this node is known. */
     int (*presence_reset)(struct store *s, int64_t now_ms);
-    /* Several hub nodes on one store (docs/store.md "Nodes"). This node's heartbeat
-     * (it is added when new). */
+    /* Several hub nodes on one store (docs/store.md "Nodes"). This node's heartbeat:
+     * 0, or 1 when the store did not know the node (new, or forgotten by another
+     * node's presence_sweep while this one was too slow to beat: its sessions were
+     * ended in the store, see session_reclaim); negative on failure. */
     int (*node_heartbeat)(struct store *s, int64_t now_ms);
+    /* A session this node still holds, generation gen, after the store ended it (the
+     * node was too slow): online again on this node (OK), or NOT_FOUND (the device
+     * was deleted), REVOKED, EXISTS (a newer session of the device, on another
+     * node). */
+    int (*session_reclaim)(struct store *s, const char *device_id, int64_t gen, int64_t now_ms,
+                           int *outcome);
     /* Devices whose session was held by another node that has not beaten its heart
      * since dead_before_ms, or by a node the store does not know, are set offline
      * (*n, optional, gets how many); such nodes without devices online are forgotten.

@@ -273,6 +273,38 @@ def test_lost_announcements_are_caught_up():
     ws.close()
 
 
+def test_slow_node_reclaims_its_sessions():
+    """Node b is stopped (SIGSTOP) past the node timeout: a's presence sweep ends its
+    sessions in the store and forgets it. Once b goes on, its next heartbeat finds it
+    forgotten and its live sessions are online again, without the devices
+    reconnecting."""
+    devs = [ST.provision("NODES-S%d" % i) for i in range(2)]
+    socks = [connect(c, "b") for c in devs]
+
+    def presence(c):
+        return api("a", "GET", "/api/v1/devices/" + c["device_id"])[1]["presence"]
+    assert [presence(c) for c in devs] == ["online"] * 2
+    b = NODE["b"][1]
+    b.proc.send_signal(signal.SIGSTOP)
+    try:
+        wait_until(lambda: [presence(c) for c in devs] == ["offline"] * 2, 20,
+                   "b's sessions ended by a's presence sweep")
+        wait_until(lambda: psql(ST.db, "SELECT count(*) FROM nodes WHERE node_id = 'b'").strip()
+                   == "0", 10, "b forgotten")
+    finally:
+        b.proc.send_signal(signal.SIGCONT)
+    b.wait_log(r"event=node_rejoined sessions=2", 10)
+    wait_until(lambda: [presence(c) for c in devs] == ["online"] * 2, 10,
+               "b's sessions online again")
+    # The same connections, still served by b.
+    st, js, _, _ = api("a", "PATCH", "/api/v1/devices/%s/twin/desired" % devs[0]["device_id"],
+                       {"slow": 1})
+    assert st == 200, (st, js)
+    assert desired_versions(socks[0], js["version"])[-1] == js["version"]
+    for ws in socks:
+        ws.close()
+
+
 def test_dead_node_devices_go_offline():
     creds = ST.provision("NODES-D")
     ws = connect(creds, "b")

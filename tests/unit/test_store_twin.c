@@ -889,16 +889,19 @@ static void test_nodes(void **state)
     assert_int_equal(store_set_node(f->s, "a b"), PHY_EINVAL);
     assert_int_equal(store_set_node(f->s, "x123456789x123456789x123456789x123456789x123456789x12345678"
                                           "9x12345"), PHY_EINVAL);
+    int64_t g3 = -1;
+    int out = -1;
     as_node(f, "hub-a.example:443");
-    assert_int_equal(ops->node_heartbeat(f->s, T0), 0);
+    assert_int_equal(ops->node_heartbeat(f->s, T0), 1); /* new */
+    assert_int_equal(ops->node_heartbeat(f->s, T0 + 1), 0);
     id = ID(1);
     assert_int_equal(ops->session_open(f->s, id.s, T0 + 1, NULL), 0);
     id = ID(2);
     assert_int_equal(ops->session_open(f->s, id.s, T0 + 2, NULL), 0);
     as_node(f, "B");
-    assert_int_equal(ops->node_heartbeat(f->s, T0 + 3), 0);
+    assert_int_equal(ops->node_heartbeat(f->s, T0 + 3), 1);
     id = ID(3);
-    assert_int_equal(ops->session_open(f->s, id.s, T0 + 3, NULL), 0);
+    assert_int_equal(ops->session_open(f->s, id.s, T0 + 3, &g3), 0);
 
     /* A restarts: its own sessions end, B's device stays online. */
     as_node(f, "hub-a.example:443");
@@ -921,9 +924,22 @@ static void test_nodes(void **state)
     assert_true(online(f, 1));
     assert_int_equal(raw_int(f->path, "SELECT count(*) FROM nodes WHERE node_id = 'B'"), 0);
 
-    /* Device 1 moves to B (a newer session): A's later death does not end it. */
+    /* B was only slow: its next heartbeat finds it forgotten, and it reclaims the
+     * sessions it still holds, unless the device went on elsewhere or is gone. */
     as_node(f, "B");
-    assert_int_equal(ops->node_heartbeat(f->s, T0 + 200), 0);
+    assert_int_equal(ops->node_heartbeat(f->s, T0 + 200), 1);
+    assert_int_equal(ops->node_heartbeat(f->s, T0 + 201), 0);
+    id = ID(3);
+    assert_int_equal(ops->session_reclaim(f->s, id.s, g3, T0 + 201, &out), 0);
+    assert_int_equal(out, STORE_OK);
+    assert_true(online(f, 3));
+    assert_int_equal(ops->session_reclaim(f->s, id.s, g3 - 1, T0 + 201, &out), 0);
+    assert_int_equal(out, STORE_EXISTS); /* an older session of it: not its presence */
+    id = ID(99);
+    assert_int_equal(ops->session_reclaim(f->s, id.s, 1, T0 + 201, &out), 0);
+    assert_int_equal(out, STORE_NOT_FOUND);
+
+    /* Device 1 moves to B (a newer session): A's later death does not end it. */
     id = ID(1);
     assert_int_equal(ops->session_open(f->s, id.s, T0 + 200, NULL), 0);
     assert_int_equal(ops->presence_sweep(f->s, T0 + 300, T0 + 150, &n), 0);
