@@ -51,8 +51,9 @@ enum api_effect_kind {
                                    * another node: an older one here closes with 4000 */
     API_EFFECT_EVENT,         /* publish event_type/event_json to tenant_id's streams */
     API_EFFECT_END_STREAMS,   /* close the event streams of console session session_hash */
-    API_EFFECT_RECLAIM,       /* this node was forgotten by the store (too slow to beat):
-                               * every live session checks itself (session_reclaim) */
+    API_EFFECT_RECLAIM,       /* this node was forgotten by the store (too slow to beat), or
+                               * lost announcements: live sessions check themselves
+                               * (session_reclaim), all or those not in present */
 };
 
 struct api_effect {
@@ -64,6 +65,10 @@ struct api_effect {
     const char *event_type; /* EVENT: a static string, e.g. "state" */
     char *event_json;       /* EVENT: malloc'd JSON text, owned by the response */
     char session_hash[PHY_HASH_HEX_LEN + 1]; /* END_STREAMS */
+    /* RECLAIM: the device IDs (sorted by strcmp) whose sessions need no check, as
+     * the store listed them after a lost LISTEN connection; NULL: check every one. */
+    const char *const *present;
+    size_t npresent;
 };
 
 struct api_response {

@@ -174,6 +174,31 @@ static void device_event(struct nodelink *l, struct link_job *j)
                           d->name[0] ? d->name : NULL));
 }
 
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* After a catch-up: a live session the store does not list as this node's (its device
+ * deleted, or its newer session elsewhere, announced while the link was down) checks
+ * itself with the store. */
+static void reclaim_missing(struct nodelink *l, const struct store_node_session *rows, size_t n)
+{
+    const char **ids = n ? malloc(n * sizeof *ids) : NULL;
+    static const char *none[1];
+    if (n && !ids) {
+        phy_log(PHY_LOG_WARN, "nodelink_read_failed", "why=out_of_memory");
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        ids[i] = rows[i].device_id;
+    if (n)
+        qsort(ids, n, sizeof *ids, cmp_str);
+    struct api_effect e = {.kind = API_EFFECT_RECLAIM, .present = ids ? ids : none, .npresent = n};
+    server_effect(l->srv, &e, NULL);
+    free(ids);
+}
+
 static void on_job_done(uv_work_t *req, int status)
 {
     struct link_job *j = req->data;
@@ -202,6 +227,8 @@ static void on_job_done(uv_work_t *req, int status)
         if (r->revoked || (r->desired_version > 0 && r->desired_patch))
             server_effect(l->srv, &e, r->desired_patch);
     }
+    if (l->srv && j->rc >= 0 && !j->tenant_id && !j->device_id[0])
+        reclaim_missing(l, j->rows, j->n);
     store_node_sessions_free(j->rows, j->n);
     free(j);
     maybe_free(l);

@@ -1119,17 +1119,29 @@ static void on_reclaim_done(uv_work_t *req, int status)
         free(r);
 }
 
+static int cmp_id(const void *key, const void *elem)
+{
+    return strcmp((const char *)key, *(const char *const *)elem);
+}
+
 /* This node was forgotten by the store (it did not beat its heart within the node
- * timeout, so another node ended its sessions there): each live session asks the
- * store to put it back online here. */
-static void sessions_reclaim(struct sessions *r)
+ * timeout, so another node ended its sessions there), or its LISTEN connection was
+ * lost (announcements of deletes and newer sessions elsewhere may be missing): each
+ * live session not listed in e->present asks the store to put it back online here,
+ * or learns why not. */
+static void sessions_reclaim(struct sessions *r, const struct api_effect *e)
 {
     size_t n = 0;
     int64_t now = hub_now_ms();
     for (size_t i = 0; i < r->nbuckets; i++) {
         for (struct session *ss = r->buckets[i]; ss; ss = ss->hnext) {
             struct reclaim_job *j;
-            if (!ss->begun || ss->closing || !(j = calloc(1, sizeof *j)))
+            if (!ss->begun || ss->closing)
+                continue;
+            if (e->present &&
+                bsearch(ss->device_id, e->present, e->npresent, sizeof *e->present, cmp_id))
+                continue;
+            if (!(j = calloc(1, sizeof *j)))
                 continue;
             j->req.data = j;
             j->r = r;
@@ -1141,14 +1153,17 @@ static void sessions_reclaim(struct sessions *r)
             n++;
         }
     }
-    phy_log(PHY_LOG_WARN, "node_rejoined", "sessions=%zu", n);
+    if (e->present)
+        phy_log(n ? PHY_LOG_INFO : PHY_LOG_DEBUG, "catchup_reclaim", "sessions=%zu", n);
+    else
+        phy_log(PHY_LOG_WARN, "node_rejoined", "sessions=%zu", n);
 }
 
 static void session_effect(void *state, const struct api_effect *e, const char *push_patch)
 {
     struct sessions *r = state;
     if (e->kind == API_EFFECT_RECLAIM) {
-        sessions_reclaim(r);
+        sessions_reclaim(r, e);
         return;
     }
     if (e->kind != API_EFFECT_PUSH_DESIRED && e->kind != API_EFFECT_CLOSE_SESSION &&

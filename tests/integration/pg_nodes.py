@@ -273,6 +273,36 @@ def test_lost_announcements_are_caught_up():
     ws.close()
 
 
+def test_delete_missed_by_a_lost_link_is_caught_up():
+    """b's LISTEN connection dies while b is stopped (for less than the node timeout)
+    and a device connected to b is deleted on a meanwhile: the announcement never
+    reaches b. Once b goes on, its link reconnects and catches up; the session of the
+    deleted device, which the store no longer lists as b's, checks itself and is
+    closed with 4002; the other session stays."""
+    gone, keep = ST.provision("NODES-G"), ST.provision("NODES-K")
+    ws_gone, ws_keep = connect(gone, "b"), connect(keep, "b")
+    b = NODE["b"][1]
+    links = len(b.log_lines(r"event=nodelink_ready "))
+    b.proc.send_signal(signal.SIGSTOP)
+    try:
+        killed = psql(ST.db, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                      " WHERE application_name = 'phyhub-nodelink'"
+                      " AND datname = current_database()")
+        assert int(killed.strip()) >= 1, killed
+        st, js, _, _ = api("a", "DELETE", "/api/v1/devices/" + gone["device_id"])
+        assert st in (200, 204), (st, js)
+    finally:
+        b.proc.send_signal(signal.SIGCONT)
+    assert ws_gone.expect_close(10) == 4002
+    wait_until(lambda: len(b.log_lines(r"event=nodelink_ready ")) > links, 10, "b's link back")
+    assert b.log_lines(r"event=catchup_reclaim sessions=\d+"), b.tail()
+    st, js, _, _ = api("a", "PATCH", "/api/v1/devices/%s/twin/desired" % keep["device_id"],
+                       {"kept": 1})
+    assert st == 200, (st, js)
+    assert desired_versions(ws_keep, js["version"])[-1] == js["version"]
+    ws_keep.close()
+
+
 def test_slow_node_reclaims_its_sessions():
     """Node b is stopped (SIGSTOP) past the node timeout: a's presence sweep ends its
     sessions in the store and forgets it. Once b goes on, its next heartbeat finds it
