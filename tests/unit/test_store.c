@@ -792,6 +792,10 @@ static void test_refuses_world_readable_file(void **state)
     assert_int_equal(chmod(f->path, 0600), 0);
     assert_int_equal(ops->open(f->path, &other, err, sizeof err), 0);
     ops->close(other);
+    /* The WAL is bounded: it shrinks back to 64 MiB at each checkpoint. */
+    char v[32];
+    assert_int_equal(store_debug_query(f->s, "PRAGMA journal_size_limit", v, sizeof v), 0);
+    assert_string_equal(v, "67108864");
 }
 
 static void test_durable_across_restart(void **state)
