@@ -30,6 +30,7 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
+#include "../agent/backoff.h"
 #include "phy/base64.h"
 #include "phy/client.h"
 #include "phy/err.h"
@@ -61,6 +62,7 @@ enum dev_state {
     DS_UPGRADE_WRITE, /* writing the upgrade request */
     DS_UPGRADE_READ,  /* reading the 101 */
     DS_OPEN,          /* idle session (or idle TLS/TCP connection in those modes) */
+    DS_WAIT,          /* --storm: lost, waiting for its reconnect time */
     DS_DONE,          /* failed or closed */
 };
 
@@ -86,6 +88,8 @@ struct dev {
     uint8_t state;
     uint8_t read_wants_write, write_wants_read, got_push, in_msg;
     double t_start;  /* ms: connect started */
+    double retry_at; /* DS_WAIT: when to connect again (ms) */
+    uint32_t prev_backoff_ms;
     char accept[32]; /* expected Sec-WebSocket-Accept */
 };
 
@@ -97,7 +101,7 @@ struct opts {
     long proxy_pids[MAX_PIDS]; /* reported apart from the hub, summed */
     size_t nproxy_pids;
     long db_pid; /* reported apart; counts its children too */
-    double idle_s, push_timeout_s, connect_timeout_s, hold_s;
+    double idle_s, push_timeout_s, connect_timeout_s, hold_s, storm_s;
     int json, twin_get;
     enum mode mode;
     struct sockaddr_in sources[MAX_SOURCES];
@@ -161,6 +165,11 @@ struct load {
     int push_efd; /* eventfd the push thread signals when its PATCH is answered */
     double push_hub_cpu_s, push_client_cpu_s; /* CPU time spent during the push phase */
     double push_proxy_cpu_s, push_db_cpu_s;
+    /* --storm */
+    int storming;
+    double storm_first_loss, storm_last_back;
+    size_t storm_lost, storm_back;
+    unsigned long storm_attempts, storm_failed;
 };
 
 /* ---------- small helpers ---------- */
@@ -381,6 +390,11 @@ static void usage(FILE *out)
             "                         PHYLOAD_TOKEN)\n"
             "  --push-timeout S       how long to wait for the last device (default 30)\n"
             "  --hold S               keep the connections open S more seconds at the end\n"
+            "  --storm S              then wait up to S seconds for a reconnect storm: prints\n"
+            "                         'phyload: storm ready' on stderr (kill and restart the\n"
+            "                         hub now); each lost session reconnects as phyagent does\n"
+            "                         (decorrelated jitter, 1 s to 300 s); reports the time\n"
+            "                         from the first loss to the last device back\n"
             "  --tls-only             stop after the TLS handshake (no upgrade): memory\n"
             "                         breakdown; needs a long --header-timeout on the hub\n"
             "  --tcp-only             stop after the TCP connect (no TLS): memory breakdown\n"
@@ -536,6 +550,9 @@ static int parse_args(int argc, char **argv, struct opts *o)
                 goto bad;
         } else if (strcmp(a, "--hold") == 0) {
             if (parse_secs(v, 86400, &o->hold_s) < 0)
+                goto bad;
+        } else if (strcmp(a, "--storm") == 0) {
+            if (parse_secs(v, 86400, &o->storm_s) < 0)
                 goto bad;
         } else if (strcmp(a, "--source-ips") == 0) {
             if (parse_sources(v, o) < 0)
@@ -737,10 +754,38 @@ static int dev_in_handshake(const struct dev *d)
     return d->state >= DS_CONNECTING && d->state < DS_OPEN;
 }
 
+/* --storm: a lost session, or a failed attempt to bring it back, waits for its next
+ * attempt as phyagent would (agent/backoff.c: decorrelated jitter, 1 s .. 300 s). */
+static void storm_wait(struct load *L, struct dev *d, int was_open)
+{
+    uint64_t rnd;
+    double t = now_ms();
+    if (was_open) {
+        L->open--;
+        if (L->storm_lost++ == 0)
+            L->storm_first_loss = t;
+        d->prev_backoff_ms = 0;
+    } else {
+        L->inflight--;
+        L->storm_failed++;
+    }
+    if (RAND_bytes((unsigned char *)&rnd, sizeof rnd) != 1)
+        rnd = (uint64_t)random();
+    uint64_t delay = agent_backoff_decorrelated_ms(1000, 300000, d->prev_backoff_ms, rnd);
+    d->prev_backoff_ms = (uint32_t)delay;
+    d->retry_at = t + (double)delay;
+    d->state = DS_WAIT;
+    dev_release(d);
+}
+
 static void dev_fail(struct load *L, struct dev *d, enum fail_kind k, const char *why)
 {
-    if (d->state == DS_DONE)
+    if (d->state == DS_DONE || d->state == DS_WAIT)
         return;
+    if (L->storming && (d->state == DS_OPEN || dev_in_handshake(d))) {
+        storm_wait(L, d, d->state == DS_OPEN);
+        return;
+    }
     if (dev_in_handshake(d)) {
         L->inflight--;
         L->settled++;
@@ -918,6 +963,10 @@ static long ws_frames(struct load *L, struct dev *d, const uint8_t *buf, size_t 
             }
             ws_send_frame(d, WSF_CLOSE, code, 2); /* best effort, then gone */
             L->closed_by_hub++;
+            if (L->storming) {
+                storm_wait(L, d, 1);
+                return -1;
+            }
             L->open--;
             d->state = DS_DONE;
             dev_release(d);
@@ -982,8 +1031,13 @@ static void dev_opened(struct load *L, struct dev *d)
 {
     d->state = DS_OPEN;
     L->inflight--;
-    L->settled++;
     L->open++;
+    if (L->storming) {
+        L->storm_back++;
+        L->storm_last_back = now_ms();
+        return;
+    }
+    L->settled++;
     L->hs_ms[L->nhs++] = now_ms() - d->t_start;
 }
 
@@ -1503,6 +1557,38 @@ static void run_for(struct load *L, double seconds)
     }
 }
 
+/* --storm: waits for the hub to go (the caller kills it after "storm ready") and for
+ * every lost device to be back, at most storm_s seconds. */
+static void storm_phase(struct load *L)
+{
+    double t0 = now_ms(), end = t0 + L->o.storm_s * 1000.0, last_scan = t0, last_report = t0;
+    L->storming = 1;
+    fprintf(stderr, "phyload: storm ready\n");
+    fflush(stderr);
+    for (double t = t0; t < end; t = now_ms()) {
+        if (L->storm_lost > 0 && L->open == L->ndevs)
+            break;
+        for (size_t i = 0; i < L->ndevs; i++) {
+            struct dev *d = &L->devs[i];
+            if (d->state == DS_WAIT && d->retry_at <= t) {
+                L->storm_attempts++;
+                dev_start(L, d);
+            }
+        }
+        loop_once(L, 20);
+        if (t - last_scan > 500) {
+            check_timeouts(L, t);
+            last_scan = t;
+        }
+        if (L->storm_lost > 0 && t - last_report >= 1000) {
+            fprintf(stderr, "phyload: storm %zu/%zu open, %lu attempts, %lu failed\n", L->open,
+                    L->ndevs, L->storm_attempts, L->storm_failed);
+            last_report = t;
+        }
+    }
+    L->storming = 0;
+}
+
 /* ---------- fleet push ---------- */
 
 static void *push_thread(void *arg)
@@ -1814,7 +1900,23 @@ int main(int argc, char **argv)
     fflush(stdout);
     if (L.o.hold_s > 0)
         run_for(&L, L.o.hold_s);
-    rc = (L.nhs == L.ndevs && (!pushed || L.push_received == L.push_expected)) ? 0 : 1;
+    int storm_ok = 1;
+    if (L.o.storm_s > 0) {
+        storm_phase(&L);
+        storm_ok = L.storm_lost > 0 && L.open == L.ndevs;
+        double took = L.storm_back ? (L.storm_last_back - L.storm_first_loss) / 1000.0 : -1;
+        if (L.o.json)
+            printf("{\"storm_lost\":%zu,\"storm_back\":%zu,\"storm_open\":%zu,"
+                   "\"storm_s\":%.3f,\"storm_attempts\":%lu,\"storm_failed\":%lu}\n",
+                   L.storm_lost, L.storm_back, L.open, took, L.storm_attempts, L.storm_failed);
+        else
+            printf("storm            %zu lost, %zu back (%zu / %zu open) %.2f s from the first "
+                   "loss to the last back; %lu attempts, %lu failed\n",
+                   L.storm_lost, L.storm_back, L.open, L.ndevs, took, L.storm_attempts,
+                   L.storm_failed);
+        fflush(stdout);
+    }
+    rc = (L.nhs == L.ndevs && storm_ok && (!pushed || L.push_received == L.push_expected)) ? 0 : 1;
 out:
     if (L.devs)
         for (size_t i = 0; i < L.ndevs; i++)
