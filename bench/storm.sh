@@ -71,7 +71,8 @@ start_hub() { # db dir port
     exit 1
 }
 
-printf '| devices | run | back after | attempts | failed | hub up after |\n|---:|---:|---:|---:|---:|---:|\n'
+HZ=$(getconf CLK_TCK)
+printf '| devices | run | back after | attempts | failed | hub up after | new hub CPU | per device |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n'
 for n in $SIZES; do
     for r in $(seq 1 "$REPEAT"); do
         dir=$TMP/run-$n-$r
@@ -101,12 +102,13 @@ for n in $SIZES; do
         t1=$(date +%s.%N)
         wait "$LOAD_PID" || log "phyload: not every device came back (run $n/$r)"
         LOAD_PID=""
+        cpu=$(awk -v hz="$HZ" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$HUB_PID/stat")
         line=$(grep '^storm' "$dir/load.out")
         back=$(sed -E 's/.* ([0-9.]+) s from the first loss.*/\1/' <<<"$line")
         att=$(sed -E 's/.*; ([0-9]+) attempts.*/\1/' <<<"$line")
         failed=$(sed -E 's/.*attempts, ([0-9]+) failed.*/\1/' <<<"$line")
-        printf '| %d | %d | %s s | %s | %s | %.2f s |\n' "$n" "$r" "$back" "$att" "$failed" \
-            "$(echo "$t1 - $t0" | bc)"
+        printf '| %d | %d | %s s | %s | %s | %.2f s | %s s | %.0f µs |\n' "$n" "$r" "$back" \
+            "$att" "$failed" "$(echo "$t1 - $t0" | bc)" "$cpu" "$(echo "$cpu * 1000000 / $n" | bc -l)"
         kill -TERM "$HUB_PID" 2>/dev/null || true
         wait "$HUB_PID" 2>/dev/null || true
         HUB_PID=""

@@ -51,6 +51,7 @@ struct conn {
     uv_poll_t poll;
     uv_timer_t timer;
     struct conn *prev, *next;
+    struct conn *qprev, *qnext; /* waiting for a handshake slot (--max-handshakes) */
     enum conn_state state;
     int open_handles;
     int close_after_work;
@@ -64,6 +65,8 @@ struct conn {
     unsigned head_only : 1;     /* the request in work is HEAD: the answer has no body */
     unsigned continued : 1;     /* 100 Continue sent for the request being read */
     unsigned served : 1;        /* a request was answered: later ones get a fresh deadline */
+    unsigned in_setup : 1;      /* counted among the handshakes in flight (--max-handshakes) */
+    unsigned queued : 1;        /* accepted, waiting for a handshake slot */
     char via_ident[PHY_CONNECT_MAX_IDENT + 1]; /* the proxy's identifier ("" if none) */
     int via_verified; /* the proxy checked that identifier's proxy token */
 };

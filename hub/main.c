@@ -67,6 +67,7 @@ static void config_defaults(struct hub_config *c)
     c->header_timeout_s = 10;
     c->keepalive_s = 30;
     c->drain_s = 10;
+    c->max_handshakes = 512;
     c->max_body = 16384;
     c->max_connections = 10000;
     c->register_rate = 5;
@@ -591,6 +592,9 @@ int main(int argc, char **argv)
          "TLS handshake + request must arrive within, s (10)"},
         {"keepalive", PHY_OPT_INT, &c->keepalive_s, 1, 3600,
          "idle keep-alive connection timeout, s (30)"},
+        {"max-handshakes", PHY_OPT_INT, &c->max_handshakes, 8, 100000,
+         "TLS handshakes in flight; further connections are accepted and wait their "
+         "turn, without a deadline or TLS state (512)"},
         {"drain-time", PHY_OPT_INT, &c->drain_s, 0, 600,
          "on SIGTERM: wait at most this long for requests in flight, and spread the "
          "devices' reconnects over as long (close 1001 with a delay each), s (10)"},

@@ -54,6 +54,9 @@ struct server {
     int stopping;
     int listener_closed;
     enum { DRAIN_NONE, DRAIN_RUNNING, DRAIN_CLOSING } drain;
+    size_t nsetup;      /* connections before the end of their TLS handshake */
+    struct conn *q_head, *q_tail; /* accepted, waiting for a handshake slot (FIFO) */
+    size_t nqueued;
     size_t nconns;
     size_t ndevice; /* device sessions among nconns */
     struct idle_src *idle[SERVER_IDLE_BUCKETS]; /* idle keep-alive conns per source */
@@ -267,6 +270,56 @@ static int idle_full(struct conn *c)
     return *pp && (*pp)->n >= (unsigned)c->srv->hub->cfg.max_idle_per_source;
 }
 
+/* Starts a connection's setup (its TLS handshake, or first its PROXY header): one
+ * more handshake in flight, the header deadline from now. */
+static void setup_begin(struct conn *c)
+{
+    struct server *s = c->srv;
+    c->in_setup = 1;
+    s->nsetup++;
+    c->accept_ms = uv_now(s->loop);
+    conn_deadline(c, s->hub->cfg.header_timeout_s);
+    /* No TLS state until the client has sent something: a connection that never
+     * speaks costs a few hundred bytes, not a handshake's buffers. */
+    conn_want(c, UV_READABLE);
+}
+
+static void queue_remove(struct conn *c)
+{
+    struct server *s = c->srv;
+    if (!c->queued)
+        return;
+    c->queued = 0;
+    if (c->qprev)
+        c->qprev->qnext = c->qnext;
+    else
+        s->q_head = c->qnext;
+    if (c->qnext)
+        c->qnext->qprev = c->qprev;
+    else
+        s->q_tail = c->qprev;
+    c->qprev = c->qnext = NULL;
+    s->nqueued--;
+}
+
+/* A connection's TLS handshake ended (done, failed or closed): one fewer in flight,
+ * and the oldest connection waiting for a slot begins its own. A storm is so served
+ * in order at full speed, instead of every handshake slowed down by all the others
+ * until they time out; waiting costs a descriptor and this struct, no TLS state. */
+static void setup_end(struct conn *c)
+{
+    struct server *s = c->srv;
+    if (!c->in_setup)
+        return;
+    c->in_setup = 0;
+    s->nsetup--;
+    if (s->q_head && !s->stopping) {
+        struct conn *next = s->q_head;
+        queue_remove(next);
+        setup_begin(next);
+    }
+}
+
 void conn_close(struct conn *c)
 {
     struct server *s = c->srv;
@@ -276,6 +329,8 @@ void conn_close(struct conn *c)
     }
     if (uv_is_closing((uv_handle_t *)&c->poll))
         return;
+    queue_remove(c);
+    setup_end(c);
     if (c->mode && c->mode->detach(c))
         return; /* the mode's work in flight: it closes the conn when it returns */
     c->mode = NULL;
@@ -853,6 +908,7 @@ static void conn_drive(struct conn *c)
             int r = SSL_accept(c->ssl);
             if (r == 1) {
                 c->state = CONN_READ;
+                setup_end(c);
                 continue;
             }
             int ev = conn_ssl_want(c->ssl, r);
@@ -1005,10 +1061,20 @@ static struct conn *conn_accept(struct server *s, int fd, const struct sockaddr_
         s->conns->prev = c;
     s->conns = c;
     s->nconns++;
-    conn_deadline(c, s->hub->cfg.header_timeout_s);
-    /* No TLS state until the client has sent something: a connection that never
-     * speaks costs a few hundred bytes, not a handshake's buffers. */
-    conn_want(c, UV_READABLE);
+    if (s->nsetup < (size_t)s->hub->cfg.max_handshakes) {
+        setup_begin(c);
+        return c;
+    }
+    /* Enough handshakes in flight: it waits its turn (no deadline meanwhile; the
+     * connection limit bounds how many wait). */
+    c->queued = 1;
+    c->qprev = s->q_tail;
+    if (s->q_tail)
+        s->q_tail->qnext = c;
+    else
+        s->q_head = c;
+    s->q_tail = c;
+    s->nqueued++;
     return c;
 }
 

@@ -10,6 +10,7 @@ import socket
 import ssl
 import struct
 import sys
+import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import phytest  # noqa: E402
@@ -166,6 +167,33 @@ def test_full_hub_answers_503_and_keeps_a_share_for_devices():
         assert got == b"", got
         st.hub.wait_log(r"event=over_capacity connections=\d+ max_connections=4 action=reset")
         ws.close()
+    finally:
+        for x in held:
+            x.close()
+        st.stop()
+
+
+def test_handshakes_in_flight_are_bounded():
+    """Issue 13: with --max-handshakes (8) connections still in their TLS handshake, a
+    new client waits its turn (accepted, its ClientHello not read yet), and is served
+    as soon as a handshake slot is free (here: two of the eight closed), instead of
+    every handshake of a storm slowing down all the others until they time out."""
+    st = Stack("edge_setup", hub_flags=["--max-handshakes", "8"], proxy=False)
+    held, result = [], {}
+    try:
+        for _ in range(8):
+            held.append(phytest.connect(st.hub_port))  # silent: in the handshake
+
+        def probe():
+            result["r"] = st.request("GET", "/healthz", via_proxy=False)
+        t = threading.Thread(target=probe, daemon=True)
+        t.start()
+        t.join(1.5)
+        assert t.is_alive() and "r" not in result, result  # waiting for a slot
+        for x in held[:2]:
+            x.close()
+        t.join(10)
+        assert not t.is_alive() and result["r"][0] == 200, result
     finally:
         for x in held:
             x.close()
