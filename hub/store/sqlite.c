@@ -310,7 +310,7 @@ struct store_db {
     atomic_int wanting;       /* threads waiting for mu to run an operation */
     int batch_open;           /* the outer transaction is open */
     int batch_ops;            /* operations in it */
-    int in_op;                /* the current operation holds a savepoint */
+    int in_op;                /* 0 plain read, 1 in a savepoint, 2 first of its batch */
     int64_t batch_start_ns;
     struct batch_waiter *waiters; /* members waiting for the batch's commit */
     uint64_t batches, batched_ops; /* commits of batches, operations in them */
@@ -412,8 +412,16 @@ static int sq_begin(struct store_db *d, int write, struct db_tx **tx)
                 return PHY_EIO;
             }
             d->batch_open = 1;
-            d->batch_ops = 0;
+            d->batch_ops = 1;
             d->batch_start_ns = mono_ns();
+            /* The first of a batch needs no savepoint: were it to fail, nothing else
+             * is in the transaction yet, so the whole of it rolls back. (A savepoint
+             * keeps a sub-journal of every page it changes: a fleet patch over 10k
+             * twins paid ~25 ms for it.) */
+            d->in_op = 2;
+            d->tx.db = d;
+            *tx = &d->tx;
+            return 0;
         }
         if (ctl(d, C_SAVEPOINT) != 0) {
             int lost = sqlite3_get_autocommit(d->db);
@@ -444,13 +452,25 @@ static int sq_end(struct db_tx *tx, int commit)
         pthread_mutex_unlock(&d->mu);
         return rc;
     }
-    d->in_op = 0;
-    if (commit && ctl(d, C_RELEASE) != 0)
-        rc = PHY_EIO;
-    if ((rc != 0 || !commit) && !sqlite3_get_autocommit(d->db)) {
-        ctl(d, C_ROLLBACK_TO);
-        ctl(d, C_RELEASE);
+    if (d->in_op == 2 && !commit) { /* the batch's first: it alone is undone */
+        d->in_op = 0;
+        if (!sqlite3_get_autocommit(d->db))
+            ctl(d, C_ROLLBACK);
+        PHY_ASSERT(d->waiters == NULL);
+        d->batch_open = 0;
+        d->batch_ops = 0;
+        pthread_mutex_unlock(&d->mu);
+        return 0;
     }
+    if (d->in_op == 1) {
+        if (commit && ctl(d, C_RELEASE) != 0)
+            rc = PHY_EIO;
+        if ((rc != 0 || !commit) && !sqlite3_get_autocommit(d->db)) {
+            ctl(d, C_ROLLBACK_TO);
+            ctl(d, C_RELEASE);
+        }
+    }
+    d->in_op = 0;
     if (sqlite3_get_autocommit(d->db)) {
         /* An error that rolls back a whole transaction (SQLITE_FULL, IOERR, ...)
          * took every member's changes with it. */
