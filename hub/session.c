@@ -1082,6 +1082,25 @@ static int session_detach(struct conn *c)
 
 /* A handler's effect: push a desired patch, close a revoked or deleted device's
  * session. */
+/* The device's newer session is on another node: that one is its presence now, this
+ * one closes with 4000. */
+static void session_end_elsewhere(struct sessions *r, struct session *ss)
+{
+    registry_remove(r, ss);
+    ss->replaced = 1;
+    phy_log(PHY_LOG_INFO, "session_replaced", "device_id=%s elsewhere=1", ss->device_id);
+    session_close_with(ss, PHY_CLOSE_REPLACED, "replaced by a newer session");
+    session_drive(ss->conn);
+}
+
+/* The device was revoked (4001) or deleted (4002). */
+static void session_end_gone(struct session *ss, int code)
+{
+    phy_log(PHY_LOG_INFO, "session_closing", "device_id=%s code=%d", ss->device_id, code);
+    session_close_with(ss, (uint16_t)code, code == PHY_CLOSE_REVOKED ? "revoked" : "deleted");
+    session_drive(ss->conn);
+}
+
 static void on_reclaim_work(uv_work_t *req)
 {
     struct reclaim_job *j = req->data;
@@ -1101,18 +1120,10 @@ static void on_reclaim_done(uv_work_t *req, int status)
     if (ss && ss->begun && !ss->closing && ss->gen == j->gen) {
         if (j->rc < 0)
             phy_log(PHY_LOG_WARN, "reclaim_failed", "device_id=%s", j->device_id);
-        else if (j->outcome == STORE_EXISTS) {
-            registry_remove(r, ss);
-            ss->replaced = 1;
-            phy_log(PHY_LOG_INFO, "session_replaced", "device_id=%s elsewhere=1", j->device_id);
-            session_close_with(ss, PHY_CLOSE_REPLACED, "replaced by a newer session");
-            session_drive(ss->conn);
-        } else if (j->outcome != STORE_OK) {
-            int code = j->outcome == STORE_REVOKED ? PHY_CLOSE_REVOKED : PHY_CLOSE_DELETED;
-            phy_log(PHY_LOG_INFO, "session_closing", "device_id=%s code=%d", j->device_id, code);
-            session_close_with(ss, (uint16_t)code, code == PHY_CLOSE_REVOKED ? "revoked" : "deleted");
-            session_drive(ss->conn);
-        }
+        else if (j->outcome == STORE_EXISTS)
+            session_end_elsewhere(r, ss);
+        else if (j->outcome != STORE_OK)
+            session_end_gone(ss, j->outcome == STORE_REVOKED ? PHY_CLOSE_REVOKED : PHY_CLOSE_DELETED);
     }
     free(j);
     if (r->finished && r->reclaims == 0)
@@ -1175,19 +1186,11 @@ static void session_effect(void *state, const struct api_effect *e, const char *
     if (e->kind == API_EFFECT_SESSION_ELSEWHERE) {
         if (ss->gen >= e->version)
             return; /* this session is the newer one */
-        registry_remove(r, ss);
-        ss->replaced = 1; /* the other node's session is the device's presence now */
-        phy_log(PHY_LOG_INFO, "session_replaced", "device_id=%s elsewhere=1", e->device_id);
-        session_close_with(ss, PHY_CLOSE_REPLACED, "replaced by a newer session");
-        session_drive(ss->conn);
+        session_end_elsewhere(r, ss);
         return;
     }
     if (e->kind == API_EFFECT_CLOSE_SESSION) {
-        phy_log(PHY_LOG_INFO, "session_closing", "device_id=%s code=%d", e->device_id,
-                e->close_code);
-        session_close_with(ss, (uint16_t)e->close_code,
-                           e->close_code == PHY_CLOSE_REVOKED ? "revoked" : "deleted");
-        session_drive(ss->conn);
+        session_end_gone(ss, e->close_code);
         return;
     }
     if (!push_patch || e->version <= ss->desired_sent)
