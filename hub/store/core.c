@@ -3488,57 +3488,83 @@ out:
 
 static int sq_session_open(struct store *s, const char *device_id, int64_t now_ms, int64_t *gen)
 {
-    int changes = 0, purged = 0, elsewhere = 0, rc;
+    struct db_stmt *st = NULL;
+    char state[24];
+    int purged = 0, elsewhere = 0, first, rc;
+    int64_t g = 0;
     if (!s || !store_device_id_ok(device_id))
         return PHY_EINVAL;
     TX_BEGIN(s, 1)
+    /* One read for what decides the rest (two statements for a device's later
+     * sessions, the common case: this read and the update). */
+    rc = q_prep(s, &st, "SELECT state, online, session_node FROM devices WHERE device_id = ?", "t",
+                device_id);
+    if (rc)
+        goto out;
+    rc = db_step(st);
+    if (rc != DB_ROW) {
+        rc = rc == DB_DONE ? PHY_ENOTFOUND : rc < 0 ? rc : PHY_EIO; /* deleted meanwhile */
+        goto out;
+    }
+    rc = col_copy(st, 0, state, sizeof state);
     /* Several nodes: only a device with a live session on another node needs the
      * others told (that node closes it with 4000); most sessions open for a device
      * that had none, and announce nothing. */
-    elsewhere = 0;
-    if (s->e->notifies && s->node[0]) {
-        rc = q_int(s, NULL,
-                   "SELECT 1 FROM devices WHERE device_id = ?1 AND online <> 0 AND"
-                   " session_node IS NOT NULL AND session_node <> ?2",
-                   "tt", device_id, s->node);
-        if (rc < 0)
-            goto out;
-        elsewhere = rc == 1;
+    elsewhere = s->e->notifies && s->node[0] && db_int(st, 1) != 0 && !db_null(st, 2) &&
+                strcmp(db_text(st, 2), s->node) != 0;
+    db_finish(st);
+    st = NULL;
+    if (rc)
+        goto out;
+    if (strcmp(state, STATE_REVOKED) == 0) {
+        rc = PHY_ENOTFOUND; /* revoked since it authenticated */
+        goto out;
     }
-    /* Before the state moves on: a device claimed through eu that becomes active
-     * tells eu to end redelivery. Writes only on that first session. */
-    rc = q_exec(s, NULL,
-                "INSERT INTO outbox(device_id, kind, serial, attempts, next_ms, created_ms)"
-                " SELECT device_id, ?2, serial, 0, ?3, ?3 FROM devices"
-                " WHERE device_id = ?1 AND remote = 1 AND"
-                " state IN " SQL_BEFORE_FIRST_SESSION OUTBOX_REPLACE,
-                "tii", device_id, (int64_t)OUTBOX_PURGE, now_ms);
-    if (rc == 0)
-        rc = q_exec(s, &changes,
-                    "UPDATE devices SET online = 1, connected_ms = ?1, session_node = ?3,"
-                    " session_gen = session_gen + 1,"
-                    " last_seen_ms = CASE WHEN last_seen_ms > ?1 THEN last_seen_ms ELSE ?1 END,"
-                    " state = CASE WHEN state IN " SQL_BEFORE_FIRST_SESSION
-                    " THEN " SQL_ACTIVE " ELSE state END WHERE device_id = ?2 AND state <> " SQL_REVOKED,
-                    "itt", now_ms, device_id, s->node[0] ? s->node : NULL);
-    if (rc == 0 && changes == 0)
-        rc = PHY_ENOTFOUND; /* deleted or revoked since it authenticated */
-    if (rc == 0) {
-        struct store_announce a = {.kind = ANNOUNCE_SESSION};
-        rc = q_int(s, &a.n, "SELECT session_gen FROM devices WHERE device_id = ?", "t", device_id);
-        rc = rc == 1 ? 0 : rc < 0 ? rc : PHY_EIO;
-        if (rc == 0 && gen)
-            *gen = a.n;
-        snprintf(a.device_id, sizeof a.device_id, "%s", device_id);
-        if (rc == 0 && elsewhere) /* its older session on another node ends (4000) */
-            rc = announce(s, &a);
-    }
-    if (rc == 0)
+    first = rule_before_first_session(state);
+    /* The first session: a device claimed through eu tells eu to end redelivery, and
+     * its sealed issuance is purged (it has its credentials). */
+    if (first)
+        rc = q_exec(s, NULL,
+                    "INSERT INTO outbox(device_id, kind, serial, attempts, next_ms, created_ms)"
+                    " SELECT device_id, ?2, serial, 0, ?3, ?3 FROM devices"
+                    " WHERE device_id = ?1 AND remote = 1" OUTBOX_REPLACE,
+                    "tii", device_id, (int64_t)OUTBOX_PURGE, now_ms);
+    if (rc == 0 && first)
         rc = q_exec(s, &purged,
                     "UPDATE issuances SET sealed = NULL WHERE sealed IS NOT NULL AND device_id = ?1"
                     " AND serial = (SELECT serial FROM devices WHERE device_id = ?1)",
                     "t", device_id);
+    if (rc)
+        goto out;
+    rc = q_prep(s, &st,
+                "UPDATE devices SET online = 1, connected_ms = ?1, session_node = ?3,"
+                " session_gen = session_gen + 1,"
+                " last_seen_ms = CASE WHEN last_seen_ms > ?1 THEN last_seen_ms ELSE ?1 END,"
+                " state = CASE WHEN state IN " SQL_BEFORE_FIRST_SESSION
+                " THEN " SQL_ACTIVE " ELSE state END WHERE device_id = ?2 AND state <> " SQL_REVOKED
+                " RETURNING session_gen",
+                "itt", now_ms, device_id, s->node[0] ? s->node : NULL);
+    if (rc)
+        goto out;
+    rc = db_step(st);
+    if (rc == DB_ROW) {
+        g = db_int(st, 0);
+        rc = 0;
+    } else {
+        rc = rc == DB_DONE ? PHY_ENOTFOUND : rc < 0 ? rc : PHY_EIO;
+    }
+    db_finish(st);
+    st = NULL;
+    if (rc == 0 && gen)
+        *gen = g;
+    if (rc == 0 && elsewhere) { /* its older session on another node ends (4000) */
+        struct store_announce a = {.kind = ANNOUNCE_SESSION, .n = g};
+        snprintf(a.device_id, sizeof a.device_id, "%s", device_id);
+        rc = announce(s, &a);
+    }
 out:
+    db_finish(st);
+    st = NULL;
     rc = tx_end_scrub(s, rc, purged);
     TX_RETRY(rc);
     return rc;
