@@ -31,7 +31,7 @@ static struct {
     struct nodelink *link; /* several nodes on PostgreSQL */
     uv_loop_t *loop;
     uv_signal_t sigint, sigterm;
-    struct periodic sweep, heart, soft;
+    struct periodic sweep, heart;
     uv_timer_t outbox_timer;
     uv_work_t outbox_work;
     int outbox_running, outbox_again, stopping;
@@ -93,6 +93,9 @@ void hub_heartbeat(struct hub *h, int64_t now_ms)
     }
     if (rc == 1) /* forgotten while too slow: the loop has the sessions reclaim (below) */
         atomic_store(&L.rejoined, 1);
+    /* Pending polls' soft state (store/soft.h) not yet written by a later poll. */
+    if (store_soft_flush(h->store) < 0)
+        phy_log(PHY_LOG_WARN, "soft_flush_failed", "store=%s", store_engine_name(h->store));
     if (!hub_lead(h, "presence", now_ms))
         return;
     if (h->store_ops->presence_sweep(h->store, now_ms, now_ms - h->cfg.node_timeout_s * 1000,
@@ -125,14 +128,6 @@ static void sweep_if_lead(struct hub *h, int64_t now_ms)
 {
     if (hub_lead(h, "sweep", now_ms))
         hub_sweep(h, now_ms);
-}
-
-/* Pending polls keep their soft state in memory (store/soft.h): written every second. */
-static void soft_flush(struct hub *h, int64_t now_ms)
-{
-    (void)now_ms;
-    if (store_soft_flush(h->store) < 0)
-        phy_log(PHY_LOG_WARN, "soft_flush_failed", "store=%s", store_engine_name(h->store));
 }
 
 static void on_periodic_work(uv_work_t *w)
@@ -228,7 +223,6 @@ static void on_signal(uv_signal_t *s, int signum)
     uv_close((uv_handle_t *)&L.sweep.timer, NULL);
     uv_close((uv_handle_t *)&L.outbox_timer, NULL);
     uv_close((uv_handle_t *)&L.heart.timer, NULL);
-    uv_close((uv_handle_t *)&L.soft.timer, NULL);
 }
 
 void hub_lifecycle_start(struct hub *h, uv_loop_t *loop, struct server *srv)
@@ -245,7 +239,6 @@ void hub_lifecycle_start(struct hub *h, uv_loop_t *loop, struct server *srv)
         h->outbox_kick = outbox_kick;
     periodic_start(&L.sweep, sweep_if_lead, h->cfg.sweep_interval_s);
     periodic_start(&L.heart, hub_heartbeat, h->cfg.node_heartbeat_s);
-    periodic_start(&L.soft, soft_flush, 1);
     if (h->store_ops->node_sessions && strcmp(store_engine_name(h->store), "postgresql") == 0 &&
         !(L.link = nodelink_start(h, loop, srv, h->cfg.db)))
         phy_log(PHY_LOG_WARN, "nodelink_failed", "why=out_of_memory");

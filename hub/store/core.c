@@ -35,6 +35,13 @@ static int device_ref(const char *device_id, char out[PHY_HASH_HEX_LEN + 1])
     return phy_sha256_hex(device_id, strlen(device_id), out) < 0 ? PHY_ECRYPTO : 0;
 }
 
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 static int64_t wall_ms(void)
 {
     struct timespec ts;
@@ -1565,7 +1572,7 @@ static int sq_poll(struct store *s, const struct store_prov_params *p, const cha
     *outcome = rule_poll(&rg, code ? ncode : NULL, p, &interval);
     /* Soft state: kept in memory, written by store_soft_flush; durably at once only
      * when the table is full. */
-    if (write || soft_put(s->soft, token_hash, interval, p->now_ms) != 0) {
+    if (write || soft_put(s->soft, token_hash, interval, p->now_ms, mono_ms()) != 0) {
         if (!write) {
             rc = TX_NEED_WRITE;
             goto out;
@@ -1589,6 +1596,10 @@ out:
         goto tx_again_;
     }
     TX_RETRY(rc);
+    /* The soft state goes to the store once its oldest entry is a second old (and at
+     * every heartbeat): no timer of its own while nothing polls. */
+    if (rc == 0 && !write && soft_due(s->soft, mono_ms(), SOFT_FLUSH_AFTER_MS))
+        (void)store_soft_flush(s);
     return rc;
 }
 

@@ -14,6 +14,7 @@ struct soft_table {
     pthread_mutex_t mu;
     struct soft_poll *slots; /* token_hash[0] == '\0': free */
     size_t n;
+    int64_t first_mono_ms; /* when the oldest entry came */
 };
 
 static size_t slot_of(const char *token_hash)
@@ -70,7 +71,7 @@ int soft_get(struct soft_table *t, const char *token_hash, struct soft_poll *out
 }
 
 int soft_put(struct soft_table *t, const char *token_hash, int64_t interval_s,
-             int64_t last_poll_ms)
+             int64_t last_poll_ms, int64_t mono_ms)
 {
     int rc = 0;
     if (strlen(token_hash) != PHY_HASH_HEX_LEN)
@@ -88,7 +89,8 @@ int soft_put(struct soft_table *t, const char *token_hash, int64_t interval_s,
             goto out;
         }
         memcpy(e->token_hash, token_hash, PHY_HASH_HEX_LEN + 1);
-        t->n++;
+        if (t->n++ == 0)
+            t->first_mono_ms = mono_ms;
     }
     if (last_poll_ms >= e->last_poll_ms) {
         e->interval_s = interval_s;
@@ -97,6 +99,14 @@ int soft_put(struct soft_table *t, const char *token_hash, int64_t interval_s,
 out:
     pthread_mutex_unlock(&t->mu);
     return rc;
+}
+
+int soft_due(struct soft_table *t, int64_t now_ms, int64_t max_age_ms)
+{
+    pthread_mutex_lock(&t->mu);
+    int due = t->n > 0 && now_ms - t->first_mono_ms >= max_age_ms;
+    pthread_mutex_unlock(&t->mu);
+    return due;
 }
 
 struct soft_poll *soft_take(struct soft_table *t, size_t *n)

@@ -640,9 +640,10 @@ int store_set_node(struct store *s, const char *node_id);
 int store_copy(struct store *from, struct store *to, char *report, size_t cap, char *err,
                size_t errcap);
 /* Writes the soft state that pending polls recorded in memory (when each
- * registration last polled, its interval) to the store in one transaction. The hub
- * calls it every second; closing the store calls it too. 0 or a negative error (the
- * soft state is then dropped: it only grows the intervals of polls too fast). */
+ * registration last polled, its interval) to the store in one transaction. A poll
+ * calls it once the oldest entry is a second old, the hub at each heartbeat, and
+ * closing the store too. 0 or a negative error (the soft state is then dropped: it
+ * only grows the intervals of polls too fast). */
 int store_soft_flush(struct store *s);
 /* Group commit counters (SQLite): write commits, and the operations they carried.
  * PHY_EUNSUPP for an engine that commits each transaction alone (PostgreSQL, whose
