@@ -15,6 +15,7 @@
 
 #include <cmocka.h>
 
+#include "testutil.h"
 #include "phy/err.h"
 #include "phy/netaddr.h"
 #include "phy/proxyproto.h"
@@ -165,12 +166,13 @@ static void test_ratelimit(void **state)
 
 static void test_proxy_token(void **state)
 {
-    char dir[] = "/tmp/phy-edge-XXXXXX", spec[128], spec2[128], err[256];
+    char dir[64], spec[128], spec2[128], err[256];
     char tok[PHY_PROXY_TOKEN_MAX + 1], tok2[PHY_PROXY_TOKEN_MAX + 1];
     struct phy_proxy_key keys[2], k;
     const char *dev = "dev_abcdefghijklmnopqrstuvwxyz";
 
     (void)state;
+    assert_non_null(test_tmp_template(dir, sizeof dir, "phy-edge-"));
     assert_non_null(mkdtemp(dir));
     snprintf(spec, sizeof spec, "k1=%s/k1", dir);
     snprintf(spec2, sizeof spec2, "k2=%s/k2", dir);
