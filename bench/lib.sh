@@ -22,6 +22,21 @@ bench_pki() { # dir sni
     ) >/dev/null 2>&1
 }
 
+# Waits (up to 20 s) until the hub on 127.0.0.1:PORT answers /healthz over TLS
+# (CA file, SNI name); returns 1, with the tail of its log on stderr, when it does not
+# or its process PID ended first.
+bench_wait_hub() { # ca sni port pid log
+    for _ in $(seq 1 400); do
+        curl -sf --max-time 1 --cacert "$1" --resolve "$2:$3:127.0.0.1" \
+            "https://$2:$3/healthz" >/dev/null 2>&1 && return 0
+        kill -0 "$4" 2>/dev/null || break
+        sleep 0.05
+    done
+    printf 'phyhub did not start; its log:\n' >&2
+    tail -20 "$5" >&2
+    return 1
+}
+
 # A throwaway PostgreSQL cluster in DIR/pg (scripts/pgtest.sh; stop it with
 # bench_pg_stop); prints its base URL.
 bench_pg_start() { # dir

@@ -75,11 +75,7 @@ for r in $(seq 1 "$REPEAT"); do
         --key-file "$TMP/issuance$r.key" --tls-cert "$TMP/hub.pem" --tls-key "$TMP/hub.key" \
         --keepalive 120 --register-rate 0 --max-idle-per-source 10000 2>"$TMP/hub$r.log" &
     HUB_PID=$!
-    for _ in $(seq 1 100); do
-        curl -sf --max-time 1 --cacert "$TMP/ca.pem" --resolve "$SNI:$port:127.0.0.1" \
-            "https://$SNI:$port/healthz" >/dev/null 2>&1 && break
-        sleep 0.1
-    done
+    bench_wait_hub "$TMP/ca.pem" "$SNI" "$port" "$HUB_PID" "$TMP/hub$r.log" || exit 1
     # N registrations (serial, poll token) as wrk's Lua table.
     python3 - "$port" "$TMP/ca.pem" "$SERIALS" "$r" >"$TMP/polls.lua" <<'EOF'
 import http.client, json, ssl, sys

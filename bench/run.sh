@@ -186,31 +186,11 @@ start_hub() { # dir port
         --max-connections 25000 --ping-interval 3600 --ping-timeout 7200 \
         ${PHY_BENCH_HUB_ARGS:-} 2>"$dir/hub.log" &
     HUB_PID=$!
-    for _ in $(seq 1 100); do # up to 10 s
-        if curl -sf --max-time 1 --cacert "$TMP/ca.pem" --resolve "$SNI:$port:127.0.0.1" \
-            "https://$SNI:$port/healthz" >/dev/null 2>&1; then
-            return 0
-        fi
-        kill -0 "$HUB_PID" 2>/dev/null || break
-        sleep 0.1
-    done
-    log "phyhub did not start; its log:"
-    tail -20 "$dir/hub.log" >&2
-    exit 1
+    wait_healthz "$port" "$HUB_PID" "$dir/hub.log"
 }
 
 wait_healthz() { # port pid log
-    for _ in $(seq 1 100); do # up to 10 s
-        if curl -sf --max-time 1 --cacert "$TMP/ca.pem" --resolve "$SNI:$1:127.0.0.1" \
-            "https://$SNI:$1/healthz" >/dev/null 2>&1; then
-            return 0
-        fi
-        kill -0 "$2" 2>/dev/null || break
-        sleep 0.1
-    done
-    log "phyhub did not start; its log:"
-    tail -20 "$3" >&2
-    exit 1
+    bench_wait_hub "$TMP/ca.pem" "$SNI" "$1" "$2" "$3" || exit 1
 }
 
 # Cluster mode: NODES hubs on one store (node1, node2, …, started one after the

@@ -60,15 +60,7 @@ start_hub() { # db dir port
         --max-connections 25000 --ping-interval 3600 --ping-timeout 7200 \
         ${PHY_BENCH_HUB_ARGS:-} 2>>"$2/hub.log" &
     HUB_PID=$!
-    for _ in $(seq 1 200); do # up to 20 s
-        curl -sf --max-time 1 --cacert "$TMP/ca.pem" --resolve "$SNI:$3:127.0.0.1" \
-            "https://$SNI:$3/healthz" >/dev/null 2>&1 && return 0
-        kill -0 "$HUB_PID" 2>/dev/null || break
-        sleep 0.05
-    done
-    log "phyhub did not start; its log:"
-    tail -20 "$2/hub.log" >&2
-    exit 1
+    bench_wait_hub "$TMP/ca.pem" "$SNI" "$3" "$HUB_PID" "$2/hub.log" || exit 1
 }
 
 HZ=$(getconf CLK_TCK)
