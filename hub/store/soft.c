@@ -77,7 +77,8 @@ int soft_put(struct soft_table *t, const char *token_hash, int64_t interval_s,
     if (strlen(token_hash) != PHY_HASH_HEX_LEN)
         return PHY_EINVAL;
     pthread_mutex_lock(&t->mu);
-    /* The slots are allocated when the first entry arrives, freed by soft_take. */
+    /* The slots are allocated when the first entry arrives (a hub that never sees a
+     * poll keeps none), then kept. */
     if (!t->slots && !(t->slots = calloc(SLOTS, sizeof *t->slots))) {
         rc = PHY_ENOMEM;
         goto out;
@@ -111,20 +112,23 @@ int soft_due(struct soft_table *t, int64_t now_ms, int64_t max_age_ms)
 
 struct soft_poll *soft_take(struct soft_table *t, size_t *n)
 {
-    pthread_mutex_lock(&t->mu);
-    struct soft_poll *slots = t->slots, *out = NULL;
-    size_t count = t->n, j = 0;
-    t->slots = NULL;
-    t->n = 0;
-    pthread_mutex_unlock(&t->mu);
+    struct soft_poll *out = NULL;
+    size_t j = 0;
     *n = 0;
-    if (!slots)
-        return NULL;
-    /* Packed into the front of the same array. */
-    for (size_t i = 0; i < SLOTS && j < count; i++)
-        if (slots[i].token_hash[0])
-            slots[j++] = slots[i];
-    out = slots;
+    pthread_mutex_lock(&t->mu);
+    /* Copied out and cleared in place: the slots stay allocated for the next polls
+     * (a poll flushes every second while polls come). Left as they are when there is
+     * no memory for the copy: the next flush takes them. */
+    if (t->n > 0 && (out = malloc(t->n * sizeof *out))) {
+        for (size_t i = 0; i < SLOTS && j < t->n; i++) {
+            if (t->slots[i].token_hash[0]) {
+                out[j++] = t->slots[i];
+                t->slots[i].token_hash[0] = '\0';
+            }
+        }
+        t->n = 0;
+    }
+    pthread_mutex_unlock(&t->mu);
     *n = j;
     return out;
 }
