@@ -365,9 +365,13 @@ static void link_connect(struct nodelink *l)
     PHY_ASSERT(!l->pg);
     if (!l->srv)
         return;
-    static const char *const keys[] = {"dbname", "application_name", NULL};
-    const char *vals[] = {l->url, "phyhub-nodelink", NULL};
-    l->pg = PQconnectStartParams(keys, vals, 1); /* the URL expands into the rest */
+    /* TCP keepalives: a LISTEN connection only reads, so without them a peer or a
+     * network gone silent would leave it "ready" for good, missing announcements.
+     * Later keywords win: the URL (dbname, expanded) may set its own. */
+    static const char *const keys[] = {"keepalives", "keepalives_idle", "keepalives_interval",
+                                       "keepalives_count", "application_name", "dbname", NULL};
+    const char *vals[] = {"1", "10", "5", "3", "phyhub-nodelink", l->url, NULL};
+    l->pg = PQconnectStartParams(keys, vals, 1);
     if (!l->pg || PQstatus(l->pg) == CONNECTION_BAD || PQsetnonblocking(l->pg, 1) != 0) {
         link_lost(l, "connect failed");
         return;

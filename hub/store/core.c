@@ -208,8 +208,10 @@ static int announce(struct store *s, struct store_announce *a)
     if (!s->e->notifies || !s->node[0])
         return 0;
     snprintf(a->node, sizeof a->node, "%s", s->node);
-    int rc = store_announce_format(a, line);
-    PHY_ASSERT(rc > 0); /* the callers' fields were checked already */
+    /* A field the line cannot carry (e.g. a device ID read back from the store with
+     * characters its format refuses) fails the change rather than the process. */
+    if (store_announce_format(a, line) <= 0)
+        return PHY_EINVAL;
     return q_exec(s, NULL, "SELECT pg_notify('" STORE_ANNOUNCE_CHANNEL "', ?)", "t", line);
 }
 
