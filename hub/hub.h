@@ -34,7 +34,7 @@ struct hub_config {
     long registration_idle_s;
     long header_timeout_s; /* TLS handshake + request head + body */
     long keepalive_s;      /* idle between requests on one connection */
-    long max_handshakes;   /* TLS handshakes in flight, then accepting pauses */
+    long max_handshakes;   /* TLS handshakes in flight; more clients that spoke wait */
     long drain_s;          /* SIGTERM: longest wait for requests in flight; device
                               sessions are told to come back spread over as long */
     long max_body;         /* request body bytes */

@@ -593,8 +593,8 @@ int main(int argc, char **argv)
         {"keepalive", PHY_OPT_INT, &c->keepalive_s, 1, 3600,
          "idle keep-alive connection timeout, s (30)"},
         {"max-handshakes", PHY_OPT_INT, &c->max_handshakes, 8, 100000,
-         "TLS handshakes in flight; further connections are accepted and wait their "
-         "turn, without a deadline or TLS state (512)"},
+         "TLS handshakes in flight; past it a client that has spoken waits its turn "
+         "(no TLS state, deadline paused); silent connections take no slot (512)"},
         {"drain-time", PHY_OPT_INT, &c->drain_s, 0, 600,
          "on SIGTERM: wait at most this long for requests in flight, and spread the "
          "devices' reconnects over as long (close 1001 with a delay each), s (10)"},

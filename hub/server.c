@@ -55,8 +55,7 @@ struct server {
     int listener_closed;
     enum { DRAIN_NONE, DRAIN_RUNNING, DRAIN_CLOSING } drain;
     size_t nsetup;      /* connections before the end of their TLS handshake */
-    struct conn *q_head, *q_tail; /* accepted, waiting for a handshake slot (FIFO) */
-    size_t nqueued;
+    struct conn *q_head, *q_tail; /* spoke, waiting for a handshake slot (FIFO) */
     size_t nconns;
     size_t ndevice; /* device sessions among nconns */
     struct idle_src *idle[SERVER_IDLE_BUCKETS]; /* idle keep-alive conns per source */
@@ -270,20 +269,6 @@ static int idle_full(struct conn *c)
     return *pp && (*pp)->n >= (unsigned)c->srv->hub->cfg.max_idle_per_source;
 }
 
-/* Starts a connection's setup (its TLS handshake, or first its PROXY header): one
- * more handshake in flight, the header deadline from now. */
-static void setup_begin(struct conn *c)
-{
-    struct server *s = c->srv;
-    c->in_setup = 1;
-    s->nsetup++;
-    c->accept_ms = uv_now(s->loop);
-    conn_deadline(c, s->hub->cfg.header_timeout_s);
-    /* No TLS state until the client has sent something: a connection that never
-     * speaks costs a few hundred bytes, not a handshake's buffers. */
-    conn_want(c, UV_READABLE);
-}
-
 static void queue_remove(struct conn *c)
 {
     struct server *s = c->srv;
@@ -299,13 +284,38 @@ static void queue_remove(struct conn *c)
     else
         s->q_tail = c->qprev;
     c->qprev = c->qnext = NULL;
-    s->nqueued--;
+}
+
+/* A connection whose client has spoken (its PROXY header or ClientHello is waiting)
+ * takes a handshake slot, or waits its turn: 1 to go on now, 0 when queued (not
+ * polled, its deadline paused: the wait is the hub's doing). A connection that never
+ * speaks takes no slot, so silent connections cannot hold the handshakes up. */
+static int setup_slot(struct conn *c)
+{
+    struct server *s = c->srv;
+    if (c->in_setup)
+        return 1;
+    if (s->nsetup < (size_t)s->hub->cfg.max_handshakes) {
+        c->in_setup = 1;
+        s->nsetup++;
+        return 1;
+    }
+    c->queued = 1;
+    c->qprev = s->q_tail;
+    if (s->q_tail)
+        s->q_tail->qnext = c;
+    else
+        s->q_head = c;
+    s->q_tail = c;
+    conn_want(c, 0);
+    conn_deadline(c, 0);
+    return 0;
 }
 
 /* A connection's TLS handshake ended (done, failed or closed): one fewer in flight,
- * and the oldest connection waiting for a slot begins its own. A storm is so served
- * in order at full speed, instead of every handshake slowed down by all the others
- * until they time out; waiting costs a descriptor and this struct, no TLS state. */
+ * and the oldest connection waiting for a slot takes it, with the header deadline
+ * from now. A storm is so served in order at full speed, instead of every handshake
+ * slowed down by all the others until they time out. */
 static void setup_end(struct conn *c)
 {
     struct server *s = c->srv;
@@ -316,7 +326,11 @@ static void setup_end(struct conn *c)
     if (s->q_head && !s->stopping) {
         struct conn *next = s->q_head;
         queue_remove(next);
-        setup_begin(next);
+        next->in_setup = 1;
+        s->nsetup++;
+        next->accept_ms = uv_now(s->loop);
+        conn_deadline(next, s->hub->cfg.header_timeout_s);
+        conn_want(next, UV_READABLE); /* its bytes are waiting: driven at once */
     }
 }
 
@@ -890,6 +904,8 @@ static void conn_drive(struct conn *c)
     for (;;) {
         switch (c->state) {
         case CONN_PROXY_HEAD: {
+            if (!setup_slot(c))
+                return;
             int r = conn_proxy_head(c);
             if (r <= 0)
                 return;
@@ -897,6 +913,8 @@ static void conn_drive(struct conn *c)
             continue;
         }
         case CONN_HANDSHAKE: {
+            if (!setup_slot(c))
+                return;
             if (!c->ssl) {
                 c->ssl = SSL_new(c->srv->ctx);
                 if (!c->ssl || SSL_set_fd(c->ssl, c->fd) != 1) {
@@ -1061,20 +1079,11 @@ static struct conn *conn_accept(struct server *s, int fd, const struct sockaddr_
         s->conns->prev = c;
     s->conns = c;
     s->nconns++;
-    if (s->nsetup < (size_t)s->hub->cfg.max_handshakes) {
-        setup_begin(c);
-        return c;
-    }
-    /* Enough handshakes in flight: it waits its turn (no deadline meanwhile; the
-     * connection limit bounds how many wait). */
-    c->queued = 1;
-    c->qprev = s->q_tail;
-    if (s->q_tail)
-        s->q_tail->qnext = c;
-    else
-        s->q_head = c;
-    s->q_tail = c;
-    s->nqueued++;
+    conn_deadline(c, s->hub->cfg.header_timeout_s);
+    /* No TLS state until the client has sent something: a connection that never
+     * speaks costs a few hundred bytes, not a handshake's buffers, nor a handshake
+     * slot (setup_slot). */
+    conn_want(c, UV_READABLE);
     return c;
 }
 

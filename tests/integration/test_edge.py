@@ -174,15 +174,21 @@ def test_full_hub_answers_503_and_keeps_a_share_for_devices():
 
 
 def test_handshakes_in_flight_are_bounded():
-    """Issue 13: with --max-handshakes (8) connections still in their TLS handshake, a
-    new client waits its turn (accepted, its ClientHello not read yet), and is served
-    as soon as a handshake slot is free (here: two of the eight closed), instead of
-    every handshake of a storm slowing down all the others until they time out."""
+    """Issue 13: with --max-handshakes (8) clients stalled inside their TLS handshake (a
+    record header sent, nothing more), a new client waits its turn (its ClientHello not
+    read yet) and is served as soon as a slot is free (two of the eight closed),
+    instead of every handshake of a storm slowing down all the others until they time
+    out. Connections that never speak take no slot: eight of them block nothing."""
     st = Stack("edge_setup", hub_flags=["--max-handshakes", "8"], proxy=False)
-    held, result = [], {}
+    silent, stalled, result = [], [], {}
     try:
         for _ in range(8):
-            held.append(phytest.connect(st.hub_port))  # silent: in the handshake
+            silent.append(phytest.connect(st.hub_port))
+        assert st.request("GET", "/healthz", via_proxy=False)[0] == 200
+        for _ in range(8):
+            x = phytest.connect(st.hub_port)
+            x.sendall(b"\x16\x03\x01")  # the start of a TLS record: the handshake begins
+            stalled.append(x)
 
         def probe():
             result["r"] = st.request("GET", "/healthz", via_proxy=False)
@@ -190,12 +196,12 @@ def test_handshakes_in_flight_are_bounded():
         t.start()
         t.join(1.5)
         assert t.is_alive() and "r" not in result, result  # waiting for a slot
-        for x in held[:2]:
+        for x in stalled[:2]:
             x.close()
         t.join(10)
         assert not t.is_alive() and result["r"][0] == 200, result
     finally:
-        for x in held:
+        for x in silent + stalled:
             x.close()
         st.stop()
 
