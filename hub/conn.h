@@ -95,6 +95,9 @@ struct conn_mode {
     /* Loop: after authorize. Returns 1 when it answered (conn_upgrade*, conn_refuse),
      * 0 when the server answers res as for any request. */
     int (*answer)(struct conn *c, void *state, const struct api_response *res, void *work);
+    /* Loop (optional): an upgrade authorize accepted (101 or 200) that the server
+     * refuses instead, the hub having begun to stop: undo what authorize did. */
+    void (*cancel)(void *state, void *work);
 
     /* The connection's life in the mode, once the upgrade's answer is written. */
     void (*begin)(struct conn *c);
@@ -154,7 +157,5 @@ void conn_upgrade_raw(struct conn *c, const struct conn_mode *mode, void *data, 
 void conn_refuse(struct conn *c, int status, const char *code, const char *msg);
 /* Hands an effect to every mode of the server (see struct conn_mode.effect). */
 void server_effect(struct server *s, const struct api_effect *e, const char *push_patch);
-/* 1 once the server stops (SIGTERM): a mode refuses new sessions. */
-int server_stopping(const struct server *s);
 
 #endif

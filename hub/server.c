@@ -572,7 +572,12 @@ static void on_work_done(uv_work_t *req, int status)
                 w->rid, c->peer, w->areq.method,
                 api_log_path(w->areq.path, lpath, sizeof(lpath)), w->ares.status,
                 (unsigned long long)dur, w->ares.log[0] ? " " : "", w->ares.log);
-        if (!w->mode || !w->mode->answer(c, w->mode_state, &w->ares, w->mode_work)) {
+        if (w->mode && s->stopping && (w->ares.status == 101 || w->ares.status == 200)) {
+            /* An upgrade authorized while the hub began to stop: refused, undone. */
+            if (w->mode->cancel)
+                w->mode->cancel(w->mode_state, w->mode_work);
+            conn_refuse(c, 503, "stopping", "the hub is stopping; retry later");
+        } else if (!w->mode || !w->mode->answer(c, w->mode_state, &w->ares, w->mode_work)) {
             if (c->keep_alive && c->in_len == 0 && idle_full(c))
                 c->keep_alive = 0; /* its source keeps enough idle connections */
             conn_respond_typed(c, w->ares.status, w->ares.extra_headers, w->ares.content_type,
@@ -1303,11 +1308,6 @@ static void on_drain_end(uv_timer_t *t)
     }
 }
 
-int server_stopping(const struct server *s)
-{
-    return s->stopping;
-}
-
 void server_stop(struct server *s)
 {
     if (!s || s->stopping)
@@ -1322,10 +1322,8 @@ void server_stop(struct server *s)
     struct conn *c = s->conns;
     while (c) {
         struct conn *next = c->next;
-        if (c->state == CONN_WORKING || c->state == CONN_WRITING)
-            c->keep_alive = 0;
-        else
-            conn_close(c);
+        if (c->state != CONN_WORKING && c->state != CONN_WRITING)
+            conn_close(c); /* the others close once answered (on_work_done, the writer) */
         c = next;
     }
     uv_close((uv_handle_t *)&s->listen_poll, on_listener_closed);

@@ -901,20 +901,34 @@ static void session_arm_timer(struct session *ss)
 
 static void session_drive(struct conn *c);
 
+/* The device's newer session (here from peer, or on another node: peer NULL) is its
+ * presence now: this one leaves the registry and closes with 4000. */
+static void session_end_replaced(struct sessions *r, struct session *ss, const char *peer)
+{
+    registry_remove(r, ss);
+    ss->replaced = 1;
+    phy_log(PHY_LOG_INFO, "session_replaced", "device_id=%s by=%s", ss->device_id,
+            peer ? peer : "another_node");
+    session_close_with(ss, PHY_CLOSE_REPLACED, "replaced by a newer session");
+    session_drive(ss->conn);
+}
+
+/* The device was revoked (4001) or deleted (4002). */
+static void session_end_gone(struct session *ss, int code)
+{
+    phy_log(PHY_LOG_INFO, "session_closing", "device_id=%s code=%d", ss->device_id, code);
+    session_close_with(ss, (uint16_t)code, code == PHY_CLOSE_REVOKED ? "revoked" : "deleted");
+    session_drive(ss->conn);
+}
+
 static void session_begin(struct conn *c)
 {
     struct session *ss = c->mode_data;
     struct sessions *r = ss->reg;
     ss->conn = c;
     struct session *old = registry_find(r, ss->device_id);
-    if (old) {
-        registry_remove(r, old);
-        old->replaced = 1;
-        phy_log(PHY_LOG_INFO, "session_replaced", "device_id=%s peer=%s", ss->device_id,
-                old->conn->peer);
-        session_close_with(old, PHY_CLOSE_REPLACED, "replaced by a newer session");
-        session_drive(old->conn);
-    }
+    if (old)
+        session_end_replaced(r, old, c->peer);
     registry_add(r, ss);
     PHY_ASSERT(!ss->begun);
     ss->begun = 1;
@@ -1082,25 +1096,6 @@ static int session_detach(struct conn *c)
 
 /* A handler's effect: push a desired patch, close a revoked or deleted device's
  * session. */
-/* The device's newer session is on another node: that one is its presence now, this
- * one closes with 4000. */
-static void session_end_elsewhere(struct sessions *r, struct session *ss)
-{
-    registry_remove(r, ss);
-    ss->replaced = 1;
-    phy_log(PHY_LOG_INFO, "session_replaced", "device_id=%s elsewhere=1", ss->device_id);
-    session_close_with(ss, PHY_CLOSE_REPLACED, "replaced by a newer session");
-    session_drive(ss->conn);
-}
-
-/* The device was revoked (4001) or deleted (4002). */
-static void session_end_gone(struct session *ss, int code)
-{
-    phy_log(PHY_LOG_INFO, "session_closing", "device_id=%s code=%d", ss->device_id, code);
-    session_close_with(ss, (uint16_t)code, code == PHY_CLOSE_REVOKED ? "revoked" : "deleted");
-    session_drive(ss->conn);
-}
-
 static void on_reclaim_work(uv_work_t *req)
 {
     struct reclaim_job *j = req->data;
@@ -1121,7 +1116,7 @@ static void on_reclaim_done(uv_work_t *req, int status)
         if (j->rc < 0)
             phy_log(PHY_LOG_WARN, "reclaim_failed", "device_id=%s", j->device_id);
         else if (j->outcome == STORE_EXISTS)
-            session_end_elsewhere(r, ss);
+            session_end_replaced(r, ss, NULL);
         else if (j->outcome != STORE_OK)
             session_end_gone(ss, j->outcome == STORE_REVOKED ? PHY_CLOSE_REVOKED : PHY_CLOSE_DELETED);
     }
@@ -1186,7 +1181,7 @@ static void session_effect(void *state, const struct api_effect *e, const char *
     if (e->kind == API_EFFECT_SESSION_ELSEWHERE) {
         if (ss->gen >= e->version)
             return; /* this session is the newer one */
-        session_end_elsewhere(r, ss);
+        session_end_replaced(r, ss, NULL);
         return;
     }
     if (e->kind == API_EFFECT_CLOSE_SESSION) {
@@ -1268,11 +1263,6 @@ static int session_answer(struct conn *c, void *state, const struct api_response
     char extra[256];
     if (res->status != 101)
         return 0;
-    if (server_stopping(r->srv)) { /* authorized while the hub began to stop */
-        presence_offline(r, uw->device_id, uw->gen, hub_now_ms()); /* never started */
-        conn_refuse(c, 503, "stopping", "the hub is stopping; retry later");
-        return 1;
-    }
     struct session *ss = session_new(uw->device_id, uw->tenant_id, uw->gen);
     if (!ss) {
         presence_offline(r, uw->device_id, uw->gen, hub_now_ms()); /* never started */
@@ -1288,6 +1278,14 @@ static int session_answer(struct conn *c, void *state, const struct api_response
     return 1;
 }
 
+/* Loop: an authorized upgrade the stopping server refused: the store's session
+ * opened by authorize ends (it never started). */
+static void session_cancel(void *state, void *work)
+{
+    const struct upgrade_work *uw = work;
+    presence_offline(state, uw->device_id, uw->gen, hub_now_ms());
+}
+
 const struct conn_mode session_mode = {
     .name = "session",
     .path = PHY_HUB_PATH,
@@ -1299,6 +1297,7 @@ const struct conn_mode session_mode = {
     .check = session_check,
     .authorize = session_authorize,
     .answer = session_answer,
+    .cancel = session_cancel,
     .begin = session_begin,
     .drive = session_drive,
     .timer = session_timer,
