@@ -813,22 +813,22 @@ enum agent_session_outcome agent_session_run(const struct agent_session_cfg *cfg
             out = AGENT_SESSION_STOPPED;
             break;
         }
-        delay = agent_backoff_decorrelated_ms((uint64_t)cfg->reconnect_min_s * 1000,
-                                              (uint64_t)cfg->reconnect_max_s * 1000,
-                                              l->prev_backoff_ms, random_u64());
-        if (l->retry_after_ms > 0) /* at least the hub's hint, spread over as long again */
-            delay = agent_backoff_at_least_ms(delay, l->retry_after_ms, random_u64());
-        l->retry_after_ms = 0;
-        l->prev_backoff_ms = delay;
+        uint64_t min_ms = (uint64_t)cfg->reconnect_min_s * 1000;
         if (l->has_hint) {
             /* A stopping hub spread its devices' returns over its drain time: the hint,
              * plus a little jitter of our own; should the hub not be back by then, the
              * next waits start from --reconnect-min again. */
-            uint64_t min_ms = (uint64_t)cfg->reconnect_min_s * 1000;
             delay = agent_backoff_hinted_ms(l->hint_ms, min_ms / 2, random_u64());
             l->prev_backoff_ms = min_ms;
             l->has_hint = 0;
+        } else {
+            delay = agent_backoff_decorrelated_ms(min_ms, (uint64_t)cfg->reconnect_max_s * 1000,
+                                                  l->prev_backoff_ms, random_u64());
+            if (l->retry_after_ms > 0) /* at least the hub's hint, spread over as long again */
+                delay = agent_backoff_at_least_ms(delay, l->retry_after_ms, random_u64());
+            l->prev_backoff_ms = delay;
         }
+        l->retry_after_ms = 0;
         phy_log(PHY_LOG_INFO, "reconnect_backoff", "delay_ms=%" PRIu64, delay);
         if (wait_ms(l, delay)) {
             out = AGENT_SESSION_STOPPED;

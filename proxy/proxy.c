@@ -1254,11 +1254,10 @@ static void accept_head(struct tunnel *t, const struct phy_http_request *req, si
     memset(&creq, 0, sizeof(creq));
     /* Health checks (a load balancer's, systemd's, an operator's): /healthz, the
      * process answers; /readyz, it takes tunnels and every route has an upstream up. */
-    if (phy_str_eq(req->method, "GET") &&
-        (phy_str_eq(req->target, "/healthz") || phy_str_eq(req->target, "/readyz"))) {
-        int ready = phy_str_eq(req->target, "/healthz") ||
-                    (!px->shutting_down && proxy_policy_routes_up(px->cfg.policy));
-        t->target = strdup(phy_str_eq(req->target, "/healthz") ? "/healthz" : "/readyz");
+    int healthz = phy_str_eq(req->target, "/healthz");
+    if (phy_str_eq(req->method, "GET") && (healthz || phy_str_eq(req->target, "/readyz"))) {
+        int ready = healthz || (!px->shutting_down && proxy_policy_routes_up(px->cfg.policy));
+        t->target = strdup(healthz ? "/healthz" : "/readyz"); /* named in the access log */
         refuse(t, ready ? O_HEALTHY : O_NOT_READY);
         return;
     }
