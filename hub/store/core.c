@@ -2570,6 +2570,9 @@ static const char *const SECTION_PUT_SQL[] = {
  * a fleet-wide patch does not prepare them again for every device). */
 struct section_q {
     enum twin_section sec;
+    char *patch_text; /* desired: the patch as stored with the section (compact), made
+                       * once per operation by section_apply when NULL; freed by the
+                       * caller */
 };
 
 /* The last merge of a fleet-wide patch, reused for the next device whose section
@@ -2653,11 +2656,12 @@ static int section_apply(struct store *s, struct section_q *q, const char *devic
         goto out;
     }
     if (ch && q->sec == SECTION_DESIRED) {
-        char *ptext = json_dumps(patch, JSON_COMPACT);
-        rc = ptext ? q_exec(s, NULL, SECTION_PUT_SQL[q->sec], "ttit", device_id, result, ver + 1,
-                            ptext)
-                   : PHY_ENOMEM;
-        free(ptext);
+        if (!q->patch_text && !(q->patch_text = json_dumps(patch, JSON_COMPACT))) {
+            rc = PHY_ENOMEM;
+            goto out;
+        }
+        rc = q_exec(s, NULL, SECTION_PUT_SQL[q->sec], "ttit", device_id, result, ver + 1,
+                    q->patch_text);
         if (rc)
             goto out;
     } else if (ch) {
@@ -2717,6 +2721,8 @@ static int device_section_patch(struct store *s, const char *device_id, const ch
     }
     q.sec = sec;
     rc = section_apply(s, &q, device_id, patch, if_match, NULL, version, changed, outcome);
+    free(q.patch_text);
+    q.patch_text = NULL;
     if (rc == 0 && sec == SECTION_DESIRED && *changed) {
         struct store_announce a = {.kind = ANNOUNCE_DESIRED, .n = *version,
                                    .tenant_id = ((const struct patch_target *)ctx)->tenant_id};
@@ -2985,6 +2991,8 @@ static int sq_desired_patch_tag(struct store *s, int64_t tenant_id, const char *
 out:
     db_finish(st);
     st = NULL;
+    free(q.patch_text); /* (a retry makes it again) */
+    q.patch_text = NULL;
     merge_memo_clear(&memo);
     for (size_t i = 0; i < ng; i++) {
         free(groups[i].in);
@@ -3501,83 +3509,56 @@ out:
 
 static int sq_session_open(struct store *s, const char *device_id, int64_t now_ms, int64_t *gen)
 {
-    struct db_stmt *st = NULL;
-    char state[24];
-    int purged = 0, elsewhere = 0, first, rc;
-    int64_t g = 0;
+    int purged = 0, elsewhere = 0, rc;
     if (!s || !store_device_id_ok(device_id))
         return PHY_EINVAL;
     TX_BEGIN(s, 1)
-    /* One read for what decides the rest (two statements for a device's later
-     * sessions, the common case: this read and the update). */
-    rc = q_prep(s, &st, "SELECT state, online, session_node FROM devices WHERE device_id = ?", "t",
-                device_id);
-    if (rc)
-        goto out;
-    rc = db_step(st);
-    if (rc != DB_ROW) {
-        rc = rc == DB_DONE ? PHY_ENOTFOUND : rc < 0 ? rc : PHY_EIO; /* deleted meanwhile */
-        goto out;
-    }
-    rc = col_copy(st, 0, state, sizeof state);
     /* Several nodes: only a device with a live session on another node needs the
      * others told (that node closes it with 4000); most sessions open for a device
      * that had none, and announce nothing. */
-    elsewhere = s->e->notifies && s->node[0] && db_int(st, 1) != 0 && !db_null(st, 2) &&
-                strcmp(db_text(st, 2), s->node) != 0;
-    db_finish(st);
-    st = NULL;
-    if (rc)
-        goto out;
-    if (strcmp(state, STATE_REVOKED) == 0) {
-        rc = PHY_ENOTFOUND; /* revoked since it authenticated */
-        goto out;
+    elsewhere = 0;
+    if (s->e->notifies && s->node[0]) {
+        rc = q_int(s, NULL,
+                   "SELECT 1 FROM devices WHERE device_id = ?1 AND online <> 0 AND"
+                   " session_node IS NOT NULL AND session_node <> ?2",
+                   "tt", device_id, s->node);
+        if (rc < 0)
+            goto out;
+        elsewhere = rc == 1;
     }
-    first = rule_before_first_session(state);
-    /* The first session: a device claimed through eu tells eu to end redelivery, and
-     * its sealed issuance is purged (it has its credentials). */
-    if (first)
-        rc = q_exec(s, NULL,
-                    "INSERT INTO outbox(device_id, kind, serial, attempts, next_ms, created_ms)"
-                    " SELECT device_id, ?2, serial, 0, ?3, ?3 FROM devices"
-                    " WHERE device_id = ?1 AND remote = 1" OUTBOX_REPLACE,
-                    "tii", device_id, (int64_t)OUTBOX_PURGE, now_ms);
-    if (rc == 0 && first)
+    /* Before the state moves on: a device claimed through eu that becomes active
+     * tells eu to end redelivery. Writes only on that first session. */
+    rc = q_exec(s, NULL,
+                "INSERT INTO outbox(device_id, kind, serial, attempts, next_ms, created_ms)"
+                " SELECT device_id, ?2, serial, 0, ?3, ?3 FROM devices"
+                " WHERE device_id = ?1 AND remote = 1 AND"
+                " state IN " SQL_BEFORE_FIRST_SESSION OUTBOX_REPLACE,
+                "tii", device_id, (int64_t)OUTBOX_PURGE, now_ms);
+    if (rc == 0) {
+        /* The generation comes back with the update (RETURNING); no row: deleted or
+         * revoked since it authenticated. */
+        struct store_announce a = {.kind = ANNOUNCE_SESSION};
+        rc = q_int(s, &a.n,
+                   "UPDATE devices SET online = 1, connected_ms = ?1, session_node = ?3,"
+                   " session_gen = session_gen + 1,"
+                   " last_seen_ms = CASE WHEN last_seen_ms > ?1 THEN last_seen_ms ELSE ?1 END,"
+                   " state = CASE WHEN state IN " SQL_BEFORE_FIRST_SESSION
+                   " THEN " SQL_ACTIVE " ELSE state END WHERE device_id = ?2 AND state <> " SQL_REVOKED
+                   " RETURNING session_gen",
+                   "itt", now_ms, device_id, s->node[0] ? s->node : NULL);
+        rc = rc == 1 ? 0 : rc == 0 ? PHY_ENOTFOUND : rc;
+        if (rc == 0 && gen)
+            *gen = a.n;
+        snprintf(a.device_id, sizeof a.device_id, "%s", device_id);
+        if (rc == 0 && elsewhere) /* its older session on another node ends (4000) */
+            rc = announce(s, &a);
+    }
+    if (rc == 0)
         rc = q_exec(s, &purged,
                     "UPDATE issuances SET sealed = NULL WHERE sealed IS NOT NULL AND device_id = ?1"
                     " AND serial = (SELECT serial FROM devices WHERE device_id = ?1)",
                     "t", device_id);
-    if (rc)
-        goto out;
-    rc = q_prep(s, &st,
-                "UPDATE devices SET online = 1, connected_ms = ?1, session_node = ?3,"
-                " session_gen = session_gen + 1,"
-                " last_seen_ms = CASE WHEN last_seen_ms > ?1 THEN last_seen_ms ELSE ?1 END,"
-                " state = CASE WHEN state IN " SQL_BEFORE_FIRST_SESSION
-                " THEN " SQL_ACTIVE " ELSE state END WHERE device_id = ?2 AND state <> " SQL_REVOKED
-                " RETURNING session_gen",
-                "itt", now_ms, device_id, s->node[0] ? s->node : NULL);
-    if (rc)
-        goto out;
-    rc = db_step(st);
-    if (rc == DB_ROW) {
-        g = db_int(st, 0);
-        rc = 0;
-    } else {
-        rc = rc == DB_DONE ? PHY_ENOTFOUND : rc < 0 ? rc : PHY_EIO;
-    }
-    db_finish(st);
-    st = NULL;
-    if (rc == 0 && gen)
-        *gen = g;
-    if (rc == 0 && elsewhere) { /* its older session on another node ends (4000) */
-        struct store_announce a = {.kind = ANNOUNCE_SESSION, .n = g};
-        snprintf(a.device_id, sizeof a.device_id, "%s", device_id);
-        rc = announce(s, &a);
-    }
 out:
-    db_finish(st);
-    st = NULL;
     rc = tx_end_scrub(s, rc, purged);
     TX_RETRY(rc);
     return rc;

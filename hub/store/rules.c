@@ -165,12 +165,6 @@ int store_json_object_parse(const char *text, size_t max, json_t **out)
     return 0;
 }
 
-int rule_before_first_session(const char *state)
-{
-    return strcmp(state, STATE_CLAIMING) == 0 || strcmp(state, STATE_PENDING) == 0 ||
-           strcmp(state, STATE_PROVISIONED) == 0;
-}
-
 /* ---- provisioning ---- */
 
 int64_t rule_live_after(const struct store_prov_params *p)

@@ -42,10 +42,8 @@
 #define SQL_PROVISIONED "'" STATE_PROVISIONED "'"
 #define SQL_ACTIVE "'" STATE_ACTIVE "'"
 #define SQL_REVOKED "'" STATE_REVOKED "'"
-/* The states before a device's first session (its issuance may still be fetched):
- * in SQL, and as a test of a state read back (keep the two alike). */
+/* The states before a device's first session (its issuance may still be fetched). */
 #define SQL_BEFORE_FIRST_SESSION "(" SQL_CLAIMING ", " SQL_PENDING ", " SQL_PROVISIONED ")"
-int rule_before_first_session(const char *state);
 
 /* ---- input checks: 1 when valid ---- */
 int store_str_ok(const char *s, size_t max);       /* 1..max bytes */

@@ -259,20 +259,6 @@ static void test_device_lifecycle(void **state)
     assert_int_equal(rule_reset_outcome(1, "", 0), STORE_PROVISIONED);
 }
 
-/* The C test of a state read back agrees with SQL_BEFORE_FIRST_SESSION's list. */
-static void test_before_first_session(void **state)
-{
-    (void)state;
-    assert_true(rule_before_first_session(STATE_CLAIMING));
-    assert_true(rule_before_first_session(STATE_PENDING));
-    assert_true(rule_before_first_session(STATE_PROVISIONED));
-    assert_false(rule_before_first_session(STATE_ACTIVE));
-    assert_false(rule_before_first_session(STATE_REVOKED));
-    assert_false(rule_before_first_session(""));
-    assert_string_equal(SQL_BEFORE_FIRST_SESSION,
-                        "('" STATE_CLAIMING "', '" STATE_PENDING "', '" STATE_PROVISIONED "')");
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -285,7 +271,6 @@ int main(void)
         cmocka_unit_test(test_throttle_and_sessions),
         cmocka_unit_test(test_section_merge),
         cmocka_unit_test(test_device_lifecycle),
-        cmocka_unit_test(test_before_first_session),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
