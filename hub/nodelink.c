@@ -115,6 +115,8 @@ static void link_lost(struct nodelink *l, const char *why)
     if (l->state == LINK_READY || l->delay_ms >= RECONNECT_MAX_MS / 2)
         phy_log(PHY_LOG_WARN, "nodelink_lost", "why=\"%s\" retry_ms=%llu", why,
                 (unsigned long long)l->delay_ms);
+    /* Other nodes' claims may go unheard from here on: polls read the store. */
+    store_poll_facts(l->hub->store, 0);
     poll_drop(l);
     PQfinish(l->pg);
     l->pg = NULL;
@@ -283,6 +285,9 @@ static void apply(struct nodelink *l, const struct store_announce *a)
         e.kind = API_EFFECT_END_STREAMS;
         memcpy(e.session_hash, a->session_hash, sizeof e.session_hash);
         break;
+    case ANNOUNCE_REGISTRATION:
+        store_poll_facts_forget(l->hub->store, strcmp(a->serial, "*") == 0 ? NULL : a->serial);
+        return;
     }
     server_effect(l->srv, &e, NULL);
 }
@@ -346,6 +351,7 @@ static void on_poll(uv_poll_t *p, int status, int events)
                 l->delay_ms = RECONNECT_MIN_MS;
                 l->catchups++;
                 phy_log(PHY_LOG_INFO, "nodelink_ready", "catchups=%lu", l->catchups);
+                store_poll_facts(l->hub->store, 1); /* heard from here on */
                 read_back(l, 0, NULL, NULL);
                 break;
             }

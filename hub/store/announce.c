@@ -16,15 +16,25 @@ static int what_ok(const char *w)
     return strcmp(w, "state") == 0 || strcmp(w, "tags") == 0 || strcmp(w, "name") == 0;
 }
 
-/* A device ID fit for a line: the store's check, and no space or control byte. */
-static int device_ok(const char *id)
+/* No space or control byte: fit for a field of a line. */
+static int chars_ok(const char *v)
 {
-    if (!store_device_id_ok(id))
-        return 0;
-    for (; *id; id++)
-        if (!phy_name_char(*id))
+    for (; *v; v++)
+        if (!phy_name_char(*v))
             return 0;
     return 1;
+}
+
+/* A device ID fit for a line. */
+static int device_ok(const char *id)
+{
+    return store_device_id_ok(id) && chars_ok(id);
+}
+
+/* A serial (name characters only: fit for a line), or "*". */
+static int serial_ok(const char *serial)
+{
+    return strcmp(serial, "*") == 0 || store_serial_ok(serial);
 }
 
 int store_announce_format(const struct store_announce *a, char out[STORE_ANNOUNCE_MAX])
@@ -65,6 +75,11 @@ int store_announce_format(const struct store_announce *a, char out[STORE_ANNOUNC
         if (!store_session_hash_ok(a->session_hash))
             return PHY_EINVAL;
         n = snprintf(out, STORE_ANNOUNCE_MAX, "%s l %s", a->node, a->session_hash);
+        break;
+    case ANNOUNCE_REGISTRATION:
+        if (!serial_ok(a->serial))
+            return PHY_EINVAL;
+        n = snprintf(out, STORE_ANNOUNCE_MAX, "%s r %s", a->node, a->serial);
         break;
     default:
         return PHY_EINVAL;
@@ -129,6 +144,9 @@ int store_announce_parse(const char *line, struct store_announce *a)
     case ANNOUNCE_LOGOUT:
         rc = field(&p, a->session_hash, sizeof a->session_hash) ||
              !store_session_hash_ok(a->session_hash);
+        break;
+    case ANNOUNCE_REGISTRATION:
+        rc = field(&p, a->serial, sizeof a->serial) || !serial_ok(a->serial);
         break;
     default:
         return PHY_EINVAL;

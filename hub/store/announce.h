@@ -22,6 +22,8 @@ enum store_announce_kind {
     ANNOUNCE_DEVICE = 'v',  /* tenant device what: its "state", "tags" or "name" changed */
     ANNOUNCE_SESSION = 's', /* device gen: a session opened on the origin node */
     ANNOUNCE_LOGOUT = 'l',  /* session_hash: a console session ended */
+    ANNOUNCE_REGISTRATION = 'r', /* serial ("*": any): its registrations or issuances
+                                  * changed (a claim, a code, a re-arm; soft.h) */
 };
 
 struct store_announce {
@@ -32,6 +34,7 @@ struct store_announce {
     int64_t n; /* DESIRED: the version; CLOSE: the close code; SESSION: the generation */
     char what[8]; /* DEVICE: "state", "tags" or "name" */
     char session_hash[PHY_HASH_HEX_LEN + 1];
+    char serial[PHY_SERIAL_MAX + 1]; /* REGISTRATION */
 };
 
 /* Writes a's line into out[STORE_ANNOUNCE_MAX]: its length, or PHY_EINVAL (a field

@@ -26,6 +26,10 @@
 static _Thread_local struct {
     const struct store_engine *e;
     struct db_tx *tx;
+    /* registrations changed by the transaction (reg_changed): the pending polls'
+     * facts to forget once it commits */
+    int reg_changed;          /* 0 none, 1 those of reg_serial, 2 all */
+    char reg_serial[PHY_SERIAL_MAX + 1];
 } cur;
 
 /* phy_ref(device ID): the SHA-256 hex that eu keeps of a peer region's device ID
@@ -225,6 +229,35 @@ static int announce_device(struct store *s, int64_t tenant_id, const char *devic
     return announce(s, &a);
 }
 
+/* Inside a write transaction: the registrations or issuances of serial (NULL: of any
+ * serial) changed in a way a pending poll must see: this node forgets their facts
+ * (soft.h) once the transaction commits, the other nodes when they hear it. */
+static int reg_changed(struct store *s, const char *serial)
+{
+    struct store_announce a = {.kind = ANNOUNCE_REGISTRATION};
+    if (serial && cur.reg_changed != 2 &&
+        (cur.reg_changed == 0 || strcmp(cur.reg_serial, serial) == 0)) {
+        snprintf(cur.reg_serial, sizeof cur.reg_serial, "%s", serial);
+        cur.reg_changed = 1;
+    } else {
+        cur.reg_changed = 2;
+    }
+    snprintf(a.serial, sizeof a.serial, "%s", serial ? serial : "*");
+    return announce(s, &a);
+}
+
+void store_poll_facts(struct store *s, int on)
+{
+    if (s)
+        soft_reg_enable(s->soft, on);
+}
+
+void store_poll_facts_forget(struct store *s, const char *serial)
+{
+    if (s)
+        soft_reg_forget(s->soft, serial);
+}
+
 /* Makes room for one more element in the array *v of *cap elements holding count:
  * doubles it (first elements at first). 0 or PHY_ENOMEM (*v unchanged). */
 static int grow(void *v, size_t *cap, size_t count, size_t elem, size_t first)
@@ -289,6 +322,7 @@ static int tx_begin(struct store *s, int write)
     int rc;
     PHY_ASSERT(cur.tx == NULL); /* operations do not nest */
     cur.e = s->e;
+    cur.reg_changed = 0;
     rc = s->e->begin(s->db, write, &cur.tx);
     if (rc)
         cur.tx = NULL;
@@ -303,6 +337,10 @@ static int tx_end(struct store *s, int rc)
     PHY_ASSERT(cur.tx != NULL); /* only after a tx_begin that succeeded */
     erc = cur.e->end(cur.tx, rc == 0);
     cur.tx = NULL;
+    /* Committed, so durable and visible: a poll that reads from here on fills new
+     * facts; one that read before cannot fill (the generation moved). */
+    if (rc == 0 && erc == 0 && cur.reg_changed)
+        soft_reg_forget(s->soft, cur.reg_changed == 1 ? cur.reg_serial : NULL);
     return rc ? rc : erc;
 }
 
@@ -395,6 +433,8 @@ int store_open_opts(const char *url, const struct store_engine_opts *o, struct s
         free(s);
         return rc;
     }
+    if (e->notifies) /* other nodes' changes come by announcement: off until heard */
+        soft_reg_enable(s->soft, 0);
     *out = s;
     return 0;
 }
@@ -1148,6 +1188,8 @@ static int sq_reg_create(struct store *s, const struct store_prov_params *p, con
             *outcome = STORE_TOO_MANY;
             goto out;
         }
+        if ((rc = reg_changed(s, serial)))
+            goto out;
     }
     rc = q_exec(s, NULL,
                 "INSERT INTO registrations(token_hash, serial, interval_s, last_active_ms, "
@@ -1411,6 +1453,8 @@ static int sq_reg_set_code(struct store *s, const struct store_prov_params *p, c
                 "WHERE token_hash = ?",
                 "tiit", ncode, p->now_ms + p->code_ttl_ms, p->now_ms, token_hash);
     if (rc == 0)
+        rc = reg_changed(s, serial);
+    if (rc == 0)
         *outcome = STORE_OK;
 out:
     rc = tx_end(s, rc);
@@ -1516,6 +1560,39 @@ out:
     return rc;
 }
 
+/* The soft state goes to the store once its oldest entry is a second old (and at
+ * every heartbeat): no timer of its own while nothing polls. */
+static void soft_flush_due(struct store *s)
+{
+    if (soft_due(s->soft, mono_ms(), SOFT_FLUSH_AFTER_MS))
+        (void)store_soft_flush(s);
+}
+
+/* A pending poll answered from the registration's facts in memory (soft.h), with the
+ * same rules 3-6 as from the store: 1 answered (pending or slow_down, recorded as
+ * soft state), 0 when the store must answer (no facts, another answer, a full soft
+ * table). Rules 1-2 need no check: a claim of the serial forgets its facts. */
+static int poll_from_facts(struct store *s, const struct store_prov_params *p,
+                           const char *serial, const char *code, const char *token_hash,
+                           struct store_poll_result *r, int *outcome)
+{
+    struct soft_reg f;
+    int64_t interval;
+    if (!soft_reg_get(s->soft, token_hash, mono_ms(), &f) ||
+        (serial && strcmp(f.serial, serial) != 0) || f.last_active_ms <= rule_live_after(p))
+        return 0;
+    struct rule_registration rg = {f.code, f.code_expires_ms, f.interval_s, 1, f.last_poll_ms};
+    int o = rule_poll(&rg, code, p, &interval);
+    if ((o != STORE_PENDING && o != STORE_SLOW_DOWN) ||
+        soft_put(s->soft, token_hash, interval, p->now_ms, mono_ms()) != 0)
+        return 0;
+    soft_reg_polled(s->soft, token_hash, interval, p->now_ms);
+    *outcome = o;
+    r->interval_s = (int)interval;
+    soft_flush_due(s);
+    return 1;
+}
+
 static int sq_poll(struct store *s, const struct store_prov_params *p, const char *serial,
                    const char *code, const char *token_hash, struct store_poll_result *r,
                    int *outcome)
@@ -1533,6 +1610,10 @@ static int sq_poll(struct store *s, const struct store_prov_params *p, const cha
         return PHY_EINVAL;
     if (code && store_code_normalize(code, ncode) != 0)
         return PHY_EINVAL;
+    /* Read before the store: a fill from a read that a change overtook is dropped. */
+    uint64_t facts_gen = soft_reg_gen(s->soft);
+    if (poll_from_facts(s, p, serial, code ? ncode : NULL, token_hash, r, outcome))
+        return 0;
     TX_BEGIN(s, write)
 
     /* 1. an issuance bound to this token; 2. the serial/code spent by another's */
@@ -1572,6 +1653,15 @@ static int sq_poll(struct store *s, const struct store_prov_params *p, const cha
     struct rule_registration rg = {g.code, g.code_expires_ms, g.interval_s, g.has_polled,
                                    g.last_poll_ms};
     *outcome = rule_poll(&rg, code ? ncode : NULL, p, &interval);
+    if (*outcome == STORE_PENDING || *outcome == STORE_SLOW_DOWN) {
+        struct soft_reg f = {.code_expires_ms = g.code_expires_ms,
+                             .interval_s = interval,
+                             .last_poll_ms = p->now_ms,
+                             .last_active_ms = p->now_ms};
+        memcpy(f.serial, g.serial, sizeof f.serial);
+        memcpy(f.code, g.code, sizeof f.code);
+        soft_reg_put(s->soft, token_hash, &f, facts_gen, mono_ms());
+    }
     /* Soft state: kept in memory, written by store_soft_flush; durably at once only
      * when the table is full. */
     if (write || soft_put(s->soft, token_hash, interval, p->now_ms, mono_ms()) != 0) {
@@ -1598,10 +1688,8 @@ out:
         goto tx_again_;
     }
     TX_RETRY(rc);
-    /* The soft state goes to the store once its oldest entry is a second old (and at
-     * every heartbeat): no timer of its own while nothing polls. */
-    if (rc == 0 && !write && soft_due(s->soft, mono_ms(), SOFT_FLUSH_AFTER_MS))
-        (void)store_soft_flush(s);
+    if (rc == 0 && !write)
+        soft_flush_due(s);
     return rc;
 }
 
@@ -1782,6 +1870,8 @@ static int issue(struct store *s, const struct store_prov_params *p, const struc
         rc = q_exec(s, NULL,
                     "UPDATE registrations SET code = NULL, code_expires_ms = 0 WHERE serial = ?",
                     "t", t->serial);
+    if (rc == 0)
+        rc = reg_changed(s, t->serial);
     return rc ? rc : 1;
 }
 
@@ -1995,6 +2085,8 @@ static int sq_serial_rearm_remote(struct store *s, const char *region, const cha
     /* Its registrations go too, or they would count against the new one. */
     if (rc == 0 && deleted > 0)
         rc = q_exec(s, NULL, "DELETE FROM registrations WHERE serial = ?", "t", serial);
+    if (rc == 0 && deleted > 0)
+        rc = reg_changed(s, serial);
     if (rc == 0)
         *outcome = deleted > 0 ? STORE_OK : STORE_NOT_FOUND;
     rc = tx_end_scrub(s, rc, deleted);
@@ -2270,8 +2362,12 @@ static int sq_sweep(struct store *s, const struct store_prov_params *p, int64_t 
     for (size_t i = 0; i < sizeof clamp / sizeof clamp[0]; i++)
         if ((rc = q_exec(s, NULL, clamp[i], "i", p->now_ms)))
             goto out;
-    rc = q_exec(s, NULL, "UPDATE registrations SET code_expires_ms = ?1 WHERE code_expires_ms > ?1",
-                "i", p->now_ms + p->code_ttl_ms);
+    int clamped = 0;
+    rc = q_exec(s, &clamped,
+                "UPDATE registrations SET code_expires_ms = ?1 WHERE code_expires_ms > ?1", "i",
+                p->now_ms + p->code_ttl_ms);
+    if (rc == 0 && clamped > 0)
+        rc = reg_changed(s, NULL);
     if (rc)
         goto out;
     rc = q_exec(s, NULL, "DELETE FROM registrations WHERE last_active_ms <= ?", "i", rule_live_after(p));
@@ -3111,6 +3207,8 @@ static int device_change(struct store *s, int64_t tenant_id, const char *device_
                         "tt", serial, device_id);
             if (rc == 0 && purged > 0)
                 rc = q_exec(s, NULL, "DELETE FROM registrations WHERE serial = ?", "t", serial);
+            if (rc == 0 && purged > 0)
+                rc = reg_changed(s, serial);
         } else {
             rc = q_exec(s, &purged,
                         "UPDATE issuances SET sealed = NULL WHERE serial = ? AND device_id = ?"

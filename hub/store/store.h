@@ -645,6 +645,15 @@ int store_copy(struct store *from, struct store *to, char *report, size_t cap, c
  * closing the store too. 0 or a negative error (the soft state is then dropped: it
  * only grows the intervals of polls too fast). */
 int store_soft_flush(struct store *s);
+/* Pending polls answered from memory (store/soft.h): the registrations' facts are
+ * used while on, and forgotten. On from store_open on an engine without announcements
+ * (SQLite, one node); off on PostgreSQL until the hub's link to the other nodes
+ * listens (nodelink.c turns them on once it does, off when it is lost): without it a
+ * claim on another node would reach this node's polls only SOFT_REG_MAX_AGE_MS later. */
+void store_poll_facts(struct store *s, int on);
+/* Another node announced that the serial's registrations or issuances changed (NULL:
+ * any of them may have): the polls of those registrations read the store again. */
+void store_poll_facts_forget(struct store *s, const char *serial);
 /* Group commit counters (SQLite): write commits, and the operations they carried.
  * PHY_EUNSUPP for an engine that commits each transaction alone (PostgreSQL, whose
  * server groups WAL flushes itself). */

@@ -113,9 +113,15 @@ def one_device(i):
     token = register(serial)
     by_code = i % 2 == 1
     body = {"code": new_code(serial, token)} if by_code else {"serial": serial}
+    # Polled once before the claim: hub A answers this registration's pending polls
+    # from memory from here on, until hub B announces the claim to it.
+    st, js, _, _ = device_request(HOST_A, "POST", "/v1/provisioning/poll",
+                                  {"serial": serial, "poll_token": token}, serial)
+    assert st == 202, (serial, st, js)
     st, dev, _, _ = api("b", "POST", "/api/v1/devices/claim", body)
     assert st == 201, (serial, st, dev)
-    st, js, raw = poll_until_done(serial, token)
+    # Well within the 30 s that hub A would answer "pending" had it missed the claim.
+    st, js, raw = poll_until_done(serial, token, timeout=10)
     assert st == 200, (serial, st, js)
     T["h"].secrets.add(js["device_secret"])
     # Within the grace window (3 s) the same poll gets the byte-identical answer.

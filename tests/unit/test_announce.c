@@ -60,6 +60,14 @@ static void test_each_kind(void **state)
     a.kind = ANNOUNCE_LOGOUT;
     strcpy(a.session_hash, HASH);
     round_trip(&a, "n l " HASH);
+    memset(&a, 0, sizeof a);
+    strcpy(a.node, "n");
+    a.kind = ANNOUNCE_REGISTRATION;
+    strcpy(a.serial, "SN-0042_a.b");
+    round_trip(&a, "n r SN-0042_a.b");
+    memset(a.serial, 0, sizeof a.serial);
+    strcpy(a.serial, "*");
+    round_trip(&a, "n r *");
 }
 
 static void test_refused(void **state)
@@ -92,6 +100,12 @@ static void test_refused(void **state)
         "n l 0123",
         "n l " HASH "0",
         "n\tf 1",
+        "n r",
+        "n r SN 1",
+        "n r **",
+        "n r SN*",
+        "n r SN/1",
+        "n r 0123456789012345678901234567890123456789012345678901234567890123X",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         if (store_announce_parse(bad[i], &a) != PHY_EINVAL)

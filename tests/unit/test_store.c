@@ -223,6 +223,70 @@ static void test_pending_polls_are_soft(void **state)
     assert_int_equal(poll_s(f, "SOFT-1", NULL, 1, NULL), STORE_DELIVER);
 }
 
+/* Once a poll read a registration, its pending polls are answered from memory: a
+ * row deleted behind the store's back goes unseen, the slow_down rules still hold, and
+ * the store answers again as soon as the facts are forgotten (announced by another
+ * node, or turned off). */
+static void test_pending_polls_from_memory(void **state)
+{
+    struct fx *f = *state;
+    int iv = 0;
+    store_poll_facts(f->s, 1); /* on PostgreSQL the hub's link to the other nodes does */
+    assert_int_equal(reg(f, "MEM-1", 1), STORE_OK);
+    assert_int_equal(reg(f, "MEM-2", 2), STORE_OK);
+    f->p.now_ms += 1000;
+    assert_int_equal(poll_s(f, "MEM-1", NULL, 1, &iv), STORE_PENDING);
+    assert_int_equal(poll_s(f, "MEM-2", NULL, 2, &iv), STORE_PENDING);
+    raw_exec(f->path, "DELETE FROM registrations");
+    f->p.now_ms += 1000;
+    assert_int_equal(poll_s(f, "MEM-1", NULL, 1, &iv), STORE_SLOW_DOWN);
+    assert_int_equal(iv, 10);
+    f->p.now_ms += 8000;
+    assert_int_equal(poll_s(f, "MEM-1", NULL, 1, &iv), STORE_PENDING);
+    assert_int_equal(iv, 10);
+    /* Not its serial: the store answers. */
+    assert_int_equal(poll_s(f, "MEM-2", NULL, 1, NULL), STORE_BAD_TOKEN);
+    store_poll_facts_forget(f->s, "MEM-2");
+    f->p.now_ms += 10000;
+    assert_int_equal(poll_s(f, "MEM-2", NULL, 2, NULL), STORE_BAD_TOKEN);
+    assert_int_equal(poll_s(f, "MEM-1", NULL, 1, NULL), STORE_PENDING);
+    store_poll_facts(f->s, 0);
+    f->p.now_ms += 10000;
+    assert_int_equal(poll_s(f, "MEM-1", NULL, 1, NULL), STORE_BAD_TOKEN);
+}
+
+/* What changes a pending registration reaches its polls at once although they were
+ * answered from memory: a claim by serial or by code, a new code. */
+static void test_changes_reach_polls_from_memory(void **state)
+{
+    struct fx *f = *state;
+    char id[PHY_DEVICE_ID_LEN + 1];
+    store_poll_facts(f->s, 1);
+    assert_int_equal(reg(f, "MEM-3", 3), STORE_OK);
+    assert_int_equal(reg(f, "MEM-4", 4), STORE_OK);
+    assert_int_equal(reg(f, "MEM-5", 5), STORE_OK);
+    assert_int_equal(set_code(f, "MEM-4", 4, "HJKMNP"), STORE_OK);
+    assert_int_equal(set_code(f, "MEM-5", 5, "QRSTUV"), STORE_OK);
+    f->p.now_ms += 1000;
+    assert_int_equal(poll_s(f, "MEM-3", NULL, 3, NULL), STORE_PENDING);
+    assert_int_equal(poll_s(f, NULL, "HJKMNP", 4, NULL), STORE_PENDING);
+    assert_int_equal(poll_s(f, NULL, "QRSTUV", 5, NULL), STORE_PENDING);
+    f->p.now_ms += 10000;
+    assert_int_equal(poll_s(f, "MEM-3", NULL, 3, NULL), STORE_PENDING); /* from memory */
+    dev_id(3, id);
+    assert_int_equal(claim(f, "MEM-3", NULL, id), STORE_OK);
+    expect_deliver(f, "MEM-3", NULL, 3, "MEM-3", id);
+    dev_id(4, id);
+    assert_int_equal(claim(f, NULL, "HJKMNP", id), STORE_OK);
+    expect_deliver(f, NULL, "HJKMNP", 4, "MEM-4", id);
+    /* A new code: the old one is not this registration's any more. */
+    assert_int_equal(set_code(f, "MEM-5", 5, "WXYZ23"), STORE_OK);
+    f->p.now_ms += 10000;
+    assert_int_equal(poll_s(f, NULL, "QRSTUV", 5, NULL), STORE_EXPIRED_CODE);
+    f->p.now_ms += 10000;
+    assert_int_equal(poll_s(f, NULL, "WXYZ23", 5, NULL), STORE_PENDING);
+}
+
 static void test_claim_by_code(void **state)
 {
     struct fx *f = *state;
@@ -1060,6 +1124,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_provisioning_flow, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pending_polls_are_soft, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pending_polls_from_memory, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_changes_reach_polls_from_memory, setup, teardown),
         cmocka_unit_test_setup_teardown(test_claim_by_code, setup, teardown),
         cmocka_unit_test_setup_teardown(test_expired_code, setup, teardown),
         cmocka_unit_test_setup_teardown(test_code_replaced, setup, teardown),
