@@ -606,6 +606,9 @@ static int configure(struct agent *a)
     a->copts.ca_file = a->o.ca;
     a->copts.timeout_ms = (int)a->o.timeout * 1000;
     a->copts.cert_time_floor = a->o.cert_time_floor;
+    /* One TLS session kept in memory, offered again on each reconnect (a hub with the
+     * region's ticket keys resumes it: no certificate to send, sign and verify). */
+    a->copts.resume = phy_tls_resume_new();
     return 0;
 }
 
@@ -648,6 +651,7 @@ static enum agent_session_outcome connected(struct agent *a, const struct agent_
     cfg.ca_file = a->o.ca;
     cfg.timeout_ms = (int)a->o.timeout * 1000;
     cfg.cert_time_floor = a->o.cert_time_floor;
+    cfg.resume = a->copts.resume;
     cfg.on_config = a->o.on_config;
     cfg.config_mode = a->config_mode;
     cfg.hook_timeout_s = a->o.hook_timeout;
@@ -844,6 +848,7 @@ int main(int argc, char **argv)
     sigaction(SIGPIPE, &sa, NULL);
 
     rc = run(&a);
+    phy_tls_resume_free(a.copts.resume);
     EVP_PKEY_free(a.device_key);
     phy_config_free(opts);
     return rc;

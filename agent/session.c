@@ -749,6 +749,7 @@ static int life_init(struct life *l, const struct agent_session_cfg *cfg)
     l->copts.ca_file = cfg->ca_file;
     l->copts.timeout_ms = cfg->timeout_ms;
     l->copts.cert_time_floor = cfg->cert_time_floor;
+    l->copts.resume = cfg->resume;
     snprintf(l->env_file, sizeof l->env_file, "PHY_CONFIG_FILE=%s/%s", cfg->state_dir,
              AGENT_STATE_CONFIG);
     snprintf(l->env_device, sizeof l->env_device, "PHY_DEVICE_ID=%s", cfg->creds->device_id);

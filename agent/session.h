@@ -15,6 +15,8 @@
 #define AGENT_STABLE_SESSION_S 60     /* a session this long resets the reconnect backoff */
 
 /* Everything the connected life needs; all borrowed for the duration of the call. */
+struct phy_tls_resume;
+
 struct agent_session_cfg {
     const char *state_dir;
     const struct agent_creds *creds;
@@ -24,6 +26,8 @@ struct agent_session_cfg {
     const char *ca_file;
     int timeout_ms;            /* connect, TLS handshake, upgrade answer */
     long long cert_time_floor; /* see phy_client_opts */
+    struct phy_tls_resume *resume; /* see phy_client_opts: the last TLS session, offered
+                                    * again on reconnect */
     const char *on_config;     /* hook command for /bin/sh -c, or NULL */
     unsigned config_mode;      /* config.json's mode (0600: desired settings may hold
                                 * secrets; --config-mode) */

@@ -129,6 +129,8 @@ struct conn_mode {
 struct hub *conn_hub(const struct conn *c);
 uv_loop_t *conn_loop(const struct conn *c);
 void conn_close(struct conn *c);
+/* 1 when c's TLS session was resumed from a ticket (no certificate sent). */
+int conn_tls_resumed(const struct conn *c);
 /* Appends n bytes to a growable buffer (capacity doubles, at most limit bytes):
  * 0, PHY_ETOOBIG over the limit, PHY_ENOMEM. */
 int conn_buf_append(char **buf, size_t *len, size_t *cap, const void *data, size_t n, size_t limit);

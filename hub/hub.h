@@ -24,6 +24,7 @@ struct hub_config {
     char *seal_ratchet; /* the seal ratchet file (seal.h); default <key file>.ratchet */
     long seal_epoch_s;  /* the ratchet's epoch: a purged body is shredded within 3 */
     char *tls_cert, *tls_key;
+    char *tls_ticket_keys; /* NULL: no session tickets */
     int provisioning;      /* serve the provisioning API (eu) */
     char *public_endpoint; /* "portal-eu.phystack.com:443", given to devices */
     long code_ttl_s;

@@ -18,6 +18,7 @@
 #include "hub.h"
 #include "lifecycle.h"
 #include "region.h"
+#include "tickets.h"
 #include "rules.h"
 #include "phy/json.h"
 #include "phy/buildinfo.h"
@@ -114,6 +115,8 @@ static void print_help(const struct phy_opt *opts)
            "       phyhub admin migrate-store --from PATH --to postgresql://...  (empty target)\n"
            "                    (load tests: N provisioned devices, credentials as JSON lines)\n"
            "       phyhub admin key-new FILE   (a new inter-region key, mode 0600)\n"
+           "       phyhub admin ticket-key-rotate FILE   (--tls-ticket-keys: a new key first,\n"
+           "                    the one before kept for tickets already out; creates FILE)\n"
            "       phyhub admin --db PATH backup FILE   (copy of the live SQLite store)\n\n"
            "options (each also a key in the --config INI file):\n");
     phy_config_print_help(opts, stdout);
@@ -409,6 +412,18 @@ static int admin_main(int argc, char **argv)
             printf("inter-region key written to %s\n", pos[1]);
         goto out;
     }
+    if (strcmp(pos[0], "ticket-key-rotate") == 0) {
+        if (npos != 2) {
+            fprintf(stderr, "phyhub admin: ticket-key-rotate FILE\n");
+            goto out;
+        }
+        rc = ticket_keys_rotate(pos[1], err, sizeof(err)) < 0 ? 1 : 0;
+        if (rc)
+            fprintf(stderr, "phyhub admin: %s\n", err);
+        else
+            printf("ticket key rotated in %s\n", pos[1]);
+        goto out;
+    }
     if (strcmp(pos[0], "backup") == 0) {
         if (npos != 2 || !db) {
             fprintf(stderr, "phyhub admin: --db PATH backup FILE\n");
@@ -574,6 +589,10 @@ int main(int argc, char **argv)
          "backups) within 3 epochs (900)"},
         {"tls-cert", PHY_OPT_STR, &c->tls_cert, 0, 0, "PEM certificate chain (required)"},
         {"tls-key", PHY_OPT_STR, &c->tls_key, 0, 0, "PEM private key (required)"},
+        {"tls-ticket-keys", PHY_OPT_STR, &c->tls_ticket_keys, 0, 0,
+         "TLS session-ticket key file, mode 0600, the same on every node of a region "
+         "(phyhub admin ticket-key-rotate): devices resume their TLS session after a "
+         "restart or on another node; re-read when it changes. Unset: no tickets"},
         {"provisioning", PHY_OPT_BOOL, &c->provisioning, 0, 0, "serve the provisioning API (eu)"},
         {"public-endpoint", PHY_OPT_STR, &c->public_endpoint, 0, 0,
          "HOST:PORT devices are sent to (default portal-<region>.phystack.com:443)"},

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
@@ -22,6 +23,7 @@
 #include "api.h"
 #include "lane.h"
 #include "router.h"
+#include "tickets.h"
 #include "phy/assert.h"
 #include "phy/err.h"
 #include "phy/http.h"
@@ -49,6 +51,10 @@ struct server {
     uv_poll_t listen_poll;
     uv_timer_t pause_timer;
     uv_timer_t drain_timer; /* stopping: the drain time's end */
+    /* --tls-ticket-keys, as last read (read by the handshakes, on this thread) */
+    struct ticket_keys tickets;
+    uint64_t tickets_checked_ms; /* uv_now of the last look at the file */
+    struct stat tickets_st;      /* the file as then */
     struct lane *slow;      /* requests that may block for long (api_slow) */
     int listen_fd;
     int stopping;
@@ -180,6 +186,7 @@ static void server_maybe_free(struct server *s)
             if (s->modes[i]->fini)
                 s->modes[i]->fini(s->mode_state[i]);
         SSL_CTX_free(s->ctx);
+        OPENSSL_cleanse(&s->tickets, sizeof s->tickets);
         free(s);
     }
 }
@@ -1101,12 +1108,47 @@ static void on_pause_done(uv_timer_t *t)
         uv_poll_start(&s->listen_poll, UV_READABLE, on_listen_poll);
 }
 
+int conn_tls_resumed(const struct conn *c)
+{
+    return c->ssl && SSL_session_reused(c->ssl);
+}
+
+/* --tls-ticket-keys: read again when the file changed (a rotation), looked at no more
+ * often than every --node-heartbeat as connections come. A file that went bad keeps
+ * the keys as they were. */
+static void tickets_refresh(struct server *s)
+{
+    const struct hub_config *cfg = &s->hub->cfg;
+    struct stat st;
+    char err[256];
+    uint64_t now = uv_now(s->loop);
+    if (!cfg->tls_ticket_keys || now - s->tickets_checked_ms < (uint64_t)cfg->node_heartbeat_s * 1000)
+        return;
+    s->tickets_checked_ms = now;
+    if (stat(cfg->tls_ticket_keys, &st) != 0 ||
+        (st.st_ino == s->tickets_st.st_ino && st.st_size == s->tickets_st.st_size &&
+         st.st_mtim.tv_sec == s->tickets_st.st_mtim.tv_sec &&
+         st.st_mtim.tv_nsec == s->tickets_st.st_mtim.tv_nsec))
+        return;
+    struct ticket_keys k;
+    if (ticket_keys_load(cfg->tls_ticket_keys, &k, err, sizeof err) != 0) {
+        phy_log(PHY_LOG_WARN, "tls_ticket_keys_kept", "why=\"%s\"", err);
+        s->tickets_st = st; /* said once per change */
+        return;
+    }
+    s->tickets = k;
+    s->tickets_st = st;
+    OPENSSL_cleanse(&k, sizeof k);
+    phy_log(PHY_LOG_INFO, "tls_ticket_keys_loaded", "keys=%d", s->tickets.n);
+}
+
 static void on_listen_poll(uv_poll_t *h, int status, int events)
 {
     struct server *s = h->data;
     (void)events;
     if (status < 0)
         return;
+    tickets_refresh(s);
     for (int i = 0; i < SERVER_ACCEPT_BATCH; i++) {
         struct sockaddr_storage ss;
         socklen_t len = sizeof(ss);
@@ -1241,6 +1283,13 @@ int server_start(struct hub *h, uv_loop_t *loop, const struct conn_mode *const *
     s->ctx = tls_context(&h->cfg, err, errcap);
     if (!s->ctx)
         goto fail;
+    if (h->cfg.tls_ticket_keys) {
+        if (ticket_keys_load(h->cfg.tls_ticket_keys, &s->tickets, err, errcap) != 0 ||
+            stat(h->cfg.tls_ticket_keys, &s->tickets_st) != 0)
+            goto fail;
+        s->tickets_checked_ms = uv_now(loop);
+    }
+    ticket_keys_install(s->ctx, &s->tickets);
     if (listen_socket(h->cfg.listen, &s->listen_fd, err, errcap) < 0)
         goto fail;
     if (uv_poll_init_socket(loop, &s->listen_poll, s->listen_fd) != 0)
@@ -1278,6 +1327,7 @@ fail:
     if (s->listen_fd >= 0)
         close(s->listen_fd);
     SSL_CTX_free(s->ctx);
+    OPENSSL_cleanse(&s->tickets, sizeof s->tickets);
     free(s);
     return PHY_EIO;
 }

@@ -938,7 +938,8 @@ static void session_begin(struct conn *c)
     phy_bucket_init(&ss->frames, (double)r->hub->cfg.device_msg_rate * PHY_FRAME_RATE_FACTOR, now);
     ss->last_seen_wall = hub_now_ms();
     hub_metric_set(&r->hub->metrics.sessions, r->count);
-    phy_log(PHY_LOG_INFO, "session_open", "device_id=%s peer=%s", ss->device_id, c->peer);
+    phy_log(PHY_LOG_INFO, "session_open", "device_id=%s peer=%s tls=%s", ss->device_id, c->peer,
+            conn_tls_resumed(c) ? "resumed" : "full");
     if (r->hub->outbox_kick) /* a first session must reach eu's outbox soon */
         r->hub->outbox_kick(r->hub);
     char ev[96];

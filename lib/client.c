@@ -7,6 +7,7 @@
 #include <limits.h>
 #include <netdb.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -363,10 +364,79 @@ static void ssl_errstr(char *out, size_t cap)
     ERR_error_string_n(e, out, cap);
 }
 
+/* ---- TLS resumption ---- */
+
+struct phy_tls_resume {
+    pthread_mutex_t mu;
+    SSL_SESSION *sess; /* the last session, NULL none */
+    char host[256];    /* its server name */
+};
+
+struct phy_tls_resume *phy_tls_resume_new(void)
+{
+    struct phy_tls_resume *r = calloc(1, sizeof *r);
+    if (r && pthread_mutex_init(&r->mu, NULL) != 0) {
+        free(r);
+        r = NULL;
+    }
+    return r;
+}
+
+void phy_tls_resume_free(struct phy_tls_resume *r)
+{
+    if (!r)
+        return;
+    SSL_SESSION_free(r->sess);
+    pthread_mutex_destroy(&r->mu);
+    free(r);
+}
+
+static int resume_index = -1; /* SSL ex_data: the connection's struct phy_tls_resume */
+static pthread_once_t resume_once = PTHREAD_ONCE_INIT;
+
+static void resume_index_init(void)
+{
+    resume_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+}
+
+/* A ticket arrived (TLS 1.3: after the handshake, as data is read): keep a copy. Not
+ * sess itself: it stays the connection's, and a connection that ends without a
+ * close_notify (a hub that stopped, a network gone) marks it not resumable. */
+static int on_new_session(SSL *ssl, SSL_SESSION *sess)
+{
+    struct phy_tls_resume *r = SSL_get_ex_data(ssl, resume_index);
+    const char *host = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+    SSL_SESSION *copy;
+    if (!r || !host || strlen(host) >= sizeof r->host || !SSL_SESSION_is_resumable(sess) ||
+        !(copy = SSL_SESSION_dup(sess)))
+        return 0;
+    pthread_mutex_lock(&r->mu);
+    SSL_SESSION_free(r->sess);
+    r->sess = copy;
+    snprintf(r->host, sizeof r->host, "%s", host);
+    pthread_mutex_unlock(&r->mu);
+    return 0; /* sess is not kept */
+}
+
+/* Before the handshake: ssl offers r's session when it is one with host. */
+static void resume_offer(SSL *ssl, struct phy_tls_resume *r, const char *host)
+{
+    pthread_once(&resume_once, resume_index_init);
+    if (resume_index < 0 || SSL_set_ex_data(ssl, resume_index, r) != 1)
+        return;
+    SSL_CTX_set_session_cache_mode(SSL_get_SSL_CTX(ssl),
+                                   SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+    SSL_CTX_sess_set_new_cb(SSL_get_SSL_CTX(ssl), on_new_session);
+    pthread_mutex_lock(&r->mu);
+    if (r->sess && strcmp(r->host, host) == 0)
+        SSL_set_session(ssl, r->sess);
+    pthread_mutex_unlock(&r->mu);
+}
+
 /* TLS over c->fd: TLS 1.2+, peer verification against ca_file (or system paths),
- * SNI and host-name check for host. 0 or negative. */
+ * SNI and host-name check for host; resume: see phy_tls_resume. 0 or negative. */
 static int tls_connect(struct conn *c, SSL_CTX **ctxp, BIO_METHOD **methp, const char *host,
-                       const char *ca_file)
+                       const char *ca_file, struct phy_tls_resume *resume)
 {
     SSL_CTX *ctx;
     BIO_METHOD *meth;
@@ -430,6 +500,8 @@ static int tls_connect(struct conn *c, SSL_CTX **ctxp, BIO_METHOD **methp, const
     }
     if (c->cert_time_floor > 0 && time(NULL) < c->cert_time_floor)
         X509_VERIFY_PARAM_set_time(SSL_get0_param(c->ssl), c->cert_time_floor);
+    if (resume && !is_ip)
+        resume_offer(c->ssl, resume, host);
     for (;;) {
         int r = SSL_connect(c->ssl);
         int e, rc;
@@ -975,7 +1047,7 @@ static int conn_establish(struct conn *c, const struct phy_client_opts *o, SSL_C
     }
     if (rc != 0)
         return rc;
-    return tls_connect(c, ctx, meth, o->host, o->ca_file);
+    return tls_connect(c, ctx, meth, o->host, o->ca_file, o->resume);
 }
 
 /* One request and its answer on the established connection c. keep: HTTP/1.1

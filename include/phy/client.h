@@ -23,7 +23,16 @@ struct phy_client_opts {
     long long cert_time_floor; /* 0: certificates are checked at the system time; else at
                                 * max(system time, this Unix time), e.g. the build time,
                                 * so that a device whose clock is behind still connects */
+    struct phy_tls_resume *resume; /* NULL, or where the last TLS session with host is
+                                    * kept and offered again (TLS resumption) */
 };
+
+/* The caller's memory of its last TLS session with one host: a connection to that host
+ * offers it (a server that knows the ticket's key skips the certificate and its
+ * signature), and the server's new tickets replace it. Thread-safe. */
+struct phy_tls_resume;
+struct phy_tls_resume *phy_tls_resume_new(void);
+void phy_tls_resume_free(struct phy_tls_resume *r);
 
 struct phy_client_response {
     int status; /* HTTP status, e.g. 202 */
