@@ -91,7 +91,10 @@ struct dev {
     double retry_at; /* DS_WAIT: when to connect again (ms) */
     uint32_t prev_backoff_ms;
     char accept[32]; /* expected Sec-WebSocket-Accept */
+    SSL_SESSION *sess; /* --resume: the last ticket's session (a copy) */
 };
+
+static int on_new_session(SSL *ssl, SSL_SESSION *sess);
 
 struct opts {
     const char *hub, *sni, *ca, *creds, *push_url, *token, *tag, *proxy;
@@ -102,7 +105,7 @@ struct opts {
     size_t nproxy_pids;
     long db_pid; /* reported apart; counts its children too */
     double idle_s, push_timeout_s, connect_timeout_s, hold_s, storm_s;
-    int json, twin_get;
+    int json, twin_get, resume;
     enum mode mode;
     struct sockaddr_in sources[MAX_SOURCES];
     size_t nsources;
@@ -170,6 +173,8 @@ struct load {
     double storm_first_loss, storm_last_back;
     size_t storm_lost, storm_back;
     unsigned long storm_attempts, storm_failed;
+    unsigned long resumed, full; /* completed handshakes, resumed or not */
+    double storm_cpu_s;          /* this process's CPU time during the storm */
 };
 
 /* ---------- small helpers ---------- */
@@ -378,6 +383,8 @@ static void usage(FILE *out)
             "  --concurrency C        connects + handshakes in flight (default 256)\n"
             "  --connect-timeout S    per device, TCP + TLS + upgrade (default 30)\n"
             "  --twin-get             each device sends twin.get once its session is open\n"
+            "  --resume               each device keeps its last TLS session ticket and offers\n"
+            "                         it when it connects again (as phyagent does)\n"
             "  --hub-pid PID[,PID…]   read the hub's RSS and CPU time from /proc (several:\n"
             "                         the nodes of a region, summed)\n"
             "  --proxy-pid PID[,PID…] also report the proxies' CPU time and RSS (summed)\n"
@@ -498,6 +505,9 @@ static int parse_args(int argc, char **argv, struct opts *o)
             used = 0;
         } else if (strcmp(a, "--twin-get") == 0) {
             o->twin_get = 1;
+            used = 0;
+        } else if (strcmp(a, "--resume") == 0) {
+            o->resume = 1;
             used = 0;
         } else if (strcmp(a, "--tls-only") == 0) {
             o->mode = MODE_TLS_ONLY;
@@ -718,7 +728,13 @@ static int setup(struct load *L)
     /* The load client must not be the memory bottleneck: no idle record buffers. */
     SSL_CTX_set_mode(L->ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
                                  SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
-    SSL_CTX_set_session_cache_mode(L->ctx, SSL_SESS_CACHE_OFF);
+    if (L->o.resume) {
+        SSL_CTX_set_session_cache_mode(L->ctx, SSL_SESS_CACHE_CLIENT |
+                                                   SSL_SESS_CACHE_NO_INTERNAL_STORE);
+        SSL_CTX_sess_set_new_cb(L->ctx, on_new_session);
+    } else {
+        SSL_CTX_set_session_cache_mode(L->ctx, SSL_SESS_CACHE_OFF);
+    }
     if (L->o.ca) {
         if (SSL_CTX_load_verify_locations(L->ctx, L->o.ca, NULL) != 1) {
             fprintf(stderr, "phyload: cannot load --ca %s\n", L->o.ca);
@@ -1184,11 +1200,29 @@ static int read_proxy_answer(struct load *L, struct dev *d)
     }
 }
 
+/* --resume: a ticket arrived; the device keeps a copy (the connection's own session is
+ * marked not resumable when the connection ends without close_notify). */
+static int on_new_session(SSL *ssl, SSL_SESSION *sess)
+{
+    struct dev *d = SSL_get_app_data(ssl);
+    SSL_SESSION *copy = d ? SSL_SESSION_dup(sess) : NULL;
+    if (copy) {
+        SSL_SESSION_free(d->sess);
+        d->sess = copy;
+    }
+    return 0;
+}
+
 /* The TCP connection (or the tunnel) is up: creates the client SSL. 0, or -1 when
  * the device failed. */
 static int start_tls(struct load *L, struct dev *d)
 {
     d->ssl = SSL_new(L->ctx);
+    if (d->ssl && L->o.resume) {
+        SSL_set_app_data(d->ssl, d);
+        if (d->sess)
+            SSL_set_session(d->ssl, d->sess);
+    }
     if (!d->ssl || SSL_set_fd(d->ssl, d->fd) != 1 ||
         (!L->sni_is_ip && SSL_set_tlsext_host_name(d->ssl, L->o.sni) != 1) ||
         (L->sni_is_ip ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(d->ssl), L->o.sni) != 1
@@ -1412,6 +1446,10 @@ static void dev_io(struct load *L, struct dev *d, uint32_t events)
             ERR_clear_error();
             int r = SSL_connect(d->ssl);
             if (r == 1) {
+                if (SSL_session_reused(d->ssl))
+                    L->resumed++;
+                else
+                    L->full++;
                 if (L->o.mode == MODE_TLS_ONLY) {
                     dev_opened(L, d);
                     dev_interest(L, d, EPOLLIN);
@@ -1562,6 +1600,9 @@ static void run_for(struct load *L, double seconds)
 static void storm_phase(struct load *L)
 {
     double t0 = now_ms(), end = t0 + L->o.storm_s * 1000.0, last_scan = t0, last_report = t0;
+    struct rusage ru0, ru1;
+    getrusage(RUSAGE_SELF, &ru0);
+    L->full = L->resumed = 0; /* the storm's handshakes only */
     L->storming = 1;
     fprintf(stderr, "phyload: storm ready\n");
     fflush(stderr);
@@ -1587,6 +1628,11 @@ static void storm_phase(struct load *L)
         }
     }
     L->storming = 0;
+    getrusage(RUSAGE_SELF, &ru1);
+#define RU_S(r) ((double)(r).ru_utime.tv_sec + (r).ru_utime.tv_usec / 1e6 + (r).ru_stime.tv_sec + \
+                 (r).ru_stime.tv_usec / 1e6)
+    L->storm_cpu_s = RU_S(ru1) - RU_S(ru0);
+#undef RU_S
 }
 
 /* ---------- fleet push ---------- */
@@ -1914,6 +1960,8 @@ int main(int argc, char **argv)
                    "loss to the last back; %lu attempts, %lu failed\n",
                    L.storm_lost, L.storm_back, L.open, L.ndevs, took, L.storm_attempts,
                    L.storm_failed);
+        printf("tls              %lu full handshakes, %lu resumed; client CPU %.2f s\n", L.full,
+               L.resumed, L.storm_cpu_s);
         fflush(stdout);
     }
     rc = (L.nhs == L.ndevs && storm_ok && (!pushed || L.push_received == L.push_expected)) ? 0 : 1;

@@ -16,6 +16,8 @@
 #                      the storm itself is not bounded by phyload: each device
 #                      reconnects when its own backoff says)
 #   PHY_BENCH_HUB_ARGS extra hub flags
+#   PHY_BENCH_RESUME   1: TLS resumption (the hub gets a --tls-ticket-keys file, phyload
+#                      --resume offers each device's last ticket, as phyagent does)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -51,6 +53,11 @@ trap 'exit 130' INT TERM
 ulimit -n "$(ulimit -Hn)"
 
 bench_pki "$TMP" "$SNI"
+RESUME_HUB="" RESUME_LOAD=""
+if [[ "${PHY_BENCH_RESUME:-0}" == 1 ]]; then
+    "$HUB" admin ticket-key-rotate "$TMP/tickets" >/dev/null
+    RESUME_HUB="--tls-ticket-keys $TMP/tickets" RESUME_LOAD="--resume"
+fi
 [[ "$ENGINE" != postgresql ]] || PG_URL=$(bench_pg_start "$TMP")
 
 start_hub() { # db dir port
@@ -58,13 +65,13 @@ start_hub() { # db dir port
     "$HUB" --region eu --provisioning --listen "127.0.0.1:$3" --db "$1" \
         --key-file "$2/issuance.key" --tls-cert "$TMP/hub.pem" --tls-key "$TMP/hub.key" \
         --max-connections 25000 --ping-interval 3600 --ping-timeout 7200 \
-        ${PHY_BENCH_HUB_ARGS:-} 2>>"$2/hub.log" &
+        $RESUME_HUB ${PHY_BENCH_HUB_ARGS:-} 2>>"$2/hub.log" &
     HUB_PID=$!
     bench_wait_hub "$TMP/ca.pem" "$SNI" "$3" "$HUB_PID" "$2/hub.log" || exit 1
 }
 
 HZ=$(getconf CLK_TCK)
-printf '| devices | run | back after | attempts | failed | hub up after | new hub CPU | per device |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n'
+printf '| devices | run | back after | attempts | failed | hub up after | new hub CPU | per device | resumed | client CPU per device |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n'
 for n in $SIZES; do
     for r in $(seq 1 "$REPEAT"); do
         dir=$TMP/run-$n-$r
@@ -81,7 +88,7 @@ for n in $SIZES; do
         start_hub "$db" "$dir" "$port"
         "$LOAD" --hub "127.0.0.1:$port" --sni "$SNI" --ca "$TMP/ca.pem" \
             --creds "$dir/creds.jsonl" --hub-only --concurrency "$CONC" --idle 0 \
-            --storm 300 >"$dir/load.out" 2>"$dir/load.err" &
+            --storm 300 $RESUME_LOAD >"$dir/load.out" 2>"$dir/load.err" &
         LOAD_PID=$!
         until grep -q "storm ready" "$dir/load.err" 2>/dev/null; do
             kill -0 "$LOAD_PID" 2>/dev/null || { log "phyload ended early:"; tail "$dir/load.err" >&2; exit 1; }
@@ -99,8 +106,11 @@ for n in $SIZES; do
         back=$(sed -E 's/.* ([0-9.]+) s from the first loss.*/\1/' <<<"$line")
         att=$(sed -E 's/.*; ([0-9]+) attempts.*/\1/' <<<"$line")
         failed=$(sed -E 's/.*attempts, ([0-9]+) failed.*/\1/' <<<"$line")
-        printf '| %d | %d | %s s | %s | %s | %.2f s | %s s | %.0f µs |\n' "$n" "$r" "$back" \
-            "$att" "$failed" "$(echo "$t1 - $t0" | bc)" "$cpu" "$(echo "$cpu * 1000000 / $n" | bc -l)"
+        resumed=$(sed -nE 's/^tls .* ([0-9]+) resumed;.*/\1/p' "$dir/load.out")
+        ccpu=$(sed -nE 's/^tls .*client CPU ([0-9.]+) s$/\1/p' "$dir/load.out")
+        printf '| %d | %d | %s s | %s | %s | %.2f s | %s s | %.0f µs | %s | %.0f µs |\n' "$n" "$r" \
+            "$back" "$att" "$failed" "$(echo "$t1 - $t0" | bc)" "$cpu" \
+            "$(echo "$cpu * 1000000 / $n" | bc -l)" "$resumed" "$(echo "$ccpu * 1000000 / $n" | bc -l)"
         kill -TERM "$HUB_PID" 2>/dev/null || true
         wait "$HUB_PID" 2>/dev/null || true
         HUB_PID=""
