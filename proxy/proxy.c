@@ -15,10 +15,11 @@
 #include "phy/log.h"
 #include "phy/proxyproto.h"
 
-#define RELAY_BUF_SIZE (64 * 1024)
-#define BACKPRESSURE_HIGH (256 * 1024) /* stop reading a side above this queue */
-#define BACKPRESSURE_LOW (64 * 1024)   /* resume once the peer's queue is below */
-#define POOL_MAX 32                    /* relay buffers kept for reuse */
+/* One read's buffer. A side is not read while the other side has anything queued
+ * (what its socket did not take at once): a tunnel holds at most one buffer per
+ * direction, whatever the sizes of the reads, and none while data flows. */
+#define RELAY_BUF_SIZE (256 * 1024)
+#define POOL_MAX 32 /* relay buffers kept for reuse (8 MiB) */
 #define HEAD_MAX PHY_HTTP_DEFAULT_MAX_HEAD
 #define HEAD_CAP (HEAD_MAX + 1) /* one byte more than a head may have: ETOOBIG */
 #define LINGER_MS 1000          /* after an error answer, drain the client this long */
@@ -515,7 +516,7 @@ static void relay_resume(struct tunnel *t, uv_stream_t *dst)
     int from_client = dst == (uv_stream_t *)&t->upstream;
     uv_stream_t *src = from_client ? (uv_stream_t *)&t->client : (uv_stream_t *)&t->upstream;
 
-    if (t->aborting || uv_stream_get_write_queue_size(dst) > BACKPRESSURE_LOW)
+    if (t->aborting || uv_stream_get_write_queue_size(dst) > 0)
         return;
     if (from_client && t->client_paused && !t->client_eof) {
         t->client_paused = 0;
@@ -545,11 +546,28 @@ static void on_relay_written(uv_write_t *req, int status)
     relay_resume(t, dst);
 }
 
-/* Queues len bytes of block b on dst; takes b. 0 or -1 (tunnel closed). */
+/* Sends len bytes of block b to dst; takes b. What the socket takes at once is written
+ * at once and b goes back to the pool (a queued write would hold it until the next
+ * loop turn: libuv reads up to 32 times per readiness, so busy tunnels would hold more
+ * blocks than the pool keeps, each one more a malloc and a free); the rest is queued
+ * behind whatever dst has queued. 0 written, 1 queued (the caller stops reading the
+ * source until it is written), -1 tunnel closed. */
 static int relay_send(struct tunnel *t, uv_stream_t *dst, struct block *b, size_t len)
 {
     uv_buf_t out = uv_buf_init(b->data, (unsigned)len);
+    int n = uv_try_write(dst, &out, 1); /* UV_EAGAIN when writes are queued: order kept */
 
+    if (n == (int)len) {
+        block_put(t->px, b);
+        return 0;
+    }
+    if (n < 0 && n != UV_EAGAIN) {
+        block_put(t->px, b);
+        tunnel_close(t, dst == (uv_stream_t *)&t->client ? O_CLIENT_ERROR : O_UPSTREAM_ERROR);
+        return -1;
+    }
+    if (n > 0)
+        out = uv_buf_init(b->data + n, (unsigned)(len - (size_t)n));
     b->t = t;
     b->req.data = b;
     if (uv_write(&b->req, dst, &out, 1, on_relay_written) < 0) {
@@ -557,7 +575,7 @@ static int relay_send(struct tunnel *t, uv_stream_t *dst, struct block *b, size_
         tunnel_close(t, dst == (uv_stream_t *)&t->client ? O_CLIENT_ERROR : O_UPSTREAM_ERROR);
         return -1;
     }
-    return 0;
+    return 1;
 }
 
 static void on_relay_shutdown(uv_shutdown_t *req, int status)
@@ -613,9 +631,10 @@ static void relay_read(struct tunnel *t, uv_stream_t *src, ssize_t nread, const 
         else
             t->bytes_down += (uint64_t)nread;
         t->last_active_ms = uv_now(t->px->loop);
-        if (relay_send(t, dst, block_of(buf), (size_t)nread) < 0)
+        int queued = relay_send(t, dst, block_of(buf), (size_t)nread);
+        if (queued < 0)
             return;
-        if (uv_stream_get_write_queue_size(dst) > BACKPRESSURE_HIGH) {
+        if (queued) {
             uv_read_stop(src);
             if (from_client)
                 t->client_paused = 1;
