@@ -606,9 +606,6 @@ static int configure(struct agent *a)
     a->copts.ca_file = a->o.ca;
     a->copts.timeout_ms = (int)a->o.timeout * 1000;
     a->copts.cert_time_floor = a->o.cert_time_floor;
-    /* One TLS session kept in memory, offered again on each reconnect (a hub with the
-     * region's ticket keys resumes it: no certificate to send, sign and verify). */
-    a->copts.resume = phy_tls_resume_new();
     return 0;
 }
 
@@ -847,6 +844,10 @@ int main(int argc, char **argv)
     sa.sa_handler = SIG_IGN;
     sigaction(SIGPIPE, &sa, NULL);
 
+    /* One TLS session kept in memory, offered again on each reconnect (a hub with the
+     * region's ticket keys resumes it: no certificate to send, sign and verify). NULL
+     * (no memory) only means no resumption. */
+    a.copts.resume = phy_tls_resume_new();
     rc = run(&a);
     phy_tls_resume_free(a.copts.resume);
     EVP_PKEY_free(a.device_key);
