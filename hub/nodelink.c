@@ -109,6 +109,22 @@ static void on_retry(uv_timer_t *t)
     link_connect(t->data);
 }
 
+static void link_lost(struct nodelink *l, const char *why);
+
+/* Connecting and LISTEN took longer than their deadline: libpq's connect_timeout does
+ * not hold for an asynchronous connect, and a server that accepts but never answers
+ * (a stopped postmaster: the kernel still completes the TCP handshake) would leave the
+ * link connecting, and the node deaf to the others, for good. */
+static void on_connect_deadline(uv_timer_t *t)
+{
+    struct nodelink *l = t->data;
+    if (l->state != LINK_CONNECTING && l->state != LINK_LISTENING)
+        return;
+    phy_log(PHY_LOG_WARN, "nodelink_connect_timeout", "after_ms=%llu",
+            (unsigned long long)(2000 * (uint64_t)l->hub->cfg.node_heartbeat_s));
+    link_lost(l, "connect timed out");
+}
+
 /* The connection failed or dropped: a new attempt after a growing delay. */
 static void link_lost(struct nodelink *l, const char *why)
 {
@@ -349,6 +365,7 @@ static void on_poll(uv_poll_t *p, int status, int events)
             if (!r) { /* LISTEN done: from here on nothing is missed; catch up on the rest */
                 l->state = LINK_READY;
                 l->delay_ms = RECONNECT_MIN_MS;
+                uv_timer_stop(&l->retry); /* the connect deadline */
                 l->catchups++;
                 phy_log(PHY_LOG_INFO, "nodelink_ready", "catchups=%lu", l->catchups);
                 store_poll_facts(l->hub->store, 1); /* heard from here on */
@@ -383,6 +400,10 @@ static void link_connect(struct nodelink *l)
         return;
     }
     l->state = LINK_CONNECTING;
+    /* Connect and LISTEN within twice the node heartbeat (the retry timer is free
+     * until the link is lost again). */
+    uv_timer_start(&l->retry, on_connect_deadline,
+                   2000 * (uint64_t)l->hub->cfg.node_heartbeat_s, 0);
     if (poll_want(l, UV_WRITABLE) < 0) /* PQconnectStart's first step: wait to write */
         link_lost(l, "no socket");
 }

@@ -6,6 +6,7 @@ once the database is back, and nothing acknowledged before the outage is lost.
 Runs its own PostgreSQL cluster (the shared one of the other tests must not stop)."""
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -34,7 +35,8 @@ def setup():
     with open(os.path.join(T["pgdir"], "url")) as f:
         os.environ["PHY_TEST_PG_URL"] = f.read().strip()
     os.environ["PHY_TEST_STORE"] = "postgresql"
-    T["st"] = Stack("pg-faults")
+    # A 1 s heartbeat: the node link's connect deadline is twice that.
+    T["st"] = Stack("pg-faults", hub_flags=["--node-heartbeat", "1", "--node-timeout", "3"])
 
 
 def teardown():
@@ -109,6 +111,43 @@ def test_connections_killed():
         assert s == 200, (s, js)
     creds = st.provision("PGF-3")
     assert creds["device_id"].startswith("dev_")
+
+
+def psql(sql):
+    with open(os.path.join(T["pgdir"], "url")) as f:
+        url = f.read().strip()
+    return subprocess.run(["psql", "-X", "-q", "-At", url + "/postgres", "-c", sql], check=True,
+                          capture_output=True, text=True, timeout=30).stdout.strip()
+
+
+def postmaster_pid():
+    home = T["pgdir"]
+    if os.path.exists(os.path.join(home, "home")):
+        with open(os.path.join(home, "home")) as f:
+            home = f.read().strip()
+    with open(os.path.join(home, "data", "postmaster.pid")) as f:
+        return int(f.readline())
+
+
+def test_node_link_gives_up_on_a_silent_server():
+    # The node link's connection dies and the server accepts the new one (the kernel
+    # completes the TCP handshake) but never answers: a stopped postmaster. libpq's
+    # connect_timeout does not hold for an asynchronous connect; the link's own
+    # deadline gives up and tries again, and the link is back once the server is.
+    st = T["st"]
+    backend = int(psql("SELECT pid FROM pg_stat_activity WHERE application_name = "
+                       "'phyhub-nodelink'"))
+    before = len(st.hub.log_lines(r"nodelink_ready"))
+    pm = postmaster_pid()
+    os.kill(pm, signal.SIGSTOP)
+    try:
+        os.kill(backend, signal.SIGTERM)
+        st.hub.wait_log(r"nodelink_connect_timeout after_ms=2000", 20)
+    finally:
+        os.kill(pm, signal.SIGCONT)
+    wait_until(lambda: len(st.hub.log_lines(r"nodelink_ready")) > before, 30,
+               "the node link back")
+    assert st.api("GET", "/api/v1/devices")[0] == 200
 
 
 if __name__ == "__main__":
