@@ -403,17 +403,22 @@ static size_t ident_bucket(const char *ident)
     return h % PROXY_IDENT_BUCKETS;
 }
 
+struct proxy_ident *proxy_ident_find(struct proxy_policy *p, const char *ident)
+{
+    struct proxy_ident *e;
+    for (e = p->buckets[ident_bucket(ident)]; e != NULL; e = e->next)
+        if (strcmp(e->ident, ident) == 0)
+            break;
+    return e;
+}
+
 struct proxy_ident *proxy_ident_acquire(struct proxy_policy *p, const char *ident, unsigned limit,
                                         int *err)
 {
     size_t b = ident_bucket(ident);
     size_t len = strlen(ident);
-    struct proxy_ident *e;
+    struct proxy_ident *e = proxy_ident_find(p, ident);
 
-    for (e = p->buckets[b]; e != NULL; e = e->next) {
-        if (strcmp(e->ident, ident) == 0)
-            break;
-    }
     if (e != NULL) {
         if (e->count >= limit) {
             *err = PHY_ETOOBIG;

@@ -54,6 +54,7 @@ struct proxy_allow {
 /* Live tunnel count of one slot key; exists only while count > 0. */
 struct proxy_ident {
     struct proxy_ident *next;
+    void *holders; /* the proxy's list of the tunnels holding a slot (not used here) */
     unsigned count;
     char ident[PROXY_SLOT_KEY_MAX + 1];
 };
@@ -131,6 +132,9 @@ int proxy_policy_allowed(const struct proxy_policy *p, const char *host, unsigne
  * PHY_ETOOBIG (limit reached) or PHY_ENOMEM. */
 struct proxy_ident *proxy_ident_acquire(struct proxy_policy *p, const char *ident, unsigned limit,
                                         int *err);
+
+/* The entry of ident, or NULL when no slot of it is held. */
+struct proxy_ident *proxy_ident_find(struct proxy_policy *p, const char *ident);
 
 /* Returns the slot taken by proxy_ident_acquire; the entry may be freed. */
 void proxy_ident_release(struct proxy_policy *p, struct proxy_ident *e);

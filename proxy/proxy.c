@@ -166,6 +166,8 @@ struct tunnel {
     char *target;                 /* "host:port" once validated, a quoted raw target, or NULL */
     struct proxy_ident *slot;     /* per identifier (or source + identifier) */
     struct proxy_ident *src_slot; /* per source, unauthenticated tunnels only */
+    /* the other tunnels holding slot / src_slot (their entry's holders list) */
+    struct tunnel *slot_next, *slot_prev, *src_next, *src_prev;
     struct proxy_route *route;    /* a routed tunnel's route, borrowed from the policy */
     uint64_t connect_deadline_ms; /* a routed tunnel's attempts share --connect-timeout */
     uint64_t bytes_up, bytes_down, linger_bytes;
@@ -328,11 +330,44 @@ static void detach_resolve(struct tunnel *t)
 }
 
 /* Gives back the tunnel's slots: when it closes, and as soon as either side ends. */
+/* t holds a slot of e (src: its per-source one): one of e's holders. */
+static void holders_add(struct proxy_ident *e, struct tunnel *t, int src)
+{
+    struct tunnel *head = e->holders;
+    if (src) {
+        t->src_prev = NULL;
+        t->src_next = head;
+        if (head)
+            head->src_prev = t;
+    } else {
+        t->slot_prev = NULL;
+        t->slot_next = head;
+        if (head)
+            head->slot_prev = t;
+    }
+    e->holders = t;
+}
+
+static void holders_remove(struct proxy_ident *e, struct tunnel *t, int src)
+{
+    struct tunnel *prev = src ? t->src_prev : t->slot_prev;
+    struct tunnel *next = src ? t->src_next : t->slot_next;
+    if (prev)
+        *(src ? &prev->src_next : &prev->slot_next) = next;
+    else
+        e->holders = next;
+    if (next)
+        *(src ? &next->src_prev : &next->slot_prev) = prev;
+}
+
 static void release_slot(struct tunnel *t)
 {
-    if (t->slot != NULL)
+    if (t->slot != NULL) {
+        holders_remove(t->slot, t, 0);
         proxy_ident_release(t->px->cfg.policy, t->slot);
+    }
     if (t->src_slot != NULL) {
+        holders_remove(t->src_slot, t, 1);
         proxy_ident_release(t->px->cfg.policy, t->src_slot);
         t->px->nunauth--;
     }
@@ -1179,25 +1214,31 @@ static int client_closed(struct tunnel *t)
     return recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
 }
 
-/* proxy_ident_acquire of key (src: a per-source slot); at the limit, tunnels of that
- * key whose client closed but whose end of stream the loop has not read yet give
- * their slots back first, so that a device that closes a tunnel and opens the next
- * at once is not refused (their close is handled by the loop as usual). */
-static struct proxy_ident *acquire(struct proxy *px, const char *key, unsigned limit, int src,
+/* proxy_ident_acquire of key for t (src: a per-source slot); at the limit, tunnels of
+ * that key (the entry's holders, not every tunnel) whose client closed but whose end
+ * of stream the loop has not read yet give their slots back first, so that a device
+ * that closes a tunnel and opens the next at once is not refused (their close is
+ * handled by the loop as usual). */
+static struct proxy_ident *acquire(struct tunnel *t, const char *key, unsigned limit, int src,
                                    int *err)
 {
+    struct proxy *px = t->px;
     struct proxy_ident *e = proxy_ident_acquire(px->cfg.policy, key, limit, err);
-    if (e != NULL || *err != PHY_ETOOBIG)
-        return e;
-    int freed = 0;
-    for (struct tunnel *o = px->tunnels; o != NULL; o = o->next) {
-        struct proxy_ident *held = src ? o->src_slot : o->slot;
-        if (held != NULL && strcmp(held->ident, key) == 0 && client_closed(o)) {
-            release_slot(o);
-            freed = 1;
+    if (e == NULL && *err == PHY_ETOOBIG && (e = proxy_ident_find(px->cfg.policy, key))) {
+        int freed = 0;
+        struct tunnel *o = e->holders, *next;
+        for (; o != NULL; o = next) { /* release_slot may free e: nothing of it after */
+            next = src ? o->src_next : o->slot_next;
+            if (client_closed(o)) {
+                release_slot(o);
+                freed = 1;
+            }
         }
+        e = freed ? proxy_ident_acquire(px->cfg.policy, key, limit, err) : NULL;
     }
-    return freed ? proxy_ident_acquire(px->cfg.policy, key, limit, err) : NULL;
+    if (e != NULL)
+        holders_add(e, t, src);
+    return e;
 }
 
 /* Who the client is, and the slots its tunnel takes. A dev_ identifier with a valid
@@ -1243,7 +1284,7 @@ static int take_slots(struct tunnel *t, const struct phy_connect_req *creq)
             refuse(t, O_503);
             return -1;
         }
-        t->src_slot = acquire(px, src, c->max_tunnels_per_source, 1, &err);
+        t->src_slot = acquire(t, src, c->max_tunnels_per_source, 1, &err);
         if (t->src_slot == NULL) {
             refuse(t, err == PHY_ETOOBIG ? O_429_SOURCE : O_500);
             return -1;
@@ -1251,7 +1292,7 @@ static int take_slots(struct tunnel *t, const struct phy_connect_req *creq)
         px->nunauth++;
         snprintf(key, sizeof(key), "%s %s", src, creq->ident);
     }
-    t->slot = acquire(px, key, c->max_tunnels_per_device, 0, &err);
+    t->slot = acquire(t, key, c->max_tunnels_per_device, 0, &err);
     if (t->slot == NULL) {
         refuse(t, err == PHY_ETOOBIG ? O_429 : O_500);
         return -1;
