@@ -45,13 +45,13 @@
 #define READ_CHUNK 16384
 #define EPOLL_BATCH 512
 #define PUSH_TAG UINT32_MAX /* epoll data of the push thread's eventfd */
-#define CRED_ID_MAX 64
+#define CRED_ID_MAX 72 /* a device ID, or sn_ and a serial (--polls) */
 #define CRED_SECRET_MAX 128
 #define PROXY_TOKEN_MAX 64 /* "kid." + 43 base64url characters, with room */
 #define MAX_PIDS 16        /* --hub-pid PID,PID,… */
 #define MAX_PROXIES 8      /* --proxy HOST:PORT,HOST:PORT,… */
 
-enum mode { MODE_WS, MODE_TLS_ONLY, MODE_TCP_ONLY };
+enum mode { MODE_WS, MODE_TLS_ONLY, MODE_TCP_ONLY, MODE_POLL };
 
 enum dev_state {
     DS_NEW,
@@ -174,6 +174,7 @@ struct load {
     size_t storm_lost, storm_back;
     unsigned long storm_attempts, storm_failed;
     unsigned long resumed, full; /* completed handshakes, resumed or not */
+    unsigned long polls, polls_other; /* --polls: answers read; those not 202/429 */
     double storm_cpu_s;          /* this process's CPU time during the storm */
 };
 
@@ -405,6 +406,11 @@ static void usage(FILE *out)
             "  --tls-only             stop after the TLS handshake (no upgrade): memory\n"
             "                         breakdown; needs a long --header-timeout on the hub\n"
             "  --tcp-only             stop after the TCP connect (no TLS): memory breakdown\n"
+            "  --polls                provisioning polls instead of sessions: --creds lines are\n"
+            "                         {\"serial\":…,\"poll_token\":…}; each connection (through\n"
+            "                         --proxy as sn_<serial>, as phyagent) polls again as soon\n"
+            "                         as it has its answer, kept alive; --hold S measures\n"
+            "                         polls/s and the hub's (and proxy's) CPU per poll\n"
             "  --json                 print one JSON line with the results\n");
 }
 
@@ -515,6 +521,9 @@ static int parse_args(int argc, char **argv, struct opts *o)
         } else if (strcmp(a, "--tcp-only") == 0) {
             o->mode = MODE_TCP_ONLY;
             used = 0;
+        } else if (strcmp(a, "--polls") == 0) {
+            o->mode = MODE_POLL;
+            used = 0;
         } else if (!v) {
             fprintf(stderr, "phyload: %s needs a value (or is unknown)\n", a);
             return -1;
@@ -611,10 +620,14 @@ static int load_creds(struct load *L)
             continue;
         json_error_t jerr;
         json_t *j = json_loads(line, 0, &jerr);
-        const char *id = j ? json_string_value(json_object_get(j, "device_id")) : NULL;
-        const char *sec = j ? json_string_value(json_object_get(j, "device_secret")) : NULL;
+        int polls = L->o.mode == MODE_POLL;
+        const char *id = j ? json_string_value(json_object_get(j, polls ? "serial" : "device_id"))
+                           : NULL;
+        const char *sec =
+            j ? json_string_value(json_object_get(j, polls ? "poll_token" : "device_secret"))
+              : NULL;
         const char *ptok = j ? json_string_value(json_object_get(j, "proxy_token")) : NULL;
-        if (!id || !sec || strlen(id) >= CRED_ID_MAX || strlen(sec) >= CRED_SECRET_MAX ||
+        if (!id || !sec || strlen(id) + 3 >= CRED_ID_MAX || strlen(sec) >= CRED_SECRET_MAX ||
             strchr(id, ':') || (ptok && strlen(ptok) >= PROXY_TOKEN_MAX)) {
             fprintf(stderr, "phyload: %s:%zu: expected {\"device_id\":…,\"device_secret\":…}\n",
                     L->o.creds, lineno);
@@ -631,7 +644,7 @@ static int load_creds(struct load *L)
             L->creds = nc;
             cap = ncap;
         }
-        snprintf(L->creds[n].id, CRED_ID_MAX, "%s", id);
+        snprintf(L->creds[n].id, CRED_ID_MAX, "%s%s", polls ? "sn_" : "", id);
         snprintf(L->creds[n].secret, CRED_SECRET_MAX, "%s", sec);
         snprintf(L->creds[n].proxy_token, PROXY_TOKEN_MAX, "%s", ptok ? ptok : "");
         n++;
@@ -1380,6 +1393,91 @@ static uint32_t ssl_interest(struct dev *d, int ssl_err)
     return ssl_err == SSL_ERROR_WANT_WRITE ? EPOLLOUT : EPOLLIN;
 }
 
+/* --polls: one provisioning poll on d's kept-alive connection. 0 or -1. */
+static int poll_send(struct load *L, struct dev *d)
+{
+    const struct cred *c = &L->creds[d - L->devs];
+    char body[256], req[768];
+    int bl = snprintf(body, sizeof(body), "{\"serial\":\"%s\",\"poll_token\":\"%s\"}",
+                      c->id + 3, c->secret);
+    if (bl < 0 || (size_t)bl >= sizeof(body))
+        return -1;
+    int n = snprintf(req, sizeof(req),
+                     "POST /v1/provisioning/poll HTTP/1.1\r\nHost: %s\r\n"
+                     "Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s",
+                     L->host_header, bl, body);
+    if (n < 0 || (size_t)n >= sizeof(req))
+        return -1;
+    return dev_send(d, req, (size_t)n);
+}
+
+/* --polls: reads answers (head and Content-Length body); each complete one is counted
+ * and followed by the next poll at once. */
+static void poll_io(struct load *L, struct dev *d)
+{
+    if (d->wlen > d->woff && dev_flush(d) < 0) {
+        dev_fail(L, d, F_CLOSED, "write failed");
+        return;
+    }
+    if (!d->rbuf) {
+        if (!(d->rbuf = malloc(HEAD_MAX))) {
+            dev_fail(L, d, F_PROTO, "out of memory");
+            return;
+        }
+        d->rcap = HEAD_MAX;
+    }
+    d->read_wants_write = 0;
+    for (;;) {
+        ERR_clear_error();
+        int n = SSL_read(d->ssl, d->rbuf + d->rlen, (int)(d->rcap - d->rlen));
+        if (n <= 0) {
+            int e = SSL_get_error(d->ssl, n);
+            if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+                d->read_wants_write = e == SSL_ERROR_WANT_WRITE;
+                break;
+            }
+            dev_fail(L, d, F_CLOSED, "connection lost");
+            return;
+        }
+        d->rlen += (uint32_t)n;
+        for (;;) {
+            struct phy_http_response res;
+            int h = phy_http_parse_response((char *)d->rbuf, d->rlen, HEAD_MAX, &res);
+            if (h == PHY_EAGAIN)
+                break;
+            if (h < 0 || res.content_length < 0 ||
+                (size_t)h + (size_t)res.content_length > d->rcap) {
+                dev_fail(L, d, F_PROTO, "bad poll answer");
+                return;
+            }
+            size_t used = (size_t)h + (size_t)res.content_length;
+            if (d->rlen < used)
+                break;
+            L->polls++;
+            if (res.status != 202 && res.status != 429)
+                L->polls_other++;
+            memmove(d->rbuf, d->rbuf + used, d->rlen - used);
+            d->rlen -= (uint32_t)used;
+            if (!res.keep_alive) {
+                dev_fail(L, d, F_CLOSED, "the hub closed the kept-alive connection");
+                return;
+            }
+            if (poll_send(L, d) < 0 || (d->wlen > d->woff && dev_flush(d) < 0)) {
+                dev_fail(L, d, F_CLOSED, "cannot send a poll");
+                return;
+            }
+        }
+        if (d->rlen == d->rcap) {
+            dev_fail(L, d, F_PROTO, "poll answer too long");
+            return;
+        }
+    }
+    uint32_t ev = EPOLLIN;
+    if ((d->wlen > d->woff && !d->write_wants_read) || d->read_wants_write)
+        ev |= EPOLLOUT;
+    dev_interest(L, d, ev);
+}
+
 static void dev_io(struct load *L, struct dev *d, uint32_t events)
 {
     for (;;) {
@@ -1450,6 +1548,14 @@ static void dev_io(struct load *L, struct dev *d, uint32_t events)
                     L->resumed++;
                 else
                     L->full++;
+                if (L->o.mode == MODE_POLL) {
+                    dev_opened(L, d);
+                    if (poll_send(L, d) < 0) {
+                        dev_fail(L, d, F_CLOSED, "cannot send a poll");
+                        return;
+                    }
+                    continue;
+                }
                 if (L->o.mode == MODE_TLS_ONLY) {
                     dev_opened(L, d);
                     dev_interest(L, d, EPOLLIN);
@@ -1504,6 +1610,10 @@ static void dev_io(struct load *L, struct dev *d, uint32_t events)
             continue;
         }
         case DS_OPEN: {
+            if (L->o.mode == MODE_POLL) {
+                poll_io(L, d);
+                return;
+            }
             if (L->o.mode == MODE_TCP_ONLY) {
                 char b[256];
                 ssize_t n = read(d->fd, b, sizeof(b));
@@ -1944,8 +2054,23 @@ int main(int argc, char **argv)
     }
     report(&L, t_end - t_start, &before, &connected, &after, client_cpu, &job, pushed);
     fflush(stdout);
-    if (L.o.hold_s > 0)
+    if (L.o.hold_s > 0 && L.o.mode == MODE_POLL) {
+        struct proc_sample p0, p1;
+        unsigned long n0 = L.polls, o0 = L.polls_other;
+        double c0 = cpu_self_s(), t0 = now_ms();
+        proc_sample(&L.o, &p0);
         run_for(&L, L.o.hold_s);
+        proc_sample(&L.o, &p1);
+        double secs = (now_ms() - t0) / 1000.0, n = (double)(L.polls - n0);
+        double hub = cpu_delta(p0.cpu_s, p1.cpu_s), px = cpu_delta(p0.proxy_cpu_s, p1.proxy_cpu_s);
+        printf("polls            %.0f in %.1f s: %.0f/s on %zu connections, %lu not 202/429; "
+               "CPU per poll: hub %.1f us, proxy %.1f us, phyload %.1f us\n",
+               n, secs, n / secs, L.open, L.polls_other - o0, hub >= 0 && n > 0 ? hub * 1e6 / n : -1,
+               px >= 0 && n > 0 ? px * 1e6 / n : -1, n > 0 ? (cpu_self_s() - c0) * 1e6 / n : -1);
+        fflush(stdout);
+    } else if (L.o.hold_s > 0) {
+        run_for(&L, L.o.hold_s);
+    }
     int storm_ok = 1;
     if (L.o.storm_s > 0) {
         storm_phase(&L);
